@@ -1,0 +1,8 @@
+//! The tek bench agent and command line: the daemon (hotplug, bays, jobs, persisted job journal,
+//! control socket) and one module per `tek` subcommand under [`cli`], each a thin layer over the
+//! `image-store`, `imager` and `client-data` libraries.
+
+pub mod cli;
+pub mod depot;
+
+pub use depot::Depot;

@@ -1,0 +1,136 @@
+//! The image manifest: what an image is made of, in order, plus its GPT summary and the hints the
+//! imager and agent follow. Format version [`MANIFEST_FORMAT`]; documented in ARCHITECTURE.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::ChunkId;
+
+/// Current manifest format version. Readers refuse versions they do not know.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// A stored image's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`MANIFEST_FORMAT`] when written by this version.
+    pub format: u32,
+    /// Image name (safe characters only, see `ImageRef`).
+    pub name: String,
+    /// Image version.
+    pub version: String,
+    /// Logical size of the raw image in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole raw image, lower-case hex.
+    pub sha256: String,
+    /// BLAKE3 of the whole raw image, lower-case hex.
+    pub blake3: String,
+    /// When it was imported, RFC 3339 UTC.
+    pub created: String,
+    /// How the content was cut.
+    pub chunking: Chunking,
+    /// Extents in image order, contiguous, covering `[0, size)` exactly.
+    pub extents: Vec<Extent>,
+    /// GPT summary if the image has a valid GPT.
+    pub gpt: Option<GptSummary>,
+    /// Hints for the imager and agent.
+    pub hints: Hints,
+}
+
+/// Chunking parameters used at import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chunking {
+    /// Algorithm name, e.g. `fastcdc-2020`.
+    pub algorithm: String,
+    /// Minimum chunk size in bytes.
+    pub min: u32,
+    /// Average chunk size in bytes.
+    pub avg: u32,
+    /// Maximum chunk size in bytes.
+    pub max: u32,
+}
+
+/// One extent of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Extent {
+    /// Stored bytes.
+    Chunk {
+        /// Offset in the image.
+        offset: u64,
+        /// Uncompressed length.
+        len: u64,
+        /// BLAKE3 of the uncompressed bytes.
+        id: ChunkId,
+    },
+    /// A run of zero bytes, not stored.
+    Hole {
+        /// Offset in the image.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+impl Extent {
+    /// Offset in the image.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Extent::Chunk { offset, .. } | Extent::Hole { offset, .. } => *offset,
+        }
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Extent::Chunk { len, .. } | Extent::Hole { len, .. } => *len,
+        }
+    }
+    /// True if the extent has no bytes (never written by import).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Summary of the image's GUID partition table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptSummary {
+    /// Logical sector size the table was found with (512 or 4096).
+    pub logical_sector_size: u64,
+    /// Disk GUID, canonical hyphenated upper-case form.
+    pub disk_guid: String,
+    /// Partitions in table order.
+    pub partitions: Vec<GptPartition>,
+}
+
+/// One GPT partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptPartition {
+    /// Partition number (1-based, as `sgdisk` counts).
+    pub number: u32,
+    /// Partition name (GPT label).
+    pub name: String,
+    /// Partition type GUID.
+    pub type_guid: String,
+    /// Unique partition GUID.
+    pub unique_guid: String,
+    /// First LBA (inclusive).
+    pub first_lba: u64,
+    /// Last LBA (inclusive).
+    pub last_lba: u64,
+}
+
+/// Hints for the imager and agent, settable at import and with `tek image set`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hints {
+    /// GPT name of the partition that receives client data.
+    pub data_partition: Option<String>,
+    /// Path inside that partition's filesystem where client data goes (default `/`).
+    pub data_path: Option<String>,
+    /// GPT name of the partition to grow to fill the disk.
+    pub grow_partition: Option<String>,
+    /// Give the disk and its partitions new random GUIDs per device.
+    pub randomize_guids: bool,
+}
