@@ -3,6 +3,7 @@
 //! `image-store`, `imager` and `client-data` libraries.
 
 pub mod cli;
+pub mod config;
 pub mod depot;
 
 pub use depot::Depot;

@@ -1,0 +1,352 @@
+//! The agent's configuration file (`/etc/tek/agent.toml` by default, `tek agent --config FILE`).
+//!
+//! ```toml
+//! socket = "/run/tek/agent.sock"      # control socket (mode 0660)
+//! socket_group = "tek"                # group owning it, when that group exists
+//! state = "/var/lib/tek"              # optional; default: the depot (`--state`)
+//! trusted_keys = "/etc/tek/trusted-keys"  # optional; default: the depot's
+//!
+//! [policy]
+//! beyond_image = "auto"               # auto | overwrite | skip: what to do past the image's end
+//! allow_unsigned = false              # write images with no valid trusted signature?
+//! allowed_buses = ["usb", "ata", "nvme", "scsi", "virtual"]  # for jobs matched by serial
+//!
+//! [[bay]]
+//! name = "left-dock"
+//! port_path = "pci-0000:00:14.0-usb-0:3:1.0-scsi-0:0:0:0"
+//!
+//! [[bay]]
+//! name = "provisioning"
+//! port_path = "pci-0000:00:17.0-ata-2"
+//! default_image = "win11-base@2024.10"   # anything plugged in here gets this image, no data
+//!
+//! [[bay]]
+//! name = "virtual-1"
+//! loop_backing = "/srv/tek-virtual/bay1-*.img"   # a virtual bay: loop devices over these files
+//! ```
+//!
+//! Unknown keys are errors (a misspelt key must not silently disable a safety knob), and every
+//! error names the file and, for syntax and type errors, the line and column.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/tek/agent.toml";
+/// Default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/tek/agent.sock";
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Control socket path.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Group given ownership of the socket, if it exists on this system.
+    #[serde(default = "default_group")]
+    pub socket_group: String,
+    /// State root override (store, staging, keys, jobs, reports, audit).
+    #[serde(default)]
+    pub state: Option<PathBuf>,
+    /// Trusted public keys directory override.
+    #[serde(default)]
+    pub trusted_keys: Option<PathBuf>,
+    /// Policy knobs.
+    #[serde(default)]
+    pub policy: Policy,
+    /// The bench bays.
+    #[serde(default, rename = "bay")]
+    pub bays: Vec<BayConfig>,
+}
+
+/// What to do with the part of a disk beyond the image's end.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BeyondImage {
+    /// Fast zeroing or discard where the device offers it.
+    #[default]
+    Auto,
+    /// Always overwrite with zeros.
+    Overwrite,
+    /// Leave it as it is.
+    Skip,
+}
+
+/// Policy knobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Clearing beyond the image.
+    #[serde(default)]
+    pub beyond_image: BeyondImage,
+    /// Whether images without a valid trusted signature may be written.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// Buses on which a disk may be matched by a job's expected serial (outside any bay).
+    #[serde(default = "default_buses")]
+    pub allowed_buses: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            beyond_image: BeyondImage::Auto,
+            allow_unsigned: false,
+            allowed_buses: default_buses(),
+        }
+    }
+}
+
+/// Bus names accepted in `allowed_buses`.
+pub const KNOWN_BUSES: &[&str] = &["usb", "ata", "nvme", "scsi", "virtual", "mmc", "other"];
+
+/// One bench bay.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BayConfig {
+    /// Name shown to technicians and used by `tek job add --bay`.
+    pub name: String,
+    /// Physical port path (udev `ID_PATH` style), from `tek bays --discover`.
+    #[serde(default)]
+    pub port_path: Option<String>,
+    /// For a virtual bay: a glob over loop devices' backing-file paths.
+    #[serde(default)]
+    pub loop_backing: Option<String>,
+    /// A provisioning bay: every disk plugged in gets this image (`NAME@VERSION`), no data.
+    #[serde(default)]
+    pub default_image: Option<String>,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_group() -> String {
+    "tek".to_string()
+}
+fn default_buses() -> Vec<String> {
+    ["usb", "ata", "nvme", "scsi"].map(String::from).to_vec()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: default_socket(),
+            socket_group: default_group(),
+            state: None,
+            trusted_keys: None,
+            policy: Policy::default(),
+            bays: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading configuration {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("loading configuration {}", path.display()))
+    }
+
+    /// Reads `path` if given, else the default file if it exists, else the built-in defaults.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config> {
+        match path {
+            Some(p) => Config::load(p),
+            None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG)),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Parses and validates configuration text. Syntax and type errors carry line and column.
+    pub fn parse(text: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: unique names, exactly one matcher per bay, valid globs and
+    /// image references, known bus names.
+    pub fn validate(&self) -> Result<()> {
+        let mut names = HashSet::new();
+        for (i, bay) in self.bays.iter().enumerate() {
+            let at = format!("bay #{} ({:?})", i + 1, bay.name);
+            if bay.name.is_empty()
+                || !bay
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bail!("{at}: name must be 1 or more of [A-Za-z0-9._-]");
+            }
+            if !names.insert(bay.name.as_str()) {
+                bail!("{at}: the name is used by another bay");
+            }
+            match (&bay.port_path, &bay.loop_backing) {
+                (Some(_), Some(_)) => bail!("{at}: give port_path or loop_backing, not both"),
+                (None, None) => bail!("{at}: needs port_path or loop_backing"),
+                (Some(p), None) if p.trim().is_empty() => bail!("{at}: port_path is empty"),
+                (None, Some(g)) => {
+                    glob::Pattern::new(g)
+                        .with_context(|| format!("{at}: parsing loop_backing glob {g:?}"))?;
+                    if !g.starts_with('/') {
+                        bail!("{at}: loop_backing {g:?} must be an absolute path glob");
+                    }
+                }
+                _ => {}
+            }
+            if let Some(img) = &bay.default_image {
+                check_image_ref(img).with_context(|| format!("{at}: default_image"))?;
+            }
+        }
+        for bus in &self.policy.allowed_buses {
+            if !KNOWN_BUSES.contains(&bus.as_str()) {
+                bail!(
+                    "policy.allowed_buses: unknown bus {bus:?} (known: {})",
+                    KNOWN_BUSES.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The bay called `name`.
+    pub fn bay(&self, name: &str) -> Option<&BayConfig> {
+        self.bays.iter().find(|b| b.name == name)
+    }
+}
+
+/// Checks `NAME@VERSION` syntax (same rule as the image store's `ImageRef`).
+pub fn check_image_ref(s: &str) -> Result<()> {
+    let Some((name, version)) = s.split_once('@') else {
+        bail!("{s:?} is not NAME@VERSION");
+    };
+    for (what, part) in [("name", name), ("version", version)] {
+        let ok = (1..=128).contains(&part.len())
+            && !part.starts_with(['.', '-'])
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+        if !ok {
+            bail!(
+                "{s:?}: image {what} {part:?} must be 1-128 of [A-Za-z0-9._+-], not starting with . or -"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let text = r#"
+            socket = "/tmp/x.sock"
+            [policy]
+            beyond_image = "skip"
+            allow_unsigned = true
+            allowed_buses = ["usb", "virtual"]
+            [[bay]]
+            name = "left"
+            port_path = "pci-0000:00:14.0-usb-0:3:1.0-scsi-0:0:0:0"
+            [[bay]]
+            name = "prov"
+            port_path = "pci-0000:00:17.0-ata-2"
+            default_image = "base@1.0"
+            [[bay]]
+            name = "v1"
+            loop_backing = "/tmp/t/*.img"
+        "#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.socket_group, "tek");
+        assert_eq!(c.policy.beyond_image, BeyondImage::Skip);
+        assert!(c.policy.allow_unsigned);
+        assert_eq!(c.bays.len(), 3);
+        assert_eq!(
+            c.bay("prov").unwrap().default_image.as_deref(),
+            Some("base@1.0")
+        );
+    }
+
+    #[test]
+    fn empty_file_gives_safe_defaults() {
+        let c = Config::parse("").unwrap();
+        assert!(!c.policy.allow_unsigned);
+        assert_eq!(c.policy.beyond_image, BeyondImage::Auto);
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(c.bays.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_position() {
+        let e = err("[policy]\nalow_unsigned = true\n");
+        assert!(e.contains("alow_unsigned"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_value_names_the_line() {
+        let e = err("[policy]\nbeyond_image = \"zap\"\n");
+        assert!(e.contains("line 2") && e.contains("zap"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let e = err("socket = \n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn bay_needs_exactly_one_matcher() {
+        assert!(err("[[bay]]\nname = \"a\"\n").contains("needs port_path or loop_backing"));
+        let e = err("[[bay]]\nname = \"a\"\nport_path = \"x\"\nloop_backing = \"/a*\"\n");
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_bay_names_refused() {
+        let e = err(
+            "[[bay]]\nname = \"a\"\nport_path = \"x\"\n[[bay]]\nname = \"a\"\nport_path = \"y\"\n",
+        );
+        assert!(e.contains("bay #2") && e.contains("another bay"), "{e}");
+    }
+
+    #[test]
+    fn bad_glob_and_relative_glob_refused() {
+        assert!(err("[[bay]]\nname = \"a\"\nloop_backing = \"/a[\"\n").contains("glob"));
+        assert!(err("[[bay]]\nname = \"a\"\nloop_backing = \"a*\"\n").contains("absolute"));
+    }
+
+    #[test]
+    fn bad_default_image_refused() {
+        let e = err("[[bay]]\nname = \"a\"\nport_path = \"x\"\ndefault_image = \"noversion\"\n");
+        assert!(e.contains("NAME@VERSION"), "{e}");
+        assert!(check_image_ref("a@-1").is_err());
+        assert!(check_image_ref("a.b_c@1.0+x").is_ok());
+    }
+
+    #[test]
+    fn unknown_bus_refused() {
+        let e = err("[policy]\nallowed_buses = [\"firewire\"]\n");
+        assert!(e.contains("firewire"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_it() {
+        let e = format!(
+            "{:#}",
+            Config::load(Path::new("/nonexistent/agent.toml")).unwrap_err()
+        );
+        assert!(e.contains("/nonexistent/agent.toml"), "{e}");
+    }
+}
