@@ -5,5 +5,8 @@
 pub mod cli;
 pub mod config;
 pub mod depot;
+pub mod job;
+pub mod journal;
+pub mod runner;
 
 pub use depot::Depot;

@@ -1,0 +1,339 @@
+//! A job: one ticket's image (and optionally client data) going onto one disk, and the states it
+//! moves through. The job record is what the journal persists after every step, so it carries
+//! everything a restarted agent needs to resume, and everything the service report shows.
+//!
+//! ```text
+//! queued -> claimed -> writing -> image_verified -> migrating -> data_verified -> wiping
+//!        -> reporting -> done
+//!  (no data: image_verified -> reporting)
+//! any running state -> interrupted (disk pulled; resumes when the same disk returns)
+//!                   -> failed (a step failed; `tek job retry` re-queues it)
+//!                   -> cancelled (`tek job cancel`; staged client data is never wiped by it)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the journaled job record.
+pub const JOB_FORMAT: u32 = 1;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for a disk.
+    Queued,
+    /// A disk was matched and checked; the job owns it.
+    Claimed,
+    /// The image is being written and read back.
+    Writing,
+    /// Image written and verified (first MiB included).
+    ImageVerified,
+    /// Client data is being restored onto the data partition.
+    Migrating,
+    /// Client data restored and read back; staging still holds its copy.
+    DataVerified,
+    /// The staging copy is being wiped.
+    Wiping,
+    /// Writing the service report and audit entries.
+    Reporting,
+    /// Finished; the disk is safe to remove.
+    Done,
+    /// The disk went away mid-job; resumes at `resume_from` when it returns.
+    Interrupted,
+    /// A step failed (see `error`).
+    Failed,
+    /// Cancelled by a technician.
+    Cancelled,
+}
+
+impl JobState {
+    /// No further work happens without a technician (`retry`).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// The job holds (or held, before a crash) a disk and has work left.
+    pub fn is_active(self) -> bool {
+        !self.is_terminal() && self != JobState::Queued && self != JobState::Interrupted
+    }
+
+    /// Lower-case name as shown to technicians.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Claimed => "claimed",
+            JobState::Writing => "writing",
+            JobState::ImageVerified => "image_verified",
+            JobState::Migrating => "migrating",
+            JobState::DataVerified => "data_verified",
+            JobState::Wiping => "wiping",
+            JobState::Reporting => "reporting",
+            JobState::Done => "done",
+            JobState::Interrupted => "interrupted",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The step to (re)start from after a crash in this state. A step is only recorded as done
+    /// once its result was verified, so a crash inside a step redoes that whole step:
+    /// rewriting the image, restoring again over the partial restore (staging still holds the
+    /// data: it is only wiped after `data_verified` was journaled), wiping again.
+    pub fn resume_point(self) -> JobState {
+        match self {
+            JobState::Claimed | JobState::Writing => JobState::Writing,
+            s => s,
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which disk a job wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobTarget {
+    /// Whatever disk is plugged into this bay.
+    Bay(String),
+    /// The disk with this serial number, on an allowed bus, in any bay or none.
+    Serial(String),
+}
+
+impl std::fmt::Display for JobTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobTarget::Bay(b) => write!(f, "bay {b}"),
+            JobTarget::Serial(s) => write!(f, "serial {s}"),
+        }
+    }
+}
+
+/// The disk a job claimed, as identified at claim time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Kernel name at claim time (`sdb`, `loop7`); may change on re-plug.
+    pub name: String,
+    /// Device node at claim time.
+    pub dev_path: String,
+    /// Stable identity used to recognise the disk when it comes back: serial, else WWN, else
+    /// the loop backing file.
+    pub identity: String,
+    /// Bus name.
+    pub bus: String,
+    /// Vendor and model.
+    pub model: String,
+    /// Serial number, if the disk reports one.
+    pub serial: Option<String>,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Bay it sat in, if any.
+    pub bay: Option<String>,
+}
+
+/// One state change with its time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The state entered.
+    pub state: JobState,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// Why, when not the normal flow (interruption reason, error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Results gathered along the way, for the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobResults {
+    /// Manifest hash, signature status and size of the image written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<serde_json::Value>,
+    /// The imager's target report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<serde_json::Value>,
+    /// The restore-and-verify result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<serde_json::Value>,
+    /// The staging wipe's sanitization record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sanitization: Option<serde_json::Value>,
+}
+
+/// A job record, exactly as journaled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Always [`JOB_FORMAT`] when written by this version.
+    pub format: u32,
+    /// Job id (`j-` + 8 hex digits).
+    pub id: String,
+    /// The service ticket.
+    pub ticket: String,
+    /// Image `NAME@VERSION`.
+    pub image: String,
+    /// Staged client dataset to migrate, if any.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// The disk it wants.
+    pub target: JobTarget,
+    /// Current state.
+    pub state: JobState,
+    /// Where an interrupted job resumes.
+    #[serde(default)]
+    pub resume_from: Option<JobState>,
+    /// The claimed disk.
+    #[serde(default)]
+    pub device: Option<DeviceRecord>,
+    /// Last error, for failed jobs.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Every state change.
+    pub history: Vec<Transition>,
+    /// Results per step.
+    #[serde(default)]
+    pub results: JobResults,
+    /// Created automatically by a provisioning bay.
+    #[serde(default)]
+    pub provisioning: bool,
+}
+
+/// Current UTC time in RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// A fresh job id.
+pub fn new_job_id() -> String {
+    let u = uuid::Uuid::new_v4();
+    format!("j-{}", &u.simple().to_string()[..8])
+}
+
+impl Job {
+    /// A new queued job.
+    pub fn new(ticket: &str, image: &str, dataset: Option<String>, target: JobTarget) -> Job {
+        let mut j = Job {
+            format: JOB_FORMAT,
+            id: new_job_id(),
+            ticket: ticket.to_string(),
+            image: image.to_string(),
+            dataset,
+            target,
+            state: JobState::Queued,
+            resume_from: None,
+            device: None,
+            error: None,
+            history: Vec::new(),
+            results: JobResults::default(),
+            provisioning: false,
+        };
+        j.set_state(JobState::Queued, None);
+        j
+    }
+
+    /// Moves to `state`, recording the time and an optional note.
+    pub fn set_state(&mut self, state: JobState, note: Option<String>) {
+        self.state = state;
+        self.history.push(Transition {
+            state,
+            at: now_rfc3339(),
+            note,
+        });
+    }
+
+    /// Marks the job interrupted (disk gone or agent stopping), remembering where to resume.
+    pub fn interrupt(&mut self, why: &str) {
+        if self.state.is_terminal() || self.state == JobState::Interrupted {
+            return;
+        }
+        let from = if self.state == JobState::Queued {
+            JobState::Queued
+        } else {
+            self.state.resume_point()
+        };
+        self.resume_from = Some(from);
+        self.set_state(JobState::Interrupted, Some(why.to_string()));
+    }
+
+    /// The state to run next when this job is (re)started on its disk.
+    pub fn next_step(&self) -> JobState {
+        match self.state {
+            JobState::Interrupted => self
+                .resume_from
+                .map(JobState::resume_point)
+                .unwrap_or(JobState::Writing),
+            JobState::Queued => JobState::Claimed,
+            s => s.resume_point(),
+        }
+    }
+
+    /// Time of the first entry into `state`.
+    pub fn entered(&self, state: JobState) -> Option<&str> {
+        self.history
+            .iter()
+            .find(|t| t.state == state)
+            .map(|t| t.at.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_job_is_queued_with_history() {
+        let j = Job::new("T1", "img@1", None, JobTarget::Bay("a".into()));
+        assert_eq!(j.state, JobState::Queued);
+        assert_eq!(j.history.len(), 1);
+        assert!(j.id.starts_with("j-") && j.id.len() == 10);
+        assert_eq!(j.next_step(), JobState::Claimed);
+    }
+
+    #[test]
+    fn crash_while_writing_resumes_writing() {
+        let mut j = Job::new("T1", "img@1", None, JobTarget::Bay("a".into()));
+        j.set_state(JobState::Claimed, None);
+        assert_eq!(j.next_step(), JobState::Writing);
+        j.set_state(JobState::Writing, None);
+        j.interrupt("disk removed");
+        assert_eq!(j.state, JobState::Interrupted);
+        assert_eq!(j.resume_from, Some(JobState::Writing));
+        assert_eq!(j.next_step(), JobState::Writing);
+    }
+
+    #[test]
+    fn interrupt_after_verified_migration_resumes_at_wipe_stage() {
+        let mut j = Job::new("T1", "img@1", Some("d1".into()), JobTarget::Bay("a".into()));
+        j.set_state(JobState::DataVerified, None);
+        j.interrupt("agent stopping");
+        assert_eq!(j.next_step(), JobState::DataVerified);
+    }
+
+    #[test]
+    fn terminal_jobs_are_not_interrupted() {
+        let mut j = Job::new("T1", "img@1", None, JobTarget::Serial("S".into()));
+        j.set_state(JobState::Done, None);
+        j.interrupt("x");
+        assert_eq!(j.state, JobState::Done);
+    }
+
+    #[test]
+    fn state_names_round_trip_through_json() {
+        for s in [
+            JobState::ImageVerified,
+            JobState::DataVerified,
+            JobState::Interrupted,
+        ] {
+            let t = serde_json::to_string(&s).unwrap();
+            assert_eq!(t, format!("\"{}\"", s.as_str()));
+            assert_eq!(serde_json::from_str::<JobState>(&t).unwrap(), s);
+        }
+    }
+}

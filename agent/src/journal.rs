@@ -1,0 +1,180 @@
+//! The job journal: one JSON file per job under `<state>/jobs/`, rewritten atomically at every
+//! state change.
+//!
+//! Each save writes `<id>.json.tmp`, fsyncs it, renames it over `<id>.json` and fsyncs the
+//! directory. rename(2) is atomic, so after a crash or power cut the file holds either the
+//! previous record or the new one, never a torn mix; the directory fsync makes the rename itself
+//! durable (ext4 and xfs otherwise may forget it). Leftover `.tmp` files from a crash before the
+//! rename are ignored and removed at load.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::job::{JOB_FORMAT, Job};
+
+/// The journal directory.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// Opens (creating) the journal directory.
+    pub fn open(dir: &Path) -> Result<Journal> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating job journal directory {}", dir.display()))?;
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Durably saves a job record (temp file, fsync, rename, directory fsync).
+    pub fn save(&self, job: &Job) -> Result<()> {
+        let path = self.path_of(&job.id);
+        let tmp = self.dir.join(format!("{}.json.tmp", job.id));
+        let mut bytes = serde_json::to_vec_pretty(job).context("serializing job record")?;
+        bytes.push(b'\n');
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        drop(f);
+        fs::rename(&tmp, &path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing directory {}", self.dir.display()))?;
+        Ok(())
+    }
+
+    /// Loads one job by id.
+    pub fn load(&self, id: &str) -> Result<Job> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            bail!("job id {id:?} is not valid");
+        }
+        let path = self.path_of(id);
+        if !path.exists() {
+            bail!("no job {id} in {}", self.dir.display());
+        }
+        read_job(&path)
+    }
+
+    /// Loads every job, oldest first (by the time it was queued). Unreadable records are
+    /// reported as errors rather than skipped: a lost job could mean lost client data.
+    pub fn load_all(&self) -> Result<Vec<Job>> {
+        let mut jobs = Vec::new();
+        let rd = fs::read_dir(&self.dir)
+            .with_context(|| format!("listing job journal {}", self.dir.display()))?;
+        for entry in rd {
+            let entry =
+                entry.with_context(|| format!("listing job journal {}", self.dir.display()))?;
+            let p = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".json.tmp") {
+                // A save interrupted before its rename; the previous record is intact.
+                let _ = fs::remove_file(&p);
+                continue;
+            }
+            if name.ends_with(".json") {
+                jobs.push(read_job(&p)?);
+            }
+        }
+        jobs.sort_by(|a, b| {
+            let ta = a.history.first().map(|t| t.at.as_str()).unwrap_or("");
+            let tb = b.history.first().map(|t| t.at.as_str()).unwrap_or("");
+            ta.cmp(tb).then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(jobs)
+    }
+}
+
+fn read_job(path: &Path) -> Result<Job> {
+    let text = fs::read(path).with_context(|| format!("reading job record {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("parsing job record {}", path.display()))?;
+    let format = v.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+    if format != u64::from(JOB_FORMAT) {
+        bail!(
+            "job record {} has format {format}, this tek reads format {JOB_FORMAT}",
+            path.display()
+        );
+    }
+    serde_json::from_value(v).with_context(|| format!("parsing job record {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobState, JobTarget};
+
+    #[test]
+    fn save_load_round_trip_and_no_temp_left() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(&d.path().join("jobs")).unwrap();
+        let mut job = Job::new("T", "i@1", Some("ds".into()), JobTarget::Bay("b".into()));
+        j.save(&job).unwrap();
+        job.set_state(JobState::Claimed, None);
+        j.save(&job).unwrap();
+        assert_eq!(j.load(&job.id).unwrap(), job);
+        let names: Vec<_> = fs::read_dir(j.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn stale_temp_file_is_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        let job = Job::new("T", "i@1", None, JobTarget::Bay("b".into()));
+        j.save(&job).unwrap();
+        fs::write(d.path().join(format!("{}.json.tmp", job.id)), b"{torn").unwrap();
+        let all = j.load_all().unwrap();
+        assert_eq!(all, vec![job]);
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        fs::write(d.path().join("j-00000000.json"), b"{not json").unwrap();
+        let e = format!("{:#}", j.load_all().unwrap_err());
+        assert!(e.contains("j-00000000.json"), "{e}");
+    }
+
+    #[test]
+    fn unknown_format_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        fs::write(d.path().join("j-00000001.json"), br#"{"format": 99}"#).unwrap();
+        let e = format!("{:#}", j.load("j-00000001").unwrap_err());
+        assert!(e.contains("format 99"), "{e}");
+    }
+
+    #[test]
+    fn bad_and_missing_ids() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        assert!(format!("{:#}", j.load("../x").unwrap_err()).contains("not valid"));
+        assert!(format!("{:#}", j.load("j-1").unwrap_err()).contains("no job j-1"));
+    }
+}

@@ -1,0 +1,314 @@
+//! Running one job on its disk: the state machine that calls the steps in order and journals
+//! after each one, so that a crash at any moment resumes from the last step whose result was
+//! verified.
+//!
+//! The steps themselves (imager, client-data custody, audit log) sit behind [`JobSteps`], so the
+//! state machine is tested here with a fake that fails, stops or "crashes" at any step. The real
+//! implementation lives in `steps.rs`.
+//!
+//! Safety ordering, the reason for this file:
+//! - `image_verified` is journaled only after the imager read everything back and wrote the
+//!   first MiB;
+//! - `data_verified` only after the restore was read back and matched the staged manifest;
+//! - the staging wipe runs only in `wiping`, which is only entered from `data_verified`;
+//! - a cancel or a failure never enters `wiping`, so staged data survives both.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::job::{Job, JobState};
+use crate::journal::Journal;
+
+/// Live progress of the running step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct StepProgress {
+    /// Phase name (`writing`, `verifying`, `restoring`...).
+    pub phase: String,
+    /// Bytes done in this phase.
+    pub bytes_done: u64,
+    /// Bytes this phase will do.
+    pub bytes_total: u64,
+    /// Current rate in bytes per second.
+    pub rate_bps: f64,
+}
+
+/// How a step ended without a result.
+#[derive(Debug)]
+pub enum StepError {
+    /// The step noticed the stop flag and stopped at a safe point.
+    Stopped,
+    /// The step failed.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StepError {
+    fn from(e: anyhow::Error) -> Self {
+        StepError::Failed(e)
+    }
+}
+
+/// The work a job does, one method per step. Each must be safe to run again after a crash in
+/// the middle of it (the runner redoes an unfinished step).
+pub trait JobSteps: Send + Sync {
+    /// Writes and verifies the image onto `dev`; returns the imager's report for the record.
+    /// Must stop early (and leave no bootable half-image) when `stop` is set.
+    fn write(
+        &self,
+        job: &Job,
+        dev: &Path,
+        stop: &Arc<AtomicBool>,
+        progress: &dyn Fn(StepProgress),
+    ) -> Result<serde_json::Value, StepError>;
+    /// Mounts the data partition of `dev`, restores the job's dataset, verifies it, unmounts;
+    /// returns the restore result. Failing verification is an `Err`.
+    fn migrate(
+        &self,
+        job: &Job,
+        dev: &Path,
+        progress: &dyn Fn(StepProgress),
+    ) -> Result<serde_json::Value, StepError>;
+    /// Wipes the dataset's staging copy (only ever called after a verified migration); returns
+    /// the sanitization record. Must succeed if the dataset was already wiped by a previous run.
+    fn wipe(&self, job: &Job) -> Result<serde_json::Value, StepError>;
+    /// Records the end of the image write in the audit log (`ok` = verified).
+    fn image_written(&self, job: &Job, dev: &Path, ok: bool) -> Result<()>;
+    /// Writes the service report and the `JobFinished` audit entry (also for failed and
+    /// cancelled jobs).
+    fn finish(&self, job: &Job) -> Result<()>;
+    /// Whether the disk is still there (an I/O error from a pulled disk may arrive before the
+    /// kernel's remove event).
+    fn still_present(&self, dev: &Path) -> bool;
+}
+
+/// Why a running job was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// The agent is shutting down: stop at a safe point, resume on restart.
+    Shutdown = 1,
+    /// The disk went away: interrupted, resumes when it comes back.
+    Gone = 2,
+    /// A technician cancelled the job.
+    Cancel = 3,
+}
+
+/// Shared between the daemon and a running job: the stop flag the imager polls, and why.
+#[derive(Debug, Default)]
+pub struct JobControl {
+    /// Set to stop; handed to the imager as its cancel flag.
+    pub stop: Arc<AtomicBool>,
+    cause: AtomicU8,
+}
+
+impl JobControl {
+    /// Asks the job to stop. The first cause wins, except that a cancel overrides a gone disk.
+    pub fn request(&self, cause: StopCause) {
+        let _ = self
+            .cause
+            .compare_exchange(0, cause as u8, Ordering::SeqCst, Ordering::SeqCst);
+        if cause == StopCause::Cancel {
+            self.cause.store(cause as u8, Ordering::SeqCst);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The stop cause, if a stop was requested.
+    pub fn cause(&self) -> Option<StopCause> {
+        match self.cause.load(Ordering::SeqCst) {
+            1 => Some(StopCause::Shutdown),
+            2 => Some(StopCause::Gone),
+            3 => Some(StopCause::Cancel),
+            _ => None,
+        }
+    }
+}
+
+/// Callbacks to the daemon: state changes (after they are journaled) and progress.
+pub struct Hooks<'a> {
+    /// Called after each journaled state change.
+    pub state: &'a (dyn Fn(&Job) + Sync),
+    /// Called with live progress of the current step.
+    pub progress: &'a (dyn Fn(&Job, StepProgress) + Sync),
+}
+
+/// Runs (or resumes) `job` on `dev` until it is done, failed, cancelled or interrupted.
+/// The caller has set `job.device`. Errors are journaling failures only; step failures end in
+/// the `failed` state.
+pub fn run_job(
+    job: &mut Job,
+    dev: &Path,
+    steps: &dyn JobSteps,
+    journal: &Journal,
+    ctl: &JobControl,
+    hooks: &Hooks<'_>,
+) -> Result<()> {
+    let save = |job: &Job| -> Result<()> {
+        journal.save(job)?;
+        (hooks.state)(job);
+        Ok(())
+    };
+    if matches!(job.state, JobState::Queued | JobState::Interrupted) {
+        let next = job.next_step();
+        job.resume_from = None;
+        job.set_state(JobState::Claimed, None);
+        save(job)?;
+        if next != JobState::Claimed && next != JobState::Writing {
+            job.set_state(next, Some("resumed".into()));
+            save(job)?;
+        }
+    }
+    loop {
+        if job.state.is_terminal() {
+            return Ok(());
+        }
+        if let Some(cause) = ctl.cause() {
+            // After a verified migration the disk is no longer needed: finish the wipe and the
+            // report even if it was pulled, so staged data does not outlive its copy.
+            let past_migration = matches!(
+                job.state,
+                JobState::DataVerified | JobState::Wiping | JobState::Reporting
+            );
+            if !(cause == StopCause::Gone && past_migration) {
+                return stop(job, cause, steps, &save);
+            }
+        }
+        match job.next_step() {
+            JobState::Claimed | JobState::Writing => {
+                if job.state != JobState::Writing {
+                    job.set_state(JobState::Writing, None);
+                    save(job)?;
+                }
+                let snapshot = job.clone();
+                let progress = |p: StepProgress| (hooks.progress)(&snapshot, p);
+                match steps.write(&snapshot, dev, &ctl.stop, &progress) {
+                    Ok(report) if ctl.cause().is_none() => {
+                        job.results.write = Some(report);
+                        steps.image_written(job, dev, true)?;
+                        job.set_state(JobState::ImageVerified, None);
+                        save(job)?;
+                    }
+                    // Stopped (or finished in the same instant a stop came in): the loop's stop
+                    // check decides what that means.
+                    Ok(_) | Err(StepError::Stopped) if ctl.cause().is_some() => {}
+                    Ok(_) | Err(StepError::Stopped) => {
+                        return fail(job, "the write stopped without a reason", steps, &save);
+                    }
+                    Err(StepError::Failed(e)) => {
+                        if !steps.still_present(dev) {
+                            ctl.request(StopCause::Gone);
+                            continue;
+                        }
+                        let _ = steps.image_written(job, dev, false);
+                        return fail(job, &format!("writing the image: {e:#}"), steps, &save);
+                    }
+                }
+            }
+            JobState::ImageVerified => {
+                let next = if job.dataset.is_some() {
+                    JobState::Migrating
+                } else {
+                    JobState::Reporting
+                };
+                job.set_state(next, None);
+                save(job)?;
+            }
+            JobState::Migrating => {
+                if job.state != JobState::Migrating {
+                    job.set_state(JobState::Migrating, None);
+                    save(job)?;
+                }
+                let snapshot = job.clone();
+                let progress = |p: StepProgress| (hooks.progress)(&snapshot, p);
+                match steps.migrate(&snapshot, dev, &progress) {
+                    Ok(result) => {
+                        job.results.restore = Some(result);
+                        job.set_state(JobState::DataVerified, None);
+                        save(job)?;
+                    }
+                    Err(StepError::Stopped) => {}
+                    Err(StepError::Failed(e)) => {
+                        if !steps.still_present(dev) {
+                            ctl.request(StopCause::Gone);
+                            continue;
+                        }
+                        let msg = format!("migrating client data (staged copy kept): {e:#}");
+                        return fail(job, &msg, steps, &save);
+                    }
+                }
+            }
+            JobState::DataVerified | JobState::Wiping => {
+                if job.state != JobState::Wiping {
+                    job.set_state(JobState::Wiping, None);
+                    save(job)?;
+                }
+                match steps.wipe(job) {
+                    Ok(record) => {
+                        job.results.sanitization = Some(record);
+                        job.set_state(JobState::Reporting, None);
+                        save(job)?;
+                    }
+                    Err(StepError::Stopped) => {}
+                    Err(StepError::Failed(e)) => {
+                        return fail(job, &format!("wiping staged data: {e:#}"), steps, &save);
+                    }
+                }
+            }
+            JobState::Reporting => {
+                // The report names the final state, so it is written with `done` set; the
+                // journal records `done` only after the report and audit entry exist.
+                let mut finished = job.clone();
+                finished.set_state(JobState::Done, Some("safe to remove".into()));
+                steps.finish(&finished)?;
+                *job = finished;
+                save(job)?;
+            }
+            other => {
+                return fail(
+                    job,
+                    &format!("unexpected resume point {other}"),
+                    steps,
+                    &save,
+                );
+            }
+        }
+    }
+}
+
+fn stop(
+    job: &mut Job,
+    cause: StopCause,
+    steps: &dyn JobSteps,
+    save: &dyn Fn(&Job) -> Result<()>,
+) -> Result<()> {
+    match cause {
+        StopCause::Shutdown => job.interrupt("agent stopping"),
+        StopCause::Gone => job.interrupt("disk removed"),
+        StopCause::Cancel => {
+            job.set_state(
+                JobState::Cancelled,
+                Some("cancelled by technician; staged client data kept".into()),
+            );
+            let _ = steps.finish(job);
+        }
+    }
+    save(job)
+}
+
+fn fail(
+    job: &mut Job,
+    msg: &str,
+    steps: &dyn JobSteps,
+    save: &dyn Fn(&Job) -> Result<()>,
+) -> Result<()> {
+    job.error = Some(msg.to_string());
+    job.set_state(JobState::Failed, Some(msg.to_string()));
+    let _ = steps.finish(job);
+    save(job)
+}
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;
