@@ -2,11 +2,14 @@
 //! control socket) and one module per `tek` subcommand under [`cli`], each a thin layer over the
 //! `image-store`, `imager` and `client-data` libraries.
 
+pub mod bay;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod depot;
 pub mod job;
 pub mod journal;
+pub mod protocol;
 pub mod runner;
 
 pub use depot::Depot;

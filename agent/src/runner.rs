@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::bay::Disk;
 use crate::job::{Job, JobState};
 use crate::journal::Journal;
 
@@ -54,6 +55,15 @@ impl From<anyhow::Error> for StepError {
 /// The work a job does, one method per step. Each must be safe to run again after a crash in
 /// the middle of it (the runner redoes an unfinished step).
 pub trait JobSteps: Send + Sync {
+    /// Checks a new job's references (image exists, dataset is staged) when it is added.
+    fn validate(&self, _job: &Job) -> Result<()> {
+        Ok(())
+    }
+    /// Eligibility of `disk` for `job`, without writing anything: the image loads and passes
+    /// the signature policy, and the imager's target checks pass (not mounted, not the system
+    /// disk, large enough...). Returns facts about the image for the report, or a one-line
+    /// refusal reason for the technician.
+    fn check(&self, job: &Job, disk: &Disk) -> Result<serde_json::Value, String>;
     /// Writes and verifies the image onto `dev`; returns the imager's report for the record.
     /// Must stop early (and leave no bootable half-image) when `stop` is set.
     fn write(

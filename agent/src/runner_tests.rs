@@ -54,6 +54,9 @@ impl Fake {
 }
 
 impl JobSteps for Fake {
+    fn check(&self, _job: &Job, _disk: &crate::bay::Disk) -> Result<serde_json::Value, String> {
+        Ok(serde_json::json!({}))
+    }
     fn write(
         &self,
         _job: &Job,

@@ -1,0 +1,228 @@
+//! Disks as the agent sees them, and which bench bay each one sits in.
+//!
+//! [`Disk`] is the agent's own view of a disk (built from the hotplug module's `DiskInfo`), so
+//! the daemon's logic can be driven in tests by hand-made disks. A disk is in a bay when its
+//! port path equals the bay's, or, for a virtual bay, when it is a loop device whose backing
+//! file matches the bay's glob.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BayConfig, Config};
+
+/// A disk present on the system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Kernel name (`sdb`, `nvme0n1`, `loop7`).
+    pub name: String,
+    /// Device node.
+    pub dev_path: PathBuf,
+    /// Bus: usb, ata, nvme, scsi, virtual, mmc, other.
+    pub bus: String,
+    /// Vendor, if known.
+    pub vendor: Option<String>,
+    /// Model, if known.
+    pub model: Option<String>,
+    /// Serial number, if the disk reports one.
+    pub serial: Option<String>,
+    /// World-wide name, if any.
+    pub wwn: Option<String>,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Logical block size.
+    pub logical_block_size: u64,
+    /// Read-only at the block layer.
+    pub read_only: bool,
+    /// Physical port path (udev `ID_PATH` style).
+    pub port_path: Option<String>,
+    /// Backing file, for a loop device.
+    pub loop_backing_file: Option<PathBuf>,
+}
+
+impl Disk {
+    /// Stable identity for recognising the same disk when it comes back after being pulled:
+    /// serial, else WWN, else loop backing file, else (weakest) the kernel name.
+    pub fn identity(&self) -> String {
+        if let Some(s) = self.serial.as_ref().filter(|s| !s.trim().is_empty()) {
+            return format!("serial:{}", s.trim());
+        }
+        if let Some(w) = self.wwn.as_ref().filter(|s| !s.trim().is_empty()) {
+            return format!("wwn:{}", w.trim());
+        }
+        if let Some(b) = &self.loop_backing_file {
+            return format!("backing:{}", clean_backing(b).display());
+        }
+        format!("name:{}", self.name)
+    }
+
+    /// Vendor and model in one line.
+    pub fn model_line(&self) -> String {
+        let parts: Vec<&str> = [self.vendor.as_deref(), self.model.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if parts.is_empty() {
+            "unknown model".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// The kernel appends " (deleted)" to a loop device's backing file name once the file was
+/// unlinked; match on the original path.
+fn clean_backing(p: &Path) -> PathBuf {
+    let s = p.to_string_lossy();
+    PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s).to_string())
+}
+
+/// Whether `disk` sits in `bay`.
+pub fn in_bay(bay: &BayConfig, disk: &Disk) -> bool {
+    if let (Some(want), Some(have)) = (&bay.port_path, &disk.port_path) {
+        return want == have;
+    }
+    if let (Some(glob), Some(backing)) = (&bay.loop_backing, &disk.loop_backing_file) {
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        return glob::Pattern::new(glob)
+            .map(|p| p.matches_path_with(&clean_backing(backing), opts))
+            .unwrap_or(false);
+    }
+    false
+}
+
+/// The bay `disk` sits in, if any (the first match in config order).
+pub fn bay_of<'a>(cfg: &'a Config, disk: &Disk) -> Option<&'a BayConfig> {
+    cfg.bays.iter().find(|b| in_bay(b, disk))
+}
+
+/// What the agent is doing with a disk, as shown in `tek status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DiskStatus {
+    /// Not in a bay and no job expects it: never touched.
+    Ignored {
+        /// Why.
+        reason: String,
+    },
+    /// In a bay with nothing to do.
+    Waiting {
+        /// Why.
+        reason: String,
+    },
+    /// A job wanted it but a check failed; nothing was written.
+    Refused {
+        /// The job that wanted it.
+        job: String,
+        /// The failed check.
+        reason: String,
+    },
+    /// A job is running on it.
+    Running {
+        /// The job.
+        job: String,
+    },
+    /// Its job finished.
+    Done {
+        /// The job.
+        job: String,
+    },
+    /// Its job failed, was cancelled, or stopped.
+    Stopped {
+        /// The job.
+        job: String,
+        /// The job's final state and error.
+        reason: String,
+    },
+}
+
+impl DiskStatus {
+    /// One line for a technician.
+    pub fn line(&self) -> String {
+        match self {
+            DiskStatus::Ignored { reason } => format!("ignored: {reason}"),
+            DiskStatus::Waiting { reason } => reason.clone(),
+            DiskStatus::Refused { job, reason } => format!("refused for {job}: {reason}"),
+            DiskStatus::Running { job } => format!("running {job}"),
+            DiskStatus::Done { job } => format!("done ({job}), safe to remove"),
+            DiskStatus::Stopped { job, reason } => format!("{job}: {reason}"),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_disk(name: &str) -> Disk {
+    Disk {
+        name: name.into(),
+        dev_path: PathBuf::from(format!("/dev/{name}")),
+        bus: "virtual".into(),
+        vendor: None,
+        model: None,
+        serial: None,
+        wwn: None,
+        size_bytes: 64 << 20,
+        logical_block_size: 512,
+        read_only: false,
+        port_path: None,
+        loop_backing_file: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::parse(
+            "[[bay]]\nname = \"usb\"\nport_path = \"pci-0000:00:14.0-usb-0:3:1.0-scsi-0:0:0:0\"\n\
+             [[bay]]\nname = \"v\"\nloop_backing = \"/tmp/tek-t1/bay-*.img\"\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn matches_by_port_path() {
+        let mut d = test_disk("sdb");
+        d.port_path = Some("pci-0000:00:14.0-usb-0:3:1.0-scsi-0:0:0:0".into());
+        assert_eq!(bay_of(&cfg(), &d).unwrap().name, "usb");
+        d.port_path = Some("pci-0000:00:14.0-usb-0:4:1.0-scsi-0:0:0:0".into());
+        assert!(bay_of(&cfg(), &d).is_none());
+    }
+
+    #[test]
+    fn matches_loop_backing_glob_only_for_own_files() {
+        let mut d = test_disk("loop3");
+        d.loop_backing_file = Some("/tmp/tek-t1/bay-1.img".into());
+        assert_eq!(bay_of(&cfg(), &d).unwrap().name, "v");
+        d.loop_backing_file = Some("/tmp/tek-t1/bay-1.img (deleted)".into());
+        assert!(bay_of(&cfg(), &d).is_some());
+        d.loop_backing_file = Some("/tmp/tek-t1/sub/bay-1.img".into());
+        assert!(bay_of(&cfg(), &d).is_none(), "* must not cross /");
+        d.loop_backing_file = Some("/tmp/other/bay-1.img".into());
+        assert!(bay_of(&cfg(), &d).is_none());
+    }
+
+    #[test]
+    fn identity_prefers_serial_then_wwn_then_backing() {
+        let mut d = test_disk("loop3");
+        d.loop_backing_file = Some("/x/a.img".into());
+        assert_eq!(d.identity(), "backing:/x/a.img");
+        d.wwn = Some("naa.5000".into());
+        assert_eq!(d.identity(), "wwn:naa.5000");
+        d.serial = Some(" S123 ".into());
+        assert_eq!(d.identity(), "serial:S123");
+        assert_eq!(test_disk("sdz").identity(), "name:sdz");
+    }
+
+    #[test]
+    fn status_lines() {
+        let s = DiskStatus::Done { job: "j-1".into() };
+        assert_eq!(s.line(), "done (j-1), safe to remove");
+    }
+}

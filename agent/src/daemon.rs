@@ -1,0 +1,619 @@
+//! The agent's brain: which disks are present, which bay each sits in, which job each gets,
+//! and the threads running those jobs. Socket and hotplug plumbing live in `server.rs`; this
+//! file is plain synchronous logic under one mutex, driven by method calls, so tests can feed it
+//! hand-made disks and a fake [`JobSteps`].
+//!
+//! Matching a disk to a job, in order:
+//! 1. a job that already claimed this disk (same identity: serial, WWN or loop backing file)
+//!    and has work left: it resumes (after a crash, a restart or a re-plug);
+//! 2. a disk in a bay that just finished a job stays "done, safe to remove";
+//! 3. the oldest queued job for its bay;
+//! 4. the oldest queued job expecting its serial, if its bus is allowed;
+//! 5. the bay's default image (a provisioning bay) makes a new job.
+//!
+//! Otherwise a disk in a bay is "waiting for a job" and any other disk is ignored. A disk is
+//! only claimed after the job's checks pass ([`JobSteps::check`]); a refusal is kept as the
+//! disk's status and nothing is written.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use tokio::sync::broadcast;
+
+use crate::bay::{Disk, DiskStatus, bay_of};
+use crate::config::{Config, check_image_ref};
+use crate::job::{DeviceRecord, Job, JobState, JobTarget};
+use crate::journal::Journal;
+use crate::protocol::{BayView, DiskView, Event, Status};
+use crate::runner::{Hooks, JobControl, JobSteps, StepProgress, StopCause, run_job};
+
+/// Progress events per job are sent at most this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+struct DiskEntry {
+    disk: Disk,
+    bay: Option<String>,
+    status: DiskStatus,
+}
+
+struct Running {
+    ctl: Arc<JobControl>,
+    disk: String,
+    progress: Option<StepProgress>,
+    last_sent: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Inner {
+    disks: BTreeMap<String, DiskEntry>,
+    jobs: BTreeMap<String, Job>,
+    running: HashMap<String, Running>,
+    shutting_down: bool,
+}
+
+/// The agent state shared by the hotplug loop, the socket connections and the job threads.
+pub struct Agent {
+    cfg: Config,
+    journal: Journal,
+    steps: Arc<dyn JobSteps>,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Event>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    me: Weak<Agent>,
+}
+
+impl Agent {
+    /// Loads the journal and builds the agent. Jobs that were running when the agent last
+    /// stopped keep their state and resume when their disk is seen.
+    pub fn new(cfg: Config, journal: Journal, steps: Arc<dyn JobSteps>) -> Result<Arc<Agent>> {
+        let jobs = journal.load_all()?;
+        let (events, _) = broadcast::channel(1024);
+        let mut inner = Inner::default();
+        for j in jobs {
+            if j.state.is_active() {
+                tracing::info!(job = %j.id, state = %j.state, "job will resume when its disk is seen");
+            }
+            inner.jobs.insert(j.id.clone(), j);
+        }
+        Ok(Arc::new_cyclic(|me| Agent {
+            cfg,
+            journal,
+            steps,
+            inner: Mutex::new(inner),
+            events,
+            threads: Mutex::new(Vec::new()),
+            me: me.clone(),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panicking job thread must not take the whole agent down with a poisoned lock.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Receives every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    /// A disk appeared or changed.
+    pub fn disk_present(&self, disk: Disk) {
+        let mut inner = self.lock();
+        let bay = bay_of(&self.cfg, &disk).map(|b| b.name.clone());
+        tracing::info!(disk = %disk.name, bay = ?bay, identity = %disk.identity(), "disk present");
+        self.emit(Event::DeviceArrived {
+            disk: disk.clone(),
+            bay: bay.clone(),
+        });
+        let name = disk.name.clone();
+        match inner.disks.get_mut(&name) {
+            // A change event for a disk we are busy with or finished with: keep its status.
+            Some(e)
+                if matches!(
+                    e.status,
+                    DiskStatus::Running { .. } | DiskStatus::Done { .. }
+                ) =>
+            {
+                e.disk = disk;
+                return;
+            }
+            Some(e) => {
+                e.disk = disk;
+                e.bay = bay;
+            }
+            None => {
+                let status = DiskStatus::Waiting {
+                    reason: "new".into(),
+                };
+                inner
+                    .disks
+                    .insert(name.clone(), DiskEntry { disk, bay, status });
+            }
+        }
+        self.consider(&mut inner, &name);
+    }
+
+    /// A disk went away.
+    pub fn disk_gone(&self, name: &str) {
+        let mut inner = self.lock();
+        if inner.disks.remove(name).is_none() {
+            return;
+        }
+        tracing::info!(disk = %name, "disk gone");
+        for r in inner.running.values() {
+            if r.disk == name {
+                r.ctl.request(StopCause::Gone);
+            }
+        }
+        self.emit(Event::DeviceLeft { name: name.into() });
+    }
+
+    /// Queues a job, then offers it to the disks present.
+    pub fn add_job(
+        &self,
+        ticket: &str,
+        image: &str,
+        data: Option<String>,
+        bay: Option<String>,
+        serial: Option<String>,
+    ) -> Result<Job> {
+        if ticket.trim().is_empty() {
+            bail!("adding a job: the ticket is empty");
+        }
+        check_image_ref(image)?;
+        let target = match (bay, serial) {
+            (Some(b), None) => {
+                if self.cfg.bay(&b).is_none() {
+                    let names: Vec<_> = self.cfg.bays.iter().map(|b| b.name.as_str()).collect();
+                    bail!("adding a job: no bay {b:?} (bays: {})", names.join(", "));
+                }
+                JobTarget::Bay(b)
+            }
+            (None, Some(s)) if !s.trim().is_empty() => JobTarget::Serial(s.trim().to_string()),
+            _ => bail!("adding a job: give exactly one of --bay or --serial"),
+        };
+        let job = Job::new(ticket, image, data, target);
+        self.steps.validate(&job)?;
+        let mut inner = self.lock();
+        self.journal.save(&job)?;
+        inner.jobs.insert(job.id.clone(), job.clone());
+        self.emit(Event::JobState {
+            job: Box::new(job.clone()),
+        });
+        self.reconsider_all(&mut inner);
+        let job = inner.jobs.get(&job.id).cloned().unwrap_or(job);
+        Ok(job)
+    }
+
+    /// One job.
+    pub fn job(&self, id: &str) -> Result<Job> {
+        match self.lock().jobs.get(id) {
+            Some(j) => Ok(j.clone()),
+            None => bail!("no job {id}"),
+        }
+    }
+
+    /// All jobs, oldest first.
+    pub fn jobs(&self) -> Vec<Job> {
+        let mut v: Vec<Job> = self.lock().jobs.values().cloned().collect();
+        v.sort_by(|a, b| a.history[0].at.cmp(&b.history[0].at));
+        v
+    }
+
+    /// Cancels a job: a running one stops at its next safe point; staged data is never wiped.
+    pub fn cancel(&self, id: &str) -> Result<Job> {
+        let mut inner = self.lock();
+        if let Some(r) = inner.running.get(id) {
+            r.ctl.request(StopCause::Cancel);
+            return Ok(inner.jobs[id].clone());
+        }
+        let Some(job) = inner.jobs.get_mut(id) else {
+            bail!("no job {id}");
+        };
+        if job.state.is_terminal() {
+            bail!("job {id} is already {}", job.state);
+        }
+        job.set_state(
+            JobState::Cancelled,
+            Some("cancelled by technician; staged client data kept".into()),
+        );
+        let job = job.clone();
+        self.journal.save(&job)?;
+        let _ = self.steps.finish(&job);
+        self.emit(Event::JobState {
+            job: Box::new(job.clone()),
+        });
+        Ok(job)
+    }
+
+    /// Re-queues a failed, cancelled or interrupted job from the start.
+    pub fn retry(&self, id: &str) -> Result<Job> {
+        let mut inner = self.lock();
+        if inner.running.contains_key(id) {
+            bail!("job {id} is running");
+        }
+        let Some(job) = inner.jobs.get_mut(id) else {
+            bail!("no job {id}");
+        };
+        if !matches!(
+            job.state,
+            JobState::Failed | JobState::Cancelled | JobState::Interrupted
+        ) {
+            bail!(
+                "job {id} is {}; only failed, cancelled or interrupted jobs can be retried",
+                job.state
+            );
+        }
+        job.error = None;
+        job.resume_from = None;
+        job.device = None;
+        job.set_state(JobState::Queued, Some("retried".into()));
+        let snapshot = job.clone();
+        self.journal.save(&snapshot)?;
+        self.emit(Event::JobState {
+            job: Box::new(snapshot.clone()),
+        });
+        self.reconsider_all(&mut inner);
+        Ok(inner.jobs[id].clone())
+    }
+
+    fn reconsider_all(&self, inner: &mut Inner) {
+        let names: Vec<String> = inner
+            .disks
+            .iter()
+            .filter(|(_, e)| {
+                !matches!(
+                    e.status,
+                    DiskStatus::Running { .. } | DiskStatus::Done { .. }
+                )
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in names {
+            self.consider(inner, &n);
+        }
+    }
+
+    fn set_status(&self, inner: &mut Inner, name: &str, status: DiskStatus) {
+        if let Some(e) = inner.disks.get_mut(name) {
+            if e.status != status {
+                tracing::info!(disk = %name, status = %status.line(), "disk status");
+                e.status = status.clone();
+                self.emit(Event::DiskStatus {
+                    name: name.into(),
+                    status,
+                });
+            }
+        }
+    }
+
+    /// Decides what to do with a present disk that is not busy.
+    fn consider(&self, inner: &mut Inner, name: &str) {
+        let Some(entry) = inner.disks.get(name) else {
+            return;
+        };
+        let disk = entry.disk.clone();
+        let bay = entry.bay.clone();
+        if inner.shutting_down {
+            return;
+        }
+        let ident = disk.identity();
+        let owned_by = |j: &Job| j.device.as_ref().is_some_and(|d| d.identity == ident);
+        let mut pick = inner
+            .jobs
+            .values()
+            .filter(|j| !inner.running.contains_key(&j.id))
+            .find(|j| owned_by(j) && (j.state.is_active() || j.state == JobState::Interrupted))
+            .map(|j| j.id.clone());
+        if pick.is_none()
+            && let Some(done) = inner.jobs.values().find(|j| {
+                j.state == JobState::Done
+                    && owned_by(j)
+                    && j.device.as_ref().is_some_and(|d| d.name == disk.name)
+            })
+        {
+            let job = done.id.clone();
+            self.set_status(inner, name, DiskStatus::Done { job });
+            return;
+        }
+        let queued = |want: &dyn Fn(&JobTarget) -> bool| {
+            inner
+                .jobs
+                .values()
+                .filter(|j| j.state == JobState::Queued && want(&j.target))
+                .min_by(|a, b| a.history[0].at.cmp(&b.history[0].at))
+                .map(|j| j.id.clone())
+        };
+        if pick.is_none()
+            && let Some(b) = &bay
+        {
+            pick = queued(&|t| matches!(t, JobTarget::Bay(x) if x == b));
+        }
+        let bus_ok = self.cfg.policy.allowed_buses.contains(&disk.bus);
+        if pick.is_none()
+            && bus_ok
+            && let Some(s) = disk.serial.as_ref().filter(|s| !s.trim().is_empty())
+        {
+            pick = queued(&|t| matches!(t, JobTarget::Serial(x) if x == s.trim()));
+        }
+        if pick.is_none()
+            && let Some(b) = &bay
+            && let Some(image) = self.cfg.bay(b).and_then(|c| c.default_image.clone())
+        {
+            let mut job = Job::new(
+                &format!("provisioning-{b}"),
+                &image,
+                None,
+                JobTarget::Bay(b.clone()),
+            );
+            job.provisioning = true;
+            if let Err(e) = self.journal.save(&job) {
+                let reason = format!("journaling a provisioning job: {e:#}");
+                self.set_status(inner, name, DiskStatus::Waiting { reason });
+                return;
+            }
+            pick = Some(job.id.clone());
+            inner.jobs.insert(job.id.clone(), job);
+        }
+        let Some(id) = pick else {
+            let status = if bay.is_some() {
+                DiskStatus::Waiting {
+                    reason: "waiting for a job".into(),
+                }
+            } else {
+                DiskStatus::Ignored {
+                    reason: "not in a bench bay and no job expects its serial".into(),
+                }
+            };
+            self.set_status(inner, name, status);
+            return;
+        };
+        let job = inner.jobs[&id].clone();
+        let info = match self.steps.check(&job, &disk) {
+            Ok(info) => info,
+            Err(reason) => {
+                tracing::warn!(disk = %name, job = %id, %reason, "disk refused");
+                self.set_status(inner, name, DiskStatus::Refused { job: id, reason });
+                return;
+            }
+        };
+        self.start(inner, job, disk, bay, info);
+    }
+
+    fn start(
+        &self,
+        inner: &mut Inner,
+        mut job: Job,
+        disk: Disk,
+        bay: Option<String>,
+        info: serde_json::Value,
+    ) {
+        let record = DeviceRecord {
+            name: disk.name.clone(),
+            dev_path: disk.dev_path.display().to_string(),
+            identity: disk.identity(),
+            bus: disk.bus.clone(),
+            model: disk.model_line(),
+            serial: disk.serial.clone(),
+            size_bytes: disk.size_bytes,
+            bay,
+        };
+        job.device = Some(record);
+        if job.results.image.is_none() {
+            job.results.image = Some(info);
+        }
+        tracing::info!(job = %job.id, disk = %disk.name, from = %job.next_step(), "starting job");
+        let ctl = Arc::new(JobControl::default());
+        inner.running.insert(
+            job.id.clone(),
+            Running {
+                ctl: ctl.clone(),
+                disk: disk.name.clone(),
+                progress: None,
+                last_sent: None,
+            },
+        );
+        inner.jobs.insert(job.id.clone(), job.clone());
+        self.set_status(
+            inner,
+            &disk.name,
+            DiskStatus::Running {
+                job: job.id.clone(),
+            },
+        );
+        let Some(me) = self.me.upgrade() else { return };
+        let dev: PathBuf = disk.dev_path.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("job-{}", job.id))
+            .spawn(move || me.job_thread(job, dev, ctl));
+        match handle {
+            Ok(h) => self
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(h),
+            Err(e) => tracing::error!("spawning a job thread: {e}"),
+        }
+    }
+
+    fn job_thread(self: Arc<Self>, mut job: Job, dev: PathBuf, ctl: Arc<JobControl>) {
+        let state = |j: &Job| {
+            let mut inner = self.lock();
+            inner.jobs.insert(j.id.clone(), j.clone());
+            tracing::info!(job = %j.id, state = %j.state, "job state");
+            self.emit(Event::JobState {
+                job: Box::new(j.clone()),
+            });
+        };
+        let progress = |j: &Job, p: StepProgress| {
+            let mut inner = self.lock();
+            if let Some(r) = inner.running.get_mut(&j.id) {
+                r.progress = Some(p.clone());
+                if r.last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL) {
+                    r.last_sent = Some(Instant::now());
+                    self.emit(Event::JobProgress {
+                        id: j.id.clone(),
+                        progress: p,
+                    });
+                }
+            }
+        };
+        let hooks = Hooks {
+            state: &state,
+            progress: &progress,
+        };
+        if let Err(e) = run_job(
+            &mut job,
+            &dev,
+            self.steps.as_ref(),
+            &self.journal,
+            &ctl,
+            &hooks,
+        ) {
+            tracing::error!(job = %job.id, "journaling failed, job stopped: {e:#}");
+        }
+        let mut inner = self.lock();
+        let disk = inner.running.remove(&job.id).map(|r| r.disk);
+        inner.jobs.insert(job.id.clone(), job.clone());
+        if let Some(name) = disk {
+            let status = match job.state {
+                JobState::Done => DiskStatus::Done {
+                    job: job.id.clone(),
+                },
+                s => DiskStatus::Stopped {
+                    job: job.id.clone(),
+                    reason: match &job.error {
+                        Some(e) => format!("{s}: {e}"),
+                        None => s.to_string(),
+                    },
+                },
+            };
+            self.set_status(&mut inner, &name, status);
+        }
+    }
+
+    /// Stops taking work, asks every running job to reach a safe point, and waits for them.
+    pub fn shutdown(&self) {
+        {
+            let mut inner = self.lock();
+            inner.shutting_down = true;
+            for r in inner.running.values() {
+                r.ctl.request(StopCause::Shutdown);
+            }
+        }
+        let threads: Vec<_> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Waits until no job is running (tests, the demo).
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.lock().running.is_empty() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Everything at a glance.
+    pub fn status(&self) -> Status {
+        let inner = self.lock();
+        let mut bays = Vec::new();
+        for b in &self.cfg.bays {
+            let here = inner
+                .disks
+                .values()
+                .find(|e| e.bay.as_deref() == Some(&b.name));
+            let (state, job) = match here {
+                None => ("empty".to_string(), None),
+                Some(e) => (
+                    e.status.line(),
+                    match &e.status {
+                        DiskStatus::Running { job }
+                        | DiskStatus::Done { job }
+                        | DiskStatus::Refused { job, .. }
+                        | DiskStatus::Stopped { job, .. } => Some(job.clone()),
+                        _ => None,
+                    },
+                ),
+            };
+            let progress = job
+                .as_ref()
+                .and_then(|j| inner.running.get(j))
+                .and_then(|r| r.progress.clone());
+            bays.push(BayView {
+                name: b.name.clone(),
+                matcher: match (&b.port_path, &b.loop_backing) {
+                    (Some(p), _) => format!("port {p}"),
+                    (_, Some(g)) => format!("loop backing {g}"),
+                    _ => String::new(),
+                },
+                default_image: b.default_image.clone(),
+                disk: here.map(|e| e.disk.name.clone()),
+                state,
+                job,
+                progress,
+            });
+        }
+        let disks: Vec<DiskView> = inner
+            .disks
+            .values()
+            .map(|e| DiskView {
+                disk: e.disk.clone(),
+                bay: e.bay.clone(),
+                status: e.status.clone(),
+            })
+            .collect();
+        let mut jobs: Vec<Job> = inner.jobs.values().cloned().collect();
+        jobs.sort_by(|a, b| a.history[0].at.cmp(&b.history[0].at));
+        let progress = inner
+            .running
+            .iter()
+            .filter_map(|(id, r)| r.progress.clone().map(|p| (id.clone(), p)))
+            .collect();
+        let count = |s: JobState| jobs.iter().filter(|j| j.state == s).count();
+        let refused = disks
+            .iter()
+            .filter(|d| matches!(d.status, DiskStatus::Refused { .. }))
+            .count();
+        let summary = format!(
+            "{} bays, {} disks; jobs: {} running, {} queued, {} interrupted, {} failed, {} done; {} refused",
+            bays.len(),
+            disks.len(),
+            inner.running.len(),
+            count(JobState::Queued),
+            count(JobState::Interrupted),
+            count(JobState::Failed),
+            count(JobState::Done),
+            refused
+        );
+        Status {
+            summary,
+            bays,
+            disks,
+            jobs,
+            progress,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "daemon_tests.rs"]
+mod tests;

@@ -1,0 +1,315 @@
+//! Daemon logic tests: hand-made disks, a fake [`JobSteps`] whose write takes a while and
+//! honours the stop flag.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::*;
+use crate::bay::test_disk;
+use crate::runner::StepError;
+
+struct Fake {
+    write_ms: u64,
+    refuse: Option<String>,
+    writes: AtomicUsize,
+    checks: AtomicUsize,
+    wipes: AtomicUsize,
+}
+
+fn fake(write_ms: u64) -> Arc<Fake> {
+    Arc::new(Fake {
+        write_ms,
+        refuse: None,
+        writes: AtomicUsize::new(0),
+        checks: AtomicUsize::new(0),
+        wipes: AtomicUsize::new(0),
+    })
+}
+
+impl JobSteps for Fake {
+    fn check(&self, _job: &Job, _disk: &Disk) -> Result<serde_json::Value, String> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        match &self.refuse {
+            Some(r) => Err(r.clone()),
+            None => Ok(serde_json::json!({"image": "fake"})),
+        }
+    }
+    fn write(
+        &self,
+        _job: &Job,
+        _dev: &Path,
+        stop: &Arc<AtomicBool>,
+        progress: &dyn Fn(StepProgress),
+    ) -> Result<serde_json::Value, StepError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(self.write_ms) {
+            if stop.load(Ordering::SeqCst) {
+                return Err(StepError::Stopped);
+            }
+            progress(StepProgress {
+                phase: "writing".into(),
+                bytes_done: start.elapsed().as_millis() as u64,
+                bytes_total: self.write_ms,
+                rate_bps: 0.0,
+            });
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(serde_json::json!({"ok": true}))
+    }
+    fn migrate(
+        &self,
+        _job: &Job,
+        _dev: &Path,
+        _p: &dyn Fn(StepProgress),
+    ) -> Result<serde_json::Value, StepError> {
+        Ok(serde_json::json!({}))
+    }
+    fn wipe(&self, _job: &Job) -> Result<serde_json::Value, StepError> {
+        self.wipes.fetch_add(1, Ordering::SeqCst);
+        Ok(serde_json::json!({}))
+    }
+    fn image_written(&self, _job: &Job, _dev: &Path, _ok: bool) -> Result<()> {
+        Ok(())
+    }
+    fn finish(&self, _job: &Job) -> Result<()> {
+        Ok(())
+    }
+    fn still_present(&self, _dev: &Path) -> bool {
+        true
+    }
+}
+
+const CFG: &str = "[policy]\nallowed_buses = [\"usb\"]\n\
+    [[bay]]\nname = \"a\"\nloop_backing = \"/t/a-*.img\"\n\
+    [[bay]]\nname = \"b\"\nloop_backing = \"/t/b-*.img\"\n\
+    [[bay]]\nname = \"prov\"\nport_path = \"pci-1\"\ndefault_image = \"base@1\"\n";
+
+fn agent(dir: &Path, steps: Arc<Fake>) -> Arc<Agent> {
+    let cfg = Config::parse(CFG).unwrap();
+    Agent::new(cfg, Journal::open(&dir.join("jobs")).unwrap(), steps).unwrap()
+}
+
+fn loop_disk(name: &str, backing: &str) -> Disk {
+    let mut d = test_disk(name);
+    d.loop_backing_file = Some(backing.into());
+    d
+}
+
+fn status_of(a: &Agent, name: &str) -> DiskStatus {
+    a.status()
+        .disks
+        .into_iter()
+        .find(|d| d.disk.name == name)
+        .unwrap()
+        .status
+}
+
+#[test]
+fn disk_outside_bays_is_ignored_and_never_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(0);
+    let a = agent(d.path(), f.clone());
+    a.add_job("T", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/elsewhere/a-1.img"));
+    assert!(matches!(status_of(&a, "loop1"), DiskStatus::Ignored { .. }));
+    assert_eq!(f.checks.load(Ordering::SeqCst), 0);
+    assert_eq!(f.writes.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn waiting_disk_gets_the_job_when_added_and_ends_done() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(20);
+    let a = agent(d.path(), f.clone());
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    assert_eq!(
+        status_of(&a, "loop1"),
+        DiskStatus::Waiting {
+            reason: "waiting for a job".into()
+        }
+    );
+    let bay = &a.status().bays[0];
+    assert_eq!(bay.state, "waiting for a job");
+    let j = a
+        .add_job("T", "img@1", Some("ds".into()), Some("a".into()), None)
+        .unwrap();
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Done);
+    assert_eq!(
+        status_of(&a, "loop1"),
+        DiskStatus::Done { job: j.id.clone() }
+    );
+    assert!(a.status().bays[0].state.contains("safe to remove"));
+    assert_eq!(f.wipes.load(Ordering::SeqCst), 1);
+    // A change event for the finished disk does not start anything new.
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    assert_eq!(f.writes.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn refused_disk_keeps_its_reason_and_the_job_stays_queued() {
+    let d = tempfile::tempdir().unwrap();
+    let f = Arc::new(Fake {
+        refuse: Some("mounted at /mnt/x".into()),
+        ..Arc::into_inner(fake(0)).unwrap()
+    });
+    let a = agent(d.path(), f.clone());
+    let j = a
+        .add_job("T", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    let st = status_of(&a, "loop1");
+    assert_eq!(
+        st,
+        DiskStatus::Refused {
+            job: j.id.clone(),
+            reason: "mounted at /mnt/x".into()
+        }
+    );
+    assert!(a.status().bays[0].state.contains("mounted at /mnt/x"));
+    assert_eq!(f.writes.load(Ordering::SeqCst), 0);
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Queued);
+}
+
+#[test]
+fn provisioning_bay_makes_its_own_job() {
+    let d = tempfile::tempdir().unwrap();
+    let a = agent(d.path(), fake(0));
+    let mut disk = test_disk("sdc");
+    disk.port_path = Some("pci-1".into());
+    a.disk_present(disk);
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    let jobs = a.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].provisioning);
+    assert_eq!(jobs[0].image, "base@1");
+    assert_eq!(jobs[0].state, JobState::Done);
+}
+
+#[test]
+fn serial_jobs_only_on_allowed_buses() {
+    let d = tempfile::tempdir().unwrap();
+    let a = agent(d.path(), fake(0));
+    let j = a
+        .add_job("T", "img@1", None, None, Some("SER1".into()))
+        .unwrap();
+    let mut sata = test_disk("sdd");
+    sata.bus = "ata".into();
+    sata.serial = Some("SER1".into());
+    a.disk_present(sata);
+    assert!(matches!(status_of(&a, "sdd"), DiskStatus::Ignored { .. }));
+    let mut usb = test_disk("sde");
+    usb.bus = "usb".into();
+    usb.serial = Some("SER1".into());
+    a.disk_present(usb);
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Done);
+}
+
+#[test]
+fn pulled_disk_interrupts_and_replug_under_a_new_name_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(400);
+    let a = agent(d.path(), f.clone());
+    let j = a
+        .add_job("T", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    std::thread::sleep(Duration::from_millis(50));
+    a.disk_gone("loop1");
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    let job = a.job(&j.id).unwrap();
+    assert_eq!(job.state, JobState::Interrupted);
+    assert_eq!(job.resume_from, Some(JobState::Writing));
+    a.disk_present(loop_disk("loop9", "/t/a-1.img"));
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    let job = a.job(&j.id).unwrap();
+    assert_eq!(job.state, JobState::Done);
+    assert_eq!(job.device.unwrap().name, "loop9");
+    assert_eq!(f.writes.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn shutdown_interrupts_and_a_new_agent_resumes_from_the_journal() {
+    let d = tempfile::tempdir().unwrap();
+    let a = agent(d.path(), fake(2000));
+    let j = a
+        .add_job("T", "img@1", Some("ds".into()), Some("a".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    std::thread::sleep(Duration::from_millis(50));
+    a.shutdown();
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Interrupted);
+    drop(a);
+
+    let f = fake(10);
+    let a = agent(d.path(), f.clone());
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Interrupted);
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Done);
+    assert_eq!(f.wipes.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn two_bays_run_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let a = agent(d.path(), fake(300));
+    let j1 = a
+        .add_job("T1", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    let j2 = a
+        .add_job("T2", "img@1", None, Some("b".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    a.disk_present(loop_disk("loop2", "/t/b-1.img"));
+    std::thread::sleep(Duration::from_millis(100));
+    let st = a.status();
+    assert_eq!(
+        st.bays
+            .iter()
+            .filter(|b| b.state.starts_with("running"))
+            .count(),
+        2
+    );
+    assert!(st.summary.contains("2 running"), "{}", st.summary);
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.job(&j1.id).unwrap().state, JobState::Done);
+    assert_eq!(a.job(&j2.id).unwrap().state, JobState::Done);
+}
+
+#[test]
+fn cancel_running_and_queued_and_retry() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(2000);
+    let a = agent(d.path(), f.clone());
+    let j = a
+        .add_job("T", "img@1", Some("ds".into()), Some("a".into()), None)
+        .unwrap();
+    let q = a
+        .add_job("T2", "img@1", None, Some("b".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    std::thread::sleep(Duration::from_millis(50));
+    a.cancel(&j.id).unwrap();
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Cancelled);
+    assert_eq!(f.wipes.load(Ordering::SeqCst), 0);
+    assert_eq!(a.cancel(&q.id).unwrap().state, JobState::Cancelled);
+    assert!(a.cancel(&q.id).is_err());
+    assert!(a.retry(&q.id).is_ok());
+    assert_eq!(a.job(&q.id).unwrap().state, JobState::Queued);
+}
+
+#[test]
+fn bad_job_requests_are_refused_with_reasons() {
+    let d = tempfile::tempdir().unwrap();
+    let a = agent(d.path(), fake(0));
+    let e = |r: Result<Job>| format!("{:#}", r.unwrap_err());
+    assert!(e(a.add_job("T", "img@1", None, Some("zz".into()), None)).contains("no bay \"zz\""));
+    assert!(e(a.add_job("T", "img", None, Some("a".into()), None)).contains("NAME@VERSION"));
+    assert!(e(a.add_job("T", "i@1", None, None, None)).contains("exactly one"));
+    assert!(e(a.add_job("", "i@1", None, Some("a".into()), None)).contains("ticket"));
+}

@@ -1,0 +1,246 @@
+//! The control socket's protocol: JSON lines over a Unix socket, version [`PROTOCOL_VERSION`].
+//!
+//! Each request is one line `{"v":1,"op":"...", ...}`; each gets exactly one reply line
+//! `{"v":1,"ok":true,"result":...}` or `{"v":1,"ok":false,"error":"..."}`. After a reply to
+//! `subscribe`, the connection carries event lines `{"v":1,"event":{"kind":"...",...}}` until
+//! either side closes it. A request with another `v` gets an error reply naming both versions.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bay::{Disk, DiskStatus};
+use crate::job::Job;
+use crate::runner::StepProgress;
+
+/// Version of the protocol spoken by this agent.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Protocol version.
+    pub v: u32,
+    /// The operation.
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// Operations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Everything at a glance: a [`Status`].
+    Status,
+    /// Queue a job; replies with the [`Job`].
+    JobAdd {
+        /// Service ticket.
+        ticket: String,
+        /// Image `NAME@VERSION`.
+        image: String,
+        /// Staged dataset to migrate.
+        #[serde(default)]
+        data: Option<String>,
+        /// Bay to wait on.
+        #[serde(default)]
+        bay: Option<String>,
+        /// Serial of the expected disk.
+        #[serde(default)]
+        serial: Option<String>,
+    },
+    /// All jobs: a list of [`Job`].
+    JobList,
+    /// One [`Job`].
+    JobShow {
+        /// Job id.
+        id: String,
+    },
+    /// Cancel a job (staged data is kept).
+    JobCancel {
+        /// Job id.
+        id: String,
+    },
+    /// Re-queue a failed, cancelled or interrupted job.
+    JobRetry {
+        /// Job id.
+        id: String,
+    },
+    /// Stream [`Event`]s on this connection.
+    Subscribe,
+}
+
+/// A reply line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Protocol version.
+    pub v: u32,
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The result, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// What went wrong, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    /// A success reply.
+    pub fn ok(result: serde_json::Value) -> Reply {
+        Reply {
+            v: PROTOCOL_VERSION,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+    /// A failure reply.
+    pub fn err(msg: impl Into<String>) -> Reply {
+        Reply {
+            v: PROTOCOL_VERSION,
+            ok: false,
+            result: None,
+            error: Some(msg.into()),
+        }
+    }
+}
+
+/// An event line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventLine {
+    /// Protocol version.
+    pub v: u32,
+    /// The event.
+    pub event: Event,
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A disk appeared (or changed).
+    DeviceArrived {
+        /// The disk.
+        disk: Disk,
+        /// Its bay.
+        bay: Option<String>,
+    },
+    /// A disk went away.
+    DeviceLeft {
+        /// Kernel name.
+        name: String,
+    },
+    /// What the agent does with a disk changed.
+    DiskStatus {
+        /// Kernel name.
+        name: String,
+        /// The new status.
+        status: DiskStatus,
+    },
+    /// A job changed state (after it was journaled).
+    JobState {
+        /// The job record.
+        job: Box<Job>,
+    },
+    /// Progress of a running job.
+    JobProgress {
+        /// Job id.
+        id: String,
+        /// Progress.
+        progress: StepProgress,
+    },
+}
+
+/// One bay in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BayView {
+    /// Bay name.
+    pub name: String,
+    /// What it matches (port path or backing-file glob).
+    pub matcher: String,
+    /// A provisioning bay's image.
+    pub default_image: Option<String>,
+    /// The disk in it, if any.
+    pub disk: Option<String>,
+    /// One line: "empty", "waiting for a job", a refusal reason, "running j-...", "done...".
+    pub state: String,
+    /// The job on it.
+    pub job: Option<String>,
+    /// Live progress of that job.
+    pub progress: Option<StepProgress>,
+}
+
+/// One disk in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskView {
+    /// The disk.
+    pub disk: Disk,
+    /// Its bay.
+    pub bay: Option<String>,
+    /// What the agent does with it.
+    pub status: DiskStatus,
+}
+
+/// The reply to `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// One-line summary (also sent as the systemd STATUS).
+    pub summary: String,
+    /// Every configured bay.
+    pub bays: Vec<BayView>,
+    /// Every disk present.
+    pub disks: Vec<DiskView>,
+    /// Jobs not yet finished, plus the last finished ones.
+    pub jobs: Vec<Job>,
+    /// Live progress per running job id.
+    pub progress: std::collections::BTreeMap<String, StepProgress>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        let r: Request =
+            serde_json::from_str(r#"{"v":1,"op":"job_add","ticket":"T","image":"a@1","bay":"b"}"#)
+                .unwrap();
+        assert_eq!(
+            r.op,
+            Op::JobAdd {
+                ticket: "T".into(),
+                image: "a@1".into(),
+                data: None,
+                bay: Some("b".into()),
+                serial: None
+            }
+        );
+        let s = serde_json::to_string(&Request {
+            v: 1,
+            op: Op::JobCancel { id: "j-1".into() },
+        })
+        .unwrap();
+        assert_eq!(s, r#"{"v":1,"op":"job_cancel","id":"j-1"}"#);
+    }
+
+    #[test]
+    fn unknown_op_is_a_parse_error() {
+        assert!(serde_json::from_str::<Request>(r#"{"v":1,"op":"format_c"}"#).is_err());
+    }
+
+    #[test]
+    fn reply_and_event_wire_format() {
+        assert_eq!(
+            serde_json::to_string(&Reply::err("no")).unwrap(),
+            r#"{"v":1,"ok":false,"error":"no"}"#
+        );
+        let e = EventLine {
+            v: 1,
+            event: Event::DeviceLeft {
+                name: "loop3".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"v":1,"event":{"kind":"device_left","name":"loop3"}}"#
+        );
+    }
+}
