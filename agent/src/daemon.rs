@@ -616,4 +616,4 @@ impl Agent {
 
 #[cfg(test)]
 #[path = "daemon_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -8,7 +8,7 @@ use super::*;
 use crate::bay::test_disk;
 use crate::runner::StepError;
 
-struct Fake {
+pub(crate) struct Fake {
     write_ms: u64,
     refuse: Option<String>,
     writes: AtomicUsize,
@@ -16,7 +16,7 @@ struct Fake {
     wipes: AtomicUsize,
 }
 
-fn fake(write_ms: u64) -> Arc<Fake> {
+pub(crate) fn fake(write_ms: u64) -> Arc<Fake> {
     Arc::new(Fake {
         write_ms,
         refuse: None,
@@ -80,7 +80,7 @@ impl JobSteps for Fake {
     }
 }
 
-const CFG: &str = "[policy]\nallowed_buses = [\"usb\"]\n\
+pub(crate) const CFG: &str = "[policy]\nallowed_buses = [\"usb\"]\n\
     [[bay]]\nname = \"a\"\nloop_backing = \"/t/a-*.img\"\n\
     [[bay]]\nname = \"b\"\nloop_backing = \"/t/b-*.img\"\n\
     [[bay]]\nname = \"prov\"\nport_path = \"pci-1\"\ndefault_image = \"base@1\"\n";
@@ -90,7 +90,7 @@ fn agent(dir: &Path, steps: Arc<Fake>) -> Arc<Agent> {
     Agent::new(cfg, Journal::open(&dir.join("jobs")).unwrap(), steps).unwrap()
 }
 
-fn loop_disk(name: &str, backing: &str) -> Disk {
+pub(crate) fn loop_disk(name: &str, backing: &str) -> Disk {
     let mut d = test_disk(name);
     d.loop_backing_file = Some(backing.into());
     d

@@ -4,6 +4,7 @@
 
 pub mod bay;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod depot;
@@ -15,5 +16,7 @@ pub mod job;
 pub mod journal;
 pub mod protocol;
 pub mod runner;
+pub mod server;
+pub mod status;
 
 pub use depot::Depot;

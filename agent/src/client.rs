@@ -1,0 +1,104 @@
+//! The `tek` commands' side of the control socket: one request, one reply; or a subscription
+//! that yields events. Blocking std I/O: the commands are short-lived.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::protocol::{Event, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
+
+/// A connection to the agent.
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    /// Connects to the agent's socket.
+    pub fn connect(path: &Path) -> Result<Client> {
+        let s = UnixStream::connect(path).with_context(|| {
+            format!(
+                "connecting to the agent at {} (is `tek agent` running, and may you use its socket?)",
+                path.display()
+            )
+        })?;
+        let writer = s
+            .try_clone()
+            .with_context(|| format!("cloning the connection to {}", path.display()))?;
+        Ok(Client {
+            path: path.to_path_buf(),
+            reader: BufReader::new(s),
+            writer,
+        })
+    }
+
+    fn send(&mut self, op: Op) -> Result<()> {
+        let mut line = serde_json::to_vec(&Request {
+            v: PROTOCOL_VERSION,
+            op,
+        })
+        .context("serializing a request")?;
+        line.push(b'\n');
+        self.writer
+            .write_all(&line)
+            .with_context(|| format!("sending a request to {}", self.path.display()))
+    }
+
+    fn read_line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .with_context(|| format!("reading from {}", self.path.display()))?;
+        if n == 0 {
+            bail!("the agent at {} closed the connection", self.path.display());
+        }
+        Ok(line)
+    }
+
+    /// Sends one request and returns its result, or the agent's error.
+    pub fn request(&mut self, op: Op) -> Result<serde_json::Value> {
+        self.send(op)?;
+        let line = self.read_line()?;
+        let reply: Reply = serde_json::from_str(&line).context("parsing the agent's reply")?;
+        if !reply.ok {
+            bail!("{}", reply.error.unwrap_or_else(|| "unknown error".into()));
+        }
+        Ok(reply.result.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Sends a request and decodes its result as `T`.
+    pub fn call<T: serde::de::DeserializeOwned>(&mut self, op: Op) -> Result<T> {
+        let v = self.request(op)?;
+        serde_json::from_value(v).context("decoding the agent's reply")
+    }
+
+    /// Subscribes; the connection then only carries events.
+    pub fn subscribe(mut self) -> Result<Events> {
+        self.request(Op::Subscribe)?;
+        Ok(Events { client: self })
+    }
+}
+
+/// Events from a subscription.
+pub struct Events {
+    client: Client,
+}
+
+impl Iterator for Events {
+    type Item = Result<Event>;
+    fn next(&mut self) -> Option<Result<Event>> {
+        let line = match self.client.read_line() {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(
+            serde_json::from_str::<EventLine>(&line)
+                .map(|l| l.event)
+                .context("parsing an event from the agent"),
+        )
+    }
+}

@@ -1,0 +1,336 @@
+//! The daemon's event loop: the control socket, disk events, systemd notifications and
+//! shutdown. [`run`] takes an already bound listener, a source of disk events and a shutdown
+//! future, so tests bind a temporary socket, feed hand-made disks and stop it when they like
+//! (the mini-redis `server::run` shape).
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::bay::Disk;
+use crate::daemon::Agent;
+use crate::protocol::{EventLine, Op, PROTOCOL_VERSION, Reply, Request};
+
+/// A disk event, as the daemon consumes it (the hotplug watcher's events are converted).
+#[derive(Debug, Clone)]
+pub enum DeviceEvent {
+    /// A disk is present (found at start, arrived, or changed).
+    Present(Box<Disk>),
+    /// A disk went away.
+    Gone {
+        /// Kernel name.
+        name: String,
+    },
+}
+
+/// Binds the control socket: creates its directory, refuses to start if another agent answers
+/// on it, replaces a stale socket file, sets mode 0660 and, when the group exists, its group.
+pub fn bind_socket(path: &Path, group: &str) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating socket directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another agent is already listening on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting mode 0660 on {}", path.display()))?;
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => {
+            nix::unistd::chown(path, None, Some(g.gid))
+                .with_context(|| format!("giving {} to group {group}", path.display()))?;
+        }
+        _ => tracing::info!(%group, "socket group does not exist; socket stays root-only"),
+    }
+    Ok(listener)
+}
+
+/// Runs the agent until `shutdown` completes: serves the socket, applies disk events, sends
+/// systemd READY/STATUS/WATCHDOG, then stops taking work and brings running jobs to a safe
+/// point before returning.
+pub async fn run(
+    listener: UnixListener,
+    agent: Arc<Agent>,
+    mut devices: mpsc::Receiver<DeviceEvent>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(shutdown);
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!("agent ready");
+    let status_task = tokio::spawn(status_loop(agent.clone()));
+    let mut devices_open = true;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => {
+                    let agent = agent.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve(stream, agent).await {
+                            tracing::debug!("control connection ended: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("accepting a control connection: {e}"),
+            },
+            ev = devices.recv(), if devices_open => match ev {
+                Some(ev) => {
+                    // Disk handling may run the eligibility checks (reads the manifest,
+                    // looks at mounts): keep it off the async workers, but in order.
+                    let agent = agent.clone();
+                    let _ = tokio::task::spawn_blocking(move || match ev {
+                        DeviceEvent::Present(d) => agent.disk_present(*d),
+                        DeviceEvent::Gone { name } => agent.disk_gone(&name),
+                    })
+                    .await;
+                }
+                None => {
+                    tracing::warn!("disk event source closed; no more hotplug");
+                    devices_open = false;
+                }
+            },
+        }
+    }
+    tracing::info!("stopping: bringing running jobs to a safe point");
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("stopping: jobs to a safe point"),
+        ],
+    );
+    status_task.abort();
+    let a = agent.clone();
+    tokio::task::spawn_blocking(move || a.shutdown())
+        .await
+        .context("waiting for jobs to stop")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// STATUS with the one-line summary whenever it changes, and WATCHDOG pings at half the
+/// interval systemd asked for.
+async fn status_loop(agent: Arc<Agent>) {
+    let mut usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
+    let period = if watchdog {
+        Duration::from_micros(usec / 2)
+    } else {
+        Duration::from_secs(2)
+    };
+    let mut last = String::new();
+    loop {
+        let summary = agent.status().summary;
+        let mut states = Vec::new();
+        if summary != last {
+            states.push(sd_notify::NotifyState::Status(&summary));
+        }
+        if watchdog {
+            states.push(sd_notify::NotifyState::Watchdog);
+        }
+        if !states.is_empty() {
+            let _ = sd_notify::notify(false, &states);
+        }
+        last = summary;
+        tokio::time::sleep(period.min(Duration::from_secs(2))).await;
+    }
+}
+
+async fn serve(stream: UnixStream, agent: Arc<Agent>) -> Result<()> {
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    while let Some(line) = lines.next_line().await.context("reading a request")? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                write_line(&mut wr, &Reply::err(format!("parsing request: {e}"))).await?;
+                continue;
+            }
+        };
+        if req.v != PROTOCOL_VERSION {
+            let msg = format!(
+                "protocol version {} not supported; this agent speaks {PROTOCOL_VERSION}",
+                req.v
+            );
+            write_line(&mut wr, &Reply::err(msg)).await?;
+            continue;
+        }
+        if let Op::Subscribe = req.op {
+            let mut rx = agent.subscribe();
+            write_line(&mut wr, &Reply::ok(serde_json::json!({"subscribed": true}))).await?;
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(event) => {
+                            let line = EventLine { v: PROTOCOL_VERSION, event };
+                            write_line(&mut wr, &line).await?;
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!("subscriber lagged by {n} events");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    },
+                    l = lines.next_line() => if !matches!(l, Ok(Some(_))) { return Ok(()) },
+                }
+            }
+        }
+        let mutating = matches!(
+            req.op,
+            Op::JobAdd { .. } | Op::JobCancel { .. } | Op::JobRetry { .. }
+        );
+        if mutating {
+            tracing::info!(uid = ?uid, op = ?req.op, "control request");
+        }
+        let a = agent.clone();
+        let reply = tokio::task::spawn_blocking(move || handle(&a, req.op))
+            .await
+            .unwrap_or_else(|e| Reply::err(format!("handling request: {e}")));
+        write_line(&mut wr, &reply).await?;
+    }
+    Ok(())
+}
+
+fn handle(agent: &Agent, op: Op) -> Reply {
+    let to = |r: Result<serde_json::Value>| match r {
+        Ok(v) => Reply::ok(v),
+        Err(e) => Reply::err(format!("{e:#}")),
+    };
+    let json = |v: Result<crate::job::Job>| v.map(|j| serde_json::to_value(j).unwrap_or_default());
+    match op {
+        Op::Status => to(Ok(serde_json::to_value(agent.status()).unwrap_or_default())),
+        Op::JobAdd {
+            ticket,
+            image,
+            data,
+            bay,
+            serial,
+        } => to(json(agent.add_job(&ticket, &image, data, bay, serial))),
+        Op::JobList => to(Ok(serde_json::to_value(agent.jobs()).unwrap_or_default())),
+        Op::JobShow { id } => to(json(agent.job(&id))),
+        Op::JobCancel { id } => to(json(agent.cancel(&id))),
+        Op::JobRetry { id } => to(json(agent.retry(&id))),
+        Op::Subscribe => Reply::err("subscribe is handled by the connection"),
+    }
+}
+
+async fn write_line<T: serde::Serialize>(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    v: &T,
+) -> Result<()> {
+    let mut bytes = serde_json::to_vec(v).context("serializing a reply")?;
+    bytes.push(b'\n');
+    wr.write_all(&bytes).await.context("writing a reply")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use crate::config::Config;
+    use crate::daemon::tests::{CFG, fake, loop_disk};
+    use crate::job::{Job, JobState};
+    use crate::journal::Journal;
+    use crate::protocol::{Event, Status};
+
+    #[test]
+    fn socket_round_trip_events_and_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("run/agent.sock");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cfg = Config::parse(CFG).unwrap();
+        let agent = Agent::new(
+            cfg,
+            Journal::open(&dir.path().join("jobs")).unwrap(),
+            fake(300),
+        )
+        .unwrap();
+        let (dev_tx, dev_rx) = mpsc::channel(16);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = rt.block_on(async { bind_socket(&sock, "no-such-group-tek").unwrap() });
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let server = rt.spawn(run(listener, agent.clone(), dev_rx, async {
+            let _ = stop_rx.await;
+        }));
+        // A second agent on the same socket is refused.
+        let e = rt.block_on(async { bind_socket(&sock, "tek").unwrap_err() });
+        assert!(format!("{e:#}").contains("already listening"));
+
+        let events = Client::connect(&sock).unwrap().subscribe().unwrap();
+        let mut c = Client::connect(&sock).unwrap();
+        let job: Job = c
+            .call(Op::JobAdd {
+                ticket: "T-9".into(),
+                image: "img@1".into(),
+                data: Some("ds".into()),
+                bay: Some("a".into()),
+                serial: None,
+            })
+            .unwrap();
+        let err = c
+            .request(Op::JobShow {
+                id: "j-nope".into(),
+            })
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("no job j-nope"));
+        dev_tx
+            .blocking_send(DeviceEvent::Present(Box::new(loop_disk(
+                "loop4",
+                "/t/a-4.img",
+            ))))
+            .unwrap();
+        let mut seen = Vec::new();
+        for ev in events {
+            let ev = ev.unwrap();
+            let done = matches!(&ev, Event::JobState { job } if job.state == JobState::Done);
+            seen.push(ev);
+            if done {
+                break;
+            }
+        }
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, Event::DeviceArrived { bay: Some(b), .. } if b == "a"))
+        );
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, Event::JobProgress { id, .. } if *id == job.id))
+        );
+        let st: Status = c.call(Op::Status).unwrap();
+        assert!(
+            st.bays[0].state.contains("safe to remove"),
+            "{:?}",
+            st.bays[0]
+        );
+        let list: Vec<Job> = c.call(Op::JobList).unwrap();
+        assert_eq!(list.len(), 1);
+
+        // Version mismatch is answered, not dropped.
+        let mut raw = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        std::io::Write::write_all(&mut raw, b"{\"v\":7,\"op\":\"status\"}\n").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(raw), &mut line).unwrap();
+        assert!(line.contains("protocol version 7"), "{line}");
+
+        stop_tx.send(()).unwrap();
+        rt.block_on(server).unwrap().unwrap();
+    }
+}

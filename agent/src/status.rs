@@ -1,0 +1,213 @@
+//! `tek status`: every bay at a glance, the reason for every refused or waiting disk, and with
+//! `--watch` a live view following the agent's events (an indicatif bar per running job).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::client::Client;
+use crate::job::{Job, JobState};
+use crate::protocol::{Event, Op, Status};
+
+/// Human size with binary units.
+pub fn human(bytes: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// The status as text, one line per bay, then disks outside bays, then open jobs.
+pub fn render(st: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", st.summary);
+    let w = st
+        .bays
+        .iter()
+        .map(|b| b.name.len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    if st.bays.is_empty() {
+        let _ = writeln!(out, "no bays configured");
+    }
+    for b in &st.bays {
+        let disk = b.disk.as_deref().unwrap_or("-");
+        let mut line = format!("{:<w$}  {:<8}  {}", b.name, disk, b.state);
+        if let Some(p) = &b.progress
+            && p.bytes_total > 0
+        {
+            let pct = p.bytes_done as f64 * 100.0 / p.bytes_total as f64;
+            let _ = write!(
+                line,
+                "  [{} {pct:.0}% of {}]",
+                p.phase,
+                human(p.bytes_total)
+            );
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let outside: Vec<_> = st.disks.iter().filter(|d| d.bay.is_none()).collect();
+    if !outside.is_empty() {
+        let _ = writeln!(out, "\nother disks:");
+        for d in outside {
+            let _ = writeln!(out, "  {:<8}  {}", d.disk.name, d.status.line());
+        }
+    }
+    let open: Vec<&Job> = st.jobs.iter().filter(|j| !j.state.is_terminal()).collect();
+    if !open.is_empty() {
+        let _ = writeln!(out, "\nopen jobs:");
+        for j in open {
+            let _ = writeln!(out, "  {}", job_line(j));
+        }
+    }
+    out
+}
+
+/// One line per job for `tek job list`.
+pub fn job_line(j: &Job) -> String {
+    let mut s = format!(
+        "{}  {:<14}  ticket {}  {}  {}",
+        j.id,
+        j.state.as_str(),
+        j.ticket,
+        j.image,
+        j.target
+    );
+    if let Some(d) = &j.dataset {
+        let _ = write!(s, "  data {d}");
+    }
+    if let Some(r) = j.resume_from {
+        let _ = write!(s, "  (resumes at {r})");
+    }
+    if let Some(e) = &j.error {
+        let _ = write!(s, "  error: {e}");
+    }
+    s
+}
+
+/// Follows the agent's events: prints arrivals, departures and state changes, and keeps a
+/// progress bar per running job. Returns when the agent closes the connection.
+pub fn watch(socket: &std::path::Path) -> Result<()> {
+    let mut c = Client::connect(socket)?;
+    let st: Status = c.call(Op::Status)?;
+    let mp = MultiProgress::new();
+    mp.println(render(&st))?;
+    let style = ProgressStyle::with_template(
+        "{prefix:>10} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    let events = Client::connect(socket)?.subscribe()?;
+    for ev in events {
+        match ev? {
+            Event::DeviceArrived { disk, bay } => mp.println(format!(
+                "+ {} arrived{} ({}, {})",
+                disk.name,
+                bay.map(|b| format!(" in bay {b}")).unwrap_or_default(),
+                disk.model_line(),
+                human(disk.size_bytes)
+            ))?,
+            Event::DeviceLeft { name } => mp.println(format!("- {name} left"))?,
+            Event::DiskStatus { name, status } => {
+                mp.println(format!("  {name}: {}", status.line()))?
+            }
+            Event::JobState { job } => {
+                mp.println(format!("* {}", job_line(&job)))?;
+                if job.state.is_terminal() || job.state == JobState::Interrupted {
+                    if let Some(b) = bars.remove(&job.id) {
+                        b.finish_and_clear();
+                    }
+                }
+            }
+            Event::JobProgress { id, progress } => {
+                let bar = bars.entry(id.clone()).or_insert_with(|| {
+                    let b = mp.add(ProgressBar::new(progress.bytes_total));
+                    b.set_style(style.clone());
+                    b.set_prefix(id.clone());
+                    b
+                });
+                bar.set_length(progress.bytes_total);
+                bar.set_position(progress.bytes_done);
+                bar.set_message(progress.phase.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bay::{DiskStatus, test_disk};
+    use crate::job::JobTarget;
+    use crate::protocol::{BayView, DiskView};
+    use crate::runner::StepProgress;
+
+    #[test]
+    fn renders_bays_reasons_and_progress() {
+        let mut job = Job::new("T", "img@1", None, JobTarget::Bay("a".into()));
+        job.set_state(JobState::Writing, None);
+        let st = Status {
+            summary: "2 bays".into(),
+            bays: vec![
+                BayView {
+                    name: "a".into(),
+                    matcher: String::new(),
+                    default_image: None,
+                    disk: Some("loop1".into()),
+                    state: format!("running {}", job.id),
+                    job: Some(job.id.clone()),
+                    progress: Some(StepProgress {
+                        phase: "writing".into(),
+                        bytes_done: 1 << 20,
+                        bytes_total: 4 << 20,
+                        rate_bps: 0.0,
+                    }),
+                },
+                BayView {
+                    name: "b".into(),
+                    matcher: String::new(),
+                    default_image: None,
+                    disk: None,
+                    state: "empty".into(),
+                    job: None,
+                    progress: None,
+                },
+            ],
+            disks: vec![DiskView {
+                disk: test_disk("sdz"),
+                bay: None,
+                status: DiskStatus::Ignored {
+                    reason: "not in a bench bay".into(),
+                },
+            }],
+            jobs: vec![job],
+            progress: Default::default(),
+        };
+        let text = render(&st);
+        assert!(text.contains("[writing 25% of 4.0 MiB]"), "{text}");
+        assert!(text.contains("b    -         empty"), "{text}");
+        assert!(
+            text.contains("sdz       ignored: not in a bench bay"),
+            "{text}"
+        );
+        assert!(text.contains("open jobs:"), "{text}");
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(64 << 20), "64.0 MiB");
+    }
+}
