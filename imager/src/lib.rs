@@ -1,2 +1,32 @@
 //! The imager: streams an image from the store (or a raw/zstd file) onto block devices or files,
 //! verifying every chunk before it is written and reading everything back afterwards.
+//!
+//! Data flow, one stage per module: [`source`] says what the image is and opens an ordered
+//! stream of pieces: [`reader`] (file I/O on one thread) feeds [`decode`] (decompress and
+//! hash-check on every core, reordered, bounded). [`job::write_image`] fans each piece out to one
+//! bounded queue per target; per target, [`writer`] gathers pieces into large aligned O_DIRECT
+//! writes on a [`target::TargetDev`] (zeroing holes, holding back the first MiB), then [`verify`]
+//! reads everything back, [`gptfix`] fits the GPT to the disk, and the first MiB goes last.
+//! [`eligibility`] decides which disks may be touched at all; [`ioctl`] is the only unsafe code.
+
+pub mod buffer;
+pub mod decode;
+pub mod eligibility;
+pub mod error;
+pub mod gptfix;
+pub mod ioctl;
+pub mod job;
+pub mod progress;
+pub mod reader;
+pub mod report;
+pub mod source;
+pub mod target;
+pub mod verify;
+pub mod writer;
+
+pub use eligibility::{Refusal, TargetInfo, check_target};
+pub use error::ImagerError;
+pub use job::{BeyondImage, WriteOptions, write_image};
+pub use progress::{Phase, ProgressEvent};
+pub use report::{BeyondAction, TargetReport, TargetResult};
+pub use source::{ImageInfo, ImageSource};

@@ -1,0 +1,469 @@
+//! [`write_image`]: one image onto many targets. One read and decode feeds every target through
+//! a bounded queue per target; each target runs on its own thread and fails alone.
+//!
+//! How far a slow disk may hold back the others: a target's queue holds [`TARGET_QUEUE`] pieces.
+//! When handing a piece to a target blocks for longer than [`SLOW_WAIT`] while another target is
+//! starved (its queue nearly empty), the slow target is split off: it drains its queue and then
+//! decodes the image again by itself from where it stopped. So a slow disk holds the fast ones
+//! back by at most `SLOW_WAIT` once; it costs one more decode stream, at the slow disk's pace.
+//! When every queue is full (all disks equally slow) nobody is split off.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::buffer::{ALIGN, AlignedBuf};
+use crate::decode::Item;
+use crate::eligibility::{self, Refusal};
+use crate::error::ImagerError;
+use crate::gptfix;
+use crate::ioctl;
+use crate::progress::{Phase, ProgressEvent, Reporter};
+use crate::report::{BeyondAction, TargetReport, TargetResult};
+use crate::source::{ImageInfo, ImageSource};
+use crate::target::TargetDev;
+use crate::verify;
+use crate::writer::OrderedWriter;
+
+/// Pieces queued per target.
+pub const TARGET_QUEUE: usize = 32;
+/// How long a blocked hand-off to one target may hold back starved others before it is split off.
+pub const SLOW_WAIT: Duration = Duration::from_secs(2);
+
+/// What to do past the image's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BeyondImage {
+    /// Clear it where the device zeroes fast (WRITE ZEROES offload, discard that zeroes, file
+    /// hole punch); otherwise leave it and say so in the report.
+    #[default]
+    Auto,
+    /// Always clear it, writing zeros if the device cannot zero by itself.
+    Overwrite,
+    /// Leave it.
+    Skip,
+}
+
+/// Options of a write job.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// What to do past the image's end (default [`BeyondImage::Auto`]).
+    pub beyond: BeyondImage,
+    /// Skip writes where the target already holds the bytes.
+    pub reuse_existing: bool,
+    /// GPT fix-ups driven by the manifest hints (default true).
+    pub fixups: bool,
+    /// Set to stop at the next piece; the partition table is then reset.
+    pub cancel: Arc<AtomicBool>,
+    /// Read large zeroed holes back completely instead of sampling them.
+    pub verify_holes_fully: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            beyond: BeyondImage::Auto,
+            reuse_existing: false,
+            fixups: true,
+            cancel: Arc::new(AtomicBool::new(false)),
+            verify_holes_fully: false,
+        }
+    }
+}
+
+/// Writes one image to every target (one read/decode feeds all; each target fails alone).
+pub fn write_image(
+    source: &ImageSource,
+    targets: &[PathBuf],
+    opts: &WriteOptions,
+    progress: Option<Sender<ProgressEvent>>,
+) -> Vec<TargetReport> {
+    let info = match source.info() {
+        Ok(i) => i,
+        Err(e) => {
+            return targets
+                .iter()
+                .map(|t| {
+                    failed(
+                        TargetReport::new(t.clone(), None),
+                        Phase::Checking,
+                        &e,
+                        false,
+                    )
+                })
+                .collect();
+        }
+    };
+    let mut reports: Vec<Option<TargetReport>> = Vec::new();
+    let mut live: Vec<(usize, TargetDev, TargetReport)> = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let mut rep = TargetReport::new(t.clone(), Some(info.clone()));
+        match claim(t, &info) {
+            Ok((id, dev)) => {
+                rep.identity = Some(id);
+                rep.direct_io = dev.is_direct();
+                live.push((i, dev, rep));
+                reports.push(None);
+            }
+            Err(refusal) => {
+                rep.result = TargetResult::Refused { refusal };
+                reports.push(Some(rep));
+            }
+        }
+    }
+    if live.is_empty() {
+        return reports.into_iter().flatten().collect();
+    }
+    let stream = match source.open_stream(&info, 0) {
+        Ok(s) => s,
+        Err(e) => {
+            for (i, _, rep) in live {
+                reports[i] = Some(failed(rep, Phase::Writing, &e, false));
+            }
+            return reports.into_iter().flatten().collect();
+        }
+    };
+    std::thread::scope(|s| {
+        let mut feeds = Vec::new();
+        let mut handles = Vec::new();
+        for (i, dev, rep) in live {
+            let (tx, rx) = bounded::<Item>(TARGET_QUEUE);
+            let split = Arc::new(AtomicBool::new(false));
+            feeds.push(Feed {
+                tx: Some(tx),
+                split: split.clone(),
+            });
+            let reporter = Reporter::new(progress.clone(), rep.path.clone());
+            let info = &info;
+            handles.push((
+                i,
+                s.spawn(move || run_target(source, info, opts, dev, rep, rx, split, reporter)),
+            ));
+        }
+        distribute(stream, &mut feeds, &opts.cancel);
+        drop(feeds);
+        for (i, h) in handles {
+            reports[i] = Some(h.join().expect("target thread panicked"));
+        }
+    });
+    reports.into_iter().flatten().collect()
+}
+
+struct Feed {
+    tx: Option<Sender<Item>>,
+    split: Arc<AtomicBool>,
+}
+
+/// Hands every piece to every live target; splits off a target that holds starved others back.
+fn distribute(stream: Receiver<Item>, feeds: &mut [Feed], cancel: &AtomicBool) {
+    for item in stream {
+        if cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        let end = item.is_err();
+        for i in 0..feeds.len() {
+            let Some(tx) = feeds[i].tx.clone() else {
+                continue;
+            };
+            let mut msg = item.clone();
+            loop {
+                match tx.send_timeout(msg, SLOW_WAIT) {
+                    Ok(()) => break,
+                    Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+                        feeds[i].tx = None; // the target failed and went away
+                        break;
+                    }
+                    Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
+                        let starved = feeds.iter().enumerate().any(|(j, f)| {
+                            j != i && f.tx.as_ref().is_some_and(|t| t.len() < TARGET_QUEUE / 4)
+                        });
+                        if starved {
+                            tracing::info!("splitting off a slow target");
+                            feeds[i].split.store(true, Ordering::SeqCst);
+                            feeds[i].tx = None;
+                            break;
+                        }
+                        msg = m;
+                    }
+                }
+            }
+        }
+        if end {
+            return;
+        }
+    }
+}
+
+/// Checks and claims one target; EBUSY / a held lock become [`Refusal::Busy`].
+fn claim(t: &Path, info: &ImageInfo) -> Result<(eligibility::TargetInfo, TargetDev), Refusal> {
+    let id = eligibility::check_target(t, info.size, info.gpt_sector)?;
+    let dev = TargetDev::open(t, info.size).map_err(|e| Refusal::Busy {
+        detail: e.to_string(),
+    })?;
+    Ok((id, dev))
+}
+
+fn failed(mut rep: TargetReport, phase: Phase, e: &ImagerError, reset: bool) -> TargetReport {
+    rep.result = TargetResult::Failed {
+        phase,
+        error: e.to_string(),
+        offset: e.offset(),
+        table_reset: reset,
+    };
+    if let ImagerError::Mismatch { offsets, .. } = e {
+        rep.mismatch_offsets = offsets.clone();
+    }
+    rep
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_target(
+    source: &ImageSource,
+    info: &ImageInfo,
+    opts: &WriteOptions,
+    mut dev: TargetDev,
+    mut rep: TargetReport,
+    rx: Receiver<Item>,
+    split: Arc<AtomicBool>,
+    mut progress: Reporter,
+) -> TargetReport {
+    let t0 = Instant::now();
+    let mut phase = Phase::Writing;
+    let r = job_steps(
+        source,
+        info,
+        opts,
+        &mut dev,
+        &mut rep,
+        rx,
+        &split,
+        &mut progress,
+        &mut phase,
+    );
+    rep.split_off = split.load(Ordering::SeqCst);
+    rep.direct_io = dev.is_direct();
+    rep.durations.total_secs = t0.elapsed().as_secs_f64();
+    match r {
+        Ok(()) => {
+            progress.phase(Phase::Done, 0);
+            rep
+        }
+        Err(e) => {
+            drop(split);
+            let reset = gptfix::reset_partition_table(&mut dev, info.size).is_ok();
+            progress.phase(Phase::Failed, 0);
+            failed(rep, phase, &e, reset)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn job_steps(
+    source: &ImageSource,
+    info: &ImageInfo,
+    opts: &WriteOptions,
+    dev: &mut TargetDev,
+    rep: &mut TargetReport,
+    rx: Receiver<Item>,
+    split: &AtomicBool,
+    progress: &mut Reporter,
+    phase: &mut Phase,
+) -> Result<(), ImagerError> {
+    let size = info.size;
+    let t = Instant::now();
+    progress.phase(Phase::Writing, size);
+    let mut w = OrderedWriter::new(dev, size, opts.reuse_existing);
+    let mut rx = rx;
+    loop {
+        let item = match rx.recv() {
+            Ok(item) => item,
+            Err(_) if split.load(Ordering::SeqCst) && w.position() < size => {
+                // Split off: decode again from here, at this disk's own pace.
+                rx = source.open_stream(info, w.position())?;
+                split.store(false, Ordering::SeqCst);
+                rep.split_off = true;
+                continue;
+            }
+            Err(_) => break,
+        };
+        if opts.cancel.load(Ordering::Relaxed) {
+            return Err(ImagerError::Cancelled {
+                offset: w.position(),
+            });
+        }
+        match item {
+            Ok(piece) => w.push(&piece)?,
+            Err(e) => {
+                return Err(match &*e {
+                    ImagerError::Store(se) => ImagerError::BadImage {
+                        path: PathBuf::from(&info.name),
+                        reason: se.to_string(),
+                    },
+                    other => ImagerError::BadImage {
+                        path: PathBuf::from(&info.name),
+                        reason: other.to_string(),
+                    },
+                }
+                .with_offset_of(&e));
+            }
+        }
+        progress.update(w.position());
+    }
+    w.finish()?;
+    let stats = w.stats;
+    let extents = std::mem::take(&mut w.extents);
+    let mut holdback = std::mem::take(&mut w.holdback);
+    drop(w);
+    rep.bytes_written = stats.bytes_written;
+    rep.bytes_zeroed = stats.bytes_zeroed;
+    rep.bytes_skipped = stats.bytes_skipped;
+    rep.durations.write_secs = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    *phase = Phase::ClearingBeyond;
+    progress.phase(Phase::ClearingBeyond, dev.size() - size);
+    rep.beyond = clear_beyond(dev, size, opts.beyond)?;
+    rep.durations.beyond_secs = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    *phase = Phase::Flushing;
+    progress.phase(Phase::Flushing, 0);
+    dev.sync()?;
+    dev.drop_cache()?;
+    *phase = Phase::Verifying;
+    progress.phase(Phase::Verifying, size);
+    let out = verify::verify_extents(
+        dev,
+        &extents,
+        &holdback,
+        size,
+        opts.verify_holes_fully,
+        &mut |d| progress.update(d),
+    )?;
+    rep.bytes_verified = out.bytes_verified;
+    if !out.mismatches.is_empty() {
+        return Err(ImagerError::Mismatch {
+            path: dev.path().to_path_buf(),
+            offsets: out.mismatches,
+        });
+    }
+    rep.durations.verify_secs = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    if let (true, Some(sector)) = (opts.fixups, info.gpt_sector) {
+        *phase = Phase::FixingGpt;
+        progress.phase(Phase::FixingGpt, 0);
+        let mut changes = gptfix::fix_gpt(dev, &mut holdback, sector, &info.hints)?;
+        dev.sync()?;
+        dev.drop_cache()?;
+        for (off, bytes) in std::mem::take(&mut changes.written) {
+            rep.bytes_written += bytes.len() as u64;
+            let bad = verify::verify_bytes(dev, off, &bytes)?;
+            if !bad.is_empty() {
+                return Err(ImagerError::Mismatch {
+                    path: dev.path().to_path_buf(),
+                    offsets: bad,
+                });
+            }
+            rep.bytes_verified += bytes.len() as u64;
+        }
+        rep.gpt = Some(changes);
+    }
+    *phase = Phase::FirstMib;
+    progress.phase(Phase::FirstMib, holdback.len() as u64);
+    let mut buf = AlignedBuf::new(holdback.len().max(ALIGN));
+    buf.as_mut_slice()[..holdback.len()].copy_from_slice(&holdback);
+    dev.write_at(&buf.as_slice()[..holdback.len()], 0)?;
+    rep.bytes_written += holdback.len() as u64;
+    dev.sync()?;
+    dev.drop_cache()?;
+    let bad = verify::verify_bytes(dev, 0, &holdback)?;
+    if !bad.is_empty() {
+        return Err(ImagerError::Mismatch {
+            path: dev.path().to_path_buf(),
+            offsets: bad,
+        });
+    }
+    rep.bytes_verified += holdback.len() as u64;
+    if dev.is_block() {
+        use std::os::fd::AsFd;
+        // Loop devices without partition scanning answer EINVAL; that is fine.
+        rep.reread_partitions = Some(match ioctl::reread_partitions(dev.buffered().as_fd()) {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        });
+    }
+    rep.durations.finish_secs = t.elapsed().as_secs_f64();
+    Ok(())
+}
+
+impl ImagerError {
+    /// Keeps the source error's offset in the message of a wrapped error.
+    fn with_offset_of(self, inner: &ImagerError) -> ImagerError {
+        match (self, inner.offset()) {
+            (ImagerError::BadImage { path, reason }, Some(off)) if !reason.contains("offset") => {
+                ImagerError::BadImage {
+                    path,
+                    reason: format!("{reason} (image offset {off})"),
+                }
+            }
+            (s, _) => s,
+        }
+    }
+}
+
+fn queue_attr(dev: &TargetDev, name: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(dev.path()).ok()?;
+    let (ma, mi) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+    let base = std::fs::canonicalize(format!("/sys/dev/block/{ma}:{mi}")).ok()?;
+    let q = if base.join("partition").exists() {
+        base.parent()?.join("queue").join(name)
+    } else {
+        base.join("queue").join(name)
+    };
+    std::fs::read_to_string(q).ok()?.trim().parse().ok()
+}
+
+/// Clears `[image_size, disk end)` according to `policy`.
+fn clear_beyond(
+    dev: &mut TargetDev,
+    image_size: u64,
+    policy: BeyondImage,
+) -> Result<BeyondAction, ImagerError> {
+    let end = dev.size();
+    if end <= image_size {
+        return Ok(BeyondAction::None);
+    }
+    let bytes = end - image_size;
+    if policy == BeyondImage::Skip {
+        return Ok(BeyondAction::Skipped {
+            bytes,
+            reason: "skipped by option".into(),
+        });
+    }
+    if !dev.is_block() {
+        dev.zero_range(image_size, bytes)?;
+        return Ok(BeyondAction::Punched { bytes });
+    }
+    let s = dev.logical_sector();
+    let a = image_size.div_ceil(s) * s;
+    dev.write_zeros(image_size, a - image_size)?;
+    let offloaded = queue_attr(dev, "write_zeroes_max_bytes").unwrap_or(0) > 0;
+    if offloaded || policy == BeyondImage::Overwrite {
+        dev.zero_range(a, end - a)?;
+        return Ok(BeyondAction::Zeroed { bytes, offloaded });
+    }
+    use std::os::fd::AsFd;
+    if ioctl::discard_zeroes(dev.buffered().as_fd()).unwrap_or(false)
+        && ioctl::discard(dev.buffered().as_fd(), a, end - a).is_ok()
+    {
+        return Ok(BeyondAction::Discarded { bytes });
+    }
+    Ok(BeyondAction::Skipped {
+        bytes,
+        reason: "the device offers no fast zeroing; use --beyond overwrite".into(),
+    })
+}

@@ -1,0 +1,193 @@
+//! Where an image comes from, what we know about it up front ([`ImageInfo`]), and the ordered
+//! stream of verified pieces it yields ([`open_stream`]), starting at any piece boundary.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::Receiver;
+use image_store::Hints;
+use serde::Serialize;
+
+use crate::decode::{self, Item};
+use crate::error::ImagerError;
+use crate::reader::{self, RawJobs, ZstdJobs, src_err};
+
+/// Jobs the decode pool may hold at once (each at most a few MiB).
+pub const DECODE_DEPTH: usize = 16;
+
+/// The image to write.
+pub enum ImageSource {
+    /// A raw or zstd-compressed raw image file (one-off use; no hashes to check against).
+    File(PathBuf),
+}
+
+/// What is known about an image before writing it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    /// Image name (store name, or the file name).
+    pub name: String,
+    /// Version (store images only).
+    pub version: Option<String>,
+    /// BLAKE3 hex of the manifest file (store images only).
+    pub manifest_hash: Option<String>,
+    /// Signature status as checked by the caller (store images only).
+    pub signature: Option<serde_json::Value>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical sector size of the image's GPT, when it has one.
+    pub gpt_sector: Option<u64>,
+    /// Manifest hints (empty for files).
+    #[serde(skip)]
+    pub hints: Hints,
+}
+
+/// Decode workers: one per core (the store's chunks decompress in parallel).
+pub fn worker_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// Finds "EFI PART" at LBA 1 for 512- or 4096-byte sectors in the image's first bytes.
+pub fn detect_gpt_sector(head: &[u8]) -> Option<u64> {
+    [512usize, 4096]
+        .into_iter()
+        .find(|&s| head.len() >= s + 8 && &head[s..s + 8] == b"EFI PART")
+        .map(|s| s as u64)
+}
+
+fn file_size(path: &Path) -> Result<u64, ImagerError> {
+    let f = File::open(path).map_err(|e| src_err("opening image", path, 0, e))?;
+    let md = f
+        .metadata()
+        .map_err(|e| src_err("reading metadata of image", path, 0, e))?;
+    if md.is_file() {
+        Ok(md.len())
+    } else {
+        crate::ioctl::get_size64(f.as_fd())
+            .map_err(|e| src_err("getting size of image", path, 0, e))
+    }
+}
+
+impl ImageSource {
+    /// Looks at the source: size, name, GPT sector size, hints.
+    pub fn info(&self) -> Result<ImageInfo, ImagerError> {
+        match self {
+            ImageSource::File(path) => {
+                let zstd = reader::is_zstd(path)?;
+                let size = if zstd {
+                    reader::zstd_size(path)?
+                } else {
+                    file_size(path)?
+                };
+                let mut head = vec![0u8; 8192];
+                let n = if zstd {
+                    let f = File::open(path).map_err(|e| src_err("opening image", path, 0, e))?;
+                    let mut d = zstd::stream::read::Decoder::new(f)
+                        .map_err(|e| src_err("decompressing image", path, 0, e))?;
+                    reader::read_full(&mut d, &mut head)
+                } else {
+                    let mut f =
+                        File::open(path).map_err(|e| src_err("opening image", path, 0, e))?;
+                    reader::read_full(&mut f, &mut head)
+                }
+                .map_err(|e| src_err("reading image", path, 0, e))?;
+                if size == 0 {
+                    return Err(ImagerError::BadImage {
+                        path: path.clone(),
+                        reason: "image is empty".into(),
+                    });
+                }
+                Ok(ImageInfo {
+                    name: path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    version: None,
+                    manifest_hash: None,
+                    signature: None,
+                    size,
+                    gpt_sector: detect_gpt_sector(&head[..n]),
+                    hints: Hints::default(),
+                })
+            }
+        }
+    }
+
+    /// Starts reading and decoding from image offset `start`, which must be a piece boundary
+    /// of an earlier stream (or 0). Pieces arrive in order; an error ends the stream.
+    pub fn open_stream(&self, info: &ImageInfo, start: u64) -> Result<Receiver<Item>, ImagerError> {
+        match self {
+            ImageSource::File(path) => {
+                let workers = worker_count();
+                if reader::is_zstd(path)? {
+                    let jobs = ZstdJobs::open(path, info.size, start)?;
+                    Ok(decode::spawn(jobs, workers, DECODE_DEPTH, |_| {}))
+                } else {
+                    let jobs = RawJobs::open(path, info.size, start)?;
+                    Ok(decode::spawn(jobs, workers, DECODE_DEPTH, |_| {}))
+                }
+            }
+        }
+    }
+}
+
+/// Reads a whole source into memory through the pipeline (tests and small images only).
+pub fn read_all(src: &ImageSource) -> Result<Vec<u8>, ImagerError> {
+    let info = src.info()?;
+    let mut out = vec![0u8; info.size as usize];
+    for item in src.open_stream(&info, 0)? {
+        let piece = item.map_err(|e| ImagerError::BadImage {
+            path: PathBuf::new(),
+            reason: e.to_string(),
+        })?;
+        if let image_store::Piece::Data(c) = &*piece {
+            let o = c.offset() as usize;
+            out[o..o + c.data().len()].copy_from_slice(c.data());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt_detection() {
+        let mut h = vec![0u8; 8192];
+        assert_eq!(detect_gpt_sector(&h), None);
+        h[4096..4104].copy_from_slice(b"EFI PART");
+        assert_eq!(detect_gpt_sector(&h), Some(4096));
+        h[512..520].copy_from_slice(b"EFI PART");
+        assert_eq!(detect_gpt_sector(&h), Some(512));
+    }
+
+    #[test]
+    fn file_source_round_trips_raw_and_zstd() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("a.img");
+        let mut data = vec![0u8; 9 << 20];
+        for (i, b) in data[3 << 20..5 << 20].iter_mut().enumerate() {
+            *b = (i % 253) as u8 + 1;
+        }
+        std::fs::write(&raw, &data).unwrap();
+        let zst = dir.path().join("a.img.zst");
+        std::fs::write(&zst, zstd::encode_all(&data[..], 3).unwrap()).unwrap();
+        for p in [raw, zst] {
+            let src = ImageSource::File(p.clone());
+            assert_eq!(src.info().unwrap().size, data.len() as u64);
+            assert!(read_all(&src).unwrap() == data, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn empty_image_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.img");
+        std::fs::write(&p, b"").unwrap();
+        let e = ImageSource::File(p).info().unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
+}

@@ -1,0 +1,266 @@
+//! An opened target: claimed exclusively for the whole job (O_EXCL on block devices plus
+//! `flock(LOCK_EX)`), with an O_DIRECT descriptor for the bulk I/O and a buffered one for
+//! unaligned bits (the image's tail, GPT structures) and as the fallback when O_DIRECT is refused.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::buffer::{ALIGN, AlignedBuf};
+use crate::error::ImagerError;
+use crate::ioctl;
+
+/// A target opened for writing.
+pub struct TargetDev {
+    path: PathBuf,
+    buffered: File,
+    direct: Option<File>,
+    is_block: bool,
+    size: u64,
+    logical_sector: u64,
+}
+
+fn aligned(buf: &[u8], off: u64) -> bool {
+    (buf.as_ptr() as usize) % ALIGN == 0 && buf.len() % ALIGN == 0 && off % ALIGN as u64 == 0
+}
+
+impl TargetDev {
+    /// Opens and claims `path`. `min_size`: a regular file shorter than this is extended
+    /// (sparsely) to it, so a file target behaves like a disk of the image's size.
+    pub fn open(path: &Path, min_size: u64) -> Result<TargetDev, ImagerError> {
+        let err = |action, e| ImagerError::Target {
+            action,
+            path: path.to_path_buf(),
+            offset: 0,
+            source: e,
+        };
+        let md = std::fs::metadata(path).map_err(|e| err("inspecting", e))?;
+        let is_block = md.file_type().is_block_device();
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(true);
+        if is_block {
+            // O_EXCL on a block device fails with EBUSY when it is mounted or held by dm/md.
+            oo.custom_flags(libc::O_EXCL | libc::O_CLOEXEC);
+        }
+        let buffered = oo.open(path).map_err(|e| err("opening exclusively", e))?;
+        ioctl::lock_exclusive(buffered.as_fd()).map_err(|e| err("locking (flock)", e))?;
+        let direct = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .open(path)
+            .ok();
+        let (size, logical_sector) = if is_block {
+            let s = ioctl::get_size64(buffered.as_fd()).map_err(|e| err("getting size of", e))?;
+            let l = ioctl::logical_sector_size(buffered.as_fd()).unwrap_or(512);
+            (s, l)
+        } else {
+            if md.len() < min_size {
+                buffered
+                    .set_len(min_size)
+                    .map_err(|e| err("extending", e))?;
+            }
+            (md.len().max(min_size), 512)
+        };
+        Ok(TargetDev {
+            path: path.to_path_buf(),
+            buffered,
+            direct,
+            is_block,
+            size,
+            logical_sector,
+        })
+    }
+
+    /// The path it was opened as.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// Logical sector size.
+    pub fn logical_sector(&self) -> u64 {
+        self.logical_sector
+    }
+    /// True for a block device.
+    pub fn is_block(&self) -> bool {
+        self.is_block
+    }
+    /// True while bulk I/O goes through O_DIRECT.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+    /// The buffered descriptor (GPT code reads and writes small structures through it).
+    pub fn buffered(&self) -> &File {
+        &self.buffered
+    }
+
+    fn io_err(&self, action: &'static str, offset: u64, e: io::Error) -> ImagerError {
+        ImagerError::Target {
+            action,
+            path: self.path.clone(),
+            offset,
+            source: e,
+        }
+    }
+
+    /// Writes `buf` at `off`: O_DIRECT when buffer, length and offset are aligned, else (or when
+    /// the kernel refuses O_DIRECT with EINVAL, e.g. tmpfs) through the page cache.
+    pub fn write_at(&mut self, buf: &[u8], off: u64) -> Result<(), ImagerError> {
+        if aligned(buf, off) {
+            if let Some(d) = &self.direct {
+                match d.write_all_at(buf, off) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        tracing::info!(
+                            "{}: O_DIRECT refused, using the page cache",
+                            self.path.display()
+                        );
+                        self.direct = None;
+                    }
+                    Err(e) => return Err(self.io_err("writing", off, e)),
+                }
+            }
+        }
+        self.buffered
+            .write_all_at(buf, off)
+            .map_err(|e| self.io_err("writing", off, e))
+    }
+
+    /// Reads exactly `buf.len()` bytes at `off` (O_DIRECT when aligned, like [`Self::write_at`]).
+    pub fn read_at(&mut self, buf: &mut [u8], off: u64) -> Result<(), ImagerError> {
+        if aligned(buf, off) {
+            if let Some(d) = &self.direct {
+                match d.read_exact_at(buf, off) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+                    Err(e) => return Err(self.io_err("reading back", off, e)),
+                }
+            }
+        }
+        self.buffered
+            .read_exact_at(buf, off)
+            .map_err(|e| self.io_err("reading back", off, e))
+    }
+
+    /// Makes `[off, off+len)` read as zeros. Block devices: BLKZEROOUT (needs sector-aligned
+    /// ranges; falls back to writing zeros). Files: punch a hole (falls back to writing zeros).
+    pub fn zero_range(&mut self, off: u64, len: u64) -> Result<(), ImagerError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let ls = self.logical_sector;
+        let done = if self.is_block {
+            off % ls == 0
+                && len % ls == 0
+                && ioctl::zero_out(self.buffered.as_fd(), off, len).is_ok()
+        } else {
+            use nix::fcntl::{FallocateFlags, fallocate};
+            use std::os::fd::AsRawFd;
+            fallocate(
+                self.buffered.as_raw_fd(),
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                off as i64,
+                len as i64,
+            )
+            .is_ok()
+        };
+        if !done {
+            self.write_zeros(off, len)?;
+        }
+        Ok(())
+    }
+
+    /// Writes literal zeros over `[off, off+len)` in large aligned writes.
+    pub fn write_zeros(&mut self, off: u64, len: u64) -> Result<(), ImagerError> {
+        let zeros = AlignedBuf::new(8 << 20);
+        let mut pos = off;
+        let end = off + len;
+        while pos < end {
+            // Keep writes aligned: a first partial block brings `pos` onto a boundary.
+            let room = if pos % ALIGN as u64 != 0 {
+                ALIGN as u64 - pos % ALIGN as u64
+            } else {
+                zeros.capacity() as u64
+            };
+            let n = room.min(end - pos) as usize;
+            self.write_at(&zeros.as_slice()[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Flushes both descriptors to stable storage.
+    pub fn sync(&mut self) -> Result<(), ImagerError> {
+        if let Some(d) = &self.direct {
+            d.sync_data().map_err(|e| self.io_err("flushing", 0, e))?;
+        }
+        self.buffered
+            .sync_data()
+            .map_err(|e| self.io_err("flushing", 0, e))
+    }
+
+    /// Drops cached pages so that read-back hits the medium: BLKFLSBUF on block devices,
+    /// POSIX_FADV_DONTNEED on files (after [`Self::sync`], so no dirty pages remain).
+    pub fn drop_cache(&mut self) -> Result<(), ImagerError> {
+        if self.is_block {
+            ioctl::flush_buffers(self.buffered.as_fd())
+                .map_err(|e| self.io_err("dropping the buffer cache of", 0, e))
+        } else {
+            use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+            use std::os::fd::AsRawFd;
+            posix_fadvise(
+                self.buffered.as_raw_fd(),
+                0,
+                0,
+                PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            )
+            .map_err(|e| self.io_err("dropping the page cache of", 0, e.into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_target_extends_writes_zeroes_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.img");
+        std::fs::write(&p, vec![0xAAu8; 3 << 20]).unwrap();
+        let mut t = TargetDev::open(&p, 4 << 20).unwrap();
+        assert_eq!(t.size(), 4 << 20);
+        let mut b = AlignedBuf::new(8192);
+        b.as_mut_slice().fill(7);
+        t.write_at(b.as_slice(), 8192).unwrap();
+        t.write_at(&[9u8; 3], 5).unwrap(); // unaligned: buffered path
+        t.zero_range(1 << 20, 1 << 20).unwrap();
+        t.sync().unwrap();
+        t.drop_cache().unwrap();
+        let all = std::fs::read(&p).unwrap();
+        assert_eq!(all.len(), 4 << 20);
+        assert_eq!(&all[5..8], &[9, 9, 9]);
+        assert!(all[8192..16384].iter().all(|&x| x == 7));
+        assert!(all[1 << 20..2 << 20].iter().all(|&x| x == 0));
+        assert!(all[2 << 20..3 << 20].iter().all(|&x| x == 0xAA));
+        let mut back = AlignedBuf::new(8192);
+        t.read_at(back.as_mut_slice(), 8192).unwrap();
+        assert!(back.as_slice().iter().all(|&x| x == 7));
+    }
+
+    #[test]
+    fn second_claim_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.img");
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        let _a = TargetDev::open(&p, 0).unwrap();
+        let e = TargetDev::open(&p, 0).err().unwrap();
+        assert!(e.to_string().contains("locking"), "{e}");
+    }
+}

@@ -1,0 +1,336 @@
+//! The ordered writer: takes verified pieces in image order and turns them into large aligned
+//! writes on one target, zeroing holes, holding back the first MiB, and optionally skipping
+//! writes where the target already holds the same bytes.
+//!
+//! Chunk boundaries are arbitrary byte offsets (content-defined chunking), so data is gathered in
+//! an aligned staging buffer and written when full; O_DIRECT then always sees aligned, multi-MiB
+//! writes. Small holes are copied in as zeros; large ones flush the buffer, and their aligned
+//! middle is zeroed by the device (BLKZEROOUT / hole punch) instead of being written.
+
+use image_store::{ChunkId, Piece};
+use serde::Serialize;
+
+use crate::buffer::{ALIGN, AlignedBuf};
+use crate::error::ImagerError;
+use crate::target::TargetDev;
+
+/// The protective MBR and primary GPT live here; written last, after everything is verified.
+pub const HOLDBACK: u64 = 1 << 20;
+/// Staging buffer size: one write call per this many bytes.
+pub const WRITE_BUF: usize = 8 << 20;
+/// Holes at least this long are zeroed by the device rather than written.
+pub const BIG_HOLE: u64 = 1 << 20;
+
+/// One extent as written, for read-back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenExtent {
+    /// Image offset.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+    /// Expected BLAKE3 of the bytes; `None` for zeros.
+    pub id: Option<ChunkId>,
+}
+
+/// Byte counts of the writing phase.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WriteStats {
+    /// Bytes written with write calls (data, small holes, the first MiB).
+    pub bytes_written: u64,
+    /// Bytes zeroed by the device (BLKZEROOUT, hole punch) or written as zeros beyond the image.
+    pub bytes_zeroed: u64,
+    /// Bytes not written because the target already held them (reuse).
+    pub bytes_skipped: u64,
+}
+
+/// The writer for one target.
+pub struct OrderedWriter<'a> {
+    dev: &'a mut TargetDev,
+    buf: AlignedBuf,
+    scratch: Option<AlignedBuf>,
+    buf_start: u64,
+    buf_len: usize,
+    size: u64,
+    /// The image's first MiB (or all of it, if smaller), kept in memory until the end.
+    pub holdback: Vec<u8>,
+    /// Extents seen so far, holes merged.
+    pub extents: Vec<WrittenExtent>,
+    /// Counters.
+    pub stats: WriteStats,
+}
+
+impl<'a> OrderedWriter<'a> {
+    /// A writer for an image of `size` bytes. `reuse`: compare before writing.
+    pub fn new(dev: &'a mut TargetDev, size: u64, reuse: bool) -> Self {
+        OrderedWriter {
+            dev,
+            buf: AlignedBuf::new(WRITE_BUF),
+            scratch: reuse.then(|| AlignedBuf::new(WRITE_BUF)),
+            buf_start: 0,
+            buf_len: 0,
+            size,
+            holdback: vec![0u8; size.min(HOLDBACK) as usize],
+            extents: Vec::new(),
+            stats: WriteStats::default(),
+        }
+    }
+
+    /// Image offset up to which pieces have been taken.
+    pub fn position(&self) -> u64 {
+        self.buf_start + self.buf_len as u64
+    }
+
+    /// The target.
+    pub fn dev(&mut self) -> &mut TargetDev {
+        self.dev
+    }
+
+    fn record(&mut self, offset: u64, len: u64, id: Option<ChunkId>) {
+        if id.is_none() {
+            if let Some(last) = self.extents.last_mut() {
+                if last.id.is_none() && last.offset + last.len == offset {
+                    last.len += len;
+                    return;
+                }
+            }
+        }
+        self.extents.push(WrittenExtent { offset, len, id });
+    }
+
+    /// Takes the next piece. Pieces must be contiguous; a piece that starts before the
+    /// position (a restarted stream) is trimmed, and one entirely before it skipped.
+    pub fn push(&mut self, piece: &Piece) -> Result<(), ImagerError> {
+        let (offset, len) = match piece {
+            Piece::Data(c) => (c.offset(), c.len()),
+            Piece::Hole { offset, len } => (*offset, *len),
+        };
+        let pos = self.position();
+        if offset + len <= pos {
+            return Ok(());
+        }
+        if offset > pos || offset + len > self.size {
+            return Err(ImagerError::BadImage {
+                path: self.dev.path().to_path_buf(),
+                reason: format!(
+                    "piece at offset {offset} (+{len}) does not continue at {pos} within {}",
+                    self.size
+                ),
+            });
+        }
+        let skip = pos - offset;
+        match piece {
+            Piece::Data(c) => {
+                if skip != 0 {
+                    return Err(ImagerError::BadImage {
+                        path: self.dev.path().to_path_buf(),
+                        reason: format!("restart inside chunk at offset {offset}"),
+                    });
+                }
+                self.record(offset, len, Some(c.id()));
+                self.append(c.data())
+            }
+            Piece::Hole { .. } => {
+                self.record(pos, len - skip, None);
+                self.hole(len - skip)
+            }
+        }
+    }
+
+    fn append(&mut self, mut data: &[u8]) -> Result<(), ImagerError> {
+        while !data.is_empty() {
+            let room = self.buf.capacity() - self.buf_len;
+            let n = room.min(data.len());
+            self.buf.as_mut_slice()[self.buf_len..self.buf_len + n].copy_from_slice(&data[..n]);
+            self.buf_len += n;
+            data = &data[n..];
+            if self.buf_len == self.buf.capacity() {
+                self.flush_buf()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn append_zeros(&mut self, mut len: u64) -> Result<(), ImagerError> {
+        while len > 0 {
+            let room = self.buf.capacity() - self.buf_len;
+            let n = (room as u64).min(len) as usize;
+            self.buf.as_mut_slice()[self.buf_len..self.buf_len + n].fill(0);
+            self.buf_len += n;
+            len -= n as u64;
+            if self.buf_len == self.buf.capacity() {
+                self.flush_buf()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn hole(&mut self, len: u64) -> Result<(), ImagerError> {
+        let start = self.position();
+        let end = start + len;
+        let a = ALIGN as u64;
+        let zstart = start.div_ceil(a) * a;
+        let zend = end / a * a;
+        if len < BIG_HOLE || zend <= zstart {
+            return self.append_zeros(len);
+        }
+        self.append_zeros(zstart - start)?;
+        self.flush_buf()?;
+        // Inside the held-back first MiB the holdback buffer is already zero.
+        let from = zstart.max(HOLDBACK);
+        if zend > from {
+            self.dev.zero_range(from, zend - from)?;
+            self.stats.bytes_zeroed += zend - from;
+        }
+        self.buf_start = zend;
+        self.append_zeros(end - zend)
+    }
+
+    /// Writes out the staging buffer.
+    fn flush_buf(&mut self) -> Result<(), ImagerError> {
+        let mut start = self.buf_start;
+        let end = start + self.buf_len as u64;
+        let mut from = 0usize;
+        if start < HOLDBACK && self.buf_len > 0 {
+            let hb_end = end.min(self.holdback.len() as u64);
+            let n = (hb_end - start) as usize;
+            self.holdback[start as usize..hb_end as usize]
+                .copy_from_slice(&self.buf.as_slice()[..n]);
+            from = n;
+            start = hb_end;
+        }
+        if end > start {
+            let data = &self.buf.as_slice()[from..self.buf_len];
+            let same = match self.scratch.as_mut() {
+                Some(s) => {
+                    let back = &mut s.as_mut_slice()[..data.len()];
+                    self.dev.read_at(back, start).is_ok() && back == data
+                }
+                None => false,
+            };
+            if same {
+                self.stats.bytes_skipped += end - start;
+            } else {
+                self.dev.write_at(data, start)?;
+                self.stats.bytes_written += end - start;
+            }
+        }
+        self.buf_start = end;
+        self.buf_len = 0;
+        Ok(())
+    }
+
+    /// Writes whatever is still buffered. The image must have been taken completely.
+    pub fn finish(&mut self) -> Result<(), ImagerError> {
+        self.flush_buf()?;
+        if self.position() != self.size {
+            return Err(ImagerError::BadImage {
+                path: self.dev.path().to_path_buf(),
+                reason: format!("stream ended at {} of {} bytes", self.position(), self.size),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image_store::VerifiedChunk;
+
+    fn data(offset: u64, len: usize, v: u8) -> Piece {
+        Piece::Data(VerifiedChunk::from_trusted_source(offset, vec![v; len]))
+    }
+
+    fn target(len: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(&p, vec![0xEEu8; len]).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn writes_everything_but_the_first_mib_and_zeroes_holes() {
+        let (_d, p) = target(20 << 20);
+        let mut dev = TargetDev::open(&p, 0).unwrap();
+        let size = 12u64 << 20;
+        let mut w = OrderedWriter::new(&mut dev, size, false);
+        let pieces = [
+            data(0, 1_500_000, 1),
+            Piece::Hole {
+                offset: 1_500_000,
+                len: 100,
+            },
+            data(1_500_100, 3_000_000, 2),
+            Piece::Hole {
+                offset: 4_500_100,
+                len: 5_000_000,
+            },
+            data(9_500_100, (size - 9_500_100) as usize, 3),
+        ];
+        for pc in &pieces {
+            w.push(pc).unwrap();
+        }
+        w.finish().unwrap();
+        assert_eq!(w.holdback, vec![1u8; 1 << 20]);
+        assert_eq!(w.extents.len(), 5);
+        assert!(w.stats.bytes_zeroed > 4_000_000);
+        let hb_len = w.holdback.len();
+        drop(w);
+        dev.sync().unwrap();
+        let all = std::fs::read(&p).unwrap();
+        assert!(
+            all[..hb_len].iter().all(|&b| b == 0xEE),
+            "first MiB held back"
+        );
+        assert!(all[hb_len..1_500_000].iter().all(|&b| b == 1));
+        assert!(all[1_500_000..1_500_100].iter().all(|&b| b == 0));
+        assert!(all[1_500_100..4_500_100].iter().all(|&b| b == 2));
+        assert!(
+            all[4_500_100..9_500_100].iter().all(|&b| b == 0),
+            "no old data in holes"
+        );
+        assert!(all[9_500_100..size as usize].iter().all(|&b| b == 3));
+        assert!(
+            all[size as usize..].iter().all(|&b| b == 0xEE),
+            "nothing beyond the image"
+        );
+    }
+
+    #[test]
+    fn reuse_skips_identical_ranges() {
+        let (_d, p) = target(0);
+        let size = 18u64 << 20;
+        let pieces = [data(0, 9 << 20, 4), data(9 << 20, 9 << 20, 5)];
+        let mut dev = TargetDev::open(&p, size).unwrap();
+        let mut w = OrderedWriter::new(&mut dev, size, false);
+        pieces.iter().for_each(|pc| w.push(pc).unwrap());
+        w.finish().unwrap();
+        let first = w.stats;
+        drop(w);
+        let mut w = OrderedWriter::new(&mut dev, size, true);
+        pieces.iter().for_each(|pc| w.push(pc).unwrap());
+        w.finish().unwrap();
+        assert_eq!(first.bytes_skipped, 0);
+        assert_eq!(w.stats.bytes_written, 0);
+        assert_eq!(w.stats.bytes_skipped, size - HOLDBACK);
+    }
+
+    #[test]
+    fn gaps_and_overruns_are_errors_and_restarts_trim() {
+        let (_d, p) = target(0);
+        let mut dev = TargetDev::open(&p, 4 << 20).unwrap();
+        let mut w = OrderedWriter::new(&mut dev, 4 << 20, false);
+        w.push(&data(0, 1000, 1)).unwrap();
+        assert!(w.push(&data(2000, 10, 1)).is_err());
+        w.push(&data(0, 1000, 1)).unwrap(); // already taken: skipped
+        w.push(&Piece::Hole {
+            offset: 500,
+            len: 1000,
+        })
+        .unwrap(); // trimmed
+        assert_eq!(w.position(), 1500);
+        assert!(w.push(&data(1500, 5 << 20, 1)).is_err());
+        let e = w.finish().unwrap_err();
+        assert!(e.to_string().contains("stream ended at 1500"), "{e}");
+    }
+}
