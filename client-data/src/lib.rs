@@ -1,5 +1,39 @@
 //! Client data custody: ingest into encrypted staging, restore onto a mounted filesystem with
 //! verification, secure wipe, withdrawals and deletion deadlines, the hash-chained audit log and
 //! breach reports. Also home of the loop-device helper used to reach partitions.
+//!
+//! Data flow: a source (directory or tar) streams through [`ingest`](Custody::ingest) into two
+//! encrypted streams (`stream`, `manifest`) under a per-dataset key wrapped by the depot KEK
+//! (`keystore`). [`Custody::restore`] authenticates everything, writes beneath a target with
+//! `openat2`, syncs and reads back. [`Custody::wipe`] destroys key and ciphertext and writes a
+//! [`SanitizationRecord`]. Withdrawals (`withdraw`) and key-backup epochs (`backup`) bound how long
+//! any copy stays readable; every step lands in the [`AuditLog`], from which `breach` answers
+//! "what was affected".
 
+pub mod audit;
+pub mod backup;
+pub mod breach;
+pub mod custody;
+pub mod dataset;
+pub mod error;
+pub mod ingest;
+pub mod keystore;
 pub mod loopdev;
+pub mod manifest;
+pub mod mount;
+pub mod restore;
+pub mod stream;
+mod sys;
+pub mod wipe;
+pub mod withdraw;
+
+pub use audit::{AuditEvent, AuditHead, AuditLog, AuditRecord};
+pub use backup::{Epoch, KeyBackup};
+pub use breach::BreachReport;
+pub use custody::{Custody, CustodyConfig, CustodyPaths, DatasetListing};
+pub use dataset::{DatasetId, DatasetInfo, DatasetState, Destination};
+pub use error::DataError;
+pub use mount::PartitionMount;
+pub use restore::RestoreResult;
+pub use wipe::{SanitizationRecord, WipeOptions};
+pub use withdraw::{DeletionCase, WithdrawReason};

@@ -1,0 +1,300 @@
+//! Datasets as staging holds them: ids, states, the clear-text metadata file (no personal data),
+//! and the per-dataset lock.
+//!
+//! `<staging>/<id>/meta.json` (format 1) holds only: id, client, ticket, created, entry count,
+//! total bytes, state, ciphertext size and MACs, and after a migration where it went (job, device).
+//! Next to it `data.enc` and `manifest.enc` (see `stream` and `manifest`). A wiped dataset keeps
+//! its `meta.json` (state `wiped` or `withdrawn`) as the record that it existed.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, io};
+use crate::keystore::write_private;
+
+/// A dataset id, e.g. `ds-20260301-5f2c9a1e`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DatasetId(pub String);
+
+impl DatasetId {
+    /// A fresh id for a dataset created now.
+    pub fn generate(now: time::OffsetDateTime) -> DatasetId {
+        let mut r = [0u8; 4];
+        getrandom::getrandom(&mut r).expect("getrandom failed");
+        DatasetId(format!(
+            "ds-{:04}{:02}{:02}-{}",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            hex::encode(r)
+        ))
+    }
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DatasetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for DatasetId {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self, DataError> {
+        let ok = s.starts_with("ds-")
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(DatasetId(s.to_string()))
+        } else {
+            Err(DataError::Invalid {
+                what: "dataset id",
+                value: s.to_string(),
+                reason: "expected ds-YYYYMMDD-xxxxxxxx".into(),
+            })
+        }
+    }
+}
+
+impl Serialize for DatasetId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for DatasetId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a dataset is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetState {
+    /// Encrypted in staging, not yet migrated.
+    Staged,
+    /// Restored and verified on a replacement device; staging copy still present.
+    Migrated,
+    /// Staging copy and key destroyed.
+    Wiped,
+    /// Destroyed because the client withdrew (or the contract ended).
+    Withdrawn,
+}
+
+impl fmt::Display for DatasetState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DatasetState::Staged => "staged",
+            DatasetState::Migrated => "migrated",
+            DatasetState::Wiped => "wiped",
+            DatasetState::Withdrawn => "withdrawn",
+        })
+    }
+}
+
+impl DatasetState {
+    /// True while ciphertext and key exist.
+    pub fn is_live(self) -> bool {
+        matches!(self, DatasetState::Staged | DatasetState::Migrated)
+    }
+}
+
+/// The clear-text metadata of a dataset (no personal data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    /// Dataset id.
+    pub id: DatasetId,
+    /// Client id.
+    pub client: String,
+    /// Service ticket.
+    pub ticket: String,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// Number of manifest entries.
+    pub entries: u64,
+    /// Total content bytes.
+    pub bytes: u64,
+    /// State.
+    pub state: DatasetState,
+}
+
+/// Where a restore writes, for the audit log and breach reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// The agent's job id, if any.
+    pub job: Option<String>,
+    /// The replacement device's serial number, if known.
+    pub device_serial: Option<String>,
+    /// The device (or directory) written to.
+    pub device: String,
+}
+
+/// Record of the verified migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    /// When verification passed.
+    pub at: String,
+    /// Where.
+    pub dest: Destination,
+    /// Entries verified.
+    pub entries_verified: u64,
+    /// Bytes verified.
+    pub bytes_verified: u64,
+}
+
+/// The full `meta.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Format version (1).
+    pub format: u32,
+    /// The public part.
+    #[serde(flatten)]
+    pub info: DatasetInfo,
+    /// Ciphertext bytes of data.enc + manifest.enc.
+    pub ciphertext_bytes: u64,
+    /// Keyed BLAKE3 of data.enc (key derived from the dataset key).
+    pub data_mac: String,
+    /// Keyed BLAKE3 of manifest.enc.
+    pub manifest_mac: String,
+    /// Verified migrations.
+    #[serde(default)]
+    pub migrations: Vec<Migration>,
+    /// When the staging copy was destroyed.
+    #[serde(default)]
+    pub wiped_at: Option<String>,
+}
+
+impl Meta {
+    /// Reads `<dir>/meta.json`.
+    pub fn load(dir: &Path) -> Result<Meta, DataError> {
+        let p = dir.join("meta.json");
+        let text = std::fs::read_to_string(&p).map_err(io("reading dataset metadata", &p))?;
+        let m: Meta = serde_json::from_str(&text).map_err(|e| DataError::Corrupt {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        if m.format != 1 {
+            return Err(DataError::Corrupt {
+                path: p,
+                reason: format!("unknown format {}", m.format),
+            });
+        }
+        Ok(m)
+    }
+    /// Writes `<dir>/meta.json` durably.
+    pub fn save(&self, dir: &Path) -> Result<(), DataError> {
+        let text = serde_json::to_string_pretty(self).expect("serialize meta");
+        write_private(&dir.join("meta.json"), text.as_bytes())
+    }
+}
+
+/// An exclusive per-dataset lock (flock on `<staging>/locks/<id>.lock`), released on drop.
+#[derive(Debug)]
+pub struct DatasetLock {
+    _lock: Flock<File>,
+    /// The lock file.
+    pub path: PathBuf,
+}
+
+impl DatasetLock {
+    /// Takes the lock without waiting; [`DataError::Locked`] when someone holds it.
+    pub fn try_take(staging: &Path, id: &str) -> Result<DatasetLock, DataError> {
+        let dir = staging.join("locks");
+        crate::keystore::mkdir_private(&dir)?;
+        let path = dir.join(format!("{id}.lock"));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("opening lock", &path))?;
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(DatasetLock { _lock: l, path }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(DataError::Locked(id.to_string())),
+            Err((_, e)) => Err(DataError::Io {
+                action: "locking",
+                path,
+                source: e.into(),
+            }),
+        }
+    }
+}
+
+/// Checks a client id or ticket: 1-64 of `[A-Za-z0-9._-]`, not starting with a dot (they become
+/// file names and must not carry personal data such as names or e-mail addresses).
+pub fn check_ident(what: &'static str, s: &str) -> Result<(), DataError> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DataError::Invalid {
+            what,
+            value: s.to_string(),
+            reason: "use 1-64 characters of A-Z a-z 0-9 . _ - (an id, not a name)".into(),
+        })
+    }
+}
+
+/// RFC 3339 text of a time.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("formatting time")
+}
+
+/// Parses RFC 3339.
+pub fn parse_rfc3339(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_and_serialize() {
+        let id = DatasetId::generate(time::OffsetDateTime::now_utc());
+        let back: DatasetId = id.to_string().parse().unwrap();
+        assert_eq!(back, id);
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{id}\""));
+        assert!("../x".parse::<DatasetId>().is_err());
+        assert_eq!(
+            serde_json::to_string(&DatasetState::Migrated).unwrap(),
+            "\"migrated\""
+        );
+    }
+
+    #[test]
+    fn idents() {
+        check_ident("client", "C-1042").unwrap();
+        assert!(check_ident("client", "../x").is_err());
+        assert!(check_ident("client", "john doe@x").is_err());
+        assert!(check_ident("client", "").is_err());
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let a = DatasetLock::try_take(d.path(), "ds-1").unwrap();
+        assert!(matches!(
+            DatasetLock::try_take(d.path(), "ds-1"),
+            Err(DataError::Locked(_))
+        ));
+        drop(a);
+        DatasetLock::try_take(d.path(), "ds-1").unwrap();
+    }
+}

@@ -1,0 +1,152 @@
+//! The one error type of the crate: every variant says what was being done, to what.
+
+use std::path::PathBuf;
+
+/// Errors of client data custody.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// An I/O operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("reading", "writing ciphertext of", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The dataset does not exist (or was never ingested here).
+    #[error("dataset {0} not found")]
+    NotFound(String),
+    /// The dataset is being worked on by another process or thread.
+    #[error("dataset {0} is locked by another operation (restore, wipe or withdrawal in progress)")]
+    Locked(String),
+    /// A wipe was asked for a dataset with no verified migration, without `--force --reason`.
+    #[error(
+        "refusing to wipe dataset {0}: it has no verified migration (use --force --reason TEXT)"
+    )]
+    NotMigrated(String),
+    /// The dataset is not in a state that allows the operation.
+    #[error("dataset {id} is {state}: cannot {action}")]
+    BadState {
+        /// The dataset.
+        id: String,
+        /// Its state.
+        state: String,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The key-encryption key file is missing although wrapped keys exist.
+    #[error(
+        "key-encryption key {0} is missing but wrapped dataset keys exist: restore it from its \
+         safe place (nothing was deleted)"
+    )]
+    KekMissing(PathBuf),
+    /// The key-encryption key is malformed or does not unwrap a dataset key.
+    #[error("key-encryption key {path}: {reason} (nothing was deleted)")]
+    KekInvalid {
+        /// The KEK file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Ciphertext or manifest failed authentication.
+    #[error("dataset {id}: {what} failed authentication ({detail}); refusing to use it")]
+    Tampered {
+        /// The dataset.
+        id: String,
+        /// "ciphertext", "manifest", "wrapped key", ...
+        what: &'static str,
+        /// Where, e.g. "segment 12" or "MAC mismatch".
+        detail: String,
+    },
+    /// The source (directory or tar archive) is unusable or hostile.
+    #[error("reading source {source_path}: entry {entry}: {reason}")]
+    BadSource {
+        /// The source path.
+        source_path: PathBuf,
+        /// Entry number (0-based) in the source.
+        entry: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A manifest path would escape the target or traverse a symlink.
+    #[error("restoring entry {entry}: unsafe path ({reason})")]
+    UnsafePath {
+        /// Entry number in the manifest.
+        entry: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A client is unknown.
+    #[error("unknown client {0}: no dataset was ever ingested for it")]
+    UnknownClient(String),
+    /// A client has withdrawn; ingest refused until reactivated.
+    #[error(
+        "client {0} has withdrawn (or was terminated): ingest refused until `tek data reactivate --client {0}`"
+    )]
+    ClientWithdrawn(String),
+    /// An argument is invalid (ids, dates, ...).
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// Which argument.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stored file (metadata, case, epoch, audit line) is malformed.
+    #[error("parsing {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The audit log chain is broken.
+    #[error("audit log {path}: entry {line} (seq {seq}) is bad: {reason}")]
+    AuditBroken {
+        /// The log file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// Sequence number expected at that line.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Mounting or finding a partition failed.
+    #[error("{action} {device}: {reason}")]
+    Mount {
+        /// What was being done.
+        action: &'static str,
+        /// The device or image.
+        device: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A loop device could not be attached or detached.
+    #[error(transparent)]
+    Loop(#[from] crate::loopdev::LoopError),
+}
+
+/// Shorthand for building [`DataError::Io`] in `map_err`.
+pub(crate) fn io(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> DataError {
+    let path = path.into();
+    move |source| DataError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+impl DataError {
+    /// True when the error is ENOSPC (disk full) somewhere underneath.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, DataError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}

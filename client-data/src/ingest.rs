@@ -1,0 +1,409 @@
+//! Ingest: stream a directory tree or a tar archive (plain, gzip, zstd) into an encrypted dataset.
+//!
+//! Two streams are written side by side, each under its own subkey of a fresh dataset key:
+//! `data.enc` (file contents, concatenated in manifest order) and `manifest.enc` (one record per
+//! entry, see `manifest`). Nothing plaintext touches the disk; memory is a few buffers whatever the
+//! number or size of files. The work happens in `<id>.partial/`, renamed into place only when
+//! both streams and the metadata are fsync'd; any failure (a hostile archive, a full disk) removes
+//! the partial dataset and destroys its key.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::audit::AuditEvent;
+use crate::custody::Custody;
+use crate::dataset::{DatasetId, DatasetInfo, DatasetState, Meta, check_ident, rfc3339};
+use crate::error::{DataError, io};
+use crate::manifest::{Entry, EntryKind, SymlinkGuard, encode_end, normalize};
+use crate::stream::{EncryptWriter, Key, MacWriter, StreamKind};
+
+/// Subkey purposes (BLAKE3 derive_key contexts).
+pub(crate) const DATA_KEY: &str = "tek client-data v1 data stream";
+pub(crate) const MANIFEST_KEY: &str = "tek client-data v1 manifest stream";
+pub(crate) const MAC_KEY: &str = "tek client-data v1 ciphertext mac";
+
+type Enc = EncryptWriter<MacWriter<File>>;
+
+/// Receives entries and writes both encrypted streams.
+struct Sink {
+    data: Enc,
+    manifest: Enc,
+    data_path: PathBuf,
+    manifest_path: PathBuf,
+    source: PathBuf,
+    guard: SymlinkGuard,
+    entries: u64,
+    bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl Sink {
+    fn bad(&self, reason: impl Into<String>) -> DataError {
+        DataError::BadSource {
+            source_path: self.source.clone(),
+            entry: self.entries,
+            reason: reason.into(),
+        }
+    }
+
+    /// Adds an entry; for files, copies exactly `e.size` bytes from `content`, hashing them.
+    fn add(&mut self, mut e: Entry, content: Option<&mut dyn Read>) -> Result<(), DataError> {
+        self.guard.check(&e).map_err(|r| self.bad(r))?;
+        if e.kind == EntryKind::File {
+            let content = content.expect("file entry without content");
+            let mut hasher = blake3::Hasher::new();
+            let mut left = e.size;
+            while left > 0 {
+                let want = left.min(self.buf.len() as u64) as usize;
+                let n = match content.read(&mut self.buf[..want]) {
+                    Ok(0) => {
+                        return Err(self.bad(format!(
+                            "truncated: expected {} content bytes, got {}",
+                            e.size,
+                            e.size - left
+                        )));
+                    }
+                    Ok(n) => n,
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(err) => return Err(self.bad(format!("reading content: {err}"))),
+                };
+                hasher.update(&self.buf[..n]);
+                self.data
+                    .write_all(&self.buf[..n])
+                    .map_err(io("writing ciphertext", &self.data_path))?;
+                left -= n as u64;
+            }
+            e.blake3 = *hasher.finalize().as_bytes();
+            self.bytes += e.size;
+        } else {
+            e.size = 0;
+        }
+        e.encode(&mut self.manifest)
+            .map_err(io("writing manifest", &self.manifest_path))?;
+        self.entries += 1;
+        Ok(())
+    }
+}
+
+fn new_stream(path: &Path, key: &Key, mac: &Key, kind: StreamKind) -> Result<Enc, DataError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("creating", path))?;
+    EncryptWriter::new(MacWriter::new(f, mac), key, kind).map_err(io("writing", path))
+}
+
+fn finish_stream(w: Enc, path: &Path) -> Result<(String, u64), DataError> {
+    let (mac, _) = w.finish().map_err(io("writing", path))?;
+    mac.inner.sync_all().map_err(io("syncing", path))?;
+    Ok((mac.mac_hex(), mac.bytes))
+}
+
+impl Custody {
+    /// Ingests `source` (a directory, or a tar archive: plain, gzip or zstd) for `client` under
+    /// `ticket`, encrypted under a fresh key. Prints nothing; returns the new dataset's metadata.
+    pub fn ingest(
+        &self,
+        client: &str,
+        ticket: &str,
+        source: &Path,
+    ) -> Result<DatasetInfo, DataError> {
+        check_ident("client id", client)?;
+        check_ident("ticket", ticket)?;
+        if self.client_withdrawn(client)? {
+            return Err(DataError::ClientWithdrawn(client.to_string()));
+        }
+        let src_meta = std::fs::metadata(source).map_err(io("reading source", source))?;
+        let kek = self.keys.kek(true)?;
+        let now = self.now();
+        let id = DatasetId::generate(now);
+        let _lock = self.lock(&id)?;
+        let partial = self.paths.staging.join(format!("{id}.partial"));
+        std::fs::create_dir(&partial).map_err(io("creating dataset directory", &partial))?;
+        let result = self.ingest_into(
+            &id,
+            &partial,
+            &kek,
+            client,
+            ticket,
+            source,
+            src_meta.is_dir(),
+            now,
+        );
+        match result {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                self.discard_partial(&id, &partial);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ingest_into(
+        &self,
+        id: &DatasetId,
+        partial: &Path,
+        kek: &Key,
+        client: &str,
+        ticket: &str,
+        source: &Path,
+        is_dir: bool,
+        now: time::OffsetDateTime,
+    ) -> Result<DatasetInfo, DataError> {
+        let key = Key::random();
+        self.keys.store(kek, id.as_str(), &key)?;
+        let mac_key = key.derive(MAC_KEY);
+        let data_path = partial.join("data.enc");
+        let manifest_path = partial.join("manifest.enc");
+        let mut sink = Sink {
+            data: new_stream(
+                &data_path,
+                &key.derive(DATA_KEY),
+                &mac_key,
+                StreamKind::Data,
+            )?,
+            manifest: new_stream(
+                &manifest_path,
+                &key.derive(MANIFEST_KEY),
+                &mac_key,
+                StreamKind::Manifest,
+            )?,
+            data_path: data_path.clone(),
+            manifest_path: manifest_path.clone(),
+            source: source.to_path_buf(),
+            guard: SymlinkGuard::default(),
+            entries: 0,
+            bytes: 0,
+            buf: vec![0u8; 256 * 1024],
+        };
+        let kind = if is_dir {
+            walk_dir(source, &mut sink)?;
+            "directory".to_string()
+        } else {
+            read_tar(source, &mut sink)?
+        };
+        let (entries, bytes) = (sink.entries, sink.bytes);
+        encode_end(&mut sink.manifest, entries, bytes)
+            .map_err(io("writing manifest", &manifest_path))?;
+        let (data_mac, data_len) = finish_stream(sink.data, &data_path)?;
+        let (manifest_mac, manifest_len) = finish_stream(sink.manifest, &manifest_path)?;
+        let info = DatasetInfo {
+            id: id.clone(),
+            client: client.to_string(),
+            ticket: ticket.to_string(),
+            created: rfc3339(now),
+            entries,
+            bytes,
+            state: DatasetState::Staged,
+        };
+        let meta = Meta {
+            format: 1,
+            info: info.clone(),
+            ciphertext_bytes: data_len + manifest_len,
+            data_mac,
+            manifest_mac,
+            migrations: Vec::new(),
+            wiped_at: None,
+        };
+        meta.save(partial)?;
+        let fin = self.dataset_dir(id);
+        std::fs::rename(partial, &fin).map_err(io("renaming into place", &fin))?;
+        crate::keystore::sync_dir(&self.paths.staging)?;
+        self.register_client(client)?;
+        self.audit.append(AuditEvent::Ingest {
+            dataset: id.to_string(),
+            client: client.to_string(),
+            ticket: ticket.to_string(),
+            entries,
+            bytes,
+            ciphertext_bytes: meta.ciphertext_bytes,
+            source: kind,
+        })?;
+        Ok(info)
+    }
+}
+
+fn entry_from_meta(path: Vec<u8>, kind: EntryKind, m: &std::fs::Metadata) -> Entry {
+    Entry {
+        path,
+        kind,
+        size: if kind == EntryKind::File { m.len() } else { 0 },
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec() as u32,
+        target: Vec::new(),
+        blake3: [0; 32],
+    }
+}
+
+/// Walks `root` depth-first with a stack of open directory iterators (memory grows with depth,
+/// not with the number of files), never following symlinks.
+fn walk_dir(root: &Path, sink: &mut Sink) -> Result<(), DataError> {
+    let rd = std::fs::read_dir(root).map_err(io("listing source", root))?;
+    let mut stack: Vec<(std::fs::ReadDir, Vec<u8>)> = vec![(rd, Vec::new())];
+    while let Some((rd, prefix)) = stack.last_mut() {
+        let Some(de) = rd.next() else {
+            stack.pop();
+            continue;
+        };
+        let de = de.map_err(io("listing source", root))?;
+        let mut rel = prefix.clone();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(de.file_name().as_bytes());
+        let full = de.path();
+        let m = std::fs::symlink_metadata(&full)
+            .map_err(io("reading metadata of source entry", &full))?;
+        let ft = m.file_type();
+        if ft.is_dir() {
+            sink.add(entry_from_meta(rel.clone(), EntryKind::Dir, &m), None)?;
+            let sub = std::fs::read_dir(&full).map_err(io("listing source", &full))?;
+            stack.push((sub, rel));
+        } else if ft.is_file() {
+            // O_NOFOLLOW: the entry was a regular file a moment ago; refuse if swapped for a link.
+            let mut f = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&full)
+                .map_err(io("opening source file", &full))?;
+            let fm = f
+                .metadata()
+                .map_err(io("reading metadata of source file", &full))?;
+            let e = entry_from_meta(rel, EntryKind::File, &fm);
+            sink.add(e, Some(&mut f))?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&full).map_err(io("reading symlink", &full))?;
+            let mut e = entry_from_meta(rel, EntryKind::Symlink, &m);
+            e.target = target.as_os_str().as_bytes().to_vec();
+            sink.add(e, None)?;
+        } else {
+            let kind = if ft.is_char_device() {
+                EntryKind::CharDev
+            } else if ft.is_block_device() {
+                EntryKind::BlockDev
+            } else if ft.is_fifo() {
+                EntryKind::Fifo
+            } else {
+                EntryKind::Socket
+            };
+            sink.add(entry_from_meta(rel, kind, &m), None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens a tar archive, undoing gzip or zstd compression (detected by magic number).
+fn open_tar(source: &Path) -> Result<(Box<dyn Read>, &'static str), DataError> {
+    let mut f = BufReader::with_capacity(
+        1 << 20,
+        File::open(source).map_err(io("opening archive", source))?,
+    );
+    let magic = {
+        use std::io::BufRead;
+        let b = f.fill_buf().map_err(io("reading archive", source))?;
+        b[..b.len().min(4)].to_vec()
+    };
+    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
+        (Box::new(flate2::read::MultiGzDecoder::new(f)), "tar.gz")
+    } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        let d = zstd::stream::read::Decoder::with_buffer(f)
+            .map_err(io("reading zstd archive", source))?;
+        (Box::new(d), "tar.zst")
+    } else {
+        (Box::new(f), "tar")
+    })
+}
+
+fn read_tar(source: &Path, sink: &mut Sink) -> Result<String, DataError> {
+    let (r, kind) = open_tar(source)?;
+    let mut ar = tar::Archive::new(r);
+    let entries = ar
+        .entries()
+        .map_err(|e| sink.bad(format!("not a tar archive: {e}")))?;
+    let mut seen_any = false;
+    for item in entries {
+        let mut te = item.map_err(|e| sink.bad(format!("bad tar header: {e}")))?;
+        seen_any = true;
+        let raw_path = te.path_bytes().into_owned();
+        let h = te.header();
+        let etype = h.entry_type();
+        let kind = match etype {
+            tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Symlink => EntryKind::Symlink,
+            tar::EntryType::Link => EntryKind::Hardlink,
+            tar::EntryType::Char => EntryKind::CharDev,
+            tar::EntryType::Block => EntryKind::BlockDev,
+            tar::EntryType::Fifo => EntryKind::Fifo,
+            // pax/GNU extension headers are consumed by the tar crate; anything else is unknown.
+            other => {
+                return Err(sink.bad(format!(
+                    "unsupported tar entry type {:?}",
+                    other.as_byte() as char
+                )));
+            }
+        };
+        let path = match normalize(&raw_path) {
+            Ok(Some(p)) => p,
+            Ok(None) => continue, // the archive's root "./"
+            Err(r) => return Err(sink.bad(r)),
+        };
+        let num = |v: std::io::Result<u64>, what: &str| -> Result<u64, DataError> {
+            v.map_err(|e| sink.bad(format!("bad {what} in tar header: {e}")))
+        };
+        let size = num(h.entry_size(), "size")?;
+        let mode = num(h.mode().map(u64::from), "mode")? as u32 & 0o7777;
+        let uid = num(h.uid(), "uid")?;
+        let gid = num(h.gid(), "gid")?;
+        let mtime = num(h.mtime(), "mtime")?;
+        let mut e = Entry {
+            path,
+            kind,
+            size: if kind == EntryKind::File { size } else { 0 },
+            mode,
+            uid: u32::try_from(uid).map_err(|_| sink.bad("uid out of range"))?,
+            gid: u32::try_from(gid).map_err(|_| sink.bad("gid out of range"))?,
+            mtime: i64::try_from(mtime).map_err(|_| sink.bad("mtime out of range"))?,
+            mtime_nsec: 0,
+            target: Vec::new(),
+            blake3: [0; 32],
+        };
+        match kind {
+            EntryKind::Symlink => {
+                e.target = te
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .ok_or_else(|| sink.bad("symlink without target"))?;
+            }
+            EntryKind::Hardlink => {
+                let t = te
+                    .link_name_bytes()
+                    .ok_or_else(|| sink.bad("hard link without target"))?;
+                e.target = match normalize(&t) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => return Err(sink.bad("hard link to the archive root")),
+                    Err(r) => return Err(sink.bad(format!("hard link target: {r}"))),
+                };
+            }
+            _ => {}
+        }
+        if kind == EntryKind::File {
+            sink.add(e, Some(&mut te))?;
+        } else {
+            sink.add(e, None)?;
+        }
+    }
+    if !seen_any {
+        return Err(sink.bad("empty or not a tar archive"));
+    }
+    Ok(kind.to_string())
+}

@@ -1,0 +1,335 @@
+//! The manifest: one record per entry of a dataset, stored encrypted in its own stream next to the
+//! data stream (file contents concatenated in manifest order), so both stream in bounded memory.
+//!
+//! Record encoding (little endian), version 1:
+//! `0xE1, kind u8, path_len u32, path bytes, size u64, mode u32, uid u32, gid u32, mtime i64,
+//! mtime_nsec u32, target_len u32, target bytes, blake3 [32]`; the stream ends with
+//! `0xEE, entries u64, bytes u64`. Paths are raw bytes (non-UTF-8 names survive), relative,
+//! normalised (no empty, `.` or `..` components).
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// Regular file; its `size` bytes follow in the data stream.
+    File = 1,
+    /// Directory.
+    Dir = 2,
+    /// Symbolic link (`target` is the link text, never followed).
+    Symlink = 3,
+    /// Hard link to an earlier entry (`target` is that entry's path).
+    Hardlink = 4,
+    /// Character device (skipped on restore).
+    CharDev = 5,
+    /// Block device (skipped on restore).
+    BlockDev = 6,
+    /// FIFO (skipped on restore).
+    Fifo = 7,
+    /// Socket (skipped on restore).
+    Socket = 8,
+}
+
+impl EntryKind {
+    fn from_u8(b: u8) -> Option<EntryKind> {
+        Some(match b {
+            1 => EntryKind::File,
+            2 => EntryKind::Dir,
+            3 => EntryKind::Symlink,
+            4 => EntryKind::Hardlink,
+            5 => EntryKind::CharDev,
+            6 => EntryKind::BlockDev,
+            7 => EntryKind::Fifo,
+            8 => EntryKind::Socket,
+            _ => return None,
+        })
+    }
+    /// Human name, used in restore results ("device node (entry 17)").
+    pub fn describe(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "directory",
+            EntryKind::Symlink => "symlink",
+            EntryKind::Hardlink => "hard link",
+            EntryKind::CharDev => "character device node",
+            EntryKind::BlockDev => "block device node",
+            EntryKind::Fifo => "fifo",
+            EntryKind::Socket => "socket",
+        }
+    }
+}
+
+/// One manifest entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative, normalised path, raw bytes.
+    pub path: Vec<u8>,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Content bytes (files only; 0 otherwise).
+    pub size: u64,
+    /// Permission bits (and setuid/setgid/sticky).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Nanoseconds part of the modification time.
+    pub mtime_nsec: u32,
+    /// Symlink text or hard-link target path.
+    pub target: Vec<u8>,
+    /// BLAKE3 of the content (files), zero otherwise.
+    pub blake3: [u8; 32],
+}
+
+const REC: u8 = 0xE1;
+const END: u8 = 0xEE;
+/// Longest path accepted (Linux PATH_MAX).
+pub const MAX_PATH: usize = 4096;
+
+impl Entry {
+    /// Writes the record.
+    pub fn encode(&self, w: &mut impl Write) -> io::Result<()> {
+        let mut b = Vec::with_capacity(80 + self.path.len() + self.target.len());
+        b.push(REC);
+        b.push(self.kind as u8);
+        b.extend_from_slice(&(self.path.len() as u32).to_le_bytes());
+        b.extend_from_slice(&self.path);
+        b.extend_from_slice(&self.size.to_le_bytes());
+        b.extend_from_slice(&self.mode.to_le_bytes());
+        b.extend_from_slice(&self.uid.to_le_bytes());
+        b.extend_from_slice(&self.gid.to_le_bytes());
+        b.extend_from_slice(&self.mtime.to_le_bytes());
+        b.extend_from_slice(&self.mtime_nsec.to_le_bytes());
+        b.extend_from_slice(&(self.target.len() as u32).to_le_bytes());
+        b.extend_from_slice(&self.target);
+        b.extend_from_slice(&self.blake3);
+        w.write_all(&b)
+    }
+}
+
+/// Writes the end record.
+pub fn encode_end(w: &mut impl Write, entries: u64, bytes: u64) -> io::Result<()> {
+    let mut b = vec![END];
+    b.extend_from_slice(&entries.to_le_bytes());
+    b.extend_from_slice(&bytes.to_le_bytes());
+    w.write_all(&b)
+}
+
+/// Reads manifest records one at a time.
+pub struct ManifestReader<R: Read> {
+    r: R,
+    /// Totals from the end record, once reached.
+    pub end: Option<(u64, u64)>,
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+impl<R: Read> ManifestReader<R> {
+    /// Reads from a decrypted manifest stream.
+    pub fn new(r: R) -> Self {
+        ManifestReader { r, end: None }
+    }
+
+    fn u32(&mut self) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.r.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.r.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn bytes(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return Err(bad(format!("length {n} exceeds {max}")));
+        }
+        let mut v = vec![0u8; n];
+        self.r.read_exact(&mut v)?;
+        Ok(v)
+    }
+
+    /// The next entry, or `None` after the end record.
+    pub fn next_entry(&mut self) -> io::Result<Option<Entry>> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        let mut tag = [0u8; 1];
+        self.r.read_exact(&mut tag)?;
+        match tag[0] {
+            END => {
+                let entries = self.u64()?;
+                let bytes = self.u64()?;
+                self.end = Some((entries, bytes));
+                Ok(None)
+            }
+            REC => {
+                let mut k = [0u8; 1];
+                self.r.read_exact(&mut k)?;
+                let kind = EntryKind::from_u8(k[0]).ok_or_else(|| bad("unknown entry kind"))?;
+                let path = self.bytes(MAX_PATH)?;
+                let size = self.u64()?;
+                let mode = self.u32()?;
+                let uid = self.u32()?;
+                let gid = self.u32()?;
+                let mtime = self.u64()? as i64;
+                let mtime_nsec = self.u32()?;
+                let target = self.bytes(MAX_PATH)?;
+                let mut blake3 = [0u8; 32];
+                self.r.read_exact(&mut blake3)?;
+                Ok(Some(Entry {
+                    path,
+                    kind,
+                    size,
+                    mode,
+                    uid,
+                    gid,
+                    mtime,
+                    mtime_nsec,
+                    target,
+                    blake3,
+                }))
+            }
+            _ => Err(bad("bad record tag")),
+        }
+    }
+}
+
+/// Normalises a relative path from a source: strips leading `./`, drops `.` and empty components.
+/// Returns `Ok(None)` for the root itself (`.` or `./`). Rejects absolute paths, `..`, NUL bytes,
+/// over-long names.
+pub fn normalize(raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path".into());
+    }
+    if raw.contains(&0) {
+        return Err("NUL byte in path".into());
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for comp in raw.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => continue,
+            b".." => return Err("path contains a `..` component".into()),
+            c if c.len() > 255 => return Err("path component longer than 255 bytes".into()),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    if out.len() > MAX_PATH {
+        return Err("path longer than 4096 bytes".into());
+    }
+    Ok(if out.is_empty() { None } else { Some(out) })
+}
+
+/// Checks that a stored path is relative and normalised (the restore-side check).
+pub fn check_normalized(p: &[u8]) -> Result<(), String> {
+    match normalize(p)? {
+        Some(n) if n == p => Ok(()),
+        _ => Err("path is not a normalised relative path".into()),
+    }
+}
+
+/// Tracks symlinks seen so far, to refuse entries that would be written through one
+/// (memory grows with the number of symlinks only).
+#[derive(Debug, Default)]
+pub struct SymlinkGuard {
+    links: HashSet<Vec<u8>>,
+}
+
+impl SymlinkGuard {
+    /// Checks `e` against earlier symlinks, then records it if it is one.
+    pub fn check(&mut self, e: &Entry) -> Result<(), String> {
+        if !self.links.is_empty() {
+            if self.links.contains(&e.path) {
+                return Err("entry replaces an earlier symlink".into());
+            }
+            for (i, &b) in e.path.iter().enumerate() {
+                if b == b'/' && self.links.contains(&e.path[..i]) {
+                    return Err("path goes through an earlier symlink".into());
+                }
+            }
+        }
+        if e.kind == EntryKind::Hardlink {
+            check_normalized(&e.target).map_err(|r| format!("hard link target: {r}"))?;
+            for (i, &b) in e.target.iter().enumerate() {
+                if b == b'/' && self.links.contains(&e.target[..i]) {
+                    return Err("hard link target goes through a symlink".into());
+                }
+            }
+        }
+        if e.kind == EntryKind::Symlink {
+            self.links.insert(e.path.clone());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &[u8], kind: EntryKind) -> Entry {
+        Entry {
+            path: path.to_vec(),
+            kind,
+            size: 3,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            mtime: -5,
+            mtime_nsec: 7,
+            target: b"x/y".to_vec(),
+            blake3: [9; 32],
+        }
+    }
+
+    #[test]
+    fn encode_decode_roundtrip() {
+        let mut buf = Vec::new();
+        let a = entry(b"d\xff/e", EntryKind::File);
+        let b = entry(b"l", EntryKind::Symlink);
+        a.encode(&mut buf).unwrap();
+        b.encode(&mut buf).unwrap();
+        encode_end(&mut buf, 2, 3).unwrap();
+        let mut r = ManifestReader::new(&buf[..]);
+        assert_eq!(r.next_entry().unwrap().unwrap(), a);
+        assert_eq!(r.next_entry().unwrap().unwrap(), b);
+        assert!(r.next_entry().unwrap().is_none());
+        assert_eq!(r.end, Some((2, 3)));
+    }
+
+    #[test]
+    fn normalize_rejects_and_cleans() {
+        assert_eq!(normalize(b"./a//b/./c/").unwrap().unwrap(), b"a/b/c");
+        assert_eq!(normalize(b"./").unwrap(), None);
+        assert!(normalize(b"/etc/passwd").is_err());
+        assert!(normalize(b"a/../../x").is_err());
+        assert!(normalize(b"..").is_err());
+        assert!(check_normalized(b"a/./b").is_err());
+        assert!(check_normalized(b"a/b").is_ok());
+    }
+
+    #[test]
+    fn symlink_guard() {
+        let mut g = SymlinkGuard::default();
+        g.check(&entry(b"a", EntryKind::Symlink)).unwrap();
+        assert!(g.check(&entry(b"a/passwd", EntryKind::File)).is_err());
+        assert!(g.check(&entry(b"a", EntryKind::Dir)).is_err());
+        g.check(&entry(b"ab/c", EntryKind::File)).unwrap();
+        let mut h = entry(b"h", EntryKind::Hardlink);
+        h.target = b"../outside".to_vec();
+        assert!(g.check(&h).is_err());
+    }
+}
