@@ -4,6 +4,26 @@ use std::path::PathBuf;
 
 use crate::chunk::ChunkId;
 
+/// Where a chunk is used: an image and the chunk's byte offset in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkUse {
+    /// `name@version` of the image.
+    pub image: String,
+    /// Byte offset of the chunk in that image.
+    pub offset: u64,
+}
+
+fn fmt_users(users: &[ChunkUse]) -> String {
+    if users.is_empty() {
+        return "no stored image".to_string();
+    }
+    users
+        .iter()
+        .map(|u| format!("{} at offset {}", u.image, u.offset))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Errors from the image store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,4 +64,145 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// `NAME@VERSION` is malformed or uses unsafe characters.
+    #[error("bad image reference {input:?}: {reason}")]
+    BadImageRef {
+        /// What was given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No such image in the store.
+    #[error("image {image} not found in the store")]
+    NotFound {
+        /// `name@version`.
+        image: String,
+    },
+    /// The image already exists and `--replace` was not given.
+    #[error("image {image} already exists (use --replace to overwrite it)")]
+    AlreadyExists {
+        /// `name@version`.
+        image: String,
+    },
+    /// A chunk the manifest references has no file in the store.
+    #[error("chunk {chunk} at image offset {offset} is missing from the store ({path})")]
+    MissingChunk {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Offset in the image.
+        offset: u64,
+        /// Where it should be.
+        path: PathBuf,
+    },
+    /// A chunk found bad (missing, corrupt, wrong hash), with every image that uses it.
+    #[error("chunk {chunk} is bad ({reason}){}; used by {}", quarantined.as_ref().map(|p| format!(", quarantined as {}", p.display())).unwrap_or_default(), fmt_users(used_by))]
+    BadChunk {
+        /// The chunk.
+        chunk: ChunkId,
+        /// What is wrong (the underlying error).
+        reason: String,
+        /// The `.bad` name it was moved to, if it existed.
+        quarantined: Option<PathBuf>,
+        /// Images using it and the offset in each.
+        used_by: Vec<ChunkUse>,
+    },
+    /// A manifest (or store/key/signature file) that does not parse.
+    #[error("parsing {path} at line {line}, column {column}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line (0 if unknown).
+        line: usize,
+        /// 1-based column (0 if unknown).
+        column: usize,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A manifest or store layout of a version this build does not know.
+    #[error("{path}: unsupported format version {found} (this tek reads {supported})")]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// A manifest that parses but breaks an invariant (extents not contiguous, ...).
+    #[error("manifest {path} is inconsistent: {reason}")]
+    InconsistentManifest {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The import source is unusable (directory, empty, ...).
+    #[error("importing {path}: {reason}")]
+    BadSource {
+        /// The source file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The source's compressed stream is truncated or corrupt.
+    #[error("decompressing {path} ({format}) after {offset} output bytes: {reason}")]
+    Decompress {
+        /// The source file.
+        path: PathBuf,
+        /// `zstd`, `gzip` or `xz`.
+        format: &'static str,
+        /// Uncompressed bytes produced before the error.
+        offset: u64,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The whole-image hashes recomputed by a deep verify differ from the manifest.
+    #[error("image {image}: {algorithm} mismatch (manifest {expected}, content {actual})")]
+    ImageHashMismatch {
+        /// `name@version`.
+        image: String,
+        /// `sha256` or `blake3`.
+        algorithm: &'static str,
+        /// From the manifest.
+        expected: String,
+        /// Recomputed.
+        actual: String,
+    },
+    /// A signing or public key file that is missing or malformed.
+    #[error("key {path}: {reason}")]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A hint that does not fit the image (e.g. a partition name not in its GPT).
+    #[error("hint {hint}: {reason}")]
+    BadHint {
+        /// Which hint.
+        hint: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Shorthand for [`StoreError::Io`].
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The chunk this error is about, if it is a per-chunk integrity error.
+    pub fn bad_chunk(&self) -> Option<(ChunkId, u64)> {
+        match self {
+            StoreError::HashMismatch { chunk, offset, .. }
+            | StoreError::CorruptChunk { chunk, offset, .. }
+            | StoreError::MissingChunk { chunk, offset, .. } => Some((*chunk, *offset)),
+            _ => None,
+        }
+    }
 }

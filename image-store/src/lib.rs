@@ -9,8 +9,25 @@
 
 pub mod chunk;
 pub mod error;
+pub mod export;
+mod fsutil;
+pub mod gc;
+pub mod gpt_summary;
+pub mod image_ref;
+pub mod import;
+mod lock;
 pub mod manifest;
+pub mod segment;
+pub mod signature;
+pub mod source;
+pub mod store;
 
 pub use chunk::{ChunkId, CompressedChunk, Piece, VerifiedChunk};
-pub use error::StoreError;
+pub use error::{ChunkUse, StoreError};
+pub use export::VerifyReport;
+pub use gc::{ChunkSet, GcOptions, GcReport, StoreStats};
+pub use image_ref::ImageRef;
+pub use import::{ImportOptions, ImportReport};
 pub use manifest::{Extent, Hints, MANIFEST_FORMAT, Manifest};
+pub use signature::{SignatureStatus, SigningKey, generate_keypair};
+pub use store::{LoadedImage, STORE_VERSION, Store};

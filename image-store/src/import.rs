@@ -1,0 +1,442 @@
+//! Streaming import: source -> segmenter -> compress/store pool -> ordered manifest.
+//!
+//! Threads (all scoped): one reader decodes the source and runs the segmenter (zero scan +
+//! FastCDC); one hasher computes the whole-image SHA-256 and BLAKE3 over the same buffers (in
+//! order); a pool of workers hashes, deduplicates, compresses and stores chunks; the calling thread
+//! puts the workers' results back in image order. Channels are bounded and read buffers recycled,
+//! so memory stays bounded (tens of MiB) whatever the image size. There are twice as many workers
+//! as cores because each new chunk is fsynced, and a worker waiting on the disk leaves its core
+//! to another.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use sha2::Digest;
+
+use crate::chunk::ChunkId;
+use crate::error::StoreError;
+use crate::fsutil;
+use crate::gpt_summary::{self, EDGE, SparseImage};
+use crate::image_ref::ImageRef;
+use crate::lock::{self, ImportSession};
+use crate::manifest::{Chunking, Extent, GptSummary, Hints, MANIFEST_FORMAT, Manifest};
+use crate::segment::{CdcParams, Segment, Segmenter, is_zero};
+use crate::signature::SigningKey;
+use crate::source::{Source, SourceFormat};
+use crate::store::Store;
+
+/// Read buffer size; a multiple of the zero-detection block.
+const READ_BLOCK: usize = 8 << 20;
+
+/// Import settings.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Hints to record in the manifest.
+    pub hints: Hints,
+    /// Overwrite an existing NAME@VERSION.
+    pub replace: bool,
+    /// FastCDC average chunk size (min = avg/4, max = avg*4).
+    pub chunk_avg: u32,
+    /// Shortest zero run recorded as a hole.
+    pub hole_min: u64,
+    /// zstd level for new chunks.
+    pub zstd_level: i32,
+    /// Worker threads (0: twice the number of cores).
+    pub workers: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            hints: Hints::default(),
+            replace: false,
+            chunk_avg: 64 * 1024,
+            hole_min: 16 * 1024,
+            zstd_level: 3,
+            workers: 0,
+        }
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    /// The committed manifest.
+    pub manifest: Manifest,
+    /// Detected source format.
+    pub source_format: SourceFormat,
+    /// Chunk extents in the manifest.
+    pub chunks: u64,
+    /// Chunks that were not in the store yet.
+    pub new_chunks: u64,
+    /// Compressed bytes added to the store.
+    pub new_stored_bytes: u64,
+    /// Bytes in chunk extents.
+    pub data_bytes: u64,
+    /// Bytes in holes.
+    pub hole_bytes: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+struct Done {
+    seq: u64,
+    extent: Extent,
+    new_bytes: Option<u64>,
+}
+
+/// Checks hints against the image's GPT (None: the image has no GPT).
+pub fn check_hints(h: &Hints, gpt: Option<&GptSummary>) -> Result<(), StoreError> {
+    for (hint, name) in [
+        ("data_partition", &h.data_partition),
+        ("grow_partition", &h.grow_partition),
+    ] {
+        let Some(name) = name else { continue };
+        let Some(g) = gpt else {
+            return Err(StoreError::BadHint {
+                hint,
+                reason: format!("names partition {name:?} but the image has no GPT"),
+            });
+        };
+        if !g.partitions.iter().any(|p| &p.name == name) {
+            let names: Vec<_> = g.partitions.iter().map(|p| p.name.as_str()).collect();
+            return Err(StoreError::BadHint {
+                hint,
+                reason: format!("no GPT partition named {name:?} (partitions: {names:?})"),
+            });
+        }
+    }
+    if let Some(p) = &h.data_path
+        && (!p.starts_with('/') || p.split('/').any(|c| c == "..") || p.contains('\0'))
+    {
+        return Err(StoreError::BadHint {
+            hint: "data_path",
+            reason: format!("{p:?} must be an absolute path without '..'"),
+        });
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Imports `source` as `image`: chunks first, the manifest (and signature) last.
+    pub fn import(
+        &self,
+        image: &ImageRef,
+        source: &Path,
+        opts: &ImportOptions,
+        key: Option<&SigningKey>,
+    ) -> Result<ImportReport, StoreError> {
+        let started = Instant::now();
+        if !opts.replace && self.exists(image) {
+            return Err(StoreError::AlreadyExists {
+                image: image.to_string(),
+            });
+        }
+        check_hints(
+            &Hints {
+                data_partition: None,
+                grow_partition: None,
+                ..opts.hints.clone()
+            },
+            None,
+        )?;
+        let mut src = Source::open(source)?;
+        let source_format = src.format();
+        lock::scan_imports(self.root())?; // clean up after crashed imports
+        let session = ImportSession::begin(self.root())?;
+        let cdc = CdcParams::with_avg(opts.chunk_avg);
+        let workers = match opts.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            n => n,
+        };
+        let abort = AtomicBool::new(false);
+        let seen = Mutex::new(HashSet::new());
+        let dirs = Mutex::new(BTreeSet::new());
+        let (work_tx, work_rx) = bounded::<(u64, Segment)>(64);
+        let (res_tx, res_rx) = unbounded::<Result<Done, StoreError>>();
+        let (hash_tx, hash_rx) = bounded::<(Vec<u8>, usize)>(3);
+        let (pool_tx, pool_rx) = bounded::<Vec<u8>>(4);
+        for _ in 0..4 {
+            pool_tx.send(vec![0u8; READ_BLOCK]).expect("fresh channel");
+        }
+        let mut extents: Vec<Extent> = Vec::new();
+        let (mut chunks, mut new_chunks, mut new_stored) = (0u64, 0u64, 0u64);
+        let mut first_err: Option<StoreError> = None;
+
+        let (read_res, digests) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                read_stage(
+                    &mut src,
+                    cdc,
+                    opts.hole_min,
+                    work_tx,
+                    hash_tx,
+                    pool_rx,
+                    &abort,
+                )
+            });
+            let hasher = s.spawn(move || {
+                let mut sha = sha2::Sha256::new();
+                let mut b3 = blake3::Hasher::new();
+                for (buf, n) in hash_rx {
+                    sha.update(&buf[..n]);
+                    b3.update(&buf[..n]);
+                    let _ = pool_tx.send(buf);
+                }
+                (
+                    hex::encode(sha.finalize()),
+                    b3.finalize().to_hex().to_string(),
+                )
+            });
+            for _ in 0..workers {
+                let (rx, tx) = (work_rx.clone(), res_tx.clone());
+                let ctx = WorkerCtx {
+                    store: self,
+                    tmp: session.tmp_dir(),
+                    level: opts.zstd_level,
+                    seen: &seen,
+                    dirs: &dirs,
+                    abort: &abort,
+                };
+                s.spawn(move || ctx.run(rx, tx));
+            }
+            drop((work_rx, res_tx));
+            let mut waiting = BTreeMap::new();
+            let mut next = 0u64;
+            for r in res_rx {
+                match r {
+                    Err(e) => {
+                        abort.store(true, Ordering::Relaxed);
+                        first_err.get_or_insert(e);
+                    }
+                    Ok(d) => {
+                        waiting.insert(d.seq, d);
+                        while let Some(d) = waiting.remove(&next) {
+                            next += 1;
+                            if let Extent::Chunk { .. } = d.extent {
+                                chunks += 1;
+                            }
+                            if let Some(b) = d.new_bytes {
+                                new_chunks += 1;
+                                new_stored += b;
+                            }
+                            push_extent(&mut extents, d.extent);
+                        }
+                    }
+                }
+            }
+            let read_res = reader.join().expect("reader thread panicked");
+            (read_res, hasher.join().expect("hasher thread panicked"))
+        });
+        // The reader's error (bad source) explains a worker's failure better than the reverse.
+        let (head, tail, size) = read_res?;
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if size == 0 {
+            return Err(StoreError::BadSource {
+                path: source.to_path_buf(),
+                reason: format!("{} stream decompresses to nothing", source_format.name()),
+            });
+        }
+        let gpt = gpt_summary::summarize(SparseImage::new(head, tail, size));
+        check_hints(&opts.hints, gpt.as_ref())?;
+        let (data_bytes, hole_bytes) = extents.iter().fold((0, 0), |(d, h), e| match e {
+            Extent::Chunk { len, .. } => (d + len, h),
+            Extent::Hole { len, .. } => (d, h + len),
+        });
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            name: image.name.clone(),
+            version: image.version.clone(),
+            size,
+            sha256: digests.0,
+            blake3: digests.1,
+            created: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            chunking: Chunking {
+                algorithm: "fastcdc-2020".into(),
+                min: cdc.min,
+                avg: cdc.avg,
+                max: cdc.max,
+            },
+            extents,
+            gpt,
+            hints: opts.hints.clone(),
+        };
+        // Chunk renames must be durable before the manifest that points at them.
+        for d in dirs.into_inner().expect("poisoned") {
+            fsutil::sync_dir(&d)?;
+        }
+        if !opts.replace && self.exists(image) {
+            return Err(StoreError::AlreadyExists {
+                image: image.to_string(),
+            });
+        }
+        self.commit_manifest(&manifest, key, session.tmp_dir())?;
+        drop(session);
+        Ok(ImportReport {
+            manifest,
+            source_format,
+            chunks,
+            new_chunks,
+            new_stored_bytes: new_stored,
+            data_bytes,
+            hole_bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+fn push_extent(extents: &mut Vec<Extent>, e: Extent) {
+    if let (Some(Extent::Hole { len, .. }), Extent::Hole { len: more, .. }) =
+        (extents.last_mut(), &e)
+    {
+        *len += more;
+        return;
+    }
+    extents.push(e);
+}
+
+type Edges = (Vec<u8>, Vec<u8>, u64);
+
+fn read_stage(
+    src: &mut Source,
+    cdc: CdcParams,
+    hole_min: u64,
+    work_tx: Sender<(u64, Segment)>,
+    hash_tx: Sender<(Vec<u8>, usize)>,
+    pool_rx: Receiver<Vec<u8>>,
+    abort: &AtomicBool,
+) -> Result<Edges, StoreError> {
+    let mut seq = 0u64;
+    let mut seg = Segmenter::new(cdc, hole_min, |s| {
+        seq += 1;
+        work_tx.send((seq - 1, s)).is_ok()
+    });
+    let (mut head, mut tail) = (Vec::with_capacity(EDGE), Vec::with_capacity(2 * EDGE));
+    let mut offset = 0u64;
+    while !abort.load(Ordering::Relaxed) && !seg.stopped() {
+        let Ok(mut buf) = pool_rx.recv() else { break };
+        let n = src.fill(&mut buf)?;
+        let data = &buf[..n];
+        if head.len() < EDGE {
+            head.extend_from_slice(&data[..n.min(EDGE - head.len())]);
+        }
+        // Keep the last EDGE bytes for the backup GPT.
+        if n >= EDGE {
+            tail.clear();
+            tail.extend_from_slice(&data[n - EDGE..]);
+        } else {
+            tail.extend_from_slice(data);
+            if tail.len() > EDGE {
+                tail.drain(..tail.len() - EDGE);
+            }
+        }
+        seg.push(offset, data);
+        offset += n as u64;
+        if hash_tx.send((buf, n)).is_err() || n < READ_BLOCK {
+            break;
+        }
+    }
+    seg.finish();
+    Ok((head, tail, offset))
+}
+
+struct WorkerCtx<'a> {
+    store: &'a Store,
+    tmp: &'a Path,
+    level: i32,
+    seen: &'a Mutex<HashSet<ChunkId>>,
+    dirs: &'a Mutex<BTreeSet<PathBuf>>,
+    abort: &'a AtomicBool,
+}
+
+impl WorkerCtx<'_> {
+    fn run(&self, rx: Receiver<(u64, Segment)>, tx: Sender<Result<Done, StoreError>>) {
+        let mut comp = zstd::bulk::Compressor::new(self.level).ok();
+        for (seq, seg) in rx {
+            if self.abort.load(Ordering::Relaxed) {
+                continue; // drain so the reader is never stuck on a full channel
+            }
+            let r = self.one(seq, seg, comp.as_mut());
+            if r.is_err() {
+                self.abort.store(true, Ordering::Relaxed);
+            }
+            let _ = tx.send(r);
+        }
+    }
+
+    fn one(
+        &self,
+        seq: u64,
+        seg: Segment,
+        comp: Option<&mut zstd::bulk::Compressor<'static>>,
+    ) -> Result<Done, StoreError> {
+        let (buf, start, end, offset) = match seg {
+            Segment::Hole { offset, len } => {
+                return Ok(Done {
+                    seq,
+                    extent: Extent::Hole { offset, len },
+                    new_bytes: None,
+                });
+            }
+            Segment::Data {
+                buf,
+                start,
+                end,
+                offset,
+            } => (buf, start, end, offset),
+        };
+        let data = &buf[start..end];
+        let len = data.len() as u64;
+        if is_zero(data) {
+            return Ok(Done {
+                seq,
+                extent: Extent::Hole { offset, len },
+                new_bytes: None,
+            });
+        }
+        let id = ChunkId::of(data);
+        let extent = Extent::Chunk { offset, len, id };
+        let first = self.seen.lock().expect("poisoned").insert(id);
+        let path = self.store.chunk_path(id);
+        // Touch a reused chunk so a concurrent gc sees it as in use (see gc.rs).
+        if !first || fsutil::touch(&path)? {
+            return Ok(Done {
+                seq,
+                extent,
+                new_bytes: None,
+            });
+        }
+        let compressed = match comp {
+            Some(c) => c.compress(data),
+            None => zstd::bulk::compress(data, self.level),
+        }
+        .map_err(|e| StoreError::io("compressing chunk", &path, e))?;
+        let tmp = self.tmp.join(id.to_hex());
+        fsutil::write_synced(&tmp, &compressed)?;
+        let dir = path.parent().expect("chunk path has a parent");
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(StoreError::io("storing chunk", &path, e));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io("creating", dir, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| StoreError::io("storing chunk", &path, e))?;
+        }
+        self.dirs
+            .lock()
+            .expect("poisoned")
+            .insert(dir.to_path_buf());
+        Ok(Done {
+            seq,
+            extent,
+            new_bytes: Some(compressed.len() as u64),
+        })
+    }
+}

@@ -1,0 +1,264 @@
+//! Cutting an image stream into holes and content-defined chunks.
+//!
+//! The stream is scanned in [`ZERO_BLOCK`]-sized blocks aligned to image offsets. A run of
+//! all-zero blocks at least `hole_min` long becomes a hole (never stored); shorter runs stay inside
+//! the data, where compression makes them nearly free and cutting them out would only fragment
+//! chunks. Data between holes goes through FastCDC (2020). FastCDC restarts its rolling hash at
+//! every chunk start, so cutting a buffered region, keeping the unfinished last chunk and cutting
+//! again when more data arrives gives exactly the chunks a single pass would.
+
+use std::sync::Arc;
+
+use fastcdc::v2020::FastCDC;
+
+/// Granularity of zero detection, aligned to image offsets (filesystem block size).
+pub const ZERO_BLOCK: usize = 4096;
+/// Buffered data that triggers a cut (a few MiB keeps the copy overhead and latency low).
+const CUT_AT: usize = 4 << 20;
+
+/// One unit of work, in image order.
+#[derive(Debug)]
+pub enum Segment {
+    /// Chunk bytes `buf[start..end]` at image offset `offset`.
+    Data {
+        /// Shared buffer holding several chunks (saves one copy per chunk).
+        buf: Arc<Vec<u8>>,
+        /// Start in `buf`.
+        start: usize,
+        /// End in `buf`.
+        end: usize,
+        /// Offset in the image.
+        offset: u64,
+    },
+    /// All-zero run.
+    Hole {
+        /// Offset in the image.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+}
+
+/// FastCDC parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CdcParams {
+    /// Minimum chunk size.
+    pub min: u32,
+    /// Average chunk size.
+    pub avg: u32,
+    /// Maximum chunk size.
+    pub max: u32,
+}
+
+impl CdcParams {
+    /// min = avg/4, max = avg*4 (the FastCDC paper's normalized range).
+    pub fn with_avg(avg: u32) -> Self {
+        CdcParams {
+            min: avg / 4,
+            avg,
+            max: avg * 4,
+        }
+    }
+}
+
+/// True if every byte is zero. OR-reduction without early exit: vectorizes well and a 4 KiB
+/// block is cheap either way.
+pub fn is_zero(b: &[u8]) -> bool {
+    b.chunks(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+}
+
+/// Streaming segmenter: feed blocks with [`Segmenter::push`], then [`Segmenter::finish`].
+pub struct Segmenter<F: FnMut(Segment) -> bool> {
+    cdc: CdcParams,
+    hole_min: u64,
+    pending: Vec<u8>,
+    pending_off: u64,
+    zero_start: u64,
+    zero_len: u64,
+    emit: F,
+    stopped: bool,
+}
+
+impl<F: FnMut(Segment) -> bool> Segmenter<F> {
+    /// `emit` returns false to stop (the consumer went away).
+    pub fn new(cdc: CdcParams, hole_min: u64, emit: F) -> Self {
+        Segmenter {
+            cdc,
+            hole_min: hole_min.max(ZERO_BLOCK as u64),
+            pending: Vec::with_capacity(CUT_AT * 2),
+            pending_off: 0,
+            zero_start: 0,
+            zero_len: 0,
+            emit,
+            stopped: false,
+        }
+    }
+
+    /// True once the consumer refused a segment.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Feeds the next bytes of the image, which start at image offset `base` (a multiple of
+    /// [`ZERO_BLOCK`] except possibly for the very last push).
+    pub fn push(&mut self, base: u64, data: &[u8]) {
+        let mut i = 0;
+        while i < data.len() && !self.stopped {
+            let blk = |j: usize| &data[j..(j + ZERO_BLOCK).min(data.len())];
+            let zero = is_zero(blk(i));
+            let mut j = (i + ZERO_BLOCK).min(data.len());
+            while j < data.len() && is_zero(blk(j)) == zero {
+                j = (j + ZERO_BLOCK).min(data.len());
+            }
+            if zero {
+                if self.zero_len == 0 {
+                    self.zero_start = base + i as u64;
+                }
+                self.zero_len += (j - i) as u64;
+            } else {
+                self.end_zero_run();
+                if self.pending.is_empty() {
+                    self.pending_off = base + i as u64;
+                }
+                self.pending.extend_from_slice(&data[i..j]);
+                if self.pending.len() >= CUT_AT {
+                    self.cut(false);
+                }
+            }
+            i = j;
+        }
+    }
+
+    /// Flushes everything at end of stream.
+    pub fn finish(&mut self) {
+        self.end_zero_run();
+        self.cut(true);
+    }
+
+    fn end_zero_run(&mut self) {
+        if self.zero_len == 0 {
+            return;
+        }
+        if self.zero_len >= self.hole_min {
+            self.cut(true);
+            let seg = Segment::Hole {
+                offset: self.zero_start,
+                len: self.zero_len,
+            };
+            self.send(seg);
+        } else {
+            if self.pending.is_empty() {
+                self.pending_off = self.zero_start;
+            }
+            let n = self.pending.len() + self.zero_len as usize;
+            self.pending.resize(n, 0);
+        }
+        self.zero_len = 0;
+    }
+
+    fn send(&mut self, seg: Segment) {
+        if !self.stopped && !(self.emit)(seg) {
+            self.stopped = true;
+        }
+    }
+
+    /// Cuts the pending data into chunks; unless `all`, keeps the last (unfinished) chunk.
+    fn cut(&mut self, all: bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let c = self.cdc;
+        let cuts: Vec<(usize, usize)> = FastCDC::new(&self.pending, c.min, c.avg, c.max)
+            .map(|ch| (ch.offset, ch.offset + ch.length))
+            .collect();
+        let keep = if all {
+            self.pending.len()
+        } else {
+            cuts.last().map_or(0, |l| l.0)
+        };
+        if keep == 0 {
+            return;
+        }
+        let mut rest = self.pending.split_off(keep);
+        rest.reserve(CUT_AT * 2);
+        let buf = Arc::new(std::mem::replace(&mut self.pending, rest));
+        let base = self.pending_off;
+        for (start, end) in cuts.into_iter().take_while(|&(_, e)| e <= keep) {
+            self.send(Segment::Data {
+                buf: buf.clone(),
+                start,
+                end,
+                offset: base + start as u64,
+            });
+        }
+        self.pending_off += keep as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn run(img: &[u8], feed: usize) -> Vec<(bool, u64, u64)> {
+        let mut out = Vec::new();
+        let mut s = Segmenter::new(CdcParams::with_avg(16384), 16384, |seg| {
+            out.push(match seg {
+                Segment::Data {
+                    start, end, offset, ..
+                } => (true, offset, (end - start) as u64),
+                Segment::Hole { offset, len } => (false, offset, len),
+            });
+            true
+        });
+        for (i, c) in img.chunks(feed).enumerate() {
+            s.push((i * feed) as u64, c);
+        }
+        s.finish();
+        out
+    }
+
+    #[test]
+    fn covers_everything_and_finds_holes() {
+        let mut img = pseudo(3 << 20, 1);
+        img.extend(vec![0u8; 1 << 20]); // a hole
+        img.extend(pseudo(1 << 20, 2));
+        img[100_000..104_096].fill(0); // 4 KiB zeros: too short for a hole
+        img.extend(vec![0u8; 8192 + 5]); // short tail of zeros
+        let segs = run(&img, 1 << 20);
+        let mut at = 0;
+        for &(_, off, len) in &segs {
+            assert_eq!(off, at);
+            at += len;
+        }
+        assert_eq!(at, img.len() as u64);
+        let holes: Vec<_> = segs.iter().filter(|s| !s.0).collect();
+        assert_eq!(holes, [&(false, 3 << 20, 1 << 20)]);
+        assert!(segs.iter().all(|s| !s.0 || s.2 <= 65536));
+    }
+
+    #[test]
+    fn feed_size_does_not_change_chunks() {
+        let img = pseudo(9 << 20, 3);
+        assert_eq!(run(&img, 1 << 20), run(&img, 8 << 20));
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0u8; 4096]));
+        let mut b = [0u8; 4096];
+        b[4095] = 1;
+        assert!(!is_zero(&b));
+    }
+}

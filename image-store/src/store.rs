@@ -1,0 +1,440 @@
+//! The store on disk: layout, manifests and their signatures, chunk files, and the reading API
+//! the imager uses.
+//!
+//! ```text
+//! store/
+//!   store.json                   {"format":"tek-store","version":1}
+//!   lock                         flock: shared by registering imports, exclusive by gc mark
+//!   chunks/ab/abcdef....zst      zstd frame of the chunk whose BLAKE3 is abcdef... (hex)
+//!   chunks/ab/abcdef....zst.bad  a chunk found corrupt (quarantined, never deleted by tek)
+//!   images/NAME/VERSION.json     manifest (written last)
+//!   images/NAME/VERSION.sig      optional ed25519 signature over the manifest bytes
+//!   tmp/<uuid>.lock, tmp/<uuid>/ running imports' markers and temporaries
+//! ```
+//! Everything but `lock` and `tmp/` is plain files addressed by name or hash, so a store can be
+//! served read-only over HTTP.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{ChunkId, CompressedChunk, Piece};
+use crate::error::{ChunkUse, StoreError};
+use crate::fsutil;
+use crate::image_ref::ImageRef;
+use crate::manifest::{Extent, MANIFEST_FORMAT, Manifest};
+use crate::signature::{self, SignatureStatus, SigningKey};
+
+/// Version of the store layout (`store.json`).
+pub const STORE_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoreInfo {
+    format: String,
+    version: u32,
+}
+
+/// A manifest as loaded, with its hash and signature status.
+#[derive(Debug, Clone)]
+pub struct LoadedImage {
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    /// BLAKE3 hex of the manifest file's bytes.
+    pub manifest_hash: String,
+    /// Whether it is signed by a trusted key.
+    pub signature: SignatureStatus,
+}
+
+/// An opened image store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating the layout if missing; refuses unknown layout versions.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for sub in ["chunks", "images", "tmp"] {
+            let p = root.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| StoreError::io("creating store", &p, e))?;
+        }
+        let info_path = root.join("store.json");
+        match std::fs::read(&info_path) {
+            Ok(bytes) => {
+                let info: StoreInfo =
+                    serde_json::from_slice(&bytes).map_err(|e| parse_error(&info_path, &e))?;
+                if info.format != "tek-store" || info.version != STORE_VERSION {
+                    return Err(StoreError::UnsupportedFormat {
+                        path: info_path,
+                        found: info.version,
+                        supported: STORE_VERSION,
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let info = StoreInfo {
+                    format: "tek-store".into(),
+                    version: STORE_VERSION,
+                };
+                let tmp = root.join("tmp").join("store.json.new");
+                let data = serde_json::to_vec_pretty(&info).expect("serializing store info");
+                fsutil::write_atomic(&tmp, &info_path, &data)?;
+            }
+            Err(e) => return Err(StoreError::io("reading", &info_path, e)),
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a chunk's file lives.
+    pub fn chunk_path(&self, id: ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root
+            .join("chunks")
+            .join(&hex[..2])
+            .join(format!("{hex}.zst"))
+    }
+
+    /// Where an image's manifest lives.
+    pub fn manifest_path(&self, image: &ImageRef) -> PathBuf {
+        self.root
+            .join("images")
+            .join(&image.name)
+            .join(format!("{}.json", image.version))
+    }
+
+    /// Where an image's signature lives.
+    pub fn signature_path(&self, image: &ImageRef) -> PathBuf {
+        self.root
+            .join("images")
+            .join(&image.name)
+            .join(format!("{}.sig", image.version))
+    }
+
+    /// True if the image has a manifest.
+    pub fn exists(&self, image: &ImageRef) -> bool {
+        self.manifest_path(image).is_file()
+    }
+
+    /// Reads and parses a manifest, returning it with its exact bytes.
+    pub fn load_manifest(&self, image: &ImageRef) -> Result<(Manifest, Vec<u8>), StoreError> {
+        let path = self.manifest_path(image);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    image: image.to_string(),
+                });
+            }
+            Err(e) => return Err(StoreError::io("reading manifest", &path, e)),
+        };
+        let m = parse_manifest(&path, &bytes)?;
+        if m.name != image.name || m.version != image.version {
+            return Err(StoreError::InconsistentManifest {
+                path,
+                reason: format!("it names {}@{}", m.name, m.version),
+            });
+        }
+        Ok((m, bytes))
+    }
+
+    /// Loads a manifest and checks its signature against the trusted keys directory.
+    pub fn load(&self, image: &ImageRef, trusted_keys: &Path) -> Result<LoadedImage, StoreError> {
+        let (manifest, bytes) = self.load_manifest(image)?;
+        let sig_path = self.signature_path(image);
+        let sig = match std::fs::read(&sig_path) {
+            Ok(s) => Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io("reading signature", &sig_path, e)),
+        };
+        let signature = signature::check(&bytes, sig.as_deref(), trusted_keys)?;
+        Ok(LoadedImage {
+            manifest,
+            manifest_hash: blake3::hash(&bytes).to_hex().to_string(),
+            signature,
+        })
+    }
+
+    /// Every image in the store, sorted.
+    pub fn list(&self) -> Result<Vec<ImageRef>, StoreError> {
+        let images = self.root.join("images");
+        let mut out = Vec::new();
+        let rd = std::fs::read_dir(&images).map_err(|e| StoreError::io("listing", &images, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| StoreError::io("listing", &images, e))?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let dir = ent.path();
+            let Ok(rd2) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for f in rd2.flatten() {
+                let fname = f.file_name().to_string_lossy().into_owned();
+                if let Some(version) = fname.strip_suffix(".json") {
+                    // Skip anything that is not a well-formed reference (stray files).
+                    if let Ok(r) = ImageRef::new(&name, version) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Reads one chunk file as stored (no decompression). Missing or unreadable chunk files give an
+    /// error naming the chunk id and the image offset.
+    pub fn read_compressed(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: u64,
+    ) -> Result<CompressedChunk, StoreError> {
+        let path = self.chunk_path(id);
+        match std::fs::read(&path) {
+            Ok(data) => Ok(CompressedChunk {
+                id,
+                offset,
+                len,
+                data,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::MissingChunk {
+                chunk: id,
+                offset,
+                path,
+            }),
+            Err(e) => Err(StoreError::CorruptChunk {
+                chunk: id,
+                offset,
+                reason: format!("reading {}: {e}", path.display()),
+            }),
+        }
+    }
+
+    /// Sequential convenience: every extent in order as a Piece (chunks verified).
+    pub fn pieces<'a>(
+        &'a self,
+        manifest: &'a Manifest,
+    ) -> impl Iterator<Item = Result<Piece, StoreError>> + 'a {
+        manifest.extents.iter().map(move |e| match *e {
+            Extent::Hole { offset, len } => Ok(Piece::Hole { offset, len }),
+            Extent::Chunk { offset, len, id } => self
+                .read_compressed(id, offset, len)?
+                .decompress_verify()
+                .map(Piece::Data),
+        })
+    }
+
+    /// Moves a chunk found corrupt to a `.bad` name (never deletes it).
+    pub fn quarantine(&self, id: ChunkId) -> Result<(), StoreError> {
+        self.quarantine_path(id).map(|_| ())
+    }
+
+    /// Like [`Store::quarantine`], returning the `.bad` path (None if the chunk file was absent).
+    pub fn quarantine_path(&self, id: ChunkId) -> Result<Option<PathBuf>, StoreError> {
+        let path = self.chunk_path(id);
+        let bad = path.with_extension("zst.bad");
+        match std::fs::rename(&path, &bad) {
+            Ok(()) => Ok(Some(bad)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("quarantining chunk", &path, e)),
+        }
+    }
+
+    /// Every image that uses `id`, with the chunk's offset in each (for error reports).
+    pub fn chunk_uses(&self, id: ChunkId) -> Vec<ChunkUse> {
+        let mut out = Vec::new();
+        for r in self.list().unwrap_or_default() {
+            let Ok((m, _)) = self.load_manifest(&r) else {
+                continue;
+            };
+            for e in &m.extents {
+                if let Extent::Chunk { offset, id: c, .. } = e
+                    && *c == id
+                {
+                    out.push(ChunkUse {
+                        image: r.to_string(),
+                        offset: *offset,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Turns a per-chunk integrity error into [`StoreError::BadChunk`]: quarantines the chunk
+    /// (if its file exists) and names every image using it. Other errors pass through.
+    pub fn report_bad_chunk(&self, err: StoreError) -> StoreError {
+        let Some((chunk, _)) = err.bad_chunk() else {
+            return err;
+        };
+        let quarantined = match &err {
+            StoreError::MissingChunk { path, .. } => {
+                Some(path.with_extension("zst.bad")).filter(|b| b.exists())
+            }
+            _ => self.quarantine_path(chunk).ok().flatten(),
+        };
+        StoreError::BadChunk {
+            chunk,
+            reason: err.to_string(),
+            quarantined,
+            used_by: self.chunk_uses(chunk),
+        }
+    }
+
+    /// Writes a manifest (and optionally its signature) crash-safely. `tmp_dir` must be on the
+    /// store's filesystem. Without a key any old signature is removed, since it no longer matches.
+    pub(crate) fn commit_manifest(
+        &self,
+        manifest: &Manifest,
+        key: Option<&SigningKey>,
+        tmp_dir: &Path,
+    ) -> Result<(), StoreError> {
+        let image = ImageRef::new(&manifest.name, &manifest.version)?;
+        let mut bytes = serde_json::to_vec_pretty(manifest).expect("serializing manifest");
+        bytes.push(b'\n');
+        let dir = self.root.join("images").join(&image.name);
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", &dir, e))?;
+        let sig_path = self.signature_path(&image);
+        match key {
+            Some(k) => fsutil::write_atomic(
+                &tmp_dir.join("manifest.sig"),
+                &sig_path,
+                &k.sign_manifest(&bytes),
+            )?,
+            None => remove_if_exists(&sig_path)?,
+        }
+        // The manifest goes last: it is the commit point of an import.
+        fsutil::write_atomic(
+            &tmp_dir.join("manifest.json"),
+            &self.manifest_path(&image),
+            &bytes,
+        )
+    }
+
+    /// Signs an existing image's manifest bytes as they are.
+    pub fn sign(&self, image: &ImageRef, key: &SigningKey) -> Result<(), StoreError> {
+        let (_, bytes) = self.load_manifest(image)?;
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.sig.new", uuid::Uuid::new_v4().simple()));
+        fsutil::write_atomic(
+            &tmp,
+            &self.signature_path(image),
+            &key.sign_manifest(&bytes),
+        )
+    }
+
+    /// Replaces an image's hints (re-signing with `key`, else dropping the old signature).
+    pub fn set_hints(
+        &self,
+        image: &ImageRef,
+        hints: crate::manifest::Hints,
+        key: Option<&SigningKey>,
+    ) -> Result<(), StoreError> {
+        let (mut m, _) = self.load_manifest(image)?;
+        crate::import::check_hints(&hints, m.gpt.as_ref())?;
+        m.hints = hints;
+        let _shared = crate::lock::StoreLock::shared(&self.root)?;
+        let tmp = tempdir_in(&self.root.join("tmp"))?;
+        let res = self.commit_manifest(&m, key, &tmp);
+        let _ = std::fs::remove_dir_all(&tmp);
+        res
+    }
+
+    /// Removes an image's manifest and signature. Its chunks stay until `gc`.
+    pub fn remove(&self, image: &ImageRef) -> Result<(), StoreError> {
+        let path = self.manifest_path(image);
+        if !path.is_file() {
+            return Err(StoreError::NotFound {
+                image: image.to_string(),
+            });
+        }
+        remove_if_exists(&self.signature_path(image))?;
+        remove_if_exists(&path)?;
+        let dir = self.root.join("images").join(&image.name);
+        let _ = std::fs::remove_dir(&dir); // only succeeds when empty
+        fsutil::sync_dir(&self.root.join("images"))
+    }
+}
+
+fn tempdir_in(tmp: &Path) -> Result<PathBuf, StoreError> {
+    let d = tmp.join(uuid::Uuid::new_v4().simple().to_string());
+    std::fs::create_dir(&d).map_err(|e| StoreError::io("creating", &d, e))?;
+    Ok(d)
+}
+
+fn remove_if_exists(p: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("removing", p, e)),
+    }
+}
+
+fn parse_error(path: &Path, e: &serde_json::Error) -> StoreError {
+    StoreError::Parse {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        reason: e.to_string(),
+    }
+}
+
+/// Parses manifest bytes: format version first (so a newer manifest says "unsupported" rather
+/// than "unknown field"), then the full structure, then its invariants.
+pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, StoreError> {
+    #[derive(Deserialize)]
+    struct FormatOnly {
+        format: u32,
+    }
+    let m: Manifest = match serde_json::from_slice(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Ok(f) = serde_json::from_slice::<FormatOnly>(bytes)
+                && f.format != MANIFEST_FORMAT
+            {
+                return Err(StoreError::UnsupportedFormat {
+                    path: path.to_path_buf(),
+                    found: f.format,
+                    supported: MANIFEST_FORMAT,
+                });
+            }
+            return Err(parse_error(path, &e));
+        }
+    };
+    if m.format != MANIFEST_FORMAT {
+        return Err(StoreError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: m.format,
+            supported: MANIFEST_FORMAT,
+        });
+    }
+    let mut at = 0u64;
+    for (i, e) in m.extents.iter().enumerate() {
+        if e.offset() != at || e.is_empty() {
+            return Err(StoreError::InconsistentManifest {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "extent {i} at offset {} length {} (expected offset {at}, non-empty)",
+                    e.offset(),
+                    e.len()
+                ),
+            });
+        }
+        at += e.len();
+    }
+    if at != m.size {
+        return Err(StoreError::InconsistentManifest {
+            path: path.to_path_buf(),
+            reason: format!("extents cover {at} bytes but size is {}", m.size),
+        });
+    }
+    Ok(m)
+}
