@@ -72,6 +72,25 @@ impl Disk {
     }
 }
 
+impl From<&crate::disk::DiskInfo> for Disk {
+    fn from(d: &crate::disk::DiskInfo) -> Disk {
+        Disk {
+            name: d.name.clone(),
+            dev_path: d.dev_path.clone(),
+            bus: d.bus.to_string(),
+            vendor: d.vendor.clone(),
+            model: d.model.clone(),
+            serial: d.serial.clone(),
+            wwn: d.wwn.clone(),
+            size_bytes: d.size_bytes,
+            logical_block_size: u64::from(d.logical_block_size),
+            read_only: d.read_only,
+            port_path: d.port_path.clone(),
+            loop_backing_file: d.loop_backing_file.clone(),
+        }
+    }
+}
+
 /// The kernel appends " (deleted)" to a loop device's backing file name once the file was
 /// unlinked; match on the original path.
 fn clean_backing(p: &Path) -> PathBuf {

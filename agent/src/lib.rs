@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod depot;
 pub mod disk;
 pub mod hotplug;
@@ -15,8 +16,10 @@ pub mod uevent;
 pub mod job;
 pub mod journal;
 pub mod protocol;
+pub mod report;
 pub mod runner;
 pub mod server;
 pub mod status;
+pub mod steps;
 
 pub use depot::Depot;

@@ -30,6 +30,29 @@ pub enum DeviceEvent {
     },
 }
 
+/// Starts the hotplug watcher on `sys_root` (sysfs) and converts its events. Must be called
+/// inside the tokio runtime. The watcher scans first, so every disk already present arrives as
+/// `Present`: that is how jobs interrupted by a crash find their disk again.
+pub fn hotplug_events(sys_root: std::path::PathBuf) -> Result<mpsc::Receiver<DeviceEvent>> {
+    let mut rx = crate::hotplug::watch(sys_root.clone())
+        .with_context(|| format!("watching disks (uevents, {})", sys_root.display()))?;
+    let (tx, out) = mpsc::channel(256);
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            let ev = match ev {
+                crate::hotplug::DiskEvent::Present(d) => {
+                    DeviceEvent::Present(Box::new(Disk::from(&d)))
+                }
+                crate::hotplug::DiskEvent::Gone { name } => DeviceEvent::Gone { name },
+            };
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(out)
+}
+
 /// Binds the control socket: creates its directory, refuses to start if another agent answers
 /// on it, replaces a stale socket file, sets mode 0660 and, when the group exists, its group.
 pub fn bind_socket(path: &Path, group: &str) -> Result<UnixListener> {

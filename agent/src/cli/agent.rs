@@ -1,18 +1,328 @@
 //! `tek agent`, `tek bays`, `tek job`, `tek status`, `tek report`, `tek demo`: the daemon and
 //! the commands that talk to it.
 
-use clap::Subcommand;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
 
 use crate::Depot;
+use crate::client::Client;
+use crate::config::Config;
+use crate::job::Job;
+use crate::protocol::{Op, Status};
+
+/// Where to find the agent: its config file (for the socket path) or the socket itself.
+#[derive(Debug, Clone, Args)]
+pub struct AgentConn {
+    /// Agent configuration file (default /etc/tek/agent.toml, if it exists).
+    #[arg(long, env = "TEK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Control socket (default: the config's `socket`, else /run/tek/agent.sock).
+    #[arg(long, env = "TEK_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+impl AgentConn {
+    fn config(&self) -> Result<Config> {
+        Config::load_or_default(self.config.as_deref())
+    }
+    fn socket(&self) -> Result<PathBuf> {
+        match &self.socket {
+            Some(s) => Ok(s.clone()),
+            None => Ok(self.config()?.socket),
+        }
+    }
+    fn client(&self) -> Result<Client> {
+        Client::connect(&self.socket()?)
+    }
+}
 
 /// Daemon-related top-level subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
+    /// Run the bench agent daemon (normally started by systemd).
+    Agent {
+        /// Configuration file.
+        #[arg(long, env = "TEK_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Show the configured bays; with --discover, the disks present now and their port paths.
+    Bays {
+        /// List the disks present now (no agent needed), to write the bay config.
+        #[arg(long)]
+        discover: bool,
+        #[command(flatten)]
+        conn: AgentConn,
+    },
+    /// Register, inspect, cancel and retry jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Every bay at a glance.
+    Status {
+        /// Follow events live.
+        #[arg(long)]
+        watch: bool,
+        /// Machine-readable output.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        #[command(flatten)]
+        conn: AgentConn,
+    },
+    /// A job's service report (read from the depot; no agent needed).
+    Report {
+        /// Job id.
+        job: String,
+        /// JSON output.
+        #[arg(long, conflicts_with = "html")]
+        json: bool,
+        /// Printable HTML page.
+        #[arg(long)]
+        html: bool,
+    },
     /// Run the whole journey on a built-in sample, in a temporary depot.
     Demo,
 }
 
+/// `tek job` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Queue a job for a bay or for a disk's serial number.
+    Add {
+        /// Service ticket.
+        #[arg(long)]
+        ticket: String,
+        /// Image NAME@VERSION.
+        #[arg(long)]
+        image: String,
+        /// Staged client dataset to migrate onto the new disk.
+        #[arg(long, value_name = "DATASET")]
+        data: Option<String>,
+        /// Bay whose next disk gets the job.
+        #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+        bay: Option<String>,
+        /// Serial number of the expected disk.
+        #[arg(long)]
+        serial: Option<String>,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: AgentConn,
+    },
+    /// List jobs.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: AgentConn,
+    },
+    /// Show one job's record.
+    Show {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        conn: AgentConn,
+    },
+    /// Cancel a job (staged client data is kept).
+    Cancel {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        conn: AgentConn,
+    },
+    /// Re-queue a failed, cancelled or interrupted job.
+    Retry {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        conn: AgentConn,
+    },
+}
+
 /// Runs a daemon-related subcommand.
-pub fn run(_depot: &Depot, _cmd: AgentCommand) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+pub fn run(depot: &Depot, cmd: AgentCommand) -> Result<()> {
+    match cmd {
+        AgentCommand::Agent { config } => run_agent(depot, config.as_deref()),
+        AgentCommand::Bays { discover, conn } => bays(discover, &conn),
+        AgentCommand::Job(j) => job(j),
+        AgentCommand::Status { watch, json, conn } => {
+            if watch {
+                return crate::status::watch(&conn.socket()?);
+            }
+            let st: Status = conn.client()?.call(Op::Status)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", crate::status::render(&st));
+            }
+            Ok(())
+        }
+        AgentCommand::Report { job, json, html } => {
+            let journal = crate::journal::Journal::open(&depot.jobs())?;
+            let j = journal
+                .load(&job)
+                .with_context(|| format!("loading job {job}"))?;
+            let r = crate::report::Report::of(&j);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if html {
+                print!("{}", r.to_html());
+            } else {
+                print!("{}", r.to_text());
+            }
+            Ok(())
+        }
+        AgentCommand::Demo => crate::demo::run(),
+    }
+}
+
+/// The depot the agent uses: the config's `state` and `trusted_keys` override the defaults.
+pub fn agent_depot(depot: &Depot, cfg: &Config) -> Depot {
+    let mut d = match &cfg.state {
+        Some(s) => Depot::at(s),
+        None => depot.clone(),
+    };
+    if let Some(k) = &cfg.trusted_keys {
+        d = d.with_trusted_keys(k.clone());
+    }
+    d
+}
+
+fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
+    let cfg = Config::load_or_default(config)?;
+    let depot = agent_depot(depot, &cfg);
+    std::fs::create_dir_all(depot.root())
+        .with_context(|| format!("creating state directory {}", depot.root().display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = crate::server::bind_socket(&cfg.socket, &cfg.socket_group)?;
+        let steps = crate::steps::RealSteps::open(&depot, &cfg)?;
+        let journal = crate::journal::Journal::open(&depot.jobs())?;
+        let agent = crate::daemon::Agent::new(cfg.clone(), journal, Arc::new(steps))?;
+        let devices = crate::server::hotplug_events(PathBuf::from("/sys"))?;
+        tracing::info!(socket = %cfg.socket.display(), state = %depot.root().display(), "agent starting");
+        let res = crate::server::run(listener, agent, devices, shutdown_signal()).await;
+        let _ = std::fs::remove_file(&cfg.socket);
+        res
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("installing signal handlers failed; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+fn bays(discover: bool, conn: &AgentConn) -> Result<()> {
+    let cfg = conn.config()?;
+    if discover {
+        let disks = crate::disk::scan_disks(Path::new("/sys"))
+            .context("scanning /sys/class/block for disks")?;
+        if disks.is_empty() {
+            println!("no disks found");
+        }
+        for d in &disks {
+            let ours = crate::bay::Disk::from(d);
+            let bay = crate::bay::bay_of(&cfg, &ours)
+                .map(|b| format!("  [bay {}]", b.name))
+                .unwrap_or_default();
+            println!("{}{bay}", crate::disk::describe(d));
+        }
+        println!(
+            "\nPlug a disk into each bay in turn and copy its port path into a [[bay]] port_path."
+        );
+        return Ok(());
+    }
+    if cfg.bays.is_empty() {
+        println!("no bays configured (see `tek bays --discover`)");
+    }
+    let live: Option<Status> = conn.client().and_then(|mut c| c.call(Op::Status)).ok();
+    for b in &cfg.bays {
+        let matcher = match (&b.port_path, &b.loop_backing) {
+            (Some(p), _) => format!("port {p}"),
+            (_, Some(g)) => format!("loop backing {g}"),
+            _ => String::new(),
+        };
+        let state = live
+            .as_ref()
+            .and_then(|s| s.bays.iter().find(|v| v.name == b.name))
+            .map(|v| v.state.clone())
+            .unwrap_or_else(|| "(agent not reachable)".into());
+        let prov = b
+            .default_image
+            .as_ref()
+            .map(|i| format!("  provisioning {i}"))
+            .unwrap_or_default();
+        println!("{}  {matcher}{prov}  {state}", b.name);
+    }
+    Ok(())
+}
+
+fn job(cmd: JobCommand) -> Result<()> {
+    match cmd {
+        JobCommand::Add {
+            ticket,
+            image,
+            data,
+            bay,
+            serial,
+            json,
+            conn,
+        } => {
+            let j: Job = conn.client()?.call(Op::JobAdd {
+                ticket,
+                image,
+                data,
+                bay,
+                serial,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&j)?);
+            } else {
+                println!("{}", j.id);
+            }
+        }
+        JobCommand::List { json, conn } => {
+            let jobs: Vec<Job> = conn.client()?.call(Op::JobList)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else if jobs.is_empty() {
+                println!("no jobs");
+            } else {
+                for j in &jobs {
+                    println!("{}", crate::status::job_line(j));
+                }
+            }
+        }
+        JobCommand::Show { id, conn } => {
+            let j: Job = conn.client()?.call(Op::JobShow { id })?;
+            println!("{}", serde_json::to_string_pretty(&j)?);
+        }
+        JobCommand::Cancel { id, conn } => {
+            let j: Job = conn.client()?.call(Op::JobCancel { id })?;
+            println!("{}: {} (staged client data kept)", j.id, j.state);
+        }
+        JobCommand::Retry { id, conn } => {
+            let j: Job = conn.client()?.call(Op::JobRetry { id })?;
+            println!("{}: {}", j.id, j.state);
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,353 @@
+//! The service report of a job: what a technician prints or attaches to the ticket. Built
+//! from the journaled job record alone, so `tek report` works without the agent, and written
+//! by the agent to `<state>/reports/<job>.json` and `.html` when the job ends.
+//!
+//! Format version [`REPORT_FORMAT`]; the JSON carries the device, the image and its signature
+//! status, the imager's verification report, the client data restore-and-verify result, the
+//! staging wipe's sanitization record, timings, and the full state history.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::job::{DeviceRecord, Job, JobState, Transition};
+
+/// Version of the report JSON.
+pub const REPORT_FORMAT: u32 = 1;
+
+/// Durations in seconds between journaled states.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Timings {
+    /// When the job was queued.
+    pub queued: Option<String>,
+    /// When a disk was (last) claimed.
+    pub started: Option<String>,
+    /// When the job ended.
+    pub finished: Option<String>,
+    /// Writing and verifying the image.
+    pub image_secs: Option<f64>,
+    /// Restoring and verifying client data.
+    pub data_secs: Option<f64>,
+    /// Wiping the staging copy.
+    pub wipe_secs: Option<f64>,
+    /// Claim to end.
+    pub total_secs: Option<f64>,
+}
+
+/// A service report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    /// Always [`REPORT_FORMAT`].
+    pub format: u32,
+    /// Job id.
+    pub job: String,
+    /// Service ticket.
+    pub ticket: String,
+    /// Final (or current) state.
+    pub state: JobState,
+    /// One line: what this means for the technician.
+    pub outcome: String,
+    /// Created by a provisioning bay.
+    pub provisioning: bool,
+    /// The disk.
+    pub device: Option<DeviceRecord>,
+    /// Image `NAME@VERSION`.
+    pub image: String,
+    /// Manifest hash, signature status, size.
+    pub image_details: Option<serde_json::Value>,
+    /// The imager's report: bytes written, read-back verification, GPT fix-ups.
+    pub verification: Option<serde_json::Value>,
+    /// The dataset migrated, if any.
+    pub dataset: Option<String>,
+    /// Restore result: entries and bytes restored and verified.
+    pub data_migration: Option<serde_json::Value>,
+    /// Sanitization record of the staging wipe.
+    pub sanitization: Option<serde_json::Value>,
+    /// Timings.
+    pub timings: Timings,
+    /// Error of a failed job.
+    pub error: Option<String>,
+    /// Every state change.
+    pub history: Vec<Transition>,
+}
+
+fn parse(t: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+}
+
+fn secs(a: Option<&str>, b: Option<&str>) -> Option<f64> {
+    let d = parse(b?)? - parse(a?)?;
+    Some((d.as_seconds_f64() * 1000.0).round() / 1000.0)
+}
+
+fn last(job: &Job, s: JobState) -> Option<&str> {
+    job.history
+        .iter()
+        .rev()
+        .find(|t| t.state == s)
+        .map(|t| t.at.as_str())
+}
+
+impl Report {
+    /// Builds the report of `job`.
+    pub fn of(job: &Job) -> Report {
+        let end = if job.state.is_terminal() {
+            job.history.last().map(|t| t.at.as_str())
+        } else {
+            None
+        };
+        let started = last(job, JobState::Claimed);
+        let timings = Timings {
+            queued: job.entered(JobState::Queued).map(String::from),
+            started: started.map(String::from),
+            finished: end.map(String::from),
+            image_secs: secs(
+                last(job, JobState::Writing),
+                last(job, JobState::ImageVerified),
+            ),
+            data_secs: secs(
+                last(job, JobState::Migrating),
+                last(job, JobState::DataVerified),
+            ),
+            wipe_secs: secs(last(job, JobState::Wiping), last(job, JobState::Reporting)),
+            total_secs: secs(started, end),
+        };
+        let outcome = match job.state {
+            JobState::Done if job.dataset.is_some() => {
+                "done: image written and verified, client data migrated and verified, staging copy wiped; safe to remove".into()
+            }
+            JobState::Done => "done: image written and verified; safe to remove".into(),
+            JobState::Failed => format!(
+                "FAILED: {}; client data (if any) is still in staging",
+                job.error.as_deref().unwrap_or("unknown error")
+            ),
+            JobState::Cancelled => "cancelled; client data (if any) is still in staging".into(),
+            s => format!("in progress ({s})"),
+        };
+        Report {
+            format: REPORT_FORMAT,
+            job: job.id.clone(),
+            ticket: job.ticket.clone(),
+            state: job.state,
+            outcome,
+            provisioning: job.provisioning,
+            device: job.device.clone(),
+            image: job.image.clone(),
+            image_details: job.results.image.clone(),
+            verification: job.results.write.clone(),
+            dataset: job.dataset.clone(),
+            data_migration: job.results.restore.clone(),
+            sanitization: job.results.sanitization.clone(),
+            timings,
+            error: job.error.clone(),
+            history: job.history.clone(),
+        }
+    }
+
+    fn sections(&self) -> Vec<(&'static str, Vec<(String, String)>)> {
+        let mut out = Vec::new();
+        let mut head = vec![
+            ("job".to_string(), self.job.clone()),
+            ("ticket".into(), self.ticket.clone()),
+            ("outcome".into(), self.outcome.clone()),
+        ];
+        if self.provisioning {
+            head.push(("provisioning".into(), "yes (bay default image)".into()));
+        }
+        out.push(("Service report", head));
+        if let Some(d) = &self.device {
+            out.push((
+                "Device",
+                vec![
+                    ("model".into(), d.model.clone()),
+                    (
+                        "serial".into(),
+                        d.serial.clone().unwrap_or_else(|| "-".into()),
+                    ),
+                    ("bus".into(), d.bus.clone()),
+                    ("size".into(), crate::status::human(d.size_bytes)),
+                    ("device".into(), d.dev_path.clone()),
+                    ("bay".into(), d.bay.clone().unwrap_or_else(|| "-".into())),
+                ],
+            ));
+        }
+        let mut img = vec![("image".into(), self.image.clone())];
+        flatten("", self.image_details.as_ref(), &mut img);
+        out.push(("Image and signature", img));
+        let mut ver = Vec::new();
+        flatten("", self.verification.as_ref(), &mut ver);
+        out.push(("Verification", ver));
+        if let Some(ds) = &self.dataset {
+            let mut data = vec![("dataset".into(), ds.clone())];
+            flatten("", self.data_migration.as_ref(), &mut data);
+            out.push(("Client data migration", data));
+            let mut san = Vec::new();
+            flatten("", self.sanitization.as_ref(), &mut san);
+            if san.is_empty() {
+                san.push((
+                    "status".into(),
+                    "not wiped: the data is still in staging".into(),
+                ));
+            }
+            out.push(("Sanitization of the staging copy", san));
+        }
+        let t = &self.timings;
+        let f = |v: Option<f64>| v.map(|s| format!("{s:.1} s")).unwrap_or_else(|| "-".into());
+        out.push((
+            "Timings",
+            vec![
+                ("queued".into(), t.queued.clone().unwrap_or_default()),
+                ("started".into(), t.started.clone().unwrap_or_default()),
+                ("finished".into(), t.finished.clone().unwrap_or_default()),
+                ("image write + verify".into(), f(t.image_secs)),
+                ("data restore + verify".into(), f(t.data_secs)),
+                ("staging wipe".into(), f(t.wipe_secs)),
+                ("total".into(), f(t.total_secs)),
+            ],
+        ));
+        out
+    }
+
+    /// Plain text for the terminal.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        for (title, rows) in self.sections() {
+            let _ = writeln!(s, "== {title}");
+            let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+            for (k, v) in rows {
+                let _ = writeln!(s, "  {k:<w$}  {v}");
+            }
+        }
+        s
+    }
+
+    /// A printable HTML page.
+    pub fn to_html(&self) -> String {
+        let mut s = String::from(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Service report ",
+        );
+        s.push_str(&esc(&self.job));
+        s.push_str(
+            "</title><style>body{font-family:sans-serif;max-width:50em;margin:2em auto}\
+             table{border-collapse:collapse;width:100%}td{border-bottom:1px solid #ccc;\
+             padding:.2em .5em;vertical-align:top}td:first-child{width:30%;color:#444}</style>\
+             </head><body>\n",
+        );
+        for (title, rows) in self.sections() {
+            let _ = writeln!(s, "<h2>{}</h2>\n<table>", esc(title));
+            for (k, v) in rows {
+                let _ = writeln!(s, "<tr><td>{}</td><td>{}</td></tr>", esc(&k), esc(&v));
+            }
+            s.push_str("</table>\n");
+        }
+        s.push_str("</body></html>\n");
+        s
+    }
+}
+
+/// Flattens a JSON object into `a.b: value` rows (arrays of scalars joined).
+fn flatten(prefix: &str, v: Option<&serde_json::Value>, out: &mut Vec<(String, String)>) {
+    let Some(v) = v else { return };
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, Some(v), out);
+            }
+        }
+        serde_json::Value::Null => {}
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        serde_json::Value::Array(a) if a.is_empty() => {
+            out.push((prefix.to_string(), "none".into()))
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobTarget;
+
+    fn done_job() -> Job {
+        let mut j = Job::new(
+            "T-77",
+            "base@1",
+            Some("ds-1".into()),
+            JobTarget::Bay("a".into()),
+        );
+        j.results.image =
+            Some(serde_json::json!({"manifest_hash": "ab", "signature": "valid (depot)"}));
+        j.results.write = Some(serde_json::json!({"verified": true, "bytes": 100}));
+        j.results.restore = Some(serde_json::json!({"entries_verified": 5, "mismatches": []}));
+        j.results.sanitization =
+            Some(serde_json::json!({"method": "overwrite+unlink+key destroyed"}));
+        for s in [
+            JobState::Claimed,
+            JobState::Writing,
+            JobState::ImageVerified,
+            JobState::Migrating,
+            JobState::DataVerified,
+            JobState::Wiping,
+            JobState::Reporting,
+            JobState::Done,
+        ] {
+            j.set_state(s, None);
+        }
+        j
+    }
+
+    #[test]
+    fn report_has_every_section() {
+        let r = Report::of(&done_job());
+        let t = r.to_text();
+        for want in [
+            "ticket",
+            "T-77",
+            "manifest_hash",
+            "verified",
+            "entries_verified",
+            "overwrite+unlink+key destroyed",
+            "staging copy wiped",
+            "total",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        assert!(
+            t.lines()
+                .any(|l| l.trim_start().starts_with("mismatches") && l.ends_with(" none")),
+            "{t}"
+        );
+        assert!(r.timings.total_secs.is_some());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["format"], 1);
+        assert_eq!(v["state"], "done");
+    }
+
+    #[test]
+    fn html_escapes() {
+        let mut j = done_job();
+        j.ticket = "<script>".into();
+        let h = Report::of(&j).to_html();
+        assert!(h.contains("&lt;script&gt;") && !h.contains("<script>"));
+    }
+
+    #[test]
+    fn unwiped_data_is_said_plainly() {
+        let mut j = Job::new("T", "b@1", Some("ds".into()), JobTarget::Bay("a".into()));
+        j.set_state(JobState::Cancelled, None);
+        let t = Report::of(&j).to_text();
+        assert!(t.contains("still in staging"), "{t}");
+    }
+}
