@@ -619,3 +619,224 @@ fn uevents_reach_private_network_but_not_private_users() {
         );
     }
 }
+
+/// Mode bits of `p` (permissions only).
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn install_script_stages_into_a_destdir_idempotently() {
+    let dest = tempfile::tempdir().expect("creating a temp dir");
+    let install = |extra: &[&str]| -> String {
+        let out = run(Command::new("sh")
+            .arg(repo().join("packaging/install.sh"))
+            .arg("--destdir")
+            .arg(dest.path())
+            .arg("--bin")
+            .arg(tek_bin())
+            .args(extra));
+        let t = text(&out);
+        assert!(out.status.success(), "install.sh {extra:?} failed:\n{t}");
+        t
+    };
+    install(&[]);
+    let root = dest.path();
+    let expect = [
+        ("usr/local/bin/tek", 0o755),
+        ("usr/local/lib/systemd/system/tek-agent.service", 0o644),
+        ("usr/local/lib/udev/rules.d/70-tek-bench.rules", 0o644),
+        ("usr/local/lib/sysusers.d/tek.conf", 0o644),
+        ("usr/local/lib/modules-load.d/tek.conf", 0o644),
+        ("usr/local/share/tek/tek-bay-rules", 0o755),
+        ("usr/local/share/doc/tek/agent.toml.example", 0o644),
+        ("usr/local/share/doc/tek/69-tek-bays.rules.example", 0o644),
+        ("usr/local/share/doc/tek/README.md", 0o644),
+    ];
+    for (rel, want) in expect {
+        assert_eq!(mode(&root.join(rel)), want, "mode of {rel}");
+    }
+    assert!(root.join("etc/tek/trusted-keys").is_dir());
+    // The sample is documentation: a live config is the administrator's decision.
+    assert!(!root.join("etc/tek/agent.toml").exists());
+    let unit = fs::read_to_string(root.join("usr/local/lib/systemd/system/tek-agent.service"))
+        .expect("reading the installed unit");
+    assert!(
+        unit.contains("\nExecStart=/usr/local/bin/tek agent --config /etc/tek/agent.toml\n"),
+        "ExecStart not pointed at the prefix"
+    );
+    assert_eq!(
+        fs::read(root.join("usr/local/bin/tek")).expect("reading the installed binary"),
+        fs::read(tek_bin()).expect("reading the built binary")
+    );
+
+    // Again: same result, no temp files left behind.
+    install(&[]);
+    let mut leftovers = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)
+            .expect("listing the destdir")
+            .map(Result::unwrap)
+        {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().ends_with(".tek-new") {
+                leftovers.push(e.path());
+            }
+        }
+    }
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The bay rules, generated into the destdir's /etc.
+    install(&[
+        "--bay-rules",
+        repo()
+            .join("packaging/agent.toml.example")
+            .to_str()
+            .unwrap(),
+    ]);
+    let rules = fs::read_to_string(root.join("etc/udev/rules.d/69-tek-bays.rules"))
+        .expect("reading the generated bay rules");
+    assert!(rules.contains("ENV{TEK_BAY}=\"left-dock\""), "{rules}");
+
+    // A dry run changes nothing.
+    let empty = tempfile::tempdir().expect("creating a temp dir");
+    let out = run(Command::new("sh")
+        .arg(repo().join("packaging/install.sh"))
+        .args(["--dry-run", "--destdir"])
+        .arg(empty.path())
+        .arg("--bin")
+        .arg(tek_bin()));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("would install"), "{}", text(&out));
+    assert_eq!(fs::read_dir(empty.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bay_rules_generator_matches_the_sample_and_refuses_what_it_cannot_express() {
+    let generate = |toml: &str| -> Output {
+        let dir = tempfile::tempdir().expect("creating a temp dir");
+        let p = dir.path().join("agent.toml");
+        fs::write(&p, toml).expect("writing the config");
+        run(Command::new("sh")
+            .arg(repo().join("packaging/tek-bay-rules"))
+            .arg(&p))
+    };
+    let sample = generate(&read("packaging/agent.toml.example"));
+    assert!(sample.status.success(), "{}", text(&sample));
+    let rules = String::from_utf8_lossy(&sample.stdout);
+    let bays: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.contains("ENV{TEK_BAY}="))
+        .collect();
+    assert_eq!(
+        bays,
+        [
+            "ENV{ID_PATH}==\"pci-0000:00:14.0-usb-0:3:1.0-scsi-0:0:0:0\", ENV{TEK_BAY}=\"left-dock\"",
+            "ENV{ID_PATH}==\"pci-0000:00:14.0-usb-0:4:1.0-scsi-0:0:0:0\", ENV{TEK_BAY}=\"right-dock\"",
+            "KERNEL==\"loop*\", ATTR{loop/backing_file}==\"/srv/tek-virtual/bay1-*.img\", ENV{TEK_BAY}=\"virtual-1\"",
+        ],
+        "the commented-out provisioning bay must stay out"
+    );
+    for (toml, why) in [
+        ("[[bay]]\nport_path = \"x\"\n", "has no name"),
+        ("[[bay]]\nname = \"a\"\n", "needs exactly one of"),
+        (
+            "[[bay]]\nname = \"a\"\nport_path = \"x\"\nloop_backing = \"/y*\"\n",
+            "needs exactly one of",
+        ),
+        (
+            "[[bay]]\nname = \"a\"\nport_path = \"pci-*\"\n",
+            "glob characters",
+        ),
+        (
+            "[[bay]]\nname = \"a\"\nloop_backing = \"y/*\"\n",
+            "absolute",
+        ),
+        (
+            "[[bay]]\nname = \"a\"\nport_path = \"x\"\n[[bay]]\nname = \"a\"\nport_path = \"y\"\n",
+            "used twice",
+        ),
+        (
+            "[[bay]]\nname = \"a b\"\nport_path = \"x\"\n",
+            "must be 1 or more",
+        ),
+        ("[[bay]]\nname = \"a\"\nport_path = \"x\\\"y\"\n", "escapes"),
+        ("[[bay]]\nname = \"a\"\nport_path = x\n", "quoted string"),
+    ] {
+        let out = generate(toml);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{toml:?} accepted:\n{t}");
+        assert!(
+            t.contains(why) && t.contains("agent.toml:"),
+            "{toml:?}: {t}"
+        );
+    }
+}
+
+/// The sample config is read by the agent's real parser (through `tek bays`, which loads and
+/// validates it and lists the bays even with no agent running).
+#[test]
+fn sample_config_is_accepted_by_tek() {
+    let dir = tempfile::tempdir().expect("creating a temp dir");
+    let out = run(Command::new(tek_bin())
+        .args(["bays", "--config"])
+        .arg(repo().join("packaging/agent.toml.example"))
+        .arg("--socket")
+        .arg(dir.path().join("no-agent.sock")));
+    let t = text(&out);
+    assert!(
+        out.status.success(),
+        "tek bays rejected the sample config:\n{t}"
+    );
+    for bay in ["left-dock", "right-dock", "virtual-1"] {
+        assert!(t.contains(bay), "{bay} missing from:\n{t}");
+    }
+}
+
+/// Every file the Debian package and the install script take from the repository exists (a
+/// rename would otherwise only show when someone runs `cargo deb`).
+#[test]
+fn packaged_files_exist() {
+    let manifest = read("agent/Cargo.toml");
+    let table = manifest
+        .split_once("[package.metadata.deb]")
+        .expect("agent/Cargo.toml has a [package.metadata.deb] table")
+        .1;
+    let mut sources = Vec::new();
+    for line in table.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("[\"") {
+            let src = rest.split('"').next().unwrap_or_default();
+            if !src.starts_with("target/") {
+                sources.push(src.to_string());
+            }
+        }
+    }
+    assert!(sources.len() >= 5, "found only {sources:?}");
+    let agent = repo().join("agent");
+    for s in &sources {
+        assert!(
+            agent.join(s).is_file(),
+            "deb asset {s} (relative to agent/) missing"
+        );
+    }
+    // systemd-units picks these up by name from unit-scripts = "../systemd".
+    for f in ["systemd/tek-agent.service", "systemd/tek.sysusers"] {
+        assert!(repo().join(f).is_file(), "{f} missing");
+    }
+    for f in ["packaging/debian/postinst", "packaging/debian/postrm"] {
+        let body = read(f);
+        assert!(
+            body.contains("#DEBHELPER#"),
+            "{f} lacks the #DEBHELPER# token"
+        );
+        assert_eq!(mode(&repo().join(f)) & 0o111, 0o111, "{f} not executable");
+    }
+}
