@@ -18,6 +18,7 @@ pub mod journal;
 pub mod protocol;
 pub mod report;
 pub mod runner;
+pub mod sample;
 pub mod server;
 pub mod status;
 pub mod steps;
