@@ -194,8 +194,10 @@ fn read_disk(sys_root: &Path, name: &str, dir: &Path) -> io::Result<Option<Ident
         return Ok(None);
     }
     let chain = portpath::device_chain(sys_root, dir);
+    let devices = sys_root.join("devices");
+    let devices = fs::canonicalize(&devices).map_err(|e| with_context(e, "resolving", &devices))?;
     let is_virtual = dir
-        .strip_prefix(fs::canonicalize(sys_root.join("devices"))?)
+        .strip_prefix(&devices)
         .is_ok_and(|rel| rel.starts_with("virtual"));
     if name.starts_with("loop") && is_virtual && backing.is_none() {
         return Ok(None);
