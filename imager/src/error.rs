@@ -65,6 +65,14 @@ pub enum ImagerError {
         /// How far the writer had come.
         offset: u64,
     },
+    /// The image stream stopped with an error (shared by every target of the job).
+    #[error("reading the image: {reason}")]
+    Stream {
+        /// The source's error, one line.
+        reason: String,
+        /// Image offset, when known.
+        offset: Option<u64>,
+    },
     /// The image source is unusable (e.g. not a disk image).
     #[error("image {path}: {reason}")]
     BadImage {
@@ -83,9 +91,8 @@ impl ImagerError {
             | ImagerError::Target { offset, .. }
             | ImagerError::Cancelled { offset } => Some(*offset),
             ImagerError::Mismatch { offsets, .. } => offsets.first().copied(),
-            ImagerError::Store(
-                StoreError::HashMismatch { offset, .. } | StoreError::CorruptChunk { offset, .. },
-            ) => Some(*offset),
+            ImagerError::Store(e) => e.bad_chunk().map(|(_, o)| o),
+            ImagerError::Stream { offset, .. } => *offset,
             _ => None,
         }
     }

@@ -296,17 +296,10 @@ fn job_steps(
         match item {
             Ok(piece) => w.push(&piece)?,
             Err(e) => {
-                return Err(match &*e {
-                    ImagerError::Store(se) => ImagerError::BadImage {
-                        path: PathBuf::from(&info.name),
-                        reason: se.to_string(),
-                    },
-                    other => ImagerError::BadImage {
-                        path: PathBuf::from(&info.name),
-                        reason: other.to_string(),
-                    },
-                }
-                .with_offset_of(&e));
+                return Err(ImagerError::Stream {
+                    reason: e.to_string(),
+                    offset: e.offset(),
+                });
             }
         }
         progress.update(w.position());
@@ -397,21 +390,6 @@ fn job_steps(
     }
     rep.durations.finish_secs = t.elapsed().as_secs_f64();
     Ok(())
-}
-
-impl ImagerError {
-    /// Keeps the source error's offset in the message of a wrapped error.
-    fn with_offset_of(self, inner: &ImagerError) -> ImagerError {
-        match (self, inner.offset()) {
-            (ImagerError::BadImage { path, reason }, Some(off)) if !reason.contains("offset") => {
-                ImagerError::BadImage {
-                    path,
-                    reason: format!("{reason} (image offset {off})"),
-                }
-            }
-            (s, _) => s,
-        }
-    }
 }
 
 fn queue_attr(dev: &TargetDev, name: &str) -> Option<u64> {

@@ -6,18 +6,29 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::Receiver;
-use image_store::Hints;
+use std::sync::Arc;
+
+use image_store::Store;
+use image_store::{Extent, Hints, LoadedImage, SignatureStatus, StoreError};
 use serde::Serialize;
 
-use crate::decode::{self, Item};
+use crate::decode::{self, Item, Job};
 use crate::error::ImagerError;
 use crate::reader::{self, RawJobs, ZstdJobs, src_err};
 
 /// Jobs the decode pool may hold at once (each at most a few MiB).
 pub const DECODE_DEPTH: usize = 16;
 
-/// The image to write.
+/// The image to write. (The variants' sizes differ, but there is one per job: no point boxing.)
+#[allow(clippy::large_enum_variant)]
 pub enum ImageSource {
+    /// An image from the store (manifest loaded and signature checked by the caller).
+    Stored {
+        /// The store holding the chunks.
+        store: Arc<Store>,
+        /// The loaded manifest.
+        image: LoadedImage,
+    },
     /// A raw or zstd-compressed raw image file (one-off use; no hashes to check against).
     File(PathBuf),
 }
@@ -32,7 +43,7 @@ pub struct ImageInfo {
     /// BLAKE3 hex of the manifest file (store images only).
     pub manifest_hash: Option<String>,
     /// Signature status as checked by the caller (store images only).
-    pub signature: Option<serde_json::Value>,
+    pub signature: Option<SignatureStatus>,
     /// Size in bytes.
     pub size: u64,
     /// Logical sector size of the image's GPT, when it has one.
@@ -74,6 +85,18 @@ impl ImageSource {
     /// Looks at the source: size, name, GPT sector size, hints.
     pub fn info(&self) -> Result<ImageInfo, ImagerError> {
         match self {
+            ImageSource::Stored { image, .. } => {
+                let m = &image.manifest;
+                Ok(ImageInfo {
+                    name: m.name.clone(),
+                    version: Some(m.version.clone()),
+                    manifest_hash: Some(image.manifest_hash.clone()),
+                    signature: Some(image.signature.clone()),
+                    size: m.size,
+                    gpt_sector: m.gpt.as_ref().map(|g| g.logical_sector_size),
+                    hints: m.hints.clone(),
+                })
+            }
             ImageSource::File(path) => {
                 let zstd = reader::is_zstd(path)?;
                 let size = if zstd {
@@ -119,6 +142,36 @@ impl ImageSource {
     /// of an earlier stream (or 0). Pieces arrive in order; an error ends the stream.
     pub fn open_stream(&self, info: &ImageInfo, start: u64) -> Result<Receiver<Item>, ImagerError> {
         match self {
+            ImageSource::Stored { store, image } => {
+                let first = image
+                    .manifest
+                    .extents
+                    .partition_point(|e| e.offset() + e.len() <= start);
+                let extents = image.manifest.extents[first..].to_vec();
+                let reader = store.clone();
+                let jobs = extents.into_iter().map(move |e| match e {
+                    Extent::Hole { offset, len } => Ok(Job::Hole { offset, len }),
+                    Extent::Chunk { offset, len, id } => reader
+                        .read_compressed(id, offset, len)
+                        .map(Job::Compressed)
+                        .map_err(ImagerError::Store),
+                });
+                let store = store.clone();
+                // A chunk that fails its check is moved aside so the next job does not trip on
+                // it again and `tek image verify` shows it.
+                let on_error = move |e: &ImagerError| {
+                    if let ImagerError::Store(
+                        StoreError::HashMismatch { chunk, .. }
+                        | StoreError::CorruptChunk { chunk, .. },
+                    ) = e
+                    {
+                        if let Err(q) = store.quarantine(*chunk) {
+                            tracing::warn!("quarantining chunk {chunk}: {q}");
+                        }
+                    }
+                };
+                Ok(decode::spawn(jobs, worker_count(), DECODE_DEPTH, on_error))
+            }
             ImageSource::File(path) => {
                 let workers = worker_count();
                 if reader::is_zstd(path)? {
