@@ -120,8 +120,18 @@ async fn identify_reads_loop_options_from_sysfs() {
     let name = dev.name();
     dev.detach().unwrap();
     // Detached: identify says absent (unless someone else grabbed the same loop meanwhile).
-    if let Some(now) = disk::identify(Path::new("/sys"), &name).unwrap() {
-        assert_ne!(now.loop_backing_file.as_deref(), Some(backing.as_path()));
+    // LOOP_CLR_FD only marks the device for teardown on last close, so give the kernel a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let now = disk::identify(Path::new("/sys"), &name).unwrap();
+        if now.and_then(|d| d.loop_backing_file).as_deref() != Some(backing.as_path()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} still attached 2 s after detach"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
