@@ -840,3 +840,43 @@ fn packaged_files_exist() {
         assert_eq!(mode(&repo().join(f)) & 0o111, 0o111, "{f} not executable");
     }
 }
+
+/// The sysusers file creates the user the unit runs as and the socket group, here in a scratch
+/// root (`systemd-sysusers --root`), as the package's postinst does on the real one.
+#[test]
+fn sysusers_creates_the_tek_user_and_group() {
+    if !have("systemd-sysusers") {
+        return skip("sysusers", "systemd-sysusers not installed");
+    }
+    let root = tempfile::tempdir().expect("creating a temp dir");
+    let etc = root.path().join("etc");
+    fs::create_dir(&etc).expect("creating etc");
+    for f in ["passwd", "group", "shadow", "gshadow"] {
+        fs::write(etc.join(f), "").expect("creating an empty account file");
+    }
+    let out = run(Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(repo().join("systemd/tek.sysusers")));
+    assert!(
+        out.status.success(),
+        "systemd-sysusers failed:\n{}",
+        text(&out)
+    );
+    let passwd = fs::read_to_string(etc.join("passwd")).expect("reading passwd");
+    let group = fs::read_to_string(etc.join("group")).expect("reading group");
+    let user = passwd
+        .lines()
+        .find(|l| l.starts_with("tek:"))
+        .unwrap_or_else(|| panic!("no user tek in:\n{passwd}"));
+    let fields: Vec<&str> = user.split(':').collect();
+    assert_eq!(fields[5], "/var/lib/tek", "{user}");
+    assert!(fields[6].ends_with("nologin"), "{user}");
+    let gid = group
+        .lines()
+        .find(|l| l.starts_with("tek:"))
+        .unwrap_or_else(|| panic!("no group tek in:\n{group}"))
+        .split(':')
+        .nth(2)
+        .unwrap();
+    assert_eq!(fields[3], gid, "user tek's primary group is not tek");
+}
