@@ -45,6 +45,23 @@ impl std::fmt::Display for Bus {
     }
 }
 
+impl std::str::FromStr for Bus {
+    type Err = std::convert::Infallible;
+
+    /// Parses a bus name as written in a config (`usb`, `ata` or `sata`, `nvme`, `scsi`,
+    /// `virtual` or `loop`); anything else is `Other(name)`, so `virtio` round-trips.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "usb" => Bus::Usb,
+            "ata" | "sata" => Bus::Ata,
+            "nvme" => Bus::Nvme,
+            "scsi" => Bus::Scsi,
+            "virtual" | "loop" => Bus::Virtual,
+            other => Bus::Other(other.to_string()),
+        })
+    }
+}
+
 /// One whole disk as identified from sysfs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskInfo {
@@ -524,6 +541,22 @@ mod tests {
     }
 
     #[test]
+    fn bus_names_round_trip() {
+        for b in [
+            Bus::Usb,
+            Bus::Ata,
+            Bus::Nvme,
+            Bus::Scsi,
+            Bus::Virtual,
+            Bus::Other("virtio".into()),
+        ] {
+            assert_eq!(b.to_string().parse::<Bus>().unwrap(), b);
+        }
+        assert_eq!(" SATA ".parse::<Bus>().unwrap(), Bus::Ata);
+        assert_eq!("loop".parse::<Bus>().unwrap(), Bus::Virtual);
+    }
+
+    #[test]
     fn bus_serializes_lowercase() {
         assert_eq!(serde_json::to_string(&Bus::Nvme).unwrap(), "\"nvme\"");
         assert_eq!(
@@ -540,6 +573,7 @@ mod tests {
             return;
         }
         for d in scan_disks(Path::new("/sys")).unwrap() {
+            eprintln!("{}", describe(&d));
             assert!(d.size_bytes > 0 && d.dev_path.starts_with("/dev"), "{d:?}");
             if d.name.starts_with("loop") {
                 assert!(
