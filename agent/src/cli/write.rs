@@ -1,17 +1,278 @@
-//! `tek write IMAGE TARGET...`: the hands-on imaging command.
+//! `tek write IMAGE TARGET...`: the hands-on imaging command. Shows each disk's identity, asks for
+//! confirmation (unless `--yes`), writes with the imager library, draws progress (bars on a
+//! terminal, a line every few seconds otherwise), and prints or saves the per-target reports.
 
-use clap::Args;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use image_store::{ImageRef, SignatureStatus, Store};
+use imager::{BeyondImage, ImageSource, Phase, ProgressEvent, TargetReport, WriteOptions};
 
 use crate::Depot;
+
+/// What to do with the disk beyond the image's end.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BeyondArg {
+    /// Clear it where the device zeroes fast; say so in the report otherwise.
+    Auto,
+    /// Always clear it, writing zeros if needed.
+    Overwrite,
+    /// Leave it as it is.
+    Skip,
+}
 
 /// Arguments of `tek write`.
 #[derive(Debug, Args)]
 pub struct WriteArgs {
     /// NAME@VERSION from the store, or a path to a raw or zstd image.
     pub image: String,
+    /// Block devices or files to write.
+    #[arg(required = true)]
+    pub targets: Vec<PathBuf>,
+    /// Save the JSON reports (an array, one per target) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print the JSON reports on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// What to do past the image's end.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub beyond: BeyondArg,
+    /// Read what the target holds and skip writes where it already matches.
+    #[arg(long)]
+    pub reuse: bool,
+    /// Do not fix up the GPT (backup location, growing, GUIDs).
+    #[arg(long)]
+    pub no_fixups: bool,
+    /// Read large zeroed holes back completely instead of sampling them.
+    #[arg(long)]
+    pub verify_holes_fully: bool,
+    /// Write store images that are unsigned or signed by an unknown key.
+    #[arg(long)]
+    pub allow_unsigned: bool,
+}
+
+fn resolve_source(depot: &Depot, args: &WriteArgs) -> Result<ImageSource> {
+    let p = Path::new(&args.image);
+    if p.exists() {
+        return Ok(ImageSource::File(p.to_path_buf()));
+    }
+    let r: ImageRef = args.image.parse().with_context(|| {
+        format!(
+            "reading image {:?}: neither an existing file nor NAME@VERSION",
+            args.image
+        )
+    })?;
+    let store = Store::open(depot.store())
+        .with_context(|| format!("opening the image store {}", depot.store().display()))?;
+    let image = store
+        .load(&r, depot.trusted_keys())
+        .with_context(|| format!("loading image {r}"))?;
+    match &image.signature {
+        SignatureStatus::Valid { .. } => {}
+        SignatureStatus::Invalid { reason } => {
+            bail!("refusing image {r}: its signature does not match ({reason})")
+        }
+        other if !args.allow_unsigned => {
+            bail!("refusing image {r}: {other:?}; pass --allow-unsigned to write it anyway")
+        }
+        _ => {}
+    }
+    Ok(ImageSource::Stored {
+        store: Arc::new(store),
+        image,
+    })
+}
+
+fn human(bytes: u64) -> String {
+    let mut v = bytes as f64;
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if v < 1024.0 || unit == "TiB" {
+            return format!("{v:.1} {unit}");
+        }
+        v /= 1024.0;
+    }
+    unreachable!()
+}
+
+fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<()> {
+    let info = source.info().context("inspecting the image")?;
+    eprintln!("image: {} ({})", info.name, human(info.size));
+    for t in &args.targets {
+        match imager::check_target(t, info.size, info.gpt_sector) {
+            Ok(i) => eprintln!(
+                "  {}: {} serial {} size {} sectors {}/{}",
+                t.display(),
+                i.model.as_deref().unwrap_or("unknown model"),
+                i.serial.as_deref().unwrap_or("unknown"),
+                human(i.size),
+                i.logical_sector,
+                i.physical_sector
+            ),
+            Err(r) => eprintln!("  {}: REFUSED: {r}", t.display()),
+        }
+    }
+    if args.yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to write without --yes: stdin is not a terminal to confirm on");
+    }
+    eprint!("Everything on these targets will be overwritten. Continue? [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the confirmation")?;
+    if !matches!(line.trim(), "y" | "Y" | "yes") {
+        bail!("not confirmed; nothing written");
+    }
+    Ok(())
+}
+
+fn phase_name(p: Phase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Draws progress: one indicatif bar per target on a terminal, else a line every 5 s per target.
+fn show_progress(rx: crossbeam_channel::Receiver<ProgressEvent>) {
+    if std::io::stderr().is_terminal() {
+        let multi = indicatif::MultiProgress::new();
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>14} {msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let mut bars: HashMap<PathBuf, indicatif::ProgressBar> = HashMap::new();
+        for ev in rx {
+            let bar = bars.entry(ev.target.clone()).or_insert_with(|| {
+                let b = multi.add(indicatif::ProgressBar::new(0));
+                b.set_style(style.clone());
+                b.set_prefix(ev.target.display().to_string());
+                b
+            });
+            let name = phase_name(ev.phase);
+            if bar.message() != name {
+                bar.reset();
+                bar.set_message(name);
+            }
+            bar.set_length(ev.bytes_total);
+            bar.set_position(ev.bytes_done);
+            if matches!(ev.phase, Phase::Done | Phase::Failed) {
+                bar.finish();
+            }
+        }
+    } else {
+        let mut last: HashMap<PathBuf, (Instant, Phase)> = HashMap::new();
+        for ev in rx {
+            let due = match last.get(&ev.target) {
+                Some((t, p)) => *p != ev.phase || t.elapsed() >= Duration::from_secs(5),
+                None => true,
+            };
+            if !due {
+                continue;
+            }
+            last.insert(ev.target.clone(), (Instant::now(), ev.phase));
+            let pct = if ev.bytes_total > 0 {
+                format!(
+                    " {:.0}%",
+                    ev.bytes_done as f64 * 100.0 / ev.bytes_total as f64
+                )
+            } else {
+                String::new()
+            };
+            let eta = ev
+                .eta_secs
+                .map(|e| format!(" eta {e:.0}s"))
+                .unwrap_or_default();
+            eprintln!(
+                "tek write: {} {}{pct} {}/{} {}/s{eta}",
+                ev.target.display(),
+                phase_name(ev.phase),
+                human(ev.bytes_done),
+                human(ev.bytes_total),
+                human(ev.rate_bps as u64),
+            );
+        }
+    }
+}
+
+fn summary(r: &TargetReport) -> String {
+    match &r.result {
+        imager::TargetResult::Ok => format!(
+            "{}: ok: {} written, {} zeroed, {} skipped, {} verified in {:.1}s",
+            r.path.display(),
+            human(r.bytes_written),
+            human(r.bytes_zeroed),
+            human(r.bytes_skipped),
+            human(r.bytes_verified),
+            r.durations.total_secs
+        ),
+        imager::TargetResult::Refused { refusal } => {
+            format!("{}: refused: {refusal}", r.path.display())
+        }
+        imager::TargetResult::Failed {
+            phase,
+            error,
+            table_reset,
+            ..
+        } => format!(
+            "{}: FAILED while {}: {error}{}",
+            r.path.display(),
+            phase_name(*phase),
+            if *table_reset {
+                " (partition table reset)"
+            } else {
+                ""
+            }
+        ),
+    }
 }
 
 /// Runs `tek write`.
-pub fn run(_depot: &Depot, _args: WriteArgs) -> anyhow::Result<()> {
-    anyhow::bail!("tek write: not built yet")
+pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
+    let source = resolve_source(depot, &args)?;
+    confirm(&source, &args)?;
+    let opts = WriteOptions {
+        beyond: match args.beyond {
+            BeyondArg::Auto => BeyondImage::Auto,
+            BeyondArg::Overwrite => BeyondImage::Overwrite,
+            BeyondArg::Skip => BeyondImage::Skip,
+        },
+        reuse_existing: args.reuse,
+        fixups: !args.no_fixups,
+        verify_holes_fully: args.verify_holes_fully,
+        ..Default::default()
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1024);
+    let drawer = std::thread::spawn(move || show_progress(rx));
+    let reports = imager::write_image(&source, &args.targets, &opts, Some(tx));
+    drawer.join().ok();
+    let json = serde_json::to_string_pretty(&reports).context("serialising the reports")?;
+    if let Some(p) = &args.report {
+        std::fs::write(p, format!("{json}\n"))
+            .with_context(|| format!("writing the report {}", p.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    }
+    for r in &reports {
+        eprintln!("{}", summary(r));
+    }
+    let bad = reports.iter().filter(|r| !r.ok()).count();
+    if bad > 0 {
+        bail!("{bad} of {} target(s) not written", reports.len());
+    }
+    Ok(())
 }
