@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# bench/write.sh: `tek write` (with read-back verification) against bmaptool copy, dd, zstdcat|dd
+# and the raw floor, on tmpfs-backed loop devices; 1 vs 4 targets; CPU-bound and disk-bound
+# (throttled) regimes; one slow target among three fast ones. Prints times and ratios.
+#
+#   bench/write.sh [V1_IMG] [DENSE_IMG]     (as root; defaults: /work/bench-cache/{v1,dense}.img)
+#
+# Env: TEK (binary, default target-imager/release/tek), CACHE (bmap/zstd/store cache dir, default
+# /work/bench-cache/write), THROTTLE (default /work/shared/bench/throttle.sh), FAST=250:400 and
+# SLOW=40:80 (MB/s write:read), SKIP_THROTTLED=1 to skip the disk-bound part.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+V1=${1:-/work/bench-cache/v1.img}
+DENSE=${2:-/work/bench-cache/dense.img}
+TEK=${TEK:-$here/target-imager/release/tek}
+CACHE=${CACHE:-/work/bench-cache/write}
+THROTTLE=${THROTTLE:-/work/shared/bench/throttle.sh}
+FAST=${FAST:-250:400}
+SLOW=${SLOW:-40:80}
+[ "$(id -u)" = 0 ] || { echo "write.sh: needs root (loop devices)" >&2; exit 2; }
+for f in "$V1" "$DENSE" "$TEK"; do [ -e "$f" ] || { echo "write.sh: missing $f" >&2; exit 2; }; done
+mkdir -p "$CACHE"
+
+# --- one-time preparation (cached) ---------------------------------------------------------------
+for img in "$V1" "$DENSE"; do
+  b=$(basename "$img" .img)
+  [ -s "$CACHE/$b.bmap" ] || bmaptool create -o "$CACHE/$b.bmap" "$img"
+  [ -s "$CACHE/$b.img.zst" ] || zstd -q -T0 -3 -f "$img" -o "$CACHE/$b.img.zst"
+done
+export TEK_STATE=$CACHE/state
+for img in "$V1" "$DENSE"; do
+  b=$(basename "$img" .img)
+  "$TEK" image show "$b@1" >/dev/null 2>&1 || "$TEK" image import "$b@1" "$img" >/dev/null
+done
+
+# --- scratch tmpfs and loop targets ----------------------------------------------------------------
+W=$(mktemp -d /tmp/tek-bench-write.XXXXXX)
+mount -t tmpfs -o size=14g tmpfs "$W"
+LOOPS=()
+cleanup() {
+  for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  umount "$W" 2>/dev/null || true
+  rmdir "$W" 2>/dev/null || true
+}
+trap cleanup EXIT
+# make_targets N SIZE: N fresh loop devices over sparse tmpfs files (old ones removed first).
+make_targets() {
+  for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  LOOPS=(); rm -f "$W"/t*
+  for i in $(seq 1 "$1"); do
+    truncate -s "$2" "$W/t$i"
+    LOOPS+=("$(losetup --find --show "$W/t$i")")
+  done
+}
+now() { date +%s%N; }
+secs() { echo "scale=2; ($2 - $1) / 1000000000" | bc; }
+declare -A T
+# timed NAME CMD...: runs CMD, records seconds in T[NAME]
+timed() {
+  local name=$1; shift
+  local s; s=$(now)
+  "$@" >"$W/out.log" 2>&1 || { echo "FAILED: $name"; tail -5 "$W/out.log"; }
+  T[$name]=$(secs "$s" "$(now)")
+  printf '  %-34s %8.2f s\n' "$name" "${T[$name]}"
+}
+ratio() { echo "scale=2; ${T[$1]} / ${T[$2]}" | bc; }
+tekw() { "$TEK" write "$@" --yes --allow-unsigned --report "$W/report.json"; }
+data_bytes() { du --block-size=1 "$1" | cut -f1; }
+# floor DEV BYTES: dd writing and then reading BYTES with O_DIRECT
+floor() {
+  local n=$(( ($2 + 4194303) / 4194304 ))
+  dd if=/dev/zero of="$1" bs=4M count="$n" oflag=direct status=none
+  dd if="$1" of=/dev/null bs=4M count="$n" iflag=direct status=none
+}
+
+echo "== CPU-bound (plain tmpfs-backed loops) =="
+for img in "$V1" "$DENSE"; do
+  b=$(basename "$img" .img); size=$(stat -c %s "$img"); data=$(data_bytes "$img")
+  echo "-- $b: $size bytes, $data data bytes"
+  make_targets 1 "$size"; d=${LOOPS[0]}
+  timed "$b tek write (store)" tekw "$b@1" "$d"
+  timed "$b tek write (raw file)" tekw "$img" "$d"
+  timed "$b tek write (zstd file)" tekw "$CACHE/$b.img.zst" "$d"
+  timed "$b bmaptool copy" bmaptool copy --bmap "$CACHE/$b.bmap" "$img" "$d"
+  timed "$b dd bs=4M oflag=direct" dd if="$img" of="$d" bs=4M oflag=direct status=none
+  timed "$b zstdcat | dd" bash -c "zstdcat '$CACHE/$b.img.zst' | dd of=$d bs=4M iflag=fullblock oflag=direct status=none"
+  timed "$b raw floor (dd w+r data)" floor "$d" "$data"
+  make_targets 4 "$size"
+  timed "$b tek write (store) x4" tekw "$b@1" "${LOOPS[@]}"
+  echo "   ratios: tek/bmaptool $(ratio "$b tek write (store)" "$b bmaptool copy")" \
+       " tek/dd $(ratio "$b tek write (store)" "$b dd bs=4M oflag=direct")" \
+       " tek/floor $(ratio "$b tek write (store)" "$b raw floor (dd w+r data)")" \
+       " x4/x1 $(ratio "$b tek write (store) x4" "$b tek write (store)")"
+done
+
+[ "${SKIP_THROTTLED:-0}" = 1 ] && exit 0
+echo "== disk-bound (throttle.sh $FAST per disk, O_DIRECT) =="
+b=$(basename "$V1" .img); size=$(stat -c %s "$V1"); data=$(data_bytes "$V1")
+make_targets 4 "$size"
+lim() { local r=$1; shift; for d in "$@"; do printf '%s:%s ' "$d" "$r"; done; }
+timed "$b throttled raw floor" "$THROTTLE" $(lim "$FAST" "${LOOPS[0]}") -- bash -c "$(declare -f floor); floor ${LOOPS[0]} $data"
+timed "$b throttled tek x1" "$THROTTLE" $(lim "$FAST" "${LOOPS[0]}") -- "$TEK" write "$b@1" "${LOOPS[0]}" --yes --allow-unsigned
+timed "$b throttled tek x4" "$THROTTLE" $(lim "$FAST" "${LOOPS[@]}") -- "$TEK" write "$b@1" "${LOOPS[@]}" --yes --allow-unsigned
+echo "   ratios: tek/floor $(ratio "$b throttled tek x1" "$b throttled raw floor")" \
+     " aggregate x4 vs x1: $(echo "scale=2; 4 * ${T[$b throttled tek x1]} / ${T[$b throttled tek x4]}" | bc)x"
+
+echo "-- one slow ($SLOW) among three fast ($FAST), dense image"
+b=$(basename "$DENSE" .img); size=$(stat -c %s "$DENSE")
+make_targets 4 "$size"
+timed "$b throttled fast x3 alone" "$THROTTLE" $(lim "$FAST" "${LOOPS[@]:0:3}") -- "$TEK" write "$b@1" "${LOOPS[@]:0:3}" --yes --allow-unsigned
+timed "$b throttled 3 fast + 1 slow" "$THROTTLE" $(lim "$FAST" "${LOOPS[@]:0:3}") "${LOOPS[3]}:$SLOW" -- \
+  "$TEK" write "$b@1" "${LOOPS[@]}" --yes --allow-unsigned --report "$W/slow.json"
+python3 - "$W/slow.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    print(f"   {r['path']}: {r['result']['status']} total {r['durations']['total_secs']:.2f}s "
+          f"(write {r['durations']['write_secs']:.2f}s) split_off={r['split_off']}")
+PY
