@@ -20,6 +20,7 @@ pub mod report;
 pub mod runner;
 pub mod sample;
 pub mod server;
+pub mod stale;
 pub mod status;
 pub mod steps;
 

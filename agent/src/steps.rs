@@ -105,17 +105,18 @@ impl JobSteps for RealSteps {
 
     fn check(&self, job: &Job, disk: &Disk) -> Result<serde_json::Value, String> {
         let img = self.load(job).map_err(|e| format!("{e:#}"))?;
+        if job.device.is_some() {
+            // Resuming after a crash: our own data-partition mount from before may still hold
+            // the disk (SIGKILL runs no destructors).
+            crate::stale::release(&disk.dev_path);
+        }
         if job.dataset.is_some() && img.manifest.hints.data_partition.is_none() {
             return Err(format!(
                 "image {} declares no data partition, so client data cannot be migrated",
                 job.image
             ));
         }
-        let sector = img
-            .manifest
-            .gpt
-            .as_ref()
-            .map(|g| g.logical_sector_size);
+        let sector = img.manifest.gpt.as_ref().map(|g| g.logical_sector_size);
         imager::check_target(&disk.dev_path, img.manifest.size, sector)
             .map_err(|r| r.to_string())?;
         Ok(image_facts(&img))

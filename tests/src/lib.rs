@@ -1,9 +1,20 @@
-//! Support for the end-to-end tests: scratch directories, running the `tek` binary, loop devices
-//! (re-exported from `client-data`'s RAII helper).
+//! Support for the end-to-end tests: a per-test bench (scratch directory, depot, agent config
+//! with virtual bays bound to this test's own files, the signed sample image imported), the
+//! `tek agent` process, loop devices (re-exported from `client-data`'s RAII helper), and
+//! independent checks (sgdisk, byte ranges, mounting and hashing files, the audit chain).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub use client_data::loopdev::{LoopDevice, LoopOptions, can_attach};
+use serde_json::Value;
+
+/// The sample image's partitions (see `agent::sample`): (first byte, length).
+pub const ROOT_RANGE: (u64, u64) = (18432 * 512, 16 << 20);
+/// The sample image's DATA partition.
+pub const DATA_RANGE: (u64, u64) = (51200 * 512, 32 << 20);
 
 /// Path of the `tek` binary built in this workspace (`TEK_BIN` overrides). The test command is
 /// `cargo build --workspace && cargo test --workspace`, so it exists beside the test binary.
@@ -24,4 +35,434 @@ pub fn tek_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// True when the test can use loop devices and mounts; otherwise prints why it skips.
+pub fn need_root(test: &str) -> bool {
+    if can_attach() {
+        return true;
+    }
+    eprintln!("SKIP {test}: needs root and loop devices (CI runs as root)");
+    false
+}
+
+/// A running `tek agent`.
+pub struct AgentProc {
+    child: Child,
+}
+
+/// One test's bench: scratch dir, depot, config, agent.
+pub struct Bench {
+    dir: tempfile::TempDir,
+    /// State root.
+    pub state: PathBuf,
+    /// Agent config file.
+    pub config: PathBuf,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// The sample image file (imported as `sample@1`, signed).
+    pub image: PathBuf,
+    agent: Option<AgentProc>,
+}
+
+impl Bench {
+    /// A bench with the given virtual bays and extra `[policy]` lines; imports `sample@1`,
+    /// signed by a trusted key, with data partition `DATA`.
+    pub fn new(test: &str, bays: &[&str], policy: &str) -> Bench {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("tek-e2e-{test}-"))
+            .tempdir()
+            .expect("creating scratch dir");
+        let root = dir.path().to_path_buf();
+        let state = root.join("state");
+        let socket = root.join("agent.sock");
+        let config = root.join("agent.toml");
+        std::fs::create_dir_all(root.join("bays")).unwrap();
+        let mut cfg = format!(
+            "socket = {:?}\nstate = {:?}\n[policy]\n{policy}\n",
+            socket.display().to_string(),
+            state.display().to_string()
+        );
+        for b in bays {
+            cfg += &format!(
+                "[[bay]]\nname = {b:?}\nloop_backing = \"{}/bays/{b}-*.img\"\n",
+                root.display()
+            );
+        }
+        std::fs::write(&config, cfg).unwrap();
+        let work = root.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let image = agent::sample::build_image(&work, test).expect("building the sample image");
+        let b = Bench {
+            dir,
+            state,
+            config,
+            socket,
+            image,
+            agent: None,
+        };
+        b.tek_ok(&["image", "keygen", "--dir", &b.p("keys"), "depot"]);
+        std::fs::create_dir_all(b.state.join("trusted-keys")).unwrap();
+        std::fs::copy(
+            b.root().join("keys/depot.pub"),
+            b.state.join("trusted-keys/depot.pub"),
+        )
+        .unwrap();
+        let img = b.image.display().to_string();
+        b.tek_ok(&[
+            "image",
+            "import",
+            "--sign-key",
+            &b.p("keys/depot.key"),
+            "--data-partition",
+            "DATA",
+            "sample@1",
+            &img,
+        ]);
+        b
+    }
+
+    /// The scratch directory.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path under the scratch directory, as a string.
+    pub fn p(&self, rel: &str) -> String {
+        self.root().join(rel).display().to_string()
+    }
+
+    /// Runs `tek --state STATE ARGS` with `TEK_CONFIG` set.
+    pub fn tek(&self, args: &[&str]) -> Output {
+        Command::new(tek_bin())
+            .arg("--state")
+            .arg(&self.state)
+            .args(args)
+            .env("TEK_CONFIG", &self.config)
+            .env_remove("TEK_SOCKET")
+            .output()
+            .expect("running tek")
+    }
+
+    /// Runs tek, panicking with its stderr when it fails; returns stdout.
+    pub fn tek_ok(&self, args: &[&str]) -> String {
+        let out = self.tek(args);
+        assert!(
+            out.status.success(),
+            "tek {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `tek agent` and waits until its socket answers.
+    pub fn start_agent(&mut self) {
+        assert!(self.agent.is_none(), "agent already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root().join("agent.log"))
+            .unwrap();
+        let child = Command::new(tek_bin())
+            .arg("--state")
+            .arg(&self.state)
+            .arg("agent")
+            .arg("--config")
+            .arg(&self.config)
+            .env("TEK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting tek agent");
+        self.agent = Some(AgentProc { child });
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(a) = &mut self.agent
+                && let Ok(Some(st)) = a.child.try_wait()
+            {
+                panic!("tek agent exited with {st}:\n{}", self.agent_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "tek agent did not listen within 15 s:\n{}",
+            self.agent_log()
+        );
+    }
+
+    /// `kill -9` the agent.
+    pub fn kill9(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+        }
+    }
+
+    /// SIGTERM the agent and wait for it to exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut a) = self.agent.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(a.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(st)) = a.child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = a.child.kill();
+        let _ = a.child.wait();
+        false
+    }
+
+    /// The agent's log so far.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.root().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Ingests the generated sample client data (via the client-data library into this
+    /// depot); returns the dataset id and the source directory.
+    pub fn ingest(&self) -> (String, PathBuf) {
+        let src = agent::sample::build_client_data(&self.root().join("work"))
+            .expect("generating client data");
+        let custody = self.custody();
+        let info = custody
+            .ingest("client-e2e", "T-E2E", &src)
+            .expect("ingesting client data");
+        (info.id.to_string(), src)
+    }
+
+    /// The depot's custody.
+    pub fn custody(&self) -> client_data::Custody {
+        client_data::Custody::open(client_data::CustodyPaths {
+            staging: self.state.join("staging"),
+            keys: self.state.join("keys"),
+            audit: self.state.join("audit"),
+            reports: self.state.join("reports"),
+        })
+        .expect("opening custody")
+    }
+
+    /// Creates a sparse disk file in `bay` (`bays/<bay>-<n>.img`) of `size` bytes.
+    pub fn disk_file(&self, bay: &str, n: u32, size: u64) -> PathBuf {
+        let p = self.root().join(format!("bays/{bay}-{n}.img"));
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(size).unwrap();
+        p
+    }
+
+    /// The journaled record of a job (read from the state directory, not the agent).
+    pub fn job_record(&self, id: &str) -> Value {
+        let p = self.state.join(format!("jobs/{id}.json"));
+        let text = std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+        serde_json::from_slice(&text).unwrap()
+    }
+
+    /// Polls the journal until `pred` holds for job `id`.
+    pub fn wait_job(
+        &self,
+        id: &str,
+        what: &str,
+        secs: u64,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        while start.elapsed() < Duration::from_secs(secs) {
+            let p = self.state.join(format!("jobs/{id}.json"));
+            if let Ok(text) = std::fs::read(&p)
+                && let Ok(v) = serde_json::from_slice::<Value>(&text)
+            {
+                if pred(&v) {
+                    return v;
+                }
+                last = v;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!(
+            "job {id}: {what} not reached in {secs} s; last record:\n{}\nagent log:\n{}",
+            serde_json::to_string_pretty(&last).unwrap(),
+            self.agent_log()
+        );
+    }
+
+    /// Waits for job `id` to reach `state`.
+    pub fn wait_state(&self, id: &str, state: &str, secs: u64) -> Value {
+        self.wait_job(id, state, secs, |v| v["state"] == state)
+    }
+
+    /// `tek status --json`.
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.tek_ok(&["status", "--json"])).unwrap()
+    }
+
+    /// Adds a job for a bay; returns its id.
+    pub fn add_job(&self, ticket: &str, bay: &str, data: Option<&str>) -> String {
+        let mut args = vec![
+            "job", "add", "--ticket", ticket, "--image", "sample@1", "--bay", bay,
+        ];
+        if let Some(d) = data {
+            args.extend(["--data", d]);
+        }
+        self.tek_ok(&args).trim().to_string()
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Reads `len` bytes at `off` of a file.
+pub fn read_range(p: &Path, off: u64, len: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(p).unwrap();
+    f.seek(SeekFrom::Start(off)).unwrap();
+    let mut v = vec![0u8; len as usize];
+    f.read_exact(&mut v).unwrap();
+    v
+}
+
+/// Asserts two files hold the same bytes in a range; the message names the first difference.
+pub fn assert_same_range(a: &Path, b: &Path, (off, len): (u64, u64)) {
+    let x = read_range(a, off, len);
+    let y = read_range(b, off, len);
+    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!(
+            "{} and {} differ at byte {} (range {off}+{len}): {:#04x} vs {:#04x}",
+            a.display(),
+            b.display(),
+            off + i as u64,
+            x[i],
+            y[i]
+        );
+    }
+}
+
+/// BLAKE3 of a whole file, hex.
+pub fn b3(p: &Path) -> String {
+    blake3::hash(&std::fs::read(p).unwrap())
+        .to_hex()
+        .to_string()
+}
+
+/// `sgdisk -v` on a disk or file; panics with its output unless it finds no problems.
+pub fn assert_gpt_valid(p: &Path) {
+    let out = Command::new("sgdisk").arg("-v").arg(p).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("No problems found"),
+        "sgdisk -v {}:\n{text}",
+        p.display()
+    );
+}
+
+/// Relative path -> BLAKE3 of every regular file under `dir`.
+pub fn hash_tree(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(base: &Path, d: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                if p.file_name().is_some_and(|n| n == "lost+found") {
+                    continue;
+                }
+                walk(base, &p, out);
+            } else if ft.is_file() {
+                let rel = p.strip_prefix(base).unwrap().display().to_string();
+                out.insert(rel, b3(&p));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The DATA partition of a disk file, mounted read-only on a temp dir; unmounted on drop.
+pub struct DataMount {
+    dir: tempfile::TempDir,
+    _lo: LoopDevice,
+}
+
+impl DataMount {
+    /// Mounts the DATA partition of `disk` (a disk file written from the sample image).
+    pub fn new(disk: &Path) -> DataMount {
+        let lo = LoopDevice::attach_with(
+            disk,
+            &LoopOptions {
+                offset: DATA_RANGE.0,
+                size_limit: DATA_RANGE.1,
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-o", "ro,noload", "-t", "ext4"])
+            .arg(lo.path())
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting the DATA partition of {}",
+            disk.display()
+        );
+        DataMount { dir, _lo: lo }
+    }
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for DataMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Every path under `dir` whose name contains `needle`.
+pub fn find_named(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().contains(needle) {
+            out.push(p.clone());
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(find_named(&p, needle));
+        }
+    }
+    out
+}
+
+/// Bytes of regular files under `dir` (recursively).
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }
