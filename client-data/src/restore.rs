@@ -93,10 +93,12 @@ impl Writer {
         n: u64,
     ) -> impl FnOnce(nix::errno::Errno) -> DataError + '_ {
         move |e| match e {
-            nix::errno::Errno::ELOOP | nix::errno::Errno::EXDEV => unsafe_path(
-                n,
-                format!("{action}: would go through a symlink or leave the target"),
-            ),
+            nix::errno::Errno::ELOOP | nix::errno::Errno::EXDEV | nix::errno::Errno::ENOTDIR => {
+                unsafe_path(
+                    n,
+                    format!("{action}: would go through a symlink or leave the target"),
+                )
+            }
             e => DataError::Io {
                 action,
                 path: self.target.join(format!("<entry {n}>")),
