@@ -111,6 +111,16 @@ impl Agent {
     /// A disk appeared or changed.
     pub fn disk_present(&self, disk: Disk) {
         let mut inner = self.lock();
+        if inner
+            .disks
+            .get(&disk.name)
+            .is_some_and(|e| e.disk.identity() != disk.identity())
+        {
+            // The kernel reused the name for another disk before we saw the first one go.
+            drop(inner);
+            self.disk_gone(&disk.name);
+            inner = self.lock();
+        }
         let bay = bay_of(&self.cfg, &disk).map(|b| b.name.clone());
         tracing::info!(disk = %disk.name, bay = ?bay, identity = %disk.identity(), "disk present");
         self.emit(Event::DeviceArrived {
@@ -485,7 +495,13 @@ impl Agent {
             tracing::error!(job = %job.id, "journaling failed, job stopped: {e:#}");
         }
         let mut inner = self.lock();
-        let disk = inner.running.remove(&job.id).map(|r| r.disk);
+        let ident = job.device.as_ref().map(|d| d.identity.clone());
+        // Only if the disk under that name is still the one this job ran on.
+        let disk = inner
+            .running
+            .remove(&job.id)
+            .map(|r| r.disk)
+            .filter(|n| inner.disks.get(n).map(|e| e.disk.identity()) == ident);
         inner.jobs.insert(job.id.clone(), job.clone());
         if let Some(name) = disk {
             let status = match job.state {
@@ -501,6 +517,11 @@ impl Agent {
                 },
             };
             self.set_status(&mut inner, &name, status);
+            // An interrupted job whose disk is (again) present resumes now: the disk may have
+            // come back while the job was still winding down.
+            if job.state == JobState::Interrupted {
+                self.consider(&mut inner, &name);
+            }
         }
     }
 

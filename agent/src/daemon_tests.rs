@@ -313,3 +313,24 @@ fn bad_job_requests_are_refused_with_reasons() {
     assert!(e(a.add_job("T", "i@1", None, None, None)).contains("exactly one"));
     assert!(e(a.add_job("", "i@1", None, Some("a".into()), None)).contains("ticket"));
 }
+
+#[test]
+fn a_new_disk_under_a_busy_name_stops_the_old_job() {
+    let d = tempfile::tempdir().unwrap();
+    let a = agent(d.path(), fake(2000));
+    let j = a
+        .add_job("T", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    std::thread::sleep(Duration::from_millis(50));
+    // Same kernel name, different backing file: the first disk is gone.
+    a.disk_present(loop_disk("loop1", "/t/b-1.img"));
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Interrupted);
+    assert_eq!(
+        status_of(&a, "loop1"),
+        DiskStatus::Waiting {
+            reason: "waiting for a job".into()
+        }
+    );
+}

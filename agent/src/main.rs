@@ -4,12 +4,19 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = agent::cli::Cli::parse();
+    // The daemon logs its work (disks, jobs, refusals) for journald; commands stay quiet.
+    let default_level = match &cli.command {
+        agent::cli::Command::Agent(agent::cli::agent::AgentCommand::Agent { .. }) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TEK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // No colour escapes in journald or log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match agent::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -422,10 +422,19 @@ fn cancel_keeps_staged_data() {
     let rec = b.wait_state(&job, "cancelled", 60);
     assert!(rec["results"]["sanitization"].is_null());
     let info = b.custody().dataset(&dataset.parse().unwrap()).unwrap();
-    assert_eq!(format!("{:?}", info.state), "Staged");
+    // Never wiped: still staged (or, if the cancel landed after the verified restore,
+    // migrated but kept).
+    let st = format!("{:?}", info.state);
+    assert!(st == "Staged" || st == "Migrated", "dataset is {st}");
     assert_eq!(tree_bytes(&b.state.join("staging")), staged_bytes);
-    // A cancelled write leaves no bootable half-image: no primary GPT.
-    assert_ne!(&read_range(&disk, 512, 8)[..], b"EFI PART");
+    // A write cancelled midway leaves no bootable half-image: no primary GPT. (On a fast
+    // machine the cancel may land after the verified write; then the image is complete.)
+    let hist = rec["history"].as_array().unwrap();
+    if hist[hist.len() - 2]["state"] == "writing" {
+        assert_ne!(&read_range(&disk, 512, 8)[..], b"EFI PART");
+    } else {
+        assert_gpt_valid(&disk);
+    }
     let report = b.tek_ok(&["report", &job]);
     assert!(report.contains("still in staging"), "{report}");
 }
