@@ -482,3 +482,36 @@ fn status_json_shows_bays_disks_and_jobs() {
     assert_eq!(show["ticket"], "T-110");
     drop(lo);
 }
+
+#[test]
+fn sigterm_brings_a_running_job_to_a_safe_point_and_restart_resumes_it() {
+    if !need_root("sigterm_brings_a_running_job_to_a_safe_point_and_restart_resumes_it") {
+        return;
+    }
+    let mut b = Bench::new("sigterm", &["bay1"], "beyond_image = \"overwrite\"");
+    let (dataset, src) = b.ingest();
+    b.start_agent();
+    let job = b.add_job("T-111", "bay1", Some(&dataset));
+    let disk = b.disk_file("bay1", 1, 1024 * MIB);
+    let _lo = LoopDevice::attach(&disk).unwrap();
+    b.wait_state(&job, "writing", 30);
+    assert!(
+        b.stop(),
+        "agent did not exit cleanly on SIGTERM:\n{}",
+        b.agent_log()
+    );
+    let rec = b.job_record(&job);
+    let state = rec["state"].as_str().unwrap();
+    eprintln!("after SIGTERM the job is {state}");
+    // Stopped at a safe point: interrupted with a resume point (or, on a fast machine, done).
+    if state == "interrupted" {
+        let last = rec["history"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["note"], "agent stopping", "{rec:#}");
+        assert!(!b.socket.exists(), "socket left behind");
+        b.start_agent();
+        b.wait_state(&job, "done", 120);
+    } else {
+        assert_eq!(state, "done", "{rec:#}");
+    }
+    check_done_with_data(&b, &job, &disk, &dataset, &src);
+}
