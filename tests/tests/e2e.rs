@@ -515,3 +515,30 @@ fn sigterm_brings_a_running_job_to_a_safe_point_and_restart_resumes_it() {
     }
     check_done_with_data(&b, &job, &disk, &dataset, &src);
 }
+
+#[test]
+fn demo_runs_the_whole_journey() {
+    let out = std::process::Command::new(tek_bin())
+        .arg("demo")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tek demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("== Service report") && text.contains("safe to remove"),
+        "{text}"
+    );
+    if can_attach() {
+        assert!(
+            text.contains("sanitization record of the staging wipe"),
+            "{text}"
+        );
+        assert!(text.contains("\"migration_verified\": true"), "{text}");
+    } else {
+        assert!(text.contains("not root"), "{text}");
+    }
+}
