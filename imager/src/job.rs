@@ -2,7 +2,7 @@
 //! a bounded queue per target; each target runs on its own thread and fails alone.
 //!
 //! How far a slow disk may hold back the others: a target's queue holds [`TARGET_QUEUE`] pieces.
-//! When handing a piece to a target blocks for longer than [`SLOW_WAIT`] while another target is
+//! Once handing pieces to a target has blocked for [`SLOW_WAIT`] in total while another target was
 //! starved (its queue nearly empty), the slow target is split off: it drains its queue and then
 //! decodes the image again by itself from where it stopped. So a slow disk holds the fast ones
 //! back by at most `SLOW_WAIT` once; it costs one more decode stream, at the slow disk's pace.
@@ -134,6 +134,7 @@ pub fn write_image(
             feeds.push(Feed {
                 tx: Some(tx),
                 split: split.clone(),
+                held_back: Duration::ZERO,
             });
             let reporter = Reporter::new(progress.clone(), rep.path.clone());
             let info = &info;
@@ -154,7 +155,12 @@ pub fn write_image(
 struct Feed {
     tx: Option<Sender<Item>>,
     split: Arc<AtomicBool>,
+    /// Total time handing pieces to this target blocked while another target was starved.
+    held_back: Duration,
 }
+
+/// Granularity of the blocked-time accounting.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Hands every piece to every live target; splits off a target that holds starved others back.
 fn distribute(stream: Receiver<Item>, feeds: &mut [Feed], cancel: &AtomicBool) {
@@ -169,7 +175,7 @@ fn distribute(stream: Receiver<Item>, feeds: &mut [Feed], cancel: &AtomicBool) {
             };
             let mut msg = item.clone();
             loop {
-                match tx.send_timeout(msg, SLOW_WAIT) {
+                match tx.send_timeout(msg, POLL) {
                     Ok(()) => break,
                     Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
                         feeds[i].tx = None; // the target failed and went away
@@ -180,6 +186,9 @@ fn distribute(stream: Receiver<Item>, feeds: &mut [Feed], cancel: &AtomicBool) {
                             j != i && f.tx.as_ref().is_some_and(|t| t.len() < TARGET_QUEUE / 4)
                         });
                         if starved {
+                            feeds[i].held_back += POLL;
+                        }
+                        if feeds[i].held_back >= SLOW_WAIT {
                             tracing::info!("splitting off a slow target");
                             feeds[i].split.store(true, Ordering::SeqCst);
                             feeds[i].tx = None;
@@ -242,7 +251,7 @@ fn run_target(
         &mut progress,
         &mut phase,
     );
-    rep.split_off = split.load(Ordering::SeqCst);
+    rep.split_off |= split.load(Ordering::SeqCst);
     rep.direct_io = dev.is_direct();
     rep.durations.total_secs = t0.elapsed().as_secs_f64();
     match r {
