@@ -102,7 +102,18 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
     let mut c = Client::connect(socket)?;
     let st: Status = c.call(Op::Status)?;
     let mp = MultiProgress::new();
-    mp.println(render(&st))?;
+    // Bars only on a terminal; piped into a file or a pager, plain lines (indicatif would
+    // hide its println output there).
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let say = |line: String| -> Result<()> {
+        if tty {
+            mp.println(line)?;
+        } else {
+            println!("{line}");
+        }
+        Ok(())
+    };
+    say(render(&st))?;
     let style = ProgressStyle::with_template(
         "{prefix:>10} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
     )
@@ -111,26 +122,24 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
     let events = Client::connect(socket)?.subscribe()?;
     for ev in events {
         match ev? {
-            Event::DeviceArrived { disk, bay } => mp.println(format!(
+            Event::DeviceArrived { disk, bay } => say(format!(
                 "+ {} arrived{} ({}, {})",
                 disk.name,
                 bay.map(|b| format!(" in bay {b}")).unwrap_or_default(),
                 disk.model_line(),
                 human(disk.size_bytes)
             ))?,
-            Event::DeviceLeft { name } => mp.println(format!("- {name} left"))?,
-            Event::DiskStatus { name, status } => {
-                mp.println(format!("  {name}: {}", status.line()))?
-            }
+            Event::DeviceLeft { name } => say(format!("- {name} left"))?,
+            Event::DiskStatus { name, status } => say(format!("  {name}: {}", status.line()))?,
             Event::JobState { job } => {
-                mp.println(format!("* {}", job_line(&job)))?;
+                say(format!("* {}", job_line(&job)))?;
                 if job.state.is_terminal() || job.state == JobState::Interrupted {
                     if let Some(b) = bars.remove(&job.id) {
                         b.finish_and_clear();
                     }
                 }
             }
-            Event::JobProgress { id, progress } => {
+            Event::JobProgress { id, progress } if tty => {
                 let bar = bars.entry(id.clone()).or_insert_with(|| {
                     let b = mp.add(ProgressBar::new(progress.bytes_total));
                     b.set_style(style.clone());
@@ -141,6 +150,7 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
                 bar.set_position(progress.bytes_done);
                 bar.set_message(progress.phase.clone());
             }
+            Event::JobProgress { .. } => {}
         }
     }
     Ok(())
