@@ -239,11 +239,20 @@ impl JobSteps for RealSteps {
             .custody
             .dataset(&id)
             .with_context(|| format!("looking up dataset {id}"))?;
-        if info.state == DatasetState::Wiped
-            && let Ok(text) = std::fs::read(&saved)
-            && let Ok(v) = serde_json::from_slice(&text)
-        {
-            return Ok(v);
+        if info.state == DatasetState::Wiped {
+            if let Ok(text) = std::fs::read(&saved)
+                && let Ok(v) = serde_json::from_slice(&text)
+            {
+                return Ok(v);
+            }
+            // Crashed between the wipe and saving its record: custody kept its own copy.
+            return Ok(serde_json::json!({
+                "dataset": id.to_string(),
+                "note": format!(
+                    "wiped by an earlier run of this job; the sanitization record is in {}",
+                    self.reports.display()
+                ),
+            }));
         }
         let rec = self
             .custody
