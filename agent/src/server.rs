@@ -147,8 +147,7 @@ pub async fn run(
 /// STATUS with the one-line summary whenever it changes, and WATCHDOG pings at half the
 /// interval systemd asked for.
 async fn status_loop(agent: Arc<Agent>) {
-    let mut usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
+    let (watchdog, usec) = watchdog_usec();
     let period = if watchdog {
         Duration::from_micros(usec / 2)
     } else {
@@ -169,6 +168,24 @@ async fn status_loop(agent: Arc<Agent>) {
         }
         last = summary;
         tokio::time::sleep(period.min(Duration::from_secs(2))).await;
+    }
+}
+
+/// The watchdog interval systemd asked for, as `sd_watchdog_enabled(3)` reads it: WATCHDOG_USEC,
+/// for this process when WATCHDOG_PID is unset or names it. (The sd-notify crate insists on
+/// WATCHDOG_PID being set.)
+fn watchdog_usec() -> (bool, u64) {
+    let usec = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|u| *u > 0);
+    let pid_ok = match std::env::var("WATCHDOG_PID") {
+        Ok(p) => p.parse::<u32>().ok() == Some(std::process::id()),
+        Err(_) => true,
+    };
+    match usec {
+        Some(u) if pid_ok => (true, u),
+        _ => (false, 0),
     }
 }
 

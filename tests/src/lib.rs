@@ -158,6 +158,11 @@ impl Bench {
 
     /// Starts `tek agent` and waits until its socket answers.
     pub fn start_agent(&mut self) {
+        self.start_agent_with_env(&[]);
+    }
+
+    /// [`Bench::start_agent`] with extra environment variables.
+    pub fn start_agent_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.agent.is_none(), "agent already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -171,6 +176,7 @@ impl Bench {
             .arg("--config")
             .arg(&self.config)
             .env("TEK_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -542,3 +542,38 @@ fn demo_runs_the_whole_journey() {
         assert!(text.contains("not root"), "{text}");
     }
 }
+
+#[test]
+fn agent_notifies_systemd_ready_status_watchdog_and_stopping() {
+    if !need_root("agent_notifies_systemd_ready_status_watchdog_and_stopping") {
+        return;
+    }
+    let mut b = Bench::new("notify", &["bay1"], "");
+    let path = b.root().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let p = path.display().to_string();
+    b.start_agent_with_env(&[("NOTIFY_SOCKET", &p), ("WATCHDOG_USEC", "1000000")]);
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10)
+        && !(got.contains("READY=1") && got.contains("STATUS=") && got.contains("WATCHDOG=1"))
+    {
+        let n = sock.recv(&mut buf).unwrap();
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        got.push('\n');
+    }
+    assert!(got.contains("READY=1"), "{got}");
+    assert!(got.contains("STATUS=1 bays"), "{got}");
+    assert!(got.contains("WATCHDOG=1"), "{got}");
+    assert!(b.stop());
+    let mut rest = String::new();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    while let Ok(n) = sock.recv(&mut buf) {
+        rest.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(rest.contains("STOPPING=1"), "{rest}");
+}
