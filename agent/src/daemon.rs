@@ -462,6 +462,9 @@ impl Agent {
         let state = |j: &Job| {
             let mut inner = self.lock();
             inner.jobs.insert(j.id.clone(), j.clone());
+            if j.state.is_terminal() || j.state == JobState::Interrupted {
+                self.settle(&mut inner, j);
+            }
             tracing::info!(job = %j.id, state = %j.state, "job state");
             self.emit(Event::JobState {
                 job: Box::new(j.clone()),
@@ -495,34 +498,48 @@ impl Agent {
             tracing::error!(job = %job.id, "journaling failed, job stopped: {e:#}");
         }
         let mut inner = self.lock();
-        let ident = job.device.as_ref().map(|d| d.identity.clone());
-        // Only if the disk under that name is still the one this job ran on.
-        let disk = inner
-            .running
-            .remove(&job.id)
-            .map(|r| r.disk)
-            .filter(|n| inner.disks.get(n).map(|e| e.disk.identity()) == ident);
+        let name = inner.running.get(&job.id).map(|r| r.disk.clone());
         inner.jobs.insert(job.id.clone(), job.clone());
-        if let Some(name) = disk {
-            let status = match job.state {
-                JobState::Done => DiskStatus::Done {
-                    job: job.id.clone(),
-                },
-                s => DiskStatus::Stopped {
-                    job: job.id.clone(),
-                    reason: match &job.error {
-                        Some(e) => format!("{s}: {e}"),
-                        None => s.to_string(),
-                    },
-                },
-            };
-            self.set_status(&mut inner, &name, status);
-            // An interrupted job whose disk is (again) present resumes now: the disk may have
-            // come back while the job was still winding down.
-            if job.state == JobState::Interrupted {
-                self.consider(&mut inner, &name);
-            }
+        let settled = self.settle(&mut inner, &job);
+        inner.running.remove(&job.id);
+        // An interrupted job whose disk is (again) present resumes now: the disk may have come
+        // back while the job was still winding down.
+        if settled
+            && job.state == JobState::Interrupted
+            && let Some(name) = name
+        {
+            self.consider(&mut inner, &name);
         }
+    }
+
+    /// Gives the disk of a job that stopped running its final status, if the disk under that
+    /// name is still the one the job ran on. Called from the state hook, before the job's
+    /// final state event goes out (so a client that sees `done` also sees the bay done), and
+    /// again when the job thread ends.
+    fn settle(&self, inner: &mut Inner, job: &Job) -> bool {
+        let ident = job.device.as_ref().map(|d| d.identity.clone());
+        let Some(name) = inner
+            .running
+            .get(&job.id)
+            .map(|r| r.disk.clone())
+            .filter(|n| inner.disks.get(n).map(|e| e.disk.identity()) == ident)
+        else {
+            return false;
+        };
+        let status = match job.state {
+            JobState::Done => DiskStatus::Done {
+                job: job.id.clone(),
+            },
+            s => DiskStatus::Stopped {
+                job: job.id.clone(),
+                reason: match &job.error {
+                    Some(e) => format!("{s}: {e}"),
+                    None => s.to_string(),
+                },
+            },
+        };
+        self.set_status(inner, &name, status);
+        true
     }
 
     /// Stops taking work, asks every running job to reach a safe point, and waits for them.
