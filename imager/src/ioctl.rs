@@ -48,12 +48,6 @@ pub fn read_only(fd: BorrowedFd<'_>) -> io::Result<bool> {
     get_int(fd, 94).map(|v| v != 0)
 }
 
-/// True when the device promises that discarded blocks read back as zeros (BLKDISCARDZEROES;
-/// kernels since 4.12 always answer 0, so this is only a hint on old kernels).
-pub fn discard_zeroes(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    get_int(fd, 124).map(|v| v != 0)
-}
-
 fn range_op(fd: BorrowedFd<'_>, nr: u8, offset: u64, len: u64) -> io::Result<()> {
     let range: [u64; 2] = [offset, len];
     let req = nix::request_code_none!(BLK, nr);

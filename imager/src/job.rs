@@ -24,7 +24,7 @@ use crate::ioctl;
 use crate::progress::{Phase, ProgressEvent, Reporter};
 use crate::report::{BeyondAction, TargetReport, TargetResult};
 use crate::source::{ImageInfo, ImageSource};
-use crate::target::TargetDev;
+use crate::target::{TargetDev, ZeroMethod};
 use crate::verify;
 use crate::writer::OrderedWriter;
 
@@ -401,19 +401,6 @@ fn job_steps(
     Ok(())
 }
 
-fn queue_attr(dev: &TargetDev, name: &str) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(dev.path()).ok()?;
-    let (ma, mi) = (libc::major(md.rdev()), libc::minor(md.rdev()));
-    let base = std::fs::canonicalize(format!("/sys/dev/block/{ma}:{mi}")).ok()?;
-    let q = if base.join("partition").exists() {
-        base.parent()?.join("queue").join(name)
-    } else {
-        base.join("queue").join(name)
-    };
-    std::fs::read_to_string(q).ok()?.trim().parse().ok()
-}
-
 /// Clears `[image_size, disk end)` according to `policy`.
 fn clear_beyond(
     dev: &mut TargetDev,
@@ -431,23 +418,28 @@ fn clear_beyond(
             reason: "skipped by option".into(),
         });
     }
-    if !dev.is_block() {
-        dev.zero_range(image_size, bytes)?;
-        return Ok(BeyondAction::Punched { bytes });
-    }
     let s = dev.logical_sector();
     let a = image_size.div_ceil(s) * s;
     dev.write_zeros(image_size, a - image_size)?;
-    let offloaded = queue_attr(dev, "write_zeroes_max_bytes").unwrap_or(0) > 0;
-    if offloaded || policy == BeyondImage::Overwrite {
+    if !dev.is_block() {
         dev.zero_range(a, end - a)?;
-        return Ok(BeyondAction::Zeroed { bytes, offloaded });
+        return Ok(BeyondAction::Punched { bytes });
     }
-    use std::os::fd::AsFd;
-    if ioctl::discard_zeroes(dev.buffered().as_fd()).unwrap_or(false)
-        && ioctl::discard(dev.buffered().as_fd(), a, end - a).is_ok()
-    {
-        return Ok(BeyondAction::Discarded { bytes });
+    if let Some(m) = dev.zero_range_fast(a, end - a) {
+        return Ok(match m {
+            ZeroMethod::LoopDiscard => BeyondAction::Discarded { bytes },
+            _ => BeyondAction::Zeroed {
+                bytes,
+                offloaded: true,
+            },
+        });
+    }
+    if policy == BeyondImage::Overwrite {
+        let m = dev.zero_range(a, end - a)?;
+        return Ok(BeyondAction::Zeroed {
+            bytes,
+            offloaded: m.offloaded(),
+        });
     }
     Ok(BeyondAction::Skipped {
         bytes,

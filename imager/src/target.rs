@@ -12,12 +12,43 @@ use crate::buffer::{ALIGN, AlignedBuf};
 use crate::error::ImagerError;
 use crate::ioctl;
 
+/// How a range was made to read as zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroMethod {
+    /// WRITE ZEROES with unmap allowed, offloaded to the device (fallocate PUNCH_HOLE on it).
+    WriteZeroesUnmap,
+    /// A loop device's discard: a hole punched in its backing file.
+    LoopDiscard,
+    /// A hole punched in a file target.
+    FilePunch,
+    /// BLKZEROOUT without offload: the kernel wrote zero pages.
+    BlkZeroout,
+    /// We wrote zero bytes ourselves.
+    Written,
+}
+
+impl ZeroMethod {
+    /// True when no zero bytes travelled to the medium: the device (or filesystem) guarantees
+    /// the range reads as zeros by the command's contract, so read-back may sample it. Zeros that
+    /// were transferred can be damaged on the way like any data, so they are read back fully.
+    pub fn offloaded(self) -> bool {
+        matches!(
+            self,
+            ZeroMethod::WriteZeroesUnmap | ZeroMethod::LoopDiscard | ZeroMethod::FilePunch
+        )
+    }
+}
+
+/// Major number of loop devices (`<linux/major.h>`).
+const LOOP_MAJOR: u32 = 7;
+
 /// A target opened for writing.
 pub struct TargetDev {
     path: PathBuf,
     buffered: File,
     direct: Option<File>,
     is_block: bool,
+    is_loop: bool,
     size: u64,
     logical_sector: u64,
 }
@@ -64,11 +95,14 @@ impl TargetDev {
             }
             (md.len().max(min_size), 512)
         };
+        use std::os::unix::fs::MetadataExt;
+        let is_loop = is_block && libc::major(md.rdev()) == LOOP_MAJOR;
         Ok(TargetDev {
             path: path.to_path_buf(),
             buffered,
             direct,
             is_block,
+            is_loop,
             size,
             logical_sector,
         })
@@ -148,37 +182,68 @@ impl TargetDev {
             .map_err(|e| self.io_err("reading back", off, e))
     }
 
-    /// Makes `[off, off+len)` read as zeros. Block devices: BLKZEROOUT (needs sector-aligned
-    /// ranges; falls back to writing zeros). Files: punch a hole (falls back to writing zeros).
-    pub fn zero_range(&mut self, off: u64, len: u64) -> Result<(), ImagerError> {
+    /// Makes `[off, off+len)` read as zeros without transferring zero bytes, if the device can:
+    /// - block device: `fallocate(PUNCH_HOLE | KEEP_SIZE)`, which the kernel turns into WRITE
+    ///   ZEROES with unmap allowed and *no* fallback (EOPNOTSUPP when the device cannot);
+    /// - loop device: BLKDISCARD, which the loop driver implements as a hole punched in its
+    ///   backing file (or EOPNOTSUPP), so the range reads back as zeros. Newer kernels give loop
+    ///   devices over tmpfs no WRITE ZEROES at all (tmpfs lacks FALLOC_FL_ZERO_RANGE), and
+    ///   BLKZEROOUT there writes zero pages through the loop, which is slow and fills the tmpfs;
+    /// - regular file: punch a hole.
+    ///
+    /// Ranges must be multiples of the logical sector size. Returns `None` when nothing fast
+    /// worked (nothing was changed then).
+    pub fn zero_range_fast(&mut self, off: u64, len: u64) -> Option<ZeroMethod> {
+        use nix::fcntl::{FallocateFlags, fallocate};
+        use std::os::fd::AsRawFd;
+        let ls = self.logical_sector;
+        if len == 0 || off % ls != 0 || len % ls != 0 {
+            return None;
+        }
+        let punched = fallocate(
+            self.buffered.as_raw_fd(),
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            off as i64,
+            len as i64,
+        )
+        .is_ok();
+        if punched {
+            return Some(if self.is_block {
+                ZeroMethod::WriteZeroesUnmap
+            } else {
+                ZeroMethod::FilePunch
+            });
+        }
+        if self.is_loop && ioctl::discard(self.buffered.as_fd(), off, len).is_ok() {
+            return Some(ZeroMethod::LoopDiscard);
+        }
+        None
+    }
+
+    /// Makes `[off, off+len)` read as zeros: [`Self::zero_range_fast`], else BLKZEROOUT (the
+    /// kernel writes zero pages when the device has no WRITE ZEROES), else our own zero writes.
+    pub fn zero_range(&mut self, off: u64, len: u64) -> Result<ZeroMethod, ImagerError> {
         if len == 0 {
-            return Ok(());
+            return Ok(ZeroMethod::Written);
+        }
+        if let Some(m) = self.zero_range_fast(off, len) {
+            return Ok(m);
         }
         let ls = self.logical_sector;
-        let done = if self.is_block {
-            off % ls == 0
-                && len % ls == 0
-                && ioctl::zero_out(self.buffered.as_fd(), off, len).is_ok()
-        } else {
-            use nix::fcntl::{FallocateFlags, fallocate};
-            use std::os::fd::AsRawFd;
-            fallocate(
-                self.buffered.as_raw_fd(),
-                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                off as i64,
-                len as i64,
-            )
-            .is_ok()
-        };
-        if !done {
-            self.write_zeros(off, len)?;
+        if self.is_block
+            && off % ls == 0
+            && len % ls == 0
+            && ioctl::zero_out(self.buffered.as_fd(), off, len).is_ok()
+        {
+            return Ok(ZeroMethod::BlkZeroout);
         }
-        Ok(())
+        self.write_zeros(off, len)?;
+        Ok(ZeroMethod::Written)
     }
 
     /// Writes literal zeros over `[off, off+len)` in large aligned writes.
     pub fn write_zeros(&mut self, off: u64, len: u64) -> Result<(), ImagerError> {
-        let zeros = AlignedBuf::new(8 << 20);
+        let zeros = AlignedBuf::new(len.min(8 << 20) as usize);
         let mut pos = off;
         let end = off + len;
         while pos < end {

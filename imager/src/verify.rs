@@ -119,7 +119,7 @@ pub fn verify_extents(
                 let mut zero = true;
                 let mut check = |b: &[u8]| zero &= is_zero(b);
                 let big = ext.len >= BIG_HOLE && ext.offset + ext.len > HOLDBACK;
-                if full_holes || !big {
+                if full_holes || !big || !ext.offloaded {
                     w.visit(ext.offset, ext.len, true, &mut check)?;
                 } else {
                     let end = ext.offset + ext.len;

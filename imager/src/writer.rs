@@ -30,6 +30,9 @@ pub struct WrittenExtent {
     pub len: u64,
     /// Expected BLAKE3 of the bytes; `None` for zeros.
     pub id: Option<ChunkId>,
+    /// Zeros whose aligned middle the device zeroed without data transfer (see
+    /// [`crate::target::ZeroMethod::offloaded`]): read-back may sample them.
+    pub offloaded: bool,
 }
 
 /// Byte counts of the writing phase.
@@ -85,16 +88,24 @@ impl<'a> OrderedWriter<'a> {
         self.dev
     }
 
-    fn record(&mut self, offset: u64, len: u64, id: Option<ChunkId>) {
+    fn record(&mut self, offset: u64, len: u64, id: Option<ChunkId>, offloaded: bool) {
         if id.is_none() {
             if let Some(last) = self.extents.last_mut() {
-                if last.id.is_none() && last.offset + last.len == offset {
+                if last.id.is_none()
+                    && last.offloaded == offloaded
+                    && last.offset + last.len == offset
+                {
                     last.len += len;
                     return;
                 }
             }
         }
-        self.extents.push(WrittenExtent { offset, len, id });
+        self.extents.push(WrittenExtent {
+            offset,
+            len,
+            id,
+            offloaded,
+        });
     }
 
     /// Takes the next piece. Pieces must be contiguous; a piece that starts before the
@@ -126,12 +137,13 @@ impl<'a> OrderedWriter<'a> {
                         reason: format!("restart inside chunk at offset {offset}"),
                     });
                 }
-                self.record(offset, len, Some(c.id()));
+                self.record(offset, len, Some(c.id()), false);
                 self.append(c.data())
             }
             Piece::Hole { .. } => {
-                self.record(pos, len - skip, None);
-                self.hole(len - skip)
+                let offloaded = self.hole(len - skip)?;
+                self.record(pos, len - skip, None, offloaded);
+                Ok(())
             }
         }
     }
@@ -164,25 +176,29 @@ impl<'a> OrderedWriter<'a> {
         Ok(())
     }
 
-    fn hole(&mut self, len: u64) -> Result<(), ImagerError> {
+    /// Zeroes a hole; true when its aligned middle was zeroed by the device without transfer.
+    fn hole(&mut self, len: u64) -> Result<bool, ImagerError> {
         let start = self.position();
         let end = start + len;
         let a = ALIGN as u64;
         let zstart = start.div_ceil(a) * a;
         let zend = end / a * a;
         if len < BIG_HOLE || zend <= zstart {
-            return self.append_zeros(len);
+            self.append_zeros(len)?;
+            return Ok(false);
         }
         self.append_zeros(zstart - start)?;
         self.flush_buf()?;
         // Inside the held-back first MiB the holdback buffer is already zero.
         let from = zstart.max(HOLDBACK);
+        let mut offloaded = true;
         if zend > from {
-            self.dev.zero_range(from, zend - from)?;
+            offloaded = self.dev.zero_range(from, zend - from)?.offloaded();
             self.stats.bytes_zeroed += zend - from;
         }
         self.buf_start = zend;
-        self.append_zeros(end - zend)
+        self.append_zeros(end - zend)?;
+        Ok(offloaded)
     }
 
     /// Writes out the staging buffer.
