@@ -111,6 +111,7 @@ fn check_done_with_data(b: &Bench, job: &str, disk: &Path, dataset: &str, src: &
     // The audit chain verifies and holds this job's entries.
     let audit = client_data::AuditLog::open(&b.state.join("audit")).unwrap();
     audit.verify().expect("audit chain verifies");
+    b.tek_ok(&["audit", "verify"]);
     let log = std::fs::read_to_string(audit.path()).unwrap();
     for ev in ["image_written", "job_finished"] {
         assert!(
