@@ -52,7 +52,7 @@ t() { local s; s=$(now); "$@"; echo "$(now) - $s" | bc; }
 export TEK_STATE=$work/state
 t_ingest=$(t bash -c "'$tek' data ingest --client BENCH --ticket B-1 '$src' > '$work/id'")
 id=$(cat "$work/id")
-t_restore=$(t "$tek" data restore "$id" "$mnt/tek" --json >/dev/null 2>&1 ; true)
+t_restore=$(t bash -c "'$tek' data restore '$id' '$mnt/tek' --json > '$work/restore.json'")
 "$tek" data show "$id" | grep -q '"state": "migrated"' || { echo "restore did not verify" >&2; exit 1; }
 
 t_cp=$(t bash -c "cp -a '$src/.' '$mnt/cp/' && sync -f '$mnt/cp'")

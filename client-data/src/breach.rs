@@ -114,8 +114,8 @@ impl BreachReport {
                 continue;
             };
             if t > to {
-                // Appends are chronological; nothing later can be in the window.
-                break;
+                // Not `break`: a clock step back (NTP) can put earlier times after later ones.
+                continue;
             }
             let in_window = t >= from;
             match rec.event {

@@ -392,56 +392,96 @@ impl Custody {
             path: target_dir.to_path_buf(),
             source: e.into(),
         })?;
-        let mut mr = manifest_reader(&manifest_path, &mkey)?;
-        let mut n = 0u64;
-        while let Some(e) = mr.next_entry().map_err(man_err)? {
-            let ok = match e.kind {
-                EntryKind::File => match read_back(&w.root, &e.path, &mut buf) {
-                    Ok((len, h)) if len == e.size && h == e.blake3 => true,
-                    Ok(_) => {
-                        res.mismatches.push(format!("entry {n}: content differs"));
-                        false
+        // Files are read back by a few threads (hashing is CPU-bound, the reads mostly come from
+        // the device's cache); the rest is checked inline.
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Entry)>(256);
+        let rx = std::sync::Mutex::new(rx);
+        let files = std::sync::Mutex::new((0u64, 0u64, Vec::<(u64, String)>::new()));
+        let root = &w.root;
+        std::thread::scope(|s| -> Result<(), DataError> {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    loop {
+                        let item = rx.lock().expect("verify queue").recv();
+                        let Ok((n, e)) = item else { break };
+                        let r = match read_back(root, &e.path, &mut buf) {
+                            Ok((len, h)) if len == e.size && h == e.blake3 => Ok(()),
+                            Ok(_) => Err(format!("entry {n}: content differs")),
+                            Err(err) => Err(format!("entry {n}: cannot read back ({err})")),
+                        };
+                        let mut g = files.lock().expect("verify results");
+                        match r {
+                            Ok(()) => {
+                                g.0 += 1;
+                                g.1 += e.size;
+                            }
+                            Err(m) => g.2.push((n, m)),
+                        }
                     }
-                    Err(err) => {
-                        res.mismatches
-                            .push(format!("entry {n}: cannot read back ({err})"));
-                        false
-                    }
-                },
-                EntryKind::Symlink => {
-                    let (parent, name) = split(&e.path);
-                    let got = w.dir(parent, n).ok().and_then(|p| {
-                        nix::fcntl::readlinkat(Some(p.as_raw_fd()), OsStr::from_bytes(name)).ok()
-                    });
-                    let ok = got.as_deref().map(|g| g.as_bytes()) == Some(&e.target[..]);
-                    if !ok {
-                        res.mismatches.push(format!("entry {n}: symlink differs"));
-                    }
-                    ok
-                }
-                EntryKind::Dir | EntryKind::Hardlink => {
-                    let flags = if e.kind == EntryKind::Dir {
-                        OFlag::O_DIRECTORY
-                    } else {
-                        OFlag::O_PATH
-                    };
-                    let ok = open_beneath(&w.root, &e.path, OFlag::O_RDONLY | flags, 0).is_ok();
-                    if !ok {
-                        res.mismatches.push(format!("entry {n}: missing"));
-                    }
-                    ok
-                }
-                _ => {
-                    n += 1;
-                    continue;
-                }
-            };
-            if ok {
-                res.entries_verified += 1;
-                res.bytes_verified += e.size;
+                });
             }
-            n += 1;
-        }
+            let tx = tx;
+            let mut mr = manifest_reader(&manifest_path, &mkey)?;
+            let mut n = 0u64;
+            while let Some(e) = mr.next_entry().map_err(man_err)? {
+                let ok = match e.kind {
+                    EntryKind::File => {
+                        let _ = tx.send((n, e));
+                        n += 1;
+                        continue;
+                    }
+                    EntryKind::Symlink => {
+                        let (parent, name) = split(&e.path);
+                        let got = w.dir(parent, n).ok().and_then(|p| {
+                            nix::fcntl::readlinkat(Some(p.as_raw_fd()), OsStr::from_bytes(name))
+                                .ok()
+                        });
+                        let ok = got.as_deref().map(|g| g.as_bytes()) == Some(&e.target[..]);
+                        if !ok {
+                            res.mismatches.push(format!("entry {n}: symlink differs"));
+                        }
+                        ok
+                    }
+                    EntryKind::Dir | EntryKind::Hardlink => {
+                        let flags = if e.kind == EntryKind::Dir {
+                            OFlag::O_DIRECTORY
+                        } else {
+                            OFlag::O_PATH
+                        };
+                        let ok = open_beneath(&w.root, &e.path, OFlag::O_RDONLY | flags, 0).is_ok();
+                        if !ok {
+                            res.mismatches.push(format!("entry {n}: missing"));
+                        }
+                        ok
+                    }
+                    _ => {
+                        n += 1;
+                        continue;
+                    }
+                };
+                if ok {
+                    res.entries_verified += 1;
+                    res.bytes_verified += e.size;
+                }
+                n += 1;
+            }
+            Ok(())
+        })?;
+        let (fe, fb, mut fm) = files.into_inner().expect("verify results");
+        res.entries_verified += fe;
+        res.bytes_verified += fb;
+        fm.sort();
+        res.mismatches.extend(fm.into_iter().map(|(_, m)| m));
+        res.mismatches.sort_by_key(|m| {
+            m.trim_start_matches("entry ")
+                .split(':')
+                .next()
+                .and_then(|x| x.parse::<u64>().ok())
+        });
 
         let verified = res.ok();
         if verified {
