@@ -47,6 +47,15 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io("syncing directory", dir, e))
 }
 
+/// Flushes every dirty page and inode of the filesystem holding `path` (one call instead of one
+/// fsync per file).
+pub(crate) fn syncfs(path: &Path) -> Result<(), StoreError> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(path).map_err(|e| StoreError::io("opening for syncfs", path, e))?;
+    nix::unistd::syncfs(d.as_raw_fd())
+        .map_err(|e| StoreError::io("syncing filesystem of", path, e.into()))
+}
+
 /// Sets a file's mtime (and atime) to now without opening it. Returns false if it does not exist.
 /// gc keeps every chunk whose mtime is newer than its cutoff, so touching is how an import or the
 /// gc mark phase says "in use".

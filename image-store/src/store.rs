@@ -341,11 +341,9 @@ impl Store {
         let (mut m, _) = self.load_manifest(image)?;
         crate::import::check_hints(&hints, m.gpt.as_ref())?;
         m.hints = hints;
-        let _shared = crate::lock::StoreLock::shared(&self.root)?;
-        let tmp = tempdir_in(&self.root.join("tmp"))?;
-        let res = self.commit_manifest(&m, key, &tmp);
-        let _ = std::fs::remove_dir_all(&tmp);
-        res
+        // A registered session, so a concurrent import's cleanup never takes our temporaries.
+        let session = crate::lock::ImportSession::begin(&self.root)?;
+        self.commit_manifest(&m, key, session.tmp_dir())
     }
 
     /// Removes an image's manifest and signature. Its chunks stay until `gc`.
@@ -362,12 +360,6 @@ impl Store {
         let _ = std::fs::remove_dir(&dir); // only succeeds when empty
         fsutil::sync_dir(&self.root.join("images"))
     }
-}
-
-fn tempdir_in(tmp: &Path) -> Result<PathBuf, StoreError> {
-    let d = tmp.join(uuid::Uuid::new_v4().simple().to_string());
-    std::fs::create_dir(&d).map_err(|e| StoreError::io("creating", &d, e))?;
-    Ok(d)
 }
 
 fn remove_if_exists(p: &Path) -> Result<(), StoreError> {
