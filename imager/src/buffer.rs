@@ -11,6 +11,12 @@ pub struct AlignedBuf {
     cap: usize,
 }
 
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf({} bytes)", self.cap)
+    }
+}
+
 impl AlignedBuf {
     /// A buffer of `cap` bytes (rounded up to [`ALIGN`]).
     pub fn new(cap: usize) -> Self {

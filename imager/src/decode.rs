@@ -1,8 +1,10 @@
-//! The decode stage: a pool of worker threads that turn read jobs (compressed chunks, raw blocks)
+//! The decode stage: a pool of worker threads that turn jobs (runs of store extents, raw blocks)
 //! into verified [`Piece`]s, delivered strictly in image order.
 //!
-//! Shape: `reader thread -> bounded work queue -> N workers -> result queue -> orderer thread ->
-//! bounded output`. Memory stays bounded by a token pool: the reader takes a token before it
+//! Shape: `job thread -> bounded work queue -> N workers -> result queue -> orderer thread ->
+//! bounded output`. Store jobs are spans of about 4 MiB (dozens of chunks): the workers read the
+//! chunk files themselves, so file opens and reads run in parallel, and each job costs a few
+//! channel hops instead of a few per chunk. Memory stays bounded by a token pool: the reader takes a token before it
 //! dispatches a job and the orderer gives it back once that job's pieces left in order, so at most
 //! `depth` jobs exist at once, however slow one worker is.
 //!
@@ -13,22 +15,34 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, bounded};
-use image_store::{CompressedChunk, Piece, VerifiedChunk};
+use image_store::{Extent, Store};
 
-use crate::buffer::is_zero;
+use crate::buffer::{AlignedBuf, is_zero};
 use crate::error::ImagerError;
+use crate::span::{self, Span};
 
 /// One unit of work for a decode worker.
 #[derive(Debug)]
 pub enum Job {
-    /// A chunk as stored: decompress and check its hash.
-    Compressed(CompressedChunk),
-    /// Raw bytes from a one-off image file at `offset`: find zero runs, hash the rest.
+    /// Consecutive store extents: the worker reads the chunk files (so file I/O runs on every
+    /// worker, not one reader thread), decompresses them into one span and checks every hash.
+    Stored {
+        /// The store.
+        store: Arc<Store>,
+        /// Consecutive extents (chunks and small holes).
+        extents: Vec<Extent>,
+    },
+    /// Raw bytes from a one-off image file at `offset`, laid out by [`span::buf_for`]: find
+    /// zero runs, hash the rest.
     Raw {
-        /// Image offset of `data[0]`.
+        /// Image offset of the first byte.
         offset: u64,
-        /// The bytes.
-        data: Vec<u8>,
+        /// The buffer.
+        buf: AlignedBuf,
+        /// Lead-in of the first byte in `buf`.
+        lead: usize,
+        /// Bytes.
+        len: usize,
     },
     /// A known run of zeros.
     Hole {
@@ -39,6 +53,30 @@ pub enum Job {
     },
 }
 
+/// One piece of the image, in image order: verified bytes or a run of zeros.
+#[derive(Debug)]
+pub enum Piece {
+    /// Verified bytes.
+    Data(Span),
+    /// `len` zero bytes at `offset`.
+    Hole {
+        /// Offset in the image.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+impl Piece {
+    /// Image offset and length.
+    pub fn range(&self) -> (u64, u64) {
+        match self {
+            Piece::Data(s) => (s.offset(), s.len()),
+            Piece::Hole { offset, len } => (*offset, *len),
+        }
+    }
+}
+
 /// What the stream yields: a shared piece (fanned out to every target) or the error that ended
 /// the stream.
 pub type Item = Result<Arc<Piece>, Arc<ImagerError>>;
@@ -46,45 +84,67 @@ pub type Item = Result<Arc<Piece>, Arc<ImagerError>>;
 /// Granularity of zero detection in raw images: a 64 KiB all-zero block becomes a hole.
 pub const ZERO_BLOCK: usize = 64 * 1024;
 
-/// Splits raw bytes into data pieces and holes at [`ZERO_BLOCK`] granularity.
-pub fn split_raw(offset: u64, data: Vec<u8>) -> Vec<Piece> {
-    let mut out = Vec::new();
+/// Splits raw bytes into data spans and holes at [`ZERO_BLOCK`] granularity (blocks aligned
+/// to the image offset). A block without zero runs is used in place; mixed ones are copied.
+pub fn split_raw(offset: u64, buf: AlignedBuf, lead: usize, len: usize) -> Vec<Piece> {
+    let data = &buf.as_slice()[lead..lead + len];
     let mut runs: Vec<(usize, usize, bool)> = Vec::new(); // (start, end, zero)
-    for (i, block) in data.chunks(ZERO_BLOCK).enumerate() {
-        let start = i * ZERO_BLOCK;
-        let zero = is_zero(block);
+    let mut start = 0;
+    while start < len {
+        let next = ((offset as usize + start) / ZERO_BLOCK + 1) * ZERO_BLOCK - offset as usize;
+        let end = next.min(len);
+        let zero = is_zero(&data[start..end]);
         match runs.last_mut() {
-            Some(r) if r.2 == zero => r.1 = start + block.len(),
-            _ => runs.push((start, start + block.len(), zero)),
+            Some(r) if r.2 == zero => r.1 = end,
+            _ => runs.push((start, end, zero)),
         }
+        start = end;
     }
     if runs.len() == 1 && !runs[0].2 {
-        return vec![Piece::Data(VerifiedChunk::from_trusted_source(
-            offset, data,
-        ))];
+        return vec![Piece::Data(Span::from_trusted(offset, buf, lead, len))];
     }
+    let mut out = Vec::with_capacity(runs.len());
     for (s, e, zero) in runs {
+        let at = offset + s as u64;
         if zero {
             out.push(Piece::Hole {
-                offset: offset + s as u64,
+                offset: at,
                 len: (e - s) as u64,
             });
         } else {
-            let bytes = data[s..e].to_vec();
-            out.push(Piece::Data(VerifiedChunk::from_trusted_source(
-                offset + s as u64,
-                bytes,
-            )));
+            let (mut b, l) = span::buf_for(at, e - s);
+            b.as_mut_slice()[l..l + e - s].copy_from_slice(&data[s..e]);
+            out.push(Piece::Data(Span::from_trusted(at, b, l, e - s)));
         }
     }
+    span::give_buf(buf);
     out
 }
 
-/// Runs a job: the only place compressed bytes become a [`VerifiedChunk`].
-pub fn run_job(job: Job) -> Result<Vec<Piece>, ImagerError> {
+/// Runs a job: the only place source bytes become a [`Span`].
+pub fn run_job(
+    job: Job,
+    dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
+) -> Result<Vec<Piece>, ImagerError> {
     match job {
-        Job::Compressed(c) => Ok(vec![Piece::Data(c.decompress_verify()?)]),
-        Job::Raw { offset, data } => Ok(split_raw(offset, data)),
+        Job::Stored { store, extents } => {
+            if dctx.is_none() {
+                *dctx = Some(
+                    zstd::bulk::Decompressor::new().map_err(|e| ImagerError::Stream {
+                        reason: format!("creating a zstd context: {e}"),
+                        offset: extents.first().map(|e| e.offset()),
+                    })?,
+                );
+            }
+            let d = dctx.as_mut().expect("context just created");
+            Ok(vec![Piece::Data(Span::from_chunks(&store, &extents, d)?)])
+        }
+        Job::Raw {
+            offset,
+            buf,
+            lead,
+            len,
+        } => Ok(split_raw(offset, buf, lead, len)),
         Job::Hole { offset, len } => Ok(vec![Piece::Hole { offset, len }]),
     }
 }
@@ -107,7 +167,7 @@ where
     let (out_tx, out_rx) = bounded::<Item>(depth);
 
     std::thread::Builder::new()
-        .name("tek-read".into())
+        .name("tek-jobs".into())
         .spawn(move || {
             for (seq, job) in jobs.enumerate() {
                 let failed = job.is_err();
@@ -129,8 +189,9 @@ where
         std::thread::Builder::new()
             .name(format!("tek-decode-{i}"))
             .spawn(move || {
+                let mut dctx = None;
                 for (seq, job) in work_rx {
-                    let r = job.and_then(run_job);
+                    let r = job.and_then(|j| run_job(j, &mut dctx));
                     if let Err(e) = &r {
                         on_error(e);
                     }
@@ -179,72 +240,122 @@ mod tests {
     use super::*;
     use image_store::ChunkId;
 
-    fn compressed(offset: u64, data: &[u8]) -> CompressedChunk {
-        CompressedChunk {
-            id: ChunkId::of(data),
+    fn raw(offset: u64, data: &[u8]) -> Job {
+        let (mut buf, lead) = span::buf_for(offset, data.len());
+        buf.as_mut_slice()[lead..lead + data.len()].copy_from_slice(data);
+        Job::Raw {
             offset,
-            len: data.len() as u64,
-            data: zstd::bulk::compress(data, 1).unwrap(),
+            buf,
+            lead,
+            len: data.len(),
         }
+    }
+
+    fn offset_of(p: &Piece) -> u64 {
+        p.range().0
     }
 
     #[test]
     fn split_raw_finds_zero_blocks() {
         let mut data = vec![1u8; ZERO_BLOCK * 4];
         data[ZERO_BLOCK..ZERO_BLOCK * 3].fill(0);
-        let p = split_raw(1000, data);
+        let Job::Raw {
+            offset,
+            buf,
+            lead,
+            len,
+        } = raw(0, &data)
+        else {
+            panic!()
+        };
+        let p = split_raw(offset, buf, lead, len);
         assert_eq!(p.len(), 3);
-        assert!(
-            matches!(p[1], Piece::Hole { offset, len } if offset == 1000 + ZERO_BLOCK as u64 && len == 2 * ZERO_BLOCK as u64)
-        );
+        assert_eq!(p[1].range(), (ZERO_BLOCK as u64, 2 * ZERO_BLOCK as u64));
         match &p[2] {
-            Piece::Data(c) => assert_eq!(c.offset(), 1000 + 3 * ZERO_BLOCK as u64),
+            Piece::Data(c) => {
+                assert_eq!(c.offset(), 3 * ZERO_BLOCK as u64);
+                assert_eq!(c.data(), &data[3 * ZERO_BLOCK..]);
+            }
             _ => panic!(),
         }
     }
 
+    /// A store with `n` chunks of distinct bytes; returns it and the extents.
+    fn store_with(dir: &std::path::Path, n: u64) -> (Arc<Store>, Vec<Extent>) {
+        let store = Store::open(dir).unwrap();
+        let mut ex = Vec::new();
+        let mut at = 0;
+        for i in 0..n {
+            let data = vec![(i % 250 + 1) as u8; 1000 + (i as usize * 37) % 5000];
+            let id = ChunkId::of(&data);
+            let p = store.chunk_path(id);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, zstd::bulk::compress(&data, 1).unwrap()).unwrap();
+            ex.push(Extent::Chunk {
+                offset: at,
+                len: data.len() as u64,
+                id,
+            });
+            at += data.len() as u64;
+        }
+        (Arc::new(store), ex)
+    }
+
     #[test]
     fn output_is_in_order_with_many_workers() {
-        let jobs: Vec<_> = (0..200u64)
-            .map(|i| {
-                let data = vec![(i % 250 + 1) as u8; 1000 + (i as usize * 37) % 5000];
-                Ok(Job::Compressed(compressed(i * 10_000, &data)))
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ex) = store_with(dir.path(), 200);
+        let jobs: Vec<_> = ex
+            .chunks(7)
+            .map(|c| {
+                Ok(Job::Stored {
+                    store: store.clone(),
+                    extents: c.to_vec(),
+                })
             })
             .collect();
         let rx = spawn(jobs.into_iter(), 4, 3, |_| {});
-        let offs: Vec<u64> = rx
-            .iter()
-            .map(|i| match &*i.unwrap() {
-                Piece::Data(c) => c.offset(),
-                Piece::Hole { offset, .. } => *offset,
-            })
-            .collect();
-        assert_eq!(offs, (0..200).map(|i| i * 10_000).collect::<Vec<_>>());
+        let offs: Vec<u64> = rx.iter().map(|i| offset_of(&i.unwrap())).collect();
+        let want: Vec<u64> = ex.chunks(7).map(|c| c[0].offset()).collect();
+        assert_eq!(offs, want);
     }
 
     #[test]
     fn corrupt_chunk_ends_stream_after_earlier_pieces() {
-        let good = compressed(0, &[1u8; 100]);
-        let mut bad = compressed(100, &[2u8; 100]);
-        bad.data = zstd::bulk::compress(&[3u8; 100], 1).unwrap();
-        let after = compressed(200, &[4u8; 100]);
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ex) = store_with(dir.path(), 6);
+        let Extent::Chunk { id, offset, .. } = ex[3] else {
+            panic!()
+        };
+        std::fs::write(
+            store.chunk_path(id),
+            zstd::bulk::compress(&[3u8; 100], 1).unwrap(),
+        )
+        .unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        let jobs = vec![
-            Ok(Job::Compressed(good)),
-            Ok(Job::Compressed(bad)),
-            Ok(Job::Compressed(after)),
-        ];
+        let jobs: Vec<_> = ex
+            .chunks(2)
+            .map(|c| {
+                Ok(Job::Stored {
+                    store: store.clone(),
+                    extents: c.to_vec(),
+                })
+            })
+            .collect();
         let rx = spawn(jobs.into_iter(), 2, 4, move |e| {
             s2.lock().unwrap().push(e.offset())
         });
         let items: Vec<Item> = rx.iter().collect();
-        assert_eq!(items.len(), 2);
+        assert_eq!(
+            items.len(),
+            2,
+            "the span holding the bad chunk is not emitted"
+        );
         assert!(items[0].is_ok());
         let e = items[1].as_ref().unwrap_err();
-        assert_eq!(e.offset(), Some(100));
-        assert!(e.to_string().contains("hash mismatch"), "{e}");
-        assert_eq!(*seen.lock().unwrap(), vec![Some(100)]);
+        assert_eq!(e.offset(), Some(offset));
+        assert_eq!(*seen.lock().unwrap(), vec![Some(offset)]);
     }
 
     #[test]

@@ -28,8 +28,8 @@ use crate::target::{TargetDev, ZeroMethod};
 use crate::verify;
 use crate::writer::OrderedWriter;
 
-/// Pieces queued per target.
-pub const TARGET_QUEUE: usize = 32;
+/// Pieces queued per target (spans of about 4 MiB, shared between targets).
+pub const TARGET_QUEUE: usize = 8;
 /// How long a blocked hand-off to one target may hold back starved others before it is split off.
 pub const SLOW_WAIT: Duration = Duration::from_secs(2);
 
@@ -149,6 +149,7 @@ pub fn write_image(
             reports[i] = Some(h.join().expect("target thread panicked"));
         }
     });
+    crate::span::trim_pool();
     reports.into_iter().flatten().collect()
 }
 

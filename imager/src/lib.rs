@@ -20,6 +20,7 @@ pub mod progress;
 pub mod reader;
 pub mod report;
 pub mod source;
+pub mod span;
 pub mod target;
 pub mod verify;
 pub mod writer;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::decode::Job;
 use crate::error::ImagerError;
+use crate::span;
 
 /// Size of one raw job: big enough to amortise channel traffic, small enough to keep memory low.
 pub const BLOCK: usize = 4 << 20;
@@ -127,13 +128,15 @@ impl RawJobs {
             }
         }
         let len = (self.data_end - self.pos).min(BLOCK as u64) as usize;
-        let mut data = vec![0u8; len];
+        let (mut buf, lead) = span::buf_for(self.pos, len);
         self.file
-            .read_exact_at(&mut data, self.pos)
+            .read_exact_at(&mut buf.as_mut_slice()[lead..lead + len], self.pos)
             .map_err(|e| src_err("reading image", &self.path, self.pos, e))?;
         let job = Job::Raw {
             offset: self.pos,
-            data,
+            buf,
+            lead,
+            len,
         };
         self.pos += len as u64;
         Ok(Some(job))
@@ -177,8 +180,8 @@ impl ZstdJobs {
                 return Ok(None);
             }
             let len = (self.size - self.pos).min(BLOCK as u64) as usize;
-            let mut data = vec![0u8; len];
-            let n = read_full(&mut self.dec, &mut data)
+            let (mut buf, lead) = span::buf_for(self.pos, len);
+            let n = read_full(&mut self.dec, &mut buf.as_mut_slice()[lead..lead + len])
                 .map_err(|e| src_err("decompressing image", &self.path, self.pos, e))?;
             if n < len {
                 return Err(src_err(
@@ -191,17 +194,17 @@ impl ZstdJobs {
             let off = self.pos;
             self.pos += len as u64;
             if self.pos <= self.start {
+                span::give_buf(buf);
                 continue;
             }
-            if off < self.start {
-                let skip = (self.start - off) as usize;
-                data.drain(..skip);
-                return Ok(Some(Job::Raw {
-                    offset: self.start,
-                    data,
-                }));
-            }
-            return Ok(Some(Job::Raw { offset: off, data }));
+            // Skipping bytes keeps the layout congruent: `lead + skip` = `start` mod ALIGN.
+            let skip = self.start.saturating_sub(off) as usize;
+            return Ok(Some(Job::Raw {
+                offset: off + skip as u64,
+                buf,
+                lead: lead + skip,
+                len: len - skip,
+            }));
         }
     }
 }
@@ -219,9 +222,9 @@ mod tests {
 
     fn offsets(jobs: impl Iterator<Item = Result<Job, ImagerError>>) -> Vec<(u64, u64, bool)> {
         jobs.map(|j| match j.unwrap() {
-            Job::Raw { offset, data } => (offset, data.len() as u64, true),
+            Job::Raw { offset, len, .. } => (offset, len as u64, true),
             Job::Hole { offset, len } => (offset, len, false),
-            Job::Compressed(_) => panic!(),
+            Job::Stored { .. } => panic!(),
         })
         .collect()
     }
@@ -258,7 +261,9 @@ mod tests {
         let mut back = Vec::new();
         for j in ZstdJobs::open(&p, data.len() as u64, 0).unwrap() {
             match j.unwrap() {
-                Job::Raw { data, .. } => back.extend(data),
+                Job::Raw { buf, lead, len, .. } => {
+                    back.extend_from_slice(&buf.as_slice()[lead..lead + len])
+                }
                 _ => panic!(),
             }
         }
@@ -268,9 +273,15 @@ mod tests {
             .next()
             .unwrap();
         match first.unwrap() {
-            Job::Raw { offset, data: d } => {
+            Job::Raw {
+                offset,
+                buf,
+                lead,
+                len,
+            } => {
                 assert_eq!(offset, 100);
-                assert_eq!(d[..], data[100..BLOCK]);
+                assert_eq!(lead % 4096, 100);
+                assert_eq!(buf.as_slice()[lead..lead + len], data[100..BLOCK]);
             }
             _ => panic!(),
         }

@@ -15,9 +15,11 @@ use serde::Serialize;
 use crate::decode::{self, Item, Job};
 use crate::error::ImagerError;
 use crate::reader::{self, RawJobs, ZstdJobs, src_err};
+use crate::span;
+use crate::writer::BIG_HOLE;
 
-/// Jobs the decode pool may hold at once (each at most a few MiB).
-pub const DECODE_DEPTH: usize = 16;
+/// Jobs the decode pool may hold at once (each a span of about 4 MiB).
+pub const DECODE_DEPTH: usize = 8;
 
 /// The image to write. (The variants' sizes differ, but there is one per job: no point boxing.)
 #[allow(clippy::large_enum_variant)]
@@ -148,13 +150,16 @@ impl ImageSource {
                     .extents
                     .partition_point(|e| e.offset() + e.len() <= start);
                 let extents = image.manifest.extents[first..].to_vec();
+                let groups = span::group_extents(&extents, BIG_HOLE);
                 let reader = store.clone();
-                let jobs = extents.into_iter().map(move |e| match e {
-                    Extent::Hole { offset, len } => Ok(Job::Hole { offset, len }),
-                    Extent::Chunk { offset, len, id } => reader
-                        .read_compressed(id, offset, len)
-                        .map(Job::Compressed)
-                        .map_err(ImagerError::Store),
+                let jobs = groups.into_iter().map(move |g| match extents[g.start] {
+                    Extent::Hole { offset, len } if g.len() == 1 && len >= BIG_HOLE => {
+                        Ok(Job::Hole { offset, len })
+                    }
+                    _ => Ok(Job::Stored {
+                        store: reader.clone(),
+                        extents: extents[g].to_vec(),
+                    }),
                 });
                 let store = store.clone();
                 // A chunk that fails its check is moved aside so the next job does not trip on
@@ -195,7 +200,7 @@ pub fn read_all(src: &ImageSource) -> Result<Vec<u8>, ImagerError> {
             path: PathBuf::new(),
             reason: e.to_string(),
         })?;
-        if let image_store::Piece::Data(c) = &*piece {
+        if let decode::Piece::Data(c) = &*piece {
             let o = c.offset() as usize;
             out[o..o + c.data().len()].copy_from_slice(c.data());
         }

@@ -168,8 +168,8 @@ pub fn verify_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::span::trusted_piece;
     use crate::writer::OrderedWriter;
-    use image_store::{Piece, VerifiedChunk};
     use std::os::unix::fs::FileExt;
 
     fn write_image(p: &std::path::Path, size: u64) -> (Vec<WrittenExtent>, Vec<u8>) {
@@ -177,19 +177,14 @@ mod tests {
         let mut dev = TargetDev::open(p, size).unwrap();
         let mut w = OrderedWriter::new(&mut dev, size, false);
         let a: Vec<u8> = (0..3_000_001u32).map(|i| (i % 241) as u8).collect();
-        w.push(&Piece::Data(VerifiedChunk::from_trusted_source(0, a)))
-            .unwrap();
-        w.push(&Piece::Hole {
+        w.push(&trusted_piece(0, &a)).unwrap();
+        w.push(&crate::decode::Piece::Hole {
             offset: 3_000_001,
             len: 20_000_000,
         })
         .unwrap();
         let rest = (size - 23_000_001) as usize;
-        w.push(&Piece::Data(VerifiedChunk::from_trusted_source(
-            23_000_001,
-            vec![9; rest],
-        )))
-        .unwrap();
+        w.push(&trusted_piece(23_000_001, &vec![9; rest])).unwrap();
         w.finish().unwrap();
         (w.extents.clone(), w.holdback.clone())
     }

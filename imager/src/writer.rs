@@ -2,22 +2,29 @@
 //! writes on one target, zeroing holes, holding back the first MiB, and optionally skipping
 //! writes where the target already holds the same bytes.
 //!
-//! Chunk boundaries are arbitrary byte offsets (content-defined chunking), so data is gathered in
-//! an aligned staging buffer and written when full; O_DIRECT then always sees aligned, multi-MiB
-//! writes. Small holes are copied in as zeros; large ones flush the buffer, and their aligned
-//! middle is zeroed by the device (BLKZEROOUT / hole punch) instead of being written.
+//! Chunk boundaries are arbitrary byte offsets (content-defined chunking), but every [`Span`]
+//! lays its bytes out congruent to their image offsets modulo 4096, so the aligned middle of a
+//! span (nearly all of it) is written with O_DIRECT straight from the shared span buffer, with no
+//! copy, whatever the number of targets. Only the partial 4 KiB blocks at a span's ends go through
+//! a one-block buffer. Small holes are written as zeros; the aligned middle of large ones is
+//! zeroed by the device ([`TargetDev::zero_range`]) instead of being written.
+//!
+//! [`Span`]: crate::span::Span
 
-use image_store::{ChunkId, Piece};
+use image_store::ChunkId;
 use serde::Serialize;
 
 use crate::buffer::{ALIGN, AlignedBuf};
+use crate::decode::Piece;
 use crate::error::ImagerError;
 use crate::target::TargetDev;
 
 /// The protective MBR and primary GPT live here; written last, after everything is verified.
 pub const HOLDBACK: u64 = 1 << 20;
-/// Staging buffer size: one write call per this many bytes.
-pub const WRITE_BUF: usize = 8 << 20;
+/// Largest single write (spans are about 4 MiB; the rest of a span goes in one more call).
+pub const WRITE_MAX: usize = 8 << 20;
+/// Zeros kept for small holes.
+const ZEROS: usize = 1 << 20;
 /// Holes at least this long are zeroed by the device rather than written.
 pub const BIG_HOLE: u64 = 1 << 20;
 
@@ -49,10 +56,11 @@ pub struct WriteStats {
 /// The writer for one target.
 pub struct OrderedWriter<'a> {
     dev: &'a mut TargetDev,
-    buf: AlignedBuf,
+    /// The aligned block holding `[pos rounded down, pos)` while `pos` is unaligned.
+    block: AlignedBuf,
+    zeros: AlignedBuf,
     scratch: Option<AlignedBuf>,
-    buf_start: u64,
-    buf_len: usize,
+    pos: u64,
     size: u64,
     /// The image's first MiB (or all of it, if smaller), kept in memory until the end.
     pub holdback: Vec<u8>,
@@ -62,15 +70,17 @@ pub struct OrderedWriter<'a> {
     pub stats: WriteStats,
 }
 
+const A: u64 = ALIGN as u64;
+
 impl<'a> OrderedWriter<'a> {
     /// A writer for an image of `size` bytes. `reuse`: compare before writing.
     pub fn new(dev: &'a mut TargetDev, size: u64, reuse: bool) -> Self {
         OrderedWriter {
             dev,
-            buf: AlignedBuf::new(WRITE_BUF),
-            scratch: reuse.then(|| AlignedBuf::new(WRITE_BUF)),
-            buf_start: 0,
-            buf_len: 0,
+            block: AlignedBuf::new(ALIGN),
+            zeros: AlignedBuf::new(ZEROS),
+            scratch: reuse.then(|| AlignedBuf::new(WRITE_MAX)),
+            pos: 0,
             size,
             holdback: vec![0u8; size.min(HOLDBACK) as usize],
             extents: Vec::new(),
@@ -80,7 +90,7 @@ impl<'a> OrderedWriter<'a> {
 
     /// Image offset up to which pieces have been taken.
     pub fn position(&self) -> u64 {
-        self.buf_start + self.buf_len as u64
+        self.pos
     }
 
     /// The target.
@@ -111,10 +121,7 @@ impl<'a> OrderedWriter<'a> {
     /// Takes the next piece. Pieces must be contiguous; a piece that starts before the
     /// position (a restarted stream) is trimmed, and one entirely before it skipped.
     pub fn push(&mut self, piece: &Piece) -> Result<(), ImagerError> {
-        let (offset, len) = match piece {
-            Piece::Data(c) => (c.offset(), c.len()),
-            Piece::Hole { offset, len } => (*offset, *len),
-        };
+        let (offset, len) = piece.range();
         let pos = self.position();
         if offset + len <= pos {
             return Ok(());
@@ -130,15 +137,17 @@ impl<'a> OrderedWriter<'a> {
         }
         let skip = pos - offset;
         match piece {
-            Piece::Data(c) => {
+            Piece::Data(span) => {
                 if skip != 0 {
                     return Err(ImagerError::BadImage {
                         path: self.dev.path().to_path_buf(),
-                        reason: format!("restart inside chunk at offset {offset}"),
+                        reason: format!("restart inside a span at offset {offset}"),
                     });
                 }
-                self.record(offset, len, Some(c.id()), false);
-                self.append(c.data())
+                for p in span.parts() {
+                    self.record(p.offset, p.len, p.id, false);
+                }
+                self.put(span.data())
             }
             Piece::Hole { .. } => {
                 let offloaded = self.hole(len - skip)?;
@@ -148,47 +157,90 @@ impl<'a> OrderedWriter<'a> {
         }
     }
 
-    fn append(&mut self, mut data: &[u8]) -> Result<(), ImagerError> {
-        while !data.is_empty() {
-            let room = self.buf.capacity() - self.buf_len;
-            let n = room.min(data.len());
-            self.buf.as_mut_slice()[self.buf_len..self.buf_len + n].copy_from_slice(&data[..n]);
-            self.buf_len += n;
+    /// Takes `data`, the bytes at the position, whose address is congruent to the position
+    /// modulo [`ALIGN`]: the held-back part is copied aside, a partial first block goes through
+    /// the one-block buffer, the aligned middle is written straight from `data`.
+    fn put(&mut self, mut data: &[u8]) -> Result<(), ImagerError> {
+        debug_assert_eq!(data.as_ptr() as u64 % A, self.pos % A, "congruent layout");
+        if self.pos < HOLDBACK && !data.is_empty() {
+            let n = ((self.holdback.len() as u64 - self.pos) as usize).min(data.len());
+            let p = self.pos as usize;
+            self.holdback[p..p + n].copy_from_slice(&data[..n]);
+            self.pos += n as u64;
             data = &data[n..];
-            if self.buf_len == self.buf.capacity() {
-                self.flush_buf()?;
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.pos % A != 0 {
+            let i = (self.pos % A) as usize;
+            let n = (ALIGN - i).min(data.len());
+            self.block.as_mut_slice()[i..i + n].copy_from_slice(&data[..n]);
+            self.pos += n as u64;
+            data = &data[n..];
+            if self.pos % A == 0 {
+                let mut blk = std::mem::replace(&mut self.block, AlignedBuf::new(0));
+                let r = self.write_out(blk.as_mut_slice(), self.pos - A);
+                self.block = blk;
+                r?;
             }
+        }
+        let middle = data.len() / ALIGN * ALIGN;
+        let mut done = 0;
+        while done < middle {
+            let n = (middle - done).min(WRITE_MAX);
+            self.write_out(&data[done..done + n], self.pos)?;
+            self.pos += n as u64;
+            done += n;
+        }
+        let rest = &data[middle..];
+        self.block.as_mut_slice()[..rest.len()].copy_from_slice(rest);
+        self.pos += rest.len() as u64;
+        Ok(())
+    }
+
+    /// Writes (or, reusing, first compares) aligned bytes at an aligned offset.
+    fn write_out(&mut self, data: &[u8], off: u64) -> Result<(), ImagerError> {
+        let same = match self.scratch.as_mut() {
+            Some(s) => {
+                let back = &mut s.as_mut_slice()[..data.len()];
+                self.dev.read_at(back, off).is_ok() && back == data
+            }
+            None => false,
+        };
+        if same {
+            self.stats.bytes_skipped += data.len() as u64;
+        } else {
+            self.dev.write_at(data, off)?;
+            self.stats.bytes_written += data.len() as u64;
         }
         Ok(())
     }
 
-    fn append_zeros(&mut self, mut len: u64) -> Result<(), ImagerError> {
-        while len > 0 {
-            let room = self.buf.capacity() - self.buf_len;
-            let n = (room as u64).min(len) as usize;
-            self.buf.as_mut_slice()[self.buf_len..self.buf_len + n].fill(0);
-            self.buf_len += n;
+    fn put_zeros(&mut self, mut len: u64) -> Result<(), ImagerError> {
+        let zeros = std::mem::replace(&mut self.zeros, AlignedBuf::new(0));
+        let mut r = Ok(());
+        while len > 0 && r.is_ok() {
+            let i = (self.pos % A) as usize;
+            let n = ((zeros.capacity() - i) as u64).min(len) as usize;
+            r = self.put(&zeros.as_slice()[i..i + n]);
             len -= n as u64;
-            if self.buf_len == self.buf.capacity() {
-                self.flush_buf()?;
-            }
         }
-        Ok(())
+        self.zeros = zeros;
+        r
     }
 
     /// Zeroes a hole; true when its aligned middle was zeroed by the device without transfer.
     fn hole(&mut self, len: u64) -> Result<bool, ImagerError> {
         let start = self.position();
         let end = start + len;
-        let a = ALIGN as u64;
-        let zstart = start.div_ceil(a) * a;
-        let zend = end / a * a;
+        let zstart = start.div_ceil(A) * A;
+        let zend = end / A * A;
         if len < BIG_HOLE || zend <= zstart {
-            self.append_zeros(len)?;
+            self.put_zeros(len)?;
             return Ok(false);
         }
-        self.append_zeros(zstart - start)?;
-        self.flush_buf()?;
+        self.put_zeros(zstart - start)?;
         // Inside the held-back first MiB the holdback buffer is already zero.
         let from = zstart.max(HOLDBACK);
         let mut offloaded = true;
@@ -196,53 +248,26 @@ impl<'a> OrderedWriter<'a> {
             offloaded = self.dev.zero_range(from, zend - from)?.offloaded();
             self.stats.bytes_zeroed += zend - from;
         }
-        self.buf_start = zend;
-        self.append_zeros(end - zend)?;
+        self.pos = zend;
+        self.put_zeros(end - zend)?;
         Ok(offloaded)
     }
 
-    /// Writes out the staging buffer.
-    fn flush_buf(&mut self) -> Result<(), ImagerError> {
-        let mut start = self.buf_start;
-        let end = start + self.buf_len as u64;
-        let mut from = 0usize;
-        if start < HOLDBACK && self.buf_len > 0 {
-            let hb_end = end.min(self.holdback.len() as u64);
-            let n = (hb_end - start) as usize;
-            self.holdback[start as usize..hb_end as usize]
-                .copy_from_slice(&self.buf.as_slice()[..n]);
-            from = n;
-            start = hb_end;
-        }
-        if end > start {
-            let data = &self.buf.as_slice()[from..self.buf_len];
-            let same = match self.scratch.as_mut() {
-                Some(s) => {
-                    let back = &mut s.as_mut_slice()[..data.len()];
-                    self.dev.read_at(back, start).is_ok() && back == data
-                }
-                None => false,
-            };
-            if same {
-                self.stats.bytes_skipped += end - start;
-            } else {
-                self.dev.write_at(data, start)?;
-                self.stats.bytes_written += end - start;
-            }
-        }
-        self.buf_start = end;
-        self.buf_len = 0;
-        Ok(())
-    }
-
-    /// Writes whatever is still buffered. The image must have been taken completely.
+    /// Writes the image's last partial block. The image must have been taken completely.
     pub fn finish(&mut self) -> Result<(), ImagerError> {
-        self.flush_buf()?;
         if self.position() != self.size {
             return Err(ImagerError::BadImage {
                 path: self.dev.path().to_path_buf(),
                 reason: format!("stream ended at {} of {} bytes", self.position(), self.size),
             });
+        }
+        let tail = (self.pos % A) as usize;
+        if tail != 0 && self.pos > HOLDBACK {
+            // Unaligned length: the target writes it through the page cache.
+            let blk = std::mem::replace(&mut self.block, AlignedBuf::new(0));
+            let r = self.write_out(&blk.as_slice()[..tail], self.pos - tail as u64);
+            self.block = blk;
+            r?;
         }
         Ok(())
     }
@@ -251,10 +276,9 @@ impl<'a> OrderedWriter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image_store::VerifiedChunk;
 
     fn data(offset: u64, len: usize, v: u8) -> Piece {
-        Piece::Data(VerifiedChunk::from_trusted_source(offset, vec![v; len]))
+        crate::span::trusted_piece(offset, &vec![v; len])
     }
 
     fn target(len: usize) -> (tempfile::TempDir, std::path::PathBuf) {

@@ -1,0 +1,279 @@
+//! Verified spans: runs of consecutive image bytes (several chunks, small holes as zeros) that
+//! passed their hash checks, held in a page-aligned buffer laid out so that image offset `o`
+//! sits at an address congruent to `o` modulo [`ALIGN`]. Writers can then hand the aligned
+//! middle of a span straight to O_DIRECT without copying it; only the few bytes at each end go
+//! through a one-block staging buffer.
+//!
+//! Like `image_store::VerifiedChunk`, a [`Span`] can only be built from bytes that were checked:
+//! [`Span::from_chunks`] decompresses and verifies every chunk into place (an error drops the
+//! whole buffer, so nothing of a bad span can reach a writer), and [`Span::from_trusted`] hashes
+//! bytes from a one-off image file that has no expected hashes.
+//!
+//! Buffers come from a small process-wide pool: allocating and faulting in a fresh 4 MiB buffer
+//! per span costs more than decoding it.
+
+use std::sync::Mutex;
+
+use image_store::{ChunkId, Extent, Store, StoreError};
+
+use crate::buffer::{ALIGN, AlignedBuf};
+use crate::writer::WrittenExtent;
+
+/// Image bytes per span (a span may exceed it by one chunk when a single chunk is larger).
+pub const SPAN_BYTES: usize = 4 << 20;
+/// Capacity of pooled buffers: a span plus its lead-in for alignment.
+const POOLED: usize = SPAN_BYTES + ALIGN;
+/// Free buffers the pool keeps.
+const POOL_KEEP: usize = 24;
+
+static POOL: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
+
+/// An aligned buffer of at least `cap` bytes, from the pool when it fits. Contents are
+/// arbitrary (recycled): callers overwrite every byte they use.
+pub fn take_buf(cap: usize) -> AlignedBuf {
+    if cap <= POOLED {
+        if let Some(b) = POOL.lock().expect("span pool").pop() {
+            return b;
+        }
+        return AlignedBuf::new(POOLED);
+    }
+    AlignedBuf::new(cap)
+}
+
+/// Gives a buffer back to the pool (dropped when the pool is full or it is not pool-sized).
+pub fn give_buf(b: AlignedBuf) {
+    if b.capacity() == POOLED.div_ceil(ALIGN) * ALIGN {
+        let mut p = POOL.lock().expect("span pool");
+        if p.len() < POOL_KEEP {
+            p.push(b);
+        }
+    }
+}
+
+/// Frees the pooled buffers (at the end of a job, so an idle agent holds no memory).
+pub fn trim_pool() {
+    POOL.lock().expect("span pool").clear();
+}
+
+/// Verified image bytes `[offset, offset+len)`.
+pub struct Span {
+    offset: u64,
+    len: usize,
+    lead: usize,
+    buf: Option<AlignedBuf>,
+    parts: Vec<WrittenExtent>,
+}
+
+impl std::fmt::Debug for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Span({}+{}, {} parts)",
+            self.offset,
+            self.len,
+            self.parts.len()
+        )
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            give_buf(b);
+        }
+    }
+}
+
+/// A buffer laid out for image offset `offset` and `len` bytes; returns it and the lead-in.
+pub fn buf_for(offset: u64, len: usize) -> (AlignedBuf, usize) {
+    let lead = (offset % ALIGN as u64) as usize;
+    (take_buf(lead + len), lead)
+}
+
+impl Span {
+    /// Reads, decompresses and verifies consecutive `extents` (chunks, and holes written as
+    /// zeros) of `store` into one span, with the caller's reused zstd context.
+    pub fn from_chunks(
+        store: &Store,
+        extents: &[Extent],
+        dctx: &mut zstd::bulk::Decompressor<'_>,
+    ) -> Result<Span, StoreError> {
+        let offset = extents.first().map(|e| e.offset()).unwrap_or(0);
+        let len: u64 = extents.iter().map(|e| e.len()).sum();
+        let (mut buf, lead) = buf_for(offset, len as usize);
+        let mut parts = Vec::with_capacity(extents.len());
+        let r = (|| {
+            for e in extents {
+                let at = lead + (e.offset() - offset) as usize;
+                let out = &mut buf.as_mut_slice()[at..at + e.len() as usize];
+                match *e {
+                    Extent::Hole { offset, len } => {
+                        out.fill(0);
+                        parts.push(WrittenExtent {
+                            offset,
+                            len,
+                            id: None,
+                            offloaded: false,
+                        });
+                    }
+                    Extent::Chunk { offset, len, id } => {
+                        store
+                            .read_compressed(id, offset, len)?
+                            .decompress_verify_into(dctx, out)?;
+                        parts.push(WrittenExtent {
+                            offset,
+                            len,
+                            id: Some(id),
+                            offloaded: false,
+                        });
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            give_buf(buf); // holds unverified bytes: back to the pool, never to a writer
+            return Err(e);
+        }
+        Ok(Span {
+            offset,
+            len: len as usize,
+            lead,
+            buf: Some(buf),
+            parts,
+        })
+    }
+
+    /// Bytes from a source without expected hashes, already laid out by [`buf_for`]: hashed
+    /// here so read-back proves what reached the target.
+    pub fn from_trusted(offset: u64, buf: AlignedBuf, lead: usize, len: usize) -> Span {
+        let id = ChunkId::of(&buf.as_slice()[lead..lead + len]);
+        Span {
+            offset,
+            len,
+            lead,
+            buf: Some(buf),
+            parts: vec![WrittenExtent {
+                offset,
+                len: len as u64,
+                id: Some(id),
+                offloaded: false,
+            }],
+        }
+    }
+
+    /// Image offset of the first byte.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len as u64
+    }
+    /// True for an empty span.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The bytes; `data()[i]` is image byte `offset + i` and its address is congruent to that
+    /// offset modulo [`ALIGN`].
+    pub fn data(&self) -> &[u8] {
+        let b = self.buf.as_ref().expect("span buffer");
+        &b.as_slice()[self.lead..self.lead + self.len]
+    }
+    /// What read-back must find: one extent per chunk (or zero run) with its hash.
+    pub fn parts(&self) -> &[WrittenExtent] {
+        &self.parts
+    }
+}
+
+/// Groups a manifest's extents into span jobs: runs of chunks and holes shorter than
+/// `big_hole` up to [`SPAN_BYTES`]; big holes stand alone (the writer zeroes them by device).
+pub fn group_extents(extents: &[Extent], big_hole: u64) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, e) in extents.iter().enumerate() {
+        let big = matches!(e, Extent::Hole { len, .. } if *len >= big_hole);
+        if big || (i > start && bytes + e.len() > SPAN_BYTES as u64) {
+            if i > start {
+                out.push(start..i);
+            }
+            start = i;
+            bytes = 0;
+        }
+        if big {
+            out.push(i..i + 1);
+            start = i + 1;
+            continue;
+        }
+        bytes += e.len();
+    }
+    if start < extents.len() {
+        out.push(start..extents.len());
+    }
+    out
+}
+
+/// A data piece of trusted bytes (tests of the later stages).
+#[cfg(test)]
+pub(crate) fn trusted_piece(offset: u64, data: &[u8]) -> crate::decode::Piece {
+    let (mut buf, lead) = buf_for(offset, data.len());
+    buf.as_mut_slice()[lead..lead + data.len()].copy_from_slice(data);
+    crate::decode::Piece::Data(Span::from_trusted(offset, buf, lead, data.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_span_is_congruent_and_hashed() {
+        let off = 4096 * 3 + 100;
+        let (mut buf, lead) = buf_for(off, 5000);
+        buf.as_mut_slice()[lead..lead + 5000].fill(7);
+        let s = Span::from_trusted(off, buf, lead, 5000);
+        assert_eq!(
+            s.data().as_ptr() as usize % ALIGN,
+            (off % ALIGN as u64) as usize
+        );
+        assert_eq!(s.parts()[0].id, Some(ChunkId::of(&[7u8; 5000])));
+        assert_eq!(s.len(), 5000);
+    }
+
+    #[test]
+    fn grouping_keeps_big_holes_alone_and_bounds_spans() {
+        let mut ex = Vec::new();
+        let mut at = 0;
+        let mut push = |chunk: bool, len: u64, ex: &mut Vec<Extent>| {
+            ex.push(if chunk {
+                Extent::Chunk {
+                    offset: at,
+                    len,
+                    id: ChunkId([0; 32]),
+                }
+            } else {
+                Extent::Hole { offset: at, len }
+            });
+            at += len;
+        };
+        for _ in 0..100 {
+            push(true, 100_000, &mut ex);
+        }
+        push(false, 20_000, &mut ex); // small hole: inside a span
+        push(true, 100_000, &mut ex);
+        push(false, 5 << 20, &mut ex); // big hole: alone
+        push(true, 100_000, &mut ex);
+        let g = group_extents(&ex, 1 << 20);
+        let covered: usize = g.iter().map(|r| r.len()).sum();
+        assert_eq!(covered, ex.len());
+        assert!(g.windows(2).all(|w| w[0].end == w[1].start));
+        for r in &g {
+            let bytes: u64 = ex[r.clone()].iter().map(|e| e.len()).sum();
+            assert!(bytes <= SPAN_BYTES as u64 || r.len() == 1);
+        }
+        assert!(
+            g.iter()
+                .any(|r| r.len() == 1 && ex[r.start].len() == 5 << 20)
+        );
+    }
+}
