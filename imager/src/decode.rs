@@ -4,9 +4,9 @@
 //! Shape: `job thread -> bounded work queue -> N workers -> result queue -> orderer thread ->
 //! bounded output`. Store jobs are spans of about 4 MiB (dozens of chunks): the workers read the
 //! chunk files themselves, so file opens and reads run in parallel, and each job costs a few
-//! channel hops instead of a few per chunk. Memory stays bounded by a token pool: the reader takes a token before it
-//! dispatches a job and the orderer gives it back once that job's pieces left in order, so at most
-//! `depth` jobs exist at once, however slow one worker is.
+//! channel hops instead of a few per chunk. Memory stays bounded by a token pool: the job thread
+//! takes a token before it dispatches a job and the orderer gives it back once that job's pieces
+//! left in order, so at most `depth` jobs exist at once, however slow one worker is.
 //!
 //! A job that fails (a corrupt chunk) is emitted as an `Err` at its place in the order and ends
 //! the stream: the pieces before it are delivered, nothing of it or after it is.

@@ -4,9 +4,16 @@
 //!
 //! The first MiB is not on the target yet (it is written last); its bytes are taken from the
 //! held-back buffer, which holds verified chunk data, so extents crossing 1 MiB still hash whole.
-//! Holes the device zeroed itself (BLKZEROOUT / punched) are sampled rather than read in full
-//! unless asked: the kernel already guarantees them, and reading gigabytes of zeros would double
-//! the time on a slow disk. Each sample is a 64 KiB block at both ends and every 64 MiB.
+//! Holes the device zeroed without any data transfer (WRITE ZEROES with unmap, a loop device's
+//! discard, a punched file: [`crate::target::ZeroMethod::offloaded`]) are sampled rather than
+//! read in full unless asked: the command's contract guarantees zeros, nothing travelled that
+//! could be damaged on the way, and reading gigabytes of zeros would double the time on a slow
+//! disk. Each sample is a 64 KiB block at both ends and every 64 MiB. Zeros that were written
+//! (small holes, zeros inside spans, BLKZEROOUT emulated by the kernel, our own zero writes) are
+//! read back completely, like data.
+//!
+//! A read-ahead thread reads the planned ranges (8 MiB O_DIRECT reads, three buffers in flight)
+//! while this thread hashes, so the disk never waits for BLAKE3.
 
 use crate::buffer::{AlignedBuf, is_zero};
 use crate::error::ImagerError;
@@ -31,63 +38,101 @@ pub struct VerifyOutcome {
     pub mismatches: Vec<u64>,
 }
 
-/// Sequential reader with a large aligned window.
-struct Window<'a> {
-    dev: &'a mut TargetDev,
-    holdback: &'a [u8],
-    buf: AlignedBuf,
-    start: u64,
-    len: usize,
-    limit: u64,
-    read: u64,
+/// One block read back: target offset, buffer, valid bytes.
+type Block = (u64, AlignedBuf, usize);
+
+/// The ranges of `ext` that read-back looks at (ascending, disjoint).
+fn ranges_of(ext: &WrittenExtent, full_holes: bool) -> Vec<(u64, u64)> {
+    let end = ext.offset + ext.len;
+    let sample =
+        ext.id.is_none() && ext.offloaded && !full_holes && ext.len >= BIG_HOLE && end > HOLDBACK;
+    if !sample {
+        return vec![(ext.offset, end)];
+    }
+    let mut v = Vec::new();
+    let mut at = ext.offset;
+    while at < end {
+        v.push((at, (at + SAMPLE_LEN).min(end)));
+        at += SAMPLE_EVERY;
+    }
+    let last = v.last().map(|r| r.1).unwrap_or(ext.offset);
+    let tail = end.saturating_sub(SAMPLE_LEN).max(last);
+    if tail < end {
+        v.push((tail, end));
+    }
+    v
 }
 
-impl Window<'_> {
-    /// Calls `f` on the bytes of `[off, off+len)` in pieces, in order.
-    fn visit(
-        &mut self,
-        mut off: u64,
-        len: u64,
-        readahead: bool,
-        f: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), ImagerError> {
-        let end = off + len;
-        while off < end {
-            if off < self.holdback.len() as u64 {
-                let e = end.min(self.holdback.len() as u64);
-                f(&self.holdback[off as usize..e as usize]);
-                off = e;
+/// What to read from the target: every looked-at range at or past `from` (below it the bytes
+/// come from the held-back buffer), widened to 4 KiB for O_DIRECT and merged.
+fn read_plan(ranges: &[Vec<(u64, u64)>], from: u64, limit: u64) -> Vec<(u64, u64)> {
+    let a = crate::buffer::ALIGN as u64;
+    let mut plan: Vec<(u64, u64)> = Vec::new();
+    for &(s, e) in ranges.iter().flatten() {
+        let s = s.max(from);
+        if s >= e {
+            continue;
+        }
+        let (s, e) = (s / a * a, e.div_ceil(a).saturating_mul(a).min(limit));
+        match plan.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => plan.push((s, e)),
+        }
+    }
+    plan
+}
+
+/// The consumer's side of the read-ahead: blocks arrive in order, buffers go back for reuse.
+struct Blocks<'a> {
+    rx: crossbeam_channel::Receiver<Result<Block, ImagerError>>,
+    back: crossbeam_channel::Sender<AlignedBuf>,
+    cur: Option<Block>,
+    holdback: &'a [u8],
+    path: &'a std::path::Path,
+}
+
+impl Blocks<'_> {
+    /// Calls `f` on the bytes of `[a, b)` in pieces, in order; `a` never goes backwards.
+    fn visit(&mut self, mut a: u64, b: u64, f: &mut dyn FnMut(&[u8])) -> Result<(), ImagerError> {
+        while a < b {
+            if a < self.holdback.len() as u64 {
+                let e = b.min(self.holdback.len() as u64);
+                f(&self.holdback[a as usize..e as usize]);
+                a = e;
                 continue;
             }
-            if !(self.start <= off && off < self.start + self.len as u64) {
-                let a = crate::buffer::ALIGN as u64;
-                self.start = off / a * a;
-                let need = if readahead {
-                    u64::MAX
-                } else {
-                    end - self.start
-                };
-                let want = (self.buf.capacity() as u64)
-                    .min(need)
-                    .min(self.limit - self.start);
-                let want_al = want.div_ceil(a) * a;
-                let start = self.start;
-                let direct_ok = start + want_al <= self.limit;
-                let n = if direct_ok { want_al } else { want } as usize;
-                self.dev.read_at(&mut self.buf.as_mut_slice()[..n], start)?;
-                self.len = want as usize;
-                self.read += want;
+            while !matches!(&self.cur, Some((s, _, n)) if a < s + *n as u64) {
+                if let Some((_, buf, _)) = self.cur.take() {
+                    let _ = self.back.send(buf);
+                }
+                match self.rx.recv() {
+                    Ok(Ok(blk)) => self.cur = Some(blk),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(ImagerError::Target {
+                            action: "reading back",
+                            path: self.path.to_path_buf(),
+                            offset: a,
+                            source: std::io::Error::other("read-ahead ended early"),
+                        });
+                    }
+                }
             }
-            let i = (off - self.start) as usize;
-            let e = (end - self.start).min(self.len as u64) as usize;
-            f(&self.buf.as_slice()[i..e]);
-            off = self.start + e as u64;
+            let (s, buf, n) = self.cur.as_ref().expect("block just loaded");
+            let i = (a - s) as usize;
+            let e = ((b - s) as usize).min(*n);
+            f(&buf.as_slice()[i..e]);
+            a = s + e as u64;
         }
         Ok(())
     }
 }
 
+/// Buffers in flight between the read-ahead thread and the hashing.
+const READ_AHEAD: usize = 3;
+
 /// Reads `extents` back from `dev` and compares. `full_holes`: read large holes completely.
+/// A read-ahead thread keeps the device busy while this thread hashes.
 pub fn verify_extents(
     dev: &mut TargetDev,
     extents: &[WrittenExtent],
@@ -96,51 +141,68 @@ pub fn verify_extents(
     full_holes: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyOutcome, ImagerError> {
-    let mut out = VerifyOutcome::default();
-    let mut w = Window {
-        dev,
-        holdback,
-        buf: AlignedBuf::new(READ_BUF),
-        start: 0,
-        len: 0,
-        limit: image_size,
-        read: 0,
+    let ranges: Vec<Vec<(u64, u64)>> = extents.iter().map(|e| ranges_of(e, full_holes)).collect();
+    let plan = read_plan(&ranges, holdback.len() as u64, image_size);
+    let path = dev.path().to_path_buf();
+    let mut out = VerifyOutcome {
+        bytes_verified: plan.iter().map(|r| r.1 - r.0).sum(),
+        ..Default::default()
     };
-    for ext in extents {
-        let ok = match ext.id {
-            Some(id) => {
-                let mut h = blake3::Hasher::new();
-                w.visit(ext.offset, ext.len, true, &mut |b| {
-                    h.update(b);
-                })?;
-                h.finalize().as_bytes() == &id.0
-            }
-            None => {
-                let mut zero = true;
-                let mut check = |b: &[u8]| zero &= is_zero(b);
-                let big = ext.len >= BIG_HOLE && ext.offset + ext.len > HOLDBACK;
-                if full_holes || !big || !ext.offloaded {
-                    w.visit(ext.offset, ext.len, true, &mut check)?;
-                } else {
-                    let end = ext.offset + ext.len;
-                    let mut at = ext.offset;
-                    while at < end {
-                        w.visit(at, SAMPLE_LEN.min(end - at), false, &mut check)?;
-                        at += SAMPLE_EVERY;
-                    }
-                    let tail = end.saturating_sub(SAMPLE_LEN).max(ext.offset);
-                    w.visit(tail, end - tail, false, &mut check)?;
-                }
-                zero
-            }
-        };
-        if !ok && out.mismatches.len() < MAX_MISMATCHES {
-            out.mismatches.push(ext.offset);
-        }
-        progress(ext.offset + ext.len);
+    let (tx, rx) = crossbeam_channel::bounded::<Result<Block, ImagerError>>(READ_AHEAD - 1);
+    let (back, bufs) = crossbeam_channel::bounded::<AlignedBuf>(READ_AHEAD);
+    for _ in 0..READ_AHEAD {
+        back.send(AlignedBuf::new(READ_BUF))
+            .expect("room for buffers");
     }
-    out.bytes_verified = w.read;
-    Ok(out)
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for (start, end) in plan {
+                let mut at = start;
+                while at < end {
+                    let Ok(mut buf) = bufs.recv() else { return };
+                    let n = (end - at).min(READ_BUF as u64) as usize;
+                    let r = dev.read_at(&mut buf.as_mut_slice()[..n], at);
+                    let failed = r.is_err();
+                    if tx.send(r.map(|()| (at, buf, n))).is_err() || failed {
+                        return;
+                    }
+                    at += n as u64;
+                }
+            }
+        });
+        let mut blocks = Blocks {
+            rx,
+            back,
+            cur: None,
+            holdback,
+            path: &path,
+        };
+        for (ext, ranges) in extents.iter().zip(&ranges) {
+            let ok = match ext.id {
+                Some(id) => {
+                    let mut h = blake3::Hasher::new();
+                    for &(a, b) in ranges {
+                        blocks.visit(a, b, &mut |d| {
+                            h.update(d);
+                        })?;
+                    }
+                    h.finalize().as_bytes() == &id.0
+                }
+                None => {
+                    let mut zero = true;
+                    for &(a, b) in ranges {
+                        blocks.visit(a, b, &mut |d| zero &= is_zero(d))?;
+                    }
+                    zero
+                }
+            };
+            if !ok && out.mismatches.len() < MAX_MISMATCHES {
+                out.mismatches.push(ext.offset);
+            }
+            progress(ext.offset + ext.len);
+        }
+        Ok(out)
+    })
 }
 
 /// Reads `[off, off+expected.len())` back and returns the offsets (in 4 KiB steps) that differ.
@@ -168,6 +230,7 @@ pub fn verify_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::Piece;
     use crate::span::trusted_piece;
     use crate::writer::OrderedWriter;
     use std::os::unix::fs::FileExt;
@@ -178,7 +241,7 @@ mod tests {
         let mut w = OrderedWriter::new(&mut dev, size, false);
         let a: Vec<u8> = (0..3_000_001u32).map(|i| (i % 241) as u8).collect();
         w.push(&trusted_piece(0, &a)).unwrap();
-        w.push(&crate::decode::Piece::Hole {
+        w.push(&Piece::Hole {
             offset: 3_000_001,
             len: 20_000_000,
         })
