@@ -296,6 +296,12 @@ fn job_steps(
                 rep.split_off = true;
                 continue;
             }
+            Err(_) if opts.cancel.load(Ordering::Relaxed) => {
+                // The distributor stopped handing out pieces because of the cancel.
+                return Err(ImagerError::Cancelled {
+                    offset: w.position(),
+                });
+            }
             Err(_) => break,
         };
         if opts.cancel.load(Ordering::Relaxed) {

@@ -482,3 +482,56 @@ fn reuse_skips_what_the_disk_already_holds() {
     let (_, v) = run("sgdisk", &["-v", dev.path().to_str().unwrap()]);
     assert!(v.contains("No problems found"), "{v}");
 }
+
+/// Cancelling mid-write: the store pipeline is held inside the image (a chunk file replaced by
+/// a FIFO blocks the worker reading it), the cancel flag is set, then the chunk is let through.
+/// The job must stop with "cancelled" and reset the partition table that an earlier write left
+/// on the target. A file target: no root needed.
+#[test]
+fn cancel_mid_write_resets_the_partition_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, image, _) = stored_image(dir.path());
+    // The target holds a good GPT disk from an earlier job.
+    let target = dir.path().join("target");
+    std::fs::copy(gpt_image(dir.path()), &target).unwrap();
+    assert_eq!(&std::fs::read(&target).unwrap()[512..520], b"EFI PART");
+    let held = chunk_id(&image, 4);
+    let path = store.chunk_path(held);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let (ok, out) = run("mkfifo", &[path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+
+    let opts = WriteOptions::default();
+    let cancel = opts.cancel.clone();
+    let src = ImageSource::Stored {
+        store: store.clone(),
+        image: image.clone(),
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let r = std::thread::scope(|s| {
+        let job = s.spawn(|| write_image(&src, &[target.clone()], &opts, Some(tx)));
+        // Wait until the target is writing; the stream cannot pass chunk 4 yet.
+        while rx.recv().unwrap().phase != imager::Phase::Writing {}
+        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::fs::write(&path, &bytes).unwrap(); // opens the FIFO: the worker reads on
+        job.join().unwrap()
+    });
+    std::fs::remove_file(&path).unwrap();
+    match &r[0].result {
+        TargetResult::Failed {
+            error, table_reset, ..
+        } => {
+            assert!(error.contains("cancelled"), "{error}");
+            assert!(*table_reset);
+        }
+        other => panic!("{other:?}"),
+    }
+    let all = std::fs::read(&target).unwrap();
+    assert!(
+        all[..34 * 512].iter().all(|&b| b == 0),
+        "primary GPT zeroed"
+    );
+    let (_, v) = run("sgdisk", &["-v", target.to_str().unwrap()]);
+    assert!(v.contains("Creating new GPT entries"), "no GPT left: {v}");
+}
