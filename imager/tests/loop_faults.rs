@@ -510,7 +510,7 @@ fn cancel_mid_write_resets_the_partition_table() {
     };
     let (tx, rx) = crossbeam_channel::unbounded();
     let r = std::thread::scope(|s| {
-        let job = s.spawn(|| write_image(&src, &[target.clone()], &opts, Some(tx)));
+        let job = s.spawn(|| write_image(&src, std::slice::from_ref(&target), &opts, Some(tx)));
         // Wait until the target is writing; the stream cannot pass chunk 4 yet.
         while rx.recv().unwrap().phase != imager::Phase::Writing {}
         cancel.store(true, std::sync::atomic::Ordering::SeqCst);
