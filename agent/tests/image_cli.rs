@@ -186,6 +186,8 @@ fn image_lifecycle() {
     std::fs::write(&mp, text.replacen('{', "{{", 1)).unwrap();
     let e = t.fails(&["image", "show", "os@1"]);
     assert!(e.contains("line 1, column"), "{e}");
+    let out = t.ok(&["image", "list"]);
+    assert!(out.contains("os@1") && out.contains("ERROR"), "{out}");
     std::fs::write(&mp, text).unwrap();
 
     let stats: serde_json::Value =

@@ -389,9 +389,17 @@ fn list(depot: &Depot, json: bool) -> Result<()> {
     let store = open_store(depot)?;
     let mut rows = Vec::new();
     for r in store.list().context("listing images")? {
-        let li = store
-            .load(&r, depot.trusted_keys())
-            .with_context(|| format!("loading {r}"))?;
+        // One unreadable manifest must not hide the others: show it as an error row.
+        let li = match store.load(&r, depot.trusted_keys()) {
+            Ok(li) => li,
+            Err(e) => {
+                if !json {
+                    println!("{:<40} ERROR: {e}", r.to_string());
+                }
+                rows.push(serde_json::json!({ "image": r.to_string(), "error": e.to_string() }));
+                continue;
+            }
+        };
         rows.push(serde_json::json!({
             "image": r.to_string(),
             "size": li.manifest.size,
