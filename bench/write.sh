@@ -34,11 +34,20 @@ for img in "$V1" "$DENSE"; do
 done
 
 # --- scratch tmpfs and loop targets ----------------------------------------------------------------
+# One tmpfs, size-bounded, holds every target file. Holes are zeroed by discard (the loop
+# device punches its backing file), so targets stay sparse: 4 x v1 need ~4 x its data bytes.
+TMPFS_GB=${TMPFS_GB:-10}
+avail_gb=$(( $(awk '/MemAvailable/ {print $2}' /proc/meminfo) / 1048576 ))
+if [ "$avail_gb" -lt $((TMPFS_GB + 2)) ]; then
+  echo "write.sh: only ${avail_gb} GiB of memory available; need $((TMPFS_GB + 2)) (TMPFS_GB=$TMPFS_GB + 2)" >&2
+  exit 2
+fi
 W=$(mktemp -d /tmp/tek-bench-write.XXXXXX)
-mount -t tmpfs -o size=14g tmpfs "$W"
+mount -t tmpfs -o "size=${TMPFS_GB}g" tmpfs "$W"
 LOOPS=()
 cleanup() {
   for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  rm -f "$W"/t* "$W"/out.log
   umount "$W" 2>/dev/null || true
   rmdir "$W" 2>/dev/null || true
 }
@@ -64,8 +73,7 @@ timed() {
   printf '  %-34s %8.2f s\n' "$name" "${T[$name]}"
 }
 ratio() { echo "scale=2; ${T[$1]} / ${T[$2]}" | bc; }
-# Reports go to $CACHE: the tmpfs may fill up (BLKZEROOUT on a tmpfs-backed loop is emulated by
-# writing zero pages, which allocates tmpfs memory).
+# Reports go to $CACHE, outside the scratch tmpfs.
 tekw() { "$TEK" write "$@" --yes --allow-unsigned --report "$CACHE/report.json"; }
 data_bytes() { du --block-size=1 "$1" | cut -f1; }
 # floor DEV BYTES: dd writing and then reading BYTES with O_DIRECT
@@ -87,17 +95,13 @@ for img in "$V1" "$DENSE"; do
   timed "$b dd bs=4M oflag=direct" dd if="$img" of="$d" bs=4M oflag=direct status=none
   timed "$b zstdcat | dd" bash -c "zstdcat '$CACHE/$b.img.zst' | dd of=$d bs=4M iflag=fullblock oflag=direct status=none"
   timed "$b raw floor (dd w+r data)" floor "$d" "$data"
-  # 4 targets of the 4 GiB sparse image would need 16 GiB of tmpfs (see tekw): dense only.
-  if [ "$size" -le $((2 << 30)) ]; then
-    make_targets 4 "$size"
-    timed "$b tek write (store) x4" tekw "$b@1" "${LOOPS[@]}"
-  else
-    T["$b tek write (store) x4"]=0
-  fi
+  make_targets 4 "$size"
+  timed "$b tek write (store) x4" tekw "$b@1" "${LOOPS[@]}"
   echo "   ratios: tek/bmaptool $(ratio "$b tek write (store)" "$b bmaptool copy")" \
        " tek/dd $(ratio "$b tek write (store)" "$b dd bs=4M oflag=direct")" \
        " tek/floor $(ratio "$b tek write (store)" "$b raw floor (dd w+r data)")" \
        " x4/x1 $(ratio "$b tek write (store) x4" "$b tek write (store)")"
+  echo "   throughput vs dd write+read (floor/tek): $(ratio "$b raw floor (dd w+r data)" "$b tek write (store)")x"
 done
 
 [ "${SKIP_THROTTLED:-0}" = 1 ] && exit 0
@@ -108,9 +112,7 @@ lim() { local r=$1; shift; for d in "$@"; do printf '%s:%s ' "$d" "$r"; done; }
 timed "$b throttled raw floor" "$THROTTLE" $(lim "$FAST" "${LOOPS[0]}") -- bash -c "$(declare -f floor); floor ${LOOPS[0]} $data"
 timed "$b throttled tek x1" "$THROTTLE" $(lim "$FAST" "${LOOPS[0]}") -- "$TEK" write "$b@1" "${LOOPS[0]}" --yes --allow-unsigned
 echo "   ratios: tek/floor $(ratio "$b throttled tek x1" "$b throttled raw floor")"
-b=$(basename "$DENSE" .img); size=$(stat -c %s "$DENSE")
 make_targets 4 "$size"
-timed "$b throttled tek x1" "$THROTTLE" $(lim "$FAST" "${LOOPS[0]}") -- "$TEK" write "$b@1" "${LOOPS[0]}" --yes --allow-unsigned
 timed "$b throttled tek x4" "$THROTTLE" $(lim "$FAST" "${LOOPS[@]}") -- "$TEK" write "$b@1" "${LOOPS[@]}" --yes --allow-unsigned
 echo "   aggregate x4 vs x1: $(echo "scale=2; 4 * ${T[$b throttled tek x1]} / ${T[$b throttled tek x4]}" | bc)x"
 
@@ -126,3 +128,14 @@ for r in json.load(open(sys.argv[1])):
     print(f"   {r['path']}: {r['result']['status']} total {r['durations']['total_secs']:.2f}s "
           f"(write {r['durations']['write_secs']:.2f}s) split_off={r['split_off']}")
 PY
+# the fast targets' own finishing time (their reports), the slow one being the last
+FASTMAX=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%.2f" % max(x["durations"]["total_secs"] for x in r[:3]))' "$CACHE/slow.json")
+
+echo "== summary =="
+v=$(basename "$V1" .img); d=$(basename "$DENSE" .img)
+printf '  %-52s %s\n' \
+  "CPU-bound $v tek/bmaptool (target <= 0.5)" "$(ratio "$v tek write (store)" "$v bmaptool copy")" \
+  "CPU-bound $d throughput vs dd w+r (target >= 0.8)" "$(ratio "$d raw floor (dd w+r data)" "$d tek write (store)")" \
+  "disk-bound $v tek/floor (target <= 1.3)" "$(ratio "$v throttled tek x1" "$v throttled raw floor")" \
+  "disk-bound $v x4 aggregate vs x1 (target >= 3)" "$(echo "scale=2; 4 * ${T[$v throttled tek x1]} / ${T[$v throttled tek x4]}" | bc)" \
+  "disk-bound $d fast targets beside a slow one vs alone (s)" "$FASTMAX vs ${T[$d throttled fast x3 alone]} (whole job ${T[$d throttled 3 fast + 1 slow]})"
