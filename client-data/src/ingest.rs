@@ -3,17 +3,19 @@
 //! Two streams are written side by side, each under its own subkey of a fresh dataset key:
 //! `data.enc` (file contents, concatenated in manifest order) and `manifest.enc` (one record per
 //! entry, see `manifest`). Nothing plaintext touches the disk; memory is a few buffers whatever the
-//! number or size of files. The work happens in `<id>.partial/`, renamed into place only when
+//! number or size of files. File contents are read (and hashed) on the calling thread straight into
+//! the batches of a [`SealPipe`], whose thread encrypts them (in parallel), MACs and writes them. The work happens in `<id>.partial/`, renamed into place only when
 //! both streams and the metadata are fsync'd; any failure (a hostile archive, a full disk) removes
 //! the partial dataset and destroys its key.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::audit::AuditEvent;
+use crate::batch::SealPipe;
 use crate::custody::Custody;
 use crate::dataset::{DatasetId, DatasetInfo, DatasetState, Meta, check_ident, rfc3339};
 use crate::error::{DataError, io};
@@ -29,7 +31,7 @@ type Enc = EncryptWriter<MacWriter<File>>;
 
 /// Receives entries and writes both encrypted streams.
 struct Sink {
-    data: Enc,
+    data: SealPipe,
     manifest: Enc,
     data_path: PathBuf,
     manifest_path: PathBuf,
@@ -37,7 +39,6 @@ struct Sink {
     guard: SymlinkGuard,
     entries: u64,
     bytes: u64,
-    buf: Vec<u8>,
 }
 
 impl Sink {
@@ -57,8 +58,17 @@ impl Sink {
             let mut hasher = blake3::Hasher::new();
             let mut left = e.size;
             while left > 0 {
-                let want = left.min(self.buf.len() as u64) as usize;
-                let n = match content.read(&mut self.buf[..want]) {
+                // Read straight into the encryption pipeline's batch (no extra copy).
+                let room = self
+                    .data
+                    .room()
+                    .map_err(io("writing ciphertext", &self.data_path))?;
+                let want = left.min(room.len() as u64) as usize;
+                let got = content.read(&mut room[..want]);
+                if let Ok(n) = got {
+                    hasher.update(&room[..n]);
+                }
+                let n = match got {
                     Ok(0) => {
                         return Err(self.bad(format!(
                             "truncated: expected {} content bytes, got {}",
@@ -70,10 +80,7 @@ impl Sink {
                     Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(err) => return Err(self.bad(format!("reading content: {err}"))),
                 };
-                hasher.update(&self.buf[..n]);
-                self.data
-                    .write_all(&self.buf[..n])
-                    .map_err(io("writing ciphertext", &self.data_path))?;
+                self.data.fill(n);
                 left -= n as u64;
             }
             e.blake3 = *hasher.finalize().as_bytes();
@@ -88,14 +95,17 @@ impl Sink {
     }
 }
 
-fn new_stream(path: &Path, key: &Key, mac: &Key, kind: StreamKind) -> Result<Enc, DataError> {
-    let f = OpenOptions::new()
+fn create(path: &Path) -> Result<File, DataError> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(io("creating", path))?;
-    EncryptWriter::new(MacWriter::new(f, mac), key, kind).map_err(io("writing", path))
+        .map_err(io("creating", path))
+}
+
+fn new_stream(path: &Path, key: &Key, mac: &Key, kind: StreamKind) -> Result<Enc, DataError> {
+    EncryptWriter::new(MacWriter::new(create(path)?, mac), key, kind).map_err(io("writing", path))
 }
 
 fn finish_stream(w: Enc, path: &Path) -> Result<(String, u64), DataError> {
@@ -162,12 +172,13 @@ impl Custody {
         let data_path = partial.join("data.enc");
         let manifest_path = partial.join("manifest.enc");
         let mut sink = Sink {
-            data: new_stream(
-                &data_path,
+            data: SealPipe::start(
+                create(&data_path)?,
                 &key.derive(DATA_KEY),
                 &mac_key,
                 StreamKind::Data,
-            )?,
+            )
+            .map_err(io("writing", &data_path))?,
             manifest: new_stream(
                 &manifest_path,
                 &key.derive(MANIFEST_KEY),
@@ -180,7 +191,6 @@ impl Custody {
             guard: SymlinkGuard::default(),
             entries: 0,
             bytes: 0,
-            buf: vec![0u8; 256 * 1024],
         };
         let kind = if is_dir {
             walk_dir(source, &mut sink)?;
@@ -191,7 +201,11 @@ impl Custody {
         let (entries, bytes) = (sink.entries, sink.bytes);
         encode_end(&mut sink.manifest, entries, bytes)
             .map_err(io("writing manifest", &manifest_path))?;
-        let (data_mac, data_len) = finish_stream(sink.data, &data_path)?;
+        let (data_file, data_mac, data_len) = sink
+            .data
+            .finish()
+            .map_err(io("writing ciphertext", &data_path))?;
+        data_file.sync_all().map_err(io("syncing", &data_path))?;
         let (manifest_mac, manifest_len) = finish_stream(sink.manifest, &manifest_path)?;
         let info = DatasetInfo {
             id: id.clone(),

@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod batch;
 pub mod breach;
 pub mod custody;
 pub mod dataset;
@@ -21,6 +22,7 @@ pub mod keystore;
 pub mod loopdev;
 pub mod manifest;
 pub mod mount;
+mod readback;
 pub mod restore;
 pub mod stream;
 mod sys;

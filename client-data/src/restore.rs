@@ -9,22 +9,28 @@
 //!    the target, so nothing lands outside it even if the target already holds hostile symlinks.
 //!    Directory modes and times are applied last, deepest first (creating children would
 //!    otherwise bump their mtimes, and a 0555 directory would refuse them).
+//!    A thread reads and decrypts the data stream ahead ([`OpenPipe`]) while this one writes.
+//!    Owners are set when CAP_CHOWN is effective (decided by capability, not by uid: the agent
+//!    runs as user `tek` with ambient capabilities), else counted in the result; a setuid/setgid
+//!    mode refused with EPERM (systemd `RestrictSUIDSGID=yes`) is set without those bits and listed.
 //! 3. `syncfs` the target filesystem, then read every file back after `POSIX_FADV_DONTNEED`
-//!    (which drops the now-clean pages, so the read comes from the device) and compare BLAKE3.
+//!    (which drops the now-clean pages, so the read comes from the device) and compare BLAKE3
+//!    (`readback`).
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use nix::fcntl::{OFlag, PosixFadviseAdvice, posix_fadvise};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, mkdirat, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
 
 use crate::audit::AuditEvent;
+use crate::batch::OpenPipe;
 use crate::custody::Custody;
 use crate::dataset::{DatasetId, DatasetState, Destination, Migration, rfc3339};
 use crate::error::{DataError, io};
@@ -48,6 +54,17 @@ pub struct RestoreResult {
     pub skipped: Vec<String>,
     /// Entries that did not read back equal, e.g. "entry 5: content differs".
     pub mismatches: Vec<String>,
+    /// Entries whose owner (uid, gid) could not be set: the restoring process lacks CAP_CHOWN,
+    /// or the kernel refused. They keep the restoring user's ownership.
+    pub owners_not_restored: u64,
+    /// Why ownership was not restored, when it was not (e.g. "no CAP_CHOWN in the effective
+    /// capability set").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ownership_note: Option<String>,
+    /// Entries restored without their setuid/setgid bits because setting them was refused
+    /// (systemd's `RestrictSUIDSGID=yes` makes such a chmod fail with EPERM), e.g.
+    /// "entry 9: mode 4755 restored as 0755".
+    pub setid_dropped: Vec<String>,
 }
 
 impl RestoreResult {
@@ -66,7 +83,7 @@ fn unsafe_path(entry: u64, reason: impl Into<String>) -> DataError {
     }
 }
 
-fn split(path: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[], path),
@@ -82,8 +99,73 @@ struct Writer {
     root: File,
     target: std::path::PathBuf,
     parent: Option<(Vec<u8>, OwnedFd)>,
-    dirs: Vec<Entry>,
-    chown: bool,
+    dirs: Vec<(u64, Entry)>,
+    own: Ownership,
+    owners_not_restored: u64,
+    setid_dropped: Vec<String>,
+}
+
+/// Whether, and how, owners are restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ownership {
+    /// CAP_CHOWN is effective: set every entry's uid and gid.
+    Restore,
+    /// No CAP_CHOWN: entries get the restoring process's ids; count those that differ.
+    Keep {
+        /// Effective uid of the restoring process.
+        uid: u32,
+        /// Effective gid.
+        gid: u32,
+    },
+}
+
+impl Ownership {
+    /// Decides by capability, not by uid: the agent runs as user `tek` with ambient
+    /// capabilities, and root without CAP_CHOWN (a bounding set drop) cannot chown.
+    pub(crate) fn detect() -> Ownership {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if has_cap(&status, CAP_CHOWN) {
+            Ownership::Restore
+        } else {
+            Ownership::Keep {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+            }
+        }
+    }
+}
+
+/// `CAP_CHOWN` from `<linux/capability.h>` (libc does not export capability numbers).
+const CAP_CHOWN: u32 = 0;
+
+/// True when capability `cap` is in the `CapEff:` mask of a `/proc/<pid>/status` text.
+pub(crate) fn has_cap(status: &str, cap: u32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1u64 << cap) != 0)
+}
+
+/// Sets `mode` with `chmod`; when that is refused with EPERM and the mode has setuid/setgid
+/// bits (systemd's `RestrictSUIDSGID=yes` filters exactly those chmods), sets it without them
+/// and says so. Returns the note for the result, if bits were dropped.
+pub(crate) fn set_mode(
+    mode: u32,
+    n: u64,
+    mut chmod: impl FnMut(Mode) -> nix::Result<()>,
+) -> nix::Result<Option<String>> {
+    const SETID: u32 = 0o6000;
+    match chmod(Mode::from_bits_truncate(mode)) {
+        Err(nix::errno::Errno::EPERM) if mode & SETID != 0 => {
+            chmod(Mode::from_bits_truncate(mode & !SETID))?;
+            Ok(Some(format!(
+                "entry {n}: mode {mode:04o} restored as {:04o} (setting setuid/setgid refused)",
+                mode & !SETID
+            )))
+        }
+        r => r.map(|()| None),
+    }
 }
 
 impl Writer {
@@ -143,17 +225,42 @@ impl Writer {
         ))
     }
 
-    fn owner(&self, e: &Entry) -> (Option<Uid>, Option<Gid>) {
-        (Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid)))
-    }
-
-    fn file(
+    /// Sets the owner of `e` with `chown` (given the ids), or counts it as not restored.
+    fn owner(
         &mut self,
         e: &Entry,
         n: u64,
-        data: &mut impl Read,
-        buf: &mut [u8],
+        chown: impl FnOnce(Option<Uid>, Option<Gid>) -> nix::Result<()>,
     ) -> Result<(), DataError> {
+        match self.own {
+            Ownership::Restore => {
+                match chown(Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid))) {
+                    Ok(()) => {}
+                    // EPERM: capability dropped meanwhile or refused by an LSM; EINVAL: the id
+                    // has no mapping in this user namespace. Neither fails the restore.
+                    Err(nix::errno::Errno::EPERM | nix::errno::Errno::EINVAL) => {
+                        self.owners_not_restored += 1
+                    }
+                    Err(err) => return Err(self.err("setting owner", n)(err)),
+                }
+            }
+            Ownership::Keep { uid, gid } => {
+                if (e.uid, e.gid) != (uid, gid) {
+                    self.owners_not_restored += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the mode of the open `fd` (after its owner: chown clears setuid/setgid bits).
+    fn mode(&mut self, fd: i32, mode: u32, n: u64) -> Result<(), DataError> {
+        let note = set_mode(mode, n, |m| fchmod(fd, m)).map_err(self.err("setting mode", n))?;
+        self.setid_dropped.extend(note);
+        Ok(())
+    }
+
+    fn file(&mut self, e: &Entry, n: u64, data: &mut OpenPipe) -> Result<(), DataError> {
         let (pfd, name) = self.parent_of(&e.path, n)?;
         let pfile = pfd;
         let fd = nix::fcntl::openat(
@@ -168,22 +275,21 @@ impl Writer {
         )
         .map_err(self.err("creating file", n))?;
         let mut f = File::from(crate::sys::owned(fd));
-        let mut left = e.size;
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            data.read_exact(&mut buf[..want])
-                .map_err(|err| data_error(&self.target, err))?;
-            f.write_all(&buf[..want])
-                .map_err(io("writing restored file under", &self.target))?;
-            left -= want as u64;
+        let mut write_err = None;
+        let r = data.copy_to(e.size, |c| {
+            f.write_all(c).map_err(|err| {
+                let k = err.kind();
+                write_err = Some(err);
+                std::io::Error::from(k)
+            })
+        });
+        if let Some(err) = write_err {
+            return Err(io("writing restored file under", &self.target)(err));
         }
-        if self.chown {
-            let (u, g) = self.owner(e);
-            fchown(f.as_raw_fd(), u, g).map_err(self.err("setting owner", n))?;
-        }
-        // chmod after chown: chown clears setuid/setgid bits.
-        fchmod(f.as_raw_fd(), Mode::from_bits_truncate(e.mode))
-            .map_err(self.err("setting mode", n))?;
+        r.map_err(|err| data_error(&self.target, err))?;
+        let fd = f.as_raw_fd();
+        self.owner(e, n, |u, g| fchown(fd, u, g))?;
+        self.mode(fd, e.mode, n)?;
         let t = ts(e.mtime, e.mtime_nsec);
         futimens(f.as_raw_fd(), &t, &t).map_err(self.err("setting times", n))?;
         Ok(())
@@ -202,8 +308,7 @@ impl Writer {
             }
             Err(e) => return Err(self.err("creating symlink", n)(e)),
         }
-        if self.chown {
-            let (u, g) = self.owner(e);
+        self.owner(e, n, |u, g| {
             fchownat(
                 Some(pfd),
                 name,
@@ -211,8 +316,7 @@ impl Writer {
                 g,
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
             )
-            .map_err(self.err("setting owner", n))?;
-        }
+        })?;
         let t = ts(e.mtime, e.mtime_nsec);
         utimensat(Some(pfd), name, &t, &t, UtimensatFlags::NoFollowSymlink)
             .map_err(self.err("setting times", n))?;
@@ -238,16 +342,13 @@ impl Writer {
 
     fn finish_dirs(&mut self) -> Result<(), DataError> {
         let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.path.iter().filter(|&&b| b == b'/').count()));
-        for (i, d) in dirs.iter().enumerate() {
-            let n = i as u64;
+        dirs.sort_by_key(|(_, d)| std::cmp::Reverse(d.path.iter().filter(|&&b| b == b'/').count()));
+        for (n, d) in &dirs {
+            let n = *n;
             let fd = self.dir(&d.path, n)?;
-            if self.chown {
-                let (u, g) = self.owner(d);
-                fchown(fd.as_raw_fd(), u, g).map_err(self.err("setting owner", n))?;
-            }
-            fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(d.mode))
-                .map_err(self.err("setting mode", n))?;
+            let raw = fd.as_raw_fd();
+            self.owner(d, n, |u, g| fchown(raw, u, g))?;
+            self.mode(raw, d.mode, n)?;
             let t = ts(d.mtime, d.mtime_nsec);
             futimens(fd.as_raw_fd(), &t, &t).map_err(self.err("setting times", n))?;
         }
@@ -309,6 +410,7 @@ impl Custody {
         };
 
         // 1. Authenticate everything first.
+        let t0 = std::time::Instant::now();
         let mac_key = key.derive(MAC_KEY);
         for (path, expect, what) in [
             (&manifest_path, &meta.manifest_mac, "manifest"),
@@ -345,6 +447,7 @@ impl Custody {
             }
         }
 
+        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: authenticated");
         // 2. Write.
         let root = File::open(target_dir).map_err(io("opening restore target", target_dir))?;
         let mut w = Writer {
@@ -352,25 +455,27 @@ impl Custody {
             target: target_dir.to_path_buf(),
             parent: None,
             dirs: Vec::new(),
-            chown: nix::unistd::geteuid().is_root(),
+            own: Ownership::detect(),
+            owners_not_restored: 0,
+            setid_dropped: Vec::new(),
         };
         let mut res = RestoreResult::default();
         let dkey = key.derive(DATA_KEY);
         let df = File::open(&data_path).map_err(io("opening", &data_path))?;
-        let mut data = DecryptReader::new(df, &dkey, StreamKind::Data)
-            .map_err(|e| data_error(target_dir, e))?;
-        let mut buf = vec![0u8; 256 * 1024];
+        // A thread reads and decrypts ahead while this one writes the files.
+        let mut data =
+            OpenPipe::start(df, &dkey, StreamKind::Data).map_err(|e| data_error(target_dir, e))?;
         let mut mr = manifest_reader(&manifest_path, &mkey)?;
         let mut n = 0u64;
         while let Some(e) = mr.next_entry().map_err(man_err)? {
             match e.kind {
                 EntryKind::File => {
-                    w.file(&e, n, &mut data, &mut buf)?;
+                    w.file(&e, n, &mut data)?;
                     res.bytes_restored += e.size;
                 }
                 EntryKind::Dir => {
                     w.dir(&e.path, n)?;
-                    w.dirs.push(e.clone());
+                    w.dirs.push((n, e.clone()));
                 }
                 EntryKind::Symlink => w.symlink(&e, n)?,
                 EntryKind::Hardlink => w.hardlink(&e, n)?,
@@ -383,105 +488,35 @@ impl Custody {
             res.entries_restored += 1;
             n += 1;
         }
+        data.finish().map_err(|e| data_error(target_dir, e))?;
         w.parent = None;
         w.finish_dirs()?;
+        res.owners_not_restored = w.owners_not_restored;
+        if res.owners_not_restored > 0 && w.own != Ownership::Restore {
+            res.ownership_note = Some("no CAP_CHOWN in the effective capability set".into());
+        } else if res.owners_not_restored > 0 {
+            res.ownership_note = Some("the kernel refused chown (EPERM or unmapped id)".into());
+        }
+        res.setid_dropped = std::mem::take(&mut w.setid_dropped);
 
+        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: written");
         // 3. Flush, drop the cache, read back.
         nix::unistd::syncfs(w.root.as_raw_fd()).map_err(|e| DataError::Io {
             action: "flushing filesystem of",
             path: target_dir.to_path_buf(),
             source: e.into(),
         })?;
-        // Files are read back by a few threads (hashing is CPU-bound, the reads mostly come from
-        // the device's cache); the rest is checked inline.
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 4);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Entry)>(256);
-        let rx = std::sync::Mutex::new(rx);
-        let files = std::sync::Mutex::new((0u64, 0u64, Vec::<(u64, String)>::new()));
-        let root = &w.root;
-        std::thread::scope(|s| -> Result<(), DataError> {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    let mut buf = vec![0u8; 256 * 1024];
-                    loop {
-                        let item = rx.lock().expect("verify queue").recv();
-                        let Ok((n, e)) = item else { break };
-                        let r = match read_back(root, &e.path, &mut buf) {
-                            Ok((len, h)) if len == e.size && h == e.blake3 => Ok(()),
-                            Ok(_) => Err(format!("entry {n}: content differs")),
-                            Err(err) => Err(format!("entry {n}: cannot read back ({err})")),
-                        };
-                        let mut g = files.lock().expect("verify results");
-                        match r {
-                            Ok(()) => {
-                                g.0 += 1;
-                                g.1 += e.size;
-                            }
-                            Err(m) => g.2.push((n, m)),
-                        }
-                    }
-                });
-            }
-            let tx = tx;
-            let mut mr = manifest_reader(&manifest_path, &mkey)?;
-            let mut n = 0u64;
-            while let Some(e) = mr.next_entry().map_err(man_err)? {
-                let ok = match e.kind {
-                    EntryKind::File => {
-                        let _ = tx.send((n, e));
-                        n += 1;
-                        continue;
-                    }
-                    EntryKind::Symlink => {
-                        let (parent, name) = split(&e.path);
-                        let got = w.dir(parent, n).ok().and_then(|p| {
-                            nix::fcntl::readlinkat(Some(p.as_raw_fd()), OsStr::from_bytes(name))
-                                .ok()
-                        });
-                        let ok = got.as_deref().map(|g| g.as_bytes()) == Some(&e.target[..]);
-                        if !ok {
-                            res.mismatches.push(format!("entry {n}: symlink differs"));
-                        }
-                        ok
-                    }
-                    EntryKind::Dir | EntryKind::Hardlink => {
-                        let flags = if e.kind == EntryKind::Dir {
-                            OFlag::O_DIRECTORY
-                        } else {
-                            OFlag::O_PATH
-                        };
-                        let ok = open_beneath(&w.root, &e.path, OFlag::O_RDONLY | flags, 0).is_ok();
-                        if !ok {
-                            res.mismatches.push(format!("entry {n}: missing"));
-                        }
-                        ok
-                    }
-                    _ => {
-                        n += 1;
-                        continue;
-                    }
-                };
-                if ok {
-                    res.entries_verified += 1;
-                    res.bytes_verified += e.size;
-                }
-                n += 1;
-            }
-            Ok(())
-        })?;
-        let (fe, fb, mut fm) = files.into_inner().expect("verify results");
-        res.entries_verified += fe;
-        res.bytes_verified += fb;
-        fm.sort();
-        res.mismatches.extend(fm.into_iter().map(|(_, m)| m));
-        res.mismatches.sort_by_key(|m| {
-            m.trim_start_matches("entry ")
-                .split(':')
-                .next()
-                .and_then(|x| x.parse::<u64>().ok())
-        });
+        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: synced");
+        let mut mr = manifest_reader(&manifest_path, &mkey)?;
+        let v = crate::readback::verify(&w.root, || mr.next_entry().map_err(man_err))?;
+        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: verified");
+        res.entries_verified = v.entries;
+        res.bytes_verified = v.bytes;
+        res.mismatches = v
+            .mismatches
+            .into_iter()
+            .map(|(n, m)| format!("entry {n}: {m}"))
+            .collect();
 
         let verified = res.ok();
         if verified {
@@ -516,27 +551,4 @@ impl Custody {
         ])?;
         Ok(res)
     }
-}
-
-/// Reads a restored file back from the device: drop its (clean, just synced) pages first.
-fn read_back(root: &File, path: &[u8], buf: &mut [u8]) -> Result<(u64, [u8; 32]), std::io::Error> {
-    let fd = open_beneath(root, path, OFlag::O_RDONLY, 0)?;
-    let _ = posix_fadvise(
-        fd.as_raw_fd(),
-        0,
-        0,
-        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
-    let mut f = File::from(fd);
-    let mut h = blake3::Hasher::new();
-    let mut len = 0u64;
-    loop {
-        let k = f.read(buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        len += k as u64;
-    }
-    Ok((len, *h.finalize().as_bytes()))
 }

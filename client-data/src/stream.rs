@@ -22,8 +22,8 @@ pub const SEGMENT: usize = 64 * 1024;
 pub const TAG: usize = 16;
 /// Header bytes.
 pub const HEADER: usize = 32;
-const MAGIC: &[u8; 8] = b"TEKSTRM1";
-const VERSION: u8 = 1;
+pub(crate) const MAGIC: &[u8; 8] = b"TEKSTRM1";
+pub(crate) const VERSION: u8 = 1;
 
 /// What an encrypted stream holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! The crate's only `unsafe`: turning file descriptors returned by nix's `openat2` into owned
-//! handles. Everything else goes through safe wrappers.
+//! handles, and `sync_file_range` (which nix does not wrap). Everything else goes through safe
+//! wrappers.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -39,6 +40,21 @@ pub fn open_beneath(
 pub fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
     // SAFETY: callers pass a descriptor freshly returned by a successful open call.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Starts writeback of `len` bytes at `offset` of `file` without waiting for it
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so a later fsync finds most pages already on their
+/// way to the device. Only a hint: errors surface at the fsync, which is what counts.
+pub fn start_writeback(file: &impl AsRawFd, offset: u64, len: u64) {
+    // SAFETY: plain syscall on a descriptor the caller keeps open; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
 
 #[cfg(test)]
