@@ -321,7 +321,7 @@ impl Store {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             chunking: Chunking {
-                algorithm: "fastcdc-2020".into(),
+                algorithm: crate::segment::ALGORITHM.into(),
                 min: cdc.min,
                 avg: cdc.avg,
                 max: cdc.max,
