@@ -1,13 +1,14 @@
-//! Read-back verification after a restore: every restored file is read again from the device
-//! (its clean, just-synced pages dropped first) and its BLAKE3 compared with the manifest;
-//! directories, hard links and symlinks are checked to exist (symlinks: same target).
+//! Read-back verification of a restore: every restored file is read again from the device (after
+//! a flush, its clean pages dropped first) and its BLAKE3 compared with the manifest; directories,
+//! hard links and symlinks are checked to exist (symlinks: same target).
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{OFlag, PosixFadviseAdvice, posix_fadvise};
 
@@ -25,25 +26,113 @@ pub(crate) struct Verified {
     pub mismatches: Vec<(u64, String)>,
 }
 
-/// Checks every entry `entries` yields (numbered in manifest order; skipped kinds are passed
-/// over) beneath `root`. Files are read by a few threads: hashing is CPU-bound and the reads of
-/// small files are latency-bound, so both gain from overlap; the rest is checked inline.
-pub(crate) fn verify<E>(
-    root: &File,
-    mut entries: impl FnMut() -> Result<Option<Entry>, E>,
-) -> Result<Verified, E> {
+/// Files restored since the last flush trigger a flush (and their read-back) at this size...
+const FLUSH_BYTES: u64 = 64 << 20;
+/// ...or at this many files.
+const FLUSH_FILES: usize = 4096;
+/// The writer blocks (instead of letting the list grow) past this many unflushed files.
+const MAX_PENDING: usize = 4 * FLUSH_FILES;
+
+type Pending = Vec<(u64, Entry)>;
+
+/// Reads restored files back while the restore goes on: the writer hands over each file once
+/// written ([`ReadBack::written`]); a thread flushes the filesystem (`syncfs`) every 64 MiB or
+/// 4096 files and passes the files that flush covered to a few reader threads. A file is thus
+/// only read back after it reached the device, as in a flush-then-verify pass, but the flushes
+/// and reads overlap the writing instead of following it. Hashing is CPU-bound and the reads of
+/// small files are latency-bound, so several readers help both.
+pub(crate) struct ReadBack {
+    pending: Pending,
+    pending_bytes: u64,
+    tx: Option<crossbeam_channel::Sender<Pending>>,
+    flusher: Option<std::thread::JoinHandle<nix::Result<Verified>>>,
+    abort: Arc<AtomicBool>,
+}
+
+impl ReadBack {
+    /// Starts the flusher and readers on the (restore target) directory `root`.
+    pub(crate) fn start(root: &File) -> std::io::Result<ReadBack> {
+        let root = Arc::new(root.try_clone()?);
+        let abort = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::bounded::<Pending>(1);
+        let stop = abort.clone();
+        let flusher = std::thread::Builder::new()
+            .name("tek-flush".into())
+            .spawn(move || flush_and_read(&root, rx, &stop))?;
+        Ok(ReadBack {
+            pending: Vec::new(),
+            pending_bytes: 0,
+            tx: Some(tx),
+            flusher: Some(flusher),
+            abort,
+        })
+    }
+
+    /// Entry `n`, a regular file, has been written and closed.
+    pub(crate) fn written(&mut self, n: u64, e: Entry) {
+        self.pending_bytes += e.size;
+        self.pending.push((n, e));
+        if self.pending_bytes >= FLUSH_BYTES || self.pending.len() >= FLUSH_FILES {
+            let tx = self.tx.as_ref().expect("read-back already finished");
+            let batch = std::mem::take(&mut self.pending);
+            // While the flusher is busy, keep collecting (up to a bound) rather than wait.
+            let back = match tx.try_send(batch) {
+                Ok(()) => None,
+                Err(crossbeam_channel::TrySendError::Full(b)) if b.len() < MAX_PENDING => Some(b),
+                Err(crossbeam_channel::TrySendError::Full(b)) => tx.send(b).err().map(|e| e.0),
+                Err(crossbeam_channel::TrySendError::Disconnected(b)) => Some(b),
+            };
+            match back {
+                Some(b) => self.pending = b,
+                None => self.pending_bytes = 0,
+            }
+        }
+    }
+
+    /// Flushes what is left (call after the last write, directory metadata included), waits
+    /// for the reads and returns the files' results.
+    pub(crate) fn finish(mut self) -> nix::Result<Verified> {
+        let tx = self.tx.take().expect("read-back already finished");
+        let _ = tx.send(std::mem::take(&mut self.pending));
+        drop(tx);
+        match self.flusher.take().map(|f| f.join()) {
+            Some(Ok(r)) => r,
+            _ => Err(nix::errno::Errno::EIO),
+        }
+    }
+}
+
+impl Drop for ReadBack {
+    fn drop(&mut self) {
+        // Dropped on an error path: stop reading, let the threads drain and end.
+        self.abort.store(true, Ordering::Relaxed);
+        self.tx = None;
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
+    }
+}
+
+/// The flusher thread: syncfs, then hand the files that flush covered to the readers.
+fn flush_and_read(
+    root: &Arc<File>,
+    rx: crossbeam_channel::Receiver<Pending>,
+    abort: &AtomicBool,
+) -> nix::Result<Verified> {
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 4);
-    let (tx, rx) = crossbeam_channel::bounded::<(u64, Entry)>(256);
     let out = Mutex::new(Verified::default());
-    std::thread::scope(|s| -> Result<(), E> {
+    let (vtx, vrx) = crossbeam_channel::bounded::<(u64, Entry)>(256);
+    std::thread::scope(|s| {
         for _ in 0..workers {
-            let rx = rx.clone();
-            let out = &out;
+            let (vrx, out) = (vrx.clone(), &out);
             s.spawn(move || {
-                let mut buf = vec![0u8; 256 * 1024];
-                for (n, e) in rx {
+                let mut buf = ReadBuf::new();
+                for (n, e) in vrx {
+                    if abort.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     let r = match read_back(root, &e.path, &mut buf) {
                         Ok((len, h)) if len == e.size && h == e.blake3 => Ok(()),
                         Ok(_) => Err("content differs".to_string()),
@@ -60,37 +149,46 @@ pub(crate) fn verify<E>(
                 }
             });
         }
-        drop(rx);
-        let mut n = 0u64;
-        while let Some(e) = entries()? {
-            let this = n;
-            n += 1;
-            let ok = match e.kind {
-                EntryKind::File => {
-                    let _ = tx.send((this, e));
-                    continue;
-                }
-                EntryKind::Symlink => symlink_matches(root, &e),
-                EntryKind::Dir => exists(root, &e.path, OFlag::O_DIRECTORY),
-                EntryKind::Hardlink => exists(root, &e.path, OFlag::O_PATH),
-                _ => continue,
-            };
-            let mut g = out.lock().expect("verify results");
-            if ok {
-                g.entries += 1;
-            } else {
-                let what = match e.kind {
-                    EntryKind::Symlink => "symlink differs",
-                    _ => "missing",
-                };
-                g.mismatches.push((this, what.to_string()));
+        drop(vrx);
+        for batch in rx {
+            if abort.load(Ordering::Relaxed) {
+                continue;
+            }
+            nix::unistd::syncfs(root.as_raw_fd())?;
+            for item in batch {
+                let _ = vtx.send(item);
             }
         }
-        drop(tx);
+        drop(vtx);
         Ok(())
     })?;
-    let mut v = out.into_inner().expect("verify results");
-    v.mismatches.sort();
+    Ok(out.into_inner().expect("verify results"))
+}
+
+/// Checks the entries other than regular files that `entries` yields (numbered in manifest
+/// order): directories and hard links exist, symlinks have their target. Run after the last
+/// flush.
+pub(crate) fn verify_others<E>(
+    root: &File,
+    mut entries: impl FnMut() -> Result<Option<Entry>, E>,
+) -> Result<Verified, E> {
+    let mut v = Verified::default();
+    let mut n = 0u64;
+    while let Some(e) = entries()? {
+        let this = n;
+        n += 1;
+        let (ok, what) = match e.kind {
+            EntryKind::Symlink => (symlink_matches(root, &e), "symlink differs"),
+            EntryKind::Dir => (exists(root, &e.path, OFlag::O_DIRECTORY), "missing"),
+            EntryKind::Hardlink => (exists(root, &e.path, OFlag::O_PATH), "missing"),
+            _ => continue,
+        };
+        if ok {
+            v.entries += 1;
+        } else {
+            v.mismatches.push((this, what.to_string()));
+        }
+    }
     Ok(v)
 }
 
@@ -107,32 +205,66 @@ fn symlink_matches(root: &File, e: &Entry) -> bool {
     got.ok().as_deref().map(|g| g.as_bytes()) == Some(&e.target[..])
 }
 
-/// Reads a restored file back from the device: drop its (clean, just synced) pages first.
-fn read_back(root: &File, path: &[u8], buf: &mut [u8]) -> Result<(u64, [u8; 32]), std::io::Error> {
-    // O_NOATIME: verifying must not change the access times just restored (and must not dirty
-    // 20k inodes again). Allowed to the owner and to CAP_FOWNER; fall back without it.
-    let fd = open_beneath(root, path, OFlag::O_RDONLY | OFlag::O_NOATIME, 0)
-        .or_else(|_| open_beneath(root, path, OFlag::O_RDONLY, 0))?;
-    let _ = posix_fadvise(
-        fd.as_raw_fd(),
-        0,
-        0,
-        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
+/// Alignment of O_DIRECT buffers (a page: enough for any logical block size).
+const ALIGN: usize = 4096;
+/// Bytes per read.
+const READ: usize = 256 * 1024;
+
+/// A read buffer with an [`ALIGN`]-aligned window of [`READ`] bytes, as O_DIRECT wants.
+pub(crate) struct ReadBuf(Vec<u8>);
+
+impl ReadBuf {
+    pub(crate) fn new() -> ReadBuf {
+        ReadBuf(vec![0u8; READ + ALIGN])
+    }
+    fn window(&mut self) -> &mut [u8] {
+        let off = self.0.as_ptr().align_offset(ALIGN);
+        &mut self.0[off..off + READ]
+    }
+}
+
+/// Reads a restored file back from the device, bypassing the page cache: O_DIRECT where the
+/// filesystem supports it (ext4 does; the data then comes straight from the device into the
+/// buffer, no page-cache copy), else after `POSIX_FADV_DONTNEED` (which drops the clean, just
+/// flushed pages, so the read still comes from the device).
+fn read_back(root: &File, path: &[u8], buf: &mut ReadBuf) -> std::io::Result<(u64, [u8; 32])> {
+    // O_NOATIME: verifying must not change the access times just restored (nor dirty 20k inodes
+    // again). Allowed to the owner and to CAP_FOWNER; fall back without it.
+    let open = |extra: OFlag| {
+        open_beneath(root, path, OFlag::O_RDONLY | OFlag::O_NOATIME | extra, 0)
+            .or_else(|_| open_beneath(root, path, OFlag::O_RDONLY | extra, 0))
+    };
+    let (fd, direct) = match open(OFlag::O_DIRECT) {
+        Ok(fd) => (fd, true),
+        Err(nix::errno::Errno::EINVAL) => (open(OFlag::empty())?, false),
+        Err(e) => return Err(e.into()),
+    };
+    if !direct {
+        let _ = posix_fadvise(
+            fd.as_raw_fd(),
+            0,
+            0,
+            PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+    }
     let mut f = File::from(fd);
+    let size = f.metadata()?.len();
+    let win = buf.window();
     let mut h = blake3::Hasher::new();
     let mut len = 0u64;
-    loop {
-        let k = match f.read(buf) {
+    while len < size {
+        let k = match f.read(win) {
             Ok(k) => k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        if k == 0 {
+        h.update(&win[..k]);
+        len += k as u64;
+        // A short O_DIRECT read is the end of the file (reading again from the unaligned end
+        // offset would fail with EINVAL rather than return 0).
+        if k == 0 || (direct && k < win.len()) {
             break;
         }
-        h.update(&buf[..k]);
-        len += k as u64;
     }
     Ok((len, *h.finalize().as_bytes()))
 }
