@@ -194,16 +194,17 @@ pub fn run_job(
                 let snapshot = job.clone();
                 let progress = |p: StepProgress| (hooks.progress)(&snapshot, p);
                 match steps.write(&snapshot, dev, &ctl.stop, &progress) {
-                    Ok(report) if ctl.cause().is_none() => {
+                    // A write that completed is verified and on the disk, even if a stop came
+                    // in the same instant: record it, so the journal never calls a complete,
+                    // verified image a half-written one. The loop's stop check comes next.
+                    Ok(report) => {
                         job.results.write = Some(report);
                         steps.image_written(job, dev, true)?;
                         job.set_state(JobState::ImageVerified, None);
                         save(job)?;
                     }
-                    // Stopped (or finished in the same instant a stop came in): the loop's stop
-                    // check decides what that means.
-                    Ok(_) | Err(StepError::Stopped) if ctl.cause().is_some() => {}
-                    Ok(_) | Err(StepError::Stopped) => {
+                    Err(StepError::Stopped) if ctl.cause().is_some() => {}
+                    Err(StepError::Stopped) => {
                         return fail(job, "the write stopped without a reason", steps, &save);
                     }
                     Err(StepError::Failed(e)) => {
