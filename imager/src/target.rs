@@ -183,12 +183,13 @@ impl TargetDev {
     }
 
     /// Makes `[off, off+len)` read as zeros without transferring zero bytes, if the device can:
+    /// - loop device: BLKDISCARD first, which the loop driver implements as a hole punched in
+    ///   its backing file (or EOPNOTSUPP), so the range reads back as zeros. The loop driver
+    ///   disables WRITE ZEROES after one ZERO_RANGE fails on its backing file (tmpfs has no
+    ///   FALLOC_FL_ZERO_RANGE), and BLKZEROOUT there writes zero pages through the loop, which is
+    ///   slow and fills the tmpfs;
     /// - block device: `fallocate(PUNCH_HOLE | KEEP_SIZE)`, which the kernel turns into WRITE
     ///   ZEROES with unmap allowed and *no* fallback (EOPNOTSUPP when the device cannot);
-    /// - loop device: BLKDISCARD, which the loop driver implements as a hole punched in its
-    ///   backing file (or EOPNOTSUPP), so the range reads back as zeros. Newer kernels give loop
-    ///   devices over tmpfs no WRITE ZEROES at all (tmpfs lacks FALLOC_FL_ZERO_RANGE), and
-    ///   BLKZEROOUT there writes zero pages through the loop, which is slow and fills the tmpfs;
     /// - regular file: punch a hole.
     ///
     /// Ranges must be multiples of the logical sector size. Returns `None` when nothing fast
@@ -199,6 +200,15 @@ impl TargetDev {
         let ls = self.logical_sector;
         if len == 0 || off % ls != 0 || len % ls != 0 {
             return None;
+        }
+        // Loop devices first try discard: the loop driver implements it as a hole punched in
+        // the backing file (zeros guaranteed, or an error), exactly what it does for WRITE
+        // ZEROES with unmap. The two differ in what cgroup blk-throttle charges: WRITE ZEROES is
+        // charged as a write of its whole length (2 GiB took 8.6 s at 250 MB/s), a discard is not
+        // (0.17 s), and neither moves data on a real disk. Only loop devices take this path: a
+        // real disk's discard does not promise zeros.
+        if self.is_loop && ioctl::discard(self.buffered.as_fd(), off, len).is_ok() {
+            return Some(ZeroMethod::LoopDiscard);
         }
         let punched = fallocate(
             self.buffered.as_raw_fd(),
@@ -213,9 +223,6 @@ impl TargetDev {
             } else {
                 ZeroMethod::FilePunch
             });
-        }
-        if self.is_loop && ioctl::discard(self.buffered.as_fd(), off, len).is_ok() {
-            return Some(ZeroMethod::LoopDiscard);
         }
         None
     }
