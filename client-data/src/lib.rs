@@ -22,6 +22,7 @@ pub mod keystore;
 pub mod loopdev;
 pub mod manifest;
 pub mod mount;
+mod ownership;
 mod readback;
 pub mod restore;
 pub mod stream;

@@ -39,6 +39,7 @@ use crate::dataset::{DatasetId, DatasetState, Destination, Migration, rfc3339};
 use crate::error::{DataError, io};
 use crate::ingest::{DATA_KEY, MAC_KEY, MANIFEST_KEY};
 use crate::manifest::{Entry, EntryKind, ManifestReader, SymlinkGuard, check_normalized};
+use crate::ownership::{Ownership, set_mode};
 use crate::readback::{ReadBack, verify_others};
 use crate::stream::{DecryptReader, Key, StreamKind, auth_failure, mac_of};
 use crate::sys::open_beneath;
@@ -107,69 +108,6 @@ struct Writer {
     own: Ownership,
     owners_not_restored: u64,
     setid_dropped: Vec<String>,
-}
-
-/// Whether, and how, owners are restored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ownership {
-    /// CAP_CHOWN is effective: set every entry's uid and gid.
-    Restore,
-    /// No CAP_CHOWN: entries get the restoring process's ids; count those that differ.
-    Keep {
-        /// Effective uid of the restoring process.
-        uid: u32,
-        /// Effective gid.
-        gid: u32,
-    },
-}
-
-impl Ownership {
-    /// Decides by capability, not by uid: the agent runs as user `tek` with ambient
-    /// capabilities, and root without CAP_CHOWN (a bounding set drop) cannot chown.
-    pub(crate) fn detect() -> Ownership {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        if has_cap(&status, CAP_CHOWN) {
-            Ownership::Restore
-        } else {
-            Ownership::Keep {
-                uid: nix::unistd::geteuid().as_raw(),
-                gid: nix::unistd::getegid().as_raw(),
-            }
-        }
-    }
-}
-
-/// `CAP_CHOWN` from `<linux/capability.h>` (libc does not export capability numbers).
-const CAP_CHOWN: u32 = 0;
-
-/// True when capability `cap` is in the `CapEff:` mask of a `/proc/<pid>/status` text.
-pub(crate) fn has_cap(status: &str, cap: u32) -> bool {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        .is_some_and(|m| m & (1u64 << cap) != 0)
-}
-
-/// Sets `mode` with `chmod`; when that is refused with EPERM and the mode has setuid/setgid
-/// bits (systemd's `RestrictSUIDSGID=yes` filters exactly those chmods), sets it without them
-/// and says so. Returns the note for the result, if bits were dropped.
-pub(crate) fn set_mode(
-    mode: u32,
-    n: u64,
-    mut chmod: impl FnMut(Mode) -> nix::Result<()>,
-) -> nix::Result<Option<String>> {
-    const SETID: u32 = 0o6000;
-    match chmod(Mode::from_bits_truncate(mode)) {
-        Err(nix::errno::Errno::EPERM) if mode & SETID != 0 => {
-            chmod(Mode::from_bits_truncate(mode & !SETID))?;
-            Ok(Some(format!(
-                "entry {n}: mode {mode:04o} restored as {:04o} (setting setuid/setgid refused)",
-                mode & !SETID
-            )))
-        }
-        r => r.map(|()| None),
-    }
 }
 
 impl Writer {

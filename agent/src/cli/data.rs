@@ -296,6 +296,16 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 for s in &res.skipped {
                     println!("skipped: {s}");
                 }
+                if res.owners_not_restored > 0 {
+                    println!(
+                        "owners not restored: {} entries ({})",
+                        res.owners_not_restored,
+                        res.ownership_note.as_deref().unwrap_or("refused")
+                    );
+                }
+                for s in &res.setid_dropped {
+                    println!("setuid/setgid dropped: {s}");
+                }
                 for m in &res.mismatches {
                     println!("MISMATCH: {m}");
                 }
