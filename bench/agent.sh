@@ -2,13 +2,22 @@
 # Benchmark of the bench agent (run as root, once, on a quiet machine):
 #   1. detection latency: `losetup` of a disk in a virtual bay -> the job journals `claimed`
 #   2. agent RSS idle, and peak RSS with 4 jobs running at once
-#   3. throughput: one bay alone vs 4 bays at once (bytes written per second, all targets)
+#   3. throughput: one bay alone vs 4 bays at once (bytes written per second, all targets),
+#      unthrottled (CPU-bound: decoding on the loop devices' page cache), then
+#   4. the same, disk-bound: the agent runs under /work/shared/bench/throttle.sh with every
+#      loop device limited to THROTTLE (default 250:400 MB/s write:read, an SSD in a dock).
+#      throttle.sh needs the devices to exist before the agent starts, so the loop devices are
+#      attached first to spare files OUTSIDE the bays' glob (ignored by the agent); a "plug" is
+#      renaming the backing file into the bay directory and asking the kernel for a `change`
+#      uevent (the loop's backing_file in sysfs follows the rename).
 # Targets: latency < 1 s, RSS < 50 MiB idle and < 200 MiB busy.
 #
 # usage: bench/agent.sh [IMAGE] [WORKDIR]
 #   IMAGE    raw image to import and write (default /work/bench-cache/dense.img, 1 GiB)
 #   WORKDIR  scratch directory (default: a new mktemp -d; removed at the end)
 #   TEK      tek binary (default: target/release/tek, built if missing)
+#   THROTTLE WRITE:READ MB/s per loop device for the disk-bound regime (default 250:400;
+#            THROTTLE=none skips that regime)
 #
 # Only loop devices this script attached are detached (their paths are recorded), and the
 # virtual bays match only files under WORKDIR, so other loop devices on the machine are left
@@ -30,10 +39,15 @@ STATE=$WORK/state
 SOCK=$WORK/agent.sock
 LOOPS=()
 AGENT_PID=
+THROTTLE=${THROTTLE:-250:400}
+THROTTLE_SH=${THROTTLE_SH:-/work/shared/bench/throttle.sh}
+WRAP_PID=
 cleanup() {
     [ -n "$AGENT_PID" ] && kill -TERM "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
+    # the throttle wrapper exits (and removes its cgroup) once the agent is gone
+    [ -n "$WRAP_PID" ] && wait "$WRAP_PID" 2>/dev/null || true
     for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null || true; done
-    [ "$OWN_WORK" = 1 ] && rm -rf "$WORK"
+    if [ "$OWN_WORK" = 1 ]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -124,6 +138,53 @@ for j in "${IDS[@]}"; do wait_state "$j" done 5; done
 FOUR_S=$(python3 -c "print(f'{$T1-$T0:.2f}')")
 FOUR_MBS=$(python3 -c "print(f'{4*$SIZE/1048576/($T1-$T0):.0f}')")
 
+# 4. disk-bound regime
+D1_S=-; D1_MBS=-; D4_S=-; D4_MBS=-
+if [ "$THROTTLE" != none ]; then
+    kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=
+    for l in "${LOOPS[@]}"; do losetup -d "$l"; done
+    LOOPS=()
+    rm -f "$WORK"/bays/*.img
+    mkdir -p "$WORK/spare"
+    SPARE=()  # spare index -> loop device (5: one for the single bay, 4 for the four)
+    for i in 1 2 3 4 5; do
+        truncate -s "$DISK" "$WORK/spare/s$i.img"
+        attach "$WORK/spare/s$i.img"; SPARE+=("${LOOPS[-1]}")
+    done
+    LIMITS=(); for l in "${SPARE[@]}"; do LIMITS+=("$l:$THROTTLE"); done
+    TEK_LOG=info "$THROTTLE_SH" "${LIMITS[@]}" -- \
+        "$TEK" --state "$STATE" agent --config "$WORK/agent.toml" 2>>"$WORK/agent.log" &
+    WRAP_PID=$!
+    for _ in $(seq 200); do
+        AGENT_PID=$(pgrep -P "$WRAP_PID" || true)
+        [ -n "$AGENT_PID" ] && [ -S "$SOCK" ] && "$TEK" --state "$STATE" status >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+    sleep 1
+    plug() { # spare-index bay-file: move the spare's backing file into a bay, announce it
+        local l=${SPARE[$(( $1 - 1 ))]}
+        mv "$WORK/spare/s$1.img" "$WORK/bays/$2.img"
+        echo change > "/sys/block/$(basename "$l")/uevent"
+    }
+    J=$("$TEK" --state "$STATE" job add --ticket BENCH-T1 --image bench@1 --bay b1)
+    T0=$(date +%s.%N)
+    plug 1 b1-3
+    wait_state "$J" done 900
+    T1=$(date +%s.%N)
+    D1_S=$(python3 -c "print(f'{$T1-$T0:.2f}')")
+    D1_MBS=$(python3 -c "print(f'{$SIZE/1048576/($T1-$T0):.0f}')")
+    IDS=()
+    for b in b1 b2 b3 b4; do
+        IDS+=("$("$TEK" --state "$STATE" job add --ticket "BENCH-T$b" --image bench@1 --bay "$b")")
+    done
+    T0=$(date +%s.%N)
+    i=2; for b in b1 b2 b3 b4; do plug $i "$b-4"; i=$((i + 1)); done
+    for j in "${IDS[@]}"; do wait_state "$j" done 900; done
+    T1=$(date +%s.%N)
+    D4_S=$(python3 -c "print(f'{$T1-$T0:.2f}')")
+    D4_MBS=$(python3 -c "print(f'{4*$SIZE/1048576/($T1-$T0):.0f}')")
+fi
+
 cat <<EOF
 image                         $IMAGE ($((SIZE / 1048576)) MiB)
 detection latency             ${LAT} s  (losetup -> job claimed; target < 1 s)
@@ -131,4 +192,7 @@ agent RSS idle                $((IDLE_KB / 1024)) MiB  (target < 50 MiB)
 agent RSS peak, 4 jobs        $((PEAK_KB / 1024)) MiB  (VmHWM $(( $(hwm) / 1024 )) MiB; target < 200 MiB)
 1 bay                         ${ONE_S} s, ${ONE_MBS} MiB/s (write + read-back verify)
 4 bays at once                ${FOUR_S} s, ${FOUR_MBS} MiB/s aggregate
+disk-bound ($THROTTLE MB/s w:r per disk, throttle.sh)
+  1 bay                       ${D1_S} s, ${D1_MBS} MiB/s
+  4 bays at once              ${D4_S} s, ${D4_MBS} MiB/s aggregate
 EOF
