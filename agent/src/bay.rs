@@ -38,6 +38,10 @@ pub struct Disk {
     pub port_path: Option<String>,
     /// Backing file, for a loop device.
     pub loop_backing_file: Option<PathBuf>,
+    /// The kernel's `diskseq`: bumped on every loop attach and media change, so it tells one
+    /// attachment of a loop device from the next (same name, same backing file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diskseq: Option<u64>,
 }
 
 impl Disk {
@@ -54,6 +58,30 @@ impl Disk {
             return format!("backing:{}", clean_backing(b).display());
         }
         format!("name:{}", self.name)
+    }
+
+    /// Whether the identity is one the disk carries itself (serial or WWN), so it survives a
+    /// re-plug, a new kernel name and an agent restart.
+    pub fn has_hardware_identity(&self) -> bool {
+        self.identity().starts_with("serial:") || self.identity().starts_with("wwn:")
+    }
+
+    /// Whether this is the very disk (the same medium) recorded by a job: same serial or WWN;
+    /// for a loop device, same backing file AND same `diskseq` (a re-attach is a new disk, even
+    /// to the same file: its content may have been replaced); otherwise (no identity at all)
+    /// the same kernel name and, when known, `diskseq`.
+    pub fn is_same_medium(&self, rec: &crate::job::DeviceRecord) -> bool {
+        if rec.identity != self.identity() {
+            return false;
+        }
+        if self.has_hardware_identity() {
+            return true;
+        }
+        match (self.diskseq, rec.diskseq) {
+            (Some(a), Some(b)) => a == b,
+            // An old record or a sysfs without diskseq: the weaker name check.
+            _ => self.loop_backing_file.is_none() && rec.name == self.name,
+        }
     }
 
     /// Vendor and model in one line.
@@ -87,6 +115,7 @@ impl From<&crate::disk::DiskInfo> for Disk {
             read_only: d.read_only,
             port_path: d.port_path.clone(),
             loop_backing_file: d.loop_backing_file.clone(),
+            diskseq: None,
         }
     }
 }
@@ -190,6 +219,7 @@ pub(crate) fn test_disk(name: &str) -> Disk {
         read_only: false,
         port_path: None,
         loop_backing_file: None,
+        diskseq: None,
     }
 }
 
@@ -237,6 +267,52 @@ mod tests {
         d.serial = Some(" S123 ".into());
         assert_eq!(d.identity(), "serial:S123");
         assert_eq!(test_disk("sdz").identity(), "name:sdz");
+    }
+
+    fn record(d: &Disk) -> crate::job::DeviceRecord {
+        crate::job::DeviceRecord {
+            name: d.name.clone(),
+            dev_path: d.dev_path.display().to_string(),
+            identity: d.identity(),
+            bus: d.bus.clone(),
+            model: d.model_line(),
+            serial: d.serial.clone(),
+            size_bytes: d.size_bytes,
+            bay: None,
+            diskseq: d.diskseq,
+        }
+    }
+
+    #[test]
+    fn same_medium_by_serial_whatever_the_name() {
+        let mut d = test_disk("sdb");
+        d.serial = Some("S1".into());
+        let rec = record(&d);
+        let mut back = test_disk("sdc");
+        back.serial = Some("S1".into());
+        back.diskseq = Some(99);
+        assert!(back.is_same_medium(&rec));
+        back.serial = Some("S2".into());
+        assert!(!back.is_same_medium(&rec));
+    }
+
+    #[test]
+    fn same_loop_medium_needs_the_same_diskseq() {
+        let mut d = test_disk("loop3");
+        d.loop_backing_file = Some("/x/a.img".into());
+        d.diskseq = Some(10);
+        let rec = record(&d);
+        assert!(d.is_same_medium(&rec), "unchanged after an agent restart");
+        let mut again = d.clone();
+        again.name = "loop4".into();
+        assert!(again.is_same_medium(&rec), "the name does not matter");
+        again.diskseq = Some(11);
+        assert!(!again.is_same_medium(&rec), "re-attached: a new disk");
+        again.diskseq = None;
+        assert!(
+            !again.is_same_medium(&rec),
+            "unknown diskseq: not provably the same"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! Matching a disk to a job, in order:
 //! 1. a job that already claimed this disk (same identity: serial, WWN or loop backing file)
 //!    and has work left: it resumes (after a crash, a restart or a re-plug);
-//! 2. a disk in a bay that just finished a job stays "done, safe to remove";
+//! 2. the very disk a job finished on stays "done, safe to remove", also after an agent restart
+//!    or a re-plug: matched by serial or WWN, and for a loop device by backing file plus the
+//!    kernel's `diskseq` (re-attaching is a new disk; see [`Disk::is_same_medium`]);
 //! 3. the oldest queued job for its bay;
 //! 4. the oldest queued job expecting its serial, if its bus is allowed;
 //! 5. the bay's default image (a provisioning bay) makes a new job.
@@ -330,8 +332,7 @@ impl Agent {
         if pick.is_none()
             && let Some(done) = inner.jobs.values().find(|j| {
                 j.state == JobState::Done
-                    && owned_by(j)
-                    && j.device.as_ref().is_some_and(|d| d.name == disk.name)
+                    && j.device.as_ref().is_some_and(|d| disk.is_same_medium(d))
             })
         {
             let job = done.id.clone();
@@ -419,6 +420,7 @@ impl Agent {
             serial: disk.serial.clone(),
             size_bytes: disk.size_bytes,
             bay,
+            diskseq: disk.diskseq,
         };
         job.device = Some(record);
         if job.results.image.is_none() {

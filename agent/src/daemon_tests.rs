@@ -334,3 +334,75 @@ fn a_new_disk_under_a_busy_name_stops_the_old_job() {
         }
     );
 }
+
+#[test]
+fn done_disk_is_recognised_after_restart_by_diskseq_and_a_reattach_is_a_new_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(10);
+    let a = agent(d.path(), f.clone());
+    let seq = |n: &str, s: u64| {
+        let mut disk = loop_disk(n, "/t/a-1.img");
+        disk.diskseq = Some(s);
+        disk
+    };
+    let j = a
+        .add_job("T", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    a.disk_present(seq("loop1", 5));
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Done);
+    a.shutdown();
+    drop(a);
+
+    // Restart with a second job queued for the bay: the finished disk (same attachment, even
+    // seen under another name) stays done and is not written again.
+    let a = agent(d.path(), f.clone());
+    let j2 = a
+        .add_job("T2", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    a.disk_present(seq("loop1", 5));
+    assert_eq!(
+        status_of(&a, "loop1"),
+        DiskStatus::Done { job: j.id.clone() }
+    );
+    assert_eq!(a.job(&j2.id).unwrap().state, JobState::Queued);
+    // Detached and re-attached (new diskseq): a new disk in the bay, it gets the queued job.
+    a.disk_gone("loop1");
+    a.disk_present(seq("loop1", 6));
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.job(&j2.id).unwrap().state, JobState::Done);
+    assert_eq!(f.writes.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn done_disk_with_a_serial_stays_done_under_a_new_name() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(10);
+    let a = agent(d.path(), f.clone());
+    let usb = |n: &str, serial: &str| {
+        let mut disk = test_disk(n);
+        disk.port_path = Some("pci-1".into());
+        disk.serial = Some(serial.into());
+        disk
+    };
+    a.disk_present(usb("sdb", "S1"));
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    let done = a.jobs();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].state, JobState::Done);
+    a.disk_gone("sdb");
+    // Re-plugged into the provisioning bay: recognised, not imaged again.
+    a.disk_present(usb("sdc", "S1"));
+    assert_eq!(
+        status_of(&a, "sdc"),
+        DiskStatus::Done {
+            job: done[0].id.clone()
+        }
+    );
+    // Another disk in that bay is provisioned.
+    a.disk_gone("sdc");
+    a.disk_present(usb("sdd", "S2"));
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.jobs().len(), 2);
+    assert_eq!(f.writes.load(Ordering::SeqCst), 2);
+}

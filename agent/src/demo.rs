@@ -196,6 +196,7 @@ async fn journey(
             read_only: false,
             port_path: None,
             loop_backing_file: Some(disk_file.clone()),
+            diskseq: None,
         };
         let _ = tx.send(DeviceEvent::Present(Box::new(disk))).await;
     }

@@ -135,6 +135,9 @@ pub struct DeviceRecord {
     pub size_bytes: u64,
     /// Bay it sat in, if any.
     pub bay: Option<String>,
+    /// The kernel's `diskseq` at claim time (tells a loop device's attachments apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diskseq: Option<u64>,
 }
 
 /// One state change with its time.

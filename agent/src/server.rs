@@ -41,7 +41,9 @@ pub fn hotplug_events(sys_root: std::path::PathBuf) -> Result<mpsc::Receiver<Dev
         while let Some(ev) = rx.recv().await {
             let ev = match ev {
                 crate::hotplug::DiskEvent::Present(d) => {
-                    DeviceEvent::Present(Box::new(Disk::from(&d)))
+                    let mut disk = Disk::from(&d);
+                    disk.diskseq = read_diskseq(&sys_root, &d.name);
+                    DeviceEvent::Present(Box::new(disk))
                 }
                 crate::hotplug::DiskEvent::Gone { name } => DeviceEvent::Gone { name },
             };
@@ -51,6 +53,14 @@ pub fn hotplug_events(sys_root: std::path::PathBuf) -> Result<mpsc::Receiver<Dev
         }
     });
     Ok(out)
+}
+
+/// The kernel's `diskseq` of `name`, read right after the watcher identified the disk. A
+/// re-attach in between is followed by its own `Gone`/`Present` pair, which carries the new
+/// value, so a stale read here is corrected at once.
+fn read_diskseq(sys_root: &Path, name: &str) -> Option<u64> {
+    let p = sys_root.join("class/block").join(name).join("diskseq");
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
 /// Binds the control socket: creates its directory, refuses to start if another agent answers
