@@ -182,6 +182,26 @@ impl TargetDev {
             .map_err(|e| self.io_err("reading back", off, e))
     }
 
+    /// Like [`Self::read_at`] through a shared reference, for parallel read-back: O_DIRECT when
+    /// aligned, the page cache otherwise or when O_DIRECT is refused (without switching the
+    /// whole target to buffered I/O; callers drop the cache before reading back).
+    pub fn pread(&self, buf: &mut [u8], off: u64) -> Result<(), ImagerError> {
+        if aligned(buf, off) {
+            if let Some(d) = &self.direct {
+                match d.read_exact_at(buf, off) {
+                    Ok(()) => return Ok(()),
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EINVAL)
+                            || e.kind() == io::ErrorKind::UnexpectedEof => {}
+                    Err(e) => return Err(self.io_err("reading back", off, e)),
+                }
+            }
+        }
+        self.buffered
+            .read_exact_at(buf, off)
+            .map_err(|e| self.io_err("reading back", off, e))
+    }
+
     /// Makes `[off, off+len)` read as zeros without transferring zero bytes, if the device can:
     /// - loop device: BLKDISCARD first, which the loop driver implements as a hole punched in
     ///   its backing file (or EOPNOTSUPP), so the range reads back as zeros. The loop driver

@@ -12,8 +12,13 @@
 //! (small holes, zeros inside spans, BLKZEROOUT emulated by the kernel, our own zero writes) are
 //! read back completely, like data.
 //!
-//! A read-ahead thread reads the planned ranges (8 MiB O_DIRECT reads, three buffers in flight)
-//! while this thread hashes, so the disk never waits for BLAKE3.
+//! The planned ranges are cut into units of about 8 MiB; one worker per core plus one each read a
+//! unit (O_DIRECT) and hash it, so BLAKE3 runs on every core and the disk always has a read in
+//! flight while others hash.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use image_store::ChunkId;
 
 use crate::buffer::{AlignedBuf, is_zero};
 use crate::error::ImagerError;
@@ -37,9 +42,6 @@ pub struct VerifyOutcome {
     /// Image offsets of extents that did not match.
     pub mismatches: Vec<u64>,
 }
-
-/// One block read back: target offset, buffer, valid bytes.
-type Block = (u64, AlignedBuf, usize);
 
 /// The ranges of `ext` that read-back looks at (ascending, disjoint).
 fn ranges_of(ext: &WrittenExtent, full_holes: bool) -> Vec<(u64, u64)> {
@@ -82,57 +84,169 @@ fn read_plan(ranges: &[Vec<(u64, u64)>], from: u64, limit: u64) -> Vec<(u64, u64
     plan
 }
 
-/// The consumer's side of the read-ahead: blocks arrive in order, buffers go back for reuse.
-struct Blocks<'a> {
-    rx: crossbeam_channel::Receiver<Result<Block, ImagerError>>,
-    back: crossbeam_channel::Sender<AlignedBuf>,
-    cur: Option<Block>,
-    holdback: &'a [u8],
-    path: &'a std::path::Path,
+/// Image bytes one read-back unit covers (a hashed extent larger than this is one unit alone).
+pub const UNIT: u64 = READ_BUF as u64;
+
+/// One extent's share of a unit: its index, expected hash (`None`: zeros) and ranges.
+type Part = (usize, Option<ChunkId>, Vec<(u64, u64)>);
+
+/// A unit of read-back: what one worker reads (one pass over `reads`) and then checks.
+struct Unit {
+    /// The extents (or, for zeros, parts of them) this unit checks. A zero extent may be split
+    /// over several units; a hashed one never is.
+    parts: Vec<Part>,
+    /// Aligned, merged windows to read (past the held-back first MiB).
+    reads: Vec<(u64, u64)>,
+    /// Image offset up to which this unit finishes the extents (for progress).
+    end: u64,
 }
 
-impl Blocks<'_> {
-    /// Calls `f` on the bytes of `[a, b)` in pieces, in order; `a` never goes backwards.
-    fn visit(&mut self, mut a: u64, b: u64, f: &mut dyn FnMut(&[u8])) -> Result<(), ImagerError> {
-        while a < b {
-            if a < self.holdback.len() as u64 {
-                let e = b.min(self.holdback.len() as u64);
-                f(&self.holdback[a as usize..e as usize]);
-                a = e;
-                continue;
-            }
-            while !matches!(&self.cur, Some((s, _, n)) if a < s + *n as u64) {
-                if let Some((_, buf, _)) = self.cur.take() {
-                    let _ = self.back.send(buf);
-                }
-                match self.rx.recv() {
-                    Ok(Ok(blk)) => self.cur = Some(blk),
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => {
-                        return Err(ImagerError::Target {
-                            action: "reading back",
-                            path: self.path.to_path_buf(),
-                            offset: a,
-                            source: std::io::Error::other("read-ahead ended early"),
-                        });
-                    }
-                }
-            }
-            let (s, buf, n) = self.cur.as_ref().expect("block just loaded");
-            let i = (a - s) as usize;
-            let e = ((b - s) as usize).min(*n);
-            f(&buf.as_slice()[i..e]);
-            a = s + e as u64;
+/// Cuts the looked-at ranges into units of about [`UNIT`] bytes, in image order.
+fn units_of(
+    extents: &[WrittenExtent],
+    ranges: &[Vec<(u64, u64)>],
+    from: u64,
+    limit: u64,
+) -> Vec<Unit> {
+    let mut units = Vec::new();
+    let mut cur: Vec<Part> = Vec::new();
+    let mut bytes = 0u64;
+    let close = |cur: &mut Vec<Part>, units: &mut Vec<Unit>, end: u64| {
+        if cur.is_empty() {
+            return;
         }
-        Ok(())
+        let parts = std::mem::take(cur);
+        let rs: Vec<Vec<(u64, u64)>> = parts.iter().map(|p| p.2.clone()).collect();
+        units.push(Unit {
+            reads: read_plan(&rs, from, limit),
+            parts,
+            end,
+        });
+    };
+    for (i, (ext, rs)) in extents.iter().zip(ranges).enumerate() {
+        if ext.id.is_some() {
+            let len: u64 = rs.iter().map(|r| r.1 - r.0).sum();
+            if bytes > 0 && bytes + len > UNIT {
+                close(&mut cur, &mut units, ext.offset);
+                bytes = 0;
+            }
+            cur.push((i, ext.id, rs.clone()));
+            bytes += len;
+            continue;
+        }
+        for &(mut a, b) in rs {
+            while a < b {
+                if bytes >= UNIT {
+                    close(&mut cur, &mut units, a);
+                    bytes = 0;
+                }
+                let e = b.min(a + (UNIT - bytes));
+                match cur.last_mut() {
+                    Some((j, _, v)) if *j == i => v.push((a, e)),
+                    _ => cur.push((i, None, vec![(a, e)])),
+                }
+                bytes += e - a;
+                a = e;
+            }
+        }
+    }
+    let end = extents.last().map(|e| e.offset + e.len).unwrap_or(0);
+    close(&mut cur, &mut units, end);
+    units
+}
+
+/// A unit's bytes as read: the windows laid end to end in one aligned buffer.
+struct UnitData<'a> {
+    buf: &'a [u8],
+    reads: &'a [(u64, u64)],
+    holdback: &'a [u8],
+}
+
+impl UnitData<'_> {
+    /// Calls `f` on the bytes of `[a, b)` in pieces, in order.
+    fn visit(&self, mut a: u64, b: u64, f: &mut dyn FnMut(&[u8])) {
+        let hb = self.holdback.len() as u64;
+        if a < hb {
+            let e = b.min(hb);
+            f(&self.holdback[a as usize..e as usize]);
+            a = e;
+        }
+        let mut at = 0usize;
+        for &(s, e) in self.reads {
+            if a < b && a >= s && a < e {
+                let i = at + (a - s) as usize;
+                let n = (b.min(e) - a) as usize;
+                f(&self.buf[i..i + n]);
+                a += n as u64;
+            }
+            at += (e - s) as usize;
+        }
+        debug_assert!(a >= b, "range {a}..{b} outside the unit's reads");
+    }
+
+    /// True when the part's bytes hash to `id`, or are all zero when `id` is `None`.
+    fn check(&self, id: Option<ChunkId>, ranges: &[(u64, u64)]) -> bool {
+        match id {
+            Some(id) => {
+                let mut h = blake3::Hasher::new();
+                for &(a, b) in ranges {
+                    self.visit(a, b, &mut |d| {
+                        h.update(d);
+                    });
+                }
+                h.finalize().as_bytes() == &id.0
+            }
+            None => {
+                let mut zero = true;
+                for &(a, b) in ranges {
+                    self.visit(a, b, &mut |d| zero &= is_zero(d));
+                }
+                zero
+            }
+        }
     }
 }
 
-/// Buffers in flight between the read-ahead thread and the hashing.
-const READ_AHEAD: usize = 3;
+/// Reads one unit into `buf` (grown when needed) and checks its parts: (extent index, ok).
+fn check_unit(
+    dev: &TargetDev,
+    unit: &Unit,
+    buf: &mut AlignedBuf,
+    holdback: &[u8],
+) -> Result<Vec<(usize, bool)>, ImagerError> {
+    let total: u64 = unit.reads.iter().map(|r| r.1 - r.0).sum();
+    if (buf.capacity() as u64) < total {
+        *buf = AlignedBuf::new(total as usize);
+    }
+    let mut at = 0usize;
+    for &(s, e) in &unit.reads {
+        let n = (e - s) as usize;
+        dev.pread(&mut buf.as_mut_slice()[at..at + n], s)?;
+        at += n;
+    }
+    let data = UnitData {
+        buf: buf.as_slice(),
+        reads: &unit.reads,
+        holdback,
+    };
+    Ok(unit
+        .parts
+        .iter()
+        .map(|(i, id, rs)| (*i, data.check(*id, rs)))
+        .collect())
+}
+
+/// Read-back workers: one per core plus one, so that while some hash, another has a read in
+/// flight and the device never waits for BLAKE3.
+fn reader_count() -> usize {
+    crate::source::worker_count() + 1
+}
 
 /// Reads `extents` back from `dev` and compares. `full_holes`: read large holes completely.
-/// A read-ahead thread keeps the device busy while this thread hashes.
+///
+/// The looked-at ranges are cut into units of about [`UNIT`] bytes; workers take units in
+/// order, each reads its unit (O_DIRECT) and hashes it, so hashing runs on every core and
+/// overlaps the reads of other units. Results are gathered in unit order for progress.
 pub fn verify_extents(
     dev: &mut TargetDev,
     extents: &[WrittenExtent],
@@ -142,67 +256,78 @@ pub fn verify_extents(
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyOutcome, ImagerError> {
     let ranges: Vec<Vec<(u64, u64)>> = extents.iter().map(|e| ranges_of(e, full_holes)).collect();
-    let plan = read_plan(&ranges, holdback.len() as u64, image_size);
-    let path = dev.path().to_path_buf();
+    let from = holdback.len() as u64;
+    let plan = read_plan(&ranges, from, image_size);
+    let units = units_of(extents, &ranges, from, image_size);
     let mut out = VerifyOutcome {
         bytes_verified: plan.iter().map(|r| r.1 - r.0).sum(),
         ..Default::default()
     };
-    let (tx, rx) = crossbeam_channel::bounded::<Result<Block, ImagerError>>(READ_AHEAD - 1);
-    let (back, bufs) = crossbeam_channel::bounded::<AlignedBuf>(READ_AHEAD);
-    for _ in 0..READ_AHEAD {
-        back.send(AlignedBuf::new(READ_BUF))
-            .expect("room for buffers");
-    }
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            for (start, end) in plan {
-                let mut at = start;
-                while at < end {
-                    let Ok(mut buf) = bufs.recv() else { return };
-                    let n = (end - at).min(READ_BUF as u64) as usize;
-                    let r = dev.read_at(&mut buf.as_mut_slice()[..n], at);
-                    let failed = r.is_err();
-                    if tx.send(r.map(|()| (at, buf, n))).is_err() || failed {
+    let dev: &TargetDev = dev;
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) =
+        crossbeam_channel::unbounded::<(usize, Result<Vec<(usize, bool)>, ImagerError>)>();
+    let mut bad = vec![false; extents.len()];
+    let r = std::thread::scope(|s| {
+        for _ in 0..reader_count() {
+            let tx = tx.clone();
+            let (units, next, stop) = (&units, &next, &stop);
+            s.spawn(move || {
+                let mut buf = AlignedBuf::new(0);
+                while !stop.load(Ordering::Relaxed) {
+                    let u = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(unit) = units.get(u) else { return };
+                    let r = check_unit(dev, unit, &mut buf, holdback);
+                    if tx.send((u, r)).is_err() {
                         return;
                     }
-                    at += n as u64;
                 }
-            }
-        });
-        let mut blocks = Blocks {
-            rx,
-            back,
-            cur: None,
-            holdback,
-            path: &path,
-        };
-        for (ext, ranges) in extents.iter().zip(&ranges) {
-            let ok = match ext.id {
-                Some(id) => {
-                    let mut h = blake3::Hasher::new();
-                    for &(a, b) in ranges {
-                        blocks.visit(a, b, &mut |d| {
-                            h.update(d);
-                        })?;
-                    }
-                    h.finalize().as_bytes() == &id.0
-                }
-                None => {
-                    let mut zero = true;
-                    for &(a, b) in ranges {
-                        blocks.visit(a, b, &mut |d| zero &= is_zero(d))?;
-                    }
-                    zero
-                }
-            };
-            if !ok && out.mismatches.len() < MAX_MISMATCHES {
-                out.mismatches.push(ext.offset);
-            }
-            progress(ext.offset + ext.len);
+            });
         }
-        Ok(out)
-    })
+        drop(tx);
+        let mut done = vec![false; units.len()];
+        let mut in_order = 0;
+        for (u, r) in rx {
+            match r {
+                Ok(results) => {
+                    for (i, ok) in results {
+                        bad[i] |= !ok;
+                    }
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            done[u] = true;
+            let before = in_order;
+            while in_order < units.len() && done[in_order] {
+                in_order += 1;
+            }
+            if in_order > before {
+                progress(units[in_order - 1].end);
+            }
+        }
+        if in_order < units.len() {
+            return Err(ImagerError::Target {
+                action: "reading back",
+                path: dev.path().to_path_buf(),
+                offset: units[in_order].reads.first().map_or(0, |r| r.0),
+                source: std::io::Error::other("read-back worker ended early"),
+            });
+        }
+        Ok(())
+    });
+    r?;
+    out.mismatches = extents
+        .iter()
+        .zip(&bad)
+        .filter(|(_, b)| **b)
+        .map(|(e, _)| e.offset)
+        .take(MAX_MISMATCHES)
+        .collect();
+    Ok(out)
 }
 
 /// Reads `[off, off+expected.len())` back and returns the offsets (in 4 KiB steps) that differ.
@@ -250,6 +375,57 @@ mod tests {
         w.push(&trusted_piece(23_000_001, &vec![9; rest])).unwrap();
         w.finish().unwrap();
         (w.extents.clone(), w.holdback.clone())
+    }
+
+    #[test]
+    fn units_keep_hashed_extents_whole_and_split_zeros() {
+        let id = Some(ChunkId([1; 32]));
+        let mut ext = Vec::new();
+        let mut at = 0;
+        for (len, id, offloaded) in [
+            (3 * UNIT / 4, id, false),
+            (UNIT / 2, id, false), // does not fit beside the first: starts a unit
+            (3 * UNIT + 5, None, false), // zeros read fully: split over units
+            (2 * UNIT + 7, id, false), // larger than a unit: alone, whole
+            (SAMPLE_EVERY * 3, None, true),
+        ] {
+            ext.push(WrittenExtent {
+                offset: at,
+                len,
+                id,
+                offloaded,
+            });
+            at += len;
+        }
+        let ranges: Vec<_> = ext.iter().map(|e| ranges_of(e, false)).collect();
+        let units = units_of(&ext, &ranges, HOLDBACK, at);
+        for (i, e) in ext.iter().enumerate() {
+            let parts: Vec<&Part> = units
+                .iter()
+                .flat_map(|u| &u.parts)
+                .filter(|p| p.0 == i)
+                .collect();
+            if e.id.is_some() {
+                assert_eq!(parts.len(), 1, "hashed extent {i} in one unit");
+            }
+            let covered: Vec<(u64, u64)> = parts.iter().flat_map(|p| p.2.clone()).collect();
+            let mut merged: Vec<(u64, u64)> = Vec::new();
+            for (a, b) in covered {
+                match merged.last_mut() {
+                    Some(l) if l.1 == a => l.1 = b,
+                    _ => merged.push((a, b)),
+                }
+            }
+            assert_eq!(merged, ranges[i], "extent {i} covered exactly");
+        }
+        assert!(
+            units
+                .iter()
+                .any(|u| u.parts.len() == 1 && u.parts[0].0 == 3)
+        );
+        assert_eq!(units[0].parts.len(), 1);
+        assert!(units.windows(2).all(|w| w[0].end <= w[1].end));
+        assert_eq!(units.last().unwrap().end, at);
     }
 
     #[test]
