@@ -250,7 +250,11 @@ impl Agent {
         Ok(job)
     }
 
-    /// Re-queues a failed, cancelled or interrupted job from the start.
+    /// Retries a failed, cancelled or interrupted job. A job that got past a verified image
+    /// resumes from the step where it stopped ([`Job::retry_point`]), on the same disk only
+    /// (matched like a re-plug: its client data may be half-restored there); it waits,
+    /// interrupted, until that disk is present. A job that stopped before its image was
+    /// verified starts over and takes any disk in its bay (or with its serial).
     pub fn retry(&self, id: &str) -> Result<Job> {
         let mut inner = self.lock();
         if inner.running.contains_key(id) {
@@ -269,9 +273,25 @@ impl Agent {
             );
         }
         job.error = None;
-        job.resume_from = None;
-        job.device = None;
-        job.set_state(JobState::Queued, Some("retried".into()));
+        match job.retry_point() {
+            Some(step) => {
+                let on = job
+                    .device
+                    .as_ref()
+                    .map(|d| d.identity.clone())
+                    .unwrap_or_default();
+                job.resume_from = Some(step);
+                job.set_state(
+                    JobState::Interrupted,
+                    Some(format!("retried; resumes at {step} on disk {on}")),
+                );
+            }
+            None => {
+                job.resume_from = None;
+                job.device = None;
+                job.set_state(JobState::Queued, Some("retried from the start".into()));
+            }
+        }
         let snapshot = job.clone();
         self.journal.save(&snapshot)?;
         self.emit(Event::JobState {

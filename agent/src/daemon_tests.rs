@@ -14,6 +14,7 @@ pub(crate) struct Fake {
     writes: AtomicUsize,
     checks: AtomicUsize,
     wipes: AtomicUsize,
+    migrate_fails: AtomicBool,
 }
 
 pub(crate) fn fake(write_ms: u64) -> Arc<Fake> {
@@ -23,6 +24,7 @@ pub(crate) fn fake(write_ms: u64) -> Arc<Fake> {
         writes: AtomicUsize::new(0),
         checks: AtomicUsize::new(0),
         wipes: AtomicUsize::new(0),
+        migrate_fails: AtomicBool::new(false),
     })
 }
 
@@ -63,6 +65,11 @@ impl JobSteps for Fake {
         _dev: &Path,
         _p: &dyn Fn(StepProgress),
     ) -> Result<serde_json::Value, StepError> {
+        if self.migrate_fails.load(Ordering::SeqCst) {
+            return Err(StepError::Failed(anyhow::anyhow!(
+                "restored data does not verify"
+            )));
+        }
         Ok(serde_json::json!({}))
     }
     fn wipe(&self, _job: &Job) -> Result<serde_json::Value, StepError> {
@@ -405,4 +412,52 @@ fn done_disk_with_a_serial_stays_done_under_a_new_name() {
     assert!(a.wait_idle(Duration::from_secs(5)));
     assert_eq!(a.jobs().len(), 2);
     assert_eq!(f.writes.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn retry_after_a_failed_migration_resumes_there_on_the_same_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(10);
+    f.migrate_fails.store(true, Ordering::SeqCst);
+    let a = agent(d.path(), f.clone());
+    let j = a
+        .add_job("T", "img@1", Some("ds".into()), Some("a".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Failed);
+    // Another disk in the same bay must not get the half-done job.
+    a.disk_present(loop_disk("loop2", "/t/a-2.img"));
+    f.migrate_fails.store(false, Ordering::SeqCst);
+    a.disk_gone("loop1");
+    let r = a.retry(&j.id).unwrap();
+    assert_eq!(r.state, JobState::Interrupted);
+    assert_eq!(r.resume_from, Some(JobState::Migrating));
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    assert_eq!(a.job(&j.id).unwrap().state, JobState::Interrupted);
+    // Its disk comes back: migration again, no second write.
+    a.disk_present(loop_disk("loop7", "/t/a-1.img"));
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    let job = a.job(&j.id).unwrap();
+    assert_eq!(job.state, JobState::Done, "{:?}", job.history);
+    assert_eq!(f.writes.load(Ordering::SeqCst), 1);
+    assert_eq!(f.wipes.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn retry_of_a_job_that_failed_before_its_image_was_verified_starts_over() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(2000);
+    let a = agent(d.path(), f.clone());
+    let j = a
+        .add_job("T", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    std::thread::sleep(Duration::from_millis(50));
+    a.cancel(&j.id).unwrap();
+    assert!(a.wait_idle(Duration::from_secs(5)));
+    a.disk_gone("loop1");
+    let r = a.retry(&j.id).unwrap();
+    assert_eq!(r.state, JobState::Queued);
+    assert!(r.device.is_none());
 }

@@ -277,6 +277,28 @@ impl Job {
         }
     }
 
+    /// Where `tek job retry` restarts a failed, cancelled or interrupted job: the step it was
+    /// in when it stopped (a step is only journaled as done once verified, so redoing the step
+    /// that stopped is safe), or `None` to start over. It starts over when it never got past
+    /// the write (nothing verified to keep: the image is rewritten, on any disk in the bay)
+    /// and when it never claimed a disk.
+    pub fn retry_point(&self) -> Option<JobState> {
+        self.device.as_ref()?;
+        let last = if self.state == JobState::Interrupted {
+            self.resume_from?
+        } else {
+            self.history
+                .iter()
+                .rev()
+                .map(|t| t.state)
+                .find(|s| s.is_active())?
+        };
+        match last.resume_point() {
+            JobState::Claimed | JobState::Writing | JobState::Queued => None,
+            s => Some(s),
+        }
+    }
+
     /// Time of the first entry into `state`.
     pub fn entered(&self, state: JobState) -> Option<&str> {
         self.history
@@ -317,6 +339,48 @@ mod tests {
         j.set_state(JobState::DataVerified, None);
         j.interrupt("agent stopping");
         assert_eq!(j.next_step(), JobState::DataVerified);
+    }
+
+    fn claimed(j: &mut Job) {
+        j.device = Some(DeviceRecord {
+            name: "loop1".into(),
+            dev_path: "/dev/loop1".into(),
+            identity: "backing:/t/a.img".into(),
+            bus: "virtual".into(),
+            model: "x".into(),
+            serial: None,
+            size_bytes: 1,
+            bay: None,
+            diskseq: None,
+        });
+    }
+
+    #[test]
+    fn retry_point_is_the_step_that_stopped_unless_before_the_image_was_verified() {
+        let mut j = Job::new("T1", "img@1", Some("d".into()), JobTarget::Bay("a".into()));
+        j.set_state(JobState::Cancelled, None);
+        assert_eq!(j.retry_point(), None, "never claimed a disk");
+        let mut j = Job::new("T1", "img@1", Some("d".into()), JobTarget::Bay("a".into()));
+        claimed(&mut j);
+        for s in [JobState::Claimed, JobState::Writing] {
+            j.set_state(s, None);
+        }
+        j.set_state(JobState::Failed, Some("write error".into()));
+        assert_eq!(j.retry_point(), None, "failed while writing: start over");
+        for s in [JobState::ImageVerified, JobState::Migrating] {
+            j.set_state(s, None);
+        }
+        j.set_state(JobState::Failed, Some("restore mismatch".into()));
+        assert_eq!(j.retry_point(), Some(JobState::Migrating));
+        j.set_state(JobState::Wiping, None);
+        j.set_state(JobState::Cancelled, None);
+        assert_eq!(j.retry_point(), Some(JobState::Wiping));
+        j.set_state(JobState::Writing, None);
+        j.interrupt("disk removed");
+        assert_eq!(j.retry_point(), None);
+        j.set_state(JobState::ImageVerified, None);
+        j.interrupt("disk removed");
+        assert_eq!(j.retry_point(), Some(JobState::ImageVerified));
     }
 
     #[test]

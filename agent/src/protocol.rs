@@ -58,7 +58,7 @@ pub enum Op {
         /// Job id.
         id: String,
     },
-    /// Re-queue a failed, cancelled or interrupted job.
+    /// Retry a failed, cancelled or interrupted job (see `Agent::retry`).
     JobRetry {
         /// Job id.
         id: String,

@@ -133,7 +133,8 @@ pub enum JobCommand {
         #[command(flatten)]
         conn: AgentConn,
     },
-    /// Re-queue a failed, cancelled or interrupted job.
+    /// Retry a failed, cancelled or interrupted job: from the step where it stopped (on the
+    /// same disk) once its image was verified, else from the start on any disk in its bay.
     Retry {
         /// Job id.
         id: String,
