@@ -66,8 +66,9 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// A bench with the given virtual bays and extra `[policy]` lines; imports `sample@1`,
-    /// signed by a trusted key, with data partition `DATA`.
+    /// A bench with the given virtual bays (`NAME`, or `NAME=IMAGE` for a provisioning bay)
+    /// and extra `[policy]` lines; imports `sample@1`, signed by a trusted key, with data
+    /// partition `DATA`.
     pub fn new(test: &str, bays: &[&str], policy: &str) -> Bench {
         let dir = tempfile::Builder::new()
             .prefix(&format!("tek-e2e-{test}-"))
@@ -83,9 +84,14 @@ impl Bench {
             socket.display().to_string(),
             state.display().to_string()
         );
-        for b in bays {
+        for spec in bays {
+            // `NAME=IMAGE` makes a provisioning bay with that default image.
+            let (b, default) = match spec.split_once('=') {
+                Some((b, img)) => (b, format!("default_image = {img:?}\n")),
+                None => (*spec, String::new()),
+            };
             cfg += &format!(
-                "[[bay]]\nname = {b:?}\nloop_backing = \"{}/bays/{b}-*.img\"\n",
+                "[[bay]]\nname = {b:?}\nloop_backing = \"{}/bays/{b}-*.img\"\n{default}",
                 root.display()
             );
         }
@@ -299,6 +305,21 @@ impl Bench {
             serde_json::to_string_pretty(&last).unwrap(),
             self.agent_log()
         );
+    }
+
+    /// Every journaled job record, oldest first.
+    pub fn job_records(&self) -> Vec<Value> {
+        let mut v: Vec<Value> = std::fs::read_dir(self.state.join("jobs"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .filter_map(|t| serde_json::from_slice(&t).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by_key(|j: &Value| j["history"][0]["at"].as_str().unwrap_or("").to_string());
+        v
     }
 
     /// Waits for job `id` to reach `state`.

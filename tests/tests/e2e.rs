@@ -578,3 +578,86 @@ fn agent_notifies_systemd_ready_status_watchdog_and_stopping() {
     }
     assert!(rest.contains("STOPPING=1"), "{rest}");
 }
+
+#[test]
+fn provisioning_bay_images_whatever_is_plugged_in_once() {
+    if !need_root("provisioning_bay_images_whatever_is_plugged_in_once") {
+        return;
+    }
+    let mut b = Bench::new("provision", &["prov=sample@1"], "");
+    b.start_agent();
+    let st = b.status();
+    assert_eq!(st["bays"][0]["state"], "empty", "{st:#}");
+    // No job added: plugging a disk in is enough.
+    let d1 = b.disk_file("prov", 1, 96 * MIB);
+    let l1 = LoopDevice::attach(&d1).unwrap();
+    let start = std::time::Instant::now();
+    while b.job_records().is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let jobs = b.job_records();
+    assert_eq!(jobs.len(), 1, "{jobs:#?}\n{}", b.agent_log());
+    let id = jobs[0]["id"].as_str().unwrap().to_string();
+    let rec = b.wait_state(&id, "done", 60);
+    assert_eq!(rec["provisioning"], true, "{rec:#}");
+    assert_eq!(rec["image"], "sample@1");
+    assert_eq!(rec["device"]["bay"], "prov");
+    assert!(rec["dataset"].is_null(), "no client data: {rec:#}");
+    assert!(rec["results"].get("restore").is_none(), "{rec:#}");
+    let states: Vec<&str> = rec["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert!(!states.contains(&"migrating"), "{states:?}");
+    assert_gpt_valid(&d1);
+    assert_same_range(&b.image, &d1, ROOT_RANGE);
+    assert_same_range(&b.image, &d1, DATA_RANGE);
+    let report = b.tek_ok(&["report", &id, "--json"]);
+    assert!(report.contains("sample@1"), "{report}");
+    b.tek_ok(&["audit", "verify"]);
+
+    // An agent restart with the finished disk still attached: recognised (same loop
+    // attachment), shown done, not imaged again.
+    let before = b3(&d1);
+    assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
+    b.start_agent();
+    let start = std::time::Instant::now();
+    let mut bay = String::new();
+    while start.elapsed() < Duration::from_secs(10) {
+        bay = b.status()["bays"][0]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if bay.contains("safe to remove") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(bay.contains("safe to remove") && bay.contains(&id), "{bay}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        b.job_records().len(),
+        1,
+        "the done disk was provisioned again"
+    );
+    assert_eq!(b3(&d1), before);
+
+    // The next disk plugged in gets its own provisioning job.
+    drop(l1);
+    let d2 = b.disk_file("prov", 2, 96 * MIB);
+    let _l2 = LoopDevice::attach(&d2).unwrap();
+    let start = std::time::Instant::now();
+    while b.job_records().len() < 2 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let jobs = b.job_records();
+    assert_eq!(jobs.len(), 2, "{jobs:#?}");
+    let id2 = jobs[1]["id"].as_str().unwrap().to_string();
+    assert_ne!(id2, id);
+    b.wait_state(&id2, "done", 60);
+    assert_gpt_valid(&d2);
+    assert_same_range(&b.image, &d2, ROOT_RANGE);
+    assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
+}
