@@ -2,6 +2,7 @@
 # bench/write.sh: `tek write` (with read-back verification) against bmaptool copy, dd, zstdcat|dd
 # and the raw floor, on tmpfs-backed loop devices; 1 vs 4 targets; CPU-bound and disk-bound
 # (throttled) regimes; one slow target among three fast ones. Prints times and ratios.
+# Every timed command starts from a fresh sparse target and its source already in the page cache.
 #
 #   bench/write.sh [V1_IMG] [DENSE_IMG]     (as root; defaults: /work/bench-cache/{v1,dense}.img)
 #
@@ -61,6 +62,15 @@ make_targets() {
     LOOPS+=("$(losetup --find --show "$W/t$i")")
   done
 }
+# warm PATH...: reads files (or every file under a directory) into the page cache. Every timed
+# command gets its source warm and a fresh target (see `fresh`), so that all tools start from the
+# same state: round 1 timed tek reading a cold store (1 GiB from the VM disk: 2.8 s) and
+# a cold raw image while dd and the floor read warm files or /dev/zero.
+warm() { find "$@" -type f -exec cat {} + >/dev/null; }
+STORE_DIR=$CACHE/state/store
+# fresh SIZE SRC...: one new sparse target (tmpfs pages are allocated by whoever writes first:
+# every tool pays that alike) and the sources warm.
+fresh() { local size=$1; shift; make_targets 1 "$size"; warm "$@"; }
 now() { date +%s%N; }
 secs() { echo "scale=2; ($2 - $1) / 1000000000" | bc; }
 declare -A T
@@ -87,15 +97,21 @@ echo "== CPU-bound (plain tmpfs-backed loops) =="
 for img in "$V1" "$DENSE"; do
   b=$(basename "$img" .img); size=$(stat -c %s "$img"); data=$(data_bytes "$img")
   echo "-- $b: $size bytes, $data data bytes"
-  make_targets 1 "$size"; d=${LOOPS[0]}
+  fresh "$size" "$STORE_DIR"; d=${LOOPS[0]}
   timed "$b tek write (store)" tekw "$b@1" "$d"
+  fresh "$size" "$img"; d=${LOOPS[0]}
   timed "$b tek write (raw file)" tekw "$img" "$d"
+  fresh "$size" "$CACHE/$b.img.zst"; d=${LOOPS[0]}
   timed "$b tek write (zstd file)" tekw "$CACHE/$b.img.zst" "$d"
+  fresh "$size" "$img"; d=${LOOPS[0]}
   timed "$b bmaptool copy" bmaptool copy --bmap "$CACHE/$b.bmap" "$img" "$d"
+  fresh "$size" "$img"; d=${LOOPS[0]}
   timed "$b dd bs=4M oflag=direct" dd if="$img" of="$d" bs=4M oflag=direct status=none
+  fresh "$size" "$CACHE/$b.img.zst"; d=${LOOPS[0]}
   timed "$b zstdcat | dd" bash -c "zstdcat '$CACHE/$b.img.zst' | dd of=$d bs=4M iflag=fullblock oflag=direct status=none"
+  fresh "$size"; d=${LOOPS[0]}
   timed "$b raw floor (dd w+r data)" floor "$d" "$data"
-  make_targets 4 "$size"
+  make_targets 4 "$size"; warm "$STORE_DIR"
   timed "$b tek write (store) x4" tekw "$b@1" "${LOOPS[@]}"
   echo "   ratios: tek/bmaptool $(ratio "$b tek write (store)" "$b bmaptool copy")" \
        " tek/dd $(ratio "$b tek write (store)" "$b dd bs=4M oflag=direct")" \
@@ -110,16 +126,18 @@ b=$(basename "$V1" .img); size=$(stat -c %s "$V1"); data=$(data_bytes "$V1")
 make_targets 1 "$size"
 lim() { local r=$1; shift; for d in "$@"; do printf '%s:%s ' "$d" "$r"; done; }
 timed "$b throttled raw floor" "$THROTTLE" $(lim "$FAST" "${LOOPS[0]}") -- bash -c "$(declare -f floor); floor ${LOOPS[0]} $data"
+fresh "$size" "$STORE_DIR"
 timed "$b throttled tek x1" "$THROTTLE" $(lim "$FAST" "${LOOPS[0]}") -- "$TEK" write "$b@1" "${LOOPS[0]}" --yes --allow-unsigned
 echo "   ratios: tek/floor $(ratio "$b throttled tek x1" "$b throttled raw floor")"
-make_targets 4 "$size"
+make_targets 4 "$size"; warm "$STORE_DIR"
 timed "$b throttled tek x4" "$THROTTLE" $(lim "$FAST" "${LOOPS[@]}") -- "$TEK" write "$b@1" "${LOOPS[@]}" --yes --allow-unsigned
 echo "   aggregate x4 vs x1: $(echo "scale=2; 4 * ${T[$b throttled tek x1]} / ${T[$b throttled tek x4]}" | bc)x"
 
 echo "-- one slow ($SLOW) among three fast ($FAST), dense image"
 b=$(basename "$DENSE" .img); size=$(stat -c %s "$DENSE")
-make_targets 4 "$size"
+make_targets 4 "$size"; warm "$STORE_DIR"
 timed "$b throttled fast x3 alone" "$THROTTLE" $(lim "$FAST" "${LOOPS[@]:0:3}") -- "$TEK" write "$b@1" "${LOOPS[@]:0:3}" --yes --allow-unsigned
+make_targets 4 "$size"; warm "$STORE_DIR"
 timed "$b throttled 3 fast + 1 slow" "$THROTTLE" $(lim "$FAST" "${LOOPS[@]:0:3}") "${LOOPS[3]}:$SLOW" -- \
   "$TEK" write "$b@1" "${LOOPS[@]}" --yes --allow-unsigned --report "$CACHE/slow.json"
 python3 - "$CACHE/slow.json" <<'PY'
