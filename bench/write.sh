@@ -66,7 +66,7 @@ make_targets() {
 # command gets its source warm and a fresh target (see `fresh`), so that all tools start from the
 # same state: round 1 timed tek reading a cold store (1 GiB from the VM disk: 2.8 s) and
 # a cold raw image while dd and the floor read warm files or /dev/zero.
-warm() { find "$@" -type f -exec cat {} + >/dev/null; }
+warm() { [ $# -gt 0 ] || return 0; find "$@" -type f -exec cat {} + >/dev/null; }
 STORE_DIR=$CACHE/state/store
 # fresh SIZE SRC...: one new sparse target (tmpfs pages are allocated by whoever writes first:
 # every tool pays that alike) and the sources warm.
