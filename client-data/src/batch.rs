@@ -318,8 +318,7 @@ fn seal_and_write(
 ) -> io::Result<usize> {
     let n = seg.seal(b, last)?;
     file.write_all(&b.buf[..n])?;
-    // The rayon pool is idle again once the batch is sealed.
-    hasher.update_rayon(&b.buf[..n]);
+    hasher.update(&b.buf[..n]);
     Ok(n)
 }
 

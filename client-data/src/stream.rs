@@ -302,7 +302,7 @@ impl<W: Write> Write for MacWriter<W> {
 /// Keyed BLAKE3 of everything `r` yields, hex (the first-pass whole-ciphertext check).
 pub fn mac_of(mut r: impl Read, key: &Key) -> io::Result<String> {
     let mut h = blake3::Hasher::new_keyed(&key.0);
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match r.read(&mut buf) {
             Ok(0) => break,
@@ -310,11 +310,9 @@ pub fn mac_of(mut r: impl Read, key: &Key) -> io::Result<String> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        if n >= 128 * 1024 {
-            h.update_rayon(&buf[..n]);
-        } else {
-            h.update(&buf[..n]);
-        }
+        // One thread: measured with b3sum on the 1 GiB staging file, mmap + rayon cost twice the
+        // CPU (faults, wake-ups) for no gain in wall time on a 2-core machine kept busy by others.
+        h.update(&buf[..n]);
     }
     Ok(h.finalize().to_hex().to_string())
 }
