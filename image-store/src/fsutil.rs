@@ -56,6 +56,48 @@ pub(crate) fn syncfs(path: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io("syncing filesystem of", path, e.into()))
 }
 
+/// Opens an unnamed file (`O_TMPFILE`) in `dir` for writing. It has no name until
+/// [`link_tmpfile`]; if the process dies first, the kernel frees it (no leftover temporaries), and
+/// creating it touches no directory entry (no lock on a shared temporary directory).
+pub(crate) fn open_tmpfile(dir: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o644)
+        .open(dir)
+}
+
+/// Gives a file from [`open_tmpfile`] the name `dest`. Through `/proc/self/fd` (linkat with
+/// `AT_SYMLINK_FOLLOW`), which, unlike `AT_EMPTY_PATH`, needs no capability. Fails with
+/// `AlreadyExists` if `dest` exists.
+pub(crate) fn link_tmpfile(f: &File, dest: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let src = format!("/proc/self/fd/{}", f.as_raw_fd());
+    nix::unistd::linkat(
+        None,
+        Path::new(&src),
+        None,
+        dest,
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Raises the soft limit on open files towards `want` (never above the hard limit) and returns
+/// the soft limit now in force.
+pub(crate) fn raise_fd_limit(want: u64) -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    let target = want.min(hard);
+    if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+        return target;
+    }
+    soft
+}
+
 /// Sets a file's mtime (and atime) to now without opening it. Returns false if it does not exist.
 /// gc keeps every chunk whose mtime is newer than its cutoff, so touching is how an import or the
 /// gc mark phase says "in use".
@@ -95,5 +137,25 @@ mod tests {
         let m = std::fs::metadata(&dest).unwrap().modified().unwrap();
         assert!(m > old);
         assert!(!touch(&d.path().join("missing")).unwrap());
+    }
+
+    #[test]
+    fn tmpfile_gets_a_name_only_when_linked() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = match open_tmpfile(d.path()) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("skipping: O_TMPFILE unsupported here: {e}");
+                return;
+            }
+        };
+        f.write_all(b"chunk").unwrap();
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        let dest = d.path().join("c");
+        link_tmpfile(&f, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"chunk");
+        let e = link_tmpfile(&f, &dest).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert!(raise_fd_limit(256) >= 256);
     }
 }
