@@ -10,6 +10,8 @@
 //! beyond_image = "auto"               # auto | overwrite | skip: what to do past the image's end
 //! allow_unsigned = false              # write images with no valid trusted signature?
 //! allowed_buses = ["usb", "ata", "nvme", "scsi", "virtual"]  # for jobs matched by serial
+//! share_write_window_ms = 2000       # jobs writing the same image within this window share
+//!                                     # one decode (0: every job writes alone, at once)
 //!
 //! [[bay]]
 //! name = "left-dock"
@@ -89,6 +91,14 @@ pub struct Policy {
     /// Buses on which a disk may be matched by a job's expected serial (outside any bay).
     #[serde(default = "default_buses")]
     pub allowed_buses: Vec<String>,
+    /// Jobs that start writing the same image within this many milliseconds share one
+    /// read/decode of it (`shared_write.rs`); 0 writes every job alone, at once.
+    #[serde(default = "default_share_window")]
+    pub share_write_window_ms: u64,
+}
+
+fn default_share_window() -> u64 {
+    2000
 }
 
 impl Default for Policy {
@@ -97,6 +107,7 @@ impl Default for Policy {
             beyond_image: BeyondImage::Auto,
             allow_unsigned: false,
             allowed_buses: default_buses(),
+            share_write_window_ms: default_share_window(),
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use client_data::{AuditEvent, Custody, CustodyPaths, DatasetId, DatasetState, Destination};
@@ -15,6 +16,7 @@ use crate::config::{BeyondImage, Config};
 use crate::job::Job;
 use crate::report::Report;
 use crate::runner::{JobSteps, StepError, StepProgress};
+use crate::shared_write::WriteSharing;
 
 /// Operator name written into wipe records made by the agent.
 const OPERATOR: &str = "tek-agent";
@@ -27,6 +29,7 @@ pub struct RealSteps {
     reports: PathBuf,
     allow_unsigned: bool,
     beyond: BeyondImage,
+    sharing: WriteSharing<imager::TargetReport>,
 }
 
 impl RealSteps {
@@ -48,6 +51,7 @@ impl RealSteps {
             reports: depot.reports(),
             allow_unsigned: cfg.policy.allow_unsigned,
             beyond: cfg.policy.beyond_image,
+            sharing: WriteSharing::new(Duration::from_millis(cfg.policy.share_write_window_ms)),
         })
     }
 
@@ -130,6 +134,8 @@ impl JobSteps for RealSteps {
         progress: &dyn Fn(StepProgress),
     ) -> Result<serde_json::Value, StepError> {
         let img = self.load(job)?;
+        // Same image, same content: NAME@VERSION plus the manifest hash it resolved to.
+        let key = format!("{}#{}", job.image, img.manifest_hash);
         let source = imager::ImageSource::Stored {
             store: self.store.clone(),
             image: img,
@@ -140,28 +146,20 @@ impl JobSteps for RealSteps {
                 BeyondImage::Overwrite => imager::BeyondImage::Overwrite,
                 BeyondImage::Skip => imager::BeyondImage::Skip,
             },
-            cancel: stop.clone(),
             ..imager::WriteOptions::default()
         };
-        let (tx, rx) = crossbeam_channel::unbounded::<imager::ProgressEvent>();
-        let targets = [dev.to_path_buf()];
-        let reports = std::thread::scope(|s| {
-            let writer = s.spawn(|| imager::write_image(&source, &targets, &opts, Some(tx)));
-            for ev in rx.iter() {
-                progress(StepProgress {
-                    phase: format!("{:?}", ev.phase).to_lowercase(),
-                    bytes_done: ev.bytes_done,
-                    bytes_total: ev.bytes_total,
-                    rate_bps: ev.rate_bps,
-                });
-            }
-            writer.join()
-        })
-        .map_err(|_| anyhow!("the imager panicked"))?;
-        let report = reports
-            .into_iter()
-            .next()
-            .context("the imager returned no report")?;
+        // Only the batch's leader runs this, on every member's disk (shared_write.rs).
+        let run = Box::new(move |targets: &[PathBuf], cancel: Arc<AtomicBool>, tx| {
+            let opts = imager::WriteOptions { cancel, ..opts };
+            imager::write_image(&source, targets, &opts, Some(tx))
+                .into_iter()
+                .map(|r| (r.path.clone(), r))
+                .collect()
+        });
+        let report = self
+            .sharing
+            .write(&key, dev, stop, progress, run)
+            .map_err(|e| anyhow!("writing the image: {e}"))?;
         let value = serde_json::to_value(&report).context("recording the imager report")?;
         if stop.load(std::sync::atomic::Ordering::SeqCst) && !report.ok() {
             return Err(StepError::Stopped);

@@ -217,7 +217,12 @@ fn kill9_during_write_then_restart_completes() {
         return;
     }
     // Overwriting past the image's end on a 1 GiB disk makes the write last long enough.
-    let mut b = Bench::new("kill-write", &["bay1"], "beyond_image = \"overwrite\"");
+    // No shared-write window: the kill must land while the imager is really writing.
+    let mut b = Bench::new(
+        "kill-write",
+        &["bay1"],
+        "beyond_image = \"overwrite\"\nshare_write_window_ms = 0",
+    );
     let (dataset, src) = b.ingest();
     b.start_agent();
     let job = b.add_job("T-102", "bay1", Some(&dataset));
@@ -274,7 +279,11 @@ fn disk_detached_mid_job_is_interrupted_and_resumes_when_reattached() {
     if !need_root("disk_detached_mid_job_is_interrupted_and_resumes_when_reattached") {
         return;
     }
-    let mut b = Bench::new("detach", &["bay1"], "beyond_image = \"overwrite\"");
+    let mut b = Bench::new(
+        "detach",
+        &["bay1"],
+        "beyond_image = \"overwrite\"\nshare_write_window_ms = 0",
+    );
     let (dataset, src) = b.ingest();
     b.start_agent();
     let job = b.add_job("T-104", "bay1", Some(&dataset));
@@ -311,6 +320,17 @@ fn two_bays_at_once() {
     let _l2 = LoopDevice::attach(&d2).unwrap();
     b.wait_state(&j1, "done", 60);
     b.wait_state(&j2, "done", 60);
+    // Both started writing the same image within the window: one read/decode fed both disks,
+    // and each job still got its own verified target report.
+    let log = b.agent_log();
+    assert!(
+        log.contains("shared write") && log.contains("targets=2"),
+        "{log}"
+    );
+    for j in [&j1, &j2] {
+        let rec = b.job_record(j);
+        assert_eq!(rec["results"]["write"]["result"]["status"], "ok", "{rec:#}");
+    }
     for (d, j, bay) in [(&d1, &j1, "left"), (&d2, &j2, "right")] {
         assert_gpt_valid(d);
         assert_same_range(&b.image, d, ROOT_RANGE);
