@@ -10,6 +10,8 @@
 #      attached first to spare files OUTSIDE the bays' glob (ignored by the agent); a "plug" is
 #      renaming the backing file into the bay directory and asking the kernel for a `change`
 #      uevent (the loop's backing_file in sysfs follows the rename).
+# The agent runs with the default share_write_window_ms (2 s): the 4 bays share one decode, and
+# every single-bay time includes the 2 s window.
 # Targets: latency < 1 s, RSS < 50 MiB idle and < 200 MiB busy.
 #
 # usage: bench/agent.sh [IMAGE] [WORKDIR]
