@@ -275,6 +275,29 @@ fn walk_dir(root: &Path, sink: &mut Sink) -> Result<(), DataError> {
         }
         rel.extend_from_slice(de.file_name().as_bytes());
         let full = de.path();
+        // The directory entry's type (d_type) spares regular files an lstat: they are opened and
+        // fstat'ed, which is what counts (the entry could change in between).
+        let dt = de
+            .file_type()
+            .map_err(io("reading metadata of source entry", &full))?;
+        if dt.is_file() {
+            // O_NOFOLLOW: refuse if swapped for a symlink meanwhile; O_NONBLOCK: do not hang if
+            // swapped for a FIFO (the fstat below then refuses it).
+            let mut f = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&full)
+                .map_err(io("opening source file", &full))?;
+            let fm = f
+                .metadata()
+                .map_err(io("reading metadata of source file", &full))?;
+            if !fm.is_file() {
+                return Err(sink.bad("a regular file was replaced while being read"));
+            }
+            let e = entry_from_meta(rel, EntryKind::File, &fm);
+            sink.add(e, Some(&mut f))?;
+            continue;
+        }
         let m = std::fs::symlink_metadata(&full)
             .map_err(io("reading metadata of source entry", &full))?;
         let ft = m.file_type();
