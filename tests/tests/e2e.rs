@@ -589,7 +589,7 @@ fn agent_notifies_systemd_ready_status_watchdog_and_stopping() {
     assert!(got.contains("READY=1"), "{got}");
     assert!(got.contains("STATUS=1 bays"), "{got}");
     assert!(got.contains("WATCHDOG=1"), "{got}");
-    assert!(b.stop());
+    assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
     let mut rest = String::new();
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();

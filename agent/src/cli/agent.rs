@@ -203,31 +203,39 @@ fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        // Before the socket exists and READY is sent: a SIGTERM from then on is a clean stop,
+        // never the default action (a supervisor or test may stop us right after READY).
+        let shutdown = shutdown_signal();
         let listener = crate::server::bind_socket(&cfg.socket, &cfg.socket_group)?;
         let steps = crate::steps::RealSteps::open(&depot, &cfg)?;
         let journal = crate::journal::Journal::open(&depot.jobs())?;
         let agent = crate::daemon::Agent::new(cfg.clone(), journal, Arc::new(steps))?;
         let devices = crate::server::hotplug_events(PathBuf::from("/sys"))?;
         tracing::info!(socket = %cfg.socket.display(), state = %depot.root().display(), "agent starting");
-        let res = crate::server::run(listener, agent, devices, shutdown_signal()).await;
+        let res = crate::server::run(listener, agent, devices, shutdown).await;
         let _ = std::fs::remove_file(&cfg.socket);
         res
     })
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (an `async fn` would install them only when
+/// first polled, leaving a window after READY where SIGTERM kills outright) and returns a
+/// future completing on either. Must be called inside the tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("installing signal handlers failed; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("installing signal handlers failed; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
     }
 }
 
