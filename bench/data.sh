@@ -73,7 +73,9 @@ run_tek() {
   t_ingest=$(t bash -c "'$tek' data ingest --client BENCH --ticket B-1 '$src' > '$work/id' 2> '$work/ingest.log'")
   local id; id=$(cat "$work/id")
   t_restore=$(t bash -c "'$tek' data restore '$id' '$mnt/tek' --json > '$work/restore.json'")
-  "$tek" data show "$id" | grep -q '"state": "migrated"' || { echo "restore did not verify" >&2; exit 1; }
+  # Captured first: `tek ... | grep -q` would close the pipe early under pipefail.
+  local shown; shown=$("$tek" data show "$id")
+  grep -q '"state": "migrated"' <<< "$shown" || { echo "restore did not verify" >&2; exit 1; }
   rm -rf "$mnt/tek"
 }
 run_base() {
