@@ -24,7 +24,7 @@ pub const SPAN_BYTES: usize = 4 << 20;
 /// Capacity of pooled buffers: a span plus its lead-in for alignment.
 const POOLED: usize = SPAN_BYTES + ALIGN;
 /// Free buffers the pool keeps.
-const POOL_KEEP: usize = 24;
+const POOL_KEEP: usize = 16;
 
 static POOL: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 

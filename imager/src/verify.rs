@@ -12,7 +12,7 @@
 //! (small holes, zeros inside spans, BLKZEROOUT emulated by the kernel, our own zero writes) are
 //! read back completely, like data.
 //!
-//! The planned ranges are cut into units of about 8 MiB; one worker per core plus one each read a
+//! The planned ranges are cut into units of about 4 MiB; one worker per core plus one each read a
 //! unit (O_DIRECT) and hash it, so BLAKE3 runs on every core and the disk always has a read in
 //! flight while others hash.
 
@@ -26,7 +26,7 @@ use crate::target::TargetDev;
 use crate::writer::{BIG_HOLE, HOLDBACK, WrittenExtent};
 
 /// Size of one read-back request.
-pub const READ_BUF: usize = 8 << 20;
+pub const READ_BUF: usize = 4 << 20;
 /// Distance between samples inside a large zeroed hole.
 pub const SAMPLE_EVERY: u64 = 64 << 20;
 /// Size of one sample.
