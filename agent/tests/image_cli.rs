@@ -1,86 +1,11 @@
 //! `tek image ...` end to end: the real binary against a temporary state root and a small GPT
 //! image built at test time with sgdisk (no root needed).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-struct Tek {
-    state: tempfile::TempDir,
-}
-
-impl Tek {
-    fn new() -> Tek {
-        Tek {
-            state: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn dir(&self) -> &Path {
-        self.state.path()
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tek"))
-            .arg("--state")
-            .arg(self.dir().join("state"))
-            .arg("--trusted-keys")
-            .arg(self.dir().join("trusted"))
-            .args(args)
-            .env_remove("TEK_STORE")
-            .output()
-            .expect("running tek")
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "tek {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-    fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(!o.status.success(), "tek {args:?} should have failed");
-        String::from_utf8(o.stderr).unwrap()
-    }
-}
-
-fn have_sgdisk() -> bool {
-    Command::new("sgdisk").arg("--version").output().is_ok()
-}
-
-fn gpt_image(dir: &Path) -> PathBuf {
-    let img = dir.join("disk.img");
-    let f = std::fs::File::create(&img).unwrap();
-    f.set_len(16 << 20).unwrap();
-    drop(f);
-    let st = Command::new("sgdisk")
-        .args([
-            "-n",
-            "1:2048:+6M",
-            "-c",
-            "1:ROOT",
-            "-n",
-            "2:0:+4M",
-            "-c",
-            "2:DATA",
-        ])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
-    // Some content inside ROOT so there are chunks.
-    let mut data = std::fs::read(&img).unwrap();
-    let mut x = 99u64;
-    for b in &mut data[(1 << 20)..(3 << 20)] {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = (x % 7) as u8;
-    }
-    std::fs::write(&img, data).unwrap();
-    img
-}
+mod common;
+use common::{Tek, gpt_image, have_sgdisk};
 
 fn sha256sum(p: &Path) -> String {
     let o = Command::new("sha256sum").arg(p).output().unwrap();

@@ -3,83 +3,10 @@
 //! `cmp` and `sgdisk -v`, independently of tek.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-const MIB: u64 = 1 << 20;
-
-struct Tek {
-    state: tempfile::TempDir,
-}
-
-impl Tek {
-    fn new() -> Tek {
-        Tek {
-            state: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn dir(&self) -> &Path {
-        self.state.path()
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tek"))
-            .arg("--state")
-            .arg(self.dir().join("state"))
-            .arg("--trusted-keys")
-            .arg(self.dir().join("trusted"))
-            .args(args)
-            .env_remove("TEK_STORE")
-            .output()
-            .expect("running tek")
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "tek {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-}
-
-fn have_sgdisk() -> bool {
-    Command::new("sgdisk").arg("--version").output().is_ok()
-}
-
-/// A 16 MiB GPT image (ROOT 6 MiB, DATA 4 MiB) with 2 MiB of pseudo-random bytes in ROOT.
-fn gpt_image(dir: &Path) -> PathBuf {
-    let img = dir.join("disk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 * MIB)
-        .unwrap();
-    let st = Command::new("sgdisk")
-        .args([
-            "-n",
-            "1:2048:+6M",
-            "-c",
-            "1:ROOT",
-            "-n",
-            "2:0:+4M",
-            "-c",
-            "2:DATA",
-        ])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
-    let mut data = std::fs::read(&img).unwrap();
-    let mut x = 99u64;
-    for b in &mut data[MIB as usize..3 * MIB as usize] {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = (x % 7) as u8;
-    }
-    std::fs::write(&img, data).unwrap();
-    img
-}
+mod common;
+use common::{MIB, Tek, gpt_image, have_sgdisk};
 
 /// A target file of `size` bytes full of an old owner's data (0xEE).
 fn old_disk(dir: &Path, name: &str, size: u64) -> PathBuf {

@@ -1,0 +1,97 @@
+//! Helpers shared by the `tek` command-line tests in this directory: a temporary state root to run
+//! the real binary against, and a small GPT image built with sgdisk.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// One MiB.
+pub const MIB: u64 = 1 << 20;
+
+/// The `tek` binary with its own temporary state root and trusted-keys directory.
+pub struct Tek {
+    state: tempfile::TempDir,
+}
+
+impl Tek {
+    /// A fresh, empty depot.
+    pub fn new() -> Tek {
+        Tek {
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+    /// The scratch directory holding `state/` and `trusted/`.
+    pub fn dir(&self) -> &Path {
+        self.state.path()
+    }
+    /// Runs `tek ARGS` against this depot.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tek"))
+            .arg("--state")
+            .arg(self.dir().join("state"))
+            .arg("--trusted-keys")
+            .arg(self.dir().join("trusted"))
+            .args(args)
+            .env_remove("TEK_STORE")
+            .output()
+            .expect("running tek")
+    }
+    /// Runs `tek ARGS`, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "tek {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+    /// Runs `tek ARGS`, asserts failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(!o.status.success(), "tek {args:?} should have failed");
+        String::from_utf8(o.stderr).unwrap()
+    }
+}
+
+/// True when sgdisk is installed (tests that need it say so when they skip).
+pub fn have_sgdisk() -> bool {
+    Command::new("sgdisk").arg("--version").output().is_ok()
+}
+
+/// A 16 MiB GPT image (ROOT 6 MiB, DATA 4 MiB) with 2 MiB of pseudo-random bytes in ROOT, so
+/// it has chunks as well as holes.
+pub fn gpt_image(dir: &Path) -> PathBuf {
+    let img = dir.join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    let st = Command::new("sgdisk")
+        .args([
+            "-n",
+            "1:2048:+6M",
+            "-c",
+            "1:ROOT",
+            "-n",
+            "2:0:+4M",
+            "-c",
+            "2:DATA",
+        ])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let mut data = std::fs::read(&img).unwrap();
+    let mut x = 99u64;
+    for b in &mut data[MIB as usize..3 * MIB as usize] {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x % 7) as u8;
+    }
+    std::fs::write(&img, data).unwrap();
+    img
+}
