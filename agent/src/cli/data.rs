@@ -197,10 +197,15 @@ fn parse_id(s: &str) -> Result<DatasetId> {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!(
+    use std::io::Write;
+    // Not println!: a reader that closes the pipe early (`| head`, `| grep -q`) must give an
+    // error, not a panic.
+    writeln!(
+        std::io::stdout().lock(),
         "{}",
         serde_json::to_string_pretty(v).context("serializing output")?
-    );
+    )
+    .context("writing output")?;
     Ok(())
 }
 
