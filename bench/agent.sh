@@ -4,7 +4,7 @@
 #   2. agent RSS idle, and peak RSS with 4 jobs running at once
 #   3. throughput: one bay alone vs 4 bays at once (bytes written per second, all targets),
 #      unthrottled (CPU-bound: decoding on the loop devices' page cache), then
-#   4. the same, disk-bound: the agent runs under /work/shared/bench/throttle.sh with every
+#   4. the same, disk-bound: the agent runs under ../shared/bench/throttle.sh with every
 #      loop device limited to THROTTLE (default 250:400 MB/s write:read, an SSD in a dock).
 #      throttle.sh needs the devices to exist before the agent starts, so the loop devices are
 #      attached first to spare files OUTSIDE the bays' glob (ignored by the agent); a "plug" is
@@ -15,7 +15,7 @@
 # Targets: latency < 1 s, RSS < 50 MiB idle and < 200 MiB busy.
 #
 # usage: bench/agent.sh [IMAGE] [WORKDIR]
-#   IMAGE    raw image to import and write (default /work/bench-cache/dense.img, 1 GiB)
+#   IMAGE    raw image to import and write (default ../bench-cache/dense.img, 1 GiB)
 #   WORKDIR  scratch directory (default: a new mktemp -d; removed at the end)
 #   TEK      tek binary (default: target/release/tek, built if missing)
 #   THROTTLE WRITE:READ MB/s per loop device for the disk-bound regime (default 250:400;
@@ -26,14 +26,14 @@
 # alone.
 set -euo pipefail
 
-IMAGE=${1:-/work/bench-cache/dense.img}
+IMAGE=${1:-${BENCH_CACHE:-$HERE/../bench-cache}/dense.img}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 TEK=${TEK:-$HERE/target/release/tek}
 if [ ! -x "$TEK" ]; then
     (cd "$HERE" && cargo build --release -p agent)
 fi
 [ "$(id -u)" = 0 ] || { echo "needs root (loop devices)"; exit 1; }
-[ -f "$IMAGE" ] || { echo "no image $IMAGE (see /work/shared/bench/make-image.sh)"; exit 1; }
+[ -f "$IMAGE" ] || { echo "no image $IMAGE (see $HERE/../shared/bench/make-image.sh)"; exit 1; }
 
 OWN_WORK=0
 if [ -n "${2:-}" ]; then WORK=$2; mkdir -p "$WORK"; else WORK=$(mktemp -d /tmp/tek-bench-agent.XXXXXX); OWN_WORK=1; fi
@@ -42,7 +42,7 @@ SOCK=$WORK/agent.sock
 LOOPS=()
 AGENT_PID=
 THROTTLE=${THROTTLE:-250:400}
-THROTTLE_SH=${THROTTLE_SH:-/work/shared/bench/throttle.sh}
+THROTTLE_SH=${THROTTLE_SH:-$HERE/../shared/bench/throttle.sh}
 WRAP_PID=
 cleanup() {
     [ -n "$AGENT_PID" ] && kill -TERM "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true

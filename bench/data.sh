@@ -5,13 +5,13 @@
 #
 #   bench/data.sh [SOURCE_DIR] [WORK_DIR] [RUNS]
 #
-# SOURCE_DIR defaults to /work/bench-cache/client-data (built with
-# /work/shared/bench/make-client-data.sh when missing: 20k files, ~1 GiB). WORK_DIR (default a
+# SOURCE_DIR defaults to ../bench-cache/client-data (built with
+# ../shared/bench/make-client-data.sh when missing: 20k files, ~1 GiB). WORK_DIR (default a
 # temp dir under /var/tmp) holds the state, a 4 GiB sparse ext4 image and the tar.zst. RUNS
 # (default 3): tek and the baseline run back to back that many times, alternating which goes
 # first, and the table shows medians (each run's figures are printed as they come). Needs root
 # (losetup, mount). Builds tek and the audit-log generator with `cargo build --release`
-# (CARGO_TARGET_DIR, default /work/main/target-data).
+# (CARGO_TARGET_DIR, default target/ in the repository).
 #
 # What is timed:
 #   tek      `tek data ingest` (source -> encrypted staging, fsync'd), then `tek data restore`
@@ -28,13 +28,13 @@
 # contender reads it from the page cache.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-src=${1:-/work/bench-cache/client-data}
+src=${1:-${BENCH_CACHE:-$here/../bench-cache}/client-data}
 work=${2:-$(mktemp -d /var/tmp/tek-bench-data.XXXXXX)}
 runs=${3:-3}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$here/target-data}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$here/target}
 [ "$(id -u)" = 0 ] || { echo "bench/data.sh: needs root (loop devices, mount)" >&2; exit 2; }
 if [ ! -d "$src" ]; then
-  /work/shared/bench/make-client-data.sh "$src"
+  bash $here/../shared/bench/make-client-data.sh "$src"
 fi
 (cd "$here" && cargo build --release -p agent >/dev/null \
   && cargo build --release -p client-data --example audit_log >/dev/null)

@@ -3,7 +3,7 @@
 #
 #   bench/store.sh [V1.img [V2.img [WORKDIR]]]
 #
-# Defaults: /work/bench-cache/v1.img and v2.img (built with ../shared/bench/make-image.sh when
+# Defaults: ../bench-cache/v1.img and v2.img (built with ../shared/bench/make-image.sh when
 # missing: a 4 GiB sparse GPT disk with ~1.5 GiB of files, and the same with ~5% of files
 # changed). WORKDIR (default: a temp dir next to the images) holds the stores and is removed at
 # the end. The tek binary is $TEK, else $CARGO_TARGET_DIR/release/tek, built when missing.
@@ -14,11 +14,11 @@
 # no larger than casync's for the same two versions. Run once on a quiet machine.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-cache=/work/bench-cache
+cache=${BENCH_CACHE:-$here/../bench-cache}
 v1=${1:-$cache/v1.img}
 v2=${2:-$cache/v2.img}
 mk=${MAKE_IMAGE:-$here/../shared/bench/make-image.sh}
-[ -x "$mk" ] || mk=/work/shared/bench/make-image.sh
+[ -x "$mk" ] || mk=$here/../shared/bench/make-image.sh
 for pair in "v1:$v1" "v2:$v2"; do
   variant=${pair%%:*} path=${pair#*:}
   if [ ! -f "$path" ]; then

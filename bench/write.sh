@@ -4,18 +4,18 @@
 # (throttled) regimes; one slow target among three fast ones. Prints times and ratios.
 # Every timed command starts from a fresh sparse target and its source already in the page cache.
 #
-#   bench/write.sh [V1_IMG] [DENSE_IMG]     (as root; defaults: /work/bench-cache/{v1,dense}.img)
+#   bench/write.sh [V1_IMG] [DENSE_IMG]     (as root; defaults: ../bench-cache/{v1,dense}.img)
 #
-# Env: TEK (binary, default target-imager/release/tek), CACHE (bmap/zstd/store cache dir, default
-# /work/bench-cache/write), THROTTLE (default /work/shared/bench/throttle.sh), FAST=250:400 and
+# Env: TEK (binary, default target/release/tek, or $CARGO_TARGET_DIR/release/tek), CACHE (bmap/zstd/store cache dir, default
+# ../bench-cache/write), THROTTLE (default ../shared/bench/throttle.sh), FAST=250:400 and
 # SLOW=40:80 (MB/s write:read), SKIP_THROTTLED=1 to skip the disk-bound part.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-V1=${1:-/work/bench-cache/v1.img}
-DENSE=${2:-/work/bench-cache/dense.img}
-TEK=${TEK:-$here/target-imager/release/tek}
-CACHE=${CACHE:-/work/bench-cache/write}
-THROTTLE=${THROTTLE:-/work/shared/bench/throttle.sh}
+V1=${1:-${BENCH_CACHE:-$here/../bench-cache}/v1.img}
+DENSE=${2:-${BENCH_CACHE:-$here/../bench-cache}/dense.img}
+TEK=${TEK:-${CARGO_TARGET_DIR:-$here/target}/release/tek}
+CACHE=${CACHE:-${BENCH_CACHE:-$here/../bench-cache}/write}
+THROTTLE=${THROTTLE:-$here/../shared/bench/throttle.sh}
 FAST=${FAST:-250:400}
 SLOW=${SLOW:-40:80}
 [ "$(id -u)" = 0 ] || { echo "write.sh: needs root (loop devices)" >&2; exit 2; }
