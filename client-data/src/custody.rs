@@ -127,6 +127,25 @@ impl Custody {
         DatasetLock::try_take(&self.paths.staging, id.as_str())
     }
 
+    /// Takes dataset `id`'s lock and loads its metadata, refusing a dataset that is no longer
+    /// live (wiped or withdrawn) for `action`. Restore and wipe both start here.
+    pub(crate) fn lock_live(
+        &self,
+        id: &DatasetId,
+        action: &'static str,
+    ) -> Result<(DatasetLock, Meta), DataError> {
+        let lock = self.lock(id)?;
+        let meta = self.meta(id)?;
+        if !meta.info.state.is_live() {
+            return Err(DataError::BadState {
+                id: id.to_string(),
+                state: meta.info.state.to_string(),
+                action,
+            });
+        }
+        Ok((lock, meta))
+    }
+
     pub(crate) fn meta(&self, id: &DatasetId) -> Result<Meta, DataError> {
         let dir = self.dataset_dir(id);
         if !dir.join("meta.json").exists() {

@@ -332,15 +332,7 @@ impl Custody {
         target_dir: &Path,
         dest: &Destination,
     ) -> Result<RestoreResult, DataError> {
-        let _lock = self.lock(id)?;
-        let mut meta = self.meta(id)?;
-        if !meta.info.state.is_live() {
-            return Err(DataError::BadState {
-                id: id.to_string(),
-                state: meta.info.state.to_string(),
-                action: "restore",
-            });
-        }
+        let (_lock, mut meta) = self.lock_live(id, "restore")?;
         let kek = self.keys.kek(false)?;
         let key = self.keys.load(&kek, id.as_str())?;
         let dir = self.dataset_dir(id);

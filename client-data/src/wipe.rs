@@ -163,15 +163,7 @@ impl Custody {
         opts: &WipeOptions,
         end: DatasetState,
     ) -> Result<SanitizationRecord, DataError> {
-        let _lock = self.lock(id)?;
-        let mut meta = self.meta(id)?;
-        if !meta.info.state.is_live() {
-            return Err(DataError::BadState {
-                id: id.to_string(),
-                state: meta.info.state.to_string(),
-                action: "wipe",
-            });
-        }
+        let (_lock, mut meta) = self.lock_live(id, "wipe")?;
         let migrated = meta.info.state == DatasetState::Migrated && !meta.migrations.is_empty();
         if !migrated
             && opts
