@@ -13,6 +13,7 @@ pub mod disk;
 pub mod hotplug;
 pub mod job;
 pub mod journal;
+pub mod memory;
 pub mod portpath;
 pub mod protocol;
 pub mod report;

@@ -193,6 +193,7 @@ pub fn agent_depot(depot: &Depot, cfg: &Config) -> Depot {
 }
 
 fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
+    crate::memory::limit_malloc_arenas();
     let cfg = Config::load_or_default(config)?;
     let depot = agent_depot(depot, &cfg);
     std::fs::create_dir_all(depot.root())
