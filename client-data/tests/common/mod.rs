@@ -1,0 +1,137 @@
+//! Helpers shared by the client-data integration tests: a temporary depot, a sample tree with
+//! awkward names and modes, and a byte-exact tree comparison.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use client_data::{Custody, CustodyPaths, DataError, Destination};
+
+pub struct Depot {
+    pub dir: tempfile::TempDir,
+    pub custody: Custody,
+}
+
+pub fn paths(root: &Path) -> CustodyPaths {
+    CustodyPaths {
+        staging: root.join("staging"),
+        keys: root.join("keys"),
+        audit: root.join("audit"),
+        reports: root.join("reports"),
+    }
+}
+
+pub fn depot() -> Depot {
+    let dir = tempfile::tempdir().unwrap();
+    let custody = Custody::open(paths(dir.path())).unwrap();
+    Depot { dir, custody }
+}
+
+pub fn dest() -> Destination {
+    Destination {
+        job: Some("job-1".into()),
+        device_serial: Some("SER1".into()),
+        device: "/dev/test".into(),
+    }
+}
+
+/// A small tree with a non-UTF-8 name, a symlink, odd modes and a fixed mtime.
+pub fn sample_tree(root: &Path) {
+    fs::create_dir_all(root.join("Docs/sub")).unwrap();
+    fs::write(root.join("Docs/a.txt"), b"hello").unwrap();
+    let odd = root.join(std::ffi::OsStr::from_bytes(b"Docs/caf\xe9 \xff.bin"));
+    fs::write(&odd, vec![0xAB; 200_000]).unwrap();
+    fs::set_permissions(&odd, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::write(root.join("Docs/sub/empty"), b"").unwrap();
+    std::os::unix::fs::symlink("../a.txt", root.join("Docs/sub/link")).unwrap();
+    fs::set_permissions(root.join("Docs/sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    Command::new("touch")
+        .args(["-h", "-d", "2020-01-02 03:04:05"])
+        .arg(root.join("Docs/a.txt"))
+        .status()
+        .unwrap();
+    Command::new("touch")
+        .args(["-d", "2021-05-06 07:08:09"])
+        .arg(root.join("Docs/sub"))
+        .status()
+        .unwrap();
+}
+
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference", "-x", "lost+found"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "trees differ: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let odd = std::ffi::OsStr::from_bytes(b"Docs/caf\xe9 \xff.bin");
+    assert_eq!(fs::metadata(b.join(odd)).unwrap().mode() & 0o777, 0o640);
+    assert_eq!(
+        fs::metadata(b.join("Docs/sub")).unwrap().mode() & 0o777,
+        0o750
+    );
+    assert_eq!(
+        fs::metadata(a.join("Docs/a.txt")).unwrap().mtime(),
+        fs::metadata(b.join("Docs/a.txt")).unwrap().mtime()
+    );
+    assert_eq!(
+        fs::metadata(a.join("Docs/sub")).unwrap().mtime(),
+        fs::metadata(b.join("Docs/sub")).unwrap().mtime()
+    );
+    assert_eq!(
+        fs::read_link(b.join("Docs/sub/link")).unwrap(),
+        Path::new("../a.txt")
+    );
+}
+
+// ---- tar archives, built byte by byte so hostile headers are possible ----
+
+pub fn header(name: &[u8], typeflag: u8, size: &[u8], link: &[u8]) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0001750");
+    h[116..123].copy_from_slice(b"0001750");
+    h[124..124 + size.len()].copy_from_slice(size);
+    h[136..147].copy_from_slice(b"14000000000");
+    h[156] = typeflag;
+    h[157..157 + link.len()].copy_from_slice(link);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    h
+}
+
+pub fn file_entry(name: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut v = header(name, b'0', format!("{:011o}", data.len()).as_bytes(), b"").to_vec();
+    v.extend_from_slice(data);
+    v.resize(v.len().div_ceil(512) * 512, 0);
+    v
+}
+
+pub fn tar_of(parts: &[Vec<u8>]) -> Vec<u8> {
+    let mut v: Vec<u8> = parts.concat();
+    v.extend_from_slice(&[0u8; 1024]);
+    v
+}
+
+pub fn ingest_bytes(
+    d: &Depot,
+    name: &str,
+    bytes: &[u8],
+) -> Result<client_data::DatasetInfo, DataError> {
+    let p = d.dir.path().join(name);
+    fs::write(&p, bytes).unwrap();
+    d.custody.ingest("C-1", "T-1", &p)
+}
