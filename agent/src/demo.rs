@@ -99,8 +99,10 @@ pub fn run() -> Result<()> {
     say("4. starting the agent in-process with one virtual bay");
     let bay_dir = dir.join("bay");
     std::fs::create_dir_all(&bay_dir).with_context(|| format!("creating {}", bay_dir.display()))?;
+    // One bay, so there is no other write to share: no share window to wait out.
     let cfg = Config::parse(&format!(
-        "socket = {:?}\nstate = {:?}\n[[bay]]\nname = \"demo-bay\"\nloop_backing = {:?}\n",
+        "socket = {:?}\nstate = {:?}\n[policy]\nshare_write_window_ms = 0\n\
+         [[bay]]\nname = \"demo-bay\"\nloop_backing = {:?}\n",
         dir.join("agent.sock"),
         depot.root(),
         format!("{}/disk-*.img", bay_dir.display()),
