@@ -3,13 +3,18 @@
 //! `tek agent` process, loop devices (re-exported from `client-data`'s RAII helper), and
 //! independent checks (sgdisk, byte ranges, mounting and hashing files, the audit chain).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use client_data::loopdev::{LoopDevice, LoopOptions, can_attach};
+
+mod checks;
+pub use checks::*;
 use serde_json::Value;
+
+/// One MiB.
+pub const MIB: u64 = 1 << 20;
 
 /// The sample image's partitions (see `agent::sample`): (first byte, length).
 pub const ROOT_RANGE: (u64, u64) = (18432 * 512, 16 << 20);
@@ -271,6 +276,13 @@ impl Bench {
         p
     }
 
+    /// Creates a sparse disk file in `bay` and attaches it as a loop device: a disk plugged in.
+    pub fn plug(&self, bay: &str, n: u32, size: u64) -> (PathBuf, LoopDevice) {
+        let disk = self.disk_file(bay, n, size);
+        let lo = LoopDevice::attach(&disk).unwrap();
+        (disk, lo)
+    }
+
     /// The journaled record of a job (read from the state directory, not the agent).
     pub fn job_record(&self, id: &str) -> Value {
         let p = self.state.join(format!("jobs/{id}.json"));
@@ -348,148 +360,4 @@ impl Drop for Bench {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-/// Reads `len` bytes at `off` of a file.
-pub fn read_range(p: &Path, off: u64, len: u64) -> Vec<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(p).unwrap();
-    f.seek(SeekFrom::Start(off)).unwrap();
-    let mut v = vec![0u8; len as usize];
-    f.read_exact(&mut v).unwrap();
-    v
-}
-
-/// Asserts two files hold the same bytes in a range; the message names the first difference.
-pub fn assert_same_range(a: &Path, b: &Path, (off, len): (u64, u64)) {
-    let x = read_range(a, off, len);
-    let y = read_range(b, off, len);
-    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
-        panic!(
-            "{} and {} differ at byte {} (range {off}+{len}): {:#04x} vs {:#04x}",
-            a.display(),
-            b.display(),
-            off + i as u64,
-            x[i],
-            y[i]
-        );
-    }
-}
-
-/// BLAKE3 of a whole file, hex.
-pub fn b3(p: &Path) -> String {
-    blake3::hash(&std::fs::read(p).unwrap())
-        .to_hex()
-        .to_string()
-}
-
-/// `sgdisk -v` on a disk or file; panics with its output unless it finds no problems.
-pub fn assert_gpt_valid(p: &Path) {
-    let out = Command::new("sgdisk").arg("-v").arg(p).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("No problems found"),
-        "sgdisk -v {}:\n{text}",
-        p.display()
-    );
-}
-
-/// Relative path -> BLAKE3 of every regular file under `dir`.
-pub fn hash_tree(dir: &Path) -> BTreeMap<String, String> {
-    fn walk(base: &Path, d: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                if p.file_name().is_some_and(|n| n == "lost+found") {
-                    continue;
-                }
-                walk(base, &p, out);
-            } else if ft.is_file() {
-                let rel = p.strip_prefix(base).unwrap().display().to_string();
-                out.insert(rel, b3(&p));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-/// The DATA partition of a disk file, mounted read-only on a temp dir; unmounted on drop.
-pub struct DataMount {
-    dir: tempfile::TempDir,
-    _lo: LoopDevice,
-}
-
-impl DataMount {
-    /// Mounts the DATA partition of `disk` (a disk file written from the sample image).
-    pub fn new(disk: &Path) -> DataMount {
-        let lo = LoopDevice::attach_with(
-            disk,
-            &LoopOptions {
-                offset: DATA_RANGE.0,
-                size_limit: DATA_RANGE.1,
-                read_only: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("mount")
-            .args(["-o", "ro,noload", "-t", "ext4"])
-            .arg(lo.path())
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "mounting the DATA partition of {}",
-            disk.display()
-        );
-        DataMount { dir, _lo: lo }
-    }
-    /// The mount point.
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for DataMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-/// Every path under `dir` whose name contains `needle`.
-pub fn find_named(dir: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if e.file_name().to_string_lossy().contains(needle) {
-            out.push(p.clone());
-        }
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(find_named(&p, needle));
-        }
-    }
-    out
-}
-
-/// Bytes of regular files under `dir` (recursively).
-pub fn tree_bytes(dir: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
-            _ => 0,
-        })
-        .sum()
 }

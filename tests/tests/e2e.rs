@@ -5,13 +5,10 @@
 //! Tests that need root and loop devices print "SKIP ..." and pass without them; CI runs as
 //! root.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use tek_e2e::*;
-
-const MIB: u64 = 1 << 20;
 
 #[test]
 fn tek_prints_version() {
@@ -82,66 +79,6 @@ fn bays_discover_works_without_an_agent() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("port path"));
 }
 
-/// Everything a finished job with client data must have left behind, checked independently.
-fn check_done_with_data(b: &Bench, job: &str, disk: &Path, dataset: &str, src: &Path) {
-    let rec = b.job_record(job);
-    assert_eq!(rec["state"], "done", "{rec:#}");
-    assert_gpt_valid(disk);
-    assert_same_range(&b.image, disk, ROOT_RANGE);
-    {
-        let m = DataMount::new(disk);
-        assert_eq!(hash_tree(m.path()), hash_tree(src), "restored files differ");
-    }
-    // Staging holds no ciphertext of the dataset any more.
-    let left: Vec<_> = find_named(&b.state.join("staging"), dataset)
-        .into_iter()
-        .filter(|p| {
-            tree_bytes(p) > 64 * 1024 || p.is_file() && p.metadata().unwrap().len() > 64 * 1024
-        })
-        .collect();
-    assert!(
-        left.is_empty(),
-        "staging still holds data of {dataset}: {left:?}"
-    );
-    let info = b
-        .custody()
-        .dataset(&dataset.parse().unwrap())
-        .expect("dataset metadata");
-    assert_eq!(format!("{:?}", info.state), "Wiped");
-    // The audit chain verifies and holds this job's entries.
-    let audit = client_data::AuditLog::open(&b.state.join("audit")).unwrap();
-    audit.verify().expect("audit chain verifies");
-    b.tek_ok(&["audit", "verify"]);
-    let log = std::fs::read_to_string(audit.path()).unwrap();
-    for ev in ["image_written", "job_finished"] {
-        assert!(
-            log.lines()
-                .any(|l| l.contains(job) && l.to_lowercase().contains(ev)),
-            "no {ev} audit entry for {job}:\n{log}"
-        );
-    }
-    // The service report.
-    let report: Value = serde_json::from_str(&b.tek_ok(&["report", job, "--json"])).unwrap();
-    assert_eq!(report["state"], "done");
-    assert_eq!(report["ticket"], rec["ticket"]);
-    assert_eq!(report["image"], "sample@1");
-    assert_eq!(
-        report["image_details"]["signature"]["status"], "valid",
-        "{report:#}"
-    );
-    assert_eq!(
-        report["data_migration"]["entries_verified"], 6,
-        "{report:#}"
-    );
-    assert_eq!(
-        report["sanitization"]["migration_verified"], true,
-        "{report:#}"
-    );
-    let html = b.tek_ok(&["report", job, "--html"]);
-    assert!(html.contains("Sanitization of the staging copy"));
-    assert!(b.state.join(format!("reports/{job}.html")).exists());
-}
-
 #[test]
 fn happy_path_with_client_data() {
     if !need_root("happy_path_with_client_data") {
@@ -153,8 +90,7 @@ fn happy_path_with_client_data() {
     let job = b.add_job("T-100", "bay1", Some(&dataset));
     let st = b.status();
     assert_eq!(st["bays"][0]["state"], "empty");
-    let disk = b.disk_file("bay1", 1, 128 * MIB);
-    let _lo = LoopDevice::attach(&disk).unwrap();
+    let (disk, _lo) = b.plug("bay1", 1, 128 * MIB);
     b.wait_state(&job, "done", 60);
     check_done_with_data(&b, &job, &disk, &dataset, &src);
     let st = b.status();
@@ -226,8 +162,7 @@ fn kill9_during_write_then_restart_completes() {
     let (dataset, src) = b.ingest();
     b.start_agent();
     let job = b.add_job("T-102", "bay1", Some(&dataset));
-    let disk = b.disk_file("bay1", 1, 1024 * MIB);
-    let _lo = LoopDevice::attach(&disk).unwrap();
+    let (disk, _lo) = b.plug("bay1", 1, 1024 * MIB);
     b.wait_state(&job, "writing", 30);
     b.kill9();
     let rec = b.job_record(&job);
@@ -235,16 +170,10 @@ fn kill9_during_write_then_restart_completes() {
     let info = b.custody().dataset(&dataset.parse().unwrap()).unwrap();
     assert_eq!(format!("{:?}", info.state), "Staged");
     b.start_agent();
-    b.wait_state(&job, "done", 120);
-    let rec = b.job_record(&job);
-    let states: Vec<&str> = rec["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["state"].as_str().unwrap())
-        .collect();
+    let rec = b.wait_state(&job, "done", 120);
+    let states = history_states(&rec);
     assert_eq!(
-        states.iter().filter(|s| **s == "image_verified").count(),
+        states.iter().filter(|s| *s == "image_verified").count(),
         1,
         "{states:?}"
     );
@@ -261,8 +190,7 @@ fn kill9_during_migration_then_restart_completes_and_staging_survived() {
     let staged_bytes = tree_bytes(&b.state.join("staging"));
     b.start_agent();
     let job = b.add_job("T-103", "bay1", Some(&dataset));
-    let disk = b.disk_file("bay1", 1, 128 * MIB);
-    let _lo = LoopDevice::attach(&disk).unwrap();
+    let (disk, _lo) = b.plug("bay1", 1, 128 * MIB);
     b.wait_state(&job, "migrating", 60);
     b.kill9();
     let rec = b.job_record(&job);
@@ -287,8 +215,7 @@ fn disk_detached_mid_job_is_interrupted_and_resumes_when_reattached() {
     let (dataset, src) = b.ingest();
     b.start_agent();
     let job = b.add_job("T-104", "bay1", Some(&dataset));
-    let disk = b.disk_file("bay1", 1, 512 * MIB);
-    let lo = LoopDevice::attach(&disk).unwrap();
+    let (disk, lo) = b.plug("bay1", 1, 512 * MIB);
     b.wait_state(&job, "writing", 30);
     // A busy loop device detaches when its last user closes it (autoclear): the write may
     // finish, then the disk is gone before or during the migration.
@@ -327,15 +254,13 @@ fn two_bays_at_once() {
         log.contains("shared write") && log.contains("targets=2"),
         "{log}"
     );
-    for j in [&j1, &j2] {
+    for (d, j, bay) in [(&d1, &j1, "left"), (&d2, &j2, "right")] {
         let rec = b.job_record(j);
         assert_eq!(rec["results"]["write"]["result"]["status"], "ok", "{rec:#}");
-    }
-    for (d, j, bay) in [(&d1, &j1, "left"), (&d2, &j2, "right")] {
+        assert_eq!(rec["device"]["bay"], bay);
         assert_gpt_valid(d);
         assert_same_range(&b.image, d, ROOT_RANGE);
         assert_same_range(&b.image, d, DATA_RANGE);
-        assert_eq!(b.job_record(j)["device"]["bay"], bay);
     }
     let st = b.status();
     let states: Vec<&str> = st["bays"]
@@ -356,8 +281,7 @@ fn mounted_disk_is_refused_and_untouched() {
         return;
     }
     let mut b = Bench::new("mounted", &["bay1"], "");
-    let disk = b.disk_file("bay1", 1, 96 * MIB);
-    let lo = LoopDevice::attach(&disk).unwrap();
+    let (disk, lo) = b.plug("bay1", 1, 96 * MIB);
     let st = std::process::Command::new("mkfs.ext4")
         .args(["-q", "-F"])
         .arg(lo.path())
@@ -435,8 +359,7 @@ fn cancel_keeps_staged_data() {
     let staged_bytes = tree_bytes(&b.state.join("staging"));
     b.start_agent();
     let job = b.add_job("T-109", "bay1", Some(&dataset));
-    let disk = b.disk_file("bay1", 1, 1024 * MIB);
-    let _lo = LoopDevice::attach(&disk).unwrap();
+    let (disk, _lo) = b.plug("bay1", 1, 1024 * MIB);
     b.wait_state(&job, "writing", 30);
     let out = b.tek_ok(&["job", "cancel", &job]);
     assert!(out.contains("staged client data kept"), "{out}");
@@ -467,8 +390,7 @@ fn status_json_shows_bays_disks_and_jobs() {
     }
     let mut b = Bench::new("status", &["bay1", "bay2"], "");
     b.start_agent();
-    let disk = b.disk_file("bay2", 1, 64 * MIB);
-    let lo = LoopDevice::attach(&disk).unwrap();
+    let (_disk, lo) = b.plug("bay2", 1, 64 * MIB);
     let name = lo
         .path()
         .file_name()
@@ -513,8 +435,7 @@ fn sigterm_brings_a_running_job_to_a_safe_point_and_restart_resumes_it() {
     let (dataset, src) = b.ingest();
     b.start_agent();
     let job = b.add_job("T-111", "bay1", Some(&dataset));
-    let disk = b.disk_file("bay1", 1, 1024 * MIB);
-    let _lo = LoopDevice::attach(&disk).unwrap();
+    let (disk, _lo) = b.plug("bay1", 1, 1024 * MIB);
     b.wait_state(&job, "writing", 30);
     assert!(
         b.stop(),
@@ -624,13 +545,8 @@ fn provisioning_bay_images_whatever_is_plugged_in_once() {
     assert_eq!(rec["device"]["bay"], "prov");
     assert!(rec["dataset"].is_null(), "no client data: {rec:#}");
     assert!(rec["results"].get("restore").is_none(), "{rec:#}");
-    let states: Vec<&str> = rec["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["state"].as_str().unwrap())
-        .collect();
-    assert!(!states.contains(&"migrating"), "{states:?}");
+    let states = history_states(&rec);
+    assert!(!states.iter().any(|s| s == "migrating"), "{states:?}");
     assert_gpt_valid(&d1);
     assert_same_range(&b.image, &d1, ROOT_RANGE);
     assert_same_range(&b.image, &d1, DATA_RANGE);
