@@ -70,10 +70,7 @@ impl Agent {
         if job.state.is_terminal() {
             bail!("job {id} is already {}", job.state);
         }
-        job.set_state(
-            JobState::Cancelled,
-            Some("cancelled by technician; staged client data kept".into()),
-        );
+        job.cancel();
         let job = job.clone();
         self.journal.save(&job)?;
         let _ = self.steps.finish(&job);

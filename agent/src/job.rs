@@ -251,6 +251,15 @@ impl Job {
         });
     }
 
+    /// Marks the job cancelled by a technician. Cancelling never wipes staged client data, and
+    /// the note says so wherever the job is shown.
+    pub fn cancel(&mut self) {
+        self.set_state(
+            JobState::Cancelled,
+            Some("cancelled by technician; staged client data kept".into()),
+        );
+    }
+
     /// Marks the job interrupted (disk gone or agent stopping), remembering where to resume.
     pub fn interrupt(&mut self, why: &str) {
         if self.state.is_terminal() || self.state == JobState::Interrupted {

@@ -298,10 +298,7 @@ fn stop(
         StopCause::Shutdown => job.interrupt("agent stopping"),
         StopCause::Gone => job.interrupt("disk removed"),
         StopCause::Cancel => {
-            job.set_state(
-                JobState::Cancelled,
-                Some("cancelled by technician; staged client data kept".into()),
-            );
+            job.cancel();
             let _ = steps.finish(job);
         }
     }
