@@ -199,18 +199,18 @@ impl JobSteps for RealSteps {
         });
         let mount = client_data::PartitionMount::mount(dev, &part, None)
             .with_context(|| format!("mounting partition {part} of {}", dev.display()))?;
-        let target = match &img.manifest.hints.data_path {
-            Some(p) => mount.path().join(p.trim_start_matches('/')),
-            None => mount.path().to_path_buf(),
-        };
-        std::fs::create_dir_all(&target)
-            .with_context(|| format!("creating {}", target.display()))?;
+        // The image's filesystem is hostile input: `data_path` is resolved beneath the mount as
+        // a descriptor (no symlink, no other filesystem), and the restore writes relative to it.
+        let data_path = img.manifest.hints.data_path.as_deref().unwrap_or("/");
+        let target = client_data::RestoreTarget::beneath(mount.path(), data_path)
+            .with_context(|| format!("opening data path {data_path} in partition {part}"))?;
         let dest = Destination {
             job: Some(job.id.clone()),
             device_serial: job.device.as_ref().and_then(|d| d.serial.clone()),
             device: dev.display().to_string(),
         };
-        let result = self.custody.restore(&id, &target, &dest);
+        let result = self.custody.restore_into(&id, &target, &dest);
+        drop(target);
         let unmounted = mount.unmount();
         let result = result.with_context(|| format!("restoring dataset {id}"))?;
         unmounted.with_context(|| format!("unmounting partition {part}"))?;

@@ -78,6 +78,15 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// The restore target cannot be used safely (a symlink or mount point on its path, not a
+    /// directory, a bad `data_path`); nothing was written.
+    #[error("restore target {target}: {reason}; nothing was written")]
+    UnsafeTarget {
+        /// The target as it was asked for.
+        target: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A client is unknown.
     #[error("unknown client {0}: no dataset was ever ingested for it")]
     UnknownClient(String),

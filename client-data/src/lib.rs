@@ -27,6 +27,7 @@ mod readback;
 pub mod restore;
 pub mod stream;
 mod sys;
+pub mod target;
 pub mod wipe;
 pub mod withdraw;
 
@@ -38,5 +39,6 @@ pub use dataset::{DatasetId, DatasetInfo, DatasetState, Destination};
 pub use error::DataError;
 pub use mount::PartitionMount;
 pub use restore::RestoreResult;
+pub use target::RestoreTarget;
 pub use wipe::{SanitizationRecord, WipeOptions};
 pub use withdraw::{DeletionCase, WithdrawReason};

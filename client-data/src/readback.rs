@@ -234,7 +234,10 @@ impl ReadBuf {
 fn read_back(root: &File, path: &[u8], buf: &mut ReadBuf) -> std::io::Result<(u64, [u8; 32])> {
     // O_NOATIME: verifying must not change the access times just restored (nor dirty 20k inodes
     // again). Allowed to the owner and to CAP_FOWNER; fall back without it.
+    // O_NONBLOCK: a FIFO swapped in at the path must not hang the read-back (the fstat below
+    // then refuses anything that is not a regular file).
     let open = |extra: OFlag| {
+        let extra = extra | OFlag::O_NONBLOCK;
         open_beneath(root, path, OFlag::O_RDONLY | OFlag::O_NOATIME | extra, 0)
             .or_else(|_| open_beneath(root, path, OFlag::O_RDONLY | extra, 0))
     };
@@ -252,7 +255,11 @@ fn read_back(root: &File, path: &[u8], buf: &mut ReadBuf) -> std::io::Result<(u6
         );
     }
     let mut f = File::from(fd);
-    let size = f.metadata()?.len();
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let size = meta.len();
     let win = buf.window();
     let mut h = blake3::Hasher::new();
     let mut len = 0u64;

@@ -43,6 +43,7 @@ use crate::ownership::{Ownership, set_mode};
 use crate::readback::{ReadBack, verify_others};
 use crate::stream::{DecryptReader, Key, StreamKind, auth_failure, mac_of};
 use crate::sys::open_beneath;
+use crate::target::RestoreTarget;
 
 /// What a restore did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -202,21 +203,60 @@ impl Writer {
         Ok(())
     }
 
+    /// Creates a fresh regular file `name` in `pfd`. Whatever already sits at that name in the
+    /// target is never opened: a hard link to a file outside the target would have the outside
+    /// file rewritten (content, owner, mode), a FIFO would block the open forever. So: `O_EXCL`
+    /// (a new inode or nothing; no symlink followed), and on EEXIST the old name is unlinked
+    /// (a directory is refused) and the create tried once more. `O_NONBLOCK` and the `fstat`
+    /// check stand guard in case something is swapped in between.
+    fn create_file(&self, pfd: i32, name: &[u8], n: u64) -> Result<File, DataError> {
+        let name = OsStr::from_bytes(name);
+        let flags = OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_EXCL
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC;
+        let mut replaced = false;
+        let fd = loop {
+            match nix::fcntl::openat(Some(pfd), name, flags, Mode::from_bits_truncate(0o600)) {
+                Ok(fd) => break fd,
+                Err(nix::errno::Errno::EEXIST) if !replaced => {
+                    replaced = true;
+                    match nix::unistd::unlinkat(
+                        Some(pfd),
+                        name,
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    ) {
+                        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                        Err(nix::errno::Errno::EISDIR) => {
+                            return Err(unsafe_path(
+                                n,
+                                "a directory already stands where this file goes in the target",
+                            ));
+                        }
+                        Err(e) => {
+                            return Err(self.err("removing what stood at a file's path", n)(e));
+                        }
+                    }
+                }
+                Err(e) => return Err(self.err("creating file", n)(e)),
+            }
+        };
+        let f = File::from(crate::sys::owned(fd));
+        let st = nix::sys::stat::fstat(f.as_raw_fd()).map_err(self.err("checking new file", n))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
+            return Err(unsafe_path(
+                n,
+                "the file just created is not a fresh regular file (replaced meanwhile?)",
+            ));
+        }
+        Ok(f)
+    }
+
     fn file(&mut self, e: &Entry, n: u64, data: &mut OpenPipe) -> Result<(), DataError> {
         let (pfd, name) = self.parent_of(&e.path, n)?;
-        let pfile = pfd;
-        let fd = nix::fcntl::openat(
-            Some(pfile),
-            OsStr::from_bytes(name),
-            OFlag::O_WRONLY
-                | OFlag::O_CREAT
-                | OFlag::O_TRUNC
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(self.err("creating file", n))?;
-        let mut f = File::from(crate::sys::owned(fd));
+        let mut f = self.create_file(pfd, name, n)?;
         let mut write_err = None;
         let r = data.copy_to(e.size, |c| {
             f.write_all(c).map_err(|err| {
@@ -324,14 +364,27 @@ fn manifest_reader(
 }
 
 impl Custody {
-    /// Restores dataset `id` under `target_dir`, flushes, reads back and compares. On success
-    /// marks the dataset Migrated (verified) and writes migrate + verify audit entries.
+    /// Restores dataset `id` under the directory `target_dir` (opened once, see
+    /// [`RestoreTarget::open`]); see [`Custody::restore_into`].
     pub fn restore(
         &self,
         id: &DatasetId,
         target_dir: &Path,
         dest: &Destination,
     ) -> Result<RestoreResult, DataError> {
+        self.restore_into(id, &RestoreTarget::open(target_dir)?, dest)
+    }
+
+    /// Restores dataset `id` beneath the open directory `target`, flushes, reads back and
+    /// compares. Every open is relative to `target`'s descriptor, never to a path. On success
+    /// marks the dataset Migrated (verified) and writes migrate + verify audit entries.
+    pub fn restore_into(
+        &self,
+        id: &DatasetId,
+        target: &RestoreTarget,
+        dest: &Destination,
+    ) -> Result<RestoreResult, DataError> {
+        let target_dir = target.label();
         let (_lock, mut meta) = self.lock_live(id, "restore")?;
         let kek = self.keys.kek(false)?;
         let key = self.keys.load(&kek, id.as_str())?;
@@ -383,7 +436,10 @@ impl Custody {
 
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: authenticated");
         // 2. Write.
-        let root = File::open(target_dir).map_err(io("opening restore target", target_dir))?;
+        let root = target
+            .dir()
+            .try_clone()
+            .map_err(io("duplicating descriptor of restore target", target_dir))?;
         let mut w = Writer {
             root,
             target: target_dir.to_path_buf(),

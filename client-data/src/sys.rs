@@ -10,8 +10,9 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
 /// Opens `path` (relative, raw bytes) beneath `dir` with `openat2(2)`: the kernel refuses any
-/// resolution that leaves `dir` (`..`, absolute paths) or passes through any symlink, including
-/// the last component, so no entry can redirect a write outside the restore target.
+/// resolution that leaves `dir` (`..`, absolute paths), passes through any symlink, including
+/// the last component (ELOOP), or crosses a mount point such as a bind mount planted in the
+/// target (EXDEV), so no entry can redirect a write outside the restore target's filesystem.
 pub fn open_beneath(
     dir: &impl AsRawFd,
     path: &[u8],
@@ -24,7 +25,8 @@ pub fn open_beneath(
         .resolve(
             ResolveFlag::RESOLVE_BENEATH
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
         );
     let p = if path.is_empty() {
         OsStr::new(".")

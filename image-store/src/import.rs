@@ -198,13 +198,11 @@ pub fn check_hints(h: &Hints, gpt: Option<&GptSummary>) -> Result<(), StoreError
             });
         }
     }
-    if let Some(p) = &h.data_path
-        && (!p.starts_with('/') || p.split('/').any(|c| c == "..") || p.contains('\0'))
-    {
-        return Err(StoreError::BadHint {
+    if let Some(p) = &h.data_path {
+        crate::manifest::check_data_path(p).map_err(|reason| StoreError::BadHint {
             hint: "data_path",
-            reason: format!("{p:?} must be an absolute path without '..'"),
-        });
+            reason,
+        })?;
     }
     Ok(())
 }

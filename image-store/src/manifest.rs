@@ -121,6 +121,34 @@ pub struct GptPartition {
     pub last_lba: u64,
 }
 
+/// Checks a `data_path` hint: absolute (`/` alone is the partition's root), no empty, `.` or
+/// `..` component, no NUL, components of at most 255 bytes. The agent resolves it beneath the
+/// mounted data partition; checked at import, `tek image set` and whenever a manifest is parsed.
+pub fn check_data_path(p: &str) -> Result<(), String> {
+    let Some(rel) = p.strip_prefix('/') else {
+        return Err(format!("{p:?} must be an absolute path (start with '/')"));
+    };
+    if p.contains('\0') {
+        return Err(format!("{p:?} contains a NUL byte"));
+    }
+    if rel.is_empty() {
+        return Ok(());
+    }
+    for c in rel.split('/') {
+        match c {
+            "" => {
+                return Err(format!(
+                    "{p:?} has an empty component (\"//\" or a trailing '/')"
+                ));
+            }
+            "." | ".." => return Err(format!("{p:?} has a {c:?} component")),
+            c if c.len() > 255 => return Err(format!("{p:?} has a component over 255 bytes")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Hints for the imager and agent, settable at import and with `tek image set`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,4 +161,22 @@ pub struct Hints {
     pub grow_partition: Option<String>,
     /// Give the disk and its partitions new random GUIDs per device.
     pub randomize_guids: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_path_rules() {
+        for ok in ["/", "/Users", "/home/client data", "/a/b/c"] {
+            check_data_path(ok).unwrap();
+        }
+        for bad in [
+            "", "Users", "/..", "/a/../b", "/a//b", "//a", "/a/", "/./a", "/a\0b",
+        ] {
+            assert!(check_data_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_data_path(&format!("/{}", "x".repeat(256))).is_err());
+    }
 }

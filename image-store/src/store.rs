@@ -428,5 +428,12 @@ pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, StoreError>
             reason: format!("extents cover {at} bytes but size is {}", m.size),
         });
     }
+    // A manifest edited in the store (or signed with a bad hint) must not reach the agent.
+    if let Some(p) = &m.hints.data_path {
+        crate::manifest::check_data_path(p).map_err(|r| StoreError::InconsistentManifest {
+            path: path.to_path_buf(),
+            reason: format!("hint data_path: {r}"),
+        })?;
+    }
     Ok(m)
 }

@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use client_data::{Custody, CustodyPaths, DataError, Destination};
@@ -134,4 +134,77 @@ pub fn ingest_bytes(
     let p = d.dir.path().join(name);
     fs::write(&p, bytes).unwrap();
     d.custody.ingest("C-1", "T-1", &p)
+}
+
+/// Builds a 48 MiB GPT image with an ext4 "data" partition at 1 MiB, without partition nodes.
+pub fn gpt_image(dir: &Path) -> PathBuf {
+    let img = dir.join("disk.img");
+    fs::File::create(&img).unwrap().set_len(48 << 20).unwrap();
+    let ok = Command::new("sgdisk")
+        .args([
+            "-n",
+            "1:2048:+8M",
+            "-c",
+            "1:EFI",
+            "-n",
+            "2:0:0",
+            "-c",
+            "2:data",
+        ])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let info = String::from_utf8(
+        Command::new("sgdisk")
+            .arg("-i")
+            .arg("2")
+            .arg(&img)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let first: u64 = info
+        .lines()
+        .find(|l| l.starts_with("First sector"))
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let last: u64 = info
+        .lines()
+        .find(|l| l.starts_with("Last sector"))
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let blocks = (last - first + 1) * 512 / 4096;
+    let ok = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-E",
+            &format!("offset={}", first * 512),
+        ])
+        .arg(&img)
+        .arg(blocks.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    img
 }
