@@ -1,0 +1,81 @@
+//! End-to-end custody checks against hostile images and racing processes: the real `tek`
+//! binary and `tek agent`, real loop devices, real ext4.
+//!
+//! Tests that need root and loop devices print "SKIP ..." and pass without them; CI runs as
+//! root.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tek_e2e::*;
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).unwrap().next().is_none()
+}
+
+/// Issue 8.1: an image whose DATA filesystem holds `Users -> <host dir>`, data path `/Users`.
+/// The job must fail saying why, write nothing on the host, and keep the dataset staged.
+#[test]
+fn image_with_symlinked_data_path_fails_the_job_and_keeps_staging() {
+    if !need_root("image_with_symlinked_data_path_fails_the_job_and_keeps_staging") {
+        return;
+    }
+    let mut b = Bench::new("symlinked-data-path", &["bay1"], "");
+    let host = b.root().join("host-dir");
+    std::fs::create_dir(&host).unwrap();
+    let evil = b.root().join("work/evil.img");
+    std::fs::copy(&b.image, &evil).unwrap();
+    {
+        let m = client_data::PartitionMount::mount(&evil, "DATA", None).unwrap();
+        std::os::unix::fs::symlink(&host, m.path().join("Users")).unwrap();
+        m.unmount().unwrap();
+    }
+    b.tek_ok(&[
+        "image",
+        "import",
+        "--sign-key",
+        &b.p("keys/depot.key"),
+        "--data-partition",
+        "DATA",
+        "--data-path",
+        "/Users",
+        "evil@1",
+        &evil.display().to_string(),
+    ]);
+    let (dataset, _src) = b.ingest();
+    let staged_bytes = tree_bytes(&b.state.join("staging"));
+    b.start_agent();
+    let job = b
+        .tek_ok(&[
+            "job", "add", "--ticket", "T-EVIL", "--image", "evil@1", "--bay", "bay1", "--data",
+            &dataset,
+        ])
+        .trim()
+        .to_string();
+    let (_disk, _lo) = b.plug("bay1", 1, 128 * MIB);
+    let rec = b.wait_job(&job, "a finished state", 90, |v| {
+        ["failed", "done", "cancelled"].contains(&v["state"].as_str().unwrap_or(""))
+    });
+    assert_eq!(rec["state"], "failed", "{rec:#}");
+    let err = rec["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("symlink") && err.contains("/Users"),
+        "the failure names the reason: {err}"
+    );
+    assert!(rec["results"]["sanitization"].is_null(), "{rec:#}");
+    assert!(is_empty_dir(&host), "nothing written on the host");
+    let list: Value = serde_json::from_str(&b.tek_ok(&["data", "list", "--json"])).unwrap();
+    let ds = list["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == dataset.as_str())
+        .expect("dataset listed");
+    assert_eq!(ds["state"], "staged", "{ds:#}");
+    assert_eq!(
+        tree_bytes(&b.state.join("staging")),
+        staged_bytes,
+        "staging untouched"
+    );
+    assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
+}
