@@ -50,6 +50,17 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// The key-encryption key file may be read or written by group or others.
+    #[error(
+        "key-encryption key {path} has mode {mode:04o}: group or others may read or write it; \
+         refusing to use it (chmod 600 it, and find out who could read it)"
+    )]
+    KekExposed {
+        /// The KEK file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// Ciphertext or manifest failed authentication.
     #[error("dataset {id}: {what} failed authentication ({detail}); refusing to use it")]
     Tampered {

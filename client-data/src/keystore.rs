@@ -13,11 +13,19 @@ use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{DataError, io};
 use crate::stream::Key;
 
 const CHECK_CONTEXT: &[u8] = b"tek kek check v1";
+
+/// What `kek.check` holds for `key`.
+fn check_of(key: &Key) -> String {
+    blake3::keyed_hash(&key.0, CHECK_CONTEXT)
+        .to_hex()
+        .to_string()
+}
 
 /// The key directory and the KEK location.
 #[derive(Debug, Clone)]
@@ -71,61 +79,175 @@ impl Keystore {
     }
 
     /// Loads the KEK; when `create` and none exists yet (and nothing depends on one), makes it.
+    ///
+    /// Two first ingests can run at once (two technicians, or the CLI and the agent). Whatever
+    /// is missing is therefore decided under an exclusive `flock` on `<keys>/kek.lock`: the one
+    /// that finds no KEK makes it (temp file, fsync, `kek.check`, then `link(2)` into place,
+    /// which fails rather than replace an existing KEK), the other waits and then reads the very
+    /// same key. A `kek.check` missing next to an existing KEK is an error, never silently
+    /// recreated: it cannot be told from a KEK swapped under the datasets.
     pub fn kek(&self, create: bool) -> Result<Key, DataError> {
-        let check_path = self.check_path();
-        let mut bytes = Vec::new();
-        match File::open(&self.kek_path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut bytes)
-                    .map_err(io("reading key-encryption key", &self.kek_path))?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if !create || self.any_wrapped_keys() || check_path.exists() {
+        // Fast path, no lock: both files there and agreeing.
+        if let (Some(key), Some(check)) = (self.read_kek()?, self.read_check()?) {
+            return self.checked(key, &check);
+        }
+        mkdir_private(&self.dir)?;
+        let lock_path = self.dir.join("kek.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io("opening key lock", &lock_path))?;
+        let _lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| DataError::Io {
+            action: "locking",
+            path: lock_path.clone(),
+            source: e.into(),
+        })?;
+        match (self.read_kek()?, self.read_check()?) {
+            (Some(key), Some(check)) => self.checked(key, &check),
+            (Some(_), None) => Err(DataError::KekInvalid {
+                path: self.kek_path.clone(),
+                reason: format!(
+                    "{} is missing, so this key cannot be told from a wrong one; restore it \
+                     from the copy kept with the key-encryption key",
+                    self.check_path().display()
+                ),
+            }),
+            (None, check) => {
+                if let Some(check) = &check
+                    && let Some(key) = self.finish_interrupted(check)?
+                {
+                    return Ok(key);
+                }
+                if !create || self.any_wrapped_keys() || check.is_some() {
                     return Err(DataError::KekMissing(self.kek_path.clone()));
                 }
-                return self.make_kek();
+                self.make_kek()
             }
-            Err(e) => return Err(io("opening key-encryption key", &self.kek_path)(e)),
         }
+    }
+
+    /// The KEK file's key, `None` if it does not exist. Refuses a file that group or others
+    /// may read or write, and one that is not 32 bytes.
+    fn read_kek(&self) -> Result<Option<Key>, DataError> {
+        let mut f = match File::open(&self.kek_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("opening key-encryption key", &self.kek_path)(e)),
+        };
+        let meta = f
+            .metadata()
+            .map_err(io("reading metadata of key-encryption key", &self.kek_path))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(DataError::KekExposed {
+                path: self.kek_path.clone(),
+                mode,
+            });
+        }
+        let mut bytes = Vec::new();
+        Read::by_ref(&mut f)
+            .take(33)
+            .read_to_end(&mut bytes)
+            .map_err(io("reading key-encryption key", &self.kek_path))?;
         let key: [u8; 32] = bytes
             .as_slice()
             .try_into()
             .map_err(|_| DataError::KekInvalid {
                 path: self.kek_path.clone(),
-                reason: format!("expected 32 bytes, found {}", bytes.len()),
-            })?;
-        let key = Key(key);
-        let expect = blake3::keyed_hash(&key.0, CHECK_CONTEXT)
-            .to_hex()
-            .to_string();
-        match fs::read_to_string(&check_path) {
-            Ok(s) if s.trim() == expect => Ok(key),
-            Ok(_) => Err(DataError::KekInvalid {
-                path: self.kek_path.clone(),
                 reason: format!(
-                    "does not match {} (wrong key-encryption key?)",
-                    check_path.display()
+                    "expected 32 bytes, found {}",
+                    if bytes.len() > 32 {
+                        "more".to_string()
+                    } else {
+                        bytes.len().to_string()
+                    }
                 ),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write_private(&check_path, expect.as_bytes())?;
-                Ok(key)
-            }
-            Err(e) => Err(io("reading", &check_path)(e)),
+            })?;
+        Ok(Some(Key(key)))
+    }
+
+    fn read_check(&self) -> Result<Option<String>, DataError> {
+        let p = self.check_path();
+        match fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", &p)(e)),
         }
     }
 
+    fn checked(&self, key: Key, check: &str) -> Result<Key, DataError> {
+        if check_of(&key) == check {
+            Ok(key)
+        } else {
+            Err(DataError::KekInvalid {
+                path: self.kek_path.clone(),
+                reason: format!(
+                    "does not match {} (wrong key-encryption key?)",
+                    self.check_path().display()
+                ),
+            })
+        }
+    }
+
+    /// The KEK being made, before it is linked into place (see [`Keystore::make_kek`]).
+    fn new_kek_path(&self) -> PathBuf {
+        let name = self
+            .kek_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "kek".into());
+        self.kek_path.with_file_name(format!(".{name}.new"))
+    }
+
+    /// A creation interrupted after `kek.check` was written but before the KEK was linked into
+    /// place: finish it when the leftover key matches the check.
+    fn finish_interrupted(&self, check: &str) -> Result<Option<Key>, DataError> {
+        let new = self.new_kek_path();
+        let Ok(bytes) = fs::read(&new) else {
+            return Ok(None);
+        };
+        let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+            return Ok(None);
+        };
+        let key = Key(key);
+        if check_of(&key) != check {
+            return Ok(None);
+        }
+        self.link_new_kek(&new)?;
+        Ok(Some(key))
+    }
+
+    /// Makes a KEK; called under the key lock with neither KEK nor check present. Order: the key
+    /// in a temp file (fsync), `kek.check` (durable), then `link(2)` of the temp file to the KEK
+    /// path, which never replaces an existing file. A crash leaves either nothing usable (made
+    /// again) or a temp file matching the check (finished by [`Keystore::finish_interrupted`]).
     fn make_kek(&self) -> Result<Key, DataError> {
         let key = Key::random();
-        if let Some(parent) = self.kek_path.parent() {
-            mkdir_private(parent)?;
-        }
-        write_private(&self.kek_path, &key.0)?;
-        let check = blake3::keyed_hash(&key.0, CHECK_CONTEXT)
-            .to_hex()
-            .to_string();
-        write_private(&self.check_path(), check.as_bytes())?;
+        let dir = self.kek_path.parent().unwrap_or(Path::new("."));
+        mkdir_private(dir)?;
+        let new = self.new_kek_path();
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&new)
+            .map_err(io("creating", &new))?;
+        f.write_all(&key.0).map_err(io("writing", &new))?;
+        f.sync_all().map_err(io("syncing", &new))?;
+        drop(f);
+        write_private(&self.check_path(), check_of(&key).as_bytes())?;
+        self.link_new_kek(&new)?;
         Ok(key)
+    }
+
+    fn link_new_kek(&self, new: &Path) -> Result<(), DataError> {
+        fs::hard_link(new, &self.kek_path).map_err(io("linking into place", &self.kek_path))?;
+        fs::remove_file(new).map_err(io("removing", new))?;
+        sync_dir(self.kek_path.parent().unwrap_or(Path::new(".")))
     }
 
     /// Wraps and stores dataset `id`'s key.
@@ -333,11 +455,81 @@ mod tests {
         ks.store(&kek, "ds-1", &Key::random()).unwrap();
         fs::remove_file(ks.kek_path()).unwrap();
         assert!(matches!(ks.kek(true), Err(DataError::KekMissing(_))));
-        fs::write(ks.kek_path(), [7u8; 32]).unwrap();
+        write_private(ks.kek_path(), &[7u8; 32]).unwrap();
         assert!(matches!(ks.kek(true), Err(DataError::KekInvalid { .. })));
-        fs::write(ks.kek_path(), [7u8; 5]).unwrap();
+        write_private(ks.kek_path(), &[7u8; 5]).unwrap();
         assert!(matches!(ks.kek(true), Err(DataError::KekInvalid { .. })));
         assert!(ks.has("ds-1"), "nothing deleted");
+        write_private(ks.kek_path(), &kek.0).unwrap();
+        assert_eq!(ks.kek(false).unwrap().0, kek.0);
+    }
+
+    #[test]
+    fn missing_check_next_to_a_kek_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(d.path(), None);
+        let kek = ks.kek(true).unwrap();
+        fs::remove_file(ks.check_path()).unwrap();
+        for create in [true, false] {
+            let e = ks.kek(create).unwrap_err();
+            assert!(
+                matches!(&e, DataError::KekInvalid { reason, .. } if reason.contains("kek.check")),
+                "{e}"
+            );
+        }
+        assert!(!ks.check_path().exists(), "not silently recreated");
+        assert_eq!(fs::read(ks.kek_path()).unwrap(), kek.0, "KEK untouched");
+    }
+
+    #[test]
+    fn exposed_kek_is_refused_whatever_its_path() {
+        let d = tempfile::tempdir().unwrap();
+        let custom = d.path().join("elsewhere/kek");
+        let ks = Keystore::new(&d.path().join("keys"), Some(&custom));
+        ks.kek(true).unwrap();
+        assert_eq!(
+            fs::metadata(&custom).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        fs::set_permissions(&custom, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = ks.kek(false).unwrap_err();
+        assert!(
+            matches!(e, DataError::KekExposed { mode: 0o644, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&custom.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn creation_interrupted_before_the_link_is_finished() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(d.path(), None);
+        let kek = ks.kek(true).unwrap();
+        // As if the process died between writing kek.check and linking the KEK into place.
+        fs::rename(ks.kek_path(), ks.new_kek_path()).unwrap();
+        assert_eq!(ks.kek(false).unwrap().0, kek.0);
+        assert!(!ks.new_kek_path().exists());
+        // Died before kek.check: nothing depends on the leftover, a fresh KEK is made.
+        fs::rename(ks.kek_path(), ks.new_kek_path()).unwrap();
+        fs::remove_file(ks.check_path()).unwrap();
+        let fresh = ks.kek(true).unwrap();
+        assert_ne!(fresh.0, kek.0);
+        assert_eq!(ks.kek(false).unwrap().0, fresh.0);
+    }
+
+    #[test]
+    fn threads_racing_to_make_the_kek_agree() {
+        for _ in 0..20 {
+            let d = tempfile::tempdir().unwrap();
+            let keys: Vec<[u8; 32]> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| Keystore::new(d.path(), None).kek(true).unwrap().0))
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(keys.iter().all(|k| *k == keys[0]));
+            assert_eq!(Keystore::new(d.path(), None).kek(false).unwrap().0, keys[0]);
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! and skip when not root; CI runs as root.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -163,9 +164,30 @@ fn wrong_or_missing_kek_is_clear_and_deletes_nothing() {
         d.custody.ingest("C-1", "T-2", &src),
         Err(DataError::KekMissing(_))
     ));
-    // Everything is still there: put the KEK back and the restore works.
+    // Everything is still there: put the KEK back and the restore works, once only its owner
+    // can read it (issue 8.18: a KEK readable or writable by group or others is refused).
     assert_eq!(d.custody.list().unwrap().len(), 1);
     fs::write(&kek, good).unwrap();
+    for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+        fs::set_permissions(&kek, fs::Permissions::from_mode(mode)).unwrap();
+        let e = d.custody.restore(&info.id, &target, &dest()).unwrap_err();
+        assert!(matches!(e, DataError::KekExposed { .. }), "{mode:o}: {e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("{mode:04o}")) && msg.contains(&kek.display().to_string()),
+            "{msg}"
+        );
+        assert!(matches!(
+            d.custody.ingest("C-1", "T-3", &src),
+            Err(DataError::KekExposed { .. })
+        ));
+    }
+    assert_eq!(
+        d.custody.list().unwrap().len(),
+        1,
+        "nothing ingested under an exposed KEK"
+    );
+    fs::set_permissions(&kek, fs::Permissions::from_mode(0o600)).unwrap();
     assert!(d.custody.restore(&info.id, &target, &dest()).unwrap().ok());
 }
 

@@ -79,3 +79,82 @@ fn image_with_symlinked_data_path_fails_the_job_and_keeps_staging() {
     );
     assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
 }
+
+fn tek_at(state: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(tek_bin());
+    c.arg("--state")
+        .arg(state)
+        .env_remove("TEK_KEK")
+        .env_remove("TEK_SOCKET")
+        .env("TEK_CONFIG", state.join("no-agent.toml"));
+    c
+}
+
+/// Issue 8.3: two (here three) first ingests into a fresh depot, as separate `tek` processes
+/// started together, used to make a KEK each: the last rename won and the other datasets'
+/// wrapped keys no longer opened. 30 fresh depots; every dataset must restore and verify.
+#[test]
+fn parallel_first_ingests_share_one_kek_and_all_restore() {
+    let scratch = tempfile::tempdir().unwrap();
+    let src = scratch.path().join("src");
+    std::fs::create_dir_all(src.join("Documents")).unwrap();
+    std::fs::write(src.join("Documents/letter.txt"), b"Dear client\n").unwrap();
+    std::fs::write(src.join("photo.bin"), vec![0x5au8; 300_000]).unwrap();
+    let (depots, per_depot) = (30, 3);
+    let mut lost = Vec::new();
+    for wave in 0..3 {
+        let mut children = Vec::new();
+        for n in 0..depots / 3 {
+            let state = scratch.path().join(format!("depot-{wave}-{n}"));
+            for k in 0..per_depot {
+                let child = tek_at(&state)
+                    .args(["data", "ingest", "--client", &format!("C-{k}"), "--ticket"])
+                    .arg(format!("T-{k}"))
+                    .arg(&src)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawning tek");
+                children.push((state.clone(), child));
+            }
+        }
+        for (state, child) in children {
+            let out = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "ingest into {} failed: {}",
+                state.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let id = stdout.lines().next().unwrap_or_default().trim().to_string();
+            assert!(id.starts_with("ds-"), "{stdout}");
+            let target = scratch.path().join(format!("restored-{id}"));
+            std::fs::create_dir(&target).unwrap();
+            let r = tek_at(&state)
+                .args(["data", "restore", &id])
+                .arg(&target)
+                .output()
+                .unwrap();
+            if !r.status.success() {
+                lost.push(format!(
+                    "{} {id}: {}",
+                    state.display(),
+                    String::from_utf8_lossy(&r.stderr).trim()
+                ));
+                continue;
+            }
+            assert_eq!(
+                std::fs::read(target.join("Documents/letter.txt")).unwrap(),
+                b"Dear client\n"
+            );
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} datasets do not restore:\n{}",
+        lost.len(),
+        depots * per_depot,
+        lost.join("\n")
+    );
+}
