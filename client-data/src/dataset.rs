@@ -17,14 +17,16 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DataError, io};
 use crate::keystore::write_private;
 
-/// A dataset id, e.g. `ds-20260301-5f2c9a1e`.
+/// A dataset id, e.g. `ds-20260301-5f2c9a1e0b7d4c3a9e8f1a2b3c4d5e6f` (128 random bits after
+/// the date; ids made before had 32 bits, `ds-20260301-5f2c9a1e`, and still parse).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DatasetId(pub String);
 
 impl DatasetId {
-    /// A fresh id for a dataset created now.
+    /// A fresh id for a dataset created now: the date, then 128 random bits, so two ingests on
+    /// one day never pick the same id by chance (ingest also creates it exclusively).
     pub fn generate(now: time::OffsetDateTime) -> DatasetId {
-        let mut r = [0u8; 4];
+        let mut r = [0u8; 16];
         getrandom::getrandom(&mut r).expect("getrandom failed");
         DatasetId(format!(
             "ds-{:04}{:02}{:02}-{}",
@@ -59,7 +61,7 @@ impl FromStr for DatasetId {
             Err(DataError::Invalid {
                 what: "dataset id",
                 value: s.to_string(),
-                reason: "expected ds-YYYYMMDD-xxxxxxxx".into(),
+                reason: "expected ds-YYYYMMDD-<hex>".into(),
             })
         }
     }
@@ -272,6 +274,9 @@ mod tests {
         assert_eq!(back, id);
         assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{id}\""));
         assert!("../x".parse::<DatasetId>().is_err());
+        assert_eq!(id.as_str().len(), "ds-YYYYMMDD-".len() + 32, "{id}");
+        // Ids made before 128-bit ids still parse.
+        "ds-20260306-5f2c9a1e".parse::<DatasetId>().unwrap();
         assert_eq!(
             serde_json::to_string(&DatasetState::Migrated).unwrap(),
             "\"migrated\""

@@ -61,6 +61,10 @@ pub enum DataError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A new dataset's id is already in use (its directory or wrapped key exists); nothing of
+    /// the existing dataset was touched.
+    #[error("dataset id {0} is already taken; nothing was changed (try again)")]
+    IdTaken(String),
     /// Ciphertext or manifest failed authentication.
     #[error("dataset {id}: {what} failed authentication ({detail}); refusing to use it")]
     Tampered {

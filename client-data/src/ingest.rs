@@ -129,22 +129,51 @@ impl Custody {
             return Err(DataError::ClientWithdrawn(client.to_string()));
         }
         let src_meta = std::fs::metadata(source).map_err(io("reading source", source))?;
-        let kek = self.keys.kek(true)?;
         let now = self.now();
-        let id = DatasetId::generate(now);
-        let _lock = self.lock(&id)?;
-        let partial = self.paths.staging.join(format!("{id}.partial"));
-        std::fs::create_dir(&partial).map_err(io("creating dataset directory", &partial))?;
-        let result = self.ingest_into(
-            &id,
-            &partial,
-            &kek,
+        self.ingest_as(
+            &DatasetId::generate(now),
             client,
             ticket,
             source,
             src_meta.is_dir(),
             now,
-        );
+        )
+    }
+
+    /// [`Custody::ingest`] under the given fresh id. The id is taken exclusively: its
+    /// `.partial` directory with `mkdir`, its wrapped key with `link(2)` (both fail if they
+    /// exist), the final directory with `RENAME_NOREPLACE`; a taken id is [`DataError::IdTaken`]
+    /// and leaves the dataset that holds it untouched (its key above all).
+    pub(crate) fn ingest_as(
+        &self,
+        id: &DatasetId,
+        client: &str,
+        ticket: &str,
+        source: &Path,
+        is_dir: bool,
+        now: time::OffsetDateTime,
+    ) -> Result<DatasetInfo, DataError> {
+        let kek = self.keys.kek(true)?;
+        let id = id.clone();
+        let _lock = self.lock(&id)?;
+        if self.dataset_dir(&id).exists() {
+            return Err(DataError::IdTaken(id.to_string()));
+        }
+        let partial = self.paths.staging.join(format!("{id}.partial"));
+        match std::fs::create_dir(&partial) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(DataError::IdTaken(id.to_string()));
+            }
+            Err(e) => return Err(io("creating dataset directory", &partial)(e)),
+        }
+        let key = Key::random();
+        if let Err(e) = self.keys.store_new(&kek, id.as_str(), &key) {
+            // Not ours to destroy: only the partial directory goes.
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        let result = self.ingest_into(&id, &partial, &key, client, ticket, source, is_dir, now);
         match result {
             Ok(info) => Ok(info),
             Err(e) => {
@@ -159,15 +188,13 @@ impl Custody {
         &self,
         id: &DatasetId,
         partial: &Path,
-        kek: &Key,
+        key: &Key,
         client: &str,
         ticket: &str,
         source: &Path,
         is_dir: bool,
         now: time::OffsetDateTime,
     ) -> Result<DatasetInfo, DataError> {
-        let key = Key::random();
-        self.keys.store(kek, id.as_str(), &key)?;
         let mac_key = key.derive(MAC_KEY);
         let data_path = partial.join("data.enc");
         let manifest_path = partial.join("manifest.enc");
@@ -227,7 +254,14 @@ impl Custody {
         };
         meta.save(partial)?;
         let fin = self.dataset_dir(id);
-        std::fs::rename(partial, &fin).map_err(io("renaming into place", &fin))?;
+        nix::fcntl::renameat2(
+            None,
+            partial,
+            None,
+            &fin,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|e| io("renaming into place", &fin)(e.into()))?;
         crate::keystore::sync_dir(&self.paths.staging)?;
         self.register_client(client)?;
         self.audit.append(AuditEvent::Ingest {
@@ -443,4 +477,60 @@ fn read_tar(source: &Path, sink: &mut Sink) -> Result<String, DataError> {
         return Err(sink.bad("empty or not a tar archive"));
     }
     Ok(kind.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::custody::CustodyPaths;
+
+    fn custody(root: &Path) -> Custody {
+        Custody::open(CustodyPaths {
+            staging: root.join("staging"),
+            keys: root.join("keys"),
+            audit: root.join("audit"),
+            reports: root.join("reports"),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_taken_id_leaves_the_other_dataset_and_its_key_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let c = custody(d.path());
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), b"first").unwrap();
+        let a = c.ingest("C-1", "T-1", &src).unwrap();
+        let key_path = c.keys.key_path(a.id.as_str());
+        let key_before = std::fs::read(&key_path).unwrap();
+        // A second ingest that drew the same id (same day, same random bits).
+        std::fs::write(src.join("f"), b"second").unwrap();
+        let now = c.now();
+        let e = c
+            .ingest_as(&a.id, "C-2", "T-2", &src, true, now)
+            .unwrap_err();
+        assert!(matches!(e, DataError::IdTaken(_)), "{e}");
+        assert_eq!(
+            std::fs::read(&key_path).unwrap(),
+            key_before,
+            "key untouched"
+        );
+        assert!(!c.paths.staging.join(format!("{}.partial", a.id)).exists());
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        assert!(c.restore(&a.id, &out, &Default::default()).unwrap().ok());
+        assert_eq!(std::fs::read(out.join("f")).unwrap(), b"first");
+
+        // Only a wrapped key exists under the id (no directory): still taken, still kept.
+        let b = DatasetId("ds-20260101-00000000000000000000000000000001".into());
+        let kb = c.keys.key_path(b.as_str());
+        std::fs::write(&kb, b"someone's key").unwrap();
+        let e = c.ingest_as(&b, "C-2", "T-2", &src, true, now).unwrap_err();
+        assert!(matches!(e, DataError::IdTaken(_)), "{e}");
+        assert_eq!(std::fs::read(&kb).unwrap(), b"someone's key");
+        assert!(!c.paths.staging.join(format!("{b}.partial")).exists());
+        // A fresh id works.
+        c.ingest("C-2", "T-2", &src).unwrap();
+    }
 }

@@ -250,32 +250,44 @@ impl Keystore {
         sync_dir(self.kek_path.parent().unwrap_or(Path::new(".")))
     }
 
+    /// Wraps and stores the key of a new dataset `id`, failing with [`DataError::IdTaken`] when
+    /// a wrapped key for `id` already exists (never replacing it: that would make the other
+    /// dataset unreadable). Temp file, fsync, `link(2)` into place, fsync the directory.
+    pub fn store_new(&self, kek: &Key, id: &str, key: &Key) -> Result<(), DataError> {
+        let path = self.key_path(id);
+        let dir = path.parent().expect("key path has a parent");
+        mkdir_private(dir)?;
+        let tmp = dir.join(format!(".{id}.key.new{}", std::process::id()));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("creating", &tmp))?;
+        let written = f
+            .write_all(wrap(kek, id, key).as_bytes())
+            .and_then(|()| f.sync_all());
+        drop(f);
+        let linked =
+            written
+                .map_err(io("writing", &tmp))
+                .and_then(|()| match fs::hard_link(&tmp, &path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Err(DataError::IdTaken(id.to_string()))
+                    }
+                    r => r.map_err(io("linking into place", &path)),
+                });
+        let _ = fs::remove_file(&tmp);
+        linked?;
+        sync_dir(dir)
+    }
+
     /// Wraps and stores dataset `id`'s key.
     pub fn store(&self, kek: &Key, id: &str, key: &Key) -> Result<(), DataError> {
-        let mut nonce = [0u8; 24];
-        getrandom::getrandom(&mut nonce).expect("getrandom failed");
-        let aead = XChaCha20Poly1305::new(&kek.0.into());
-        let wrapped = aead
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &key.0,
-                    aad: id.as_bytes(),
-                },
-            )
-            .expect("encrypting 32 bytes cannot fail");
-        let w = WrappedKey {
-            format: 1,
-            dataset: id.to_string(),
-            nonce: hex::encode(nonce),
-            wrapped: hex::encode(wrapped),
-        };
         let path = self.key_path(id);
         mkdir_private(path.parent().expect("key path has a parent"))?;
-        write_private(
-            &path,
-            serde_json::to_string(&w).expect("serialize").as_bytes(),
-        )?;
+        write_private(&path, wrap(kek, id, key).as_bytes())?;
         Ok(())
     }
 
@@ -334,6 +346,29 @@ impl Keystore {
         shred(&path, false)?;
         Ok(true)
     }
+}
+
+/// The wrapped-key file's JSON for dataset `id`'s `key` under `kek`.
+fn wrap(kek: &Key, id: &str, key: &Key) -> String {
+    let mut nonce = [0u8; 24];
+    getrandom::getrandom(&mut nonce).expect("getrandom failed");
+    let aead = XChaCha20Poly1305::new(&kek.0.into());
+    let wrapped = aead
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &key.0,
+                aad: id.as_bytes(),
+            },
+        )
+        .expect("encrypting 32 bytes cannot fail");
+    let w = WrappedKey {
+        format: 1,
+        dataset: id.to_string(),
+        nonce: hex::encode(nonce),
+        wrapped: hex::encode(wrapped),
+    };
+    serde_json::to_string(&w).expect("serialize")
 }
 
 /// Creates `dir` (and parents) with mode 0700.
