@@ -1,7 +1,8 @@
 //! Key custody: the depot key-encryption key (KEK), dataset keys wrapped under it, and the
 //! destroy-a-file routine used for keys and ciphertext (overwrite, fsync, unlink, fsync the dir).
 //!
-//! Layout under the keys directory: `kek` (32 random bytes, mode 0600, made on first ingest),
+//! Layout under the keys directory: `kek` (32 random bytes, mode 0600, made on first ingest under
+//! the `kek.lock` flock; refused when group or others may read or write it),
 //! `kek.check` (keyed BLAKE3 of a fixed string: tells a wrong KEK from a tampered key file),
 //! `datasets/<id>.key` (JSON, format 1: XChaCha20-Poly1305 of the 32-byte dataset key under the
 //! KEK, associated data = dataset id), `epochs/` (key-backup epochs, see `backup`).

@@ -5,8 +5,11 @@
 //!    files must match the metadata (a tampered byte anywhere refuses the restore up front), and
 //!    the whole manifest is decrypted and checked (normalised relative paths, nothing through a
 //!    symlink, totals match).
-//! 2. Write: every open goes through `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` relative to
-//!    the target, so nothing lands outside it even if the target already holds hostile symlinks.
+//! 2. Write: every open goes through `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//!    RESOLVE_NO_XDEV)` relative to the target's descriptor ([`RestoreTarget`], never a path
+//!    resolved again), so nothing lands outside it even if the target already holds hostile
+//!    symlinks or mount points. Files are created `O_EXCL` after unlinking whatever stood at
+//!    their name: an existing hard link or FIFO is never opened.
 //!    Directory modes and times are applied last, deepest first (creating children would
 //!    otherwise bump their mtimes, and a 0555 directory would refuse them).
 //!    A thread reads and decrypts the data stream ahead ([`OpenPipe`]) while this one writes.
