@@ -46,6 +46,18 @@ pub enum BeyondImage {
     Skip,
 }
 
+/// Runs on each target after its writes and before the flush and read-back, with the target's
+/// path: a fault drill. Whatever it changes on the target must make read-back fail, which is how
+/// the tests prove the read-back compares the disk with the image and not with itself.
+#[derive(Clone)]
+pub struct ReadBackHook(pub Arc<dyn Fn(&Path) + Send + Sync>);
+
+impl std::fmt::Debug for ReadBackHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadBackHook")
+    }
+}
+
 /// Options of a write job.
 #[derive(Debug, Clone)]
 pub struct WriteOptions {
@@ -59,6 +71,8 @@ pub struct WriteOptions {
     pub cancel: Arc<AtomicBool>,
     /// Read large zeroed holes back completely instead of sampling them.
     pub verify_holes_fully: bool,
+    /// Fault drill between writing and read-back (tests); `None` in production.
+    pub before_read_back: Option<ReadBackHook>,
 }
 
 impl Default for WriteOptions {
@@ -69,6 +83,7 @@ impl Default for WriteOptions {
             fixups: true,
             cancel: Arc::new(AtomicBool::new(false)),
             verify_holes_fully: false,
+            before_read_back: None,
         }
     }
 }
@@ -336,6 +351,9 @@ fn job_steps(
     rep.beyond = clear_beyond(dev, size, opts.beyond)?;
     rep.durations.beyond_secs = t.elapsed().as_secs_f64();
 
+    if let Some(hook) = &opts.before_read_back {
+        (hook.0)(dev.path());
+    }
     let t = Instant::now();
     *phase = Phase::Flushing;
     progress.phase(Phase::Flushing, 0);

@@ -27,7 +27,7 @@ pub mod writer;
 
 pub use eligibility::{Refusal, TargetInfo, check_target};
 pub use error::ImagerError;
-pub use job::{BeyondImage, WriteOptions, write_image};
+pub use job::{BeyondImage, ReadBackHook, WriteOptions, write_image};
 pub use progress::{Phase, ProgressEvent};
 pub use report::{BeyondAction, TargetReport, TargetResult};
 pub use source::{ImageInfo, ImageSource};
