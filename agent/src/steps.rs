@@ -109,6 +109,19 @@ impl JobSteps for RealSteps {
 
     fn check(&self, job: &Job, disk: &Disk) -> Result<serde_json::Value, String> {
         let img = self.load(job).map_err(|e| format!("{e:#}"))?;
+        // A stat per chunk, before the disk is claimed: a write that stops at a missing chunk
+        // has already destroyed what the disk held.
+        let absent = self
+            .store
+            .absent_chunks(&img.manifest)
+            .map_err(|e| format!("checking the chunks of image {}: {e}", job.image))?;
+        if !absent.is_empty() {
+            return Err(format!(
+                "image {} cannot be written: {}",
+                job.image,
+                image_store::describe_absent(&absent)
+            ));
+        }
         if job.device.is_some() {
             // Resuming after a crash: our own data-partition mount from before may still hold
             // the disk (SIGKILL runs no destructors).

@@ -29,7 +29,8 @@ pub enum BeyondArg {
 /// Arguments of `tek write`.
 #[derive(Debug, Args)]
 pub struct WriteArgs {
-    /// NAME@VERSION from the store, or a path to a raw or zstd image.
+    /// NAME@VERSION from the store, or a path to a raw image or one compressed with zstd, gzip,
+    /// xz or bzip2 (detected by content).
     pub image: String,
     /// Block devices or files to write.
     #[arg(required = true)]
@@ -105,7 +106,16 @@ fn human(bytes: u64) -> String {
 
 fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<()> {
     let info = source.info().context("inspecting the image")?;
-    eprintln!("image: {} ({})", info.name, human(info.size));
+    match info.file_format {
+        Some(f) if f != "raw" => {
+            eprintln!(
+                "image: {} ({}, decoded from {f})",
+                info.name,
+                human(info.size)
+            )
+        }
+        _ => eprintln!("image: {} ({})", info.name, human(info.size)),
+    }
     for t in &args.targets {
         match imager::check_target(t, info.size, info.gpt_sector) {
             Ok(i) => eprintln!(
