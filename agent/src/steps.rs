@@ -136,7 +136,14 @@ impl JobSteps for RealSteps {
         let sector = img.manifest.gpt.as_ref().map(|g| g.logical_sector_size);
         imager::check_target(&disk.dev_path, img.manifest.size, sector)
             .map_err(|r| r.to_string())?;
-        Ok(image_facts(&img))
+        let mut facts = image_facts(&img);
+        // A disk a killed write left behind (ours after a crash, or another bench's): say so in
+        // the log and the job record; the write that follows replaces it.
+        if let Some(m) = imager::marker::read_path(&disk.dev_path) {
+            tracing::warn!(disk = %disk.name, job = %job.id, "{m}");
+            facts["unfinished_write"] = serde_json::json!(m);
+        }
+        Ok(facts)
     }
 
     fn write(

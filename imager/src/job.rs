@@ -21,6 +21,7 @@ use crate::eligibility::{self, Refusal};
 use crate::error::ImagerError;
 use crate::gptfix;
 use crate::ioctl;
+use crate::marker;
 use crate::progress::{Phase, ProgressEvent, Reporter};
 use crate::report::{BeyondAction, TargetReport, TargetResult};
 use crate::source::{ImageInfo, ImageSource};
@@ -179,8 +180,19 @@ struct Feed {
 const POLL: Duration = Duration::from_millis(50);
 
 /// Hands every piece to every live target; splits off a target that holds starved others back.
+/// Returns soon after a cancel even while the source is stalled.
 fn distribute(stream: Receiver<Item>, feeds: &mut [Feed], cancel: &AtomicBool) {
-    for item in stream {
+    loop {
+        let item = match stream.recv_timeout(POLL) {
+            Ok(item) => item,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
         if cancel.load(Ordering::Relaxed) {
             return;
         }
@@ -299,11 +311,28 @@ fn job_steps(
     let size = info.size;
     let t = Instant::now();
     progress.phase(Phase::Writing, size);
+    rep.unfinished_write = marker::read(dev);
+    if let Some(m) = &rep.unfinished_write {
+        tracing::warn!("{}: {m}", dev.path().display());
+    }
+    // From here on the disk's old partition table would describe a half-written disk: reset it,
+    // and leave a marker a kill -9 cannot remove (a finished write overwrites it).
+    marker::arm(dev, info)?;
     let mut w = OrderedWriter::new(dev, size, opts.reuse_existing);
     let mut rx = rx;
     loop {
-        let item = match rx.recv() {
+        let item = match rx.recv_timeout(POLL) {
             Ok(item) => item,
+            // A stalled source (a hung network mount, a chunk that never arrives) must not
+            // keep a cancel from taking effect.
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if opts.cancel.load(Ordering::Relaxed) {
+                    return Err(ImagerError::Cancelled {
+                        offset: w.position(),
+                    });
+                }
+                continue;
+            }
             Err(_) if split.load(Ordering::SeqCst) && w.position() < size => {
                 // Split off: decode again from here, at this disk's own pace.
                 rx = source.open_stream(info, w.position())?;
@@ -367,6 +396,7 @@ fn job_steps(
         &holdback,
         size,
         opts.verify_holes_fully,
+        &opts.cancel,
         &mut |d| progress.update(d),
     )?;
     rep.bytes_verified = out.bytes_verified;
@@ -377,6 +407,9 @@ fn job_steps(
         });
     }
     rep.durations.verify_secs = t.elapsed().as_secs_f64();
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(ImagerError::Cancelled { offset: size });
+    }
 
     let t = Instant::now();
     if let (true, Some(sector)) = (opts.fixups, info.gpt_sector) {
@@ -397,6 +430,10 @@ fn job_steps(
             rep.bytes_verified += bytes.len() as u64;
         }
         rep.gpt = Some(changes);
+    }
+    // The last moment a cancel can still stop the write: after the first MiB, the disk is done.
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(ImagerError::Cancelled { offset: size });
     }
     *phase = Phase::FirstMib;
     progress.phase(Phase::FirstMib, holdback.len() as u64);

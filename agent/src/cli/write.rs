@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 use image_store::{ImageRef, SignatureStatus, Store};
 use imager::{BeyondImage, ImageSource, Phase, ProgressEvent, TargetReport, WriteOptions};
 
+use super::interrupt::say;
 use crate::Depot;
 
 /// What to do with the disk beyond the image's end.
@@ -129,6 +130,9 @@ fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<()> {
             ),
             Err(r) => eprintln!("  {}: REFUSED: {r}", t.display()),
         }
+        if let Some(m) = imager::marker::read_path(t) {
+            eprintln!("  {}: {m}", t.display());
+        }
     }
     if args.yes {
         return Ok(());
@@ -218,8 +222,29 @@ fn show_progress(rx: crossbeam_channel::Receiver<ProgressEvent>) {
     }
 }
 
-fn summary(r: &TargetReport) -> String {
+fn summary(r: &TargetReport, signal: Option<&str>) -> String {
     match &r.result {
+        imager::TargetResult::Failed {
+            phase,
+            offset,
+            table_reset,
+            ..
+        } if signal.is_some() => format!(
+            "{}: INTERRUPTED by {} while {}{}: {}",
+            r.path.display(),
+            signal.unwrap_or_default(),
+            phase_name(*phase),
+            offset
+                .map(|o| format!(" at image offset {o}"))
+                .unwrap_or_default(),
+            if *table_reset {
+                "partition table reset (both GPT headers and the protective MBR zeroed); the \
+                 disk holds a partial image and no partition table: write it again before use"
+            } else {
+                "the partition table could NOT be reset: the disk holds a partial image and \
+                 may look valid; do not use it, write it again"
+            }
+        ),
         imager::TargetResult::Ok => format!(
             "{}: ok: {} written, {} zeroed, {} skipped, {} verified in {:.1}s",
             r.path.display(),
@@ -265,10 +290,16 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
         verify_holes_fully: args.verify_holes_fully,
         ..Default::default()
     };
+    // From here on SIGINT/SIGTERM/SIGHUP stop the write cleanly instead of killing it.
+    let interrupted = super::interrupt::catch(opts.cancel.clone())?;
+    if let Some(sig) = interrupted.signal() {
+        bail!("interrupted by {sig} before writing; nothing written");
+    }
     let (tx, rx) = crossbeam_channel::bounded(1024);
     let drawer = std::thread::spawn(move || show_progress(rx));
     let reports = imager::write_image(&source, &args.targets, &opts, Some(tx));
     drawer.join().ok();
+    let signal = interrupted.signal();
     let json = serde_json::to_string_pretty(&reports).context("serialising the reports")?;
     if let Some(p) = &args.report {
         std::fs::write(p, format!("{json}\n"))
@@ -278,9 +309,23 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
         println!("{json}");
     }
     for r in &reports {
-        eprintln!("{}", summary(r));
+        say(&summary(r, signal));
+        if let Some(m) = &r.unfinished_write {
+            say(&format!(
+                "{}: before this write it held an unfinished tek write from {} (image {})",
+                r.path.display(),
+                m.started,
+                m.image
+            ));
+        }
     }
     let bad = reports.iter().filter(|r| !r.ok()).count();
+    if let Some(sig) = signal {
+        bail!(
+            "interrupted by {sig}: {bad} of {} target(s) not written",
+            reports.len()
+        );
+    }
     if bad > 0 {
         bail!("{bad} of {} target(s) not written", reports.len());
     }
