@@ -64,3 +64,54 @@ fn job_on_an_image_with_a_missing_chunk_is_refused_before_writing() {
         "the disk is byte-identical to before"
     );
 }
+
+/// The agent killed (-9) while writing: the disk is left without a partition table, and the job
+/// that resumes on it records the unfinished write it found there, then finishes the disk.
+#[test]
+fn agent_killed_mid_write_leaves_no_table_and_the_resumed_job_records_it() {
+    if !need_root("agent_killed_mid_write_leaves_no_table_and_the_resumed_job_records_it") {
+        return;
+    }
+    let mut b = Bench::new(
+        "kill-marker",
+        &["bay1"],
+        "beyond_image = \"overwrite\"\nshare_write_window_ms = 0",
+    );
+    b.start_agent();
+    let job = b.add_job("T-902", "bay1", None);
+    let (disk, lo) = b.plug("bay1", 1, 1024 * MIB);
+    b.wait_state(&job, "writing", 30);
+    // Past the arming: the marker is on the disk once the first data has been written.
+    let start = std::time::Instant::now();
+    while read_range(&disk, MIB - 4096, 24) != b"TEK-UNFINISHED-WRITE v1\n" {
+        assert!(start.elapsed() < Duration::from_secs(30), "never armed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    b.kill9();
+    assert_eq!(b.job_record(&job)["state"], "writing", "killed too late");
+    let p = std::process::Command::new("sgdisk")
+        .arg("-p")
+        .arg(lo.path())
+        .output()
+        .unwrap();
+    let p = String::from_utf8_lossy(&p.stdout);
+    assert!(!p.contains("DATA") && !p.contains("ROOT"), "{p}");
+    assert_ne!(&read_range(&disk, 512, 8)[..], b"EFI PART");
+    b.start_agent();
+    let rec = b.wait_state(&job, "done", 120);
+    let log = b.agent_log();
+    assert!(
+        log.contains("this disk holds an unfinished tek write from"),
+        "{log}"
+    );
+    assert_eq!(
+        rec["results"]["write"]["unfinished_write"]["image"], "sample@1",
+        "{rec:#}"
+    );
+    assert_ne!(
+        read_range(&disk, MIB - 4096, 24),
+        b"TEK-UNFINISHED-WRITE v1\n",
+        "the finished write replaced the marker"
+    );
+    drop(lo);
+}
