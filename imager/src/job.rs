@@ -377,7 +377,7 @@ fn job_steps(
     let t = Instant::now();
     *phase = Phase::ClearingBeyond;
     progress.phase(Phase::ClearingBeyond, dev.size() - size);
-    rep.beyond = clear_beyond(dev, size, opts.beyond)?;
+    rep.beyond = clear_beyond(dev, size, opts.beyond, &opts.cancel)?;
     rep.durations.beyond_secs = t.elapsed().as_secs_f64();
 
     if let Some(hook) = &opts.before_read_back {
@@ -463,11 +463,15 @@ fn job_steps(
     Ok(())
 }
 
+/// Zeros written beyond the image per step, so that a cancel need not wait for a whole disk.
+const BEYOND_STEP: u64 = 1 << 30;
+
 /// Clears `[image_size, disk end)` according to `policy`.
 fn clear_beyond(
     dev: &mut TargetDev,
     image_size: u64,
     policy: BeyondImage,
+    cancel: &AtomicBool,
 ) -> Result<BeyondAction, ImagerError> {
     let end = dev.size();
     if end <= image_size {
@@ -497,11 +501,19 @@ fn clear_beyond(
         });
     }
     if policy == BeyondImage::Overwrite {
-        let m = dev.zero_range(a, end - a)?;
-        return Ok(BeyondAction::Zeroed {
-            bytes,
-            offloaded: m.offloaded(),
-        });
+        // BLKZEROOUT or our own writes over the rest of a large disk take minutes: in steps
+        // (sector multiples), checking the cancel flag between them.
+        let mut offloaded = true;
+        let mut at = a;
+        while at < end {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(ImagerError::Cancelled { offset: image_size });
+            }
+            let n = (end - at).min(BEYOND_STEP);
+            offloaded &= dev.zero_range(at, n)?.offloaded();
+            at += n;
+        }
+        return Ok(BeyondAction::Zeroed { bytes, offloaded });
     }
     Ok(BeyondAction::Skipped {
         bytes,
