@@ -96,7 +96,24 @@ pub fn write_image(
     opts: &WriteOptions,
     progress: Option<Sender<ProgressEvent>>,
 ) -> Vec<TargetReport> {
-    let info = match source.info() {
+    write_image_with_info(source, None, targets, opts, progress)
+}
+
+/// [`write_image`] with the [`ImageInfo`] the caller already got from `source.info()` (for its
+/// confirmation prompt), so a compressed file is not scanned twice. A store image's chunks are
+/// looked for again (a stat each): the technician may have answered the prompt much later.
+pub fn write_image_with_info(
+    source: &ImageSource,
+    info: Option<ImageInfo>,
+    targets: &[PathBuf],
+    opts: &WriteOptions,
+    progress: Option<Sender<ProgressEvent>>,
+) -> Vec<TargetReport> {
+    let info = match info {
+        Some(i) => source.check_chunks().map(|()| i),
+        None => source.info(),
+    };
+    let info = match info {
         Ok(i) => i,
         Err(e) => {
             return targets

@@ -29,7 +29,7 @@ pub mod writer;
 
 pub use eligibility::{Refusal, TargetInfo, check_target};
 pub use error::ImagerError;
-pub use job::{BeyondImage, ReadBackHook, WriteOptions, write_image};
+pub use job::{BeyondImage, ReadBackHook, WriteOptions, write_image, write_image_with_info};
 pub use marker::UnfinishedWrite;
 pub use progress::{Phase, ProgressEvent};
 pub use report::{BeyondAction, TargetReport, TargetResult};

@@ -105,7 +105,7 @@ fn human(bytes: u64) -> String {
     unreachable!()
 }
 
-fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<()> {
+fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> {
     let info = source.info().context("inspecting the image")?;
     match info.file_format {
         Some(f) if f != "raw" => {
@@ -135,7 +135,7 @@ fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<()> {
         }
     }
     if args.yes {
-        return Ok(());
+        return Ok(info);
     }
     if !std::io::stdin().is_terminal() {
         bail!("refusing to write without --yes: stdin is not a terminal to confirm on");
@@ -149,7 +149,7 @@ fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<()> {
     if !matches!(line.trim(), "y" | "Y" | "yes") {
         bail!("not confirmed; nothing written");
     }
-    Ok(())
+    Ok(info)
 }
 
 fn phase_name(p: Phase) -> String {
@@ -278,7 +278,7 @@ fn summary(r: &TargetReport, signal: Option<&str>) -> String {
 /// Runs `tek write`.
 pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
     let source = resolve_source(depot, &args)?;
-    confirm(&source, &args)?;
+    let info = confirm(&source, &args)?;
     let opts = WriteOptions {
         beyond: match args.beyond {
             BeyondArg::Auto => BeyondImage::Auto,
@@ -297,7 +297,8 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
     }
     let (tx, rx) = crossbeam_channel::bounded(1024);
     let drawer = std::thread::spawn(move || show_progress(rx));
-    let reports = imager::write_image(&source, &args.targets, &opts, Some(tx));
+    let reports =
+        imager::write_image_with_info(&source, Some(info), &args.targets, &opts, Some(tx));
     drawer.join().ok();
     let signal = interrupted.signal();
     let json = serde_json::to_string_pretty(&reports).context("serialising the reports")?;
