@@ -70,6 +70,7 @@ fn gzip_image_is_written_decoded() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("decoded from gzip"), "{err}");
+    assert!(err.contains("(gzip) once to check it"), "{err}");
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r[0]["image"]["size"], 16 * MIB, "{r}");
     assert_eq!(r[0]["image"]["file_format"], "gzip", "{r}");

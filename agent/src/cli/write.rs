@@ -106,6 +106,17 @@ fn human(bytes: u64) -> String {
 }
 
 fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> {
+    if let ImageSource::File(p) = source
+        && let Ok(f) = imager::reader::file_format(p)
+        && f != image_store::source::SourceFormat::Raw
+    {
+        // Decoding a large xz file takes minutes: say why nothing seems to happen.
+        say(&format!(
+            "tek write: decoding {} ({}) once to check it and learn its size...",
+            p.display(),
+            f.name()
+        ));
+    }
     let info = source.info().context("inspecting the image")?;
     match info.file_format {
         Some(f) if f != "raw" => {
