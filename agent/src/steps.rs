@@ -109,6 +109,19 @@ impl JobSteps for RealSteps {
 
     fn check(&self, job: &Job, disk: &Disk) -> Result<serde_json::Value, String> {
         let img = self.load(job).map_err(|e| format!("{e:#}"))?;
+        // A stat per chunk, before the disk is claimed: a write that stops at a missing chunk
+        // has already destroyed what the disk held.
+        let absent = self
+            .store
+            .absent_chunks(&img.manifest)
+            .map_err(|e| format!("checking the chunks of image {}: {e}", job.image))?;
+        if !absent.is_empty() {
+            return Err(format!(
+                "image {} cannot be written: {}",
+                job.image,
+                image_store::describe_absent(&absent)
+            ));
+        }
         if job.device.is_some() {
             // Resuming after a crash: our own data-partition mount from before may still hold
             // the disk (SIGKILL runs no destructors).
@@ -123,7 +136,14 @@ impl JobSteps for RealSteps {
         let sector = img.manifest.gpt.as_ref().map(|g| g.logical_sector_size);
         imager::check_target(&disk.dev_path, img.manifest.size, sector)
             .map_err(|r| r.to_string())?;
-        Ok(image_facts(&img))
+        let mut facts = image_facts(&img);
+        // A disk a killed write left behind (ours after a crash, or another bench's): say so in
+        // the log and the job record; the write that follows replaces it.
+        if let Some(m) = imager::marker::read_path(&disk.dev_path) {
+            tracing::warn!(disk = %disk.name, job = %job.id, "{m}");
+            facts["unfinished_write"] = serde_json::json!(m);
+        }
+        Ok(facts)
     }
 
     fn write(

@@ -1,6 +1,8 @@
-//! Opening an import source: a raw image, or one compressed with zstd, gzip or xz, told apart by
-//! their magic bytes (never by the file name). Decoder errors (truncated or corrupt streams) become
-//! [`StoreError::Decompress`] naming the file, the format and how far decoding got.
+//! Opening an image file (for import, and for `tek write` of a one-off file): a raw image, or one
+//! compressed with zstd, gzip, xz or bzip2, told apart by their magic bytes (never by the file
+//! name). A file in a container or compression format tek cannot decode (lz4, zip, 7z, qcow2, ...)
+//! is refused by name rather than taken for a raw image. Decoder errors (truncated or corrupt
+//! streams) become [`StoreError::Decompress`] naming the file, the format and how far decoding got.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -19,7 +21,35 @@ pub enum SourceFormat {
     Gzip,
     /// xz stream.
     Xz,
+    /// bzip2 stream (one or more streams).
+    Bzip2,
 }
+
+/// Formats recognised by their magic bytes that tek does not decode: writing or importing such a
+/// file as a raw image would put the container's bytes on the disk.
+const UNDECODABLE: &[(&[u8], &str)] = &[
+    (&[0x04, 0x22, 0x4D, 0x18], "lz4"),
+    (b"LZIP", "lzip"),
+    (&[0x1F, 0x9D], "compress (.Z)"),
+    (b"PK\x03\x04", "zip"),
+    (&[b'7', b'z', 0xBC, 0xAF, 0x27, 0x1C], "7z"),
+    (b"QFI\xFB", "qcow2"),
+    (b"KDMV", "vmdk"),
+    (b"vhdxfile", "vhdx"),
+    (b"conectix", "vhd"),
+    (b"<<< Oracle VM VirtualBox Disk Image >>>", "vdi"),
+];
+
+/// The name of an undecodable format the bytes start with, if any.
+pub fn undecodable_format(magic: &[u8]) -> Option<&'static str> {
+    UNDECODABLE
+        .iter()
+        .find(|(m, _)| magic.starts_with(m))
+        .map(|(_, name)| *name)
+}
+
+/// Bytes of a file's start that [`SourceFormat::detect`] and [`undecodable_format`] look at.
+pub const MAGIC_LEN: usize = 64;
 
 impl SourceFormat {
     /// Detects the format from the first bytes of the file.
@@ -30,6 +60,15 @@ impl SourceFormat {
             SourceFormat::Gzip
         } else if magic.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]) {
             SourceFormat::Xz
+        } else if magic.len() >= 10
+            && magic.starts_with(b"BZh")
+            && (b'1'..=b'9').contains(&magic[3])
+            && (magic[4..10] == [0x31, 0x41, 0x59, 0x26, 0x53, 0x59]
+                || magic[4..10] == [0x17, 0x72, 0x45, 0x38, 0x50, 0x90])
+        {
+            // "BZh" + block size + the first block's (or, for empty input, the end-of-stream)
+            // magic: three letters alone could start a raw image.
+            SourceFormat::Bzip2
         } else {
             SourceFormat::Raw
         }
@@ -42,6 +81,7 @@ impl SourceFormat {
             SourceFormat::Zstd => "zstd",
             SourceFormat::Gzip => "gzip",
             SourceFormat::Xz => "xz",
+            SourceFormat::Bzip2 => "bzip2",
         }
     }
 }
@@ -75,10 +115,16 @@ impl Source {
             return Err(bad("is a directory, expected an image file"));
         }
         let mut f = File::open(path).map_err(|e| StoreError::io("opening image", path, e))?;
-        let mut magic = [0u8; 8];
+        let mut magic = [0u8; MAGIC_LEN];
         let n = read_full(&mut f, &mut magic).map_err(|e| StoreError::io("reading", path, e))?;
         if n == 0 {
             return Err(bad("is empty"));
+        }
+        if let Some(name) = undecodable_format(&magic[..n]) {
+            return Err(bad(&format!(
+                "is a {name} file, which tek cannot decode; convert it to a raw image \
+                 (or zstd, gzip, xz, bzip2) first"
+            )));
         }
         let format = SourceFormat::detect(&magic[..n]);
         let head = std::io::Cursor::new(magic[..n].to_vec()).chain(f);
@@ -90,6 +136,7 @@ impl Source {
             ),
             SourceFormat::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(head))),
             SourceFormat::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(head)),
+            SourceFormat::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(BufReader::new(head))),
         };
         Ok(Source {
             path: path.to_path_buf(),
@@ -173,6 +220,11 @@ mod tests {
                 e.write_all(data).unwrap();
                 e.finish().unwrap()
             }
+            "bzip2" => {
+                let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
             _ => data.to_vec(),
         }
     }
@@ -181,7 +233,7 @@ mod tests {
     fn detects_and_decodes_each_format() {
         let d = tempfile::tempdir().unwrap();
         let data = sample();
-        for kind in ["raw", "zstd", "gzip", "xz"] {
+        for kind in ["raw", "zstd", "gzip", "xz", "bzip2"] {
             let p = d.path().join(format!("img-{kind}.bin"));
             std::fs::write(&p, compressed(kind, &data)).unwrap();
             assert_eq!(Source::open(&p).unwrap().format().name(), kind);
@@ -193,7 +245,7 @@ mod tests {
     fn truncated_and_corrupt_streams_fail() {
         let d = tempfile::tempdir().unwrap();
         let data = sample();
-        for kind in ["zstd", "gzip", "xz"] {
+        for kind in ["zstd", "gzip", "xz", "bzip2"] {
             let c = compressed(kind, &data);
             let p = d.path().join(format!("trunc-{kind}"));
             std::fs::write(&p, &c[..c.len() / 2]).unwrap();
@@ -209,6 +261,37 @@ mod tests {
             let e = read_all(&p).unwrap_err();
             assert!(matches!(e, StoreError::Decompress { .. }), "{kind}: {e}");
         }
+    }
+
+    #[test]
+    fn concatenated_streams_decode_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let data = sample();
+        for kind in ["zstd", "gzip", "xz", "bzip2"] {
+            let mut c = compressed(kind, &data[..data.len() / 3]);
+            c.extend(compressed(kind, &data[data.len() / 3..]));
+            let p = d.path().join(format!("cat-{kind}"));
+            std::fs::write(&p, &c).unwrap();
+            assert_eq!(read_all(&p).unwrap(), data, "{kind}");
+        }
+    }
+
+    #[test]
+    fn undecodable_formats_are_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk.img");
+        let mut lz4 = vec![0x04, 0x22, 0x4D, 0x18];
+        lz4.extend(sample());
+        std::fs::write(&p, &lz4).unwrap();
+        let e = Source::open(&p).unwrap_err();
+        assert!(matches!(e, StoreError::BadSource { .. }), "{e}");
+        assert!(e.to_string().contains("lz4 file"), "{e}");
+        // "BZh" alone is not bzip2: a raw image may start with it.
+        let mut raw = b"BZh9 not a bzip2 stream".to_vec();
+        raw.extend(sample());
+        std::fs::write(&p, &raw).unwrap();
+        assert_eq!(Source::open(&p).unwrap().format(), SourceFormat::Raw);
+        assert_eq!(read_all(&p).unwrap(), raw);
     }
 
     #[test]

@@ -45,6 +45,47 @@ pub struct LoadedImage {
     pub signature: SignatureStatus,
 }
 
+/// A chunk a manifest names that the store cannot supply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AbsentChunk {
+    /// The chunk.
+    pub id: ChunkId,
+    /// Its first offset in the image.
+    pub offset: u64,
+    /// True when a `.bad` file stands in its place (found corrupt and moved aside).
+    pub quarantined: bool,
+}
+
+/// How many absent chunks [`describe_absent`] names before it only counts.
+pub const ABSENT_NAMED: usize = 5;
+
+/// One line about absent chunks: the count, how many are quarantined, the first few with offsets.
+pub fn describe_absent(absent: &[AbsentChunk]) -> String {
+    let quarantined = absent.iter().filter(|a| a.quarantined).count();
+    let mut s = format!("{} chunk(s) not in the store", absent.len());
+    if quarantined > 0 {
+        s.push_str(&format!(" ({quarantined} quarantined as corrupt)"));
+    }
+    let named: Vec<String> = absent
+        .iter()
+        .take(ABSENT_NAMED)
+        .map(|a| {
+            format!(
+                "{} at offset {}{}",
+                a.id,
+                a.offset,
+                if a.quarantined { " (quarantined)" } else { "" }
+            )
+        })
+        .collect();
+    s.push_str(": ");
+    s.push_str(&named.join(", "));
+    if absent.len() > ABSENT_NAMED {
+        s.push_str(&format!(" and {} more", absent.len() - ABSENT_NAMED));
+    }
+    s
+}
+
 /// An opened image store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -214,6 +255,40 @@ impl Store {
                 reason: format!("reading {}: {e}", path.display()),
             }),
         }
+    }
+
+    /// Every chunk of `manifest` whose file is not in the store, in image order, each once: one
+    /// `stat` per distinct chunk, nothing read. A `.bad` file in its place marks it quarantined.
+    /// Other stat errors (permissions, I/O) are errors: "present" must not be guessed.
+    pub fn absent_chunks(&self, manifest: &Manifest) -> Result<Vec<AbsentChunk>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for e in &manifest.extents {
+            let Extent::Chunk { offset, id, .. } = *e else {
+                continue;
+            };
+            if !seen.insert(id) {
+                continue;
+            }
+            let path = self.chunk_path(id);
+            // Followed (a chunk may be a link into a cache); anything but a directory counts,
+            // since reading it is what checks it.
+            match std::fs::metadata(&path) {
+                Ok(md) if !md.is_dir() => {}
+                Ok(_) => out.push(AbsentChunk {
+                    id,
+                    offset,
+                    quarantined: false,
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(AbsentChunk {
+                    id,
+                    offset,
+                    quarantined: path.with_extension("zst.bad").exists(),
+                }),
+                Err(e) => return Err(StoreError::io("looking for chunk", &path, e)),
+            }
+        }
+        Ok(out)
     }
 
     /// Sequential convenience: every extent in order as a Piece (chunks verified).
@@ -436,4 +511,77 @@ pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, StoreError>
         })?;
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Hints;
+
+    fn manifest_with(store: &Store, chunks: &[&[u8]]) -> Manifest {
+        let mut extents = Vec::new();
+        let mut at = 0;
+        for data in chunks {
+            let id = ChunkId::of(data);
+            let p = store.chunk_path(id);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, zstd::bulk::compress(data, 1).unwrap()).unwrap();
+            extents.push(Extent::Chunk {
+                offset: at,
+                len: data.len() as u64,
+                id,
+            });
+            at += data.len() as u64;
+        }
+        Manifest {
+            format: MANIFEST_FORMAT,
+            name: "t".into(),
+            version: "1".into(),
+            size: at,
+            sha256: String::new(),
+            blake3: String::new(),
+            created: String::new(),
+            chunking: serde_json::from_value(
+                serde_json::json!({"algorithm":"fixed","min":1,"avg":1,"max":1}),
+            )
+            .unwrap(),
+            extents,
+            gpt: None,
+            hints: Hints::default(),
+        }
+    }
+
+    #[test]
+    fn absent_chunks_are_found_by_stat_and_quarantine_is_told_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let chunks: Vec<Vec<u8>> = (1..=8u8).map(|i| vec![i; 1000]).collect();
+        let mut refs: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        refs.push(&chunks[2]); // used twice: reported once
+        let m = manifest_with(&store, &refs);
+        assert!(store.absent_chunks(&m).unwrap().is_empty());
+        let id = |i: usize| ChunkId::of(&chunks[i]);
+        std::fs::remove_file(store.chunk_path(id(2))).unwrap();
+        store.quarantine(id(5)).unwrap();
+        for i in [6, 7] {
+            std::fs::remove_file(store.chunk_path(id(i))).unwrap();
+        }
+        let a = store.absent_chunks(&m).unwrap();
+        assert_eq!(
+            a.iter()
+                .map(|a| (a.id, a.offset, a.quarantined))
+                .collect::<Vec<_>>(),
+            vec![
+                (id(2), 2000, false),
+                (id(5), 5000, true),
+                (id(6), 6000, false),
+                (id(7), 7000, false)
+            ]
+        );
+        let line = describe_absent(&a);
+        assert!(line.starts_with("4 chunk(s) not in the store (1 quarantined as corrupt): "));
+        assert!(line.contains(&format!("{} at offset 5000 (quarantined)", id(5))));
+        let many: Vec<AbsentChunk> = std::iter::repeat_n(a[0].clone(), 9).collect();
+        assert!(describe_absent(&many).ends_with(" and 4 more"));
+    }
 }

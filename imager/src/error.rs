@@ -73,6 +73,18 @@ pub enum ImagerError {
         /// Image offset, when known.
         offset: Option<u64>,
     },
+    /// The store lacks chunks the image needs (deleted, or quarantined as corrupt). Found by a
+    /// stat per chunk before any target is opened: nothing was written.
+    #[error(
+        "image {image} cannot be written: {}; nothing was written (re-importing an image that holds them repairs the store)",
+        image_store::describe_absent(absent)
+    )]
+    MissingChunks {
+        /// `name@version`.
+        image: String,
+        /// The absent chunks, in image order.
+        absent: Vec<image_store::AbsentChunk>,
+    },
     /// The image source is unusable (e.g. not a disk image).
     #[error("image {path}: {reason}")]
     BadImage {

@@ -21,6 +21,7 @@ use crate::eligibility::{self, Refusal};
 use crate::error::ImagerError;
 use crate::gptfix;
 use crate::ioctl;
+use crate::marker;
 use crate::progress::{Phase, ProgressEvent, Reporter};
 use crate::report::{BeyondAction, TargetReport, TargetResult};
 use crate::source::{ImageInfo, ImageSource};
@@ -46,6 +47,18 @@ pub enum BeyondImage {
     Skip,
 }
 
+/// Runs on each target after its writes and before the flush and read-back, with the target's
+/// path: a fault drill. Whatever it changes on the target must make read-back fail, which is how
+/// the tests prove the read-back compares the disk with the image and not with itself.
+#[derive(Clone)]
+pub struct ReadBackHook(pub Arc<dyn Fn(&Path) + Send + Sync>);
+
+impl std::fmt::Debug for ReadBackHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadBackHook")
+    }
+}
+
 /// Options of a write job.
 #[derive(Debug, Clone)]
 pub struct WriteOptions {
@@ -59,6 +72,8 @@ pub struct WriteOptions {
     pub cancel: Arc<AtomicBool>,
     /// Read large zeroed holes back completely instead of sampling them.
     pub verify_holes_fully: bool,
+    /// Fault drill between writing and read-back (tests); `None` in production.
+    pub before_read_back: Option<ReadBackHook>,
 }
 
 impl Default for WriteOptions {
@@ -69,6 +84,7 @@ impl Default for WriteOptions {
             fixups: true,
             cancel: Arc::new(AtomicBool::new(false)),
             verify_holes_fully: false,
+            before_read_back: None,
         }
     }
 }
@@ -80,7 +96,24 @@ pub fn write_image(
     opts: &WriteOptions,
     progress: Option<Sender<ProgressEvent>>,
 ) -> Vec<TargetReport> {
-    let info = match source.info() {
+    write_image_with_info(source, None, targets, opts, progress)
+}
+
+/// [`write_image`] with the [`ImageInfo`] the caller already got from `source.info()` (for its
+/// confirmation prompt), so a compressed file is not scanned twice. A store image's chunks are
+/// looked for again (a stat each): the technician may have answered the prompt much later.
+pub fn write_image_with_info(
+    source: &ImageSource,
+    info: Option<ImageInfo>,
+    targets: &[PathBuf],
+    opts: &WriteOptions,
+    progress: Option<Sender<ProgressEvent>>,
+) -> Vec<TargetReport> {
+    let info = match info {
+        Some(i) => source.check_chunks().map(|()| i),
+        None => source.info(),
+    };
+    let info = match info {
         Ok(i) => i,
         Err(e) => {
             return targets
@@ -164,8 +197,19 @@ struct Feed {
 const POLL: Duration = Duration::from_millis(50);
 
 /// Hands every piece to every live target; splits off a target that holds starved others back.
+/// Returns soon after a cancel even while the source is stalled.
 fn distribute(stream: Receiver<Item>, feeds: &mut [Feed], cancel: &AtomicBool) {
-    for item in stream {
+    loop {
+        let item = match stream.recv_timeout(POLL) {
+            Ok(item) => item,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
         if cancel.load(Ordering::Relaxed) {
             return;
         }
@@ -284,11 +328,28 @@ fn job_steps(
     let size = info.size;
     let t = Instant::now();
     progress.phase(Phase::Writing, size);
+    rep.unfinished_write = marker::read(dev);
+    if let Some(m) = &rep.unfinished_write {
+        tracing::warn!("{}: {m}", dev.path().display());
+    }
+    // From here on the disk's old partition table would describe a half-written disk: reset it,
+    // and leave a marker a kill -9 cannot remove (a finished write overwrites it).
+    marker::arm(dev, info)?;
     let mut w = OrderedWriter::new(dev, size, opts.reuse_existing);
     let mut rx = rx;
     loop {
-        let item = match rx.recv() {
+        let item = match rx.recv_timeout(POLL) {
             Ok(item) => item,
+            // A stalled source (a hung network mount, a chunk that never arrives) must not
+            // keep a cancel from taking effect.
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if opts.cancel.load(Ordering::Relaxed) {
+                    return Err(ImagerError::Cancelled {
+                        offset: w.position(),
+                    });
+                }
+                continue;
+            }
             Err(_) if split.load(Ordering::SeqCst) && w.position() < size => {
                 // Split off: decode again from here, at this disk's own pace.
                 rx = source.open_stream(info, w.position())?;
@@ -333,9 +394,12 @@ fn job_steps(
     let t = Instant::now();
     *phase = Phase::ClearingBeyond;
     progress.phase(Phase::ClearingBeyond, dev.size() - size);
-    rep.beyond = clear_beyond(dev, size, opts.beyond)?;
+    rep.beyond = clear_beyond(dev, size, opts.beyond, &opts.cancel)?;
     rep.durations.beyond_secs = t.elapsed().as_secs_f64();
 
+    if let Some(hook) = &opts.before_read_back {
+        (hook.0)(dev.path());
+    }
     let t = Instant::now();
     *phase = Phase::Flushing;
     progress.phase(Phase::Flushing, 0);
@@ -349,6 +413,7 @@ fn job_steps(
         &holdback,
         size,
         opts.verify_holes_fully,
+        &opts.cancel,
         &mut |d| progress.update(d),
     )?;
     rep.bytes_verified = out.bytes_verified;
@@ -359,6 +424,9 @@ fn job_steps(
         });
     }
     rep.durations.verify_secs = t.elapsed().as_secs_f64();
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(ImagerError::Cancelled { offset: size });
+    }
 
     let t = Instant::now();
     if let (true, Some(sector)) = (opts.fixups, info.gpt_sector) {
@@ -379,6 +447,10 @@ fn job_steps(
             rep.bytes_verified += bytes.len() as u64;
         }
         rep.gpt = Some(changes);
+    }
+    // The last moment a cancel can still stop the write: after the first MiB, the disk is done.
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(ImagerError::Cancelled { offset: size });
     }
     *phase = Phase::FirstMib;
     progress.phase(Phase::FirstMib, holdback.len() as u64);
@@ -408,11 +480,15 @@ fn job_steps(
     Ok(())
 }
 
+/// Zeros written beyond the image per step, so that a cancel need not wait for a whole disk.
+const BEYOND_STEP: u64 = 1 << 30;
+
 /// Clears `[image_size, disk end)` according to `policy`.
 fn clear_beyond(
     dev: &mut TargetDev,
     image_size: u64,
     policy: BeyondImage,
+    cancel: &AtomicBool,
 ) -> Result<BeyondAction, ImagerError> {
     let end = dev.size();
     if end <= image_size {
@@ -442,11 +518,19 @@ fn clear_beyond(
         });
     }
     if policy == BeyondImage::Overwrite {
-        let m = dev.zero_range(a, end - a)?;
-        return Ok(BeyondAction::Zeroed {
-            bytes,
-            offloaded: m.offloaded(),
-        });
+        // BLKZEROOUT or our own writes over the rest of a large disk take minutes: in steps
+        // (sector multiples), checking the cancel flag between them.
+        let mut offloaded = true;
+        let mut at = a;
+        while at < end {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(ImagerError::Cancelled { offset: image_size });
+            }
+            let n = (end - at).min(BEYOND_STEP);
+            offloaded &= dev.zero_range(at, n)?.offloaded();
+            at += n;
+        }
+        return Ok(BeyondAction::Zeroed { bytes, offloaded });
     }
     Ok(BeyondAction::Skipped {
         bytes,

@@ -6,7 +6,8 @@
 //! hash-check on every core, reordered, bounded). [`job::write_image`] fans each piece out to one
 //! bounded queue per target; per target, [`writer`] gathers pieces into large aligned O_DIRECT
 //! writes on a [`target::TargetDev`] (zeroing holes, holding back the first MiB), then [`verify`]
-//! reads everything back, [`gptfix`] fits the GPT to the disk, and the first MiB goes last.
+//! reads everything back, [`gptfix`] fits the GPT to the disk, and the first MiB goes last
+//! ([`marker`] says so on a disk whose write never ended).
 //! [`eligibility`] decides which disks may be touched at all; [`ioctl`] is the only unsafe code.
 
 pub mod buffer;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod gptfix;
 pub mod ioctl;
 pub mod job;
+pub mod marker;
 pub mod progress;
 pub mod reader;
 pub mod report;
@@ -27,7 +29,8 @@ pub mod writer;
 
 pub use eligibility::{Refusal, TargetInfo, check_target};
 pub use error::ImagerError;
-pub use job::{BeyondImage, WriteOptions, write_image};
+pub use job::{BeyondImage, ReadBackHook, WriteOptions, write_image, write_image_with_info};
+pub use marker::UnfinishedWrite;
 pub use progress::{Phase, ProgressEvent};
 pub use report::{BeyondAction, TargetReport, TargetResult};
 pub use source::{ImageInfo, ImageSource};

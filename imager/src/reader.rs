@@ -1,5 +1,7 @@
 //! The read stage for one-off image files: raw (holes found with SEEK_DATA/SEEK_HOLE where the
-//! filesystem knows them) or zstd-compressed, cut into [`BLOCK`]-sized jobs for the decode pool.
+//! filesystem knows them) or compressed with zstd, gzip, xz or bzip2 (decoded with the store's
+//! `image_store::source`, the same detection `tek image import` uses), cut into [`BLOCK`]-sized
+//! jobs for the decode pool.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -7,23 +9,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use image_store::StoreError;
+use image_store::source::{Source, SourceFormat};
+
 use crate::decode::Job;
 use crate::error::ImagerError;
 use crate::span;
 
 /// Size of one raw job: big enough to amortise channel traffic, small enough to keep memory low.
 pub const BLOCK: usize = 4 << 20;
-
-/// The zstd frame magic number, little-endian on disk.
-pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
-/// True when the file starts with a zstd frame.
-pub fn is_zstd(path: &Path) -> Result<bool, ImagerError> {
-    let mut f = open(path)?;
-    let mut magic = [0u8; 4];
-    let n = read_full(&mut f, &mut magic).map_err(|e| src_err("reading image", path, 0, e))?;
-    Ok(n == 4 && magic == ZSTD_MAGIC)
-}
 
 fn open(path: &Path) -> Result<File, ImagerError> {
     File::open(path).map_err(|e| src_err("opening image", path, 0, e))
@@ -38,6 +32,69 @@ pub(crate) fn src_err(action: &'static str, path: &Path, offset: u64, e: io::Err
     }
 }
 
+/// The imager's error for the store's source-file errors (the same detection and decoders as
+/// `tek image import`).
+fn decode_err(path: &Path, e: StoreError) -> ImagerError {
+    match e {
+        StoreError::Decompress {
+            format,
+            offset,
+            reason,
+            ..
+        } => src_err(
+            "decompressing image",
+            path,
+            offset,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{format} stream: {reason}"),
+            ),
+        ),
+        StoreError::BadSource { reason, .. } => ImagerError::BadImage {
+            path: path.to_path_buf(),
+            reason,
+        },
+        StoreError::Io { source, .. } => src_err("reading image", path, 0, source),
+        other => ImagerError::BadImage {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Opens an image file through the store's format detection: raw, zstd, gzip, xz or bzip2 by
+/// magic bytes; a container tek cannot decode (lz4, zip, qcow2, ...) is refused.
+pub fn open_decoded(path: &Path) -> Result<Source, ImagerError> {
+    Source::open(path).map_err(|e| decode_err(path, e))
+}
+
+/// The format of an image file (see [`open_decoded`]).
+pub fn file_format(path: &Path) -> Result<SourceFormat, ImagerError> {
+    Ok(open_decoded(path)?.format())
+}
+
+/// Decodes a compressed image file once, end to end: its decoded size, and its first bytes in
+/// `head` (returns how many). gzip, xz and bzip2 do not record the size reliably (gzip keeps it
+/// modulo 4 GiB, and a file may hold several streams), and a zstd frame header only speaks for its
+/// own frame, so the stream is counted. This also proves the whole stream decodes before a byte
+/// is written: a truncated or corrupt file is refused with the offset, the disk untouched.
+pub fn scan_decoded(path: &Path, head: &mut [u8]) -> Result<(u64, usize), ImagerError> {
+    let mut src = open_decoded(path)?;
+    let n = src.fill(head).map_err(|e| decode_err(path, e))?;
+    let mut size = n as u64;
+    if n == head.len() {
+        let mut buf = vec![0u8; BLOCK];
+        loop {
+            let k = src.fill(&mut buf).map_err(|e| decode_err(path, e))?;
+            size += k as u64;
+            if k < buf.len() {
+                break;
+            }
+        }
+    }
+    Ok((size, n))
+}
+
 /// Reads until `buf` is full or EOF; returns the bytes read.
 pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -50,21 +107,6 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// Uncompressed size of a zstd image: the frame header's content size when present (zstd writes
-/// it when compressing a file), else a counting pass over the whole stream.
-pub fn zstd_size(path: &Path) -> Result<u64, ImagerError> {
-    let mut f = open(path)?;
-    let mut head = [0u8; 18];
-    let n = read_full(&mut f, &mut head).map_err(|e| src_err("reading image", path, 0, e))?;
-    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(&head[..n]) {
-        return Ok(size);
-    }
-    let f = open(path)?;
-    let mut dec = zstd::stream::read::Decoder::new(f)
-        .map_err(|e| src_err("decompressing image", path, 0, e))?;
-    io::copy(&mut dec, &mut io::sink()).map_err(|e| src_err("decompressing image", path, 0, e))
 }
 
 /// Jobs over a raw image file from `start` to `size`.
@@ -150,39 +192,69 @@ impl Iterator for RawJobs {
     }
 }
 
-/// Jobs over a zstd-compressed raw image, from `start` (earlier bytes are decompressed and
-/// dropped: zstd streams cannot be entered in the middle).
-pub struct ZstdJobs {
+/// Jobs over a compressed image file (zstd, gzip, xz, bzip2), from `start`: earlier bytes are
+/// decoded and dropped, since these streams cannot be entered in the middle. The decoded bytes are
+/// what [`crate::span::Span::from_trusted`] hashes, so read-back compares the disk with the
+/// *decoded* image.
+pub struct DecodedJobs {
     path: PathBuf,
-    dec: zstd::stream::read::Decoder<'static, io::BufReader<File>>,
+    src: Source,
     pos: u64,
     start: u64,
     size: u64,
+    done: bool,
 }
 
-impl ZstdJobs {
-    /// Opens `path` whose uncompressed size is `size`, starting at `start`.
+impl DecodedJobs {
+    /// Opens `path` whose decoded size is `size` (from [`scan_decoded`]), starting at `start`.
     pub fn open(path: &Path, size: u64, start: u64) -> Result<Self, ImagerError> {
-        let dec = zstd::stream::read::Decoder::new(open(path)?)
-            .map_err(|e| src_err("decompressing image", path, 0, e))?;
-        Ok(ZstdJobs {
+        Ok(DecodedJobs {
             path: path.to_path_buf(),
-            dec,
+            src: open_decoded(path)?,
             pos: 0,
             start,
             size,
+            done: false,
         })
+    }
+
+    /// The detected format.
+    pub fn format(&self) -> SourceFormat {
+        self.src.format()
     }
 
     fn next_job(&mut self) -> Result<Option<Job>, ImagerError> {
         loop {
             if self.pos >= self.size {
+                if !self.done {
+                    self.done = true;
+                    // The file was scanned at `size` bytes; if it decodes to more now, it changed
+                    // under us and what was written is not that file.
+                    let mut one = [0u8; 1];
+                    let k = self
+                        .src
+                        .fill(&mut one)
+                        .map_err(|e| decode_err(&self.path, e))?;
+                    if k > 0 {
+                        return Err(src_err(
+                            "decompressing image",
+                            &self.path,
+                            self.size,
+                            io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "the stream continues past the size it had when it was checked",
+                            ),
+                        ));
+                    }
+                }
                 return Ok(None);
             }
             let len = (self.size - self.pos).min(BLOCK as u64) as usize;
             let (mut buf, lead) = span::buf_for(self.pos, len);
-            let n = read_full(&mut self.dec, &mut buf.as_mut_slice()[lead..lead + len])
-                .map_err(|e| src_err("decompressing image", &self.path, self.pos, e))?;
+            let n = self
+                .src
+                .fill(&mut buf.as_mut_slice()[lead..lead + len])
+                .map_err(|e| decode_err(&self.path, e))?;
             if n < len {
                 return Err(src_err(
                     "decompressing image",
@@ -209,7 +281,7 @@ impl ZstdJobs {
     }
 }
 
-impl Iterator for ZstdJobs {
+impl Iterator for DecodedJobs {
     type Item = Result<Job, ImagerError>;
     fn next(&mut self) -> Option<Self::Item> {
         self.next_job().transpose()
@@ -250,54 +322,101 @@ mod tests {
         assert!(got.iter().any(|g| g.2 && g.0 <= 2 * BLOCK as u64));
     }
 
-    #[test]
-    fn zstd_round_trip_and_start_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("img.zst");
-        let data: Vec<u8> = (0..(BLOCK + 5000)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&p, zstd::encode_all(&data[..], 1).unwrap()).unwrap();
-        assert!(is_zstd(&p).unwrap());
-        assert_eq!(zstd_size(&p).unwrap(), data.len() as u64);
+    fn compress(kind: &str, data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        match kind {
+            "zstd" => zstd::encode_all(data, 1).unwrap(),
+            "gzip" => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            "xz" => {
+                let mut e = xz2::write::XzEncoder::new(Vec::new(), 0);
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            "bzip2" => {
+                let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    fn decoded(jobs: DecodedJobs) -> Result<Vec<u8>, ImagerError> {
         let mut back = Vec::new();
-        for j in ZstdJobs::open(&p, data.len() as u64, 0).unwrap() {
-            match j.unwrap() {
+        for j in jobs {
+            match j? {
                 Job::Raw { buf, lead, len, .. } => {
                     back.extend_from_slice(&buf.as_slice()[lead..lead + len])
                 }
                 _ => panic!(),
             }
         }
-        assert_eq!(back, data);
-        let first = ZstdJobs::open(&p, data.len() as u64, 100)
-            .unwrap()
-            .next()
-            .unwrap();
-        match first.unwrap() {
-            Job::Raw {
-                offset,
-                buf,
-                lead,
-                len,
-            } => {
-                assert_eq!(offset, 100);
-                assert_eq!(lead % 4096, 100);
-                assert_eq!(buf.as_slice()[lead..lead + len], data[100..BLOCK]);
+        Ok(back)
+    }
+
+    #[test]
+    fn every_format_round_trips_and_starts_at_an_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(BLOCK + 5000)).map(|i| (i % 251) as u8).collect();
+        for kind in ["zstd", "gzip", "xz", "bzip2"] {
+            let p = dir.path().join(format!("img.{kind}"));
+            std::fs::write(&p, compress(kind, &data)).unwrap();
+            assert_eq!(file_format(&p).unwrap().name(), kind);
+            let mut head = [0u8; 8192];
+            assert_eq!(
+                scan_decoded(&p, &mut head).unwrap(),
+                (data.len() as u64, 8192)
+            );
+            assert_eq!(head[..], data[..8192]);
+            let back = decoded(DecodedJobs::open(&p, data.len() as u64, 0).unwrap()).unwrap();
+            assert!(back == data, "{kind}");
+            let first = DecodedJobs::open(&p, data.len() as u64, 100)
+                .unwrap()
+                .next()
+                .unwrap();
+            match first.unwrap() {
+                Job::Raw {
+                    offset,
+                    buf,
+                    lead,
+                    len,
+                } => {
+                    assert_eq!(offset, 100);
+                    assert_eq!(lead % 4096, 100);
+                    assert_eq!(buf.as_slice()[lead..lead + len], data[100..BLOCK]);
+                }
+                _ => panic!(),
             }
-            _ => panic!(),
         }
     }
 
     #[test]
-    fn truncated_zstd_names_the_offset() {
+    fn truncated_and_corrupt_streams_name_the_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("img.zst");
-        let data = vec![7u8; 100_000];
-        std::fs::write(&p, zstd::encode_all(&data[..], 1).unwrap()).unwrap();
-        let e = ZstdJobs::open(&p, 200_000, 0)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap_err();
-        assert!(e.to_string().contains("offset 100000"), "{e}");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        for kind in ["zstd", "gzip", "xz", "bzip2"] {
+            let c = compress(kind, &data);
+            let p = dir.path().join(format!("t.{kind}"));
+            std::fs::write(&p, &c[..c.len() / 2]).unwrap();
+            let e = scan_decoded(&p, &mut [0u8; 8192]).unwrap_err();
+            assert!(
+                matches!(e, ImagerError::Source { offset, .. } if offset < data.len() as u64),
+                "{kind}: {e}"
+            );
+            assert!(e.to_string().contains(kind), "{kind}: {e}");
+            // Scanned at one size, then the file is replaced by a shorter or longer one.
+            std::fs::write(&p, &c).unwrap();
+            let e = decoded(DecodedJobs::open(&p, data.len() as u64 + 10, 0).unwrap()).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("offset {}", data.len())),
+                "{kind}: {e}"
+            );
+            let e = decoded(DecodedJobs::open(&p, data.len() as u64 - 10, 0).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("continues past"), "{kind}: {e}");
+        }
     }
 }

@@ -122,6 +122,10 @@ pub struct TargetReport {
     pub result: TargetResult,
     /// Image offsets of extents that read back wrong (at most 1000).
     pub mismatch_offsets: Vec<u64>,
+    /// The marker of an earlier tek write that never finished (`kill -9`, power cut), found on
+    /// the target before this write began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfinished_write: Option<crate::marker::UnfinishedWrite>,
 }
 
 impl TargetReport {
@@ -148,6 +152,7 @@ impl TargetReport {
             durations: Durations::default(),
             started: now_rfc3339(),
             result: TargetResult::Ok,
+            unfinished_write: None,
             mismatch_offsets: Vec::new(),
         }
     }

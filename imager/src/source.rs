@@ -9,12 +9,13 @@ use crossbeam_channel::Receiver;
 use std::sync::Arc;
 
 use image_store::Store;
+use image_store::source::SourceFormat;
 use image_store::{Extent, Hints, LoadedImage, SignatureStatus, StoreError};
 use serde::Serialize;
 
 use crate::decode::{self, Item, Job};
 use crate::error::ImagerError;
-use crate::reader::{self, RawJobs, ZstdJobs, src_err};
+use crate::reader::{self, DecodedJobs, RawJobs, src_err};
 use crate::span;
 use crate::writer::BIG_HOLE;
 
@@ -31,7 +32,9 @@ pub enum ImageSource {
         /// The loaded manifest.
         image: LoadedImage,
     },
-    /// A raw or zstd-compressed raw image file (one-off use; no hashes to check against).
+    /// A raw image file, or one compressed with zstd, gzip, xz or bzip2 (detected by content;
+    /// one-off use, no stored hashes: the decoded bytes are hashed before they are written and
+    /// read-back compares the disk with those hashes).
     File(PathBuf),
 }
 
@@ -50,6 +53,10 @@ pub struct ImageInfo {
     pub size: u64,
     /// Logical sector size of the image's GPT, when it has one.
     pub gpt_sector: Option<u64>,
+    /// How a one-off file is stored (`raw`, `zstd`, `gzip`, `xz`, `bzip2`); `size` is always
+    /// the decoded size. `None` for store images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_format: Option<&'static str>,
     /// Manifest hints (empty for files).
     #[serde(skip)]
     pub hints: Hints,
@@ -84,10 +91,13 @@ fn file_size(path: &Path) -> Result<u64, ImagerError> {
 }
 
 impl ImageSource {
-    /// Looks at the source: size, name, GPT sector size, hints.
+    /// Looks at the source: size, name, GPT sector size, hints. A store image whose chunks are
+    /// not all in the store (one stat each) is refused here, before any target is touched; a
+    /// compressed file is decoded once end to end (see [`reader::scan_decoded`]).
     pub fn info(&self) -> Result<ImageInfo, ImagerError> {
         match self {
             ImageSource::Stored { image, .. } => {
+                self.check_chunks()?;
                 let m = &image.manifest;
                 Ok(ImageInfo {
                     name: m.name.clone(),
@@ -96,28 +106,22 @@ impl ImageSource {
                     signature: Some(image.signature.clone()),
                     size: m.size,
                     gpt_sector: m.gpt.as_ref().map(|g| g.logical_sector_size),
+                    file_format: None,
                     hints: m.hints.clone(),
                 })
             }
             ImageSource::File(path) => {
-                let zstd = reader::is_zstd(path)?;
-                let size = if zstd {
-                    reader::zstd_size(path)?
-                } else {
-                    file_size(path)?
-                };
+                let format = reader::file_format(path)?;
                 let mut head = vec![0u8; 8192];
-                let n = if zstd {
-                    let f = File::open(path).map_err(|e| src_err("opening image", path, 0, e))?;
-                    let mut d = zstd::stream::read::Decoder::new(f)
-                        .map_err(|e| src_err("decompressing image", path, 0, e))?;
-                    reader::read_full(&mut d, &mut head)
-                } else {
+                let (size, n) = if format == SourceFormat::Raw {
                     let mut f =
                         File::open(path).map_err(|e| src_err("opening image", path, 0, e))?;
-                    reader::read_full(&mut f, &mut head)
-                }
-                .map_err(|e| src_err("reading image", path, 0, e))?;
+                    let n = reader::read_full(&mut f, &mut head)
+                        .map_err(|e| src_err("reading image", path, 0, e))?;
+                    (file_size(path)?, n)
+                } else {
+                    reader::scan_decoded(path, &mut head)?
+                };
                 if size == 0 {
                     return Err(ImagerError::BadImage {
                         path: path.clone(),
@@ -134,10 +138,27 @@ impl ImageSource {
                     signature: None,
                     size,
                     gpt_sector: detect_gpt_sector(&head[..n]),
+                    file_format: Some(format.name()),
                     hints: Hints::default(),
                 })
             }
         }
+    }
+
+    /// Refuses a store image whose chunks are not all in the store (one stat per chunk, no
+    /// read), naming them; nothing to check for a file.
+    pub fn check_chunks(&self) -> Result<(), ImagerError> {
+        if let ImageSource::Stored { store, image } = self {
+            let m = &image.manifest;
+            let absent = store.absent_chunks(m)?;
+            if !absent.is_empty() {
+                return Err(ImagerError::MissingChunks {
+                    image: format!("{}@{}", m.name, m.version),
+                    absent,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Starts reading and decoding from image offset `start`, which must be a piece boundary
@@ -179,11 +200,11 @@ impl ImageSource {
             }
             ImageSource::File(path) => {
                 let workers = worker_count();
-                if reader::is_zstd(path)? {
-                    let jobs = ZstdJobs::open(path, info.size, start)?;
+                if reader::file_format(path)? == SourceFormat::Raw {
+                    let jobs = RawJobs::open(path, info.size, start)?;
                     Ok(decode::spawn(jobs, workers, DECODE_DEPTH, |_| {}))
                 } else {
-                    let jobs = RawJobs::open(path, info.size, start)?;
+                    let jobs = DecodedJobs::open(path, info.size, start)?;
                     Ok(decode::spawn(jobs, workers, DECODE_DEPTH, |_| {}))
                 }
             }
@@ -223,7 +244,8 @@ mod tests {
     }
 
     #[test]
-    fn file_source_round_trips_raw_and_zstd() {
+    fn file_source_round_trips_every_format_decoded() {
+        use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("a.img");
         let mut data = vec![0u8; 9 << 20];
@@ -233,9 +255,29 @@ mod tests {
         std::fs::write(&raw, &data).unwrap();
         let zst = dir.path().join("a.img.zst");
         std::fs::write(&zst, zstd::encode_all(&data[..], 3).unwrap()).unwrap();
-        for p in [raw, zst] {
+        let gz = dir.path().join("a.img.gz");
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&data).unwrap();
+        std::fs::write(&gz, e.finish().unwrap()).unwrap();
+        let xz = dir.path().join("a.img.xz");
+        let mut e = xz2::write::XzEncoder::new(Vec::new(), 0);
+        e.write_all(&data).unwrap();
+        std::fs::write(&xz, e.finish().unwrap()).unwrap();
+        let bz = dir.path().join("a.img.bz2");
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        e.write_all(&data).unwrap();
+        std::fs::write(&bz, e.finish().unwrap()).unwrap();
+        for (p, format) in [
+            (raw, "raw"),
+            (zst, "zstd"),
+            (gz, "gzip"),
+            (xz, "xz"),
+            (bz, "bzip2"),
+        ] {
             let src = ImageSource::File(p.clone());
-            assert_eq!(src.info().unwrap().size, data.len() as u64);
+            let info = src.info().unwrap();
+            assert_eq!(info.size, data.len() as u64, "{format}");
+            assert_eq!(info.file_format, Some(format));
             assert!(read_all(&src).unwrap() == data, "{}", p.display());
         }
     }

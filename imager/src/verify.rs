@@ -243,6 +243,7 @@ fn reader_count() -> usize {
 }
 
 /// Reads `extents` back from `dev` and compares. `full_holes`: read large holes completely.
+/// `cancel` stops the workers at their next unit ([`ImagerError::Cancelled`]).
 ///
 /// The looked-at ranges are cut into units of about [`UNIT`] bytes; workers take units in
 /// order, each reads its unit (O_DIRECT) and hashes it, so hashing runs on every core and
@@ -253,6 +254,7 @@ pub fn verify_extents(
     holdback: &[u8],
     image_size: u64,
     full_holes: bool,
+    cancel: &AtomicBool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyOutcome, ImagerError> {
     let ranges: Vec<Vec<(u64, u64)>> = extents.iter().map(|e| ranges_of(e, full_holes)).collect();
@@ -275,7 +277,7 @@ pub fn verify_extents(
             let (units, next, stop) = (&units, &next, &stop);
             s.spawn(move || {
                 let mut buf = AlignedBuf::new(0);
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) && !cancel.load(Ordering::Relaxed) {
                     let u = next.fetch_add(1, Ordering::Relaxed);
                     let Some(unit) = units.get(u) else { return };
                     let r = check_unit(dev, unit, &mut buf, holdback);
@@ -308,6 +310,11 @@ pub fn verify_extents(
             if in_order > before {
                 progress(units[in_order - 1].end);
             }
+        }
+        if in_order < units.len() && cancel.load(Ordering::Relaxed) {
+            return Err(ImagerError::Cancelled {
+                offset: units[in_order].reads.first().map_or(0, |r| r.0),
+            });
         }
         if in_order < units.len() {
             return Err(ImagerError::Target {
@@ -436,10 +443,28 @@ mod tests {
         let (ext, hb) = write_image(&p, size);
         let mut dev = TargetDev::open(&p, 0).unwrap();
         dev.sync().unwrap();
-        let ok = verify_extents(&mut dev, &ext, &hb, size, false, &mut |_| {}).unwrap();
+        let ok = verify_extents(
+            &mut dev,
+            &ext,
+            &hb,
+            size,
+            false,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
         assert!(ok.mismatches.is_empty(), "{:?}", ok.mismatches);
         assert!(ok.bytes_verified < size, "big hole sampled");
-        let full = verify_extents(&mut dev, &ext, &hb, size, true, &mut |_| {}).unwrap();
+        let full = verify_extents(
+            &mut dev,
+            &ext,
+            &hb,
+            size,
+            true,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
         assert!(full.bytes_verified >= size - HOLDBACK);
 
         // Old data in the hole, a flipped byte in the last chunk.
@@ -447,7 +472,16 @@ mod tests {
         f.write_all_at(&[1], 3_000_001 + 64 * 1024 * 3 / 2).unwrap();
         f.write_all_at(&[1], size - 5).unwrap();
         drop(f);
-        let bad = verify_extents(&mut dev, &ext, &hb, size, true, &mut |_| {}).unwrap();
+        let bad = verify_extents(
+            &mut dev,
+            &ext,
+            &hb,
+            size,
+            true,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(bad.mismatches, vec![3_000_001, 23_000_001]);
         let diff = verify_bytes(&mut dev, size - 8192, &vec![9u8; 8192]).unwrap();
         assert_eq!(diff, vec![size - 4096]);

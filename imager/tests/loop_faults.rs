@@ -448,19 +448,44 @@ fn stored_image_corrupt_and_missing_chunks() {
     assert!(!store.chunk_path(bad_id).exists(), "quarantined");
     drop(dev);
 
-    // Missing chunk 1.
+    // Missing chunk 1 (and chunk 4 quarantined above): refused before the disk is opened, both
+    // named, the disk byte-identical to before.
     let gone = chunk_id(&image, 1);
     std::fs::remove_file(store.chunk_path(gone)).unwrap();
     let disk = old_disk(dir.path(), "disk3", 8 * MIB);
+    let before = dir.path().join("disk3.before");
+    std::fs::copy(&disk, &before).unwrap();
     let dev = LoopDevice::attach(&disk).unwrap();
     let r = one(&src, dev.path(), &WriteOptions::default());
     match &r.result {
-        TargetResult::Failed { error, offset, .. } => {
-            assert_eq!(*offset, Some(MIB), "{error}");
-            assert!(error.contains(&gone.to_hex()), "{error}");
+        TargetResult::Failed {
+            error,
+            offset,
+            phase,
+            table_reset,
+        } => {
+            assert_eq!(*phase, imager::Phase::Checking, "{error}");
+            assert_eq!(*offset, None, "{error}");
+            assert!(!*table_reset);
+            assert!(
+                error.contains("2 chunk(s) not in the store (1 quarantined as corrupt)"),
+                "{error}"
+            );
+            assert!(
+                error.contains(&format!("{gone} at offset {MIB}")),
+                "{error}"
+            );
+            assert!(
+                error.contains(&format!("{bad_id} at offset {} (quarantined)", 4 * MIB)),
+                "{error}"
+            );
+            assert!(error.contains("nothing was written"), "{error}");
         }
         other => panic!("{other:?}"),
     }
+    assert!(r.identity.is_none(), "the target was never claimed");
+    drop(dev);
+    assert!(cmp_range(&before, &disk, 0, 8 * MIB), "disk untouched");
 }
 
 #[test]

@@ -400,20 +400,28 @@ fn list(depot: &Depot, json: bool) -> Result<()> {
                 continue;
             }
         };
+        let absent = store
+            .absent_chunks(&li.manifest)
+            .with_context(|| format!("checking the chunks of {r}"))?;
+        let quarantined = absent.iter().filter(|a| a.quarantined).count();
         rows.push(serde_json::json!({
             "image": r.to_string(),
             "size": li.manifest.size,
             "created": li.manifest.created,
             "sha256": li.manifest.sha256,
             "signature": li.signature,
+            "complete": absent.is_empty(),
+            "chunks_missing": absent.len() - quarantined,
+            "chunks_quarantined": quarantined,
         }));
         if !json {
             println!(
-                "{:<40} {:>10}  {}  {}",
+                "{:<40} {:>10}  {}  {}{}",
                 r.to_string(),
                 gib(li.manifest.size),
                 li.manifest.created,
-                li.signature
+                li.signature,
+                incomplete_note(&absent)
             );
         }
     }
@@ -423,17 +431,34 @@ fn list(depot: &Depot, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `  INCOMPLETE: ...` for a list row whose image cannot be written, else nothing.
+fn incomplete_note(absent: &[image_store::AbsentChunk]) -> String {
+    if absent.is_empty() {
+        return String::new();
+    }
+    let quarantined = absent.iter().filter(|a| a.quarantined).count();
+    format!(
+        "  INCOMPLETE: {} chunk(s) missing, {quarantined} quarantined",
+        absent.len() - quarantined
+    )
+}
+
 fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
     let store = open_store(depot)?;
     let li = store
         .load(image, depot.trusted_keys())
         .with_context(|| format!("loading {image}"))?;
     let m = &li.manifest;
+    let absent = store
+        .absent_chunks(m)
+        .with_context(|| format!("checking the chunks of {image}"))?;
     if json {
         return print_json(&serde_json::json!({
             "manifest": m,
             "manifest_hash": li.manifest_hash,
             "signature": li.signature,
+            "complete": absent.is_empty(),
+            "absent_chunks": absent,
         }));
     }
     let chunks = m
@@ -454,6 +479,15 @@ fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
     println!("blake3:     {}", m.blake3);
     println!("signature:  {}", li.signature);
     println!("manifest:   blake3 {}", li.manifest_hash);
+    if absent.is_empty() {
+        // A stat per chunk: whether their contents are right is `tek image verify`'s question.
+        println!("chunks:     every chunk file is present (contents: tek image verify)");
+    } else {
+        println!(
+            "chunks:     INCOMPLETE, cannot be written: {}",
+            image_store::describe_absent(&absent)
+        );
+    }
     println!(
         "extents:    {} ({} chunks, {} in holes), {} avg {} B",
         m.extents.len(),

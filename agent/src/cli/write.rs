@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 use image_store::{ImageRef, SignatureStatus, Store};
 use imager::{BeyondImage, ImageSource, Phase, ProgressEvent, TargetReport, WriteOptions};
 
+use super::interrupt::say;
 use crate::Depot;
 
 /// What to do with the disk beyond the image's end.
@@ -29,7 +30,8 @@ pub enum BeyondArg {
 /// Arguments of `tek write`.
 #[derive(Debug, Args)]
 pub struct WriteArgs {
-    /// NAME@VERSION from the store, or a path to a raw or zstd image.
+    /// NAME@VERSION from the store, or a path to a raw image or one compressed with zstd, gzip,
+    /// xz or bzip2 (detected by content).
     pub image: String,
     /// Block devices or files to write.
     #[arg(required = true)]
@@ -103,9 +105,29 @@ fn human(bytes: u64) -> String {
     unreachable!()
 }
 
-fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<()> {
+fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> {
+    if let ImageSource::File(p) = source
+        && let Ok(f) = imager::reader::file_format(p)
+        && f != image_store::source::SourceFormat::Raw
+    {
+        // Decoding a large xz file takes minutes: say why nothing seems to happen.
+        say(&format!(
+            "tek write: decoding {} ({}) once to check it and learn its size...",
+            p.display(),
+            f.name()
+        ));
+    }
     let info = source.info().context("inspecting the image")?;
-    eprintln!("image: {} ({})", info.name, human(info.size));
+    match info.file_format {
+        Some(f) if f != "raw" => {
+            eprintln!(
+                "image: {} ({}, decoded from {f})",
+                info.name,
+                human(info.size)
+            )
+        }
+        _ => eprintln!("image: {} ({})", info.name, human(info.size)),
+    }
     for t in &args.targets {
         match imager::check_target(t, info.size, info.gpt_sector) {
             Ok(i) => eprintln!(
@@ -119,9 +141,12 @@ fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<()> {
             ),
             Err(r) => eprintln!("  {}: REFUSED: {r}", t.display()),
         }
+        if let Some(m) = imager::marker::read_path(t) {
+            eprintln!("  {}: {m}", t.display());
+        }
     }
     if args.yes {
-        return Ok(());
+        return Ok(info);
     }
     if !std::io::stdin().is_terminal() {
         bail!("refusing to write without --yes: stdin is not a terminal to confirm on");
@@ -135,7 +160,7 @@ fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<()> {
     if !matches!(line.trim(), "y" | "Y" | "yes") {
         bail!("not confirmed; nothing written");
     }
-    Ok(())
+    Ok(info)
 }
 
 fn phase_name(p: Phase) -> String {
@@ -208,8 +233,29 @@ fn show_progress(rx: crossbeam_channel::Receiver<ProgressEvent>) {
     }
 }
 
-fn summary(r: &TargetReport) -> String {
+fn summary(r: &TargetReport, signal: Option<&str>) -> String {
     match &r.result {
+        imager::TargetResult::Failed {
+            phase,
+            offset,
+            table_reset,
+            ..
+        } if signal.is_some() => format!(
+            "{}: INTERRUPTED by {} while {}{}: {}",
+            r.path.display(),
+            signal.unwrap_or_default(),
+            phase_name(*phase),
+            offset
+                .map(|o| format!(" at image offset {o}"))
+                .unwrap_or_default(),
+            if *table_reset {
+                "partition table reset (both GPT headers and the protective MBR zeroed); the \
+                 disk holds a partial image and no partition table: write it again before use"
+            } else {
+                "the partition table could NOT be reset: the disk holds a partial image and \
+                 may look valid; do not use it, write it again"
+            }
+        ),
         imager::TargetResult::Ok => format!(
             "{}: ok: {} written, {} zeroed, {} skipped, {} verified in {:.1}s",
             r.path.display(),
@@ -243,7 +289,7 @@ fn summary(r: &TargetReport) -> String {
 /// Runs `tek write`.
 pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
     let source = resolve_source(depot, &args)?;
-    confirm(&source, &args)?;
+    let info = confirm(&source, &args)?;
     let opts = WriteOptions {
         beyond: match args.beyond {
             BeyondArg::Auto => BeyondImage::Auto,
@@ -255,10 +301,17 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
         verify_holes_fully: args.verify_holes_fully,
         ..Default::default()
     };
+    // From here on SIGINT/SIGTERM/SIGHUP stop the write cleanly instead of killing it.
+    let interrupted = super::interrupt::catch(opts.cancel.clone())?;
+    if let Some(sig) = interrupted.signal() {
+        bail!("interrupted by {sig} before writing; nothing written");
+    }
     let (tx, rx) = crossbeam_channel::bounded(1024);
     let drawer = std::thread::spawn(move || show_progress(rx));
-    let reports = imager::write_image(&source, &args.targets, &opts, Some(tx));
+    let reports =
+        imager::write_image_with_info(&source, Some(info), &args.targets, &opts, Some(tx));
     drawer.join().ok();
+    let signal = interrupted.signal();
     let json = serde_json::to_string_pretty(&reports).context("serialising the reports")?;
     if let Some(p) = &args.report {
         std::fs::write(p, format!("{json}\n"))
@@ -268,9 +321,23 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
         println!("{json}");
     }
     for r in &reports {
-        eprintln!("{}", summary(r));
+        say(&summary(r, signal));
+        if let Some(m) = &r.unfinished_write {
+            say(&format!(
+                "{}: before this write it held an unfinished tek write from {} (image {})",
+                r.path.display(),
+                m.started,
+                m.image
+            ));
+        }
     }
     let bad = reports.iter().filter(|r| !r.ok()).count();
+    if let Some(sig) = signal {
+        bail!(
+            "interrupted by {sig}: {bad} of {} target(s) not written",
+            reports.len()
+        );
+    }
     if bad > 0 {
         bail!("{bad} of {} target(s) not written", reports.len());
     }
