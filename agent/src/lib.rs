@@ -20,6 +20,7 @@ pub mod report;
 pub mod runner;
 pub mod sample;
 pub mod server;
+pub mod settings;
 pub mod shared_write;
 pub mod stale;
 pub mod status;
