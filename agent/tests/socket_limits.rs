@@ -302,3 +302,36 @@ fn out_of_file_descriptors_the_agent_backs_off_logs_once_and_recovers() {
     let log = a.log();
     assert!(log.contains("accepting control connections again"), "{log}");
 }
+
+/// A user listed as a supplementary member of a group in /etc/group: (group, uid, its gid).
+fn supplementary_member() -> Option<(String, u32, u32)> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let gid: u32 = f.get(2)?.parse().ok()?;
+        f.get(3)?.split(',').find_map(|m| {
+            let u = nix::unistd::User::from_name(m).ok()??;
+            (u.uid.as_raw() != 0 && u.gid.as_raw() != gid)
+                .then(|| (f[0].to_string(), u.uid.as_raw(), u.gid.as_raw()))
+        })
+    })
+}
+
+#[test]
+fn a_supplementary_member_of_the_group_may_change_jobs() {
+    if !is_root() {
+        eprintln!("SKIP a_supplementary_member_of_the_group_may_change_jobs: needs root");
+        return;
+    }
+    let Some((group, uid, gid)) = supplementary_member() else {
+        eprintln!("SKIP a_supplementary_member_...: no user with a supplementary group here");
+        return;
+    };
+    let a = Agent::start(&group);
+    // The client process carries no supplementary groups (dropped with the uid): membership
+    // comes from the user database.
+    let o = a.tek_as(uid, gid, &["job", "cancel", "j-nope"]);
+    assert!(stderr(&o).contains("no job j-nope"), "{}", stderr(&o));
+    let o = a.tek_as(NOBODY, NOBODY, &["job", "cancel", "j-nope"]);
+    assert!(stderr(&o).contains("may not change jobs"), "{}", stderr(&o));
+}
