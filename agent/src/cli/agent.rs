@@ -197,6 +197,11 @@ fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
     // Before anything else, above all before the socket is bound: an agent without its
     // configuration would take the socket and serve no bays.
     let cfg = load_agent_config(config)?;
+    if cfg.bays.is_empty() {
+        tracing::warn!(
+            "no [[bay]] configured: only jobs matched by serial can run (see `tek bays --discover`)"
+        );
+    }
     let depot = agent_depot(depot, &cfg);
     std::fs::create_dir_all(depot.root())
         .with_context(|| format!("creating state directory {}", depot.root().display()))?;
