@@ -61,6 +61,18 @@ impl Server {
     fn status(&self) -> Result<Status> {
         Client::connect(&self.sock)?.call(Op::Status)
     }
+
+    /// A status call once freed slots are free (the agent notices closes asynchronously).
+    fn status_eventually(&self) {
+        let start = Instant::now();
+        while let Err(e) = self.status() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "a freed slot stays taken: {e:#}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
@@ -222,15 +234,7 @@ fn connections_are_capped_per_uid_and_in_total() {
     assert_eq!(ae.code, Some(ErrorCode::TooManyConnections), "{e:#}");
     assert!(ae.message.contains("already holds 3 connections"), "{e:#}");
     held.pop();
-    // The agent notices the close asynchronously.
-    let start = Instant::now();
-    while let Err(e) = srv.status() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "a freed slot stays taken: {e:#}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    srv.status_eventually();
     drop(held);
 
     let srv = Server::start(Limits {
@@ -243,4 +247,42 @@ fn connections_are_capped_per_uid_and_in_total() {
         format!("{e:#}").contains("already serves 2 connections"),
         "{e:#}"
     );
+}
+
+#[test]
+fn racing_connections_get_exactly_the_cap() {
+    let srv = Server::start(Limits {
+        per_uid: 16,
+        ..Limits::default()
+    });
+    // 40 clients connect at once and each holds its connection until all have tried.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(40));
+    let tried = std::sync::Arc::new(std::sync::Barrier::new(40));
+    let threads: Vec<_> = (0..40)
+        .map(|_| {
+            let (sock, start, tried) = (srv.sock.clone(), start.clone(), tried.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let mut c = Client::connect(&sock).unwrap();
+                let r: Result<Status> = c.call(Op::Status);
+                let refused = match &r {
+                    Ok(_) => false,
+                    Err(e) => {
+                        let ae = e.downcast_ref::<AgentError>().expect("a typed refusal");
+                        assert_eq!(ae.code, Some(ErrorCode::TooManyConnections), "{e:#}");
+                        true
+                    }
+                };
+                tried.wait();
+                refused
+            })
+        })
+        .collect();
+    let refused = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|r| *r)
+        .count();
+    assert_eq!(refused, 24, "40 racing clients, a cap of 16");
+    srv.status_eventually();
 }
