@@ -7,7 +7,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::protocol::{Event, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
+use crate::protocol::{ErrorCode, Event, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
+
+/// The agent refused or failed a request: its sentence, and its [`ErrorCode`] when it gave one
+/// (`err.downcast_ref::<AgentError>()` to branch on it).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentError {
+    /// The kind of refusal, if typed.
+    pub code: Option<ErrorCode>,
+    /// What the agent said.
+    pub message: String,
+}
 
 /// A connection to the agent.
 pub struct Client {
@@ -61,13 +72,34 @@ impl Client {
 
     /// Sends one request and returns its result, or the agent's error.
     pub fn request(&mut self, op: Op) -> Result<serde_json::Value> {
-        self.send(op)?;
+        if let Err(e) = self.send(op) {
+            // The agent may have refused the connection with a reason (too many connections)
+            // and closed it before our request arrived: that reason is the better error.
+            return Err(self.refusal().map(anyhow::Error::from).unwrap_or(e));
+        }
         let line = self.read_line()?;
         let reply: Reply = serde_json::from_str(&line).context("parsing the agent's reply")?;
         if !reply.ok {
-            bail!("{}", reply.error.unwrap_or_else(|| "unknown error".into()));
+            return Err(AgentError {
+                code: reply.code,
+                message: reply.error.unwrap_or_else(|| "unknown error".into()),
+            }
+            .into());
         }
         Ok(reply.result.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// A refusal the agent already sent on this connection, if any.
+    fn refusal(&mut self) -> Option<AgentError> {
+        let _ = self
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(std::time::Duration::from_secs(1)));
+        let reply: Reply = serde_json::from_str(&self.read_line().ok()?).ok()?;
+        (!reply.ok).then(|| AgentError {
+            code: reply.code,
+            message: reply.error.unwrap_or_else(|| "unknown error".into()),
+        })
     }
 
     /// Sends a request and decodes its result as `T`.

@@ -13,6 +13,9 @@
 //! share_write_window_ms = 2000       # jobs writing the same image within this window share
 //!                                     # one decode (0: every job writes alone, at once)
 //!
+//! [custody]                          # client data custody (`settings.rs`); env overrides
+//! kek = "/etc/tek/secrets/kek"        # default <state>/keys/kek
+//!
 //! [[bay]]
 //! name = "left-dock"
 //! port_path = "pci-0000:00:14.0-usb-0:3:1.0-scsi-0:0:0:0"
@@ -60,6 +63,9 @@ pub struct Config {
     /// Policy knobs.
     #[serde(default)]
     pub policy: Policy,
+    /// Client data custody settings, shared by the commands and the daemon.
+    #[serde(default)]
+    pub custody: crate::settings::CustodySettings,
     /// The bench bays.
     #[serde(default, rename = "bay")]
     pub bays: Vec<BayConfig>,
@@ -150,6 +156,7 @@ impl Default for Config {
             state: None,
             trusted_keys: None,
             policy: Policy::default(),
+            custody: Default::default(),
             bays: Vec::new(),
         }
     }
@@ -221,6 +228,7 @@ impl Config {
                 );
             }
         }
+        self.custody.validate()?;
         Ok(())
     }
 

@@ -2,10 +2,12 @@
 //! control socket) and one module per `tek` subcommand under [`cli`], each a thin layer over the
 //! `image-store`, `imager` and `client-data` libraries.
 
+pub mod access;
 pub mod bay;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod daemon;
 pub mod demo;
 pub mod depot;
@@ -20,6 +22,7 @@ pub mod report;
 pub mod runner;
 pub mod sample;
 pub mod server;
+pub mod settings;
 pub mod shared_write;
 pub mod stale;
 pub mod status;

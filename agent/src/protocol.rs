@@ -4,6 +4,9 @@
 //! `{"v":1,"ok":true,"result":...}` or `{"v":1,"ok":false,"error":"..."}`. After a reply to
 //! `subscribe`, the connection carries event lines `{"v":1,"event":{"kind":"...",...}}` until
 //! either side closes it. A request with another `v` gets an error reply naming both versions.
+//! A refusal the caller may branch on carries a [`ErrorCode`] in `code` (`"forbidden"`,
+//! `"line_too_long"`, `"timeout"`, `"too_many_connections"`); the last three close the
+//! connection after the reply.
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +70,47 @@ pub enum Op {
     Subscribe,
 }
 
+impl Op {
+    /// Whether the request changes the bench (needs [`crate::access::may_change`]); every
+    /// other request only reads.
+    pub fn is_mutating(&self) -> bool {
+        match self {
+            Op::JobAdd { .. } | Op::JobCancel { .. } | Op::JobRetry { .. } => true,
+            Op::Status | Op::JobList | Op::JobShow { .. } | Op::Subscribe => false,
+        }
+    }
+
+    /// The wire name (`job_add`...), for logs: never the fields, which may hold free text.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Status => "status",
+            Op::JobAdd { .. } => "job_add",
+            Op::JobList => "job_list",
+            Op::JobShow { .. } => "job_show",
+            Op::JobCancel { .. } => "job_cancel",
+            Op::JobRetry { .. } => "job_retry",
+            Op::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// A refusal a client can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The peer may not make this request (see `access.rs`).
+    Forbidden,
+    /// The request line exceeded [`crate::conn::Limits::max_line`]; the connection is closed.
+    LineTooLong,
+    /// No request in time, or a request line not finished in time; the connection is closed.
+    Timeout,
+    /// The peer's uid (or everyone together) holds the most connections allowed; closed.
+    TooManyConnections,
+    /// A code this client does not know (from a newer agent).
+    #[serde(other)]
+    Unknown,
+}
+
 /// A reply line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
@@ -80,6 +124,9 @@ pub struct Reply {
     /// What went wrong, on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of refusal, when a client may branch on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
 }
 
 impl Reply {
@@ -90,6 +137,7 @@ impl Reply {
             ok: true,
             result: Some(result),
             error: None,
+            code: None,
         }
     }
     /// A failure reply.
@@ -99,6 +147,14 @@ impl Reply {
             ok: false,
             result: None,
             error: Some(msg.into()),
+            code: None,
+        }
+    }
+    /// A typed refusal.
+    pub fn refused(code: ErrorCode, msg: impl Into<String>) -> Reply {
+        Reply {
+            code: Some(code),
+            ..Reply::err(msg)
         }
     }
 }
@@ -219,6 +275,20 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s, r#"{"v":1,"op":"job_cancel","id":"j-1"}"#);
+    }
+
+    #[test]
+    fn refusal_codes_on_the_wire() {
+        assert_eq!(
+            serde_json::to_string(&Reply::refused(ErrorCode::Forbidden, "no")).unwrap(),
+            r#"{"v":1,"ok":false,"error":"no","code":"forbidden"}"#
+        );
+        let r: Reply =
+            serde_json::from_str(r#"{"v":1,"ok":false,"error":"x","code":"from_the_future"}"#)
+                .unwrap();
+        assert_eq!(r.code, Some(ErrorCode::Unknown));
+        assert!(Op::JobCancel { id: "j".into() }.is_mutating());
+        assert!(!Op::Subscribe.is_mutating());
     }
 
     #[test]

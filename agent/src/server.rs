@@ -10,13 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::access::{self, Peer};
 use crate::bay::Disk;
+pub use crate::conn::Limits;
+use crate::conn::{self, AcceptErrors, Full, LineError, Slots};
 use crate::daemon::Agent;
-use crate::protocol::{EventLine, Op, PROTOCOL_VERSION, Reply, Request};
+use crate::protocol::{ErrorCode, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
 
 /// A disk event, as the daemon consumes it (the hotplug watcher's events are converted).
 #[derive(Debug, Clone)]
@@ -93,31 +96,63 @@ pub fn bind_socket(path: &Path, group: &str) -> Result<UnixListener> {
 
 /// Runs the agent until `shutdown` completes: serves the socket, applies disk events, sends
 /// systemd READY/STATUS/WATCHDOG, then stops taking work and brings running jobs to a safe
-/// point before returning.
+/// point before returning. Connections are bounded by the default [`Limits`].
 pub async fn run(
+    listener: UnixListener,
+    agent: Arc<Agent>,
+    devices: mpsc::Receiver<DeviceEvent>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    run_with(listener, agent, devices, shutdown, Limits::default()).await
+}
+
+/// [`run`] with explicit connection bounds (tests use short timeouts and small caps).
+pub async fn run_with(
     listener: UnixListener,
     agent: Arc<Agent>,
     mut devices: mpsc::Receiver<DeviceEvent>,
     shutdown: impl Future<Output = ()>,
+    limits: Limits,
 ) -> Result<()> {
     tokio::pin!(shutdown);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!("agent ready");
     let status_task = tokio::spawn(status_loop(agent.clone()));
+    let limits = Arc::new(limits);
+    let slots = Slots::new(&limits);
+    let mut accept_errors = AcceptErrors::default();
+    // After a failed accept (EMFILE...): no accepting before this instant, so a persistent
+    // error cannot spin a core; shutdown and disk events are still served meanwhile.
+    let mut accept_after: Option<tokio::time::Instant> = None;
     let mut devices_open = true;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            conn = listener.accept() => match conn {
+            _ = tokio::time::sleep_until(accept_after.unwrap_or_else(tokio::time::Instant::now)),
+                if accept_after.is_some() => accept_after = None,
+            conn = listener.accept(), if accept_after.is_none() => match conn {
                 Ok((stream, _)) => {
-                    let agent = agent.clone();
+                    accept_errors.succeeded();
+                    let peer = stream.peer_cred().ok().map(Peer::from);
+                    let slot = slots.take(peer.map(|p| p.uid));
+                    let (agent, limits) = (agent.clone(), limits.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, agent).await {
+                        let res = match slot {
+                            Ok(_slot) => serve(stream, agent, peer, &limits).await,
+                            Err(Full(why)) => {
+                                tracing::debug!(uid = ?peer.map(|p| p.uid), "{why}");
+                                refuse(stream, ErrorCode::TooManyConnections, why, &limits).await
+                            }
+                        };
+                        if let Err(e) = res {
                             tracing::debug!("control connection ended: {e:#}");
                         }
                     });
                 }
-                Err(e) => tracing::warn!("accepting a control connection: {e}"),
+                Err(e) => {
+                    let wait = accept_errors.failed(&e);
+                    accept_after = Some(tokio::time::Instant::now() + wait);
+                }
             },
             ev = devices.recv(), if devices_open => match ev {
                 Some(ev) => {
@@ -199,18 +234,64 @@ fn watchdog_usec() -> (bool, u64) {
     }
 }
 
-async fn serve(stream: UnixStream, agent: Arc<Agent>) -> Result<()> {
-    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+/// Answers a connection that gets no slot, then closes it.
+async fn refuse(stream: UnixStream, code: ErrorCode, why: String, limits: &Limits) -> Result<()> {
+    let (_rd, mut wr) = stream.into_split();
+    write_line(&mut wr, &Reply::refused(code, why), limits).await
+}
+
+async fn serve(
+    stream: UnixStream,
+    agent: Arc<Agent>,
+    peer: Option<Peer>,
+    limits: &Limits,
+) -> Result<()> {
     let (rd, mut wr) = stream.into_split();
-    let mut lines = BufReader::new(rd).lines();
-    while let Some(line) = lines.next_line().await.context("reading a request")? {
-        if line.trim().is_empty() {
+    let mut rd = BufReader::new(rd);
+    // Blank lines do not count as activity: only a request renews the idle deadline.
+    let mut idle_until = tokio::time::Instant::now() + limits.idle;
+    loop {
+        let line = match conn::read_line(&mut rd, limits.max_line, idle_until, limits.line).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let (code, msg) = match e {
+                    LineError::Io(e) => return Err(e).context("reading a request"),
+                    LineError::TooLong => (
+                        ErrorCode::LineTooLong,
+                        format!(
+                            "request line longer than {} bytes; closing the connection",
+                            limits.max_line
+                        ),
+                    ),
+                    LineError::Idle => (
+                        ErrorCode::Timeout,
+                        format!(
+                            "no request for {} s; closing the connection",
+                            limits.idle.as_secs_f32()
+                        ),
+                    ),
+                    LineError::Slow => (
+                        ErrorCode::Timeout,
+                        format!(
+                            "request line not complete within {} s; closing the connection",
+                            limits.line.as_secs_f32()
+                        ),
+                    ),
+                };
+                tracing::debug!(uid = ?peer.map(|p| p.uid), "{msg}");
+                return write_line(&mut wr, &Reply::refused(code, msg), limits).await;
+            }
+        };
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let req: Request = match serde_json::from_str(&line) {
+        idle_until = tokio::time::Instant::now() + limits.idle;
+        let req: Request = match serde_json::from_slice(&line) {
             Ok(r) => r,
             Err(e) => {
-                write_line(&mut wr, &Reply::err(format!("parsing request: {e}"))).await?;
+                let reply = Reply::err(format!("parsing request: {e}"));
+                write_line(&mut wr, &reply, limits).await?;
                 continue;
             }
         };
@@ -219,42 +300,62 @@ async fn serve(stream: UnixStream, agent: Arc<Agent>) -> Result<()> {
                 "protocol version {} not supported; this agent speaks {PROTOCOL_VERSION}",
                 req.v
             );
-            write_line(&mut wr, &Reply::err(msg)).await?;
+            write_line(&mut wr, &Reply::err(msg), limits).await?;
             continue;
         }
         if let Op::Subscribe = req.op {
-            let mut rx = agent.subscribe();
-            write_line(&mut wr, &Reply::ok(serde_json::json!({"subscribed": true}))).await?;
-            loop {
-                tokio::select! {
-                    ev = rx.recv() => match ev {
-                        Ok(event) => {
-                            let line = EventLine { v: PROTOCOL_VERSION, event };
-                            write_line(&mut wr, &line).await?;
-                        }
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::debug!("subscriber lagged by {n} events");
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                    },
-                    l = lines.next_line() => if !matches!(l, Ok(Some(_))) { return Ok(()) },
+            return subscription(rd, wr, &agent, limits).await;
+        }
+        let group = agent.config().socket_group.clone();
+        let a = agent.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            if req.op.is_mutating() {
+                let uid = peer.map(|p| p.uid);
+                match access::may_change(peer, &group) {
+                    Ok(grant) => {
+                        tracing::info!(?uid, ?grant, op = req.op.name(), "control request");
+                    }
+                    Err(why) => {
+                        tracing::warn!(?uid, op = req.op.name(), "refused: {why}");
+                        return Reply::refused(ErrorCode::Forbidden, why);
+                    }
                 }
             }
-        }
-        let mutating = matches!(
-            req.op,
-            Op::JobAdd { .. } | Op::JobCancel { .. } | Op::JobRetry { .. }
-        );
-        if mutating {
-            tracing::info!(uid = ?uid, op = ?req.op, "control request");
-        }
-        let a = agent.clone();
-        let reply = tokio::task::spawn_blocking(move || handle(&a, req.op))
-            .await
-            .unwrap_or_else(|e| Reply::err(format!("handling request: {e}")));
-        write_line(&mut wr, &reply).await?;
+            handle(&a, req.op)
+        })
+        .await
+        .unwrap_or_else(|e| Reply::err(format!("handling request: {e}")));
+        write_line(&mut wr, &reply, limits).await?;
     }
-    Ok(())
+}
+
+/// A subscription: events until either side closes. Never idle; what the client sends is read
+/// and dropped (only its end of stream matters), so it cannot pile up.
+async fn subscription(
+    mut rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    agent: &Agent,
+    limits: &Limits,
+) -> Result<()> {
+    let mut rx = agent.subscribe();
+    let ok = Reply::ok(serde_json::json!({"subscribed": true}));
+    write_line(&mut wr, &ok, limits).await?;
+    let mut sink = [0u8; 512];
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(event) => {
+                    let line = EventLine { v: PROTOCOL_VERSION, event };
+                    write_line(&mut wr, &line, limits).await?;
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!("subscriber lagged by {n} events");
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            n = rd.read(&mut sink) => if !matches!(n, Ok(n) if n > 0) { return Ok(()) },
+        }
+    }
 }
 
 fn handle(agent: &Agent, op: Op) -> Reply {
@@ -280,15 +381,29 @@ fn handle(agent: &Agent, op: Op) -> Reply {
     }
 }
 
+/// Writes one line; a client that does not read it within [`Limits::write`] is dropped.
 async fn write_line<T: serde::Serialize>(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     v: &T,
+    limits: &Limits,
 ) -> Result<()> {
     let mut bytes = serde_json::to_vec(v).context("serializing a reply")?;
     bytes.push(b'\n');
-    wr.write_all(&bytes).await.context("writing a reply")?;
+    tokio::time::timeout(limits.write, wr.write_all(&bytes))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the client read nothing for {} s; closing the connection",
+                limits.write.as_secs_f32()
+            )
+        })?
+        .context("writing a reply")?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod limit_tests;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use client_data::{AuditEvent, Custody, CustodyPaths, DatasetId, DatasetState, Destination};
+use client_data::{AuditEvent, Custody, DatasetId, DatasetState, Destination};
 use image_store::{ImageRef, LoadedImage, Store};
 
 use crate::Depot;
@@ -37,13 +37,8 @@ impl RealSteps {
     pub fn open(depot: &Depot, cfg: &Config) -> Result<RealSteps> {
         let store = Store::open(depot.store())
             .with_context(|| format!("opening image store {}", depot.store().display()))?;
-        let custody = Custody::open(CustodyPaths {
-            staging: depot.staging(),
-            keys: depot.keys(),
-            audit: depot.audit(),
-            reports: depot.reports(),
-        })
-        .with_context(|| format!("opening client data custody in {}", depot.root().display()))?;
+        // The same settings as `tek data` (agent.toml's [custody], then the environment).
+        let custody = crate::settings::open_custody(depot, cfg)?;
         Ok(RealSteps {
             store: Arc::new(store),
             custody,

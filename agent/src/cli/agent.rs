@@ -194,7 +194,14 @@ pub fn agent_depot(depot: &Depot, cfg: &Config) -> Depot {
 
 fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
     crate::memory::limit_malloc_arenas();
-    let cfg = Config::load_or_default(config)?;
+    // Before anything else, above all before the socket is bound: an agent without its
+    // configuration would take the socket and serve no bays.
+    let cfg = load_agent_config(config)?;
+    if cfg.bays.is_empty() {
+        tracing::warn!(
+            "no [[bay]] configured: only jobs matched by serial can run (see `tek bays --discover`)"
+        );
+    }
     let depot = agent_depot(depot, &cfg);
     std::fs::create_dir_all(depot.root())
         .with_context(|| format!("creating state directory {}", depot.root().display()))?;
@@ -217,6 +224,21 @@ fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
         let _ = std::fs::remove_file(&cfg.socket);
         res
     })
+}
+
+/// The daemon's configuration: `--config FILE` (or `TEK_CONFIG`), else
+/// [`crate::config::DEFAULT_CONFIG`], which must then exist. Unlike the commands, the daemon
+/// never falls back to built-in defaults.
+pub fn load_agent_config(config: Option<&Path>) -> Result<Config> {
+    let path = config.unwrap_or(Path::new(crate::config::DEFAULT_CONFIG));
+    if config.is_none() && !path.exists() {
+        anyhow::bail!(
+            "not starting: no configuration at {} (write it from the annotated \
+             agent.toml.example, or give --config FILE)",
+            path.display()
+        );
+    }
+    Config::load(path)
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (an `async fn` would install them only when

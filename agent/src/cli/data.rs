@@ -1,18 +1,15 @@
 //! `tek data ...` and `tek backup ...`: client data custody, a thin layer over
 //! [`client_data::Custody`].
 //!
-//! Policy settings come from the environment (so the agent's unit file and the shell agree):
-//! `TEK_KEK` (KEK file, default `<state>/keys/kek`), `TEK_HOLIDAYS` (file of YYYY-MM-DD lines,
-//! `#` comments), `TEK_MAX_STAGING_AGE_DAYS` (default 14), `TEK_BACKUP_RETENTION_DAYS`
-//! (default 3), and for demos and tests `TEK_TEST_NOW` (RFC 3339) to fix the clock.
+//! Custody settings (KEK, holidays, ages) come from [`crate::settings`], as the daemon's do:
+//! the `[custody]` table of the agent's config (`TEK_CONFIG`, else `/etc/tek/agent.toml`),
+//! with the environment as an override.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
-use client_data::{
-    Custody, CustodyConfig, CustodyPaths, DatasetId, Destination, WipeOptions, WithdrawReason,
-};
+use client_data::{Custody, DatasetId, Destination, WipeOptions, WithdrawReason};
 
 use crate::Depot;
 
@@ -134,55 +131,9 @@ pub enum BackupCommand {
     },
 }
 
-fn env_num(name: &str, default: u32) -> Result<u32> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("parsing {name}={v:?} as a number of days")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn read_holidays(path: &Path) -> Result<Vec<time::Date>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading holiday list {}", path.display()))?;
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            client_data::withdraw::parse_date(l)
-                .with_context(|| format!("parsing holiday list {}", path.display()))
-        })
-        .collect()
-}
-
-/// Opens custody for a depot with the settings from the environment.
+/// Opens custody for a depot with the settings of the agent's config and the environment.
 pub fn open_custody(depot: &Depot) -> Result<Custody> {
-    let d = CustodyConfig::default();
-    let mut cfg = CustodyConfig {
-        kek: std::env::var_os("TEK_KEK").map(PathBuf::from),
-        max_staging_age_days: env_num("TEK_MAX_STAGING_AGE_DAYS", d.max_staging_age_days)?,
-        backup_retention_days: env_num("TEK_BACKUP_RETENTION_DAYS", d.backup_retention_days)?,
-        ..d
-    };
-    if let Some(p) = std::env::var_os("TEK_HOLIDAYS") {
-        cfg.holidays = read_holidays(Path::new(&p))?;
-    }
-    if let Ok(t) = std::env::var("TEK_TEST_NOW") {
-        cfg.now = Some(
-            client_data::dataset::parse_rfc3339(&t)
-                .with_context(|| format!("parsing TEK_TEST_NOW={t:?} as RFC 3339"))?,
-        );
-    }
-    let paths = CustodyPaths {
-        staging: depot.staging(),
-        keys: depot.keys(),
-        audit: depot.audit(),
-        reports: depot.reports(),
-    };
-    Custody::open_with(paths, cfg)
-        .with_context(|| format!("opening client data custody in {}", depot.root().display()))
+    crate::settings::open_custody(depot, &crate::settings::command_config()?)
 }
 
 fn operator() -> String {
