@@ -32,7 +32,7 @@ impl Agent {
         let job = Job::new(ticket, image, data, target);
         self.steps.validate(&job)?;
         let mut inner = self.lock();
-        self.journal.save(&job)?;
+        let job = self.create_record(job)?;
         inner.jobs.insert(job.id.clone(), job.clone());
         self.emit(Event::JobState {
             job: Box::new(job.clone()),
@@ -40,6 +40,21 @@ impl Agent {
         self.reconsider_all(&mut inner);
         let job = inner.jobs.get(&job.id).cloned().unwrap_or(job);
         Ok(job)
+    }
+
+    /// Journals a new job exclusively; on an id collision (128 random bits: practically never)
+    /// it takes a fresh id rather than overwrite the other job's record.
+    pub(super) fn create_record(&self, mut job: Job) -> Result<Job> {
+        for _ in 0..3 {
+            match self.journal.create(&job) {
+                Err(e) if e.is::<crate::journal::JobIdTaken>() => {
+                    tracing::warn!(job = %job.id, "job id already taken; drawing another");
+                    job.id = crate::job::new_job_id();
+                }
+                r => return r.map(|()| job),
+            }
+        }
+        bail!("journaling a new job: three random job ids in a row were taken")
     }
 
     /// One job.

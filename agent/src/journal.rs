@@ -6,6 +6,10 @@
 //! previous record or the new one, never a torn mix; the directory fsync makes the rename itself
 //! durable (ext4 and xfs otherwise may forget it). Leftover `.tmp` files from a crash before the
 //! rename are ignored and removed at load.
+//!
+//! A new job's record is created exclusively ([`Journal::create`]): written to a temporary
+//! file, then hard-linked to `<id>.json`, which fails if that name exists. So a new job can
+//! never overwrite another one's record, whatever its id.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -14,6 +18,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::job::{JOB_FORMAT, Job};
+
+/// A new job's id is already taken by a record in the journal; nothing was written over it.
+#[derive(Debug, thiserror::Error)]
+#[error("job id {id} is already taken in {dir}")]
+pub struct JobIdTaken {
+    /// The id.
+    pub id: String,
+    /// The journal directory.
+    pub dir: String,
+}
 
 /// The journal directory.
 #[derive(Debug, Clone)]
@@ -40,9 +54,8 @@ impl Journal {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Durably saves a job record (temp file, fsync, rename, directory fsync).
-    pub fn save(&self, job: &Job) -> Result<()> {
-        let path = self.path_of(&job.id);
+    /// Writes `job` to `<id>.json.tmp` and syncs it; returns the temporary path.
+    fn write_temp(&self, job: &Job) -> Result<PathBuf> {
         let tmp = self.dir.join(format!("{}.json.tmp", job.id));
         let mut bytes = serde_json::to_vec_pretty(job).context("serializing job record")?;
         bytes.push(b'\n');
@@ -56,13 +69,42 @@ impl Journal {
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()
             .with_context(|| format!("syncing {}", tmp.display()))?;
-        drop(f);
-        fs::rename(&tmp, &path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        Ok(tmp)
+    }
+
+    fn sync_dir(&self) -> Result<()> {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing directory {}", self.dir.display()))?;
-        Ok(())
+            .with_context(|| format!("syncing directory {}", self.dir.display()))
+    }
+
+    /// Durably saves a job record (temp file, fsync, rename, directory fsync).
+    pub fn save(&self, job: &Job) -> Result<()> {
+        let path = self.path_of(&job.id);
+        let tmp = self.write_temp(job)?;
+        fs::rename(&tmp, &path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        self.sync_dir()
+    }
+
+    /// Durably records a new job, failing with [`JobIdTaken`] (and writing nothing over it)
+    /// when a record with its id exists: the complete temporary file is hard-linked to
+    /// `<id>.json`, which the kernel refuses for an existing name (exclusive like `O_EXCL`,
+    /// and never a torn record).
+    pub fn create(&self, job: &Job) -> Result<()> {
+        let path = self.path_of(&job.id);
+        let tmp = self.write_temp(job)?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(JobIdTaken {
+                id: job.id.clone(),
+                dir: self.dir.display().to_string(),
+            }
+            .into()),
+            Err(e) => Err(e).with_context(|| format!("creating job record {}", path.display())),
+        }
     }
 
     /// Loads one job by id.
@@ -139,6 +181,41 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn create_never_overwrites_an_existing_record() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        let first = Job::new(
+            "T-A",
+            "i@1",
+            Some("ds-a".into()),
+            JobTarget::Bay("b".into()),
+        );
+        j.create(&first).unwrap();
+        let mut second = Job::new("T-B", "i@2", None, JobTarget::Bay("b".into()));
+        second.id = first.id.clone();
+        let e = j.create(&second).unwrap_err();
+        assert!(e.is::<JobIdTaken>(), "{e:#}");
+        assert_eq!(
+            j.load(&first.id).unwrap(),
+            first,
+            "the first job's record is intact"
+        );
+        let names: Vec<_> = fs::read_dir(j.dir()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary left");
+    }
+
+    #[test]
+    fn records_with_old_short_ids_still_load() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        let mut old = Job::new("T", "i@1", None, JobTarget::Bay("b".into()));
+        old.id = "j-0a1b2c3d".into();
+        j.save(&old).unwrap();
+        assert_eq!(j.load("j-0a1b2c3d").unwrap(), old);
+        assert_eq!(j.load_all().unwrap(), vec![old]);
     }
 
     #[test]
