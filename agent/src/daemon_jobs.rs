@@ -2,6 +2,8 @@
 //! journaling and offering a new job to the disks present, cancelling without ever wiping staged
 //! data, and retrying from the last safe step.
 
+use anyhow::Context;
+
 use super::*;
 
 impl Agent {
@@ -14,6 +16,31 @@ impl Agent {
         bay: Option<String>,
         serial: Option<String>,
     ) -> Result<Job> {
+        self.add_job_with(ticket, image, data, bay, serial, None)
+    }
+
+    /// [`Agent::add_job`], with the technician's reason for migrating a dataset that was
+    /// ingested for another ticket (`--dataset-of-other-ticket REASON`; audited).
+    pub fn add_job_with(
+        &self,
+        ticket: &str,
+        image: &str,
+        data: Option<String>,
+        bay: Option<String>,
+        serial: Option<String>,
+        dataset_of_other_ticket: Option<String>,
+    ) -> Result<Job> {
+        if let Some(r) = &dataset_of_other_ticket {
+            if data.is_none() {
+                bail!("adding a job: --dataset-of-other-ticket needs --data");
+            }
+            if r.trim().is_empty() || r.len() > 500 || r.chars().any(char::is_control) {
+                bail!(
+                    "adding a job: the reason for --dataset-of-other-ticket must be 1-500 \
+                     characters of text on one line"
+                );
+            }
+        }
         if ticket.trim().is_empty() {
             bail!("adding a job: the ticket is empty");
         }
@@ -29,8 +56,11 @@ impl Agent {
             (None, Some(s)) if !s.trim().is_empty() => JobTarget::Serial(s.trim().to_string()),
             _ => bail!("adding a job: give exactly one of --bay or --serial"),
         };
-        let job = Job::new(ticket, image, data, target);
-        self.steps.validate(&job)?;
+        let mut job = Job::new(ticket, image, data, target);
+        job.dataset_of_other_ticket = dataset_of_other_ticket.map(|r| r.trim().to_string());
+        self.steps
+            .validate(&job)
+            .with_context(|| format!("checking the new job for ticket {ticket}"))?;
         let mut inner = self.lock();
         let job = self.create_record(job)?;
         inner.jobs.insert(job.id.clone(), job.clone());
@@ -134,6 +164,10 @@ impl Agent {
             None => {
                 job.resume_from = None;
                 job.device = None;
+                // Starting over rewrites the image: it pins the manifest its name resolves to
+                // when it next claims a disk (admission.rs), not the one of the first attempt.
+                job.results.image = None;
+                job.results.write = None;
                 job.set_state(JobState::Queued, Some("retried from the start".into()));
             }
         }

@@ -184,6 +184,11 @@ pub struct Job {
     /// Staged client dataset to migrate, if any.
     #[serde(default)]
     pub dataset: Option<String>,
+    /// The technician's reason for migrating a dataset ingested for another ticket (`tek job
+    /// add --dataset-of-other-ticket REASON`); without it the dataset's ticket must be the
+    /// job's. Audited (without the free text) when the job is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_of_other_ticket: Option<String>,
     /// The disk it wants.
     pub target: JobTarget,
     /// Current state.
@@ -233,6 +238,7 @@ impl Job {
             ticket: ticket.to_string(),
             image: image.to_string(),
             dataset,
+            dataset_of_other_ticket: None,
             target,
             state: JobState::Queued,
             resume_from: None,

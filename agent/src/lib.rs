@@ -2,6 +2,7 @@
 //! control socket) and one module per `tek` subcommand under [`cli`], each a thin layer over the
 //! `image-store`, `imager` and `client-data` libraries.
 
+pub mod admission;
 pub mod bay;
 pub mod cli;
 pub mod client;

@@ -45,6 +45,9 @@ pub enum Op {
         /// Serial of the expected disk.
         #[serde(default)]
         serial: Option<String>,
+        /// Why the dataset may be one ingested for another ticket (audited).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dataset_of_other_ticket: Option<String>,
     },
     /// All jobs: a list of [`Job`].
     JobList,
@@ -210,7 +213,8 @@ mod tests {
                 image: "a@1".into(),
                 data: None,
                 bay: Some("b".into()),
-                serial: None
+                serial: None,
+                dataset_of_other_ticket: None,
             }
         );
         let s = serde_json::to_string(&Request {

@@ -271,7 +271,15 @@ fn handle(agent: &Agent, op: Op) -> Reply {
             data,
             bay,
             serial,
-        } => to(json(agent.add_job(&ticket, &image, data, bay, serial))),
+            dataset_of_other_ticket,
+        } => to(json(agent.add_job_with(
+            &ticket,
+            &image,
+            data,
+            bay,
+            serial,
+            dataset_of_other_ticket,
+        ))),
         Op::JobList => to(Ok(serde_json::to_value(agent.jobs()).unwrap_or_default())),
         Op::JobShow { id } => to(json(agent.job(&id))),
         Op::JobCancel { id } => to(json(agent.cancel(&id))),
@@ -333,6 +341,7 @@ mod tests {
                 data: Some("ds".into()),
                 bay: Some("a".into()),
                 serial: None,
+                dataset_of_other_ticket: None,
             })
             .unwrap();
         let err = c

@@ -102,9 +102,13 @@ pub enum JobCommand {
         /// Bay whose next disk gets the job.
         #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
         bay: Option<String>,
-        /// Serial number of the expected disk.
+        /// Serial number of the expected disk (only ever matched in a bay).
         #[arg(long)]
         serial: Option<String>,
+        /// Migrate a dataset that was ingested for another ticket, for this reason (audited;
+        /// without it the dataset's ticket must be the job's).
+        #[arg(long, value_name = "REASON", requires = "data")]
+        dataset_of_other_ticket: Option<String>,
         /// Print the job as JSON.
         #[arg(long)]
         json: bool,
@@ -293,6 +297,7 @@ fn job(cmd: JobCommand) -> Result<()> {
             data,
             bay,
             serial,
+            dataset_of_other_ticket,
             json,
             conn,
         } => {
@@ -302,6 +307,7 @@ fn job(cmd: JobCommand) -> Result<()> {
                 data,
                 bay,
                 serial,
+                dataset_of_other_ticket,
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&j)?);
