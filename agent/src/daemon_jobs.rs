@@ -125,6 +125,36 @@ impl Agent {
         Ok(job)
     }
 
+    /// Fails a job that is not running (queued or interrupted) with `reason`: its image was
+    /// removed (`tek image rm --force`), so it cannot succeed. Staged data is never wiped by
+    /// it. A running job is refused: it stops only at a safe point (cancel it).
+    pub fn fail(&self, id: &str, reason: &str) -> Result<Job> {
+        let mut inner = self.lock();
+        if inner.running.contains_key(id) {
+            bail!("job {id} is running; cancel it, or wait until it ends");
+        }
+        let Some(job) = inner.jobs.get_mut(id) else {
+            bail!("no job {id}");
+        };
+        if job.state.is_terminal() {
+            bail!("job {id} is already {}", job.state);
+        }
+        job.error = Some(reason.to_string());
+        job.set_state(
+            JobState::Failed,
+            Some(format!("{reason}; staged client data kept")),
+        );
+        let job = job.clone();
+        self.journal.save(&job)?;
+        let _ = self.steps.finish(&job);
+        self.emit(Event::JobState {
+            job: Box::new(job.clone()),
+        });
+        // A disk refused for this job may take another one now.
+        self.reconsider_all(&mut inner);
+        Ok(job)
+    }
+
     /// Retries a failed, cancelled or interrupted job. A job that got past a verified image
     /// resumes from the step where it stopped ([`Job::retry_point`]), on the same disk only
     /// (matched like a re-plug: its client data may be half-restored there); it waits,

@@ -553,3 +553,29 @@ fn retry_of_a_job_that_failed_before_its_image_was_verified_starts_over() {
     assert_eq!(r.state, JobState::Queued);
     assert!(r.device.is_none());
 }
+
+#[test]
+fn fail_ends_a_queued_job_with_its_reason_but_never_a_running_one() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(2000);
+    let a = agent(d.path(), f.clone());
+    let queued = a
+        .add_job("T", "img@1", None, Some("b".into()), None)
+        .unwrap();
+    let running = a
+        .add_job("T", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    let e = a.fail(&running.id, "image img@1 was removed").unwrap_err();
+    assert!(format!("{e:#}").contains("is running"), "{e:#}");
+    let j = a.fail(&queued.id, "image img@1 was removed").unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(j.error.as_deref(), Some("image img@1 was removed"));
+    let journaled = Journal::open(&d.path().join("jobs"))
+        .unwrap()
+        .load(&queued.id)
+        .unwrap();
+    assert_eq!(journaled.state, JobState::Failed);
+    assert!(a.fail(&queued.id, "again").is_err(), "already failed");
+    a.shutdown();
+}

@@ -29,6 +29,22 @@ pub struct JobIdTaken {
     pub dir: String,
 }
 
+/// Another process, a running `tek agent`, owns the journal ([`Journal::own`]): records must
+/// be changed through it, or it would write its own copy over them.
+#[derive(Debug, thiserror::Error)]
+#[error("a running tek agent owns the job journal {dir}")]
+pub struct JournalBusy {
+    /// The journal directory.
+    pub dir: String,
+}
+
+/// Ownership of the journal, held by the agent for its whole life (an exclusive `flock` on
+/// `<dir>/agent.lock`, released by the kernel when the process ends, also on `kill -9`).
+#[derive(Debug)]
+pub struct JournalOwner {
+    _lock: nix::fcntl::Flock<File>,
+}
+
 /// The journal directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -43,6 +59,27 @@ impl Journal {
         Ok(Journal {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Takes ownership of the journal: the agent holds it while it runs, and a command that
+    /// changes records itself (`tek image rm --force`) holds it meanwhile; fails with
+    /// [`JournalBusy`] while another process holds it.
+    pub fn own(&self) -> Result<JournalOwner> {
+        let path = self.dir.join("agent.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(JournalOwner { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(JournalBusy {
+                dir: self.dir.display().to_string(),
+            }
+            .into()),
+            Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
     }
 
     /// The directory.
@@ -205,6 +242,21 @@ mod tests {
         );
         let names: Vec<_> = fs::read_dir(j.dir()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary left");
+    }
+
+    #[test]
+    fn one_owner_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        let owner = j.own().unwrap();
+        let e = Journal::open(d.path()).unwrap().own().unwrap_err();
+        assert!(e.is::<JournalBusy>(), "{e:#}");
+        drop(owner);
+        j.own().unwrap();
+        assert!(
+            j.load_all().unwrap().is_empty(),
+            "the lock file is not a record"
+        );
     }
 
     #[test]

@@ -66,6 +66,13 @@ pub enum Op {
         /// Job id.
         id: String,
     },
+    /// Fail a job that is not running, with a reason (`tek image rm --force` of its image).
+    JobFail {
+        /// Job id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// Stream [`Event`]s on this connection.
     Subscribe,
 }

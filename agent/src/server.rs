@@ -243,7 +243,7 @@ async fn serve(stream: UnixStream, agent: Arc<Agent>) -> Result<()> {
         }
         let mutating = matches!(
             req.op,
-            Op::JobAdd { .. } | Op::JobCancel { .. } | Op::JobRetry { .. }
+            Op::JobAdd { .. } | Op::JobCancel { .. } | Op::JobRetry { .. } | Op::JobFail { .. }
         );
         if mutating {
             tracing::info!(uid = ?uid, op = ?req.op, "control request");
@@ -284,6 +284,7 @@ fn handle(agent: &Agent, op: Op) -> Reply {
         Op::JobShow { id } => to(json(agent.job(&id))),
         Op::JobCancel { id } => to(json(agent.cancel(&id))),
         Op::JobRetry { id } => to(json(agent.retry(&id))),
+        Op::JobFail { id, reason } => to(json(agent.fail(&id, &reason))),
         Op::Subscribe => Reply::err("subscribe is handled by the connection"),
     }
 }

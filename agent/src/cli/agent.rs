@@ -25,16 +25,16 @@ pub struct AgentConn {
 }
 
 impl AgentConn {
-    fn config(&self) -> Result<Config> {
+    pub(crate) fn config(&self) -> Result<Config> {
         Config::load_or_default(self.config.as_deref())
     }
-    fn socket(&self) -> Result<PathBuf> {
+    pub(crate) fn socket(&self) -> Result<PathBuf> {
         match &self.socket {
             Some(s) => Ok(s.clone()),
             None => Ok(self.config()?.socket),
         }
     }
-    fn client(&self) -> Result<Client> {
+    pub(crate) fn client(&self) -> Result<Client> {
         Client::connect(&self.socket()?)
     }
 }
@@ -214,6 +214,11 @@ fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
         let listener = crate::server::bind_socket(&cfg.socket, &cfg.socket_group)?;
         let steps = crate::steps::RealSteps::open(&depot, &cfg)?;
         let journal = crate::journal::Journal::open(&depot.jobs())?;
+        // Held until the agent exits: commands that change job records themselves (`tek image
+        // rm --force`) go through the socket while it is held.
+        let _owner = journal
+            .own()
+            .context("taking ownership of the job journal")?;
         let agent = crate::daemon::Agent::new(cfg.clone(), journal, Arc::new(steps))?;
         let devices = crate::server::hotplug_events(PathBuf::from("/sys"))?;
         tracing::info!(socket = %cfg.socket.display(), state = %depot.root().display(), "agent starting");
