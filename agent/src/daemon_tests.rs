@@ -579,3 +579,19 @@ fn fail_ends_a_queued_job_with_its_reason_but_never_a_running_one() {
     assert!(a.fail(&queued.id, "again").is_err(), "already failed");
     a.shutdown();
 }
+
+#[test]
+fn a_colliding_job_id_draws_a_new_one_and_never_overwrites() {
+    let d = tempfile::tempdir().unwrap();
+    let a = agent(d.path(), fake(0));
+    let first = a
+        .add_job("T-1", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    let mut second = Job::new("T-2", "img@2", None, JobTarget::Bay("b".into()));
+    second.id = first.id.clone();
+    let saved = a.create_record(second).unwrap();
+    assert_ne!(saved.id, first.id);
+    let journal = Journal::open(&d.path().join("jobs")).unwrap();
+    assert_eq!(journal.load(&first.id).unwrap().ticket, "T-1");
+    assert_eq!(journal.load(&saved.id).unwrap().ticket, "T-2");
+}

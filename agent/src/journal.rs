@@ -125,22 +125,33 @@ impl Journal {
     }
 
     /// Durably records a new job, failing with [`JobIdTaken`] (and writing nothing over it)
-    /// when a record with its id exists: the complete temporary file is hard-linked to
-    /// `<id>.json`, which the kernel refuses for an existing name (exclusive like `O_EXCL`,
-    /// and never a torn record).
+    /// when a record with its id exists: the complete, synced temporary file (a name of its
+    /// own, so two creators never share one) is moved to `<id>.json` without replacing an
+    /// existing name (`renameat2(RENAME_NOREPLACE)`, else link + unlink, through `tempfile`):
+    /// exclusive like `O_EXCL`, and never a torn record.
     pub fn create(&self, job: &Job) -> Result<()> {
         let path = self.path_of(&job.id);
-        let tmp = self.write_temp(job)?;
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => self.sync_dir(),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(JobIdTaken {
+        let mut bytes = serde_json::to_vec_pretty(job).context("serializing job record")?;
+        bytes.push(b'\n');
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!("{}.", job.id))
+            .suffix(".json.tmp")
+            .tempfile_in(&self.dir)
+            .with_context(|| format!("creating a temporary file in {}", self.dir.display()))?;
+        tmp.write_all(&bytes)
+            .and_then(|()| tmp.as_file().sync_all())
+            .with_context(|| format!("writing {}", tmp.path().display()))?;
+        match tmp.persist_noclobber(&path) {
+            Ok(_) => self.sync_dir(),
+            // The temporary file is removed when the error (holding it) is dropped.
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Err(JobIdTaken {
                 id: job.id.clone(),
                 dir: self.dir.display().to_string(),
             }
             .into()),
-            Err(e) => Err(e).with_context(|| format!("creating job record {}", path.display())),
+            Err(e) => {
+                Err(e.error).with_context(|| format!("creating job record {}", path.display()))
+            }
         }
     }
 
@@ -242,6 +253,35 @@ mod tests {
         );
         let names: Vec<_> = fs::read_dir(j.dir()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary left");
+    }
+
+    #[test]
+    fn racing_creates_of_one_id_leave_exactly_one_intact_record() {
+        let d = tempfile::tempdir().unwrap();
+        let base = Job::new("T-0", "i@1", None, JobTarget::Bay("b".into()));
+        let results: Vec<(String, bool)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|i| {
+                    let mut job = base.clone();
+                    job.ticket = format!("T-{i}");
+                    // Each thread its own handle, as two processes would have.
+                    let j = Journal::open(d.path()).unwrap();
+                    s.spawn(move || {
+                        let ok = match j.create(&job) {
+                            Ok(()) => true,
+                            Err(e) if e.is::<JobIdTaken>() => false,
+                            Err(e) => panic!("{e:#}"),
+                        };
+                        (job.ticket, ok)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<_> = results.iter().filter(|(_, ok)| *ok).collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        let j = Journal::open(d.path()).unwrap();
+        assert_eq!(j.load(&base.id).unwrap().ticket, winners[0].0);
     }
 
     #[test]
