@@ -357,3 +357,49 @@ fn import_replace_between_write_and_migrate_is_refused() {
     let info = b.custody().dataset(&dataset.parse().unwrap()).unwrap();
     assert_eq!(format!("{:?}", info.state), "Staged");
 }
+
+#[test]
+fn a_second_agent_on_the_same_state_is_refused() {
+    if !need_root("a_second_agent_on_the_same_state_is_refused") {
+        return;
+    }
+    let mut b = Bench::new("two-agents", &["bay1"], "");
+    b.start_agent();
+    // Same state, another socket: bind_socket cannot tell, the journal's owner lock does.
+    let cfg = std::fs::read_to_string(&b.config).unwrap().replace(
+        &b.socket.display().to_string(),
+        &b.root().join("second.sock").display().to_string(),
+    );
+    let second = b.root().join("second.toml");
+    std::fs::write(&second, cfg).unwrap();
+    let mut child = std::process::Command::new(tek_bin())
+        .arg("--state")
+        .arg(&b.state)
+        .arg("agent")
+        .arg("--config")
+        .arg(&second)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a second agent ran on the same state");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("owns the job journal"), "{err}");
+    assert!(
+        !b.root().join("second.sock").exists(),
+        "the socket was left behind"
+    );
+}

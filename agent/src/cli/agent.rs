@@ -211,14 +211,15 @@ fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
         // Before the socket exists and READY is sent: a SIGTERM from then on is a clean stop,
         // never the default action (a supervisor or test may stop us right after READY).
         let shutdown = shutdown_signal();
-        let listener = crate::server::bind_socket(&cfg.socket, &cfg.socket_group)?;
-        let steps = crate::steps::RealSteps::open(&depot, &cfg)?;
         let journal = crate::journal::Journal::open(&depot.jobs())?;
-        // Held until the agent exits: commands that change job records themselves (`tek image
-        // rm --force`) go through the socket while it is held.
+        // Held until the agent exits, taken before the socket exists: a second agent on this
+        // state stops here, and commands that change job records themselves (`tek image rm
+        // --force`) go through the socket while it is held.
         let _owner = journal
             .own()
             .context("taking ownership of the job journal")?;
+        let listener = crate::server::bind_socket(&cfg.socket, &cfg.socket_group)?;
+        let steps = crate::steps::RealSteps::open(&depot, &cfg)?;
         let agent = crate::daemon::Agent::new(cfg.clone(), journal, Arc::new(steps))?;
         let devices = crate::server::hotplug_events(PathBuf::from("/sys"))?;
         tracing::info!(socket = %cfg.socket.display(), state = %depot.root().display(), "agent starting");
