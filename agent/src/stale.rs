@@ -283,4 +283,101 @@ garbage line
         assert_eq!(h.devs, [(8, 16), (8, 18), (7, 20)].into());
         assert_eq!(h.loops, vec![PathBuf::from("/dev/loop20")]);
     }
+
+    /// Detaches a loop device this test attached at a chosen number.
+    struct Attached(PathBuf);
+    impl Drop for Attached {
+        fn drop(&mut self) {
+            let _ = client_data::loopdev::detach_path(&self.0);
+        }
+    }
+
+    fn mkfs_and_mount(dev: &Path, at: &Path) {
+        let ok = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(dev)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mkfs.ext4 {}", dev.display());
+        std::fs::create_dir(at).unwrap();
+        nix::mount::mount(
+            Some(dev),
+            at,
+            Some("ext4"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+    }
+
+    fn mounted(at: &Path) -> bool {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        parse_mountinfo(&text).iter().any(|m| m.mount_point == at)
+    }
+
+    /// The bug, on real devices: the claimed disk is `/dev/loopN`, another job's disk is
+    /// `/dev/loopN<d>` (its name starts with the claimed one's), both mounted on `tek-mnt-*`
+    /// directories. Only the claimed disk's mount is released.
+    #[test]
+    fn release_spares_a_device_whose_name_has_the_disk_as_prefix() {
+        if !nix::unistd::geteuid().is_root() || !client_data::loopdev::can_attach() {
+            eprintln!(
+                "SKIP release_spares_a_device_whose_name_has_the_disk_as_prefix: needs root and loop devices"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = |n: &str| {
+            let p = dir.path().join(n);
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(16 << 20)
+                .unwrap();
+            p
+        };
+        // No other name starts with "loop0" (loop00 is not a name): hold loop0 and take the next.
+        let first = client_data::loopdev::LoopDevice::attach(&file("first.img")).unwrap();
+        let (ours, _held) = if first.name() == "loop0" {
+            let next = client_data::loopdev::LoopDevice::attach(&file("ours.img")).unwrap();
+            (next, Some(first))
+        } else {
+            (first, None)
+        };
+        let n = ours.name().trim_start_matches("loop").to_string();
+        // A free loopN<d>, attached at that number (losetup creates the node).
+        let victim_file = file("victim.img");
+        let victim = (0..10)
+            .map(|d| PathBuf::from(format!("/dev/loop{n}{d}")))
+            .find_map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                if Path::new(&format!("/sys/block/{name}/loop")).exists() {
+                    return None;
+                }
+                std::process::Command::new("losetup")
+                    .arg(&p)
+                    .arg(&victim_file)
+                    .status()
+                    .ok()
+                    .filter(|s| s.success())
+                    .map(|_| Attached(p))
+            })
+            .unwrap_or_else(|| panic!("attaching a loop device at /dev/loop{n}<d>"));
+        let ours_at = dir.path().join("tek-mnt-ours");
+        let victim_at = dir.path().join("tek-mnt-victim");
+        mkfs_and_mount(ours.path(), &ours_at);
+        mkfs_and_mount(&victim.0, &victim_at);
+        release(ours.path());
+        let released = !mounted(&ours_at);
+        let spared = mounted(&victim_at);
+        let _ = nix::mount::umount2(&victim_at, nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(&ours_at, nix::mount::MntFlags::MNT_DETACH);
+        assert!(released, "the claimed disk's stale mount was kept");
+        assert!(
+            spared,
+            "{} was unmounted while releasing {}",
+            victim.0.display(),
+            ours.path().display()
+        );
+    }
 }
