@@ -62,7 +62,20 @@ impl Agent {
             .validate(&job)
             .with_context(|| format!("checking the new job for ticket {ticket}"))?;
         let mut inner = self.lock();
-        let job = self.create_record(job)?;
+        let mut job = self.create_record(job)?;
+        if !self.steps.image_exists(&job) {
+            // `tek image rm` removed it since `validate`, and may have listed the journal
+            // before this record existed: the job is recorded as failed, not left queued.
+            let reason = format!(
+                "image {} was removed while the job was being added",
+                job.image
+            );
+            job.error = Some(reason.clone());
+            job.set_state(JobState::Failed, Some(reason.clone()));
+            self.journal.save(&job)?;
+            inner.jobs.insert(job.id.clone(), job.clone());
+            bail!("adding a job: {reason} (job {} recorded as failed)", job.id);
+        }
         inner.jobs.insert(job.id.clone(), job.clone());
         self.emit(Event::JobState {
             job: Box::new(job.clone()),

@@ -15,6 +15,7 @@ pub(crate) struct Fake {
     checks: AtomicUsize,
     wipes: AtomicUsize,
     migrate_fails: AtomicBool,
+    image_gone: AtomicBool,
 }
 
 pub(crate) fn fake(write_ms: u64) -> Arc<Fake> {
@@ -25,10 +26,14 @@ pub(crate) fn fake(write_ms: u64) -> Arc<Fake> {
         checks: AtomicUsize::new(0),
         wipes: AtomicUsize::new(0),
         migrate_fails: AtomicBool::new(false),
+        image_gone: AtomicBool::new(false),
     })
 }
 
 impl JobSteps for Fake {
+    fn image_exists(&self, _job: &Job) -> bool {
+        !self.image_gone.load(Ordering::SeqCst)
+    }
     fn check(&self, _job: &Job, _disk: &Disk) -> Result<serde_json::Value, String> {
         self.checks.fetch_add(1, Ordering::SeqCst);
         match &self.refuse {
@@ -594,4 +599,24 @@ fn a_colliding_job_id_draws_a_new_one_and_never_overwrites() {
     let journal = Journal::open(&d.path().join("jobs")).unwrap();
     assert_eq!(journal.load(&first.id).unwrap().ticket, "T-1");
     assert_eq!(journal.load(&saved.id).unwrap().ticket, "T-2");
+}
+
+#[test]
+fn a_job_whose_image_is_removed_while_it_is_added_is_failed_not_queued() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(0);
+    f.image_gone.store(true, Ordering::SeqCst);
+    let a = agent(d.path(), f.clone());
+    let e = a
+        .add_job("T", "img@1", None, Some("a".into()), None)
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("was removed"), "{e:#}");
+    let jobs = Journal::open(&d.path().join("jobs"))
+        .unwrap()
+        .load_all()
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].state, JobState::Failed);
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    assert_eq!(f.checks.load(Ordering::SeqCst), 0, "no disk offered to it");
 }

@@ -141,6 +141,12 @@ impl JobSteps for RealSteps {
         Ok(())
     }
 
+    fn image_exists(&self, job: &Job) -> bool {
+        job.image
+            .parse::<ImageRef>()
+            .is_ok_and(|r| self.store.exists(&r))
+    }
+
     fn check(&self, job: &Job, disk: &Disk) -> Result<serde_json::Value, String> {
         let img = self.load_pinned(job).map_err(|e| format!("{e:#}"))?;
         if job.dataset.is_some() {

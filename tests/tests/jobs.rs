@@ -403,3 +403,62 @@ fn a_second_agent_on_the_same_state_is_refused() {
         "the socket was left behind"
     );
 }
+
+#[test]
+fn image_rm_racing_job_adds_never_leaves_a_queued_job_for_a_removed_image() {
+    if !need_root("image_rm_racing_job_adds_never_leaves_a_queued_job_for_a_removed_image") {
+        return;
+    }
+    let mut b = Bench::new("rm-race", &["bay1"], "");
+    let img = b.image.display().to_string();
+    let key = b.p("keys/depot.key");
+    b.start_agent();
+    for round in 0..4 {
+        let image = format!("race@{round}");
+        b.tek_ok(&["image", "import", "--sign-key", &key, &image, &img]);
+        // Real processes: four `tek job add` and one `tek image rm --force` at once.
+        let spawn = |args: Vec<String>| {
+            std::process::Command::new(tek_bin())
+                .arg("--state")
+                .arg(&b.state)
+                .args(&args)
+                .env("TEK_CONFIG", &b.config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let add = |t: u32| {
+            let t = format!("T-R{round}{t}");
+            spawn(
+                [
+                    "job", "add", "--ticket", &t, "--image", &image, "--bay", "bay1",
+                ]
+                .map(String::from)
+                .to_vec(),
+            )
+        };
+        let mut adds: Vec<_> = (0..2).map(add).collect();
+        let mut rm = spawn(
+            ["image", "rm", "--force", &image]
+                .map(String::from)
+                .to_vec(),
+        );
+        adds.extend((2..4).map(add));
+        for mut c in adds {
+            c.wait().unwrap();
+        }
+        assert!(
+            rm.wait().unwrap().success(),
+            "round {round}: rm --force failed"
+        );
+        // Whatever the interleaving: the image is gone, and no job for it waits for a disk it
+        // could only fail on (a job added after the removal was refused outright).
+        assert!(!b.tek_ok(&["image", "list"]).contains(&image));
+        for j in b.job_records() {
+            if j["image"] == image.as_str() {
+                assert_eq!(j["state"], "failed", "round {round}: {j:#}");
+            }
+        }
+    }
+}

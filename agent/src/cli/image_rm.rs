@@ -81,13 +81,25 @@ fn fail_jobs(
                 )
             })?;
             for j in jobs {
-                let _: Job = client
-                    .call(Op::JobFail {
-                        id: j.id.clone(),
-                        reason: reason.to_string(),
-                    })
-                    .with_context(|| format!("failing job {} through the agent", j.id))?;
-                println!("failed job {} (ticket {}): {reason}", j.id, j.ticket);
+                let r: Result<Job> = client.call(Op::JobFail {
+                    id: j.id.clone(),
+                    reason: reason.to_string(),
+                });
+                match r {
+                    Ok(_) => println!("failed job {} (ticket {}): {reason}", j.id, j.ticket),
+                    // The agent failed it itself meanwhile (added while the image went).
+                    Err(_) if journal.load(&j.id).is_ok_and(|now| now.state.is_terminal()) => {
+                        let now = journal.load(&j.id)?;
+                        println!(
+                            "job {} (ticket {}) is already {}",
+                            j.id, j.ticket, now.state
+                        );
+                    }
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("failing job {} through the agent", j.id));
+                    }
+                }
             }
             Ok(())
         }
