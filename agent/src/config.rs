@@ -10,6 +10,7 @@
 //! beyond_image = "auto"               # auto | overwrite | skip: what to do past the image's end
 //! allow_unsigned = false              # write images with no valid trusted signature?
 //! allowed_buses = ["usb", "ata", "nvme", "scsi", "virtual"]  # for jobs matched by serial
+//!                                     # (only ever disks in a bay: see `serial_jobs`)
 //! share_write_window_ms = 2000       # jobs writing the same image within this window share
 //!                                     # one decode (0: every job writes alone, at once)
 //!
@@ -24,6 +25,8 @@
 //! name = "provisioning"
 //! port_path = "pci-0000:00:17.0-ata-2"
 //! default_image = "win11-base@2024.10"   # anything plugged in here gets this image, no data
+//! serial_jobs = false                 # no `tek job add --serial` job takes a disk here
+//!                                     # (default true; a disk outside every bay: never)
 //!
 //! [[bay]]
 //! name = "virtual-1"
@@ -94,7 +97,7 @@ pub struct Policy {
     /// Whether images without a valid trusted signature may be written.
     #[serde(default)]
     pub allow_unsigned: bool,
-    /// Buses on which a disk may be matched by a job's expected serial (outside any bay).
+    /// Buses on which a disk in a bay may be matched by a job's expected serial.
     #[serde(default = "default_buses")]
     pub allowed_buses: Vec<String>,
     /// Jobs that start writing the same image within this many milliseconds share one
@@ -136,6 +139,14 @@ pub struct BayConfig {
     /// A provisioning bay: every disk plugged in gets this image (`NAME@VERSION`), no data.
     #[serde(default)]
     pub default_image: Option<String>,
+    /// Whether a job for a serial number may take a disk in this bay (default true). Disks
+    /// outside every bay are never matched, whatever this says.
+    #[serde(default = "default_true")]
+    pub serial_jobs: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_socket() -> PathBuf {

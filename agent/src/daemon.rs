@@ -10,10 +10,13 @@
 //!    or a re-plug: matched by serial or WWN, and for a loop device by backing file plus the
 //!    kernel's `diskseq` (re-attaching is a new disk; see [`Disk::is_same_medium`]);
 //! 3. the oldest queued job for its bay;
-//! 4. the oldest queued job expecting its serial, if its bus is allowed;
+//! 4. the oldest queued job expecting its serial, if its bus is allowed and its bay takes
+//!    serial jobs (`serial_jobs`, default true);
 //! 5. the bay's default image (a provisioning bay) makes a new job.
 //!
-//! Otherwise a disk in a bay is "waiting for a job" and any other disk is ignored. A disk is
+//! A disk outside every bay is ignored before any of this: nothing is matched, checked or
+//! written, whatever a job names (the status says which job named it). Otherwise a disk in a
+//! bay with nothing to do is "waiting for a job". A disk is
 //! only claimed after the job's checks pass ([`JobSteps::check`]); a refusal is kept as the
 //! disk's status and nothing is written.
 
@@ -214,6 +217,15 @@ impl Agent {
         }
         let ident = disk.identity();
         let owned_by = |j: &Job| j.device.as_ref().is_some_and(|d| d.identity == ident);
+        // Only the bench's own disks are ever written: a disk outside every bay gets no job,
+        // whatever a job says (a serial job naming an internal disk, a job that claimed this
+        // disk in a bay before it moved). Nothing is checked or opened.
+        let Some(bay) = bay else {
+            let reason = Self::outside_bays_reason(inner, &disk);
+            self.set_status(inner, name, DiskStatus::Ignored { reason });
+            return;
+        };
+        let bay = Some(bay);
         let mut pick = inner
             .jobs
             .values()
@@ -244,8 +256,13 @@ impl Agent {
             pick = queued(&|t| matches!(t, JobTarget::Bay(x) if x == b));
         }
         let bus_ok = self.cfg.policy.allowed_buses.contains(&disk.bus);
+        let serial_bay = bay
+            .as_deref()
+            .and_then(|b| self.cfg.bay(b))
+            .is_some_and(|b| b.serial_jobs);
         if pick.is_none()
             && bus_ok
+            && serial_bay
             && let Some(s) = disk.serial.as_ref().filter(|s| !s.trim().is_empty())
         {
             pick = queued(&|t| matches!(t, JobTarget::Serial(x) if x == s.trim()));
@@ -261,11 +278,14 @@ impl Agent {
                 JobTarget::Bay(b.clone()),
             );
             job.provisioning = true;
-            if let Err(e) = self.journal.save(&job) {
-                let reason = format!("journaling a provisioning job: {e:#}");
-                self.set_status(inner, name, DiskStatus::Waiting { reason });
-                return;
-            }
+            let job = match self.create_record(job) {
+                Ok(job) => job,
+                Err(e) => {
+                    let reason = format!("journaling a provisioning job: {e:#}");
+                    self.set_status(inner, name, DiskStatus::Waiting { reason });
+                    return;
+                }
+            };
             pick = Some(job.id.clone());
             inner.jobs.insert(job.id.clone(), job);
         }
@@ -292,6 +312,35 @@ impl Agent {
             }
         };
         self.start(inner, job, disk, bay, info);
+    }
+
+    /// Why a disk outside every bay is left alone, naming the jobs that would have wanted it.
+    fn outside_bays_reason(inner: &Inner, disk: &Disk) -> String {
+        let ident = disk.identity();
+        let serial = disk
+            .serial
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let wanting: Vec<&str> = inner
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .filter(|j| {
+                j.device.as_ref().is_some_and(|d| d.identity == ident)
+                    || matches!((&j.target, serial), (JobTarget::Serial(s), Some(have)) if s == have)
+            })
+            .map(|j| j.id.as_str())
+            .collect();
+        if wanting.is_empty() {
+            "not in a bench bay: never written".into()
+        } else {
+            format!(
+                "not in a bench bay: never written, although job {} names it (jobs match only \
+                 disks in a bay)",
+                wanting.join(", ")
+            )
+        }
     }
 
     fn start(

@@ -2,6 +2,8 @@
 //! journaling and offering a new job to the disks present, cancelling without ever wiping staged
 //! data, and retrying from the last safe step.
 
+use anyhow::Context;
+
 use super::*;
 
 impl Agent {
@@ -14,6 +16,31 @@ impl Agent {
         bay: Option<String>,
         serial: Option<String>,
     ) -> Result<Job> {
+        self.add_job_with(ticket, image, data, bay, serial, None)
+    }
+
+    /// [`Agent::add_job`], with the technician's reason for migrating a dataset that was
+    /// ingested for another ticket (`--dataset-of-other-ticket REASON`; audited).
+    pub fn add_job_with(
+        &self,
+        ticket: &str,
+        image: &str,
+        data: Option<String>,
+        bay: Option<String>,
+        serial: Option<String>,
+        dataset_of_other_ticket: Option<String>,
+    ) -> Result<Job> {
+        if let Some(r) = &dataset_of_other_ticket {
+            if data.is_none() {
+                bail!("adding a job: --dataset-of-other-ticket needs --data");
+            }
+            if r.trim().is_empty() || r.len() > 500 || r.chars().any(char::is_control) {
+                bail!(
+                    "adding a job: the reason for --dataset-of-other-ticket must be 1-500 \
+                     characters of text on one line"
+                );
+            }
+        }
         if ticket.trim().is_empty() {
             bail!("adding a job: the ticket is empty");
         }
@@ -29,10 +56,26 @@ impl Agent {
             (None, Some(s)) if !s.trim().is_empty() => JobTarget::Serial(s.trim().to_string()),
             _ => bail!("adding a job: give exactly one of --bay or --serial"),
         };
-        let job = Job::new(ticket, image, data, target);
-        self.steps.validate(&job)?;
+        let mut job = Job::new(ticket, image, data, target);
+        job.dataset_of_other_ticket = dataset_of_other_ticket.map(|r| r.trim().to_string());
+        self.steps
+            .validate(&job)
+            .with_context(|| format!("checking the new job for ticket {ticket}"))?;
         let mut inner = self.lock();
-        self.journal.save(&job)?;
+        let mut job = self.create_record(job)?;
+        if !self.steps.image_exists(&job) {
+            // `tek image rm` removed it since `validate`, and may have listed the journal
+            // before this record existed: the job is recorded as failed, not left queued.
+            let reason = format!(
+                "image {} was removed while the job was being added",
+                job.image
+            );
+            job.error = Some(reason.clone());
+            job.set_state(JobState::Failed, Some(reason.clone()));
+            self.journal.save(&job)?;
+            inner.jobs.insert(job.id.clone(), job.clone());
+            bail!("adding a job: {reason} (job {} recorded as failed)", job.id);
+        }
         inner.jobs.insert(job.id.clone(), job.clone());
         self.emit(Event::JobState {
             job: Box::new(job.clone()),
@@ -40,6 +83,21 @@ impl Agent {
         self.reconsider_all(&mut inner);
         let job = inner.jobs.get(&job.id).cloned().unwrap_or(job);
         Ok(job)
+    }
+
+    /// Journals a new job exclusively; on an id collision (128 random bits: practically never)
+    /// it takes a fresh id rather than overwrite the other job's record.
+    pub(super) fn create_record(&self, mut job: Job) -> Result<Job> {
+        for _ in 0..3 {
+            match self.journal.create(&job) {
+                Err(e) if e.is::<crate::journal::JobIdTaken>() => {
+                    tracing::warn!(job = %job.id, "job id already taken; drawing another");
+                    job.id = crate::job::new_job_id();
+                }
+                r => return r.map(|()| job),
+            }
+        }
+        bail!("journaling a new job: three random job ids in a row were taken")
     }
 
     /// One job.
@@ -77,6 +135,36 @@ impl Agent {
         self.emit(Event::JobState {
             job: Box::new(job.clone()),
         });
+        Ok(job)
+    }
+
+    /// Fails a job that is not running (queued or interrupted) with `reason`: its image was
+    /// removed (`tek image rm --force`), so it cannot succeed. Staged data is never wiped by
+    /// it. A running job is refused: it stops only at a safe point (cancel it).
+    pub fn fail(&self, id: &str, reason: &str) -> Result<Job> {
+        let mut inner = self.lock();
+        if inner.running.contains_key(id) {
+            bail!("job {id} is running; cancel it, or wait until it ends");
+        }
+        let Some(job) = inner.jobs.get_mut(id) else {
+            bail!("no job {id}");
+        };
+        if job.state.is_terminal() {
+            bail!("job {id} is already {}", job.state);
+        }
+        job.error = Some(reason.to_string());
+        job.set_state(
+            JobState::Failed,
+            Some(format!("{reason}; staged client data kept")),
+        );
+        let job = job.clone();
+        self.journal.save(&job)?;
+        let _ = self.steps.finish(&job);
+        self.emit(Event::JobState {
+            job: Box::new(job.clone()),
+        });
+        // A disk refused for this job may take another one now.
+        self.reconsider_all(&mut inner);
         Ok(job)
     }
 
@@ -119,6 +207,10 @@ impl Agent {
             None => {
                 job.resume_from = None;
                 job.device = None;
+                // Starting over rewrites the image: it pins the manifest its name resolves to
+                // when it next claims a disk (admission.rs), not the one of the first attempt.
+                job.results.image = None;
+                job.results.write = None;
                 job.set_state(JobState::Queued, Some("retried from the start".into()));
             }
         }

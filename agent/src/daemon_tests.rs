@@ -15,6 +15,7 @@ pub(crate) struct Fake {
     checks: AtomicUsize,
     wipes: AtomicUsize,
     migrate_fails: AtomicBool,
+    image_gone: AtomicBool,
 }
 
 pub(crate) fn fake(write_ms: u64) -> Arc<Fake> {
@@ -25,10 +26,14 @@ pub(crate) fn fake(write_ms: u64) -> Arc<Fake> {
         checks: AtomicUsize::new(0),
         wipes: AtomicUsize::new(0),
         migrate_fails: AtomicBool::new(false),
+        image_gone: AtomicBool::new(false),
     })
 }
 
 impl JobSteps for Fake {
+    fn image_exists(&self, _job: &Job) -> bool {
+        !self.image_gone.load(Ordering::SeqCst)
+    }
     fn check(&self, _job: &Job, _disk: &Disk) -> Result<serde_json::Value, String> {
         self.checks.fetch_add(1, Ordering::SeqCst);
         match &self.refuse {
@@ -92,7 +97,7 @@ pub(crate) const CFG: &str = "[policy]\nallowed_buses = [\"usb\"]\n\
     [[bay]]\nname = \"b\"\nloop_backing = \"/t/b-*.img\"\n\
     [[bay]]\nname = \"prov\"\nport_path = \"pci-1\"\ndefault_image = \"base@1\"\n";
 
-fn agent(dir: &Path, steps: Arc<Fake>) -> Arc<Agent> {
+pub(crate) fn agent(dir: &Path, steps: Arc<Fake>) -> Arc<Agent> {
     let cfg = Config::parse(CFG).unwrap();
     Agent::new(cfg, Journal::open(&dir.join("jobs")).unwrap(), steps).unwrap()
 }
@@ -103,7 +108,7 @@ pub(crate) fn loop_disk(name: &str, backing: &str) -> Disk {
     d
 }
 
-fn status_of(a: &Agent, name: &str) -> DiskStatus {
+pub(crate) fn status_of(a: &Agent, name: &str) -> DiskStatus {
     a.status()
         .disks
         .into_iter()
@@ -193,26 +198,6 @@ fn provisioning_bay_makes_its_own_job() {
     assert!(jobs[0].provisioning);
     assert_eq!(jobs[0].image, "base@1");
     assert_eq!(jobs[0].state, JobState::Done);
-}
-
-#[test]
-fn serial_jobs_only_on_allowed_buses() {
-    let d = tempfile::tempdir().unwrap();
-    let a = agent(d.path(), fake(0));
-    let j = a
-        .add_job("T", "img@1", None, None, Some("SER1".into()))
-        .unwrap();
-    let mut sata = test_disk("sdd");
-    sata.bus = "ata".into();
-    sata.serial = Some("SER1".into());
-    a.disk_present(sata);
-    assert!(matches!(status_of(&a, "sdd"), DiskStatus::Ignored { .. }));
-    let mut usb = test_disk("sde");
-    usb.bus = "usb".into();
-    usb.serial = Some("SER1".into());
-    a.disk_present(usb);
-    assert!(a.wait_idle(Duration::from_secs(5)));
-    assert_eq!(a.job(&j.id).unwrap().state, JobState::Done);
 }
 
 #[test]
@@ -461,3 +446,68 @@ fn retry_of_a_job_that_failed_before_its_image_was_verified_starts_over() {
     assert_eq!(r.state, JobState::Queued);
     assert!(r.device.is_none());
 }
+
+#[test]
+fn fail_ends_a_queued_job_with_its_reason_but_never_a_running_one() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(2000);
+    let a = agent(d.path(), f.clone());
+    let queued = a
+        .add_job("T", "img@1", None, Some("b".into()), None)
+        .unwrap();
+    let running = a
+        .add_job("T", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    let e = a.fail(&running.id, "image img@1 was removed").unwrap_err();
+    assert!(format!("{e:#}").contains("is running"), "{e:#}");
+    let j = a.fail(&queued.id, "image img@1 was removed").unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(j.error.as_deref(), Some("image img@1 was removed"));
+    let journaled = Journal::open(&d.path().join("jobs"))
+        .unwrap()
+        .load(&queued.id)
+        .unwrap();
+    assert_eq!(journaled.state, JobState::Failed);
+    assert!(a.fail(&queued.id, "again").is_err(), "already failed");
+    a.shutdown();
+}
+
+#[test]
+fn a_colliding_job_id_draws_a_new_one_and_never_overwrites() {
+    let d = tempfile::tempdir().unwrap();
+    let a = agent(d.path(), fake(0));
+    let first = a
+        .add_job("T-1", "img@1", None, Some("a".into()), None)
+        .unwrap();
+    let mut second = Job::new("T-2", "img@2", None, JobTarget::Bay("b".into()));
+    second.id = first.id.clone();
+    let saved = a.create_record(second).unwrap();
+    assert_ne!(saved.id, first.id);
+    let journal = Journal::open(&d.path().join("jobs")).unwrap();
+    assert_eq!(journal.load(&first.id).unwrap().ticket, "T-1");
+    assert_eq!(journal.load(&saved.id).unwrap().ticket, "T-2");
+}
+
+#[test]
+fn a_job_whose_image_is_removed_while_it_is_added_is_failed_not_queued() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fake(0);
+    f.image_gone.store(true, Ordering::SeqCst);
+    let a = agent(d.path(), f.clone());
+    let e = a
+        .add_job("T", "img@1", None, Some("a".into()), None)
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("was removed"), "{e:#}");
+    let jobs = Journal::open(&d.path().join("jobs"))
+        .unwrap()
+        .load_all()
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].state, JobState::Failed);
+    a.disk_present(loop_disk("loop1", "/t/a-1.img"));
+    assert_eq!(f.checks.load(Ordering::SeqCst), 0, "no disk offered to it");
+}
+
+#[path = "daemon_serial_tests.rs"]
+mod serial;

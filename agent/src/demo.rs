@@ -165,6 +165,7 @@ async fn journey(
             data: ds,
             bay: Some("demo-bay".into()),
             serial: None,
+            dataset_of_other_ticket: None,
         })
     })
     .await??;

@@ -102,7 +102,8 @@ impl std::fmt::Display for JobState {
 pub enum JobTarget {
     /// Whatever disk is plugged into this bay.
     Bay(String),
-    /// The disk with this serial number, on an allowed bus, in any bay or none.
+    /// The disk with this serial number, on an allowed bus, in a bay that takes serial jobs
+    /// (never a disk outside every bay).
     Serial(String),
 }
 
@@ -174,7 +175,7 @@ pub struct JobResults {
 pub struct Job {
     /// Always [`JOB_FORMAT`] when written by this version.
     pub format: u32,
-    /// Job id (`j-` + 8 hex digits).
+    /// Job id (`j-` + 32 hex digits; older records: 8).
     pub id: String,
     /// The service ticket.
     pub ticket: String,
@@ -183,6 +184,11 @@ pub struct Job {
     /// Staged client dataset to migrate, if any.
     #[serde(default)]
     pub dataset: Option<String>,
+    /// The technician's reason for migrating a dataset ingested for another ticket (`tek job
+    /// add --dataset-of-other-ticket REASON`); without it the dataset's ticket must be the
+    /// job's. Audited (without the free text) when the job is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_of_other_ticket: Option<String>,
     /// The disk it wants.
     pub target: JobTarget,
     /// Current state.
@@ -213,10 +219,14 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
-/// A fresh job id.
+/// A fresh job id: `j-` and 128 random bits in hex. (Ids were once `j-` + 8 hex digits, 32
+/// bits: records with such ids are still read.) The journal creates a record exclusively, so
+/// even a collision never overwrites a job.
 pub fn new_job_id() -> String {
-    let u = uuid::Uuid::new_v4();
-    format!("j-{}", &u.simple().to_string()[..8])
+    let mut bytes = [0u8; 16];
+    // The kernel's CSPRNG; failing to read it means the system is unusable anyway.
+    getrandom::getrandom(&mut bytes).expect("reading random bytes for a job id");
+    format!("j-{}", hex::encode(bytes))
 }
 
 impl Job {
@@ -228,6 +238,7 @@ impl Job {
             ticket: ticket.to_string(),
             image: image.to_string(),
             dataset,
+            dataset_of_other_ticket: None,
             target,
             state: JobState::Queued,
             resume_from: None,
@@ -326,7 +337,10 @@ mod tests {
         let j = Job::new("T1", "img@1", None, JobTarget::Bay("a".into()));
         assert_eq!(j.state, JobState::Queued);
         assert_eq!(j.history.len(), 1);
-        assert!(j.id.starts_with("j-") && j.id.len() == 10);
+        assert!(j.id.starts_with("j-") && j.id.len() == 34, "{}", j.id);
+        assert!(j.id[2..].chars().all(|c| c.is_ascii_hexdigit()));
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| new_job_id()).collect();
+        assert_eq!(ids.len(), 1000);
         assert_eq!(j.next_step(), JobState::Claimed);
     }
 

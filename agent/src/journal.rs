@@ -6,6 +6,10 @@
 //! previous record or the new one, never a torn mix; the directory fsync makes the rename itself
 //! durable (ext4 and xfs otherwise may forget it). Leftover `.tmp` files from a crash before the
 //! rename are ignored and removed at load.
+//!
+//! A new job's record is created exclusively ([`Journal::create`]): written to a temporary
+//! file, then hard-linked to `<id>.json`, which fails if that name exists. So a new job can
+//! never overwrite another one's record, whatever its id.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -14,6 +18,32 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::job::{JOB_FORMAT, Job};
+
+/// A new job's id is already taken by a record in the journal; nothing was written over it.
+#[derive(Debug, thiserror::Error)]
+#[error("job id {id} is already taken in {dir}")]
+pub struct JobIdTaken {
+    /// The id.
+    pub id: String,
+    /// The journal directory.
+    pub dir: String,
+}
+
+/// Another process, a running `tek agent`, owns the journal ([`Journal::own`]): records must
+/// be changed through it, or it would write its own copy over them.
+#[derive(Debug, thiserror::Error)]
+#[error("a running tek agent owns the job journal {dir}")]
+pub struct JournalBusy {
+    /// The journal directory.
+    pub dir: String,
+}
+
+/// Ownership of the journal, held by the agent for its whole life (an exclusive `flock` on
+/// `<dir>/agent.lock`, released by the kernel when the process ends, also on `kill -9`).
+#[derive(Debug)]
+pub struct JournalOwner {
+    _lock: nix::fcntl::Flock<File>,
+}
 
 /// The journal directory.
 #[derive(Debug, Clone)]
@@ -31,6 +61,27 @@ impl Journal {
         })
     }
 
+    /// Takes ownership of the journal: the agent holds it while it runs, and a command that
+    /// changes records itself (`tek image rm --force`) holds it meanwhile; fails with
+    /// [`JournalBusy`] while another process holds it.
+    pub fn own(&self) -> Result<JournalOwner> {
+        let path = self.dir.join("agent.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(JournalOwner { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(JournalBusy {
+                dir: self.dir.display().to_string(),
+            }
+            .into()),
+            Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -40,9 +91,8 @@ impl Journal {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Durably saves a job record (temp file, fsync, rename, directory fsync).
-    pub fn save(&self, job: &Job) -> Result<()> {
-        let path = self.path_of(&job.id);
+    /// Writes `job` to `<id>.json.tmp` and syncs it; returns the temporary path.
+    fn write_temp(&self, job: &Job) -> Result<PathBuf> {
         let tmp = self.dir.join(format!("{}.json.tmp", job.id));
         let mut bytes = serde_json::to_vec_pretty(job).context("serializing job record")?;
         bytes.push(b'\n');
@@ -56,13 +106,53 @@ impl Journal {
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()
             .with_context(|| format!("syncing {}", tmp.display()))?;
-        drop(f);
-        fs::rename(&tmp, &path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        Ok(tmp)
+    }
+
+    fn sync_dir(&self) -> Result<()> {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing directory {}", self.dir.display()))?;
-        Ok(())
+            .with_context(|| format!("syncing directory {}", self.dir.display()))
+    }
+
+    /// Durably saves a job record (temp file, fsync, rename, directory fsync).
+    pub fn save(&self, job: &Job) -> Result<()> {
+        let path = self.path_of(&job.id);
+        let tmp = self.write_temp(job)?;
+        fs::rename(&tmp, &path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        self.sync_dir()
+    }
+
+    /// Durably records a new job, failing with [`JobIdTaken`] (and writing nothing over it)
+    /// when a record with its id exists: the complete, synced temporary file (a name of its
+    /// own, so two creators never share one) is moved to `<id>.json` without replacing an
+    /// existing name (`renameat2(RENAME_NOREPLACE)`, else link + unlink, through `tempfile`):
+    /// exclusive like `O_EXCL`, and never a torn record.
+    pub fn create(&self, job: &Job) -> Result<()> {
+        let path = self.path_of(&job.id);
+        let mut bytes = serde_json::to_vec_pretty(job).context("serializing job record")?;
+        bytes.push(b'\n');
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!("{}.", job.id))
+            .suffix(".json.tmp")
+            .tempfile_in(&self.dir)
+            .with_context(|| format!("creating a temporary file in {}", self.dir.display()))?;
+        tmp.write_all(&bytes)
+            .and_then(|()| tmp.as_file().sync_all())
+            .with_context(|| format!("writing {}", tmp.path().display()))?;
+        match tmp.persist_noclobber(&path) {
+            Ok(_) => self.sync_dir(),
+            // The temporary file is removed when the error (holding it) is dropped.
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Err(JobIdTaken {
+                id: job.id.clone(),
+                dir: self.dir.display().to_string(),
+            }
+            .into()),
+            Err(e) => {
+                Err(e.error).with_context(|| format!("creating job record {}", path.display()))
+            }
+        }
     }
 
     /// Loads one job by id.
@@ -139,6 +229,85 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn create_never_overwrites_an_existing_record() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        let first = Job::new(
+            "T-A",
+            "i@1",
+            Some("ds-a".into()),
+            JobTarget::Bay("b".into()),
+        );
+        j.create(&first).unwrap();
+        let mut second = Job::new("T-B", "i@2", None, JobTarget::Bay("b".into()));
+        second.id = first.id.clone();
+        let e = j.create(&second).unwrap_err();
+        assert!(e.is::<JobIdTaken>(), "{e:#}");
+        assert_eq!(
+            j.load(&first.id).unwrap(),
+            first,
+            "the first job's record is intact"
+        );
+        let names: Vec<_> = fs::read_dir(j.dir()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary left");
+    }
+
+    #[test]
+    fn racing_creates_of_one_id_leave_exactly_one_intact_record() {
+        let d = tempfile::tempdir().unwrap();
+        let base = Job::new("T-0", "i@1", None, JobTarget::Bay("b".into()));
+        let results: Vec<(String, bool)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|i| {
+                    let mut job = base.clone();
+                    job.ticket = format!("T-{i}");
+                    // Each thread its own handle, as two processes would have.
+                    let j = Journal::open(d.path()).unwrap();
+                    s.spawn(move || {
+                        let ok = match j.create(&job) {
+                            Ok(()) => true,
+                            Err(e) if e.is::<JobIdTaken>() => false,
+                            Err(e) => panic!("{e:#}"),
+                        };
+                        (job.ticket, ok)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<_> = results.iter().filter(|(_, ok)| *ok).collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        let j = Journal::open(d.path()).unwrap();
+        assert_eq!(j.load(&base.id).unwrap().ticket, winners[0].0);
+    }
+
+    #[test]
+    fn one_owner_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        let owner = j.own().unwrap();
+        let e = Journal::open(d.path()).unwrap().own().unwrap_err();
+        assert!(e.is::<JournalBusy>(), "{e:#}");
+        drop(owner);
+        j.own().unwrap();
+        assert!(
+            j.load_all().unwrap().is_empty(),
+            "the lock file is not a record"
+        );
+    }
+
+    #[test]
+    fn records_with_old_short_ids_still_load() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        let mut old = Job::new("T", "i@1", None, JobTarget::Bay("b".into()));
+        old.id = "j-0a1b2c3d".into();
+        j.save(&old).unwrap();
+        assert_eq!(j.load("j-0a1b2c3d").unwrap(), old);
+        assert_eq!(j.load_all().unwrap(), vec![old]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `image-store`, `imager` and `client-data` libraries.
 
 pub mod access;
+pub mod admission;
 pub mod bay;
 pub mod cli;
 pub mod client;

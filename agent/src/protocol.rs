@@ -48,6 +48,9 @@ pub enum Op {
         /// Serial of the expected disk.
         #[serde(default)]
         serial: Option<String>,
+        /// Why the dataset may be one ingested for another ticket (audited).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dataset_of_other_ticket: Option<String>,
     },
     /// All jobs: a list of [`Job`].
     JobList,
@@ -66,6 +69,13 @@ pub enum Op {
         /// Job id.
         id: String,
     },
+    /// Fail a job that is not running, with a reason (`tek image rm --force` of its image).
+    JobFail {
+        /// Job id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// Stream [`Event`]s on this connection.
     Subscribe,
 }
@@ -75,7 +85,9 @@ impl Op {
     /// other request only reads.
     pub fn is_mutating(&self) -> bool {
         match self {
-            Op::JobAdd { .. } | Op::JobCancel { .. } | Op::JobRetry { .. } => true,
+            Op::JobAdd { .. } | Op::JobCancel { .. } | Op::JobRetry { .. } | Op::JobFail { .. } => {
+                true
+            }
             Op::Status | Op::JobList | Op::JobShow { .. } | Op::Subscribe => false,
         }
     }
@@ -89,6 +101,7 @@ impl Op {
             Op::JobShow { .. } => "job_show",
             Op::JobCancel { .. } => "job_cancel",
             Op::JobRetry { .. } => "job_retry",
+            Op::JobFail { .. } => "job_fail",
             Op::Subscribe => "subscribe",
         }
     }
@@ -266,7 +279,8 @@ mod tests {
                 image: "a@1".into(),
                 data: None,
                 bay: Some("b".into()),
-                serial: None
+                serial: None,
+                dataset_of_other_ticket: None,
             }
         );
         let s = serde_json::to_string(&Request {
@@ -288,6 +302,13 @@ mod tests {
                 .unwrap();
         assert_eq!(r.code, Some(ErrorCode::Unknown));
         assert!(Op::JobCancel { id: "j".into() }.is_mutating());
+        assert!(
+            Op::JobFail {
+                id: "j".into(),
+                reason: "r".into()
+            }
+            .is_mutating()
+        );
         assert!(!Op::Subscribe.is_mutating());
     }
 

@@ -59,6 +59,12 @@ pub trait JobSteps: Send + Sync {
     fn validate(&self, _job: &Job) -> Result<()> {
         Ok(())
     }
+    /// Whether the job's image is still in the store: asked once more right after a new job
+    /// was journaled, so a `tek image rm` racing with `job add` never leaves a queued job for a
+    /// removed image (the removal lists the journal after removing).
+    fn image_exists(&self, _job: &Job) -> bool {
+        true
+    }
     /// Eligibility of `disk` for `job`, without writing anything: the image loads and passes
     /// the signature policy, and the imager's target checks pass (not mounted, not the system
     /// disk, large enough...). Returns facts about the image for the report, or a one-line

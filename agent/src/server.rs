@@ -372,11 +372,20 @@ fn handle(agent: &Agent, op: Op) -> Reply {
             data,
             bay,
             serial,
-        } => to(json(agent.add_job(&ticket, &image, data, bay, serial))),
+            dataset_of_other_ticket,
+        } => to(json(agent.add_job_with(
+            &ticket,
+            &image,
+            data,
+            bay,
+            serial,
+            dataset_of_other_ticket,
+        ))),
         Op::JobList => to(Ok(serde_json::to_value(agent.jobs()).unwrap_or_default())),
         Op::JobShow { id } => to(json(agent.job(&id))),
         Op::JobCancel { id } => to(json(agent.cancel(&id))),
         Op::JobRetry { id } => to(json(agent.retry(&id))),
+        Op::JobFail { id, reason } => to(json(agent.fail(&id, &reason))),
         Op::Subscribe => Reply::err("subscribe is handled by the connection"),
     }
 }
@@ -448,6 +457,7 @@ mod tests {
                 data: Some("ds".into()),
                 bay: Some("a".into()),
                 serial: None,
+                dataset_of_other_ticket: None,
             })
             .unwrap();
         let err = c

@@ -50,6 +50,25 @@ impl RealSteps {
         })
     }
 
+    /// Loads the job's image by name and, once the job pinned a manifest (at claim), refuses
+    /// another one under that name (`admission.rs`).
+    fn load_pinned(&self, job: &Job) -> Result<LoadedImage> {
+        let img = self.load(job)?;
+        crate::admission::check_pinned(job, &img)?;
+        Ok(img)
+    }
+
+    /// The job's dataset, bound to its ticket; `need_live`: still staged (not wiped).
+    fn bound_dataset(&self, job: &Job, need_live: bool) -> Result<client_data::DatasetInfo> {
+        let id = Self::dataset(job)?;
+        let info = self
+            .custody
+            .dataset(&id)
+            .with_context(|| format!("looking up dataset {id}"))?;
+        crate::admission::check_dataset(job, &info, need_live)?;
+        Ok(info)
+    }
+
     fn load(&self, job: &Job) -> Result<LoadedImage> {
         let r: ImageRef = job
             .image
@@ -88,22 +107,43 @@ fn image_facts(img: &LoadedImage) -> serde_json::Value {
 
 impl JobSteps for RealSteps {
     fn validate(&self, job: &Job) -> Result<()> {
-        self.load(job)?;
-        if job.dataset.is_some() {
-            let id = Self::dataset(job)?;
-            let info = self
-                .custody
-                .dataset(&id)
-                .with_context(|| format!("looking up dataset {id}"))?;
-            if info.state != DatasetState::Staged && info.state != DatasetState::Migrated {
-                return Err(anyhow!("dataset {id} is {:?}, not staged", info.state));
-            }
+        let img = self.load(job)?;
+        if job.dataset.is_none() {
+            return Ok(());
+        }
+        if img.manifest.hints.data_partition.is_none() {
+            return Err(anyhow!(
+                "image {} declares no data partition, so client data cannot be migrated \
+                 (set one with `tek image set {} --data-partition NAME`)",
+                job.image,
+                job.image
+            ));
+        }
+        let info = self.bound_dataset(job, true)?;
+        if info.ticket != job.ticket {
+            // Accepted on the technician's explicit override: audited before it is journaled.
+            self.custody
+                .audit()
+                .append(AuditEvent::DatasetOfOtherTicket {
+                    job: job.id.clone(),
+                    ticket: job.ticket.clone(),
+                    dataset: info.id.to_string(),
+                    dataset_ticket: info.ticket.clone(),
+                    dataset_client: info.client.clone(),
+                })
+                .context("appending DatasetOfOtherTicket to the audit log")?;
         }
         Ok(())
     }
 
+    fn image_exists(&self, job: &Job) -> bool {
+        job.image
+            .parse::<ImageRef>()
+            .is_ok_and(|r| self.store.exists(&r))
+    }
+
     fn check(&self, job: &Job, disk: &Disk) -> Result<serde_json::Value, String> {
-        let img = self.load(job).map_err(|e| format!("{e:#}"))?;
+        let img = self.load_pinned(job).map_err(|e| format!("{e:#}"))?;
         // A stat per chunk, before the disk is claimed: a write that stops at a missing chunk
         // has already destroyed what the disk held.
         let absent = self
@@ -116,6 +156,12 @@ impl JobSteps for RealSteps {
                 job.image,
                 image_store::describe_absent(&absent)
             ));
+        }
+        if job.dataset.is_some() {
+            // Until the data is verified on the disk, staging must still hold it.
+            let need_live = job.results.restore.is_none();
+            self.bound_dataset(job, need_live)
+                .map_err(|e| format!("{e:#}"))?;
         }
         if job.device.is_some() {
             // Resuming after a crash: our own data-partition mount from before may still hold
@@ -148,7 +194,7 @@ impl JobSteps for RealSteps {
         stop: &Arc<AtomicBool>,
         progress: &dyn Fn(StepProgress),
     ) -> Result<serde_json::Value, StepError> {
-        let img = self.load(job)?;
+        let img = self.load_pinned(job)?;
         // Same image, same content: NAME@VERSION plus the manifest hash it resolved to.
         let key = format!("{}#{}", job.image, img.manifest_hash);
         let source = imager::ImageSource::Stored {
@@ -195,7 +241,8 @@ impl JobSteps for RealSteps {
         progress: &dyn Fn(StepProgress),
     ) -> Result<serde_json::Value, StepError> {
         let id = Self::dataset(job)?;
-        let img = self.load(job)?;
+        let img = self.load_pinned(job)?;
+        self.bound_dataset(job, true)?;
         let part = img
             .manifest
             .hints

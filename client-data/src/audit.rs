@@ -169,6 +169,21 @@ pub enum AuditEvent {
         /// Outcome.
         result: String,
     },
+    /// Written by the agent when it accepts a job whose dataset belongs to another ticket,
+    /// on an explicit override (`tek job add --dataset-of-other-ticket`). The technician's
+    /// reason is free text and stays in the job record, out of this log.
+    DatasetOfOtherTicket {
+        /// Job id.
+        job: String,
+        /// The job's ticket.
+        ticket: String,
+        /// Dataset id.
+        dataset: String,
+        /// The ticket the dataset was ingested for.
+        dataset_ticket: String,
+        /// The dataset's client.
+        dataset_client: String,
+    },
     /// Written by the agent when a job ends.
     JobFinished {
         /// Job id.

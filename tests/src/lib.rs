@@ -56,6 +56,9 @@ pub struct AgentProc {
     child: Child,
 }
 
+/// The ticket [`Bench::ingest`] ingests for: jobs migrating that data use it.
+pub const E2E_TICKET: &str = "T-E2E";
+
 /// One test's bench: scratch dir, depot, config, agent.
 pub struct Bench {
     dir: tempfile::TempDir,
@@ -246,13 +249,19 @@ impl Bench {
     }
 
     /// Ingests the generated sample client data (via the client-data library into this
-    /// depot); returns the dataset id and the source directory.
+    /// depot) for client `client-e2e`, ticket [`E2E_TICKET`] (a job migrates only its own
+    /// ticket's data); returns the dataset id and the source directory.
     pub fn ingest(&self) -> (String, PathBuf) {
+        self.ingest_for("client-e2e", E2E_TICKET)
+    }
+
+    /// [`Bench::ingest`] for another client and ticket.
+    pub fn ingest_for(&self, client: &str, ticket: &str) -> (String, PathBuf) {
         let src = agent::sample::build_client_data(&self.root().join("work"))
             .expect("generating client data");
         let custody = self.custody();
         let info = custody
-            .ingest("client-e2e", "T-E2E", &src)
+            .ingest(client, ticket, &src)
             .expect("ingesting client data");
         (info.id.to_string(), src)
     }

@@ -87,7 +87,7 @@ fn happy_path_with_client_data() {
     let mut b = Bench::new("happy", &["bay1"], "");
     let (dataset, src) = b.ingest();
     b.start_agent();
-    let job = b.add_job("T-100", "bay1", Some(&dataset));
+    let job = b.add_job(E2E_TICKET, "bay1", Some(&dataset));
     let st = b.status();
     assert_eq!(st["bays"][0]["state"], "empty");
     let (disk, _lo) = b.plug("bay1", 1, 128 * MIB);
@@ -161,7 +161,7 @@ fn kill9_during_write_then_restart_completes() {
     );
     let (dataset, src) = b.ingest();
     b.start_agent();
-    let job = b.add_job("T-102", "bay1", Some(&dataset));
+    let job = b.add_job(E2E_TICKET, "bay1", Some(&dataset));
     let (disk, _lo) = b.plug("bay1", 1, 1024 * MIB);
     b.wait_state(&job, "writing", 30);
     b.kill9();
@@ -189,7 +189,7 @@ fn kill9_during_migration_then_restart_completes_and_staging_survived() {
     let (dataset, src) = b.ingest();
     let staged_bytes = tree_bytes(&b.state.join("staging"));
     b.start_agent();
-    let job = b.add_job("T-103", "bay1", Some(&dataset));
+    let job = b.add_job(E2E_TICKET, "bay1", Some(&dataset));
     let (disk, _lo) = b.plug("bay1", 1, 128 * MIB);
     b.wait_state(&job, "migrating", 60);
     b.kill9();
@@ -214,7 +214,7 @@ fn disk_detached_mid_job_is_interrupted_and_resumes_when_reattached() {
     );
     let (dataset, src) = b.ingest();
     b.start_agent();
-    let job = b.add_job("T-104", "bay1", Some(&dataset));
+    let job = b.add_job(E2E_TICKET, "bay1", Some(&dataset));
     let (disk, lo) = b.plug("bay1", 1, 512 * MIB);
     b.wait_state(&job, "writing", 30);
     // A busy loop device detaches when its last user closes it (autoclear): the write may
@@ -358,7 +358,7 @@ fn cancel_keeps_staged_data() {
     let (dataset, _src) = b.ingest();
     let staged_bytes = tree_bytes(&b.state.join("staging"));
     b.start_agent();
-    let job = b.add_job("T-109", "bay1", Some(&dataset));
+    let job = b.add_job(E2E_TICKET, "bay1", Some(&dataset));
     let (disk, _lo) = b.plug("bay1", 1, 1024 * MIB);
     b.wait_state(&job, "writing", 30);
     let out = b.tek_ok(&["job", "cancel", &job]);
@@ -434,7 +434,7 @@ fn sigterm_brings_a_running_job_to_a_safe_point_and_restart_resumes_it() {
     let mut b = Bench::new("sigterm", &["bay1"], "beyond_image = \"overwrite\"");
     let (dataset, src) = b.ingest();
     b.start_agent();
-    let job = b.add_job("T-111", "bay1", Some(&dataset));
+    let job = b.add_job(E2E_TICKET, "bay1", Some(&dataset));
     let (disk, _lo) = b.plug("bay1", 1, 1024 * MIB);
     b.wait_state(&job, "writing", 30);
     assert!(

@@ -25,16 +25,16 @@ pub struct AgentConn {
 }
 
 impl AgentConn {
-    fn config(&self) -> Result<Config> {
+    pub(crate) fn config(&self) -> Result<Config> {
         Config::load_or_default(self.config.as_deref())
     }
-    fn socket(&self) -> Result<PathBuf> {
+    pub(crate) fn socket(&self) -> Result<PathBuf> {
         match &self.socket {
             Some(s) => Ok(s.clone()),
             None => Ok(self.config()?.socket),
         }
     }
-    fn client(&self) -> Result<Client> {
+    pub(crate) fn client(&self) -> Result<Client> {
         Client::connect(&self.socket()?)
     }
 }
@@ -102,9 +102,13 @@ pub enum JobCommand {
         /// Bay whose next disk gets the job.
         #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
         bay: Option<String>,
-        /// Serial number of the expected disk.
+        /// Serial number of the expected disk (only ever matched in a bay).
         #[arg(long)]
         serial: Option<String>,
+        /// Migrate a dataset that was ingested for another ticket, for this reason (audited;
+        /// without it the dataset's ticket must be the job's).
+        #[arg(long, value_name = "REASON", requires = "data")]
+        dataset_of_other_ticket: Option<String>,
         /// Print the job as JSON.
         #[arg(long)]
         json: bool,
@@ -214,9 +218,15 @@ fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
         // Before the socket exists and READY is sent: a SIGTERM from then on is a clean stop,
         // never the default action (a supervisor or test may stop us right after READY).
         let shutdown = shutdown_signal();
+        let journal = crate::journal::Journal::open(&depot.jobs())?;
+        // Held until the agent exits, taken before the socket exists: a second agent on this
+        // state stops here, and commands that change job records themselves (`tek image rm
+        // --force`) go through the socket while it is held.
+        let _owner = journal
+            .own()
+            .context("taking ownership of the job journal")?;
         let listener = crate::server::bind_socket(&cfg.socket, &cfg.socket_group)?;
         let steps = crate::steps::RealSteps::open(&depot, &cfg)?;
-        let journal = crate::journal::Journal::open(&depot.jobs())?;
         let agent = crate::daemon::Agent::new(cfg.clone(), journal, Arc::new(steps))?;
         let devices = crate::server::hotplug_events(PathBuf::from("/sys"))?;
         tracing::info!(socket = %cfg.socket.display(), state = %depot.root().display(), "agent starting");
@@ -315,6 +325,7 @@ fn job(cmd: JobCommand) -> Result<()> {
             data,
             bay,
             serial,
+            dataset_of_other_ticket,
             json,
             conn,
         } => {
@@ -324,6 +335,7 @@ fn job(cmd: JobCommand) -> Result<()> {
                 data,
                 bay,
                 serial,
+                dataset_of_other_ticket,
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&j)?);

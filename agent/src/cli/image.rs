@@ -58,10 +58,16 @@ pub enum ImageCommand {
         /// Output file.
         out: PathBuf,
     },
-    /// Remove an image's manifest (its chunks go at the next gc).
+    /// Remove an image's manifest (its chunks go at the next gc). Refused while unfinished
+    /// jobs use it, unless --force, which fails those jobs with the reason.
     Rm {
         /// NAME@VERSION.
         image: ImageRef,
+        /// Remove it although queued or interrupted jobs use it, failing them.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        conn: super::agent::AgentConn,
     },
     /// Remove chunks no image uses (safe while imports run).
     Gc {
@@ -170,7 +176,7 @@ pub struct SetArgs {
     sign_key: Option<PathBuf>,
 }
 
-fn open_store(depot: &Depot) -> Result<Store> {
+pub(crate) fn open_store(depot: &Depot) -> Result<Store> {
     Store::open(depot.store())
         .with_context(|| format!("opening image store {}", depot.store().display()))
 }
@@ -256,12 +262,8 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             );
             Ok(())
         }
-        ImageCommand::Rm { image } => {
-            open_store(depot)?
-                .remove(&image)
-                .with_context(|| format!("removing {image}"))?;
-            println!("removed {image} (run `tek image gc` to free its chunks)");
-            Ok(())
+        ImageCommand::Rm { image, force, conn } => {
+            super::image_rm::run(depot, &image, force, &conn)
         }
         ImageCommand::Gc {
             dry_run,

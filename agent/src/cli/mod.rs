@@ -5,6 +5,7 @@ pub mod agent;
 pub mod audit;
 pub mod data;
 pub mod image;
+pub mod image_rm;
 pub mod interrupt;
 pub mod write;
 
