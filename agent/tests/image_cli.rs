@@ -128,3 +128,85 @@ fn image_lifecycle() {
         serde_json::from_str(&t.ok(&["image", "stats", "--json"])).unwrap();
     assert_eq!(stats["chunks"], 0);
 }
+
+/// `image set` never drops a signature silently: no change is no rewrite, a change to a signed
+/// manifest needs `--sign-key` (re-signed, valid) or `--unsign`, and is refused otherwise.
+#[test]
+fn set_keeps_a_signature_unless_told() {
+    if !have_sgdisk() {
+        eprintln!("SKIP: needs sgdisk");
+        return;
+    }
+    let t = Tek::new();
+    let img = gpt_image(t.dir());
+    let keys = t.dir().join("keys");
+    t.ok(&["image", "keygen", "maint", "--dir", keys.to_str().unwrap()]);
+    std::fs::create_dir_all(t.dir().join("trusted")).unwrap();
+    std::fs::copy(keys.join("maint.pub"), t.dir().join("trusted/maint.pub")).unwrap();
+    let sk = keys.join("maint.key");
+    let sk = sk.to_str().unwrap();
+    t.ok(&[
+        "image",
+        "import",
+        "os@1",
+        img.to_str().unwrap(),
+        "--sign-key",
+        sk,
+        "--data-partition",
+        "DATA",
+    ]);
+    let sig = t.dir().join("state/store/images/os/1.sig");
+    let man = t.dir().join("state/store/images/os/1.json");
+    let (sig0, man0) = (std::fs::read(&sig).unwrap(), std::fs::read(&man).unwrap());
+    let status = |t: &Tek| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&t.ok(&["image", "show", "os@1", "--json"]))
+            .unwrap()["signature"]["status"]
+            .clone()
+    };
+
+    // No options, or the hints it already has: nothing to change, nothing rewritten.
+    for args in [
+        &["image", "set", "os@1"][..],
+        &["image", "set", "os@1", "--data-partition", "DATA"][..],
+    ] {
+        let out = t.ok(args);
+        assert!(out.contains("nothing to change"), "{out}");
+        assert_eq!(std::fs::read(&sig).unwrap(), sig0, ".sig untouched");
+        assert_eq!(std::fs::read(&man).unwrap(), man0, "manifest untouched");
+        assert_eq!(status(&t), "valid");
+    }
+
+    // A change without --sign-key or --unsign: refused, both files as they were.
+    let e = t.fails(&["image", "set", "os@1", "--data-path", "/srv"]);
+    assert!(
+        e.contains("is signed") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&sig).unwrap(), sig0);
+    assert_eq!(std::fs::read(&man).unwrap(), man0);
+    let e = t.fails(&["image", "set", "os@1", "--unsign", "--sign-key", sk]);
+    assert!(e.contains("cannot be used with"), "{e}");
+
+    // With --sign-key: changed and validly re-signed.
+    let out = t.ok(&[
+        "image",
+        "set",
+        "os@1",
+        "--data-path",
+        "/srv",
+        "--sign-key",
+        sk,
+    ]);
+    assert!(out.contains("signed with maint"), "{out}");
+    assert_eq!(status(&t), "valid");
+    t.ok(&["image", "verify", "os@1", "--require-signature"]);
+
+    // With --unsign: changed, and the output says the signature is gone.
+    let out = t.ok(&["image", "set", "os@1", "--data-path", "/opt", "--unsign"]);
+    assert!(out.contains("signature removed"), "{out}");
+    assert_eq!(status(&t), "unsigned");
+    assert!(!sig.exists());
+    // Unsigned: a change needs no option.
+    let out = t.ok(&["image", "set", "os@1", "--data-path", "/home"]);
+    assert!(out.contains("unsigned, as before"), "{out}");
+}

@@ -30,4 +30,4 @@ pub use image_ref::ImageRef;
 pub use import::{ImportOptions, ImportReport};
 pub use manifest::{Extent, Hints, MANIFEST_FORMAT, Manifest};
 pub use signature::{SignatureStatus, SigningKey, generate_keypair};
-pub use store::{LoadedImage, STORE_VERSION, Store};
+pub use store::{LoadedImage, Resign, STORE_VERSION, SetHints, Store};

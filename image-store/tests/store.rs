@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image_store::{
-    Extent, GcOptions, ImageRef, ImportOptions, Piece, SignatureStatus, SigningKey, Store,
-    StoreError, generate_keypair,
+    Extent, GcOptions, ImageRef, ImportOptions, Piece, Resign, SetHints, SignatureStatus,
+    SigningKey, Store, StoreError, generate_keypair,
 };
 
 fn have(tool: &str) -> bool {
@@ -427,6 +427,62 @@ fn signatures_and_tampering() {
         "{e}"
     );
     assert!(e.to_string().contains("line"), "{e}");
+}
+
+/// `set_hints` keeps a signature unless told: unchanged hints write nothing, a change under
+/// `Resign::Keep` is the typed `WouldUnsign`, `Resign::With` re-signs validly.
+#[test]
+fn set_hints_never_drops_a_signature_silently() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(&d.path().join("store")).unwrap();
+    let trusted = d.path().join("trusted");
+    let (sk, pk) = generate_keypair(&d.path().join("keys"), "maint").unwrap();
+    std::fs::create_dir_all(&trusted).unwrap();
+    std::fs::copy(&pk, trusted.join("maint.pub")).unwrap();
+    let key = SigningKey::load(&sk).unwrap();
+    let src = d.path().join("a.img");
+    std::fs::write(&src, pseudo(1 << 20, 5)).unwrap();
+    store
+        .import(&r("a@1"), &src, &ImportOptions::default(), Some(&key))
+        .unwrap();
+    let sig = store.signature_path(&r("a@1"));
+    let before = std::fs::read(&sig).unwrap();
+    let (m, _) = store.load_manifest(&r("a@1")).unwrap();
+    let same = store
+        .set_hints(&r("a@1"), m.hints.clone(), Resign::Keep)
+        .unwrap();
+    assert_eq!(same, SetHints::Unchanged);
+    let mut changed = m.hints.clone();
+    changed.randomize_guids = !changed.randomize_guids;
+    let e = store
+        .set_hints(&r("a@1"), changed.clone(), Resign::Keep)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::WouldUnsign { .. }), "{e}");
+    assert_eq!(std::fs::read(&sig).unwrap(), before);
+    assert!(
+        store
+            .load(&r("a@1"), &trusted)
+            .unwrap()
+            .signature
+            .is_valid()
+    );
+    let done = store
+        .set_hints(&r("a@1"), changed, Resign::With(&key))
+        .unwrap();
+    assert!(matches!(
+        done,
+        SetHints::Updated {
+            signed_by: Some(_),
+            ..
+        }
+    ));
+    assert!(
+        store
+            .load(&r("a@1"), &trusted)
+            .unwrap()
+            .signature
+            .is_valid()
+    );
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use image_store::{
-    Extent, GcOptions, Hints, ImageRef, ImportOptions, SignatureStatus, SigningKey, Store,
-    generate_keypair,
+    Extent, GcOptions, Hints, ImageRef, ImportOptions, Resign, SetHints, SignatureStatus,
+    SigningKey, Store, generate_keypair,
 };
 
 use crate::Depot;
@@ -19,7 +19,7 @@ use crate::Depot;
 pub enum ImageCommand {
     /// Import a raw disk image (or one compressed with zstd, gzip or xz) as NAME@VERSION.
     Import(ImportArgs),
-    /// Change an image's hints (re-signs with --sign-key, else drops the old signature).
+    /// Change an image's hints (a signed image needs --sign-key to re-sign, or --unsign).
     Set(SetArgs),
     /// Make an ed25519 signing key pair NAME.key / NAME.pub.
     Keygen {
@@ -166,8 +166,11 @@ pub struct SetArgs {
     #[command(flatten)]
     hints: HintArgs,
     /// Re-sign the changed manifest with this secret key.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "unsign")]
     sign_key: Option<PathBuf>,
+    /// Drop the signature of a signed manifest when changing it (otherwise refused).
+    #[arg(long)]
+    unsign: bool,
 }
 
 fn open_store(depot: &Depot) -> Result<Store> {
@@ -203,22 +206,7 @@ fn mib(b: u64) -> String {
 pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
     match cmd {
         ImageCommand::Import(a) => import(depot, a),
-        ImageCommand::Set(a) => {
-            let store = open_store(depot)?;
-            let key = load_key(&a.sign_key)?;
-            let (m, _) = store
-                .load_manifest(&a.image)
-                .with_context(|| format!("loading {}", a.image))?;
-            let hints = a.hints.apply(m.hints);
-            store
-                .set_hints(&a.image, hints, key.as_ref())
-                .with_context(|| format!("setting hints of {}", a.image))?;
-            match key {
-                Some(k) => println!("updated {} (signed with {})", a.image, k.key_id()),
-                None => println!("updated {} (now unsigned; sign it again)", a.image),
-            }
-            Ok(())
-        }
+        ImageCommand::Set(a) => set(depot, a),
         ImageCommand::Keygen { name, dir } => {
             let dir = dir.unwrap_or_else(|| depot.root().join("signing-keys"));
             let (sk, pk) = generate_keypair(&dir, &name)
@@ -324,6 +312,50 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn set(depot: &Depot, a: SetArgs) -> Result<()> {
+    let store = open_store(depot)?;
+    let key = load_key(&a.sign_key)?;
+    let (m, _) = store
+        .load_manifest(&a.image)
+        .with_context(|| format!("loading {}", a.image))?;
+    let hints = a.hints.apply(m.hints);
+    let sign = match (&key, a.unsign) {
+        (Some(k), _) => Resign::With(k),
+        (None, true) => Resign::Unsign,
+        (None, false) => Resign::Keep,
+    };
+    let done = store
+        .set_hints(&a.image, hints, sign)
+        .with_context(|| format!("setting hints of {}", a.image))?;
+    match done {
+        SetHints::Unchanged => {
+            let sig = store.load(&a.image, depot.trusted_keys())?.signature;
+            println!(
+                "nothing to change: {} already has these hints (not rewritten; signature {sig})",
+                a.image
+            );
+            if key.is_some() {
+                println!("to sign it as it is: tek image sign {} --key FILE", a.image);
+            }
+        }
+        SetHints::Updated {
+            signed_by: Some(k), ..
+        } => {
+            let sig = store.load(&a.image, depot.trusted_keys())?.signature;
+            println!("updated {} (signed with {k}: {sig})", a.image);
+        }
+        SetHints::Updated {
+            signature_dropped: true,
+            ..
+        } => println!(
+            "updated {} (signature removed: it is unsigned now; sign it again)",
+            a.image
+        ),
+        SetHints::Updated { .. } => println!("updated {} (unsigned, as before)", a.image),
+    }
+    Ok(())
 }
 
 fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
