@@ -16,6 +16,7 @@ pub mod error;
 pub mod gptfix;
 pub mod ioctl;
 pub mod job;
+pub mod mountinfo;
 pub mod progress;
 pub mod reader;
 pub mod report;
