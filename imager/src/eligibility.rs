@@ -83,6 +83,19 @@ pub enum Refusal {
         /// Its disk.
         disk: String,
     },
+    /// The device node now reaches another disk than the one checked or detected (its kernel
+    /// `diskseq` differs: re-plugged, swapped, or a loop device re-attached).
+    #[error("the disk at {path} changed {when} (diskseq {expected}, now {actual})")]
+    DiskChanged {
+        /// The device node.
+        path: String,
+        /// When: "since it was detected", "between claim and O_DIRECT open", ...
+        when: String,
+        /// The diskseq expected.
+        expected: u64,
+        /// The diskseq found.
+        actual: u64,
+    },
     /// Someone else has it open exclusively or holds its lock.
     #[error("busy: {detail}")]
     Busy {
@@ -108,6 +121,10 @@ pub struct TargetInfo {
     pub physical_sector: u64,
     /// True for a block device.
     pub is_block: bool,
+    /// The disk's kernel `diskseq` when checked (block devices on Linux 5.15+), so the claim
+    /// can prove it holds the disk that was checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diskseq: Option<u64>,
 }
 
 fn read_trim(p: impl AsRef<Path>) -> Option<String> {
@@ -353,6 +370,7 @@ pub fn check_target(
         logical_sector: logical,
         physical_sector: physical,
         is_block: true,
+        diskseq: ioctl::diskseq(f.as_fd()).ok(),
     })
 }
 
@@ -381,6 +399,7 @@ fn check_file(path: &Path, md: &fs::Metadata, image_size: u64) -> Result<TargetI
         logical_sector: 512,
         physical_sector: 512,
         is_block: false,
+        diskseq: None,
     })
 }
 
