@@ -210,3 +210,70 @@ fn set_keeps_a_signature_unless_told() {
     let out = t.ok(&["image", "set", "os@1", "--data-path", "/home"]);
     assert!(out.contains("unsigned, as before"), "{out}");
 }
+
+/// `verify --all --require-signature` names every image that failed and why, exits non-zero,
+/// and says where shared chunks were checked instead of "0 chunks checked".
+#[test]
+fn verify_all_names_each_failed_image() {
+    if !have_sgdisk() {
+        eprintln!("SKIP: needs sgdisk");
+        return;
+    }
+    let t = Tek::new();
+    let img = gpt_image(t.dir());
+    let imgs = img.to_str().unwrap();
+    let keys = t.dir().join("keys");
+    t.ok(&["image", "keygen", "maint", "--dir", keys.to_str().unwrap()]);
+    std::fs::create_dir_all(t.dir().join("trusted")).unwrap();
+    std::fs::copy(keys.join("maint.pub"), t.dir().join("trusted/maint.pub")).unwrap();
+    let sk = keys.join("maint.key");
+    t.ok(&[
+        "image",
+        "import",
+        "a@1",
+        imgs,
+        "--sign-key",
+        sk.to_str().unwrap(),
+    ]);
+    t.ok(&["image", "import", "b@1", imgs]);
+    t.ok(&["image", "import", "c@1", imgs]);
+
+    let out = t.ok(&["image", "verify", "--all"]);
+    assert!(!out.contains("(0 chunks checked"), "{out}");
+    let b = out.lines().find(|l| l.starts_with("b@1:")).unwrap();
+    assert!(b.contains("all already checked for a@1"), "{b}");
+    assert!(b.starts_with("b@1: OK: content OK"), "{b}");
+
+    let o = t.run(&["image", "verify", "--all", "--require-signature"]);
+    assert!(!o.status.success());
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(err.contains("2 of 3 image(s) failed verification"), "{err}");
+    assert!(
+        err.contains("b@1 (signature unsigned, a valid one is required)"),
+        "{err}"
+    );
+    assert!(err.contains("c@1 (signature unsigned"), "{err}");
+    assert!(!err.contains("a@1 ("), "a@1 passed: {err}");
+    let a = out.lines().find(|l| l.starts_with("a@1:")).unwrap();
+    assert!(a.starts_with("a@1: OK"), "{a}");
+    let c = out.lines().find(|l| l.starts_with("c@1:")).unwrap();
+    assert!(c.starts_with("c@1: FAILED: content OK"), "{c}");
+
+    // An unreadable manifest fails that image, named, and the others are still verified.
+    let mp = t.dir().join("state/store/images/c/1.json");
+    std::fs::write(&mp, "{").unwrap();
+    let o = t.run(&["image", "verify", "--all"]);
+    assert!(!o.status.success());
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(
+        err.contains("1 of 3 image(s) failed verification: c@1 (unreadable"),
+        "{err}"
+    );
+    assert!(out.contains("a@1: OK") && out.contains("b@1: OK"), "{out}");
+}

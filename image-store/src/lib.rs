@@ -24,7 +24,7 @@ pub mod store;
 
 pub use chunk::{ChunkId, CompressedChunk, Piece, VerifiedChunk};
 pub use error::{ChunkUse, StoreError};
-pub use export::VerifyReport;
+pub use export::{AlreadyChecked, CheckedChunks, VerifyReport};
 pub use gc::{ChunkSet, GcOptions, GcReport, StoreStats};
 pub use image_ref::ImageRef;
 pub use import::{ImportOptions, ImportReport};

@@ -1,13 +1,13 @@
 //! End-to-end tests of the store on real small GPT images built at test time (sgdisk +
 //! `mkfs.ext4 -E offset=... -d DIR`, no mounting), checked with independent tools (`sha256sum`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image_store::{
-    Extent, GcOptions, ImageRef, ImportOptions, Piece, Resign, SetHints, SignatureStatus,
-    SigningKey, Store, StoreError, generate_keypair,
+    CheckedChunks, Extent, GcOptions, ImageRef, ImportOptions, Piece, Resign, SetHints,
+    SignatureStatus, SigningKey, Store, StoreError, generate_keypair,
 };
 
 fn have(tool: &str) -> bool {
@@ -215,7 +215,7 @@ fn second_version_dedups_and_gc_is_safe() {
         })
         .unwrap();
     assert_eq!(g.removed, dry.removed);
-    let mut skip = HashSet::new();
+    let mut skip = HashMap::new();
     assert!(store.verify(&r("os@2"), true, &mut skip).unwrap().ok());
 }
 
@@ -247,7 +247,7 @@ fn gc_keeps_chunks_of_a_running_import() {
         .unwrap();
     assert!(
         store
-            .verify(&r("a@1"), true, &mut HashSet::new())
+            .verify(&r("a@1"), true, &mut HashMap::new())
             .unwrap()
             .ok()
     );
@@ -287,7 +287,7 @@ fn corrupt_truncated_and_deleted_chunks_are_named_and_quarantined() {
     std::fs::write(&p2, &b[..b.len() / 2]).unwrap();
     std::fs::remove_file(store.chunk_path(chunks[3].0)).unwrap();
 
-    let rep = store.verify(&r("a@1"), false, &mut HashSet::new()).unwrap();
+    let rep = store.verify(&r("a@1"), false, &mut HashMap::new()).unwrap();
     assert_eq!(rep.bad_chunks.len(), 3, "{:?}", rep.bad_chunks);
     let first = &rep.bad_chunks[0];
     assert!(first.contains(&c1.to_hex()), "{first}");
@@ -329,7 +329,7 @@ fn corrupt_truncated_and_deleted_chunks_are_named_and_quarantined() {
         .unwrap();
     assert!(
         store
-            .verify(&r("b@1"), true, &mut HashSet::new())
+            .verify(&r("b@1"), true, &mut HashMap::new())
             .unwrap()
             .ok()
     );
@@ -427,6 +427,53 @@ fn signatures_and_tampering() {
         "{e}"
     );
     assert!(e.to_string().contains("line"), "{e}");
+}
+
+/// A `--all` run reads a shared chunk once, and the later image's report says where its
+/// chunks were checked instead of "0 chunks checked".
+#[test]
+fn verify_names_the_image_a_shared_chunk_was_checked_under() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(&d.path().join("store")).unwrap();
+    let one = d.path().join("one.img");
+    let mut data = pseudo(1 << 20, 5);
+    std::fs::write(&one, &data).unwrap();
+    data.extend(pseudo(1 << 20, 6));
+    let two = d.path().join("two.img");
+    std::fs::write(&two, &data).unwrap();
+    let opts = ImportOptions::default();
+    store.import(&r("a@1"), &one, &opts, None).unwrap();
+    store.import(&r("b@1"), &one, &opts, None).unwrap();
+    store.import(&r("c@1"), &two, &opts, None).unwrap();
+    let mut checked = CheckedChunks::new();
+    let a = store.verify(&r("a@1"), false, &mut checked).unwrap();
+    assert!(
+        a.ok() && a.chunks > 0 && a.chunks_checked == a.chunks,
+        "{a:?}"
+    );
+    assert!(a.already_checked.is_empty());
+    assert_eq!(a.checked_summary(), format!("{} chunks checked", a.chunks));
+    let b = store.verify(&r("b@1"), false, &mut checked).unwrap();
+    assert_eq!((b.chunks, b.chunks_checked), (a.chunks, 0));
+    assert_eq!(
+        b.checked_summary(),
+        format!("{} chunks, all already checked for a@1", a.chunks)
+    );
+    let c = store.verify(&r("c@1"), false, &mut checked).unwrap();
+    assert!(c.chunks_checked > 0 && c.chunks > c.chunks_checked, "{c:?}");
+    assert_eq!(c.already_checked[0].image, "a@1");
+    assert!(
+        c.checked_summary().contains("already checked for a@1"),
+        "{}",
+        c.checked_summary()
+    );
+    // deep reads everything again.
+    let deep = store.verify(&r("b@1"), true, &mut checked).unwrap();
+    assert_eq!(deep.chunks_checked, deep.chunks);
+    assert!(
+        deep.checked_summary()
+            .ends_with("whole-image SHA-256 and BLAKE3 match")
+    );
 }
 
 /// `set_hints` keeps a signature unless told: unchanged hints write nothing, a change under

@@ -93,7 +93,10 @@ fn a_disk_swapped_at_the_same_node_after_detection_is_refused_and_untouched() {
     };
     let r = write_image(&src, std::slice::from_ref(&node), &opts, None).remove(0);
     assert!(r.ok(), "{:?}", r.result);
-    assert!(r.direct_io, "O_DIRECT through the descriptor re-opened from the claim");
+    assert!(
+        r.direct_io,
+        "O_DIRECT through the descriptor re-opened from the claim"
+    );
     let got = std::fs::read(&second).unwrap();
     assert!(got[..2 << 20].iter().all(|&x| x == 0x5A));
 }

@@ -2,14 +2,13 @@
 //! stats). A thin layer over `image_store::Store`; everything it prints is also available as
 //! JSON (`--json`) for scripts.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use image_store::{
-    Extent, GcOptions, Hints, ImageRef, ImportOptions, Resign, SetHints, SignatureStatus,
-    SigningKey, Store, generate_keypair,
+    CheckedChunks, Extent, GcOptions, Hints, ImageRef, ImportOptions, Resign, SetHints,
+    SignatureStatus, SigningKey, Store, generate_keypair,
 };
 
 use crate::Depot;
@@ -535,50 +534,84 @@ fn verify(
     } else {
         vec![image.expect("clap requires an image without --all")]
     };
-    let mut seen = HashSet::new();
+    if images.is_empty() && !json {
+        println!("no images in the store: nothing verified");
+    }
+    let mut checked = CheckedChunks::new();
     let mut reports = Vec::new();
-    let mut failed = 0;
+    // Each failed image with why, for the final line: every one is named.
+    let mut failed: Vec<String> = Vec::new();
     for r in &images {
-        let sig = store
+        // One unreadable manifest fails that image, not the run.
+        let res = store
             .load(r, depot.trusted_keys())
-            .with_context(|| format!("loading {r}"))?
-            .signature;
-        let rep = store
-            .verify(r, deep, &mut seen)
-            .with_context(|| format!("verifying {r}"))?;
-        // A tampered manifest always fails; a missing or untrusted signature only on request.
-        let sig_ok = match &sig {
-            SignatureStatus::Invalid { .. } => false,
-            s => !require_signature || s.is_valid(),
+            .with_context(|| format!("loading {r}"))
+            .and_then(|li| {
+                let rep = store
+                    .verify(r, deep, &mut checked)
+                    .with_context(|| format!("verifying {r}"))?;
+                Ok((li.signature, rep))
+            });
+        let (sig, rep) = match res {
+            Ok(v) => v,
+            Err(e) => {
+                if !json {
+                    println!("{r}: ERROR: {e:#}");
+                }
+                failed.push(format!("{r} (unreadable: {e:#})"));
+                reports.push(serde_json::json!({
+                    "image": r.to_string(), "ok": false, "error": format!("{e:#}"),
+                }));
+                continue;
+            }
         };
-        let ok = rep.ok() && sig_ok;
-        if !ok {
-            failed += 1;
+        let mut why = Vec::new();
+        if !rep.bad_chunks.is_empty() {
+            why.push(format!("{} bad chunk(s)", rep.bad_chunks.len()));
         }
+        if !rep.hash_errors.is_empty() {
+            why.push("whole-image hashes differ".to_string());
+        }
+        // A tampered manifest always fails; a missing or untrusted signature only on request.
+        match &sig {
+            SignatureStatus::Invalid { .. } => why.push(format!("signature {sig}")),
+            s if require_signature && !s.is_valid() => {
+                why.push(format!("signature {sig}, a valid one is required"))
+            }
+            _ => {}
+        }
+        let ok = why.is_empty();
         if !json {
-            let what = if deep {
-                "chunks + whole-image hashes"
+            let content = if rep.ok() {
+                "content OK"
             } else {
-                "chunks"
+                "content BAD"
             };
+            let verdict = if ok { "OK" } else { "FAILED" };
             println!(
-                "{r}: {} ({} chunks checked, {what}); signature {sig}",
-                if rep.ok() { "OK" } else { "BAD" },
-                rep.chunks_checked
+                "{r}: {verdict}: {content} ({}); signature {sig}",
+                rep.checked_summary()
             );
             for b in rep.bad_chunks.iter().chain(&rep.hash_errors) {
                 println!("  {b}");
             }
         }
-        reports.push(serde_json::json!({ "report": rep, "signature": sig, "ok": ok }));
+        if !ok {
+            failed.push(format!("{r} ({})", why.join(", ")));
+        }
+        reports.push(serde_json::json!({
+            "report": rep, "signature": sig, "ok": ok, "failures": why,
+        }));
     }
     if json {
         print_json(&reports)?;
     }
-    if failed > 0 {
+    if !failed.is_empty() {
         bail!(
-            "{failed} of {} images failed verification (content or signature)",
-            images.len()
+            "{} of {} image(s) failed verification: {}",
+            failed.len(),
+            images.len(),
+            failed.join("; ")
         );
     }
     Ok(())
