@@ -86,7 +86,10 @@ fn too_small_target_is_refused_and_untouched() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("refused: too small"), "{err}");
-    assert!(err.contains("1 of 1 target(s) not written"), "{err}");
+    assert!(
+        err.contains("1 of 1 target(s) not written: 1 refused, untouched"),
+        "{err}"
+    );
     assert!(
         std::fs::read(&target).unwrap().iter().all(|&b| b == 0xEE),
         "nothing written"

@@ -224,7 +224,14 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             store
                 .sign(&image, &k)
                 .with_context(|| format!("signing {image}"))?;
-            let st = store.load(&image, depot.trusted_keys())?.signature;
+            let st = store
+                .load(&image, depot.trusted_keys())
+                .with_context(|| format!("checking the new signature of {image}"))?
+                .signature;
+            // Checked, not assumed: the manifest may have changed between signing and now.
+            if let SignatureStatus::Invalid { reason } = &st {
+                bail!("signing {image}: the new signature does not verify ({reason})");
+            }
             println!("signed {image} with {}: {st}", k.key_id());
             Ok(())
         }

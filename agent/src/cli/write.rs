@@ -278,7 +278,26 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
     }
     let bad = reports.iter().filter(|r| !r.ok()).count();
     if bad > 0 {
-        bail!("{bad} of {} target(s) not written", reports.len());
+        // A refused target is untouched; a failed one may have been partly written.
+        let refused = reports
+            .iter()
+            .filter(|r| matches!(r.result, imager::TargetResult::Refused { .. }))
+            .count();
+        let mut what = Vec::new();
+        if refused > 0 {
+            what.push(format!("{refused} refused, untouched"));
+        }
+        if bad > refused {
+            what.push(format!(
+                "{} failed after claiming (see each target's line above)",
+                bad - refused
+            ));
+        }
+        bail!(
+            "{bad} of {} target(s) not written: {}",
+            reports.len(),
+            what.join("; ")
+        );
     }
     Ok(())
 }
