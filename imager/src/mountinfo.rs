@@ -23,7 +23,8 @@ pub struct MountEntry {
     pub fstype: String,
     /// Mount source (`/dev/vda2`, `overlay`, `tmpfs`, ...).
     pub source: String,
-    /// Per-superblock options (overlay's `lowerdir=...,upperdir=...` are here).
+    /// Per-superblock options as the kernel wrote them, still escaped (so a `,` inside a
+    /// path, written as `\054`, does not split an option; overlay's `lowerdir=...` are here).
     pub super_opts: String,
 }
 
@@ -64,7 +65,7 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
                 mount_point: unescape(f.get(4)?),
                 fstype: unescape(f.get(sep + 1)?),
                 source: unescape(f.get(sep + 2)?),
-                super_opts: f.get(sep + 3).map(|s| unescape(s)).unwrap_or_default(),
+                super_opts: f.get(sep + 3).map(|s| s.to_string()).unwrap_or_default(),
             })
         })
         .collect()
@@ -104,6 +105,7 @@ pub fn backing(e: &MountEntry) -> Backing {
     let mut layers = Vec::new();
     if e.fstype == "overlay" {
         for opt in e.super_opts.split(',') {
+            let opt = unescape(opt);
             if let Some(v) = opt
                 .strip_prefix("lowerdir=")
                 .or_else(|| opt.strip_prefix("upperdir="))
@@ -191,7 +193,7 @@ mod tests {
 ";
 
     const OVERLAY_ROOT: &str = "\
-20 1 0:50 / / rw,relatime - overlay overlay rw,lowerdir=/run/ro\\:root:/run/base,upperdir=/run/rw/upper,workdir=/run/rw/work
+20 1 0:50 / / rw,relatime - overlay overlay rw,lowerdir=/run/ro\\:root:/run/base\\054x,upperdir=/run/rw/upper,workdir=/run/rw/work
 21 20 8:3 / /run/rw rw - ext4 /dev/sda3 rw
 ";
 
@@ -219,7 +221,7 @@ mod tests {
         let b = backing(root);
         assert_eq!(b.devno, None);
         assert_eq!(b.source_path, None);
-        assert_eq!(b.layers, ["/run/ro:root", "/run/base", "/run/rw/upper"]);
+        assert_eq!(b.layers, ["/run/ro:root", "/run/base,x", "/run/rw/upper"]);
     }
 
     #[test]
