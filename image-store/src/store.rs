@@ -319,6 +319,8 @@ impl Store {
 
     /// Signs an existing image's manifest bytes as they are.
     pub fn sign(&self, image: &ImageRef, key: &SigningKey) -> Result<(), StoreError> {
+        // Under the manifest lock: the bytes signed are the bytes that stay.
+        let _edit = crate::lock::ManifestLock::take(&self.root)?;
         let (_, bytes) = self.load_manifest(image)?;
         let tmp = self
             .root
@@ -334,13 +336,18 @@ impl Store {
     /// Replaces an image's hints. An unchanged manifest is not rewritten (its signature stays
     /// as it is); a changed one is signed as `sign` says. [`Resign::Keep`] on a signed manifest
     /// is refused with [`StoreError::WouldUnsign`]: a signature is only ever dropped on request.
+    ///
+    /// `edit` maps the current hints to the new ones; it runs under the store's manifest lock,
+    /// so concurrent edits (and imports, signing) of the image serialize and none is lost.
     pub fn set_hints(
         &self,
         image: &ImageRef,
-        hints: crate::manifest::Hints,
+        edit: impl FnOnce(&crate::manifest::Hints) -> crate::manifest::Hints,
         sign: Resign<'_>,
     ) -> Result<SetHints, StoreError> {
+        let _edit = crate::lock::ManifestLock::take(&self.root)?;
         let (mut m, _) = self.load_manifest(image)?;
+        let hints = edit(&m.hints);
         if m.hints == hints {
             return Ok(SetHints::Unchanged);
         }

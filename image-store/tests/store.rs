@@ -496,13 +496,13 @@ fn set_hints_never_drops_a_signature_silently() {
     let before = std::fs::read(&sig).unwrap();
     let (m, _) = store.load_manifest(&r("a@1")).unwrap();
     let same = store
-        .set_hints(&r("a@1"), m.hints.clone(), Resign::Keep)
+        .set_hints(&r("a@1"), |h| h.clone(), Resign::Keep)
         .unwrap();
     assert_eq!(same, SetHints::Unchanged);
     let mut changed = m.hints.clone();
     changed.randomize_guids = !changed.randomize_guids;
     let e = store
-        .set_hints(&r("a@1"), changed.clone(), Resign::Keep)
+        .set_hints(&r("a@1"), |_| changed.clone(), Resign::Keep)
         .unwrap_err();
     assert!(matches!(e, StoreError::WouldUnsign { .. }), "{e}");
     assert_eq!(std::fs::read(&sig).unwrap(), before);
@@ -514,7 +514,7 @@ fn set_hints_never_drops_a_signature_silently() {
             .is_valid()
     );
     let done = store
-        .set_hints(&r("a@1"), changed, Resign::With(&key))
+        .set_hints(&r("a@1"), |_| changed, Resign::With(&key))
         .unwrap();
     assert!(matches!(
         done,
@@ -530,6 +530,66 @@ fn set_hints_never_drops_a_signature_silently() {
             .signature
             .is_valid()
     );
+}
+
+/// Two maintainers change different hints of one image at once (threads, each with its own
+/// `Store` like two processes): both changes survive, every round.
+#[test]
+fn concurrent_set_hints_lose_no_change() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("store");
+    let store = Store::open(&root).unwrap();
+    let src = d.path().join("a.img");
+    std::fs::write(&src, pseudo(256 << 10, 9)).unwrap();
+    store
+        .import(&r("a@1"), &src, &ImportOptions::default(), None)
+        .unwrap();
+    for round in 0..20 {
+        store
+            .set_hints(&r("a@1"), |_| Default::default(), Resign::Keep)
+            .unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            let (root, barrier) = (&root, &barrier);
+            let path = s.spawn(move || {
+                let st = Store::open(root).unwrap();
+                barrier.wait();
+                st.set_hints(
+                    &r("a@1"),
+                    |h| {
+                        let mut h = h.clone();
+                        h.data_path = Some(format!("/round{round}"));
+                        h
+                    },
+                    Resign::Keep,
+                )
+                .unwrap()
+            });
+            let guids = s.spawn(move || {
+                let st = Store::open(root).unwrap();
+                barrier.wait();
+                st.set_hints(
+                    &r("a@1"),
+                    |h| {
+                        let mut h = h.clone();
+                        h.randomize_guids = true;
+                        h
+                    },
+                    Resign::Keep,
+                )
+                .unwrap()
+            });
+            path.join().unwrap();
+            guids.join().unwrap();
+        });
+        let (m, _) = store.load_manifest(&r("a@1")).unwrap();
+        assert_eq!(
+            m.hints.data_path,
+            Some(format!("/round{round}")),
+            "round {round}"
+        );
+        assert!(m.hints.randomize_guids, "round {round}: a change was lost");
+    }
 }
 
 #[test]

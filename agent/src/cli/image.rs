@@ -323,17 +323,13 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
 fn set(depot: &Depot, a: SetArgs) -> Result<()> {
     let store = open_store(depot)?;
     let key = load_key(&a.sign_key)?;
-    let (m, _) = store
-        .load_manifest(&a.image)
-        .with_context(|| format!("loading {}", a.image))?;
-    let hints = a.hints.apply(m.hints);
     let sign = match (&key, a.unsign) {
         (Some(k), _) => Resign::With(k),
         (None, true) => Resign::Unsign,
         (None, false) => Resign::Keep,
     };
     let done = store
-        .set_hints(&a.image, hints, sign)
+        .set_hints(&a.image, |h| a.hints.apply(h.clone()), sign)
         .with_context(|| format!("setting hints of {}", a.image))?;
     match done {
         SetHints::Unchanged => {
