@@ -378,6 +378,8 @@ impl Store {
 
     /// Removes an image's manifest and signature. Its chunks stay until `gc`.
     pub fn remove(&self, image: &ImageRef) -> Result<(), StoreError> {
+        // Under the manifest lock: a concurrent `set_hints` or `sign` cannot bring it back.
+        let _edit = crate::lock::ManifestLock::take(&self.root)?;
         let path = self.manifest_path(image);
         if !path.is_file() {
             return Err(StoreError::NotFound {
