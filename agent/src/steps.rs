@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use client_data::{AuditEvent, Custody, CustodyPaths, DatasetId, DatasetState, Destination};
-use image_store::{ImageRef, LoadedImage, Store};
+use image_store::{ImageRef, LoadedImage, SignatureStatus, Store};
 
 use crate::Depot;
 use crate::bay::Disk;
@@ -69,19 +69,33 @@ impl RealSteps {
             .store
             .load(&r, &self.trusted_keys)
             .with_context(|| format!("loading image {r}"))?;
-        if !img.signature.is_valid() && !self.allow_unsigned {
-            return Err(anyhow!(
-                "image {r} has no valid trusted signature ({:?}) and policy forbids unsigned images",
-                img.signature
-            ));
-        }
+        signature_allowed(&r, &img.signature, self.allow_unsigned)?;
         Ok(img)
     }
 
     fn dataset(job: &Job) -> Result<DatasetId> {
         let d = job.dataset.as_deref().context("job has no dataset")?;
         d.parse()
-            .map_err(|e| anyhow!("parsing dataset id {d}: {e:?}"))
+            .map_err(|e| anyhow!("parsing dataset id {d}: {e}"))
+    }
+}
+
+/// The signature policy: a valid trusted signature always passes; unsigned or unknown-key
+/// images only with `allow_unsigned`; an INVALID signature (the manifest changed after signing)
+/// never, whatever the policy, as for `tek write`.
+fn signature_allowed(r: &ImageRef, sig: &SignatureStatus, allow_unsigned: bool) -> Result<()> {
+    match sig {
+        SignatureStatus::Valid { .. } => Ok(()),
+        SignatureStatus::Invalid { reason } => Err(anyhow!(
+            "image {r} has an invalid signature ({reason}): its manifest changed after signing"
+        )),
+        s if allow_unsigned => {
+            tracing::debug!("image {r}: {s}, allowed by policy");
+            Ok(())
+        }
+        s => Err(anyhow!(
+            "image {r} has no valid trusted signature ({s}) and policy forbids unsigned images"
+        )),
     }
 }
 
@@ -395,6 +409,22 @@ mod tests {
     use super::*;
     use crate::job::{DeviceRecord, JobTarget};
     use client_data::loopdev::{LoopDevice, can_attach};
+
+    #[test]
+    fn an_invalid_signature_is_refused_whatever_the_policy() {
+        let r: ImageRef = "img@1".parse().unwrap();
+        let invalid = SignatureStatus::Invalid {
+            reason: "bad".into(),
+        };
+        for allow in [false, true] {
+            let e = signature_allowed(&r, &invalid, allow).unwrap_err();
+            assert!(e.to_string().contains("invalid signature"), "{e}");
+        }
+        let unsigned = SignatureStatus::Unsigned;
+        assert!(signature_allowed(&r, &unsigned, true).is_ok());
+        let e = signature_allowed(&r, &unsigned, false).unwrap_err();
+        assert!(e.to_string().contains("(unsigned)"), "{e}");
+    }
 
     /// A real loop device: the job's recorded diskseq passes, any other (a re-attach) fails.
     #[test]
