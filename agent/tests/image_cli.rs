@@ -272,7 +272,7 @@ fn verify_all_names_each_failed_image() {
         String::from_utf8_lossy(&o.stderr),
     );
     assert!(
-        err.contains("1 of 3 image(s) failed verification: c@1 (unreadable"),
+        err.contains("1 of 3 image(s) failed verification: c@1 (loading c@1: parsing"),
         "{err}"
     );
     assert!(out.contains("a@1: OK") && out.contains("b@1: OK"), "{out}");

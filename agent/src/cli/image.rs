@@ -561,7 +561,7 @@ fn verify(
                 if !json {
                     println!("{r}: ERROR: {e:#}");
                 }
-                failed.push(format!("{r} (unreadable: {e:#})"));
+                failed.push(format!("{r} ({e:#})"));
                 reports.push(serde_json::json!({
                     "image": r.to_string(), "ok": false, "error": format!("{e:#}"),
                 }));
