@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use image_store::{
-    CheckedChunks, Extent, GcOptions, Hints, ImageRef, ImportOptions, Resign, SetHints,
-    SignatureStatus, SigningKey, Store, generate_keypair,
+    Extent, GcOptions, Hints, ImageRef, ImportOptions, Resign, SetHints, SignatureStatus,
+    SigningKey, Store, generate_keypair,
 };
 
 use crate::Depot;
@@ -172,7 +172,7 @@ pub struct SetArgs {
     unsign: bool,
 }
 
-fn open_store(depot: &Depot) -> Result<Store> {
+pub(super) fn open_store(depot: &Depot) -> Result<Store> {
     Store::open(depot.store())
         .with_context(|| format!("opening image store {}", depot.store().display()))
 }
@@ -185,7 +185,7 @@ fn load_key(p: &Option<PathBuf>) -> Result<Option<SigningKey>> {
         .transpose()
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(super) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!(
         "{}",
         serde_json::to_string_pretty(v).context("formatting JSON")?
@@ -290,7 +290,7 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             deep,
             require_signature,
             json,
-        } => verify(depot, image, all, deep, require_signature, json),
+        } => super::image_verify::verify(depot, image, all, deep, require_signature, json),
         ImageCommand::Stats { json } => {
             let s = open_store(depot)?
                 .stats()
@@ -520,102 +520,5 @@ fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
         opt(&h.grow_partition),
         h.randomize_guids
     );
-    Ok(())
-}
-
-fn verify(
-    depot: &Depot,
-    image: Option<ImageRef>,
-    all: bool,
-    deep: bool,
-    require_signature: bool,
-    json: bool,
-) -> Result<()> {
-    let store = open_store(depot)?;
-    let images = if all {
-        store.list().context("listing images")?
-    } else {
-        vec![image.expect("clap requires an image without --all")]
-    };
-    if images.is_empty() && !json {
-        println!("no images in the store: nothing verified");
-    }
-    let mut checked = CheckedChunks::new();
-    let mut reports = Vec::new();
-    // Each failed image with why, for the final line: every one is named.
-    let mut failed: Vec<String> = Vec::new();
-    for r in &images {
-        // One unreadable manifest fails that image, not the run.
-        let res = store
-            .load(r, depot.trusted_keys())
-            .with_context(|| format!("loading {r}"))
-            .and_then(|li| {
-                let rep = store
-                    .verify(r, deep, &mut checked)
-                    .with_context(|| format!("verifying {r}"))?;
-                Ok((li.signature, rep))
-            });
-        let (sig, rep) = match res {
-            Ok(v) => v,
-            Err(e) => {
-                if !json {
-                    println!("{r}: ERROR: {e:#}");
-                }
-                failed.push(format!("{r} ({e:#})"));
-                reports.push(serde_json::json!({
-                    "image": r.to_string(), "ok": false, "error": format!("{e:#}"),
-                }));
-                continue;
-            }
-        };
-        let mut why = Vec::new();
-        if !rep.bad_chunks.is_empty() {
-            why.push(format!("{} bad chunk(s)", rep.bad_chunks.len()));
-        }
-        if !rep.hash_errors.is_empty() {
-            why.push("whole-image hashes differ".to_string());
-        }
-        // A tampered manifest always fails; a missing or untrusted signature only on request.
-        match &sig {
-            SignatureStatus::Invalid { .. } => why.push(format!("signature {sig}")),
-            s if require_signature && !s.is_valid() => {
-                why.push(format!("signature {sig}, a valid one is required"))
-            }
-            _ => {}
-        }
-        let ok = why.is_empty();
-        if !json {
-            let content = if rep.ok() {
-                "content OK"
-            } else {
-                "content BAD"
-            };
-            let verdict = if ok { "OK" } else { "FAILED" };
-            println!(
-                "{r}: {verdict}: {content} ({}); signature {sig}",
-                rep.checked_summary()
-            );
-            for b in rep.bad_chunks.iter().chain(&rep.hash_errors) {
-                println!("  {b}");
-            }
-        }
-        if !ok {
-            failed.push(format!("{r} ({})", why.join(", ")));
-        }
-        reports.push(serde_json::json!({
-            "report": rep, "signature": sig, "ok": ok, "failures": why,
-        }));
-    }
-    if json {
-        print_json(&reports)?;
-    }
-    if !failed.is_empty() {
-        bail!(
-            "{} of {} image(s) failed verification: {}",
-            failed.len(),
-            images.len(),
-            failed.join("; ")
-        );
-    }
     Ok(())
 }
