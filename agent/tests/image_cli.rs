@@ -277,3 +277,49 @@ fn verify_all_names_each_failed_image() {
     );
     assert!(out.contains("a@1: OK") && out.contains("b@1: OK"), "{out}");
 }
+
+/// Two `tek image set` processes on one image at once, changing different hints: both
+/// changes land every round (before, the later rewrite dropped the earlier "updated" change).
+#[test]
+fn concurrent_set_processes_both_land() {
+    if !have_sgdisk() {
+        eprintln!("SKIP: needs sgdisk");
+        return;
+    }
+    let t = Tek::new();
+    let img = gpt_image(t.dir());
+    t.ok(&["image", "import", "os@1", img.to_str().unwrap()]);
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tek"))
+            .arg("--state")
+            .arg(t.dir().join("state"))
+            .arg("--trusted-keys")
+            .arg(t.dir().join("trusted"))
+            .args(["image", "set", "os@1"])
+            .args(args)
+            .env_remove("TEK_STORE")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    for round in 0..8 {
+        t.ok(&[
+            "image",
+            "set",
+            "os@1",
+            "--data-path",
+            "",
+            "--grow-partition",
+            "",
+        ]);
+        let path = format!("/r{round}");
+        let mut a = spawn(&["--data-path", &path]);
+        let mut b = spawn(&["--grow-partition", "ROOT"]);
+        assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+        let show: serde_json::Value =
+            serde_json::from_str(&t.ok(&["image", "show", "os@1", "--json"])).unwrap();
+        let h = &show["manifest"]["hints"];
+        assert_eq!(h["data_path"], path.as_str(), "round {round}: {h}");
+        assert_eq!(h["grow_partition"], "ROOT", "round {round}: {h}");
+    }
+}
