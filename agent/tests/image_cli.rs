@@ -79,7 +79,11 @@ fn image_lifecycle() {
         "/nonexistent.key",
     ]);
     assert!(e.contains("no such key file"), "{e}");
-    t.ok(&["image", "import", "os@1", imgs, "--replace"]);
+    let out = t.ok(&["image", "import", "os@1", imgs, "--replace"]);
+    assert!(
+        out.contains("unsigned: the replaced version's signature was removed"),
+        "{out}"
+    );
     let list: serde_json::Value =
         serde_json::from_str(&t.ok(&["image", "list", "--json"])).unwrap();
     assert_eq!(list[0]["signature"]["status"], "unsigned");

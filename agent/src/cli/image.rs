@@ -369,6 +369,8 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
         chunk_avg: a.chunk_avg,
         ..ImportOptions::default()
     };
+    // A replaced, signed version loses its signature when no key is given: say so.
+    let was_signed = a.replace && store.signature_path(&a.image).exists();
     let r = store
         .import(&a.image, &a.file, &opts, key.as_ref())
         .with_context(|| format!("importing {} as {}", a.file.display(), a.image))?;
@@ -413,8 +415,14 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
         Some(g) => println!("  GPT with {} partitions", g.partitions.len()),
         None => println!("  no valid GPT (gpt: null)"),
     }
-    if let Some(k) = key {
-        println!("  signed with {}", k.key_id());
+    match key {
+        Some(k) => println!("  signed with {}", k.key_id()),
+        None if was_signed => println!(
+            "  unsigned: the replaced version's signature was removed (sign it with `tek image \
+             sign {} --key FILE`)",
+            a.image
+        ),
+        None => println!("  unsigned"),
     }
     Ok(())
 }
