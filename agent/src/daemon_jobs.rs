@@ -118,7 +118,18 @@ impl Agent {
     /// Cancels a job: a running one stops at its next safe point; staged data is never wiped.
     pub fn cancel(&self, id: &str) -> Result<Job> {
         let mut inner = self.lock();
+        let past = |job: &Job| {
+            job.past_verified_migration().then(|| {
+                anyhow::anyhow!(
+                    "job {id} already verified its client data on the disk; it finishes the \
+                     staging wipe and the report, and cannot be cancelled"
+                )
+            })
+        };
         if let Some(r) = inner.running.get(id) {
+            if let Some(e) = past(&inner.jobs[id]) {
+                return Err(e);
+            }
             r.ctl.request(StopCause::Cancel);
             return Ok(inner.jobs[id].clone());
         }
@@ -127,6 +138,9 @@ impl Agent {
         };
         if job.state.is_terminal() {
             bail!("job {id} is already {}", job.state);
+        }
+        if let Some(e) = past(job) {
+            return Err(e);
         }
         job.cancel();
         let job = job.clone();

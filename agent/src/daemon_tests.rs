@@ -447,6 +447,36 @@ fn retry_of_a_job_that_failed_before_its_image_was_verified_starts_over() {
     assert!(r.device.is_none());
 }
 
+/// An interrupted job whose client data was already verified on its disk must finish its wipe:
+/// a cancel would keep the staging copy past its verified copy (and say "kept" after a
+/// half-done wipe). A job without a dataset is not told "staged client data kept".
+#[test]
+fn a_job_past_its_verified_migration_cannot_be_cancelled() {
+    let d = tempfile::tempdir().unwrap();
+    let mut job = Job::new(
+        "T",
+        "img@1",
+        Some("ds".into()),
+        crate::job::JobTarget::Bay("a".into()),
+    );
+    job.set_state(JobState::Wiping, None);
+    job.interrupt("agent stopping");
+    let mut plain = Job::new("T2", "img@1", None, crate::job::JobTarget::Bay("b".into()));
+    plain.set_state(JobState::Writing, None);
+    plain.interrupt("agent stopping");
+    let journal = Journal::open(&d.path().join("jobs")).unwrap();
+    journal.save(&job).unwrap();
+    journal.save(&plain).unwrap();
+    let a = agent(d.path(), fake(10));
+    let e = a.cancel(&job.id).unwrap_err();
+    assert!(e.to_string().contains("cannot be cancelled"), "{e}");
+    assert_eq!(a.job(&job.id).unwrap().state, JobState::Interrupted);
+    let c = a.cancel(&plain.id).unwrap();
+    assert_eq!(c.state, JobState::Cancelled);
+    let note = c.history.last().unwrap().note.clone().unwrap();
+    assert_eq!(note, "cancelled by technician");
+}
+
 #[test]
 fn fail_ends_a_queued_job_with_its_reason_but_never_a_running_one() {
     let d = tempfile::tempdir().unwrap();

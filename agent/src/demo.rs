@@ -123,13 +123,17 @@ pub fn run() -> Result<()> {
         say("8. sanitization record of the staging wipe");
         println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
     }
+    if job.state != JobState::Done {
+        bail!(
+            "the demo job ended {}: {}",
+            job.state,
+            job.error.as_deref().unwrap_or("no error recorded")
+        );
+    }
     println!(
         "\ndemo finished in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    if job.state != JobState::Done {
-        bail!("the demo job ended {}: {:?}", job.state, job.error);
-    }
     Ok(())
 }
 

@@ -263,12 +263,28 @@ impl Job {
     }
 
     /// Marks the job cancelled by a technician. Cancelling never wipes staged client data, and
-    /// the note says so wherever the job is shown.
+    /// the note says so wherever the job is shown (only for a job that has a dataset).
     pub fn cancel(&mut self) {
-        self.set_state(
-            JobState::Cancelled,
-            Some("cancelled by technician; staged client data kept".into()),
-        );
+        let note = if self.dataset.is_some() {
+            "cancelled by technician; staged client data kept"
+        } else {
+            "cancelled by technician"
+        };
+        self.set_state(JobState::Cancelled, Some(note.into()));
+    }
+
+    /// True when the job's client data was verified on its disk, so only the staging wipe and
+    /// the report remain: these are finished, never cancelled (the staging copy must not
+    /// outlive its verified copy).
+    pub fn past_verified_migration(&self) -> bool {
+        let at = match self.state {
+            JobState::Interrupted => self.resume_from.unwrap_or(JobState::Queued),
+            s => s,
+        };
+        matches!(
+            at,
+            JobState::DataVerified | JobState::Wiping | JobState::Reporting
+        )
     }
 
     /// Marks the job interrupted (disk gone or agent stopping), remembering where to resume.

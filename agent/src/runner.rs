@@ -182,12 +182,11 @@ pub fn run_job(
         }
         if let Some(cause) = ctl.cause() {
             // After a verified migration the disk is no longer needed: finish the wipe and the
-            // report even if it was pulled, so staged data does not outlive its copy.
-            let past_migration = matches!(
-                job.state,
-                JobState::DataVerified | JobState::Wiping | JobState::Reporting
-            );
-            if !(cause == StopCause::Gone && past_migration) {
+            // report even if it was pulled or cancelled, so staged data does not outlive its
+            // copy (and a cancel never records "staged data kept" for a wiped dataset).
+            if !(matches!(cause, StopCause::Gone | StopCause::Cancel)
+                && job.past_verified_migration())
+            {
                 return stop(job, cause, steps, &save);
             }
         }

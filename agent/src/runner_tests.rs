@@ -319,6 +319,31 @@ fn pulled_disk_after_verified_migration_still_wipes_and_finishes() {
     assert!(!e.staged.load(Ordering::SeqCst));
 }
 
+/// A cancel after the migration was verified does not keep the staging copy (it must not
+/// outlive its verified copy) nor record "staged client data kept": the job wipes and finishes.
+#[test]
+fn cancel_after_verified_migration_still_wipes_and_finishes() {
+    for at in [JobState::DataVerified, JobState::Wiping] {
+        let e = env();
+        let mut job = data_job(&e);
+        job.set_state(at, None);
+        e.migrated.store(true, Ordering::SeqCst);
+        let ctl = JobControl::default();
+        ctl.request(StopCause::Cancel);
+        let fake = Fake::new(&e.staged, &e.migrated);
+        run(&e, &mut job, &fake, &ctl);
+        assert_eq!(job.state, JobState::Done, "cancelled at {at}");
+        assert!(!e.staged.load(Ordering::SeqCst));
+        assert!(
+            job.history
+                .iter()
+                .all(|t| !t.note.as_deref().unwrap_or("").contains("kept")),
+            "{:?}",
+            job.history
+        );
+    }
+}
+
 /// A crash (panic) inside each step in turn; the job is reloaded from the journal and run
 /// again. Every time, it ends done, staged data was only wiped after a verified migration, and
 /// the step that crashed is redone.

@@ -1,14 +1,15 @@
 //! The real [`JobSteps`]: the image store and imager for the write, client-data custody for the
 //! migration and the staging wipe, the audit log, and the service report files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use client_data::{AuditEvent, Custody, DatasetId, DatasetState, Destination};
-use image_store::{ImageRef, LoadedImage, Store};
+use image_store::{ImageRef, LoadedImage, SignatureStatus, Store};
 
 use crate::Depot;
 use crate::bay::Disk;
@@ -30,6 +31,9 @@ pub struct RealSteps {
     allow_unsigned: bool,
     beyond: BeyondImage,
     sharing: WriteSharing<imager::TargetReport>,
+    /// Each writing job's disk (by node) and the `diskseq` it had when detected, so the batch
+    /// leader's imager call refuses a node that now reaches another disk.
+    detected: Mutex<HashMap<PathBuf, u64>>,
 }
 
 impl RealSteps {
@@ -47,6 +51,7 @@ impl RealSteps {
             allow_unsigned: cfg.policy.allow_unsigned,
             beyond: cfg.policy.beyond_image,
             sharing: WriteSharing::new(Duration::from_millis(cfg.policy.share_write_window_ms)),
+            detected: Mutex::new(HashMap::new()),
         })
     }
 
@@ -78,20 +83,58 @@ impl RealSteps {
             .store
             .load(&r, &self.trusted_keys)
             .with_context(|| format!("loading image {r}"))?;
-        if !img.signature.is_valid() && !self.allow_unsigned {
-            return Err(anyhow!(
-                "image {r} has no valid trusted signature ({:?}) and policy forbids unsigned images",
-                img.signature
-            ));
-        }
+        signature_allowed(&r, &img.signature, self.allow_unsigned)?;
         Ok(img)
     }
 
     fn dataset(job: &Job) -> Result<DatasetId> {
         let d = job.dataset.as_deref().context("job has no dataset")?;
         d.parse()
-            .map_err(|e| anyhow!("parsing dataset id {d}: {e:?}"))
+            .map_err(|e| anyhow!("parsing dataset id {d}: {e}"))
     }
+}
+
+/// The signature policy: a valid trusted signature always passes; unsigned or unknown-key
+/// images only with `allow_unsigned`; an INVALID signature (the manifest changed after signing)
+/// never, whatever the policy, as for `tek write`.
+fn signature_allowed(r: &ImageRef, sig: &SignatureStatus, allow_unsigned: bool) -> Result<()> {
+    match sig {
+        SignatureStatus::Valid { .. } => Ok(()),
+        SignatureStatus::Invalid { reason } => Err(anyhow!(
+            "image {r} has an invalid signature ({reason}): its manifest changed after signing"
+        )),
+        s if allow_unsigned => {
+            tracing::debug!("image {r}: {s}, allowed by policy");
+            Ok(())
+        }
+        s => Err(anyhow!(
+            "image {r} has no valid trusted signature ({s}) and policy forbids unsigned images"
+        )),
+    }
+}
+
+/// The disk at `dev` must still be the one the job was started on: its kernel `diskseq` now
+/// (sysfs) equals the one recorded at detection. The mount opens the node by path, and a disk
+/// re-plugged or a loop device re-attached there since the write is another disk.
+fn still_the_detected_disk(job: &Job, dev: &Path) -> Result<()> {
+    let Some(want) = job.device.as_ref().and_then(|d| d.diskseq) else {
+        return Ok(());
+    };
+    let name = dev.file_name().unwrap_or_default().to_string_lossy();
+    let p = PathBuf::from(format!("/sys/class/block/{name}/diskseq"));
+    let now: u64 = std::fs::read_to_string(&p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing {}", p.display()))?;
+    if now != want {
+        return Err(anyhow!(
+            "the disk at {} changed since it was detected (diskseq {want}, now {now}); not \
+             mounting it",
+            dev.display()
+        ));
+    }
+    Ok(())
 }
 
 fn image_facts(img: &LoadedImage) -> serde_json::Value {
@@ -209,18 +252,42 @@ impl JobSteps for RealSteps {
             },
             ..imager::WriteOptions::default()
         };
+        // Registered before joining a batch, so the leader sees every member's diskseq.
+        let seq = job.device.as_ref().and_then(|d| d.diskseq);
+        if let Some(seq) = seq {
+            self.detected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(dev.to_path_buf(), seq);
+        }
+        let detected = &self.detected;
         // Only the batch's leader runs this, on every member's disk (shared_write.rs).
         let run = Box::new(move |targets: &[PathBuf], cancel: Arc<AtomicBool>, tx| {
-            let opts = imager::WriteOptions { cancel, ..opts };
+            let expected_diskseq = {
+                let d = detected.lock().unwrap_or_else(|p| p.into_inner());
+                targets
+                    .iter()
+                    .filter_map(|t| d.get(t).map(|s| (t.clone(), *s)))
+                    .collect()
+            };
+            let opts = imager::WriteOptions {
+                cancel,
+                expected_diskseq,
+                ..opts
+            };
             imager::write_image(&source, targets, &opts, Some(tx))
                 .into_iter()
                 .map(|r| (r.path.clone(), r))
                 .collect()
         });
-        let report = self
-            .sharing
-            .write(&key, dev, stop, progress, run)
-            .map_err(|e| anyhow!("writing the image: {e}"))?;
+        let report = self.sharing.write(&key, dev, stop, progress, run);
+        if seq.is_some() {
+            self.detected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(dev);
+        }
+        let report = report.map_err(|e| anyhow!("writing the image: {e}"))?;
         let value = serde_json::to_value(&report).context("recording the imager report")?;
         if stop.load(std::sync::atomic::Ordering::SeqCst) && !report.ok() {
             return Err(StepError::Stopped);
@@ -259,6 +326,7 @@ impl JobSteps for RealSteps {
             bytes_total: info.bytes,
             rate_bps: 0.0,
         });
+        still_the_detected_disk(job, dev)?;
         let mount = client_data::PartitionMount::mount(dev, &part, None)
             .with_context(|| format!("mounting partition {part} of {}", dev.display()))?;
         // The image's filesystem is hostile input: `data_path` is resolved beneath the mount as
@@ -395,5 +463,66 @@ impl JobSteps for RealSteps {
             // A plain file target (the demo without root) is always present.
             Err(_) => dev.exists() && !dev.starts_with("/dev"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{DeviceRecord, JobTarget};
+    use client_data::loopdev::{LoopDevice, can_attach};
+
+    #[test]
+    fn an_invalid_signature_is_refused_whatever_the_policy() {
+        let r: ImageRef = "img@1".parse().unwrap();
+        let invalid = SignatureStatus::Invalid {
+            reason: "bad".into(),
+        };
+        for allow in [false, true] {
+            let e = signature_allowed(&r, &invalid, allow).unwrap_err();
+            assert!(e.to_string().contains("invalid signature"), "{e}");
+        }
+        let unsigned = SignatureStatus::Unsigned;
+        assert!(signature_allowed(&r, &unsigned, true).is_ok());
+        let e = signature_allowed(&r, &unsigned, false).unwrap_err();
+        assert!(e.to_string().contains("(unsigned)"), "{e}");
+    }
+
+    /// A real loop device: the job's recorded diskseq passes, any other (a re-attach) fails.
+    #[test]
+    fn migrate_refuses_a_node_that_now_reaches_another_disk() {
+        if !can_attach() {
+            eprintln!("skipping: needs root and /dev/loop-control");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("disk");
+        std::fs::File::create(&f).unwrap().set_len(1 << 20).unwrap();
+        let dev = LoopDevice::attach(&f).unwrap();
+        let seq: u64 = std::fs::read_to_string(format!("/sys/class/block/{}/diskseq", dev.name()))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut job = Job::new("T-1", "img@1", None, JobTarget::Bay("b".into()));
+        still_the_detected_disk(&job, dev.path()).expect("no record: nothing to compare");
+        job.device = Some(DeviceRecord {
+            name: dev.name(),
+            dev_path: dev.path().display().to_string(),
+            identity: "x".into(),
+            bus: "virtual".into(),
+            model: "loop".into(),
+            serial: None,
+            size_bytes: 1 << 20,
+            bay: None,
+            diskseq: Some(seq),
+        });
+        still_the_detected_disk(&job, dev.path()).unwrap();
+        job.device.as_mut().unwrap().diskseq = Some(seq.wrapping_sub(1));
+        let e = still_the_detected_disk(&job, dev.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("changed since it was detected"),
+            "{e}"
+        );
     }
 }

@@ -86,7 +86,10 @@ fn too_small_target_is_refused_and_untouched() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("refused: too small"), "{err}");
-    assert!(err.contains("1 of 1 target(s) not written"), "{err}");
+    assert!(
+        err.contains("1 of 1 target(s) not written: 1 refused, untouched"),
+        "{err}"
+    );
     assert!(
         std::fs::read(&target).unwrap().iter().all(|&b| b == 0xEE),
         "nothing written"
@@ -123,4 +126,52 @@ fn store_image_by_name_and_version() {
     // Same size as the image: every byte must be the image's.
     assert!(same_range(&img, &target, 0, 16 * MIB));
     assert!(sgdisk_ok(&target));
+}
+
+/// A store reference always wins over a same-named file in the current directory; the file is
+/// reached as `./NAME@VERSION`, and a reference the store lacks is an error naming that form.
+#[test]
+fn store_reference_wins_over_a_same_named_file() {
+    if !have_sgdisk() {
+        eprintln!("skipping store_reference_wins_over_a_same_named_file: no sgdisk");
+        return;
+    }
+    let tek = Tek::new();
+    let img = gpt_image(tek.dir());
+    tek.ok(&["image", "import", "img@1", img.to_str().unwrap()]);
+    let cwd = tek.dir().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    // A decoy in the current directory: a raw "image" of the same size and other bytes.
+    std::fs::write(cwd.join("img@1"), vec![0x55u8; 16 * MIB as usize]).unwrap();
+    std::fs::write(cwd.join("other@1"), vec![0x55u8; 16 * MIB as usize]).unwrap();
+    let target = old_disk(tek.dir(), "target", 16 * MIB);
+    let t = target.to_str().unwrap();
+    let o = tek.run_in(&cwd, &["write", "img@1", t, "--yes", "--allow-unsigned"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cmp = Command::new("cmp").arg(&img).arg(&target).output().unwrap();
+    assert!(
+        cmp.status.success(),
+        "the store image was written, not the file"
+    );
+
+    // The file, named as a path.
+    let o = tek.run_in(&cwd, &["write", "./img@1", t, "--yes"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cmp = Command::new("cmp")
+        .arg(cwd.join("img@1"))
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(cmp.status.success(), "./img@1 is the file");
+
+    // Not in the store: refused (never the file), and the message says how to mean the file.
+    std::fs::write(&target, vec![0xEEu8; 16 * MIB as usize]).unwrap();
+    let o = tek.run_in(&cwd, &["write", "other@1", t, "--yes"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("./other@1"), "{err}");
+    assert!(
+        std::fs::read(&target).unwrap().iter().all(|&b| b == 0xEE),
+        "nothing written"
+    );
 }

@@ -184,6 +184,15 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A change to a signed manifest without saying what becomes of its signature.
+    #[error(
+        "image {image} is signed: changing it needs a key to re-sign it with, or an explicit \
+         unsign; nothing was changed"
+    )]
+    WouldUnsign {
+        /// `name@version`.
+        image: String,
+    },
 }
 
 impl StoreError {

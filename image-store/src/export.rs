@@ -5,7 +5,7 @@
 //! One reader thread reads compressed chunk files in image order, a pool decompresses and
 //! hash-checks them (both cores), and the caller receives the results back in image order.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -26,13 +26,30 @@ enum Job {
     Failed(StoreError),
 }
 
+/// Chunks verified so far in a run over several images: chunk id -> the image (`name@version`)
+/// under which it was read and found good, so a later image names where its chunks were checked.
+pub type CheckedChunks = HashMap<ChunkId, String>;
+
+/// Chunks of an image that were checked under an earlier image of the same run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlreadyChecked {
+    /// `name@version` of the earlier image.
+    pub image: String,
+    /// How many of this image's distinct chunks.
+    pub chunks: u64,
+}
+
 /// Result of verifying one image.
 #[derive(Debug, Serialize)]
 pub struct VerifyReport {
     /// `name@version`.
     pub image: String,
-    /// Chunk extents checked.
+    /// Distinct chunks the image references.
+    pub chunks: u64,
+    /// Distinct chunks read and checked by this call.
     pub chunks_checked: u64,
+    /// Distinct chunks not read again because an earlier image of the run checked them.
+    pub already_checked: Vec<AlreadyChecked>,
     /// Bad chunks (each a [`StoreError::BadChunk`] message naming images and offsets).
     pub bad_chunks: Vec<String>,
     /// Whole-image hash problems found by a deep verify.
@@ -45,6 +62,49 @@ impl VerifyReport {
     /// True when nothing is wrong.
     pub fn ok(&self) -> bool {
         self.bad_chunks.is_empty() && self.hash_errors.is_empty()
+    }
+
+    /// What was checked, in words: "412 chunks checked", "412 chunks, all already checked for
+    /// a@1", "500 chunks: 88 checked, 412 already checked for a@1"; plus the whole-image
+    /// hashes when deep.
+    pub fn checked_summary(&self) -> String {
+        let earlier: u64 = self.already_checked.iter().map(|a| a.chunks).sum();
+        let names = self
+            .already_checked
+            .iter()
+            .map(|a| {
+                if earlier == a.chunks {
+                    a.image.clone()
+                } else {
+                    format!("{} for {}", a.chunks, a.image)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let chunks = if earlier == 0 {
+            format!("{} chunks checked", self.chunks_checked)
+        } else if self.chunks_checked == 0 {
+            format!("{} chunks, all already checked for {names}", self.chunks)
+        } else if self.already_checked.len() == 1 {
+            format!(
+                "{} chunks: {} checked, {earlier} already checked for {names}",
+                self.chunks, self.chunks_checked
+            )
+        } else {
+            format!(
+                "{} chunks: {} checked, {earlier} already checked ({names})",
+                self.chunks, self.chunks_checked
+            )
+        };
+        if !self.deep {
+            chunks
+        } else if self.hash_errors.is_empty() && self.bad_chunks.is_empty() {
+            format!("{chunks}, whole-image SHA-256 and BLAKE3 match")
+        } else if self.bad_chunks.is_empty() {
+            format!("{chunks}, whole-image hashes DIFFER")
+        } else {
+            format!("{chunks}, whole-image hashes not comparable (bad chunks)")
+        }
     }
 }
 
@@ -158,18 +218,35 @@ impl Store {
         .map_err(|mut v| v.remove(0))
     }
 
-    /// Verifies one image. `skip` holds chunk ids already verified (by an earlier image of a
-    /// `--all` run); they are not read again unless `deep`. Bad chunks are quarantined.
+    /// Verifies one image. `checked` holds the chunks already verified by an earlier image of
+    /// a `--all` run (and which image): they are not read again unless `deep`, and the report
+    /// says where they were checked. Chunks found good are added. Bad chunks are quarantined.
     pub fn verify(
         &self,
         image: &ImageRef,
         deep: bool,
-        skip: &mut HashSet<ChunkId>,
+        checked: &mut CheckedChunks,
     ) -> Result<VerifyReport, StoreError> {
         let (m, _) = self.load_manifest(image)?;
+        let mut distinct = HashSet::new();
+        let mut earlier: BTreeMap<String, u64> = BTreeMap::new();
+        for e in &m.extents {
+            if let Extent::Chunk { id, .. } = e
+                && distinct.insert(*id)
+                && !deep
+                && let Some(under) = checked.get(id)
+            {
+                *earlier.entry(under.clone()).or_default() += 1;
+            }
+        }
         let mut rep = VerifyReport {
             image: image.to_string(),
+            chunks: distinct.len() as u64,
             chunks_checked: 0,
+            already_checked: earlier
+                .into_iter()
+                .map(|(image, chunks)| AlreadyChecked { image, chunks })
+                .collect(),
             bad_chunks: Vec::new(),
             hash_errors: Vec::new(),
             deep,
@@ -181,12 +258,13 @@ impl Store {
             m.extents
                 .iter()
                 .filter(|e| match e {
-                    Extent::Chunk { id, .. } => !skip.contains(id) && mine.insert(*id),
+                    Extent::Chunk { id, .. } => !checked.contains_key(id) && mine.insert(*id),
                     Extent::Hole { .. } => false,
                 })
                 .cloned()
                 .collect()
         };
+        let mut counted = HashSet::new();
         let mut sha = sha2::Sha256::new();
         let mut b3 = blake3::Hasher::new();
         let mut hashes_valid = true;
@@ -194,8 +272,10 @@ impl Store {
         self.for_each_piece(&extents, threads(), |p| {
             match p {
                 Ok(Piece::Data(c)) => {
-                    rep.chunks_checked += 1;
-                    skip.insert(c.id());
+                    if counted.insert(c.id()) {
+                        rep.chunks_checked += 1;
+                    }
+                    checked.entry(c.id()).or_insert_with(|| image.to_string());
                     if deep {
                         sha.update(c.data());
                         b3.update(c.data());
@@ -212,12 +292,14 @@ impl Store {
                     }
                 }
                 Err(e) => {
-                    rep.chunks_checked += 1;
                     hashes_valid = false;
-                    if let Some((id, _)) = e.bad_chunk()
-                        && !reported.insert(id)
-                    {
-                        return Ok(());
+                    if let Some((id, _)) = e.bad_chunk() {
+                        if counted.insert(id) {
+                            rep.chunks_checked += 1;
+                        }
+                        if !reported.insert(id) {
+                            return Ok(());
+                        }
                     }
                     rep.bad_chunks.push(self.report_bad_chunk(e).to_string());
                 }

@@ -387,6 +387,8 @@ impl Store {
         for d in &batch.dirs {
             fsutil::sync_dir(d)?;
         }
+        // Check and commit under the manifest lock: two imports of one name never both "win".
+        let _edit = crate::lock::ManifestLock::take(self.root())?;
         if !opts.replace && self.exists(image) {
             return Err(StoreError::AlreadyExists {
                 image: image.to_string(),

@@ -24,10 +24,12 @@ pub mod store;
 
 pub use chunk::{ChunkId, CompressedChunk, Piece, VerifiedChunk};
 pub use error::{ChunkUse, StoreError};
-pub use export::VerifyReport;
+pub use export::{AlreadyChecked, CheckedChunks, VerifyReport};
 pub use gc::{ChunkSet, GcOptions, GcReport, StoreStats};
 pub use image_ref::ImageRef;
 pub use import::{ImportOptions, ImportReport};
 pub use manifest::{Extent, Hints, MANIFEST_FORMAT, Manifest};
 pub use signature::{SignatureStatus, SigningKey, generate_keypair};
-pub use store::{AbsentChunk, LoadedImage, STORE_VERSION, Store, describe_absent};
+pub use store::{
+    AbsentChunk, LoadedImage, Resign, STORE_VERSION, SetHints, Store, describe_absent,
+};

@@ -45,6 +45,29 @@ impl StoreLock {
     }
 }
 
+/// A held flock on `store/manifest.lock`, taken EXCLUSIVE around every read-modify-write of a
+/// manifest or its signature (an import's exists-check and commit, `set_hints`, `sign`), so two
+/// processes editing one image serialize instead of one silently losing the other's change.
+pub(crate) struct ManifestLock {
+    _lock: Flock<File>,
+}
+
+impl ManifestLock {
+    /// Blocks until the lock is held.
+    pub(crate) fn take(root: &Path) -> Result<ManifestLock, StoreError> {
+        let path = root.join("manifest.lock");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("opening manifest lock", &path, e))?;
+        let lock = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| StoreError::io("locking manifests", &path, e.into()))?;
+        Ok(ManifestLock { _lock: lock })
+    }
+}
+
 /// A registered, running import: its marker lock and its temporary directory.
 pub(crate) struct ImportSession {
     _marker: Flock<File>,

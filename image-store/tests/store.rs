@@ -1,7 +1,7 @@
 //! End-to-end tests of the store on real small GPT images built at test time (sgdisk +
 //! `mkfs.ext4 -E offset=... -d DIR`, no mounting), checked with independent tools (`sha256sum`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -215,7 +215,7 @@ fn second_version_dedups_and_gc_is_safe() {
         })
         .unwrap();
     assert_eq!(g.removed, dry.removed);
-    let mut skip = HashSet::new();
+    let mut skip = HashMap::new();
     assert!(store.verify(&r("os@2"), true, &mut skip).unwrap().ok());
 }
 
@@ -247,7 +247,7 @@ fn gc_keeps_chunks_of_a_running_import() {
         .unwrap();
     assert!(
         store
-            .verify(&r("a@1"), true, &mut HashSet::new())
+            .verify(&r("a@1"), true, &mut HashMap::new())
             .unwrap()
             .ok()
     );
@@ -287,7 +287,7 @@ fn corrupt_truncated_and_deleted_chunks_are_named_and_quarantined() {
     std::fs::write(&p2, &b[..b.len() / 2]).unwrap();
     std::fs::remove_file(store.chunk_path(chunks[3].0)).unwrap();
 
-    let rep = store.verify(&r("a@1"), false, &mut HashSet::new()).unwrap();
+    let rep = store.verify(&r("a@1"), false, &mut HashMap::new()).unwrap();
     assert_eq!(rep.bad_chunks.len(), 3, "{:?}", rep.bad_chunks);
     let first = &rep.bad_chunks[0];
     assert!(first.contains(&c1.to_hex()), "{first}");
@@ -329,7 +329,7 @@ fn corrupt_truncated_and_deleted_chunks_are_named_and_quarantined() {
         .unwrap();
     assert!(
         store
-            .verify(&r("b@1"), true, &mut HashSet::new())
+            .verify(&r("b@1"), true, &mut HashMap::new())
             .unwrap()
             .ok()
     );

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::ioctl;
+use crate::mountinfo;
 
 /// Why a target may not be written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -73,6 +74,28 @@ pub enum Refusal {
         /// The disk's.
         disk: u64,
     },
+    /// A partition node: only a whole disk is a target (writing a partition would leave the
+    /// rest of its disk, possibly the system's, as it is and call the result a disk).
+    #[error("{device} is a partition of {disk}; give the whole disk")]
+    Partition {
+        /// The partition node given.
+        device: String,
+        /// Its disk.
+        disk: String,
+    },
+    /// The device node now reaches another disk than the one checked or detected (its kernel
+    /// `diskseq` differs: re-plugged, swapped, or a loop device re-attached).
+    #[error("the disk at {path} changed {when} (diskseq {expected}, now {actual})")]
+    DiskChanged {
+        /// The device node.
+        path: String,
+        /// When: "since it was detected", "between claim and O_DIRECT open", ...
+        when: String,
+        /// The diskseq expected.
+        expected: u64,
+        /// The diskseq found.
+        actual: u64,
+    },
     /// Someone else has it open exclusively or holds its lock.
     #[error("busy: {detail}")]
     Busy {
@@ -98,6 +121,10 @@ pub struct TargetInfo {
     pub physical_sector: u64,
     /// True for a block device.
     pub is_block: bool,
+    /// The disk's kernel `diskseq` when checked (block devices on Linux 5.15+), so the claim
+    /// can prove it holds the disk that was checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diskseq: Option<u64>,
 }
 
 fn read_trim(p: impl AsRef<Path>) -> Option<String> {
@@ -119,15 +146,22 @@ struct SysDisk {
 impl SysDisk {
     /// The whole disk containing device `maj:min`.
     fn of_devno(devno: u64) -> Option<SysDisk> {
+        Self::of_devno_in(Path::new("/sys"), devno).map(|(d, _)| d)
+    }
+
+    /// The whole disk containing device `maj:min` under sysfs root `sys`, and the partition's
+    /// kernel name when `devno` is a partition (its sysfs directory holds `partition`).
+    fn of_devno_in(sys: &Path, devno: u64) -> Option<(SysDisk, Option<String>)> {
         let (maj, min) = (libc::major(devno), libc::minor(devno));
-        let dir = fs::canonicalize(format!("/sys/dev/block/{maj}:{min}")).ok()?;
-        let dir = if dir.join("partition").exists() {
-            dir.parent()?.to_path_buf()
+        let dir = fs::canonicalize(sys.join(format!("dev/block/{maj}:{min}"))).ok()?;
+        let (dir, part) = if dir.join("partition").exists() {
+            let part = dir.file_name()?.to_string_lossy().into_owned();
+            (dir.parent()?.to_path_buf(), Some(part))
         } else {
-            dir
+            (dir, None)
         };
         let name = dir.file_name()?.to_string_lossy().into_owned();
-        Some(SysDisk { name, dir })
+        Some((SysDisk { name, dir }, part))
     }
 
     /// The disk and its partitions: (kernel name, "maj:min").
@@ -181,29 +215,21 @@ fn leaf_disks(devno: u64, out: &mut BTreeSet<String>, depth: usize) {
     }
 }
 
-/// Kernel names of the disks that back `/`.
+/// Kernel names of the disks that back `/`: from `/`'s `st_dev` when that is a real block
+/// device, and from the root mount's source and (overlay) layers, since btrfs and overlay
+/// report an anonymous `0:N` there (see [`mountinfo`]).
 pub fn system_disks() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     if let Ok(md) = fs::metadata("/") {
         leaf_disks(md.dev(), &mut out, 0);
     }
+    let mounts = mountinfo::current();
+    if let Some(root) = mountinfo::root_mount(&mounts) {
+        for d in mountinfo::block_devices(root, &mounts, 0) {
+            leaf_disks(d, &mut out, 0);
+        }
+    }
     out
-}
-
-/// (device "maj:min", mount point) for every mount, from /proc/self/mountinfo.
-fn mounts() -> Vec<(String, String, String)> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            Some((
-                f.get(2)?.to_string(),
-                f.get(4)?.to_string(),
-                f.get(sep + 2)?.to_string(),
-            ))
-        })
-        .collect()
 }
 
 /// Paths listed in /proc/swaps.
@@ -254,21 +280,34 @@ pub fn check_target(
             .into(),
         });
     }
-    let disk = SysDisk::of_devno(md.rdev()).ok_or_else(|| Refusal::NotBlockOrFile {
-        detail: "block device without a sysfs entry".into(),
+    let (disk, part) = SysDisk::of_devno_in(Path::new("/sys"), md.rdev()).ok_or_else(|| {
+        Refusal::NotBlockOrFile {
+            detail: "block device without a sysfs entry".into(),
+        }
     })?;
     if system_disks().contains(&disk.name) {
         return Err(Refusal::SystemDisk {
             disk: format!("/dev/{}", disk.name),
         });
     }
+    if let Some(part) = part {
+        return Err(Refusal::Partition {
+            device: format!("/dev/{part}"),
+            disk: format!("/dev/{}", disk.name),
+        });
+    }
     let members = disk.members();
-    for (dev, mp, _) in mounts() {
-        if let Some((name, _)) = members.iter().find(|(_, d)| *d == dev) {
-            return Err(Refusal::Mounted {
-                device: format!("/dev/{name}"),
-                mountpoint: mp,
-            });
+    // By `maj:min` and by mount source (btrfs and overlay mounts show an anonymous 0:N).
+    let mounts = mountinfo::current();
+    for m in &mounts {
+        for dev in mountinfo::block_devices(m, &mounts, 0) {
+            let dev = mountinfo::devno_str(dev);
+            if let Some((name, _)) = members.iter().find(|(_, d)| *d == dev) {
+                return Err(Refusal::Mounted {
+                    device: format!("/dev/{name}"),
+                    mountpoint: m.mount_point.clone(),
+                });
+            }
         }
     }
     for s in swaps() {
@@ -331,6 +370,7 @@ pub fn check_target(
         logical_sector: logical,
         physical_sector: physical,
         is_block: true,
+        diskseq: ioctl::diskseq(f.as_fd()).ok(),
     })
 }
 
@@ -359,6 +399,7 @@ fn check_file(path: &Path, md: &fs::Metadata, image_size: u64) -> Result<TargetI
         logical_sector: 512,
         physical_sector: 512,
         is_block: false,
+        diskseq: None,
     })
 }
 
@@ -402,6 +443,32 @@ mod tests {
         );
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["reason"], "too_small");
+    }
+
+    /// A fake sysfs: `dev/block/8:0 -> ../../block/sda`, `8:1 -> ../../block/sda/sda1`.
+    #[test]
+    fn a_partition_node_leads_to_its_disk_and_is_named() {
+        let sys = tempfile::tempdir().unwrap();
+        let sda = sys.path().join("block/sda");
+        fs::create_dir_all(sda.join("sda1")).unwrap();
+        fs::write(sda.join("sda1/partition"), "1\n").unwrap();
+        fs::create_dir_all(sys.path().join("dev/block")).unwrap();
+        std::os::unix::fs::symlink("../../block/sda", sys.path().join("dev/block/8:0")).unwrap();
+        std::os::unix::fs::symlink("../../block/sda/sda1", sys.path().join("dev/block/8:1"))
+            .unwrap();
+        let (d, part) = SysDisk::of_devno_in(sys.path(), libc::makedev(8, 1)).unwrap();
+        assert_eq!((d.name.as_str(), part.as_deref()), ("sda", Some("sda1")));
+        let (d, part) = SysDisk::of_devno_in(sys.path(), libc::makedev(8, 0)).unwrap();
+        assert_eq!((d.name.as_str(), part), ("sda", None));
+        let r = Refusal::Partition {
+            device: "/dev/sda1".into(),
+            disk: "/dev/sda".into(),
+        };
+        assert_eq!(
+            r.to_string(),
+            "/dev/sda1 is a partition of /dev/sda; give the whole disk"
+        );
+        assert_eq!(serde_json::to_value(&r).unwrap()["reason"], "partition");
     }
 
     #[test]

@@ -25,6 +25,17 @@ pub fn get_size64(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(size)
 }
 
+/// The disk's sequence number (BLKGETDISKSEQ, Linux 5.15+): unique per disk attachment and
+/// media change since boot, so two descriptors on one device node tell whether they reach the
+/// same disk (a re-plugged disk or re-attached loop device gets a new one).
+pub fn diskseq(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut seq: u64 = 0;
+    let req = nix::request_code_read!(BLK, 128, std::mem::size_of::<u64>());
+    // SAFETY: BLKGETDISKSEQ writes one u64 into the pointer we pass, which lives for the call.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, &mut seq as *mut u64) })?;
+    Ok(seq)
+}
+
 fn get_int(fd: BorrowedFd<'_>, nr: u8) -> io::Result<u32> {
     let mut v: libc::c_int = 0;
     let req = nix::request_code_none!(BLK, nr);
@@ -100,6 +111,7 @@ mod tests {
         assert!(get_size64(f.as_fd()).is_err());
         assert!(logical_sector_size(f.as_fd()).is_err());
         assert!(zero_out(f.as_fd(), 0, 4096).is_err());
+        assert!(diskseq(f.as_fd()).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! back by at most `SLOW_WAIT` once; it costs one more decode stream, at the slow disk's pace.
 //! When every queue is full (all disks equally slow) nobody is split off.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +75,9 @@ pub struct WriteOptions {
     pub verify_holes_fully: bool,
     /// Fault drill between writing and read-back (tests); `None` in production.
     pub before_read_back: Option<ReadBackHook>,
+    /// The kernel `diskseq` each target had when it was detected (by path): a target whose
+    /// device node now reaches another disk is refused ([`Refusal::DiskChanged`]).
+    pub expected_diskseq: HashMap<PathBuf, u64>,
 }
 
 impl Default for WriteOptions {
@@ -85,6 +89,7 @@ impl Default for WriteOptions {
             cancel: Arc::new(AtomicBool::new(false)),
             verify_holes_fully: false,
             before_read_back: None,
+            expected_diskseq: HashMap::new(),
         }
     }
 }
@@ -133,7 +138,7 @@ pub fn write_image_with_info(
     let mut live: Vec<(usize, TargetDev, TargetReport)> = Vec::new();
     for (i, t) in targets.iter().enumerate() {
         let mut rep = TargetReport::new(t.clone(), Some(info.clone()));
-        match claim(t, &info) {
+        match claim(t, &info, opts.expected_diskseq.get(t).copied()) {
             Ok((id, dev)) => {
                 rep.identity = Some(id);
                 rep.direct_io = dev.is_direct();
@@ -250,12 +255,31 @@ fn distribute(stream: Receiver<Item>, feeds: &mut [Feed], cancel: &AtomicBool) {
     }
 }
 
-/// Checks and claims one target; EBUSY / a held lock become [`Refusal::Busy`].
-fn claim(t: &Path, info: &ImageInfo) -> Result<(eligibility::TargetInfo, TargetDev), Refusal> {
+/// Checks and claims one target; EBUSY / a held lock become [`Refusal::Busy`]. The claimed
+/// disk must be the one detected (`expected`, the caller's `diskseq`) and the one checked.
+fn claim(
+    t: &Path,
+    info: &ImageInfo,
+    expected: Option<u64>,
+) -> Result<(eligibility::TargetInfo, TargetDev), Refusal> {
     let id = eligibility::check_target(t, info.size, info.gpt_sector)?;
-    let dev = TargetDev::open(t, info.size).map_err(|e| Refusal::Busy {
-        detail: e.to_string(),
-    })?;
+    if let (Some(want), Some(seen)) = (expected, id.diskseq)
+        && want != seen
+    {
+        return Err(Refusal::DiskChanged {
+            path: t.display().to_string(),
+            when: "since it was detected".into(),
+            expected: want,
+            actual: seen,
+        });
+    }
+    let dev =
+        TargetDev::open_checked(t, info.size, expected.or(id.diskseq)).map_err(|e| match e {
+            ImagerError::Refused { refusal, .. } => refusal,
+            e => Refusal::Busy {
+                detail: e.to_string(),
+            },
+        })?;
     Ok((id, dev))
 }
 

@@ -18,6 +18,7 @@ pub mod gptfix;
 pub mod ioctl;
 pub mod job;
 pub mod marker;
+pub mod mountinfo;
 pub mod progress;
 pub mod reader;
 pub mod report;

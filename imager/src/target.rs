@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::buffer::{ALIGN, AlignedBuf};
+use crate::eligibility::Refusal;
 use crate::error::ImagerError;
 use crate::ioctl;
 
@@ -51,21 +52,57 @@ pub struct TargetDev {
     is_loop: bool,
     size: u64,
     logical_sector: u64,
+    diskseq: Option<u64>,
 }
 
 fn aligned(buf: &[u8], off: u64) -> bool {
     (buf.as_ptr() as usize) % ALIGN == 0 && buf.len() % ALIGN == 0 && off % ALIGN as u64 == 0
 }
 
+/// Opens the file behind `fd` again, with `flags` (plus O_RDWR | O_CLOEXEC), through
+/// `/proc/self/fd/N`: the same inode as the claimed descriptor whatever has been renamed or
+/// re-created at its path since. For a block device the kernel opens the inode's `maj:min`,
+/// which a disk plugged in meanwhile may have taken over, so block-device callers compare
+/// [`ioctl::diskseq`] of both descriptors (as [`TargetDev::open_checked`] does).
+pub fn reopen(fd: &File, flags: libc::c_int) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 impl TargetDev {
     /// Opens and claims `path`. `min_size`: a regular file shorter than this is extended
     /// (sparsely) to it, so a file target behaves like a disk of the image's size.
     pub fn open(path: &Path, min_size: u64) -> Result<TargetDev, ImagerError> {
+        Self::open_checked(path, min_size, None)
+    }
+
+    /// Like [`Self::open`], proving it holds the disk the caller means: a block device's kernel
+    /// `diskseq` must equal `expected` (recorded when the disk was detected or checked), and
+    /// the O_DIRECT descriptor, re-opened from the claimed one (never from the path), must reach
+    /// the same disk. Either mismatch is [`Refusal::DiskChanged`]; nothing has been written.
+    pub fn open_checked(
+        path: &Path,
+        min_size: u64,
+        expected: Option<u64>,
+    ) -> Result<TargetDev, ImagerError> {
         let err = |action, e| ImagerError::Target {
             action,
             path: path.to_path_buf(),
             offset: 0,
             source: e,
+        };
+        let changed = |when: &str, expected: u64, actual: u64| ImagerError::Refused {
+            path: path.to_path_buf(),
+            refusal: Refusal::DiskChanged {
+                path: path.display().to_string(),
+                when: when.to_string(),
+                expected,
+                actual,
+            },
         };
         let md = std::fs::metadata(path).map_err(|e| err("inspecting", e))?;
         let is_block = md.file_type().is_block_device();
@@ -77,12 +114,28 @@ impl TargetDev {
         }
         let buffered = oo.open(path).map_err(|e| err("opening exclusively", e))?;
         ioctl::lock_exclusive(buffered.as_fd()).map_err(|e| err("locking (flock)", e))?;
-        let direct = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
-            .open(path)
-            .ok();
+        let diskseq = if is_block {
+            match (expected, ioctl::diskseq(buffered.as_fd())) {
+                (Some(want), Ok(have)) if want != have => {
+                    return Err(changed("since it was detected", want, have));
+                }
+                (Some(_), Err(e)) => return Err(err("reading the diskseq of", e)),
+                (_, r) => r.ok(),
+            }
+        } else {
+            None
+        };
+        #[cfg(test)]
+        tests::BEFORE_REOPEN.with(|h| h.take().map(|f| f()));
+        // A second open of the path could reach another disk (or file) than the one claimed.
+        let direct = reopen(&buffered, libc::O_DIRECT).ok();
+        if let (Some(d), Some(seq)) = (&direct, diskseq) {
+            match ioctl::diskseq(d.as_fd()) {
+                Ok(s) if s == seq => {}
+                Ok(s) => return Err(changed("between claim and O_DIRECT open", seq, s)),
+                Err(e) => return Err(err("reading the diskseq of", e)),
+            }
+        }
         let (size, logical_sector) = if is_block {
             let s = ioctl::get_size64(buffered.as_fd()).map_err(|e| err("getting size of", e))?;
             let l = ioctl::logical_sector_size(buffered.as_fd()).unwrap_or(512);
@@ -105,6 +158,7 @@ impl TargetDev {
             is_loop,
             size,
             logical_sector,
+            diskseq,
         })
     }
 
@@ -123,6 +177,10 @@ impl TargetDev {
     /// True for a block device.
     pub fn is_block(&self) -> bool {
         self.is_block
+    }
+    /// The claimed disk's kernel `diskseq` (block devices on Linux 5.15+).
+    pub fn diskseq(&self) -> Option<u64> {
+        self.diskseq
     }
     /// True while bulk I/O goes through O_DIRECT.
     pub fn is_direct(&self) -> bool {
@@ -320,6 +378,58 @@ impl TargetDev {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// Runs between the claim and the O_DIRECT open (to swap what the path names).
+        pub(super) static BEFORE_REOPEN: RefCell<Option<Box<dyn FnOnce()>>> =
+            const { RefCell::new(None) };
+    }
+
+    /// The path is replaced between the claim and the O_DIRECT open: every write, O_DIRECT or
+    /// buffered, still reaches the claimed file; the new file at the path stays untouched.
+    #[test]
+    fn the_direct_descriptor_is_the_claimed_file_not_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.img");
+        let moved = dir.path().join("claimed.img");
+        std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+        let (p2, m2) = (p.clone(), moved.clone());
+        BEFORE_REOPEN.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                std::fs::rename(&p2, &m2).unwrap();
+                std::fs::write(&p2, vec![0xEEu8; 1 << 20]).unwrap();
+            }))
+        });
+        let mut t = TargetDev::open(&p, 0).unwrap();
+        let mut b = AlignedBuf::new(65536);
+        b.as_mut_slice().fill(7);
+        t.write_at(b.as_slice(), 65536).unwrap();
+        t.write_at(&[9u8; 3], 5).unwrap();
+        t.sync().unwrap();
+        let claimed = std::fs::read(&moved).unwrap();
+        assert!(claimed[65536..131072].iter().all(|&x| x == 7));
+        assert_eq!(&claimed[5..8], &[9, 9, 9]);
+        let other = std::fs::read(&p).unwrap();
+        assert!(other.iter().all(|&x| x == 0xEE), "the new file was written");
+    }
+
+    #[test]
+    fn reopen_reaches_the_same_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"old").unwrap();
+        let f = File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, b"new!").unwrap();
+        let again = reopen(&f, 0).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(again.metadata().unwrap().ino(), f.metadata().unwrap().ino());
+        assert_ne!(
+            std::fs::metadata(&p).unwrap().ino(),
+            f.metadata().unwrap().ino()
+        );
+    }
 
     #[test]
     fn file_target_extends_writes_zeroes_and_reads() {

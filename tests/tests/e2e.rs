@@ -362,8 +362,14 @@ fn cancel_keeps_staged_data() {
     let (disk, _lo) = b.plug("bay1", 1, 1024 * MIB);
     b.wait_state(&job, "writing", 30);
     let out = b.tek_ok(&["job", "cancel", &job]);
-    assert!(out.contains("staged client data kept"), "{out}");
+    // Running: only asked to stop; the record says what happened once it has.
+    assert!(out.contains("cancel requested while writing"), "{out}");
     let rec = b.wait_state(&job, "cancelled", 60);
+    let note = rec["history"].as_array().unwrap().last().unwrap()["note"].clone();
+    assert!(
+        note.as_str().unwrap().contains("staged client data kept"),
+        "{note}"
+    );
     assert!(rec["results"]["sanitization"].is_null());
     let info = b.custody().dataset(&dataset.parse().unwrap()).unwrap();
     // Never wiped: still staged (or, if the cancel landed after the verified restore,

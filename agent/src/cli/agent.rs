@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use crate::Depot;
 use crate::client::Client;
 use crate::config::Config;
-use crate::job::Job;
+use crate::job::{Job, JobState};
 use crate::protocol::{Op, Status};
 
 /// Where to find the agent: its config file (for the socket path) or the socket itself.
@@ -361,7 +361,18 @@ fn job(cmd: JobCommand) -> Result<()> {
         }
         JobCommand::Cancel { id, conn } => {
             let j: Job = conn.client()?.call(Op::JobCancel { id })?;
-            println!("{}: {} (staged client data kept)", j.id, j.state);
+            // A running job is only asked to stop; it says what happened when it has.
+            match (j.state, &j.dataset) {
+                (JobState::Cancelled, Some(ds)) => {
+                    println!("{}: cancelled; dataset {ds} stays in staging", j.id)
+                }
+                (JobState::Cancelled, None) => println!("{}: cancelled", j.id),
+                (s, _) => println!(
+                    "{}: cancel requested while {s}; it stops at the next safe point \
+                     (see `tek job show {}`)",
+                    j.id, j.id
+                ),
+            }
         }
         JobCommand::Retry { id, conn } => {
             let j: Job = conn.client()?.call(Op::JobRetry { id })?;

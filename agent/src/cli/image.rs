@@ -2,14 +2,13 @@
 //! stats). A thin layer over `image_store::Store`; everything it prints is also available as
 //! JSON (`--json`) for scripts.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use image_store::{
-    Extent, GcOptions, Hints, ImageRef, ImportOptions, SignatureStatus, SigningKey, Store,
-    generate_keypair,
+    Extent, GcOptions, Hints, ImageRef, ImportOptions, Resign, SetHints, SignatureStatus,
+    SigningKey, Store, generate_keypair,
 };
 
 use crate::Depot;
@@ -19,7 +18,7 @@ use crate::Depot;
 pub enum ImageCommand {
     /// Import a raw disk image (or one compressed with zstd, gzip or xz) as NAME@VERSION.
     Import(ImportArgs),
-    /// Change an image's hints (re-signs with --sign-key, else drops the old signature).
+    /// Change an image's hints (a signed image needs --sign-key to re-sign, or --unsign).
     Set(SetArgs),
     /// Make an ed25519 signing key pair NAME.key / NAME.pub.
     Keygen {
@@ -172,8 +171,11 @@ pub struct SetArgs {
     #[command(flatten)]
     hints: HintArgs,
     /// Re-sign the changed manifest with this secret key.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "unsign")]
     sign_key: Option<PathBuf>,
+    /// Drop the signature of a signed manifest when changing it (otherwise refused).
+    #[arg(long)]
+    unsign: bool,
 }
 
 pub(crate) fn open_store(depot: &Depot) -> Result<Store> {
@@ -189,7 +191,7 @@ fn load_key(p: &Option<PathBuf>) -> Result<Option<SigningKey>> {
         .transpose()
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(super) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!(
         "{}",
         serde_json::to_string_pretty(v).context("formatting JSON")?
@@ -209,22 +211,7 @@ fn mib(b: u64) -> String {
 pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
     match cmd {
         ImageCommand::Import(a) => import(depot, a),
-        ImageCommand::Set(a) => {
-            let store = open_store(depot)?;
-            let key = load_key(&a.sign_key)?;
-            let (m, _) = store
-                .load_manifest(&a.image)
-                .with_context(|| format!("loading {}", a.image))?;
-            let hints = a.hints.apply(m.hints);
-            store
-                .set_hints(&a.image, hints, key.as_ref())
-                .with_context(|| format!("setting hints of {}", a.image))?;
-            match key {
-                Some(k) => println!("updated {} (signed with {})", a.image, k.key_id()),
-                None => println!("updated {} (now unsigned; sign it again)", a.image),
-            }
-            Ok(())
-        }
+        ImageCommand::Set(a) => set(depot, a),
         ImageCommand::Keygen { name, dir } => {
             let dir = dir.unwrap_or_else(|| depot.root().join("signing-keys"));
             let (sk, pk) = generate_keypair(&dir, &name)
@@ -243,7 +230,14 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             store
                 .sign(&image, &k)
                 .with_context(|| format!("signing {image}"))?;
-            let st = store.load(&image, depot.trusted_keys())?.signature;
+            let st = store
+                .load(&image, depot.trusted_keys())
+                .with_context(|| format!("checking the new signature of {image}"))?
+                .signature;
+            // Checked, not assumed: the manifest may have changed between signing and now.
+            if let SignatureStatus::Invalid { reason } = &st {
+                bail!("signing {image}: the new signature does not verify ({reason})");
+            }
             println!("signed {image} with {}: {st}", k.key_id());
             Ok(())
         }
@@ -298,7 +292,7 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             deep,
             require_signature,
             json,
-        } => verify(depot, image, all, deep, require_signature, json),
+        } => super::image_verify::verify(depot, image, all, deep, require_signature, json),
         ImageCommand::Stats { json } => {
             let s = open_store(depot)?
                 .stats()
@@ -328,6 +322,46 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
     }
 }
 
+fn set(depot: &Depot, a: SetArgs) -> Result<()> {
+    let store = open_store(depot)?;
+    let key = load_key(&a.sign_key)?;
+    let sign = match (&key, a.unsign) {
+        (Some(k), _) => Resign::With(k),
+        (None, true) => Resign::Unsign,
+        (None, false) => Resign::Keep,
+    };
+    let done = store
+        .set_hints(&a.image, |h| a.hints.apply(h.clone()), sign)
+        .with_context(|| format!("setting hints of {}", a.image))?;
+    match done {
+        SetHints::Unchanged => {
+            let sig = store.load(&a.image, depot.trusted_keys())?.signature;
+            println!(
+                "nothing to change: {} already has these hints (not rewritten; signature {sig})",
+                a.image
+            );
+            if key.is_some() {
+                println!("to sign it as it is: tek image sign {} --key FILE", a.image);
+            }
+        }
+        SetHints::Updated {
+            signed_by: Some(k), ..
+        } => {
+            let sig = store.load(&a.image, depot.trusted_keys())?.signature;
+            println!("updated {} (signed with {k}: {sig})", a.image);
+        }
+        SetHints::Updated {
+            signature_dropped: true,
+            ..
+        } => println!(
+            "updated {} (signature removed: it is unsigned now; sign it again)",
+            a.image
+        ),
+        SetHints::Updated { .. } => println!("updated {} (unsigned, as before)", a.image),
+    }
+    Ok(())
+}
+
 fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
     let store = open_store(depot)?;
     let key = load_key(&a.sign_key)?;
@@ -337,6 +371,8 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
         chunk_avg: a.chunk_avg,
         ..ImportOptions::default()
     };
+    // A replaced, signed version loses its signature when no key is given: say so.
+    let was_signed = a.replace && store.signature_path(&a.image).exists();
     let r = store
         .import(&a.image, &a.file, &opts, key.as_ref())
         .with_context(|| format!("importing {} as {}", a.file.display(), a.image))?;
@@ -381,8 +417,14 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
         Some(g) => println!("  GPT with {} partitions", g.partitions.len()),
         None => println!("  no valid GPT (gpt: null)"),
     }
-    if let Some(k) = key {
-        println!("  signed with {}", k.key_id());
+    match key {
+        Some(k) => println!("  signed with {}", k.key_id()),
+        None if was_signed => println!(
+            "  unsigned: the replaced version's signature was removed (sign it with `tek image \
+             sign {} --key FILE`)",
+            a.image
+        ),
+        None => println!("  unsigned"),
     }
     Ok(())
 }
@@ -522,68 +564,5 @@ fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
         opt(&h.grow_partition),
         h.randomize_guids
     );
-    Ok(())
-}
-
-fn verify(
-    depot: &Depot,
-    image: Option<ImageRef>,
-    all: bool,
-    deep: bool,
-    require_signature: bool,
-    json: bool,
-) -> Result<()> {
-    let store = open_store(depot)?;
-    let images = if all {
-        store.list().context("listing images")?
-    } else {
-        vec![image.expect("clap requires an image without --all")]
-    };
-    let mut seen = HashSet::new();
-    let mut reports = Vec::new();
-    let mut failed = 0;
-    for r in &images {
-        let sig = store
-            .load(r, depot.trusted_keys())
-            .with_context(|| format!("loading {r}"))?
-            .signature;
-        let rep = store
-            .verify(r, deep, &mut seen)
-            .with_context(|| format!("verifying {r}"))?;
-        // A tampered manifest always fails; a missing or untrusted signature only on request.
-        let sig_ok = match &sig {
-            SignatureStatus::Invalid { .. } => false,
-            s => !require_signature || s.is_valid(),
-        };
-        let ok = rep.ok() && sig_ok;
-        if !ok {
-            failed += 1;
-        }
-        if !json {
-            let what = if deep {
-                "chunks + whole-image hashes"
-            } else {
-                "chunks"
-            };
-            println!(
-                "{r}: {} ({} chunks checked, {what}); signature {sig}",
-                if rep.ok() { "OK" } else { "BAD" },
-                rep.chunks_checked
-            );
-            for b in rep.bad_chunks.iter().chain(&rep.hash_errors) {
-                println!("  {b}");
-            }
-        }
-        reports.push(serde_json::json!({ "report": rep, "signature": sig, "ok": ok }));
-    }
-    if json {
-        print_json(&reports)?;
-    }
-    if failed > 0 {
-        bail!(
-            "{failed} of {} images failed verification (content or signature)",
-            images.len()
-        );
-    }
     Ok(())
 }

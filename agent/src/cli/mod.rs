@@ -6,6 +6,7 @@ pub mod audit;
 pub mod data;
 pub mod image;
 pub mod image_rm;
+mod image_verify;
 pub mod interrupt;
 pub mod write;
 

@@ -62,29 +62,35 @@ pub struct WriteArgs {
     pub allow_unsigned: bool,
 }
 
+/// A store reference always wins: an argument that parses as NAME@VERSION is the store's image,
+/// even when a file of that name sits in the current directory (names cannot hold `/`, so
+/// `./NAME@VERSION` names the file). Anything else must be an existing file.
 fn resolve_source(depot: &Depot, args: &WriteArgs) -> Result<ImageSource> {
     let p = Path::new(&args.image);
-    if p.exists() {
-        return Ok(ImageSource::File(p.to_path_buf()));
-    }
-    let r: ImageRef = args.image.parse().with_context(|| {
-        format!(
-            "reading image {:?}: neither an existing file nor NAME@VERSION",
+    let r: ImageRef = match args.image.parse() {
+        Ok(r) => r,
+        Err(_) if p.exists() => return Ok(ImageSource::File(p.to_path_buf())),
+        Err(e) => bail!(
+            "reading image {}: no such file, and not a store image ({e})",
             args.image
-        )
-    })?;
+        ),
+    };
     let store = Store::open(depot.store())
         .with_context(|| format!("opening the image store {}", depot.store().display()))?;
-    let image = store
-        .load(&r, depot.trusted_keys())
-        .with_context(|| format!("loading image {r}"))?;
+    let image = store.load(&r, depot.trusted_keys()).with_context(|| {
+        if p.exists() {
+            format!("loading image {r} (to write the file of that name, give it as ./{r})")
+        } else {
+            format!("loading image {r}")
+        }
+    })?;
     match &image.signature {
         SignatureStatus::Valid { .. } => {}
         SignatureStatus::Invalid { reason } => {
             bail!("refusing image {r}: its signature does not match ({reason})")
         }
         other if !args.allow_unsigned => {
-            bail!("refusing image {r}: {other:?}; pass --allow-unsigned to write it anyway")
+            bail!("refusing image {r}: {other}; pass --allow-unsigned to write it anyway")
         }
         _ => {}
     }
@@ -339,7 +345,26 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
         );
     }
     if bad > 0 {
-        bail!("{bad} of {} target(s) not written", reports.len());
+        // A refused target is untouched; a failed one may have been partly written.
+        let refused = reports
+            .iter()
+            .filter(|r| matches!(r.result, imager::TargetResult::Refused { .. }))
+            .count();
+        let mut what = Vec::new();
+        if refused > 0 {
+            what.push(format!("{refused} refused, untouched"));
+        }
+        if bad > refused {
+            what.push(format!(
+                "{} failed after claiming (see each target's line above)",
+                bad - refused
+            ));
+        }
+        bail!(
+            "{bad} of {} target(s) not written: {}",
+            reports.len(),
+            what.join("; ")
+        );
     }
     Ok(())
 }

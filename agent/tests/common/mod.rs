@@ -37,6 +37,19 @@ impl Tek {
             .output()
             .expect("running tek")
     }
+    /// Runs `tek ARGS` with `cwd` as the current directory.
+    pub fn run_in(&self, cwd: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tek"))
+            .current_dir(cwd)
+            .arg("--state")
+            .arg(self.dir().join("state"))
+            .arg("--trusted-keys")
+            .arg(self.dir().join("trusted"))
+            .args(args)
+            .env_remove("TEK_STORE")
+            .output()
+            .expect("running tek")
+    }
     /// Runs `tek ARGS`, asserts success, returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
