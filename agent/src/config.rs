@@ -185,13 +185,16 @@ impl Config {
         let mut names = HashSet::new();
         for (i, bay) in self.bays.iter().enumerate() {
             let at = format!("bay #{} ({:?})", i + 1, bay.name);
+            // At most 50: a provisioning bay's jobs get the ticket `provisioning-<name>`, which
+            // must pass the id rule (64 characters) like every ticket.
             if bay.name.is_empty()
+                || bay.name.len() > 50
                 || !bay
                     .name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
-                bail!("{at}: name must be 1 or more of [A-Za-z0-9._-]");
+                bail!("{at}: name must be 1-50 of [A-Za-z0-9._-]");
             }
             if !names.insert(bay.name.as_str()) {
                 bail!("{at}: the name is used by another bay");

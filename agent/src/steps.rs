@@ -7,14 +7,16 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use client_data::{AuditEvent, Custody, CustodyPaths, DatasetId, DatasetState, Destination};
+use client_data::{
+    AuditEvent, Custody, CustodyPaths, DatasetId, DatasetState, Destination, DeviceIdentity,
+};
 use image_store::{ImageRef, LoadedImage, Store};
 
 use crate::Depot;
 use crate::bay::Disk;
 use crate::config::{BeyondImage, Config};
 use crate::job::Job;
-use crate::report::Report;
+use crate::report::{AuditAnchor, Report};
 use crate::runner::{JobSteps, StepError, StepProgress};
 use crate::shared_write::WriteSharing;
 
@@ -78,6 +80,21 @@ impl RealSteps {
         d.parse()
             .map_err(|e| anyhow!("parsing dataset id {d}: {e:?}"))
     }
+}
+
+/// The claimed disk's hardware identity for the audit log (never its node or backing file).
+fn device_identity(job: &Job) -> DeviceIdentity {
+    job.device
+        .as_ref()
+        .map_or_else(DeviceIdentity::default, |d| {
+            DeviceIdentity::new(
+                d.serial.as_deref(),
+                d.wwn.as_deref(),
+                Some(&d.model),
+                Some(d.size_bytes),
+                Some(&d.name),
+            )
+        })
 }
 
 fn image_facts(img: &LoadedImage) -> serde_json::Value {
@@ -207,8 +224,7 @@ impl JobSteps for RealSteps {
             .with_context(|| format!("creating {}", target.display()))?;
         let dest = Destination {
             job: Some(job.id.clone()),
-            device_serial: job.device.as_ref().and_then(|d| d.serial.clone()),
-            device: dev.display().to_string(),
+            device: device_identity(job),
         };
         let result = self.custody.restore(&id, &target, &dest);
         let unmounted = mount.unmount();
@@ -258,6 +274,7 @@ impl JobSteps for RealSteps {
                 &id,
                 &client_data::WipeOptions {
                     force_reason: None,
+                    note: None,
                     operator: OPERATOR.into(),
                 },
             )
@@ -273,7 +290,7 @@ impl JobSteps for RealSteps {
         Ok(value)
     }
 
-    fn image_written(&self, job: &Job, dev: &Path, ok: bool) -> Result<()> {
+    fn image_written(&self, job: &Job, _dev: &Path, ok: bool) -> Result<()> {
         let manifest_hash = job
             .results
             .image
@@ -287,15 +304,16 @@ impl JobSteps for RealSteps {
             .as_ref()
             .and_then(|v| v["bytes_written"].as_u64())
             .unwrap_or(0);
+        let (image, version) = job.image.split_once('@').unwrap_or((&job.image, ""));
         self.custody
             .audit()
             .append(AuditEvent::ImageWritten {
                 job: job.id.clone(),
                 ticket: job.ticket.clone(),
-                image: job.image.clone(),
+                image: image.to_string(),
+                version: version.to_string(),
                 manifest_hash,
-                device: dev.display().to_string(),
-                device_serial: job.device.as_ref().and_then(|d| d.serial.clone()),
+                device: device_identity(job),
                 bytes,
                 result: if ok { "verified" } else { "failed" }.into(),
             })
@@ -303,24 +321,28 @@ impl JobSteps for RealSteps {
     }
 
     fn finish(&self, job: &Job) -> Result<()> {
-        let r = Report::of(job);
-        std::fs::create_dir_all(&self.reports)
-            .with_context(|| format!("creating {}", self.reports.display()))?;
-        let json = self.reports.join(format!("{}.json", job.id));
-        std::fs::write(&json, serde_json::to_vec_pretty(&r).unwrap_or_default())
-            .with_context(|| format!("writing {}", json.display()))?;
-        let html = self.reports.join(format!("{}.html", job.id));
-        std::fs::write(&html, r.to_html())
-            .with_context(|| format!("writing {}", html.display()))?;
-        self.custody
-            .audit()
+        // The entry first, then a checkpoint signed over it, printed in the report.
+        let audit = self.custody.audit();
+        audit
             .append(AuditEvent::JobFinished {
                 job: job.id.clone(),
                 ticket: job.ticket.clone(),
                 dataset: job.dataset.clone(),
                 result: job.state.to_string(),
             })
-            .context("appending JobFinished to the audit log")
+            .context("appending JobFinished to the audit log")?;
+        let cp = audit
+            .checkpoint()
+            .context("signing an audit checkpoint for the report")?;
+        let mut r = Report::of(job);
+        r.audit = cp.map(AuditAnchor::of);
+        std::fs::create_dir_all(&self.reports)
+            .with_context(|| format!("creating {}", self.reports.display()))?;
+        let json = self.reports.join(format!("{}.json", job.id));
+        std::fs::write(&json, serde_json::to_vec_pretty(&r).unwrap_or_default())
+            .with_context(|| format!("writing {}", json.display()))?;
+        let html = self.reports.join(format!("{}.html", job.id));
+        std::fs::write(&html, r.to_html()).with_context(|| format!("writing {}", html.display()))
     }
 
     fn still_present(&self, dev: &Path) -> bool {

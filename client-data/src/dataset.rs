@@ -14,6 +14,7 @@ use std::str::FromStr;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::DeviceIdentity;
 use crate::error::{DataError, io};
 use crate::keystore::write_private;
 
@@ -129,15 +130,44 @@ pub struct DatasetInfo {
     pub state: DatasetState,
 }
 
-/// Where a restore writes, for the audit log and breach reports.
+/// Where a restore writes, for the audit log and breach reports: the job and the device's
+/// hardware identity, never a path.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "DestinationRecord")]
 pub struct Destination {
     /// The agent's job id, if any.
     pub job: Option<String>,
-    /// The replacement device's serial number, if known.
-    pub device_serial: Option<String>,
-    /// The device (or directory) written to.
-    pub device: String,
+    /// The replacement device (empty for a plain directory).
+    pub device: DeviceIdentity,
+}
+
+/// `meta.json`'s migration destination as stored: before the audit format 2 change it was
+/// `{job, device_serial, device: "<path>"}`; the path is not kept.
+#[derive(Deserialize)]
+struct DestinationRecord {
+    #[serde(default)]
+    job: Option<String>,
+    #[serde(default)]
+    device_serial: Option<String>,
+    #[serde(default)]
+    device: Option<DeviceField>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DeviceField {
+    Identity(DeviceIdentity),
+    Path(#[allow(dead_code)] String),
+}
+
+impl From<DestinationRecord> for Destination {
+    fn from(r: DestinationRecord) -> Destination {
+        let device = match r.device {
+            Some(DeviceField::Identity(d)) => d,
+            _ => DeviceIdentity::new(r.device_serial.as_deref(), None, None, None, None),
+        };
+        Destination { job: r.job, device }
+    }
 }
 
 /// Record of the verified migration.

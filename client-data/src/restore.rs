@@ -332,6 +332,10 @@ impl Custody {
         target_dir: &Path,
         dest: &Destination,
     ) -> Result<RestoreResult, DataError> {
+        if let Some(job) = &dest.job {
+            // Checked before anything is written: the audit entry at the end must not fail.
+            crate::dataset::check_ident("job id", job)?;
+        }
         let (_lock, mut meta) = self.lock_live(id, "restore")?;
         let kek = self.keys.kek(false)?;
         let key = self.keys.load(&kek, id.as_str())?;
@@ -478,8 +482,7 @@ impl Custody {
                 client: meta.info.client.clone(),
                 ticket: meta.info.ticket.clone(),
                 job: dest.job.clone(),
-                device: dest.device.clone(),
-                device_serial: dest.device_serial.clone(),
+                device: dest.device.sanitized(),
                 entries: res.entries_restored,
                 bytes: res.bytes_restored,
                 skipped: res.skipped.len() as u64,

@@ -46,7 +46,7 @@ pub fn check_done_with_data(b: &Bench, job: &str, disk: &Path, dataset: &str, sr
         .expect("dataset metadata");
     assert_eq!(format!("{:?}", info.state), "Wiped");
     // The audit chain verifies and holds this job's entries.
-    let audit = client_data::AuditLog::open(&b.state.join("audit")).unwrap();
+    let audit = client_data::AuditLog::open(&b.state.join("audit"), &b.state.join("keys")).unwrap();
     audit.verify().expect("audit chain verifies");
     b.tek_ok(&["audit", "verify"]);
     let log = std::fs::read_to_string(audit.path()).unwrap();

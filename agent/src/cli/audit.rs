@@ -1,16 +1,23 @@
 //! `tek audit ...`: the tamper-evident audit log (verify, show, head, breach-report).
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use client_data::{AuditEvent, AuditLog, BreachReport};
+use client_data::{AuditEvent, AuditHead, AuditLog, AuditPublicKey, BreachReport};
 
 use crate::Depot;
 
 /// `tek audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; names the first bad entry.
+    /// Check the hash chain, every signed checkpoint and the signed head; names the first bad
+    /// entry, or the truncation.
     Verify {
+        /// Check the signatures against this public key (a copy kept off the machine) instead
+        /// of the depot's `keys/audit.pub`.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -21,7 +28,7 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the current chain head (keep it off the machine).
+    /// Print the current chain head and the last signed checkpoint (keep them off the machine).
     Head {
         /// Print JSON.
         #[arg(long)]
@@ -44,18 +51,38 @@ pub enum AuditCommand {
 /// Runs a `tek audit` subcommand.
 pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
     let dir = depot.audit();
-    let log =
-        AuditLog::open(&dir).with_context(|| format!("opening audit log in {}", dir.display()))?;
+    let log = AuditLog::open(&dir, &depot.keys())
+        .with_context(|| format!("opening audit log in {}", dir.display()))?;
     match cmd {
-        AuditCommand::Verify { json } => {
-            let head = log.verify().context("verifying audit log")?;
+        AuditCommand::Verify { public_key, json } => {
+            let key = public_key
+                .as_deref()
+                .map(|p| {
+                    AuditPublicKey::load(p)
+                        .with_context(|| format!("reading public key {}", p.display()))
+                })
+                .transpose()?;
+            let head = log
+                .verify_with(key.as_ref())
+                .context("verifying audit log")?;
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&head).context("serializing")?
                 );
             } else {
-                println!("audit log OK: {} entries, head {}", head.entries, head.hash);
+                let signed = match &head.checkpoint {
+                    Some(c) => format!(
+                        "{} signed checkpoints verified (last at seq {})",
+                        head.checkpoints, c.seq
+                    ),
+                    None => "no signed checkpoint yet".into(),
+                };
+                println!(
+                    "audit log OK: {} entries, head {}; {signed}",
+                    head.entries, head.hash
+                );
+                print_unsigned(&head);
             }
         }
         AuditCommand::Show { json } => {
@@ -84,11 +111,20 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
                 );
             } else {
                 println!(
-                    "{} {} {}",
+                    "head: {} entries, seq {} hash {} at {}",
                     head.entries,
+                    head.entries.saturating_sub(1),
                     head.hash,
-                    head.time.unwrap_or_default()
+                    head.time.as_deref().unwrap_or("-")
                 );
+                match &head.checkpoint {
+                    Some(c) => println!(
+                        "checkpoint: seq {} hash {} signed {} by audit key {}",
+                        c.seq, c.hash, c.time, c.public_key
+                    ),
+                    None => println!("checkpoint: none yet"),
+                }
+                print_unsigned(&head);
             }
         }
         AuditCommand::BreachReport { from, to, json } => {
@@ -145,4 +181,15 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Says so when the last entries are covered by no signature (a crash between an append and its
+/// head update, or lines appended without the key; format 1 logs before their first new entry).
+fn print_unsigned(head: &AuditHead) {
+    if head.unsigned_entries > 0 {
+        println!(
+            "warning: the last {} entries are covered by no signature",
+            head.unsigned_entries
+        );
+    }
 }

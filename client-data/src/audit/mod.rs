@@ -1,0 +1,712 @@
+//! The append-only, hash-chained, signed audit log: `<audit>/audit.log`, one JSON object per line.
+//!
+//! Line format, version 2 (version 1 lines are still read and verified; a log started in format 1
+//! continues in format 2, never the other way round): `{"v":2,"seq":N,"time":RFC3339,"prev":HEX,
+//! "event":KIND,...fields...,"hash":HEX}`. `hash` is BLAKE3 of the line's bytes up to (not
+//! including) `,"hash":`, with the closing `}` appended, i.e. of the line as it would be without
+//! its `hash` member. `prev` is the previous line's `hash` (64 zeros for the first line); `seq`
+//! counts from 0. Format 2 differs from 1 in its fields only: devices are a [`DeviceIdentity`]
+//! (serial, WWN, model, size, kernel name; format 1 had a free `device` path and
+//! `device_serial`), a wipe's `reason` is a [`WipeReason`] code (format 1: free text), and
+//! `image_written` carries `image` and `version` apart (format 1: `NAME@VERSION`).
+//!
+//! Every append takes an exclusive flock on the file (the agent daemon and `tek` commands append
+//! concurrently), reads the tail to chain onto, writes its lines and fdatasyncs, then, still
+//! under the lock, signs the new head with the depot audit key (`checkpoint`), appends a signed
+//! checkpoint whenever a multiple of [`CHECKPOINT_EVERY`] entries was crossed, rewrites
+//! `audit.head`, and forwards every line and checkpoint to the journal (`journal`). `chain`
+//! verifies all of it.
+//!
+//! No personal data goes in: ids, counts, sizes, hashes, codes, never file names or free text.
+//! [`AuditEvent::check`] refuses an entry whose ids break the id rule before anything is written.
+
+mod chain;
+mod checkpoint;
+mod event;
+mod fields;
+pub mod journal;
+
+pub use checkpoint::{
+    AuditPublicKey, CHECKPOINT_EVERY, CHECKPOINT_FORMAT, Checkpoint, public_path, secret_path,
+};
+pub use event::AuditEvent;
+pub use fields::{DeviceIdentity, WipeReason};
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::rfc3339;
+use crate::error::{DataError, io};
+
+/// Format version of the audit lines this version writes.
+pub const AUDIT_VERSION: u32 = 2;
+/// Oldest format version still read and verified.
+pub const AUDIT_VERSION_MIN: u32 = 1;
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const HASH_KEY: &str = ",\"hash\":\"";
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Format version.
+    pub v: u32,
+    /// Sequence number from 0.
+    pub seq: u64,
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// Hash of the previous line.
+    pub prev: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    /// This line's hash (absent while hashing).
+    #[serde(default, skip_serializing)]
+    pub hash: String,
+}
+
+/// The chain head: what to keep off the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditHead {
+    /// Entries in the log.
+    pub entries: u64,
+    /// Hash of the last line (64 zeros when empty).
+    pub hash: String,
+    /// Time of the last line.
+    pub time: Option<String>,
+    /// The signed head (`audit.head`), if any.
+    pub signed_head: Option<Checkpoint>,
+    /// The last signed checkpoint (`audit.checkpoints`), if any.
+    pub checkpoint: Option<Checkpoint>,
+    /// Signed checkpoints in `audit.checkpoints`.
+    pub checkpoints: u64,
+    /// Entries after the signed head, covered by no signature (0 normally; more after a crash
+    /// between an append and its head update, or after lines appended without the key).
+    pub unsigned_entries: u64,
+}
+
+/// The audit log.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    path: PathBuf,
+    head_path: PathBuf,
+    checkpoints_path: PathBuf,
+    keys: PathBuf,
+    journal: journal::JournalSink,
+}
+
+/// Splits a line into (body to hash, stated hash).
+fn split_line(line: &str) -> Option<(String, &str)> {
+    let pos = line.rfind(HASH_KEY)?;
+    let rest = &line[pos + HASH_KEY.len()..];
+    let hash = rest.strip_suffix("\"}")?;
+    if hash.len() != 64 {
+        return None;
+    }
+    let mut body = line[..pos].to_string();
+    body.push('}');
+    Some((body, hash))
+}
+
+/// The last line's link fields.
+struct Tail {
+    seq: u64,
+    hash: String,
+    time: String,
+}
+
+impl AuditLog {
+    /// Opens (creating) the log in `dir`; the depot audit key lives in `keys` (created there on
+    /// first use).
+    pub fn open(dir: &Path, keys: &Path) -> Result<AuditLog, DataError> {
+        crate::keystore::mkdir_private(dir)?;
+        let path = dir.join("audit.log");
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("creating audit log", &path))?;
+        Ok(AuditLog {
+            path,
+            head_path: dir.join("audit.head"),
+            checkpoints_path: dir.join("audit.checkpoints"),
+            keys: keys.to_path_buf(),
+            journal: journal::JournalSink::default(),
+        })
+    }
+
+    /// Forwards entries to this journal socket instead of journald's (`None`: nowhere).
+    pub fn with_journal_socket(mut self, socket: Option<PathBuf>) -> AuditLog {
+        self.journal = journal::JournalSink(socket);
+        self
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The signed head file.
+    pub fn head_path(&self) -> &Path {
+        &self.head_path
+    }
+
+    /// The signed checkpoints file.
+    pub fn checkpoints_path(&self) -> &Path {
+        &self.checkpoints_path
+    }
+
+    /// The depot audit public key file.
+    pub fn public_key_path(&self) -> PathBuf {
+        public_path(&self.keys)
+    }
+
+    /// Appends one event, hash-chained, fsync'd, signed.
+    pub fn append(&self, event: AuditEvent) -> Result<(), DataError> {
+        self.append_many(std::iter::once(event))
+    }
+
+    /// Appends several events under one lock with one fsync at the end (imports, tests).
+    pub fn append_many(
+        &self,
+        events: impl IntoIterator<Item = AuditEvent>,
+    ) -> Result<(), DataError> {
+        let events: Vec<AuditEvent> = events.into_iter().collect();
+        for e in &events {
+            e.check()?;
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.locked(false, |log, f| {
+            let (first, mut prev) = match log.tail(f)? {
+                Some(t) => (t.seq + 1, t.hash),
+                None => (0, GENESIS.to_string()),
+            };
+            let mut seq = first;
+            let mut lines = Vec::with_capacity(events.len());
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, &**f);
+            for event in events {
+                let kind = event.kind();
+                let rec = AuditRecord {
+                    v: AUDIT_VERSION,
+                    seq,
+                    time: rfc3339(time::OffsetDateTime::now_utc()),
+                    prev: prev.clone(),
+                    event,
+                    hash: String::new(),
+                };
+                let body = serde_json::to_string(&rec).expect("serialize audit record");
+                let hash = blake3::hash(body.as_bytes()).to_hex().to_string();
+                let line = format!("{}{HASH_KEY}{hash}\"}}", &body[..body.len() - 1]);
+                out.write_all(line.as_bytes())
+                    .and_then(|_| out.write_all(b"\n"))
+                    .map_err(io("appending to audit log", &log.path))?;
+                lines.push((seq, kind, hash.clone(), line));
+                prev = hash;
+                seq += 1;
+            }
+            out.flush()
+                .map_err(io("appending to audit log", &log.path))?;
+            drop(out);
+            f.sync_data().map_err(io("syncing audit log", &log.path))?;
+            for (seq, kind, hash, line) in &lines {
+                log.journal.entry(*seq, kind, hash, line);
+            }
+            let last = seq - 1;
+            // Entries went from `first` to `last + 1`: did that pass a multiple of N?
+            let crossed = (last + 1) / CHECKPOINT_EVERY > first / CHECKPOINT_EVERY;
+            log.sign(last, &prev, crossed).map(|_| ())
+        })
+    }
+
+    /// Signs a checkpoint of the current last entry now (the agent does at every service report)
+    /// and returns it; `None` for an empty log.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, DataError> {
+        self.locked(false, |log, f| match log.tail(f)? {
+            Some(t) => log.sign(t.seq, &t.hash, true).map(Some),
+            None => Ok(None),
+        })
+    }
+
+    /// Under the lock: signs entry `seq`/`hash`, appends it as a checkpoint when `keep`, and
+    /// rewrites the head file.
+    fn sign(&self, seq: u64, hash: &str, keep: bool) -> Result<Checkpoint, DataError> {
+        // A key is only created for a chain nothing was signed for yet.
+        let fresh = !self.head_path.exists()
+            && std::fs::metadata(&self.checkpoints_path).map_or(true, |m| m.len() == 0);
+        let key = checkpoint::AuditKey::load_or_create(&self.keys, fresh)?;
+        let cp = key.sign(seq, hash, rfc3339(time::OffsetDateTime::now_utc()));
+        if keep {
+            checkpoint::append_checkpoint(&self.checkpoints_path, &cp)?;
+            self.journal.checkpoint(&cp);
+        }
+        checkpoint::write_head(&self.head_path, &cp)?;
+        Ok(cp)
+    }
+
+    /// Runs `f` with the log open for appending under an exclusive (or shared) flock.
+    fn locked<T>(
+        &self,
+        shared: bool,
+        f: impl FnOnce(&AuditLog, &mut Flock<File>) -> Result<T, DataError>,
+    ) -> Result<T, DataError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io("opening audit log", &self.path))?;
+        let how = if shared {
+            FlockArg::LockShared
+        } else {
+            FlockArg::LockExclusive
+        };
+        let mut file = Flock::lock(file, how).map_err(|(_, e)| DataError::Io {
+            action: "locking audit log",
+            path: self.path.clone(),
+            source: e.into(),
+        })?;
+        f(self, &mut file)
+    }
+
+    /// Link fields of the last line, reading only the end of the file.
+    fn tail(&self, f: &mut File) -> Result<Option<Tail>, DataError> {
+        let len = f
+            .metadata()
+            .map_err(io("reading size of", &self.path))?
+            .len();
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut window = 64 * 1024u64;
+        loop {
+            let start = len.saturating_sub(window);
+            f.seek(SeekFrom::Start(start))
+                .map_err(io("seeking in", &self.path))?;
+            let mut buf = Vec::new();
+            f.take(len - start)
+                .read_to_end(&mut buf)
+                .map_err(io("reading", &self.path))?;
+            let trimmed = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            if let Some(nl) = trimmed
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .or((start == 0).then_some(usize::MAX))
+            {
+                let last = if nl == usize::MAX {
+                    trimmed
+                } else {
+                    &trimmed[nl + 1..]
+                };
+                let line = String::from_utf8_lossy(last);
+                let broken = |reason: &str| DataError::AuditBroken {
+                    path: self.path.clone(),
+                    line: 0,
+                    seq: 0,
+                    reason: format!("last line: {reason}; run `tek audit verify`"),
+                };
+                let (_, hash) = split_line(&line).ok_or_else(|| broken("no hash"))?;
+                #[derive(Deserialize)]
+                struct Link {
+                    seq: u64,
+                    time: String,
+                }
+                let s: Link = serde_json::from_str(&line).map_err(|e| broken(&e.to_string()))?;
+                return Ok(Some(Tail {
+                    seq: s.seq,
+                    hash: hash.to_string(),
+                    time: s.time,
+                }));
+            }
+            window *= 4;
+        }
+    }
+
+    /// Iterates over all records (each checked for its own hash; chain links are `verify`'s job).
+    /// Format 1 lines are read into today's events.
+    pub fn records(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<AuditRecord, DataError>> + '_, DataError> {
+        let f = File::open(&self.path).map_err(io("opening audit log", &self.path))?;
+        let mut n = 0u64;
+        Ok(BufReader::with_capacity(1 << 20, f)
+            .lines()
+            .map(move |line| {
+                n += 1;
+                let line = line.map_err(io("reading audit log", &self.path))?;
+                parse_line(&self.path, n, &line)
+            }))
+    }
+
+    /// The current head without verifying the whole chain: the log's last line, the signed head
+    /// file and the last checkpoint, as found.
+    pub fn head(&self) -> Result<AuditHead, DataError> {
+        let tail = self.locked(true, |log, f| log.tail(f))?;
+        let signed_head = checkpoint::read_head(&self.head_path)?;
+        let cps = checkpoint::read_checkpoints(&self.checkpoints_path)?;
+        let (entries, hash, time) = match tail {
+            None => (0, GENESIS.to_string(), None),
+            Some(t) => (t.seq + 1, t.hash, Some(t.time)),
+        };
+        let signed = signed_head.as_ref().map_or(0, |h| h.seq + 1);
+        Ok(AuditHead {
+            entries,
+            hash,
+            time,
+            unsigned_entries: entries.saturating_sub(signed),
+            signed_head,
+            checkpoints: cps.len() as u64,
+            checkpoint: cps.into_iter().last(),
+        })
+    }
+}
+
+fn parse_line(path: &Path, n: u64, line: &str) -> Result<AuditRecord, DataError> {
+    let bad = |reason: String| DataError::AuditBroken {
+        path: path.to_path_buf(),
+        line: n,
+        seq: n - 1,
+        reason,
+    };
+    let (_, hash) = split_line(line).ok_or_else(|| bad("no hash member".into()))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| bad(format!("not a valid entry: {e}")))?;
+    match v["v"].as_u64() {
+        Some(1) => event::upgrade_v1(&mut v),
+        Some(2) => {}
+        _ => return Err(bad(format!("unknown version {}", v["v"]))),
+    }
+    let mut rec: AuditRecord =
+        serde_json::from_value(v).map_err(|e| bad(format!("not a valid entry: {e}")))?;
+    rec.hash = hash.to_string();
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(i: u64) -> AuditEvent {
+        AuditEvent::Verify {
+            dataset: format!("ds-{i}"),
+            entries: i,
+            bytes: i * 10,
+            mismatches: 0,
+            result: "passed".into(),
+        }
+    }
+
+    fn log_in(d: &Path) -> AuditLog {
+        AuditLog::open(&d.join("audit"), &d.join("keys"))
+            .unwrap()
+            .with_journal_socket(None)
+    }
+
+    fn log_with(n: u64) -> (tempfile::TempDir, AuditLog) {
+        let d = tempfile::tempdir().unwrap();
+        let log = log_in(d.path());
+        for i in 0..n {
+            log.append(ev(i)).unwrap();
+        }
+        (d, log)
+    }
+
+    fn lines(log: &AuditLog) -> Vec<String> {
+        std::fs::read_to_string(log.path())
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn write_lines(log: &AuditLog, l: &[String]) {
+        std::fs::write(log.path(), l.join("\n") + "\n").unwrap();
+    }
+
+    /// What `b3sum` and a text editor can do: recompute every `prev` and `hash`.
+    fn rechain(l: &[String]) -> Vec<String> {
+        let mut prev = GENESIS.to_string();
+        l.iter()
+            .map(|line| {
+                let (body, _) = split_line(line).unwrap();
+                let at = body.find("\"prev\":\"").unwrap() + 8;
+                let body = format!("{}{prev}{}", &body[..at], &body[at + 64..]);
+                let hash = blake3::hash(body.as_bytes()).to_hex().to_string();
+                prev = hash.clone();
+                format!("{}{HASH_KEY}{hash}\"}}", &body[..body.len() - 1])
+            })
+            .collect()
+    }
+
+    fn bad_line(log: &AuditLog) -> u64 {
+        match log.verify() {
+            Err(DataError::AuditBroken { line, .. }) => line,
+            other => panic!("expected a broken chain, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chain_verifies_and_roundtrips() {
+        let (_d, log) = log_with(5);
+        let head = log.verify().unwrap();
+        assert_eq!(head.entries, 5);
+        assert_eq!(head.unsigned_entries, 0);
+        assert_eq!(head.signed_head.as_ref().unwrap().hash, head.hash);
+        assert_eq!(log.head().unwrap().hash, head.hash);
+        let recs: Vec<_> = log.records().unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(recs[3].event, ev(3));
+        assert_eq!(recs[3].prev, recs[2].hash);
+        assert_eq!(recs[3].v, AUDIT_VERSION);
+    }
+
+    #[test]
+    fn edited_entry_is_named() {
+        let (_d, log) = log_with(5);
+        let mut l = lines(&log);
+        l[2] = l[2].replace("\"bytes\":20", "\"bytes\":21");
+        write_lines(&log, &l);
+        assert_eq!(bad_line(&log), 3);
+    }
+
+    #[test]
+    fn deleted_reordered_inserted_are_named() {
+        let (_d, log) = log_with(5);
+        let orig = lines(&log);
+        let mut l = orig.clone();
+        l.remove(1);
+        write_lines(&log, &l);
+        assert_eq!(bad_line(&log), 2);
+        let mut l = orig.clone();
+        l.swap(2, 3);
+        write_lines(&log, &l);
+        assert_eq!(bad_line(&log), 3);
+        let mut l = orig.clone();
+        l.insert(4, orig[1].clone());
+        write_lines(&log, &l);
+        assert_eq!(bad_line(&log), 5);
+    }
+
+    #[test]
+    fn edited_and_rechained_fails_at_the_signature() {
+        // 150 entries: a checkpoint at seq 99, the signed head at seq 149.
+        let (_d, log) = log_with(150);
+        assert_eq!(log.verify().unwrap().checkpoint.unwrap().seq, 99);
+        let orig = lines(&log);
+        let mut l = orig.clone();
+        l[10] = l[10].replace("\"bytes\":100", "\"bytes\":7");
+        write_lines(&log, &rechain(&l));
+        match log.verify() {
+            Err(DataError::AuditBroken {
+                line, seq, reason, ..
+            }) => {
+                assert_eq!((line, seq), (100, 99));
+                assert!(reason.contains("checkpoint signed at"), "{reason}");
+            }
+            other => panic!("expected a signature failure, got {other:?}"),
+        }
+        // After the last checkpoint only the signed head holds it.
+        let mut l = orig.clone();
+        l[120] = l[120].replace("\"bytes\":1200", "\"bytes\":7");
+        write_lines(&log, &rechain(&l));
+        assert_eq!(bad_line(&log), 150);
+        // The original still verifies (rechain itself is faithful).
+        write_lines(&log, &rechain(&orig));
+        log.verify().unwrap();
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let (_d, log) = log_with(150);
+        let orig = lines(&log);
+        write_lines(&log, &orig[..140]);
+        match log.verify() {
+            Err(DataError::AuditTruncated {
+                entries,
+                signed,
+                what,
+                ..
+            }) => {
+                assert_eq!((entries, signed, what), (140, 150, "the head"));
+            }
+            other => panic!("expected truncation, got {other:?}"),
+        }
+        // The head file replaced by a forged (unsigned) one: its signature fails.
+        let mut h: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(log.head_path()).unwrap()).unwrap();
+        h["seq"] = 139.into();
+        h["hash"] = orig[139][orig[139].len() - 66..orig[139].len() - 2].into();
+        std::fs::write(log.head_path(), h.to_string()).unwrap();
+        assert!(matches!(
+            log.verify(),
+            Err(DataError::AuditCheckpoint { .. })
+        ));
+        // Head file deleted too, cut below the checkpoint: the checkpoint still tells.
+        std::fs::remove_file(log.head_path()).unwrap();
+        write_lines(&log, &orig[..60]);
+        match log.verify() {
+            Err(DataError::AuditTruncated {
+                entries,
+                signed,
+                what,
+                ..
+            }) => {
+                assert_eq!((entries, signed, what), (60, 100, "the last checkpoint"));
+            }
+            other => panic!("expected truncation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn format_1_log_continues_in_format_2() {
+        let d = tempfile::tempdir().unwrap();
+        let log = log_in(d.path());
+        // Two lines exactly as version 1 wrote them (free device path, free wipe reason).
+        let v1 = [
+            r#"{"v":1,"seq":0,"time":"2026-03-01T10:00:00Z","prev":"PREV","event":"migrate","dataset":"ds-1","client":"C-1","ticket":"T-1","job":"j-1","device":"/dev/sdb","device_serial":"S1","entries":1,"bytes":2,"skipped":0}"#,
+            r#"{"v":1,"seq":1,"time":"2026-03-01T10:00:01Z","prev":"PREV","event":"wipe","dataset":"ds-1","client":"C-1","ticket":"T-1","forced":true,"reason":"client took the disk","operator":"op","ciphertext_bytes":9,"record":"san-ds-1"}"#,
+        ];
+        let mut prev = GENESIS.to_string();
+        let mut text = String::new();
+        for l in v1 {
+            let body = l.replace("PREV", &prev);
+            let hash = blake3::hash(body.as_bytes()).to_hex().to_string();
+            text.push_str(&format!(
+                "{}{HASH_KEY}{hash}\"}}\n",
+                &body[..body.len() - 1]
+            ));
+            prev = hash;
+        }
+        std::fs::write(log.path(), text).unwrap();
+        // A legacy log has no signatures yet, and verifies.
+        assert_eq!(log.verify().unwrap().unsigned_entries, 2);
+        log.append(ev(2)).unwrap();
+        let head = log.verify().unwrap();
+        assert_eq!((head.entries, head.unsigned_entries), (3, 0));
+        let recs: Vec<_> = log.records().unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!((recs[0].v, recs[2].v), (1, 2));
+        match &recs[0].event {
+            AuditEvent::Migrate { device, .. } => {
+                assert_eq!(device.serial.as_deref(), Some("S1"));
+                assert_eq!(device.name.as_deref(), Some("sdb"));
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            recs[1].event,
+            AuditEvent::Wipe {
+                reason: Some(WipeReason::Other),
+                ..
+            }
+        ));
+        // A format 1 line after a format 2 line is refused.
+        let l = lines(&log);
+        let mut back = l.clone();
+        back.push(l[0].replace("\"seq\":0", "\"seq\":3"));
+        write_lines(&log, &rechain(&back));
+        assert!(matches!(
+            log.verify(),
+            Err(DataError::AuditBroken { line: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn free_text_is_refused_before_writing() {
+        let (_d, log) = log_with(1);
+        let e = log
+            .append(AuditEvent::JobFinished {
+                job: "j-1".into(),
+                ticket: "Jane Doe, jane.doe@example.com, +44 20".into(),
+                dataset: None,
+                result: "done".into(),
+            })
+            .unwrap_err();
+        assert!(
+            matches!(e, DataError::Invalid { what: "ticket", .. }),
+            "{e}"
+        );
+        assert_eq!(lines(&log).len(), 1);
+    }
+
+    #[test]
+    fn missing_key_is_an_error_not_a_new_key() {
+        let (d, log) = log_with(3);
+        std::fs::remove_file(checkpoint::secret_path(&d.path().join("keys"))).unwrap();
+        let e = log.append(ev(3)).unwrap_err();
+        assert!(matches!(e, DataError::AuditKey { .. }), "{e}");
+        std::fs::remove_file(log.public_key_path()).unwrap();
+        assert!(matches!(log.verify(), Err(DataError::AuditKey { .. })));
+        // A key kept elsewhere that is not the depot's: every signature fails.
+        let other = tempfile::tempdir().unwrap();
+        let o = log_in(other.path());
+        o.append(ev(0)).unwrap();
+        let pk = AuditPublicKey::load(&o.public_key_path()).unwrap();
+        assert!(matches!(
+            log.verify_with(Some(&pk)),
+            Err(DataError::AuditCheckpoint { .. })
+        ));
+    }
+
+    #[test]
+    fn journal_gets_every_entry_with_its_message_id() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("journal.sock");
+        let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let log = log_in(d.path()).with_journal_socket(Some(sock));
+        log.append(ev(0)).unwrap();
+        let cp = log.checkpoint().unwrap().unwrap();
+        let mut buf = vec![0u8; 65536];
+        let n = rx.recv(&mut buf).unwrap();
+        let got = String::from_utf8(buf[..n].to_vec()).unwrap();
+        let line = &lines(&log)[0];
+        assert!(
+            got.contains(&format!("MESSAGE_ID={}\n", journal::ENTRY_MESSAGE_ID)),
+            "{got}"
+        );
+        assert!(got.contains(&format!("TEK_AUDIT_LINE={line}\n")), "{got}");
+        assert!(got.contains("TEK_AUDIT_SEQ=0\nTEK_AUDIT_HASH="), "{got}");
+        let n = rx.recv(&mut buf).unwrap();
+        let got = String::from_utf8(buf[..n].to_vec()).unwrap();
+        assert!(got.contains(journal::CHECKPOINT_MESSAGE_ID), "{got}");
+        assert!(got.contains(&cp.signature), "{got}");
+    }
+
+    #[test]
+    fn concurrent_appenders_keep_one_signed_chain() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let log = log_in(&dir);
+                    for i in 0..60 {
+                        log.append(ev(t * 1000 + i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let log = log_in(&dir);
+        let head = log.verify().unwrap();
+        assert_eq!((head.entries, head.unsigned_entries), (240, 0));
+        assert_eq!(head.checkpoints, 2);
+        assert_eq!(log.head().unwrap(), head);
+    }
+
+    #[test]
+    fn batch_append_chains() {
+        let (_d, log) = log_with(2);
+        log.append_many((2..100).map(ev)).unwrap();
+        log.append(ev(100)).unwrap();
+        let head = log.verify().unwrap();
+        assert_eq!(head.entries, 101);
+        assert_eq!(head.checkpoint.unwrap().seq, 99);
+    }
+}
