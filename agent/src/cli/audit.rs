@@ -71,15 +71,22 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
                     serde_json::to_string_pretty(&head).context("serializing")?
                 );
             } else {
-                let signed = match &head.checkpoint {
+                let signed_head = match &head.signed_head {
+                    Some(h) => format!("signed head verified (seq {})", h.seq),
+                    None if head.entries == 0 => "empty".into(),
+                    None => {
+                        "no signed head yet (a format 1 log, signed from its next entry)".into()
+                    }
+                };
+                let checkpoints = match &head.checkpoint {
                     Some(c) => format!(
                         "{} signed checkpoints verified (last at seq {})",
                         head.checkpoints, c.seq
                     ),
-                    None => "no signed checkpoint yet".into(),
+                    None => "no checkpoint yet".into(),
                 };
                 println!(
-                    "audit log OK: {} entries, head {}; {signed}",
+                    "audit log OK: {} entries, head {}; {signed_head}; {checkpoints}",
                     head.entries, head.hash
                 );
                 print_unsigned(&head);
@@ -110,13 +117,21 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
                     serde_json::to_string_pretty(&head).context("serializing")?
                 );
             } else {
-                println!(
-                    "head: {} entries, seq {} hash {} at {}",
-                    head.entries,
-                    head.entries.saturating_sub(1),
-                    head.hash,
-                    head.time.as_deref().unwrap_or("-")
-                );
+                match head.entries {
+                    0 => println!("head: 0 entries (empty log)"),
+                    n => println!(
+                        "head: {n} entries, seq {} hash {} at {}",
+                        n - 1,
+                        head.hash,
+                        head.time.as_deref().unwrap_or("-")
+                    ),
+                }
+                if let Some(h) = &head.signed_head {
+                    println!(
+                        "signed head: seq {} hash {} signed {}",
+                        h.seq, h.hash, h.time
+                    );
+                }
                 match &head.checkpoint {
                     Some(c) => println!(
                         "checkpoint: seq {} hash {} signed {} by audit key {}",
