@@ -82,6 +82,19 @@ impl RealSteps {
     }
 }
 
+/// The job's ticket for the audit log. The socket and the CLI accept only ids; a job journaled
+/// before they checked may hold free text, recorded as `unchecked-` + 16 hex of its BLAKE3, so the
+/// job still finishes and its entries still match each other, without the text.
+fn audit_ticket(job: &Job) -> String {
+    match client_data::dataset::check_ident("ticket", &job.ticket) {
+        Ok(()) => job.ticket.clone(),
+        Err(_) => format!(
+            "unchecked-{}",
+            &blake3::hash(job.ticket.as_bytes()).to_hex()[..16]
+        ),
+    }
+}
+
 /// The claimed disk's hardware identity for the audit log (never its node or backing file).
 fn device_identity(job: &Job) -> DeviceIdentity {
     job.device
@@ -309,7 +322,7 @@ impl JobSteps for RealSteps {
             .audit()
             .append(AuditEvent::ImageWritten {
                 job: job.id.clone(),
-                ticket: job.ticket.clone(),
+                ticket: audit_ticket(job),
                 image: image.to_string(),
                 version: version.to_string(),
                 manifest_hash,
@@ -326,7 +339,7 @@ impl JobSteps for RealSteps {
         audit
             .append(AuditEvent::JobFinished {
                 job: job.id.clone(),
-                ticket: job.ticket.clone(),
+                ticket: audit_ticket(job),
                 dataset: job.dataset.clone(),
                 result: job.state.to_string(),
             })
@@ -355,5 +368,22 @@ impl JobSteps for RealSteps {
             // A plain file target (the demo without root) is always present.
             Err(_) => dev.exists() && !dev.starts_with("/dev"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobTarget;
+
+    #[test]
+    fn legacy_free_text_ticket_is_not_audited() {
+        let j = Job::new("T-1", "a@1", None, JobTarget::Bay("b".into()));
+        assert_eq!(audit_ticket(&j), "T-1");
+        let mut j = j;
+        j.ticket = "Jane Doe, jane.doe@example.com".into();
+        let t = audit_ticket(&j);
+        assert!(t.starts_with("unchecked-") && t.len() == 26, "{t}");
+        client_data::dataset::check_ident("ticket", &t).unwrap();
     }
 }

@@ -261,3 +261,45 @@ fn edited_rechained_and_truncated_logs_fail_verify() {
     );
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn parallel_processes_create_one_key_and_one_signed_chain() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    // Eight processes append to a fresh depot at once: they race on the key's creation (first
+    // use), the tail and the head file.
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_tek"))
+                .arg("--state")
+                .arg(&state)
+                .args([
+                    "audit",
+                    "breach-report",
+                    "--from",
+                    "2020-01-01",
+                    "--to",
+                    "2020-01-02",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let v = ok(&tek(&state, &["audit", "verify", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["entries"], 8, "{v:#}");
+    assert_eq!(v["unsigned_entries"], 0, "{v:#}");
+    assert_eq!(v["signed_head"]["seq"], 7, "{v:#}");
+    let keys: Vec<_> = std::fs::read_dir(state.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("audit"))
+        .collect();
+    assert_eq!(keys.len(), 2, "one key pair, no leftovers: {keys:?}");
+}
