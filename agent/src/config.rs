@@ -328,6 +328,17 @@ mod tests {
     }
 
     #[test]
+    fn bay_name_fits_a_provisioning_ticket() {
+        let name = "b".repeat(51);
+        let e = err(&format!("[[bay]]\nname = \"{name}\"\nport_path = \"x\"\n"));
+        assert!(e.contains("1-50 of"), "{e}");
+        let name = "b".repeat(50);
+        let c = Config::parse(&format!("[[bay]]\nname = \"{name}\"\nport_path = \"x\"\n")).unwrap();
+        client_data::dataset::check_ident("ticket", &format!("provisioning-{}", c.bays[0].name))
+            .unwrap();
+    }
+
+    #[test]
     fn duplicate_bay_names_refused() {
         let e = err(
             "[[bay]]\nname = \"a\"\nport_path = \"x\"\n[[bay]]\nname = \"a\"\nport_path = \"y\"\n",

@@ -72,8 +72,10 @@ pub(crate) fn send(socket: &Path, fields: &[(&str, &str)]) {
 pub(crate) struct JournalSink(pub(crate) Option<PathBuf>);
 
 impl Default for JournalSink {
+    /// journald's socket when it exists (checked once, when the log is opened), else nowhere.
     fn default() -> Self {
-        JournalSink(Some(PathBuf::from(JOURNAL_SOCKET)))
+        let p = PathBuf::from(JOURNAL_SOCKET);
+        JournalSink(p.exists().then_some(p))
     }
 }
 

@@ -187,10 +187,12 @@ impl AuditLog {
                 None => (0, GENESIS.to_string()),
             };
             let mut seq = first;
-            let mut lines = Vec::with_capacity(events.len());
+            // Kept for the journal only when there is one to forward to.
+            let forward = log.journal.0.is_some();
+            let mut lines = Vec::new();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, &**f);
             for event in events {
-                let kind = event.kind();
+                let kind = if forward { event.kind() } else { String::new() };
                 let rec = AuditRecord {
                     v: AUDIT_VERSION,
                     seq,
@@ -205,7 +207,9 @@ impl AuditLog {
                 out.write_all(line.as_bytes())
                     .and_then(|_| out.write_all(b"\n"))
                     .map_err(io("appending to audit log", &log.path))?;
-                lines.push((seq, kind, hash.clone(), line));
+                if forward {
+                    lines.push((seq, kind, hash.clone(), line));
+                }
                 prev = hash;
                 seq += 1;
             }
@@ -248,15 +252,17 @@ impl AuditLog {
         Ok(cp)
     }
 
-    /// Runs `f` with the log open for appending under an exclusive (or shared) flock.
+    /// Runs `f` with the log open under a flock: exclusive and for appending, or shared and
+    /// read-only.
     fn locked<T>(
         &self,
         shared: bool,
         f: impl FnOnce(&AuditLog, &mut Flock<File>) -> Result<T, DataError>,
     ) -> Result<T, DataError> {
+        // Readers (`head`) need no write permission on the log.
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .append(!shared)
             .open(&self.path)
             .map_err(io("opening audit log", &self.path))?;
         let how = if shared {
