@@ -182,6 +182,8 @@ impl AuditLog {
             return Ok(());
         }
         self.locked(false, |log, f| {
+            // The key first: a missing key refuses the append before anything is written.
+            let key = log.key()?;
             let (first, mut prev) = match log.tail(f)? {
                 Some(t) => (t.seq + 1, t.hash),
                 None => (0, GENESIS.to_string()),
@@ -223,7 +225,7 @@ impl AuditLog {
             let last = seq - 1;
             // Entries went from `first` to `last + 1`: did that pass a multiple of N?
             let crossed = (last + 1) / CHECKPOINT_EVERY > first / CHECKPOINT_EVERY;
-            log.sign(last, &prev, crossed).map(|_| ())
+            log.sign(&key, last, &prev, crossed).map(|_| ())
         })
     }
 
@@ -231,18 +233,27 @@ impl AuditLog {
     /// and returns it; `None` for an empty log.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>, DataError> {
         self.locked(false, |log, f| match log.tail(f)? {
-            Some(t) => log.sign(t.seq, &t.hash, true).map(Some),
+            Some(t) => log.sign(&log.key()?, t.seq, &t.hash, true).map(Some),
             None => Ok(None),
         })
     }
 
-    /// Under the lock: signs entry `seq`/`hash`, appends it as a checkpoint when `keep`, and
-    /// rewrites the head file.
-    fn sign(&self, seq: u64, hash: &str, keep: bool) -> Result<Checkpoint, DataError> {
-        // A key is only created for a chain nothing was signed for yet.
+    /// Under the lock: the depot audit key, created only for a chain nothing was signed for yet.
+    fn key(&self) -> Result<checkpoint::AuditKey, DataError> {
         let fresh = !self.head_path.exists()
             && std::fs::metadata(&self.checkpoints_path).map_or(true, |m| m.len() == 0);
-        let key = checkpoint::AuditKey::load_or_create(&self.keys, fresh)?;
+        checkpoint::AuditKey::load_or_create(&self.keys, fresh)
+    }
+
+    /// Under the lock: signs entry `seq`/`hash`, appends it as a checkpoint when `keep`, and
+    /// rewrites the head file.
+    fn sign(
+        &self,
+        key: &checkpoint::AuditKey,
+        seq: u64,
+        hash: &str,
+        keep: bool,
+    ) -> Result<Checkpoint, DataError> {
         let cp = key.sign(seq, hash, rfc3339(time::OffsetDateTime::now_utc()));
         if keep {
             checkpoint::append_checkpoint(&self.checkpoints_path, &cp)?;
@@ -642,6 +653,7 @@ mod tests {
         std::fs::remove_file(checkpoint::secret_path(&d.path().join("keys"))).unwrap();
         let e = log.append(ev(3)).unwrap_err();
         assert!(matches!(e, DataError::AuditKey { .. }), "{e}");
+        assert_eq!(lines(&log).len(), 3, "nothing written without the key");
         std::fs::remove_file(log.public_key_path()).unwrap();
         assert!(matches!(log.verify(), Err(DataError::AuditKey { .. })));
         // A key kept elsewhere that is not the depot's: every signature fails.
