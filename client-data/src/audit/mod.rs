@@ -361,9 +361,14 @@ impl AuditLog {
     /// The current head without verifying the whole chain: the log's last line, the signed head
     /// file and the last checkpoint, as found.
     pub fn head(&self) -> Result<AuditHead, DataError> {
-        let tail = self.locked(true, |log, f| log.tail(f))?;
-        let signed_head = checkpoint::read_head(&self.head_path)?;
-        let cps = checkpoint::read_checkpoints(&self.checkpoints_path)?;
+        // All three under one shared lock, so they agree with each other.
+        let (tail, signed_head, cps) = self.locked(true, |log, f| {
+            Ok((
+                log.tail(f)?,
+                checkpoint::read_head(&log.head_path)?,
+                checkpoint::read_checkpoints(&log.checkpoints_path)?,
+            ))
+        })?;
         let (entries, hash, time) = match tail {
             None => (0, GENESIS.to_string(), None),
             Some(t) => (t.seq + 1, t.hash, Some(t.time)),
