@@ -134,13 +134,12 @@ impl AuditLog {
             }
             for (what, _, cp) in signed.get(&n).into_iter().flatten() {
                 if cp.hash != hash {
-                    let after = last_good_cp
-                        .map(|s| format!("after seq {s}, "))
-                        .unwrap_or_default();
+                    let since = last_good_cp
+                        .map(|s| format!("after seq {s}, the last signature that matched"))
+                        .unwrap_or_else(|| "no earlier signature narrows it down".into());
                     return Err(bad(format!(
                         "its hash differs from the {what} signed at {}: the log was edited at or \
-                         before this entry ({after}where nothing else was signed) and its chain \
-                         recomputed",
+                         before this entry ({since}) and its chain recomputed",
                         cp.time
                     )));
                 }

@@ -171,6 +171,11 @@ impl AuditKey {
         Ok(AuditKey(key))
     }
 
+    /// The public half.
+    pub(crate) fn public(&self) -> AuditPublicKey {
+        AuditPublicKey(self.0.verifying_key())
+    }
+
     /// Signs entry `seq` with hash `hash`, now.
     pub(crate) fn sign(&self, seq: u64, hash: &str, time: String) -> Checkpoint {
         let sig = self.0.sign(&message(seq, hash, &time));

@@ -162,6 +162,15 @@ pub enum AuditEvent {
         /// Outcome.
         result: String,
     },
+    /// Written before the next entry when the log's last entries were covered by no signature:
+    /// a crash between an append and its head update, lines written without the audit key, or
+    /// a format 1 log's entries from before signing.
+    UnsignedEntries {
+        /// First unsigned seq.
+        from: u64,
+        /// Last unsigned seq.
+        to: u64,
+    },
 }
 
 /// Checks an image name or version for the log: 1-128 of `[A-Za-z0-9._+-]`.
@@ -258,7 +267,7 @@ impl AuditEvent {
             }
             AuditEvent::Backup { epoch, .. } => id("epoch id", epoch),
             AuditEvent::Prune { epochs } => epochs.iter().try_for_each(|e| id("epoch id", e)),
-            AuditEvent::BreachReport { .. } => Ok(()),
+            AuditEvent::BreachReport { .. } | AuditEvent::UnsignedEntries { .. } => Ok(()),
             AuditEvent::ImageWritten {
                 job,
                 ticket,

@@ -184,7 +184,9 @@ impl AuditLog {
         self.locked(false, |log, f| {
             // The key first: a missing key refuses the append before anything is written.
             let key = log.key()?;
-            let (first, mut prev) = match log.tail(f)? {
+            let tail = log.tail(f)?;
+            let gap = log.check_head(&key, tail.as_ref())?;
+            let (first, mut prev) = match tail {
                 Some(t) => (t.seq + 1, t.hash),
                 None => (0, GENESIS.to_string()),
             };
@@ -193,7 +195,7 @@ impl AuditLog {
             let forward = log.journal.0.is_some();
             let mut lines = Vec::new();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, &**f);
-            for event in events {
+            for event in gap.into_iter().chain(events) {
                 let kind = if forward { event.kind() } else { String::new() };
                 let rec = AuditRecord {
                     v: AUDIT_VERSION,
@@ -236,6 +238,52 @@ impl AuditLog {
             Some(t) => log.sign(&log.key()?, t.seq, &t.hash, true).map(Some),
             None => Ok(None),
         })
+    }
+
+    /// Under the lock, before an append: the signed head must be ours and match the log's tail.
+    /// A log shorter than its head, or a last entry that differs from it, is refused (appending
+    /// would overwrite the evidence); entries after the head are named by an
+    /// [`AuditEvent::UnsignedEntries`] entry written first, before the next signature covers them.
+    fn check_head(
+        &self,
+        key: &checkpoint::AuditKey,
+        tail: Option<&Tail>,
+    ) -> Result<Option<AuditEvent>, DataError> {
+        let refuse = |seq: u64, reason: String| DataError::AuditCheckpoint {
+            path: self.head_path.clone(),
+            line: 1,
+            seq,
+            reason: format!("{reason}; refusing to append (run `tek audit verify`)"),
+        };
+        let Some(head) = checkpoint::read_head(&self.head_path)? else {
+            let signed_before =
+                std::fs::metadata(&self.checkpoints_path).is_ok_and(|m| m.len() > 0);
+            return match tail {
+                _ if signed_before => Err(refuse(0, "missing, but checkpoints exist".into())),
+                // A format 1 log (or a crash before the first head was written).
+                Some(t) => Ok(Some(AuditEvent::UnsignedEntries { from: 0, to: t.seq })),
+                None => Ok(None),
+            };
+        };
+        head.check(&key.public()).map_err(|r| refuse(head.seq, r))?;
+        match tail {
+            Some(t) if t.seq == head.seq && t.hash == head.hash => Ok(None),
+            Some(t) if t.seq > head.seq => Ok(Some(AuditEvent::UnsignedEntries {
+                from: head.seq + 1,
+                to: t.seq,
+            })),
+            Some(t) if t.seq == head.seq => Err(refuse(
+                t.seq,
+                "the log's last entry differs from the signed head (edited)".into(),
+            )),
+            _ => Err(DataError::AuditTruncated {
+                path: self.path.clone(),
+                entries: tail.map_or(0, |t| t.seq + 1),
+                signed: head.seq + 1,
+                what: "the head",
+                time: head.time.clone(),
+            }),
+        }
     }
 
     /// Under the lock: the depot audit key, created only for a chain nothing was signed for yet.
@@ -582,6 +630,47 @@ mod tests {
     }
 
     #[test]
+    fn append_refuses_a_cut_or_edited_tail_and_names_unsigned_entries() {
+        let (_d, log) = log_with(5);
+        let orig = lines(&log);
+        let head_of_5 = std::fs::read(log.head_path()).unwrap();
+        // Cut: appending would overwrite what the head signed.
+        write_lines(&log, &orig[..3]);
+        assert!(matches!(
+            log.append(ev(9)),
+            Err(DataError::AuditTruncated {
+                entries: 3,
+                signed: 5,
+                ..
+            })
+        ));
+        assert_eq!(lines(&log).len(), 3, "nothing appended");
+        // Last entry edited and rechained: refused too.
+        let mut l = orig.clone();
+        l[4] = l[4].replace("\"bytes\":40", "\"bytes\":1");
+        write_lines(&log, &rechain(&l));
+        assert!(matches!(
+            log.append(ev(9)),
+            Err(DataError::AuditCheckpoint { .. })
+        ));
+        // A crash between an append and its head update: the old head is back, the entries
+        // after it are named before they get signed.
+        write_lines(&log, &orig);
+        log.append(ev(5)).unwrap();
+        log.append(ev(6)).unwrap();
+        std::fs::write(log.head_path(), &head_of_5).unwrap();
+        assert_eq!(log.verify().unwrap().unsigned_entries, 2);
+        log.append(ev(7)).unwrap();
+        let recs: Vec<_> = log.records().unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            recs[7].event,
+            AuditEvent::UnsignedEntries { from: 5, to: 6 }
+        );
+        let head = log.verify().unwrap();
+        assert_eq!((head.entries, head.unsigned_entries), (9, 0));
+    }
+
+    #[test]
     fn format_1_log_continues_in_format_2() {
         let d = tempfile::tempdir().unwrap();
         let log = log_in(d.path());
@@ -606,9 +695,15 @@ mod tests {
         assert_eq!(log.verify().unwrap().unsigned_entries, 2);
         log.append(ev(2)).unwrap();
         let head = log.verify().unwrap();
-        assert_eq!((head.entries, head.unsigned_entries), (3, 0));
+        // The first new entry says that the two before it were never signed.
+        assert_eq!((head.entries, head.unsigned_entries), (4, 0));
         let recs: Vec<_> = log.records().unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!((recs[0].v, recs[2].v), (1, 2));
+        assert_eq!(
+            recs[2].event,
+            AuditEvent::UnsignedEntries { from: 0, to: 1 }
+        );
+        assert_eq!(recs[3].event, ev(2));
         match &recs[0].event {
             AuditEvent::Migrate { device, .. } => {
                 assert_eq!(device.serial.as_deref(), Some("S1"));
@@ -626,11 +721,11 @@ mod tests {
         // A format 1 line after a format 2 line is refused.
         let l = lines(&log);
         let mut back = l.clone();
-        back.push(l[0].replace("\"seq\":0", "\"seq\":3"));
+        back.push(l[0].replace("\"seq\":0", "\"seq\":4"));
         write_lines(&log, &rechain(&back));
         assert!(matches!(
             log.verify(),
-            Err(DataError::AuditBroken { line: 4, .. })
+            Err(DataError::AuditBroken { line: 5, .. })
         ));
     }
 
