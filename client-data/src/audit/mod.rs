@@ -454,3 +454,18 @@ fn parse_line(path: &Path, n: u64, line: &str) -> Result<AuditRecord, DataError>
     rec.hash = hash.to_string();
     Ok(rec)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_line_takes_the_last_hash_member() {
+        let h = "ab".repeat(32);
+        let line = format!("{{\"v\":2,\"x\":\"{HASH_KEY}\"{HASH_KEY}{h}\"}}");
+        let (body, hash) = split_line(&line).unwrap();
+        assert_eq!(hash, h);
+        assert_eq!(body, format!("{{\"v\":2,\"x\":\"{HASH_KEY}\"}}"));
+        assert!(split_line("{\"v\":2,\"hash\":\"abc\"}").is_none());
+    }
+}
