@@ -40,7 +40,7 @@ pub struct Timings {
 /// for this report (keep it: `tek audit verify` must find this entry with this hash).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditAnchor {
-    /// Entries in the audit log, this job's `job_finished` entry included.
+    /// Entries in the audit log, up to and including this job's `job_finished` entry.
     pub entries: u64,
     /// Hash of the last entry.
     pub head: String,

@@ -334,21 +334,19 @@ impl JobSteps for RealSteps {
     }
 
     fn finish(&self, job: &Job) -> Result<()> {
-        // The entry first, then a checkpoint signed over it, printed in the report.
-        let audit = self.custody.audit();
-        audit
-            .append(AuditEvent::JobFinished {
+        // The entry first, with a checkpoint signed over it, printed in the report.
+        let cp = self
+            .custody
+            .audit()
+            .append_checkpointed(AuditEvent::JobFinished {
                 job: job.id.clone(),
                 ticket: audit_ticket(job),
                 dataset: job.dataset.clone(),
                 result: job.state.to_string(),
             })
             .context("appending JobFinished to the audit log")?;
-        let cp = audit
-            .checkpoint()
-            .context("signing an audit checkpoint for the report")?;
         let mut r = Report::of(job);
-        r.audit = cp.map(AuditAnchor::of);
+        r.audit = Some(AuditAnchor::of(cp));
         std::fs::create_dir_all(&self.reports)
             .with_context(|| format!("creating {}", self.reports.display()))?;
         let json = self.reports.join(format!("{}.json", job.id));

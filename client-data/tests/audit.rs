@@ -384,3 +384,14 @@ fn batch_append_chains() {
     assert_eq!(head.entries, 101);
     assert_eq!(head.checkpoint.unwrap().seq, 99);
 }
+
+#[test]
+fn append_checkpointed_keeps_the_checkpoint_of_its_own_entry() {
+    let (_d, log) = log_with(3);
+    assert_eq!(log.verify().unwrap().checkpoints, 0);
+    let cp = log.append_checkpointed(ev(3)).unwrap();
+    assert_eq!(cp.seq, 3);
+    assert_eq!(cp.hash, lines(&log)[3][lines(&log)[3].len() - 66..][..64]);
+    let head = log.verify().unwrap();
+    assert_eq!((head.checkpoints, head.checkpoint), (1, Some(cp)));
+}

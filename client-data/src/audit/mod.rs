@@ -174,12 +174,29 @@ impl AuditLog {
         &self,
         events: impl IntoIterator<Item = AuditEvent>,
     ) -> Result<(), DataError> {
-        let events: Vec<AuditEvent> = events.into_iter().collect();
+        self.append_signed(events.into_iter().collect(), false)
+            .map(|_| ())
+    }
+
+    /// Appends one event and keeps a signed checkpoint of it, under one lock (the agent does at
+    /// every service report, and prints the checkpoint there).
+    pub fn append_checkpointed(&self, event: AuditEvent) -> Result<Checkpoint, DataError> {
+        self.append_signed(vec![event], true)
+            .map(|cp| cp.expect("one entry was appended"))
+    }
+
+    /// Appends `events`; returns the signed head (`None` when there was nothing to append).
+    /// `keep` keeps it in the checkpoints file whatever the count.
+    fn append_signed(
+        &self,
+        events: Vec<AuditEvent>,
+        keep: bool,
+    ) -> Result<Option<Checkpoint>, DataError> {
         for e in &events {
             e.check()?;
         }
         if events.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         self.locked(false, |log, f| {
             // The key first: a missing key refuses the append before anything is written.
@@ -227,12 +244,12 @@ impl AuditLog {
             let last = seq - 1;
             // Entries went from `first` to `last + 1`: did that pass a multiple of N?
             let crossed = (last + 1) / CHECKPOINT_EVERY > first / CHECKPOINT_EVERY;
-            log.sign(&key, last, &prev, crossed).map(|_| ())
+            log.sign(&key, last, &prev, crossed || keep).map(Some)
         })
     }
 
-    /// Signs a checkpoint of the current last entry now (the agent does at every service report)
-    /// and returns it; `None` for an empty log.
+    /// Signs a checkpoint of the current last entry now and returns it; `None` for an empty
+    /// log.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>, DataError> {
         self.locked(false, |log, f| match log.tail(f)? {
             Some(t) => log.sign(&log.key()?, t.seq, &t.hash, true).map(Some),
