@@ -170,7 +170,9 @@ impl AuditLog {
                 path: self.head_path.clone(),
                 line: 0,
                 seq: n.saturating_sub(1),
-                reason: "missing, but the log has entries of format 2 (which are always signed)"
+                reason: "missing, but the log has entries of format 2, which are always signed: \
+                         deleted, or a crash right after the log's first append (the next append \
+                         then names the unsigned entries)"
                     .into(),
             });
         }
