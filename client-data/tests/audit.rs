@@ -395,3 +395,24 @@ fn append_checkpointed_keeps_the_checkpoint_of_its_own_entry() {
     let head = log.verify().unwrap();
     assert_eq!((head.checkpoints, head.checkpoint), (1, Some(cp)));
 }
+
+#[test]
+fn a_journal_that_does_not_read_never_stalls_appends() {
+    let d = tempfile::tempdir().unwrap();
+    let sock = d.path().join("journal.sock");
+    // Bound, never read: its queue fills after a few datagrams.
+    let _rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    let log = log_in(d.path()).with_journal_socket(Some(sock));
+    let t0 = std::time::Instant::now();
+    log.append_many((0..500).map(ev)).unwrap();
+    for i in 500..505 {
+        log.append(ev(i)).unwrap();
+    }
+    // One timeout per append at most, not one per entry.
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(log.verify().unwrap().entries, 505);
+}

@@ -9,8 +9,10 @@
 //! and `TEK_AUDIT_LINE` (the exact line, or the checkpoint's JSON). Select them with
 //! `journalctl MESSAGE_ID=9a58adb5c68348b3ab56f85d8108cb6c`.
 //!
-//! Sending never blocks and never fails an append: without a journal socket (no systemd, a test
-//! machine) it does nothing; any other error is logged once. The log file stays the record.
+//! Sending never fails an append and waits at most [`SEND_TIMEOUT`] for a full journal socket
+//! (the append holds the log's lock): without a journal socket (no systemd, a test machine) it
+//! does nothing; a batch stops forwarding at its first failure; errors are logged once. The log
+//! file stays the record.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,9 @@ pub const ENTRY_MESSAGE_ID: &str = "9a58adb5c68348b3ab56f85d8108cb6c";
 pub const CHECKPOINT_MESSAGE_ID: &str = "b234744288d5465fa6f0905fa1e88cb5";
 /// Where journald listens for native-protocol datagrams.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Longest wait for room on journald's socket, per datagram.
+pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
 
 static WARNED: AtomicBool = AtomicBool::new(false);
 
@@ -42,19 +47,22 @@ pub(crate) fn encode(fields: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// Sends one journal entry to `socket` (best effort, see the module docs).
-pub(crate) fn send(socket: &Path, fields: &[(&str, &str)]) {
+/// Sends one journal entry to `socket` (best effort, see the module docs); false when it failed.
+pub(crate) fn send(socket: &Path, fields: &[(&str, &str)]) -> bool {
     let result = UnixDatagram::unbound().and_then(|s| {
-        s.set_nonblocking(true)?;
+        s.set_write_timeout(Some(SEND_TIMEOUT))?;
         s.send_to(&encode(fields), socket)
     });
     match result {
-        Ok(_) => {}
+        Ok(_) => true,
         Err(e)
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) => {}
+            ) =>
+        {
+            true
+        }
         Err(e) => {
             if !WARNED.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -63,6 +71,7 @@ pub(crate) fn send(socket: &Path, fields: &[(&str, &str)]) {
                      still holds them (logged once)"
                 );
             }
+            false
         }
     }
 }
@@ -80,9 +89,9 @@ impl Default for JournalSink {
 }
 
 impl JournalSink {
-    /// Forwards one audit line.
-    pub(crate) fn entry(&self, seq: u64, event: &str, hash: &str, line: &str) {
-        let Some(sock) = &self.0 else { return };
+    /// Forwards one audit line; false when sending failed.
+    pub(crate) fn entry(&self, seq: u64, event: &str, hash: &str, line: &str) -> bool {
+        let Some(sock) = &self.0 else { return true };
         let msg = format!("tek audit #{seq} {event}");
         let seq = seq.to_string();
         send(
@@ -97,7 +106,7 @@ impl JournalSink {
                 ("TEK_AUDIT_EVENT", event),
                 ("TEK_AUDIT_LINE", line),
             ],
-        );
+        )
     }
 
     /// Forwards one signed checkpoint.
@@ -137,7 +146,7 @@ mod tests {
     #[test]
     fn no_socket_is_a_no_op() {
         let d = tempfile::tempdir().unwrap();
-        JournalSink(Some(d.path().join("absent"))).entry(0, "x", "h", "{}");
-        JournalSink(None).entry(0, "x", "h", "{}");
+        assert!(JournalSink(Some(d.path().join("absent"))).entry(0, "x", "h", "{}"));
+        assert!(JournalSink(None).entry(0, "x", "h", "{}"));
     }
 }

@@ -239,7 +239,10 @@ impl AuditLog {
             drop(out);
             f.sync_data().map_err(io("syncing audit log", &log.path))?;
             for (seq, kind, hash, line) in &lines {
-                log.journal.entry(*seq, kind, hash, line);
+                // A journal that is not keeping up gets no more of this batch (see `journal`).
+                if !log.journal.entry(*seq, kind, hash, line) {
+                    break;
+                }
             }
             let last = seq - 1;
             // Entries went from `first` to `last + 1`: did that pass a multiple of N?
