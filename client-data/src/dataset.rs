@@ -157,7 +157,8 @@ struct DestinationRecord {
 #[serde(untagged)]
 enum DeviceField {
     Identity(DeviceIdentity),
-    Path(#[allow(dead_code)] String),
+    /// Format 1's free path: not kept.
+    Path(serde::de::IgnoredAny),
 }
 
 impl From<DestinationRecord> for Destination {
