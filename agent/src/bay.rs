@@ -277,6 +277,7 @@ mod tests {
             bus: d.bus.clone(),
             model: d.model_line(),
             serial: d.serial.clone(),
+            wwn: d.wwn.clone(),
             size_bytes: d.size_bytes,
             bay: None,
             diskseq: d.diskseq,

@@ -203,13 +203,16 @@ impl Config {
         let mut names = HashSet::new();
         for (i, bay) in self.bays.iter().enumerate() {
             let at = format!("bay #{} ({:?})", i + 1, bay.name);
+            // At most 50: a provisioning bay's jobs get the ticket `provisioning-<name>`, which
+            // must pass the id rule (64 characters) like every ticket.
             if bay.name.is_empty()
+                || bay.name.len() > 50
                 || !bay
                     .name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
-                bail!("{at}: name must be 1 or more of [A-Za-z0-9._-]");
+                bail!("{at}: name must be 1-50 of [A-Za-z0-9._-]");
             }
             if !names.insert(bay.name.as_str()) {
                 bail!("{at}: the name is used by another bay");
@@ -341,6 +344,17 @@ mod tests {
         assert!(err("[[bay]]\nname = \"a\"\n").contains("needs port_path or loop_backing"));
         let e = err("[[bay]]\nname = \"a\"\nport_path = \"x\"\nloop_backing = \"/a*\"\n");
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn bay_name_fits_a_provisioning_ticket() {
+        let name = "b".repeat(51);
+        let e = err(&format!("[[bay]]\nname = \"{name}\"\nport_path = \"x\"\n"));
+        assert!(e.contains("1-50 of"), "{e}");
+        let name = "b".repeat(50);
+        let c = Config::parse(&format!("[[bay]]\nname = \"{name}\"\nport_path = \"x\"\n")).unwrap();
+        client_data::dataset::check_ident("ticket", &format!("provisioning-{}", c.bays[0].name))
+            .unwrap();
     }
 
     #[test]

@@ -358,6 +358,7 @@ impl Agent {
             bus: disk.bus.clone(),
             model: disk.model_line(),
             serial: disk.serial.clone(),
+            wwn: disk.wwn.clone(),
             size_bytes: disk.size_bytes,
             bay,
             diskseq: disk.diskseq,

@@ -41,9 +41,9 @@ impl Agent {
                 );
             }
         }
-        if ticket.trim().is_empty() {
-            bail!("adding a job: the ticket is empty");
-        }
+        // The ticket lands in the journal, the report and the audit log: an id, never a name.
+        client_data::dataset::check_ident("ticket", ticket)
+            .map_err(|e| anyhow::anyhow!("adding a job: {e}"))?;
         check_image_ref(image)?;
         let target = match (bay, serial) {
             (Some(b), None) => {

@@ -304,6 +304,8 @@ fn bad_job_requests_are_refused_with_reasons() {
     assert!(e(a.add_job("T", "img", None, Some("a".into()), None)).contains("NAME@VERSION"));
     assert!(e(a.add_job("T", "i@1", None, None, None)).contains("exactly one"));
     assert!(e(a.add_job("", "i@1", None, Some("a".into()), None)).contains("ticket"));
+    let pii = e(a.add_job("jane.doe@example.com", "i@1", None, Some("a".into()), None));
+    assert!(pii.contains("invalid ticket"), "{pii}");
 }
 
 #[test]

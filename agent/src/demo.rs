@@ -118,7 +118,9 @@ pub fn run() -> Result<()> {
     let job = rt.block_on(journey(&cfg, agent, &bay_dir, &image, dataset, real_disk))?;
 
     say("7. service report");
-    print!("{}", Report::of(&job).to_text());
+    let mut report = Report::of(&job);
+    report.audit = crate::report::AuditAnchor::saved(&depot.reports(), &job.id);
+    print!("{}", report.to_text());
     if let Some(s) = &job.results.sanitization {
         say("8. sanitization record of the staging wipe");
         println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());

@@ -132,6 +132,9 @@ pub struct DeviceRecord {
     pub model: String,
     /// Serial number, if the disk reports one.
     pub serial: Option<String>,
+    /// World-wide name, if the disk reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wwn: Option<String>,
     /// Size in bytes.
     pub size_bytes: u64,
     /// Bay it sat in, if any.
@@ -388,6 +391,7 @@ mod tests {
             bus: "virtual".into(),
             model: "x".into(),
             serial: None,
+            wwn: None,
             size_bytes: 1,
             bay: None,
             diskseq: None,

@@ -4,11 +4,13 @@
 //!
 //! Format version [`REPORT_FORMAT`]; the JSON carries the device, the image and its signature
 //! status, the imager's verification report, the client data restore-and-verify result, the
-//! staging wipe's sanitization record, timings, and the full state history.
+//! staging wipe's sanitization record, timings, the full state history, and the audit log's
+//! head with the checkpoint signed for this report (`audit`), so a printed report pins the audit
+//! chain off the machine.
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::job::{DeviceRecord, Job, JobState, Transition};
 
@@ -32,6 +34,36 @@ pub struct Timings {
     pub wipe_secs: Option<f64>,
     /// Claim to end.
     pub total_secs: Option<f64>,
+}
+
+/// Where the audit log stood when the report was written: its head and the checkpoint signed
+/// for this report (keep it: `tek audit verify` must find this entry with this hash).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditAnchor {
+    /// Entries in the audit log, up to and including this job's `job_finished` entry.
+    pub entries: u64,
+    /// Hash of the last entry.
+    pub head: String,
+    /// The signed checkpoint of that entry.
+    pub checkpoint: client_data::Checkpoint,
+}
+
+impl AuditAnchor {
+    /// The anchor of a fresh checkpoint.
+    pub fn of(cp: client_data::Checkpoint) -> AuditAnchor {
+        AuditAnchor {
+            entries: cp.seq + 1,
+            head: cp.hash.clone(),
+            checkpoint: cp,
+        }
+    }
+
+    /// The anchor saved in a written report (`<reports>/<job>.json`), if any.
+    pub fn saved(reports: &std::path::Path, job: &str) -> Option<AuditAnchor> {
+        let text = std::fs::read(reports.join(format!("{job}.json"))).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        serde_json::from_value(v.get("audit")?.clone()).ok()
+    }
 }
 
 /// A service report.
@@ -69,6 +101,9 @@ pub struct Report {
     pub error: Option<String>,
     /// Every state change.
     pub history: Vec<Transition>,
+    /// The audit log's head and signed checkpoint at the end of the job (set by the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditAnchor>,
 }
 
 fn parse(t: &str) -> Option<time::OffsetDateTime> {
@@ -141,6 +176,7 @@ impl Report {
             timings,
             error: job.error.clone(),
             history: job.history.clone(),
+            audit: None,
         }
     }
 
@@ -205,6 +241,25 @@ impl Report {
                 ("total".into(), f(t.total_secs)),
             ],
         ));
+        if let Some(a) = &self.audit {
+            let c = &a.checkpoint;
+            out.push((
+                "Audit log",
+                vec![
+                    ("entries".into(), a.entries.to_string()),
+                    (
+                        "head".into(),
+                        format!("seq {} hash {}", a.entries - 1, a.head),
+                    ),
+                    (
+                        "checkpoint".into(),
+                        format!("seq {} hash {} signed {}", c.seq, c.hash, c.time),
+                    ),
+                    ("audit key".into(), c.public_key.clone()),
+                    ("signature".into(), c.signature.clone()),
+                ],
+            ));
+        }
         out
     }
 
@@ -333,6 +388,30 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["format"], 1);
         assert_eq!(v["state"], "done");
+    }
+
+    #[test]
+    fn audit_head_and_checkpoint_are_printed() {
+        let mut r = Report::of(&done_job());
+        assert!(!r.to_text().contains("Audit log"));
+        let cp: client_data::Checkpoint = serde_json::from_value(serde_json::json!({
+            "format": 1, "seq": 41, "hash": "ab".repeat(32), "time": "2026-03-01T10:00:00Z",
+            "public_key": "PK", "signature": "SIG"
+        }))
+        .unwrap();
+        r.audit = Some(AuditAnchor::of(cp));
+        let t = r.to_text();
+        for want in [
+            "== Audit log",
+            "entries     42",
+            &format!("seq 41 hash {}", "ab".repeat(32)),
+            "signed 2026-03-01T10:00:00Z",
+            "SIG",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["audit"]["checkpoint"]["seq"], 41);
     }
 
     #[test]

@@ -450,6 +450,22 @@ mod tests {
 
         let events = Client::connect(&sock).unwrap().subscribe().unwrap();
         let mut c = Client::connect(&sock).unwrap();
+        // Free text as a ticket is refused over the socket (and not journaled: one job below).
+        let err = c
+            .request(Op::JobAdd {
+                ticket: "Jane Doe, jane.doe@example.com, +44 20 7946 0000".into(),
+                image: "img@1".into(),
+                data: None,
+                bay: Some("a".into()),
+                serial: None,
+                dataset_of_other_ticket: None,
+            })
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("invalid ticket") && err.contains("an id, not a name"),
+            "{err}"
+        );
         let job: Job = c
             .call(Op::JobAdd {
                 ticket: "T-9".into(),

@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use client_data::{AuditEvent, Custody, DatasetId, DatasetState, Destination};
+use client_data::{AuditEvent, Custody, DatasetId, DatasetState, Destination, DeviceIdentity};
 use image_store::{ImageRef, LoadedImage, SignatureStatus, Store};
 
 use crate::Depot;
 use crate::bay::Disk;
 use crate::config::{BeyondImage, Config};
 use crate::job::Job;
-use crate::report::Report;
+use crate::report::{AuditAnchor, Report};
 use crate::runner::{JobSteps, StepError, StepProgress};
 use crate::shared_write::WriteSharing;
 
@@ -135,6 +135,34 @@ fn still_the_detected_disk(job: &Job, dev: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The job's ticket for the audit log. The socket and the CLI accept only ids; a job journaled
+/// before they checked may hold free text, recorded as `unchecked-` + 16 hex of its BLAKE3, so the
+/// job still finishes and its entries still match each other, without the text.
+fn audit_ticket(job: &Job) -> String {
+    match client_data::dataset::check_ident("ticket", &job.ticket) {
+        Ok(()) => job.ticket.clone(),
+        Err(_) => format!(
+            "unchecked-{}",
+            &blake3::hash(job.ticket.as_bytes()).to_hex()[..16]
+        ),
+    }
+}
+
+/// The claimed disk's hardware identity for the audit log (never its node or backing file).
+fn device_identity(job: &Job) -> DeviceIdentity {
+    job.device
+        .as_ref()
+        .map_or_else(DeviceIdentity::default, |d| {
+            DeviceIdentity::new(
+                d.serial.as_deref(),
+                d.wwn.as_deref(),
+                Some(&d.model),
+                Some(d.size_bytes),
+                Some(&d.name),
+            )
+        })
 }
 
 fn image_facts(img: &LoadedImage) -> serde_json::Value {
@@ -336,8 +364,7 @@ impl JobSteps for RealSteps {
             .with_context(|| format!("opening data path {data_path} in partition {part}"))?;
         let dest = Destination {
             job: Some(job.id.clone()),
-            device_serial: job.device.as_ref().and_then(|d| d.serial.clone()),
-            device: dev.display().to_string(),
+            device: device_identity(job),
         };
         let result = self.custody.restore_into(&id, &target, &dest);
         drop(target);
@@ -388,6 +415,7 @@ impl JobSteps for RealSteps {
                 &id,
                 &client_data::WipeOptions {
                     force_reason: None,
+                    note: None,
                     operator: OPERATOR.into(),
                 },
             )
@@ -403,7 +431,7 @@ impl JobSteps for RealSteps {
         Ok(value)
     }
 
-    fn image_written(&self, job: &Job, dev: &Path, ok: bool) -> Result<()> {
+    fn image_written(&self, job: &Job, _dev: &Path, ok: bool) -> Result<()> {
         let manifest_hash = job
             .results
             .image
@@ -417,15 +445,16 @@ impl JobSteps for RealSteps {
             .as_ref()
             .and_then(|v| v["bytes_written"].as_u64())
             .unwrap_or(0);
+        let (image, version) = job.image.split_once('@').unwrap_or((&job.image, ""));
         self.custody
             .audit()
             .append(AuditEvent::ImageWritten {
                 job: job.id.clone(),
-                ticket: job.ticket.clone(),
-                image: job.image.clone(),
+                ticket: audit_ticket(job),
+                image: image.to_string(),
+                version: version.to_string(),
                 manifest_hash,
-                device: dev.display().to_string(),
-                device_serial: job.device.as_ref().and_then(|d| d.serial.clone()),
+                device: device_identity(job),
                 bytes,
                 result: if ok { "verified" } else { "failed" }.into(),
             })
@@ -433,24 +462,26 @@ impl JobSteps for RealSteps {
     }
 
     fn finish(&self, job: &Job) -> Result<()> {
-        let r = Report::of(job);
+        // The entry first, with a checkpoint signed over it, printed in the report.
+        let cp = self
+            .custody
+            .audit()
+            .append_checkpointed(AuditEvent::JobFinished {
+                job: job.id.clone(),
+                ticket: audit_ticket(job),
+                dataset: job.dataset.clone(),
+                result: job.state.to_string(),
+            })
+            .context("appending JobFinished to the audit log")?;
+        let mut r = Report::of(job);
+        r.audit = Some(AuditAnchor::of(cp));
         std::fs::create_dir_all(&self.reports)
             .with_context(|| format!("creating {}", self.reports.display()))?;
         let json = self.reports.join(format!("{}.json", job.id));
         std::fs::write(&json, serde_json::to_vec_pretty(&r).unwrap_or_default())
             .with_context(|| format!("writing {}", json.display()))?;
         let html = self.reports.join(format!("{}.html", job.id));
-        std::fs::write(&html, r.to_html())
-            .with_context(|| format!("writing {}", html.display()))?;
-        self.custody
-            .audit()
-            .append(AuditEvent::JobFinished {
-                job: job.id.clone(),
-                ticket: job.ticket.clone(),
-                dataset: job.dataset.clone(),
-                result: job.state.to_string(),
-            })
-            .context("appending JobFinished to the audit log")
+        std::fs::write(&html, r.to_html()).with_context(|| format!("writing {}", html.display()))
     }
 
     fn still_present(&self, dev: &Path) -> bool {
@@ -513,6 +544,7 @@ mod tests {
             bus: "virtual".into(),
             model: "loop".into(),
             serial: None,
+            wwn: None,
             size_bytes: 1 << 20,
             bay: None,
             diskseq: Some(seq),
@@ -524,5 +556,16 @@ mod tests {
             e.to_string().contains("changed since it was detected"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn legacy_free_text_ticket_is_not_audited() {
+        let j = Job::new("T-1", "a@1", None, JobTarget::Bay("b".into()));
+        assert_eq!(audit_ticket(&j), "T-1");
+        let mut j = j;
+        j.ticket = "Jane Doe, jane.doe@example.com".into();
+        let t = audit_ticket(&j);
+        assert!(t.starts_with("unchecked-") && t.len() == 26, "{t}");
+        client_data::dataset::check_ident("ticket", &t).unwrap();
     }
 }

@@ -6,9 +6,10 @@
 //! Appends COUNT events (default 100000) to `AUDIT_DIR/audit.log`, created if missing: datasets
 //! of 1000 clients going through ingest, migrate, verify and wipe (four events each), with a
 //! withdrawal every 500 datasets. All stamped with the current time, so any window around now
-//! covers them.
+//! covers them. The audit key is `AUDIT_DIR/../keys/audit.key` (a depot's layout), created if
+//! missing.
 
-use client_data::{AuditEvent, AuditLog};
+use client_data::{AuditEvent, AuditLog, DeviceIdentity};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -17,7 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(c) => c.parse()?,
         None => 100_000,
     };
-    let log = AuditLog::open(std::path::Path::new(&dir))?;
+    let dir = std::path::Path::new(&dir);
+    let keys = dir.parent().unwrap_or(dir).join("keys");
+    let log = AuditLog::open(dir, &keys)?;
     let events = (0..count).map(|i| {
         let d = i / 4;
         let dataset = format!("ds-20260101-{d:08x}");
@@ -38,8 +41,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 client,
                 ticket,
                 job: Some(format!("job-{d}")),
-                device: format!("/dev/sd{}", (b'a' + (d % 8) as u8) as char),
-                device_serial: Some(format!("SER{d:06}")),
+                device: DeviceIdentity::new(
+                    Some(&format!("SER{d:06}")),
+                    None,
+                    Some("Bench SSD"),
+                    Some(256_000_000_000),
+                    Some(&format!("sd{}", (b'a' + (d % 8) as u8) as char)),
+                ),
                 entries: 2000 + d % 5000,
                 bytes: 50_000_000 + d * 1000,
                 skipped: 0,
@@ -65,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ticket,
                 forced: false,
                 reason: None,
-                operator: "agent".into(),
+                operator: "tek-agent".into(),
                 ciphertext_bytes: 50_100_000 + d * 1000,
                 record: format!("san-{d}"),
             },

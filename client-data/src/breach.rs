@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::{AuditEvent, AuditLog, WipeReason};
 use crate::dataset::{parse_rfc3339, rfc3339};
 use crate::error::DataError;
 
@@ -149,17 +149,13 @@ impl BreachReport {
                     dataset,
                     job,
                     device,
-                    device_serial,
                     ..
                 } => {
                     if let Some(d) = ds.get_mut(&dataset) {
                         d.written_to.push(format!(
-                            "{} at {}{}{}",
+                            "{} at {}{}",
                             device,
                             rec.time,
-                            device_serial
-                                .map(|s| format!(", serial {s}"))
-                                .unwrap_or_default(),
                             job.map(|j| format!(", job {j}")).unwrap_or_default()
                         ));
                     }
@@ -178,8 +174,10 @@ impl BreachReport {
                     ..
                 } => {
                     if let Some(d) = ds.get_mut(&dataset) {
-                        let withdrawn =
-                            matches!(reason.as_deref(), Some("withdrawal" | "termination"));
+                        let withdrawn = matches!(
+                            reason,
+                            Some(WipeReason::Withdrawal | WipeReason::Termination)
+                        );
                         d.state = if withdrawn { "withdrawn" } else { "wiped" }.into();
                         d.held_until = Some(rec.time.clone());
                         d.until_t = Some(t);
@@ -241,7 +239,7 @@ mod tests {
     #[test]
     fn window_selects_held_datasets() {
         let d = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(d.path()).unwrap();
+        let log = AuditLog::open(&d.path().join("audit"), &d.path().join("keys")).unwrap();
         let ingest = |id: &str, c: &str| AuditEvent::Ingest {
             dataset: id.into(),
             client: c.into(),
@@ -258,7 +256,7 @@ mod tests {
             client: "C2".into(),
             ticket: "T1".into(),
             forced: true,
-            reason: Some("test".into()),
+            reason: Some(WipeReason::Other),
             operator: "op".into(),
             ciphertext_bytes: 100,
             record: "san-ds-b".into(),

@@ -15,9 +15,9 @@ use crate::keystore::{Keystore, mkdir_private};
 pub struct CustodyPaths {
     /// `<state>/staging`: encrypted datasets, client records, deletion cases, locks.
     pub staging: PathBuf,
-    /// `<state>/keys`: KEK, wrapped dataset keys, backup epochs.
+    /// `<state>/keys`: KEK, wrapped dataset keys, backup epochs, the audit signing key.
     pub keys: PathBuf,
-    /// `<state>/audit`: `audit.log`.
+    /// `<state>/audit`: `audit.log`, `audit.head`, `audit.checkpoints`.
     pub audit: PathBuf,
     /// `<state>/reports`: sanitization records, deletion confirmations.
     pub reports: PathBuf,
@@ -86,7 +86,7 @@ impl Custody {
         for d in [&paths.staging, &paths.keys, &paths.reports] {
             mkdir_private(d)?;
         }
-        let audit = AuditLog::open(&paths.audit)?;
+        let audit = AuditLog::open(&paths.audit, &paths.keys)?;
         let keys = Keystore::new(&paths.keys, config.kek.as_deref());
         let c = Custody {
             paths,

@@ -14,6 +14,7 @@ use std::str::FromStr;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::DeviceIdentity;
 use crate::error::{DataError, io};
 use crate::keystore::write_private;
 
@@ -131,15 +132,45 @@ pub struct DatasetInfo {
     pub state: DatasetState,
 }
 
-/// Where a restore writes, for the audit log and breach reports.
+/// Where a restore writes, for the audit log and breach reports: the job and the device's
+/// hardware identity, never a path.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "DestinationRecord")]
 pub struct Destination {
     /// The agent's job id, if any.
     pub job: Option<String>,
-    /// The replacement device's serial number, if known.
-    pub device_serial: Option<String>,
-    /// The device (or directory) written to.
-    pub device: String,
+    /// The replacement device (empty for a plain directory).
+    pub device: DeviceIdentity,
+}
+
+/// `meta.json`'s migration destination as stored: before the audit format 2 change it was
+/// `{job, device_serial, device: "<path>"}`; the path is not kept.
+#[derive(Deserialize)]
+struct DestinationRecord {
+    #[serde(default)]
+    job: Option<String>,
+    #[serde(default)]
+    device_serial: Option<String>,
+    #[serde(default)]
+    device: Option<DeviceField>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DeviceField {
+    Identity(DeviceIdentity),
+    /// Format 1's free path: not kept.
+    Path(serde::de::IgnoredAny),
+}
+
+impl From<DestinationRecord> for Destination {
+    fn from(r: DestinationRecord) -> Destination {
+        let device = match r.device {
+            Some(DeviceField::Identity(d)) => d,
+            _ => DeviceIdentity::new(r.device_serial.as_deref(), None, None, None, None),
+        };
+        Destination { job: r.job, device }
+    }
 }
 
 /// Record of the verified migration.
@@ -155,10 +186,14 @@ pub struct Migration {
     pub bytes_verified: u64,
 }
 
+/// Format of `meta.json` written by this version: 2 records a migration's device as a
+/// [`DeviceIdentity`]; format 1 (`device` path + `device_serial`) is still read.
+pub const META_FORMAT: u32 = 2;
+
 /// The full `meta.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
-    /// Format version (1).
+    /// Format version ([`META_FORMAT`]; 1 is read).
     pub format: u32,
     /// The public part.
     #[serde(flatten)]
@@ -182,16 +217,18 @@ impl Meta {
     pub fn load(dir: &Path) -> Result<Meta, DataError> {
         let p = dir.join("meta.json");
         let text = std::fs::read_to_string(&p).map_err(io("reading dataset metadata", &p))?;
-        let m: Meta = serde_json::from_str(&text).map_err(|e| DataError::Corrupt {
+        let mut m: Meta = serde_json::from_str(&text).map_err(|e| DataError::Corrupt {
             path: p.clone(),
             reason: e.to_string(),
         })?;
-        if m.format != 1 {
+        if !(1..=META_FORMAT).contains(&m.format) {
             return Err(DataError::Corrupt {
                 path: p,
                 reason: format!("unknown format {}", m.format),
             });
         }
+        // Read into today's shape; the next save writes it in today's format.
+        m.format = META_FORMAT;
         Ok(m)
     }
     /// Writes `<dir>/meta.json` durably.
@@ -289,6 +326,32 @@ mod tests {
         assert!(check_ident("client", "../x").is_err());
         assert!(check_ident("client", "john doe@x").is_err());
         assert!(check_ident("client", "").is_err());
+    }
+
+    #[test]
+    fn format_1_meta_with_a_device_path_is_read_without_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("meta.json"),
+            r#"{"format":1,"id":"ds-20260101-00000000","client":"C","ticket":"T",
+               "created":"2026-01-01T00:00:00Z","entries":1,"bytes":1,"state":"migrated",
+               "ciphertext_bytes":1,"data_mac":"m","manifest_mac":"m",
+               "migrations":[{"at":"2026-01-01T00:00:00Z","entries_verified":1,"bytes_verified":1,
+               "dest":{"job":"j-1","device_serial":"S 1","device":"/var/tmp/jane/disk.img"}}]}"#,
+        )
+        .unwrap();
+        let m = Meta::load(d.path()).unwrap();
+        assert_eq!(m.format, META_FORMAT);
+        let dest = &m.migrations[0].dest;
+        assert_eq!(dest.job.as_deref(), Some("j-1"));
+        assert_eq!(dest.device.serial.as_deref(), Some("S_1"));
+        m.save(d.path()).unwrap();
+        let text = std::fs::read_to_string(d.path().join("meta.json")).unwrap();
+        assert!(
+            !text.contains("jane") && text.contains("\"format\": 2"),
+            "{text}"
+        );
+        assert_eq!(Meta::load(d.path()).unwrap(), m);
     }
 
     #[test]

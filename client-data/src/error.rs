@@ -140,6 +140,43 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// A signed checkpoint (or the signed head) of the audit log is bad or missing.
+    #[error("audit checkpoint {path} line {line} (seq {seq}): {reason}")]
+    AuditCheckpoint {
+        /// The checkpoints or head file.
+        path: PathBuf,
+        /// 1-based line in that file.
+        line: u64,
+        /// The entry it covers.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The audit log is shorter than what was signed: its last entries were removed.
+    #[error(
+        "audit log {path} was truncated: it has {entries} entries, but {what} signed at {time} \
+         covers {signed}"
+    )]
+    AuditTruncated {
+        /// The log file.
+        path: PathBuf,
+        /// Entries in the log.
+        entries: u64,
+        /// Entries covered by the signature.
+        signed: u64,
+        /// "the last checkpoint" or "the head".
+        what: &'static str,
+        /// When that was signed.
+        time: String,
+    },
+    /// The audit log's signing key (or its public half) is missing or unusable.
+    #[error("audit key {path}: {reason}")]
+    AuditKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Mounting or finding a partition failed.
     #[error("{action} {device}: {reason}")]
     Mount {

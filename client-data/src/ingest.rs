@@ -244,7 +244,7 @@ impl Custody {
             state: DatasetState::Staged,
         };
         let meta = Meta {
-            format: 1,
+            format: crate::dataset::META_FORMAT,
             info: info.clone(),
             ciphertext_bytes: data_len + manifest_len,
             data_mac,

@@ -31,7 +31,10 @@ pub mod target;
 pub mod wipe;
 pub mod withdraw;
 
-pub use audit::{AuditEvent, AuditHead, AuditLog, AuditRecord};
+pub use audit::{
+    AuditEvent, AuditHead, AuditLog, AuditPublicKey, AuditRecord, Checkpoint, DeviceIdentity,
+    WipeReason,
+};
 pub use backup::{Epoch, KeyBackup};
 pub use breach::BreachReport;
 pub use custody::{Custody, CustodyConfig, CustodyPaths, DatasetListing};

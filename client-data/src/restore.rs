@@ -388,6 +388,10 @@ impl Custody {
         dest: &Destination,
     ) -> Result<RestoreResult, DataError> {
         let target_dir = target.label();
+        if let Some(job) = &dest.job {
+            // Checked before anything is written: the audit entry at the end must not fail.
+            crate::dataset::check_ident("job id", job)?;
+        }
         let (_lock, mut meta) = self.lock_live(id, "restore")?;
         let kek = self.keys.kek(false)?;
         let key = self.keys.load(&kek, id.as_str())?;
@@ -537,8 +541,7 @@ impl Custody {
                 client: meta.info.client.clone(),
                 ticket: meta.info.ticket.clone(),
                 job: dest.job.clone(),
-                device: dest.device.clone(),
-                device_serial: dest.device_serial.clone(),
+                device: dest.device.sanitized(),
                 entries: res.entries_restored,
                 bytes: res.bytes_restored,
                 skipped: res.skipped.len() as u64,

@@ -8,9 +8,9 @@
 
 use serde::Serialize;
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, WipeReason};
 use crate::custody::Custody;
-use crate::dataset::{DatasetId, DatasetState, rfc3339};
+use crate::dataset::{DatasetId, DatasetState, check_ident, rfc3339};
 use crate::error::DataError;
 use crate::keystore::{shred, write_private};
 
@@ -18,15 +18,18 @@ use crate::keystore::{shred, write_private};
 #[derive(Debug, Clone, Default)]
 pub struct WipeOptions {
     /// Wipe although there is no verified migration, for this reason (`--force --reason`).
-    pub force_reason: Option<String>,
-    /// Who asked (user name, or "agent").
+    pub force_reason: Option<WipeReason>,
+    /// A free-text explanation: kept in the sanitization record, never in the audit log.
+    pub note: Option<String>,
+    /// Who asked (a user name or "tek-agent"; an id, see `check_ident`).
     pub operator: String,
 }
 
 /// A sanitization record (NIST SP 800-88 Rev. 2, section 4.6).
 #[derive(Debug, Clone, Serialize)]
 pub struct SanitizationRecord {
-    /// Format version (1).
+    /// Format version (2: `reason` is a code and `note` holds free text; 1 had free text in
+    /// `reason`).
     pub format: u32,
     /// Record id (`san-<dataset>`).
     pub record: String,
@@ -44,8 +47,10 @@ pub struct SanitizationRecord {
     pub verification_result: String,
     /// Whether a verified migration existed.
     pub migration_verified: bool,
-    /// Reason when forced, or "withdrawal"/"termination".
-    pub reason: Option<String>,
+    /// Reason code when forced or withdrawn; `None` after a verified migration.
+    pub reason: Option<WipeReason>,
+    /// The operator's free-text note, if any (not in the audit log).
+    pub note: Option<String>,
     /// Who.
     pub operator: String,
     /// Where (host name).
@@ -129,9 +134,10 @@ impl SanitizationRecord {
                 (
                     "Reason",
                     self.reason
-                        .clone()
+                        .map(|r| r.to_string())
                         .unwrap_or_else(|| "verified migration".into()),
                 ),
+                ("Note", self.note.clone().unwrap_or_default()),
                 ("Operator", self.operator.clone()),
                 ("Location", self.location.clone()),
                 ("Date", self.date.clone()),
@@ -163,14 +169,10 @@ impl Custody {
         opts: &WipeOptions,
         end: DatasetState,
     ) -> Result<SanitizationRecord, DataError> {
+        check_ident("operator", &opts.operator)?;
         let (_lock, mut meta) = self.lock_live(id, "wipe")?;
         let migrated = meta.info.state == DatasetState::Migrated && !meta.migrations.is_empty();
-        if !migrated
-            && opts
-                .force_reason
-                .as_deref()
-                .is_none_or(|r| r.trim().is_empty())
-        {
+        if !migrated && opts.force_reason.is_none() {
             return Err(DataError::NotMigrated(id.to_string()));
         }
         let dir = self.dataset_dir(id);
@@ -191,7 +193,7 @@ impl Custody {
             && !dir.join("data.enc").exists()
             && !dir.join("manifest.enc").exists();
         let record = SanitizationRecord {
-            format: 1,
+            format: 2,
             record: format!("san-{id}"),
             subject: SanitizedSubject {
                 dataset: id.to_string(),
@@ -217,7 +219,8 @@ impl Custody {
                 "failed: files still present".into()
             },
             migration_verified: migrated,
-            reason: opts.force_reason.clone(),
+            reason: opts.force_reason,
+            note: opts.note.clone(),
             operator: opts.operator.clone(),
             location: hostname(),
             date: now,
@@ -238,7 +241,7 @@ impl Custody {
             client: meta.info.client.clone(),
             ticket: meta.info.ticket.clone(),
             forced: !migrated,
-            reason: opts.force_reason.clone(),
+            reason: opts.force_reason,
             operator: opts.operator.clone(),
             ciphertext_bytes: overwritten,
             record: record.record.clone(),

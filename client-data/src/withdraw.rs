@@ -204,7 +204,8 @@ impl Custody {
         for info in self.list()? {
             if info.client == client && info.state.is_live() {
                 let opts = WipeOptions {
-                    force_reason: Some(reason.to_string()),
+                    force_reason: Some(reason.into()),
+                    note: None,
                     operator: operator.into(),
                 };
                 self.wipe_as(&info.id, &opts, DatasetState::Withdrawn)?;

@@ -7,7 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use client_data::{Custody, CustodyConfig, DataError, DatasetState, WipeOptions, WithdrawReason};
+use client_data::{
+    Custody, CustodyConfig, DataError, DatasetState, WipeOptions, WipeReason, WithdrawReason,
+};
 
 mod common;
 use common::*;
@@ -35,6 +37,7 @@ fn directory_roundtrip_byte_exact_then_wipe() {
     // Not migrated yet: a wipe is refused.
     let op = WipeOptions {
         force_reason: None,
+        note: None,
         operator: "tester".into(),
     };
     assert!(matches!(
@@ -85,11 +88,18 @@ fn forced_wipe_needs_reason() {
     sample_tree(&src);
     let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
     let op = WipeOptions {
-        force_reason: Some("client asked by phone".into()),
+        force_reason: Some(WipeReason::MigrationAbandoned),
+        note: Some("client asked by phone, jane@example.com".into()),
         operator: "tester".into(),
     };
     let rec = d.custody.wipe(&info.id, &op).unwrap();
     assert!(!rec.migration_verified);
+    // The code goes to the record and the log, the note only to the record.
+    assert_eq!(rec.reason, Some(WipeReason::MigrationAbandoned));
+    assert!(rec.to_html().contains("jane@example.com"));
+    let log = fs::read_to_string(d.custody.audit().path()).unwrap();
+    assert!(log.contains(r#""reason":"migration-abandoned""#), "{log}");
+    assert!(!log.contains('@') && !log.contains("phone"), "{log}");
     assert!(matches!(
         d.custody.wipe(&info.id, &op),
         Err(DataError::BadState { .. })
@@ -201,7 +211,8 @@ fn concurrent_wipe_and_restore_one_is_locked() {
     // Deterministic: an operation holding the lock makes the other fail with Locked.
     let held = d.custody.lock(&info.id).unwrap();
     let op = WipeOptions {
-        force_reason: Some("test".into()),
+        force_reason: Some(WipeReason::Other),
+        note: None,
         operator: "t".into(),
     };
     assert!(matches!(

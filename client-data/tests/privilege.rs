@@ -29,8 +29,7 @@ fn paths(root: &Path) -> CustodyPaths {
 fn dest() -> Destination {
     Destination {
         job: Some("job-priv".into()),
-        device_serial: None,
-        device: "/dev/test".into(),
+        device: client_data::DeviceIdentity::default(),
     }
 }
 

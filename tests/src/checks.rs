@@ -46,7 +46,7 @@ pub fn check_done_with_data(b: &Bench, job: &str, disk: &Path, dataset: &str, sr
         .expect("dataset metadata");
     assert_eq!(format!("{:?}", info.state), "Wiped");
     // The audit chain verifies and holds this job's entries.
-    let audit = client_data::AuditLog::open(&b.state.join("audit")).unwrap();
+    let audit = client_data::AuditLog::open(&b.state.join("audit"), &b.state.join("keys")).unwrap();
     audit.verify().expect("audit chain verifies");
     b.tek_ok(&["audit", "verify"]);
     let log = std::fs::read_to_string(audit.path()).unwrap();
@@ -56,6 +56,11 @@ pub fn check_done_with_data(b: &Bench, job: &str, disk: &Path, dataset: &str, sr
                 .any(|l| l.contains(job) && l.to_lowercase().contains(ev)),
             "no {ev} audit entry for {job}:\n{log}"
         );
+    }
+    // No address and no path: the disk is recorded by identity, not by node or backing file.
+    let backing = disk.display().to_string();
+    for bad in ["@", backing.as_str(), "/dev/"] {
+        assert!(!log.contains(bad), "{bad:?} in the audit log:\n{log}");
     }
     // The service report.
     let report: Value = serde_json::from_str(&b.tek_ok(&["report", job, "--json"])).unwrap();
@@ -74,6 +79,21 @@ pub fn check_done_with_data(b: &Bench, job: &str, disk: &Path, dataset: &str, sr
         report["sanitization"]["migration_verified"], true,
         "{report:#}"
     );
+    // The report pins the audit chain: its signed checkpoint names an entry that is in the log
+    // with that hash.
+    let cp = &report["audit"]["checkpoint"];
+    let seq = cp["seq"]
+        .as_u64()
+        .expect("the report carries an audit checkpoint");
+    let at = log
+        .lines()
+        .nth(seq as usize)
+        .expect("checkpointed entry in the log");
+    assert!(
+        at.ends_with(&format!("\"hash\":\"{}\"}}", cp["hash"].as_str().unwrap())),
+        "{at} vs {cp}"
+    );
+    assert!(b.tek_ok(&["report", job]).contains("== Audit log"));
     let html = b.tek_ok(&["report", job, "--html"]);
     assert!(html.contains("Sanitization of the staging copy"));
     assert!(b.state.join(format!("reports/{job}.html")).exists());

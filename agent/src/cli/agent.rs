@@ -90,8 +90,8 @@ pub enum AgentCommand {
 pub enum JobCommand {
     /// Queue a job for a bay or for a disk's serial number.
     Add {
-        /// Service ticket.
-        #[arg(long)]
+        /// Service ticket (an id: 1-64 of A-Z a-z 0-9 . _ -, no names or addresses).
+        #[arg(long, value_parser = crate::cli::data::ident("ticket"))]
         ticket: String,
         /// Image NAME@VERSION.
         #[arg(long)]
@@ -170,7 +170,9 @@ pub fn run(depot: &Depot, cmd: AgentCommand) -> Result<()> {
             let j = journal
                 .load(&job)
                 .with_context(|| format!("loading job {job}"))?;
-            let r = crate::report::Report::of(&j);
+            let mut r = crate::report::Report::of(&j);
+            // The audit checkpoint exists only in the report the agent wrote.
+            r.audit = crate::report::AuditAnchor::saved(&depot.reports(), &j.id);
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else if html {

@@ -1,16 +1,23 @@
 //! `tek audit ...`: the tamper-evident audit log (verify, show, head, breach-report).
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use client_data::{AuditEvent, AuditLog, BreachReport};
+use client_data::{AuditEvent, AuditHead, AuditLog, AuditPublicKey, BreachReport};
 
 use crate::Depot;
 
 /// `tek audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; names the first bad entry.
+    /// Check the hash chain, every signed checkpoint and the signed head; names the first bad
+    /// entry, or the truncation.
     Verify {
+        /// Check the signatures against this public key (a copy kept off the machine) instead
+        /// of the depot's `keys/audit.pub`.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -21,7 +28,7 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the current chain head (keep it off the machine).
+    /// Print the current chain head and the last signed checkpoint (keep them off the machine).
     Head {
         /// Print JSON.
         #[arg(long)]
@@ -44,18 +51,45 @@ pub enum AuditCommand {
 /// Runs a `tek audit` subcommand.
 pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
     let dir = depot.audit();
-    let log =
-        AuditLog::open(&dir).with_context(|| format!("opening audit log in {}", dir.display()))?;
+    let log = AuditLog::open(&dir, &depot.keys())
+        .with_context(|| format!("opening audit log in {}", dir.display()))?;
     match cmd {
-        AuditCommand::Verify { json } => {
-            let head = log.verify().context("verifying audit log")?;
+        AuditCommand::Verify { public_key, json } => {
+            let key = public_key
+                .as_deref()
+                .map(|p| {
+                    AuditPublicKey::load(p)
+                        .with_context(|| format!("reading public key {}", p.display()))
+                })
+                .transpose()?;
+            let head = log
+                .verify_with(key.as_ref())
+                .context("verifying audit log")?;
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&head).context("serializing")?
                 );
             } else {
-                println!("audit log OK: {} entries, head {}", head.entries, head.hash);
+                let signed_head = match &head.signed_head {
+                    Some(h) => format!("signed head verified (seq {})", h.seq),
+                    None if head.entries == 0 => "empty".into(),
+                    None => {
+                        "no signed head yet (a format 1 log, signed from its next entry)".into()
+                    }
+                };
+                let checkpoints = match &head.checkpoint {
+                    Some(c) => format!(
+                        "{} signed checkpoints verified (last at seq {})",
+                        head.checkpoints, c.seq
+                    ),
+                    None => "no checkpoint yet".into(),
+                };
+                println!(
+                    "audit log OK: {} entries, head {}; {signed_head}; {checkpoints}",
+                    head.entries, head.hash
+                );
+                print_unsigned(&head);
             }
         }
         AuditCommand::Show { json } => {
@@ -83,12 +117,29 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
                     serde_json::to_string_pretty(&head).context("serializing")?
                 );
             } else {
-                println!(
-                    "{} {} {}",
-                    head.entries,
-                    head.hash,
-                    head.time.unwrap_or_default()
-                );
+                match head.entries {
+                    0 => println!("head: 0 entries (empty log)"),
+                    n => println!(
+                        "head: {n} entries, seq {} hash {} at {}",
+                        n - 1,
+                        head.hash,
+                        head.time.as_deref().unwrap_or("-")
+                    ),
+                }
+                if let Some(h) = &head.signed_head {
+                    println!(
+                        "signed head: seq {} hash {} signed {}",
+                        h.seq, h.hash, h.time
+                    );
+                }
+                match &head.checkpoint {
+                    Some(c) => println!(
+                        "checkpoint: seq {} hash {} signed {} by audit key {}",
+                        c.seq, c.hash, c.time, c.public_key
+                    ),
+                    None => println!("checkpoint: none yet"),
+                }
+                print_unsigned(&head);
             }
         }
         AuditCommand::BreachReport { from, to, json } => {
@@ -145,4 +196,15 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Says so when the last entries are covered by no signature (a crash between an append and its
+/// head update, or lines appended without the key; format 1 logs before their first new entry).
+fn print_unsigned(head: &AuditHead) {
+    if head.unsigned_entries > 0 {
+        println!(
+            "warning: the last {} entries are covered by no signature",
+            head.unsigned_entries
+        );
+    }
 }

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
-use client_data::{Custody, DatasetId, Destination, WipeOptions, WithdrawReason};
+use client_data::{
+    Custody, DatasetId, Destination, DeviceIdentity, WipeOptions, WipeReason, WithdrawReason,
+};
 
 use crate::Depot;
 
@@ -19,10 +21,10 @@ pub enum DataCommand {
     /// Ingest a directory or a tar archive (plain, gzip, zstd) into encrypted staging.
     Ingest {
         /// Client id (an id, not a name).
-        #[arg(long)]
+        #[arg(long, value_parser = ident("client id"))]
         client: String,
-        /// Service ticket.
-        #[arg(long)]
+        /// Service ticket (an id: 1-64 of A-Z a-z 0-9 . _ -).
+        #[arg(long, value_parser = ident("ticket"))]
         ticket: String,
         /// Directory or tar archive.
         source: PathBuf,
@@ -48,14 +50,18 @@ pub enum DataCommand {
         /// Target directory (the mounted data partition).
         dir: PathBuf,
         /// Job id for the audit log.
-        #[arg(long)]
+        #[arg(long, value_parser = ident("job id"))]
         job: Option<String>,
-        /// Device written (for the audit log; default: the directory).
-        #[arg(long)]
-        device: Option<String>,
-        /// Device serial number.
+        /// Serial number of the device written (the audit log records the device's identity,
+        /// never the directory).
         #[arg(long)]
         serial: Option<String>,
+        /// World-wide name of the device written.
+        #[arg(long)]
+        wwn: Option<String>,
+        /// Model of the device written.
+        #[arg(long)]
+        model: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -67,9 +73,13 @@ pub enum DataCommand {
         /// Wipe without a verified migration (needs --reason).
         #[arg(long, requires = "reason")]
         force: bool,
-        /// Why a forced wipe is needed.
+        /// Why a forced wipe is needed, as a code: withdrawal, termination, retention-expired,
+        /// migration-abandoned, operator-error, other.
+        #[arg(long, requires = "force", value_parser = reason_code)]
+        reason: Option<WipeReason>,
+        /// Free-text explanation: kept in the sanitization record, never in the audit log.
         #[arg(long, requires = "force")]
-        reason: Option<String>,
+        note: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -77,7 +87,7 @@ pub enum DataCommand {
     /// A client withdrew (or the contract ended): destroy its data now, open a deletion case.
     Withdraw {
         /// Client id.
-        #[arg(long)]
+        #[arg(long, value_parser = ident("client id"))]
         client: String,
         /// Date the request was received (YYYY-MM-DD).
         #[arg(long, value_name = "DATE")]
@@ -136,10 +146,28 @@ pub fn open_custody(depot: &Depot) -> Result<Custody> {
     crate::settings::open_custody(depot, &crate::settings::command_config()?)
 }
 
+/// A clap value parser applying the id rule (`client_data::dataset::check_ident`), so a name,
+/// an e-mail address or a phone number is refused before anything runs.
+pub fn ident(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s| {
+        client_data::dataset::check_ident(what, s)
+            .map(|_| s.to_string())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn reason_code(s: &str) -> Result<WipeReason, String> {
+    s.parse().map_err(|e: client_data::DataError| e.to_string())
+}
+
+/// Who runs the command, as an id for the records: the (sudo) user name when it passes the id
+/// rule, else `uid-N`.
 fn operator() -> String {
     std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| format!("uid {}", nix::unistd::getuid()))
+        .ok()
+        .filter(|u| client_data::dataset::check_ident("operator", u).is_ok())
+        .unwrap_or_else(|| format!("uid-{}", nix::unistd::getuid()))
 }
 
 fn parse_id(s: &str) -> Result<DatasetId> {
@@ -226,15 +254,21 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
             dataset,
             dir,
             job,
-            device,
             serial,
+            wwn,
+            model,
             json,
         } => {
             let id = parse_id(&dataset)?;
             let dest = Destination {
                 job,
-                device_serial: serial,
-                device: device.unwrap_or_else(|| dir.display().to_string()),
+                device: DeviceIdentity::new(
+                    serial.as_deref(),
+                    wwn.as_deref(),
+                    model.as_deref(),
+                    None,
+                    None,
+                ),
             };
             let res = c
                 .restore(&id, &dir, &dest)
@@ -278,11 +312,13 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
             dataset,
             force,
             reason,
+            note,
             json,
         } => {
             let id = parse_id(&dataset)?;
             let opts = WipeOptions {
                 force_reason: if force { reason } else { None },
+                note: if force { note } else { None },
                 operator: operator(),
             };
             let rec = c.wipe(&id, &opts).with_context(|| format!("wiping {id}"))?;

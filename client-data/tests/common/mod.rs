@@ -34,8 +34,13 @@ pub fn depot() -> Depot {
 pub fn dest() -> Destination {
     Destination {
         job: Some("job-1".into()),
-        device_serial: Some("SER1".into()),
-        device: "/dev/test".into(),
+        device: client_data::DeviceIdentity::new(
+            Some("SER1"),
+            None,
+            Some("Test Disk"),
+            Some(1 << 30),
+            Some("test"),
+        ),
     }
 }
 
