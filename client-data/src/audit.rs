@@ -139,6 +139,16 @@ pub enum AuditEvent {
         /// Epoch ids destroyed.
         epochs: Vec<String>,
     },
+    /// A withdrawal rotated the key backups holding its client's keys: the remaining live keys
+    /// went into a new epoch (if any were left) and the old epochs were destroyed before expiry.
+    BackupRotated {
+        /// Deletion case.
+        case: String,
+        /// Epoch ids destroyed.
+        destroyed: Vec<String>,
+        /// New epochs holding the other live keys.
+        replaced_by: Vec<String>,
+    },
     /// A breach report was issued.
     BreachReport {
         /// Window start.
