@@ -118,7 +118,8 @@ pub fn run() -> Result<()> {
     let job = rt.block_on(journey(&cfg, agent, &bay_dir, &image, dataset, real_disk))?;
 
     say("7. service report");
-    print!("{}", Report::of(&job).to_text());
+    let custody = crate::cli::data::open_custody(&depot).ok();
+    print!("{}", Report::with_custody(&job, custody.as_ref()).to_text());
     if let Some(s) = &job.results.sanitization {
         say("8. sanitization record of the staging wipe");
         println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());

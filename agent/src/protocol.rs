@@ -63,6 +63,10 @@ pub enum Op {
         /// Job id.
         id: String,
     },
+    /// The custody records changed (a withdrawal): the agent re-reads them and cancels, or
+    /// stops before migration, every job whose dataset may no longer be migrated. Replies with
+    /// the ids of the jobs affected.
+    CustodyChanged,
     /// Stream [`Event`]s on this connection.
     Subscribe,
 }

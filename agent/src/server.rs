@@ -243,7 +243,7 @@ async fn serve(stream: UnixStream, agent: Arc<Agent>) -> Result<()> {
         }
         let mutating = matches!(
             req.op,
-            Op::JobAdd { .. } | Op::JobCancel { .. } | Op::JobRetry { .. }
+            Op::JobAdd { .. } | Op::JobCancel { .. } | Op::JobRetry { .. } | Op::CustodyChanged
         );
         if mutating {
             tracing::info!(uid = ?uid, op = ?req.op, "control request");
@@ -276,6 +276,7 @@ fn handle(agent: &Agent, op: Op) -> Reply {
         Op::JobShow { id } => to(json(agent.job(&id))),
         Op::JobCancel { id } => to(json(agent.cancel(&id))),
         Op::JobRetry { id } => to(json(agent.retry(&id))),
+        Op::CustodyChanged => to(Ok(serde_json::json!(agent.custody_changed()))),
         Op::Subscribe => Reply::err("subscribe is handled by the connection"),
     }
 }

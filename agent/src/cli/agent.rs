@@ -28,13 +28,13 @@ impl AgentConn {
     fn config(&self) -> Result<Config> {
         Config::load_or_default(self.config.as_deref())
     }
-    fn socket(&self) -> Result<PathBuf> {
+    pub(crate) fn socket(&self) -> Result<PathBuf> {
         match &self.socket {
             Some(s) => Ok(s.clone()),
             None => Ok(self.config()?.socket),
         }
     }
-    fn client(&self) -> Result<Client> {
+    pub(crate) fn client(&self) -> Result<Client> {
         Client::connect(&self.socket()?)
     }
 }
@@ -166,7 +166,9 @@ pub fn run(depot: &Depot, cmd: AgentCommand) -> Result<()> {
             let j = journal
                 .load(&job)
                 .with_context(|| format!("loading job {job}"))?;
-            let r = crate::report::Report::of(&j);
+            // What happened to the client data comes from the custody records, read now.
+            let custody = crate::cli::data::open_custody(depot);
+            let r = crate::report::Report::with_custody(&j, custody.as_ref().ok());
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else if html {

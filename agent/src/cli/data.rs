@@ -91,6 +91,9 @@ pub enum DataCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The running agent to tell (its jobs for this client's data are cancelled).
+        #[command(flatten)]
+        conn: crate::cli::agent::AgentConn,
     },
     /// Allow ingests for a withdrawn client again.
     Reactivate {
@@ -358,6 +361,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
             received,
             reason,
             json,
+            conn,
         } => {
             let reason = match reason {
                 ReasonArg::Withdrawal => WithdrawReason::Withdrawal,
@@ -370,6 +374,12 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 print_json(&w)?;
             } else {
                 print_withdrawal(&w);
+            }
+            let told = tell_agent(&conn);
+            if json {
+                eprintln!("{told}");
+            } else {
+                println!("{told}");
             }
         }
         DataCommand::Reactivate { client } => {
@@ -472,6 +482,34 @@ fn print_withdrawal(w: &client_data::Withdrawal) {
         );
     }
     println!("case state: {}", k.state);
+}
+
+/// Tells a running agent that the custody records changed; returns what happened, in one line.
+/// Not being able to tell it is no error: its runner re-checks the custody records before it
+/// claims a disk and before it migrates.
+fn tell_agent(conn: &crate::cli::agent::AgentConn) -> String {
+    let fallback = "the agent's jobs re-check the custody records before claiming a disk and \
+                    before migrating, so none of this client's data will be migrated";
+    let socket = match conn.socket() {
+        Ok(s) => s,
+        Err(e) => return format!("agent not told ({e:#}); {fallback}"),
+    };
+    if !socket.exists() {
+        return format!("no agent running at {}; {fallback}", socket.display());
+    }
+    let reply = conn
+        .client()
+        .and_then(|mut c| c.call::<Vec<String>>(crate::protocol::Op::CustodyChanged));
+    match reply {
+        Ok(jobs) if jobs.is_empty() => {
+            "agent told: no job of this client's data was waiting or running".into()
+        }
+        Ok(jobs) => format!(
+            "agent told: jobs {} cancelled (waiting) or stopping before migration (running)",
+            jobs.join(" ")
+        ),
+        Err(e) => format!("agent at {} not told ({e:#}); {fallback}", socket.display()),
+    }
 }
 
 /// Runs a `tek backup` subcommand.
