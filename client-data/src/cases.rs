@@ -174,7 +174,7 @@ impl Custody {
         for c in cases.iter_mut().filter(|c| c.state == "open") {
             if self.client_withdrawn(&c.client)? {
                 // Never waits: an ingest in flight discards itself, a restore ends on its own.
-                let sweep = self.sweep_client(&c.client, c.reason, "dpo", None)?;
+                let sweep = self.sweep_client(&c.client, c.reason, "tek-deletion-sweep", None)?;
                 for d in sweep.destroyed.iter().chain(&sweep.discarded) {
                     if !c.datasets.contains(d) {
                         c.datasets.push(d.clone());
