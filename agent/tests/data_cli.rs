@@ -295,7 +295,10 @@ fn withdraw_in_one_process_waits_for_a_slow_ingest_in_another() {
     drop(w);
     let ing = ingest.wait_with_output().unwrap();
     let e = err(&ing);
-    assert!(e.contains("withdrew while this ingest ran"), "{e}");
+    assert!(
+        e.contains("withdrew while this ingest ran") && e.contains("was discarded"),
+        "{e}"
+    );
     let wd = ok(&withdraw.wait_with_output().unwrap());
     assert!(wd.contains("1 datasets destroyed now"), "{wd}");
     assert!(wd.contains("case state: complete"), "{wd}");

@@ -89,14 +89,21 @@ pub enum DataError {
     /// The client withdrew while an ingest for it was running; its partial dataset was
     /// discarded (ciphertext removed, key destroyed).
     #[error(
-        "client {client} withdrew while this ingest ran: the partial dataset {dataset} was discarded \
-         (nothing of it is kept)"
+        "client {client} withdrew while this ingest ran: the partial dataset {dataset} {}",
+        if *left_behind {
+            "could not be removed completely (the next `tek data` command or the withdrawal's \
+             sweep removes it)"
+        } else {
+            "was discarded (its ciphertext and key are gone)"
+        }
     )]
     WithdrawnDuringIngest {
         /// The client.
         client: String,
         /// The discarded dataset id.
         dataset: String,
+        /// Something of the partial dataset was still there after discarding it.
+        left_behind: bool,
     },
     /// A key-backup directory is unusable.
     #[error("backup directory {path} {reason}")]

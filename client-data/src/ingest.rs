@@ -57,6 +57,7 @@ impl Watch<'_> {
             return Err(DataError::WithdrawnDuringIngest {
                 client: self.client.to_string(),
                 dataset: self.dataset.to_string(),
+                left_behind: false,
             });
         }
         Ok(())
@@ -196,7 +197,17 @@ impl Custody {
             Ok(info) => Ok(info),
             Err(e) => {
                 self.discard_partial(&id, &partial);
-                Err(e)
+                match e {
+                    DataError::WithdrawnDuringIngest {
+                        client, dataset, ..
+                    } => Err(DataError::WithdrawnDuringIngest {
+                        client,
+                        dataset,
+                        // Checked, not assumed: the message says what is left.
+                        left_behind: partial.exists() || self.keys.has(id.as_str()),
+                    }),
+                    e => Err(e),
+                }
             }
         }
     }
