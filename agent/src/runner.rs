@@ -124,12 +124,15 @@ pub struct JobControl {
 }
 
 impl JobControl {
-    /// Asks the job to stop. The first cause wins, except that a cancel overrides a gone disk.
+    /// Asks the job to stop. The first cause wins, except that a cancel overrides a gone disk,
+    /// and every other cause overrides a withdrawal (which only acts before the migration, so
+    /// a disk pulled later must still interrupt the job).
     pub fn request(&self, cause: StopCause) {
         let _ = self
             .cause
             .compare_exchange(0, cause as u8, Ordering::SeqCst, Ordering::SeqCst);
-        if cause == StopCause::Cancel {
+        let soft = self.cause.load(Ordering::SeqCst) == StopCause::Withdrawn as u8;
+        if cause == StopCause::Cancel || (soft && cause != StopCause::Withdrawn) {
             self.cause.store(cause as u8, Ordering::SeqCst);
         }
         self.stop.store(true, Ordering::SeqCst);

@@ -426,3 +426,22 @@ fn withdrawal_after_a_verified_migration_does_not_stop_the_job() {
     // The wipe step reports what custody did (the fake's wipe stands in for that).
     assert_eq!(job.state, JobState::Done);
 }
+
+#[test]
+fn a_pulled_disk_still_interrupts_after_a_withdrawal_stop_was_ignored() {
+    let e = env();
+    let mut job = data_job(&e);
+    job.set_state(JobState::Migrating, None);
+    e.journal.save(&job).unwrap();
+    let ctl = JobControl::default();
+    // Told of a withdrawal that did not concern this dataset (the custody check says live).
+    ctl.request(StopCause::Withdrawn);
+    let fake = Fake {
+        fail_at: Some("migrate"),
+        gone: true,
+        ..Fake::new(&e.staged, &e.migrated)
+    };
+    run(&e, &mut job, &fake, &ctl);
+    assert_eq!(job.state, JobState::Interrupted);
+    assert_eq!(ctl.cause(), Some(StopCause::Gone));
+}

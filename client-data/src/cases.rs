@@ -127,6 +127,11 @@ impl Custody {
     }
 
     pub(crate) fn save_case(&self, c: &DeletionCase) -> Result<(), DataError> {
+        // Whatever version it was read as, it is written in this version's format.
+        let c = &DeletionCase {
+            format: CASE_FORMAT,
+            ..c.clone()
+        };
         let d = self.cases_dir();
         mkdir_private(&d)?;
         write_private(
