@@ -481,3 +481,94 @@ fn deletions_show_due_date_against_backup_unreadable_date() {
     assert!(log.contains("\"event\":\"backup_rotated\""), "{log}");
     assert!(ok(&tek(&state, &["audit", "verify"])).contains("audit log OK"));
 }
+
+#[test]
+fn withdraw_racing_parallel_ingests_never_leaves_live_data() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..8 {
+        std::fs::write(
+            src.join(format!("f{i}.bin")),
+            vec![i as u8; 256 * 1024 + i * 4096],
+        )
+        .unwrap();
+    }
+    for round in 0..6 {
+        let state = d.path().join(format!("state-{round}"));
+        ingest_dir(&state, "C-9", &src);
+        let spawn = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_tek"))
+                .arg("--state")
+                .arg(&state)
+                .args(args)
+                .env_remove("TEK_KEK")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let ingest_args = [
+            "data",
+            "ingest",
+            "--client",
+            "C-9",
+            "--ticket",
+            "T-9",
+            src.to_str().unwrap(),
+        ];
+        let a = spawn(&ingest_args);
+        let b = spawn(&ingest_args);
+        std::thread::sleep(std::time::Duration::from_millis(5 * round));
+        let w = spawn(&[
+            "data",
+            "withdraw",
+            "--client",
+            "C-9",
+            "--received",
+            "2020-01-01",
+        ]);
+        let outs: Vec<Output> = [a, b, w]
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let wd = ok(&outs[2]);
+        for o in &outs[..2] {
+            if !o.status.success() {
+                let e = String::from_utf8_lossy(&o.stderr);
+                assert!(e.contains("withdr"), "round {round}: {e}");
+            }
+        }
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(&tek(&state, &["data", "list", "--json"]))).unwrap();
+        let ds = list["datasets"].as_array().unwrap();
+        assert!(
+            ds.iter().all(|d| d["state"] == "withdrawn"),
+            "round {round}: live data after the withdrawal: {list:#}\n{wd}"
+        );
+        assert!(staging_partials(&state).is_empty(), "round {round}");
+        let keys = std::fs::read_dir(state.join("keys/datasets"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(keys, 0, "round {round}");
+        // Printed = audited = what the case file holds as destroyed by this call.
+        let n: usize = wd
+            .split(" datasets destroyed now")
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            audit_withdraw_counts(&state),
+            vec![n as u64],
+            "round {round}"
+        );
+        let cases: serde_json::Value =
+            serde_json::from_str(&ok(&tek(&state, &["data", "deletions", "--json"]))).unwrap();
+        assert_eq!(cases[0]["state"], "complete", "round {round}: {cases:#}");
+        assert_eq!(cases[0]["datasets"].as_array().unwrap().len(), ds.len());
+    }
+}
