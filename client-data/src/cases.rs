@@ -240,7 +240,10 @@ impl Custody {
                 continue;
             }
             // A reactivated client may have new data: only what existed at destruction counts.
-            if !withdrawn && info.created > c.live_destroyed_at {
+            let later = parse_rfc3339(&info.created)
+                .zip(parse_rfc3339(&c.live_destroyed_at))
+                .is_some_and(|(made, destroyed)| made > destroyed);
+            if !withdrawn && later {
                 continue;
             }
             if info.state.is_live() || self.keys.has(info.id.as_str()) {
