@@ -201,3 +201,41 @@ fn running_job_stops_before_migration_when_the_agent_was_not_told() {
 fn running_job_stops_before_migration_when_the_agent_was_told() {
     withdraw_during_write("wd-told", true);
 }
+
+#[test]
+fn queued_job_is_cancelled_when_its_disk_arrives_though_the_agent_was_not_told() {
+    if !need_root("queued_job_is_cancelled_when_its_disk_arrives_though_the_agent_was_not_told") {
+        return;
+    }
+    let mut b = Bench::new("wd-queued-untold", &["bay1"], "");
+    let (dataset, _src) = b.ingest();
+    b.start_agent();
+    let job = b.add_job("T-302", "bay1", Some(&dataset));
+    let out = b.tek_ok(&[
+        "data",
+        "withdraw",
+        "--client",
+        "client-e2e",
+        "--received",
+        &today(),
+        "--socket",
+        &b.p("nowhere.sock"),
+    ]);
+    assert!(out.contains("no agent running at"), "{out}");
+    assert_eq!(b.job_record(&job)["state"], "queued");
+    let (disk, _lo) = b.plug("bay1", 1, 128 * MIB);
+    let rec = b.wait_state(&job, "cancelled", 20);
+    assert!(rec["device"].is_null(), "{rec:#}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(all_zero(&disk), "the disk was written");
+    let st = b.status();
+    assert!(
+        st["bays"][0]["state"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for a job"),
+        "{st:#}"
+    );
+    check_destroyed_by_withdrawal(&b, &job, &dataset);
+    assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
+}
