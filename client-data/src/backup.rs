@@ -236,21 +236,40 @@ impl Custody {
             .create_new(true)
             .open(&file)
             .map_err(io("creating", &file))?;
-        let mut w = EncryptWriter::new(f, &epoch_key, StreamKind::KeyBackup)
-            .map_err(io("writing", &file))?;
-        let head = serde_json::json!({"format": 1, "epoch": epoch_id, "created": rfc3339(now)});
-        writeln!(w, "{head}").map_err(io("writing", &file))?;
-        let mut ids = Vec::new();
-        for d in &live {
-            let k = self
-                .keys
-                .load(kek.as_ref().expect("kek loaded"), d.id.as_str())?;
-            let line = serde_json::json!({"dataset": d.id.as_str(), "client": d.client, "key": hex::encode(k.0)});
-            writeln!(w, "{line}").map_err(io("writing", &file))?;
-            ids.push(d.id.to_string());
-        }
-        let (f, _) = w.finish().map_err(io("writing", &file))?;
-        f.sync_all().map_err(io("syncing", &file))?;
+        let written = (|| -> Result<Vec<String>, DataError> {
+            let mut w = EncryptWriter::new(f, &epoch_key, StreamKind::KeyBackup)
+                .map_err(io("writing", &file))?;
+            let head = serde_json::json!({"format": 1, "epoch": epoch_id, "created": rfc3339(now)});
+            writeln!(w, "{head}").map_err(io("writing", &file))?;
+            let mut ids = Vec::new();
+            for d in &live {
+                let kek = kek.as_ref().expect("kek loaded");
+                let k = match self.keys.load(kek, d.id.as_str()) {
+                    Ok(k) => k,
+                    // A wipe or withdrawal may be destroying the key right now (it overwrites,
+                    // then unlinks, holding the dataset's lock): wait for it, then look again.
+                    Err(first) => match self.settled_key(&d.id, kek, first)? {
+                        Some(k) => k,
+                        None => continue,
+                    },
+                };
+                let line = serde_json::json!({"dataset": d.id.as_str(), "client": d.client, "key": hex::encode(k.0)});
+                writeln!(w, "{line}").map_err(io("writing", &file))?;
+                ids.push(d.id.to_string());
+            }
+            let (f, _) = w.finish().map_err(io("writing", &file))?;
+            f.sync_all().map_err(io("syncing", &file))?;
+            crate::keystore::sync_dir(dir)?;
+            Ok(ids)
+        })();
+        // A backup file without its epoch record is noise: do not leave it behind.
+        let ids = match written {
+            Ok(ids) => ids,
+            Err(e) => {
+                let _ = std::fs::remove_file(&file);
+                return Err(e);
+            }
+        };
         let epoch = Epoch {
             format: EPOCH_FORMAT,
             epoch: epoch_id.clone(),
@@ -281,6 +300,30 @@ impl Custody {
             expires: epoch.expires,
             same_filesystem,
         })
+    }
+
+    /// After a failed key load: waits (up to 30 s) until no wipe holds dataset `id`, then
+    /// `None` if its key is gone, else the key loaded again (or the original error).
+    fn settled_key(
+        &self,
+        id: &crate::DatasetId,
+        kek: &Key,
+        first: DataError,
+    ) -> Result<Option<Key>, DataError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let _lock = loop {
+            match self.lock(id) {
+                Ok(l) => break l,
+                Err(DataError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(_) => return Err(first),
+            }
+        };
+        if !self.keys.has(id.as_str()) {
+            return Ok(None);
+        }
+        self.keys.load(kek, id.as_str()).map(Some)
     }
 
     /// Destroys expired epochs (their keys) and brings deletion cases up to date. Returns the

@@ -380,3 +380,63 @@ fn backup_directory_must_exist_and_be_another_filesystem() {
     assert!(!b.same_filesystem);
     assert!(b.file.starts_with(&mnt) && b.file.exists());
 }
+
+#[test]
+fn key_backups_racing_a_withdrawal_never_keep_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("depot");
+    let backup_dir = dir.path().join("backup");
+    fs::create_dir(&backup_dir).unwrap();
+    let c = open(&root, NOW, Duration::from_secs(5));
+    let src = dir.path().join("src");
+    sample_tree(&src);
+    let mut mine = Vec::new();
+    for t in ["T-1", "T-2", "T-3"] {
+        mine.push(c.ingest("C-1", t, &src).unwrap().id.to_string());
+    }
+    c.ingest("C-2", "T-9", &src).unwrap();
+    let opts = BackupOptions {
+        same_filesystem: true,
+    };
+    std::thread::scope(|s| {
+        let backups = s.spawn(|| {
+            let b = open(&root, NOW, Duration::from_secs(5));
+            (0..12)
+                .map(|_| b.backup_keys(&backup_dir, opts).map(|k| k.epoch))
+                .collect::<Vec<_>>()
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let w = c
+            .withdraw("C-1", "2026-03-10", WithdrawReason::Withdrawal, "dpo")
+            .unwrap();
+        assert_eq!(w.destroyed_now.len(), 3);
+        for r in backups.join().unwrap() {
+            r.unwrap();
+        }
+    });
+    // Whatever interleaving: no unpruned epoch holds a key of the withdrawn client.
+    let cases = c.deletions().unwrap();
+    for e in c.live_epochs().unwrap() {
+        assert!(
+            !e.datasets.iter().any(|d| mine.contains(d)),
+            "epoch {} still holds a withdrawn key: {:?}",
+            e.epoch,
+            e.datasets
+        );
+    }
+    assert_eq!(cases[0].state, "complete", "{:?}", cases[0]);
+    // And every backup file on the volume belongs to an epoch that exists.
+    let live: Vec<String> = c
+        .live_epochs()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.epoch)
+        .collect();
+    for f in fs::read_dir(&backup_dir).unwrap() {
+        let name = f.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            live.iter().any(|e| name.contains(e.as_str())),
+            "stray {name}"
+        );
+    }
+}
