@@ -101,15 +101,16 @@ pub struct Rotation {
     pub kept: Vec<(String, String, String)>,
 }
 
-/// `<staging>/locks/backup.lock`, held exclusively while a key backup is written, pruned or
-/// rotated (blocking: these take seconds).
-pub(crate) struct BackupLock(#[allow(dead_code)] Flock<File>);
+/// A depot-wide lock `<staging>/locks/<name>.lock`, held exclusively (blocking: the holders
+/// take seconds). `backup`: writing, pruning or rotating key backups. `cases`: reading and
+/// writing deletion cases. Order: `cases` before `backup`, never the other way round.
+pub(crate) struct DepotLock(#[allow(dead_code)] Flock<File>);
 
-impl BackupLock {
-    pub(crate) fn take(staging: &Path) -> Result<BackupLock, DataError> {
+impl DepotLock {
+    pub(crate) fn take(staging: &Path, name: &str) -> Result<DepotLock, DataError> {
         let dir = staging.join("locks");
         mkdir_private(&dir)?;
-        let path = dir.join("backup.lock");
+        let path = dir.join(format!("{name}.lock"));
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -117,7 +118,7 @@ impl BackupLock {
             .open(&path)
             .map_err(io("opening lock", &path))?;
         Flock::lock(f, FlockArg::LockExclusive)
-            .map(BackupLock)
+            .map(DepotLock)
             .map_err(|(_, e)| DataError::Io {
                 action: "locking",
                 path,
@@ -199,7 +200,7 @@ impl Custody {
     /// [`Custody::check_backup_dir`]) under a new epoch key.
     pub fn backup_keys(&self, dir: &Path, opts: BackupOptions) -> Result<KeyBackup, DataError> {
         let dir = self.check_backup_dir(dir, opts.same_filesystem)?;
-        let _lock = BackupLock::take(&self.paths.staging)?;
+        let _lock = DepotLock::take(&self.paths.staging, "backup")?;
         self.write_backup(&dir, opts.same_filesystem)
     }
 
@@ -331,7 +332,7 @@ impl Custody {
     pub fn prune(&self) -> Result<Vec<String>, DataError> {
         let now = self.now();
         let mut gone = Vec::new();
-        let lock = BackupLock::take(&self.paths.staging)?;
+        let lock = DepotLock::take(&self.paths.staging, "backup")?;
         for e in self.live_epochs()? {
             if parse_rfc3339(&e.expires).is_none_or(|t| t <= now) {
                 shred(
@@ -356,7 +357,7 @@ impl Custody {
     /// keys (and, best effort, their now useless backup files) destroyed. Epochs that cannot be
     /// rewritten are kept, with the reason. Audited for `case`.
     pub fn rotate_backups(&self, case: &str, datasets: &[String]) -> Result<Rotation, DataError> {
-        let _lock = BackupLock::take(&self.paths.staging)?;
+        let _lock = DepotLock::take(&self.paths.staging, "backup")?;
         let mut rot = Rotation::default();
         let holding: Vec<Epoch> = self
             .live_epochs()?

@@ -174,6 +174,7 @@ impl Custody {
     /// destroyed, and a case whose client has nothing left (live or in a key backup) completes
     /// and gets its confirmation documents.
     pub fn deletions(&self) -> Result<Vec<DeletionCase>, DataError> {
+        let _lock = crate::backup::DepotLock::take(&self.paths.staging, "cases")?;
         let mut cases = self.load_cases()?;
         let now = self.now();
         for c in cases.iter_mut().filter(|c| c.state == "open") {

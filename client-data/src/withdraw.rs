@@ -312,18 +312,24 @@ impl Custody {
                 reason: "is in the future".into(),
             });
         }
-        let mut rec = self
-            .client_record(client)?
-            .ok_or_else(|| DataError::UnknownClient(client.into()))?;
-        // Refuse new ingests before destroying anything; running ones see this and stop.
-        if !rec.withdrawn {
-            rec.withdrawn = true;
-            self.save_client(&rec)?;
+        // Refuse new ingests before destroying anything; running ones see this and stop. The
+        // client record is read-modify-written under the cases lock (as `reactivate` does).
+        {
+            let _l = crate::backup::DepotLock::take(&self.paths.staging, "cases")?;
+            let mut rec = self
+                .client_record(client)?
+                .ok_or_else(|| DataError::UnknownClient(client.into()))?;
+            if !rec.withdrawn {
+                rec.withdrawn = true;
+                self.save_client(&rec)?;
+            }
         }
         let deadline = Instant::now() + self.config.withdraw_wait;
         let client_lock = ClientLock::exclusive_until(&self.paths.staging, client, deadline)?;
         let sweep = self.sweep_client(client, reason, operator, Some(deadline))?;
         let received = format_date(received_date);
+        // One case per client and date, also against a concurrent withdrawal or deletions().
+        let cases_lock = crate::backup::DepotLock::take(&self.paths.staging, "cases")?;
         let existing = self
             .load_cases()?
             .into_iter()
@@ -384,6 +390,9 @@ impl Custody {
         }
         case.format = crate::cases::CASE_FORMAT;
         self.save_case(&case)?;
+        let mut rec = self
+            .client_record(client)?
+            .ok_or_else(|| DataError::UnknownClient(client.into()))?;
         rec.case = Some(case.case.clone());
         self.save_client(&rec)?;
         self.audit.append(AuditEvent::Withdraw {
@@ -394,6 +403,7 @@ impl Custody {
             due: case.due.clone(),
             datasets: sweep.destroyed.len() as u64,
         })?;
+        drop(cases_lock);
         let rotation = self.rotate_backups(&case.case, &case.datasets)?;
         drop(client_lock);
         let case_id = case.case.clone();
@@ -414,6 +424,7 @@ impl Custody {
     /// Lets a withdrawn client's data be ingested again.
     pub fn reactivate(&self, client: &str) -> Result<(), DataError> {
         check_ident("client id", client)?;
+        let _l = crate::backup::DepotLock::take(&self.paths.staging, "cases")?;
         let mut rec = self
             .client_record(client)?
             .ok_or_else(|| DataError::UnknownClient(client.into()))?;

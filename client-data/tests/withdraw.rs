@@ -440,3 +440,42 @@ fn key_backups_racing_a_withdrawal_never_keep_its_keys() {
         );
     }
 }
+
+#[test]
+fn two_withdrawals_at_once_open_one_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("depot");
+    let c = open(&root, NOW, Duration::from_secs(5));
+    let src = dir.path().join("src");
+    sample_tree(&src);
+    for t in ["T-1", "T-2"] {
+        c.ingest("C-1", t, &src).unwrap();
+    }
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    open(&root, NOW, Duration::from_secs(5)).withdraw(
+                        "C-1",
+                        "2026-03-10",
+                        WithdrawReason::Withdrawal,
+                        "dpo",
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+    });
+    let cases = c.deletions().unwrap();
+    assert_eq!(cases.len(), 1, "{cases:?}");
+    assert!(results.iter().all(|w| w.case.case == cases[0].case));
+    assert_eq!(results.iter().filter(|w| !w.existing_case).count(), 1);
+    let destroyed: usize = results.iter().map(|w| w.destroyed_now.len()).sum();
+    assert_eq!(destroyed, 2, "each dataset destroyed exactly once");
+    let audited: u64 = audit_entries(&root, "withdraw")
+        .iter()
+        .map(|v| v["datasets"].as_u64().unwrap())
+        .sum();
+    assert_eq!(audited, 2);
+    assert_eq!(audit_entries(&root, "wipe").len(), 2);
+}
