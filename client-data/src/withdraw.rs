@@ -182,7 +182,14 @@ impl Custody {
         let p = self.client_path(client);
         let dir = p.parent().expect("parent");
         mkdir_private(dir)?;
-        let tmp = dir.join(format!(".{client}.new{}", std::process::id()));
+        let mut r = [0u8; 4];
+        getrandom::getrandom(&mut r).expect("getrandom failed");
+        // Unique per call: threads of one process may register the same client at once.
+        let tmp = dir.join(format!(
+            ".{client}.new{}-{}",
+            std::process::id(),
+            hex::encode(r)
+        ));
         let rec = ClientRecord {
             format: 1,
             client: client.into(),

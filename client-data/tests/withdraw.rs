@@ -479,3 +479,40 @@ fn two_withdrawals_at_once_open_one_case() {
     assert_eq!(audited, 2);
     assert_eq!(audit_entries(&root, "wipe").len(), 2);
 }
+
+#[test]
+fn parallel_first_ingests_register_the_client_once_and_a_withdrawal_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("depot");
+    let c = open(&root, NOW, Duration::from_secs(5));
+    let src = dir.path().join("src");
+    sample_tree(&src);
+    // The KEK is made first: its own first-ingest race is another finding (8.3).
+    c.ingest("C-0", "T-0", &src).unwrap();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|i| {
+                let (root, src) = (&root, &src);
+                s.spawn(move || {
+                    open(root, NOW, Duration::ZERO).ingest("C-new", &format!("T-{i}"), src)
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap().unwrap();
+        }
+    });
+    let names: Vec<_> = fs::read_dir(root.join("staging/clients"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.contains("C-new")).count(),
+        1,
+        "{names:?}"
+    );
+    let w = c
+        .withdraw("C-new", "2026-03-10", WithdrawReason::Withdrawal, "dpo")
+        .unwrap();
+    assert_eq!(w.destroyed_now.len(), 4);
+}
