@@ -393,7 +393,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 print_json(&cases)?;
             } else {
                 println!(
-                    "{:<22} {:<12} {:<11} {:<11} {:<26} {:<30} {:<8} STATE",
+                    "{:<22} {:<12} {:<11} {:<11} {:<31} {:<30} {:<8} STATE",
                     "CASE",
                     "CLIENT",
                     "RECEIVED",
@@ -409,7 +409,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                     };
                     let in_time = if k.backups_in_time() { "yes" } else { "NO" };
                     println!(
-                        "{:<22} {:<12} {:<11} {:<11} {:<26} {:<30} {:<8} {}",
+                        "{:<22} {:<12} {:<11} {:<11} {:<31} {:<30} {:<8} {}",
                         k.case,
                         k.client,
                         k.received,
@@ -488,8 +488,9 @@ fn print_withdrawal(w: &client_data::Withdrawal) {
 /// Not being able to tell it is no error: its runner re-checks the custody records before it
 /// claims a disk and before it migrates.
 fn tell_agent(conn: &crate::cli::agent::AgentConn) -> String {
-    let fallback = "the agent's jobs re-check the custody records before claiming a disk and \
-                    before migrating, so none of this client's data will be migrated";
+    let fallback = "a job for this client's data that has not started migrating never will \
+                    (the agent re-checks the custody records before claiming a disk and before \
+                    migrating)";
     let socket = match conn.socket() {
         Ok(s) => s,
         Err(e) => return format!("agent not told ({e:#}); {fallback}"),
