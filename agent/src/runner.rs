@@ -210,8 +210,18 @@ pub fn run_job(
                 JobState::Claimed | JobState::Writing | JobState::ImageVerified
             );
             if cause == StopCause::Withdrawn {
-                if before_migration && let Some(why) = gone(job, steps) {
-                    return withdrawn(job, &why, steps, &save);
+                if before_migration {
+                    // The stop flag stays set: going on would only stop the write again.
+                    return match gone(job, steps) {
+                        Some(why) => withdrawn(job, &why, steps, &save),
+                        None => fail(
+                            job,
+                            "stopped for a client's withdrawal, but the custody records do not \
+                             show its dataset destroyed (retry the job)",
+                            steps,
+                            &save,
+                        ),
+                    };
                 }
             } else if !(cause == StopCause::Gone && past_migration) {
                 return stop(job, cause, steps, &save);
@@ -366,7 +376,7 @@ fn stop(
             job.cancel();
             let _ = steps.finish(job);
         }
-        // Only reached when the custody check found the dataset still there.
+        // Handled by the caller before the migration and ignored after it.
         StopCause::Withdrawn => return Ok(()),
     }
     save(job)

@@ -445,3 +445,20 @@ fn a_pulled_disk_still_interrupts_after_a_withdrawal_stop_was_ignored() {
     assert_eq!(job.state, JobState::Interrupted);
     assert_eq!(ctl.cause(), Some(StopCause::Gone));
 }
+
+#[test]
+fn a_withdrawal_stop_custody_does_not_confirm_fails_instead_of_looping() {
+    let e = env();
+    let mut job = data_job(&e);
+    let ctl = Arc::new(JobControl::default());
+    let fake = Fake {
+        stop_at: Some(("write", StopCause::Withdrawn)),
+        ctl: Some(ctl.clone()),
+        ..Fake::new(&e.staged, &e.migrated)
+    };
+    run(&e, &mut job, &fake, &ctl);
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.error.as_deref().unwrap().contains("custody records"));
+    assert_eq!(fake.calls(), ["write", "finish-failed"]);
+    assert!(e.staged.load(Ordering::SeqCst));
+}
