@@ -293,8 +293,6 @@ impl Custody {
         // Last check under the client lock: a withdrawal that began meanwhile waits for this
         // lock, so either it sees the finished dataset or this ingest sees the withdrawal.
         sink.watch.check(true)?;
-        std::fs::remove_file(partial.join(crate::withdraw::PARTIAL_OWNER))
-            .map_err(io("removing", partial.join(crate::withdraw::PARTIAL_OWNER)))?;
         let fin = self.dataset_dir(id);
         std::fs::rename(partial, &fin).map_err(io("renaming into place", &fin))?;
         crate::keystore::sync_dir(&self.paths.staging)?;

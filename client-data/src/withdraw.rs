@@ -30,7 +30,8 @@ use crate::error::{DataError, io};
 use crate::keystore::{mkdir_private, write_private};
 use crate::wipe::WipeOptions;
 
-/// Name of the file in `<id>.partial/` that says whose ingest it is.
+/// Name of the file in `<id>.partial/` that says whose ingest it is (kept after the rename, so
+/// a partial never exists without it once it holds a key).
 pub(crate) const PARTIAL_OWNER: &str = "client";
 
 /// Why a client's data is removed.
