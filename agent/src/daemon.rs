@@ -303,6 +303,14 @@ impl Agent {
             return;
         };
         let job = inner.jobs[&id].clone();
+        // A queued job whose client withdrew is cancelled here, before any disk is claimed.
+        if job.state == JobState::Queued
+            && job.dataset.is_some()
+            && let Ok(Some(why)) = self.steps.dataset_gone(&job)
+        {
+            self.cancel_withdrawn(inner, &id, &why);
+            return self.consider(inner, name);
+        }
         let info = match self.steps.check(&job, &disk) {
             Ok(info) => info,
             Err(reason) => {

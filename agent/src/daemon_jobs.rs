@@ -182,6 +182,52 @@ impl Agent {
         Ok(job)
     }
 
+    /// The custody records changed (`tek data withdraw` says so): every job whose dataset may
+    /// no longer be migrated is cancelled if it waits, or stopped at its next safe point before
+    /// the migration if it runs. Returns the ids of the jobs affected. The runner checks the
+    /// custody records itself too, so this only makes it prompt.
+    pub fn custody_changed(&self) -> Vec<String> {
+        let mut inner = self.lock();
+        let mut hit = Vec::new();
+        let ids: Vec<String> = inner
+            .jobs
+            .values()
+            .filter(|j| j.dataset.is_some() && !j.state.is_terminal())
+            .map(|j| j.id.clone())
+            .collect();
+        for id in ids {
+            let job = inner.jobs[&id].clone();
+            let Ok(Some(why)) = self.steps.dataset_gone(&job) else {
+                continue;
+            };
+            if let Some(r) = inner.running.get(&id) {
+                r.ctl.request(StopCause::Withdrawn);
+            } else {
+                self.cancel_withdrawn(&mut inner, &id, &why);
+            }
+            hit.push(id);
+        }
+        self.reconsider_all(&mut inner);
+        hit
+    }
+
+    /// Cancels waiting job `id` because its client withdrew (`why` from the custody records).
+    pub(super) fn cancel_withdrawn(&self, inner: &mut Inner, id: &str, why: &str) {
+        let Some(job) = inner.jobs.get_mut(id) else {
+            return;
+        };
+        job.cancel_withdrawn(why);
+        let job = job.clone();
+        tracing::info!(job = %id, %why, "job cancelled: client withdrew");
+        if let Err(e) = self.journal.save(&job) {
+            tracing::error!(job = %id, "journaling the cancel: {e:#}");
+        }
+        let _ = self.steps.finish(&job);
+        self.emit(Event::JobState {
+            job: Box::new(job.clone()),
+        });
+    }
+
     /// Retries a failed, cancelled or interrupted job. A job that got past a verified image
     /// resumes from the step where it stopped ([`Job::retry_point`]), on the same disk only
     /// (matched like a re-plug: its client data may be half-restored there); it waits,

@@ -118,7 +118,8 @@ pub fn run() -> Result<()> {
     let job = rt.block_on(journey(&cfg, agent, &bay_dir, &image, dataset, real_disk))?;
 
     say("7. service report");
-    let mut report = Report::of(&job);
+    let custody = crate::cli::data::open_custody(&depot).ok();
+    let mut report = Report::with_custody(&job, custody.as_ref());
     report.audit = crate::report::AuditAnchor::saved(&depot.reports(), &job.id);
     print!("{}", report.to_text());
     if let Some(s) = &job.results.sanitization {

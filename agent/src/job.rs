@@ -290,6 +290,16 @@ impl Job {
         )
     }
 
+    /// Marks the job cancelled because its client data may no longer be migrated (the client
+    /// withdrew); `why` says what the custody records show.
+    pub fn cancel_withdrawn(&mut self, why: &str) {
+        self.error = None;
+        self.set_state(
+            JobState::Cancelled,
+            Some(format!("cancelled before migration: {why}")),
+        );
+    }
+
     /// Marks the job interrupted (disk gone or agent stopping), remembering where to resume.
     pub fn interrupt(&mut self, why: &str) {
         if self.state.is_terminal() || self.state == JobState::Interrupted {

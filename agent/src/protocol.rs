@@ -76,6 +76,10 @@ pub enum Op {
         /// Why.
         reason: String,
     },
+    /// The custody records changed (a withdrawal): the agent re-reads them and cancels, or
+    /// stops before migration, every job whose dataset may no longer be migrated. Replies with
+    /// the ids of the jobs affected.
+    CustodyChanged,
     /// Stream [`Event`]s on this connection.
     Subscribe,
 }
@@ -85,9 +89,11 @@ impl Op {
     /// other request only reads.
     pub fn is_mutating(&self) -> bool {
         match self {
-            Op::JobAdd { .. } | Op::JobCancel { .. } | Op::JobRetry { .. } | Op::JobFail { .. } => {
-                true
-            }
+            Op::JobAdd { .. }
+            | Op::JobCancel { .. }
+            | Op::JobRetry { .. }
+            | Op::JobFail { .. }
+            | Op::CustodyChanged => true,
             Op::Status | Op::JobList | Op::JobShow { .. } | Op::Subscribe => false,
         }
     }
@@ -102,6 +108,7 @@ impl Op {
             Op::JobCancel { .. } => "job_cancel",
             Op::JobRetry { .. } => "job_retry",
             Op::JobFail { .. } => "job_fail",
+            Op::CustodyChanged => "custody_changed",
             Op::Subscribe => "subscribe",
         }
     }

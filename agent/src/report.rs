@@ -4,9 +4,12 @@
 //!
 //! Format version [`REPORT_FORMAT`]; the JSON carries the device, the image and its signature
 //! status, the imager's verification report, the client data restore-and-verify result, the
-//! staging wipe's sanitization record, timings, the full state history, and the audit log's
-//! head with the checkpoint signed for this report (`audit`), so a printed report pins the audit
-//! chain off the machine.
+//! staging wipe's sanitization record, timings, and the full state history. What the report says
+//! about the client data (outcome line, sanitization section, `data_custody`) comes from the
+//! custody records of the dataset at the time the report is made ([`Report::with_custody`]),
+//! never from what the job assumed.
+//! It also carries the audit log's head with the checkpoint signed for this report (`audit`), so a
+//! printed report pins the audit chain off the machine.
 
 use std::fmt::Write as _;
 
@@ -14,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{DeviceRecord, Job, JobState, Transition};
 
-/// Version of the report JSON.
-pub const REPORT_FORMAT: u32 = 1;
+/// Version of the report JSON (2: `data_custody`).
+pub const REPORT_FORMAT: u32 = 2;
 
 /// Durations in seconds between journaled states.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -95,6 +98,12 @@ pub struct Report {
     pub data_migration: Option<serde_json::Value>,
     /// Sanitization record of the staging wipe.
     pub sanitization: Option<serde_json::Value>,
+    /// The dataset as the custody records showed it when the report was made (`None` when
+    /// there is no dataset or the records could not be read).
+    pub data_custody: Option<client_data::DatasetFate>,
+    /// Why the custody records could not be read, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_custody_error: Option<String>,
     /// Timings.
     pub timings: Timings,
     /// Error of a failed job.
@@ -123,9 +132,64 @@ fn last(job: &Job, s: JobState) -> Option<&str> {
         .map(|t| t.at.as_str())
 }
 
+/// One line on what the custody records say happened to a dataset.
+pub fn fate_line(f: &client_data::DatasetFate) -> String {
+    use client_data::DatasetState as S;
+    let record = f
+        .sanitization_record
+        .as_deref()
+        .map(|r| format!(" (sanitization record {r})"))
+        .unwrap_or_else(|| " (no sanitization record found)".into());
+    let at = f.wiped_at.as_deref().unwrap_or("an unrecorded time");
+    match f.state {
+        S::Staged | S::Migrated if f.key_present => format!(
+            "dataset {} is still in staging, encrypted (custody state {})",
+            f.dataset, f.state
+        ),
+        S::Staged | S::Migrated => format!(
+            "dataset {} is in staging as {} but its key is gone (unreadable)",
+            f.dataset, f.state
+        ),
+        S::Wiped => format!("dataset {}: staging copy wiped at {at}{record}", f.dataset),
+        S::Withdrawn => format!(
+            "dataset {} was destroyed at {at} because the client withdrew{}{record}",
+            f.dataset,
+            f.case
+                .as_deref()
+                .map(|c| format!(" (deletion case {c})"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
 impl Report {
-    /// Builds the report of `job`.
+    /// Builds the report of `job` from its record alone; what happened to its client data is
+    /// then not stated (see [`Report::with_custody`]).
     pub fn of(job: &Job) -> Report {
+        Self::build(job, None, None)
+    }
+
+    /// Builds the report of `job`, reading the custody records of its dataset from `custody`.
+    pub fn with_custody(job: &Job, custody: Option<&client_data::Custody>) -> Report {
+        let Some(ds) = job.dataset.as_deref() else {
+            return Self::build(job, None, None);
+        };
+        let fate = match (custody, ds.parse::<client_data::DatasetId>()) {
+            (Some(c), Ok(id)) => c.dataset_fate(&id).map_err(|e| e.to_string()),
+            (None, _) => Err("custody records not available".to_string()),
+            (_, Err(e)) => Err(e.to_string()),
+        };
+        match fate {
+            Ok(f) => Self::build(job, Some(f), None),
+            Err(e) => Self::build(job, None, Some(e)),
+        }
+    }
+
+    fn build(
+        job: &Job,
+        fate: Option<client_data::DatasetFate>,
+        fate_err: Option<String>,
+    ) -> Report {
         let end = if job.state.is_terminal() {
             job.history.last().map(|t| t.at.as_str())
         } else {
@@ -147,17 +211,31 @@ impl Report {
             wipe_secs: secs(last(job, JobState::Wiping), last(job, JobState::Reporting)),
             total_secs: secs(started, end),
         };
-        let outcome = match job.state {
-            JobState::Done if job.dataset.is_some() => {
-                "done: image written and verified, client data migrated and verified, staging copy wiped; safe to remove".into()
-            }
-            JobState::Done => "done: image written and verified; safe to remove".into(),
-            JobState::Failed => format!(
-                "FAILED: {}; client data (if any) is still in staging",
-                job.error.as_deref().unwrap_or("unknown error")
+        let data = match (&job.dataset, &fate) {
+            (None, _) => None,
+            (Some(_), Some(f)) => Some(fate_line(f)),
+            (Some(d), None) => Some(format!(
+                "what happened to dataset {d} is unknown here: {} (see `tek data show {d}`)",
+                fate_err.as_deref().unwrap_or("custody records not read")
+            )),
+        };
+        let note = job.history.last().and_then(|t| t.note.clone());
+        let outcome = match (job.state, &data) {
+            (JobState::Done, Some(d)) => format!(
+                "done: image written and verified, client data migrated and verified; {d}; safe to remove"
             ),
-            JobState::Cancelled => "cancelled; client data (if any) is still in staging".into(),
-            s => format!("in progress ({s})"),
+            (JobState::Done, None) => "done: image written and verified; safe to remove".into(),
+            (JobState::Failed, d) => format!(
+                "FAILED: {}{}",
+                job.error.as_deref().unwrap_or("unknown error"),
+                d.as_ref().map(|d| format!("; {d}")).unwrap_or_default()
+            ),
+            (JobState::Cancelled, d) => format!(
+                "cancelled{}{}",
+                note.map(|n| format!(" ({n})")).unwrap_or_default(),
+                d.as_ref().map(|d| format!("; {d}")).unwrap_or_default()
+            ),
+            (s, _) => format!("in progress ({s})"),
         };
         Report {
             format: REPORT_FORMAT,
@@ -173,6 +251,8 @@ impl Report {
             dataset: job.dataset.clone(),
             data_migration: job.results.restore.clone(),
             sanitization: job.results.sanitization.clone(),
+            data_custody: fate,
+            data_custody_error: fate_err,
             timings,
             error: job.error.clone(),
             history: job.history.clone(),
@@ -218,13 +298,17 @@ impl Report {
             flatten("", self.data_migration.as_ref(), &mut data);
             out.push(("Client data migration", data));
             let mut san = Vec::new();
+            let custody = match &self.data_custody {
+                Some(f) => fate_line(f),
+                None => format!(
+                    "unknown here: {} (see `tek data show {ds}`)",
+                    self.data_custody_error
+                        .as_deref()
+                        .unwrap_or("custody records not read")
+                ),
+            };
+            san.push(("custody records".into(), custody));
             flatten("", self.sanitization.as_ref(), &mut san);
-            if san.is_empty() {
-                san.push((
-                    "status".into(),
-                    "not wiped: the data is still in staging".into(),
-                ));
-            }
             out.push(("Sanitization of the staging copy", san));
         }
         let t = &self.timings;
@@ -365,7 +449,11 @@ mod tests {
 
     #[test]
     fn report_has_every_section() {
-        let r = Report::of(&done_job());
+        let r = Report::build(
+            &done_job(),
+            Some(fate(client_data::DatasetState::Wiped, false)),
+            None,
+        );
         let t = r.to_text();
         for want in [
             "ticket",
@@ -386,8 +474,9 @@ mod tests {
         );
         assert!(r.timings.total_secs.is_some());
         let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(v["format"], 1);
+        assert_eq!(v["format"], 2);
         assert_eq!(v["state"], "done");
+        assert_eq!(v["data_custody"]["state"], "wiped");
     }
 
     #[test]
@@ -422,11 +511,54 @@ mod tests {
         assert!(h.contains("&lt;script&gt;") && !h.contains("<script>"));
     }
 
+    fn fate(state: client_data::DatasetState, key: bool) -> client_data::DatasetFate {
+        client_data::DatasetFate {
+            dataset: "ds-1".into(),
+            state,
+            wiped_at: (!key).then(|| "2026-03-11T10:00:00Z".into()),
+            key_present: key,
+            sanitization_record: (!key).then(|| "/r/san-ds-1.json".into()),
+            case: (state == client_data::DatasetState::Withdrawn).then(|| "case-1".into()),
+        }
+    }
+
     #[test]
     fn unwiped_data_is_said_plainly() {
-        let mut j = Job::new("T", "b@1", Some("ds".into()), JobTarget::Bay("a".into()));
+        let mut j = Job::new("T", "b@1", Some("ds-1".into()), JobTarget::Bay("a".into()));
         j.set_state(JobState::Cancelled, None);
-        let t = Report::of(&j).to_text();
+        let t = Report::build(
+            &j,
+            Some(fate(client_data::DatasetState::Staged, true)),
+            None,
+        )
+        .to_text();
         assert!(t.contains("still in staging"), "{t}");
+    }
+
+    #[test]
+    fn data_lines_come_from_custody_not_from_the_job() {
+        let mut j = Job::new("T", "b@1", Some("ds-1".into()), JobTarget::Bay("a".into()));
+        j.cancel_withdrawn("the client withdrew");
+        let r = Report::build(
+            &j,
+            Some(fate(client_data::DatasetState::Withdrawn, false)),
+            None,
+        );
+        let t = r.to_text();
+        assert!(!t.contains("still in staging"), "{t}");
+        assert!(
+            r.outcome
+                .contains("destroyed at 2026-03-11T10:00:00Z because the client withdrew")
+                && r.outcome.contains("case-1"),
+            "{}",
+            r.outcome
+        );
+        assert!(t.contains("san-ds-1.json"), "{t}");
+        // Without the custody records, nothing is claimed about the data.
+        let t = Report::of(&j).to_text();
+        assert!(
+            !t.contains("still in staging") && t.contains("unknown here"),
+            "{t}"
+        );
     }
 }

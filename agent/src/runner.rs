@@ -98,6 +98,13 @@ pub trait JobSteps: Send + Sync {
     /// Whether the disk is still there (an I/O error from a pulled disk may arrive before the
     /// kernel's remove event).
     fn still_present(&self, dev: &Path) -> bool;
+    /// Asks the custody records, now, whether the job's dataset may still be migrated:
+    /// `Some(why)` when it may not (the client withdrew and the dataset was destroyed, or it is
+    /// otherwise no longer staged). Checked before a disk is claimed, before the migration and
+    /// after a failed one, so a withdrawal stops a job even if the daemon was never told.
+    fn dataset_gone(&self, _job: &Job) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Why a running job was asked to stop.
@@ -109,6 +116,9 @@ pub enum StopCause {
     Gone = 2,
     /// A technician cancelled the job.
     Cancel = 3,
+    /// The client withdrew: stop before the migration (after it, the runner's own custody
+    /// checks decide).
+    Withdrawn = 4,
 }
 
 /// Shared between the daemon and a running job: the stop flag the imager polls, and why.
@@ -120,12 +130,15 @@ pub struct JobControl {
 }
 
 impl JobControl {
-    /// Asks the job to stop. The first cause wins, except that a cancel overrides a gone disk.
+    /// Asks the job to stop. The first cause wins, except that a cancel overrides a gone disk,
+    /// and every other cause overrides a withdrawal (which only acts before the migration, so
+    /// a disk pulled later must still interrupt the job).
     pub fn request(&self, cause: StopCause) {
         let _ = self
             .cause
             .compare_exchange(0, cause as u8, Ordering::SeqCst, Ordering::SeqCst);
-        if cause == StopCause::Cancel {
+        let soft = self.cause.load(Ordering::SeqCst) == StopCause::Withdrawn as u8;
+        if cause == StopCause::Cancel || (soft && cause != StopCause::Withdrawn) {
             self.cause.store(cause as u8, Ordering::SeqCst);
         }
         self.stop.store(true, Ordering::SeqCst);
@@ -137,6 +150,7 @@ impl JobControl {
             1 => Some(StopCause::Shutdown),
             2 => Some(StopCause::Gone),
             3 => Some(StopCause::Cancel),
+            4 => Some(StopCause::Withdrawn),
             _ => None,
         }
     }
@@ -166,6 +180,16 @@ pub fn run_job(
         (hooks.state)(job);
         Ok(())
     };
+    // Nothing is written for data that may no longer be migrated.
+    if job.dataset.is_some()
+        && matches!(
+            job.next_step(),
+            JobState::Claimed | JobState::Writing | JobState::ImageVerified | JobState::Migrating
+        )
+        && let Some(why) = gone(job, steps)
+    {
+        return withdrawn(job, &why, steps, &save);
+    }
     if matches!(job.state, JobState::Queued | JobState::Interrupted) {
         let next = job.next_step();
         job.resume_from = None;
@@ -184,7 +208,25 @@ pub fn run_job(
             // After a verified migration the disk is no longer needed: finish the wipe and the
             // report even if it was pulled or cancelled, so staged data does not outlive its
             // copy (and a cancel never records "staged data kept" for a wiped dataset).
-            if !(matches!(cause, StopCause::Gone | StopCause::Cancel)
+            let before_migration = matches!(
+                job.state,
+                JobState::Claimed | JobState::Writing | JobState::ImageVerified
+            );
+            if cause == StopCause::Withdrawn {
+                if before_migration {
+                    // The stop flag stays set: going on would only stop the write again.
+                    return match gone(job, steps) {
+                        Some(why) => withdrawn(job, &why, steps, &save),
+                        None => fail(
+                            job,
+                            "stopped for a client's withdrawal, but the custody records do not \
+                             show its dataset destroyed (retry the job)",
+                            steps,
+                            &save,
+                        ),
+                    };
+                }
+            } else if !(matches!(cause, StopCause::Gone | StopCause::Cancel)
                 && job.past_verified_migration())
             {
                 return stop(job, cause, steps, &save);
@@ -223,6 +265,12 @@ pub fn run_job(
                 }
             }
             JobState::ImageVerified => {
+                // The safe point: the image is verified, no client data touched yet.
+                if job.dataset.is_some()
+                    && let Some(why) = gone(job, steps)
+                {
+                    return withdrawn(job, &why, steps, &save);
+                }
                 let next = if job.dataset.is_some() {
                     JobState::Migrating
                 } else {
@@ -249,6 +297,10 @@ pub fn run_job(
                         if !steps.still_present(dev) {
                             ctl.request(StopCause::Gone);
                             continue;
+                        }
+                        // A withdrawal destroyed the dataset while the migration started.
+                        if let Some(why) = gone(job, steps) {
+                            return withdrawn(job, &why, steps, &save);
                         }
                         let msg = format!("migrating client data (staged copy kept): {e:#}");
                         return fail(job, &msg, steps, &save);
@@ -293,6 +345,29 @@ pub fn run_job(
     }
 }
 
+/// The custody answer for the job's dataset; an error asking is logged and taken as "not gone"
+/// (the step itself then fails with the real cause).
+fn gone(job: &Job, steps: &dyn JobSteps) -> Option<String> {
+    match steps.dataset_gone(job) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(job = %job.id, "checking the dataset's custody state: {e:#}");
+            None
+        }
+    }
+}
+
+fn withdrawn(
+    job: &mut Job,
+    why: &str,
+    steps: &dyn JobSteps,
+    save: &dyn Fn(&Job) -> Result<()>,
+) -> Result<()> {
+    job.cancel_withdrawn(why);
+    let _ = steps.finish(job);
+    save(job)
+}
+
 fn stop(
     job: &mut Job,
     cause: StopCause,
@@ -306,6 +381,8 @@ fn stop(
             job.cancel();
             let _ = steps.finish(job);
         }
+        // Handled by the caller before the migration and ignored after it.
+        StopCause::Withdrawn => return Ok(()),
     }
     save(job)
 }

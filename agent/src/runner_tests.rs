@@ -22,6 +22,9 @@ struct Fake {
     /// Whether the migration was verified before any wipe.
     migrated: Arc<AtomicBool>,
     gone: bool,
+    /// Step name during which the client withdraws (custody destroys the dataset).
+    withdraw_at: Option<&'static str>,
+    withdrawn: AtomicBool,
 }
 
 impl Fake {
@@ -34,6 +37,10 @@ impl Fake {
     }
     fn step(&self, name: &'static str) -> Result<(), StepError> {
         self.calls.lock().unwrap().push(name.to_string());
+        if self.withdraw_at == Some(name) {
+            self.withdrawn.store(true, Ordering::SeqCst);
+            self.staged.store(false, Ordering::SeqCst);
+        }
         if self.crash_at == Some(name) {
             panic!("simulated crash in {name}");
         }
@@ -105,6 +112,12 @@ impl JobSteps for Fake {
     }
     fn still_present(&self, _dev: &Path) -> bool {
         !self.gone
+    }
+    fn dataset_gone(&self, _job: &Job) -> Result<Option<String>> {
+        Ok(self
+            .withdrawn
+            .load(Ordering::SeqCst)
+            .then(|| "dataset ds-1 was destroyed because the client withdrew".to_string()))
     }
 }
 
@@ -370,4 +383,107 @@ fn crash_at_every_step_then_restart_completes() {
         assert_eq!(fake.calls()[0], first_after, "{crash}: {:?}", fake.calls());
         assert!(!e.staged.load(Ordering::SeqCst));
     }
+}
+
+#[test]
+fn withdrawn_before_the_disk_is_claimed_writes_nothing() {
+    let e = env();
+    let mut job = data_job(&e);
+    let fake = Fake::new(&e.staged, &e.migrated);
+    fake.withdrawn.store(true, Ordering::SeqCst);
+    run(&e, &mut job, &fake, &JobControl::default());
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(fake.calls(), ["finish-cancelled"]);
+    let note = job.history.last().unwrap().note.clone().unwrap();
+    assert!(note.contains("client withdrew"), "{note}");
+    assert_eq!(e.journal.load(&job.id).unwrap(), job);
+}
+
+#[test]
+fn withdrawn_during_the_write_stops_before_migration() {
+    let e = env();
+    let mut job = data_job(&e);
+    let fake = Fake {
+        withdraw_at: Some("write"),
+        ..Fake::new(&e.staged, &e.migrated)
+    };
+    run(&e, &mut job, &fake, &JobControl::default());
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(
+        fake.calls(),
+        ["write", "audit-image-true", "finish-cancelled"]
+    );
+    assert!(!states(&job).contains(&JobState::Migrating));
+    assert!(job.results.restore.is_none() && job.results.sanitization.is_none());
+}
+
+#[test]
+fn withdrawal_stop_cause_ends_a_running_write_at_its_safe_point() {
+    let e = env();
+    let mut job = data_job(&e);
+    let ctl = Arc::new(JobControl::default());
+    let fake = Fake {
+        withdraw_at: Some("write"),
+        stop_at: Some(("write", StopCause::Withdrawn)),
+        ctl: Some(ctl.clone()),
+        ..Fake::new(&e.staged, &e.migrated)
+    };
+    run(&e, &mut job, &fake, &ctl);
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(fake.calls(), ["write", "finish-cancelled"]);
+}
+
+#[test]
+fn withdrawal_after_a_verified_migration_does_not_stop_the_job() {
+    let e = env();
+    let mut job = data_job(&e);
+    let ctl = Arc::new(JobControl::default());
+    let fake = Fake {
+        withdraw_at: Some("migrate"),
+        ..Fake::new(&e.staged, &e.migrated)
+    };
+    ctl.request(StopCause::Withdrawn);
+    job.set_state(JobState::DataVerified, None);
+    e.journal.save(&job).unwrap();
+    fake.migrated.store(true, Ordering::SeqCst);
+    fake.withdrawn.store(true, Ordering::SeqCst);
+    run(&e, &mut job, &fake, &ctl);
+    // The wipe step reports what custody did (the fake's wipe stands in for that).
+    assert_eq!(job.state, JobState::Done);
+}
+
+#[test]
+fn a_pulled_disk_still_interrupts_after_a_withdrawal_stop_was_ignored() {
+    let e = env();
+    let mut job = data_job(&e);
+    job.set_state(JobState::Migrating, None);
+    e.journal.save(&job).unwrap();
+    let ctl = JobControl::default();
+    // Told of a withdrawal that did not concern this dataset (the custody check says live).
+    ctl.request(StopCause::Withdrawn);
+    let fake = Fake {
+        fail_at: Some("migrate"),
+        gone: true,
+        ..Fake::new(&e.staged, &e.migrated)
+    };
+    run(&e, &mut job, &fake, &ctl);
+    assert_eq!(job.state, JobState::Interrupted);
+    assert_eq!(ctl.cause(), Some(StopCause::Gone));
+}
+
+#[test]
+fn a_withdrawal_stop_custody_does_not_confirm_fails_instead_of_looping() {
+    let e = env();
+    let mut job = data_job(&e);
+    let ctl = Arc::new(JobControl::default());
+    let fake = Fake {
+        stop_at: Some(("write", StopCause::Withdrawn)),
+        ctl: Some(ctl.clone()),
+        ..Fake::new(&e.staged, &e.migrated)
+    };
+    run(&e, &mut job, &fake, &ctl);
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.error.as_deref().unwrap().contains("custody records"));
+    assert_eq!(fake.calls(), ["write", "finish-failed"]);
+    assert!(e.staged.load(Ordering::SeqCst));
 }

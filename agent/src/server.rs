@@ -386,6 +386,7 @@ fn handle(agent: &Agent, op: Op) -> Reply {
         Op::JobCancel { id } => to(json(agent.cancel(&id))),
         Op::JobRetry { id } => to(json(agent.retry(&id))),
         Op::JobFail { id, reason } => to(json(agent.fail(&id, &reason))),
+        Op::CustodyChanged => to(Ok(serde_json::json!(agent.custody_changed()))),
         Op::Subscribe => Reply::err("subscribe is handled by the connection"),
     }
 }

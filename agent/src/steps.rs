@@ -165,6 +165,29 @@ fn device_identity(job: &Job) -> DeviceIdentity {
         })
 }
 
+impl RealSteps {
+    /// The custody's sanitization record of a dataset destroyed by a withdrawal, with the
+    /// case that destroyed it.
+    fn withdrawal_record(&self, id: &DatasetId) -> Result<serde_json::Value> {
+        let fate = self
+            .custody
+            .dataset_fate(id)
+            .with_context(|| format!("reading the custody records of dataset {id}"))?;
+        let path = fate.sanitization_record.clone().with_context(|| {
+            format!("dataset {id} is withdrawn but custody holds no sanitization record for it")
+        })?;
+        let text =
+            std::fs::read(&path).with_context(|| format!("reading sanitization record {path}"))?;
+        let mut v: serde_json::Value = serde_json::from_slice(&text)
+            .with_context(|| format!("parsing sanitization record {path}"))?;
+        v["destroyed_by"] = serde_json::json!({
+            "withdrawal_case": fate.case,
+            "at": fate.wiped_at,
+        });
+        Ok(v)
+    }
+}
+
 fn image_facts(img: &LoadedImage) -> serde_json::Value {
     serde_json::json!({
         "manifest_hash": img.manifest_hash,
@@ -390,10 +413,24 @@ impl JobSteps for RealSteps {
         let id = Self::dataset(job)?;
         // A previous run may have wiped and crashed before journaling: the record was saved.
         let saved = self.reports.join(format!("{}-sanitization.json", job.id));
+        // A withdrawal may hold the dataset while it destroys it: wait for it to finish.
+        let mut waited = 0;
+        while let Err(client_data::DataError::Locked(_)) = self.custody.lock(&id) {
+            if waited >= 600 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            waited += 1;
+        }
         let info = self
             .custody
             .dataset(&id)
             .with_context(|| format!("looking up dataset {id}"))?;
+        if info.state == DatasetState::Withdrawn {
+            // Destroyed by the client's withdrawal after the verified migration: the custody
+            // record of that destruction is the sanitization record of this job.
+            return self.withdrawal_record(&id).map_err(StepError::Failed);
+        }
         if info.state == DatasetState::Wiped {
             if let Ok(text) = std::fs::read(&saved)
                 && let Ok(v) = serde_json::from_slice(&text)
@@ -473,7 +510,7 @@ impl JobSteps for RealSteps {
                 result: job.state.to_string(),
             })
             .context("appending JobFinished to the audit log")?;
-        let mut r = Report::of(job);
+        let mut r = Report::with_custody(job, Some(&self.custody));
         r.audit = Some(AuditAnchor::of(cp));
         std::fs::create_dir_all(&self.reports)
             .with_context(|| format!("creating {}", self.reports.display()))?;
@@ -482,6 +519,23 @@ impl JobSteps for RealSteps {
             .with_context(|| format!("writing {}", json.display()))?;
         let html = self.reports.join(format!("{}.html", job.id));
         std::fs::write(&html, r.to_html()).with_context(|| format!("writing {}", html.display()))
+    }
+
+    fn dataset_gone(&self, job: &Job) -> Result<Option<String>> {
+        let Some(d) = job.dataset.as_deref() else {
+            return Ok(None);
+        };
+        let id: DatasetId = d
+            .parse()
+            .map_err(|e| anyhow!("parsing dataset id {d}: {e}"))?;
+        let fate = self
+            .custody
+            .dataset_fate(&id)
+            .with_context(|| format!("reading the custody records of dataset {id}"))?;
+        Ok(match fate.state {
+            DatasetState::Staged | DatasetState::Migrated => None,
+            _ => Some(crate::report::fate_line(&fate)),
+        })
     }
 
     fn still_present(&self, dev: &Path) -> bool {

@@ -38,6 +38,9 @@ pub struct CustodyConfig {
     pub deletion_deadline_days: u32,
     /// Fixed "now" (tests and demos); `None` = the real clock.
     pub now: Option<OffsetDateTime>,
+    /// How long a withdrawal waits for the client's ingests and restores in flight to stop
+    /// before it destroys their keys and leaves them pending in the case (default 30 s).
+    pub withdraw_wait: std::time::Duration,
 }
 
 impl Default for CustodyConfig {
@@ -49,6 +52,7 @@ impl Default for CustodyConfig {
             backup_retention_days: 3,
             deletion_deadline_days: 5,
             now: None,
+            withdraw_wait: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -110,6 +110,33 @@ pub enum DataError {
         "client {0} has withdrawn (or was terminated): ingest refused until `tek data reactivate --client {0}`"
     )]
     ClientWithdrawn(String),
+    /// The client withdrew while an ingest for it was running; its partial dataset was
+    /// discarded (ciphertext removed, key destroyed).
+    #[error(
+        "client {client} withdrew while this ingest ran: the partial dataset {dataset} {}",
+        if *left_behind {
+            "could not be removed completely (the next `tek data` command or the withdrawal's \
+             sweep removes it)"
+        } else {
+            "was discarded (its ciphertext and key are gone)"
+        }
+    )]
+    WithdrawnDuringIngest {
+        /// The client.
+        client: String,
+        /// The discarded dataset id.
+        dataset: String,
+        /// Something of the partial dataset was still there after discarding it.
+        left_behind: bool,
+    },
+    /// A key-backup directory is unusable.
+    #[error("backup directory {path} {reason}")]
+    BackupTarget {
+        /// The directory given.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
     /// An argument is invalid (ids, dates, ...).
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid {

@@ -7,6 +7,10 @@
 //! the batches of a [`SealPipe`], whose thread encrypts them (in parallel), MACs and writes them. The work happens in `<id>.partial/`, renamed into place only when
 //! both streams and the metadata are fsync'd; any failure (a hostile archive, a full disk) removes
 //! the partial dataset and destroys its key.
+//!
+//! An ingest holds its client's lock shared from before the withdrawn check to after the final
+//! rename, re-reads the client record every quarter second while streaming and once more
+//! before the rename, and discards itself when the client withdrew meanwhile (see `withdraw`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
@@ -29,8 +33,39 @@ pub(crate) const MAC_KEY: &str = "tek client-data v1 ciphertext mac";
 
 type Enc = EncryptWriter<MacWriter<File>>;
 
+/// How often a running ingest re-reads its client's record.
+const WITHDRAW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Notices a withdrawal of the client while the ingest streams.
+struct Watch<'a> {
+    custody: &'a Custody,
+    client: &'a str,
+    dataset: &'a DatasetId,
+    next: std::time::Instant,
+}
+
+impl Watch<'_> {
+    /// `WithdrawnDuringIngest` once the client withdrew (checked at most every
+    /// [`WITHDRAW_POLL`], or now when `now`).
+    fn check(&mut self, now: bool) -> Result<(), DataError> {
+        let t = std::time::Instant::now();
+        if !now && t < self.next {
+            return Ok(());
+        }
+        self.next = t + WITHDRAW_POLL;
+        if self.custody.client_withdrawn(self.client)? {
+            return Err(DataError::WithdrawnDuringIngest {
+                client: self.client.to_string(),
+                dataset: self.dataset.to_string(),
+                left_behind: false,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Receives entries and writes both encrypted streams.
-struct Sink {
+struct Sink<'a> {
     data: SealPipe,
     manifest: Enc,
     data_path: PathBuf,
@@ -39,9 +74,10 @@ struct Sink {
     guard: SymlinkGuard,
     entries: u64,
     bytes: u64,
+    watch: Watch<'a>,
 }
 
-impl Sink {
+impl Sink<'_> {
     fn bad(&self, reason: impl Into<String>) -> DataError {
         DataError::BadSource {
             source_path: self.source.clone(),
@@ -53,6 +89,7 @@ impl Sink {
     /// Adds an entry; for files, copies exactly `e.size` bytes from `content`, hashing them.
     fn add(&mut self, mut e: Entry, content: Option<&mut dyn Read>) -> Result<(), DataError> {
         self.guard.check(&e).map_err(|r| self.bad(r))?;
+        self.watch.check(false)?;
         if e.kind == EntryKind::File {
             let content = content.expect("file entry without content");
             let mut hasher = blake3::Hasher::new();
@@ -82,6 +119,7 @@ impl Sink {
                 };
                 self.data.fill(n);
                 left -= n as u64;
+                self.watch.check(false)?;
             }
             e.blake3 = *hasher.finalize().as_bytes();
             self.bytes += e.size;
@@ -125,9 +163,14 @@ impl Custody {
     ) -> Result<DatasetInfo, DataError> {
         check_ident("client id", client)?;
         check_ident("ticket", ticket)?;
+        // Held until the dataset is renamed into place or discarded (declared first, dropped
+        // last): a withdrawal waits for it.
+        let _client_lock = crate::withdraw::ClientLock::shared(&self.paths.staging, client)?;
         if self.client_withdrawn(client)? {
             return Err(DataError::ClientWithdrawn(client.to_string()));
         }
+        // Known from now on, so a withdrawal during a first ingest finds the client.
+        self.register_client(client)?;
         let src_meta = std::fs::metadata(source).map_err(io("reading source", source))?;
         let now = self.now();
         self.ingest_as(
@@ -167,6 +210,12 @@ impl Custody {
             }
             Err(e) => return Err(io("creating dataset directory", &partial)(e)),
         }
+        // Names the partial's client, so a withdrawal finds (and discards) it.
+        let owner = partial.join(crate::withdraw::PARTIAL_OWNER);
+        if let Err(e) = std::fs::write(&owner, client) {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(io("writing", &owner)(e));
+        }
         let key = Key::random();
         if let Err(e) = self.keys.store_new(&kek, id.as_str(), &key) {
             // Not ours to destroy: only the partial directory goes.
@@ -178,7 +227,17 @@ impl Custody {
             Ok(info) => Ok(info),
             Err(e) => {
                 self.discard_partial(&id, &partial);
-                Err(e)
+                match e {
+                    DataError::WithdrawnDuringIngest {
+                        client, dataset, ..
+                    } => Err(DataError::WithdrawnDuringIngest {
+                        client,
+                        dataset,
+                        // Checked, not assumed: the message says what is left.
+                        left_behind: partial.exists() || self.keys.has(id.as_str()),
+                    }),
+                    e => Err(e),
+                }
             }
         }
     }
@@ -218,6 +277,12 @@ impl Custody {
             guard: SymlinkGuard::default(),
             entries: 0,
             bytes: 0,
+            watch: Watch {
+                custody: self,
+                client,
+                dataset: id,
+                next: std::time::Instant::now() + WITHDRAW_POLL,
+            },
         };
         let kind = if is_dir {
             walk_dir(source, &mut sink)?;
@@ -253,6 +318,9 @@ impl Custody {
             wiped_at: None,
         };
         meta.save(partial)?;
+        // Last check under the client lock: a withdrawal that began meanwhile waits for this
+        // lock, so either it sees the finished dataset or this ingest sees the withdrawal.
+        sink.watch.check(true)?;
         let fin = self.dataset_dir(id);
         nix::fcntl::renameat2(
             None,
@@ -263,7 +331,6 @@ impl Custody {
         )
         .map_err(|e| io("renaming into place", &fin)(e.into()))?;
         crate::keystore::sync_dir(&self.paths.staging)?;
-        self.register_client(client)?;
         self.audit.append(AuditEvent::Ingest {
             dataset: id.to_string(),
             client: client.to_string(),
@@ -294,7 +361,7 @@ fn entry_from_meta(path: Vec<u8>, kind: EntryKind, m: &std::fs::Metadata) -> Ent
 
 /// Walks `root` depth-first with a stack of open directory iterators (memory grows with depth,
 /// not with the number of files), never following symlinks.
-fn walk_dir(root: &Path, sink: &mut Sink) -> Result<(), DataError> {
+fn walk_dir(root: &Path, sink: &mut Sink<'_>) -> Result<(), DataError> {
     let rd = std::fs::read_dir(root).map_err(io("listing source", root))?;
     let mut stack: Vec<(std::fs::ReadDir, Vec<u8>)> = vec![(rd, Vec::new())];
     while let Some((rd, prefix)) = stack.last_mut() {
@@ -394,7 +461,7 @@ fn open_tar(source: &Path) -> Result<(Box<dyn Read>, &'static str), DataError> {
     })
 }
 
-fn read_tar(source: &Path, sink: &mut Sink) -> Result<String, DataError> {
+fn read_tar(source: &Path, sink: &mut Sink<'_>) -> Result<String, DataError> {
     let (r, kind) = open_tar(source)?;
     let mut ar = tar::Archive::new(r);
     let entries = ar

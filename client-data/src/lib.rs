@@ -14,6 +14,7 @@ pub mod audit;
 pub mod backup;
 pub mod batch;
 pub mod breach;
+pub mod cases;
 pub mod custody;
 pub mod dataset;
 pub mod error;
@@ -35,8 +36,9 @@ pub use audit::{
     AuditEvent, AuditHead, AuditLog, AuditPublicKey, AuditRecord, Checkpoint, DeviceIdentity,
     WipeReason,
 };
-pub use backup::{Epoch, KeyBackup};
+pub use backup::{BackupOptions, Epoch, KeyBackup, Rotation};
 pub use breach::BreachReport;
+pub use cases::{DatasetFate, DeletionCase};
 pub use custody::{Custody, CustodyConfig, CustodyPaths, DatasetListing};
 pub use dataset::{DatasetId, DatasetInfo, DatasetState, Destination};
 pub use error::DataError;
@@ -44,4 +46,4 @@ pub use mount::PartitionMount;
 pub use restore::RestoreResult;
 pub use target::RestoreTarget;
 pub use wipe::{SanitizationRecord, WipeOptions};
-pub use withdraw::{DeletionCase, WithdrawReason};
+pub use withdraw::{WithdrawReason, Withdrawal};

@@ -1,25 +1,38 @@
 //! Withdrawal and termination: destroy a client's live data now, refuse its later ingests, and
-//! follow a deletion case until its backups are unreadable too.
+//! follow a deletion case (see `cases`) until its backups are unreadable too.
 //!
-//! Files (format 1, no personal data): `<staging>/clients/<client>.json` (known clients and whether
-//! they withdrew), `<staging>/cases/<case>.json` (deletion cases). When a case completes, a
-//! confirmation for the client is written to `<reports>/deletions/<case>.json` and `.html`.
+//! Files (format 1, no personal data): `<staging>/clients/<client>.json` (known clients and
+//! whether they withdrew). Deletion cases are in `cases`.
 //!
-//! Deadline: five working days after the request was received (weekends and the configured
-//! holidays skipped). Backups hold only ciphertext; the keys are in key-backup epochs that expire
-//! after `backup_retention_days` working days (default 3), so a case's backup copies become
-//! unreadable when the last unexpired epoch holding one of its keys is pruned, and that date is
-//! known in advance.
+//! Ingest and withdrawal meet on `<staging>/locks/client-<client>.lock`: an ingest holds it
+//! shared from before its first check to after its final rename; a withdrawal first marks the
+//! client withdrawn, then takes it exclusively (waiting up to `withdraw_wait`). An ingest in
+//! flight notices the mark within a quarter of a second of its next read and at the latest
+//! just before its final rename, and discards its partial dataset itself. So when the
+//! withdrawal holds the lock, every dataset of the client is either finished (and destroyed
+//! now) or never will be. If the wait runs out (an ingest blocked on a slow source), the
+//! partial's key is destroyed at once and the case stays open with that dataset pending; every
+//! later `deletions()` destroys whatever of the client it still finds.
 
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
-use time::{Date, OffsetDateTime, Weekday};
 
 use crate::audit::AuditEvent;
+use crate::backup::Rotation;
+pub use crate::cases::{DeletionCase, add_working_days, format_date, parse_date};
 use crate::custody::Custody;
-use crate::dataset::{DatasetState, check_ident, parse_rfc3339, rfc3339};
+use crate::dataset::{DatasetId, DatasetState, check_ident, rfc3339};
 use crate::error::{DataError, io};
 use crate::keystore::{mkdir_private, write_private};
-use crate::wipe::{WipeOptions, html_page};
+use crate::wipe::WipeOptions;
+
+/// Name of the file in `<id>.partial/` that says whose ingest it is (kept after the rename, so
+/// a partial never exists without it once it holds a key).
+pub(crate) const PARTIAL_OWNER: &str = "client";
 
 /// Why a client's data is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,80 +61,84 @@ struct ClientRecord {
     case: Option<String>,
 }
 
-/// A deletion case.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeletionCase {
-    /// Format version (1).
-    pub format: u32,
-    /// Case id.
-    pub case: String,
-    /// Client id.
-    pub client: String,
-    /// Withdrawal or termination.
-    pub reason: WithdrawReason,
-    /// Date the request was received (YYYY-MM-DD).
-    pub received: String,
-    /// Deadline (YYYY-MM-DD): five working days after `received`.
-    pub due: String,
-    /// Datasets destroyed for this case.
-    pub datasets: Vec<String>,
-    /// When live copies were destroyed.
-    pub live_destroyed_at: String,
-    /// When backup copies became unreadable (last key-backup epoch holding a key destroyed).
-    pub backup_unreadable_at: Option<String>,
-    /// When they will (expiry of the last epoch holding one of the keys).
-    pub backup_unreadable_expected: String,
-    /// "open" or "complete".
-    pub state: String,
-    /// The confirmation document (JSON), once complete.
-    pub confirmation: Option<String>,
+/// What one `withdraw` call did. Printed, recorded and audited from these values alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct Withdrawal {
+    /// The case (one per client and received date), as it stands after this call.
+    pub case: DeletionCase,
+    /// False when this call opened the case, true when it was already open (or complete).
+    pub existing_case: bool,
+    /// Datasets whose staging copy and key this call destroyed.
+    pub destroyed_now: Vec<String>,
+    /// Partial datasets of unfinished ingests this call discarded.
+    pub discarded_now: Vec<String>,
+    /// Key-backup epochs rotated for this call.
+    pub rotation: Rotation,
 }
 
-impl DeletionCase {
-    /// A printable HTML confirmation for the client.
-    pub fn to_html(&self) -> String {
-        html_page(
-            "Confirmation of deletion of client data",
-            &[
-                ("Case", self.case.clone()),
-                ("Client", self.client.clone()),
-                ("Request", format!("{} received {}", self.reason, self.received)),
-                ("Deadline", self.due.clone()),
-                ("Datasets", self.datasets.join(", ")),
-                ("Live copies destroyed", self.live_destroyed_at.clone()),
-                ("Backup copies unreadable", self.backup_unreadable_at.clone().unwrap_or_default()),
-                ("Method", "cryptographic erase of every dataset key and key backup, plus overwrite of staged ciphertext".into()),
-            ],
-        )
+/// The per-client lock shared by ingests and taken exclusively by a withdrawal.
+pub(crate) struct ClientLock(#[allow(dead_code)] Flock<File>);
+
+impl ClientLock {
+    fn open(staging: &Path, client: &str) -> Result<(File, PathBuf), DataError> {
+        let dir = staging.join("locks");
+        mkdir_private(&dir)?;
+        let path = dir.join(format!("client-{client}.lock"));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("opening lock", &path))?;
+        Ok((f, path))
     }
-}
 
-/// Parses YYYY-MM-DD.
-pub fn parse_date(s: &str) -> Result<Date, DataError> {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    Date::parse(s, fmt).map_err(|e| DataError::Invalid {
-        what: "date",
-        value: s.to_string(),
-        reason: format!("expected YYYY-MM-DD ({e})"),
-    })
-}
+    /// Shared, waiting while a withdrawal holds it.
+    pub(crate) fn shared(staging: &Path, client: &str) -> Result<ClientLock, DataError> {
+        let (f, path) = Self::open(staging, client)?;
+        Flock::lock(f, FlockArg::LockShared)
+            .map(ClientLock)
+            .map_err(|(_, e)| DataError::Io {
+                action: "locking",
+                path,
+                source: e.into(),
+            })
+    }
 
-/// Formats YYYY-MM-DD.
-pub fn format_date(d: Date) -> String {
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
-}
-
-/// `n` working days after `start` (weekends and `holidays` skipped).
-pub fn add_working_days(start: Date, n: u32, holidays: &[Date]) -> Date {
-    let mut d = start;
-    let mut left = n;
-    while left > 0 {
-        d = d.next_day().expect("date in range");
-        if !matches!(d.weekday(), Weekday::Saturday | Weekday::Sunday) && !holidays.contains(&d) {
-            left -= 1;
+    /// Exclusive, trying until `deadline`; `None` when ingests still hold it then.
+    fn exclusive_until(
+        staging: &Path,
+        client: &str,
+        deadline: Instant,
+    ) -> Result<Option<ClientLock>, DataError> {
+        let (mut f, path) = Self::open(staging, client)?;
+        loop {
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => return Ok(Some(ClientLock(l))),
+                Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    f = back;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err((_, e)) => {
+                    return Err(DataError::Io {
+                        action: "locking",
+                        path,
+                        source: e.into(),
+                    });
+                }
+            }
         }
     }
-    d
+}
+
+/// What a sweep of a withdrawn client's data found and did.
+pub(crate) struct Sweep {
+    pub(crate) destroyed: Vec<String>,
+    pub(crate) discarded: Vec<String>,
+    pub(crate) pending: Vec<String>,
 }
 
 impl Custody {
@@ -157,16 +174,124 @@ impl Custody {
         )
     }
 
+    /// Records `client` as known (not withdrawn) unless a record exists. Exclusive: a record
+    /// written meanwhile by anyone (a withdrawal included) is never replaced.
     pub(crate) fn register_client(&self, client: &str) -> Result<(), DataError> {
-        if self.client_record(client)?.is_none() {
-            self.save_client(&ClientRecord {
-                format: 1,
-                client: client.into(),
-                withdrawn: false,
-                case: None,
-            })?;
+        if self.client_record(client)?.is_some() {
+            return Ok(());
         }
-        Ok(())
+        let p = self.client_path(client);
+        let dir = p.parent().expect("parent");
+        mkdir_private(dir)?;
+        let mut r = [0u8; 4];
+        getrandom::getrandom(&mut r).expect("getrandom failed");
+        // Unique per call: threads of one process may register the same client at once.
+        let tmp = dir.join(format!(
+            ".{client}.new{}-{}",
+            std::process::id(),
+            hex::encode(r)
+        ));
+        let rec = ClientRecord {
+            format: 1,
+            client: client.into(),
+            withdrawn: false,
+            case: None,
+        };
+        write_private(
+            &tmp,
+            serde_json::to_string_pretty(&rec)
+                .expect("serialize")
+                .as_bytes(),
+        )?;
+        let linked = std::fs::hard_link(&tmp, &p);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => crate::keystore::sync_dir(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io("creating client record", &p)(e)),
+        }
+    }
+
+    /// Partial datasets (`<id>.partial/`) of ingests for `client`, running or crashed.
+    pub(crate) fn partials_of(&self, client: &str) -> Result<Vec<(DatasetId, PathBuf)>, DataError> {
+        let st = &self.paths.staging;
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(st).map_err(io("listing staging", st))? {
+            let e = e.map_err(io("listing staging", st))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".partial") else {
+                continue;
+            };
+            let Ok(id) = id.parse::<DatasetId>() else {
+                continue;
+            };
+            let owner = std::fs::read_to_string(e.path().join(PARTIAL_OWNER)).unwrap_or_default();
+            if owner.trim() == client {
+                out.push((id, e.path()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destroys what is left of a withdrawn `client`: partial datasets of crashed ingests are
+    /// discarded, those of running ingests lose their key now (the ingest discards the rest),
+    /// live datasets are wiped (a dataset busy in a restore is retried until `deadline`, else
+    /// left pending). Partials are listed before datasets, so an ingest finishing in between is
+    /// seen as one or the other.
+    pub(crate) fn sweep_client(
+        &self,
+        client: &str,
+        reason: WithdrawReason,
+        operator: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Sweep, DataError> {
+        let mut sweep = Sweep {
+            destroyed: Vec::new(),
+            discarded: Vec::new(),
+            pending: Vec::new(),
+        };
+        for (id, dir) in self.partials_of(client)? {
+            match self.lock(&id) {
+                Ok(_lock) => {
+                    self.discard_partial(&id, &dir);
+                    sweep.discarded.push(id.to_string());
+                }
+                Err(DataError::Locked(_)) => {
+                    self.keys.destroy(id.as_str())?;
+                    sweep.pending.push(id.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let opts = WipeOptions {
+            force_reason: Some(reason.into()),
+            note: None,
+            operator: operator.into(),
+        };
+        for info in self.list()? {
+            if info.client != client || !info.state.is_live() {
+                continue;
+            }
+            loop {
+                match self.wipe_as(&info.id, &opts, DatasetState::Withdrawn) {
+                    Ok(_) => {
+                        sweep.destroyed.push(info.id.to_string());
+                        break;
+                    }
+                    Err(DataError::Locked(_)) if deadline.is_some_and(|d| Instant::now() < d) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(DataError::Locked(_)) => {
+                        sweep.pending.push(info.id.to_string());
+                        break;
+                    }
+                    // Destroyed meanwhile by another sweep.
+                    Err(DataError::BadState { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(sweep)
     }
 
     /// True when `client` withdrew and was not reactivated.
@@ -174,16 +299,18 @@ impl Custody {
         Ok(self.client_record(client)?.is_some_and(|r| r.withdrawn))
     }
 
-    /// Destroys every key and ciphertext of `client` now, refuses its later ingests until
-    /// [`Custody::reactivate`], and opens a deletion case due five working days after `received`
-    /// (YYYY-MM-DD, not in the future).
+    /// Destroys every key and ciphertext of `client` now (waiting up to `withdraw_wait` for
+    /// ingests and restores in flight), refuses its later ingests until
+    /// [`Custody::reactivate`], rotates the key backups holding its keys, and opens the deletion
+    /// case for `received` (YYYY-MM-DD, not in the future), due five working days later. A
+    /// second call for the same client and date reuses that case.
     pub fn withdraw(
         &self,
         client: &str,
         received: &str,
         reason: WithdrawReason,
         operator: &str,
-    ) -> Result<DeletionCase, DataError> {
+    ) -> Result<Withdrawal, DataError> {
         check_ident("client id", client)?;
         let received_date = parse_date(received)?;
         let now = self.now();
@@ -194,77 +321,119 @@ impl Custody {
                 reason: "is in the future".into(),
             });
         }
+        // Refuse new ingests before destroying anything; running ones see this and stop. The
+        // client record is read-modify-written under the cases lock (as `reactivate` does).
+        {
+            let _l = crate::backup::DepotLock::take(&self.paths.staging, "cases")?;
+            let mut rec = self
+                .client_record(client)?
+                .ok_or_else(|| DataError::UnknownClient(client.into()))?;
+            if !rec.withdrawn {
+                rec.withdrawn = true;
+                self.save_client(&rec)?;
+            }
+        }
+        let deadline = Instant::now() + self.config.withdraw_wait;
+        let client_lock = ClientLock::exclusive_until(&self.paths.staging, client, deadline)?;
+        let sweep = self.sweep_client(client, reason, operator, Some(deadline))?;
+        let received = format_date(received_date);
+        // One case per client and date, also against a concurrent withdrawal or deletions().
+        let cases_lock = crate::backup::DepotLock::take(&self.paths.staging, "cases")?;
+        let existing = self
+            .load_cases()?
+            .into_iter()
+            .find(|c| c.client == client && c.received == received);
+        let existing_case = existing.is_some();
+        let mut case = existing.unwrap_or_else(|| {
+            let mut r = [0u8; 3];
+            getrandom::getrandom(&mut r).expect("getrandom failed");
+            let due = add_working_days(
+                received_date,
+                self.config.deletion_deadline_days,
+                &self.config.holidays,
+            );
+            DeletionCase {
+                format: crate::cases::CASE_FORMAT,
+                case: format!(
+                    "case-{}-{}",
+                    format_date(now.date()).replace('-', ""),
+                    hex::encode(r)
+                ),
+                client: client.into(),
+                reason,
+                received: received.clone(),
+                due: format_date(due),
+                datasets: Vec::new(),
+                live_destroyed_at: rfc3339(now),
+                backup_unreadable_at: None,
+                backup_unreadable_expected: rfc3339(now),
+                backup_late: None,
+                pending: Vec::new(),
+                state: "open".into(),
+                confirmation: None,
+            }
+        });
+        // Datasets wiped earlier may still have keys in unexpired backup epochs: they count too.
+        let mut ids: Vec<String> = sweep.destroyed.clone();
+        ids.extend(sweep.discarded.iter().cloned());
+        ids.extend(sweep.pending.iter().cloned());
+        ids.extend(
+            self.list()?
+                .into_iter()
+                .filter(|i| i.client == client)
+                .map(|i| i.id.to_string()),
+        );
+        for id in ids {
+            if !case.datasets.contains(&id) {
+                case.datasets.push(id);
+            }
+        }
+        if !sweep.destroyed.is_empty() {
+            case.live_destroyed_at = rfc3339(now);
+        }
+        case.pending = sweep.pending.clone();
+        if case.state == "complete" && !(sweep.destroyed.is_empty() && sweep.pending.is_empty()) {
+            case.state = "open".into();
+            case.backup_unreadable_at = None;
+            case.confirmation = None;
+        }
+        case.format = crate::cases::CASE_FORMAT;
+        self.save_case(&case)?;
         let mut rec = self
             .client_record(client)?
             .ok_or_else(|| DataError::UnknownClient(client.into()))?;
-        // Refuse new ingests before destroying anything, so none slips in meanwhile.
-        rec.withdrawn = true;
-        self.save_client(&rec)?;
-        let mut destroyed = Vec::new();
-        for info in self.list()? {
-            if info.client == client && info.state.is_live() {
-                let opts = WipeOptions {
-                    force_reason: Some(reason.into()),
-                    note: None,
-                    operator: operator.into(),
-                };
-                self.wipe_as(&info.id, &opts, DatasetState::Withdrawn)?;
-                destroyed.push(info.id.to_string());
-            }
-        }
-        let mut r = [0u8; 3];
-        getrandom::getrandom(&mut r).expect("getrandom failed");
-        let case_id = format!(
-            "case-{}-{}",
-            format_date(now.date()).replace('-', ""),
-            hex::encode(r)
-        );
-        let due = add_working_days(
-            received_date,
-            self.config.deletion_deadline_days,
-            &self.config.holidays,
-        );
-        let mut all_ids = destroyed.clone();
-        // Datasets wiped earlier may still have keys in unexpired backup epochs: they count too.
-        for info in self.list()? {
-            if info.client == client && !all_ids.contains(&info.id.to_string()) {
-                all_ids.push(info.id.to_string());
-            }
-        }
-        let case = DeletionCase {
-            format: 1,
-            case: case_id.clone(),
-            client: client.into(),
-            reason,
-            received: format_date(received_date),
-            due: format_date(due),
-            datasets: all_ids,
-            live_destroyed_at: rfc3339(now),
-            backup_unreadable_at: None,
-            backup_unreadable_expected: rfc3339(now),
-            state: "open".into(),
-            confirmation: None,
-        };
-        self.save_case(&case)?;
-        rec.case = Some(case_id.clone());
+        rec.case = Some(case.case.clone());
         self.save_client(&rec)?;
         self.audit.append(AuditEvent::Withdraw {
             client: client.into(),
-            case: case_id.clone(),
+            case: case.case.clone(),
             reason: reason.to_string(),
             received: case.received.clone(),
             due: case.due.clone(),
-            datasets: destroyed.len() as u64,
+            datasets: sweep.destroyed.len() as u64,
         })?;
-        self.deletions()?
+        drop(cases_lock);
+        let rotation = self.rotate_backups(&case.case, &case.datasets)?;
+        drop(client_lock);
+        let case_id = case.case.clone();
+        let case = self
+            .deletions()?
             .into_iter()
             .find(|c| c.case == case_id)
-            .ok_or(DataError::NotFound(case_id))
+            .ok_or(DataError::NotFound(case_id))?;
+        Ok(Withdrawal {
+            case,
+            existing_case,
+            destroyed_now: sweep.destroyed,
+            discarded_now: sweep.discarded,
+            rotation,
+        })
     }
 
     /// Lets a withdrawn client's data be ingested again.
     pub fn reactivate(&self, client: &str) -> Result<(), DataError> {
         check_ident("client id", client)?;
+        let _l = crate::backup::DepotLock::take(&self.paths.staging, "cases")?;
         let mut rec = self
             .client_record(client)?
             .ok_or_else(|| DataError::UnknownClient(client.into()))?;
@@ -273,115 +442,5 @@ impl Custody {
         self.audit.append(AuditEvent::Reactivate {
             client: client.into(),
         })
-    }
-
-    fn cases_dir(&self) -> std::path::PathBuf {
-        self.paths.staging.join("cases")
-    }
-
-    fn save_case(&self, c: &DeletionCase) -> Result<(), DataError> {
-        let d = self.cases_dir();
-        mkdir_private(&d)?;
-        write_private(
-            &d.join(format!("{}.json", c.case)),
-            serde_json::to_string_pretty(c)
-                .expect("serialize")
-                .as_bytes(),
-        )
-    }
-
-    /// All deletion cases, brought up to date (completing those whose backups are now
-    /// unreadable and writing their confirmation documents).
-    pub fn deletions(&self) -> Result<Vec<DeletionCase>, DataError> {
-        let d = self.cases_dir();
-        let mut cases = Vec::new();
-        if d.is_dir() {
-            for e in std::fs::read_dir(&d).map_err(io("listing cases", &d))? {
-                let p = e.map_err(io("listing cases", &d))?.path();
-                if p.extension().is_some_and(|x| x == "json") {
-                    let t = std::fs::read_to_string(&p).map_err(io("reading case", &p))?;
-                    let c: DeletionCase =
-                        serde_json::from_str(&t).map_err(|e| DataError::Corrupt {
-                            path: p.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    cases.push(c);
-                }
-            }
-        }
-        let epochs = self.live_epochs()?;
-        let now = self.now();
-        for c in cases.iter_mut().filter(|c| c.state == "open") {
-            let holding: Vec<_> = epochs
-                .iter()
-                .filter(|e| e.datasets.iter().any(|d| c.datasets.contains(d)))
-                .collect();
-            if holding.is_empty() {
-                self.complete_case(c, now)?;
-            } else {
-                let last = holding
-                    .iter()
-                    .map(|e| e.expires.clone())
-                    .max()
-                    .expect("non-empty");
-                if last != c.backup_unreadable_expected {
-                    c.backup_unreadable_expected = last;
-                    self.save_case(c)?;
-                }
-            }
-        }
-        cases.sort_by(|a, b| a.received.cmp(&b.received).then(a.case.cmp(&b.case)));
-        Ok(cases)
-    }
-
-    fn complete_case(&self, c: &mut DeletionCase, now: OffsetDateTime) -> Result<(), DataError> {
-        let at = rfc3339(now);
-        // The expected date may be earlier (prune ran late); record when it really happened.
-        c.backup_unreadable_at = Some(at.clone());
-        if parse_rfc3339(&c.backup_unreadable_expected).is_some_and(|t| t > now) {
-            c.backup_unreadable_expected = at;
-        }
-        c.state = "complete".into();
-        let dir = self.paths.reports.join("deletions");
-        mkdir_private(&dir)?;
-        let json_path = dir.join(format!("{}.json", c.case));
-        c.confirmation = Some(json_path.display().to_string());
-        write_private(
-            &json_path,
-            serde_json::to_string_pretty(c)
-                .expect("serialize")
-                .as_bytes(),
-        )?;
-        write_private(
-            &dir.join(format!("{}.html", c.case)),
-            c.to_html().as_bytes(),
-        )?;
-        self.save_case(c)?;
-        self.audit.append(AuditEvent::DeletionComplete {
-            case: c.case.clone(),
-            client: c.client.clone(),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn working_days_skip_weekends_and_holidays() {
-        let fri = parse_date("2026-03-06").unwrap();
-        assert_eq!(format_date(add_working_days(fri, 5, &[])), "2026-03-13");
-        let hol = [parse_date("2026-03-09").unwrap()];
-        assert_eq!(format_date(add_working_days(fri, 5, &hol)), "2026-03-16");
-        let sat = parse_date("2026-03-07").unwrap();
-        assert_eq!(format_date(add_working_days(sat, 1, &[])), "2026-03-09");
-    }
-
-    #[test]
-    fn bad_dates() {
-        assert!(parse_date("2026-13-01").is_err());
-        assert!(parse_date("yesterday").is_err());
-        assert!(parse_date("2026-3-1").is_err());
     }
 }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use client_data::{
-    Custody, CustodyConfig, DataError, DatasetState, WipeOptions, WipeReason, WithdrawReason,
+    BackupOptions, Custody, CustodyConfig, DataError, DatasetState, WipeOptions, WipeReason,
+    WithdrawReason,
 };
 
 mod common;
@@ -354,7 +355,12 @@ fn withdrawal_backups_and_deletion_case() {
     sample_tree(&src);
     let a = c.ingest("C-1", "T-1", &src).unwrap();
     let other = c.ingest("C-2", "T-9", &src).unwrap();
-    let bk = c.backup_keys(&dir.path().join("backup")).unwrap();
+    let backup_dir = dir.path().join("backup");
+    std::fs::create_dir(&backup_dir).unwrap();
+    let same_fs = BackupOptions {
+        same_filesystem: true,
+    };
+    let bk = c.backup_keys(&backup_dir, same_fs).unwrap();
     assert_eq!(bk.datasets, 2);
     assert!(bk.file.exists());
     assert!(
@@ -371,33 +377,46 @@ fn withdrawal_backups_and_deletion_case() {
             "{bad}"
         );
     }
-    let case = c
+    let w = c
         .withdraw("C-1", "2026-03-05", WithdrawReason::Withdrawal, "dpo")
         .unwrap();
     assert_eq!(
-        case.due, "2026-03-13",
+        w.case.due, "2026-03-13",
         "Thu + 5 working days, skipping the weekend and Tuesday"
     );
-    assert_eq!(case.state, "open");
-    assert!(case.backup_unreadable_expected.starts_with("2026-03-12"));
+    assert_eq!(w.destroyed_now, vec![a.id.to_string()]);
+    // The epoch holding C-1's key was rotated: C-2's key is in a new epoch, the old one is gone.
+    assert_eq!(w.rotation.destroyed, vec![bk.epoch.clone()]);
+    assert_eq!(w.rotation.new_epochs.len(), 1);
+    assert!(!bk.file.exists());
+    let epochs = c.live_epochs().unwrap();
+    assert_eq!(epochs.len(), 1);
+    assert_eq!(epochs[0].datasets, vec![other.id.to_string()]);
+    assert_eq!(w.case.state, "complete");
+    assert_eq!(
+        w.case.backup_unreadable_at.as_deref(),
+        Some("2026-03-06T10:00:00Z")
+    );
     assert_eq!(c.dataset(&a.id).unwrap().state, DatasetState::Withdrawn);
     assert_eq!(c.dataset(&other.id).unwrap().state, DatasetState::Staged);
     assert!(matches!(
         c.ingest("C-1", "T-2", &src),
         Err(DataError::ClientWithdrawn(_))
     ));
-    // Prune before expiry does nothing; after, the case completes with a confirmation.
+    let conf = PathBuf::from(w.case.confirmation.clone().unwrap());
+    assert!(conf.exists() && conf.with_extension("html").exists());
+    // Prune before expiry does nothing; after, the rotated epoch goes too.
     assert!(c.prune().unwrap().is_empty());
     let later = Custody::open_with(
         paths(dir.path()),
         cfg(time::macros::datetime!(2026-03-12 11:00 UTC)),
     )
     .unwrap();
-    assert_eq!(later.prune().unwrap(), vec![bk.epoch.clone()]);
-    let cases = later.deletions().unwrap();
-    assert_eq!(cases[0].state, "complete");
-    let conf = PathBuf::from(cases[0].confirmation.clone().unwrap());
-    assert!(conf.exists() && conf.with_extension("html").exists());
+    assert_eq!(
+        later.prune().unwrap(),
+        vec![w.rotation.new_epochs[0].epoch.clone()]
+    );
+    assert_eq!(later.deletions().unwrap()[0].state, "complete");
     later.reactivate("C-1").unwrap();
     later.ingest("C-1", "T-3", &src).unwrap();
     later.audit().verify().unwrap();

@@ -47,7 +47,15 @@ fn image_with_symlinked_data_path_fails_the_job_and_keeps_staging() {
     b.start_agent();
     let job = b
         .tek_ok(&[
-            "job", "add", "--ticket", "T-EVIL", "--image", "evil@1", "--bay", "bay1", "--data",
+            "job",
+            "add",
+            "--ticket",
+            tek_e2e::E2E_TICKET,
+            "--image",
+            "evil@1",
+            "--bay",
+            "bay1",
+            "--data",
             &dataset,
         ])
         .trim()
@@ -86,7 +94,8 @@ fn tek_at(state: &Path) -> std::process::Command {
         .arg(state)
         .env_remove("TEK_KEK")
         .env_remove("TEK_SOCKET")
-        .env("TEK_CONFIG", state.join("no-agent.toml"));
+        // No agent config: the built-in custody defaults (an empty file).
+        .env("TEK_CONFIG", "/dev/null");
     c
 }
 

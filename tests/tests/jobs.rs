@@ -112,7 +112,7 @@ fn job_add_refuses_jobs_that_cannot_succeed_by_cli_and_socket() {
     let mut b = Bench::new("job-add-refusals", &["bay1"], "");
     let (alice, _) = b.ingest_for("C-ALICE", "T-ALICE");
     let (wiped, _) = b.ingest_for("C-ALICE", "T-WIPED");
-    b.tek_ok(&["data", "wipe", &wiped, "--force", "--reason", "test"]);
+    b.tek_ok(&["data", "wipe", &wiped, "--force", "--reason", "other"]);
     let img = b.image.display().to_string();
     // An image without a data partition hint, and an unsigned one.
     b.tek_ok(&[

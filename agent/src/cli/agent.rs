@@ -170,7 +170,9 @@ pub fn run(depot: &Depot, cmd: AgentCommand) -> Result<()> {
             let j = journal
                 .load(&job)
                 .with_context(|| format!("loading job {job}"))?;
-            let mut r = crate::report::Report::of(&j);
+            // What happened to the client data comes from the custody records, read now.
+            let custody = crate::cli::data::open_custody(depot);
+            let mut r = crate::report::Report::with_custody(&j, custody.as_ref().ok());
             // The audit checkpoint exists only in the report the agent wrote.
             r.audit = crate::report::AuditAnchor::saved(&depot.reports(), &j.id);
             if json {

@@ -98,6 +98,9 @@ pub enum DataCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The running agent to tell (its jobs for this client's data are cancelled).
+        #[command(flatten)]
+        conn: crate::cli::agent::AgentConn,
     },
     /// Allow ingests for a withdrawn client again.
     Reactivate {
@@ -127,8 +130,12 @@ pub enum ReasonArg {
 pub enum BackupCommand {
     /// Write a key backup (encrypted under a new epoch key) into DIR.
     Keys {
-        /// Backup directory.
+        /// Backup directory: must exist, and be another filesystem than the state directory.
         dir: PathBuf,
+        /// Allow DIR on the same filesystem as the state directory (the backup is then lost
+        /// with that disk).
+        #[arg(long)]
+        same_filesystem: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -341,30 +348,25 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
             received,
             reason,
             json,
+            conn,
         } => {
             let reason = match reason {
                 ReasonArg::Withdrawal => WithdrawReason::Withdrawal,
                 ReasonArg::Termination => WithdrawReason::Termination,
             };
-            let case = c
+            let w = c
                 .withdraw(&client, &received, reason, &operator())
                 .with_context(|| format!("withdrawing client {client}"))?;
             if json {
-                print_json(&case)?;
+                print_json(&w)?;
             } else {
-                println!(
-                    "case {}: {} datasets destroyed now; due {}",
-                    case.case,
-                    case.datasets.len(),
-                    case.due
-                );
-                println!(
-                    "backup copies unreadable: {}",
-                    case.backup_unreadable_at
-                        .as_deref()
-                        .map(|a| format!("since {a}"))
-                        .unwrap_or_else(|| format!("expected {}", case.backup_unreadable_expected))
-                );
+                print_withdrawal(&w);
+            }
+            let told = tell_agent(&conn);
+            if json {
+                eprintln!("{told}");
+            } else {
+                println!("{told}");
             }
         }
         DataCommand::Reactivate { client } => {
@@ -378,18 +380,38 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 print_json(&cases)?;
             } else {
                 println!(
-                    "{:<22} {:<12} {:<11} {:<11} {:<26} {:<34} STATE",
-                    "CASE", "CLIENT", "RECEIVED", "DUE", "LIVE DESTROYED", "BACKUPS UNREADABLE"
+                    "{:<22} {:<12} {:<11} {:<11} {:<31} {:<30} {:<8} STATE",
+                    "CASE",
+                    "CLIENT",
+                    "RECEIVED",
+                    "DUE",
+                    "LIVE DESTROYED",
+                    "BACKUPS UNREADABLE",
+                    "BY DUE"
                 );
                 for k in &cases {
                     let b = match &k.backup_unreadable_at {
-                        Some(a) => a.clone(),
-                        None => format!("expected {}", k.backup_unreadable_expected),
+                        Some(_) => format!("since {}", k.backup_unreadable_date()),
+                        None => format!("expected {}", k.backup_unreadable_date()),
                     };
+                    let in_time = if k.backups_in_time() { "yes" } else { "NO" };
                     println!(
-                        "{:<22} {:<12} {:<11} {:<11} {:<26} {:<34} {}",
-                        k.case, k.client, k.received, k.due, k.live_destroyed_at, b, k.state
+                        "{:<22} {:<12} {:<11} {:<11} {:<31} {:<30} {:<8} {}",
+                        k.case,
+                        k.client,
+                        k.received,
+                        k.due,
+                        k.live_destroyed_at,
+                        b,
+                        in_time,
+                        k.state
                     );
+                    if let Some(late) = &k.backup_late {
+                        println!("  LATE: {late}");
+                    }
+                    if !k.pending.is_empty() {
+                        println!("  pending: {}", k.pending.join(" "));
+                    }
                 }
             }
         }
@@ -397,13 +419,98 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
     Ok(())
 }
 
+/// The lines of `tek data withdraw`, every number from the one [`client_data::Withdrawal`]
+/// that was also recorded and audited.
+fn print_withdrawal(w: &client_data::Withdrawal) {
+    let k = &w.case;
+    let opened = if w.existing_case {
+        format!("case {} (already opened for this request)", k.case)
+    } else {
+        format!("case {} opened", k.case)
+    };
+    println!(
+        "{opened}: {} datasets destroyed now, {} unfinished ingests discarded; {} datasets in \
+         the case; due {}",
+        w.destroyed_now.len(),
+        w.discarded_now.len(),
+        k.datasets.len(),
+        k.due
+    );
+    if !w.rotation.destroyed.is_empty() {
+        println!(
+            "key backups rotated: epochs {} destroyed, other clients' keys now in {}",
+            w.rotation.destroyed.join(" "),
+            if w.rotation.new_epochs.is_empty() {
+                "none (no other live keys)".to_string()
+            } else {
+                w.rotation
+                    .new_epochs
+                    .iter()
+                    .map(|b| b.epoch.clone())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        );
+    }
+    match &k.backup_unreadable_at {
+        Some(a) => println!("backup copies unreadable since {a}"),
+        None => println!(
+            "backup copies unreadable: expected {}",
+            k.backup_unreadable_expected
+        ),
+    }
+    if let Some(late) = &k.backup_late {
+        println!("LATE: {late}");
+    }
+    if !k.pending.is_empty() {
+        println!(
+            "pending (still being destroyed; `tek data deletions` finishes them): {}",
+            k.pending.join(" ")
+        );
+    }
+    println!("case state: {}", k.state);
+}
+
+/// Tells a running agent that the custody records changed; returns what happened, in one line.
+/// Not being able to tell it is no error: its runner re-checks the custody records before it
+/// claims a disk and before it migrates.
+fn tell_agent(conn: &crate::cli::agent::AgentConn) -> String {
+    let fallback = "a job for this client's data that has not started migrating never will \
+                    (the agent re-checks the custody records before claiming a disk and before \
+                    migrating)";
+    let socket = match conn.socket() {
+        Ok(s) => s,
+        Err(e) => return format!("agent not told ({e:#}); {fallback}"),
+    };
+    if !socket.exists() {
+        return format!("no agent running at {}; {fallback}", socket.display());
+    }
+    let reply = conn
+        .client()
+        .and_then(|mut c| c.call::<Vec<String>>(crate::protocol::Op::CustodyChanged));
+    match reply {
+        Ok(jobs) if jobs.is_empty() => {
+            "agent told: no job of this client's data was waiting or running".into()
+        }
+        Ok(jobs) => format!(
+            "agent told: jobs {} cancelled (waiting) or stopping before migration (running)",
+            jobs.join(" ")
+        ),
+        Err(e) => format!("agent at {} not told ({e:#}); {fallback}", socket.display()),
+    }
+}
+
 /// Runs a `tek backup` subcommand.
 pub fn run_backup(depot: &Depot, cmd: BackupCommand) -> Result<()> {
     let c = open_custody(depot)?;
     match cmd {
-        BackupCommand::Keys { dir, json } => {
+        BackupCommand::Keys {
+            dir,
+            same_filesystem,
+            json,
+        } => {
             let b = c
-                .backup_keys(&dir)
+                .backup_keys(&dir, client_data::BackupOptions { same_filesystem })
                 .with_context(|| format!("writing key backup to {}", dir.display()))?;
             if json {
                 print_json(&b)?;
@@ -415,6 +522,12 @@ pub fn run_backup(depot: &Depot, cmd: BackupCommand) -> Result<()> {
                     b.epoch,
                     b.expires
                 );
+                if b.same_filesystem {
+                    println!(
+                        "note: --same-filesystem given: this backup is not checked to be on \
+                         another filesystem than the depot state and may be lost with that disk"
+                    );
+                }
             }
         }
         BackupCommand::Prune { json } => {

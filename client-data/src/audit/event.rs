@@ -151,6 +151,16 @@ pub enum AuditEvent {
         /// Outcome.
         result: String,
     },
+    /// A withdrawal rotated the key backups holding its client's keys: the remaining live keys
+    /// went into a new epoch (if any were left) and the old epochs were destroyed before expiry.
+    BackupRotated {
+        /// Deletion case.
+        case: String,
+        /// Epoch ids destroyed.
+        destroyed: Vec<String>,
+        /// New epochs holding the other live keys.
+        replaced_by: Vec<String>,
+    },
     /// Written by the agent when it accepts a job whose dataset belongs to another ticket,
     /// on an explicit override (`tek job add --dataset-of-other-ticket`). The technician's
     /// reason is free text and stays in the job record, out of this log.
@@ -282,6 +292,17 @@ impl AuditEvent {
             }
             AuditEvent::Backup { epoch, .. } => id("epoch id", epoch),
             AuditEvent::Prune { epochs } => epochs.iter().try_for_each(|e| id("epoch id", e)),
+            AuditEvent::BackupRotated {
+                case,
+                destroyed,
+                replaced_by,
+            } => {
+                id("case id", case)?;
+                destroyed
+                    .iter()
+                    .chain(replaced_by)
+                    .try_for_each(|e| id("epoch id", e))
+            }
             AuditEvent::BreachReport { .. } | AuditEvent::UnsignedEntries { .. } => Ok(()),
             AuditEvent::ImageWritten {
                 job,
