@@ -96,7 +96,7 @@ fn queued_job_of_a_withdrawn_client_is_cancelled_and_never_writes_its_disk() {
     let mut b = Bench::new("wd-queued", &["bay1"], "");
     let (dataset, _src) = b.ingest();
     b.start_agent();
-    let job = b.add_job("T-300", "bay1", Some(&dataset));
+    let job = b.add_job(tek_e2e::E2E_TICKET, "bay1", Some(&dataset));
     let out = b.tek_ok(&[
         "data",
         "withdraw",
@@ -143,7 +143,7 @@ fn withdraw_during_write(test: &str, told: bool) {
     let mut b = Bench::new(test, &["bay1"], "beyond_image = \"overwrite\"");
     let (dataset, src) = b.ingest();
     b.start_agent();
-    let job = b.add_job("T-301", "bay1", Some(&dataset));
+    let job = b.add_job(tek_e2e::E2E_TICKET, "bay1", Some(&dataset));
     let (disk, _lo) = b.plug("bay1", 1, 1024 * MIB);
     b.wait_state(&job, "writing", 30);
     let mut args = vec![
@@ -210,7 +210,7 @@ fn queued_job_is_cancelled_when_its_disk_arrives_though_the_agent_was_not_told()
     let mut b = Bench::new("wd-queued-untold", &["bay1"], "");
     let (dataset, _src) = b.ingest();
     b.start_agent();
-    let job = b.add_job("T-302", "bay1", Some(&dataset));
+    let job = b.add_job(tek_e2e::E2E_TICKET, "bay1", Some(&dataset));
     let out = b.tek_ok(&[
         "data",
         "withdraw",
