@@ -274,6 +274,12 @@ impl AuditLog {
             None => (0, GENESIS.to_string()),
         };
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &*f);
+        // A last line without its newline (a write torn at its last byte) must not have the
+        // next entry glued onto it: that would break the chain at an entry that was fine.
+        if !ends_with_newline(&f).map_err(io("reading", &self.path))? {
+            out.write_all(b"\n")
+                .map_err(io("appending to audit log", &self.path))?;
+        }
         for event in events {
             let rec = AuditRecord {
                 v: AUDIT_VERSION,
@@ -432,6 +438,17 @@ impl AuditLog {
             }
         }
     }
+}
+
+/// True for an empty file or one whose last byte is a newline.
+fn ends_with_newline(f: &File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let mut last = [b'\n'];
+    if len > 0 {
+        f.read_exact_at(&mut last, len - 1)?;
+    }
+    Ok(last[0] == b'\n')
 }
 
 fn parse_line(path: &Path, n: u64, line: &str) -> Result<AuditRecord, DataError> {
