@@ -30,4 +30,5 @@ pub use image_ref::ImageRef;
 pub use import::{ImportOptions, ImportReport};
 pub use manifest::{Extent, Hints, MANIFEST_FORMAT, Manifest};
 pub use signature::{SignatureStatus, SigningKey, generate_keypair};
+pub use source::{DecodeLimits, LimitExceeded};
 pub use store::{LoadedImage, STORE_VERSION, Store};
