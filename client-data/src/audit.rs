@@ -345,6 +345,10 @@ impl AuditLog {
                     seq: u64,
                 }
                 let s: Seq = serde_json::from_str(&line).map_err(|e| broken(&e.to_string()))?;
+                if s.seq == u64::MAX {
+                    // Nothing can follow it, and "seq + 1 entries" would wrap to 0.
+                    return Err(broken("seq is out of range"));
+                }
                 return Ok(Some((s.seq, hash.to_string())));
             }
             window *= 4;
