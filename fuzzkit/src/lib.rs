@@ -84,6 +84,15 @@ fn grow(n: usize) {
     PEAK.fetch_max(now, Ordering::Relaxed);
 }
 
+/// Runs `f` and returns its result with the peak heap bytes it allocated beyond what was live
+/// before (0 unless [`CountingAlloc`] is the global allocator; other threads count too).
+pub fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let r = f();
+    (r, PEAK.load(Ordering::Relaxed).saturating_sub(base))
+}
+
 /// True when [`CountingAlloc`] is this binary's allocator.
 fn counting() -> bool {
     let before = CURRENT.load(Ordering::Relaxed);
