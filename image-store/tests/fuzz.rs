@@ -230,7 +230,14 @@ fn sparse_from(data: &[u8]) -> Option<SparseImage> {
     let size = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
     let head_len = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?) as usize;
     let rest = &data[12..];
-    let head = rest.get(..head_len.min(rest.len()))?.to_vec();
+    let mut head = rest.get(..head_len.min(rest.len()))?.to_vec();
+    if size & 1 == 1 {
+        // Structure-aware: recompute the primary header's CRC, so that mutated header fields
+        // (entry count, entry size, LBAs) get past the checksum into the parser.
+        for ss in [512usize, 4096] {
+            fix_header_crc(&mut head, ss);
+        }
+    }
     let tail = rest[head.len()..].to_vec();
     let edge = gpt_summary::EDGE;
     if head.len() > edge || tail.len() > edge {
@@ -240,6 +247,39 @@ fn sparse_from(data: &[u8]) -> Option<SparseImage> {
     // cannot reach summarize().
     let size = size.clamp(head.len().max(tail.len()) as u64, 1 << 50);
     Some(SparseImage::new(head, tail, size))
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// Rewrites the CRC of a GPT header at LBA 1 (`ss`-byte sectors), if there is one.
+fn fix_header_crc(head: &mut [u8], ss: usize) {
+    let Some(h) = head.get_mut(ss..ss + 92) else {
+        return;
+    };
+    if &h[..8] != b"EFI PART" {
+        return;
+    }
+    let len = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
+    if !(92..=512).contains(&len) || ss + len > head.len() {
+        return;
+    }
+    let h = &mut head[ss..ss + len];
+    h[16..20].fill(0);
+    let crc = crc32(h);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn gpt_seed(size: u64, ss: gpt::disk::LogicalBlockSize) -> Vec<u8> {
