@@ -142,6 +142,28 @@ fn fuzz_ingest_tar() {
         hd.set_mode(0o600);
         b.append_data(&mut hd, "short", &b"hi"[..]).unwrap();
         seeds.push(("extensions", b.into_inner().unwrap()));
+        // Small .tar.zst bombs: a header claiming far more than the stream holds, followed
+        // by 32 MiB of zeros from RLE blocks (1 KiB of file).
+        for (name, kind, size) in [
+            ("bomb-longname", tar::EntryType::GNULongName, 4u64 << 30),
+            ("bomb-dir", tar::EntryType::Directory, 1 << 40),
+            ("bomb-file", tar::EntryType::Regular, 1 << 50),
+        ] {
+            let mut hd = tar::Header::new_gnu();
+            hd.set_path("x").unwrap();
+            hd.set_entry_type(kind);
+            hd.set_size(size);
+            hd.set_mode(0o644);
+            hd.set_cksum();
+            let mut bytes = zstd::encode_all(hd.as_bytes().as_slice(), 3).unwrap();
+            bytes.extend_from_slice(&[0x28, 0xB5, 0x2F, 0xFD, 0x00, 7 << 3]);
+            for i in 0..256u32 {
+                let block = u32::from(i == 255) | (1 << 1) | ((128 << 10) << 3);
+                bytes.extend_from_slice(&block.to_le_bytes()[..3]);
+                bytes.push(0);
+            }
+            seeds.push((name, bytes));
+        }
         return h.write_seeds(&seeds);
     }
     let d = scratch();
