@@ -327,3 +327,33 @@ fn concurrent_set_processes_both_land() {
         assert_eq!(h["grow_partition"], "ROOT", "round {round}: {h}");
     }
 }
+
+#[test]
+fn import_refuses_a_size_past_max_image_size() {
+    // A zstd frame whose header declares 1 PiB (followed by one empty RLE block): refused
+    // before any decoding, by default and by a lower --max-image-size.
+    let t = Tek::new();
+    let bomb = t.dir().join("claims-1PiB.zst");
+    let mut f = vec![0x28, 0xB5, 0x2F, 0xFD, 0xC0, 7 << 3];
+    f.extend_from_slice(&(1u64 << 50).to_le_bytes());
+    f.extend_from_slice(&[0x03, 0x00, 0x00, 0x00]);
+    std::fs::write(&bomb, f).unwrap();
+    let err = t.fails(&["image", "import", "bomb@1", bomb.to_str().unwrap()]);
+    assert!(
+        err.contains("declares 1125899906842624 bytes, more than the maximum image size"),
+        "{err}"
+    );
+    let raw = t.dir().join("big.img");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(3 << 20)
+        .unwrap();
+    let args = ["image", "import", "big@1", raw.to_str().unwrap()];
+    let err = t.fails(&[&args[..], &["--max-image-size", "2M"]].concat());
+    assert!(
+        err.contains("more than the maximum image size of 2097152"),
+        "{err}"
+    );
+    let out = t.run(&["image", "list", "--json"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("bomb"));
+}

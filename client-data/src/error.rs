@@ -85,6 +85,25 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// An archive's declared content would not fit in staging: refused before that entry was
+    /// written, and the partial dataset and its key removed.
+    #[error(
+        "reading source {source_path}: entry {entry} brings the declared content to {needed} \
+         bytes (with encryption overhead), but staging {staging} has {available} bytes free; \
+         nothing was kept"
+    )]
+    StagingFull {
+        /// The source path.
+        source_path: PathBuf,
+        /// Entry number (0-based) in the source.
+        entry: u64,
+        /// Bytes staging would need for the entries so far.
+        needed: u64,
+        /// Bytes free in staging when the ingest started.
+        available: u64,
+        /// The staging directory.
+        staging: PathBuf,
+    },
     /// A manifest path would escape the target or traverse a symlink.
     #[error("restoring entry {entry}: unsafe path ({reason})")]
     UnsafePath {

@@ -461,14 +461,80 @@ fn open_tar(source: &Path) -> Result<(Box<dyn Read>, &'static str), DataError> {
     })
 }
 
+/// Decoded bytes the tar crate may read on its own between two entries it hands us: headers,
+/// extension records (GNU long names, pax), which it reads whole into memory, and the data of
+/// entries we do not read (a directory claiming a size), which it skips by decoding. Real
+/// archives need a few KiB here (pax records with long paths, ACLs, extended attributes).
+pub(crate) const BETWEEN_ENTRIES: u64 = 16 << 20;
+
+/// The decoded archive stream, with the budget of [`BETWEEN_ENTRIES`] enforced while the tar
+/// crate looks for the next entry (`None` while we read an entry's content ourselves). Without
+/// it, a small tar.zst whose long-name header claims terabytes of zeros would be read into one
+/// `Vec`.
+struct Bounded<R> {
+    inner: R,
+    left: std::rc::Rc<std::cell::Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(left) = self.left.get() else {
+            return self.inner.read(buf);
+        };
+        if left == 0 {
+            return Err(std::io::Error::other(format!(
+                "more than {} MiB of extension headers or skipped entry data before the next \
+                 entry",
+                BETWEEN_ENTRIES >> 20
+            )));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left.set(Some(left - n as u64));
+        Ok(n)
+    }
+}
+
+/// Staging bytes needed for `content` bytes of files in `entries` entries: the ciphertext
+/// (a tag per 64 KiB segment, a header per stream) and a generous manifest record each.
+fn staging_needed(content: u64, entries: u64) -> u64 {
+    use crate::stream::{HEADER, SEGMENT, TAG};
+    content
+        .saturating_add(content.div_ceil(SEGMENT as u64).saturating_mul(TAG as u64))
+        .saturating_add(entries.saturating_add(1).saturating_mul(4096 + TAG as u64))
+        .saturating_add(2 * HEADER as u64)
+}
+
 fn read_tar(source: &Path, sink: &mut Sink<'_>) -> Result<String, DataError> {
     let (r, kind) = open_tar(source)?;
-    let mut ar = tar::Archive::new(r);
-    let entries = ar
+    // Free space at the start: the declared sizes, summed as headers arrive, must fit in it
+    // (checked before an entry's content is written).
+    let staging = sink
+        .data_path
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    let vfs = nix::sys::statvfs::statvfs(&staging).map_err(|e| DataError::Io {
+        action: "reading free space of",
+        path: staging.clone(),
+        source: e.into(),
+    })?;
+    let available = (vfs.blocks_available() as u64).saturating_mul(vfs.fragment_size() as u64);
+    let mut declared = 0u64;
+    let left = std::rc::Rc::new(std::cell::Cell::new(Some(BETWEEN_ENTRIES)));
+    let mut ar = tar::Archive::new(Bounded {
+        inner: r,
+        left: left.clone(),
+    });
+    let mut entries = ar
         .entries()
         .map_err(|e| sink.bad(format!("not a tar archive: {e}")))?;
     let mut seen_any = false;
-    for item in entries {
+    loop {
+        left.set(Some(BETWEEN_ENTRIES));
+        let Some(item) = entries.next() else { break };
+        left.set(None);
         let mut te = item.map_err(|e| sink.bad(format!("bad tar header: {e}")))?;
         seen_any = true;
         let raw_path = te.path_bytes().into_owned();
@@ -535,6 +601,17 @@ fn read_tar(source: &Path, sink: &mut Sink<'_>) -> Result<String, DataError> {
             _ => {}
         }
         if kind == EntryKind::File {
+            declared = declared.saturating_add(e.size);
+            let needed = staging_needed(declared, sink.entries + 1);
+            if needed > available {
+                return Err(DataError::StagingFull {
+                    source_path: sink.source.clone(),
+                    entry: sink.entries,
+                    needed,
+                    available,
+                    staging,
+                });
+            }
             sink.add(e, Some(&mut te))?;
         } else {
             sink.add(e, None)?;

@@ -144,6 +144,17 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The source would decode to more than the limits allow (a decompression bomb, or an
+    /// image larger than the maximum size); refused before or while decoding, nothing stored.
+    #[error("importing {path} ({format}): {limit}")]
+    ExpansionLimit {
+        /// The source file.
+        path: PathBuf,
+        /// `raw`, `zstd`, `gzip` or `xz`.
+        format: &'static str,
+        /// Which limit, with the numbers.
+        limit: crate::source::LimitExceeded,
+    },
     /// The source's compressed stream is truncated or corrupt.
     #[error("decompressing {path} ({format}) after {offset} output bytes: {reason}")]
     Decompress {

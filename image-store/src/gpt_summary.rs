@@ -86,19 +86,29 @@ fn guid(u: &uuid::Uuid) -> String {
     u.hyphenated().to_string().to_uppercase()
 }
 
-/// The `gpt` crate asserts (panics) on partition entries that are not 128 bytes, so check the
-/// primary header field ourselves before handing it the image.
-fn entry_size_ok(img: &SparseImage, ss: u64) -> bool {
-    let h = |i: u64| img.byte_at(ss + i);
-    let sig: Vec<u8> = (0..8).map(h).collect();
-    if sig != b"EFI PART" {
-        // No primary header; the crate may still use the backup, whose field we check too.
-        let last = img.size / ss - 1;
-        let b = |i: u64| img.byte_at(last * ss + i);
+/// The `gpt` crate asserts (panics) on partition entries that are not 128 bytes, and reads (and
+/// allocates) `num_parts` x 128 bytes of entries whatever `num_parts` says: 2^32 entries on a
+/// large image made an import hang for hours. So check both header fields ourselves before
+/// handing it the image: 128-byte entries, and no more than fit in the window the table must
+/// lie in ([`EDGE`], 8192 entries; tools write 128). Checked for both headers.
+fn table_fields_ok(img: &SparseImage, ss: u64) -> bool {
+    let fields_ok = |at: u64| {
+        let b = |i: u64| img.byte_at(at + i);
+        let num_parts = u32::from_le_bytes([b(80), b(81), b(82), b(83)]);
         let size = u32::from_le_bytes([b(84), b(85), b(86), b(87)]);
-        return size == 128 || (0..8).map(b).collect::<Vec<_>>() != b"EFI PART";
-    }
-    u32::from_le_bytes([h(84), h(85), h(86), h(87)]) == 128
+        size == 128 && u64::from(num_parts) * 128 <= EDGE as u64
+    };
+    let is_header = |at: u64| {
+        (0..8)
+            .map(|i| img.byte_at(at + i))
+            .eq(b"EFI PART".iter().copied())
+    };
+    // The crate falls back to the backup header (last sector) when the primary one is
+    // invalid, so both are checked where present.
+    let last = (img.size / ss - 1) * ss;
+    [ss, last]
+        .into_iter()
+        .all(|at| !is_header(at) || fields_ok(at))
 }
 
 /// Reads the GPT if the image has a valid one, trying 512- then 4096-byte sectors.
@@ -108,7 +118,7 @@ pub fn summarize(img: SparseImage) -> Option<GptSummary> {
         (512u64, LogicalBlockSize::Lb512),
         (4096, LogicalBlockSize::Lb4096),
     ] {
-        if img.size < ss * 3 || !entry_size_ok(&img, ss) {
+        if img.size < ss * 3 || !table_fields_ok(&img, ss) {
             continue;
         }
         img.pos = 0;

@@ -28,7 +28,7 @@ use crate::lock::{self, ImportSession};
 use crate::manifest::{Chunking, Extent, GptSummary, Hints, MANIFEST_FORMAT, Manifest};
 use crate::segment::{CdcParams, Segment, Segmenter, is_zero};
 use crate::signature::SigningKey;
-use crate::source::{Source, SourceFormat};
+use crate::source::{DecodeLimits, Source, SourceFormat};
 use crate::store::Store;
 
 /// Read buffer size; a multiple of the zero-detection block.
@@ -49,6 +49,8 @@ pub struct ImportOptions {
     pub zstd_level: i32,
     /// Worker threads (0: twice the number of cores).
     pub workers: usize,
+    /// Maximum image size and expansion ratio of a compressed source (decompression bombs).
+    pub limits: DecodeLimits,
 }
 
 impl Default for ImportOptions {
@@ -60,6 +62,7 @@ impl Default for ImportOptions {
             hole_min: 16 * 1024,
             zstd_level: 3,
             workers: 0,
+            limits: DecodeLimits::default(),
         }
     }
 }
@@ -230,7 +233,7 @@ impl Store {
             },
             None,
         )?;
-        let mut src = Source::open(source)?;
+        let mut src = Source::open_with(source, opts.limits)?;
         let source_format = src.format();
         lock::scan_imports(self.root())?; // clean up after crashed imports
         let session = ImportSession::begin(self.root())?;

@@ -30,6 +30,7 @@ pub use image_ref::ImageRef;
 pub use import::{ImportOptions, ImportReport};
 pub use manifest::{Extent, Hints, MANIFEST_FORMAT, Manifest};
 pub use signature::{SignatureStatus, SigningKey, generate_keypair};
+pub use source::{DecodeLimits, LimitExceeded};
 pub use store::{
     AbsentChunk, LoadedImage, Resign, STORE_VERSION, SetHints, Store, describe_absent,
 };

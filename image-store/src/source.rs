@@ -3,12 +3,142 @@
 //! name). A file in a container or compression format tek cannot decode (lz4, zip, 7z, qcow2, ...)
 //! is refused by name rather than taken for a raw image. Decoder errors (truncated or corrupt
 //! streams) become [`StoreError::Decompress`] naming the file, the format and how far decoding got.
+//!
+//! Decompression bombs are refused by [`DecodeLimits`], checked as the stream is read: the size a
+//! zstd frame header declares, before anything is decoded; every decoded byte against the maximum
+//! image size; and, past [`DecodeLimits::ratio_after`] decoded bytes, the decoded/compressed
+//! ratio. The numbers are explained in ARCHITECTURE.md ("Decompression bombs"); other decoders of
+//! image files (the imager's `tek write FILE`) can reuse [`DecodeLimits::check`] and
+//! [`CountingReader`].
 
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::StoreError;
+
+/// What a compressed source may expand to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest image accepted, in decoded bytes (default [`DecodeLimits::DEFAULT_MAX_SIZE`]).
+    pub max_size: u64,
+    /// Largest decoded/compressed ratio accepted once `ratio_after` bytes have been decoded
+    /// (default [`DecodeLimits::DEFAULT_MAX_RATIO`]; 0 turns the ratio check off).
+    pub max_ratio: u64,
+    /// Decoded bytes before the ratio is checked (default 1 GiB).
+    pub ratio_after: u64,
+}
+
+impl DecodeLimits {
+    /// 64 TiB: larger than any disk a bench writes today, small enough to stop a stream that
+    /// would decode forever.
+    pub const DEFAULT_MAX_SIZE: u64 = 64 << 40;
+    /// 8192:1. zstd turns 128 KiB of zeros into a 4-byte block (32768:1, its limit), so an
+    /// all-zero stream is far above this; xz reaches about 6800:1 on zeros and gzip 1032:1, so
+    /// for those the ratio never trips and their output per input byte is bounded by the format.
+    /// A real image carries an OS: a 1 TiB image would need under ~100 MB of compressed data
+    /// to exceed 8192:1.
+    pub const DEFAULT_MAX_RATIO: u64 = 8192;
+    /// 1 GiB decoded before the ratio counts: the first GiB of a real image (mostly-empty ESP,
+    /// alignment gaps) can be very compressible; a bomb is stopped after about a second.
+    pub const DEFAULT_RATIO_AFTER: u64 = 1 << 30;
+
+    /// Checks `decoded` bytes produced from `compressed` input bytes so far.
+    pub fn check(&self, decoded: u64, compressed: u64) -> Result<(), LimitExceeded> {
+        if decoded > self.max_size {
+            return Err(LimitExceeded::Size {
+                decoded,
+                limit: self.max_size,
+            });
+        }
+        if self.max_ratio > 0
+            && decoded > self.ratio_after
+            && decoded / compressed.max(1) > self.max_ratio
+        {
+            return Err(LimitExceeded::Ratio {
+                decoded,
+                compressed,
+                limit: self.max_ratio,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_size: Self::DEFAULT_MAX_SIZE,
+            max_ratio: Self::DEFAULT_MAX_RATIO,
+            ratio_after: Self::DEFAULT_RATIO_AFTER,
+        }
+    }
+}
+
+/// Which limit a stream crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    /// More decoded bytes than the maximum image size.
+    #[error("decodes to more than {limit} bytes, the maximum image size (at {decoded} bytes)")]
+    Size {
+        /// Decoded bytes so far.
+        decoded: u64,
+        /// The maximum image size.
+        limit: u64,
+    },
+    /// The header declares more than the maximum image size.
+    #[error("declares {declared} bytes, more than the maximum image size of {limit} bytes")]
+    Declared {
+        /// The size its header declares.
+        declared: u64,
+        /// The maximum image size.
+        limit: u64,
+    },
+    /// Expands more than the maximum ratio.
+    #[error(
+        "expanded {compressed} bytes into {decoded} (more than {limit}:1): a decompression bomb, \
+         or an almost empty image (raise the ratio limit if it is one)"
+    )]
+    Ratio {
+        /// Decoded bytes so far.
+        decoded: u64,
+        /// Compressed bytes read so far.
+        compressed: u64,
+        /// The maximum ratio.
+        limit: u64,
+    },
+}
+
+/// A reader that counts the bytes read through it (the compressed side of a decoder).
+#[derive(Debug)]
+pub struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R> CountingReader<R> {
+    /// Wraps `inner`; `count` is shared with whoever checks the limits.
+    pub fn new(inner: R) -> (Self, Arc<AtomicU64>) {
+        let count = Arc::new(AtomicU64::new(0));
+        (
+            CountingReader {
+                inner,
+                count: count.clone(),
+            },
+            count,
+        )
+    }
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
 
 /// The container format of an import source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +222,9 @@ pub struct Source {
     format: SourceFormat,
     inner: Box<dyn Read + Send>,
     produced: u64,
+    /// Compressed bytes read so far.
+    consumed: Arc<AtomicU64>,
+    limits: DecodeLimits,
 }
 
 impl std::fmt::Debug for Source {
@@ -101,8 +234,14 @@ impl std::fmt::Debug for Source {
 }
 
 impl Source {
-    /// Opens `path`, refusing missing files, directories and empty files.
+    /// Opens `path` with the default [`DecodeLimits`].
     pub fn open(path: &Path) -> Result<Source, StoreError> {
+        Self::open_with(path, DecodeLimits::default())
+    }
+
+    /// Opens `path`, refusing missing files, directories, empty files and a zstd frame that
+    /// declares more than `limits.max_size`.
+    pub fn open_with(path: &Path, limits: DecodeLimits) -> Result<Source, StoreError> {
         let bad = |reason: &str| StoreError::BadSource {
             path: path.to_path_buf(),
             reason: reason.to_string(),
@@ -114,7 +253,18 @@ impl Source {
         if meta.is_dir() {
             return Err(bad("is a directory, expected an image file"));
         }
+        if meta.is_file() && meta.len() > limits.max_size {
+            return Err(StoreError::ExpansionLimit {
+                path: path.to_path_buf(),
+                format: SourceFormat::Raw.name(),
+                limit: LimitExceeded::Declared {
+                    declared: meta.len(),
+                    limit: limits.max_size,
+                },
+            });
+        }
         let mut f = File::open(path).map_err(|e| StoreError::io("opening image", path, e))?;
+        // At least 18 bytes: the longest zstd frame header, which may declare the content size.
         let mut magic = [0u8; MAGIC_LEN];
         let n = read_full(&mut f, &mut magic).map_err(|e| StoreError::io("reading", path, e))?;
         if n == 0 {
@@ -127,7 +277,21 @@ impl Source {
             )));
         }
         let format = SourceFormat::detect(&magic[..n]);
-        let head = std::io::Cursor::new(magic[..n].to_vec()).chain(f);
+        if format == SourceFormat::Zstd
+            && let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(&magic[..n])
+            && declared > limits.max_size
+        {
+            return Err(StoreError::ExpansionLimit {
+                path: path.to_path_buf(),
+                format: format.name(),
+                limit: LimitExceeded::Declared {
+                    declared,
+                    limit: limits.max_size,
+                },
+            });
+        }
+        let (head, consumed) =
+            CountingReader::new(std::io::Cursor::new(magic[..n].to_vec()).chain(f));
         let inner: Box<dyn Read + Send> = match format {
             SourceFormat::Raw => Box::new(head),
             SourceFormat::Zstd => Box::new(
@@ -143,6 +307,8 @@ impl Source {
             format,
             inner,
             produced: 0,
+            consumed,
+            limits,
         })
     }
 
@@ -166,6 +332,25 @@ impl Source {
             }
         })?;
         self.produced += n as u64;
+        if self.format != SourceFormat::Raw {
+            let consumed = self.consumed.load(Ordering::Relaxed);
+            self.limits
+                .check(self.produced, consumed)
+                .map_err(|limit| StoreError::ExpansionLimit {
+                    path: self.path.clone(),
+                    format: self.format.name(),
+                    limit,
+                })?;
+        } else if self.produced > self.limits.max_size {
+            return Err(StoreError::ExpansionLimit {
+                path: self.path.clone(),
+                format: self.format.name(),
+                limit: LimitExceeded::Size {
+                    decoded: self.produced,
+                    limit: self.limits.max_size,
+                },
+            });
+        }
         Ok(n)
     }
 }

@@ -552,7 +552,14 @@ pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, StoreError>
                 ),
             });
         }
-        at += e.len();
+        // Checked: extents claiming more than 2^64 bytes in all must not wrap around to
+        // match a small `size`.
+        at = at
+            .checked_add(e.len())
+            .ok_or_else(|| StoreError::InconsistentManifest {
+                path: path.to_path_buf(),
+                reason: format!("extent {i} ends past 2^64 bytes"),
+            })?;
     }
     if at != m.size {
         return Err(StoreError::InconsistentManifest {

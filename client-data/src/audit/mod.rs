@@ -212,6 +212,12 @@ impl AuditLog {
             let forward = log.journal.0.is_some();
             let mut lines = Vec::new();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, &**f);
+            // A last line without its newline (a write torn at its last byte) must not have the
+            // next entry glued onto it: that would break the chain at an entry that was fine.
+            if !ends_with_newline(f).map_err(io("reading", &log.path))? {
+                out.write_all(b"\n")
+                    .map_err(io("appending to audit log", &log.path))?;
+            }
             for event in gap.into_iter().chain(events) {
                 let kind = if forward { event.kind() } else { String::new() };
                 let rec = AuditRecord {
@@ -400,6 +406,10 @@ impl AuditLog {
                     time: String,
                 }
                 let s: Link = serde_json::from_str(&line).map_err(|e| broken(&e.to_string()))?;
+                if s.seq == u64::MAX {
+                    // Nothing can follow it, and "seq + 1 entries" would wrap to 0.
+                    return Err(broken("seq is out of range"));
+                }
                 return Ok(Some(Tail {
                     seq: s.seq,
                     hash: hash.to_string(),
@@ -473,6 +483,17 @@ fn parse_line(path: &Path, n: u64, line: &str) -> Result<AuditRecord, DataError>
         serde_json::from_value(v).map_err(|e| bad(format!("not a valid entry: {e}")))?;
     rec.hash = hash.to_string();
     Ok(rec)
+}
+
+/// True for an empty file or one whose last byte is a newline.
+fn ends_with_newline(f: &File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let mut last = [b'\n'];
+    if len > 0 {
+        f.read_exact_at(&mut last, len - 1)?;
+    }
+    Ok(last[0] == b'\n')
 }
 
 #[cfg(test)]

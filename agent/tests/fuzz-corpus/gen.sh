@@ -1,0 +1,6 @@
+#!/bin/sh
+# Regenerates the generated seeds (gen-*) of agent's fuzz harnesses (tests/fuzz.rs). Seeds found
+# by fuzzing (crash-*, kept as regression seeds) and hand-written ones are left alone.
+set -eu
+cd "$(dirname "$0")/../../.."
+TEK_FUZZ_GEN=1 cargo test -p agent --test fuzz
