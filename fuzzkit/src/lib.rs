@@ -357,7 +357,7 @@ impl Harness {
         out.clear();
         if rng.below(64) == 0 {
             // Now and then pure noise, for parsers that see raw bytes.
-            let n = rng.below(512);
+            let n = rng.below(512).min(self.max_len);
             out.extend((0..n).map(|_| rng.next() as u8));
             return;
         }
