@@ -95,7 +95,23 @@ fn arbitrary_manifest(u: &mut Unstructured<'_>) -> AResult<Manifest> {
         gpt,
         hints: Hints {
             data_partition: opt(u)?,
-            data_path: opt(u)?,
+            // A data path is checked at every load (absolute, no `..`, no NUL): the generator
+            // makes valid ones from a few components (the raw-byte half tries the invalid).
+            data_path: if u.arbitrary()? {
+                let n = u.int_in_range(0..=3)?;
+                let mut p = String::new();
+                for _ in 0..n {
+                    let len = u.int_in_range(1..=8)?;
+                    p.push('/');
+                    for _ in 0..len {
+                        p.push(*u.choose(b"abcXYZ019_-. ")? as char);
+                    }
+                }
+                let p = if p.is_empty() { "/".to_string() } else { p };
+                (!p.split('/').any(|c| c == ".." || c == ".")).then_some(p)
+            } else {
+                None
+            },
             grow_partition: opt(u)?,
             randomize_guids: u.arbitrary()?,
         },
