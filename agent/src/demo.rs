@@ -48,7 +48,7 @@ pub fn run() -> Result<()> {
     }
 
     let depot = Depot::at(&dir.join("state"));
-    say("1. building a 64 MiB sample image (GPT: ESP, ROOT, DATA) with sgdisk and mkfs");
+    say("1. building a 64 MiB sample image (GPT: ESP, ROOT, DATA; FAT12 and ext4 with mkfs.ext4)");
     let work = dir.join("work");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let img = sample::build_image(&work, "demo")?;

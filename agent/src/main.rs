@@ -4,6 +4,11 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = agent::cli::Cli::parse();
+    if cli.command.only_reads() {
+        // `tek image list | head -1`: end quietly when the reader is gone, instead of panicking
+        // with "failed printing to stdout: Broken pipe" (exit 101).
+        sigpipe::reset();
+    }
     // The daemon logs its work (disks, jobs, refusals) for journald; commands stay quiet.
     let default_level = match &cli.command {
         agent::cli::Command::Agent(agent::cli::agent::AgentCommand::Agent { .. }) => "info",

@@ -56,6 +56,36 @@ pub enum Command {
     Agent(agent::AgentCommand),
 }
 
+impl Command {
+    /// Whether the command only reads and prints (lists, shows, reports, the audit log): such a
+    /// command may be killed by SIGPIPE when its reader goes away (`tek image list | head -1`),
+    /// quietly, as coreutils are. Every other command keeps Rust's default (SIGPIPE ignored), so
+    /// a closed pipe never kills one in the middle of changing a disk, the store or custody.
+    /// `image verify` is not one: it moves corrupt chunks aside.
+    pub fn only_reads(&self) -> bool {
+        use agent::{AgentCommand as A, JobCommand as J};
+        use audit::AuditCommand as Au;
+        use data::DataCommand as D;
+        use image::ImageCommand as I;
+        match self {
+            Command::Image(c) => matches!(c, I::List { .. } | I::Show { .. } | I::Stats { .. }),
+            Command::Audit(c) => matches!(
+                c,
+                Au::Verify { .. } | Au::Show { .. } | Au::Head { .. } | Au::BreachReport { .. }
+            ),
+            Command::Data(c) => matches!(c, D::List { .. } | D::Show { .. } | D::Deletions { .. }),
+            Command::Agent(c) => matches!(
+                c,
+                A::Bays { .. }
+                    | A::Status { .. }
+                    | A::Report { .. }
+                    | A::Job(J::List { .. } | J::Show { .. })
+            ),
+            Command::Write(_) | Command::Backup(_) => false,
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let mut depot = crate::Depot::resolve(cli.state, cli.store)?;
