@@ -578,9 +578,10 @@ fn export_into_a_slow_sink_stays_within_the_reader_bound() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The harness prints the test's name on the same line, before the figures.
     let line = stdout
         .lines()
-        .find(|l| l.starts_with("RSS-START"))
+        .find_map(|l| l.find("RSS-START").map(|i| &l[i..]))
         .unwrap_or_else(|| panic!("child printed no figures: {stdout}"));
     let f: Vec<u64> = line
         .split_whitespace()
