@@ -77,14 +77,21 @@ impl CompressedChunk {
     /// context per thread: creating a context per chunk cost about 6% of a whole image write.
     pub fn decompress_verify(self) -> Result<VerifiedChunk, StoreError> {
         let mut data = vec![0u8; self.len as usize];
-        DCTX.with(|d| match &mut *d.borrow_mut() {
-            Some(dctx) => self.decompress_verify_into(dctx, &mut data),
-            None => Err(self.corrupt("zstd: cannot create a decompression context".into())),
-        })?;
+        self.decompress_verify_in_place(&mut data)?;
         Ok(VerifiedChunk {
             id: self.id,
             offset: self.offset,
             data,
+        })
+    }
+
+    /// Decompresses into `out` (exactly [`Self::len`] bytes) with this thread's reused zstd
+    /// context, and checks length and hash; on error `out` holds unverified bytes (see
+    /// [`Self::decompress_verify_into`]).
+    pub fn decompress_verify_in_place(&self, out: &mut [u8]) -> Result<(), StoreError> {
+        DCTX.with(|d| match &mut *d.borrow_mut() {
+            Some(dctx) => self.decompress_verify_into(dctx, out),
+            None => Err(self.corrupt("zstd: cannot create a decompression context".into())),
         })
     }
 

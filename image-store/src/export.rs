@@ -2,29 +2,24 @@
 //! image) and `verify` (every chunk present, decompresses and hashes right; deep: whole-image
 //! hashes recomputed).
 //!
-//! One reader thread reads compressed chunk files in image order, a pool decompresses and
-//! hash-checks them (both cores), and the caller receives the results back in image order.
+//! Both read through [`crate::read`]: workers on every core read, decompress and hash-check the
+//! chunks, and the pieces come back in image order through bounded channels, so a slow output
+//! (a USB stick, a pipe) holds the readers back instead of buffering the image.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-use crossbeam_channel::{bounded, unbounded};
 use serde::Serialize;
 use sha2::Digest;
 
-use crate::chunk::{ChunkId, CompressedChunk, Piece};
+use crate::chunk::{ChunkId, Piece};
 use crate::error::StoreError;
 use crate::image_ref::ImageRef;
 use crate::manifest::{Extent, Manifest};
+use crate::read::Reader;
 use crate::store::Store;
-
-enum Job {
-    Chunk(CompressedChunk),
-    Hole { offset: u64, len: u64 },
-    Failed(StoreError),
-}
 
 /// Chunks verified so far in a run over several images: chunk id -> the image (`name@version`)
 /// under which it was read and found good, so a later image names where its chunks were checked.
@@ -109,63 +104,6 @@ impl VerifyReport {
 }
 
 impl Store {
-    /// Walks `extents` in order, decompressing and verifying chunks on `threads` workers, and
-    /// hands each piece (or its error) to `f` in image order. `f` returning an error stops.
-    pub fn for_each_piece(
-        &self,
-        extents: &[Extent],
-        threads: usize,
-        mut f: impl FnMut(Result<Piece, StoreError>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let (job_tx, job_rx) = bounded::<(usize, Job)>(32);
-        let (res_tx, res_rx) = unbounded::<(usize, Result<Piece, StoreError>)>();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                for (i, e) in extents.iter().enumerate() {
-                    let job = match *e {
-                        Extent::Hole { offset, len } => Job::Hole { offset, len },
-                        Extent::Chunk { offset, len, id } => {
-                            match self.read_compressed(id, offset, len) {
-                                Ok(c) => Job::Chunk(c),
-                                Err(e) => Job::Failed(e),
-                            }
-                        }
-                    };
-                    if job_tx.send((i, job)).is_err() {
-                        break;
-                    }
-                }
-            });
-            for _ in 0..threads.max(1) {
-                let (rx, tx) = (job_rx.clone(), res_tx.clone());
-                s.spawn(move || {
-                    for (i, job) in rx {
-                        let r = match job {
-                            Job::Chunk(c) => c.decompress_verify().map(Piece::Data),
-                            Job::Hole { offset, len } => Ok(Piece::Hole { offset, len }),
-                            Job::Failed(e) => Err(e),
-                        };
-                        if tx.send((i, r)).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            drop((job_rx, res_tx));
-            let mut waiting = BTreeMap::new();
-            let mut next = 0usize;
-            for (i, r) in &res_rx {
-                waiting.insert(i, r);
-                while let Some(r) = waiting.remove(&next) {
-                    next += 1;
-                    // Dropping res_rx on error makes the workers and then the reader stop.
-                    f(r)?;
-                }
-            }
-            Ok(())
-        })
-    }
-
     /// Writes the raw image to `out` (which must not exist), byte-identical to the imported one:
     /// every chunk is hash-checked and the whole file's SHA-256 and BLAKE3 are compared with the
     /// manifest. Holes are left sparse. On any error the partial file is removed.
@@ -176,19 +114,34 @@ impl Store {
             .create_new(true)
             .open(out)
             .map_err(|e| StoreError::io("creating export file", out, e))?;
-        let res = self.export_into(&m, &mut f, out);
+        let res = self
+            .export_to(&m, &mut f, out, Reader::default())
+            .and_then(|()| {
+                f.sync_all()
+                    .map_err(|e| StoreError::io("writing export", out, e))
+            });
         if res.is_err() {
             let _ = std::fs::remove_file(out);
         }
         res.map(|_| m)
     }
 
-    fn export_into(&self, m: &Manifest, f: &mut File, out: &Path) -> Result<(), StoreError> {
+    /// Writes image `m` to `f` (named `out` in errors; from its current position, holes skipped
+    /// with a seek, then `set_len` to the image size), reading with `reader`; checks every chunk
+    /// and then the whole-image hashes. The first bad chunk stops the export and is reported
+    /// (quarantined). Memory stays within [`Reader::bound_bytes`] however slow `f` is.
+    pub fn export_to<W: Write + Seek + SetLen>(
+        &self,
+        m: &Manifest,
+        f: &mut W,
+        out: &Path,
+        reader: Reader,
+    ) -> Result<(), StoreError> {
         let mut sha = sha2::Sha256::new();
         let mut b3 = blake3::Hasher::new();
         let zeros = vec![0u8; 1 << 20];
         let wr = |e| StoreError::io("writing export", out, e);
-        self.for_each_piece(&m.extents, threads(), |p| {
+        for p in self.pieces(m.extents.clone(), reader) {
             match p.map_err(|e| self.report_bad_chunk(e))? {
                 Piece::Data(c) => {
                     sha.update(c.data());
@@ -206,10 +159,8 @@ impl Store {
                     f.seek(SeekFrom::Current(len as i64)).map_err(wr)?;
                 }
             }
-            Ok(())
-        })?;
+        }
         f.set_len(m.size).map_err(wr)?;
-        f.sync_all().map_err(wr)?;
         check_hashes(
             m,
             hex::encode(sha.finalize()),
@@ -269,7 +220,7 @@ impl Store {
         let mut b3 = blake3::Hasher::new();
         let mut hashes_valid = true;
         let mut reported = HashSet::new();
-        self.for_each_piece(&extents, threads(), |p| {
+        for p in self.pieces(extents, Reader::default()) {
             match p {
                 Ok(Piece::Data(c)) => {
                     if counted.insert(c.id()) {
@@ -298,14 +249,13 @@ impl Store {
                             rep.chunks_checked += 1;
                         }
                         if !reported.insert(id) {
-                            return Ok(());
+                            continue;
                         }
                     }
                     rep.bad_chunks.push(self.report_bad_chunk(e).to_string());
                 }
             }
-            Ok(())
-        })?;
+        }
         if deep && hashes_valid {
             let sha = hex::encode(sha.finalize());
             let b3 = b3.finalize().to_hex().to_string();
@@ -317,8 +267,22 @@ impl Store {
     }
 }
 
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+/// An export output that can be cut or extended to the image size (a file; a test's slow sink).
+pub trait SetLen {
+    /// Sets the output's length to `len` bytes.
+    fn set_len(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl SetLen for File {
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        File::set_len(self, len)
+    }
+}
+
+impl<T: SetLen> SetLen for &mut T {
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        (**self).set_len(len)
+    }
 }
 
 fn check_hashes(m: &Manifest, sha: String, b3: String) -> Result<(), Vec<StoreError>> {

@@ -17,6 +17,7 @@ pub mod image_ref;
 pub mod import;
 mod lock;
 pub mod manifest;
+pub mod read;
 pub mod segment;
 pub mod signature;
 pub mod source;
@@ -24,11 +25,12 @@ pub mod store;
 
 pub use chunk::{ChunkId, CompressedChunk, Piece, VerifiedChunk};
 pub use error::{ChunkUse, StoreError};
-pub use export::{AlreadyChecked, CheckedChunks, VerifyReport};
+pub use export::{AlreadyChecked, CheckedChunks, SetLen, VerifyReport};
 pub use gc::{ChunkSet, GcOptions, GcReport, StoreStats};
 pub use image_ref::ImageRef;
 pub use import::{ImportOptions, ImportReport};
 pub use manifest::{Extent, Hints, MANIFEST_FORMAT, Manifest};
+pub use read::{Pieces, Reader, VerifiedRun};
 pub use signature::{SignatureStatus, SigningKey, generate_keypair};
 pub use source::{DecodeLimits, LimitExceeded};
 pub use store::{

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{ChunkId, CompressedChunk, Piece};
+use crate::chunk::{ChunkId, CompressedChunk};
 use crate::error::{ChunkUse, StoreError};
 use crate::fsutil;
 use crate::image_ref::ImageRef;
@@ -289,20 +289,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// Sequential convenience: every extent in order as a Piece (chunks verified).
-    pub fn pieces<'a>(
-        &'a self,
-        manifest: &'a Manifest,
-    ) -> impl Iterator<Item = Result<Piece, StoreError>> + 'a {
-        manifest.extents.iter().map(move |e| match *e {
-            Extent::Hole { offset, len } => Ok(Piece::Hole { offset, len }),
-            Extent::Chunk { offset, len, id } => self
-                .read_compressed(id, offset, len)?
-                .decompress_verify()
-                .map(Piece::Data),
-        })
     }
 
     /// Moves a chunk found corrupt to a `.bad` name (never deletes it).

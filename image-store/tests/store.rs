@@ -153,7 +153,7 @@ fn import_export_roundtrip_all_formats_with_gpt() {
     // Streaming reader API gives the same bytes.
     let (m, _) = store.load_manifest(&r("demo@0")).unwrap();
     let mut bytes = vec![0u8; m.size as usize];
-    for p in store.pieces(&m) {
+    for p in store.pieces(m.extents.clone(), image_store::Reader::default()) {
         if let Piece::Data(c) = p.unwrap() {
             let o = c.offset() as usize;
             bytes[o..o + c.data().len()].copy_from_slice(c.data());
@@ -478,4 +478,130 @@ fn disk_full_during_import_commits_nothing() {
     store
         .import(&r("small@1"), &src, &ImportOptions::default(), None)
         .unwrap();
+}
+
+/// An export output that sleeps on every write and keeps nothing: a USB stick at its slowest.
+struct SlowSink {
+    pos: u64,
+    written: u64,
+    len: u64,
+}
+
+impl std::io::Write for SlowSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        self.pos += buf.len() as u64;
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Seek for SlowSink {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let std::io::SeekFrom::Current(d) = to else {
+            unreachable!("export only seeks forward")
+        };
+        self.pos = self.pos.checked_add_signed(d).unwrap();
+        Ok(self.pos)
+    }
+}
+
+impl image_store::SetLen for SlowSink {
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.len = len;
+        Ok(())
+    }
+}
+
+fn status_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A slow output holds the readers back: exporting a 96 MiB image into a sink that sleeps on
+/// every write keeps the process's peak RSS (VmHWM, measured in a child process that does
+/// nothing else) within the reader's bound. With the old unbounded result channel the workers
+/// decompressed the whole image into memory ahead of the sink.
+#[test]
+fn export_into_a_slow_sink_stays_within_the_reader_bound() {
+    const CHILD: &str = "TEK_SLOW_SINK_STORE";
+    const NAME: &str = "export_into_a_slow_sink_stays_within_the_reader_bound";
+    if let Ok(root) = std::env::var(CHILD) {
+        let store = Store::open(Path::new(&root)).unwrap();
+        let (m, _) = store.load_manifest(&r("big@1")).unwrap();
+        let start = status_kib("VmRSS:");
+        let mut sink = SlowSink {
+            pos: 0,
+            written: 0,
+            len: 0,
+        };
+        store
+            .export_to(
+                &m,
+                &mut sink,
+                Path::new("sink"),
+                image_store::Reader::default(),
+            )
+            .unwrap();
+        assert_eq!((sink.pos, sink.len), (m.size, m.size));
+        println!(
+            "RSS-START {start} HWM {} WRITTEN {}",
+            status_kib("VmHWM:"),
+            sink.written
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.img");
+    // Incompressible, no two chunks alike, and one sparse hole.
+    let mut data = pseudo(96 << 20, 99);
+    data[40 << 20..48 << 20].fill(0);
+    std::fs::write(&src, &data).unwrap();
+    drop(data);
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let rep = store
+        .import(&r("big@1"), &src, &ImportOptions::default(), None)
+        .unwrap();
+    std::fs::remove_file(&src).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(CHILD, dir.path().join("store"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The harness prints the test's name on the same line, before the figures.
+    let line = stdout
+        .lines()
+        .find_map(|l| l.find("RSS-START").map(|i| &l[i..]))
+        .unwrap_or_else(|| panic!("child printed no figures: {stdout}"));
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .step_by(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let (start, hwm, written) = (f[0] << 10, f[1] << 10, f[2]);
+    assert!(written >= 80 << 20, "{line}");
+    let max_chunk = 4 * ImportOptions::default().chunk_avg as u64;
+    let bound = image_store::Reader::default().bound_bytes(max_chunk);
+    // Slack for the allocator, thread stacks and the manifest: far below the 88 MiB of data.
+    let slack = 12 << 20;
+    assert!(
+        hwm <= start + bound + slack,
+        "peak RSS {} MiB, at start {} MiB, bound {} MiB (+{} MiB slack), {} chunks",
+        hwm >> 20,
+        start >> 20,
+        bound >> 20,
+        slack >> 20,
+        rep.chunks
+    );
 }

@@ -1,20 +1,20 @@
 //! The decode stage: a pool of worker threads that turn jobs (runs of store extents, raw blocks)
 //! into verified [`Piece`]s, delivered strictly in image order.
 //!
-//! Shape: `job thread -> bounded work queue -> N workers -> result queue -> orderer thread ->
-//! bounded output`. Store jobs are spans of about 4 MiB (dozens of chunks): the workers read the
-//! chunk files themselves, so file opens and reads run in parallel, and each job costs a few
-//! channel hops instead of a few per chunk. Memory stays bounded by a token pool: the job thread
-//! takes a token before it dispatches a job and the orderer gives it back once that job's pieces
-//! left in order, so at most `depth` jobs exist at once, however slow one worker is.
+//! The pool, the ordering and the memory bound are the store's one reader engine
+//! ([`image_store::read::order`]): `job thread -> workers -> orderer -> bounded output`, at most
+//! `depth` jobs in flight however slow one worker or the writers are. Store jobs are the store
+//! reader's runs of about 4 MiB (dozens of chunks, [`image_store::read::plan`]): the workers read
+//! the chunk files themselves through [`image_store::read::read_run_into`], so file opens, reads,
+//! zstd and hashing run on every core. Raw-file jobs come from [`crate::reader`].
 //!
 //! A job that fails (a corrupt chunk) is emitted as an `Err` at its place in the order and ends
 //! the stream: the pieces before it are delivered, nothing of it or after it is.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::Receiver;
+use image_store::read::order;
 use image_store::{Extent, Store};
 
 use crate::buffer::{AlignedBuf, is_zero};
@@ -122,22 +122,10 @@ pub fn split_raw(offset: u64, buf: AlignedBuf, lead: usize, len: usize) -> Vec<P
 }
 
 /// Runs a job: the only place source bytes become a [`Span`].
-pub fn run_job(
-    job: Job,
-    dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
-) -> Result<Vec<Piece>, ImagerError> {
+pub fn run_job(job: Job) -> Result<Vec<Piece>, ImagerError> {
     match job {
         Job::Stored { store, extents } => {
-            if dctx.is_none() {
-                *dctx = Some(
-                    zstd::bulk::Decompressor::new().map_err(|e| ImagerError::Stream {
-                        reason: format!("creating a zstd context: {e}"),
-                        offset: extents.first().map(|e| e.offset()),
-                    })?,
-                );
-            }
-            let d = dctx.as_mut().expect("context just created");
-            Ok(vec![Piece::Data(Span::from_chunks(&store, &extents, d)?)])
+            Ok(vec![Piece::Data(Span::from_chunks(&store, &extents)?)])
         }
         Job::Raw {
             offset,
@@ -149,90 +137,29 @@ pub fn run_job(
     }
 }
 
-/// Starts the pipeline over `jobs` (run on a reader thread, which does the source I/O) with
+/// Starts the pipeline over `jobs` (run on a job thread, which does a file source's I/O) with
 /// `workers` decode threads. `on_error` sees each failed job's error once (the store uses it to
-/// quarantine a corrupt chunk). At most `depth` jobs are in flight.
+/// quarantine a corrupt chunk). At most `depth` jobs are in flight; the first error ends the
+/// stream, and a failed source is not asked for more jobs.
 pub fn spawn<I, F>(jobs: I, workers: usize, depth: usize, on_error: F) -> Receiver<Item>
 where
     I: Iterator<Item = Result<Job, ImagerError>> + Send + 'static,
     F: Fn(&ImagerError) + Send + Sync + 'static,
 {
-    let depth = depth.max(1);
-    let (tok_tx, tok_rx) = bounded::<()>(depth);
-    for _ in 0..depth {
-        tok_tx.send(()).expect("token pool has room");
-    }
-    let (work_tx, work_rx) = bounded::<(u64, Result<Job, ImagerError>)>(depth);
-    let (res_tx, res_rx) = bounded::<(u64, Result<Vec<Piece>, ImagerError>)>(depth);
-    let (out_tx, out_rx) = bounded::<Item>(depth);
-
-    std::thread::Builder::new()
-        .name("tek-jobs".into())
-        .spawn(move || {
-            for (seq, job) in jobs.enumerate() {
-                let failed = job.is_err();
-                if tok_rx.recv().is_err() || work_tx.send((seq as u64, job)).is_err() {
-                    return; // the consumer went away
-                }
-                if failed {
-                    return;
-                }
+    order::ordered(
+        "tek-decode",
+        order::until_error(jobs),
+        workers,
+        depth,
+        move |job: Result<Job, ImagerError>| match job.and_then(run_job) {
+            Ok(pieces) => pieces.into_iter().map(|p| Ok(Arc::new(p))).collect(),
+            Err(e) => {
+                on_error(&e);
+                vec![Err(Arc::new(e))]
             }
-        })
-        .expect("spawning reader thread");
-
-    let on_error = Arc::new(on_error);
-    for i in 0..workers.max(1) {
-        let work_rx = work_rx.clone();
-        let res_tx = res_tx.clone();
-        let on_error = on_error.clone();
-        std::thread::Builder::new()
-            .name(format!("tek-decode-{i}"))
-            .spawn(move || {
-                let mut dctx = None;
-                for (seq, job) in work_rx {
-                    let r = job.and_then(|j| run_job(j, &mut dctx));
-                    if let Err(e) = &r {
-                        on_error(e);
-                    }
-                    if res_tx.send((seq, r)).is_err() {
-                        return;
-                    }
-                }
-            })
-            .expect("spawning decode thread");
-    }
-    drop(res_tx);
-
-    std::thread::Builder::new()
-        .name("tek-order".into())
-        .spawn(move || {
-            let mut next = 0u64;
-            let mut waiting: BTreeMap<u64, Result<Vec<Piece>, ImagerError>> = BTreeMap::new();
-            for (seq, r) in res_rx {
-                waiting.insert(seq, r);
-                while let Some(r) = waiting.remove(&next) {
-                    next += 1;
-                    match r {
-                        Ok(pieces) => {
-                            for p in pieces {
-                                if out_tx.send(Ok(Arc::new(p))).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            let _ = out_tx.send(Err(Arc::new(e)));
-                            return; // ends the stream: drops the tokens, the reader stops
-                        }
-                    }
-                    // The reader may have finished (and dropped its end): that is fine.
-                    let _ = tok_tx.send(());
-                }
-            }
-        })
-        .expect("spawning orderer thread");
-    out_rx
+        },
+        |item: &Item| item.is_err(),
+    )
 }
 
 #[cfg(test)]

@@ -9,14 +9,14 @@ use crossbeam_channel::Receiver;
 use std::sync::Arc;
 
 use image_store::Store;
+use image_store::read::{self, ReadJob};
 use image_store::source::SourceFormat;
-use image_store::{Extent, Hints, LoadedImage, SignatureStatus, StoreError};
+use image_store::{Hints, LoadedImage, SignatureStatus, StoreError};
 use serde::Serialize;
 
 use crate::decode::{self, Item, Job};
 use crate::error::ImagerError;
 use crate::reader::{self, DecodedJobs, RawJobs, src_err};
-use crate::span;
 use crate::writer::BIG_HOLE;
 
 /// Jobs the decode pool may hold at once (each a span of about 4 MiB).
@@ -171,17 +171,16 @@ impl ImageSource {
                     .extents
                     .partition_point(|e| e.offset() + e.len() <= start);
                 let extents = image.manifest.extents[first..].to_vec();
-                let groups = span::group_extents(&extents, BIG_HOLE);
                 let reader = store.clone();
-                let jobs = groups.into_iter().map(move |g| match extents[g.start] {
-                    Extent::Hole { offset, len } if g.len() == 1 && len >= BIG_HOLE => {
-                        Ok(Job::Hole { offset, len })
-                    }
-                    _ => Ok(Job::Stored {
-                        store: reader.clone(),
-                        extents: extents[g].to_vec(),
-                    }),
-                });
+                let jobs = read::plan(&extents, BIG_HOLE)
+                    .into_iter()
+                    .map(move |j| match j {
+                        ReadJob::Hole { offset, len } => Ok(Job::Hole { offset, len }),
+                        ReadJob::Run(r) => Ok(Job::Stored {
+                            store: reader.clone(),
+                            extents: extents[r].to_vec(),
+                        }),
+                    });
                 let store = store.clone();
                 // A chunk that fails its check is moved aside so the next job does not trip on
                 // it again and `tek image verify` shows it.

@@ -14,13 +14,15 @@
 
 use std::sync::Mutex;
 
+use image_store::read::{self, VerifiedRun};
 use image_store::{ChunkId, Extent, Store, StoreError};
 
 use crate::buffer::{ALIGN, AlignedBuf};
 use crate::writer::WrittenExtent;
 
-/// Image bytes per span (a span may exceed it by one chunk when a single chunk is larger).
-pub const SPAN_BYTES: usize = 4 << 20;
+/// Image bytes per span: one run of the store's reader (a span may exceed it by one chunk when a
+/// single chunk is larger).
+pub const SPAN_BYTES: usize = read::RUN_BYTES as usize;
 /// Capacity of pooled buffers: a span plus its lead-in for alignment.
 const POOLED: usize = SPAN_BYTES + ALIGN;
 /// Free buffers the pool keeps.
@@ -92,55 +94,26 @@ pub fn buf_for(offset: u64, len: usize) -> (AlignedBuf, usize) {
 
 impl Span {
     /// Reads, decompresses and verifies consecutive `extents` (chunks, and holes written as
-    /// zeros) of `store` into one span, with the caller's reused zstd context.
-    pub fn from_chunks(
-        store: &Store,
-        extents: &[Extent],
-        dctx: &mut zstd::bulk::Decompressor<'_>,
-    ) -> Result<Span, StoreError> {
-        let offset = extents.first().map(|e| e.offset()).unwrap_or(0);
-        let len: u64 = extents.iter().map(|e| e.len()).sum();
-        let (mut buf, lead) = buf_for(offset, len as usize);
-        let mut parts = Vec::with_capacity(extents.len());
-        let r = (|| {
-            for e in extents {
-                let at = lead + (e.offset() - offset) as usize;
-                let out = &mut buf.as_mut_slice()[at..at + e.len() as usize];
-                match *e {
-                    Extent::Hole { offset, len } => {
-                        out.fill(0);
-                        parts.push(WrittenExtent {
-                            offset,
-                            len,
-                            id: None,
-                            offloaded: false,
-                        });
-                    }
-                    Extent::Chunk { offset, len, id } => {
-                        store
-                            .read_compressed(id, offset, len)?
-                            .decompress_verify_into(dctx, out)?;
-                        parts.push(WrittenExtent {
-                            offset,
-                            len,
-                            id: Some(id),
-                            offloaded: false,
-                        });
-                    }
+    /// zeros) of `store` into one span, through the store's one reader
+    /// ([`image_store::read::read_run_into`]); only its [`VerifiedRun`] proof makes a span.
+    pub fn from_chunks(store: &Store, extents: &[Extent]) -> Result<Span, StoreError> {
+        let range = read::run_range(extents);
+        let len = (range.end - range.start) as usize;
+        let (mut buf, lead) = buf_for(range.start, len);
+        let run =
+            match read::read_run_into(store, extents, &mut buf.as_mut_slice()[lead..lead + len]) {
+                Ok(run) => run,
+                Err(e) => {
+                    give_buf(buf); // holds unverified bytes: back to the pool, never to a writer
+                    return Err(e);
                 }
-            }
-            Ok(())
-        })();
-        if let Err(e) = r {
-            give_buf(buf); // holds unverified bytes: back to the pool, never to a writer
-            return Err(e);
-        }
+            };
         Ok(Span {
-            offset,
-            len: len as usize,
+            offset: range.start,
+            len,
             lead,
             buf: Some(buf),
-            parts,
+            parts: parts_of(&run),
         })
     }
 
@@ -186,32 +159,18 @@ impl Span {
     }
 }
 
-/// Groups a manifest's extents into span jobs: runs of chunks and holes shorter than
-/// `big_hole` up to [`SPAN_BYTES`]; big holes stand alone (the writer zeroes them by device).
-pub fn group_extents(extents: &[Extent], big_hole: u64) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0u64;
-    for (i, e) in extents.iter().enumerate() {
-        let big = matches!(e, Extent::Hole { len, .. } if *len >= big_hole);
-        if big || (i > start && bytes + e.len() > SPAN_BYTES as u64) {
-            if i > start {
-                out.push(start..i);
-            }
-            start = i;
-            bytes = 0;
-        }
-        if big {
-            out.push(i..i + 1);
-            start = i + 1;
-            continue;
-        }
-        bytes += e.len();
-    }
-    if start < extents.len() {
-        out.push(start..extents.len());
-    }
-    out
+/// What read-back must find of a verified run: one extent per chunk (or zero run) with its hash.
+fn parts_of(run: &VerifiedRun) -> Vec<WrittenExtent> {
+    run.extents()
+        .iter()
+        .zip(run.ids())
+        .map(|(e, id)| WrittenExtent {
+            offset: e.offset(),
+            len: e.len(),
+            id,
+            offloaded: false,
+        })
+        .collect()
 }
 
 /// A data piece of trusted bytes (tests of the later stages).
@@ -238,42 +197,5 @@ mod tests {
         );
         assert_eq!(s.parts()[0].id, Some(ChunkId::of(&[7u8; 5000])));
         assert_eq!(s.len(), 5000);
-    }
-
-    #[test]
-    fn grouping_keeps_big_holes_alone_and_bounds_spans() {
-        let mut ex = Vec::new();
-        let mut at = 0;
-        let mut push = |chunk: bool, len: u64, ex: &mut Vec<Extent>| {
-            ex.push(if chunk {
-                Extent::Chunk {
-                    offset: at,
-                    len,
-                    id: ChunkId([0; 32]),
-                }
-            } else {
-                Extent::Hole { offset: at, len }
-            });
-            at += len;
-        };
-        for _ in 0..100 {
-            push(true, 100_000, &mut ex);
-        }
-        push(false, 20_000, &mut ex); // small hole: inside a span
-        push(true, 100_000, &mut ex);
-        push(false, 5 << 20, &mut ex); // big hole: alone
-        push(true, 100_000, &mut ex);
-        let g = group_extents(&ex, 1 << 20);
-        let covered: usize = g.iter().map(|r| r.len()).sum();
-        assert_eq!(covered, ex.len());
-        assert!(g.windows(2).all(|w| w[0].end == w[1].start));
-        for r in &g {
-            let bytes: u64 = ex[r.clone()].iter().map(|e| e.len()).sum();
-            assert!(bytes <= SPAN_BYTES as u64 || r.len() == 1);
-        }
-        assert!(
-            g.iter()
-                .any(|r| r.len() == 1 && ex[r.start].len() == 5 << 20)
-        );
     }
 }
