@@ -100,8 +100,8 @@ impl Disk {
     }
 }
 
-impl From<&crate::disk::DiskInfo> for Disk {
-    fn from(d: &crate::disk::DiskInfo) -> Disk {
+impl From<&blockdev::sysfs::DiskInfo> for Disk {
+    fn from(d: &blockdev::sysfs::DiskInfo) -> Disk {
         Disk {
             name: d.name.clone(),
             dev_path: d.dev_path.clone(),
@@ -115,7 +115,7 @@ impl From<&crate::disk::DiskInfo> for Disk {
             read_only: d.read_only,
             port_path: d.port_path.clone(),
             loop_backing_file: d.loop_backing_file.clone(),
-            diskseq: None,
+            diskseq: d.diskseq,
         }
     }
 }

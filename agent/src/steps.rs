@@ -542,11 +542,10 @@ impl JobSteps for RealSteps {
         let Some(name) = dev.file_name() else {
             return true;
         };
-        let size = Path::new("/sys/class/block").join(name).join("size");
-        match std::fs::read_to_string(&size) {
-            Ok(s) => s.trim() != "0",
+        match blockdev::SysRoot::system().media_present(&name.to_string_lossy()) {
+            Some(present) => present,
             // A plain file target (the demo without root) is always present.
-            Err(_) => dev.exists() && !dev.starts_with("/dev"),
+            None => dev.exists() && !dev.starts_with("/dev"),
         }
     }
 }

@@ -15,8 +15,8 @@ use agent::config::Config;
 use agent::job::{Job, JobState, JobTarget};
 use agent::journal::Journal;
 use agent::protocol::{EventLine, Reply, Request};
-use agent::uevent::Uevent;
 use arbitrary::{Result as AResult, Unstructured};
+use blockdev::uevent::Uevent;
 use tek_fuzzkit::{Harness, generating, structured};
 
 #[global_allocator]

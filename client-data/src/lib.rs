@@ -20,7 +20,7 @@ pub mod dataset;
 pub mod error;
 pub mod ingest;
 pub mod keystore;
-pub mod loopdev;
+pub use blockdev::loopdev;
 pub mod manifest;
 pub mod mount;
 mod ownership;

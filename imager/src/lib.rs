@@ -8,17 +8,19 @@
 //! writes on a [`target::TargetDev`] (zeroing holes, holding back the first MiB), then [`verify`]
 //! reads everything back, [`gptfix`] fits the GPT to the disk, and the first MiB goes last
 //! ([`marker`] says so on a disk whose write never ended).
-//! [`eligibility`] decides which disks may be touched at all; [`ioctl`] is the only unsafe code.
+//! [`eligibility`] decides which disks may be touched at all, from what the `blockdev` crate
+//! reads (sysfs, mountinfo, holders); block-device ioctls are `blockdev::ioctl`, so the imager
+//! has no `unsafe` of its own.
+
+#![forbid(unsafe_code)]
 
 pub mod buffer;
 pub mod decode;
 pub mod eligibility;
 pub mod error;
 pub mod gptfix;
-pub mod ioctl;
 pub mod job;
 pub mod marker;
-pub mod mountinfo;
 pub mod progress;
 pub mod reader;
 pub mod report;
@@ -27,6 +29,8 @@ pub mod span;
 pub mod target;
 pub mod verify;
 pub mod writer;
+
+use blockdev::ioctl;
 
 pub use eligibility::{Refusal, TargetInfo, check_target};
 pub use error::ImagerError;

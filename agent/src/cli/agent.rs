@@ -279,7 +279,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
 fn bays(discover: bool, conn: &AgentConn) -> Result<()> {
     let cfg = conn.config()?;
     if discover {
-        let disks = crate::disk::scan_disks(Path::new("/sys"))
+        let disks = blockdev::sysfs::scan_disks(Path::new("/sys"))
             .context("scanning /sys/class/block for disks")?;
         if disks.is_empty() {
             println!("no disks found");
@@ -289,7 +289,7 @@ fn bays(discover: bool, conn: &AgentConn) -> Result<()> {
             let bay = crate::bay::bay_of(&cfg, &ours)
                 .map(|b| format!("  [bay {}]", b.name))
                 .unwrap_or_default();
-            println!("{}{bay}", crate::disk::describe(d));
+            println!("{}{bay}", blockdev::sysfs::describe(d));
         }
         println!(
             "\nPlug a disk into each bay in turn and copy its port path into a [[bay]] port_path."
