@@ -13,7 +13,7 @@ use image_store::source::SourceFormat;
 use image_store::{Extent, Hints, LoadedImage, SignatureStatus, StoreError};
 use serde::Serialize;
 
-use crate::decode::{self, Item, Job};
+use crate::decode::{self, Item, Work};
 use crate::error::ImagerError;
 use crate::reader::{self, DecodedJobs, RawJobs, src_err};
 use crate::span;
@@ -175,9 +175,9 @@ impl ImageSource {
                 let reader = store.clone();
                 let jobs = groups.into_iter().map(move |g| match extents[g.start] {
                     Extent::Hole { offset, len } if g.len() == 1 && len >= BIG_HOLE => {
-                        Ok(Job::Hole { offset, len })
+                        Ok(Work::Hole { offset, len })
                     }
-                    _ => Ok(Job::Stored {
+                    _ => Ok(Work::Stored {
                         store: reader.clone(),
                         extents: extents[g].to_vec(),
                     }),
@@ -213,6 +213,7 @@ impl ImageSource {
 }
 
 /// Reads a whole source into memory through the pipeline (tests and small images only).
+#[cfg(test)]
 pub fn read_all(src: &ImageSource) -> Result<Vec<u8>, ImagerError> {
     let info = src.info()?;
     let mut out = vec![0u8; info.size as usize];
@@ -221,7 +222,7 @@ pub fn read_all(src: &ImageSource) -> Result<Vec<u8>, ImagerError> {
             path: PathBuf::new(),
             reason: e.to_string(),
         })?;
-        if let decode::Piece::Data(c) = &*piece {
+        if let crate::span::Piece::Data(c) = &*piece {
             let o = c.offset() as usize;
             out[o..o + c.data().len()].copy_from_slice(c.data());
         }
