@@ -20,7 +20,12 @@ pub const SAMPLE_SIZE: u64 = 64 << 20;
 pub const DATA_PARTITION: &str = "DATA";
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let what = format!("{cmd:?}");
+    // The command line as a technician would type it, not Rust's debug quoting.
+    let what = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     let out = cmd
         .output()
         .with_context(|| format!("running {what} (is it installed?)"))?;
