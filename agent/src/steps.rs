@@ -274,7 +274,7 @@ impl JobSteps for RealSteps {
         let mut facts = image_facts(&img);
         // A disk a killed write left behind (ours after a crash, or another bench's): say so in
         // the log and the job record; the write that follows replaces it.
-        if let Some(m) = imager::marker::read_path(&disk.dev_path) {
+        if let Some(m) = imager::read_unfinished_marker(&disk.dev_path) {
             tracing::warn!(disk = %disk.name, job = %job.id, "{m}");
             facts["unfinished_write"] = serde_json::json!(m);
         }
@@ -296,11 +296,7 @@ impl JobSteps for RealSteps {
             image: img,
         };
         let opts = imager::WriteOptions {
-            beyond: match self.beyond {
-                BeyondImage::Auto => imager::BeyondImage::Auto,
-                BeyondImage::Overwrite => imager::BeyondImage::Overwrite,
-                BeyondImage::Skip => imager::BeyondImage::Skip,
-            },
+            beyond: self.beyond,
             ..imager::WriteOptions::default()
         };
         // Registered before joining a batch, so the leader sees every member's diskseq.
@@ -446,16 +442,16 @@ impl JobSteps for RealSteps {
                 ),
             }));
         }
+        // The proof of the verified migration, re-checked in the custody record (the migrate
+        // step may have run in an earlier process).
+        let opts = client_data::WipeOptions {
+            note: None,
+            operator: OPERATOR.into(),
+        };
         let rec = self
             .custody
-            .wipe(
-                &id,
-                &client_data::WipeOptions {
-                    force_reason: None,
-                    note: None,
-                    operator: OPERATOR.into(),
-                },
-            )
+            .verified_restore(&id)
+            .and_then(|proof| self.custody.wipe(&proof, &opts))
             .with_context(|| format!("wiping staged dataset {id}"))?;
         let value = serde_json::to_value(&rec).context("recording the sanitization record")?;
         std::fs::create_dir_all(&self.reports)

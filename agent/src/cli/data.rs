@@ -324,11 +324,17 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
         } => {
             let id = parse_id(&dataset)?;
             let opts = WipeOptions {
-                force_reason: if force { reason } else { None },
                 note: if force { note } else { None },
                 operator: operator(),
             };
-            let rec = c.wipe(&id, &opts).with_context(|| format!("wiping {id}"))?;
+            let rec = match reason.filter(|_| force) {
+                // `--force --reason`: the explicit way around the proof.
+                Some(reason) => c.force_wipe(&id, reason, &opts),
+                None => c
+                    .verified_restore(&id)
+                    .and_then(|proof| c.wipe(&proof, &opts)),
+            }
+            .with_context(|| format!("wiping {id}"))?;
             if json {
                 print_json(&rec)?;
             } else {
