@@ -2,11 +2,13 @@
 
 use clap::Parser;
 
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    let cli = agent::cli::Cli::parse();
+    let cli = cli::Cli::parse();
     // The daemon logs its work (disks, jobs, refusals) for journald; commands stay quiet.
     let default_level = match &cli.command {
-        agent::cli::Command::Agent(agent::cli::agent::AgentCommand::Agent { .. }) => "info",
+        cli::Command::Agent(cli::agent::AgentCommand::Agent { .. }) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -18,7 +20,7 @@ fn main() -> std::process::ExitCode {
         // No colour escapes in journald or log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match agent::cli::run(cli) {
+    match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tek: error: {e:#}");

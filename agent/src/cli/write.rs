@@ -14,7 +14,7 @@ use image_store::{ImageRef, SignatureStatus, Store};
 use imager::{BeyondImage, ImageSource, Phase, ProgressEvent, TargetReport, WriteOptions};
 
 use super::interrupt::say;
-use crate::Depot;
+use agent::Depot;
 
 /// What to do with the disk beyond the image's end.
 #[derive(Debug, Clone, Copy, ValueEnum)]
