@@ -48,7 +48,8 @@ fn depot(dir: &Path) -> std::path::PathBuf {
 /// Runs `tek ARGS` with stdout a pipe whose reader has already gone (what `| head -1` leaves
 /// once head has its line) and asserts a quiet end.
 fn into_closed_pipe(state: &Path, args: &[&str]) {
-    let (reader, writer) = std::io::pipe().unwrap();
+    // nix, not std::io::pipe: that needs Rust 1.87 and the MSRV is 1.85.
+    let (reader, writer) = nix::unistd::pipe().unwrap();
     drop(reader);
     let o = tek(state)
         .args(args)

@@ -32,7 +32,7 @@ mod writer;
 
 use blockdev::ioctl;
 
-pub use eligibility::{Refusal, TargetInfo, check_target};
+pub use eligibility::{Refusal, TargetInfo, check_target, system_disks};
 pub use error::ImagerError;
 pub use fanout::{BeyondImage, ReadBackHook, WriteOptions, write_image, write_image_with_info};
 pub use marker::{UnfinishedWrite, read_path as read_unfinished_marker};

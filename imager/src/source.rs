@@ -175,8 +175,8 @@ impl ImageSource {
                 let jobs = read::plan(&extents, BIG_HOLE)
                     .into_iter()
                     .map(move |j| match j {
-                        ReadWork::Hole { offset, len } => Ok(Work::Hole { offset, len }),
-                        ReadWork::Run(r) => Ok(Work::Stored {
+                        ReadJob::Hole { offset, len } => Ok(Work::Hole { offset, len }),
+                        ReadJob::Run(r) => Ok(Work::Stored {
                             store: reader.clone(),
                             extents: extents[r].to_vec(),
                         }),

@@ -14,7 +14,7 @@ use image_store::{ImageRef, SignatureStatus, Store};
 use imager::{BeyondImage, ImageSource, Phase, ProgressEvent, TargetReport, WriteOptions};
 
 use super::interrupt::say;
-use crate::Depot;
+use agent::Depot;
 
 /// `--beyond`'s values, with their help, parsed into the imager's [`BeyondImage`].
 fn beyond_parser() -> impl clap::builder::TypedValueParser<Value = BeyondImage> {

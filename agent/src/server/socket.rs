@@ -14,12 +14,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::access::{self, Peer};
-use crate::bay::Disk;
-pub use crate::conn::Limits;
-use crate::conn::{self, AcceptErrors, Full, LineError, Slots};
 use crate::daemon::Agent;
-use crate::protocol::{ErrorCode, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
+use crate::daemon::matching::Disk;
+use crate::server::access::{self, Peer};
+pub use crate::server::conn::Limits;
+use crate::server::conn::{self, AcceptErrors, Full, LineError, Slots};
+use crate::server::protocol::{ErrorCode, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
 
 /// A disk event, as the daemon consumes it (the hotplug watcher's events are converted).
 #[derive(Debug, Clone)]
@@ -404,18 +404,17 @@ async fn write_line<T: serde::Serialize>(
 }
 
 #[cfg(test)]
-#[path = "server_tests.rs"]
 mod limit_tests;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Client;
     use crate::config::Config;
     use crate::daemon::tests::{CFG, fake, loop_disk};
+    use crate::job::journal::Journal;
     use crate::job::{Job, JobState};
-    use crate::journal::Journal;
-    use crate::protocol::{Event, Status};
+    use crate::server::client::Client;
+    use crate::server::protocol::{Event, Status};
 
     #[test]
     fn socket_round_trip_events_and_shutdown() {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, unbounded};
 
-use crate::runner::StepProgress;
+use crate::job::runner::StepProgress;
 
 /// What the batch sends back to a member's thread.
 enum Msg<R> {

@@ -12,12 +12,12 @@ use client_data::{AuditEvent, Custody, DatasetId, DatasetState, Destination, Dev
 use image_store::{ImageRef, LoadedImage, SignatureStatus, Store};
 
 use crate::Depot;
-use crate::bay::Disk;
 use crate::config::{BeyondImage, Config};
+use crate::daemon::matching::Disk;
 use crate::job::Job;
-use crate::report::{AuditAnchor, Report};
-use crate::runner::{JobSteps, StepError, StepProgress};
-use crate::shared_write::WriteSharing;
+use crate::job::report::{AuditAnchor, Report};
+use crate::job::runner::{JobSteps, StepError, StepProgress};
+use crate::job::shared_write::WriteSharing;
 
 /// Operator name written into wipe records made by the agent.
 const OPERATOR: &str = "tek-agent";
@@ -59,7 +59,7 @@ impl RealSteps {
     /// another one under that name (`admission.rs`).
     fn load_pinned(&self, job: &Job) -> Result<LoadedImage> {
         let img = self.load(job)?;
-        crate::admission::check_pinned(job, &img)?;
+        crate::job::admission::check_pinned(job, &img)?;
         Ok(img)
     }
 
@@ -70,7 +70,7 @@ impl RealSteps {
             .custody
             .dataset(&id)
             .with_context(|| format!("looking up dataset {id}"))?;
-        crate::admission::check_dataset(job, &info, need_live)?;
+        crate::job::admission::check_dataset(job, &info, need_live)?;
         Ok(info)
     }
 
@@ -530,7 +530,7 @@ impl JobSteps for RealSteps {
             .with_context(|| format!("reading the custody records of dataset {id}"))?;
         Ok(match fate.state {
             DatasetState::Staged | DatasetState::Migrated => None,
-            _ => Some(crate::report::fate_line(&fate)),
+            _ => Some(crate::job::report::fate_line(&fate)),
         })
     }
 

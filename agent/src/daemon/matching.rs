@@ -204,8 +204,9 @@ impl DiskStatus {
     }
 }
 
-#[cfg(test)]
-pub(crate) fn test_disk(name: &str) -> Disk {
+/// A hand-made 64 MiB virtual disk, for tests of the daemon and of the `tek` binary's views.
+#[doc(hidden)]
+pub fn test_disk(name: &str) -> Disk {
     Disk {
         name: name.into(),
         dev_path: PathBuf::from(format!("/dev/{name}")),
