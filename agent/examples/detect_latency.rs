@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use agent::hotplug::{DiskEvent, watch};
 use anyhow::{Context, bail};
+use blockdev::watch::{DiskEvent, watch};
 use client_data::loopdev::{LoopDevice, can_attach};
 use tokio::sync::mpsc::Receiver;
 

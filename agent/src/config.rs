@@ -74,18 +74,8 @@ pub struct Config {
     pub bays: Vec<BayConfig>,
 }
 
-/// What to do with the part of a disk beyond the image's end.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BeyondImage {
-    /// Fast zeroing or discard where the device offers it.
-    #[default]
-    Auto,
-    /// Always overwrite with zeros.
-    Overwrite,
-    /// Leave it as it is.
-    Skip,
-}
+/// What to do with the part of a disk beyond the image's end (the imager's type).
+pub use imager::BeyondImage;
 
 /// Policy knobs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

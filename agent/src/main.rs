@@ -2,8 +2,10 @@
 
 use clap::Parser;
 
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    let cli = agent::cli::Cli::parse();
+    let cli = cli::Cli::parse();
     if cli.command.only_reads() {
         // `tek image list | head -1`: end quietly when the reader is gone, instead of panicking
         // with "failed printing to stdout: Broken pipe" (exit 101).
@@ -11,7 +13,7 @@ fn main() -> std::process::ExitCode {
     }
     // The daemon logs its work (disks, jobs, refusals) for journald; commands stay quiet.
     let default_level = match &cli.command {
-        agent::cli::Command::Agent(agent::cli::agent::AgentCommand::Agent { .. }) => "info",
+        cli::Command::Agent(cli::agent::AgentCommand::Agent { .. }) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -23,7 +25,7 @@ fn main() -> std::process::ExitCode {
         // No colour escapes in journald or log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match agent::cli::run(cli) {
+    match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tek: error: {e:#}");

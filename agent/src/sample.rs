@@ -63,14 +63,12 @@ const DATA: Part = Part {
 };
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let what = format!(
-        "{} {}",
-        cmd.get_program().to_string_lossy(),
-        cmd.get_args()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    // The command line as a technician would type it, not Rust's debug quoting.
+    let what = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     let out = cmd
         .output()
         .with_context(|| format!("running {what} (is it installed?)"))?;

@@ -12,11 +12,11 @@ use std::fs;
 use std::path::Path;
 
 use agent::config::Config;
+use agent::job::journal::Journal;
 use agent::job::{Job, JobState, JobTarget};
-use agent::journal::Journal;
-use agent::protocol::{EventLine, Reply, Request};
-use agent::uevent::Uevent;
+use agent::server::protocol::{EventLine, Reply, Request};
 use arbitrary::{Result as AResult, Unstructured};
+use blockdev::uevent::Uevent;
 use tek_fuzzkit::{Harness, generating, structured};
 
 #[global_allocator]

@@ -11,8 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent::disk::{self, Bus, DiskInfo};
-use agent::hotplug::{DiskEvent, WatchOptions, watch, watch_with};
+use blockdev::sysfs::{self, Bus, DiskInfo};
+use blockdev::watch::{DiskEvent, WatchOptions, watch, watch_with};
 use client_data::loopdev::{LoopDevice, LoopOptions, can_attach};
 use tokio::sync::mpsc::Receiver;
 
@@ -75,7 +75,7 @@ async fn attached_loop_is_present_then_gone() {
     eprintln!(
         "{name} Present after {:?}: {}",
         t0.elapsed(),
-        disk::describe(&d)
+        sysfs::describe(&d)
     );
     assert_eq!(d.name, name);
     assert_eq!(d.dev_path, dev.path());
@@ -108,14 +108,14 @@ async fn identify_reads_loop_options_from_sysfs() {
         ..LoopOptions::default()
     };
     let dev = LoopDevice::attach_with(&backing, &opts).unwrap();
-    let d = disk::identify(Path::new("/sys"), &dev.name())
+    let d = sysfs::identify(Path::new("/sys"), &dev.name())
         .unwrap()
         .expect("attached loop device identified");
     assert!(d.read_only);
     assert_eq!(d.logical_block_size, 4096);
     assert_eq!(d.size_bytes, 8 * MIB);
     assert_eq!(d.loop_backing_file.as_deref(), Some(backing.as_path()));
-    let listed = disk::scan_disks(Path::new("/sys")).unwrap();
+    let listed = sysfs::scan_disks(Path::new("/sys")).unwrap();
     assert!(listed.contains(&d), "scan_disks does not list {d:?}");
     let name = dev.name();
     dev.detach().unwrap();
@@ -123,7 +123,7 @@ async fn identify_reads_loop_options_from_sysfs() {
     // LOOP_CLR_FD only marks the device for teardown on last close, so give the kernel a moment.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let now = disk::identify(Path::new("/sys"), &name).unwrap();
+        let now = sysfs::identify(Path::new("/sys"), &name).unwrap();
         if now.and_then(|d| d.loop_backing_file).as_deref() != Some(backing.as_path()) {
             break;
         }

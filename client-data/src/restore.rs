@@ -43,6 +43,7 @@ use crate::error::{DataError, io};
 use crate::ingest::{DATA_KEY, MAC_KEY, MANIFEST_KEY};
 use crate::manifest::{Entry, EntryKind, ManifestReader, SymlinkGuard, check_normalized};
 use crate::ownership::{Ownership, set_mode};
+use crate::proof::VerifiedRestore;
 use crate::readback::{ReadBack, verify_others};
 use crate::stream::{DecryptReader, Key, StreamKind, auth_failure, mac_of};
 use crate::sys::open_beneath;
@@ -74,6 +75,9 @@ pub struct RestoreResult {
     /// (systemd's `RestrictSUIDSGID=yes` makes such a chmod fail with EPERM), e.g.
     /// "entry 9: mode 4755 restored as 0755".
     pub setid_dropped: Vec<String>,
+    /// The proof a wipe needs, present when the read-back passed (see [`crate::proof`]).
+    #[serde(skip)]
+    proof: Option<VerifiedRestore>,
 }
 
 impl RestoreResult {
@@ -82,6 +86,12 @@ impl RestoreResult {
         self.mismatches.is_empty()
             && self.entries_verified == self.entries_restored
             && self.bytes_verified == self.bytes_restored
+    }
+
+    /// The proof that this restore was verified, the one [`Custody::wipe`] takes; `None` when
+    /// the read-back found a difference.
+    pub fn verified(&self) -> Option<&VerifiedRestore> {
+        self.proof.as_ref()
     }
 }
 
@@ -534,6 +544,7 @@ impl Custody {
             });
             meta.info.state = DatasetState::Migrated;
             meta.save(&dir)?;
+            res.proof = Some(VerifiedRestore::after_read_back(id));
         }
         self.audit.append_many([
             AuditEvent::Migrate {

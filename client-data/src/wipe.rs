@@ -13,12 +13,11 @@ use crate::custody::Custody;
 use crate::dataset::{DatasetId, DatasetState, check_ident, rfc3339};
 use crate::error::DataError;
 use crate::keystore::{shred, write_private};
+use crate::proof::VerifiedRestore;
 
 /// Options of a wipe.
 #[derive(Debug, Clone, Default)]
 pub struct WipeOptions {
-    /// Wipe although there is no verified migration, for this reason (`--force --reason`).
-    pub force_reason: Option<WipeReason>,
     /// A free-text explanation: kept in the sanitization record, never in the audit log.
     pub note: Option<String>,
     /// Who asked (a user name or "tek-agent"; an id, see `check_ident`).
@@ -153,26 +152,39 @@ fn hostname() -> String {
 }
 
 impl Custody {
-    /// Destroys a dataset's staging copy and key. Refuses a dataset without a verified migration
-    /// unless `opts.force_reason` is set.
+    /// Destroys the staging copy and key of the dataset whose verified restore `proof` is (see
+    /// [`crate::proof`]). The custody record is re-checked under the dataset's lock.
     pub fn wipe(
         &self,
-        id: &DatasetId,
+        proof: &VerifiedRestore,
         opts: &WipeOptions,
     ) -> Result<SanitizationRecord, DataError> {
-        self.wipe_as(id, opts, DatasetState::Wiped)
+        self.wipe_as(proof.dataset(), None, opts, DatasetState::Wiped)
     }
 
+    /// Destroys a dataset's staging copy and key without a verified migration, for `reason`
+    /// (`tek data wipe --force --reason`): the record and the audit entry say it was forced.
+    pub fn force_wipe(
+        &self,
+        id: &DatasetId,
+        reason: WipeReason,
+        opts: &WipeOptions,
+    ) -> Result<SanitizationRecord, DataError> {
+        self.wipe_as(id, Some(reason), opts, DatasetState::Wiped)
+    }
+
+    /// The wipe itself; `forced`: the reason it may go ahead without a verified migration.
     pub(crate) fn wipe_as(
         &self,
         id: &DatasetId,
+        forced: Option<WipeReason>,
         opts: &WipeOptions,
         end: DatasetState,
     ) -> Result<SanitizationRecord, DataError> {
         check_ident("operator", &opts.operator)?;
         let (_lock, mut meta) = self.lock_live(id, "wipe")?;
         let migrated = meta.info.state == DatasetState::Migrated && !meta.migrations.is_empty();
-        if !migrated && opts.force_reason.is_none() {
+        if !migrated && forced.is_none() {
             return Err(DataError::NotMigrated(id.to_string()));
         }
         let dir = self.dataset_dir(id);
@@ -219,7 +231,7 @@ impl Custody {
                 "failed: files still present".into()
             },
             migration_verified: migrated,
-            reason: opts.force_reason,
+            reason: forced,
             note: opts.note.clone(),
             operator: opts.operator.clone(),
             location: hostname(),
@@ -241,7 +253,7 @@ impl Custody {
             client: meta.info.client.clone(),
             ticket: meta.info.ticket.clone(),
             forced: !migrated,
-            reason: opts.force_reason,
+            reason: forced,
             operator: opts.operator.clone(),
             ciphertext_bytes: overwritten,
             record: record.record.clone(),

@@ -264,7 +264,6 @@ impl Custody {
             }
         }
         let opts = WipeOptions {
-            force_reason: Some(reason.into()),
             note: None,
             operator: operator.into(),
         };
@@ -273,7 +272,12 @@ impl Custody {
                 continue;
             }
             loop {
-                match self.wipe_as(&info.id, &opts, DatasetState::Withdrawn) {
+                match self.wipe_as(
+                    &info.id,
+                    Some(reason.into()),
+                    &opts,
+                    DatasetState::Withdrawn,
+                ) {
                     Ok(_) => {
                         sweep.destroyed.push(info.id.to_string());
                         break;

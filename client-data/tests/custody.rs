@@ -37,23 +37,29 @@ fn directory_roundtrip_byte_exact_then_wipe() {
     fs::create_dir(&target).unwrap();
     // Not migrated yet: a wipe is refused.
     let op = WipeOptions {
-        force_reason: None,
         note: None,
         operator: "tester".into(),
     };
+    // No proof of a verified restore can be loaded from the custody record yet.
     assert!(matches!(
-        d.custody.wipe(&info.id, &op),
+        d.custody.verified_restore(&info.id),
         Err(DataError::NotMigrated(_))
     ));
     let res = d.custody.restore(&info.id, &target, &dest()).unwrap();
     assert!(res.ok(), "{res:?}");
+    let proof = res
+        .verified()
+        .expect("a verified restore carries its proof");
+    assert_eq!(proof.dataset(), &info.id);
+    // After a restart the custody record gives the same proof back.
+    assert_eq!(&d.custody.verified_restore(&info.id).unwrap(), proof);
     assert_eq!((res.entries_restored, res.bytes_restored), (6, 200_005));
     assert_same_tree(&src, &target);
     assert_eq!(
         d.custody.dataset(&info.id).unwrap().state,
         DatasetState::Migrated
     );
-    let rec = d.custody.wipe(&info.id, &op).unwrap();
+    let rec = d.custody.wipe(proof, &op).unwrap();
     assert!(rec.verification_result.starts_with("passed"), "{rec:?}");
     assert!(rec.to_html().contains("Sanitization record"));
     let sdir = d.custody.paths().reports.join("sanitization");
@@ -89,11 +95,11 @@ fn forced_wipe_needs_reason() {
     sample_tree(&src);
     let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
     let op = WipeOptions {
-        force_reason: Some(WipeReason::MigrationAbandoned),
         note: Some("client asked by phone, jane@example.com".into()),
         operator: "tester".into(),
     };
-    let rec = d.custody.wipe(&info.id, &op).unwrap();
+    let abandoned = WipeReason::MigrationAbandoned;
+    let rec = d.custody.force_wipe(&info.id, abandoned, &op).unwrap();
     assert!(!rec.migration_verified);
     // The code goes to the record and the log, the note only to the record.
     assert_eq!(rec.reason, Some(WipeReason::MigrationAbandoned));
@@ -102,7 +108,7 @@ fn forced_wipe_needs_reason() {
     assert!(log.contains(r#""reason":"migration-abandoned""#), "{log}");
     assert!(!log.contains('@') && !log.contains("phone"), "{log}");
     assert!(matches!(
-        d.custody.wipe(&info.id, &op),
+        d.custody.force_wipe(&info.id, abandoned, &op),
         Err(DataError::BadState { .. })
     ));
 }
@@ -212,12 +218,11 @@ fn concurrent_wipe_and_restore_one_is_locked() {
     // Deterministic: an operation holding the lock makes the other fail with Locked.
     let held = d.custody.lock(&info.id).unwrap();
     let op = WipeOptions {
-        force_reason: Some(WipeReason::Other),
         note: None,
         operator: "t".into(),
     };
     assert!(matches!(
-        d.custody.wipe(&info.id, &op),
+        d.custody.force_wipe(&info.id, WipeReason::Other, &op),
         Err(DataError::Locked(_))
     ));
     assert!(matches!(
@@ -233,7 +238,7 @@ fn concurrent_wipe_and_restore_one_is_locked() {
     std::thread::scope(|s| {
         let r = s.spawn(|| d.custody.restore(&id, &target, &dest()));
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let w = d.custody.wipe(&id, &op);
+        let w = d.custody.force_wipe(&id, WipeReason::Other, &op);
         let r = r.join().unwrap();
         let ok = match (&r, &w) {
             (Ok(_), Err(DataError::Locked(_))) => true,

@@ -19,11 +19,11 @@ use image_store::{Extent, Store};
 
 use crate::buffer::{AlignedBuf, is_zero};
 use crate::error::ImagerError;
-use crate::span::{self, Span};
+use crate::span::{self, Piece, Span};
 
 /// One unit of work for a decode worker.
 #[derive(Debug)]
-pub enum Job {
+pub enum Work {
     /// Consecutive store extents: the worker reads the chunk files (so file I/O runs on every
     /// worker, not one reader thread), decompresses them into one span and checks every hash.
     Stored {
@@ -51,30 +51,6 @@ pub enum Job {
         /// Length.
         len: u64,
     },
-}
-
-/// One piece of the image, in image order: verified bytes or a run of zeros.
-#[derive(Debug)]
-pub enum Piece {
-    /// Verified bytes.
-    Data(Span),
-    /// `len` zero bytes at `offset`.
-    Hole {
-        /// Offset in the image.
-        offset: u64,
-        /// Length in bytes.
-        len: u64,
-    },
-}
-
-impl Piece {
-    /// Image offset and length.
-    pub fn range(&self) -> (u64, u64) {
-        match self {
-            Piece::Data(s) => (s.offset(), s.len()),
-            Piece::Hole { offset, len } => (*offset, *len),
-        }
-    }
 }
 
 /// What the stream yields: a shared piece (fanned out to every target) or the error that ended
@@ -122,18 +98,18 @@ pub fn split_raw(offset: u64, buf: AlignedBuf, lead: usize, len: usize) -> Vec<P
 }
 
 /// Runs a job: the only place source bytes become a [`Span`].
-pub fn run_job(job: Job) -> Result<Vec<Piece>, ImagerError> {
+pub fn run_job(job: Work) -> Result<Vec<Piece>, ImagerError> {
     match job {
-        Job::Stored { store, extents } => {
+        Work::Stored { store, extents } => {
             Ok(vec![Piece::Data(Span::from_chunks(&store, &extents)?)])
         }
-        Job::Raw {
+        Work::Raw {
             offset,
             buf,
             lead,
             len,
         } => Ok(split_raw(offset, buf, lead, len)),
-        Job::Hole { offset, len } => Ok(vec![Piece::Hole { offset, len }]),
+        Work::Hole { offset, len } => Ok(vec![Piece::Hole { offset, len }]),
     }
 }
 
@@ -143,7 +119,7 @@ pub fn run_job(job: Job) -> Result<Vec<Piece>, ImagerError> {
 /// stream, and a failed source is not asked for more jobs.
 pub fn spawn<I, F>(jobs: I, workers: usize, depth: usize, on_error: F) -> Receiver<Item>
 where
-    I: Iterator<Item = Result<Job, ImagerError>> + Send + 'static,
+    I: Iterator<Item = Result<Work, ImagerError>> + Send + 'static,
     F: Fn(&ImagerError) + Send + Sync + 'static,
 {
     order::ordered(
@@ -151,7 +127,7 @@ where
         order::until_error(jobs),
         workers,
         depth,
-        move |job: Result<Job, ImagerError>| match job.and_then(run_job) {
+        move |job: Result<Work, ImagerError>| match job.and_then(run_job) {
             Ok(pieces) => pieces.into_iter().map(|p| Ok(Arc::new(p))).collect(),
             Err(e) => {
                 on_error(&e);
@@ -167,10 +143,10 @@ mod tests {
     use super::*;
     use image_store::ChunkId;
 
-    fn raw(offset: u64, data: &[u8]) -> Job {
+    fn raw(offset: u64, data: &[u8]) -> Work {
         let (mut buf, lead) = span::buf_for(offset, data.len());
         buf.as_mut_slice()[lead..lead + data.len()].copy_from_slice(data);
-        Job::Raw {
+        Work::Raw {
             offset,
             buf,
             lead,
@@ -186,7 +162,7 @@ mod tests {
     fn split_raw_finds_zero_blocks() {
         let mut data = vec![1u8; ZERO_BLOCK * 4];
         data[ZERO_BLOCK..ZERO_BLOCK * 3].fill(0);
-        let Job::Raw {
+        let Work::Raw {
             offset,
             buf,
             lead,
@@ -235,7 +211,7 @@ mod tests {
         let jobs: Vec<_> = ex
             .chunks(7)
             .map(|c| {
-                Ok(Job::Stored {
+                Ok(Work::Stored {
                     store: store.clone(),
                     extents: c.to_vec(),
                 })
@@ -264,7 +240,7 @@ mod tests {
         let jobs: Vec<_> = ex
             .chunks(2)
             .map(|c| {
-                Ok(Job::Stored {
+                Ok(Work::Stored {
                     store: store.clone(),
                     extents: c.to_vec(),
                 })
@@ -288,7 +264,7 @@ mod tests {
     #[test]
     fn dropping_the_receiver_stops_the_threads() {
         let jobs = (0..).map(|i| {
-            Ok(Job::Hole {
+            Ok(Work::Hole {
                 offset: i * 10,
                 len: 10,
             })

@@ -1,10 +1,11 @@
 //! Which targets may be written: [`check_target`] looks, without writing or claiming anything,
 //! and answers with the disk's identity or a typed [`Refusal`] for the technician.
 //!
-//! Block devices are looked up in sysfs through their major:minor (`/sys/dev/block/M:m`), so a
-//! partition node leads to its whole disk, and all checks (mounts, swap, holders) cover the disk
-//! and every partition on it. The system disk is found from `/`'s device, following dm/md
-//! `slaves/` down to the physical disks.
+//! What the checks look at comes from the `blockdev` crate through a [`Host`]: sysfs (a partition
+//! node leads to its whole disk; mounts, swap and holders are checked on the disk and every
+//! partition on it), the mount table, the swap list and the disks behind `/`.
+//! [`check_target_on`] takes the `Host` as an argument, so every refusal is tested on a fake
+//! sysfs tree and literal mountinfo text as well as on loop devices.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -12,10 +13,10 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use blockdev::holders::Host;
 use serde::Serialize;
 
 use crate::ioctl;
-use crate::mountinfo;
 
 /// Why a target may not be written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -127,133 +128,9 @@ pub struct TargetInfo {
     pub diskseq: Option<u64>,
 }
 
-fn read_trim(p: impl AsRef<Path>) -> Option<String> {
-    fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-/// A block device's sysfs identity.
-#[derive(Debug, Clone)]
-struct SysDisk {
-    /// Kernel name of the whole disk (`sda`, `loop3`).
-    name: String,
-    /// `/sys/block/<name>`.
-    dir: PathBuf,
-}
-
-impl SysDisk {
-    /// The whole disk containing device `maj:min`.
-    fn of_devno(devno: u64) -> Option<SysDisk> {
-        Self::of_devno_in(Path::new("/sys"), devno).map(|(d, _)| d)
-    }
-
-    /// The whole disk containing device `maj:min` under sysfs root `sys`, and the partition's
-    /// kernel name when `devno` is a partition (its sysfs directory holds `partition`).
-    fn of_devno_in(sys: &Path, devno: u64) -> Option<(SysDisk, Option<String>)> {
-        let (maj, min) = (libc::major(devno), libc::minor(devno));
-        let dir = fs::canonicalize(sys.join(format!("dev/block/{maj}:{min}"))).ok()?;
-        let (dir, part) = if dir.join("partition").exists() {
-            let part = dir.file_name()?.to_string_lossy().into_owned();
-            (dir.parent()?.to_path_buf(), Some(part))
-        } else {
-            (dir, None)
-        };
-        let name = dir.file_name()?.to_string_lossy().into_owned();
-        Some((SysDisk { name, dir }, part))
-    }
-
-    /// The disk and its partitions: (kernel name, "maj:min").
-    fn members(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        if let Some(d) = read_trim(self.dir.join("dev")) {
-            out.push((self.name.clone(), d));
-        }
-        if let Ok(rd) = fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.join("partition").exists() {
-                    if let Some(d) = read_trim(p.join("dev")) {
-                        out.push((e.file_name().to_string_lossy().into_owned(), d));
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn sys_of(&self, member: &str) -> PathBuf {
-        if member == self.name {
-            self.dir.clone()
-        } else {
-            self.dir.join(member)
-        }
-    }
-}
-
-/// Physical disks under a block device, following dm/md `slaves/` (kernel names).
-fn leaf_disks(devno: u64, out: &mut BTreeSet<String>, depth: usize) {
-    let Some(d) = SysDisk::of_devno(devno) else {
-        return;
-    };
-    let slaves: Vec<_> = fs::read_dir(d.dir.join("slaves"))
-        .map(|rd| rd.flatten().collect())
-        .unwrap_or_default();
-    if slaves.is_empty() || depth > 8 {
-        out.insert(d.name);
-        return;
-    }
-    for s in slaves {
-        if let Some(dev) = read_trim(s.path().join("dev")) {
-            if let Some((ma, mi)) = dev.split_once(':') {
-                if let (Ok(ma), Ok(mi)) = (ma.parse(), mi.parse()) {
-                    leaf_disks(libc::makedev(ma, mi), out, depth + 1);
-                }
-            }
-        }
-    }
-}
-
-/// Kernel names of the disks that back `/`: from `/`'s `st_dev` when that is a real block
-/// device, and from the root mount's source and (overlay) layers, since btrfs and overlay
-/// report an anonymous `0:N` there (see [`mountinfo`]).
+/// Kernel names of the disks that back `/` on this machine (see [`Host::system_disks`]).
 pub fn system_disks() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    if let Ok(md) = fs::metadata("/") {
-        leaf_disks(md.dev(), &mut out, 0);
-    }
-    let mounts = mountinfo::current();
-    if let Some(root) = mountinfo::root_mount(&mounts) {
-        for d in mountinfo::block_devices(root, &mounts, 0) {
-            leaf_disks(d, &mut out, 0);
-        }
-    }
-    out
-}
-
-/// Paths listed in /proc/swaps.
-fn swaps() -> Vec<String> {
-    let text = fs::read_to_string("/proc/swaps").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
-/// Loop devices whose backing file is `file`.
-fn loops_backed_by(file: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir("/sys/block") {
-        for e in rd.flatten() {
-            if let Some(b) = read_trim(e.path().join("loop/backing_file")) {
-                if Path::new(&b) == file {
-                    out.push(e.file_name().to_string_lossy().into_owned());
-                }
-            }
-        }
-    }
-    out
+    Host::current().system_disks()
 }
 
 /// The eligibility check the agent reuses (no writes, no exclusive open). `image_sector` is the
@@ -263,12 +140,22 @@ pub fn check_target(
     image_size: u64,
     image_sector: Option<u64>,
 ) -> Result<TargetInfo, Refusal> {
+    check_target_on(&Host::current(), path, image_size, image_sector)
+}
+
+/// [`check_target`] against `host`'s sysfs, mounts and swaps (a fake one in tests).
+pub fn check_target_on(
+    host: &Host,
+    path: &Path,
+    image_size: u64,
+    image_sector: Option<u64>,
+) -> Result<TargetInfo, Refusal> {
     let md = fs::metadata(path).map_err(|e| Refusal::NotBlockOrFile {
         detail: e.to_string(),
     })?;
     let ft = md.file_type();
     if ft.is_file() {
-        return check_file(path, &md, image_size);
+        return check_file(host, path, &md, image_size);
     }
     if !ft.is_block_device() {
         return Err(Refusal::NotBlockOrFile {
@@ -280,12 +167,13 @@ pub fn check_target(
             .into(),
         });
     }
-    let (disk, part) = SysDisk::of_devno_in(Path::new("/sys"), md.rdev()).ok_or_else(|| {
-        Refusal::NotBlockOrFile {
-            detail: "block device without a sysfs entry".into(),
-        }
-    })?;
-    if system_disks().contains(&disk.name) {
+    let (disk, part) =
+        host.sys
+            .disk_of_devno(md.rdev())
+            .ok_or_else(|| Refusal::NotBlockOrFile {
+                detail: "block device without a sysfs entry".into(),
+            })?;
+    if host.system_disks().contains(&disk.name) {
         return Err(Refusal::SystemDisk {
             disk: format!("/dev/{}", disk.name),
         });
@@ -297,47 +185,32 @@ pub fn check_target(
         });
     }
     let members = disk.members();
-    // By `maj:min` and by mount source (btrfs and overlay mounts show an anonymous 0:N).
-    let mounts = mountinfo::current();
-    for m in &mounts {
-        for dev in mountinfo::block_devices(m, &mounts, 0) {
-            let dev = mountinfo::devno_str(dev);
-            if let Some((name, _)) = members.iter().find(|(_, d)| *d == dev) {
-                return Err(Refusal::Mounted {
-                    device: format!("/dev/{name}"),
-                    mountpoint: m.mount_point.clone(),
-                });
-            }
-        }
+    if let Some((name, mountpoint)) = host.mounted_member(&members) {
+        return Err(Refusal::Mounted {
+            device: format!("/dev/{name}"),
+            mountpoint,
+        });
     }
-    for s in swaps() {
-        if let Ok(smd) = fs::metadata(&s) {
-            let d = format!("{}:{}", libc::major(smd.rdev()), libc::minor(smd.rdev()));
-            if smd.file_type().is_block_device() && members.iter().any(|(_, m)| *m == d) {
-                return Err(Refusal::Swap { device: s });
-            }
-        }
+    if let Some(device) = host.swap_member(&members) {
+        return Err(Refusal::Swap { device });
     }
     for (name, _) in &members {
-        let holders: Vec<String> = fs::read_dir(disk.sys_of(name).join("holders"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(h) = holders.first() {
+        if let Some(h) = disk.holders(name).into_iter().next() {
             return Err(Refusal::HeldBy {
                 device: format!("/dev/{name}"),
-                holder: h.clone(),
+                holder: h,
             });
         }
     }
-    let sys_ro = read_trim(disk.dir.join("ro")).is_some_and(|v| v == "1");
+    // sysfs `ro` before opening: a write-protected disk is refused for that, not for whatever
+    // opening it says.
+    if disk.read_only() {
+        return Err(Refusal::ReadOnly);
+    }
     let f = fs::File::open(path).map_err(|e| Refusal::Busy {
         detail: e.to_string(),
     })?;
-    if sys_ro || ioctl::read_only(f.as_fd()).unwrap_or(false) {
+    if ioctl::read_only(f.as_fd()).unwrap_or(false) {
         return Err(Refusal::ReadOnly);
     }
     let size = ioctl::get_size64(f.as_fd()).map_err(|e| Refusal::NotBlockOrFile {
@@ -357,11 +230,8 @@ pub fn check_target(
             disk: logical,
         });
     }
-    let dev_dir = disk.dir.join("device");
-    let model = read_trim(dev_dir.join("model")).or_else(|| {
-        read_trim(disk.dir.join("loop/backing_file")).map(|b| format!("loop device on {b}"))
-    });
-    let serial = read_trim(dev_dir.join("serial")).or_else(|| read_trim(disk.dir.join("serial")));
+    let model = disk.model();
+    let serial = disk.serial();
     Ok(TargetInfo {
         path: path.to_path_buf(),
         model,
@@ -374,15 +244,20 @@ pub fn check_target(
     })
 }
 
-fn check_file(path: &Path, md: &fs::Metadata, image_size: u64) -> Result<TargetInfo, Refusal> {
+fn check_file(
+    host: &Host,
+    path: &Path,
+    md: &fs::Metadata,
+    image_size: u64,
+) -> Result<TargetInfo, Refusal> {
     let canon = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    if let Some(l) = loops_backed_by(&canon).first() {
+    if let Some(l) = host.sys.loops_backed_by(&canon).first() {
         return Err(Refusal::HeldBy {
             device: canon.display().to_string(),
             holder: l.clone(),
         });
     }
-    if swaps().iter().any(|s| Path::new(s) == canon) {
+    if host.swaps.iter().any(|s| Path::new(s) == canon) {
         return Err(Refusal::Swap {
             device: canon.display().to_string(),
         });
@@ -456,9 +331,10 @@ mod tests {
         std::os::unix::fs::symlink("../../block/sda", sys.path().join("dev/block/8:0")).unwrap();
         std::os::unix::fs::symlink("../../block/sda/sda1", sys.path().join("dev/block/8:1"))
             .unwrap();
-        let (d, part) = SysDisk::of_devno_in(sys.path(), libc::makedev(8, 1)).unwrap();
+        let sys = blockdev::SysRoot::at(sys.path());
+        let (d, part) = sys.disk_of_devno(libc::makedev(8, 1)).unwrap();
         assert_eq!((d.name.as_str(), part.as_deref()), ("sda", Some("sda1")));
-        let (d, part) = SysDisk::of_devno_in(sys.path(), libc::makedev(8, 0)).unwrap();
+        let (d, part) = sys.disk_of_devno(libc::makedev(8, 0)).unwrap();
         assert_eq!((d.name.as_str(), part), ("sda", None));
         let r = Refusal::Partition {
             device: "/dev/sda1".into(),
@@ -485,5 +361,192 @@ mod tests {
         }
         let r = check_target(&p, 1, None).unwrap_err();
         assert!(matches!(r, Refusal::SystemDisk { .. }), "{r}");
+    }
+
+    /// A fake machine: sysfs with `sdx` (8:16, partitions `sdx1` 8:17 and `sdx2` 8:18), `sdy`
+    /// (8:32) and `sdr` (8:48, the root disk), and block device nodes for them in a temp dir
+    /// (never opened: every refusal below comes before the open, and a test must not open a
+    /// node that may reach a real disk).
+    struct FakeHost {
+        _dir: tempfile::TempDir,
+        nodes: PathBuf,
+        host: Host,
+    }
+
+    fn fake_host(mountinfo: &str) -> Option<FakeHost> {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        let nodes = dir.path().join("dev");
+        fs::create_dir_all(&nodes).unwrap();
+        let w = |p: &str, v: &str| {
+            let p = sys.join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, v).unwrap();
+        };
+        let mut links = vec![];
+        for (disk, maj_min, parts) in [
+            ("sdx", (8, 16), &["sdx1", "sdx2"][..]),
+            ("sdy", (8, 32), &[][..]),
+            ("sdr", (8, 48), &[][..]),
+        ] {
+            w(
+                &format!("block/{disk}/dev"),
+                &format!("{}:{}\n", maj_min.0, maj_min.1),
+            );
+            links.push((maj_min, disk.to_string()));
+            for (i, p) in parts.iter().enumerate() {
+                let min = maj_min.1 + 1 + i as u32;
+                w(&format!("block/{disk}/{p}/dev"), &format!("8:{min}\n"));
+                w(
+                    &format!("block/{disk}/{p}/partition"),
+                    &format!("{}\n", i + 1),
+                );
+                links.push(((8, min), format!("{disk}/{p}")));
+            }
+        }
+        fs::create_dir_all(sys.join("dev/block")).unwrap();
+        for ((ma, mi), to) in &links {
+            std::os::unix::fs::symlink(
+                format!("../../block/{to}"),
+                sys.join(format!("dev/block/{ma}:{mi}")),
+            )
+            .unwrap();
+            let name = to.rsplit('/').next().unwrap();
+            let node = nodes.join(name);
+            let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+            let dev = libc::makedev(*ma, *mi);
+            if let Err(e) = nix::sys::stat::mknod(&node, nix::sys::stat::SFlag::S_IFBLK, mode, dev)
+            {
+                eprintln!("SKIP: cannot mknod a block device node here ({e}); needs root");
+                return None;
+            }
+        }
+        let host = Host {
+            sys: blockdev::SysRoot::at(sys),
+            mounts: blockdev::mountinfo::parse(mountinfo),
+            swaps: vec![],
+            root_dev: Some(libc::makedev(8, 48)),
+        };
+        Some(FakeHost {
+            _dir: dir,
+            nodes,
+            host,
+        })
+    }
+
+    impl FakeHost {
+        fn check(&self, name: &str) -> Result<TargetInfo, Refusal> {
+            check_target_on(&self.host, &self.nodes.join(name), 1, None)
+        }
+
+        fn sys(&self, p: &str) -> PathBuf {
+            self.host.sys.path().join(p)
+        }
+    }
+
+    #[test]
+    fn fake_tree_root_disk_and_partitions_are_refused() {
+        let Some(f) = fake_host("") else { return };
+        assert_eq!(
+            f.check("sdr").unwrap_err(),
+            Refusal::SystemDisk {
+                disk: "/dev/sdr".into()
+            }
+        );
+        assert_eq!(
+            f.check("sdx2").unwrap_err(),
+            Refusal::Partition {
+                device: "/dev/sdx2".into(),
+                disk: "/dev/sdx".into()
+            }
+        );
+        // A block node the fake sysfs does not know.
+        let odd = f.nodes.join("odd");
+        nix::sys::stat::mknod(
+            &odd,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            libc::makedev(8, 200),
+        )
+        .unwrap();
+        assert!(matches!(
+            check_target_on(&f.host, &odd, 1, None).unwrap_err(),
+            Refusal::NotBlockOrFile { detail } if detail.contains("sysfs")
+        ));
+    }
+
+    #[test]
+    fn fake_tree_root_disk_behind_a_btrfs_root_is_refused() {
+        // `/` reports an anonymous device; the root mount names sdx2 by maj:min.
+        let Some(mut f) = fake_host("27 1 8:18 /@ / rw - btrfs none rw\n") else {
+            return;
+        };
+        f.host.root_dev = Some(libc::makedev(0, 32));
+        assert_eq!(
+            f.check("sdx").unwrap_err(),
+            Refusal::SystemDisk {
+                disk: "/dev/sdx".into()
+            }
+        );
+    }
+
+    #[test]
+    fn fake_tree_a_mounted_partition_refuses_its_disk() {
+        let Some(f) = fake_host("40 1 8:17 / /media/my\\040stick rw - ext4 /nonexistent rw\n")
+        else {
+            return;
+        };
+        assert_eq!(
+            f.check("sdx").unwrap_err(),
+            Refusal::Mounted {
+                device: "/dev/sdx1".into(),
+                mountpoint: "/media/my stick".into()
+            }
+        );
+    }
+
+    #[test]
+    fn fake_tree_swap_and_holders_are_refused() {
+        let Some(mut f) = fake_host("") else { return };
+        f.host.swaps = vec![f.nodes.join("sdx2").display().to_string()];
+        assert_eq!(
+            f.check("sdx").unwrap_err(),
+            Refusal::Swap {
+                device: f.nodes.join("sdx2").display().to_string()
+            }
+        );
+        fs::create_dir_all(f.sys("block/sdy/holders/dm-3")).unwrap();
+        assert_eq!(
+            f.check("sdy").unwrap_err(),
+            Refusal::HeldBy {
+                device: "/dev/sdy".into(),
+                holder: "dm-3".into()
+            }
+        );
+    }
+
+    #[test]
+    fn fake_tree_sysfs_read_only_is_refused_before_opening() {
+        let Some(f) = fake_host("") else { return };
+        fs::write(f.sys("block/sdy/ro"), "1\n").unwrap();
+        assert_eq!(f.check("sdy").unwrap_err(), Refusal::ReadOnly);
+    }
+
+    #[test]
+    fn fake_tree_a_file_backing_a_loop_device_is_refused() {
+        let Some(f) = fake_host("") else { return };
+        let file = f.nodes.join("img");
+        fs::write(&file, b"x").unwrap();
+        let canon = fs::canonicalize(&file).unwrap();
+        let w = f.sys("block/loop9/loop/backing_file");
+        fs::create_dir_all(w.parent().unwrap()).unwrap();
+        fs::write(&w, format!("{}\n", canon.display())).unwrap();
+        assert_eq!(
+            check_target_on(&f.host, &file, 1, None).unwrap_err(),
+            Refusal::HeldBy {
+                device: canon.display().to_string(),
+                holder: "loop9".into()
+            }
+        );
     }
 }

@@ -119,6 +119,53 @@ fn gpt_err(dev: &TargetDev, reason: impl ToString) -> ImagerError {
     }
 }
 
+/// Refuses a GPT header whose partition table the `gpt` crate must not be handed. The crate
+/// asserts (panics) on entries that are not 128 bytes, and reads (and allocates) `num_parts` x
+/// 128 bytes of entries whatever `num_parts` says: a header claiming 2^32 entries made it
+/// allocate half a terabyte (as `image_store::gpt_summary` found at import). The primary table
+/// must fit in the held-back window after the protective MBR and the header (tools write 128
+/// entries); the crate falls back to the backup header (the disk's last LBA) when the primary one
+/// is invalid, so that one is held to the same bound.
+fn check_table_fields(dev: &TargetDev, holdback: &[u8], sector: u64) -> Result<(), ImagerError> {
+    let window = (holdback.len() as u64).saturating_sub(2 * sector);
+    let check = |hdr: &[u8], which: &str| -> Result<(), ImagerError> {
+        if hdr.len() < 92 || &hdr[..8] != b"EFI PART" {
+            return Ok(()); // not a header: the crate rejects it itself
+        }
+        let num_parts = u32::from_le_bytes(hdr[80..84].try_into().expect("4 bytes"));
+        let entry_size = u32::from_le_bytes(hdr[84..88].try_into().expect("4 bytes"));
+        if entry_size != 128 {
+            return Err(gpt_err(
+                dev,
+                format!("the {which} GPT header has {entry_size}-byte partition entries, not 128"),
+            ));
+        }
+        if u64::from(num_parts) * 128 > window {
+            return Err(gpt_err(
+                dev,
+                format!(
+                    "the {which} GPT header claims {num_parts} partition entries; at most {} fit \
+                     in the first {} bytes",
+                    window / 128,
+                    holdback.len()
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let s = sector as usize;
+    check(holdback.get(s..2 * s).unwrap_or(&[]), "primary")?;
+    let disk_len = dev.size();
+    if disk_len >= 2 * sector {
+        let mut last = vec![0u8; s];
+        dev.buffered()
+            .read_exact_at(&mut last, disk_len - sector)
+            .map_err(|e| gpt_err(dev, format!("reading the backup GPT header: {e}")))?;
+        check(&last, "backup")?;
+    }
+    Ok(())
+}
+
 /// Rewrites the GPT for the disk's real size; grows `hints.grow_partition` to the last usable
 /// LBA and gives new random GUIDs when `hints.randomize_guids`. `holdback` is modified in place
 /// (primary header, array, protective MBR); the backup structures are written to the disk.
@@ -130,6 +177,7 @@ pub fn fix_gpt(
 ) -> Result<GptChanges, ImagerError> {
     let lb = gpt::disk::LogicalBlockSize::try_from(sector).map_err(|e| gpt_err(dev, e))?;
     let disk_len = dev.size();
+    check_table_fields(dev, holdback, sector)?;
     let disk = HoldbackDisk::new(holdback, dev.buffered(), disk_len);
     let mut g = gpt::GptConfig::new()
         .writable(true)
@@ -282,6 +330,73 @@ mod tests {
             !all.windows(8).any(|w| w == b"EFI PART"),
             "no GPT header left"
         );
+    }
+
+    /// CRC-32 (IEEE), as the GPT header checksum uses.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    /// Sets a header's entry count (and entry size) and fixes its CRC, so the `gpt` crate would
+    /// trust it.
+    fn forge_header(hdr: &mut [u8], num_parts: u32, entry_size: u32) {
+        hdr[80..84].copy_from_slice(&num_parts.to_le_bytes());
+        hdr[84..88].copy_from_slice(&entry_size.to_le_bytes());
+        let size = u32::from_le_bytes(hdr[12..16].try_into().unwrap()) as usize;
+        hdr[16..20].fill(0);
+        let crc = crc32(&hdr[..size]);
+        hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn refuses_a_header_claiming_more_entries_than_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        if !sgdisk_image(&img, 4 << 20) {
+            return;
+        }
+        let good = std::fs::read(&img).unwrap();
+        let hints = Hints::default();
+        // Primary header: 2^32-1 entries with a valid CRC (the crate would allocate 512 GiB).
+        let dev = TargetDev::open(&img, 0).unwrap();
+        let mut hb = good[..1 << 20].to_vec();
+        forge_header(&mut hb[512..1024], u32::MAX, 128);
+        let e = fix_gpt(&dev, &mut hb, 512, &hints).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("primary GPT header claims 4294967295 partition entries"),
+            "{e}"
+        );
+        // One entry more than fits in the held-back window after the MBR and the header.
+        let mut hb = good[..1 << 20].to_vec();
+        let over = ((1u32 << 20) - 1024) / 128 + 1;
+        forge_header(&mut hb[512..1024], over, 128);
+        assert!(fix_gpt(&dev, &mut hb, 512, &hints).is_err());
+        let mut hb = good[..1 << 20].to_vec();
+        forge_header(&mut hb[512..1024], 128, 256);
+        let e = fix_gpt(&dev, &mut hb, 512, &hints).unwrap_err();
+        assert!(e.to_string().contains("256-byte partition entries"), "{e}");
+        drop(dev);
+        // Backup header (the disk's last LBA), which the crate falls back to.
+        let mut bytes = good.clone();
+        let n = bytes.len();
+        forge_header(&mut bytes[n - 512..], u32::MAX, 128);
+        std::fs::write(&img, &bytes).unwrap();
+        let dev = TargetDev::open(&img, 0).unwrap();
+        let mut hb = good[..1 << 20].to_vec();
+        let e = fix_gpt(&dev, &mut hb, 512, &hints).unwrap_err();
+        assert!(e.to_string().contains("backup GPT header claims"), "{e}");
     }
 
     #[test]

@@ -3,35 +3,41 @@
 //!
 //! Data flow, one stage per module: [`source`] says what the image is and opens an ordered
 //! stream of pieces: [`reader`] (file I/O on one thread) feeds [`decode`] (decompress and
-//! hash-check on every core, reordered, bounded). [`job::write_image`] fans each piece out to one
+//! hash-check on every core, reordered, bounded). [`fanout::write_image`] fans each piece out to one
 //! bounded queue per target; per target, [`writer`] gathers pieces into large aligned O_DIRECT
 //! writes on a [`target::TargetDev`] (zeroing holes, holding back the first MiB), then [`verify`]
 //! reads everything back, [`gptfix`] fits the GPT to the disk, and the first MiB goes last
 //! ([`marker`] says so on a disk whose write never ended).
-//! [`eligibility`] decides which disks may be touched at all; [`ioctl`] is the only unsafe code.
+//! [`eligibility`] decides which disks may be touched at all, from what the `blockdev` crate
+//! reads (sysfs, mountinfo, holders); block-device ioctls are `blockdev::ioctl`, so the imager
+//! has no `unsafe` of its own.
 
-pub mod buffer;
-pub mod decode;
-pub mod eligibility;
-pub mod error;
-pub mod gptfix;
-pub mod ioctl;
-pub mod job;
-pub mod marker;
-pub mod mountinfo;
-pub mod progress;
-pub mod reader;
-pub mod report;
-pub mod source;
-pub mod span;
-pub mod target;
-pub mod verify;
-pub mod writer;
+#![forbid(unsafe_code)]
 
-pub use eligibility::{Refusal, TargetInfo, check_target};
+mod buffer;
+mod decode;
+mod eligibility;
+mod error;
+mod fanout;
+mod gptfix;
+mod marker;
+mod progress;
+mod reader;
+mod report;
+mod source;
+mod span;
+mod target;
+mod verify;
+mod writer;
+
+use blockdev::ioctl;
+
+pub use eligibility::{Refusal, TargetInfo, check_target, system_disks};
 pub use error::ImagerError;
-pub use job::{BeyondImage, ReadBackHook, WriteOptions, write_image, write_image_with_info};
-pub use marker::UnfinishedWrite;
+pub use fanout::{BeyondImage, ReadBackHook, WriteOptions, write_image, write_image_with_info};
+pub use marker::{UnfinishedWrite, read_path as read_unfinished_marker};
 pub use progress::{Phase, ProgressEvent};
+pub use reader::file_format;
 pub use report::{BeyondAction, TargetReport, TargetResult};
 pub use source::{ImageInfo, ImageSource};
+pub use span::{Piece, Span, WrittenExtent};

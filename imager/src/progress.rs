@@ -31,6 +31,29 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    /// The phase's name as the job progress, the JSON and the log show it (`fixing_gpt`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Checking => "checking",
+            Phase::Writing => "writing",
+            Phase::Flushing => "flushing",
+            Phase::Verifying => "verifying",
+            Phase::FixingGpt => "fixing_gpt",
+            Phase::FirstMib => "first_mib",
+            Phase::ClearingBeyond => "clearing_beyond",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One progress update for one target.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProgressEvent {
@@ -110,6 +133,24 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phase_names_are_the_json_names() {
+        for p in [
+            Phase::Checking,
+            Phase::Writing,
+            Phase::Flushing,
+            Phase::Verifying,
+            Phase::FixingGpt,
+            Phase::FirstMib,
+            Phase::ClearingBeyond,
+            Phase::Done,
+            Phase::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+            assert_eq!(p.to_string(), p.as_str());
+        }
+    }
 
     #[test]
     fn phase_changes_are_always_sent_updates_are_throttled() {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use image_store::StoreError;
 use image_store::source::{Source, SourceFormat};
 
-use crate::decode::Job;
+use crate::decode::Work;
 use crate::error::ImagerError;
 use crate::span;
 
@@ -141,7 +141,7 @@ impl RawJobs {
             .map(|v| v as u64)
     }
 
-    fn next_job(&mut self) -> Result<Option<Job>, ImagerError> {
+    fn next_job(&mut self) -> Result<Option<Work>, ImagerError> {
         if self.pos >= self.size {
             return Ok(None);
         }
@@ -156,7 +156,7 @@ impl RawJobs {
                     .unwrap_or(self.size)
                     .min(self.size);
                 if data > self.pos {
-                    let hole = Job::Hole {
+                    let hole = Work::Hole {
                         offset: self.pos,
                         len: data - self.pos,
                     };
@@ -174,7 +174,7 @@ impl RawJobs {
         self.file
             .read_exact_at(&mut buf.as_mut_slice()[lead..lead + len], self.pos)
             .map_err(|e| src_err("reading image", &self.path, self.pos, e))?;
-        let job = Job::Raw {
+        let job = Work::Raw {
             offset: self.pos,
             buf,
             lead,
@@ -186,7 +186,7 @@ impl RawJobs {
 }
 
 impl Iterator for RawJobs {
-    type Item = Result<Job, ImagerError>;
+    type Item = Result<Work, ImagerError>;
     fn next(&mut self) -> Option<Self::Item> {
         self.next_job().transpose()
     }
@@ -218,12 +218,7 @@ impl DecodedJobs {
         })
     }
 
-    /// The detected format.
-    pub fn format(&self) -> SourceFormat {
-        self.src.format()
-    }
-
-    fn next_job(&mut self) -> Result<Option<Job>, ImagerError> {
+    fn next_job(&mut self) -> Result<Option<Work>, ImagerError> {
         loop {
             if self.pos >= self.size {
                 if !self.done {
@@ -271,7 +266,7 @@ impl DecodedJobs {
             }
             // Skipping bytes keeps the layout congruent: `lead + skip` = `start` mod ALIGN.
             let skip = self.start.saturating_sub(off) as usize;
-            return Ok(Some(Job::Raw {
+            return Ok(Some(Work::Raw {
                 offset: off + skip as u64,
                 buf,
                 lead: lead + skip,
@@ -282,7 +277,7 @@ impl DecodedJobs {
 }
 
 impl Iterator for DecodedJobs {
-    type Item = Result<Job, ImagerError>;
+    type Item = Result<Work, ImagerError>;
     fn next(&mut self) -> Option<Self::Item> {
         self.next_job().transpose()
     }
@@ -292,11 +287,11 @@ impl Iterator for DecodedJobs {
 mod tests {
     use super::*;
 
-    fn offsets(jobs: impl Iterator<Item = Result<Job, ImagerError>>) -> Vec<(u64, u64, bool)> {
+    fn offsets(jobs: impl Iterator<Item = Result<Work, ImagerError>>) -> Vec<(u64, u64, bool)> {
         jobs.map(|j| match j.unwrap() {
-            Job::Raw { offset, len, .. } => (offset, len as u64, true),
-            Job::Hole { offset, len } => (offset, len, false),
-            Job::Stored { .. } => panic!(),
+            Work::Raw { offset, len, .. } => (offset, len as u64, true),
+            Work::Hole { offset, len } => (offset, len, false),
+            Work::Stored { .. } => panic!(),
         })
         .collect()
     }
@@ -349,7 +344,7 @@ mod tests {
         let mut back = Vec::new();
         for j in jobs {
             match j? {
-                Job::Raw { buf, lead, len, .. } => {
+                Work::Raw { buf, lead, len, .. } => {
                     back.extend_from_slice(&buf.as_slice()[lead..lead + len])
                 }
                 _ => panic!(),
@@ -379,7 +374,7 @@ mod tests {
                 .next()
                 .unwrap();
             match first.unwrap() {
-                Job::Raw {
+                Work::Raw {
                     offset,
                     buf,
                     lead,

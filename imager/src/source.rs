@@ -14,7 +14,7 @@ use image_store::source::SourceFormat;
 use image_store::{Hints, LoadedImage, SignatureStatus, StoreError};
 use serde::Serialize;
 
-use crate::decode::{self, Item, Job};
+use crate::decode::{self, Item, Work};
 use crate::error::ImagerError;
 use crate::reader::{self, DecodedJobs, RawJobs, src_err};
 use crate::writer::BIG_HOLE;
@@ -175,8 +175,8 @@ impl ImageSource {
                 let jobs = read::plan(&extents, BIG_HOLE)
                     .into_iter()
                     .map(move |j| match j {
-                        ReadJob::Hole { offset, len } => Ok(Job::Hole { offset, len }),
-                        ReadJob::Run(r) => Ok(Job::Stored {
+                        ReadJob::Hole { offset, len } => Ok(Work::Hole { offset, len }),
+                        ReadJob::Run(r) => Ok(Work::Stored {
                             store: reader.clone(),
                             extents: extents[r].to_vec(),
                         }),
@@ -212,6 +212,7 @@ impl ImageSource {
 }
 
 /// Reads a whole source into memory through the pipeline (tests and small images only).
+#[cfg(test)]
 pub fn read_all(src: &ImageSource) -> Result<Vec<u8>, ImagerError> {
     let info = src.info()?;
     let mut out = vec![0u8; info.size as usize];
@@ -220,7 +221,7 @@ pub fn read_all(src: &ImageSource) -> Result<Vec<u8>, ImagerError> {
             path: PathBuf::new(),
             reason: e.to_string(),
         })?;
-        if let decode::Piece::Data(c) = &*piece {
+        if let crate::span::Piece::Data(c) = &*piece {
             let o = c.offset() as usize;
             out[o..o + c.data().len()].copy_from_slice(c.data());
         }

@@ -1,3 +1,8 @@
+//! The pipeline's data types, in a leaf module that depends on no other stage: a [`Piece`] (what
+//! the decode stage delivers and every writer consumes), a [`Span`] (verified image bytes) and
+//! a [`WrittenExtent`] (what read-back must find). `decode` builds them, `writer` and `verify`
+//! consume them; none of those is imported here, so the dependency runs one way.
+//!
 //! Verified spans: runs of consecutive image bytes (several chunks, small holes as zeros) that
 //! passed their hash checks, held in a page-aligned buffer laid out so that image offset `o`
 //! sits at an address congruent to `o` modulo [`ALIGN`]. Writers can then hand the aligned
@@ -6,8 +11,11 @@
 //!
 //! Like `image_store::VerifiedChunk`, a [`Span`] can only be built from bytes that were checked:
 //! [`Span::from_chunks`] decompresses and verifies every chunk into place (an error drops the
-//! whole buffer, so nothing of a bad span can reach a writer), and [`Span::from_trusted`] hashes
-//! bytes from a one-off image file that has no expected hashes.
+//! whole buffer, so nothing of a bad span can reach a writer), and `Span::from_trusted`
+//! (crate-private: only the decode stage calls it, for a one-off image file that has no
+//! expected hashes) hashes the bytes so read-back proves what reached the target. The fields
+//! are private, so no other code, in this crate or outside, can make a `Span` of unchecked
+//! bytes.
 //!
 //! Buffers come from a small process-wide pool: allocating and faulting in a fresh 4 MiB buffer
 //! per span costs more than decoding it.
@@ -18,7 +26,6 @@ use image_store::read::{self, VerifiedRun};
 use image_store::{ChunkId, Extent, Store, StoreError};
 
 use crate::buffer::{ALIGN, AlignedBuf};
-use crate::writer::WrittenExtent;
 
 /// Image bytes per span: one run of the store's reader (a span may exceed it by one chunk when a
 /// single chunk is larger).
@@ -55,6 +62,44 @@ pub fn give_buf(b: AlignedBuf) {
 /// Frees the pooled buffers (at the end of a job, so an idle agent holds no memory).
 pub fn trim_pool() {
     POOL.lock().expect("span pool").clear();
+}
+
+/// One piece of the image, in image order: verified bytes or a run of zeros.
+#[derive(Debug)]
+pub enum Piece {
+    /// Verified bytes.
+    Data(Span),
+    /// `len` zero bytes at `offset`.
+    Hole {
+        /// Offset in the image.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+impl Piece {
+    /// Image offset and length.
+    pub fn range(&self) -> (u64, u64) {
+        match self {
+            Piece::Data(s) => (s.offset(), s.len()),
+            Piece::Hole { offset, len } => (*offset, *len),
+        }
+    }
+}
+
+/// One extent as written, for read-back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenExtent {
+    /// Image offset.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+    /// Expected BLAKE3 of the bytes; `None` for zeros.
+    pub id: Option<ChunkId>,
+    /// Zeros whose aligned middle the device zeroed without data transfer (see
+    /// [`crate::target::ZeroMethod::offloaded`]): read-back may sample them.
+    pub offloaded: bool,
 }
 
 /// Verified image bytes `[offset, offset+len)`.
@@ -119,7 +164,7 @@ impl Span {
 
     /// Bytes from a source without expected hashes, already laid out by [`buf_for`]: hashed
     /// here so read-back proves what reached the target.
-    pub fn from_trusted(offset: u64, buf: AlignedBuf, lead: usize, len: usize) -> Span {
+    pub(crate) fn from_trusted(offset: u64, buf: AlignedBuf, lead: usize, len: usize) -> Span {
         let id = ChunkId::of(&buf.as_slice()[lead..lead + len]);
         Span {
             offset,
@@ -175,10 +220,10 @@ fn parts_of(run: &VerifiedRun) -> Vec<WrittenExtent> {
 
 /// A data piece of trusted bytes (tests of the later stages).
 #[cfg(test)]
-pub(crate) fn trusted_piece(offset: u64, data: &[u8]) -> crate::decode::Piece {
+pub(crate) fn trusted_piece(offset: u64, data: &[u8]) -> Piece {
     let (mut buf, lead) = buf_for(offset, data.len());
     buf.as_mut_slice()[lead..lead + data.len()].copy_from_slice(data);
-    crate::decode::Piece::Data(Span::from_trusted(offset, buf, lead, data.len()))
+    Piece::Data(Span::from_trusted(offset, buf, lead, data.len()))
 }
 
 #[cfg(test)]

@@ -52,7 +52,6 @@ pub struct TargetDev {
     is_loop: bool,
     size: u64,
     logical_sector: u64,
-    diskseq: Option<u64>,
 }
 
 fn aligned(buf: &[u8], off: u64) -> bool {
@@ -74,8 +73,9 @@ pub fn reopen(fd: &File, flags: libc::c_int) -> io::Result<File> {
 }
 
 impl TargetDev {
-    /// Opens and claims `path`. `min_size`: a regular file shorter than this is extended
+    /// Opens and claims `path` (tests; the pipeline uses [`Self::open_checked`]). `min_size`: a regular file shorter than this is extended
     /// (sparsely) to it, so a file target behaves like a disk of the image's size.
+    #[cfg(test)]
     pub fn open(path: &Path, min_size: u64) -> Result<TargetDev, ImagerError> {
         Self::open_checked(path, min_size, None)
     }
@@ -158,7 +158,6 @@ impl TargetDev {
             is_loop,
             size,
             logical_sector,
-            diskseq,
         })
     }
 
@@ -177,10 +176,6 @@ impl TargetDev {
     /// True for a block device.
     pub fn is_block(&self) -> bool {
         self.is_block
-    }
-    /// The claimed disk's kernel `diskseq` (block devices on Linux 5.15+).
-    pub fn diskseq(&self) -> Option<u64> {
-        self.diskseq
     }
     /// True while bulk I/O goes through O_DIRECT.
     pub fn is_direct(&self) -> bool {

@@ -22,8 +22,9 @@ use image_store::ChunkId;
 
 use crate::buffer::{AlignedBuf, is_zero};
 use crate::error::ImagerError;
+use crate::span::WrittenExtent;
 use crate::target::TargetDev;
-use crate::writer::{BIG_HOLE, HOLDBACK, WrittenExtent};
+use crate::writer::{BIG_HOLE, HOLDBACK};
 
 /// Size of one read-back request.
 pub const READ_BUF: usize = 4 << 20;
@@ -362,7 +363,7 @@ pub fn verify_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Piece;
+    use crate::span::Piece;
     use crate::span::trusted_piece;
     use crate::writer::OrderedWriter;
     use std::os::unix::fs::FileExt;

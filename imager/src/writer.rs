@@ -15,8 +15,8 @@ use image_store::ChunkId;
 use serde::Serialize;
 
 use crate::buffer::{ALIGN, AlignedBuf};
-use crate::decode::Piece;
 use crate::error::ImagerError;
+use crate::span::{Piece, WrittenExtent};
 use crate::target::TargetDev;
 
 /// The protective MBR and primary GPT live here; written last, after everything is verified.
@@ -27,20 +27,6 @@ pub const WRITE_MAX: usize = 8 << 20;
 const ZEROS: usize = 1 << 20;
 /// Holes at least this long are zeroed by the device rather than written.
 pub const BIG_HOLE: u64 = 1 << 20;
-
-/// One extent as written, for read-back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WrittenExtent {
-    /// Image offset.
-    pub offset: u64,
-    /// Length.
-    pub len: u64,
-    /// Expected BLAKE3 of the bytes; `None` for zeros.
-    pub id: Option<ChunkId>,
-    /// Zeros whose aligned middle the device zeroed without data transfer (see
-    /// [`crate::target::ZeroMethod::offloaded`]): read-back may sample them.
-    pub offloaded: bool,
-}
 
 /// Byte counts of the writing phase.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -91,11 +77,6 @@ impl<'a> OrderedWriter<'a> {
     /// Image offset up to which pieces have been taken.
     pub fn position(&self) -> u64 {
         self.pos
-    }
-
-    /// The target.
-    pub fn dev(&mut self) -> &mut TargetDev {
-        self.dev
     }
 
     fn record(&mut self, offset: u64, len: u64, id: Option<ChunkId>, offloaded: bool) {

@@ -105,7 +105,7 @@ fn an_overlay_on_a_btrfs_disk_resolves_to_that_disk() {
         p("work")
     );
     let ov = Mounted::new(&["-t", "overlay", "overlay", "-o", &opts]);
-    let mounts = imager::mountinfo::current();
+    let mounts = blockdev::mountinfo::current();
     let entry = mounts
         .iter()
         .find(|m| Path::new(&m.mount_point) == ov.path())
@@ -113,7 +113,7 @@ fn an_overlay_on_a_btrfs_disk_resolves_to_that_disk() {
     assert_eq!(entry.fstype, "overlay");
     let want = std::fs::metadata(dev.path()).unwrap();
     use std::os::unix::fs::MetadataExt;
-    let devs = imager::mountinfo::block_devices(entry, &mounts, 0);
+    let devs = blockdev::mountinfo::block_devices(entry, &mounts, 0);
     assert!(devs.contains(&want.rdev()), "{devs:?}");
     drop(ov);
     drop(base);

@@ -261,7 +261,7 @@ fn refusals_too_small_read_only_sector_size_mounted() {
 
 #[test]
 fn the_root_filesystems_disk_is_refused_without_writing() {
-    let disks = imager::eligibility::system_disks();
+    let disks = imager::system_disks();
     let Some(d) = disks.iter().next() else {
         eprintln!("skipping: / is not on a block device here");
         return;

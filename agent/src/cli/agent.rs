@@ -7,11 +7,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use crate::Depot;
-use crate::client::Client;
-use crate::config::Config;
-use crate::job::{Job, JobState};
-use crate::protocol::{Op, Status};
+use agent::Depot;
+use agent::config::Config;
+use agent::job::{Job, JobState};
+use agent::server::client::Client;
+use agent::server::protocol::{Op, Status};
 
 /// Where to find the agent: its config file (for the socket path) or the socket itself.
 #[derive(Debug, Clone, Args)]
@@ -155,26 +155,26 @@ pub fn run(depot: &Depot, cmd: AgentCommand) -> Result<()> {
         AgentCommand::Job(j) => job(j),
         AgentCommand::Status { watch, json, conn } => {
             if watch {
-                return crate::status::watch(&conn.socket()?);
+                return crate::cli::status::watch(&conn.socket()?);
             }
             let st: Status = conn.client()?.call(Op::Status)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                print!("{}", crate::status::render(&st));
+                print!("{}", crate::cli::status::render(&st));
             }
             Ok(())
         }
         AgentCommand::Report { job, json, html } => {
-            let journal = crate::journal::Journal::open(&depot.jobs())?;
+            let journal = agent::job::journal::Journal::open(&depot.jobs())?;
             let j = journal
                 .load(&job)
                 .with_context(|| format!("loading job {job}"))?;
             // What happened to the client data comes from the custody records, read now.
             let custody = crate::cli::data::open_custody(depot);
-            let mut r = crate::report::Report::with_custody(&j, custody.as_ref().ok());
+            let mut r = agent::job::report::Report::with_custody(&j, custody.as_ref().ok());
             // The audit checkpoint exists only in the report the agent wrote.
-            r.audit = crate::report::AuditAnchor::saved(&depot.reports(), &j.id);
+            r.audit = agent::job::report::AuditAnchor::saved(&depot.reports(), &j.id);
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else if html {
@@ -184,7 +184,7 @@ pub fn run(depot: &Depot, cmd: AgentCommand) -> Result<()> {
             }
             Ok(())
         }
-        AgentCommand::Demo => crate::demo::run(),
+        AgentCommand::Demo => crate::cli::demo::run(),
     }
 }
 
@@ -201,7 +201,7 @@ pub fn agent_depot(depot: &Depot, cfg: &Config) -> Depot {
 }
 
 fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
-    crate::memory::limit_malloc_arenas();
+    agent::memory::limit_malloc_arenas();
     // Before anything else, above all before the socket is bound: an agent without its
     // configuration would take the socket and serve no bays.
     let cfg = load_agent_config(config)?;
@@ -222,29 +222,29 @@ fn run_agent(depot: &Depot, config: Option<&Path>) -> Result<()> {
         // Before the socket exists and READY is sent: a SIGTERM from then on is a clean stop,
         // never the default action (a supervisor or test may stop us right after READY).
         let shutdown = shutdown_signal();
-        let journal = crate::journal::Journal::open(&depot.jobs())?;
+        let journal = agent::job::journal::Journal::open(&depot.jobs())?;
         // Held until the agent exits, taken before the socket exists: a second agent on this
         // state stops here, and commands that change job records themselves (`tek image rm
         // --force`) go through the socket while it is held.
         let _owner = journal
             .own()
             .context("taking ownership of the job journal")?;
-        let listener = crate::server::bind_socket(&cfg.socket, &cfg.socket_group)?;
-        let steps = crate::steps::RealSteps::open(&depot, &cfg)?;
-        let agent = crate::daemon::Agent::new(cfg.clone(), journal, Arc::new(steps))?;
-        let devices = crate::server::hotplug_events(PathBuf::from("/sys"))?;
+        let listener = agent::server::bind_socket(&cfg.socket, &cfg.socket_group)?;
+        let steps = agent::job::steps::RealSteps::open(&depot, &cfg)?;
+        let agent = agent::daemon::Agent::new(cfg.clone(), journal, Arc::new(steps))?;
+        let devices = agent::server::hotplug_events(PathBuf::from("/sys"))?;
         tracing::info!(socket = %cfg.socket.display(), state = %depot.root().display(), "agent starting");
-        let res = crate::server::run(listener, agent, devices, shutdown).await;
+        let res = agent::server::run(listener, agent, devices, shutdown).await;
         let _ = std::fs::remove_file(&cfg.socket);
         res
     })
 }
 
 /// The daemon's configuration: `--config FILE` (or `TEK_CONFIG`), else
-/// [`crate::config::DEFAULT_CONFIG`], which must then exist. Unlike the commands, the daemon
+/// [`agent::config::DEFAULT_CONFIG`], which must then exist. Unlike the commands, the daemon
 /// never falls back to built-in defaults.
 pub fn load_agent_config(config: Option<&Path>) -> Result<Config> {
-    let path = config.unwrap_or(Path::new(crate::config::DEFAULT_CONFIG));
+    let path = config.unwrap_or(Path::new(agent::config::DEFAULT_CONFIG));
     if config.is_none() && !path.exists() {
         anyhow::bail!(
             "not starting: no configuration at {} (write it from the annotated \
@@ -279,17 +279,17 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
 fn bays(discover: bool, conn: &AgentConn) -> Result<()> {
     let cfg = conn.config()?;
     if discover {
-        let disks = crate::disk::scan_disks(Path::new("/sys"))
+        let disks = blockdev::sysfs::scan_disks(Path::new("/sys"))
             .context("scanning /sys/class/block for disks")?;
         if disks.is_empty() {
             println!("no disks found");
         }
         for d in &disks {
-            let ours = crate::bay::Disk::from(d);
-            let bay = crate::bay::bay_of(&cfg, &ours)
+            let ours = agent::daemon::matching::Disk::from(d);
+            let bay = agent::daemon::matching::bay_of(&cfg, &ours)
                 .map(|b| format!("  [bay {}]", b.name))
                 .unwrap_or_default();
-            println!("{}{bay}", crate::disk::describe(d));
+            println!("{}{bay}", blockdev::sysfs::describe(d));
         }
         println!(
             "\nPlug a disk into each bay in turn and copy its port path into a [[bay]] port_path."
@@ -355,7 +355,7 @@ fn job(cmd: JobCommand) -> Result<()> {
                 println!("no jobs");
             } else {
                 for j in &jobs {
-                    println!("{}", crate::status::job_line(j));
+                    println!("{}", crate::cli::status::job_line(j));
                 }
             }
         }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use client_data::{AuditEvent, AuditHead, AuditLog, AuditPublicKey, BreachReport};
 
-use crate::Depot;
+use agent::Depot;
 
 /// `tek audit` subcommands.
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,7 @@
 //! `tek data ...` and `tek backup ...`: client data custody, a thin layer over
 //! [`client_data::Custody`].
 //!
-//! Custody settings (KEK, holidays, ages) come from [`crate::settings`], as the daemon's do:
+//! Custody settings (KEK, holidays, ages) come from [`agent::settings`], as the daemon's do:
 //! the `[custody]` table of the agent's config (`TEK_CONFIG`, else `/etc/tek/agent.toml`),
 //! with the environment as an override.
 
@@ -13,7 +13,7 @@ use client_data::{
     Custody, DatasetId, Destination, DeviceIdentity, WipeOptions, WipeReason, WithdrawReason,
 };
 
-use crate::Depot;
+use agent::Depot;
 
 /// `tek data` subcommands.
 #[derive(Debug, Subcommand)]
@@ -150,7 +150,7 @@ pub enum BackupCommand {
 
 /// Opens custody for a depot with the settings of the agent's config and the environment.
 pub fn open_custody(depot: &Depot) -> Result<Custody> {
-    crate::settings::open_custody(depot, &crate::settings::command_config()?)
+    agent::settings::open_custody(depot, &agent::settings::command_config()?)
 }
 
 /// A clap value parser applying the id rule (`client_data::dataset::check_ident`), so a name,
@@ -324,11 +324,17 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
         } => {
             let id = parse_id(&dataset)?;
             let opts = WipeOptions {
-                force_reason: if force { reason } else { None },
                 note: if force { note } else { None },
                 operator: operator(),
             };
-            let rec = c.wipe(&id, &opts).with_context(|| format!("wiping {id}"))?;
+            let rec = match reason.filter(|_| force) {
+                // `--force --reason`: the explicit way around the proof.
+                Some(reason) => c.force_wipe(&id, reason, &opts),
+                None => c
+                    .verified_restore(&id)
+                    .and_then(|proof| c.wipe(&proof, &opts)),
+            }
+            .with_context(|| format!("wiping {id}"))?;
             if json {
                 print_json(&rec)?;
             } else {
@@ -487,7 +493,7 @@ fn tell_agent(conn: &crate::cli::agent::AgentConn) -> String {
     }
     let reply = conn
         .client()
-        .and_then(|mut c| c.call::<Vec<String>>(crate::protocol::Op::CustodyChanged));
+        .and_then(|mut c| c.call::<Vec<String>>(agent::server::protocol::Op::CustodyChanged));
     match reply {
         Ok(jobs) if jobs.is_empty() => {
             "agent told: no job of this client's data was waiting or running".into()

@@ -11,7 +11,7 @@ use image_store::{
     SigningKey, Store, generate_keypair,
 };
 
-use crate::Depot;
+use agent::Depot;
 
 /// `tek image` subcommands.
 #[derive(Debug, Subcommand)]

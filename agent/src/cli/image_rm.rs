@@ -12,11 +12,11 @@ use anyhow::{Context, Result, bail};
 use image_store::ImageRef;
 
 use super::agent::AgentConn;
-use crate::Depot;
-use crate::job::{Job, JobState};
-use crate::journal::{Journal, JournalBusy};
-use crate::protocol::Op;
-use crate::runner::JobSteps;
+use agent::Depot;
+use agent::job::journal::{Journal, JournalBusy};
+use agent::job::runner::JobSteps;
+use agent::job::{Job, JobState};
+use agent::server::protocol::Op;
 
 /// Unfinished jobs in the journal that use `image`.
 fn users(journal: &Journal, image: &ImageRef) -> Result<Vec<Job>> {
@@ -52,7 +52,7 @@ fn fail_jobs(
     match owns {
         true => {
             let cfg = conn.config().unwrap_or_default();
-            let steps = crate::steps::RealSteps::open(depot, &cfg)?;
+            let steps = agent::job::steps::RealSteps::open(depot, &cfg)?;
             for j in jobs {
                 let mut j = j.clone();
                 j.error = Some(reason.to_string());

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use image_store::{CheckedChunks, ImageRef, SignatureStatus};
 
 use super::image::{open_store, print_json};
-use crate::Depot;
+use agent::Depot;
 
 /// Runs `tek image verify`.
 pub(super) fn verify(

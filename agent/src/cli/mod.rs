@@ -4,10 +4,12 @@
 pub mod agent;
 pub mod audit;
 pub mod data;
+pub mod demo;
 pub mod image;
 pub mod image_rm;
 mod image_verify;
 pub mod interrupt;
+pub mod status;
 pub mod write;
 
 use std::path::PathBuf;
@@ -88,7 +90,7 @@ impl Command {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut depot = crate::Depot::resolve(cli.state, cli.store)?;
+    let mut depot = ::agent::Depot::resolve(cli.state, cli.store)?;
     if let Some(dir) = cli.trusted_keys {
         depot = depot.with_trusted_keys(dir);
     }

@@ -9,22 +9,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use image_store::{ImageRef, SignatureStatus, Store};
 use imager::{BeyondImage, ImageSource, Phase, ProgressEvent, TargetReport, WriteOptions};
 
 use super::interrupt::say;
-use crate::Depot;
+use agent::Depot;
 
-/// What to do with the disk beyond the image's end.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum BeyondArg {
-    /// Clear it where the device zeroes fast; say so in the report otherwise.
-    Auto,
-    /// Always clear it, writing zeros if needed.
-    Overwrite,
-    /// Leave it as it is.
-    Skip,
+/// `--beyond`'s values, with their help, parsed into the imager's [`BeyondImage`].
+fn beyond_parser() -> impl clap::builder::TypedValueParser<Value = BeyondImage> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new("auto")
+            .help("Clear it where the device zeroes fast; say so in the report otherwise"),
+        PossibleValue::new("overwrite").help("Always clear it, writing zeros if needed"),
+        PossibleValue::new("skip").help("Leave it as it is"),
+    ])
+    .map(|s| s.parse::<BeyondImage>().expect("listed values parse"))
 }
 
 /// Arguments of `tek write`.
@@ -46,8 +47,8 @@ pub struct WriteArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
     /// What to do past the image's end.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub beyond: BeyondArg,
+    #[arg(long, default_value = "auto", value_parser = beyond_parser())]
+    pub beyond: BeyondImage,
     /// Read what the target holds and skip writes where it already matches.
     #[arg(long)]
     pub reuse: bool,
@@ -113,7 +114,7 @@ fn human(bytes: u64) -> String {
 
 fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> {
     if let ImageSource::File(p) = source
-        && let Ok(f) = imager::reader::file_format(p)
+        && let Ok(f) = imager::file_format(p)
         && f != image_store::source::SourceFormat::Raw
     {
         // Decoding a large xz file takes minutes: say why nothing seems to happen.
@@ -147,7 +148,7 @@ fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> 
             ),
             Err(r) => eprintln!("  {}: REFUSED: {r}", t.display()),
         }
-        if let Some(m) = imager::marker::read_path(t) {
+        if let Some(m) = imager::read_unfinished_marker(t) {
             eprintln!("  {}: {m}", t.display());
         }
     }
@@ -297,11 +298,7 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
     let source = resolve_source(depot, &args)?;
     let info = confirm(&source, &args)?;
     let opts = WriteOptions {
-        beyond: match args.beyond {
-            BeyondArg::Auto => BeyondImage::Auto,
-            BeyondArg::Overwrite => BeyondImage::Overwrite,
-            BeyondArg::Skip => BeyondImage::Skip,
-        },
+        beyond: args.beyond,
         reuse_existing: args.reuse,
         fixups: !args.no_fixups,
         verify_holes_fully: args.verify_holes_fully,

@@ -14,12 +14,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::access::{self, Peer};
-use crate::bay::Disk;
-pub use crate::conn::Limits;
-use crate::conn::{self, AcceptErrors, Full, LineError, Slots};
 use crate::daemon::Agent;
-use crate::protocol::{ErrorCode, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
+use crate::daemon::matching::Disk;
+use crate::server::access::{self, Peer};
+pub use crate::server::conn::Limits;
+use crate::server::conn::{self, AcceptErrors, Full, LineError, Slots};
+use crate::server::protocol::{ErrorCode, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
 
 /// A disk event, as the daemon consumes it (the hotplug watcher's events are converted).
 #[derive(Debug, Clone)]
@@ -37,18 +37,18 @@ pub enum DeviceEvent {
 /// inside the tokio runtime. The watcher scans first, so every disk already present arrives as
 /// `Present`: that is how jobs interrupted by a crash find their disk again.
 pub fn hotplug_events(sys_root: std::path::PathBuf) -> Result<mpsc::Receiver<DeviceEvent>> {
-    let mut rx = crate::hotplug::watch(sys_root.clone())
+    let mut rx = blockdev::watch::watch(sys_root.clone())
         .with_context(|| format!("watching disks (uevents, {})", sys_root.display()))?;
     let (tx, out) = mpsc::channel(256);
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             let ev = match ev {
-                crate::hotplug::DiskEvent::Present(d) => {
-                    let mut disk = Disk::from(&d);
-                    disk.diskseq = read_diskseq(&sys_root, &d.name);
-                    DeviceEvent::Present(Box::new(disk))
+                blockdev::watch::DiskEvent::Present(d) => {
+                    // The watcher read `diskseq` with the rest of the disk; a re-attach after
+                    // that comes as its own `Gone`/`Present` pair carrying the new value.
+                    DeviceEvent::Present(Box::new(Disk::from(&d)))
                 }
-                crate::hotplug::DiskEvent::Gone { name } => DeviceEvent::Gone { name },
+                blockdev::watch::DiskEvent::Gone { name } => DeviceEvent::Gone { name },
             };
             if tx.send(ev).await.is_err() {
                 return;
@@ -56,14 +56,6 @@ pub fn hotplug_events(sys_root: std::path::PathBuf) -> Result<mpsc::Receiver<Dev
         }
     });
     Ok(out)
-}
-
-/// The kernel's `diskseq` of `name`, read right after the watcher identified the disk. A
-/// re-attach in between is followed by its own `Gone`/`Present` pair, which carries the new
-/// value, so a stale read here is corrected at once.
-fn read_diskseq(sys_root: &Path, name: &str) -> Option<u64> {
-    let p = sys_root.join("class/block").join(name).join("diskseq");
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
 /// Binds the control socket: creates its directory, refuses to start if another agent answers
@@ -412,18 +404,17 @@ async fn write_line<T: serde::Serialize>(
 }
 
 #[cfg(test)]
-#[path = "server_tests.rs"]
 mod limit_tests;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Client;
     use crate::config::Config;
     use crate::daemon::tests::{CFG, fake, loop_disk};
+    use crate::job::journal::Journal;
     use crate::job::{Job, JobState};
-    use crate::journal::Journal;
-    use crate::protocol::{Event, Status};
+    use crate::server::client::Client;
+    use crate::server::protocol::{Event, Status};
 
     #[test]
     fn socket_round_trip_events_and_shutdown() {

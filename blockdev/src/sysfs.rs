@@ -1,7 +1,7 @@
 //! Disks as sysfs describes them: which whole disks are present and what each one is.
 //!
 //! [`scan_disks`] lists `/sys/class/block` and [`identify`] reads one entry: bus, vendor, model,
-//! serial, WWN, size, block sizes, flags, the udev-style port path (see [`crate::portpath`]) and,
+//! serial, WWN, size, block sizes, flags, the udev-style port path (see [`crate::port_path`]) and,
 //! for a loop device, its backing file. Partitions, hidden nvme paths, drives without media
 //! (size 0) and detached loop devices are not disks for us. Everything is read below a sysfs root
 //! passed in, so tests use fake trees; the agent passes `/sys`.
@@ -12,7 +12,51 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::portpath::{self, Node, read_attr};
+use crate::port_path::{self, Node, read_attr};
+
+/// The sysfs tree tek reads: `/sys` on a real machine, a fake tree in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysRoot(PathBuf);
+
+impl SysRoot {
+    /// The machine's own `/sys`.
+    pub fn system() -> SysRoot {
+        SysRoot(PathBuf::from("/sys"))
+    }
+
+    /// A sysfs tree at `root` (a fake one in tests).
+    pub fn at(root: impl Into<PathBuf>) -> SysRoot {
+        SysRoot(root.into())
+    }
+
+    /// The tree's root directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// All whole disks present (see [`scan_disks`]).
+    pub fn scan_disks(&self) -> io::Result<Vec<DiskInfo>> {
+        scan_disks(&self.0)
+    }
+
+    /// Whether block device `name` has media now: `Some(false)` when its sysfs `size` is 0 (a
+    /// pulled card, a detached loop device), `None` when sysfs has no such device.
+    pub fn media_present(&self, name: &str) -> Option<bool> {
+        let size = self.0.join("class/block").join(name).join("size");
+        fs::read_to_string(size).ok().map(|s| s.trim() != "0")
+    }
+
+    /// One disk by kernel name (see [`identify`]).
+    pub fn identify(&self, name: &str) -> io::Result<Option<DiskInfo>> {
+        identify(&self.0, name)
+    }
+}
+
+impl AsRef<Path> for SysRoot {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
 
 /// How a disk is attached.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -100,13 +144,10 @@ pub struct DiskInfo {
     pub port_path: Option<String>,
     /// For a loop device, the file it is attached to.
     pub loop_backing_file: Option<PathBuf>,
-}
-
-/// A disk plus its kernel `diskseq` (a counter the kernel bumps on every attach and media change;
-/// the hotplug watcher uses it to tell a re-attached loop device from the same one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Identified {
-    pub info: DiskInfo,
+    /// The kernel's `diskseq` (Linux 5.15+), read with the rest: a counter bumped on every
+    /// attach and media change, so it tells a re-attached loop device (same name, same backing
+    /// file) from the one seen before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diskseq: Option<u64>,
 }
 
@@ -121,30 +162,42 @@ fn invalid(what: String) -> io::Error {
 /// All whole disks present, sorted by name (no partitions; loop devices only when attached: size
 /// > 0 and a backing file). A device that vanishes while being read is left out.
 pub fn scan_disks(sys_root: &Path) -> io::Result<Vec<DiskInfo>> {
-    Ok(scan(sys_root)?.into_iter().map(|d| d.info).collect())
-}
-
-pub(crate) fn scan(sys_root: &Path) -> io::Result<Vec<Identified>> {
     let class = sys_root.join("class/block");
     let entries = fs::read_dir(&class).map_err(|e| with_context(e, "listing", &class))?;
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| with_context(e, "listing", &class))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        match identify_full(sys_root, &name) {
+        match identify(sys_root, &name) {
             Ok(Some(d)) => out.push(d),
             Ok(None) => {}
             // One odd device must not hide the others from the bench.
             Err(e) => tracing::warn!("skipping block device {name}: {e}"),
         }
     }
-    out.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
 /// One disk by kernel name; `Ok(None)` if it is absent, a partition, or a detached loop device.
 pub fn identify(sys_root: &Path, name: &str) -> io::Result<Option<DiskInfo>> {
-    Ok(identify_full(sys_root, name)?.map(|d| d.info))
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("identifying disk {name:?}: not a kernel block device name"),
+        ));
+    }
+    let link = sys_root.join("class/block").join(name);
+    let dir = match fs::canonicalize(&link) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(with_context(e, "resolving", &link)),
+    };
+    match read_disk(sys_root, name, &dir) {
+        // Removed between listing and reading: absent, not an error.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        other => other,
+    }
 }
 
 /// Reads a number attribute that must be there (`NotFound` propagates: the device went away).
@@ -167,27 +220,7 @@ fn flag(dir: &Path, attr: &str) -> bool {
     read_attr(dir, attr).as_deref() == Some("1")
 }
 
-pub(crate) fn identify_full(sys_root: &Path, name: &str) -> io::Result<Option<Identified>> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("identifying disk {name:?}: not a kernel block device name"),
-        ));
-    }
-    let link = sys_root.join("class/block").join(name);
-    let dir = match fs::canonicalize(&link) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(with_context(e, "resolving", &link)),
-    };
-    match read_disk(sys_root, name, &dir) {
-        // Removed between listing and reading: absent, not an error.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        other => other,
-    }
-}
-
-fn read_disk(sys_root: &Path, name: &str, dir: &Path) -> io::Result<Option<Identified>> {
+fn read_disk(sys_root: &Path, name: &str, dir: &Path) -> io::Result<Option<DiskInfo>> {
     if dir.join("partition").exists() || flag(dir, "hidden") {
         return Ok(None);
     }
@@ -210,7 +243,7 @@ fn read_disk(sys_root: &Path, name: &str, dir: &Path) -> io::Result<Option<Ident
         // A drive without media, or a loop device with nothing attached.
         return Ok(None);
     }
-    let chain = portpath::device_chain(sys_root, dir);
+    let chain = port_path::device_chain(sys_root, dir);
     let devices = sys_root.join("devices");
     let devices = fs::canonicalize(&devices).map_err(|e| with_context(e, "resolving", &devices))?;
     let is_virtual = dir
@@ -220,7 +253,7 @@ fn read_disk(sys_root: &Path, name: &str, dir: &Path) -> io::Result<Option<Ident
         return Ok(None);
     }
     let device = dir.join("device");
-    let device_is_scsi = portpath::subsystem_of(&device).as_deref() == Some("scsi");
+    let device_is_scsi = port_path::subsystem_of(&device).as_deref() == Some("scsi");
     let usb_device = chain.iter().find(|n| {
         n.subsystem.as_deref() == Some("usb") && n.devtype.as_deref() == Some("usb_device")
     });
@@ -232,7 +265,7 @@ fn read_disk(sys_root: &Path, name: &str, dir: &Path) -> io::Result<Option<Ident
     let wwn = read_attr(dir, "wwid")
         .or_else(|| read_attr(&device, "wwid"))
         .and_then(|w| normalize_wwid(&w));
-    let info = DiskInfo {
+    Ok(Some(DiskInfo {
         name: name.to_string(),
         dev_path: PathBuf::from("/dev").join(name),
         major,
@@ -253,12 +286,9 @@ fn read_disk(sys_root: &Path, name: &str, dir: &Path) -> io::Result<Option<Ident
         port_path: if is_virtual {
             None
         } else {
-            portpath::path_id(sys_root, dir).map(|p| p.id_path)
+            port_path::path_id(sys_root, dir).map(|p| p.id_path)
         },
         loop_backing_file: backing,
-    };
-    Ok(Some(Identified {
-        info,
         diskseq: opt_num(dir, "diskseq"),
     }))
 }
@@ -364,7 +394,7 @@ pub fn describe(disk: &DiskInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::portpath::fake::FakeSys;
+    use crate::port_path::fake::FakeSys;
 
     #[test]
     fn usb_stick_identified() {

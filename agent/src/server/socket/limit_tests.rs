@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::client::{AgentError, Client};
 use crate::config::Config;
 use crate::daemon::tests::{CFG, fake, loop_disk};
-use crate::journal::Journal;
-use crate::protocol::{ErrorCode, Event, Status};
+use crate::job::journal::Journal;
+use crate::server::client::{AgentError, Client};
+use crate::server::protocol::{ErrorCode, Event, Status};
 
 /// A running server on a temporary socket; stops it on drop.
 struct Server {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, unbounded};
 
-use crate::runner::StepProgress;
+use crate::job::runner::StepProgress;
 
 /// What the batch sends back to a member's thread.
 enum Msg<R> {
@@ -167,7 +167,7 @@ fn run_batch<R: Send>(members: Vec<Member<R>>, run: Box<RunImager<'_, R>>) {
         for ev in prx.iter() {
             if let Some(m) = members.iter().find(|m| m.dev == ev.target) {
                 let _ = m.tx.send(Msg::Progress(StepProgress {
-                    phase: format!("{:?}", ev.phase).to_lowercase(),
+                    phase: ev.phase.to_string(),
                     bytes_done: ev.bytes_done,
                     bytes_total: ev.bytes_total,
                     rate_bps: ev.rate_bps,

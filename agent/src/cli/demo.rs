@@ -14,17 +14,17 @@ use client_data::{Custody, CustodyPaths};
 use image_store::{ImageRef, ImportOptions, SigningKey, Store};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::Depot;
-use crate::bay::Disk;
-use crate::client::Client;
-use crate::config::Config;
-use crate::daemon::Agent;
-use crate::job::{Job, JobState};
-use crate::journal::Journal;
-use crate::protocol::{Event, Op};
-use crate::report::Report;
-use crate::sample;
-use crate::server::{self, DeviceEvent};
+use agent::Depot;
+use agent::config::Config;
+use agent::daemon::Agent;
+use agent::daemon::matching::Disk;
+use agent::job::journal::Journal;
+use agent::job::report::Report;
+use agent::job::{Job, JobState};
+use agent::sample;
+use agent::server::client::Client;
+use agent::server::protocol::{Event, Op};
+use agent::server::{self, DeviceEvent};
 
 fn say(step: &str) {
     println!("\n### {step}");
@@ -108,7 +108,7 @@ pub fn run() -> Result<()> {
         format!("{}/disk-*.img", bay_dir.display()),
     ))?;
     println!("config:\n{}", toml::to_string(&cfg).unwrap_or_default());
-    let steps = crate::steps::RealSteps::open(&depot, &cfg)?;
+    let steps = agent::job::steps::RealSteps::open(&depot, &cfg)?;
     let agent = Agent::new(cfg.clone(), Journal::open(&depot.jobs())?, Arc::new(steps))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -120,7 +120,7 @@ pub fn run() -> Result<()> {
     say("7. service report");
     let custody = crate::cli::data::open_custody(&depot).ok();
     let mut report = Report::with_custody(&job, custody.as_ref());
-    report.audit = crate::report::AuditAnchor::saved(&depot.reports(), &job.id);
+    report.audit = agent::job::report::AuditAnchor::saved(&depot.reports(), &job.id);
     print!("{}", report.to_text());
     if let Some(s) = &job.results.sanitization {
         say("8. sanitization record of the staging wipe");

@@ -12,12 +12,12 @@ use client_data::{AuditEvent, Custody, DatasetId, DatasetState, Destination, Dev
 use image_store::{ImageRef, LoadedImage, SignatureStatus, Store};
 
 use crate::Depot;
-use crate::bay::Disk;
 use crate::config::{BeyondImage, Config};
+use crate::daemon::matching::Disk;
 use crate::job::Job;
-use crate::report::{AuditAnchor, Report};
-use crate::runner::{JobSteps, StepError, StepProgress};
-use crate::shared_write::WriteSharing;
+use crate::job::report::{AuditAnchor, Report};
+use crate::job::runner::{JobSteps, StepError, StepProgress};
+use crate::job::shared_write::WriteSharing;
 
 /// Operator name written into wipe records made by the agent.
 const OPERATOR: &str = "tek-agent";
@@ -59,7 +59,7 @@ impl RealSteps {
     /// another one under that name (`admission.rs`).
     fn load_pinned(&self, job: &Job) -> Result<LoadedImage> {
         let img = self.load(job)?;
-        crate::admission::check_pinned(job, &img)?;
+        crate::job::admission::check_pinned(job, &img)?;
         Ok(img)
     }
 
@@ -70,7 +70,7 @@ impl RealSteps {
             .custody
             .dataset(&id)
             .with_context(|| format!("looking up dataset {id}"))?;
-        crate::admission::check_dataset(job, &info, need_live)?;
+        crate::job::admission::check_dataset(job, &info, need_live)?;
         Ok(info)
     }
 
@@ -274,7 +274,7 @@ impl JobSteps for RealSteps {
         let mut facts = image_facts(&img);
         // A disk a killed write left behind (ours after a crash, or another bench's): say so in
         // the log and the job record; the write that follows replaces it.
-        if let Some(m) = imager::marker::read_path(&disk.dev_path) {
+        if let Some(m) = imager::read_unfinished_marker(&disk.dev_path) {
             tracing::warn!(disk = %disk.name, job = %job.id, "{m}");
             facts["unfinished_write"] = serde_json::json!(m);
         }
@@ -296,11 +296,7 @@ impl JobSteps for RealSteps {
             image: img,
         };
         let opts = imager::WriteOptions {
-            beyond: match self.beyond {
-                BeyondImage::Auto => imager::BeyondImage::Auto,
-                BeyondImage::Overwrite => imager::BeyondImage::Overwrite,
-                BeyondImage::Skip => imager::BeyondImage::Skip,
-            },
+            beyond: self.beyond,
             ..imager::WriteOptions::default()
         };
         // Registered before joining a batch, so the leader sees every member's diskseq.
@@ -446,16 +442,16 @@ impl JobSteps for RealSteps {
                 ),
             }));
         }
+        // The proof of the verified migration, re-checked in the custody record (the migrate
+        // step may have run in an earlier process).
+        let opts = client_data::WipeOptions {
+            note: None,
+            operator: OPERATOR.into(),
+        };
         let rec = self
             .custody
-            .wipe(
-                &id,
-                &client_data::WipeOptions {
-                    force_reason: None,
-                    note: None,
-                    operator: OPERATOR.into(),
-                },
-            )
+            .verified_restore(&id)
+            .and_then(|proof| self.custody.wipe(&proof, &opts))
             .with_context(|| format!("wiping staged dataset {id}"))?;
         let value = serde_json::to_value(&rec).context("recording the sanitization record")?;
         std::fs::create_dir_all(&self.reports)
@@ -534,7 +530,7 @@ impl JobSteps for RealSteps {
             .with_context(|| format!("reading the custody records of dataset {id}"))?;
         Ok(match fate.state {
             DatasetState::Staged | DatasetState::Migrated => None,
-            _ => Some(crate::report::fate_line(&fate)),
+            _ => Some(crate::job::report::fate_line(&fate)),
         })
     }
 
@@ -542,11 +538,10 @@ impl JobSteps for RealSteps {
         let Some(name) = dev.file_name() else {
             return true;
         };
-        let size = Path::new("/sys/class/block").join(name).join("size");
-        match std::fs::read_to_string(&size) {
-            Ok(s) => s.trim() != "0",
+        match blockdev::SysRoot::system().media_present(&name.to_string_lossy()) {
+            Some(present) => present,
             // A plain file target (the demo without root) is always present.
-            Err(_) => dev.exists() && !dev.starts_with("/dev"),
+            None => dev.exists() && !dev.starts_with("/dev"),
         }
     }
 }

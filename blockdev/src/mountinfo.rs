@@ -1,4 +1,4 @@
-//! `/proc/self/mountinfo` and which block devices a mount lives on, for [`crate::eligibility`].
+//! `/proc/self/mountinfo` and which block devices a mount lives on, for eligibility (the imager) and stale-state checks (the agent).
 //!
 //! The `maj:min` field of a mountinfo line is the filesystem's `s_dev`, which is the block
 //! device only for single-device filesystems such as ext4 or xfs. btrfs (every subvolume),

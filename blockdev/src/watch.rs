@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use crate::disk::{self, DiskInfo, Identified};
+use crate::sysfs::{self, DiskInfo};
 use crate::uevent::{DEFAULT_RCVBUF, Uevent, UeventError, UeventSocket};
 
 /// What the watcher reports.
@@ -77,11 +77,11 @@ impl WatchStats {
 /// The disks known so far, and the diffing that turns observations into [`DiskEvent`]s.
 #[derive(Debug, Default)]
 pub struct DiskTable {
-    disks: BTreeMap<String, Identified>,
+    disks: BTreeMap<String, DiskInfo>,
 }
 
-fn same_identity(a: &Identified, b: &Identified) -> bool {
-    let (x, y) = (&a.info, &b.info);
+fn same_identity(a: &DiskInfo, b: &DiskInfo) -> bool {
+    let (x, y) = (a, b);
     a.diskseq == b.diskseq
         && (x.major, x.minor) == (y.major, y.minor)
         && x.serial == y.serial
@@ -100,13 +100,13 @@ impl DiskTable {
 
     /// The disks currently present.
     pub fn disks(&self) -> impl Iterator<Item = &DiskInfo> {
-        self.disks.values().map(|d| &d.info)
+        self.disks.values()
     }
 
     /// Records what sysfs says about `name` now and returns the events that tells the consumer:
     /// nothing if unchanged; `Present` if new or changed; `Gone` then `Present` if it is a
     /// different disk under the same name; `Gone` if it is no longer there.
-    fn observe(&mut self, name: &str, now: Option<Identified>) -> Vec<DiskEvent> {
+    fn observe(&mut self, name: &str, now: Option<DiskInfo>) -> Vec<DiskEvent> {
         let gone = || DiskEvent::Gone {
             name: name.to_string(),
         };
@@ -114,15 +114,15 @@ impl DiskTable {
             (None, None) => vec![],
             (Some(_), None) => vec![gone()],
             (None, Some(d)) => {
-                let ev = DiskEvent::Present(d.info.clone());
+                let ev = DiskEvent::Present(d.clone());
                 self.disks.insert(name.to_string(), d);
                 vec![ev]
             }
             (Some(old), Some(d)) => {
                 let evs = if !same_identity(&old, &d) {
-                    vec![gone(), DiskEvent::Present(d.info.clone())]
-                } else if old.info != d.info {
-                    vec![DiskEvent::Present(d.info.clone())]
+                    vec![gone(), DiskEvent::Present(d.clone())]
+                } else if old != d {
+                    vec![DiskEvent::Present(d.clone())]
                 } else {
                     vec![]
                 };
@@ -133,11 +133,9 @@ impl DiskTable {
     }
 
     /// Applies a full scan: `Gone` for disks not in it, `Present` for new or changed ones.
-    pub(crate) fn rescan(&mut self, found: Vec<Identified>) -> Vec<DiskEvent> {
-        let mut found: BTreeMap<String, Identified> = found
-            .into_iter()
-            .map(|d| (d.info.name.clone(), d))
-            .collect();
+    pub(crate) fn rescan(&mut self, found: Vec<DiskInfo>) -> Vec<DiskEvent> {
+        let mut found: BTreeMap<String, DiskInfo> =
+            found.into_iter().map(|d| (d.name.clone(), d)).collect();
         let mut names: Vec<String> = self.disks.keys().cloned().collect();
         names.extend(
             found
@@ -174,7 +172,7 @@ impl DiskTable {
             if !self.disks.contains_key(&parent) {
                 return Ok(vec![]);
             }
-            let now = disk::identify_full(sys_root, &parent)?;
+            let now = sysfs::identify(sys_root, &parent)?;
             return Ok(self.observe(&parent, now));
         }
         let mut out = Vec::new();
@@ -200,7 +198,7 @@ impl DiskTable {
                 }
             }
         }
-        let now = disk::identify_full(sys_root, &name)?;
+        let now = sysfs::identify(sys_root, &name)?;
         out.extend(self.observe(&name, now));
         Ok(out)
     }
@@ -220,7 +218,7 @@ pub fn watch_with(
 ) -> io::Result<(mpsc::Receiver<DiskEvent>, WatchStats)> {
     let sock = UeventSocket::bind_with(opts.rcvbuf)?;
     let mut table = DiskTable::new();
-    let initial = table.rescan(disk::scan(&sys_root)?);
+    let initial = table.rescan(sysfs::scan_disks(&sys_root)?);
     let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
     let stats = WatchStats::default();
     tokio::spawn(run(sock, sys_root, table, initial, tx, stats.clone()));
@@ -262,7 +260,7 @@ async fn run(
                 tracing::warn!(
                     "uevent overflow, {dropped} queued events dropped; re-scanning sysfs"
                 );
-                match disk::scan(&sys_root) {
+                match sysfs::scan_disks(&sys_root) {
                     Ok(found) => table.rescan(found),
                     Err(e) => {
                         tracing::error!("re-scanning disks after a uevent overflow: {e}");
@@ -293,7 +291,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::portpath::fake::FakeSys;
+    use crate::port_path::fake::FakeSys;
     use std::fs;
 
     fn uevent(action: &str, devpath: &str, extra: &[(&str, &str)]) -> Uevent {
@@ -321,7 +319,7 @@ mod tests {
         let root = sys.root();
         let dir = sys.loop_disk(5, None, 0);
         let mut t = DiskTable::new();
-        assert!(t.rescan(disk::scan(&root).unwrap()).is_empty());
+        assert!(t.rescan(sysfs::scan_disks(&root).unwrap()).is_empty());
         // Attach: backing file and size appear, then a change event.
         sys.attr(&dir, "loop/backing_file", "/srv/a.img\n");
         sys.attr(&dir, "size", "2048\n");
@@ -362,7 +360,10 @@ mod tests {
         let dir = sys.loop_disk(5, Some("/srv/a.img"), 2048);
         sys.attr(&dir, "diskseq", "7\n");
         let mut t = DiskTable::new();
-        assert_eq!(names(&t.rescan(disk::scan(&root).unwrap())), ["+loop5"]);
+        assert_eq!(
+            names(&t.rescan(sysfs::scan_disks(&root).unwrap())),
+            ["+loop5"]
+        );
         // Detached and re-attached before we read sysfs: only diskseq tells.
         sys.attr(&dir, "diskseq", "9\n");
         let detach = uevent(
@@ -383,7 +384,7 @@ mod tests {
         // Missed both events entirely (overflow): the rescan still tells the disk changed.
         sys.attr(&dir, "diskseq", "11\n");
         assert_eq!(
-            names(&t.rescan(disk::scan(&root).unwrap())),
+            names(&t.rescan(sysfs::scan_disks(&root).unwrap())),
             ["-loop5", "+loop5"]
         );
     }
@@ -394,7 +395,10 @@ mod tests {
         let root = sys.root();
         let mut t = DiskTable::new();
         sys.loop_disk(1, Some("/srv/keep.img"), 2048);
-        assert_eq!(names(&t.rescan(disk::scan(&root).unwrap())), ["+loop1"]);
+        assert_eq!(
+            names(&t.rescan(sysfs::scan_disks(&root).unwrap())),
+            ["+loop1"]
+        );
         let sdb = sys.usb_disk("sdb");
         let devpath = format!("/{}", sdb.strip_prefix(&root).unwrap().to_string_lossy());
         let evs = t.apply(&root, &uevent("add", &devpath, &[])).unwrap();
@@ -429,12 +433,12 @@ mod tests {
         );
         // Overflow: sdb came back and loop1 went while we were deaf.
         fs::remove_file(root.join("class/block/loop1")).unwrap();
-        let evs = t.rescan(disk::scan(&root).unwrap());
+        let evs = t.rescan(sysfs::scan_disks(&root).unwrap());
         let mut got = names(&evs);
         got.sort();
         assert_eq!(got, ["+sdb", "-loop1"]);
         assert!(
-            t.rescan(disk::scan(&root).unwrap()).is_empty(),
+            t.rescan(sysfs::scan_disks(&root).unwrap()).is_empty(),
             "second rescan is silent"
         );
     }

@@ -35,8 +35,12 @@ pub const TARGET_QUEUE: usize = 8;
 /// How long a blocked hand-off to one target may hold back starved others before it is split off.
 pub const SLOW_WAIT: Duration = Duration::from_secs(2);
 
-/// What to do past the image's end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What to do past the image's end: the one type for it, in the agent's config
+/// (`policy.beyond_image`, serde names) and `tek write --beyond` (the same names, [`FromStr`]).
+///
+/// [`FromStr`]: std::str::FromStr
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BeyondImage {
     /// Clear it where the device zeroes fast (WRITE ZEROES offload, discard that zeroes, file
     /// hole punch); otherwise leave it and say so in the report.
@@ -46,6 +50,37 @@ pub enum BeyondImage {
     Overwrite,
     /// Leave it.
     Skip,
+}
+
+impl BeyondImage {
+    /// Every value, in the order `--help` lists them.
+    pub const ALL: [BeyondImage; 3] =
+        [BeyondImage::Auto, BeyondImage::Overwrite, BeyondImage::Skip];
+
+    /// The name in config files and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BeyondImage::Auto => "auto",
+            BeyondImage::Overwrite => "overwrite",
+            BeyondImage::Skip => "skip",
+        }
+    }
+}
+
+impl std::fmt::Display for BeyondImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BeyondImage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        BeyondImage::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| format!("unknown value {s}: use auto, overwrite or skip"))
+    }
 }
 
 /// Runs on each target after its writes and before the flush and read-back, with the target's

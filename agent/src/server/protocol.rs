@@ -10,9 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bay::{Disk, DiskStatus};
+use crate::daemon::matching::{Disk, DiskStatus};
 use crate::job::Job;
-use crate::runner::StepProgress;
+use crate::job::runner::StepProgress;
 
 /// Version of the protocol spoken by this agent.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -85,7 +85,7 @@ pub enum Op {
 }
 
 impl Op {
-    /// Whether the request changes the bench (needs [`crate::access::may_change`]); every
+    /// Whether the request changes the bench (needs [`crate::server::access::may_change`]); every
     /// other request only reads.
     pub fn is_mutating(&self) -> bool {
         match self {
@@ -120,7 +120,7 @@ impl Op {
 pub enum ErrorCode {
     /// The peer may not make this request (see `access.rs`).
     Forbidden,
-    /// The request line exceeded [`crate::conn::Limits::max_line`]; the connection is closed.
+    /// The request line exceeded [`crate::server::conn::Limits::max_line`]; the connection is closed.
     LineTooLong,
     /// No request in time, or a request line not finished in time; the connection is closed.
     Timeout,

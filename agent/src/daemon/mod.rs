@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use tokio::sync::broadcast;
 
-use crate::bay::{Disk, DiskStatus, bay_of};
 use crate::config::{Config, check_image_ref};
+use crate::daemon::matching::{Disk, DiskStatus, bay_of};
+use crate::job::journal::Journal;
+use crate::job::runner::{Hooks, JobControl, JobSteps, StepProgress, StopCause, run_job};
 use crate::job::{DeviceRecord, Job, JobState, JobTarget};
-use crate::journal::Journal;
-use crate::protocol::{BayView, DiskView, Event, Status};
-use crate::runner::{Hooks, JobControl, JobSteps, StepProgress, StopCause, run_job};
+use crate::server::protocol::{BayView, DiskView, Event, Status};
 
 /// Progress events per job are sent at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -522,12 +522,9 @@ impl Agent {
     }
 }
 
-#[path = "daemon_status.rs"]
-mod daemon_status;
-
-#[path = "daemon_jobs.rs"]
-mod daemon_jobs;
+pub mod matching;
+mod requests;
+mod status;
 
 #[cfg(test)]
-#[path = "daemon_tests.rs"]
 pub(crate) mod tests;

@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::bay::Disk;
+use crate::daemon::matching::Disk;
+use crate::job::journal::Journal;
 use crate::job::{Job, JobState};
-use crate::journal::Journal;
 
 /// Live progress of the running step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
@@ -400,5 +400,4 @@ fn fail(
 }
 
 #[cfg(test)]
-#[path = "runner_tests.rs"]
 mod tests;

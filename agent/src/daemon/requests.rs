@@ -90,7 +90,7 @@ impl Agent {
     pub(super) fn create_record(&self, mut job: Job) -> Result<Job> {
         for _ in 0..3 {
             match self.journal.create(&job) {
-                Err(e) if e.is::<crate::journal::JobIdTaken>() => {
+                Err(e) if e.is::<crate::job::journal::JobIdTaken>() => {
                     tracing::warn!(job = %job.id, "job id already taken; drawing another");
                     job.id = crate::job::new_job_id();
                 }

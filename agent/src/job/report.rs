@@ -281,7 +281,7 @@ impl Report {
                         d.serial.clone().unwrap_or_else(|| "-".into()),
                     ),
                     ("bus".into(), d.bus.clone()),
-                    ("size".into(), crate::status::human(d.size_bytes)),
+                    ("size".into(), blockdev::sysfs::human_size(d.size_bytes)),
                     ("device".into(), d.dev_path.clone()),
                     ("bay".into(), d.bay.clone().unwrap_or_else(|| "-".into())),
                 ],

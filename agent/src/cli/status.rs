@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::client::Client;
-use crate::job::{Job, JobState};
-use crate::protocol::{Event, Op, Status};
+use agent::job::{Job, JobState};
+use agent::server::client::Client;
+use agent::server::protocol::{Event, Op, Status};
 
 /// Human size with binary units.
 pub fn human(bytes: u64) -> String {
@@ -159,10 +159,10 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bay::{DiskStatus, test_disk};
-    use crate::job::JobTarget;
-    use crate::protocol::{BayView, DiskView};
-    use crate::runner::StepProgress;
+    use agent::daemon::matching::{DiskStatus, test_disk};
+    use agent::job::JobTarget;
+    use agent::job::runner::StepProgress;
+    use agent::server::protocol::{BayView, DiskView};
 
     #[test]
     fn renders_bays_reasons_and_progress() {

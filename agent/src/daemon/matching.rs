@@ -100,8 +100,8 @@ impl Disk {
     }
 }
 
-impl From<&crate::disk::DiskInfo> for Disk {
-    fn from(d: &crate::disk::DiskInfo) -> Disk {
+impl From<&blockdev::sysfs::DiskInfo> for Disk {
+    fn from(d: &blockdev::sysfs::DiskInfo) -> Disk {
         Disk {
             name: d.name.clone(),
             dev_path: d.dev_path.clone(),
@@ -115,7 +115,7 @@ impl From<&crate::disk::DiskInfo> for Disk {
             read_only: d.read_only,
             port_path: d.port_path.clone(),
             loop_backing_file: d.loop_backing_file.clone(),
-            diskseq: None,
+            diskseq: d.diskseq,
         }
     }
 }
@@ -204,8 +204,9 @@ impl DiskStatus {
     }
 }
 
-#[cfg(test)]
-pub(crate) fn test_disk(name: &str) -> Disk {
+/// A hand-made 64 MiB virtual disk, for tests of the daemon and of the `tek` binary's views.
+#[doc(hidden)]
+pub fn test_disk(name: &str) -> Disk {
     Disk {
         name: name.into(),
         dev_path: PathBuf::from(format!("/dev/{name}")),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::protocol::{ErrorCode, Event, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
+use crate::server::protocol::{ErrorCode, Event, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
 
 /// The agent refused or failed a request: its sentence, and its [`ErrorCode`] when it gave one
 /// (`err.downcast_ref::<AgentError>()` to branch on it).

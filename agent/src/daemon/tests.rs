@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::*;
-use crate::bay::test_disk;
-use crate::runner::StepError;
+use crate::daemon::matching::test_disk;
+use crate::job::runner::StepError;
 
 pub(crate) struct Fake {
     write_ms: u64,
@@ -550,7 +550,6 @@ fn a_job_whose_image_is_removed_while_it_is_added_is_failed_not_queued() {
     assert_eq!(f.checks.load(Ordering::SeqCst), 0, "no disk offered to it");
 }
 
-#[path = "daemon_serial_tests.rs"]
 mod serial;
 #[test]
 fn withdrawal_cancels_waiting_jobs_and_stops_running_ones_before_migration() {
