@@ -22,7 +22,7 @@
 //! Writing a backup, pruning and rotating hold `<staging>/locks/backup.lock`, so a backup in
 //! progress cannot copy a key a withdrawal is destroying without the rotation seeing its epoch.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -108,15 +108,7 @@ pub(crate) struct DepotLock(#[allow(dead_code)] Flock<File>);
 
 impl DepotLock {
     pub(crate) fn take(staging: &Path, name: &str) -> Result<DepotLock, DataError> {
-        let dir = staging.join("locks");
-        mkdir_private(&dir)?;
-        let path = dir.join(format!("{name}.lock"));
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io("opening lock", &path))?;
+        let (f, path) = crate::dataset::open_lock_file(staging, name)?;
         Flock::lock(f, FlockArg::LockExclusive)
             .map(DepotLock)
             .map_err(|(_, e)| DataError::Io {

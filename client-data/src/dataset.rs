@@ -249,15 +249,7 @@ pub struct DatasetLock {
 impl DatasetLock {
     /// Takes the lock without waiting; [`DataError::Locked`] when someone holds it.
     pub fn try_take(staging: &Path, id: &str) -> Result<DatasetLock, DataError> {
-        let dir = staging.join("locks");
-        crate::keystore::mkdir_private(&dir)?;
-        let path = dir.join(format!("{id}.lock"));
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io("opening lock", &path))?;
+        let (f, path) = open_lock_file(staging, id)?;
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             Ok(l) => Ok(DatasetLock { _lock: l, path }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(DataError::Locked(id.to_string())),
@@ -268,6 +260,21 @@ impl DatasetLock {
             }),
         }
     }
+}
+
+/// Opens (creating, 0600 directory) `staging/locks/NAME.lock`, the file every custody lock
+/// (dataset, client, depot-wide) is an `flock` on; returns it with its path for messages.
+pub(crate) fn open_lock_file(staging: &Path, name: &str) -> Result<(File, PathBuf), DataError> {
+    let dir = staging.join("locks");
+    crate::keystore::mkdir_private(&dir)?;
+    let path = dir.join(format!("{name}.lock"));
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("opening lock", &path))?;
+    Ok((f, path))
 }
 
 /// Checks a client id or ticket: 1-64 of `[A-Za-z0-9._-]`, not starting with a dot (they become

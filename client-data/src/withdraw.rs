@@ -14,7 +14,7 @@
 //! partial's key is destroyed at once and the case stays open with that dataset pending; every
 //! later `deletions()` destroys whatever of the client it still finds.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -81,16 +81,7 @@ pub(crate) struct ClientLock(#[allow(dead_code)] Flock<File>);
 
 impl ClientLock {
     fn open(staging: &Path, client: &str) -> Result<(File, PathBuf), DataError> {
-        let dir = staging.join("locks");
-        mkdir_private(&dir)?;
-        let path = dir.join(format!("client-{client}.lock"));
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io("opening lock", &path))?;
-        Ok((f, path))
+        crate::dataset::open_lock_file(staging, &format!("client-{client}"))
     }
 
     /// Shared, waiting while a withdrawal holds it.
