@@ -1,0 +1,13 @@
+//! The crate's one integration-test binary: every test file is a module here, so the
+//! crate's tests link once.
+
+mod audit;
+mod bombs;
+mod common;
+mod custody;
+mod fuzz;
+mod mount;
+mod privilege;
+mod restore_target;
+mod tar;
+mod withdraw;
