@@ -47,7 +47,7 @@ pub fn need_root(test: &str) -> bool {
     if can_attach() {
         return true;
     }
-    eprintln!("SKIP {test}: needs root and loop devices (CI runs as root)");
+    tek_testkit::skip!("{test}: needs root and loop devices (CI runs as root)");
     false
 }
 

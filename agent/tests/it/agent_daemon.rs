@@ -41,8 +41,8 @@ fn agent_exit(state: &Path, args: &[&str]) -> (bool, String) {
 fn agent_refuses_to_start_without_a_config_file() {
     let default = Path::new(agent::config::DEFAULT_CONFIG);
     if default.exists() {
-        eprintln!(
-            "SKIP agent_refuses_to_start_without_a_config_file: {} exists on this machine",
+        tek_testkit::skip!(
+            "agent_refuses_to_start_without_a_config_file: {} exists on this machine",
             default.display()
         );
         return;

@@ -71,39 +71,20 @@ impl Tek {
 
 /// True when sgdisk is installed (tests that need it say so when they skip).
 pub fn have_sgdisk() -> bool {
-    Command::new("sgdisk").arg("--version").output().is_ok()
+    tek_testkit::have("sgdisk")
 }
 
 /// A 16 MiB GPT image (ROOT 6 MiB, DATA 4 MiB) with 2 MiB of pseudo-random bytes in ROOT, so
 /// it has chunks as well as holes.
 pub fn gpt_image(dir: &Path) -> PathBuf {
-    let img = dir.join("disk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 * MIB)
-        .unwrap();
-    let st = Command::new("sgdisk")
-        .args([
-            "-n",
-            "1:2048:+6M",
-            "-c",
-            "1:ROOT",
-            "-n",
-            "2:0:+4M",
-            "-c",
-            "2:DATA",
-        ])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
+    let img = tek_testkit::gpt::GptImage::new(16 * MIB)
+        .part("ROOT", "2048", "+6M")
+        .part("DATA", "0", "+4M")
+        .build(&dir.join("disk.img"));
     let mut data = std::fs::read(&img).unwrap();
-    let mut x = 99u64;
+    let mut rng = tek_testkit::Rng::new(99);
     for b in &mut data[MIB as usize..3 * MIB as usize] {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = (x % 7) as u8;
+        *b = rng.below(7) as u8;
     }
     std::fs::write(&img, data).unwrap();
     img

@@ -22,7 +22,7 @@ fn skip(test: &str) -> bool {
     if can_attach() {
         return false;
     }
-    eprintln!("skipping {test}: needs root and /dev/loop-control to attach loop devices");
+    tek_testkit::skip!("{test}: needs root and /dev/loop-control to attach loop devices");
     true
 }
 

@@ -4,8 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-mod common;
-use common::{Tek, gpt_image, have_sgdisk};
+use crate::common::{Tek, gpt_image, have_sgdisk};
 
 fn sha256sum(p: &Path) -> String {
     let o = Command::new("sha256sum").arg(p).output().unwrap();
@@ -15,7 +14,7 @@ fn sha256sum(p: &Path) -> String {
 #[test]
 fn image_lifecycle() {
     if !have_sgdisk() {
-        eprintln!("SKIP: needs sgdisk");
+        tek_testkit::skip!("needs sgdisk");
         return;
     }
     let t = Tek::new();
@@ -138,7 +137,7 @@ fn image_lifecycle() {
 #[test]
 fn set_keeps_a_signature_unless_told() {
     if !have_sgdisk() {
-        eprintln!("SKIP: needs sgdisk");
+        tek_testkit::skip!("needs sgdisk");
         return;
     }
     let t = Tek::new();
@@ -220,7 +219,7 @@ fn set_keeps_a_signature_unless_told() {
 #[test]
 fn verify_all_names_each_failed_image() {
     if !have_sgdisk() {
-        eprintln!("SKIP: needs sgdisk");
+        tek_testkit::skip!("needs sgdisk");
         return;
     }
     let t = Tek::new();
@@ -287,7 +286,7 @@ fn verify_all_names_each_failed_image() {
 #[test]
 fn concurrent_set_processes_both_land() {
     if !have_sgdisk() {
-        eprintln!("SKIP: needs sgdisk");
+        tek_testkit::skip!("needs sgdisk");
         return;
     }
     let t = Tek::new();

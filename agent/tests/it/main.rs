@@ -3,7 +3,6 @@
 
 mod agent_daemon;
 mod audit_cli;
-mod common;
 mod data_cli;
 mod fuzz;
 mod hotplug;

@@ -120,11 +120,13 @@ fn other_group() -> Option<(String, u32)> {
 #[test]
 fn other_uids_may_read_but_only_group_members_may_change_jobs() {
     if !is_root() {
-        eprintln!("SKIP other_uids_may_read_but_only_group_members_may_change_jobs: needs root");
+        tek_testkit::skip!(
+            "other_uids_may_read_but_only_group_members_may_change_jobs: needs root"
+        );
         return;
     }
     let Some((group, gid)) = other_group() else {
-        eprintln!("SKIP other_uids_may_read_...: no group with gid 1 that excludes nobody");
+        tek_testkit::skip!("other_uids_may_read_...: no group with gid 1 that excludes nobody");
         return;
     };
     let a = Agent::start(&group);
@@ -162,7 +164,7 @@ fn other_uids_may_read_but_only_group_members_may_change_jobs() {
 #[test]
 fn one_uid_at_its_connection_cap_does_not_lock_out_others() {
     if !is_root() {
-        eprintln!("SKIP one_uid_at_its_connection_cap_does_not_lock_out_others: needs root");
+        tek_testkit::skip!("one_uid_at_its_connection_cap_does_not_lock_out_others: needs root");
         return;
     }
     let a = Agent::start("no-such-group-tek");
@@ -253,7 +255,7 @@ fn set_nofile(pid: u32, n: u64) {
 #[test]
 fn out_of_file_descriptors_the_agent_backs_off_logs_once_and_recovers() {
     if !Path::new("/usr/bin/prlimit").exists() && !Path::new("/bin/prlimit").exists() {
-        eprintln!("SKIP out_of_file_descriptors...: prlimit (util-linux) not installed");
+        tek_testkit::skip!("out_of_file_descriptors...: prlimit (util-linux) not installed");
         return;
     }
     let a = Agent::start("no-such-group-tek");
@@ -320,11 +322,11 @@ fn supplementary_member() -> Option<(String, u32, u32)> {
 #[test]
 fn a_supplementary_member_of_the_group_may_change_jobs() {
     if !is_root() {
-        eprintln!("SKIP a_supplementary_member_of_the_group_may_change_jobs: needs root");
+        tek_testkit::skip!("a_supplementary_member_of_the_group_may_change_jobs: needs root");
         return;
     }
     let Some((group, uid, gid)) = supplementary_member() else {
-        eprintln!("SKIP a_supplementary_member_...: no user with a supplementary group here");
+        tek_testkit::skip!("a_supplementary_member_...: no user with a supplementary group here");
         return;
     };
     let a = Agent::start(&group);

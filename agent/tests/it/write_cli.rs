@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-use common::{MIB, Tek, gpt_image, have_sgdisk};
+use crate::common::{MIB, Tek, gpt_image, have_sgdisk};
 
 /// A target file of `size` bytes full of an old owner's data (0xEE).
 fn old_disk(dir: &Path, name: &str, size: u64) -> PathBuf {
@@ -34,7 +33,7 @@ fn first_report(json: &str) -> serde_json::Value {
 #[test]
 fn raw_image_onto_a_file_with_json_report() {
     if !have_sgdisk() {
-        eprintln!("skipping raw_image_onto_a_file_with_json_report: no sgdisk");
+        tek_testkit::skip!("raw_image_onto_a_file_with_json_report: no sgdisk");
         return;
     }
     let tek = Tek::new();
@@ -69,7 +68,7 @@ fn raw_image_onto_a_file_with_json_report() {
 #[test]
 fn too_small_target_is_refused_and_untouched() {
     if !have_sgdisk() || !client_data::loopdev::can_attach() {
-        eprintln!("skipping too_small_target_is_refused_and_untouched: needs sgdisk and root");
+        tek_testkit::skip!("too_small_target_is_refused_and_untouched: needs sgdisk and root");
         return;
     }
     let tek = Tek::new();
@@ -99,7 +98,7 @@ fn too_small_target_is_refused_and_untouched() {
 #[test]
 fn store_image_by_name_and_version() {
     if !have_sgdisk() {
-        eprintln!("skipping store_image_by_name_and_version: no sgdisk");
+        tek_testkit::skip!("store_image_by_name_and_version: no sgdisk");
         return;
     }
     let tek = Tek::new();
@@ -133,7 +132,7 @@ fn store_image_by_name_and_version() {
 #[test]
 fn store_reference_wins_over_a_same_named_file() {
     if !have_sgdisk() {
-        eprintln!("skipping store_reference_wins_over_a_same_named_file: no sgdisk");
+        tek_testkit::skip!("store_reference_wins_over_a_same_named_file: no sgdisk");
         return;
     }
     let tek = Tek::new();

@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 
 use client_data::loopdev::{LoopDevice, can_attach};
 
-mod common;
-use common::{MIB, Tek, have_sgdisk};
+use crate::common::{MIB, Tek, have_sgdisk};
 
 fn need(test: &str) -> bool {
     if can_attach() && have_sgdisk() {
         return true;
     }
-    eprintln!("SKIP {test}: needs root, loop devices and sgdisk");
+    tek_testkit::skip!("{test}: needs root, loop devices and sgdisk");
     false
 }
 
@@ -42,15 +41,7 @@ fn big_image(dir: &Path) -> PathBuf {
     let out = sh("sgdisk", &["-n1:2048:0", "-c1:ROOT", p.to_str().unwrap()]);
     assert!(out.contains("operation has completed"), "{out}");
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<u8> = (0..19 * MIB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = tek_testkit::bytes(0x9E37_79B9_7F4A_7C15, 19 * MIB as usize);
     f.write_all_at(&data, MIB).unwrap();
     p
 }

@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-use common::{MIB, Tek, gpt_image, have_sgdisk};
+use crate::common::{MIB, Tek, gpt_image, have_sgdisk};
 
 fn cmp(a: &Path, b: &Path) -> bool {
     Command::new("cmp")
@@ -45,7 +44,7 @@ fn target_for(file: &Path) -> (PathBuf, Option<client_data::loopdev::LoopDevice>
 #[test]
 fn gzip_image_is_written_decoded() {
     if !have_sgdisk() {
-        eprintln!("SKIP gzip_image_is_written_decoded: needs sgdisk");
+        tek_testkit::skip!("gzip_image_is_written_decoded: needs sgdisk");
         return;
     }
     let tek = Tek::new();
@@ -102,7 +101,9 @@ fn chunk_path(tek: &Tek, id: &str) -> PathBuf {
 #[test]
 fn image_with_absent_chunks_is_refused_before_writing_and_flagged() {
     if !have_sgdisk() {
-        eprintln!("SKIP image_with_absent_chunks_is_refused_before_writing_and_flagged: sgdisk");
+        tek_testkit::skip!(
+            "image_with_absent_chunks_is_refused_before_writing_and_flagged: sgdisk"
+        );
         return;
     }
     let tek = Tek::new();

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use client_data::{Custody, DataError, DatasetInfo};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[global_allocator]
 static ALLOC: tek_fuzzkit::CountingAlloc = tek_fuzzkit::CountingAlloc;
@@ -153,7 +152,7 @@ impl Drop for Tmpfs {
 #[test]
 fn declared_sizes_summing_past_free_space_stop_before_the_entry() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: needs root (mounts a 16 MiB tmpfs as staging)");
+        tek_testkit::skip!("needs root (mounts a 16 MiB tmpfs as staging)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

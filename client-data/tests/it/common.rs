@@ -143,73 +143,10 @@ pub fn ingest_bytes(
 
 /// Builds a 48 MiB GPT image with an ext4 "data" partition at 1 MiB, without partition nodes.
 pub fn gpt_image(dir: &Path) -> PathBuf {
-    let img = dir.join("disk.img");
-    fs::File::create(&img).unwrap().set_len(48 << 20).unwrap();
-    let ok = Command::new("sgdisk")
-        .args([
-            "-n",
-            "1:2048:+8M",
-            "-c",
-            "1:EFI",
-            "-n",
-            "2:0:0",
-            "-c",
-            "2:data",
-        ])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let info = String::from_utf8(
-        Command::new("sgdisk")
-            .arg("-i")
-            .arg("2")
-            .arg(&img)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let first: u64 = info
-        .lines()
-        .find(|l| l.starts_with("First sector"))
-        .unwrap()
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let last: u64 = info
-        .lines()
-        .find(|l| l.starts_with("Last sector"))
-        .unwrap()
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let blocks = (last - first + 1) * 512 / 4096;
-    let ok = Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-E",
-            &format!("offset={}", first * 512),
-        ])
-        .arg(&img)
-        .arg(blocks.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let img = tek_testkit::gpt::GptImage::new(48 << 20)
+        .part("EFI", "2048", "+8M")
+        .part("data", "0", "0")
+        .build(&dir.join("disk.img"));
+    tek_testkit::gpt::mkfs_ext4(&img, 2, None);
     img
 }

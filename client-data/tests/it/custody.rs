@@ -12,8 +12,7 @@ use client_data::{
     WithdrawReason,
 };
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn directory_roundtrip_byte_exact_then_wipe() {
@@ -282,7 +281,7 @@ fn many_small_files() {
 #[test]
 fn disk_full_during_ingest_removes_partial_and_key() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping disk_full_during_ingest: needs root to mount a tmpfs");
+        tek_testkit::skip!("disk_full_during_ingest: needs root to mount a tmpfs");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -327,13 +326,7 @@ fn disk_full_during_ingest_removes_partial_and_key() {
 }
 
 fn getrandom_fill(b: &mut [u8]) {
-    let mut x = 0x9E3779B97F4A7C15u64;
-    for c in b.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-    }
+    tek_testkit::Rng::new(0x9E37_79B9_7F4A_7C15).fill(b);
 }
 
 #[test]

@@ -3,7 +3,6 @@
 
 mod audit;
 mod bombs;
-mod common;
 mod custody;
 mod fuzz;
 mod mount;

@@ -8,14 +8,13 @@ use std::process::Command;
 use client_data::loopdev::{LoopDevice, can_attach};
 use client_data::{DataError, DatasetId, DatasetState, PartitionMount};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn restore_onto_gpt_partition_via_partition_mount() {
     if !can_attach() {
-        eprintln!(
-            "skipping restore_onto_gpt_partition_via_partition_mount: needs root and loop devices"
+        tek_testkit::skip!(
+            "restore_onto_gpt_partition_via_partition_mount: needs root and loop devices"
         );
         return;
     }
@@ -47,7 +46,7 @@ fn restore_onto_gpt_partition_via_partition_mount() {
 #[test]
 fn restore_onto_ext4_loop_device() {
     if !can_attach() {
-        eprintln!("skipping restore_onto_ext4_loop_device: needs root and loop devices");
+        tek_testkit::skip!("restore_onto_ext4_loop_device: needs root and loop devices");
         return;
     }
     let d = depot();

@@ -2,7 +2,7 @@
 //! capabilities): ownership is decided by CAP_CHOWN, not by uid, and a restore without it still
 //! succeeds and says which owners it could not set.
 //!
-//! The restore runs in a child process (this test binary, re-executed through util-linux's
+//! The restore runs in a child process (this test, re-executed through util-linux's
 //! `setpriv` with CAP_CHOWN dropped from the bounding and inheritable sets, so even root lacks
 //! it). Needs root and `setpriv`; skips with a reason otherwise. The RestrictSUIDSGID fallback
 //! (EPERM on a setuid/setgid chmod) cannot be produced here without systemd's seccomp filter; it
@@ -33,12 +33,9 @@ fn dest() -> Destination {
     }
 }
 
-/// The child half: restores `depot`'s dataset `id` under `target` and prints the result.
-#[test]
-fn child_restore() {
-    let Ok(spec) = std::env::var(CHILD) else {
-        return; // only meaningful when re-executed by the test below
-    };
+/// The child half (not a test of its own): restores `depot`'s dataset `id` under `target` and
+/// prints the result. The test below re-executes itself with `CHILD` set to run this.
+fn child_restore(spec: &str) {
     let mut it = spec.split('\n');
     let (depot, id, target) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
     let custody = Custody::open(paths(Path::new(depot))).unwrap();
@@ -49,12 +46,15 @@ fn child_restore() {
 
 #[test]
 fn restore_without_cap_chown_keeps_going_and_says_so() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child_restore(&spec);
+    }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root (files owned by other users in the source)");
+        tek_testkit::skip!("needs root (files owned by other users in the source)");
         return;
     }
     if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("skipping: setpriv (util-linux) not installed");
+        tek_testkit::skip!("setpriv (util-linux) not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -81,7 +81,7 @@ fn restore_without_cap_chown_keeps_going_and_says_so() {
         .arg(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_restore",
+            "privilege::restore_without_cap_chown_keeps_going_and_says_so",
             "--nocapture",
             "--test-threads=1",
         ])

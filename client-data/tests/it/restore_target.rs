@@ -11,8 +11,7 @@ use std::time::Duration;
 use client_data::loopdev::can_attach;
 use client_data::{DataError, DatasetState, PartitionMount, RestoreTarget};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn is_empty_dir(p: &Path) -> bool {
     fs::read_dir(p).unwrap().next().is_none()
@@ -24,7 +23,7 @@ fn is_empty_dir(p: &Path) -> bool {
 #[test]
 fn symlink_at_data_path_in_image_is_refused() {
     if !can_attach() {
-        eprintln!("skipping symlink_at_data_path_in_image_is_refused: needs root and loop devices");
+        tek_testkit::skip!("symlink_at_data_path_in_image_is_refused: needs root and loop devices");
         return;
     }
     let d = depot();
@@ -66,8 +65,8 @@ fn symlink_at_data_path_in_image_is_refused() {
 #[test]
 fn symlink_at_every_component_on_ext4_is_refused() {
     if !can_attach() {
-        eprintln!(
-            "skipping symlink_at_every_component_on_ext4_is_refused: needs root and loop devices"
+        tek_testkit::skip!(
+            "symlink_at_every_component_on_ext4_is_refused: needs root and loop devices"
         );
         return;
     }
@@ -108,8 +107,8 @@ fn symlink_at_every_component_on_ext4_is_refused() {
 #[test]
 fn bind_mount_on_data_path_or_below_is_refused() {
     if !can_attach() {
-        eprintln!(
-            "skipping bind_mount_on_data_path_or_below_is_refused: needs root and loop devices"
+        tek_testkit::skip!(
+            "bind_mount_on_data_path_or_below_is_refused: needs root and loop devices"
         );
         return;
     }

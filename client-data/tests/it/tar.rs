@@ -9,8 +9,7 @@ use std::os::unix::fs::MetadataExt;
 
 use client_data::DataError;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn assert_bad_source(r: Result<client_data::DatasetInfo, DataError>, what: &str, d: &Depot) {
     match r {

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use client_data::{BackupOptions, Custody, CustodyConfig, DataError, DatasetState, WithdrawReason};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn open(root: &Path, now: time::OffsetDateTime, wait: Duration) -> Custody {
     Custody::open_with(
@@ -357,7 +356,7 @@ fn backup_directory_must_exist_and_be_another_filesystem() {
     assert!(c.live_epochs().unwrap().is_empty());
     assert!(audit_entries(&root, "backup").is_empty());
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping the tmpfs half: needs root to mount");
+        tek_testkit::skip!("the tmpfs half: needs root to mount");
         return;
     }
     let mnt = dir.path().join("tmpfs");

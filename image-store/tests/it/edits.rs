@@ -8,15 +8,7 @@ use image_store::{
 };
 
 fn pseudo(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    tek_testkit::bytes(seed, n)
 }
 
 fn r(s: &str) -> ImageRef {

@@ -28,15 +28,7 @@ fn run(cmd: &mut Command) {
 }
 
 fn pseudo(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    tek_testkit::bytes(seed, n)
 }
 
 /// A 24 MiB GPT disk: ROOT (ext4 populated from a directory) and DATA (empty), rest unused.
@@ -93,7 +85,7 @@ fn sha256sum(p: &Path) -> String {
 fn tools_or_skip() -> bool {
     let ok = have("sgdisk") && have("mkfs.ext4") && have("sha256sum");
     if !ok {
-        eprintln!("SKIP: needs sgdisk, mkfs.ext4 and sha256sum");
+        tek_testkit::skip!("needs sgdisk, mkfs.ext4 and sha256sum");
     }
     ok
 }
@@ -432,7 +424,7 @@ fn signatures_and_tampering() {
 #[test]
 fn disk_full_during_import_commits_nothing() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: mounting a small tmpfs needs root");
+        tek_testkit::skip!("mounting a small tmpfs needs root");
         return;
     }
     let d = tempfile::tempdir().unwrap();

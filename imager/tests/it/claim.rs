@@ -30,7 +30,7 @@ fn diskseq(dev: &Path) -> u64 {
 #[test]
 fn a_disk_swapped_at_the_same_node_after_detection_is_refused_and_untouched() {
     if !can_attach() {
-        eprintln!("skipping: needs root and /dev/loop-control");
+        tek_testkit::skip!("needs root and /dev/loop-control");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -53,8 +53,8 @@ fn a_disk_swapped_at_the_same_node_after_detection_is_refused_and_untouched() {
         .output()
         .unwrap();
     if !o.status.success() {
-        eprintln!(
-            "skipping: {} was taken by someone else before the re-attach: {}",
+        tek_testkit::skip!(
+            "{} was taken by someone else before the re-attach: {}",
             node.display(),
             String::from_utf8_lossy(&o.stderr)
         );

@@ -16,22 +16,14 @@ const MIB: u64 = 1 << 20;
 macro_rules! need_root {
     ($name:expr) => {
         if !can_attach() {
-            eprintln!("skipping {}: needs root and /dev/loop-control", $name);
+            tek_testkit::skip!("{}: needs root and /dev/loop-control", $name);
             return;
         }
     };
 }
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    tek_testkit::bytes(u64::from(seed), len)
 }
 
 /// A 6 MiB non-GPT image (no fix-ups, so the disk must equal it byte for byte): data, a 2 MiB

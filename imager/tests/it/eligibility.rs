@@ -45,11 +45,11 @@ impl Drop for Mounted {
 /// A 128 MiB loop device with a fresh btrfs, or `None` (and why) when this machine cannot.
 fn btrfs_loop(dir: &Path) -> Option<LoopDevice> {
     if !can_attach() {
-        eprintln!("skipping: needs root and /dev/loop-control");
+        tek_testkit::skip!("needs root and /dev/loop-control");
         return None;
     }
     if !run("mkfs.btrfs", &["--version"]).0 {
-        eprintln!("skipping: no mkfs.btrfs (btrfs-progs)");
+        tek_testkit::skip!("no mkfs.btrfs (btrfs-progs)");
         return None;
     }
     let f = dir.join("btrfs.img");

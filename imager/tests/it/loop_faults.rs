@@ -17,7 +17,7 @@ const MIB: u64 = 1 << 20;
 macro_rules! need_root {
     ($name:expr) => {
         if !can_attach() {
-            eprintln!("skipping {}: needs root and /dev/loop-control", $name);
+            tek_testkit::skip!("{}: needs root and /dev/loop-control", $name);
             return;
         }
     };
@@ -31,15 +31,7 @@ fn run(cmd: &str, args: &[&str]) -> (bool, String) {
 }
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    tek_testkit::bytes(u64::from(seed), len)
 }
 
 /// An 8 MiB GPT image: "boot" (1 MiB of data), "root" (to the end, 2 MiB of data then zeros).
@@ -263,7 +255,7 @@ fn refusals_too_small_read_only_sector_size_mounted() {
 fn the_root_filesystems_disk_is_refused_without_writing() {
     let disks = imager::eligibility::system_disks();
     let Some(d) = disks.iter().next() else {
-        eprintln!("skipping: / is not on a block device here");
+        tek_testkit::skip!("/ is not on a block device here");
         return;
     };
     let p = PathBuf::from(format!("/dev/{d}"));

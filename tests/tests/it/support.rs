@@ -27,7 +27,7 @@ pub fn have(tool: &str) -> bool {
 }
 
 pub fn skip(test: &str, why: &str) {
-    eprintln!("SKIP {test}: {why}");
+    tek_testkit::skip!("{test}: {why}");
 }
 
 pub fn run(cmd: &mut Command) -> Output {

@@ -9,8 +9,7 @@ use std::process::Command;
 
 use tek_e2e::{LoopDevice, can_attach};
 
-mod support;
-use support::{have, read, repo, run, skip, text};
+use crate::support::{have, read, repo, run, skip, text};
 
 /// Rules files installed into /etc/udev/rules.d for one test, removed on drop (also when the
 /// test panics). Their names carry the pid so they never replace a real installation's files.

@@ -11,8 +11,7 @@ use std::process::{Command, Output};
 
 use tek_e2e::tek_bin;
 
-mod support;
-use support::{have, read, repo, run, skip, text};
+use crate::support::{have, read, repo, run, skip, text};
 /// The highest `systemd-analyze security` exposure the unit may have, in tenths (1.5).
 const MAX_EXPOSURE_TENTHS: u32 = 15;
 
