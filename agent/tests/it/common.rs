@@ -25,46 +25,34 @@ impl Tek {
     pub fn dir(&self) -> &Path {
         self.state.path()
     }
-    /// Runs `tek ARGS` against this depot.
-    pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tek"))
-            .arg("--state")
+    /// `tek --state STATE --trusted-keys TRUSTED`, not yet run.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tek"));
+        c.arg("--state")
             .arg(self.dir().join("state"))
             .arg("--trusted-keys")
             .arg(self.dir().join("trusted"))
-            .args(args)
-            .env_remove("TEK_STORE")
-            .output()
-            .expect("running tek")
+            .env_remove("TEK_STORE");
+        c
+    }
+    /// Runs `tek ARGS` against this depot.
+    pub fn run(&self, args: &[&str]) -> Output {
+        tek_testkit::run(self.cmd().args(args))
     }
     /// Runs `tek ARGS` with `cwd` as the current directory.
     pub fn run_in(&self, cwd: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tek"))
-            .current_dir(cwd)
-            .arg("--state")
-            .arg(self.dir().join("state"))
-            .arg("--trusted-keys")
-            .arg(self.dir().join("trusted"))
-            .args(args)
-            .env_remove("TEK_STORE")
-            .output()
-            .expect("running tek")
+        tek_testkit::run(self.cmd().current_dir(cwd).args(args))
     }
-    /// Runs `tek ARGS`, asserts success, returns stdout.
+    /// Runs `tek ARGS`, asserts success (else panics with both streams and the scratch
+    /// listing), returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "tek {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let o = tek_testkit::run_ok(self.cmd().args(args), Some(self.dir()));
         String::from_utf8(o.stdout).unwrap()
     }
-    /// Runs `tek ARGS`, asserts failure, returns stderr.
+    /// Runs `tek ARGS`, asserts failure (else panics with both streams and the scratch
+    /// listing), returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(!o.status.success(), "tek {args:?} should have failed");
+        let o = tek_testkit::run_fails(self.cmd().args(args), Some(self.dir()));
         String::from_utf8(o.stderr).unwrap()
     }
 }

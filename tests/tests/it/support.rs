@@ -31,15 +31,10 @@ pub fn skip(test: &str, why: &str) {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    tek_testkit::run(cmd)
 }
 
 /// stdout and stderr together, for tools that log diagnostics to either.
 pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    tek_testkit::text(out)
 }
