@@ -3,4 +3,4 @@
 # by fuzzing (crash-*, kept as regression seeds) and hand-written ones are left alone.
 set -eu
 cd "$(dirname "$0")/../../.."
-TEK_FUZZ_GEN=1 cargo test -p agent --test it fuzz::
+TEK_FUZZ_GEN=1 cargo test -p agent --test fuzz

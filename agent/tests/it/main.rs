@@ -3,8 +3,8 @@
 
 mod agent_daemon;
 mod audit_cli;
+mod common;
 mod data_cli;
-mod fuzz;
 mod hotplug;
 mod image_cli;
 mod socket_limits;

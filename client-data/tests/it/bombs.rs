@@ -12,8 +12,7 @@ use client_data::{Custody, DataError, DatasetInfo};
 
 use crate::common::*;
 
-#[global_allocator]
-static ALLOC: tek_fuzzkit::CountingAlloc = tek_fuzzkit::CountingAlloc;
+// The counting allocator is installed by `fuzz.rs` (this module shares its binary).
 
 const MIB: usize = 1 << 20;
 

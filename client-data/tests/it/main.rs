@@ -2,9 +2,8 @@
 //! crate's tests link once.
 
 mod audit;
-mod bombs;
+mod common;
 mod custody;
-mod fuzz;
 mod mount;
 mod privilege;
 mod restore_target;

@@ -3,6 +3,5 @@
 
 mod bombs;
 mod edits;
-mod fuzz;
 mod hints;
 mod store;

@@ -5,6 +5,7 @@ mod custody;
 mod custody_settings;
 mod e2e;
 mod jobs;
+mod support;
 mod udev;
 mod units;
 mod withdraw_jobs;
