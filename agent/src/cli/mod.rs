@@ -5,6 +5,7 @@ pub mod agent;
 pub mod audit;
 pub mod data;
 pub mod image;
+mod image_audit;
 pub mod image_rm;
 mod image_verify;
 pub mod interrupt;
