@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chunk;
+mod edit;
 pub mod error;
 pub mod export;
 mod fsutil;
@@ -24,6 +25,7 @@ pub mod source;
 pub mod store;
 
 pub use chunk::{ChunkId, CompressedChunk, Piece, VerifiedChunk};
+pub use edit::{Resign, SetHints};
 pub use error::{ChunkUse, StoreError};
 pub use export::{AlreadyChecked, CheckedChunks, SetLen, VerifyReport};
 pub use gc::{ChunkSet, GcOptions, GcReport, StoreStats};
@@ -33,6 +35,4 @@ pub use manifest::{Extent, Hints, MANIFEST_FORMAT, Manifest};
 pub use read::{Pieces, Reader, VerifiedRun};
 pub use signature::{SignatureStatus, SigningKey, generate_keypair};
 pub use source::{DecodeLimits, LimitExceeded};
-pub use store::{
-    AbsentChunk, LoadedImage, Resign, STORE_VERSION, SetHints, Store, describe_absent,
-};
+pub use store::{AbsentChunk, LoadedImage, STORE_VERSION, Store, describe_absent};
