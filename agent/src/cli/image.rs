@@ -160,7 +160,7 @@ pub struct ImportArgs {
     chunk_avg: u32,
     /// Refuse an image that is (or decompresses to) more than this: bytes, or with a K, M, G,
     /// T or P suffix (powers of 1024).
-    #[arg(long, value_name = "SIZE", default_value = "64T", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "64T", value_parser = crate::cli::size::parse_size)]
     max_image_size: u64,
     /// Refuse a compressed image that expands more than RATIO:1 after its first GiB (a
     /// decompression bomb); 0 turns the check off.
@@ -169,30 +169,6 @@ pub struct ImportArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// `123`, `64T`, `512M`: bytes, binary multiples.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                'P' => 50,
-                _ => return Err(format!("unknown size suffix {c:?} (use K, M, G, T or P)")),
-            };
-            (&t[..i], shift)
-        }
-        _ => (t, 0),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (bytes, or a number with K, M, G, T or P)"))?;
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `tek image set`.
@@ -602,19 +578,4 @@ fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
         h.randomize_guids
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_with_and_without_suffix() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64T"), Ok(64 << 40));
-        assert_eq!(parse_size("512m"), Ok(512 << 20));
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("T").is_err());
-        assert!(parse_size("20000P").is_err());
-    }
 }

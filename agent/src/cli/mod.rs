@@ -9,6 +9,7 @@ pub mod image;
 pub mod image_rm;
 mod image_verify;
 pub mod interrupt;
+mod size;
 pub mod status;
 pub mod write;
 
