@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 pub use client_data::loopdev::{LoopDevice, LoopOptions, can_attach};
 
 mod checks;
+mod throttle;
 pub use checks::*;
 use serde_json::Value;
+pub use throttle::Throttle;
 
 /// One MiB.
 pub const MIB: u64 = 1 << 20;
@@ -210,6 +212,11 @@ impl Bench {
             "tek agent did not listen within 15 s:\n{}",
             self.agent_log()
         );
+    }
+
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().expect("agent not running").child.id()
     }
 
     /// `kill -9` the agent.

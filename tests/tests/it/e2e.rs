@@ -212,14 +212,26 @@ fn disk_detached_mid_job_is_interrupted_and_resumes_when_reattached() {
         &["bay1"],
         "beyond_image = \"overwrite\"\nshare_write_window_ms = 0",
     );
+    if !tek_testkit::require(
+        Throttle::available(),
+        "needs the cgroup v1 blkio controller",
+    ) {
+        return;
+    }
     let (dataset, src) = b.ingest();
     b.start_agent();
-    let job = b.add_job(E2E_TICKET, "bay1", Some(&dataset));
+    // The disk waits in its bay, throttled to 1 MB/s for the agent (a slow USB stick), before
+    // the job exists: so the write, which starts when the job is added, takes seconds on every
+    // machine, and the detach below surely lands while the job is writing (on a fast machine the
+    // whole job once took 0.7 s, finishing before the test could pull the disk).
     let (disk, lo) = b.plug("bay1", 1, 512 * MIB);
+    let throttle = Throttle::new(b.agent_pid(), lo.path(), 1_000_000, 2_000_000);
+    let job = b.add_job(E2E_TICKET, "bay1", Some(&dataset));
     b.wait_state(&job, "writing", 30);
-    // A busy loop device detaches when its last user closes it (autoclear): the write may
-    // finish, then the disk is gone before or during the migration.
+    // A busy loop device detaches when its last user closes it (autoclear): the write finishes,
+    // then the disk is gone before or during the migration.
     drop(lo);
+    drop(throttle);
     let rec = b.wait_state(&job, "interrupted", 60);
     assert!(
         ["writing", "image_verified", "migrating"].contains(&rec["resume_from"].as_str().unwrap()),
