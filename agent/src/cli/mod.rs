@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod audit;
+mod board;
 pub mod data;
 pub mod demo;
 pub mod image;
