@@ -254,8 +254,7 @@ fn check_meta(
 ) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     use xattr::FileExt;
-    let g = i128::from(fs.time_granularity_ns());
-    let close = |got: Time, want: Time| (ns(got) - ns(want)).abs() < g;
+    let close = |got: Time, want: Time| times_close(got, want, fs);
     let mtime = Time {
         sec: e.mtime,
         nsec: e.mtime_nsec,
@@ -267,11 +266,7 @@ fn check_meta(
     if !close(got_m, mtime) {
         return Some("modification time differs".into());
     }
-    let got_a = Time {
-        sec: st.atime(),
-        nsec: st.atime_nsec() as u32,
-    };
-    if !close(got_a, e.atime.unwrap_or(mtime)) {
+    if !close(atime_of(st), e.atime.unwrap_or(mtime)) {
         return Some("access time differs".into());
     }
     if let (Some(bt), TargetFs::Ntfs3g) = (e.btime, fs) {
@@ -406,5 +401,33 @@ fn read_back(
             break;
         }
     }
+    // ntfs-3g updates the access time on read whatever O_NOATIME says (its relatime rule):
+    // put the restored one back and check it stuck.
+    let mtime = Time {
+        sec: e.mtime,
+        nsec: e.mtime_nsec,
+    };
+    let want = e.atime.unwrap_or(mtime);
+    let after = f.metadata()?;
+    if !times_close(atime_of(&after), want, fs) {
+        let a = nix::sys::time::TimeSpec::new(want.sec, i64::from(want.nsec));
+        nix::sys::stat::futimens(f.as_raw_fd(), &a, &nix::sys::time::TimeSpec::UTIME_OMIT)?;
+        if !times_close(atime_of(&f.metadata()?), want, fs) {
+            let m = "access time changed by reading it back and could not be set again";
+            return Ok((len, *h.finalize().as_bytes(), Some(m.into())));
+        }
+    }
     Ok((len, *h.finalize().as_bytes(), None))
+}
+
+fn atime_of(m: &std::fs::Metadata) -> Time {
+    use std::os::unix::fs::MetadataExt;
+    Time {
+        sec: m.atime(),
+        nsec: m.atime_nsec() as u32,
+    }
+}
+
+fn times_close(a: Time, b: Time, fs: TargetFs) -> bool {
+    (ns(a) - ns(b)).abs() < i128::from(fs.time_granularity_ns())
 }
