@@ -191,7 +191,8 @@ fn hostile_metadata_in_an_archive_is_refused_with_the_reason() {
     let d = depot();
     let t = d.dir.path().join("t.tar");
     let huge = vec![b'x'; 70_000];
-    let cases: Vec<(&str, Vec<(&str, &[u8])>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a [u8])>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "f",
             vec![("SCHILY.xattr.trusted.overlay.opaque", b"y")],
