@@ -126,6 +126,22 @@ pub struct NameMapping {
     pub from: String,
     /// The path it was restored as.
     pub to: String,
+    /// The same with each private-use character written `\u{F03A}`, for reading (the real
+    /// characters show as boxes or look-alikes).
+    pub to_escaped: String,
+}
+
+/// `p` with the characters of the mapping's private-use range written as `\u{XXXX}`.
+pub fn escaped(p: &str) -> String {
+    let mut s = String::with_capacity(p.len());
+    for c in p.chars() {
+        if (0xF000..=0xF1FF).contains(&(c as u32)) {
+            s.push_str(&format!("\\u{{{:04X}}}", c as u32));
+        } else {
+            s.push(c);
+        }
+    }
+    s
 }
 
 /// Shows raw path bytes: UTF-8 as is, other bytes as `\xNN`.
@@ -184,10 +200,12 @@ impl NameMap {
         }
         full.extend_from_slice(mapped.as_bytes());
         if mapped.as_bytes() != name {
+            let to = show(&full);
             self.mappings.push(NameMapping {
                 entry: n,
                 from: show(path),
-                to: show(&full),
+                to_escaped: escaped(&to),
+                to,
             });
         }
         if full != path {
@@ -257,6 +275,7 @@ mod tests {
         );
         assert_eq!(m.mappings.len(), 4);
         assert_eq!(m.mappings[3].from, "docs/a:b");
+        assert_eq!(m.mappings[3].to_escaped, "docs\\u{F100}2/a\\u{F03A}b");
         // Same name in another directory is fine.
         assert_eq!(m.add(6, b"Docs/report.TXT").unwrap(), b"Docs/report.TXT");
         assert!(m.add(7, "é".repeat(200).as_bytes()).is_ok());
