@@ -432,6 +432,7 @@ impl Custody {
                 entries: res.entries_restored,
                 bytes: res.bytes_restored,
                 skipped: res.skipped.len() as u64,
+                renamed: res.name_mappings.len() as u64,
             },
             AuditEvent::Verify {
                 dataset: id.to_string(),

@@ -116,6 +116,25 @@ fn names_windows_cannot_hold_are_mapped_listed_and_verified() {
         assert!(!last.ends_with('.') && !last.ends_with(' '), "{m:?}");
     }
 
+    // The audit log counts the renames, and holds no name.
+    let recs: Vec<_> = d
+        .custody
+        .audit()
+        .records()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let renamed = recs.iter().find_map(|r| match &r.event {
+        client_data::AuditEvent::Migrate { renamed, .. } => Some(*renamed),
+        _ => None,
+    });
+    assert_eq!(renamed, Some(res.name_mappings.len() as u64));
+    let log = fs::read(d.custody.audit().path()).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&log).contains("report"),
+        "no file names in the log"
+    );
+
     // Independently, through a fresh mount: each file under its mapped name with its own
     // content, nothing overwritten or dropped.
     vol.remount();
