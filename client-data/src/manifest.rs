@@ -410,7 +410,11 @@ impl SymlinkGuard {
                 );
             }
         }
-        if matches!(e.kind, EntryKind::File | EntryKind::Hardlink) {
+        // A hard link may name a symlink too (link(2) links the symlink itself).
+        if matches!(
+            e.kind,
+            EntryKind::File | EntryKind::Hardlink | EntryKind::Symlink
+        ) {
             self.files.insert(path_key(&e.path));
         }
         if e.kind == EntryKind::Symlink {
