@@ -314,4 +314,29 @@ mod tests {
         assert!(p.aces.iter().all(|a| a[1] == INHERITED));
         assert!(inherit(b"junk", false).is_err());
     }
+
+    #[test]
+    fn a_hostile_folder_descriptor_never_panics() {
+        // The target folder comes from the image: every truncation and every single-byte
+        // change of a valid descriptor either parses or is refused, never panics.
+        let parent = descriptor(
+            &sid(5, &[18]),
+            &sid(5, &[18]),
+            &[
+                allow(&sid(3, &[0]), 0x1f01ff, 0x0b),
+                allow(&sid(5, &[32, 545]), 1, 3),
+            ],
+        );
+        for n in 0..parent.len() {
+            let _ = inherit(&parent[..n], false);
+        }
+        for i in 0..parent.len() {
+            for v in [0u8, 1, 0x7f, 0xff] {
+                let mut p = parent.clone();
+                p[i] = v;
+                let _ = inherit(&p, true);
+                let _ = inherit(&p, false);
+            }
+        }
+    }
 }
