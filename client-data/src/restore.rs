@@ -91,6 +91,10 @@ pub struct RestoreResult {
     /// (rule `tek-winnames-1`, see `winnames`), each with the staged and the restored path.
     /// Read-back compared each of them with its staged original under the new name.
     pub name_mappings: Vec<NameMapping>,
+    /// Symlinks whose text was mapped by the same rule, component by component (so a link to a
+    /// renamed entry still points at it; `from`/`to` are the link texts). The case rule's
+    /// numbers are not applied to link texts.
+    pub link_targets_mapped: Vec<NameMapping>,
     /// Metadata the target could not hold, by kind, with counts.
     pub metadata_not_restored: Vec<NotRestored>,
     /// On NTFS: which security descriptor restored entries got (and that owners and POSIX
@@ -325,6 +329,9 @@ impl Custody {
                 if e.kind == EntryKind::Hardlink {
                     e.target = m.get(&e.target).to_vec();
                 }
+                if e.kind == EntryKind::Symlink {
+                    e.target = crate::winnames::map_link_text(&e.target);
+                }
             }
             e
         };
@@ -344,7 +351,13 @@ impl Custody {
         let mut mr = manifest_reader(&manifest_path, &mkey)?;
         let mut n = 0u64;
         while let Some(e) = mr.next_entry().map_err(man_err)? {
+            let link_text =
+                (e.kind == EntryKind::Symlink && names.is_some()).then(|| e.target.clone());
             let mut e = mapped(e);
+            if let Some(old) = link_text.filter(|t| *t != e.target) {
+                res.link_targets_mapped
+                    .push(NameMapping::new(n, &old, &e.target));
+            }
             match e.kind {
                 EntryKind::File => {
                     let sd = w.file(&mut e, n, &mut data)?;

@@ -144,6 +144,36 @@ pub fn escaped(p: &str) -> String {
     s
 }
 
+impl NameMapping {
+    /// A mapping of entry `n` from raw `from` to `to`.
+    pub fn new(n: u64, from: &[u8], to: &[u8]) -> NameMapping {
+        let to = show(to);
+        NameMapping {
+            entry: n,
+            from: show(from),
+            to_escaped: escaped(&to),
+            to,
+        }
+    }
+}
+
+/// A symlink's text with each component other than `.` and `..` mapped by [`map`] (a
+/// leading `/` and empty components kept), so a link to a renamed entry still names it and
+/// the text is one NTFS can store (valid UTF-16).
+pub fn map_link_text(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for (i, c) in text.split(|&b| b == b'/').enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        match c {
+            b"" | b"." | b".." => out.extend_from_slice(c),
+            c => out.extend_from_slice(map(c).as_bytes()),
+        }
+    }
+    out
+}
+
 /// Shows raw path bytes: UTF-8 as is, other bytes as `\xNN`.
 pub fn show(p: &[u8]) -> String {
     let mut s = String::new();
@@ -200,13 +230,7 @@ impl NameMap {
         }
         full.extend_from_slice(mapped.as_bytes());
         if mapped.as_bytes() != name {
-            let to = show(&full);
-            self.mappings.push(NameMapping {
-                entry: n,
-                from: show(path),
-                to_escaped: escaped(&to),
-                to,
-            });
+            self.mappings.push(NameMapping::new(n, path, &full));
         }
         if full != path {
             self.paths.insert(path.to_vec(), full.clone());
@@ -251,6 +275,16 @@ mod tests {
             assert_eq!(&m, want, "{}", show(raw));
             assert_eq!(unmap(&m), *raw, "{}", show(raw));
         }
+    }
+
+    #[test]
+    fn link_texts_are_mapped_by_component() {
+        assert_eq!(map_link_text(b"../a:b/./c"), "../a\u{F03A}b/./c".as_bytes());
+        assert_eq!(
+            map_link_text(b"/abs/caf\xe9"),
+            "/abs/caf\u{F0E9}".as_bytes()
+        );
+        assert_eq!(map_link_text(b"plain"), b"plain");
     }
 
     #[test]

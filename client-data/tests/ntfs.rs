@@ -67,6 +67,9 @@ fn names_windows_cannot_hold_are_mapped_listed_and_verified() {
     for (i, n) in names.iter().enumerate() {
         fs::write(src.join(OsStr::from_bytes(n)), format!("content {i}")).unwrap();
     }
+    // Symlinks to a renamed file, and with a text that is not UTF-8 (ntfs-3g refuses that).
+    std::os::unix::fs::symlink("a:b.txt", src.join("link-to-ab")).unwrap();
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"caf\xe9.bin"), src.join("odd-link")).unwrap();
     let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
 
     let mut vol = NtfsVolume::new(d.dir.path(), "Windows", 32 << 20);
@@ -76,7 +79,13 @@ fn names_windows_cannot_hold_are_mapped_listed_and_verified() {
     drop(target);
     assert!(res.ok(), "{res:?}");
     assert_eq!(res.target_filesystem, "ntfs (ntfs-3g)");
-    assert_eq!(res.entries_verified, names.len() as u64 + 2);
+    assert_eq!(res.entries_verified, names.len() as u64 + 4);
+    assert_eq!(
+        res.link_targets_mapped.len(),
+        2,
+        "{:?}",
+        res.link_targets_mapped
+    );
 
     // Every mapping is listed, in --json too, and reverses to the staged name.
     let json = serde_json::to_value(&res).unwrap();
@@ -148,7 +157,13 @@ fn names_windows_cannot_hold_are_mapped_listed_and_verified() {
         assert_eq!(got, format!("content {i}").as_bytes(), "{rel}");
     }
     let count = |p: &Path| fs::read_dir(p).unwrap().count();
-    assert_eq!(count(&root), names.len() - 2 + 2);
+    assert_eq!(count(&root), names.len() - 2 + 2 + 2);
+    assert_eq!(
+        fs::read(root.join("link-to-ab")).unwrap(),
+        b"content 0",
+        "the link still leads to its file"
+    );
+    assert_eq!(fs::read(root.join("odd-link")).unwrap(), b"content 13");
     vol.unmount();
 }
 
