@@ -136,6 +136,8 @@ pub fn summarize(img: SparseImage) -> Option<GptSummary> {
                 unique_guid: guid(&p.part_guid),
                 first_lba: p.first_lba,
                 last_lba: p.last_lba,
+                filesystem: None,
+                label: None,
             })
             .collect();
         return Some(GptSummary {

@@ -180,24 +180,24 @@ fn tmpfile_works(dir: &Path) -> bool {
     ok
 }
 
-/// Checks hints against the image's GPT (None: the image has no GPT).
+/// Checks hints against the image's GPT (None: the image has no GPT): each partition hint is a
+/// selector (`blockdev::selector`) that must mean exactly one partition; `label:` needs the
+/// labels probed at import. The data partition must not be BitLocker-encrypted.
 pub fn check_hints(h: &Hints, gpt: Option<&GptSummary>) -> Result<(), StoreError> {
-    for (hint, name) in [
+    for (hint, text) in [
         ("data_partition", &h.data_partition),
         ("grow_partition", &h.grow_partition),
     ] {
-        let Some(name) = name else { continue };
-        let Some(g) = gpt else {
+        let Some(text) = text else { continue };
+        let p = resolve_hint(hint, text, gpt)?;
+        if hint == "data_partition" && p.filesystem.as_deref() == Some("bitlocker") {
             return Err(StoreError::BadHint {
                 hint,
-                reason: format!("names partition {name:?} but the image has no GPT"),
-            });
-        };
-        if !g.partitions.iter().any(|p| &p.name == name) {
-            let names: Vec<_> = g.partitions.iter().map(|p| p.name.as_str()).collect();
-            return Err(StoreError::BadHint {
-                hint,
-                reason: format!("no GPT partition named {name:?} (partitions: {names:?})"),
+                reason: format!(
+                    "{text} is partition {} ({:?}), a BitLocker-encrypted volume: client data \
+                     cannot be written into it",
+                    p.number, p.name
+                ),
             });
         }
     }
@@ -208,6 +208,36 @@ pub fn check_hints(h: &Hints, gpt: Option<&GptSummary>) -> Result<(), StoreError
         })?;
     }
     Ok(())
+}
+
+/// The one partition of `gpt` the selector `text` of hint `hint` means.
+pub fn resolve_hint<'a>(
+    hint: &'static str,
+    text: &str,
+    gpt: Option<&'a GptSummary>,
+) -> Result<&'a crate::manifest::GptPartition, StoreError> {
+    let bad = |reason: String| StoreError::BadHint { hint, reason };
+    let sel = blockdev::selector::PartitionSelector::parse(text).map_err(|e| bad(e.to_string()))?;
+    let Some(g) = gpt else {
+        return Err(bad(format!(
+            "names partition {text:?} but the image has no GPT"
+        )));
+    };
+    let facts: Vec<_> = g
+        .partitions
+        .iter()
+        .map(|p| blockdev::selector::PartitionFacts {
+            number: p.number,
+            name: p.name.clone(),
+            type_guid: p.type_guid.clone(),
+            label: p.label.clone(),
+        })
+        .collect();
+    let hit = sel.resolve(&facts).map_err(|e| bad(e.to_string()))?;
+    Ok(g.partitions
+        .iter()
+        .find(|p| p.number == hit.number)
+        .expect("resolved from this list"))
 }
 
 impl Store {
@@ -360,7 +390,6 @@ impl Store {
             });
         }
         let gpt = gpt_summary::summarize(SparseImage::new(head, tail, size));
-        check_hints(&opts.hints, gpt.as_ref())?;
         let (data_bytes, hole_bytes) = extents.iter().fold((0, 0), |(d, h), e| match e {
             Extent::Chunk { len, .. } => (d + len, h),
             Extent::Hole { len, .. } => (d, h + len),
@@ -390,6 +419,12 @@ impl Store {
         for d in &batch.dirs {
             fsutil::sync_dir(d)?;
         }
+        let mut manifest = manifest;
+        if let Some(g) = manifest.gpt.as_mut() {
+            crate::probe::probe_partitions(self, &manifest.extents, g)
+                .map_err(|e| StoreError::io("reading the partitions of", source, e))?;
+        }
+        check_hints(&opts.hints, manifest.gpt.as_ref())?;
         // Check and commit under the manifest lock: two imports of one name never both "win".
         let _edit = crate::lock::ManifestLock::take(self.root())?;
         if !opts.replace && self.exists(image) {

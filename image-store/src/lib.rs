@@ -18,6 +18,7 @@ pub mod image_ref;
 pub mod import;
 mod lock;
 pub mod manifest;
+pub mod probe;
 pub mod read;
 pub mod segment;
 pub mod signature;

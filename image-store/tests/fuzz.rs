@@ -60,6 +60,8 @@ fn arbitrary_manifest(u: &mut Unstructured<'_>) -> AResult<Manifest> {
                 unique_guid: text(u, 36)?,
                 first_lba: u.arbitrary()?,
                 last_lba: u.arbitrary()?,
+                filesystem: u.arbitrary::<bool>()?.then_some("ntfs".to_string()),
+                label: u.arbitrary::<bool>()?.then_some(text(u, 32)?),
             });
         }
         Some(GptSummary {
