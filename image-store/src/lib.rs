@@ -14,6 +14,7 @@ pub mod export;
 mod fsutil;
 pub mod gc;
 pub mod gpt_summary;
+mod hints;
 pub mod image_ref;
 pub mod import;
 mod lock;

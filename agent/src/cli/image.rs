@@ -372,20 +372,6 @@ fn set(depot: &Depot, a: SetArgs) -> Result<()> {
     Ok(())
 }
 
-/// BitLocker volumes found at import (on stderr, also with `--json`): such a partition cannot be
-/// grown or receive client data, and the image was probably captured from an encrypted disk.
-fn warn_bitlocker(m: &image_store::Manifest) {
-    for p in m.gpt.iter().flat_map(|g| &g.partitions) {
-        if p.filesystem.as_deref() == Some("bitlocker") {
-            eprintln!(
-                "warning: partition {} ({:?}) is BitLocker-encrypted (-FVE-FS-): tek cannot grow \
-                 it or write client data into it, and its contents cannot be audited",
-                p.number, p.name
-            );
-        }
-    }
-}
-
 fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
     let store = open_store(depot)?;
     let key = load_key(&a.sign_key)?;
@@ -405,7 +391,7 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
     let r = store
         .import(&a.image, &a.file, &opts, key.as_ref())
         .with_context(|| format!("importing {} as {}", a.file.display(), a.image))?;
-    warn_bitlocker(&r.manifest);
+    super::image_parts::warn_bitlocker(&r.manifest);
     if a.json {
         return print_json(&serde_json::json!({
             "image": a.image.to_string(),
@@ -582,18 +568,7 @@ fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
                     "  {:>3} {:<20} lba {:>10}..{:<10} type {} id {}",
                     p.number, p.name, p.first_lba, p.last_lba, p.type_guid, p.unique_guid
                 );
-                if let Some(fs) = &p.filesystem {
-                    let label = p.label.as_deref().map(|l| format!(", label {l:?}"));
-                    let note = if fs == "bitlocker" {
-                        " (BitLocker-encrypted: not a data target, not grown)"
-                    } else {
-                        ""
-                    };
-                    println!(
-                        "      filesystem {fs}{}{note}",
-                        label.unwrap_or_default()
-                    );
-                }
+                super::image_parts::print_filesystem(p);
             }
         }
     }
