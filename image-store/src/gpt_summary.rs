@@ -138,6 +138,7 @@ pub fn summarize(img: SparseImage) -> Option<GptSummary> {
                 last_lba: p.last_lba,
                 filesystem: None,
                 label: None,
+                windows_bcd: false,
             })
             .collect();
         return Some(GptSummary {

@@ -25,6 +25,24 @@ pub fn check_hints(h: &Hints, gpt: Option<&GptSummary>) -> Result<(), StoreError
             });
         }
     }
+    if h.randomize_guids
+        && let Some(p) = gpt
+            .iter()
+            .flat_map(|g| &g.partitions)
+            .find(|p| p.windows_bcd)
+    {
+        return Err(StoreError::BadHint {
+            hint: "randomize_guids",
+            reason: format!(
+                "partition {} ({:?}) holds the Windows boot manager's {}, which names the \
+                 disk's partitions by GUID: with new GUIDs Windows would not boot (tek does not \
+                 rewrite the BCD store)",
+                p.number,
+                p.name,
+                crate::probe::BCD_PATH
+            ),
+        });
+    }
     if let Some(p) = &h.data_path {
         crate::manifest::check_data_path(p).map_err(|reason| StoreError::BadHint {
             hint: "data_path",

@@ -130,6 +130,10 @@ pub struct GptPartition {
     /// The filesystem's label, probed at import (what `label:` hints match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// A FAT partition holding the Windows boot manager's store `EFI/Microsoft/Boot/BCD`, which
+    /// names partitions by GUID (so `randomize_guids` would leave the disk unbootable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub windows_bcd: bool,
 }
 
 /// Checks a `data_path` hint: absolute (`/` alone is the partition's root), no empty, `.` or

@@ -105,6 +105,9 @@ pub fn probe_partitions(
             continue;
         };
         p.filesystem = Some(kind.name().to_string());
+        if kind == FsKind::Vfat {
+            p.windows_bcd = has_bcd(&mut r, start, len);
+        }
         p.label = match kind {
             // A malformed $Volume is the image's problem at write time, not the import's.
             FsKind::Ntfs => blockdev::ntfs::volume_info(&mut r, start)
@@ -114,4 +117,70 @@ pub fn probe_partitions(
         };
     }
     Ok(())
+}
+
+/// The path of the Windows boot manager's configuration store on an ESP.
+pub const BCD_PATH: &str = "EFI/Microsoft/Boot/BCD";
+
+/// True if the FAT filesystem at `[start, start + len)` holds [`BCD_PATH`] (names compared
+/// case-insensitively, as FAT does). An unreadable FAT holds nothing we can see.
+fn has_bcd(r: &mut ImageReader<'_>, start: u64, len: u64) -> bool {
+    let part = Window {
+        r,
+        start,
+        len,
+        pos: 0,
+    };
+    // Reads only: no access dates, and fatfs writes its status flags back only if they changed.
+    let opts = fatfs::FsOptions::new().update_accessed_date(false);
+    let Ok(fs) = fatfs::FileSystem::new(part, opts) else {
+        return false;
+    };
+    let found = fs.root_dir().open_file(BCD_PATH).is_ok();
+    found
+}
+
+/// One partition of the image as a read-only disk for fatfs.
+struct Window<'a, 'b> {
+    r: &'a mut ImageReader<'b>,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Window<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.r.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.r.read(&mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Window<'_, '_> {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "stored images are read-only",
+        ))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Window<'_, '_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let p = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = p.ok_or_else(|| std::io::Error::other("seek out of range"))?;
+        Ok(self.pos)
+    }
 }

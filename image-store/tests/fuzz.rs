@@ -62,6 +62,7 @@ fn arbitrary_manifest(u: &mut Unstructured<'_>) -> AResult<Manifest> {
                 last_lba: u.arbitrary()?,
                 filesystem: u.arbitrary::<bool>()?.then_some("ntfs".to_string()),
                 label: u.arbitrary::<bool>()?.then_some(text(u, 32)?),
+                windows_bcd: u.arbitrary()?,
             });
         }
         Some(GptSummary {

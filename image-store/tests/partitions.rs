@@ -183,3 +183,77 @@ fn format_1_manifests_are_still_read() {
         "{e}"
     );
 }
+
+#[test]
+fn randomize_guids_is_refused_when_the_esp_holds_a_windows_bcd() {
+    if !have("sgdisk") || !have("mkfs.fat") || !have("mcopy") {
+        eprintln!(
+            "skipping randomize_guids_is_refused_when_the_esp_holds_a_windows_bcd: needs sgdisk, mkfs.fat, mtools"
+        );
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(&d.path().join("store")).unwrap();
+    let mut images = Vec::new();
+    for with_bcd in [true, false] {
+        let img = d.path().join(format!("esp-{with_bcd}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(80 << 20)
+            .unwrap();
+        let o = Command::new("sgdisk")
+            .args(["-n1:2048:+64M", "-t1:ef00", "-c1:EFI system partition"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let esp = d.path().join(format!("esp-{with_bcd}.fat"));
+        std::fs::File::create(&esp)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let sh = |cmd: &str| {
+            let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+            assert!(
+                o.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        let e = esp.display();
+        sh(&format!("mkfs.fat -F 32 -n SYSTEM {e} >/dev/null"));
+        sh(&format!(
+            "mmd -i {e} ::/EFI ::/EFI/Microsoft ::/EFI/Microsoft/Boot ::/EFI/Boot"
+        ));
+        let name = if with_bcd { "BCD" } else { "bootmgfw.efi" };
+        std::fs::write(d.path().join(name), b"regf").unwrap();
+        sh(&format!(
+            "mcopy -i {e} {} ::/EFI/Microsoft/Boot/{name}",
+            d.path().join(name).display()
+        ));
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&std::fs::read(&esp).unwrap(), 1 << 20)
+            .unwrap();
+        images.push(img);
+    }
+    let hints = Hints {
+        randomize_guids: true,
+        ..Hints::default()
+    };
+    let e = import(&store, &images[0], "esp@1", hints.clone()).unwrap_err();
+    let t = e.to_string();
+    assert!(
+        t.contains("randomize_guids") && t.contains("EFI/Microsoft/Boot/BCD"),
+        "{t}"
+    );
+    assert!(t.contains("would not boot"), "{t}");
+    // The same ESP without a BCD store: allowed; and the BCD image without the hint imports and
+    // records the store, so `tek image set --randomize-guids` is refused later too.
+    import(&store, &images[1], "esp@2", hints).unwrap();
+    import(&store, &images[0], "esp@3", Hints::default()).unwrap();
+    let (m, _) = store.load_manifest(&"esp@3".parse().unwrap()).unwrap();
+    let p = &m.gpt.unwrap().partitions[0];
+    assert_eq!(p.filesystem.as_deref(), Some("vfat"));
+    assert_eq!(p.label.as_deref(), Some("SYSTEM"));
+    assert!(p.windows_bcd);
+}

@@ -399,6 +399,21 @@ fn plan_layout(
     if !opts.fixups || info.gpt_sector.is_none() {
         return Ok(layout::Plan::default());
     }
+    // Import and `tek image set` refuse this hint already; a manifest is checked again here.
+    if info.hints.randomize_guids
+        && info
+            .gpt
+            .iter()
+            .flat_map(|g| &g.partitions)
+            .any(|p| p.windows_bcd)
+    {
+        return Err(ImagerError::Gpt {
+            path: dev.path().to_path_buf(),
+            reason: "randomize_guids on an image whose ESP holds EFI/Microsoft/Boot/BCD: the \
+                     BCD store names partitions by GUID, the disk would not boot"
+                .into(),
+        });
+    }
     layout::plan(
         info.gpt.as_ref(),
         info.hints.grow_partition.as_deref(),

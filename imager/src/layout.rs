@@ -188,6 +188,7 @@ mod tests {
             last_lba: last,
             filesystem: None,
             label: None,
+            windows_bcd: false,
         }
     }
 
