@@ -136,8 +136,7 @@ fn has_bcd(r: &mut ImageReader<'_>, start: u64, len: u64) -> bool {
     let Ok(fs) = fatfs::FileSystem::new(part, opts) else {
         return false;
     };
-    let found = fs.root_dir().open_file(BCD_PATH).is_ok();
-    found
+    fs.root_dir().open_file(BCD_PATH).is_ok()
 }
 
 /// One partition of the image as a read-only disk for fatfs.
