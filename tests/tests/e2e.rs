@@ -466,3 +466,6 @@ fn sigterm_brings_a_running_job_to_a_safe_point_and_restart_resumes_it() {
 
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+
+#[path = "e2e/windows.rs"]
+mod windows;
