@@ -469,3 +469,6 @@ mod lifecycle;
 
 #[path = "e2e/windows.rs"]
 mod windows;
+
+#[path = "e2e/grow.rs"]
+mod grow;
