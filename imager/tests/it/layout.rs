@@ -14,7 +14,21 @@ use image_store::{Hints, ImageRef, ImportOptions, Store};
 use imager::{ImageSource, TargetResult, WriteOptions, write_image};
 
 const MIB: u64 = 1 << 20;
-const MAKE_IMAGE: &str = "/work/shared/bench/make-image.sh";
+/// The shared bench's image builder: `TEK_SHARED_BENCH`, else `../shared/bench` beside the
+/// repository (as the issue names it), else the depot's `/work/shared/bench`.
+fn make_image() -> PathBuf {
+    let candidates = [
+        std::env::var_os("TEK_SHARED_BENCH").map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench")),
+        Some(PathBuf::from("/work/shared/bench")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("make-image.sh"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/work/shared/bench/make-image.sh"))
+}
 
 fn run(cmd: &str, args: &[&str]) -> (bool, String) {
     let o = Command::new(cmd).args(args).output().expect(cmd);
@@ -33,12 +47,15 @@ fn ready(name: &str) -> bool {
         "e2fsck",
     ];
     let ok = can_attach()
-        && Path::new(MAKE_IMAGE).exists()
+        && make_image().exists()
         && tools
             .iter()
             .all(|t| run("sh", &["-c", &format!("command -v {t}")]).0);
     if !ok {
-        eprintln!("skipping {name}: needs root, loop devices, {MAKE_IMAGE} and {tools:?}");
+        eprintln!(
+            "skipping {name}: needs root, loop devices, {} and {tools:?}",
+            make_image().display()
+        );
     }
     ok
 }
@@ -54,7 +71,7 @@ fn sample(variant: &str, size: &str, fill: &str) -> PathBuf {
             std::process::id()
         ));
         let (ok, out) = run(
-            MAKE_IMAGE,
+            make_image().to_str().unwrap(),
             &[
                 "--variant",
                 variant,

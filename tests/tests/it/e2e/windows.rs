@@ -4,18 +4,35 @@
 //! Recovery at the disk's end byte-identical to the image's partition, Windows grown up to it,
 //! `ntfsresize --info` clean, the data hashed through a fresh `ntfs-3g` mount, `sgdisk -v` clean.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use super::*;
 
-const MAKE_IMAGE: &str = "/work/shared/bench/make-image.sh";
+/// The shared bench's image builder: `TEK_SHARED_BENCH`, else `../shared/bench` beside the
+/// repository (as the issue names it), else the depot's `/work/shared/bench`.
+fn make_image() -> PathBuf {
+    let candidates = [
+        std::env::var_os("TEK_SHARED_BENCH").map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench")),
+        Some(PathBuf::from("/work/shared/bench")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("make-image.sh"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/work/shared/bench/make-image.sh"))
+}
 
 /// The `win` sample (512 MiB, 64 MiB of files), built once and kept under the target dir.
 fn win_sample() -> Option<PathBuf> {
     let tools = ["mkntfs", "ntfs-3g", "ntfsresize", "sgdisk", "mkfs.fat"];
-    if !Path::new(MAKE_IMAGE).exists() || !tools.iter().all(|t| have(t)) {
-        eprintln!("SKIP windows e2e: needs {MAKE_IMAGE} and {tools:?}");
+    if !make_image().exists() || !tools.iter().all(|t| have(t)) {
+        eprintln!(
+            "SKIP windows e2e: needs {} and {tools:?}",
+            make_image().display()
+        );
         return None;
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("samples");
@@ -23,7 +40,7 @@ fn win_sample() -> Option<PathBuf> {
     let p = dir.join("win-512M-64M.img");
     if !p.exists() {
         let tmp = dir.join(format!("win.{}.tmp", std::process::id()));
-        let out = Command::new(MAKE_IMAGE)
+        let out = Command::new(make_image())
             .args(["--variant", "win", "--size", "512M", "--fill", "64M"])
             .arg(&tmp)
             .output()
