@@ -224,6 +224,24 @@ fn grow_ext4(disk: &Path, dev: &Path, g: &mut FsGrowth) -> Result<(), ImagerErro
 }
 
 fn grow_ntfs(disk: &Path, dev: &Path, g: &mut FsGrowth) -> Result<(), ImagerError> {
+    // The image itself may hold a hibernated Windows (captured without a full shutdown): say so
+    // plainly rather than through ntfsresize's refusal. ntfs-3g.probe changes nothing.
+    let probe = run(disk, &["ntfs-3g.probe", "--readwrite"], dev, None)?;
+    if !probe.clean {
+        let why = if probe.output.contains("hibernat") {
+            "Windows is hibernated on it (or used Fast Startup)".to_string()
+        } else {
+            format!("`{}`: {}", probe.command, probe.output)
+        };
+        return Err(err(
+            disk,
+            format!(
+                "the image's NTFS volume (partition {}) cannot be grown: {why}; recapture the \
+                 image after a full shutdown (powercfg /h off)",
+                g.partition
+            ),
+        ));
+    }
     let (before, text) = run_full(disk, &["ntfsresize", "--info", "-P"], dev, None)?;
     must(disk, before, "checking NTFS before growing it")?;
     g.old_bytes = number_after(&text, "Current volume size:");

@@ -263,3 +263,93 @@ fn ext4_last_partition_grows_and_checks_clean() {
     let (_, v) = run("sgdisk", &["-v", lo.path().to_str().unwrap()]);
     assert!(v.contains("No problems found"), "{v}");
 }
+
+#[test]
+fn hibernated_windows_image_is_not_grown_and_the_disk_keeps_no_table() {
+    if !ready("hibernated_windows_image_is_not_grown_and_the_disk_keeps_no_table") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("hiber.img");
+    let (ok, out) = run(
+        "cp",
+        &[
+            "--sparse=always",
+            sample("win", "512M", "64M").to_str().unwrap(),
+            img.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    // Windows' hiberfil.sys with its "HIBR" header, as a captured-while-hibernated image has.
+    let (_, p3) = run("sgdisk", &["-i", "3", img.to_str().unwrap()]);
+    let first: u64 = p3
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_, p4) = run("sgdisk", &["-i", "4", img.to_str().unwrap()]);
+    let next: u64 = p4
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    {
+        let part = LoopDevice::attach_with(
+            &img,
+            &LoopOptions {
+                offset: first * 512,
+                size_limit: (next - first) * 512,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mnt = tempfile::tempdir().unwrap();
+        let (ok, out) = run(
+            "ntfs-3g",
+            &[part.path().to_str().unwrap(), mnt.path().to_str().unwrap()],
+        );
+        assert!(ok, "{out}");
+        let mut hdr = vec![0u8; 64 << 10];
+        hdr[..4].copy_from_slice(b"HIBR");
+        std::fs::write(mnt.path().join("hiberfil.sys"), &hdr).unwrap();
+        assert!(run("umount", &[mnt.path().to_str().unwrap()]).0);
+    }
+    let src = import(
+        dir.path(),
+        &img,
+        Hints {
+            grow_partition: Some("type:basic-data".into()),
+            ..Hints::default()
+        },
+    );
+    let disk_file = dir.path().join("disk");
+    std::fs::File::create(&disk_file)
+        .unwrap()
+        .set_len(1024 * MIB)
+        .unwrap();
+    let lo = LoopDevice::attach(&disk_file).unwrap();
+    let reps = write_image(
+        &src,
+        &[lo.path().to_path_buf()],
+        &WriteOptions::default(),
+        None,
+    );
+    match &reps[0].result {
+        TargetResult::Failed {
+            error, table_reset, ..
+        } => {
+            assert!(error.contains("hibernated"), "{error}");
+            assert!(*table_reset, "{error}");
+        }
+        r => panic!("expected a failure, got {r:?}"),
+    }
+    let (_, p) = run("sgdisk", &["-p", lo.path().to_str().unwrap()]);
+    assert!(
+        !p.contains("Basic data partition"),
+        "a table survived:\n{p}"
+    );
+}
