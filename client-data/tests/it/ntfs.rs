@@ -196,3 +196,60 @@ fn ambiguous_gpt_name_is_refused_with_candidates_and_label_selects() {
     );
     m.unmount().unwrap();
 }
+
+/// Two restores racing for one NTFS volume: two `ntfs-3g` mounts of one device would corrupt it
+/// (two drivers caching the same metadata). ntfs-3g opens the device exclusively, so of two
+/// threads mounting at once exactly one gets the volume and the other an error, and after both
+/// are done the volume is consistent (`ntfsfix -n`) and holds the winner's file.
+#[test]
+fn racing_mounts_of_one_volume_get_it_once() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = ntfs_file(dir.path(), "race.ntfs", "Windows");
+    let lo = LoopDevice::attach(&img).unwrap();
+    let dev = lo.path().to_path_buf();
+    for round in 0..3 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let hs: Vec<_> = (0..2)
+            .map(|i| {
+                let (b, dev) = (barrier.clone(), dev.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    match PartitionMount::mount_device(&dev, None) {
+                        Ok(m) => {
+                            fs::write(m.path().join(format!("r{round}-t{i}.txt")), b"x").unwrap();
+                            // Hold it while the other thread tries.
+                            std::thread::sleep(std::time::Duration::from_millis(300));
+                            m.unmount().unwrap();
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+            })
+            .collect();
+        let won: Vec<bool> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: {won:?}"
+        );
+    }
+    let o = Command::new("ntfsfix")
+        .arg("-n")
+        .arg(&dev)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let m = PartitionMount::mount_device(&dev, None).unwrap();
+    let names: Vec<String> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".txt"))
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    m.unmount().unwrap();
+    lo.detach().unwrap();
+}
