@@ -51,6 +51,9 @@ pub struct ImportOptions {
     pub workers: usize,
     /// Maximum image size and expansion ratio of a compressed source (decompression bombs).
     pub limits: DecodeLimits,
+    /// Run the privacy audit (over the stored chunks, before the manifest is committed) and
+    /// record its verdict; None records the image as not audited.
+    pub audit: Option<crate::audit::AuditOptions>,
 }
 
 impl Default for ImportOptions {
@@ -63,6 +66,7 @@ impl Default for ImportOptions {
             zstd_level: 3,
             workers: 0,
             limits: DecodeLimits::default(),
+            audit: Some(crate::audit::AuditOptions::default()),
         }
     }
 }
@@ -384,11 +388,18 @@ impl Store {
             extents,
             gpt,
             hints: opts.hints.clone(),
+            audit: None,
         };
         // Chunk renames must be durable before the manifest that points at them.
         batch.flush()?;
         for d in &batch.dirs {
             fsutil::sync_dir(d)?;
+        }
+        // The audit reads what was stored (verified chunks), so it also works for compressed
+        // sources; the import session keeps gc off those chunks meanwhile.
+        let mut manifest = manifest;
+        if let Some(a) = &opts.audit {
+            manifest.audit = Some(self.audit_manifest(&manifest, a));
         }
         // Check and commit under the manifest lock: two imports of one name never both "win".
         let _edit = crate::lock::ManifestLock::take(self.root())?;

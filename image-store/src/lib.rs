@@ -7,6 +7,7 @@
 //! manifest's extents and receive chunks only as [`chunk::VerifiedChunk`]s.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod chunk;
 mod edit;
 pub mod error;

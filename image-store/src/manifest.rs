@@ -5,8 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
 
-/// Current manifest format version. Readers refuse versions they do not know.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Current manifest format version. Readers refuse versions they do not know. Format 2 added
+/// `audit`; format 1 manifests are still read (as "not audited").
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// Every manifest format this version reads.
+pub const MANIFEST_FORMATS_READ: [u32; 2] = [1, 2];
 
 /// A stored image's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +38,10 @@ pub struct Manifest {
     pub gpt: Option<GptSummary>,
     /// Hints for the imager and agent.
     pub hints: Hints,
+    /// The privacy audit's verdict (format 2; None: not audited, as every format-1 manifest).
+    /// Part of the manifest bytes, so the signature covers it.
+    #[serde(default)]
+    pub audit: Option<crate::audit::AuditReport>,
 }
 
 /// Chunking parameters used at import.

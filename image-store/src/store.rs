@@ -22,7 +22,7 @@ use crate::chunk::{ChunkId, CompressedChunk};
 use crate::error::{ChunkUse, StoreError};
 use crate::fsutil;
 use crate::image_ref::ImageRef;
-use crate::manifest::{Extent, MANIFEST_FORMAT, Manifest};
+use crate::manifest::{Extent, MANIFEST_FORMAT, MANIFEST_FORMATS_READ, Manifest};
 use crate::signature::{self, SignatureStatus};
 
 /// Version of the store layout (`store.json`).
@@ -369,7 +369,7 @@ pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, StoreError>
         Ok(m) => m,
         Err(e) => {
             if let Ok(f) = serde_json::from_slice::<FormatOnly>(bytes)
-                && f.format != MANIFEST_FORMAT
+                && !MANIFEST_FORMATS_READ.contains(&f.format)
             {
                 return Err(StoreError::UnsupportedFormat {
                     path: path.to_path_buf(),
@@ -380,11 +380,17 @@ pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, StoreError>
             return Err(parse_error(path, &e));
         }
     };
-    if m.format != MANIFEST_FORMAT {
+    if !MANIFEST_FORMATS_READ.contains(&m.format) {
         return Err(StoreError::UnsupportedFormat {
             path: path.to_path_buf(),
             found: m.format,
             supported: MANIFEST_FORMAT,
+        });
+    }
+    if m.format == 1 && m.audit.is_some() {
+        return Err(StoreError::InconsistentManifest {
+            path: path.to_path_buf(),
+            reason: "a format-1 manifest with an audit (format 2 added it)".into(),
         });
     }
     let mut at = 0u64;
@@ -446,6 +452,7 @@ mod tests {
         }
         Manifest {
             format: MANIFEST_FORMAT,
+            audit: None,
             name: "t".into(),
             version: "1".into(),
             size: at,
