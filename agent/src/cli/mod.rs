@@ -6,6 +6,7 @@ pub mod audit;
 pub mod data;
 pub mod demo;
 pub mod image;
+mod image_audit;
 pub mod image_rm;
 mod image_verify;
 pub mod interrupt;
