@@ -102,10 +102,6 @@ pub struct Policy {
     pub share_write_window_ms: u64,
 }
 
-fn default_true() -> bool {
-    true
-}
-
 fn default_share_window() -> u64 {
     2000
 }
