@@ -54,6 +54,9 @@ pub struct ImportOptions {
     /// Run the privacy audit (over the stored chunks, before the manifest is committed) and
     /// record its verdict; None records the image as not audited.
     pub audit: Option<crate::audit::AuditOptions>,
+    /// Zero the free space of every filesystem the audit reads before storing (raw sources
+    /// only; see `scrub.rs`); the manifest keeps the source's hashes in `scrubbed`.
+    pub scrub_free: bool,
 }
 
 impl Default for ImportOptions {
@@ -67,6 +70,7 @@ impl Default for ImportOptions {
             workers: 0,
             limits: DecodeLimits::default(),
             audit: Some(crate::audit::AuditOptions::default()),
+            scrub_free: false,
         }
     }
 }
@@ -239,6 +243,21 @@ impl Store {
         )?;
         let mut src = Source::open_with(source, opts.limits)?;
         let source_format = src.format();
+        let scrubbed = if opts.scrub_free {
+            if source_format != SourceFormat::Raw {
+                return Err(StoreError::BadSource {
+                    path: source.to_path_buf(),
+                    reason: format!(
+                        "is {}-compressed: --scrub-free reads the free-space maps from a raw \
+                         image before importing it; decompress it first",
+                        source_format.name()
+                    ),
+                });
+            }
+            Some(src.zero_ranges(crate::scrub::image_free_ranges(source)?))
+        } else {
+            None
+        };
         lock::scan_imports(self.root())?; // clean up after crashed imports
         let session = ImportSession::begin(self.root())?;
         let cdc = CdcParams::with_avg(opts.chunk_avg);
@@ -389,6 +408,7 @@ impl Store {
             gpt,
             hints: opts.hints.clone(),
             audit: None,
+            scrubbed: scrubbed.and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take()),
         };
         // Chunk renames must be durable before the manifest that points at them.
         batch.flush()?;

@@ -20,6 +20,7 @@ pub mod import;
 mod lock;
 pub mod manifest;
 pub mod read;
+pub mod scrub;
 pub mod segment;
 pub mod signature;
 pub mod source;

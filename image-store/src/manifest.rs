@@ -42,6 +42,10 @@ pub struct Manifest {
     /// Part of the manifest bytes, so the signature covers it.
     #[serde(default)]
     pub audit: Option<crate::audit::AuditReport>,
+    /// Set when the image was imported with `--scrub-free` (format 2): the source's hashes
+    /// before its free space was zeroed; `sha256`/`blake3` above are the stored image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrubbed: Option<crate::scrub::Scrubbed>,
 }
 
 /// Chunking parameters used at import.

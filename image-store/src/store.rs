@@ -453,6 +453,7 @@ mod tests {
         Manifest {
             format: MANIFEST_FORMAT,
             audit: None,
+            scrubbed: None,
             name: "t".into(),
             version: "1".into(),
             size: at,

@@ -39,7 +39,7 @@ fn win(variant: &str) -> PathBuf {
     fixture(
         &format!("{variant}.img"),
         "make-image.sh",
-        &["--size", "512M", "--fill", "32M", "--variant", variant],
+        &["--size", "512M", "--fill", "64M", "--variant", variant],
     )
 }
 
@@ -62,12 +62,23 @@ fn generalized_windows_image_is_clean() {
     assert!(r.is_clean(), "{:?}\n{:?}", rules(&r), r.partitions);
     let fs: Vec<&str> = r.partitions.iter().map(|p| p.filesystem.as_str()).collect();
     assert_eq!(fs, ["fat", "none", "ntfs", "ntfs"]);
-    for p in [0, 2, 3] {
+    // The ESP is a FAT32 of 100 MiB (fewer than 65525 clusters, as mkfs.fat and Windows make
+    // it), empty here; both NTFS volumes hold files.
+    assert!(
+        matches!(r.partitions[0].status, PartitionStatus::Audited { .. }),
+        "{:?}",
+        r.partitions[0]
+    );
+    for p in [2, 3] {
         assert!(
             matches!(r.partitions[p].status, PartitionStatus::Audited { entries } if entries > 0),
             "{:?}",
             r.partitions[p]
         );
+    }
+    for p in [0, 2, 3] {
+        let f = r.partitions[p].free.expect("free space measured");
+        assert!(f.free_bytes > 0 && f.nonzero_bytes == 0, "{f:?}");
     }
 }
 

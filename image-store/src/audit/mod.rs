@@ -1,6 +1,7 @@
 //! The privacy audit: proves an image is unpopulated (DESIGN invariant 7) by reading every
-//! filesystem in it **without the kernel**: ext4 through `ext4-view`, NTFS through `ntfs`, FAT
-//! through `fatfs`, all pure Rust, over a read-only [`window::Window`] of the image. An image is
+//! filesystem in it **without the kernel**: ext4 through `ext4-view` and NTFS through `ntfs`
+//! (pure Rust, over a read-only [`window::Window`] of the image), FAT through mtools in a
+//! bounded subprocess over a temporary copy of the partition (see [`fat`] for why). An image is
 //! untrusted input; a hostile filesystem must never reach the bench's kernel drivers.
 //!
 //! Data flow: [`audit_image`] finds the partitions (GPT summary, or the whole image), sniffs each
@@ -13,6 +14,7 @@
 pub mod deep;
 mod ext4;
 mod fat;
+pub mod free;
 mod ntfs;
 mod open;
 pub mod rules;
@@ -129,6 +131,9 @@ pub struct PartitionAudit {
     /// Outcome.
     #[serde(flatten)]
     pub status: PartitionStatus,
+    /// Free space and how much of it is not zero (remnants), when the allocation map was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<free::FreeSpace>,
 }
 
 /// An accepted finding: a maintainer's explicit decision, kept in the signed manifest.
@@ -185,8 +190,18 @@ impl AuditReport {
             } else {
                 format!(", {} finding(s) accepted", self.accepted.len())
             };
+            let skipped = self
+                .partitions
+                .iter()
+                .filter(|p| matches!(p.status, PartitionStatus::NotAudited { .. }))
+                .count();
+            let skipped = if skipped == 0 {
+                String::new()
+            } else {
+                format!(", {skipped} partition(s) without a filesystem the audit reads")
+            };
             return format!(
-                "clean{acc} ({} finding(s), rules {})",
+                "clean{acc} ({} finding(s){skipped}, rules {})",
                 self.findings.len(),
                 self.rules_version
             );
@@ -244,7 +259,7 @@ pub struct AuditOptions {
 pub struct PartitionError(pub String);
 
 /// The filesystem of a partition, from its magic numbers.
-fn sniff<R: Read + Seek>(w: &mut Window<R>) -> &'static str {
+pub(crate) fn sniff<R: Read + Seek>(w: &mut Window<R>) -> &'static str {
     let mut b = [0u8; 2048];
     if w.read_at(0, &mut b).is_err() {
         return "none";
@@ -261,15 +276,10 @@ fn sniff<R: Read + Seek>(w: &mut Window<R>) -> &'static str {
     "none"
 }
 
-/// Audits an image of `size` bytes. `gpt` is the image's GPT summary (None: the whole image is
-/// treated as one filesystem, partition 0).
-pub fn audit_image<R: Read + Seek + 'static>(
-    img: R,
-    size: u64,
-    gpt: Option<&GptSummary>,
-    opts: &AuditOptions,
-) -> AuditReport {
-    let parts: Vec<(u32, String, u64, u64)> = match gpt {
+/// The partitions the audit reads: (number, GPT name, first byte, length) from the GPT
+/// summary, or the whole image as partition 0.
+pub(crate) fn partitions(size: u64, gpt: Option<&GptSummary>) -> Vec<(u32, String, u64, u64)> {
+    match gpt {
         Some(g) => g
             .partitions
             .iter()
@@ -283,7 +293,18 @@ pub fn audit_image<R: Read + Seek + 'static>(
             })
             .collect(),
         None => vec![(0, String::new(), 0, size)],
-    };
+    }
+}
+
+/// Audits an image of `size` bytes. `gpt` is the image's GPT summary (None: the whole image is
+/// treated as one filesystem, partition 0).
+pub fn audit_image<R: Read + Seek + 'static>(
+    img: R,
+    size: u64,
+    gpt: Option<&GptSummary>,
+    opts: &AuditOptions,
+) -> AuditReport {
+    let parts = partitions(size, gpt);
     let mut report = AuditReport {
         rules_version: RULES_VERSION,
         deep: opts.deep,
@@ -308,18 +329,22 @@ pub fn audit_image<R: Read + Seek + 'static>(
             "fat" => fat::walk(&mut w, &opts.limits, &mut rules),
             _ => Ok(0),
         }));
+        let mut free = None;
         let status = match walk {
             _ if fs == "none" => PartitionStatus::NotAudited {
                 reason: "no filesystem the audit reads (ext4, NTFS, FAT)".into(),
             },
             Ok(Ok(entries)) => {
                 report.findings.extend(rules.finish());
+                free = remnants(&mut w, fs, number, &mut report.findings);
                 PartitionStatus::Audited { entries }
             }
             Ok(Err(e)) => {
                 // Findings up to the failure are still worth reporting.
                 report.findings.extend(rules.finish_partial());
-                PartitionStatus::Error { reason: e.0 }
+                PartitionStatus::Error {
+                    reason: deep::mask_text(&e.0),
+                }
             }
             Err(_) => PartitionStatus::Error {
                 reason: format!("the {fs} reader panicked on this filesystem"),
@@ -330,9 +355,72 @@ pub fn audit_image<R: Read + Seek + 'static>(
             name,
             filesystem: fs.into(),
             status,
+            free,
         });
     }
     report
+}
+
+/// Reads the allocation map of an audited partition and measures its free space; non-zero
+/// free space is a `risk` finding (deleted files live on there), an unreadable map an `info`
+/// one (the tree was read; only the remnants are unknown).
+fn remnants<R: Read + Seek>(
+    w: &mut Window<R>,
+    fs: &str,
+    number: u32,
+    findings: &mut Vec<Finding>,
+) -> Option<free::FreeSpace> {
+    let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let ranges = free::free_ranges(w, fs)?;
+        free::measure(w, &ranges)
+    }));
+    match measured {
+        Ok(Ok(f)) => {
+            if f.nonzero_bytes > 0 {
+                findings.push(Finding::new(
+                    Severity::Risk,
+                    number,
+                    "/",
+                    "fs.remnants",
+                    format!(
+                        "{} of {} free space hold non-zero bytes (deleted files live on there;                          `tek image import --scrub-free` stores the image with free space zeroed)",
+                        mib(f.nonzero_bytes),
+                        mib(f.free_bytes)
+                    ),
+                ));
+            }
+            Some(f)
+        }
+        Ok(Err(e)) => {
+            findings.push(Finding::new(
+                Severity::Info,
+                number,
+                "/",
+                "fs.remnants-unknown",
+                format!("free space not measured: {}", deep::mask_text(&e.0)),
+            ));
+            None
+        }
+        Err(_) => {
+            findings.push(Finding::new(
+                Severity::Info,
+                number,
+                "/",
+                "fs.remnants-unknown",
+                format!("free space not measured: the {fs} allocation map reader panicked"),
+            ));
+            None
+        }
+    }
+}
+
+/// Bytes as MiB with one decimal ("< 0.1 MiB" when not zero but less).
+pub fn mib(bytes: u64) -> String {
+    let m = bytes as f64 / (1u64 << 20) as f64;
+    if bytes > 0 && m < 0.05 {
+        return "< 0.1 MiB".into();
+    }
+    format!("{m:.1} MiB")
 }
 
 /// Entry kinds the walkers report.

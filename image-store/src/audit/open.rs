@@ -57,7 +57,7 @@ impl Store {
         image: &ImageRef,
         finding: &str,
         reason: &str,
-        sign: crate::store::Resign<'_>,
+        sign: crate::edit::Resign<'_>,
     ) -> Result<AuditReport, StoreError> {
         let _edit = crate::lock::ManifestLock::take(self.root())?;
         let (mut m, _) = self.load_manifest(image)?;
@@ -72,14 +72,14 @@ impl Store {
         }
         let signed = self.signature_path(image).exists();
         let key = match sign {
-            crate::store::Resign::With(k) => Some(k),
-            crate::store::Resign::Unsign => None,
-            crate::store::Resign::Keep if signed => {
+            crate::edit::Resign::With(k) => Some(k),
+            crate::edit::Resign::Unsign => None,
+            crate::edit::Resign::Keep if signed => {
                 return Err(StoreError::WouldUnsign {
                     image: image.to_string(),
                 });
             }
-            crate::store::Resign::Keep => None,
+            crate::edit::Resign::Keep => None,
         };
         audit.accepted.retain(|a| a.finding != finding);
         audit.accepted.push(super::Acceptance {

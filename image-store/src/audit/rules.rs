@@ -103,11 +103,10 @@ impl Rules {
             self.state_ini = Some(generalized);
         }
         if file
-            && matches!(
+            && (matches!(
                 lower.as_str(),
                 "/pagefile.sys" | "/hiberfil.sys" | "/swapfile.sys" | "/windows/memory.dmp"
-            )
-            || (file && lower.starts_with("/windows/minidump/"))
+            ) || lower.starts_with("/windows/minidump/"))
         {
             self.add(
                 Personal,

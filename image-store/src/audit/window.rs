@@ -3,7 +3,7 @@
 //! zeros), and [`Window`], one partition's byte range of any `Read + Seek` image.
 //!
 //! Nothing here writes: the filesystem readers get a view whose `Write` always fails, so a
-//! reader that tried to update a hostile image (fatfs wants `Write` in its bounds) cannot.
+//! reader that tried to update a hostile image cannot.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
