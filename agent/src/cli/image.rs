@@ -200,6 +200,10 @@ pub struct ImportArgs {
     /// a clean image refuse it).
     #[arg(long)]
     no_audit: bool,
+    /// Store the image with the free space of its ext4, NTFS and FAT filesystems zeroed
+    /// (deleted files live on there); the manifest keeps the source's hashes too. Raw files only.
+    #[arg(long)]
+    scrub_free: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -430,6 +434,7 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
             ..Default::default()
         },
         audit: (!a.no_audit).then(image_store::audit::AuditOptions::default),
+        scrub_free: a.scrub_free,
         ..ImportOptions::default()
     };
     // A replaced, signed version loses its signature when no key is given: say so.
@@ -453,6 +458,7 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
             "gpt": r.manifest.gpt.is_some(),
             "signed_by": key.as_ref().map(|k| k.key_id().to_string()),
             "audit": r.manifest.audit,
+            "scrubbed": r.manifest.scrubbed,
         }));
     }
     println!(
@@ -478,6 +484,9 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
     match &r.manifest.gpt {
         Some(g) => println!("  GPT with {} partitions", g.partitions.len()),
         None => println!("  no valid GPT (gpt: null)"),
+    }
+    if let Some(s) = &r.manifest.scrubbed {
+        super::image_audit::print_scrubbed(s);
     }
     if let Some(audit) = &r.manifest.audit {
         super::image_audit::print_report(audit);
@@ -593,6 +602,9 @@ fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
     println!("created:    {}", m.created);
     println!("sha256:     {}", m.sha256);
     println!("blake3:     {}", m.blake3);
+    if let Some(s) = &m.scrubbed {
+        super::image_audit::print_scrubbed(s);
+    }
     println!("signature:  {}", li.signature);
     println!("manifest:   blake3 {}", li.manifest_hash);
     println!("audit:      {}", super::image_audit::audit_line(&m.audit));

@@ -10,7 +10,7 @@ use image_store::ImageRef;
 use image_store::audit::{AuditOptions, AuditReport, PartitionStatus};
 
 use super::image::{open_store, print_json};
-use crate::Depot;
+use agent::Depot;
 
 /// Runs `tek image audit`.
 pub(super) fn run(depot: &Depot, target: &str, deep: bool, json: bool) -> Result<()> {
@@ -63,15 +63,35 @@ pub(super) fn accept(
         (None, true) => image_store::Resign::Unsign,
         (None, false) => image_store::Resign::Keep,
     };
+    // The audit log first opened, so a depot whose log cannot be written refuses before the
+    // manifest changes; the entry follows the committed edit.
+    let dir = depot.audit();
+    let log = client_data::AuditLog::open(&dir, &depot.keys())
+        .with_context(|| format!("opening audit log in {}", dir.display()))?;
     let report = open_store(depot)?
         .accept_finding(image, finding, reason, sign)
         .with_context(|| format!("accepting finding {finding} of {image}"))?;
+    let rule = report
+        .findings
+        .iter()
+        .find(|f| f.id == finding)
+        .map(|f| f.rule.clone())
+        .unwrap_or_default();
+    log.append(client_data::AuditEvent::ImageFindingAccepted {
+        image: image.name.clone(),
+        version: image.version.clone(),
+        finding: finding.to_string(),
+        rule,
+        reason: reason.to_string(),
+    })
+    .with_context(|| format!("recording the acceptance of {finding} in the audit log"))?;
     let signed = match key {
         Some(k) => format!("signed with {}", k.key_id()),
         None => "unsigned".into(),
     };
     println!(
-        "accepted finding {finding} of {image} ({reason}); {signed}; audit: {}",
+        "accepted finding {finding} of {image} ({reason}); {signed}; recorded in the audit log; \
+         audit: {}",
         report.verdict_line()
     );
     Ok(())
@@ -85,6 +105,18 @@ pub(crate) fn audit_line(a: &Option<AuditReport>) -> String {
     }
 }
 
+/// What `--scrub-free` did, and the source's hashes.
+pub(crate) fn print_scrubbed(s: &image_store::scrub::Scrubbed) {
+    println!(
+        "  free space zeroed: {} ({} of it held data); source before scrubbing: sha256 {}, \
+         blake3 {}",
+        image_store::audit::mib(s.free_bytes),
+        image_store::audit::mib(s.nonzero_bytes),
+        s.source_sha256,
+        s.source_blake3
+    );
+}
+
 /// The human-readable audit: partitions, findings, verdict.
 pub(crate) fn print_report(r: &AuditReport) {
     for p in &r.partitions {
@@ -93,8 +125,16 @@ pub(crate) fn print_report(r: &AuditReport) {
             PartitionStatus::NotAudited { reason } => format!("not audited: {reason}"),
             PartitionStatus::Error { reason } => format!("AUDIT FAILED: {reason}"),
         };
+        let free = match &p.free {
+            Some(f) => format!(
+                "; free {}, of it non-zero {}",
+                image_store::audit::mib(f.free_bytes),
+                image_store::audit::mib(f.nonzero_bytes)
+            ),
+            None => String::new(),
+        };
         println!(
-            "partition {} \"{}\" ({}): {what}",
+            "partition {} \"{}\" ({}): {what}{free}",
             p.number, p.name, p.filesystem
         );
     }

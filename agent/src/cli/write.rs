@@ -84,7 +84,8 @@ fn check_audit(source: &ImageSource, args: &WriteArgs) -> Result<()> {
                 == image_store::source::SourceFormat::Raw;
             if !raw {
                 bail!(
-                    "refusing {}: a compressed image cannot be audited before writing; import it                      (which audits it) or pass --allow-unaudited",
+                    "refusing {}: a compressed image cannot be audited before writing; import it \
+                     (which audits it) or pass --allow-unaudited",
                     p.display()
                 );
             }

@@ -202,7 +202,17 @@ fn image_facts(img: &LoadedImage) -> serde_json::Value {
         "sha256": img.manifest.sha256,
         "blake3": img.manifest.blake3,
         "data_partition": img.manifest.hints.data_partition,
+        "privacy_audit": privacy_audit(&img.manifest.audit),
     })
+}
+
+/// The image's privacy audit as the report names it: the verdict line (rules version and
+/// accepted findings included), or "not audited".
+fn privacy_audit(a: &Option<image_store::audit::AuditReport>) -> String {
+    match a {
+        None => "not audited".into(),
+        Some(r) => r.verdict_line(),
+    }
 }
 
 impl JobSteps for RealSteps {
