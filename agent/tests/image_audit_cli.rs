@@ -115,6 +115,11 @@ fn import_audits_by_default_and_write_refuses_what_is_not_clean() {
     let out = t.ok(&["image", "import", "pop@1", s(&pop)]);
     assert!(out.contains("audit: NOT clean"), "{out}");
     no_planted("tek image import", &out);
+    // The manifest on disk (what the signature covers) holds paths and counts, no content.
+    let manifest = std::fs::read_to_string(t.dir().join("state/store/images/pop/1.json"))
+        .expect("the manifest file");
+    assert!(manifest.contains("\"audit\""), "{manifest}");
+    no_planted("the stored manifest", &manifest);
     let out = t.ok(&["image", "import", "pop@2", s(&pop), "--no-audit"]);
     assert!(out.contains("audit: not audited"), "{out}");
     let out = t.ok(&["image", "import", "clean@1", s(&clean)]);

@@ -186,3 +186,47 @@ fn scrub_free_stores_the_image_with_free_space_zeroed_and_keeps_both_hashes() {
         .unwrap_err();
     assert!(e.to_string().contains("--scrub-free"), "{e}");
 }
+
+/// Finds the 32-byte directory entry with short name `name` (11 bytes, padded) and the
+/// directory attribute, from `from`.
+fn dir_entry(bytes: &[u8], name: &[u8; 11], from: usize) -> usize {
+    (from..bytes.len() - 32)
+        .step_by(32)
+        .find(|&o| &bytes[o..o + 11] == name && bytes[o + 11] & 0x10 != 0)
+        .expect("directory entry")
+}
+
+#[test]
+fn a_fat_directory_cycle_ends_that_partition_with_an_error_in_bounded_time() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("cycle.img");
+    sh(&format!(
+        "img={img}; truncate -s 128M $img; \
+         sgdisk -n 1:2048:+100M -t 1:ef00 -c 1:ESP $img >/dev/null; \
+         mkfs.fat -F 32 -n ESP --offset 2048 $img 102400 >/dev/null; \
+         mmd -i $img@@1M ::/LOOPA ::/LOOPA/LOOPB",
+        img = img.display()
+    ));
+    // Point LOOPB's first cluster at LOOPA's: /LOOPA/LOOPB is /LOOPA again, without end.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let a = dir_entry(&bytes, b"LOOPA      ", 1 << 20);
+    let (hi, lo) = (
+        [bytes[a + 20], bytes[a + 21]],
+        [bytes[a + 26], bytes[a + 27]],
+    );
+    let b = dir_entry(&bytes, b"LOOPB      ", 1 << 20);
+    bytes[b + 20..b + 22].copy_from_slice(&hi);
+    bytes[b + 26..b + 28].copy_from_slice(&lo);
+    std::fs::write(&img, bytes).unwrap();
+    let t = std::time::Instant::now();
+    let r = audit_file(&img, &AuditOptions::default()).unwrap();
+    let PartitionStatus::Error { reason } = &r.partitions[0].status else {
+        panic!("a cycle was audited: {:?}", r.partitions[0]);
+    };
+    assert!(
+        reason.contains("cycle") || reason.contains("mdir"),
+        "{reason}"
+    );
+    assert!(!r.is_clean());
+    assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
+}

@@ -1,7 +1,8 @@
-//! Walking a FAT12/16/32 tree with mtools (`mdir`, `mcopy`) in a subprocess, never mounting.
+//! Walking a FAT12/16/32 tree, never mounting: with `fatfs` (pure Rust) where it can, and with
+//! mtools (`mdir`, `mcopy`) in a subprocess for the FAT32 volumes `fatfs` refuses.
 //!
-//! Why not `fatfs` (the pure-Rust reader the sample image is built with): 0.3.6 refuses every
-//! FAT32 volume with fewer than 65525 clusters ("FAT32 determination" in its BPB check), which
+//! Why not `fatfs` alone (the pure-Rust reader the sample image is built with): 0.3.6 refuses
+//! every FAT32 volume with fewer than 65525 clusters ("FAT32 determination" in its BPB check), which
 //! is what `mkfs.fat -F 32` and Windows make for a 100-500 MiB ESP, so every real image came out
 //! "not clean". The other pure-Rust FAT crates either decide the FAT type from the cluster count
 //! too (and would then misread such a FAT32 as FAT16) or need a newer toolchain. mtools decides
@@ -10,7 +11,7 @@
 //! The partition is first copied (sparsely) out of the audit's read-only window into an unnamed
 //! temporary file, so mtools never sees the image itself and whatever it might write lands on a
 //! throw-away copy. Every mtools run is bounded by `prlimit` (address space, CPU time, no core
-//! file, no file writes) and by the walk's entry and depth limits, checked while the listing
+//! file) and by the walk's entry and depth limits, checked while the listing
 //! streams in (the child is killed at the first bound hit), so a directory cycle or a hostile
 //! FAT ends as an error for this partition in bounded time and memory.
 
@@ -30,7 +31,68 @@ const CHILD_MEMORY: u64 = 1 << 30;
 const CHILD_CPU_SECS: u64 = 120;
 
 /// Walks the FAT filesystem in `w`, feeding every entry to `rules`; returns the entries visited.
+/// `fatfs` reads what it accepts (FAT12/16, and FAT32 of at least 65525 clusters: no tool
+/// needed, as for the sample image on a fresh machine); a FAT32 by its BPB with fewer clusters
+/// goes to mtools.
 pub(super) fn walk<R: Read + Seek>(
+    w: &mut Window<R>,
+    limits: &Limits,
+    rules: &mut Rules,
+) -> Result<u64, PartitionError> {
+    let g = super::free::FatGeometry::read(w)?;
+    if g.fat_type == 32 && g.clusters < FATFS_MIN_FAT32_CLUSTERS {
+        walk_mtools(w, limits, rules)
+    } else {
+        walk_fatfs(w, limits, rules)
+    }
+}
+
+/// The fewest clusters `fatfs` 0.3 accepts in a FAT32 (the FAT specification's boundary).
+const FATFS_MIN_FAT32_CLUSTERS: u64 = 65525;
+
+/// The `fatfs` walk, over a window whose `Write` always fails, access dates not updated.
+fn walk_fatfs<R: Read + Seek>(
+    w: &mut Window<R>,
+    limits: &Limits,
+    rules: &mut Rules,
+) -> Result<u64, PartitionError> {
+    use fatfs::{FileSystem, FsOptions};
+    let mut dev = w.clone();
+    dev.seek(SeekFrom::Start(0))
+        .map_err(|e| io_err("seeking", e))?;
+    let fs = FileSystem::new(dev, FsOptions::new().update_accessed_date(false))
+        .map_err(|e| io_err("reading the FAT boot sector", e))?;
+    let mut count = Counter::new(limits);
+    let mut stack = vec![(fs.root_dir(), String::new(), 0usize)];
+    while let Some((dir, dir_path, depth)) = stack.pop() {
+        for ent in dir.iter() {
+            let ent = ent.map_err(|e| io_err("reading a FAT directory", e))?;
+            let name = ent.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            count.entry(depth + 1)?;
+            let path = format!("{dir_path}/{name}");
+            let kind = if ent.is_dir() { Kind::Dir } else { Kind::File };
+            let size = ent.len();
+            rules.visit(&path, kind, size, &mut |n| {
+                let mut out = Vec::new();
+                ent.to_file()
+                    .take(n.min(size as usize) as u64)
+                    .read_to_end(&mut out)
+                    .map_err(|e| e.to_string())?;
+                Ok(out)
+            });
+            if kind == Kind::Dir {
+                stack.push((ent.to_dir(), path, depth + 1));
+            }
+        }
+    }
+    Ok(count.entries)
+}
+
+/// The mtools walk over a temporary copy of the partition.
+fn walk_mtools<R: Read + Seek>(
     w: &mut Window<R>,
     limits: &Limits,
     rules: &mut Rules,
@@ -44,7 +106,9 @@ pub(super) fn walk<R: Read + Seek>(
     let out = child.stdout.take().expect("stdout is piped");
     let mut parser = Listing::default();
     let mut count = Counter::new(limits);
-    let mut entries = Vec::new();
+    // Entries are checked as the listing streams in (contents read by mcopy meanwhile), so a
+    // listing without end costs time up to the entry bound, never memory.
+    let mut any = false;
     let lines = BufReader::new(out).split(b'\n');
     let result = (|| {
         for line in lines {
@@ -52,24 +116,22 @@ pub(super) fn walk<R: Read + Seek>(
             let line = String::from_utf8_lossy(&line);
             if let Some(e) = parser.line(&line)? {
                 count.entry(e.depth())?;
-                entries.push(e);
+                any = true;
+                let kind = if e.dir { Kind::Dir } else { Kind::File };
+                rules.visit(&e.path, kind, e.size, &mut |n| {
+                    read_head(&copy, &e.short, n.min(e.size as usize))
+                });
             }
         }
         Ok(())
     })();
     let status = finish(child, result.is_err())?;
     result?;
-    let empty = !status.success() && entries.is_empty() && empty_root(&copy)?;
+    let empty = !status.success() && !any && empty_root(&copy)?;
     if !status.success() && !empty {
         return Err(PartitionError(format!(
             "mdir (mtools) could not read this FAT filesystem ({status})"
         )));
-    }
-    for e in &entries {
-        let kind = if e.dir { Kind::Dir } else { Kind::File };
-        rules.visit(&e.path, kind, e.size, &mut |n| {
-            read_head(&copy, &e.short, n.min(e.size as usize))
-        });
     }
     Ok(count.entries)
 }

@@ -186,45 +186,90 @@ fn ntfs<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
     Ok(out)
 }
 
+/// A FAT volume's layout, from its boot sector (checked against the partition).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FatGeometry {
+    /// Bytes per sector.
+    pub bps: u64,
+    /// Sectors per cluster.
+    pub spc: u64,
+    /// Reserved sectors (the first FAT follows).
+    pub reserved: u64,
+    /// Sectors per FAT.
+    pub fatsz: u64,
+    /// First sector of the data region.
+    pub data: u64,
+    /// Data clusters.
+    pub clusters: u64,
+    /// 12, 16 or 32. FAT32 is decided by the BPB (`sectors_per_fat_16 == 0`), as Windows and
+    /// Linux do, not by the cluster count: mkfs.fat and Windows make FAT32 ESPs of fewer than
+    /// 65525 clusters.
+    pub fat_type: u64,
+}
+
+impl FatGeometry {
+    /// Reads and checks the boot sector of the FAT volume in `w`.
+    pub(crate) fn read<R: Read + Seek>(w: &mut Window<R>) -> Result<FatGeometry, PartitionError> {
+        let mut b = [0u8; 512];
+        w.read_at(0, &mut b)
+            .map_err(|e| io_err("reading the FAT boot sector", e))?;
+        let bps = u16_at(&b, 11);
+        let spc = b[13] as u64;
+        let reserved = u16_at(&b, 14);
+        let nfats = b[16] as u64;
+        let root_entries = u16_at(&b, 17);
+        let total = match u16_at(&b, 19) {
+            0 => u32_at(&b, 32),
+            t => t,
+        };
+        let fatsz = match u16_at(&b, 22) {
+            0 => u32_at(&b, 36),
+            f => f,
+        };
+        let fat32 = u16_at(&b, 22) == 0;
+        if !matches!(bps, 512 | 1024 | 2048 | 4096) || spc == 0 || nfats == 0 {
+            return Err(bad(format!(
+                "FAT boot sector: {bps} bytes per sector, {spc} per cluster, {nfats} FATs"
+            )));
+        }
+        let root_secs = (root_entries * 32).div_ceil(bps);
+        let data = reserved + nfats * fatsz + root_secs;
+        if total.saturating_mul(bps) > w.len() || data >= total {
+            return Err(bad(format!(
+                "FAT boot sector claims {total} sectors of {bps} bytes in a partition of {} bytes",
+                w.len()
+            )));
+        }
+        let clusters = (total - data) / spc;
+        let fat_type = if fat32 {
+            32
+        } else if clusters < 4085 {
+            12
+        } else {
+            16
+        };
+        Ok(FatGeometry {
+            bps,
+            spc,
+            reserved,
+            fatsz,
+            data,
+            clusters,
+            fat_type,
+        })
+    }
+}
+
 fn fat<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
-    let mut b = [0u8; 512];
-    w.read_at(0, &mut b)
-        .map_err(|e| io_err("reading the FAT boot sector", e))?;
-    let bps = u16_at(&b, 11);
-    let spc = b[13] as u64;
-    let reserved = u16_at(&b, 14);
-    let nfats = b[16] as u64;
-    let root_entries = u16_at(&b, 17);
-    let total = match u16_at(&b, 19) {
-        0 => u32_at(&b, 32),
-        t => t,
-    };
-    let fatsz = match u16_at(&b, 22) {
-        0 => u32_at(&b, 36),
-        f => f,
-    };
-    let fat32 = u16_at(&b, 22) == 0;
-    if !matches!(bps, 512 | 1024 | 2048 | 4096) || spc == 0 || nfats == 0 {
-        return Err(bad(format!(
-            "FAT boot sector: {bps} bytes per sector, {spc} per cluster, {nfats} FATs"
-        )));
-    }
-    let root_secs = (root_entries * 32).div_ceil(bps);
-    let data = reserved + nfats * fatsz + root_secs;
-    if total.saturating_mul(bps) > w.len() || data >= total {
-        return Err(bad(format!(
-            "FAT boot sector claims {total} sectors of {bps} bytes in a partition of {} bytes",
-            w.len()
-        )));
-    }
-    let clusters = (total - data) / spc;
-    let fat_type = if fat32 {
-        32
-    } else if clusters < 4085 {
-        12
-    } else {
-        16
-    };
+    let FatGeometry {
+        bps,
+        spc,
+        reserved,
+        fatsz,
+        data,
+        clusters,
+        fat_type,
+    } = FatGeometry::read(w)?;
     let need = (clusters + 2) * fat_type / 8 + 2;
     if need > fatsz * bps {
         return Err(bad(format!(
