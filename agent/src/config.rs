@@ -9,6 +9,8 @@
 //! [policy]
 //! beyond_image = "auto"               # auto | overwrite | skip: what to do past the image's end
 //! allow_unsigned = false              # write images with no valid trusted signature?
+//! require_clean_image = true          # refuse images whose privacy audit is missing or not
+//!                                     # clean (unaccepted personal/risk findings)
 //! allowed_buses = ["usb", "ata", "nvme", "scsi", "virtual"]  # for jobs matched by serial
 //!                                     # (only ever disks in a bay: see `serial_jobs`)
 //! share_write_window_ms = 2000       # jobs writing the same image within this window share
@@ -87,6 +89,10 @@ pub struct Policy {
     /// Whether images without a valid trusted signature may be written.
     #[serde(default)]
     pub allow_unsigned: bool,
+    /// Refuse images whose privacy audit is missing, failed, or has unaccepted personal/risk
+    /// findings (DESIGN invariant 7).
+    #[serde(default = "default_true")]
+    pub require_clean_image: bool,
     /// Buses on which a disk in a bay may be matched by a job's expected serial.
     #[serde(default = "default_buses")]
     pub allowed_buses: Vec<String>,
@@ -105,6 +111,7 @@ impl Default for Policy {
         Policy {
             beyond_image: BeyondImage::Auto,
             allow_unsigned: false,
+            require_clean_image: true,
             allowed_buses: default_buses(),
             share_write_window_ms: default_share_window(),
         }

@@ -204,6 +204,16 @@ pub enum StoreError {
         /// `name@version`.
         image: String,
     },
+    /// `tek image accept` named a finding the image's audit does not have (or it has none).
+    #[error("image {image} has no audit finding {finding}{}", if *audited { "" } else { " (it was never audited)" })]
+    NoSuchFinding {
+        /// `name@version`.
+        image: String,
+        /// The finding id asked for.
+        finding: String,
+        /// Whether the image has an audit at all.
+        audited: bool,
+    },
 }
 
 impl StoreError {

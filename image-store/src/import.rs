@@ -52,6 +52,12 @@ pub struct ImportOptions {
     pub workers: usize,
     /// Maximum image size and expansion ratio of a compressed source (decompression bombs).
     pub limits: DecodeLimits,
+    /// Run the privacy audit (over the stored chunks, before the manifest is committed) and
+    /// record its verdict; None records the image as not audited.
+    pub audit: Option<crate::audit::AuditOptions>,
+    /// Zero the free space of every filesystem the audit reads before storing (raw sources
+    /// only; see `scrub.rs`); the manifest keeps the source's hashes in `scrubbed`.
+    pub scrub_free: bool,
 }
 
 impl Default for ImportOptions {
@@ -64,6 +70,8 @@ impl Default for ImportOptions {
             zstd_level: 3,
             workers: 0,
             limits: DecodeLimits::default(),
+            audit: Some(crate::audit::AuditOptions::default()),
+            scrub_free: false,
         }
     }
 }
@@ -206,6 +214,21 @@ impl Store {
         )?;
         let mut src = Source::open_with(source, opts.limits)?;
         let source_format = src.format();
+        let scrubbed = if opts.scrub_free {
+            if source_format != SourceFormat::Raw {
+                return Err(StoreError::BadSource {
+                    path: source.to_path_buf(),
+                    reason: format!(
+                        "is {}-compressed: --scrub-free reads the free-space maps from a raw \
+                         image before importing it; decompress it first",
+                        source_format.name()
+                    ),
+                });
+            }
+            Some(src.zero_ranges(crate::scrub::image_free_ranges(source)?))
+        } else {
+            None
+        };
         lock::scan_imports(self.root())?; // clean up after crashed imports
         let session = ImportSession::begin(self.root())?;
         let cdc = CdcParams::with_avg(opts.chunk_avg);
@@ -354,18 +377,25 @@ impl Store {
             extents,
             gpt,
             hints: opts.hints.clone(),
+            audit: None,
+            scrubbed: scrubbed.and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take()),
         };
         // Chunk renames must be durable before the manifest that points at them.
         batch.flush()?;
         for d in &batch.dirs {
             fsutil::sync_dir(d)?;
         }
+        // The probe and the audit read what was stored (verified chunks), so they also work
+        // for compressed sources; the import session keeps gc off those chunks meanwhile.
         let mut manifest = manifest;
         if let Some(g) = manifest.gpt.as_mut() {
             crate::probe::probe_partitions(self, &manifest.extents, g)
                 .map_err(|e| StoreError::io("reading the partitions of", source, e))?;
         }
         check_hints(&opts.hints, manifest.gpt.as_ref())?;
+        if let Some(a) = &opts.audit {
+            manifest.audit = Some(self.audit_manifest(&manifest, a));
+        }
         // Check and commit under the manifest lock: two imports of one name never both "win".
         let _edit = crate::lock::ManifestLock::take(self.root())?;
         if !opts.replace && self.exists(image) {

@@ -7,6 +7,7 @@
 //! manifest's extents and receive chunks only as [`chunk::VerifiedChunk`]s.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod chunk;
 mod edit;
 pub mod error;
@@ -21,6 +22,7 @@ mod lock;
 pub mod manifest;
 pub mod probe;
 pub mod read;
+pub mod scrub;
 pub mod segment;
 pub mod signature;
 pub mod source;

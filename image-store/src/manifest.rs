@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::ChunkId;
 
 /// Current manifest format version. Readers refuse versions they do not know.
-/// Format 2 added `gpt.partitions[].filesystem` and `.label`; format 1 is still read.
+/// Format 2 added `gpt.partitions[].filesystem` and `.label` (what import probed) and `audit`
+/// (the privacy audit's verdict); format 1 is still read (no probe, "not audited").
 pub const MANIFEST_FORMAT: u32 = 2;
 
 /// The oldest manifest format this version reads.
@@ -38,6 +39,14 @@ pub struct Manifest {
     pub gpt: Option<GptSummary>,
     /// Hints for the imager and agent.
     pub hints: Hints,
+    /// The privacy audit's verdict (format 2; None: not audited, as every format-1 manifest).
+    /// Part of the manifest bytes, so the signature covers it.
+    #[serde(default)]
+    pub audit: Option<crate::audit::AuditReport>,
+    /// Set when the image was imported with `--scrub-free` (format 2): the source's hashes
+    /// before its free space was zeroed; `sha256`/`blake3` above are the stored image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrubbed: Option<crate::scrub::Scrubbed>,
 }
 
 /// Chunking parameters used at import.

@@ -312,6 +312,18 @@ impl Source {
         })
     }
 
+    /// Zeroes `ranges` (absolute offsets) of the decoded stream from here on, hashing the
+    /// original bytes first (`--scrub-free`); the slot holds them once the stream ended.
+    pub fn zero_ranges(
+        &mut self,
+        ranges: crate::audit::free::Ranges,
+    ) -> std::sync::Arc<std::sync::Mutex<Option<crate::scrub::Scrubbed>>> {
+        let inner = std::mem::replace(&mut self.inner, Box::new(std::io::empty()));
+        let (z, slot) = crate::scrub::ZeroRanges::new(inner, ranges);
+        self.inner = Box::new(z);
+        slot
+    }
+
     /// The detected format.
     pub fn format(&self) -> SourceFormat {
         self.format

@@ -387,6 +387,12 @@ pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, StoreError>
             supported: MANIFEST_FORMAT,
         });
     }
+    if m.format == 1 && m.audit.is_some() {
+        return Err(StoreError::InconsistentManifest {
+            path: path.to_path_buf(),
+            reason: "a format-1 manifest with an audit (format 2 added it)".into(),
+        });
+    }
     let mut at = 0u64;
     for (i, e) in m.extents.iter().enumerate() {
         if e.offset() != at || e.is_empty() {
@@ -446,6 +452,8 @@ mod tests {
         }
         Manifest {
             format: MANIFEST_FORMAT,
+            audit: None,
+            scrubbed: None,
             name: "t".into(),
             version: "1".into(),
             size: at,

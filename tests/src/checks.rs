@@ -71,6 +71,17 @@ pub fn check_done_with_data(b: &Bench, job: &str, disk: &Path, dataset: &str, sr
         report["image_details"]["signature"]["status"], "valid",
         "{report:#}"
     );
+    // The image's privacy audit verdict, as recorded in its signed manifest (issue 12).
+    let verdict = report["image_details"]["privacy_audit"]
+        .as_str()
+        .unwrap_or("");
+    assert!(verdict.starts_with("clean ("), "{report:#}");
+    let text = b.tek_ok(&["report", job]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("privacy_audit") && l.contains(verdict)),
+        "the printed report names the audit verdict:\n{text}"
+    );
     assert_eq!(
         report["data_migration"]["entries_verified"], 6,
         "{report:#}"

@@ -98,6 +98,36 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Privacy audit of an image file or a stored image, reading its filesystems without
+    /// mounting them; fails unless the image is clean.
+    Audit {
+        /// An image FILE (raw) or NAME@VERSION in the store.
+        target: String,
+        /// Also scan text-like files for personal data (counts only, never the text).
+        #[arg(long)]
+        deep: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept one audit finding as a false positive (recorded in the manifest; a signed image
+    /// needs --sign-key to re-sign it, or --unsign).
+    Accept {
+        /// NAME@VERSION.
+        image: ImageRef,
+        /// The finding's id (from `tek image show` or `tek image audit`).
+        #[arg(long, value_name = "ID")]
+        finding: String,
+        /// Why, as a short code (letters, digits, '-'), e.g. `vendor-sample-file`.
+        #[arg(long, value_name = "CODE")]
+        reason: String,
+        /// Re-sign the changed manifest with this secret key.
+        #[arg(long, value_name = "FILE", conflicts_with = "unsign")]
+        sign_key: Option<PathBuf>,
+        /// Drop the signature of a signed image instead.
+        #[arg(long)]
+        unsign: bool,
+    },
     /// Store statistics: logical and stored bytes, chunk count, dedup ratio.
     Stats {
         /// Print JSON.
@@ -168,6 +198,14 @@ pub struct ImportArgs {
     /// decompression bomb); 0 turns the check off.
     #[arg(long, value_name = "RATIO", default_value_t = image_store::DecodeLimits::DEFAULT_MAX_RATIO)]
     max_expansion: u64,
+    /// Skip the privacy audit (the image is recorded as not audited, and benches that require
+    /// a clean image refuse it).
+    #[arg(long)]
+    no_audit: bool,
+    /// Store the image with the free space of its ext4, NTFS and FAT filesystems zeroed
+    /// (deleted files live on there); the manifest keeps the source's hashes too. Raw files only.
+    #[arg(long)]
+    scrub_free: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -303,6 +341,19 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             require_signature,
             json,
         } => super::image_verify::verify(depot, image, all, deep, require_signature, json),
+        ImageCommand::Accept {
+            image,
+            finding,
+            reason,
+            sign_key,
+            unsign,
+        } => {
+            let key = load_key(&sign_key)?;
+            super::image_audit::accept(depot, &image, &finding, &reason, key.as_ref(), unsign)
+        }
+        ImageCommand::Audit { target, deep, json } => {
+            super::image_audit::run(depot, &target, deep, json)
+        }
         ImageCommand::Stats { json } => {
             let s = open_store(depot)?
                 .stats()
@@ -384,6 +435,8 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
             max_ratio: a.max_expansion,
             ..Default::default()
         },
+        audit: (!a.no_audit).then(image_store::audit::AuditOptions::default),
+        scrub_free: a.scrub_free,
         ..ImportOptions::default()
     };
     // A replaced, signed version loses its signature when no key is given: say so.
@@ -407,6 +460,8 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
             "seconds": r.seconds,
             "gpt": r.manifest.gpt.is_some(),
             "signed_by": key.as_ref().map(|k| k.key_id().to_string()),
+            "audit": r.manifest.audit,
+            "scrubbed": r.manifest.scrubbed,
         }));
     }
     println!(
@@ -433,6 +488,16 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
         Some(g) => println!("  GPT with {} partitions", g.partitions.len()),
         None => println!("  no valid GPT (gpt: null)"),
     }
+    if let Some(s) = &r.manifest.scrubbed {
+        super::image_audit::print_scrubbed(s);
+    }
+    if let Some(audit) = &r.manifest.audit {
+        super::image_audit::print_report(audit);
+    }
+    println!(
+        "  audit: {}",
+        super::image_audit::audit_line(&r.manifest.audit)
+    );
     match key {
         Some(k) => println!("  signed with {}", k.key_id()),
         None if was_signed => println!(
@@ -473,14 +538,17 @@ fn list(depot: &Depot, json: bool) -> Result<()> {
             "complete": absent.is_empty(),
             "chunks_missing": absent.len() - quarantined,
             "chunks_quarantined": quarantined,
+            "audit": super::image_audit::audit_line(&li.manifest.audit),
+            "clean": li.manifest.audit.as_ref().is_some_and(|a| a.is_clean()),
         }));
         if !json {
             println!(
-                "{:<40} {:>10}  {}  {}{}",
+                "{:<40} {:>10}  {}  {}  audit: {}{}",
                 r.to_string(),
                 gib(li.manifest.size),
                 li.manifest.created,
                 li.signature,
+                super::image_audit::audit_line(&li.manifest.audit),
                 incomplete_note(&absent)
             );
         }
@@ -537,8 +605,15 @@ fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
     println!("created:    {}", m.created);
     println!("sha256:     {}", m.sha256);
     println!("blake3:     {}", m.blake3);
+    if let Some(s) = &m.scrubbed {
+        super::image_audit::print_scrubbed(s);
+    }
     println!("signature:  {}", li.signature);
     println!("manifest:   blake3 {}", li.manifest_hash);
+    println!("audit:      {}", super::image_audit::audit_line(&m.audit));
+    if let Some(a) = &m.audit {
+        super::image_audit::print_report(a);
+    }
     if absent.is_empty() {
         // A stat per chunk: whether their contents are right is `tek image verify`'s question.
         println!("chunks:     every chunk file is present (contents: tek image verify)");

@@ -9,6 +9,7 @@ pub mod demo;
 mod docs;
 pub mod image;
 mod image_parts;
+mod image_audit;
 pub mod image_rm;
 mod image_verify;
 pub mod interrupt;

@@ -61,6 +61,45 @@ pub struct WriteArgs {
     /// Write store images that are unsigned or signed by an unknown key.
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Write an image whose privacy audit is missing or not clean (files are audited here;
+    /// compressed files cannot be, so they need this flag).
+    #[arg(long)]
+    pub allow_unaudited: bool,
+}
+
+/// The privacy audit gate of `tek write` (DESIGN invariant 7): a store image's recorded
+/// verdict, a raw file audited now.
+fn check_audit(source: &ImageSource, args: &WriteArgs) -> Result<()> {
+    if args.allow_unaudited {
+        return Ok(());
+    }
+    let res = match source {
+        ImageSource::Stored { image, .. } => {
+            image_store::audit::require_clean(image.manifest.audit.as_ref())
+        }
+        ImageSource::File(p) => {
+            let raw = image_store::source::Source::open(p)
+                .with_context(|| format!("opening {}", p.display()))?
+                .format()
+                == image_store::source::SourceFormat::Raw;
+            if !raw {
+                bail!(
+                    "refusing {}: a compressed image cannot be audited before writing; import it \
+                     (which audits it) or pass --allow-unaudited",
+                    p.display()
+                );
+            }
+            let report = image_store::audit::audit_file(p, &Default::default())
+                .with_context(|| format!("auditing {}", p.display()))?;
+            image_store::audit::require_clean(Some(&report))
+        }
+    };
+    res.map_err(|e| {
+        anyhow::anyhow!(
+            "refusing {}: {e}; pass --allow-unaudited to write it anyway",
+            args.image
+        )
+    })
 }
 
 /// A store reference always wins: an argument that parses as NAME@VERSION is the store's image,
@@ -296,6 +335,7 @@ fn summary(r: &TargetReport, signal: Option<&str>) -> String {
 /// Runs `tek write`.
 pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
     let source = resolve_source(depot, &args)?;
+    check_audit(&source, &args)?;
     let info = confirm(&source, &args)?;
     let opts = WriteOptions {
         beyond: args.beyond,

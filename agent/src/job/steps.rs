@@ -29,6 +29,7 @@ pub struct RealSteps {
     trusted_keys: PathBuf,
     reports: PathBuf,
     allow_unsigned: bool,
+    require_clean_image: bool,
     beyond: BeyondImage,
     sharing: WriteSharing<imager::TargetReport>,
     /// Each writing job's disk (by node) and the `diskseq` it had when detected, so the batch
@@ -49,6 +50,7 @@ impl RealSteps {
             trusted_keys: depot.trusted_keys().to_path_buf(),
             reports: depot.reports(),
             allow_unsigned: cfg.policy.allow_unsigned,
+            require_clean_image: cfg.policy.require_clean_image,
             beyond: cfg.policy.beyond_image,
             sharing: WriteSharing::new(Duration::from_millis(cfg.policy.share_write_window_ms)),
             detected: Mutex::new(HashMap::new()),
@@ -84,6 +86,10 @@ impl RealSteps {
             .load(&r, &self.trusted_keys)
             .with_context(|| format!("loading image {r}"))?;
         signature_allowed(&r, &img.signature, self.allow_unsigned)?;
+        if self.require_clean_image {
+            image_store::audit::require_clean(img.manifest.audit.as_ref())
+                .map_err(|e| anyhow!("image {r} refused by policy require_clean_image: {e}"))?;
+        }
         Ok(img)
     }
 
@@ -196,7 +202,17 @@ fn image_facts(img: &LoadedImage) -> serde_json::Value {
         "sha256": img.manifest.sha256,
         "blake3": img.manifest.blake3,
         "data_partition": img.manifest.hints.data_partition,
+        "privacy_audit": privacy_audit(&img.manifest.audit),
     })
+}
+
+/// The image's privacy audit as the report names it: the verdict line (rules version and
+/// accepted findings included), or "not audited".
+fn privacy_audit(a: &Option<image_store::audit::AuditReport>) -> String {
+    match a {
+        None => "not audited".into(),
+        Some(r) => r.verdict_line(),
+    }
 }
 
 impl JobSteps for RealSteps {

@@ -7,6 +7,7 @@ mod audit_cli;
 mod common;
 mod data_cli;
 mod hotplug;
+mod image_audit_cli;
 mod image_cli;
 mod pipes;
 mod socket_limits;

@@ -59,12 +59,28 @@ fn gzip_image_is_written_decoded() {
     let file = tek.dir().join("target");
     std::fs::write(&file, vec![0xEEu8; 16 * MIB as usize]).unwrap();
     let (target, lo) = target_for(&file);
+    // A compressed file cannot be privacy-audited before the write: refused unless
+    // --allow-unaudited (importing it audits it), the target untouched.
+    let o = tek.run(&[
+        "write",
+        gz.to_str().unwrap(),
+        target.to_str().unwrap(),
+        "--yes",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("cannot be audited") && err.contains("--allow-unaudited"),
+        "{err}"
+    );
+    assert!(std::fs::read(&file).unwrap().iter().all(|&b| b == 0xEE));
     let o = tek.run(&[
         "write",
         gz.to_str().unwrap(),
         target.to_str().unwrap(),
         "--yes",
         "--json",
+        "--allow-unaudited",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");

@@ -192,6 +192,19 @@ pub enum AuditEvent {
         /// Outcome.
         result: String,
     },
+    /// A maintainer accepted one finding of an image's privacy audit (`tek image accept`).
+    ImageFindingAccepted {
+        /// Image name.
+        image: String,
+        /// Image version.
+        version: String,
+        /// The finding's id (a hash of rule, partition and path; never the path itself).
+        finding: String,
+        /// The finding's rule, e.g. `win.memory`.
+        rule: String,
+        /// The reason code given.
+        reason: String,
+    },
     /// Written before the next entry when the log's last entries were covered by no signature:
     /// a crash between an append and its head update, lines written without the audit key, or
     /// a format 1 log's entries from before signing.
@@ -322,6 +335,19 @@ impl AuditEvent {
                 check_image_part("image name", image)?;
                 check_image_part("image version", version)?;
                 dev(device)
+            }
+            AuditEvent::ImageFindingAccepted {
+                image,
+                version,
+                finding,
+                rule,
+                reason,
+            } => {
+                check_image_part("image name", image)?;
+                check_image_part("image version", version)?;
+                check_image_part("finding id", finding)?;
+                check_image_part("rule", rule)?;
+                check_image_part("reason code", reason)
             }
             AuditEvent::DatasetOfOtherTicket {
                 job,

@@ -81,6 +81,8 @@ fn arbitrary_manifest(u: &mut Unstructured<'_>) -> AResult<Manifest> {
         })
     };
     Ok(Manifest {
+        audit: None,
+        scrubbed: None,
         format: MANIFEST_FORMAT,
         name: text(u, 16)?,
         version: text(u, 16)?,

@@ -2,6 +2,8 @@
 //!
 //! One test binary per crate (one link, one process that runs every test in parallel).
 
+mod audit;
+mod audit_remnants;
 mod bombs;
 mod edits;
 mod hints;

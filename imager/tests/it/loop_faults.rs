@@ -357,6 +357,8 @@ fn stored_image(dir: &Path) -> (Arc<Store>, LoadedImage, Vec<u8>) {
     }
     let manifest = Manifest {
         format: image_store::MANIFEST_FORMAT,
+        audit: None,
+        scrubbed: None,
         name: "t".into(),
         version: "1".into(),
         size: 6 * MIB,

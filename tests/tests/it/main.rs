@@ -8,6 +8,7 @@ mod custody;
 mod custody_settings;
 mod demo;
 mod e2e;
+mod image_audit_policy;
 mod jobs;
 mod support;
 mod udev;

@@ -1,0 +1,279 @@
+//! The privacy audit through the `tek` binary: `tek image audit`, `import` auditing by default
+//! (`--no-audit`), the verdict in `list`/`show`, `tek image accept` (re-signed, in the audit
+//! log) and `tek write` refusing unaudited or unclean images unless `--allow-unaudited`.
+//! Images come from image-store's fixture script (`mkfs.ext4 -d`, nothing mounted; no root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{MIB, Tek, have_sgdisk};
+
+/// Personal strings planted in the populated fixture: never in any output or record.
+const PLANTED: [&str; 4] = [
+    "alice.example@",
+    "7946 0958",
+    "correct horse",
+    "3f1e9a0c6b2d",
+];
+
+/// Builds the Linux fixture `variant` (`clean` or `populated`) in `dir`.
+fn linux(dir: &Path, variant: &str) -> PathBuf {
+    let out = dir.join(format!("{variant}.img"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../image-store/tests/fixtures/make-linux-image.sh");
+    let st = Command::new("bash")
+        .arg(script)
+        .arg(variant)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "make-linux-image.sh {variant}");
+    out
+}
+
+fn tools() -> bool {
+    let ok = have_sgdisk() && Command::new("mkfs.ext4").arg("-V").output().is_ok();
+    if !ok {
+        eprintln!("SKIP: needs sgdisk and mkfs.ext4");
+    }
+    ok
+}
+
+fn no_planted(what: &str, text: &str) {
+    for s in PLANTED {
+        assert!(!text.contains(s), "{s} leaked into {what}:\n{text}");
+    }
+}
+
+fn old_disk(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, vec![0xEEu8; (64 * MIB) as usize]).unwrap();
+    p
+}
+
+fn untouched(p: &Path) -> bool {
+    std::fs::read(p).unwrap().iter().all(|&b| b == 0xEE)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn audit_command_flags_a_populated_image_and_passes_a_clean_one() {
+    if !tools() {
+        return;
+    }
+    let t = Tek::new();
+    let clean = linux(t.dir(), "clean");
+    let pop = linux(t.dir(), "populated");
+    let out = t.ok(&["image", "audit", s(&clean)]);
+    assert!(out.contains("verdict: clean"), "{out}");
+    assert!(out.contains("(ext4): audited"), "{out}");
+
+    let o = t.run(&["image", "audit", s(&pop), "--deep"]);
+    assert!(!o.status.success());
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    for rule in [
+        "linux.home",
+        "shell.history",
+        "linux.machine-id",
+        "linux.ssh-host-key",
+        "deep.personal-data",
+    ] {
+        assert!(out.contains(rule), "{rule} missing:\n{out}");
+    }
+    assert!(err.contains("NOT clean"), "{err}");
+    no_planted("tek image audit --deep", &format!("{out}{err}"));
+
+    let o = t.run(&["image", "audit", s(&pop), "--json", "--deep"]);
+    assert!(!o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["findings"].as_array().unwrap().len() >= 8, "{v}");
+    no_planted(
+        "tek image audit --json",
+        &String::from_utf8_lossy(&o.stdout),
+    );
+
+    // Neither a file nor NAME@VERSION: a clear error.
+    let e = t.fails(&["image", "audit", "/nonexistent/x.img"]);
+    assert!(e.contains("neither a file nor NAME@VERSION"), "{e}");
+}
+
+#[test]
+fn import_audits_by_default_and_write_refuses_what_is_not_clean() {
+    if !tools() {
+        return;
+    }
+    let t = Tek::new();
+    let clean = linux(t.dir(), "clean");
+    let pop = linux(t.dir(), "populated");
+    let out = t.ok(&["image", "import", "pop@1", s(&pop)]);
+    assert!(out.contains("audit: NOT clean"), "{out}");
+    no_planted("tek image import", &out);
+    // The manifest on disk (what the signature covers) holds paths and counts, no content.
+    let manifest = std::fs::read_to_string(t.dir().join("state/store/images/pop/1.json"))
+        .expect("the manifest file");
+    assert!(manifest.contains("\"audit\""), "{manifest}");
+    no_planted("the stored manifest", &manifest);
+    let out = t.ok(&["image", "import", "pop@2", s(&pop), "--no-audit"]);
+    assert!(out.contains("audit: not audited"), "{out}");
+    let out = t.ok(&["image", "import", "clean@1", s(&clean)]);
+    assert!(out.contains("audit: clean"), "{out}");
+
+    let list: serde_json::Value =
+        serde_json::from_str(&t.ok(&["image", "list", "--json"])).unwrap();
+    let row = |img: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["image"] == img)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row("clean@1")["clean"], true);
+    assert_eq!(row("pop@1")["clean"], false);
+    assert_eq!(row("pop@2")["audit"], "not audited");
+    let text = t.ok(&["image", "list"]);
+    assert!(text.contains("audit: NOT clean"), "{text}");
+    let show = t.ok(&["image", "show", "pop@1"]);
+    assert!(show.contains("audit:      NOT clean"), "{show}");
+    assert!(show.contains("shell.history"), "{show}");
+    no_planted("tek image show", &show);
+
+    // tek write: the recorded verdict of a stored image, a raw file audited on the spot.
+    let target = old_disk(t.dir(), "target");
+    for (src, why) in [
+        ("pop@1", "unaccepted personal/risk finding"),
+        ("pop@2", "never audited"),
+        (s(&pop), "unaccepted personal/risk finding"),
+    ] {
+        let o = t.run(&["write", src, s(&target), "--yes", "--allow-unsigned"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{src} was written");
+        assert!(
+            err.contains(why) && err.contains("--allow-unaudited"),
+            "{err}"
+        );
+        no_planted("tek write refusal", &err);
+        assert!(untouched(&target), "{src}: the target was changed");
+    }
+    t.ok(&["write", "clean@1", s(&target), "--yes", "--allow-unsigned"]);
+    assert!(!untouched(&target));
+    let target = old_disk(t.dir(), "target2");
+    t.ok(&[
+        "write",
+        "pop@2",
+        s(&target),
+        "--yes",
+        "--allow-unsigned",
+        "--allow-unaudited",
+    ]);
+    assert!(!untouched(&target));
+}
+
+#[test]
+fn accept_resigns_and_records_each_acceptance_in_the_audit_log() {
+    if !tools() {
+        return;
+    }
+    let t = Tek::new();
+    let pop = linux(t.dir(), "populated");
+    let keys = t.dir().join("keys");
+    t.ok(&["image", "keygen", "maint", "--dir", s(&keys)]);
+    std::fs::create_dir_all(t.dir().join("trusted")).unwrap();
+    std::fs::copy(keys.join("maint.pub"), t.dir().join("trusted/maint.pub")).unwrap();
+    let sk = keys.join("maint.key");
+    t.ok(&["image", "import", "pop@1", s(&pop), "--sign-key", s(&sk)]);
+    let show: serde_json::Value =
+        serde_json::from_str(&t.ok(&["image", "show", "pop@1", "--json"])).unwrap();
+    let blocking: Vec<String> = show["manifest"]["audit"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] != "info")
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(blocking.len() >= 5, "{show}");
+    let id = blocking[0].as_str();
+
+    // Refusals, each with its reason, changing nothing.
+    let e = t.fails(&[
+        "image",
+        "accept",
+        "pop@1",
+        "--finding",
+        id,
+        "--reason",
+        "a b",
+    ]);
+    assert!(e.contains("reason code"), "{e}");
+    let e = t.fails(&[
+        "image",
+        "accept",
+        "pop@1",
+        "--finding",
+        "0000",
+        "--reason",
+        "x",
+    ]);
+    assert!(e.contains("has no audit finding 0000"), "{e}");
+    let e = t.fails(&["image", "accept", "pop@1", "--finding", id, "--reason", "x"]);
+    assert!(
+        e.contains("sign"),
+        "a signed image needs --sign-key or --unsign: {e}"
+    );
+    let out = t.ok(&["image", "show", "pop@1"]);
+    assert!(
+        out.contains("valid (trusted key maint)") && !out.contains("(accepted)"),
+        "{out}"
+    );
+
+    for (i, id) in blocking.iter().enumerate() {
+        let out = t.ok(&[
+            "image",
+            "accept",
+            "pop@1",
+            "--finding",
+            id,
+            "--reason",
+            "lab-fixture",
+            "--sign-key",
+            s(&sk),
+        ]);
+        assert!(out.contains("recorded in the audit log"), "{out}");
+        let last = i + 1 == blocking.len();
+        assert_eq!(out.contains("audit: clean"), last, "{out}");
+    }
+    let out = t.ok(&["image", "show", "pop@1"]);
+    assert!(out.contains("valid (trusted key maint)"), "{out}");
+    assert!(out.contains("audit:      clean"), "{out}");
+    assert!(out.contains("(accepted)"), "{out}");
+    // Accepted and validly signed: written without any override.
+    let target = old_disk(t.dir(), "target");
+    t.ok(&["write", "pop@1", s(&target), "--yes"]);
+
+    // One audit entry per acceptance, with ids and codes only; the chain verifies.
+    let mut log = String::new();
+    for e in std::fs::read_dir(t.dir().join("state/audit")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            log.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+        }
+    }
+    assert_eq!(
+        log.matches("\"image_finding_accepted\"").count(),
+        blocking.len(),
+        "{log}"
+    );
+    assert!(log.contains("lab-fixture"));
+    no_planted("the audit log", &log);
+    assert!(
+        !log.contains("alice"),
+        "a path reached the audit log: {log}"
+    );
+    t.ok(&["audit", "verify"]);
+}

@@ -1,0 +1,316 @@
+//! Remnants: the free space of a filesystem, from its own allocation map, and how much of it
+//! still holds non-zero bytes (deleted files live on there). The maps are read directly: ext4's
+//! block bitmaps (groups marked `BLOCK_UNINIT` were never allocated from and are skipped),
+//! NTFS's `$Bitmap` (through the `ntfs` crate), FAT's first FAT (entry 0 = free cluster).
+//! Every size read from the filesystem is checked against the partition before it is used, so a
+//! hostile superblock ends with an error, not with a huge allocation or read.
+
+use std::io::{Read, Seek};
+
+use ntfs::{Ntfs, NtfsReadSeek};
+use serde::{Deserialize, Serialize};
+
+use super::window::Window;
+use super::{PartitionError, io_err};
+
+/// A partition's free space and the part of it that is not zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreeSpace {
+    /// Bytes the filesystem's allocation map marks free.
+    pub free_bytes: u64,
+    /// Bytes of free blocks (4 KiB granularity) holding at least one non-zero byte.
+    pub nonzero_bytes: u64,
+}
+
+/// Free byte ranges `(offset, len)` within the partition, in order, adjacent ones merged.
+pub type Ranges = Vec<(u64, u64)>;
+
+/// The free ranges of the `fs` ("ext4", "ntfs", "fat") filesystem in `w`.
+pub fn free_ranges<R: Read + Seek>(w: &mut Window<R>, fs: &str) -> Result<Ranges, PartitionError> {
+    match fs {
+        "ext4" => ext4(w),
+        "ntfs" => ntfs(w),
+        "fat" => fat(w),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Measures how much of `ranges` holds non-zero bytes.
+pub fn measure<R: Read + Seek>(
+    w: &mut Window<R>,
+    ranges: &Ranges,
+) -> Result<FreeSpace, PartitionError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut out = FreeSpace {
+        free_bytes: 0,
+        nonzero_bytes: 0,
+    };
+    for &(off, len) in ranges {
+        out.free_bytes += len;
+        let mut at = off;
+        while at < off + len {
+            let n = (off + len - at).min(buf.len() as u64) as usize;
+            w.read_at(at, &mut buf[..n])
+                .map_err(|e| io_err("reading free space", e))?;
+            for block in buf[..n].chunks(4096) {
+                if block.iter().any(|&b| b != 0) {
+                    out.nonzero_bytes += block.len() as u64;
+                }
+            }
+            at += n as u64;
+        }
+    }
+    Ok(out)
+}
+
+fn bad(what: String) -> PartitionError {
+    PartitionError(format!("allocation map: {what}"))
+}
+
+/// Turns a bitmap (bit set = in use, LSB first) of `units` units of `unit` bytes starting at
+/// byte `base` into merged free ranges, appended to `out`.
+fn bitmap_free(bits: &[u8], units: u64, unit: u64, base: u64, out: &mut Ranges) {
+    for i in 0..units.min(bits.len() as u64 * 8) {
+        if bits[(i / 8) as usize] & (1 << (i % 8)) == 0 {
+            push(out, base + i * unit, unit);
+        }
+    }
+}
+
+fn push(out: &mut Ranges, off: u64, len: u64) {
+    match out.last_mut() {
+        Some((o, l)) if *o + *l == off => *l += len,
+        _ => out.push((off, len)),
+    }
+}
+
+fn u16_at(b: &[u8], o: usize) -> u64 {
+    u16::from_le_bytes([b[o], b[o + 1]]) as u64
+}
+fn u32_at(b: &[u8], o: usize) -> u64 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as u64
+}
+
+fn ext4<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
+    let mut sb = [0u8; 1024];
+    w.read_at(1024, &mut sb)
+        .map_err(|e| io_err("reading the ext4 superblock", e))?;
+    let log = u32_at(&sb, 0x18);
+    if log > 6 {
+        return Err(bad(format!("ext4 block size 2^{} KiB", log)));
+    }
+    let bs = 1024u64 << log;
+    let incompat = u32_at(&sb, 0x60);
+    let is64 = incompat & 0x80 != 0;
+    let blocks = u32_at(&sb, 4) | if is64 { u32_at(&sb, 0x150) << 32 } else { 0 };
+    let first = u32_at(&sb, 0x14);
+    let bpg = u32_at(&sb, 0x20);
+    if blocks.saturating_mul(bs) > w.len() || bpg == 0 || bpg > bs * 8 || first >= blocks {
+        return Err(bad(format!(
+            "ext4 superblock claims {blocks} blocks of {bs} bytes ({bpg} per group) in a \
+             partition of {} bytes",
+            w.len()
+        )));
+    }
+    let desc = if is64 { u16_at(&sb, 0xFE).max(32) } else { 32 };
+    if desc > 1024 {
+        return Err(bad(format!("ext4 group descriptor size {desc}")));
+    }
+    let groups = (blocks - first).div_ceil(bpg);
+    let mut gdt = vec![0u8; (groups * desc) as usize];
+    w.read_at((first + 1) * bs, &mut gdt)
+        .map_err(|e| io_err("reading the ext4 group descriptors", e))?;
+    let mut out = Vec::new();
+    let mut bitmap = vec![0u8; bs as usize];
+    for g in 0..groups {
+        let d = &gdt[(g * desc) as usize..((g + 1) * desc) as usize];
+        let flags = u16_at(d, 0x12);
+        let start = first + g * bpg;
+        let in_group = bpg.min(blocks - start);
+        if flags & 0x2 != 0 {
+            // BLOCK_UNINIT: nothing was ever allocated here (its bitmap is not even written).
+            continue;
+        }
+        let at = u32_at(d, 0) | if desc >= 64 { u32_at(d, 0x20) << 32 } else { 0 };
+        if at >= blocks {
+            return Err(bad(format!(
+                "ext4 group {g}'s bitmap at block {at} of {blocks}"
+            )));
+        }
+        w.read_at(at * bs, &mut bitmap)
+            .map_err(|e| io_err("reading an ext4 block bitmap", e))?;
+        bitmap_free(&bitmap, in_group, bs, start * bs, &mut out);
+    }
+    Ok(out)
+}
+
+fn ntfs<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
+    let mut fs = w.clone();
+    let ntfs = Ntfs::new(&mut fs).map_err(|e| io_err("reading the NTFS boot sector", e))?;
+    let cluster = ntfs.cluster_size() as u64;
+    let clusters = w.len() / cluster;
+    let file = ntfs
+        .file(&mut fs, 6)
+        .map_err(|e| io_err("reading the MFT record of $Bitmap", e))?;
+    let item = file
+        .data(&mut fs, "")
+        .ok_or_else(|| bad("$Bitmap has no data".into()))?
+        .map_err(|e| io_err("reading $Bitmap", e))?;
+    let attr = item
+        .to_attribute()
+        .map_err(|e| io_err("reading $Bitmap", e))?;
+    let mut value = attr
+        .value(&mut fs)
+        .map_err(|e| io_err("reading $Bitmap", e))?;
+    let want = clusters.div_ceil(8);
+    if value.len() < want || value.len() > want + (1 << 20) {
+        return Err(bad(format!(
+            "$Bitmap of {} bytes for {clusters} clusters",
+            value.len()
+        )));
+    }
+    let mut bits = vec![0u8; want as usize];
+    let mut got = 0;
+    while got < bits.len() {
+        let k = value
+            .read(&mut fs, &mut bits[got..])
+            .map_err(|e| io_err("reading $Bitmap", e))?;
+        if k == 0 {
+            return Err(bad("$Bitmap ends early".into()));
+        }
+        got += k;
+    }
+    let mut out = Vec::new();
+    bitmap_free(&bits, clusters, cluster, 0, &mut out);
+    Ok(out)
+}
+
+/// A FAT volume's layout, from its boot sector (checked against the partition).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FatGeometry {
+    /// Bytes per sector.
+    pub bps: u64,
+    /// Sectors per cluster.
+    pub spc: u64,
+    /// Reserved sectors (the first FAT follows).
+    pub reserved: u64,
+    /// Sectors per FAT.
+    pub fatsz: u64,
+    /// First sector of the data region.
+    pub data: u64,
+    /// Data clusters.
+    pub clusters: u64,
+    /// 12, 16 or 32. FAT32 is decided by the BPB (`sectors_per_fat_16 == 0`), as Windows and
+    /// Linux do, not by the cluster count: mkfs.fat and Windows make FAT32 ESPs of fewer than
+    /// 65525 clusters.
+    pub fat_type: u64,
+}
+
+impl FatGeometry {
+    /// Reads and checks the boot sector of the FAT volume in `w`.
+    pub(crate) fn read<R: Read + Seek>(w: &mut Window<R>) -> Result<FatGeometry, PartitionError> {
+        let mut b = [0u8; 512];
+        w.read_at(0, &mut b)
+            .map_err(|e| io_err("reading the FAT boot sector", e))?;
+        let bps = u16_at(&b, 11);
+        let spc = b[13] as u64;
+        let reserved = u16_at(&b, 14);
+        let nfats = b[16] as u64;
+        let root_entries = u16_at(&b, 17);
+        let total = match u16_at(&b, 19) {
+            0 => u32_at(&b, 32),
+            t => t,
+        };
+        let fatsz = match u16_at(&b, 22) {
+            0 => u32_at(&b, 36),
+            f => f,
+        };
+        let fat32 = u16_at(&b, 22) == 0;
+        if !matches!(bps, 512 | 1024 | 2048 | 4096) || spc == 0 || nfats == 0 {
+            return Err(bad(format!(
+                "FAT boot sector: {bps} bytes per sector, {spc} per cluster, {nfats} FATs"
+            )));
+        }
+        let root_secs = (root_entries * 32).div_ceil(bps);
+        let data = reserved + nfats * fatsz + root_secs;
+        if total.saturating_mul(bps) > w.len() || data >= total {
+            return Err(bad(format!(
+                "FAT boot sector claims {total} sectors of {bps} bytes in a partition of {} bytes",
+                w.len()
+            )));
+        }
+        let clusters = (total - data) / spc;
+        let fat_type = if fat32 {
+            32
+        } else if clusters < 4085 {
+            12
+        } else {
+            16
+        };
+        Ok(FatGeometry {
+            bps,
+            spc,
+            reserved,
+            fatsz,
+            data,
+            clusters,
+            fat_type,
+        })
+    }
+}
+
+fn fat<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
+    let FatGeometry {
+        bps,
+        spc,
+        reserved,
+        fatsz,
+        data,
+        clusters,
+        fat_type,
+    } = FatGeometry::read(w)?;
+    let need = (clusters + 2) * fat_type / 8 + 2;
+    if need > fatsz * bps {
+        return Err(bad(format!(
+            "a FAT of {} bytes for {clusters} clusters",
+            fatsz * bps
+        )));
+    }
+    let mut table = vec![0u8; need as usize];
+    w.read_at(reserved * bps, &mut table)
+        .map_err(|e| io_err("reading the FAT", e))?;
+    let csize = spc * bps;
+    let mut out = Vec::new();
+    for c in 2..clusters + 2 {
+        let v = match fat_type {
+            12 => {
+                let o = (c * 3 / 2) as usize;
+                let pair = u16_at(&table, o);
+                if c % 2 == 0 { pair & 0xFFF } else { pair >> 4 }
+            }
+            16 => u16_at(&table, (c * 2) as usize),
+            _ => u32_at(&table, (c * 4) as usize) & 0x0FFF_FFFF,
+        };
+        if v == 0 {
+            push(&mut out, (data + (c - 2) * spc) * bps, csize);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmaps_become_merged_free_ranges() {
+        let mut out = Vec::new();
+        // units 0..10: in use 0, 3; free 1-2, 4-9 (bits past `units` ignored)
+        bitmap_free(&[0b0000_1001, 0b1111_1100], 10, 4096, 1 << 20, &mut out);
+        assert_eq!(
+            out,
+            [((1 << 20) + 4096, 8192), ((1 << 20) + 4 * 4096, 6 * 4096)]
+        );
+    }
+}

@@ -1,0 +1,529 @@
+//! The privacy audit: proves an image is unpopulated (DESIGN invariant 7) by reading every
+//! filesystem in it **without the kernel**: ext4 through `ext4-view` and NTFS through `ntfs`
+//! (pure Rust, over a read-only [`window::Window`] of the image), FAT through mtools in a
+//! bounded subprocess over a temporary copy of the partition (see [`fat`] for why). An image is
+//! untrusted input; a hostile filesystem must never reach the bench's kernel drivers.
+//!
+//! Data flow: [`audit_image`] finds the partitions (GPT summary, or the whole image), sniffs each
+//! one's filesystem, walks its tree ([`ext4`], [`ntfs`], [`fat`]) and feeds every entry to the
+//! [`rules::Rules`] (and, with `deep`, text-like file contents to [`deep`]). Each partition is
+//! bounded: entries, depth, bytes read and a panic guard; a partition that exceeds them ends with
+//! an error for that partition, never a hang. Findings name the rule, partition and path; matched
+//! personal text is never kept, only counts (paths are masked the same way).
+
+pub mod deep;
+mod ext4;
+mod fat;
+pub mod free;
+mod ntfs;
+mod open;
+pub mod rules;
+pub mod window;
+
+pub use open::{audit_file, gpt_of};
+
+use std::io::{Read, Seek};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::GptSummary;
+use window::Window;
+
+/// Version of the rule set; recorded with every verdict so a later, stricter rule set can tell
+/// which images were audited by an older one.
+pub const RULES_VERSION: u32 = 1;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Data of a person.
+    Personal,
+    /// A state that leaks per-machine secrets.
+    Risk,
+    /// Worth knowing, not blocking.
+    Info,
+}
+
+impl Severity {
+    /// The word printed and stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Personal => "personal",
+            Severity::Risk => "risk",
+            Severity::Info => "info",
+        }
+    }
+    /// True for the severities that make an image unclean.
+    pub fn blocks(self) -> bool {
+        matches!(self, Severity::Personal | Severity::Risk)
+    }
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finding {
+    /// Stable id (from rule, partition and path), used by `tek image accept`.
+    pub id: String,
+    /// Severity.
+    pub severity: Severity,
+    /// GPT partition number (0: the whole image, no partition table).
+    pub partition: u32,
+    /// Path inside the partition's filesystem, personal strings masked.
+    pub path: String,
+    /// Rule id, e.g. `win.profile`.
+    pub rule: String,
+    /// What the rule saw, in words (counts only; never matched text).
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(sev: Severity, partition: u32, path: &str, rule: &str, detail: String) -> Finding {
+        let path = deep::mask_text(path);
+        let mut h = blake3::Hasher::new();
+        for part in [rule, &partition.to_string(), &path] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+        Finding {
+            id: h.finalize().to_hex()[..12].to_string(),
+            severity: sev,
+            partition,
+            path,
+            rule: rule.to_string(),
+            detail,
+        }
+    }
+}
+
+/// What the audit did with one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum PartitionStatus {
+    /// Its whole tree was read.
+    Audited {
+        /// Entries visited.
+        entries: u64,
+    },
+    /// No filesystem the audit reads (or none at all); nothing was read.
+    NotAudited {
+        /// Why, e.g. "no filesystem found".
+        reason: String,
+    },
+    /// The reader failed or hit a bound: the partition's contents are unknown.
+    Error {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// One partition's audit. (No `deny_unknown_fields`: serde does not support it with
+/// `flatten`.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionAudit {
+    /// GPT partition number (0: the whole image).
+    pub number: u32,
+    /// GPT name.
+    pub name: String,
+    /// `ext4`, `ntfs`, `fat` or `none`.
+    pub filesystem: String,
+    /// Outcome.
+    #[serde(flatten)]
+    pub status: PartitionStatus,
+    /// Free space and how much of it is not zero (remnants), when the allocation map was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<free::FreeSpace>,
+}
+
+/// An accepted finding: a maintainer's explicit decision, kept in the signed manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acceptance {
+    /// The finding's id.
+    pub finding: String,
+    /// The reason code given.
+    pub reason: String,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+}
+
+/// A whole image's audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditReport {
+    /// [`RULES_VERSION`] at the time of the audit.
+    pub rules_version: u32,
+    /// Whether `--deep` content scanning ran.
+    pub deep: bool,
+    /// Every partition, in table order.
+    pub partitions: Vec<PartitionAudit>,
+    /// Every finding.
+    pub findings: Vec<Finding>,
+    /// Findings a maintainer accepted.
+    #[serde(default)]
+    pub accepted: Vec<Acceptance>,
+}
+
+impl AuditReport {
+    /// Findings that block a write: `personal` or `risk`, not accepted.
+    pub fn blocking(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity.blocks() && !self.accepted.iter().any(|a| a.finding == f.id))
+    }
+    /// Partitions whose audit failed (their contents are unknown, so they block too).
+    pub fn failed(&self) -> impl Iterator<Item = &PartitionAudit> {
+        self.partitions
+            .iter()
+            .filter(|p| matches!(p.status, PartitionStatus::Error { .. }))
+    }
+    /// True when nothing blocks: no unaccepted personal/risk finding, no failed partition.
+    pub fn is_clean(&self) -> bool {
+        self.blocking().next().is_none() && self.failed().next().is_none()
+    }
+    /// One line: "clean (rules 1)" or "3 findings (2 blocking), 1 partition unreadable (rules 1)".
+    pub fn verdict_line(&self) -> String {
+        if self.is_clean() {
+            let acc = if self.accepted.is_empty() {
+                String::new()
+            } else {
+                format!(", {} finding(s) accepted", self.accepted.len())
+            };
+            let skipped = self
+                .partitions
+                .iter()
+                .filter(|p| matches!(p.status, PartitionStatus::NotAudited { .. }))
+                .count();
+            let skipped = if skipped == 0 {
+                String::new()
+            } else {
+                format!(", {skipped} partition(s) without a filesystem the audit reads")
+            };
+            return format!(
+                "clean{acc} ({} finding(s){skipped}, rules {})",
+                self.findings.len(),
+                self.rules_version
+            );
+        }
+        let mut s = format!(
+            "NOT clean: {} blocking finding(s) of {}",
+            self.blocking().count(),
+            self.findings.len()
+        );
+        let failed = self.failed().count();
+        if failed > 0 {
+            s.push_str(&format!(", {failed} partition(s) could not be audited"));
+        }
+        s.push_str(&format!(" (rules {})", self.rules_version));
+        s
+    }
+}
+
+/// Bounds on one partition's audit; a hostile filesystem hits one and ends with an error.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Directory entries visited at most.
+    pub max_entries: u64,
+    /// Directory depth at most.
+    pub max_depth: usize,
+    /// Bytes read at most, as a multiple of the partition's size (plus 256 MiB).
+    pub read_factor: u64,
+    /// Bytes of one file's contents read at most (rule checks and `--deep`).
+    pub max_file_read: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entries: 2_000_000,
+            max_depth: 64,
+            read_factor: 8,
+            max_file_read: 4 << 20,
+        }
+    }
+}
+
+/// Audit options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditOptions {
+    /// Scan text-like file contents for personal data patterns.
+    pub deep: bool,
+    /// Bounds per partition.
+    pub limits: Limits,
+}
+
+/// A partition-level failure: the reader's error, a bound hit, or a panic in a reader.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PartitionError(pub String);
+
+/// The filesystem of a partition, from its magic numbers.
+pub(crate) fn sniff<R: Read + Seek>(w: &mut Window<R>) -> &'static str {
+    let mut b = [0u8; 2048];
+    if w.read_at(0, &mut b).is_err() {
+        return "none";
+    }
+    if &b[3..11] == b"NTFS    " {
+        return "ntfs";
+    }
+    if b[1080..1082] == [0x53, 0xEF] {
+        return "ext4";
+    }
+    if b[510..512] == [0x55, 0xAA] && (&b[82..87] == b"FAT32" || &b[54..57] == b"FAT") {
+        return "fat";
+    }
+    "none"
+}
+
+/// The partitions the audit reads: (number, GPT name, first byte, length) from the GPT
+/// summary, or the whole image as partition 0.
+pub(crate) fn partitions(size: u64, gpt: Option<&GptSummary>) -> Vec<(u32, String, u64, u64)> {
+    match gpt {
+        Some(g) => g
+            .partitions
+            .iter()
+            .map(|p| {
+                let ss = g.logical_sector_size;
+                let start = p.first_lba.saturating_mul(ss);
+                let len = (p.last_lba + 1)
+                    .saturating_sub(p.first_lba)
+                    .saturating_mul(ss);
+                (p.number, p.name.clone(), start, len)
+            })
+            .collect(),
+        None => vec![(0, String::new(), 0, size)],
+    }
+}
+
+/// Audits an image of `size` bytes. `gpt` is the image's GPT summary (None: the whole image is
+/// treated as one filesystem, partition 0).
+pub fn audit_image<R: Read + Seek + 'static>(
+    img: R,
+    size: u64,
+    gpt: Option<&GptSummary>,
+    opts: &AuditOptions,
+) -> AuditReport {
+    let parts = partitions(size, gpt);
+    let mut report = AuditReport {
+        rules_version: RULES_VERSION,
+        deep: opts.deep,
+        partitions: Vec::new(),
+        findings: Vec::new(),
+        accepted: Vec::new(),
+    };
+    let img = std::rc::Rc::new(std::cell::RefCell::new(img));
+    for (number, name, start, len) in parts {
+        let budget = len.saturating_mul(opts.limits.read_factor) + (256 << 20);
+        let mut w = Window::new(
+            img.clone(),
+            start,
+            len.min(size.saturating_sub(start)),
+            budget,
+        );
+        let fs = sniff(&mut w);
+        let mut rules = rules::Rules::new(number, opts);
+        let walk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match fs {
+            "ext4" => ext4::walk(&mut w, &opts.limits, &mut rules),
+            "ntfs" => ntfs::walk(&mut w, &opts.limits, &mut rules),
+            "fat" => fat::walk(&mut w, &opts.limits, &mut rules),
+            _ => Ok(0),
+        }));
+        let mut free = None;
+        let status = match walk {
+            _ if fs == "none" => PartitionStatus::NotAudited {
+                reason: "no filesystem the audit reads (ext4, NTFS, FAT)".into(),
+            },
+            Ok(Ok(entries)) => {
+                report.findings.extend(rules.finish());
+                free = remnants(&mut w, fs, number, &mut report.findings);
+                PartitionStatus::Audited { entries }
+            }
+            Ok(Err(e)) => {
+                // Findings up to the failure are still worth reporting.
+                report.findings.extend(rules.finish_partial());
+                PartitionStatus::Error {
+                    reason: deep::mask_text(&e.0),
+                }
+            }
+            Err(_) => PartitionStatus::Error {
+                reason: format!("the {fs} reader panicked on this filesystem"),
+            },
+        };
+        report.partitions.push(PartitionAudit {
+            number,
+            name,
+            filesystem: fs.into(),
+            status,
+            free,
+        });
+    }
+    report
+}
+
+/// Reads the allocation map of an audited partition and measures its free space; non-zero
+/// free space is a `risk` finding (deleted files live on there), an unreadable map an `info`
+/// one (the tree was read; only the remnants are unknown).
+fn remnants<R: Read + Seek>(
+    w: &mut Window<R>,
+    fs: &str,
+    number: u32,
+    findings: &mut Vec<Finding>,
+) -> Option<free::FreeSpace> {
+    let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let ranges = free::free_ranges(w, fs)?;
+        free::measure(w, &ranges)
+    }));
+    match measured {
+        Ok(Ok(f)) => {
+            if f.nonzero_bytes > 0 {
+                findings.push(Finding::new(
+                    Severity::Risk,
+                    number,
+                    "/",
+                    "fs.remnants",
+                    format!(
+                        "{} of {} free space hold non-zero bytes (deleted files live on there;                          `tek image import --scrub-free` stores the image with free space zeroed)",
+                        mib(f.nonzero_bytes),
+                        mib(f.free_bytes)
+                    ),
+                ));
+            }
+            Some(f)
+        }
+        Ok(Err(e)) => {
+            findings.push(Finding::new(
+                Severity::Info,
+                number,
+                "/",
+                "fs.remnants-unknown",
+                format!("free space not measured: {}", deep::mask_text(&e.0)),
+            ));
+            None
+        }
+        Err(_) => {
+            findings.push(Finding::new(
+                Severity::Info,
+                number,
+                "/",
+                "fs.remnants-unknown",
+                format!("free space not measured: the {fs} allocation map reader panicked"),
+            ));
+            None
+        }
+    }
+}
+
+/// Bytes as MiB with one decimal ("< 0.1 MiB" when not zero but less).
+pub fn mib(bytes: u64) -> String {
+    let m = bytes as f64 / (1u64 << 20) as f64;
+    if bytes > 0 && m < 0.05 {
+        return "< 0.1 MiB".into();
+    }
+    format!("{m:.1} MiB")
+}
+
+/// Entry kinds the walkers report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+    /// Anything else (symlink, device, ...).
+    Other,
+}
+
+/// Shared walk bookkeeping: counts entries against the limits.
+pub(crate) struct Counter {
+    pub entries: u64,
+    limits: Limits,
+}
+
+impl Counter {
+    pub(crate) fn new(limits: &Limits) -> Counter {
+        Counter {
+            entries: 0,
+            limits: *limits,
+        }
+    }
+    pub(crate) fn entry(&mut self, depth: usize) -> Result<(), PartitionError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(PartitionError(format!(
+                "more than {} directory entries (a directory cycle or a hostile filesystem)",
+                self.limits.max_entries
+            )));
+        }
+        if depth > self.limits.max_depth {
+            return Err(PartitionError(format!(
+                "directories nested deeper than {} (a directory cycle or a hostile filesystem)",
+                self.limits.max_depth
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Maps a reader error to a partition error, naming the budget when that is what stopped it.
+pub(crate) fn io_err(what: &str, e: impl std::fmt::Display) -> PartitionError {
+    PartitionError(format!("{what}: {e}"))
+}
+
+/// Why an image may not be written under `require_clean_image` (DESIGN invariant 7).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotClean {
+    /// The manifest carries no audit (imported with `--no-audit`, or format 1).
+    #[error("the image was never audited (run `tek image import` again without --no-audit)")]
+    NotAudited,
+    /// Unaccepted personal or risk findings.
+    #[error(
+        "the image's privacy audit has {count} unaccepted personal/risk finding(s), first {rule} \
+         at {path} (finding {id}; see `tek image show`, accept with `tek image accept`)"
+    )]
+    Findings {
+        /// Number of blocking findings.
+        count: usize,
+        /// The first one's rule.
+        rule: String,
+        /// The first one's (masked) path.
+        path: String,
+        /// The first one's id.
+        id: String,
+    },
+    /// A partition could not be audited (its contents are unknown).
+    #[error("partition {number} of the image could not be audited: {reason}")]
+    Unreadable {
+        /// Partition number.
+        number: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Checks that an image's recorded audit lets it be written: audited, every partition read,
+/// no unaccepted personal or risk finding.
+pub fn require_clean(audit: Option<&AuditReport>) -> Result<(), NotClean> {
+    let Some(a) = audit else {
+        return Err(NotClean::NotAudited);
+    };
+    if let Some(p) = a.failed().next() {
+        let PartitionStatus::Error { reason } = &p.status else {
+            unreachable!("failed() yields errors only")
+        };
+        return Err(NotClean::Unreadable {
+            number: p.number,
+            reason: reason.clone(),
+        });
+    }
+    let blocking: Vec<&Finding> = a.blocking().collect();
+    if let Some(f) = blocking.first() {
+        return Err(NotClean::Findings {
+            count: blocking.len(),
+            rule: f.rule.clone(),
+            path: f.path.clone(),
+            id: f.id.clone(),
+        });
+    }
+    Ok(())
+}

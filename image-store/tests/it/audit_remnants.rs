@@ -1,0 +1,232 @@
+//! The audit's FAT reader on a FAT32 ESP as mkfs.fat and Windows make it (fewer than 65525
+//! clusters, which fatfs 0.3 refused), remnants in free space (a deleted file's data) on FAT
+//! and ext4, and `import --scrub-free` storing the image with that free space zeroed.
+//! Fixtures are built here with mkfs.fat + mtools and the Linux fixture script + debugfs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use image_store::audit::{AuditOptions, AuditReport, PartitionStatus, audit_file};
+use image_store::{ImageRef, ImportOptions, Store};
+
+fn sh(script: &str) {
+    let st = Command::new("bash")
+        .args(["-c", &format!("set -euo pipefail; {script}")])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .status()
+        .unwrap();
+    assert!(st.success(), "{script}");
+}
+
+/// A 128 MiB GPT image whose only partition is a 100 MiB FAT32 ESP holding a boot loader, a
+/// user's document (with a UK NI number in it) and the data of a deleted 1 MiB file.
+fn fat32_image(dir: &Path) -> PathBuf {
+    let img = dir.join("esp.img");
+    sh(&format!(
+        "img={img}; d={d}; truncate -s 128M $img; \
+         sgdisk -n 1:2048:+100M -t 1:ef00 -c 1:ESP $img >/dev/null; \
+         mkfs.fat -F 32 -n ESP --offset 2048 $img 102400 >/dev/null; \
+         m=$img@@1M; \
+         mmd -i $m ::/EFI ::/EFI/Boot ::/Users ::/Users/jsmith ::/Users/jsmith/Documents; \
+         printf 'MZ boot' >$d/boot; mcopy -i $m $d/boot ::/EFI/Boot/BOOTX64.EFI; \
+         printf 'Jane Smith, NI QQ123456C\\n' >$d/tax; \
+         mcopy -i $m $d/tax '::/Users/jsmith/Documents/tax return 2025.txt'; \
+         head -c 1M /dev/urandom >$d/gone; mcopy -i $m $d/gone ::/gone.bin; \
+         mdel -i $m ::/gone.bin",
+        img = img.display(),
+        d = dir.display()
+    ));
+    img
+}
+
+fn has(r: &AuditReport, rule: &str, path: &str) -> bool {
+    r.findings.iter().any(|f| f.rule == rule && f.path == path)
+}
+
+#[test]
+fn a_fat32_esp_with_few_clusters_is_read_and_its_remnants_measured() {
+    let d = tempfile::tempdir().unwrap();
+    let img = fat32_image(d.path());
+    let r = audit_file(
+        &img,
+        &AuditOptions {
+            deep: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let p = &r.partitions[0];
+    assert_eq!(p.filesystem, "fat");
+    assert!(
+        matches!(p.status, PartitionStatus::Audited { entries } if entries >= 7),
+        "{p:?}"
+    );
+    assert!(has(&r, "win.profile", "/Users/jsmith"), "{:?}", r.findings);
+    assert!(has(
+        &r,
+        "user.documents",
+        "/Users/jsmith/Documents/tax return 2025.txt"
+    ));
+    // --deep read the file's contents through mcopy: one NI number, counted, never kept.
+    let deep = r
+        .findings
+        .iter()
+        .find(|f| f.rule == "deep.personal-data")
+        .expect("the NI number is found");
+    assert!(deep.detail.contains("1 UK NI number"), "{}", deep.detail);
+    // The deleted file's 1 MiB is still in free space.
+    let free = p.free.expect("free space measured");
+    assert!(
+        free.nonzero_bytes >= 1 << 20 && free.nonzero_bytes < 2 << 20,
+        "{free:?}"
+    );
+    assert!(r.findings.iter().any(|f| f.rule == "fs.remnants"));
+    let json = serde_json::to_string(&r).unwrap();
+    for secret in ["QQ123456C", "Jane Smith"] {
+        assert!(!json.contains(secret), "{secret} leaked: {json}");
+    }
+}
+
+/// The clean Linux fixture with a 2 MiB file written and removed again by debugfs: its blocks
+/// are free and still hold the data.
+fn ext4_with_deleted_file(dir: &Path) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-linux-image.sh");
+    let img = dir.join("linux.img");
+    sh(&format!(
+        "bash {script} clean {img}; d={d}; \
+         dd if={img} of=$d/root.ext4 bs=512 skip=2048 count=129990 status=none; \
+         head -c 2M /dev/urandom >$d/secret; \
+         debugfs -w -R 'write {d}/secret /secret' $d/root.ext4 >/dev/null 2>&1; \
+         debugfs -w -R 'rm /secret' $d/root.ext4 >/dev/null 2>&1; \
+         dd if=$d/root.ext4 of={img} bs=512 seek=2048 conv=notrunc,sparse status=none",
+        script = script.display(),
+        img = img.display(),
+        d = dir.display()
+    ));
+    img
+}
+
+#[test]
+fn scrub_free_stores_the_image_with_free_space_zeroed_and_keeps_both_hashes() {
+    let d = tempfile::tempdir().unwrap();
+    let img = ext4_with_deleted_file(d.path());
+    let before = audit_file(&img, &AuditOptions::default()).unwrap();
+    let free = before.partitions[0].free.expect("measured");
+    assert!(free.nonzero_bytes >= 2 << 20, "{free:?}");
+    assert!(
+        before.findings.iter().any(|f| f.rule == "fs.remnants"),
+        "{:?}",
+        before.findings
+    );
+    assert!(!before.is_clean());
+
+    let store = Store::open(&d.path().join("store")).unwrap();
+    let plain: ImageRef = "linux@1".parse().unwrap();
+    let scrubbed: ImageRef = "linux@1-scrubbed".parse().unwrap();
+    let r1 = store
+        .import(&plain, &img, &ImportOptions::default(), None)
+        .unwrap();
+    let r2 = store
+        .import(
+            &scrubbed,
+            &img,
+            &ImportOptions {
+                scrub_free: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert!(r1.manifest.scrubbed.is_none());
+    let s = r2.manifest.scrubbed.clone().expect("scrubbed recorded");
+    // Both hashes: the source's (as the plain import computed them) and the stored image's.
+    assert_eq!(s.source_sha256, r1.manifest.sha256);
+    assert_eq!(s.source_blake3, r1.manifest.blake3);
+    assert_ne!(r2.manifest.blake3, r1.manifest.blake3);
+    assert!(
+        s.nonzero_bytes >= 2 << 20 && s.free_bytes >= s.nonzero_bytes,
+        "{s:?}"
+    );
+    // Smaller, and the audit at import (of what was stored) finds no remnants: clean.
+    assert!(r2.data_bytes < r1.data_bytes);
+    let audit = r2.manifest.audit.clone().unwrap();
+    assert!(audit.is_clean(), "{:?}", audit.findings);
+    assert_eq!(audit.partitions[0].free.unwrap().nonzero_bytes, 0);
+    // The filesystem itself is intact: e2fsck of the exported image's partition finds nothing.
+    let out = d.path().join("out.img");
+    store.export(&scrubbed, &out).unwrap();
+    sh(&format!(
+        "dd if={o} of={d}/check.ext4 bs=512 skip=2048 count=129990 status=none; \
+         e2fsck -fn {d}/check.ext4 >/dev/null",
+        o = out.display(),
+        d = d.path().display()
+    ));
+    let again = audit_file(&out, &AuditOptions::default()).unwrap();
+    assert_eq!(
+        again.partitions[0].status, before.partitions[0].status,
+        "same tree"
+    );
+    // A compressed source is refused with the reason, before anything is stored.
+    let zst = d.path().join("linux.img.zst");
+    sh(&format!(
+        "zstd -q -1 {} -o {}",
+        img.display(),
+        zst.display()
+    ));
+    let e = store
+        .import(
+            &"linux@2".parse().unwrap(),
+            &zst,
+            &ImportOptions {
+                scrub_free: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("--scrub-free"), "{e}");
+}
+
+/// Finds the 32-byte directory entry with short name `name` (11 bytes, padded) and the
+/// directory attribute, from `from`.
+fn dir_entry(bytes: &[u8], name: &[u8; 11], from: usize) -> usize {
+    (from..bytes.len() - 32)
+        .step_by(32)
+        .find(|&o| &bytes[o..o + 11] == name && bytes[o + 11] & 0x10 != 0)
+        .expect("directory entry")
+}
+
+#[test]
+fn a_fat_directory_cycle_ends_that_partition_with_an_error_in_bounded_time() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("cycle.img");
+    sh(&format!(
+        "img={img}; truncate -s 128M $img; \
+         sgdisk -n 1:2048:+100M -t 1:ef00 -c 1:ESP $img >/dev/null; \
+         mkfs.fat -F 32 -n ESP --offset 2048 $img 102400 >/dev/null; \
+         mmd -i $img@@1M ::/LOOPA ::/LOOPA/LOOPB",
+        img = img.display()
+    ));
+    // Point LOOPB's first cluster at LOOPA's: /LOOPA/LOOPB is /LOOPA again, without end.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let a = dir_entry(&bytes, b"LOOPA      ", 1 << 20);
+    let (hi, lo) = (
+        [bytes[a + 20], bytes[a + 21]],
+        [bytes[a + 26], bytes[a + 27]],
+    );
+    let b = dir_entry(&bytes, b"LOOPB      ", 1 << 20);
+    bytes[b + 20..b + 22].copy_from_slice(&hi);
+    bytes[b + 26..b + 28].copy_from_slice(&lo);
+    std::fs::write(&img, bytes).unwrap();
+    let t = std::time::Instant::now();
+    let r = audit_file(&img, &AuditOptions::default()).unwrap();
+    let PartitionStatus::Error { reason } = &r.partitions[0].status else {
+        panic!("a cycle was audited: {:?}", r.partitions[0]);
+    };
+    assert!(
+        reason.contains("cycle") || reason.contains("mdir"),
+        "{reason}"
+    );
+    assert!(!r.is_clean());
+    assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
+}
