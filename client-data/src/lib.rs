@@ -23,6 +23,7 @@ pub mod keystore;
 pub use blockdev::loopdev;
 pub mod manifest;
 pub mod mount;
+pub mod ntfs;
 mod ntfs_mount;
 mod ownership;
 pub mod proof;
@@ -31,8 +32,10 @@ pub mod restore;
 pub mod stream;
 mod sys;
 pub mod target;
+pub mod winnames;
 pub mod wipe;
 pub mod withdraw;
+pub mod xattrs;
 
 pub use audit::{
     AuditEvent, AuditHead, AuditLog, AuditPublicKey, AuditRecord, Checkpoint, DeviceIdentity,
@@ -46,7 +49,8 @@ pub use dataset::{DatasetId, DatasetInfo, DatasetState, Destination};
 pub use error::DataError;
 pub use mount::{MountRefusal, PartitionMount};
 pub use proof::VerifiedRestore;
-pub use restore::RestoreResult;
-pub use target::RestoreTarget;
+pub use restore::{NotRestored, RestoreResult};
+pub use target::{RestoreTarget, TargetFs};
+pub use winnames::NameMapping;
 pub use wipe::{SanitizationRecord, WipeOptions};
 pub use withdraw::{WithdrawReason, Withdrawal};

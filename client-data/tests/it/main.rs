@@ -5,8 +5,10 @@
 mod audit;
 mod common;
 mod custody;
+mod metadata;
 mod mount;
 mod ntfs;
+mod ntfs_mount;
 mod privilege;
 mod restore_target;
 mod tar;
