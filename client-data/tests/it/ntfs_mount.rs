@@ -24,7 +24,7 @@ fn tools() -> bool {
                     .is_ok_and(|o| o.status.success())
             });
     if !ok {
-        eprintln!("skipping: needs root, loop devices, mkntfs, ntfs-3g and sgdisk");
+        tek_testkit::skip!("needs root, loop devices, mkntfs, ntfs-3g and sgdisk");
     }
     ok
 }

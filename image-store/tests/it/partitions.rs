@@ -76,9 +76,7 @@ fn import(store: &Store, img: &Path, name: &str, hints: Hints) -> Result<(), Sto
 #[test]
 fn partitions_are_probed_and_hints_are_selectors() {
     if !have("sgdisk") || !have("mkntfs") {
-        eprintln!(
-            "skipping partitions_are_probed_and_hints_are_selectors: needs sgdisk and mkntfs"
-        );
+        tek_testkit::skip!("needs sgdisk and mkntfs");
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -187,9 +185,7 @@ fn format_1_manifests_are_still_read() {
 #[test]
 fn randomize_guids_is_refused_when_the_esp_holds_a_windows_bcd() {
     if !have("sgdisk") || !have("mkfs.fat") || !have("mcopy") {
-        eprintln!(
-            "skipping randomize_guids_is_refused_when_the_esp_holds_a_windows_bcd: needs sgdisk, mkfs.fat, mtools"
-        );
+        tek_testkit::skip!("needs sgdisk, mkfs.fat, mtools");
         return;
     }
     let d = tempfile::tempdir().unwrap();

@@ -52,8 +52,8 @@ fn ready(name: &str) -> bool {
             .iter()
             .all(|t| run("sh", &["-c", &format!("command -v {t}")]).0);
     if !ok {
-        eprintln!(
-            "skipping {name}: needs root, loop devices, {} and {tools:?}",
+        tek_testkit::skip!(
+            "{name}: needs root, loop devices, {} and {tools:?}",
             make_image().display()
         );
     }

@@ -125,7 +125,7 @@ fn demo_windows_moves_recovery_and_grows_ntfs() {
             .is_ok_and(|o| o.status.success())
     };
     if !["mkntfs", "ntfs-3g", "ntfsresize"].iter().all(|t| have(t)) {
-        eprintln!("SKIP demo_windows_moves_recovery_and_grows_ntfs: needs ntfs-3g");
+        tek_testkit::skip!("needs ntfs-3g");
         return;
     }
     let started = std::time::Instant::now();

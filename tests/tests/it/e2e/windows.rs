@@ -29,8 +29,8 @@ fn make_image() -> PathBuf {
 fn win_sample() -> Option<PathBuf> {
     let tools = ["mkntfs", "ntfs-3g", "ntfsresize", "sgdisk", "mkfs.fat"];
     if !make_image().exists() || !tools.iter().all(|t| have(t)) {
-        eprintln!(
-            "SKIP windows e2e: needs {} and {tools:?}",
+        tek_testkit::skip!(
+            "windows e2e: needs {} and {tools:?}",
             make_image().display()
         );
         return None;
