@@ -408,6 +408,23 @@ fn read_back(
         nsec: e.mtime_nsec,
     };
     let want = e.atime.unwrap_or(mtime);
+    if let (Some(bt), TargetFs::Ntfs3g) = (e.btime, fs) {
+        // ntfs-3g changes it on (nearly) every read: set all three times again in one
+        // request, and check them in another (rather than stat, set, stat).
+        use xattr::FileExt;
+        f.set_xattr(crate::ntfs::NTFS_TIMES, &crate::ntfs::ntfs_times(e, bt))?;
+        let got = f.get_xattr(crate::ntfs::NTFS_TIMES)?.unwrap_or_default();
+        let at = |i: usize| {
+            got.get(8 * i..8 * i + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(|b| crate::ntfs::from_ntfs_time(u64::from_be_bytes(b)))
+        };
+        let ok = at(0).is_some_and(|t| times_close(t, bt, fs))
+            && at(1).is_some_and(|t| times_close(t, mtime, fs))
+            && at(2).is_some_and(|t| times_close(t, want, fs));
+        let m = (!ok).then(|| "times changed by reading it back and could not be set again".into());
+        return Ok((len, *h.finalize().as_bytes(), m));
+    }
     let after = f.metadata()?;
     if !times_close(atime_of(&after), want, fs) {
         let a = nix::sys::time::TimeSpec::new(want.sec, i64::from(want.nsec));
