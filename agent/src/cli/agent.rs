@@ -70,6 +70,11 @@ pub enum AgentCommand {
         #[command(flatten)]
         conn: AgentConn,
     },
+    /// The bench's live board: a tile per bay, cancel/retry/report keys (full screen).
+    Board {
+        #[command(flatten)]
+        conn: AgentConn,
+    },
     /// A job's service report (read from the depot; no agent needed).
     Report {
         /// Job id.
@@ -165,6 +170,7 @@ pub fn run(depot: &Depot, cmd: AgentCommand) -> Result<()> {
             }
             Ok(())
         }
+        AgentCommand::Board { conn } => crate::cli::board::run(&conn.socket()?),
         AgentCommand::Report { job, json, html } => {
             let journal = agent::job::journal::Journal::open(&depot.jobs())?;
             let j = journal

@@ -3,8 +3,10 @@
 
 pub mod agent;
 pub mod audit;
+mod board;
 pub mod data;
 pub mod demo;
+mod docs;
 pub mod image;
 pub mod image_rm;
 mod image_verify;
@@ -17,25 +19,59 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// tek: image, migrate and wipe on the depot bench, and prove it.
+/// Image, migrate and wipe on the depot bench, and prove it.
 #[derive(Debug, Parser)]
-#[command(name = "tek", version, about, propagate_version = true)]
+#[command(
+    name = "tek",
+    version,
+    propagate_version = true,
+    after_help = EXAMPLES
+)]
 pub struct Cli {
     /// State root (store, staging, keys, jobs, reports, audit). Default: /var/lib/tek as root,
     /// else $XDG_DATA_HOME/tek.
-    #[arg(long, global = true, env = "TEK_STATE", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "TEK_STATE",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     pub state: Option<PathBuf>,
     /// Image store location (default: <state>/store).
-    #[arg(long, global = true, env = "TEK_STORE", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "TEK_STORE",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     pub store: Option<PathBuf>,
     /// Trusted public keys directory (default: /etc/tek/trusted-keys as root, else
     /// <state>/trusted-keys).
-    #[arg(long, global = true, env = "TEK_TRUSTED_KEYS", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "TEK_TRUSTED_KEYS",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     pub trusted_keys: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  tek demo                                      the whole journey on a built-in sample
+  tek image import win11-pro@2024.06 win11.img.zst --sign-key maint.key --data-partition label:Windows
+  tek write win11-pro@2024.06 /dev/sdb          write and verify an image onto a disk
+  tek data ingest --client C-1042 --ticket T-4711 /mnt/old-disk/Users
+  tek job add --ticket T-4711 --image win11-pro@2024.06 --data ds-... --bay left-dock
+  tek board                                     the live bench board
+
+Each command has its own --help; `tek man` prints the manual.";
 
 /// Top-level subcommands.
 #[derive(Debug, Subcommand)]
@@ -57,6 +93,10 @@ pub enum Command {
     /// Run the bench agent daemon, and talk to it.
     #[command(flatten)]
     Agent(agent::AgentCommand),
+    /// Print the shell completion script (e.g. `tek completions bash > /usr/share/bash-completion/completions/tek`).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page `tek.1` (or write every page with `--dir DIR`).
+    Man(docs::ManArgs),
 }
 
 impl Command {
@@ -84,6 +124,7 @@ impl Command {
                     | A::Report { .. }
                     | A::Job(J::List { .. } | J::Show { .. })
             ),
+            Command::Completions(_) | Command::Man(_) => true,
             Command::Write(_) | Command::Backup(_) => false,
         }
     }
@@ -91,6 +132,12 @@ impl Command {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Generated documentation needs no depot.
+    match &cli.command {
+        Command::Completions(a) => return docs::completions(a),
+        Command::Man(a) => return docs::man(a),
+        _ => {}
+    }
     let mut depot = ::agent::Depot::resolve(cli.state, cli.store)?;
     if let Some(dir) = cli.trusted_keys {
         depot = depot.with_trusted_keys(dir);
@@ -102,5 +149,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(c) => data::run_backup(&depot, c),
         Command::Audit(c) => audit::run(&depot, c),
         Command::Agent(c) => agent::run(&depot, c),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }
