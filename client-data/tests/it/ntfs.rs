@@ -15,8 +15,7 @@ use client_data::ntfs::{from_ntfs_time, inherit, sd};
 use client_data::winnames::unmap;
 use client_data::{RestoreTarget, TargetFs};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const DATA_PATH: &str = "/Users/Public/Documents/Recovered";
 
@@ -24,7 +23,7 @@ fn skip(name: &str) -> bool {
     if can_mount_ntfs() {
         return false;
     }
-    eprintln!("skipping {name}: needs root, /dev/fuse and ntfs-3g");
+    tek_testkit::skip!("{name} needs root, /dev/fuse and ntfs-3g");
     true
 }
 

@@ -9,8 +9,7 @@ use std::path::Path;
 use client_data::loopdev::can_attach;
 use client_data::{Custody, DataError};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// A POSIX ACL in the kernel's xattr form (version 2, then tag/perm/id entries).
 fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
@@ -40,9 +39,7 @@ fn set_times(p: &Path, atime: (i64, i64), mtime: (i64, i64)) {
 #[test]
 fn ext4_xattrs_acls_hard_links_and_times_survive() {
     if !can_attach() {
-        eprintln!(
-            "skipping ext4_xattrs_acls_hard_links_and_times_survive: needs root and loop devices"
-        );
+        tek_testkit::skip!("needs root and loop devices");
         return;
     }
     let d = depot();
@@ -275,9 +272,7 @@ fn extended_attributes_from_a_pax_archive_are_kept() {
 #[test]
 fn a_directory_with_an_attribute_outside_the_allowed_namespaces_is_refused() {
     if !can_attach() {
-        eprintln!(
-            "skipping a_directory_with_an_attribute_outside_the_allowed_namespaces_is_refused: needs root and loop devices"
-        );
+        tek_testkit::skip!("needs root and loop devices");
         return;
     }
     let d = depot();
