@@ -221,7 +221,8 @@ pub(crate) fn verify_dirs(root: &File, fs: TargetFs, dirs: &[(u64, Entry, Sd)]) 
                 let st = f
                     .metadata()
                     .map_err(|err| format!("cannot read back ({err})"))?;
-                check_meta(&f, &st, e, sd.as_deref().map(Vec::as_slice), fs).map_or(Ok(()), Err)
+                check_meta(&f, &st, e, sd.as_deref().map(Vec::as_slice), fs, true)
+                    .map_or(Ok(()), Err)
             });
         if let Err(m) = r {
             v.mismatches.push((*n, m));
@@ -245,12 +246,14 @@ fn ns(t: Time) -> i128 {
 }
 
 /// Compares a restored entry's metadata with what was set; the first difference, if any.
+/// The NTFS creation time only when `crtime_now` (files check it after their read-back).
 fn check_meta(
     f: &File,
     st: &std::fs::Metadata,
     e: &Entry,
     sd: Option<&[u8]>,
     fs: TargetFs,
+    crtime_now: bool,
 ) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     use xattr::FileExt;
@@ -269,7 +272,7 @@ fn check_meta(
     if !close(atime_of(st), e.atime.unwrap_or(mtime)) {
         return Some("access time differs".into());
     }
-    if let (Some(bt), TargetFs::Ntfs3g) = (e.btime, fs) {
+    if let (Some(bt), TargetFs::Ntfs3g, true) = (e.btime, fs, crtime_now) {
         let got = f
             .get_xattr(NTFS_CRTIME)
             .ok()
@@ -380,7 +383,8 @@ fn read_back(
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    if let Some(m) = check_meta(&f, &meta, e, sd, fs) {
+    // A file's creation time is checked after the read, with its other times (one request).
+    if let Some(m) = check_meta(&f, &meta, e, sd, fs, false) {
         return Ok((0, [0; 32], Some(m)));
     }
     let size = meta.len();
