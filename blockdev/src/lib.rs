@@ -9,19 +9,25 @@
 //!   the disks under `/`.
 //! - [`uevent`] reads kernel uevents; [`watch`] turns them (and a rescan) into disk arrivals and
 //!   departures.
+//! - [`fstype`]: what a partition holds, from its signatures (NTFS, BitLocker, ext4, ...);
+//!   [`ntfs`]: the `$Volume` dirty flag; [`selector`]: `number:`/`name:`/`label:`/`type:` hints.
 //! - [`loopdev`]: attaching and detaching loop devices (RAII), for staging and tests.
 //! - [`ioctl`]: block-device ioctls and `flock`, the crate's only `unsafe`.
 //!
 //! Nothing here writes to a disk; the imager and client-data decide what to do with one.
 
+pub mod fstype;
 pub mod holders;
 pub mod ioctl;
 pub mod loopdev;
 pub mod mountinfo;
+pub mod ntfs;
 pub mod port_path;
+pub mod selector;
 pub mod sysfs;
 pub mod uevent;
 pub mod watch;
 
+pub use fstype::FsKind;
 pub use loopdev::{LoopDevice, LoopError, LoopOptions};
 pub use sysfs::{Bus, DiskInfo, SysRoot};

@@ -221,7 +221,7 @@ mod tests {
         std::fs::write(&p, b"x").unwrap();
         // tmpfs has user xattrs since Linux 6.6; skip quietly where the filesystem has none.
         if xattr::set(&p, "user.k", b"v").is_err() {
-            eprintln!("SKIP: no user xattrs on the temp filesystem");
+            tek_testkit::skip!("no user xattrs on the temp filesystem");
             return;
         }
         let f = File::open(&p).unwrap();

@@ -87,7 +87,12 @@ pub enum AgentCommand {
         html: bool,
     },
     /// Run the whole journey on a built-in sample, in a temporary depot.
-    Demo,
+    Demo {
+        /// A Windows-layout sample (NTFS, Recovery after C: moved to the disk's end, C: grown;
+        /// needs mkntfs, and ntfs-3g for the client data).
+        #[arg(long)]
+        windows: bool,
+    },
 }
 
 /// `tek job` subcommands.
@@ -190,7 +195,7 @@ pub fn run(depot: &Depot, cmd: AgentCommand) -> Result<()> {
             }
             Ok(())
         }
-        AgentCommand::Demo => crate::cli::demo::run(),
+        AgentCommand::Demo { windows } => crate::cli::demo::run(windows),
     }
 }
 

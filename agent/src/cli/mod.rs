@@ -8,6 +8,7 @@ pub mod data;
 pub mod demo;
 mod docs;
 pub mod image;
+mod image_parts;
 pub mod image_rm;
 mod image_verify;
 pub mod interrupt;

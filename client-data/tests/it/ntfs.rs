@@ -23,7 +23,7 @@ fn skip(name: &str) -> bool {
     if can_mount_ntfs() {
         return false;
     }
-    tek_testkit::skip!("{name} needs root, /dev/fuse and ntfs-3g");
+    tek_testkit::skip!("{name}: needs root, /dev/fuse and ntfs-3g");
     true
 }
 
