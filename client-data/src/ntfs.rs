@@ -35,6 +35,24 @@ pub fn to_ntfs_time(t: Time) -> u64 {
     d.clamp(0, i128::from(u64::MAX)) as u64
 }
 
+/// ntfs-3g's times of a file as big-endian NTFS times: creation, modification, access, then
+/// (read only) MFT change. Setting the first 24 bytes sets the first three at once.
+pub const NTFS_TIMES: &str = "system.ntfs_times_be";
+
+/// The 24 bytes of [`NTFS_TIMES`] for entry `e` with creation time `btime` (access time: the
+/// entry's, else its modification time).
+pub fn ntfs_times(e: &crate::manifest::Entry, btime: Time) -> [u8; 24] {
+    let m = Time {
+        sec: e.mtime,
+        nsec: e.mtime_nsec,
+    };
+    let mut v = [0u8; 24];
+    for (i, t) in [btime, m, e.atime.unwrap_or(m)].into_iter().enumerate() {
+        v[8 * i..8 * i + 8].copy_from_slice(&to_ntfs_time(t).to_be_bytes());
+    }
+    v
+}
+
 /// DOS attribute bits a restore sets and verifies: read-only, hidden, system, archive.
 pub const ATTRIB_KEPT: u32 = 0x01 | 0x02 | 0x04 | 0x20;
 

@@ -221,7 +221,8 @@ pub(crate) fn verify_dirs(root: &File, fs: TargetFs, dirs: &[(u64, Entry, Sd)]) 
                 let st = f
                     .metadata()
                     .map_err(|err| format!("cannot read back ({err})"))?;
-                check_meta(&f, &st, e, sd.as_deref().map(Vec::as_slice), fs).map_or(Ok(()), Err)
+                check_meta(&f, &st, e, sd.as_deref().map(Vec::as_slice), fs, true)
+                    .map_or(Ok(()), Err)
             });
         if let Err(m) = r {
             v.mismatches.push((*n, m));
@@ -245,12 +246,14 @@ fn ns(t: Time) -> i128 {
 }
 
 /// Compares a restored entry's metadata with what was set; the first difference, if any.
+/// The NTFS creation time only when `crtime_now` (files check it after their read-back).
 fn check_meta(
     f: &File,
     st: &std::fs::Metadata,
     e: &Entry,
     sd: Option<&[u8]>,
     fs: TargetFs,
+    crtime_now: bool,
 ) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     use xattr::FileExt;
@@ -269,7 +272,7 @@ fn check_meta(
     if !close(atime_of(st), e.atime.unwrap_or(mtime)) {
         return Some("access time differs".into());
     }
-    if let (Some(bt), TargetFs::Ntfs3g) = (e.btime, fs) {
+    if let (Some(bt), TargetFs::Ntfs3g, true) = (e.btime, fs, crtime_now) {
         let got = f
             .get_xattr(NTFS_CRTIME)
             .ok()
@@ -380,7 +383,8 @@ fn read_back(
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    if let Some(m) = check_meta(&f, &meta, e, sd, fs) {
+    // A file's creation time is checked after the read, with its other times (one request).
+    if let Some(m) = check_meta(&f, &meta, e, sd, fs, false) {
         return Ok((0, [0; 32], Some(m)));
     }
     let size = meta.len();
@@ -408,6 +412,23 @@ fn read_back(
         nsec: e.mtime_nsec,
     };
     let want = e.atime.unwrap_or(mtime);
+    if let (Some(bt), TargetFs::Ntfs3g) = (e.btime, fs) {
+        // ntfs-3g changes it on (nearly) every read: set all three times again in one
+        // request, and check them in another (rather than stat, set, stat).
+        use xattr::FileExt;
+        f.set_xattr(crate::ntfs::NTFS_TIMES, &crate::ntfs::ntfs_times(e, bt))?;
+        let got = f.get_xattr(crate::ntfs::NTFS_TIMES)?.unwrap_or_default();
+        let at = |i: usize| {
+            got.get(8 * i..8 * i + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(|b| crate::ntfs::from_ntfs_time(u64::from_be_bytes(b)))
+        };
+        let ok = at(0).is_some_and(|t| times_close(t, bt, fs))
+            && at(1).is_some_and(|t| times_close(t, mtime, fs))
+            && at(2).is_some_and(|t| times_close(t, want, fs));
+        let m = (!ok).then(|| "times changed by reading it back and could not be set again".into());
+        return Ok((len, *h.finalize().as_bytes(), m));
+    }
     let after = f.metadata()?;
     if !times_close(atime_of(&after), want, fs) {
         let a = nix::sys::time::TimeSpec::new(want.sec, i64::from(want.nsec));

@@ -313,6 +313,9 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                         println!("  renamed: {} -> {}", m.from, m.to_escaped);
                     }
                 }
+                for m in &res.link_targets_mapped {
+                    println!("  symlink text mapped: {} -> {}", m.from, m.to_escaped);
+                }
                 for n in &res.metadata_not_restored {
                     println!(
                         "not restored: {} on {} entries ({})",

@@ -19,10 +19,11 @@ use super::{data_error, split, ts, unsafe_path};
 use crate::batch::OpenPipe;
 use crate::error::{DataError, io};
 use crate::manifest::{Entry, Xattr};
+use crate::ntfs::{NTFS_TIMES, ntfs_times};
 use crate::ownership::{Ownership, set_mode};
 use crate::sys::open_beneath;
 use crate::target::TargetFs;
-use crate::xattrs::{NTFS_ATTRIB, NTFS_CRTIME};
+use crate::xattrs::NTFS_ATTRIB;
 
 /// Security descriptors for new entries by depth below the target (index 0: the target's
 /// direct children): (for a directory, for a file).
@@ -242,12 +243,9 @@ impl Writer {
     /// the DOS attributes. Clears `e.btime` when it could not be set, so the read-back does
     /// not look for it.
     fn finish_ntfs(&mut self, f: &File, e: &mut Entry) -> Result<(), DataError> {
-        if let Some(bt) = e.btime {
-            if self.fs == TargetFs::Ntfs3g {
-                let v = crate::ntfs::to_ntfs_time(bt).to_be_bytes();
-                f.set_xattr(NTFS_CRTIME, &v)
-                    .map_err(io("setting creation time under", &self.target))?;
-            } else {
+        if e.btime.is_some() {
+            // On ntfs-3g it was set with the other times (`times`).
+            if self.fs != TargetFs::Ntfs3g {
                 self.skip(
                     "creation times",
                     "the target filesystem sets them itself when a file is created",
@@ -274,6 +272,20 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Sets access and modification time, and on ntfs-3g the creation time with them in one
+    /// `system.ntfs_times_be` (creation, modification, access: each request to the FUSE
+    /// daemon counts on a bench).
+    fn times(&self, f: &File, e: &Entry, n: u64) -> Result<(), DataError> {
+        if let (Some(bt), TargetFs::Ntfs3g) = (e.btime, self.fs) {
+            return f
+                .set_xattr(NTFS_TIMES, &ntfs_times(e, bt))
+                .map_err(io("setting times under", &self.target));
+        }
+        let m = ts(e.mtime, e.mtime_nsec);
+        let a = e.atime.map_or(m, |t| ts(t.sec, t.nsec));
+        futimens(f.as_raw_fd(), &a, &m).map_err(self.err("setting times", n))
     }
 
     /// Creates a fresh regular file `name` in `pfd`. Whatever already sits at that name in the
@@ -354,9 +366,7 @@ impl Writer {
         self.owner(e, n, |u, g| fchown(fd, u, g))?;
         self.mode(fd, e.mode, n)?;
         let sd = self.xattrs(&f, e, false)?;
-        let m = ts(e.mtime, e.mtime_nsec);
-        let a = e.atime.map_or(m, |t| ts(t.sec, t.nsec));
-        futimens(f.as_raw_fd(), &a, &m).map_err(self.err("setting times", n))?;
+        self.times(&f, e, n)?;
         self.finish_ntfs(&f, e)?;
         Ok(sd)
     }
@@ -419,9 +429,7 @@ impl Writer {
             self.mode(raw, d.mode, n)?;
             let f = File::from(fd);
             let sd = self.xattrs(&f, &mut d, true)?;
-            let m = ts(d.mtime, d.mtime_nsec);
-            let a = d.atime.map_or(m, |t| ts(t.sec, t.nsec));
-            futimens(f.as_raw_fd(), &a, &m).map_err(self.err("setting times", n))?;
+            self.times(&f, &d, n)?;
             self.finish_ntfs(&f, &mut d)?;
             self.dirs_written.push((n, d, sd));
         }
