@@ -40,6 +40,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use blockdev::Bus;
 use serde::{Deserialize, Serialize};
 
 /// Default location of the configuration file.
@@ -89,7 +90,7 @@ pub struct Policy {
     pub allow_unsigned: bool,
     /// Buses on which a disk in a bay may be matched by a job's expected serial.
     #[serde(default = "default_buses")]
-    pub allowed_buses: Vec<String>,
+    pub allowed_buses: Vec<Bus>,
     /// Jobs that start writing the same image within this many milliseconds share one
     /// read/decode of it (`shared_write.rs`); 0 writes every job alone, at once.
     #[serde(default = "default_share_window")]
@@ -145,8 +146,8 @@ fn default_socket() -> PathBuf {
 fn default_group() -> String {
     "tek".to_string()
 }
-fn default_buses() -> Vec<String> {
-    ["usb", "ata", "nvme", "scsi"].map(String::from).to_vec()
+fn default_buses() -> Vec<Bus> {
+    vec![Bus::Usb, Bus::Ata, Bus::Nvme, Bus::Scsi]
 }
 
 impl Default for Config {
@@ -178,6 +179,22 @@ impl Config {
             None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG)),
             None => Ok(Config::default()),
         }
+    }
+
+    /// The daemon's configuration: `path` (`--config FILE` or `TEK_CONFIG`), else
+    /// [`DEFAULT_CONFIG`], which must then exist. Unlike the commands, the daemon never falls
+    /// back to built-in defaults: an agent without its configuration would take the socket and
+    /// serve no bays.
+    pub fn load_for_daemon(path: Option<&Path>) -> Result<Config> {
+        let file = path.unwrap_or(Path::new(DEFAULT_CONFIG));
+        if path.is_none() && !file.exists() {
+            anyhow::bail!(
+                "not starting: no configuration at {} (write it from the annotated \
+                 agent.toml.example, or give --config FILE)",
+                file.display()
+            );
+        }
+        Config::load(file)
     }
 
     /// Parses and validates configuration text. Syntax and type errors carry line and column.
@@ -225,9 +242,9 @@ impl Config {
             }
         }
         for bus in &self.policy.allowed_buses {
-            if !KNOWN_BUSES.contains(&bus.as_str()) {
+            if !KNOWN_BUSES.contains(&bus.to_string().as_str()) {
                 bail!(
-                    "policy.allowed_buses: unknown bus {bus:?} (known: {})",
+                    "policy.allowed_buses: unknown bus \"{bus}\" (known: {})",
                     KNOWN_BUSES.join(", ")
                 );
             }

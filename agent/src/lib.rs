@@ -12,5 +12,7 @@ pub mod sample;
 pub mod server;
 pub mod settings;
 pub mod stale;
+mod start;
 
 pub use depot::Depot;
+pub use start::run;

@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
     }
     // The daemon logs its work (disks, jobs, refusals) for journald; commands stay quiet.
     let default_level = match &cli.command {
-        cli::Command::Agent(cli::agent::AgentCommand::Agent { .. }) => "info",
+        cli::Command::Agent { .. } => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()

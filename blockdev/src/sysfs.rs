@@ -58,9 +58,9 @@ impl AsRef<Path> for SysRoot {
     }
 }
 
-/// How a disk is attached.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How a disk is attached. Serialized as its name (`"usb"`, `"virtio"`), the words a config's
+/// `allowed_buses` and a job record use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Bus {
     /// USB mass storage or UAS (a USB dock or stick; the SCSI layer above it does not count).
     Usb,
@@ -103,6 +103,19 @@ impl std::str::FromStr for Bus {
             "virtual" | "loop" => Bus::Virtual,
             other => Bus::Other(other.to_string()),
         })
+    }
+}
+
+impl Serialize for Bus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(name.parse().unwrap_or_else(|never| match never {}))
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use agent::Depot;
 use agent::config::Config;
 use agent::daemon::Agent;
-use agent::daemon::matching::Disk;
+use agent::daemon::matching::test_disk;
 use agent::job::journal::Journal;
 use agent::job::report::Report;
 use agent::job::{Job, JobState};
@@ -193,21 +193,11 @@ async fn journey(
         _loop_dev = Some(dev);
     } else if let Some(tx) = &feed {
         say("6. plugging in a 128 MiB plain file as the disk (no root: no uevent)");
-        let disk = Disk {
-            name: "disk-1.img".into(),
-            dev_path: disk_file.clone(),
-            bus: "virtual".into(),
-            vendor: None,
-            model: Some("plain file".into()),
-            serial: None,
-            wwn: None,
-            size_bytes: 128 << 20,
-            logical_block_size: 512,
-            read_only: false,
-            port_path: None,
-            loop_backing_file: Some(disk_file.clone()),
-            diskseq: None,
-        };
+        let mut disk = test_disk("disk-1.img");
+        disk.dev_path = disk_file.clone();
+        disk.model = Some("plain file".into());
+        disk.size_bytes = 128 << 20;
+        disk.loop_backing_file = Some(disk_file.clone());
         let _ = tx.send(DeviceEvent::Present(Box::new(disk))).await;
     }
     let result = follow(&mut events, &job.id).await;

@@ -11,7 +11,7 @@
 use anyhow::{Context, Result, bail};
 use image_store::ImageRef;
 
-use super::agent::AgentConn;
+use super::AgentConn;
 use agent::Depot;
 use agent::job::journal::{Journal, JournalBusy};
 use agent::job::runner::JobSteps;

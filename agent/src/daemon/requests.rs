@@ -2,9 +2,39 @@
 //! journaling and offering a new job to the disks present, cancelling without ever wiping staged
 //! data, and retrying from the last safe step.
 
-use anyhow::Context;
+use anyhow::{Result, bail};
 
-use super::*;
+use crate::config::check_image_ref;
+use crate::daemon::{Agent, Inner};
+use crate::job::runner::StopCause;
+use crate::job::{Job, JobState, JobTarget};
+use crate::server::protocol::{ErrorCode, Event};
+
+/// A request the agent refused, with the protocol's code for the refusal: the reply carries
+/// both, so a client branches on the code ([`error_code`]) and shows the sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// The kind of refusal.
+    pub code: ErrorCode,
+    /// What the technician reads.
+    pub message: String,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> anyhow::Error {
+    Refused {
+        code,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// The protocol code of a request's error: the [`Refused`] code it carries, else
+/// [`ErrorCode::Internal`] (the agent failed doing it, e.g. journal I/O).
+pub fn error_code(e: &anyhow::Error) -> ErrorCode {
+    e.downcast_ref::<Refused>()
+        .map_or(ErrorCode::Internal, |r| r.code)
+}
 
 impl Agent {
     /// Queues a job, then offers it to the disks present.
@@ -32,35 +62,50 @@ impl Agent {
     ) -> Result<Job> {
         if let Some(r) = &dataset_of_other_ticket {
             if data.is_none() {
-                bail!("adding a job: --dataset-of-other-ticket needs --data");
+                return Err(refuse(
+                    ErrorCode::InvalidArgument,
+                    "adding a job: --dataset-of-other-ticket needs --data",
+                ));
             }
             if r.trim().is_empty() || r.len() > 500 || r.chars().any(char::is_control) {
-                bail!(
+                return Err(refuse(
+                    ErrorCode::InvalidArgument,
                     "adding a job: the reason for --dataset-of-other-ticket must be 1-500 \
-                     characters of text on one line"
-                );
+                     characters of text on one line",
+                ));
             }
         }
         // The ticket lands in the journal, the report and the audit log: an id, never a name.
         client_data::dataset::check_ident("ticket", ticket)
-            .map_err(|e| anyhow::anyhow!("adding a job: {e}"))?;
-        check_image_ref(image)?;
+            .map_err(|e| refuse(ErrorCode::InvalidArgument, format!("adding a job: {e}")))?;
+        check_image_ref(image).map_err(|e| refuse(ErrorCode::InvalidArgument, format!("{e:#}")))?;
         let target = match (bay, serial) {
             (Some(b), None) => {
                 if self.cfg.bay(&b).is_none() {
                     let names: Vec<_> = self.cfg.bays.iter().map(|b| b.name.as_str()).collect();
-                    bail!("adding a job: no bay {b:?} (bays: {})", names.join(", "));
+                    return Err(refuse(
+                        ErrorCode::InvalidArgument,
+                        format!("adding a job: no bay \"{b}\" (bays: {})", names.join(", ")),
+                    ));
                 }
                 JobTarget::Bay(b)
             }
             (None, Some(s)) if !s.trim().is_empty() => JobTarget::Serial(s.trim().to_string()),
-            _ => bail!("adding a job: give exactly one of --bay or --serial"),
+            _ => {
+                return Err(refuse(
+                    ErrorCode::InvalidArgument,
+                    "adding a job: give exactly one of --bay or --serial",
+                ));
+            }
         };
         let mut job = Job::new(ticket, image, data, target);
         job.dataset_of_other_ticket = dataset_of_other_ticket.map(|r| r.trim().to_string());
-        self.steps
-            .validate(&job)
-            .with_context(|| format!("checking the new job for ticket {ticket}"))?;
+        self.steps.validate(&job).map_err(|e| {
+            refuse(
+                ErrorCode::Rejected,
+                format!("checking the new job for ticket {ticket}: {e:#}"),
+            )
+        })?;
         let mut inner = self.lock();
         let mut job = self.create_record(job)?;
         if !self.steps.image_exists(&job) {
@@ -74,7 +119,10 @@ impl Agent {
             job.set_state(JobState::Failed, Some(reason.clone()));
             self.journal.save(&job)?;
             inner.jobs.insert(job.id.clone(), job.clone());
-            bail!("adding a job: {reason} (job {} recorded as failed)", job.id);
+            return Err(refuse(
+                ErrorCode::Rejected,
+                format!("adding a job: {reason} (job {} recorded as failed)", job.id),
+            ));
         }
         inner.jobs.insert(job.id.clone(), job.clone());
         self.emit(Event::JobState {
@@ -104,7 +152,7 @@ impl Agent {
     pub fn job(&self, id: &str) -> Result<Job> {
         match self.lock().jobs.get(id) {
             Some(j) => Ok(j.clone()),
-            None => bail!("no job {id}"),
+            None => Err(refuse(ErrorCode::NotFound, format!("no job {id}"))),
         }
     }
 
@@ -120,9 +168,12 @@ impl Agent {
         let mut inner = self.lock();
         let past = |job: &Job| {
             job.past_verified_migration().then(|| {
-                anyhow::anyhow!(
-                    "job {id} already verified its client data on the disk; it finishes the \
-                     staging wipe and the report, and cannot be cancelled"
+                refuse(
+                    ErrorCode::Conflict,
+                    format!(
+                        "job {id} already verified its client data on the disk; it finishes \
+                         the staging wipe and the report, and cannot be cancelled"
+                    ),
                 )
             })
         };
@@ -134,10 +185,13 @@ impl Agent {
             return Ok(inner.jobs[id].clone());
         }
         let Some(job) = inner.jobs.get_mut(id) else {
-            bail!("no job {id}");
+            return Err(refuse(ErrorCode::NotFound, format!("no job {id}")));
         };
         if job.state.is_terminal() {
-            bail!("job {id} is already {}", job.state);
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("job {id} is already {}", job.state),
+            ));
         }
         if let Some(e) = past(job) {
             return Err(e);
@@ -158,13 +212,19 @@ impl Agent {
     pub fn fail(&self, id: &str, reason: &str) -> Result<Job> {
         let mut inner = self.lock();
         if inner.running.contains_key(id) {
-            bail!("job {id} is running; cancel it, or wait until it ends");
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("job {id} is running; cancel it, or wait until it ends"),
+            ));
         }
         let Some(job) = inner.jobs.get_mut(id) else {
-            bail!("no job {id}");
+            return Err(refuse(ErrorCode::NotFound, format!("no job {id}")));
         };
         if job.state.is_terminal() {
-            bail!("job {id} is already {}", job.state);
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("job {id} is already {}", job.state),
+            ));
         }
         job.error = Some(reason.to_string());
         job.set_state(
@@ -236,19 +296,22 @@ impl Agent {
     pub fn retry(&self, id: &str) -> Result<Job> {
         let mut inner = self.lock();
         if inner.running.contains_key(id) {
-            bail!("job {id} is running");
+            return Err(refuse(ErrorCode::Conflict, format!("job {id} is running")));
         }
         let Some(job) = inner.jobs.get_mut(id) else {
-            bail!("no job {id}");
+            return Err(refuse(ErrorCode::NotFound, format!("no job {id}")));
         };
         if !matches!(
             job.state,
             JobState::Failed | JobState::Cancelled | JobState::Interrupted
         ) {
-            bail!(
-                "job {id} is {}; only failed, cancelled or interrupted jobs can be retried",
-                job.state
-            );
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!(
+                    "job {id} is {}; only failed, cancelled or interrupted jobs can be retried",
+                    job.state
+                ),
+            ));
         }
         job.error = None;
         match job.retry_point() {

@@ -126,8 +126,8 @@ pub struct DeviceRecord {
     /// Stable identity used to recognise the disk when it comes back: serial, else WWN, else
     /// the loop backing file.
     pub identity: String,
-    /// Bus name.
-    pub bus: String,
+    /// How the disk was attached, stored as its name (`"usb"`, `"virtual"`), as always.
+    pub bus: blockdev::Bus,
     /// Vendor and model.
     pub model: String,
     /// Serial number, if the disk reports one.
@@ -398,7 +398,7 @@ mod tests {
             name: "loop1".into(),
             dev_path: "/dev/loop1".into(),
             identity: "backing:/t/a.img".into(),
-            bus: "virtual".into(),
+            bus: blockdev::Bus::Virtual,
             model: "x".into(),
             serial: None,
             wwn: None,
@@ -454,6 +454,33 @@ mod tests {
             let t = serde_json::to_string(&s).unwrap();
             assert_eq!(t, format!("\"{}\"", s.as_str()));
             assert_eq!(serde_json::from_str::<JobState>(&t).unwrap(), s);
+        }
+    }
+
+    /// A record as the journal has always written it, the disk's bus a plain string: read
+    /// into the typed [`blockdev::Bus`] and written back byte for byte.
+    #[test]
+    fn an_old_journal_line_with_a_bus_string_reads_and_writes_back_unchanged() {
+        for (bus, typed) in [
+            ("usb", blockdev::Bus::Usb),
+            ("virtual", blockdev::Bus::Virtual),
+            ("virtio", blockdev::Bus::Other("virtio".into())),
+        ] {
+            let line = format!(
+                concat!(
+                    r#"{{"format":1,"id":"j-0a1b2c3d","ticket":"T1","image":"img@1","#,
+                    r#""dataset":null,"target":{{"bay":"a"}},"state":"image_verified","#,
+                    r#""resume_from":null,"device":{{"name":"sdb","dev_path":"/dev/sdb","#,
+                    r#""identity":"serial:S1","bus":"{}","model":"ATA X","serial":"S1","#,
+                    r#""size_bytes":1024,"bay":"a","diskseq":7}},"error":null,"#,
+                    r#""history":[{{"state":"queued","at":"2025-01-01T00:00:00Z"}}],"#,
+                    r#""results":{{}},"provisioning":false}}"#
+                ),
+                bus
+            );
+            let job: Job = serde_json::from_str(&line).unwrap();
+            assert_eq!(job.device.as_ref().unwrap().bus, typed);
+            assert_eq!(serde_json::to_string(&job).unwrap(), line);
         }
     }
 }

@@ -280,7 +280,7 @@ impl Report {
                         "serial".into(),
                         d.serial.clone().unwrap_or_else(|| "-".into()),
                     ),
-                    ("bus".into(), d.bus.clone()),
+                    ("bus".into(), d.bus.to_string()),
                     ("size".into(), blockdev::sysfs::human_size(d.size_bytes)),
                     ("device".into(), d.dev_path.clone()),
                     ("bay".into(), d.bay.clone().unwrap_or_else(|| "-".into())),

@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::daemon::matching::Disk;
 use crate::job::journal::Journal;
 use crate::job::{Job, JobState};
+use blockdev::DiskInfo;
 
 /// Live progress of the running step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
@@ -69,7 +69,7 @@ pub trait JobSteps: Send + Sync {
     /// the signature policy, and the imager's target checks pass (not mounted, not the system
     /// disk, large enough...). Returns facts about the image for the report, or a one-line
     /// refusal reason for the technician.
-    fn check(&self, job: &Job, disk: &Disk) -> Result<serde_json::Value, String>;
+    fn check(&self, job: &Job, disk: &DiskInfo) -> Result<serde_json::Value, String>;
     /// Writes and verifies the image onto `dev`; returns the imager's report for the record.
     /// Must stop early (and leave no bootable half-image) when `stop` is set.
     fn write(

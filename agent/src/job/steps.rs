@@ -13,11 +13,11 @@ use image_store::{ImageRef, LoadedImage, SignatureStatus, Store};
 
 use crate::Depot;
 use crate::config::{BeyondImage, Config};
-use crate::daemon::matching::Disk;
 use crate::job::Job;
 use crate::job::report::{AuditAnchor, Report};
 use crate::job::runner::{JobSteps, StepError, StepProgress};
 use crate::job::shared_write::WriteSharing;
+use blockdev::DiskInfo;
 
 /// Operator name written into wipe records made by the agent.
 const OPERATOR: &str = "tek-agent";
@@ -236,7 +236,7 @@ impl JobSteps for RealSteps {
             .is_ok_and(|r| self.store.exists(&r))
     }
 
-    fn check(&self, job: &Job, disk: &Disk) -> Result<serde_json::Value, String> {
+    fn check(&self, job: &Job, disk: &DiskInfo) -> Result<serde_json::Value, String> {
         let img = self.load_pinned(job).map_err(|e| format!("{e:#}"))?;
         // A stat per chunk, before the disk is claimed: a write that stops at a missing chunk
         // has already destroyed what the disk held.

@@ -4,13 +4,13 @@
 use super::*;
 
 /// A disk with a serial on `bus`, in bay `a` (`in_bay_a`) or outside every bay.
-fn serial_disk(name: &str, bus: &str, serial: &str, in_bay_a: bool) -> Disk {
+fn serial_disk(name: &str, bus: &str, serial: &str, in_bay_a: bool) -> DiskInfo {
     let mut d = if in_bay_a {
         loop_disk(name, &format!("/t/a-{name}.img"))
     } else {
         test_disk(name)
     };
-    d.bus = bus.into();
+    d.bus = bus.parse().unwrap();
     d.serial = Some(serial.into());
     d
 }

@@ -61,11 +61,7 @@ impl Fake {
 }
 
 impl JobSteps for Fake {
-    fn check(
-        &self,
-        _job: &Job,
-        _disk: &crate::daemon::matching::Disk,
-    ) -> Result<serde_json::Value, String> {
+    fn check(&self, _job: &Job, _disk: &blockdev::DiskInfo) -> Result<serde_json::Value, String> {
         Ok(serde_json::json!({}))
     }
     fn write(
