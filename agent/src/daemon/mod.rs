@@ -275,7 +275,7 @@ impl Agent {
         {
             let mut job = Job::new(
                 &format!("provisioning-{b}"),
-                &image,
+                &image.to_string(),
                 None,
                 JobTarget::Bay(b.clone()),
             );

@@ -4,7 +4,6 @@
 
 use anyhow::{Result, bail};
 
-use crate::config::check_image_ref;
 use crate::daemon::{Agent, Inner};
 use crate::job::runner::StopCause;
 use crate::job::{Job, JobState, JobTarget};
@@ -78,7 +77,9 @@ impl Agent {
         // The ticket lands in the journal, the report and the audit log: an id, never a name.
         client_data::dataset::check_ident("ticket", ticket)
             .map_err(|e| refuse(ErrorCode::InvalidArgument, format!("adding a job: {e}")))?;
-        check_image_ref(image).map_err(|e| refuse(ErrorCode::InvalidArgument, format!("{e:#}")))?;
+        let image = image
+            .parse::<image_store::ImageRef>()
+            .map_err(|e| refuse(ErrorCode::InvalidArgument, format!("adding a job: {e}")))?;
         let target = match (bay, serial) {
             (Some(b), None) => {
                 if self.cfg.bay(&b).is_none() {
@@ -98,7 +99,7 @@ impl Agent {
                 ));
             }
         };
-        let mut job = Job::new(ticket, image, data, target);
+        let mut job = Job::new(ticket, &image.to_string(), data, target);
         job.dataset_of_other_ticket = dataset_of_other_ticket.map(|r| r.trim().to_string());
         self.steps.validate(&job).map_err(|e| {
             refuse(

@@ -37,7 +37,7 @@ impl Agent {
                     (_, Some(g)) => format!("loop backing {g}"),
                     _ => String::new(),
                 },
-                default_image: b.default_image.clone(),
+                default_image: b.default_image.as_ref().map(ToString::to_string),
                 disk: here.map(|e| e.disk.name.clone()),
                 state,
                 job,

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::*;
 use crate::daemon::matching::test_disk;
-use crate::job::runner::StepError;
+use crate::job::runner::{StepError, WriteDone};
+use crate::job::{RestoreRecord, SanitizationRecord};
 use crate::server::protocol::ErrorCode;
 
 pub(crate) struct Fake {
@@ -48,10 +49,10 @@ impl JobSteps for Fake {
     fn write(
         &self,
         _job: &Job,
-        _dev: &Path,
+        dev: &Path,
         stop: &Arc<AtomicBool>,
         progress: &dyn Fn(StepProgress),
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<WriteDone, StepError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(self.write_ms) {
@@ -66,24 +67,25 @@ impl JobSteps for Fake {
             });
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(serde_json::json!({"ok": true}))
+        Ok(crate::job::runner::verified_write(dev))
     }
     fn migrate(
         &self,
         _job: &Job,
         _dev: &Path,
+        _image: &imager::VerifiedImage,
         _p: &dyn Fn(StepProgress),
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<RestoreRecord, StepError> {
         if self.migrate_fails.load(Ordering::SeqCst) {
             return Err(StepError::Failed(anyhow::anyhow!(
                 "restored data does not verify"
             )));
         }
-        Ok(serde_json::json!({}))
+        Ok(RestoreRecord::from_json(serde_json::json!({})))
     }
-    fn wipe(&self, _job: &Job) -> Result<serde_json::Value, StepError> {
+    fn wipe(&self, _job: &Job) -> Result<SanitizationRecord, StepError> {
         self.wipes.fetch_add(1, Ordering::SeqCst);
-        Ok(serde_json::json!({}))
+        Ok(SanitizationRecord::from_json(serde_json::json!({})))
     }
     fn image_written(&self, _job: &Job, _dev: &Path, _ok: bool) -> Result<()> {
         Ok(())

@@ -7,8 +7,10 @@ pub mod admission;
 pub mod journal;
 mod record;
 pub mod report;
+mod results;
 pub mod runner;
 pub mod shared_write;
 pub mod steps;
 
 pub use record::*;
+pub use results::*;

@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::JobResults;
+
 /// Version of the journaled job record.
 pub const JOB_FORMAT: u32 = 1;
 
@@ -154,23 +156,6 @@ pub struct Transition {
     /// Why, when not the normal flow (interruption reason, error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-}
-
-/// Results gathered along the way, for the report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct JobResults {
-    /// Manifest hash, signature status and size of the image written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<serde_json::Value>,
-    /// The imager's target report.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write: Option<serde_json::Value>,
-    /// The restore-and-verify result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore: Option<serde_json::Value>,
-    /// The staging wipe's sanitization record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sanitization: Option<serde_json::Value>,
 }
 
 /// A job record, exactly as journaled.
