@@ -218,9 +218,7 @@ garbage line
     #[test]
     fn release_spares_a_device_whose_name_has_the_disk_as_prefix() {
         if !nix::unistd::geteuid().is_root() || !client_data::loopdev::can_attach() {
-            eprintln!(
-                "SKIP release_spares_a_device_whose_name_has_the_disk_as_prefix: needs root and loop devices"
-            );
+            tek_testkit::skip!("needs root and loop devices");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn attach_and_detach_on_drop() {
         if !can_attach() {
-            eprintln!("skipping attach_and_detach_on_drop: needs root and /dev/loop-control");
+            tek_testkit::skip!("needs root and /dev/loop-control");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn offset_and_size_limit() {
         if !can_attach() {
-            eprintln!("skipping offset_and_size_limit: needs root and /dev/loop-control");
+            tek_testkit::skip!("needs root and /dev/loop-control");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -34,6 +34,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tek_testkit::Rng;
+
 pub use arbitrary;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
@@ -251,7 +253,7 @@ impl Harness {
             .join(&self.name);
         let started = Instant::now();
         let deadline = started + budget();
-        let mut rng = Rng(seed | 1);
+        let mut rng = Rng::new(seed | 1);
         let mut crashes: Vec<String> = Vec::new();
         let mut iterations = 0u64;
         let current: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -358,7 +360,7 @@ impl Harness {
         if rng.below(64) == 0 {
             // Now and then pure noise, for parsers that see raw bytes.
             let n = rng.below(512).min(self.max_len);
-            out.extend((0..n).map(|_| rng.next() as u8));
+            out.extend((0..n).map(|_| rng.next_u64() as u8));
             return;
         }
         out.extend_from_slice(&seeds[rng.below(seeds.len())].1);
@@ -444,7 +446,7 @@ impl Harness {
             9 => {
                 let i = at(rng);
                 let n = 1 + rng.below(8);
-                let noise: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let noise: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 out.splice(i..i, noise);
             }
             10 if len >= 8 => {
@@ -457,9 +459,9 @@ impl Harness {
             }
             _ if len > 0 => {
                 let i = rng.below(len);
-                out[i] = rng.next() as u8;
+                out[i] = rng.next_u64() as u8;
             }
-            _ => out.push(rng.next() as u8),
+            _ => out.push(rng.next_u64() as u8),
         }
     }
 }
@@ -472,25 +474,6 @@ fn save(dir: &Path, kind: &str, input: &[u8]) -> PathBuf {
     p
 }
 
-/// xorshift64*: small, fast, reproducible from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,7 +484,7 @@ mod tests {
         h.max_len = 100;
         let seeds = vec![("a".to_string(), b"{\"a\":1}".to_vec())];
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        let (mut r1, mut r2) = (Rng(7), Rng(7));
+        let (mut r1, mut r2) = (Rng::new(7), Rng::new(7));
         for _ in 0..10_000 {
             h.mutate(&mut r1, &seeds, &mut a);
             h.mutate(&mut r2, &seeds, &mut b);

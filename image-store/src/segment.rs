@@ -260,15 +260,7 @@ mod tests {
     use super::*;
 
     fn pseudo(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        tek_testkit::bytes(seed, n)
     }
 
     fn run(img: &[u8], feed: usize) -> Vec<(bool, u64, u64)> {

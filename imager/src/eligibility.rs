@@ -351,12 +351,12 @@ mod tests {
     fn the_root_disk_is_refused() {
         let disks = system_disks();
         let Some(d) = disks.iter().next() else {
-            eprintln!("skipping: / is not on a block device here");
+            tek_testkit::skip!("/ is not on a block device here");
             return;
         };
         let p = PathBuf::from(format!("/dev/{d}"));
         if !p.exists() {
-            eprintln!("skipping: {} has no device node", p.display());
+            tek_testkit::skip!("{} has no device node", p.display());
             return;
         }
         let r = check_target(&p, 1, None).unwrap_err();
@@ -417,7 +417,7 @@ mod tests {
             let dev = libc::makedev(*ma, *mi);
             if let Err(e) = nix::sys::stat::mknod(&node, nix::sys::stat::SFlag::S_IFBLK, mode, dev)
             {
-                eprintln!("SKIP: cannot mknod a block device node here ({e}); needs root");
+                tek_testkit::skip!("cannot mknod a block device node here ({e}); needs root");
                 return None;
             }
         }

@@ -273,7 +273,7 @@ mod tests {
             .map(|o| o.status.success())
             .unwrap_or(false);
         if !ok {
-            eprintln!("skipping: sgdisk not available");
+            tek_testkit::skip!("sgdisk not available");
         }
         ok
     }

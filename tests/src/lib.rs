@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 pub use client_data::loopdev::{LoopDevice, LoopOptions, can_attach};
 
 mod checks;
+mod throttle;
 pub use checks::*;
 use serde_json::Value;
+pub use throttle::Throttle;
 
 /// One MiB.
 pub const MIB: u64 = 1 << 20;
@@ -47,7 +49,7 @@ pub fn need_root(test: &str) -> bool {
     if can_attach() {
         return true;
     }
-    eprintln!("SKIP {test}: needs root and loop devices (CI runs as root)");
+    tek_testkit::skip!("{test}: needs root and loop devices (CI runs as root)");
     false
 }
 
@@ -146,27 +148,25 @@ impl Bench {
         self.root().join(rel).display().to_string()
     }
 
-    /// Runs `tek --state STATE ARGS` with `TEK_CONFIG` set.
-    pub fn tek(&self, args: &[&str]) -> Output {
-        Command::new(tek_bin())
-            .arg("--state")
+    /// `tek --state STATE` with `TEK_CONFIG` set, not yet run.
+    pub fn tek_cmd(&self) -> Command {
+        let mut c = Command::new(tek_bin());
+        c.arg("--state")
             .arg(&self.state)
-            .args(args)
             .env("TEK_CONFIG", &self.config)
-            .env_remove("TEK_SOCKET")
-            .output()
-            .expect("running tek")
+            .env_remove("TEK_SOCKET");
+        c
     }
 
-    /// Runs tek, panicking with its stderr when it fails; returns stdout.
+    /// Runs `tek --state STATE ARGS` with `TEK_CONFIG` set.
+    pub fn tek(&self, args: &[&str]) -> Output {
+        tek_testkit::run(self.tek_cmd().args(args))
+    }
+
+    /// Runs tek, panicking with both streams and the scratch directory's listing when it
+    /// fails; returns stdout.
     pub fn tek_ok(&self, args: &[&str]) -> String {
-        let out = self.tek(args);
-        assert!(
-            out.status.success(),
-            "tek {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = tek_testkit::run_ok(self.tek_cmd().args(args), Some(self.root()));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -212,6 +212,11 @@ impl Bench {
             "tek agent did not listen within 15 s:\n{}",
             self.agent_log()
         );
+    }
+
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().expect("agent not running").child.id()
     }
 
     /// `kill -9` the agent.

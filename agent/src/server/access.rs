@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn supplementary_group_from_the_user_database() {
         let Some((group, _gid, uid, primary)) = first_group_with_a_member() else {
-            eprintln!("SKIP supplementary_group_from_the_user_database: no such user here");
+            tek_testkit::skip!("no such user here");
             return;
         };
         let peer = Peer { uid, gid: primary };

@@ -22,7 +22,7 @@ fn an_invalid_signature_is_refused_whatever_the_policy() {
 #[test]
 fn migrate_refuses_a_node_that_now_reaches_another_disk() {
     if !can_attach() {
-        eprintln!("skipping: needs root and /dev/loop-control");
+        tek_testkit::skip!("needs root and /dev/loop-control");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,15 @@
+//! The agent's integration tests: the `tek` binary and the daemon library, on real loop devices.
+//!
+//! One test binary per crate (one link, one process that runs every test in parallel).
+
+mod agent_daemon;
+mod audit_cli;
+mod common;
+mod data_cli;
+mod hotplug;
+mod image_cli;
+mod pipes;
+mod socket_limits;
+mod write_cli;
+mod write_signals;
+mod write_truth;

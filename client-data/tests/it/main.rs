@@ -1,0 +1,12 @@
+//! client-data's integration tests: custody, restore, wipe, withdrawal and the audit log, on real files and loop devices.
+//!
+//! One test binary per crate (one link, one process that runs every test in parallel).
+
+mod audit;
+mod common;
+mod custody;
+mod mount;
+mod privilege;
+mod restore_target;
+mod tar;
+mod withdraw;

@@ -1,0 +1,8 @@
+//! image-store's integration tests: import, edits, hints, the store's read paths.
+//!
+//! One test binary per crate (one link, one process that runs every test in parallel).
+
+mod bombs;
+mod edits;
+mod hints;
+mod store;

@@ -1,0 +1,15 @@
+//! End-to-end tests: the real `tek` binary, `tek agent` as a process, real loop devices on
+//! virtual bays bound to each test's own scratch files, and independent checks of the result.
+//!
+//! One test binary per crate (one link, one process that runs every test in parallel).
+
+mod custody;
+mod custody_settings;
+mod demo;
+mod e2e;
+mod jobs;
+mod support;
+mod udev;
+mod units;
+mod withdraw_jobs;
+mod write_truth;
