@@ -82,7 +82,7 @@ fn fail_jobs(
             })?;
             for j in jobs {
                 let r: Result<Job> = client.call(Op::JobFail {
-                    id: j.id.clone(),
+                    id: j.id.to_string(),
                     reason: reason.to_string(),
                 });
                 match r {

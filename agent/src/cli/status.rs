@@ -127,7 +127,7 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
         "{prefix:>10} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    let mut bars: HashMap<agent::job::JobId, ProgressBar> = HashMap::new();
     let events = Client::connect(socket)?.subscribe()?;
     for ev in events {
         match ev? {
@@ -152,7 +152,7 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
                 let bar = bars.entry(id.clone()).or_insert_with(|| {
                     let b = mp.add(ProgressBar::new(progress.bytes_total));
                     b.set_style(style.clone());
-                    b.set_prefix(id.clone());
+                    b.set_prefix(id.to_string());
                     b
                 });
                 bar.set_length(progress.bytes_total);

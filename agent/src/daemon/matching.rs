@@ -12,7 +12,7 @@ use blockdev::{Bus, DiskInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BayConfig, Config};
-use crate::job::DeviceRecord;
+use crate::job::{DeviceRecord, JobId};
 
 /// Whether `disk` is the very disk (the same medium) recorded by a job: same serial or WWN;
 /// for a loop device, same backing file AND same `diskseq` (a re-attach is a new disk, even to
@@ -72,24 +72,24 @@ pub enum DiskStatus {
     /// A job wanted it but a check failed; nothing was written.
     Refused {
         /// The job that wanted it.
-        job: String,
+        job: JobId,
         /// The failed check.
         reason: String,
     },
     /// A job is running on it.
     Running {
         /// The job.
-        job: String,
+        job: JobId,
     },
     /// Its job finished.
     Done {
         /// The job.
-        job: String,
+        job: JobId,
     },
     /// Its job failed, was cancelled, or stopped.
     Stopped {
         /// The job.
-        job: String,
+        job: JobId,
         /// The job's final state and error.
         reason: String,
     },
@@ -217,7 +217,9 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        let s = DiskStatus::Done { job: "j-1".into() };
+        let s = DiskStatus::Done {
+            job: "j-1".parse().unwrap(),
+        };
         assert_eq!(s.line(), "done (j-1), safe to remove");
     }
 }

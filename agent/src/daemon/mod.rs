@@ -34,7 +34,7 @@ use blockdev::DiskInfo;
 use crate::daemon::matching::{DiskStatus, bay_of, is_same_medium};
 use crate::job::journal::Journal;
 use crate::job::runner::{Hooks, JobControl, JobSteps, StepProgress, StopCause, run_job};
-use crate::job::{DeviceRecord, Job, JobState, JobTarget};
+use crate::job::{DeviceRecord, Job, JobId, JobState, JobTarget};
 use crate::server::protocol::{BayView, DiskView, Event, Status};
 
 /// Progress events per job are sent at most this often.
@@ -56,8 +56,8 @@ struct Running {
 #[derive(Default)]
 struct Inner {
     disks: BTreeMap<String, DiskEntry>,
-    jobs: BTreeMap<String, Job>,
-    running: HashMap<String, Running>,
+    jobs: BTreeMap<JobId, Job>,
+    running: HashMap<JobId, Running>,
     shutting_down: bool,
 }
 

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 
 use crate::daemon::{Agent, Inner};
 use crate::job::runner::StopCause;
-use crate::job::{Job, JobState, JobTarget};
+use crate::job::{Job, JobId, JobState, JobTarget};
 use crate::server::protocol::{ErrorCode, Event};
 
 /// A request the agent refused, with the protocol's code for the refusal: the reply carries
@@ -141,7 +141,7 @@ impl Agent {
             match self.journal.create(&job) {
                 Err(e) if e.is::<crate::job::journal::JobIdTaken>() => {
                     tracing::warn!(job = %job.id, "job id already taken; drawing another");
-                    job.id = crate::job::new_job_id();
+                    job.id = crate::job::JobId::random();
                 }
                 r => return r.map(|()| job),
             }
@@ -247,10 +247,10 @@ impl Agent {
     /// no longer be migrated is cancelled if it waits, or stopped at its next safe point before
     /// the migration if it runs. Returns the ids of the jobs affected. The runner checks the
     /// custody records itself too, so this only makes it prompt.
-    pub fn custody_changed(&self) -> Vec<String> {
+    pub fn custody_changed(&self) -> Vec<JobId> {
         let mut inner = self.lock();
         let mut hit = Vec::new();
-        let ids: Vec<String> = inner
+        let ids: Vec<JobId> = inner
             .jobs
             .values()
             .filter(|j| j.dataset.is_some() && !j.state.is_terminal())

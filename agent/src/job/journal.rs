@@ -145,7 +145,7 @@ impl Journal {
             Ok(_) => self.sync_dir(),
             // The temporary file is removed when the error (holding it) is dropped.
             Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Err(JobIdTaken {
-                id: job.id.clone(),
+                id: job.id.to_string(),
                 dir: self.dir.display().to_string(),
             }
             .into()),
@@ -304,7 +304,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let j = Journal::open(d.path()).unwrap();
         let mut old = Job::new("T", "i@1", None, JobTarget::Bay("b".into()));
-        old.id = "j-0a1b2c3d".into();
+        old.id = "j-0a1b2c3d".parse().unwrap();
         j.save(&old).unwrap();
         assert_eq!(j.load("j-0a1b2c3d").unwrap(), old);
         assert_eq!(j.load_all().unwrap(), vec![old]);

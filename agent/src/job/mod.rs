@@ -4,6 +4,7 @@
 //! write that lets several jobs of one image write together, and the service [`report`].
 
 pub mod admission;
+mod id;
 pub mod journal;
 mod record;
 pub mod report;
@@ -12,5 +13,6 @@ pub mod runner;
 pub mod shared_write;
 pub mod steps;
 
+pub use id::{BadJobId, JobId};
 pub use record::*;
 pub use results::*;

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::JobResults;
+use crate::job::{JobId, JobResults};
 
 /// Version of the journaled job record.
 pub const JOB_FORMAT: u32 = 1;
@@ -164,7 +164,7 @@ pub struct Job {
     /// Always [`JOB_FORMAT`] when written by this version.
     pub format: u32,
     /// Job id (`j-` + 32 hex digits; older records: 8).
-    pub id: String,
+    pub id: JobId,
     /// The service ticket.
     pub ticket: String,
     /// Image `NAME@VERSION`.
@@ -200,29 +200,12 @@ pub struct Job {
     pub provisioning: bool,
 }
 
-/// Current UTC time in RFC 3339.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
-
-/// A fresh job id: `j-` and 128 random bits in hex. (Ids were once `j-` + 8 hex digits, 32
-/// bits: records with such ids are still read.) The journal creates a record exclusively, so
-/// even a collision never overwrites a job.
-pub fn new_job_id() -> String {
-    let mut bytes = [0u8; 16];
-    // The kernel's CSPRNG; failing to read it means the system is unusable anyway.
-    getrandom::getrandom(&mut bytes).expect("reading random bytes for a job id");
-    format!("j-{}", hex::encode(bytes))
-}
-
 impl Job {
     /// A new queued job.
     pub fn new(ticket: &str, image: &str, dataset: Option<String>, target: JobTarget) -> Job {
         let mut j = Job {
             format: JOB_FORMAT,
-            id: new_job_id(),
+            id: JobId::random(),
             ticket: ticket.to_string(),
             image: image.to_string(),
             dataset,
@@ -245,7 +228,7 @@ impl Job {
         self.state = state;
         self.history.push(Transition {
             state,
-            at: now_rfc3339(),
+            at: client_data::dataset::rfc3339(time::OffsetDateTime::now_utc()),
             note,
         });
     }
@@ -351,10 +334,9 @@ mod tests {
         let j = Job::new("T1", "img@1", None, JobTarget::Bay("a".into()));
         assert_eq!(j.state, JobState::Queued);
         assert_eq!(j.history.len(), 1);
-        assert!(j.id.starts_with("j-") && j.id.len() == 34, "{}", j.id);
-        assert!(j.id[2..].chars().all(|c| c.is_ascii_hexdigit()));
-        let ids: std::collections::HashSet<_> = (0..1000).map(|_| new_job_id()).collect();
-        assert_eq!(ids.len(), 1000);
+        let id = j.id.as_str();
+        assert!(id.starts_with("j-") && id.len() == 34, "{id}");
+        assert!(id[2..].chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(j.next_step(), JobState::Claimed);
     }
 

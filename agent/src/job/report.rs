@@ -239,7 +239,7 @@ impl Report {
         };
         Report {
             format: REPORT_FORMAT,
-            job: job.id.clone(),
+            job: job.id.to_string(),
             ticket: job.ticket.clone(),
             state: job.state,
             outcome,

@@ -219,7 +219,7 @@ impl JobSteps for RealSteps {
             self.custody
                 .audit()
                 .append(AuditEvent::DatasetOfOtherTicket {
-                    job: job.id.clone(),
+                    job: job.id.to_string(),
                     ticket: job.ticket.clone(),
                     dataset: info.id.to_string(),
                     dataset_ticket: info.ticket.clone(),
@@ -389,7 +389,7 @@ impl JobSteps for RealSteps {
         let target = client_data::RestoreTarget::beneath(mount.path(), data_path)
             .with_context(|| format!("opening data path {data_path} in partition {part}"))?;
         let dest = Destination {
-            job: Some(job.id.clone()),
+            job: Some(job.id.to_string()),
             device: device_identity(job),
         };
         let result = self.custody.restore_into(&id, &target, &dest);
@@ -493,7 +493,7 @@ impl JobSteps for RealSteps {
         self.custody
             .audit()
             .append(AuditEvent::ImageWritten {
-                job: job.id.clone(),
+                job: job.id.to_string(),
                 ticket: audit_ticket(job),
                 image: image.to_string(),
                 version: version.to_string(),
@@ -511,7 +511,7 @@ impl JobSteps for RealSteps {
             .custody
             .audit()
             .append_checkpointed(AuditEvent::JobFinished {
-                job: job.id.clone(),
+                job: job.id.to_string(),
                 ticket: audit_ticket(job),
                 dataset: job.dataset.clone(),
                 result: job.state.to_string(),

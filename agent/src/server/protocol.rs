@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use blockdev::DiskInfo;
 
 use crate::daemon::matching::DiskStatus;
-use crate::job::Job;
 use crate::job::runner::StepProgress;
+use crate::job::{Job, JobId};
 
 /// Version of the protocol spoken by this agent.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -232,7 +232,7 @@ pub enum Event {
     /// Progress of a running job.
     JobProgress {
         /// Job id.
-        id: String,
+        id: JobId,
         /// Progress.
         progress: StepProgress,
     },
@@ -252,7 +252,7 @@ pub struct BayView {
     /// One line: "empty", "waiting for a job", a refusal reason, "running j-...", "done...".
     pub state: String,
     /// The job on it.
-    pub job: Option<String>,
+    pub job: Option<JobId>,
     /// Live progress of that job.
     pub progress: Option<StepProgress>,
 }
@@ -280,7 +280,7 @@ pub struct Status {
     /// Jobs not yet finished, plus the last finished ones.
     pub jobs: Vec<Job>,
     /// Live progress per running job id.
-    pub progress: std::collections::BTreeMap<String, StepProgress>,
+    pub progress: std::collections::BTreeMap<JobId, StepProgress>,
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ fn serial_job_never_takes_a_disk_outside_every_bay() {
         panic!("{:?}", status_of(&a, "nvme0n1"));
     };
     assert!(
-        reason.contains("not in a bench bay") && reason.contains(&j.id),
+        reason.contains("not in a bench bay") && reason.contains(j.id.as_str()),
         "{reason}"
     );
     assert_eq!(f.checks.load(Ordering::SeqCst), 0, "not even checked");
