@@ -210,7 +210,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let mut names = HashSet::new();
         for (i, bay) in self.bays.iter().enumerate() {
-            let at = format!("bay #{} ({:?})", i + 1, bay.name);
+            let at = format!("bay #{} (\"{}\")", i + 1, bay.name.escape_debug());
             // At most 50: a provisioning bay's jobs get the ticket `provisioning-<name>`, which
             // must pass the id rule (64 characters) like every ticket.
             if bay.name.is_empty()
@@ -230,10 +230,14 @@ impl Config {
                 (None, None) => bail!("{at}: needs port_path or loop_backing"),
                 (Some(p), None) if p.trim().is_empty() => bail!("{at}: port_path is empty"),
                 (None, Some(g)) => {
-                    glob::Pattern::new(g)
-                        .with_context(|| format!("{at}: parsing loop_backing glob {g:?}"))?;
+                    glob::Pattern::new(g).with_context(|| {
+                        format!("{at}: parsing loop_backing glob \"{}\"", g.escape_debug())
+                    })?;
                     if !g.starts_with('/') {
-                        bail!("{at}: loop_backing {g:?} must be an absolute path glob");
+                        bail!(
+                            "{at}: loop_backing \"{}\" must be an absolute path glob",
+                            g.escape_debug()
+                        );
                     }
                 }
                 _ => {}

@@ -197,7 +197,10 @@ pub fn identify(sys_root: &Path, name: &str) -> io::Result<Option<DiskInfo>> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("identifying disk {name:?}: not a kernel block device name"),
+            format!(
+                "identifying disk \"{}\": not a kernel block device name",
+                name.escape_debug()
+            ),
         ));
     }
     let link = sys_root.join("class/block").join(name);
@@ -219,8 +222,8 @@ fn read_num(dir: &Path, attr: &str, name: &str) -> io::Result<u64> {
     let text = fs::read_to_string(&path).map_err(|e| with_context(e, "reading", &path))?;
     text.trim().parse().map_err(|_| {
         invalid(format!(
-            "parsing {attr} of {name}: expected a number, found {:?}",
-            text.trim()
+            "parsing {attr} of {name}: expected a number, found \"{}\"",
+            text.trim().escape_debug()
         ))
     })
 }
@@ -245,8 +248,8 @@ fn read_disk(sys_root: &Path, name: &str, dir: &Path) -> io::Result<Option<DiskI
         .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
         .ok_or_else(|| {
             invalid(format!(
-                "parsing dev of {name}: expected MAJOR:MINOR, found {:?}",
-                dev.trim()
+                "parsing dev of {name}: expected MAJOR:MINOR, found \"{}\"",
+                dev.trim().escape_debug()
             ))
         })?;
     // `size` is always in 512-byte units, whatever the logical block size.

@@ -194,14 +194,20 @@ pub fn fix_gpt(
     let new_last_usable = last_lba - array_lbs - 1;
     let mut parts = g.partitions().clone();
     if let Some(name) = &hints.grow_partition {
-        let (&key, p) = parts
-            .iter()
-            .find(|(_, p)| &p.name == name)
-            .ok_or_else(|| gpt_err(dev, format!("no partition named {name:?} to grow")))?;
+        let (&key, p) = parts.iter().find(|(_, p)| &p.name == name).ok_or_else(|| {
+            gpt_err(
+                dev,
+                format!("no partition named \"{}\" to grow", name.escape_debug()),
+            )
+        })?;
         if let Some((_, q)) = parts.iter().find(|(_, q)| q.first_lba > p.last_lba) {
             return Err(gpt_err(
                 dev,
-                format!("cannot grow {name:?}: partition {:?} follows it", q.name),
+                format!(
+                    "cannot grow \"{}\": partition \"{}\" follows it",
+                    name.escape_debug(),
+                    q.name.escape_debug()
+                ),
             ));
         }
         let old = p.last_lba;

@@ -158,7 +158,7 @@ fn operator() -> String {
 
 fn parse_id(s: &str) -> Result<DatasetId> {
     s.parse::<DatasetId>()
-        .with_context(|| format!("parsing dataset id {s:?}"))
+        .with_context(|| format!("parsing dataset id \"{}\"", s.escape_debug()))
 }
 
 /// Runs a `tek data` subcommand.

@@ -35,7 +35,7 @@ use crate::daemon::matching::{DiskStatus, bay_of, is_same_medium};
 use crate::job::journal::Journal;
 use crate::job::runner::{Hooks, JobControl, JobSteps, StepProgress, StopCause, run_job};
 use crate::job::{DeviceRecord, Job, JobId, JobState, JobTarget};
-use crate::server::protocol::{BayView, DiskView, Event, Status};
+use crate::server::protocol::Event;
 
 /// Progress events per job are sent at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);

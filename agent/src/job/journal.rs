@@ -158,7 +158,7 @@ impl Journal {
     /// Loads one job by id.
     pub fn load(&self, id: &str) -> Result<Job> {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            bail!("job id {id:?} is not valid");
+            bail!("job id \"{}\" is not valid", id.escape_debug());
         }
         let path = self.path_of(id);
         if !path.exists() {
