@@ -3,9 +3,34 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::sysfs::DiskInfo;
+use crate::sysfs::{Bus, DiskInfo};
 
 impl DiskInfo {
+    /// A hand-made 64 MiB virtual disk at `/dev/NAME` with no identity but its name (tests of
+    /// the code that consumes disks, the demo's plain-file disk): change the fields that matter.
+    pub fn hand_made(name: &str) -> DiskInfo {
+        DiskInfo {
+            name: name.into(),
+            dev_path: PathBuf::from(format!("/dev/{name}")),
+            major: 0,
+            minor: 0,
+            bus: Bus::Virtual,
+            vendor: None,
+            model: None,
+            serial: None,
+            wwn: None,
+            size_bytes: 64 << 20,
+            logical_block_size: 512,
+            physical_block_size: 512,
+            rotational: false,
+            removable: false,
+            read_only: false,
+            port_path: None,
+            loop_backing_file: None,
+            diskseq: None,
+        }
+    }
+
     /// Stable identity for recognising the same disk when it comes back after being pulled:
     /// `serial:S`, else `wwn:W`, else `backing:FILE` (a loop device), else (weakest)
     /// `name:NAME`.
@@ -60,29 +85,9 @@ pub fn clean_backing(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sysfs::Bus;
 
     fn disk(name: &str) -> DiskInfo {
-        DiskInfo {
-            name: name.into(),
-            dev_path: PathBuf::from(format!("/dev/{name}")),
-            major: 7,
-            minor: 3,
-            bus: Bus::Virtual,
-            vendor: None,
-            model: None,
-            serial: None,
-            wwn: None,
-            size_bytes: 64 << 20,
-            logical_block_size: 512,
-            physical_block_size: 512,
-            rotational: false,
-            removable: false,
-            read_only: false,
-            port_path: None,
-            loop_backing_file: None,
-            diskseq: None,
-        }
+        DiskInfo::hand_made(name)
     }
 
     #[test]

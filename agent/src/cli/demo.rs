@@ -17,7 +17,6 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use agent::Depot;
 use agent::config::Config;
 use agent::daemon::Agent;
-use agent::daemon::matching::test_disk;
 use agent::job::journal::Journal;
 use agent::job::report::Report;
 use agent::job::{Job, JobState};
@@ -193,7 +192,7 @@ async fn journey(
         _loop_dev = Some(dev);
     } else if let Some(tx) = &feed {
         say("6. plugging in a 128 MiB plain file as the disk (no root: no uevent)");
-        let mut disk = test_disk("disk-1.img");
+        let mut disk = blockdev::DiskInfo::hand_made("disk-1.img");
         disk.dev_path = disk_file.clone();
         disk.model = Some("plain file".into());
         disk.size_bytes = 128 << 20;

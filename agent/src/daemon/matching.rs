@@ -6,9 +6,7 @@
 //! ([`test_disk`]). A disk is in a bay when its port path equals the bay's, or, for a virtual
 //! bay, when it is a loop device whose backing file matches the bay's glob.
 
-use std::path::PathBuf;
-
-use blockdev::{Bus, DiskInfo};
+use blockdev::DiskInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BayConfig, Config};
@@ -109,29 +107,11 @@ impl DiskStatus {
     }
 }
 
-/// A hand-made 64 MiB virtual disk, for tests of the daemon and of the `tek` binary's views.
+/// A hand-made 64 MiB virtual disk, for tests of the daemon and of the `tek` binary's views
+/// (`blockdev::DiskInfo::hand_made`).
 #[doc(hidden)]
 pub fn test_disk(name: &str) -> DiskInfo {
-    DiskInfo {
-        name: name.into(),
-        dev_path: PathBuf::from(format!("/dev/{name}")),
-        major: 0,
-        minor: 0,
-        bus: Bus::Virtual,
-        vendor: None,
-        model: None,
-        serial: None,
-        wwn: None,
-        size_bytes: 64 << 20,
-        logical_block_size: 512,
-        physical_block_size: 512,
-        rotational: false,
-        removable: false,
-        read_only: false,
-        port_path: None,
-        loop_backing_file: None,
-        diskseq: None,
-    }
+    DiskInfo::hand_made(name)
 }
 
 #[cfg(test)]
