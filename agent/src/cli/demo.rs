@@ -123,7 +123,7 @@ pub fn run() -> Result<()> {
     print!("{}", report.to_text());
     if let Some(s) = &job.results.sanitization {
         say("8. sanitization record of the staging wipe");
-        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        super::render::print_json(s)?;
     }
     if job.state != JobState::Done {
         bail!(
