@@ -5,8 +5,10 @@ mod agent;
 mod audit;
 mod backup;
 mod bays;
+mod board;
 mod data;
 mod demo;
+mod docs;
 mod image;
 mod image_rm;
 mod image_verify;
@@ -26,25 +28,59 @@ use clap::{Args, Parser, Subcommand};
 use ::agent::config::Config;
 use ::agent::server::client::Client;
 
-/// tek: image, migrate and wipe on the depot bench, and prove it.
+/// Image, migrate and wipe on the depot bench, and prove it.
 #[derive(Debug, Parser)]
-#[command(name = "tek", version, about, propagate_version = true)]
+#[command(
+    name = "tek",
+    version,
+    propagate_version = true,
+    after_help = EXAMPLES
+)]
 pub struct Cli {
     /// State root (store, staging, keys, jobs, reports, audit). Default: /var/lib/tek as root,
     /// else $XDG_DATA_HOME/tek.
-    #[arg(long, global = true, env = "TEK_STATE", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "TEK_STATE",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     pub state: Option<PathBuf>,
     /// Image store location (default: <state>/store).
-    #[arg(long, global = true, env = "TEK_STORE", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "TEK_STORE",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     pub store: Option<PathBuf>,
     /// Trusted public keys directory (default: /etc/tek/trusted-keys as root, else
     /// <state>/trusted-keys).
-    #[arg(long, global = true, env = "TEK_TRUSTED_KEYS", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "TEK_TRUSTED_KEYS",
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     pub trusted_keys: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  tek demo                                      the whole journey on a built-in sample
+  tek image import win11-pro@2024.06 win11.img.zst --sign-key maint.key --data-partition label:Windows
+  tek write win11-pro@2024.06 /dev/sdb          write and verify an image onto a disk
+  tek data ingest --client C-1042 --ticket T-4711 /mnt/old-disk/Users
+  tek job add --ticket T-4711 --image win11-pro@2024.06 --data ds-... --bay left-dock
+  tek board                                     the live bench board
+
+Each command has its own --help; `tek man` prints the manual.";
 
 /// Top-level subcommands.
 #[derive(Debug, Subcommand)]
@@ -76,10 +112,19 @@ pub enum Command {
     Job(job::JobCommand),
     /// Every bay at a glance.
     Status(status::StatusArgs),
+    /// The bench's live board: a tile per bay, cancel/retry/report keys (full screen).
+    Board {
+        #[command(flatten)]
+        conn: AgentConn,
+    },
     /// A job's service report (read from the depot; no agent needed).
     Report(report::ReportArgs),
     /// Run the whole journey on a built-in sample, in a temporary depot.
     Demo,
+    /// Print the shell completion script (e.g. `tek completions bash > /usr/share/bash-completion/completions/tek`).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page `tek.1` (or write every page with `--dir DIR`).
+    Man(docs::ManArgs),
 }
 
 impl Command {
@@ -102,13 +147,24 @@ impl Command {
             Command::Data(c) => matches!(c, D::List { .. } | D::Show { .. } | D::Deletions { .. }),
             Command::Job(c) => matches!(c, J::List { .. } | J::Show { .. }),
             Command::Bays(_) | Command::Status(_) | Command::Report(_) => true,
-            Command::Agent { .. } | Command::Demo | Command::Write(_) | Command::Backup(_) => false,
+            Command::Completions(_) | Command::Man(_) => true,
+            Command::Agent { .. }
+            | Command::Board { .. }
+            | Command::Demo
+            | Command::Write(_)
+            | Command::Backup(_) => false,
         }
     }
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    // Generated documentation needs no depot.
+    match &cli.command {
+        Command::Completions(a) => return docs::completions(a),
+        Command::Man(a) => return docs::man(a),
+        _ => {}
+    }
     let mut depot = ::agent::Depot::resolve(cli.state, cli.store)?;
     if let Some(dir) = cli.trusted_keys {
         depot = depot.with_trusted_keys(dir);
@@ -124,7 +180,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Job(c) => job::run(c),
         Command::Status(a) => status::run(a),
         Command::Report(a) => report::run(&depot, a),
+        Command::Board { conn } => board::run(&conn.socket()?),
         Command::Demo => demo::run(),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! One test binary per crate (one link, one process that runs every test in parallel).
 
+mod board;
 mod custody;
 mod custody_settings;
 mod demo;

@@ -276,11 +276,40 @@ fn install_script_stages_into_a_destdir_idempotently() {
         ("usr/local/share/doc/tek/agent.toml.example", 0o644),
         ("usr/local/share/doc/tek/69-tek-bays.rules.example", 0o644),
         ("usr/local/share/doc/tek/README.md", 0o644),
+        ("usr/local/share/bash-completion/completions/tek", 0o644),
+        ("usr/local/share/zsh/vendor-completions/_tek", 0o644),
+        ("usr/local/share/fish/vendor_completions.d/tek.fish", 0o644),
+        ("usr/local/share/man/man1/tek.1", 0o644),
+        ("usr/local/share/man/man1/tek-image-import.1", 0o644),
+        ("usr/local/share/man/man1/tek-board.1", 0o644),
     ];
     for (rel, want) in expect {
         assert_eq!(mode(&root.join(rel)), want, "mode of {rel}");
     }
     assert!(root.join("etc/tek/trusted-keys").is_dir());
+    // The completions are valid bash and complete the real subcommands; the man page is roff
+    // naming every top-level command.
+    let bash = root.join("usr/local/share/bash-completion/completions/tek");
+    let out = run(Command::new("bash").arg("-n").arg(&bash));
+    assert!(out.status.success(), "bash -n: {}", text(&out));
+    let script = fs::read_to_string(&bash).unwrap();
+    assert!(
+        script.contains("complete -F _tek") && script.contains("import"),
+        "{script}"
+    );
+    let page = fs::read_to_string(root.join("usr/local/share/man/man1/tek.1")).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH tek 1"),
+        "{page}"
+    );
+    for cmd in [
+        "image", "write", "data", "audit", "board", "status", "report", "demo",
+    ] {
+        assert!(
+            page.contains(&format!("tek\\-{cmd}(1)")),
+            "tek.1 lacks {cmd}:\n{page}"
+        );
+    }
     // The sample is documentation: a live config is the administrator's decision.
     assert!(!root.join("etc/tek/agent.toml").exists());
     let unit = fs::read_to_string(root.join("usr/local/lib/systemd/system/tek-agent.service"))
