@@ -347,3 +347,18 @@ impl Agent {
         Ok(inner.jobs[id].clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_keeps_its_code_through_context_and_anything_else_is_internal() {
+        let e = refuse(ErrorCode::NotFound, "no job j-1").context("showing a job");
+        assert_eq!(error_code(&e), ErrorCode::NotFound);
+        assert_eq!(
+            error_code(&anyhow::anyhow!("journal: disk full")),
+            ErrorCode::Internal
+        );
+    }
+}
