@@ -51,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 entries: 2000 + d % 5000,
                 bytes: 50_000_000 + d * 1000,
                 skipped: 0,
+                renamed: 0,
             },
             2 => AuditEvent::Verify {
                 dataset,

@@ -121,6 +121,18 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// An entry's name cannot be held by the target filesystem even after mapping (see
+    /// `winnames`); nothing was written.
+    #[error(
+        "restoring entry {entry}: its name mapped for Windows ({mapped}) is longer than the 255 \
+         UTF-16 units NTFS allows; nothing was written"
+    )]
+    NameTooLong {
+        /// Entry number in the manifest.
+        entry: u64,
+        /// The mapped name.
+        mapped: String,
+    },
     /// A client is unknown.
     #[error("unknown client {0}: no dataset was ever ingested for it")]
     UnknownClient(String),

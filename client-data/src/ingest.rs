@@ -23,7 +23,7 @@ use crate::batch::SealPipe;
 use crate::custody::Custody;
 use crate::dataset::{DatasetId, DatasetInfo, DatasetState, Meta, check_ident, rfc3339};
 use crate::error::{DataError, io};
-use crate::manifest::{Entry, EntryKind, SymlinkGuard, encode_end, normalize};
+use crate::manifest::{Entry, EntryKind, SymlinkGuard, Time, encode_end, normalize};
 use crate::stream::{EncryptWriter, Key, MacWriter, StreamKind};
 
 mod archive;
@@ -92,6 +92,7 @@ impl Sink<'_> {
     /// Adds an entry; for files, copies exactly `e.size` bytes from `content`, hashing them.
     fn add(&mut self, mut e: Entry, content: Option<&mut dyn Read>) -> Result<(), DataError> {
         self.guard.check(&e).map_err(|r| self.bad(r))?;
+        crate::xattrs::check_set(&e.xattrs).map_err(|r| self.bad(r))?;
         self.watch.check(false)?;
         if e.kind == EntryKind::File {
             let content = content.expect("file entry without content");
@@ -347,6 +348,28 @@ impl Custody {
     }
 }
 
+/// A `SystemTime` as seconds and nanoseconds since the epoch (also before it).
+fn unix_time(t: std::time::SystemTime) -> Time {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => Time {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
+            if n == 0 {
+                Time { sec: -s, nsec: 0 }
+            } else {
+                Time {
+                    sec: -s - 1,
+                    nsec: 1_000_000_000 - n,
+                }
+            }
+        }
+    }
+}
+
 fn entry_from_meta(path: Vec<u8>, kind: EntryKind, m: &std::fs::Metadata) -> Entry {
     Entry {
         path,
@@ -359,12 +382,75 @@ fn entry_from_meta(path: Vec<u8>, kind: EntryKind, m: &std::fs::Metadata) -> Ent
         mtime_nsec: m.mtime_nsec() as u32,
         target: Vec::new(),
         blake3: [0; 32],
+        atime: Some(Time {
+            sec: m.atime(),
+            nsec: m.atime_nsec() as u32,
+        }),
+        // statx's birth time where the filesystem reports one (std asks for STATX_BTIME).
+        btime: m.created().ok().map(unix_time),
+        xattrs: Vec::new(),
     }
+}
+
+/// Opens a source file for reading without updating its access time where allowed
+/// (`O_NOATIME` needs ownership or CAP_FOWNER), never following a symlink.
+fn open_source(path: &Path, extra: i32) -> std::io::Result<File> {
+    let open = |flags| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | extra | flags)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        r => r,
+    }
+}
+
+/// Adds what a source entry carries beyond `stat`: extended attributes (checked, see
+/// `xattrs`) and, on NTFS, the creation time.
+fn add_extras(
+    e: &mut Entry,
+    src: crate::xattrs::Source<'_>,
+    sink: &Sink<'_>,
+) -> Result<(), DataError> {
+    e.xattrs = crate::xattrs::read(src).map_err(|r| sink.bad(r))?;
+    if let Some(t) = crate::xattrs::ntfs_crtime(src) {
+        e.btime = Some(t);
+    }
+    Ok(())
+}
+
+/// Files with more than one link seen so far: (device, inode) -> the first path (memory grows
+/// with the number of multiply-linked files only).
+type Links = std::collections::HashMap<(u64, u64), Vec<u8>>;
+
+/// Adds a regular file: its content and extras the first time its inode is seen, a hard link
+/// to that first path after (stored once, linked at restore).
+fn add_file(
+    rel: Vec<u8>,
+    mut f: File,
+    fm: &std::fs::Metadata,
+    sink: &mut Sink<'_>,
+    links: &mut Links,
+) -> Result<(), DataError> {
+    if fm.nlink() > 1 {
+        if let Some(first) = links.get(&(fm.dev(), fm.ino())) {
+            let mut e = entry_from_meta(rel, EntryKind::Hardlink, fm);
+            e.target = first.clone();
+            return sink.add(e, None);
+        }
+        links.insert((fm.dev(), fm.ino()), rel.clone());
+    }
+    let mut e = entry_from_meta(rel, EntryKind::File, fm);
+    add_extras(&mut e, crate::xattrs::Source::File(&f), sink)?;
+    sink.add(e, Some(&mut f))
 }
 
 /// Walks `root` depth-first with a stack of open directory iterators (memory grows with depth,
 /// not with the number of files), never following symlinks.
 fn walk_dir(root: &Path, sink: &mut Sink<'_>) -> Result<(), DataError> {
+    let mut links = Links::new();
     let rd = std::fs::read_dir(root).map_err(io("listing source", root))?;
     let mut stack: Vec<(std::fs::ReadDir, Vec<u8>)> = vec![(rd, Vec::new())];
     while let Some((rd, prefix)) = stack.last_mut() {
@@ -387,40 +473,33 @@ fn walk_dir(root: &Path, sink: &mut Sink<'_>) -> Result<(), DataError> {
         if dt.is_file() {
             // O_NOFOLLOW: refuse if swapped for a symlink meanwhile; O_NONBLOCK: do not hang if
             // swapped for a FIFO (the fstat below then refuses it).
-            let mut f = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&full)
-                .map_err(io("opening source file", &full))?;
+            let f =
+                open_source(&full, libc::O_NONBLOCK).map_err(io("opening source file", &full))?;
             let fm = f
                 .metadata()
                 .map_err(io("reading metadata of source file", &full))?;
             if !fm.is_file() {
                 return Err(sink.bad("a regular file was replaced while being read"));
             }
-            let e = entry_from_meta(rel, EntryKind::File, &fm);
-            sink.add(e, Some(&mut f))?;
+            add_file(rel, f, &fm, sink, &mut links)?;
             continue;
         }
         let m = std::fs::symlink_metadata(&full)
             .map_err(io("reading metadata of source entry", &full))?;
         let ft = m.file_type();
         if ft.is_dir() {
-            sink.add(entry_from_meta(rel.clone(), EntryKind::Dir, &m), None)?;
+            let mut e = entry_from_meta(rel.clone(), EntryKind::Dir, &m);
+            add_extras(&mut e, crate::xattrs::Source::Path(&full), sink)?;
+            sink.add(e, None)?;
             let sub = std::fs::read_dir(&full).map_err(io("listing source", &full))?;
             stack.push((sub, rel));
         } else if ft.is_file() {
             // O_NOFOLLOW: the entry was a regular file a moment ago; refuse if swapped for a link.
-            let mut f = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&full)
-                .map_err(io("opening source file", &full))?;
+            let f = open_source(&full, 0).map_err(io("opening source file", &full))?;
             let fm = f
                 .metadata()
                 .map_err(io("reading metadata of source file", &full))?;
-            let e = entry_from_meta(rel, EntryKind::File, &fm);
-            sink.add(e, Some(&mut f))?;
+            add_file(rel, f, &fm, sink, &mut links)?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&full).map_err(io("reading symlink", &full))?;
             let mut e = entry_from_meta(rel, EntryKind::Symlink, &m);

@@ -23,6 +23,7 @@ pub mod keystore;
 pub use blockdev::loopdev;
 pub mod manifest;
 pub mod mount;
+pub mod ntfs;
 mod ownership;
 pub mod proof;
 mod readback;
@@ -30,8 +31,10 @@ pub mod restore;
 pub mod stream;
 mod sys;
 pub mod target;
+pub mod winnames;
 pub mod wipe;
 pub mod withdraw;
+pub mod xattrs;
 
 pub use audit::{
     AuditEvent, AuditHead, AuditLog, AuditPublicKey, AuditRecord, Checkpoint, DeviceIdentity,
@@ -45,7 +48,8 @@ pub use dataset::{DatasetId, DatasetInfo, DatasetState, Destination};
 pub use error::DataError;
 pub use mount::PartitionMount;
 pub use proof::VerifiedRestore;
-pub use restore::RestoreResult;
-pub use target::RestoreTarget;
+pub use restore::{NotRestored, RestoreResult};
+pub use target::{RestoreTarget, TargetFs};
+pub use winnames::NameMapping;
 pub use wipe::{SanitizationRecord, WipeOptions};
 pub use withdraw::{WithdrawReason, Withdrawal};

@@ -1,11 +1,15 @@
 //! The manifest: one record per entry of a dataset, stored encrypted in its own stream next to the
 //! data stream (file contents concatenated in manifest order), so both stream in bounded memory.
 //!
-//! Record encoding (little endian), version 1:
-//! `0xE1, kind u8, path_len u32, path bytes, size u64, mode u32, uid u32, gid u32, mtime i64,
-//! mtime_nsec u32, target_len u32, target bytes, blake3 [32]`; the stream ends with
-//! `0xEE, entries u64, bytes u64`. Paths are raw bytes (non-UTF-8 names survive), relative,
-//! normalised (no empty, `.` or `..` components).
+//! Record encoding (little endian). Version 2 (written since the Windows/xattr work):
+//! `0xE2, kind u8, path_len u32, path bytes, size u64, mode u32, uid u32, gid u32, mtime i64,
+//! mtime_nsec u32, times u8 (bit 0: atime follows, bit 1: btime follows), [atime i64, nsec u32],
+//! [btime i64, nsec u32], target_len u32, target bytes, blake3 [32], xattr_count u32, then per
+//! extended attribute `name_len u8, name, value_len u32, value`.
+//! Version 1 (still read): `0xE1` and the same fields up to `blake3`, without times byte, atime,
+//! btime and extended attributes. The stream ends with `0xEE, entries u64, bytes u64`.
+//! Paths are raw bytes (non-UTF-8 names survive), relative, normalised (no empty, `.` or `..`
+//! components). Extended attributes obey [`crate::xattrs::check_set`] on both sides.
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
@@ -84,18 +88,95 @@ pub struct Entry {
     pub target: Vec<u8>,
     /// BLAKE3 of the content (files), zero otherwise.
     pub blake3: [u8; 32],
+    /// Access time, when the source had one (format 1 records: none; restored as the mtime).
+    pub atime: Option<Time>,
+    /// Creation (birth) time, when the source had one (statx btime, NTFS creation time).
+    pub btime: Option<Time>,
+    /// Extended attributes (user.*, security.*, POSIX ACLs, NTFS DOS attributes), sorted by
+    /// name, names unique; alternate data streams read through ntfs-3g are `user.*` ones.
+    pub xattrs: Vec<Xattr>,
 }
 
-const REC: u8 = 0xE1;
+/// A point in time: seconds since the Unix epoch and nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Time {
+    /// Seconds since 1970-01-01 UTC (negative before).
+    pub sec: i64,
+    /// Nanoseconds, below 10^9.
+    pub nsec: u32,
+}
+
+/// One extended attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Xattr {
+    /// Full name with its namespace, e.g. `user.Zone.Identifier`.
+    pub name: Vec<u8>,
+    /// The raw value.
+    pub value: Vec<u8>,
+}
+
+impl Entry {
+    /// An entry with no content, times at zero and no extended attributes.
+    pub fn new(path: Vec<u8>, kind: EntryKind) -> Entry {
+        Entry {
+            path,
+            kind,
+            size: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            target: Vec::new(),
+            blake3: [0; 32],
+            atime: None,
+            btime: None,
+            xattrs: Vec::new(),
+        }
+    }
+}
+
+const REC_V1: u8 = 0xE1;
+const REC: u8 = 0xE2;
 const END: u8 = 0xEE;
 /// Longest path accepted (Linux PATH_MAX).
 pub const MAX_PATH: usize = 4096;
 
 impl Entry {
-    /// Writes the record.
+    /// Writes the record (format 2).
     pub fn encode(&self, w: &mut impl Write) -> io::Result<()> {
-        let mut b = Vec::with_capacity(80 + self.path.len() + self.target.len());
-        b.push(REC);
+        let mut b = self.encode_common(REC);
+        let times = u8::from(self.atime.is_some()) | (u8::from(self.btime.is_some()) << 1);
+        b.push(times);
+        for t in [self.atime, self.btime].into_iter().flatten() {
+            b.extend_from_slice(&t.sec.to_le_bytes());
+            b.extend_from_slice(&t.nsec.to_le_bytes());
+        }
+        self.encode_tail(&mut b);
+        b.extend_from_slice(&(self.xattrs.len() as u32).to_le_bytes());
+        for x in &self.xattrs {
+            let len = u8::try_from(x.name.len())
+                .map_err(|_| bad("extended attribute name longer than 255 bytes"))?;
+            b.push(len);
+            b.extend_from_slice(&x.name);
+            b.extend_from_slice(&(x.value.len() as u32).to_le_bytes());
+            b.extend_from_slice(&x.value);
+        }
+        w.write_all(&b)
+    }
+
+    /// Writes the record in format 1 (what datasets staged before format 2 hold; tests make
+    /// such datasets with it).
+    #[doc(hidden)]
+    pub fn encode_v1(&self, w: &mut impl Write) -> io::Result<()> {
+        let mut b = self.encode_common(REC_V1);
+        self.encode_tail(&mut b);
+        w.write_all(&b)
+    }
+
+    fn encode_common(&self, tag: u8) -> Vec<u8> {
+        let mut b = Vec::with_capacity(96 + self.path.len() + self.target.len());
+        b.push(tag);
         b.push(self.kind as u8);
         b.extend_from_slice(&(self.path.len() as u32).to_le_bytes());
         b.extend_from_slice(&self.path);
@@ -105,10 +186,13 @@ impl Entry {
         b.extend_from_slice(&self.gid.to_le_bytes());
         b.extend_from_slice(&self.mtime.to_le_bytes());
         b.extend_from_slice(&self.mtime_nsec.to_le_bytes());
+        b
+    }
+
+    fn encode_tail(&self, b: &mut Vec<u8>) {
         b.extend_from_slice(&(self.target.len() as u32).to_le_bytes());
         b.extend_from_slice(&self.target);
         b.extend_from_slice(&self.blake3);
-        w.write_all(&b)
     }
 }
 
@@ -147,8 +231,19 @@ impl<R: Read> ManifestReader<R> {
         self.r.read_exact(&mut b)?;
         Ok(u64::from_le_bytes(b))
     }
+    fn time(&mut self) -> io::Result<Time> {
+        let sec = self.u64()? as i64;
+        let nsec = self.u32()?;
+        if nsec >= 1_000_000_000 {
+            return Err(bad("nanoseconds out of range"));
+        }
+        Ok(Time { sec, nsec })
+    }
     fn bytes(&mut self, max: usize) -> io::Result<Vec<u8>> {
         let n = self.u32()? as usize;
+        self.exact(n, max)
+    }
+    fn exact(&mut self, n: usize, max: usize) -> io::Result<Vec<u8>> {
         if n > max {
             return Err(bad(format!("length {n} exceeds {max}")));
         }
@@ -171,7 +266,7 @@ impl<R: Read> ManifestReader<R> {
                 self.end = Some((entries, bytes));
                 Ok(None)
             }
-            REC => {
+            tag @ (REC | REC_V1) => {
                 let mut k = [0u8; 1];
                 self.r.read_exact(&mut k)?;
                 let kind = EntryKind::from_u8(k[0]).ok_or_else(|| bad("unknown entry kind"))?;
@@ -182,9 +277,38 @@ impl<R: Read> ManifestReader<R> {
                 let gid = self.u32()?;
                 let mtime = self.u64()? as i64;
                 let mtime_nsec = self.u32()?;
+                let (mut atime, mut btime) = (None, None);
+                if tag == REC {
+                    let mut t = [0u8; 1];
+                    self.r.read_exact(&mut t)?;
+                    if t[0] & !3 != 0 {
+                        return Err(bad("unknown time flags"));
+                    }
+                    if t[0] & 1 != 0 {
+                        atime = Some(self.time()?);
+                    }
+                    if t[0] & 2 != 0 {
+                        btime = Some(self.time()?);
+                    }
+                }
                 let target = self.bytes(MAX_PATH)?;
                 let mut blake3 = [0u8; 32];
                 self.r.read_exact(&mut blake3)?;
+                let mut xattrs = Vec::new();
+                if tag == REC {
+                    let count = self.u32()? as usize;
+                    if count > crate::xattrs::MAX_COUNT {
+                        return Err(bad(format!("{count} extended attributes on one entry")));
+                    }
+                    for _ in 0..count {
+                        let mut l = [0u8; 1];
+                        self.r.read_exact(&mut l)?;
+                        let name = self.exact(usize::from(l[0]), 255)?;
+                        let value = self.bytes(crate::xattrs::MAX_VALUE)?;
+                        xattrs.push(Xattr { name, value });
+                    }
+                    crate::xattrs::check_set(&xattrs).map_err(bad)?;
+                }
                 Ok(Some(Entry {
                     path,
                     kind,
@@ -196,6 +320,9 @@ impl<R: Read> ManifestReader<R> {
                     mtime_nsec,
                     target,
                     blake3,
+                    atime,
+                    btime,
+                    xattrs,
                 }))
             }
             _ => Err(bad("bad record tag")),
@@ -242,10 +369,17 @@ pub fn check_normalized(p: &[u8]) -> Result<(), String> {
 }
 
 /// Tracks symlinks seen so far, to refuse entries that would be written through one
-/// (memory grows with the number of symlinks only).
+/// (memory grows with the number of symlinks), and the files seen so far (a 128-bit hash of
+/// each path), to refuse a hard link to anything but an earlier file of the dataset.
 #[derive(Debug, Default)]
 pub struct SymlinkGuard {
     links: HashSet<Vec<u8>>,
+    files: HashSet<u128>,
+}
+
+fn path_key(p: &[u8]) -> u128 {
+    let h = blake3::hash(p);
+    u128::from_le_bytes(h.as_bytes()[..16].try_into().expect("16 bytes"))
 }
 
 impl SymlinkGuard {
@@ -268,6 +402,20 @@ impl SymlinkGuard {
                     return Err("hard link target goes through a symlink".into());
                 }
             }
+            if !self.files.contains(&path_key(&e.target)) {
+                return Err(
+                    "hard link to something that is not an earlier file of the dataset (outside \
+                     it, a directory, or later in it)"
+                        .into(),
+                );
+            }
+        }
+        // A hard link may name a symlink too (link(2) links the symlink itself).
+        if matches!(
+            e.kind,
+            EntryKind::File | EntryKind::Hardlink | EntryKind::Symlink
+        ) {
+            self.files.insert(path_key(&e.path));
         }
         if e.kind == EntryKind::Symlink {
             self.links.insert(e.path.clone());
@@ -292,6 +440,55 @@ mod tests {
             mtime_nsec: 7,
             target: b"x/y".to_vec(),
             blake3: [9; 32],
+            atime: Some(Time { sec: -1, nsec: 2 }),
+            btime: None,
+            xattrs: vec![
+                Xattr {
+                    name: b"user.a".to_vec(),
+                    value: b"1".to_vec(),
+                },
+                Xattr {
+                    name: b"user.b".to_vec(),
+                    value: vec![],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn format_1_records_still_read() {
+        let mut buf = Vec::new();
+        let a = entry(b"old", EntryKind::File);
+        a.encode_v1(&mut buf).unwrap();
+        a.encode(&mut buf).unwrap();
+        encode_end(&mut buf, 2, 6).unwrap();
+        let mut r = ManifestReader::new(&buf[..]);
+        let old = r.next_entry().unwrap().unwrap();
+        assert_eq!((old.atime, old.btime, old.xattrs.len()), (None, None, 0));
+        assert_eq!(
+            (old.path, old.mtime, old.blake3),
+            (a.path.clone(), a.mtime, a.blake3)
+        );
+        assert_eq!(r.next_entry().unwrap().unwrap(), a);
+    }
+
+    #[test]
+    fn hostile_xattrs_refused_when_read() {
+        for x in [
+            Xattr {
+                name: b"trusted.overlay".to_vec(),
+                value: vec![],
+            },
+            Xattr {
+                name: b"user.big".to_vec(),
+                value: vec![0; crate::xattrs::MAX_VALUE + 1],
+            },
+        ] {
+            let mut e = entry(b"f", EntryKind::File);
+            e.xattrs = vec![x];
+            let mut buf = Vec::new();
+            e.encode(&mut buf).unwrap();
+            assert!(ManifestReader::new(&buf[..]).next_entry().is_err());
         }
     }
 
@@ -331,5 +528,11 @@ mod tests {
         let mut h = entry(b"h", EntryKind::Hardlink);
         h.target = b"../outside".to_vec();
         assert!(g.check(&h).is_err());
+        h.target = b"not-seen".to_vec();
+        assert!(g.check(&h).is_err());
+        h.target = b"ab".to_vec(); // a directory of the dataset, not a file
+        assert!(g.check(&h).is_err());
+        h.target = b"ab/c".to_vec();
+        g.check(&h).unwrap();
     }
 }

@@ -1,6 +1,8 @@
 //! Read-back verification of a restore: every restored file is read again from the device (after
-//! a flush, its clean pages dropped first) and its BLAKE3 compared with the manifest; directories,
-//! hard links and symlinks are checked to exist (symlinks: same target).
+//! a flush, its clean pages dropped first) and its BLAKE3 compared with the manifest, and its
+//! metadata with what was set (times at the filesystem's granularity, extended attributes, and
+//! on NTFS the creation time, DOS attributes and security descriptor); directories are checked
+//! the same way, symlinks for their target, hard links for being the same inode as their target.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -12,8 +14,13 @@ use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{OFlag, PosixFadviseAdvice, posix_fadvise};
 
-use crate::manifest::{Entry, EntryKind};
+use crate::manifest::{Entry, EntryKind, Time};
 use crate::sys::open_beneath;
+use crate::target::TargetFs;
+use crate::xattrs::{NTFS_ATTRIB, NTFS_CRTIME};
+
+/// The descriptor an entry was given (NTFS), shared between entries of one depth.
+pub(crate) type Sd = Option<Arc<Vec<u8>>>;
 
 /// Totals of a read-back pass.
 #[derive(Debug, Default)]
@@ -35,7 +42,7 @@ const READERS: usize = 4;
 /// The writer blocks (instead of letting the list grow) past this many unflushed files.
 const MAX_PENDING: usize = 4 * FLUSH_FILES;
 
-type Pending = Vec<(u64, Entry)>;
+type Pending = Vec<(u64, Entry, Sd)>;
 
 /// Reads restored files back while the restore goes on: the writer hands over each file once
 /// written ([`ReadBack::written`]); a thread flushes the filesystem (`syncfs`) every 64 MiB or
@@ -53,14 +60,14 @@ pub(crate) struct ReadBack {
 
 impl ReadBack {
     /// Starts the flusher and readers on the (restore target) directory `root`.
-    pub(crate) fn start(root: &File) -> std::io::Result<ReadBack> {
+    pub(crate) fn start(root: &File, fs: TargetFs) -> std::io::Result<ReadBack> {
         let root = Arc::new(root.try_clone()?);
         let abort = Arc::new(AtomicBool::new(false));
         let (tx, rx) = crossbeam_channel::bounded::<Pending>(1);
         let stop = abort.clone();
         let flusher = std::thread::Builder::new()
             .name("tek-flush".into())
-            .spawn(move || flush_and_read(&root, rx, &stop))?;
+            .spawn(move || flush_and_read(&root, fs, rx, &stop))?;
         Ok(ReadBack {
             pending: Vec::new(),
             pending_bytes: 0,
@@ -70,10 +77,11 @@ impl ReadBack {
         })
     }
 
-    /// Entry `n`, a regular file, has been written and closed.
-    pub(crate) fn written(&mut self, n: u64, e: Entry) {
+    /// Entry `n`, a regular file, has been written and closed (`e` as written: mapped path,
+    /// the attributes set; `sd` the descriptor it was given).
+    pub(crate) fn written(&mut self, n: u64, e: Entry, sd: Sd) {
         self.pending_bytes += e.size;
-        self.pending.push((n, e));
+        self.pending.push((n, e, sd));
         if self.pending_bytes >= FLUSH_BYTES || self.pending.len() >= FLUSH_FILES {
             let tx = self.tx.as_ref().expect("read-back already finished");
             let batch = std::mem::take(&mut self.pending);
@@ -118,6 +126,7 @@ impl Drop for ReadBack {
 /// The flusher thread: syncfs, then hand the files that flush covered to the readers.
 fn flush_and_read(
     root: &Arc<File>,
+    fs: TargetFs,
     rx: crossbeam_channel::Receiver<Pending>,
     abort: &AtomicBool,
 ) -> nix::Result<Verified> {
@@ -127,21 +136,23 @@ fn flush_and_read(
     // 0.2-1.1 s, 2 readers 0.1-0.7 s, 4 readers 0.04-0.2 s, same CPU time.
     let workers = READERS;
     let out = Mutex::new(Verified::default());
-    let (vtx, vrx) = crossbeam_channel::bounded::<(u64, Entry)>(256);
+    let (vtx, vrx) = crossbeam_channel::bounded::<(u64, Entry, Sd)>(256);
     std::thread::scope(|s| {
         for _ in 0..workers {
             let (vrx, out) = (vrx.clone(), &out);
             s.spawn(move || {
                 let mut buf = ReadBuf::new();
-                for (n, e) in vrx {
+                for (n, e, sd) in vrx {
                     if abort.load(Ordering::Relaxed) {
                         continue;
                     }
-                    let r = match read_back(root, &e.path, &mut buf) {
-                        Ok((len, h)) if len == e.size && h == e.blake3 => Ok(()),
-                        Ok(_) => Err("content differs".to_string()),
-                        Err(err) => Err(format!("cannot read back ({err})")),
-                    };
+                    let r =
+                        match read_back(root, &e, sd.as_deref().map(Vec::as_slice), fs, &mut buf) {
+                            Ok((_, _, Some(m))) => Err(m),
+                            Ok((len, h, None)) if len == e.size && h == e.blake3 => Ok(()),
+                            Ok(_) => Err("content differs".to_string()),
+                            Err(err) => Err(format!("cannot read back ({err})")),
+                        };
                     let mut g = out.lock().expect("verify results");
                     match r {
                         Ok(()) => {
@@ -184,7 +195,10 @@ pub(crate) fn verify_others<E>(
         let (ok, what) = match e.kind {
             EntryKind::Symlink => (symlink_matches(root, &e), "symlink differs"),
             EntryKind::Dir => (exists(root, &e.path, OFlag::O_DIRECTORY), "missing"),
-            EntryKind::Hardlink => (exists(root, &e.path, OFlag::O_PATH), "missing"),
+            EntryKind::Hardlink => (
+                same_inode(root, &e.path, &e.target),
+                "missing or not a link to its target",
+            ),
             _ => continue,
         };
         if ok {
@@ -194,6 +208,103 @@ pub(crate) fn verify_others<E>(
         }
     }
     Ok(v)
+}
+
+/// Checks the metadata of restored directories (as [`check_meta`] does for files).
+pub(crate) fn verify_dirs(root: &File, fs: TargetFs, dirs: &[(u64, Entry, Sd)]) -> Verified {
+    let mut v = Verified::default();
+    for (n, e, sd) in dirs {
+        let r = open_beneath(root, &e.path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
+            .map_err(|err| format!("cannot read back ({err})"))
+            .and_then(|fd| {
+                let f = File::from(fd);
+                let st = f
+                    .metadata()
+                    .map_err(|err| format!("cannot read back ({err})"))?;
+                check_meta(&f, &st, e, sd.as_deref().map(Vec::as_slice), fs).map_or(Ok(()), Err)
+            });
+        if let Err(m) = r {
+            v.mismatches.push((*n, m));
+        }
+    }
+    v
+}
+
+/// Both paths name one inode (a hard link and its target).
+fn same_inode(root: &File, a: &[u8], b: &[u8]) -> bool {
+    let id = |p: &[u8]| {
+        let fd = open_beneath(root, p, OFlag::O_PATH, 0).ok()?;
+        let st = nix::sys::stat::fstat(fd.as_raw_fd()).ok()?;
+        Some((st.st_dev, st.st_ino))
+    };
+    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+}
+
+fn ns(t: Time) -> i128 {
+    i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec)
+}
+
+/// Compares a restored entry's metadata with what was set; the first difference, if any.
+fn check_meta(
+    f: &File,
+    st: &std::fs::Metadata,
+    e: &Entry,
+    sd: Option<&[u8]>,
+    fs: TargetFs,
+) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    use xattr::FileExt;
+    let close = |got: Time, want: Time| times_close(got, want, fs);
+    let mtime = Time {
+        sec: e.mtime,
+        nsec: e.mtime_nsec,
+    };
+    let got_m = Time {
+        sec: st.mtime(),
+        nsec: st.mtime_nsec() as u32,
+    };
+    if !close(got_m, mtime) {
+        return Some("modification time differs".into());
+    }
+    if !close(atime_of(st), e.atime.unwrap_or(mtime)) {
+        return Some("access time differs".into());
+    }
+    if let (Some(bt), TargetFs::Ntfs3g) = (e.btime, fs) {
+        let got = f
+            .get_xattr(NTFS_CRTIME)
+            .ok()
+            .flatten()
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(|v| crate::ntfs::from_ntfs_time(u64::from_be_bytes(v)));
+        if !got.is_some_and(|t| close(t, bt)) {
+            return Some("creation time differs".into());
+        }
+    }
+    for x in &e.xattrs {
+        let got = f
+            .get_xattr(std::ffi::OsStr::from_bytes(&x.name))
+            .ok()
+            .flatten();
+        let same = if x.name == NTFS_ATTRIB.as_bytes() {
+            let word = |v: &[u8]| <[u8; 4]>::try_from(v).ok().map(u32::from_be_bytes);
+            let k = crate::ntfs::ATTRIB_KEPT;
+            got.as_deref().and_then(word).map(|w| w & k) == word(&x.value).map(|w| w & k)
+        } else {
+            got.as_deref() == Some(x.value.as_slice())
+        };
+        if !same {
+            return Some(format!(
+                "extended attribute {} differs",
+                String::from_utf8_lossy(&x.name)
+            ));
+        }
+    }
+    if let (Some(sd), Some(name)) = (sd, fs.security_xattr()) {
+        if f.get_xattr(name).ok().flatten().as_deref() != Some(sd) {
+            return Some("security descriptor differs".into());
+        }
+    }
+    None
 }
 
 fn exists(root: &File, path: &[u8], flag: OFlag) -> bool {
@@ -231,7 +342,17 @@ impl ReadBuf {
 /// filesystem supports it (ext4 does; the data then comes straight from the device into the
 /// buffer, no page-cache copy), else after `POSIX_FADV_DONTNEED` (which drops the clean, just
 /// flushed pages, so the read still comes from the device).
-fn read_back(root: &File, path: &[u8], buf: &mut ReadBuf) -> std::io::Result<(u64, [u8; 32])> {
+/// Also compares the metadata ([`check_meta`], before the content is read, so a filesystem
+/// that updates access times on read cannot hide a difference): its finding is the third
+/// member.
+fn read_back(
+    root: &File,
+    e: &Entry,
+    sd: Option<&[u8]>,
+    fs: TargetFs,
+    buf: &mut ReadBuf,
+) -> std::io::Result<(u64, [u8; 32], Option<String>)> {
+    let path = &e.path[..];
     // O_NOATIME: verifying must not change the access times just restored (nor dirty 20k inodes
     // again). Allowed to the owner and to CAP_FOWNER; fall back without it.
     // O_NONBLOCK: a FIFO swapped in at the path must not hang the read-back (the fstat below
@@ -259,6 +380,9 @@ fn read_back(root: &File, path: &[u8], buf: &mut ReadBuf) -> std::io::Result<(u6
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
+    if let Some(m) = check_meta(&f, &meta, e, sd, fs) {
+        return Ok((0, [0; 32], Some(m)));
+    }
     let size = meta.len();
     let win = buf.window();
     let mut h = blake3::Hasher::new();
@@ -277,5 +401,33 @@ fn read_back(root: &File, path: &[u8], buf: &mut ReadBuf) -> std::io::Result<(u6
             break;
         }
     }
-    Ok((len, *h.finalize().as_bytes()))
+    // ntfs-3g updates the access time on read whatever O_NOATIME says (its relatime rule):
+    // put the restored one back and check it stuck.
+    let mtime = Time {
+        sec: e.mtime,
+        nsec: e.mtime_nsec,
+    };
+    let want = e.atime.unwrap_or(mtime);
+    let after = f.metadata()?;
+    if !times_close(atime_of(&after), want, fs) {
+        let a = nix::sys::time::TimeSpec::new(want.sec, i64::from(want.nsec));
+        nix::sys::stat::futimens(f.as_raw_fd(), &a, &nix::sys::time::TimeSpec::UTIME_OMIT)?;
+        if !times_close(atime_of(&f.metadata()?), want, fs) {
+            let m = "access time changed by reading it back and could not be set again";
+            return Ok((len, *h.finalize().as_bytes(), Some(m.into())));
+        }
+    }
+    Ok((len, *h.finalize().as_bytes(), None))
+}
+
+fn atime_of(m: &std::fs::Metadata) -> Time {
+    use std::os::unix::fs::MetadataExt;
+    Time {
+        sec: m.atime(),
+        nsec: m.atime_nsec() as u32,
+    }
+}
+
+fn times_close(a: Time, b: Time, fs: TargetFs) -> bool {
+    (ns(a) - ns(b)).abs() < i128::from(fs.time_granularity_ns())
 }

@@ -23,17 +23,11 @@
 //!    later files are still being written. A last flush after the directory metadata, then
 //!    directories, symlinks and hard links are checked.
 
-use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
-use nix::fcntl::OFlag;
-use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, mkdirat, utimensat};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
 
 use crate::audit::AuditEvent;
 use crate::batch::OpenPipe;
@@ -42,12 +36,27 @@ use crate::dataset::{DatasetId, DatasetState, Destination, Migration, rfc3339};
 use crate::error::{DataError, io};
 use crate::ingest::{DATA_KEY, MAC_KEY, MANIFEST_KEY};
 use crate::manifest::{Entry, EntryKind, ManifestReader, SymlinkGuard, check_normalized};
-use crate::ownership::{Ownership, set_mode};
+use crate::ownership::Ownership;
 use crate::proof::VerifiedRestore;
-use crate::readback::{ReadBack, verify_others};
+use crate::readback::{ReadBack, verify_dirs, verify_others};
 use crate::stream::{DecryptReader, Key, StreamKind, auth_failure, mac_of};
-use crate::sys::open_beneath;
 use crate::target::RestoreTarget;
+use crate::winnames::{NameMap, NameMapping};
+
+mod writer;
+use writer::{Descriptors, Writer};
+
+/// Metadata of some kind that could not be set on a number of entries, and why (e.g. "POSIX
+/// ACLs", 3, "NTFS and FAT have no such attributes").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NotRestored {
+    /// What could not be set.
+    pub what: String,
+    /// On how many entries.
+    pub entries: u64,
+    /// Why.
+    pub reason: String,
+}
 
 /// What a restore did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -75,6 +84,23 @@ pub struct RestoreResult {
     /// (systemd's `RestrictSUIDSGID=yes` makes such a chmod fail with EPERM), e.g.
     /// "entry 9: mode 4755 restored as 0755".
     pub setid_dropped: Vec<String>,
+    /// The filesystem restored onto ("posix", "ntfs (ntfs-3g)", ...), which decides names and
+    /// metadata.
+    pub target_filesystem: String,
+    /// Entries restored under another name because the target (NTFS, FAT) cannot hold theirs
+    /// (rule `tek-winnames-1`, see `winnames`), each with the staged and the restored path.
+    /// Read-back compared each of them with its staged original under the new name.
+    pub name_mappings: Vec<NameMapping>,
+    /// Symlinks whose text was mapped by the same rule, component by component (so a link to a
+    /// renamed entry still points at it; `from`/`to` are the link texts). The case rule's
+    /// numbers are not applied to link texts.
+    pub link_targets_mapped: Vec<NameMapping>,
+    /// Metadata the target could not hold, by kind, with counts.
+    pub metadata_not_restored: Vec<NotRestored>,
+    /// On NTFS: which security descriptor restored entries got (and that owners and POSIX
+    /// modes are not stored there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_note: Option<String>,
     /// The proof a wipe needs, present when the read-back passed (see [`crate::proof`]).
     #[serde(skip)]
     proof: Option<VerifiedRestore>,
@@ -102,6 +128,29 @@ fn unsafe_path(entry: u64, reason: impl Into<String>) -> DataError {
     }
 }
 
+/// The descriptors new entries get on an NTFS target, by depth (see `ntfs`): from the target
+/// folder's own descriptor, down to the deepest directory of the dataset. Empty (with the
+/// reason) when the folder's descriptor cannot be read or parsed.
+fn descriptors(target: &RestoreTarget, depth: usize) -> Result<Descriptors, String> {
+    use xattr::FileExt;
+    let Some(name) = target.fs().security_xattr() else {
+        return Ok(Vec::new());
+    };
+    let mut parent = match target.dir().get_xattr(name) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Err("the target folder has no security descriptor".into()),
+        Err(e) => return Err(format!("reading the target folder's descriptor: {e}")),
+    };
+    let mut out = Vec::with_capacity(depth + 1);
+    for _ in 0..=depth {
+        let dir = crate::ntfs::inherit(&parent, true)?;
+        let file = crate::ntfs::inherit(&parent, false)?;
+        out.push((Arc::new(dir.clone()), Arc::new(file)));
+        parent = dir;
+    }
+    Ok(out)
+}
+
 pub(crate) fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
@@ -111,244 +160,6 @@ pub(crate) fn split(path: &[u8]) -> (&[u8], &[u8]) {
 
 fn ts(sec: i64, nsec: u32) -> TimeSpec {
     TimeSpec::new(sec, i64::from(nsec))
-}
-
-/// Writes entries beneath the target directory.
-struct Writer {
-    root: File,
-    target: std::path::PathBuf,
-    parent: Option<(Vec<u8>, OwnedFd)>,
-    dirs: Vec<(u64, Entry)>,
-    own: Ownership,
-    owners_not_restored: u64,
-    setid_dropped: Vec<String>,
-}
-
-impl Writer {
-    fn err(
-        &self,
-        action: &'static str,
-        n: u64,
-    ) -> impl FnOnce(nix::errno::Errno) -> DataError + '_ {
-        move |e| match e {
-            nix::errno::Errno::ELOOP | nix::errno::Errno::EXDEV | nix::errno::Errno::ENOTDIR => {
-                unsafe_path(
-                    n,
-                    format!("{action}: would go through a symlink or leave the target"),
-                )
-            }
-            e => DataError::Io {
-                action,
-                path: self.target.join(format!("<entry {n}>")),
-                source: e.into(),
-            },
-        }
-    }
-
-    /// Opens (creating with 0700 as needed) directory `rel` beneath the target.
-    fn dir(&self, rel: &[u8], n: u64) -> Result<OwnedFd, DataError> {
-        match open_beneath(&self.root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0) {
-            Ok(fd) => Ok(fd),
-            Err(nix::errno::Errno::ENOENT) if !rel.is_empty() => {
-                let (parent, name) = split(rel);
-                let pfd = self.dir(parent, n)?;
-                match mkdirat(
-                    Some(pfd.as_raw_fd()),
-                    OsStr::from_bytes(name),
-                    Mode::from_bits_truncate(0o700),
-                ) {
-                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-                    Err(e) => return Err(self.err("creating directory", n)(e)),
-                }
-                open_beneath(&self.root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
-                    .map_err(self.err("opening directory", n))
-            }
-            Err(e) => Err(self.err("opening directory", n)(e)),
-        }
-    }
-
-    /// The parent directory of `path`, cached for runs of entries in one directory.
-    fn parent_of<'a>(&mut self, path: &'a [u8], n: u64) -> Result<(i32, &'a [u8]), DataError> {
-        let (parent, name) = split(path);
-        let hit = matches!(&self.parent, Some((p, _)) if p.as_slice() == parent);
-        if !hit {
-            let fd = self.dir(parent, n)?;
-            self.parent = Some((parent.to_vec(), fd));
-        }
-        Ok((
-            self.parent.as_ref().expect("cached parent").1.as_raw_fd(),
-            name,
-        ))
-    }
-
-    /// Sets the owner of `e` with `chown` (given the ids), or counts it as not restored.
-    fn owner(
-        &mut self,
-        e: &Entry,
-        n: u64,
-        chown: impl FnOnce(Option<Uid>, Option<Gid>) -> nix::Result<()>,
-    ) -> Result<(), DataError> {
-        match self.own {
-            Ownership::Restore => {
-                match chown(Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid))) {
-                    Ok(()) => {}
-                    // EPERM: capability dropped meanwhile or refused by an LSM; EINVAL: the id
-                    // has no mapping in this user namespace. Neither fails the restore.
-                    Err(nix::errno::Errno::EPERM | nix::errno::Errno::EINVAL) => {
-                        self.owners_not_restored += 1
-                    }
-                    Err(err) => return Err(self.err("setting owner", n)(err)),
-                }
-            }
-            Ownership::Keep { uid, gid } => {
-                if (e.uid, e.gid) != (uid, gid) {
-                    self.owners_not_restored += 1;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets the mode of the open `fd` (after its owner: chown clears setuid/setgid bits).
-    fn mode(&mut self, fd: i32, mode: u32, n: u64) -> Result<(), DataError> {
-        let note = set_mode(mode, n, |m| fchmod(fd, m)).map_err(self.err("setting mode", n))?;
-        self.setid_dropped.extend(note);
-        Ok(())
-    }
-
-    /// Creates a fresh regular file `name` in `pfd`. Whatever already sits at that name in the
-    /// target is never opened: a hard link to a file outside the target would have the outside
-    /// file rewritten (content, owner, mode), a FIFO would block the open forever. So: `O_EXCL`
-    /// (a new inode or nothing; no symlink followed), and on EEXIST the old name is unlinked
-    /// (a directory is refused) and the create tried once more. `O_NONBLOCK` and the `fstat`
-    /// check stand guard in case something is swapped in between.
-    fn create_file(&self, pfd: i32, name: &[u8], n: u64) -> Result<File, DataError> {
-        let name = OsStr::from_bytes(name);
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_CREAT
-            | OFlag::O_EXCL
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_CLOEXEC;
-        let mut replaced = false;
-        let fd = loop {
-            match nix::fcntl::openat(Some(pfd), name, flags, Mode::from_bits_truncate(0o600)) {
-                Ok(fd) => break fd,
-                Err(nix::errno::Errno::EEXIST) if !replaced => {
-                    replaced = true;
-                    match nix::unistd::unlinkat(
-                        Some(pfd),
-                        name,
-                        nix::unistd::UnlinkatFlags::NoRemoveDir,
-                    ) {
-                        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-                        Err(nix::errno::Errno::EISDIR) => {
-                            return Err(unsafe_path(
-                                n,
-                                "a directory already stands where this file goes in the target",
-                            ));
-                        }
-                        Err(e) => {
-                            return Err(self.err("removing what stood at a file's path", n)(e));
-                        }
-                    }
-                }
-                Err(e) => return Err(self.err("creating file", n)(e)),
-            }
-        };
-        let f = File::from(crate::sys::owned(fd));
-        let st = nix::sys::stat::fstat(f.as_raw_fd()).map_err(self.err("checking new file", n))?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
-            return Err(unsafe_path(
-                n,
-                "the file just created is not a fresh regular file (replaced meanwhile?)",
-            ));
-        }
-        Ok(f)
-    }
-
-    fn file(&mut self, e: &Entry, n: u64, data: &mut OpenPipe) -> Result<(), DataError> {
-        let (pfd, name) = self.parent_of(&e.path, n)?;
-        let mut f = self.create_file(pfd, name, n)?;
-        let mut write_err = None;
-        let r = data.copy_to(e.size, |c| {
-            f.write_all(c).map_err(|err| {
-                let k = err.kind();
-                write_err = Some(err);
-                std::io::Error::from(k)
-            })
-        });
-        if let Some(err) = write_err {
-            return Err(io("writing restored file under", &self.target)(err));
-        }
-        r.map_err(|err| data_error(&self.target, err))?;
-        let fd = f.as_raw_fd();
-        self.owner(e, n, |u, g| fchown(fd, u, g))?;
-        self.mode(fd, e.mode, n)?;
-        let t = ts(e.mtime, e.mtime_nsec);
-        futimens(f.as_raw_fd(), &t, &t).map_err(self.err("setting times", n))?;
-        Ok(())
-    }
-
-    fn symlink(&mut self, e: &Entry, n: u64) -> Result<(), DataError> {
-        let (pfd, name) = self.parent_of(&e.path, n)?;
-        let name = OsStr::from_bytes(name);
-        let target = OsStr::from_bytes(&e.target);
-        match symlinkat(target, Some(pfd), name) {
-            Ok(()) => {}
-            Err(nix::errno::Errno::EEXIST) => {
-                let _ =
-                    nix::unistd::unlinkat(Some(pfd), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
-                symlinkat(target, Some(pfd), name).map_err(self.err("creating symlink", n))?;
-            }
-            Err(e) => return Err(self.err("creating symlink", n)(e)),
-        }
-        self.owner(e, n, |u, g| {
-            fchownat(
-                Some(pfd),
-                name,
-                u,
-                g,
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
-        let t = ts(e.mtime, e.mtime_nsec);
-        utimensat(Some(pfd), name, &t, &t, UtimensatFlags::NoFollowSymlink)
-            .map_err(self.err("setting times", n))?;
-        Ok(())
-    }
-
-    fn hardlink(&mut self, e: &Entry, n: u64) -> Result<(), DataError> {
-        let (tparent, tname) = split(&e.target);
-        let tfd = self.dir(tparent, n)?;
-        let (pfd, name) = self.parent_of(&e.path, n)?;
-        let name = OsStr::from_bytes(name);
-        let _ = nix::unistd::unlinkat(Some(pfd), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
-        // Flags 0: a symlink target is linked itself, never followed.
-        linkat(
-            Some(tfd.as_raw_fd()),
-            OsStr::from_bytes(tname),
-            Some(pfd),
-            name,
-            nix::fcntl::AtFlags::empty(),
-        )
-        .map_err(self.err("creating hard link", n))
-    }
-
-    fn finish_dirs(&mut self) -> Result<(), DataError> {
-        let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by_key(|(_, d)| std::cmp::Reverse(d.path.iter().filter(|&&b| b == b'/').count()));
-        for (n, d) in &dirs {
-            let n = *n;
-            let fd = self.dir(&d.path, n)?;
-            let raw = fd.as_raw_fd();
-            self.owner(d, n, |u, g| fchown(raw, u, g))?;
-            self.mode(raw, d.mode, n)?;
-            let t = ts(d.mtime, d.mtime_nsec);
-            futimens(fd.as_raw_fd(), &t, &t).map_err(self.err("setting times", n))?;
-        }
-        Ok(())
-    }
 }
 
 fn data_error(target: &Path, err: std::io::Error) -> DataError {
@@ -433,6 +244,11 @@ impl Custody {
             Some(a) => tampered("manifest", a.to_string()),
             None => tampered("manifest", e.to_string()),
         };
+        // Windows targets: every name mapped before anything is written (a name that cannot
+        // be mapped refuses the restore here).
+        let fs = target.fs();
+        let mut names = fs.windows_names().then(NameMap::default);
+        let mut depth = 0usize;
         {
             let mut mr = manifest_reader(&manifest_path, &mkey)?;
             let mut guard = SymlinkGuard::default();
@@ -440,6 +256,13 @@ impl Custody {
             while let Some(e) = mr.next_entry().map_err(man_err)? {
                 check_normalized(&e.path).map_err(|r| unsafe_path(n, r))?;
                 guard.check(&e).map_err(|r| unsafe_path(n, r))?;
+                if let Some(m) = &mut names {
+                    m.add(n, &e.path).map_err(|t| DataError::NameTooLong {
+                        entry: n,
+                        mapped: t.mapped,
+                    })?;
+                }
+                depth = depth.max(e.path.iter().filter(|&&b| b == b'/').count());
                 bytes += e.size;
                 n += 1;
             }
@@ -457,6 +280,35 @@ impl Custody {
             .dir()
             .try_clone()
             .map_err(io("duplicating descriptor of restore target", target_dir))?;
+        let mut res = RestoreResult {
+            target_filesystem: fs.describe().to_string(),
+            ..RestoreResult::default()
+        };
+        let sds = if fs.is_ntfs() {
+            match descriptors(target, depth) {
+                Ok(s) => {
+                    res.security_note = Some(
+                        "every restored file and folder got the security descriptor inherited \
+                         from the target folder, as Windows gives copied files; owners and \
+                         POSIX modes are not stored on NTFS"
+                            .into(),
+                    );
+                    s
+                }
+                Err(why) => {
+                    res.security_note = Some(format!(
+                        "restored entries keep the filesystem's default security descriptor \
+                         ({why})"
+                    ));
+                    Vec::new()
+                }
+            }
+        } else {
+            if fs.windows_names() {
+                res.security_note = Some("FAT stores no owners, modes or permissions".into());
+            }
+            Vec::new()
+        };
         let mut w = Writer {
             root,
             target: target_dir.to_path_buf(),
@@ -465,8 +317,24 @@ impl Custody {
             own: Ownership::detect(),
             owners_not_restored: 0,
             setid_dropped: Vec::new(),
+            fs,
+            sds,
+            not_restored: Default::default(),
+            dirs_written: Vec::new(),
         };
-        let mut res = RestoreResult::default();
+        // The entry as restored: its path (and a hard link's target) mapped.
+        let mapped = |mut e: Entry| -> Entry {
+            if let Some(m) = &names {
+                e.path = m.get(&e.path).to_vec();
+                if e.kind == EntryKind::Hardlink {
+                    e.target = m.get(&e.target).to_vec();
+                }
+                if e.kind == EntryKind::Symlink {
+                    e.target = crate::winnames::map_link_text(&e.target);
+                }
+            }
+            e
+        };
         let dkey = key.derive(DATA_KEY);
         let df = File::open(&data_path).map_err(io("opening", &data_path))?;
         // A thread reads and decrypts ahead while this one writes the files.
@@ -478,15 +346,23 @@ impl Custody {
             source: e.into(),
         };
         // Files are flushed and read back in the background as the restore proceeds.
-        let mut rb = ReadBack::start(&w.root).map_err(io("starting read-back of", target_dir))?;
+        let mut rb =
+            ReadBack::start(&w.root, fs).map_err(io("starting read-back of", target_dir))?;
         let mut mr = manifest_reader(&manifest_path, &mkey)?;
         let mut n = 0u64;
         while let Some(e) = mr.next_entry().map_err(man_err)? {
+            let link_text =
+                (e.kind == EntryKind::Symlink && names.is_some()).then(|| e.target.clone());
+            let mut e = mapped(e);
+            if let Some(old) = link_text.filter(|t| *t != e.target) {
+                res.link_targets_mapped
+                    .push(NameMapping::new(n, &old, &e.target));
+            }
             match e.kind {
                 EntryKind::File => {
-                    w.file(&e, n, &mut data)?;
+                    let sd = w.file(&mut e, n, &mut data)?;
                     res.bytes_restored += e.size;
-                    rb.written(n, e);
+                    rb.written(n, e, sd);
                     res.entries_restored += 1;
                     n += 1;
                     continue;
@@ -516,15 +392,28 @@ impl Custody {
             res.ownership_note = Some("the kernel refused chown (EPERM or unmapped id)".into());
         }
         res.setid_dropped = std::mem::take(&mut w.setid_dropped);
+        res.metadata_not_restored = std::mem::take(&mut w.not_restored)
+            .into_iter()
+            .map(|(what, (entries, reason))| NotRestored {
+                what,
+                entries,
+                reason,
+            })
+            .collect();
 
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: written");
         // 3. The last flush (covering directory metadata too), the last reads, then the rest.
         let mut v = rb.finish().map_err(flush_err)?;
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: files verified");
         let mut mr = manifest_reader(&manifest_path, &mkey)?;
-        let o = verify_others(&w.root, || mr.next_entry().map_err(man_err))?;
+        let o = verify_others(&w.root, || {
+            mr.next_entry().map(|e| e.map(&mapped)).map_err(man_err)
+        })?;
         v.entries += o.entries;
         v.mismatches.extend(o.mismatches);
+        v.mismatches
+            .extend(verify_dirs(&w.root, fs, &w.dirs_written).mismatches);
+        res.name_mappings = names.map(|m| m.mappings).unwrap_or_default();
         v.mismatches.sort();
         res.entries_verified = v.entries;
         res.bytes_verified = v.bytes;
@@ -556,6 +445,7 @@ impl Custody {
                 entries: res.entries_restored,
                 bytes: res.bytes_restored,
                 skipped: res.skipped.len() as u64,
+                renamed: res.name_mappings.len() as u64,
             },
             AuditEvent::Verify {
                 dataset: id.to_string(),

@@ -27,6 +27,92 @@ use crate::sys::open_beneath;
 pub struct RestoreTarget {
     dir: File,
     label: PathBuf,
+    fs: TargetFs,
+}
+
+/// The kind of filesystem a restore writes into, which decides names and metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetFs {
+    /// A POSIX filesystem (ext4, xfs, btrfs, tmpfs...): names as staged; owners, modes, extended
+    /// attributes and ACLs set.
+    Posix,
+    /// NTFS through ntfs-3g (FUSE): Windows names, DOS attributes, creation time
+    /// (`system.ntfs_crtime_be`), alternate data streams (`user.*`), inherited descriptors
+    /// (`system.ntfs_acl`).
+    Ntfs3g,
+    /// NTFS through the kernel's ntfs3 driver: as [`TargetFs::Ntfs3g`], descriptor through
+    /// `system.ntfs_security`, no way to set the creation time.
+    Ntfs3,
+    /// FAT (vfat, exFAT): Windows names; no owners, modes or extended attributes.
+    Fat,
+}
+
+/// `statfs` magic numbers.
+const FUSE_MAGIC: i64 = 0x6573_5546;
+const NTFS3_MAGIC: i64 = 0x7366_746e;
+const MSDOS_MAGIC: i64 = 0x4d44;
+const EXFAT_MAGIC: i64 = 0x2011_BAB0;
+
+impl TargetFs {
+    /// The kind of the filesystem holding the open directory `dir`: by `fstatfs` magic, and
+    /// for FUSE by whether ntfs-3g's `system.ntfs_attrib_be` answers.
+    pub fn detect(dir: &File) -> TargetFs {
+        let Ok(st) = nix::sys::statfs::fstatfs(dir) else {
+            return TargetFs::Posix;
+        };
+        #[allow(clippy::unnecessary_cast)] // the field's type differs between targets
+        match st.filesystem_type().0 as i64 {
+            NTFS3_MAGIC => TargetFs::Ntfs3,
+            MSDOS_MAGIC | EXFAT_MAGIC => TargetFs::Fat,
+            FUSE_MAGIC => {
+                use xattr::FileExt;
+                match dir.get_xattr(crate::xattrs::NTFS_ATTRIB) {
+                    Ok(Some(_)) => TargetFs::Ntfs3g,
+                    _ => TargetFs::Posix,
+                }
+            }
+            _ => TargetFs::Posix,
+        }
+    }
+
+    /// Names must be mapped to ones Windows can hold (`winnames`).
+    pub fn windows_names(self) -> bool {
+        self != TargetFs::Posix
+    }
+
+    /// An NTFS filesystem (DOS attributes, descriptors, streams).
+    pub fn is_ntfs(self) -> bool {
+        matches!(self, TargetFs::Ntfs3g | TargetFs::Ntfs3)
+    }
+
+    /// Granularity of its file times in nanoseconds (what read-back tolerates).
+    pub fn time_granularity_ns(self) -> u32 {
+        match self {
+            TargetFs::Posix => 1,
+            TargetFs::Ntfs3g | TargetFs::Ntfs3 => 100,
+            TargetFs::Fat => 2_000_000_000,
+        }
+    }
+
+    /// The xattr carrying a file's NTFS security descriptor.
+    pub fn security_xattr(self) -> Option<&'static str> {
+        match self {
+            TargetFs::Ntfs3g => Some("system.ntfs_acl"),
+            TargetFs::Ntfs3 => Some("system.ntfs_security"),
+            _ => None,
+        }
+    }
+
+    /// Shown in results: "posix", "ntfs (ntfs-3g)", ...
+    pub fn describe(self) -> &'static str {
+        match self {
+            TargetFs::Posix => "posix",
+            TargetFs::Ntfs3g => "ntfs (ntfs-3g)",
+            TargetFs::Ntfs3 => "ntfs (ntfs3)",
+            TargetFs::Fat => "fat",
+        }
+    }
 }
 
 /// Checks an image's `data_path`: `/` or `/a/b` (a leading `/` optional), no empty, `.` or
@@ -66,6 +152,7 @@ impl RestoreTarget {
             });
         }
         Ok(RestoreTarget {
+            fs: TargetFs::detect(&dir),
             dir,
             label: path.to_path_buf(),
         })
@@ -133,8 +220,10 @@ impl RestoreTarget {
                 }
             })?;
         }
+        let dir = File::from(cur);
         Ok(RestoreTarget {
-            dir: File::from(cur),
+            fs: TargetFs::detect(&dir),
+            dir,
             label,
         })
     }
@@ -142,6 +231,11 @@ impl RestoreTarget {
     /// The open directory.
     pub fn dir(&self) -> &File {
         &self.dir
+    }
+
+    /// The kind of filesystem it is on.
+    pub fn fs(&self) -> TargetFs {
+        self.fs
     }
 
     /// The path it was opened as (messages only; never re-resolved).

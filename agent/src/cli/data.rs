@@ -269,6 +269,25 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 for s in &res.setid_dropped {
                     println!("setuid/setgid dropped: {s}");
                 }
+                if !res.name_mappings.is_empty() {
+                    println!(
+                        "{} names renamed for {} (rule tek-winnames-1, read back under the new name):",
+                        res.name_mappings.len(),
+                        res.target_filesystem
+                    );
+                    for m in &res.name_mappings {
+                        println!("  renamed: {} -> {}", m.from, m.to_escaped);
+                    }
+                }
+                for n in &res.metadata_not_restored {
+                    println!(
+                        "not restored: {} on {} entries ({})",
+                        n.what, n.entries, n.reason
+                    );
+                }
+                if let Some(note) = &res.security_note {
+                    println!("permissions: {note}");
+                }
                 for m in &res.mismatches {
                     println!("MISMATCH: {m}");
                 }

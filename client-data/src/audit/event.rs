@@ -47,6 +47,11 @@ pub enum AuditEvent {
         bytes: u64,
         /// Entries skipped (device nodes, FIFOs, sockets).
         skipped: u64,
+        /// Entries restored under another name because the target (NTFS, FAT) cannot hold
+        /// theirs (a count only: names stay out of the log). Absent when 0, as in entries
+        /// written before it existed.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        renamed: u64,
     },
     /// A restored dataset was read back and compared.
     Verify {
@@ -387,4 +392,8 @@ pub(super) fn upgrade_v1(v: &mut serde_json::Value) {
             o.insert("reason".into(), serde_json::to_value(code).expect("code"));
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

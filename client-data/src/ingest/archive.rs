@@ -3,6 +3,7 @@
 //! space, a budget of decoded bytes between two entries).
 
 use super::*;
+use crate::manifest::Xattr;
 
 /// Opens a tar archive, undoing gzip or zstd compression (detected by magic number).
 fn open_tar(source: &Path) -> Result<(Box<dyn Read>, &'static str), DataError> {
@@ -68,6 +69,71 @@ fn staging_needed(content: u64, entries: u64) -> u64 {
         .saturating_add(content.div_ceil(SEGMENT as u64).saturating_mul(TAG as u64))
         .saturating_add(entries.saturating_add(1).saturating_mul(4096 + TAG as u64))
         .saturating_add(2 * HEADER as u64)
+}
+
+/// A pax time, `SECONDS[.FRACTION]` (possibly negative).
+fn pax_time(v: &[u8]) -> Result<Time, String> {
+    let s = std::str::from_utf8(v).map_err(|_| "pax time is not text".to_string())?;
+    let bad = || format!("bad pax time {s:?}");
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let sec: i64 = int.parse().map_err(|_| bad())?;
+    let digits = &frac[..frac.len().min(9)];
+    let nsec: u32 = format!("{digits:0<9}").parse().map_err(|_| bad())?;
+    // "-1.5" is 1.5 s before the epoch.
+    if int.starts_with('-') && nsec > 0 {
+        return Ok(Time {
+            sec: sec - 1,
+            nsec: 1_000_000_000 - nsec,
+        });
+    }
+    Ok(Time { sec, nsec })
+}
+
+/// Takes what pax records carry beyond the ustar header: fractional mtime, atime, and
+/// extended attributes (`SCHILY.xattr.NAME`, as GNU tar `--xattrs` and bsdtar write them).
+/// Text ACLs (`SCHILY.acl.*`, GNU tar `--acls`) are refused rather than dropped.
+fn pax_extras<R: Read>(te: &mut tar::Entry<'_, R>, e: &mut Entry) -> Result<(), String> {
+    let Some(exts) = te
+        .pax_extensions()
+        .map_err(|err| format!("bad pax record: {err}"))?
+    else {
+        return Ok(());
+    };
+    for ext in exts {
+        let ext = ext.map_err(|err| format!("bad pax record: {err}"))?;
+        let key = ext.key_bytes();
+        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            crate::xattrs::check_name(name)?;
+            if ext.value_bytes().len() > crate::xattrs::MAX_VALUE {
+                return Err(format!(
+                    "extended attribute {} is {} bytes (at most {})",
+                    String::from_utf8_lossy(name),
+                    ext.value_bytes().len(),
+                    crate::xattrs::MAX_VALUE
+                ));
+            }
+            e.xattrs.push(Xattr {
+                name: name.to_vec(),
+                value: ext.value_bytes().to_vec(),
+            });
+        } else if key.starts_with(b"SCHILY.acl.") {
+            return Err(
+                "the archive carries POSIX ACLs as text (GNU tar --acls), which ingest does not \
+                 convert; make it with --xattrs instead, or ingest the directory"
+                    .into(),
+            );
+        } else if key == b"mtime" {
+            let t = pax_time(ext.value_bytes())?;
+            (e.mtime, e.mtime_nsec) = (t.sec, t.nsec);
+        } else if key == b"atime" {
+            e.atime = Some(pax_time(ext.value_bytes())?);
+        }
+    }
+    e.xattrs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(())
 }
 
 pub(super) fn read_tar(source: &Path, sink: &mut Sink<'_>) -> Result<String, DataError> {
@@ -145,7 +211,11 @@ pub(super) fn read_tar(source: &Path, sink: &mut Sink<'_>) -> Result<String, Dat
             mtime_nsec: 0,
             target: Vec::new(),
             blake3: [0; 32],
+            atime: None,
+            btime: None,
+            xattrs: Vec::new(),
         };
+        pax_extras(&mut te, &mut e).map_err(|r| sink.bad(r))?;
         match kind {
             EntryKind::Symlink => {
                 e.target = te
@@ -186,4 +256,39 @@ pub(super) fn read_tar(source: &Path, sink: &mut Sink<'_>) -> Result<String, Dat
         return Err(sink.bad("empty or not a tar archive"));
     }
     Ok(kind.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times() {
+        let t = |s: &str| pax_time(s.as_bytes());
+        assert_eq!(
+            t("1700000000.5").unwrap(),
+            Time {
+                sec: 1_700_000_000,
+                nsec: 500_000_000
+            }
+        );
+        assert_eq!(t("12").unwrap(), Time { sec: 12, nsec: 0 });
+        assert_eq!(
+            t("1.1234567891").unwrap(),
+            Time {
+                sec: 1,
+                nsec: 123_456_789
+            }
+        );
+        assert_eq!(
+            t("-1.5").unwrap(),
+            Time {
+                sec: -2,
+                nsec: 500_000_000
+            }
+        );
+        for bad in ["", "x", "1.x", "1e5", "1.-5"] {
+            assert!(t(bad).is_err(), "{bad}");
+        }
+    }
 }

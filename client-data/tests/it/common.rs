@@ -213,3 +213,126 @@ pub fn gpt_image(dir: &Path) -> PathBuf {
     );
     img
 }
+
+// ---- real filesystems for metadata tests ----
+
+/// True when this process may make loop devices and mount (root, `/dev/fuse`, ntfs-3g).
+pub fn can_mount_ntfs() -> bool {
+    nix::unistd::geteuid().is_root()
+        && Path::new("/dev/fuse").exists()
+        && Command::new("ntfs-3g").arg("--version").output().is_ok()
+}
+
+/// An NTFS volume in a sparse file (`mkntfs`), mounted with ntfs-3g (`streams_interface=xattr`,
+/// the default, so alternate data streams are `user.*` xattrs); unmounted on drop.
+pub struct NtfsVolume {
+    pub image: PathBuf,
+    pub mnt: PathBuf,
+    mounted: bool,
+}
+
+impl NtfsVolume {
+    pub fn new(dir: &Path, name: &str, size: u64) -> NtfsVolume {
+        let image = dir.join(format!("{name}.ntfs"));
+        fs::File::create(&image).unwrap().set_len(size).unwrap();
+        let out = Command::new("mkntfs")
+            .args(["-F", "-q", "-f", "-L", name])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mkntfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mnt = dir.join(format!("{name}.mnt"));
+        fs::create_dir(&mnt).unwrap();
+        let mut v = NtfsVolume {
+            image,
+            mnt,
+            mounted: false,
+        };
+        v.mount();
+        v
+    }
+
+    pub fn mount(&mut self) {
+        assert!(!self.mounted);
+        let out = Command::new("ntfs-3g")
+            .arg("-o")
+            .arg("streams_interface=xattr")
+            .arg(&self.image)
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ntfs-3g: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mounted = true;
+    }
+
+    pub fn unmount(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "umount {}", self.mnt.display());
+            self.mounted = false;
+        }
+    }
+
+    /// Unmounts and mounts again: what is read afterwards comes from the volume, not a cache.
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+}
+
+impl Drop for NtfsVolume {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// An ext4 filesystem in a sparse file on a loop device, mounted; all undone on drop.
+pub struct Ext4Volume {
+    pub mount: Option<client_data::PartitionMount>,
+    pub lo: Option<client_data::loopdev::LoopDevice>,
+}
+
+impl Ext4Volume {
+    pub fn new(dir: &Path, name: &str, size: u64) -> Ext4Volume {
+        let img = dir.join(format!("{name}.ext4"));
+        fs::File::create(&img).unwrap().set_len(size).unwrap();
+        let ok = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-I", "256"])
+            .arg(&img)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mkfs.ext4");
+        let lo = client_data::loopdev::LoopDevice::attach(&img).unwrap();
+        let m = client_data::PartitionMount::mount_device(lo.path(), None).unwrap();
+        Ext4Volume {
+            mount: Some(m),
+            lo: Some(lo),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.mount.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for Ext4Volume {
+    fn drop(&mut self) {
+        drop(self.mount.take());
+        drop(self.lo.take());
+    }
+}

@@ -5,7 +5,9 @@
 mod audit;
 mod common;
 mod custody;
+mod metadata;
 mod mount;
+mod ntfs;
 mod privilege;
 mod restore_target;
 mod tar;

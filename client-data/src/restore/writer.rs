@@ -1,0 +1,430 @@
+//! The restore's writer: creates each entry beneath the target's descriptor and sets its
+//! metadata (owner, mode, extended attributes, times; on NTFS the inherited security
+//! descriptor, creation time and DOS attributes), counting what the target cannot hold.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, mkdirat, utimensat};
+use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
+use xattr::FileExt;
+
+use super::{data_error, split, ts, unsafe_path};
+use crate::batch::OpenPipe;
+use crate::error::{DataError, io};
+use crate::manifest::{Entry, Xattr};
+use crate::ownership::{Ownership, set_mode};
+use crate::sys::open_beneath;
+use crate::target::TargetFs;
+use crate::xattrs::{NTFS_ATTRIB, NTFS_CRTIME};
+
+/// Security descriptors for new entries by depth below the target (index 0: the target's
+/// direct children): (for a directory, for a file).
+pub(super) type Descriptors = Vec<(Arc<Vec<u8>>, Arc<Vec<u8>>)>;
+
+/// Writes entries beneath the target directory.
+pub(super) struct Writer {
+    pub root: File,
+    pub target: std::path::PathBuf,
+    pub parent: Option<(Vec<u8>, OwnedFd)>,
+    pub dirs: Vec<(u64, Entry)>,
+    pub own: Ownership,
+    pub owners_not_restored: u64,
+    pub setid_dropped: Vec<String>,
+    pub fs: TargetFs,
+    /// NTFS: the descriptors new entries get (empty: leave the filesystem's default).
+    pub sds: Descriptors,
+    /// What could not be set: (what) -> (entries, why).
+    pub not_restored: BTreeMap<String, (u64, String)>,
+    /// Directories as written (mapped, with the attributes actually set) and their
+    /// descriptor, for the read-back.
+    pub dirs_written: Vec<(u64, Entry, crate::readback::Sd)>,
+}
+
+/// Why an attribute may fail to be set without failing the restore.
+fn refused(e: &std::io::Error) -> Option<&'static str> {
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Some("the target filesystem does not support it"),
+        Some(libc::EPERM | libc::EACCES) => Some("the kernel refused it (permission)"),
+        Some(libc::EINVAL) => Some("the target filesystem refused the value"),
+        Some(libc::ENOSPC | libc::E2BIG) => Some("no room for it on the target"),
+        _ => None,
+    }
+}
+
+/// What an attribute is, for the not-restored list.
+fn kind_of(name: &[u8]) -> &'static str {
+    if name.starts_with(b"user.") {
+        "user extended attributes (alternate data streams on NTFS)"
+    } else if name.starts_with(b"security.") {
+        "security.* extended attributes"
+    } else if name.starts_with(b"system.posix_acl") {
+        "POSIX ACLs"
+    } else {
+        "DOS attributes"
+    }
+}
+
+impl Writer {
+    pub(super) fn err(
+        &self,
+        action: &'static str,
+        n: u64,
+    ) -> impl FnOnce(nix::errno::Errno) -> DataError + '_ {
+        move |e| match e {
+            nix::errno::Errno::ELOOP | nix::errno::Errno::EXDEV | nix::errno::Errno::ENOTDIR => {
+                unsafe_path(
+                    n,
+                    format!("{action}: would go through a symlink or leave the target"),
+                )
+            }
+            e => DataError::Io {
+                action,
+                path: self.target.join(format!("<entry {n}>")),
+                source: e.into(),
+            },
+        }
+    }
+
+    fn skip(&mut self, what: &str, why: &str) {
+        let s = self
+            .not_restored
+            .entry(what.to_string())
+            .or_insert((0, why.to_string()));
+        s.0 += 1;
+    }
+
+    /// The descriptor an entry at `path` gets, when descriptors are set.
+    fn descriptor(&self, path: &[u8], dir: bool) -> Option<Arc<Vec<u8>>> {
+        let depth = path.iter().filter(|&&b| b == b'/').count();
+        let (d, f) = self.sds.get(depth)?;
+        Some(if dir { d.clone() } else { f.clone() })
+    }
+
+    /// Opens (creating with 0700 as needed) directory `rel` beneath the target.
+    pub(super) fn dir(&self, rel: &[u8], n: u64) -> Result<OwnedFd, DataError> {
+        match open_beneath(&self.root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0) {
+            Ok(fd) => Ok(fd),
+            Err(nix::errno::Errno::ENOENT) if !rel.is_empty() => {
+                let (parent, name) = split(rel);
+                let pfd = self.dir(parent, n)?;
+                match mkdirat(
+                    Some(pfd.as_raw_fd()),
+                    OsStr::from_bytes(name),
+                    Mode::from_bits_truncate(0o700),
+                ) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(e) => return Err(self.err("creating directory", n)(e)),
+                }
+                let fd = open_beneath(&self.root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
+                    .map_err(self.err("opening directory", n))?;
+                // A new directory gets its inherited descriptor before anything is made in it.
+                if let (Some(sd), Some(name)) =
+                    (self.descriptor(rel, true), self.fs.security_xattr())
+                {
+                    File::from(fd.try_clone().map_err(io("duplicating", &self.target))?)
+                        .set_xattr(name, &sd)
+                        .map_err(io("setting security descriptor under", &self.target))?;
+                }
+                Ok(fd)
+            }
+            Err(e) => Err(self.err("opening directory", n)(e)),
+        }
+    }
+
+    /// The parent directory of `path`, cached for runs of entries in one directory.
+    fn parent_of<'a>(&mut self, path: &'a [u8], n: u64) -> Result<(i32, &'a [u8]), DataError> {
+        let (parent, name) = split(path);
+        let hit = matches!(&self.parent, Some((p, _)) if p.as_slice() == parent);
+        if !hit {
+            let fd = self.dir(parent, n)?;
+            self.parent = Some((parent.to_vec(), fd));
+        }
+        Ok((
+            self.parent.as_ref().expect("cached parent").1.as_raw_fd(),
+            name,
+        ))
+    }
+
+    /// Sets the owner of `e` with `chown` (given the ids), or counts it as not restored.
+    /// Nothing on Windows filesystems: ntfs-3g accepts a chown and stores nothing, so the
+    /// result says so once instead (`security_note`).
+    fn owner(
+        &mut self,
+        e: &Entry,
+        n: u64,
+        chown: impl FnOnce(Option<Uid>, Option<Gid>) -> nix::Result<()>,
+    ) -> Result<(), DataError> {
+        if self.fs.windows_names() {
+            return Ok(());
+        }
+        match self.own {
+            Ownership::Restore => {
+                match chown(Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid))) {
+                    Ok(()) => {}
+                    // EPERM: capability dropped meanwhile or refused by an LSM; EINVAL: the id
+                    // has no mapping in this user namespace. Neither fails the restore.
+                    Err(nix::errno::Errno::EPERM | nix::errno::Errno::EINVAL) => {
+                        self.owners_not_restored += 1
+                    }
+                    Err(err) => return Err(self.err("setting owner", n)(err)),
+                }
+            }
+            Ownership::Keep { uid, gid } => {
+                if (e.uid, e.gid) != (uid, gid) {
+                    self.owners_not_restored += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the mode of the open `fd` (after its owner: chown clears setuid/setgid bits).
+    fn mode(&mut self, fd: i32, mode: u32, n: u64) -> Result<(), DataError> {
+        if self.fs.windows_names() {
+            return Ok(());
+        }
+        let note = set_mode(mode, n, |m| fchmod(fd, m)).map_err(self.err("setting mode", n))?;
+        self.setid_dropped.extend(note);
+        Ok(())
+    }
+
+    /// Sets `e`'s extended attributes (after owner and mode: chown clears file capabilities,
+    /// chmod rewrites an ACL's mask) and, on NTFS, its descriptor; keeps in `e.xattrs` only
+    /// those set, which the read-back then checks. DOS attributes wait for [`Writer::finish_ntfs`].
+    fn xattrs(
+        &mut self,
+        f: &File,
+        e: &mut Entry,
+        dir: bool,
+    ) -> Result<Option<Arc<Vec<u8>>>, DataError> {
+        let mut set: Vec<Xattr> = Vec::with_capacity(e.xattrs.len());
+        for x in std::mem::take(&mut e.xattrs) {
+            let name = OsStr::from_bytes(&x.name);
+            if x.name == NTFS_ATTRIB.as_bytes() {
+                if self.fs.is_ntfs() {
+                    set.push(x);
+                } else {
+                    self.skip(kind_of(&x.name), "the target filesystem has none");
+                }
+                continue;
+            }
+            if self.fs.windows_names() && !x.name.starts_with(b"user.") {
+                self.skip(kind_of(&x.name), "NTFS and FAT have no such attributes");
+                continue;
+            }
+            match f.set_xattr(name, &x.value) {
+                Ok(()) => set.push(x),
+                Err(err) => match refused(&err) {
+                    Some(why) => self.skip(kind_of(&x.name), why),
+                    None => {
+                        return Err(io("setting extended attribute under", &self.target)(err));
+                    }
+                },
+            }
+        }
+        e.xattrs = set;
+        let sd = self.descriptor(&e.path, dir);
+        if let (Some(sd), Some(name)) = (&sd, self.fs.security_xattr()) {
+            f.set_xattr(name, sd)
+                .map_err(io("setting security descriptor under", &self.target))?;
+        }
+        Ok(sd)
+    }
+
+    /// After the times: the NTFS creation time and, last (read-only would refuse the rest),
+    /// the DOS attributes. Clears `e.btime` when it could not be set, so the read-back does
+    /// not look for it.
+    fn finish_ntfs(&mut self, f: &File, e: &mut Entry) -> Result<(), DataError> {
+        if let Some(bt) = e.btime {
+            if self.fs == TargetFs::Ntfs3g {
+                let v = crate::ntfs::to_ntfs_time(bt).to_be_bytes();
+                f.set_xattr(NTFS_CRTIME, &v)
+                    .map_err(io("setting creation time under", &self.target))?;
+            } else {
+                self.skip(
+                    "creation times",
+                    "the target filesystem sets them itself when a file is created",
+                );
+                e.btime = None;
+            }
+        }
+        if let Some(x) = e.xattrs.iter().find(|x| x.name == NTFS_ATTRIB.as_bytes()) {
+            let want = <[u8; 4]>::try_from(x.value.as_slice()).map(u32::from_be_bytes);
+            let cur = f
+                .get_xattr(NTFS_ATTRIB)
+                .ok()
+                .flatten()
+                .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+                .map_or(0, u32::from_be_bytes);
+            match want {
+                Ok(w) => {
+                    let kept = crate::ntfs::ATTRIB_KEPT;
+                    let v = ((cur & !kept) | (w & kept)).to_be_bytes();
+                    f.set_xattr(NTFS_ATTRIB, &v)
+                        .map_err(io("setting DOS attributes under", &self.target))?;
+                }
+                Err(_) => self.skip("DOS attributes", "the staged value is not 4 bytes"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a fresh regular file `name` in `pfd`. Whatever already sits at that name in the
+    /// target is never opened: a hard link to a file outside the target would have the outside
+    /// file rewritten (content, owner, mode), a FIFO would block the open forever. So: `O_EXCL`
+    /// (a new inode or nothing; no symlink followed), and on EEXIST the old name is unlinked
+    /// (a directory is refused) and the create tried once more. `O_NONBLOCK` and the `fstat`
+    /// check stand guard in case something is swapped in between.
+    fn create_file(&self, pfd: i32, name: &[u8], n: u64) -> Result<File, DataError> {
+        let name = OsStr::from_bytes(name);
+        let flags = OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_EXCL
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC;
+        let mut replaced = false;
+        let fd = loop {
+            match nix::fcntl::openat(Some(pfd), name, flags, Mode::from_bits_truncate(0o600)) {
+                Ok(fd) => break fd,
+                Err(nix::errno::Errno::EEXIST) if !replaced => {
+                    replaced = true;
+                    match nix::unistd::unlinkat(
+                        Some(pfd),
+                        name,
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    ) {
+                        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                        Err(nix::errno::Errno::EISDIR) => {
+                            return Err(unsafe_path(
+                                n,
+                                "a directory already stands where this file goes in the target",
+                            ));
+                        }
+                        Err(e) => {
+                            return Err(self.err("removing what stood at a file's path", n)(e));
+                        }
+                    }
+                }
+                Err(e) => return Err(self.err("creating file", n)(e)),
+            }
+        };
+        let f = File::from(crate::sys::owned(fd));
+        let st = nix::sys::stat::fstat(f.as_raw_fd()).map_err(self.err("checking new file", n))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
+            return Err(unsafe_path(
+                n,
+                "the file just created is not a fresh regular file (replaced meanwhile?)",
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Writes file `e` (path already mapped); returns its descriptor for the read-back, and
+    /// leaves in `e` what was set.
+    pub(super) fn file(
+        &mut self,
+        e: &mut Entry,
+        n: u64,
+        data: &mut OpenPipe,
+    ) -> Result<Option<Arc<Vec<u8>>>, DataError> {
+        let path = e.path.clone();
+        let (pfd, name) = self.parent_of(&path, n)?;
+        let mut f = self.create_file(pfd, name, n)?;
+        let mut write_err = None;
+        let r = data.copy_to(e.size, |c| {
+            f.write_all(c).map_err(|err| {
+                let k = err.kind();
+                write_err = Some(err);
+                std::io::Error::from(k)
+            })
+        });
+        if let Some(err) = write_err {
+            return Err(io("writing restored file under", &self.target)(err));
+        }
+        r.map_err(|err| data_error(&self.target, err))?;
+        let fd = f.as_raw_fd();
+        self.owner(e, n, |u, g| fchown(fd, u, g))?;
+        self.mode(fd, e.mode, n)?;
+        let sd = self.xattrs(&f, e, false)?;
+        let m = ts(e.mtime, e.mtime_nsec);
+        let a = e.atime.map_or(m, |t| ts(t.sec, t.nsec));
+        futimens(f.as_raw_fd(), &a, &m).map_err(self.err("setting times", n))?;
+        self.finish_ntfs(&f, e)?;
+        Ok(sd)
+    }
+
+    pub(super) fn symlink(&mut self, e: &Entry, n: u64) -> Result<(), DataError> {
+        let (pfd, name) = self.parent_of(&e.path, n)?;
+        let name = OsStr::from_bytes(name);
+        let target = OsStr::from_bytes(&e.target);
+        match symlinkat(target, Some(pfd), name) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EEXIST) => {
+                let _ =
+                    nix::unistd::unlinkat(Some(pfd), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+                symlinkat(target, Some(pfd), name).map_err(self.err("creating symlink", n))?;
+            }
+            Err(e) => return Err(self.err("creating symlink", n)(e)),
+        }
+        self.owner(e, n, |u, g| {
+            fchownat(
+                Some(pfd),
+                name,
+                u,
+                g,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+        let m = ts(e.mtime, e.mtime_nsec);
+        let a = e.atime.map_or(m, |t| ts(t.sec, t.nsec));
+        utimensat(Some(pfd), name, &a, &m, UtimensatFlags::NoFollowSymlink)
+            .map_err(self.err("setting times", n))?;
+        Ok(())
+    }
+
+    pub(super) fn hardlink(&mut self, e: &Entry, n: u64) -> Result<(), DataError> {
+        let (tparent, tname) = split(&e.target);
+        let tfd = self.dir(tparent, n)?;
+        let (pfd, name) = self.parent_of(&e.path, n)?;
+        let name = OsStr::from_bytes(name);
+        let _ = nix::unistd::unlinkat(Some(pfd), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        // Flags 0: a symlink target is linked itself, never followed.
+        linkat(
+            Some(tfd.as_raw_fd()),
+            OsStr::from_bytes(tname),
+            Some(pfd),
+            name,
+            nix::fcntl::AtFlags::empty(),
+        )
+        .map_err(self.err("creating hard link", n))
+    }
+
+    /// Directory metadata, deepest first (creating children would otherwise bump their
+    /// mtimes, and a 0555 or read-only directory would refuse them).
+    pub(super) fn finish_dirs(&mut self) -> Result<(), DataError> {
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by_key(|(_, d)| std::cmp::Reverse(d.path.iter().filter(|&&b| b == b'/').count()));
+        for (n, mut d) in dirs {
+            let fd = self.dir(&d.path, n)?;
+            let raw = fd.as_raw_fd();
+            self.owner(&d, n, |u, g| fchown(raw, u, g))?;
+            self.mode(raw, d.mode, n)?;
+            let f = File::from(fd);
+            let sd = self.xattrs(&f, &mut d, true)?;
+            let m = ts(d.mtime, d.mtime_nsec);
+            let a = d.atime.map_or(m, |t| ts(t.sec, t.nsec));
+            futimens(f.as_raw_fd(), &a, &m).map_err(self.err("setting times", n))?;
+            self.finish_ntfs(&f, &mut d)?;
+            self.dirs_written.push((n, d, sd));
+        }
+        Ok(())
+    }
+}
