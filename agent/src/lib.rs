@@ -9,6 +9,7 @@ pub mod depot;
 pub mod job;
 pub mod memory;
 pub mod sample;
+pub mod sample_windows;
 pub mod server;
 pub mod settings;
 pub mod stale;

@@ -13,22 +13,28 @@
 //!   departures.
 //! - [`partition`]: one partition as a block device: the kernel's node, else a loop device
 //!   with the partition's offset and size.
+//! - [`fstype`]: what a partition holds, from its signatures (NTFS, BitLocker, ext4, ...);
+//!   [`ntfs`]: the `$Volume` dirty flag; [`selector`]: `number:`/`name:`/`label:`/`type:` hints.
 //! - [`loopdev`]: attaching and detaching loop devices (RAII), for staging and tests.
 //! - [`ioctl`]: block-device ioctls and `flock`, the crate's only `unsafe`.
 //!
 //! Nothing here writes to a disk; the imager and client-data decide what to do with one.
 
+pub mod fstype;
 pub mod holders;
 mod identity;
 pub mod ioctl;
 pub mod loopdev;
 pub mod mountinfo;
+pub mod ntfs;
 pub mod partition;
 pub mod port_path;
+pub mod selector;
 pub mod sysfs;
 pub mod uevent;
 pub mod watch;
 
+pub use fstype::FsKind;
 pub use identity::clean_backing;
 pub use loopdev::{LoopDevice, LoopError, LoopOptions};
 pub use sysfs::{Bus, DiskInfo, SysRoot};

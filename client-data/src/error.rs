@@ -245,6 +245,23 @@ pub enum DataError {
         /// What went wrong.
         reason: String,
     },
+    /// The image's data-partition selector matches no partition, or more than one, on the disk.
+    #[error("choosing the data partition of {device}: {source}")]
+    NoPartition {
+        /// The disk or image.
+        device: PathBuf,
+        /// Which selector, and the candidates.
+        source: blockdev::selector::SelectError,
+    },
+    /// The partition's filesystem must not be mounted read-write (BitLocker, hibernated, dirty,
+    /// unknown): nothing was mounted and nothing was changed on it.
+    #[error("refusing to mount {device}: {reason}")]
+    MountRefused {
+        /// The partition's device node.
+        device: PathBuf,
+        /// Why, typed so callers can branch on it.
+        reason: crate::mount::MountRefusal,
+    },
     /// A loop device could not be attached or detached.
     #[error(transparent)]
     Loop(#[from] crate::loopdev::LoopError),

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
-use blockdev::SysRoot;
-use blockdev::partition::PartitionDevice;
+use blockdev::partition::{PartitionDevice, PartitionSpan};
+use blockdev::selector::{PartitionFacts, PartitionSelector};
+use blockdev::{FsKind, SysRoot};
 
 use crate::error::DataError;
 use crate::loopdev::LoopDevice;
@@ -23,6 +24,9 @@ pub struct PartitionMount {
     mounted: bool,
     loopdev: Option<LoopDevice>,
     source: PathBuf,
+    /// The `ntfs-3g` FUSE daemon serving this mount (kept in the foreground), waited for after
+    /// the unmount so its last writes are on the disk before the loop device goes.
+    daemon: Option<crate::ntfs_mount::Daemon>,
 }
 
 fn merr(action: &'static str, device: &Path, reason: impl ToString) -> DataError {
@@ -33,11 +37,69 @@ fn merr(action: &'static str, device: &Path, reason: impl ToString) -> DataError
     }
 }
 
-/// Byte range and number of a named GPT partition.
-pub use blockdev::partition::PartitionSpan as PartitionRange;
+/// Byte range and number of the selected GPT partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRange {
+    /// 1-based partition number.
+    pub number: u32,
+    /// Byte offset from the start of the disk.
+    pub offset: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
 
-/// Finds the partition named `name` in the GPT of `device` (tries 512 then 4096-byte sectors).
-pub fn find_partition(device: &Path, name: &str) -> Result<PartitionRange, DataError> {
+/// Why a partition is not mounted read-write. Each is a refusal, never "fixed": tek does not
+/// run `ntfsfix`, `chkdsk`-like repairs or remove a hibernation file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountRefusal {
+    /// A BitLocker volume (`-FVE-FS-`): its files cannot be reached without the recovery key.
+    BitLocker,
+    /// Windows is hibernated (or used Fast Startup) on this volume: writing to it now would be
+    /// lost or corrupt the volume when Windows resumes.
+    Hibernated,
+    /// The NTFS dirty bit is set (`$Volume` flags): Windows must check it (`chkdsk`) first.
+    Dirty,
+    /// The NTFS journal (`$LogFile`) holds unfinished transactions: Windows was not shut down
+    /// cleanly.
+    Unclean,
+    /// The driver mounted it read-only.
+    ReadOnly,
+    /// No filesystem tek knows (ext4, xfs, btrfs, vfat, ntfs).
+    UnknownFilesystem,
+    /// A check the volume must pass could not be made (tool missing, unreadable structures).
+    Unchecked(String),
+}
+
+impl std::fmt::Display for MountRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MountRefusal::BitLocker => {
+                "it is a BitLocker-encrypted volume (-FVE-FS-); client data cannot be written \
+                 into it without the recovery key"
+            }
+            MountRefusal::Hibernated => {
+                "Windows is hibernated on it (or left it with Fast Startup); boot Windows and shut \
+                 it down fully (powercfg /h off), it is not changed here"
+            }
+            MountRefusal::Dirty => {
+                "its NTFS dirty flag is set; run chkdsk on it in Windows, it is not fixed here"
+            }
+            MountRefusal::Unclean => {
+                "its NTFS journal holds unfinished changes (Windows was not shut down cleanly); \
+                 it is not replayed or cleared here"
+            }
+            MountRefusal::ReadOnly => "the driver would only mount it read-only",
+            MountRefusal::UnknownFilesystem => {
+                "no filesystem tek can write (ext4, xfs, btrfs, vfat, ntfs)"
+            }
+            MountRefusal::Unchecked(why) => return write!(f, "it could not be checked: {why}"),
+        })
+    }
+}
+
+/// Reads the GPT of `device` (512 then 4096-byte sectors): each partition's facts for a
+/// selector, and its byte range.
+fn partitions(device: &Path) -> Result<Vec<(PartitionFacts, PartitionRange)>, DataError> {
     let mut last_err = String::new();
     for lb in [
         gpt::disk::LogicalBlockSize::Lb512,
@@ -54,73 +116,106 @@ pub fn find_partition(device: &Path, name: &str) -> Result<PartitionRange, DataE
                 continue;
             }
         };
-        let mut names = Vec::new();
-        for (&number, p) in disk.partitions() {
-            if p.name == name {
-                let offset = p
-                    .bytes_start(lb)
-                    .map_err(|e| merr("reading partition table of", device, e))?;
-                let size = p
-                    .bytes_len(lb)
-                    .map_err(|e| merr("reading partition table of", device, e))?;
-                return Ok(PartitionRange {
+        let mut out = Vec::new();
+        for (&number, p) in disk.partitions().iter().filter(|(_, p)| p.is_used()) {
+            let offset = p
+                .bytes_start(lb)
+                .map_err(|e| merr("reading partition table of", device, e))?;
+            let size = p
+                .bytes_len(lb)
+                .map_err(|e| merr("reading partition table of", device, e))?;
+            let facts = PartitionFacts {
+                number,
+                name: p.name.clone(),
+                type_guid: p.part_type_guid.guid.to_string(),
+                label: None,
+            };
+            out.push((
+                facts,
+                PartitionRange {
                     number,
                     offset,
                     size,
-                });
-            }
-            names.push(p.name.clone());
+                },
+            ));
         }
-        return Err(merr(
-            "finding partition in",
-            device,
-            format!("no GPT partition named {name:?} (found {names:?})"),
-        ));
+        return Ok(out);
     }
     Err(merr("reading GPT of", device, last_err))
 }
 
-/// Guesses the filesystem type from its superblock magic (mount(2) needs a type).
-pub fn detect_fstype(dev: &Path) -> Option<&'static str> {
+/// The filesystem label of the partition at `range` of `device`, if it has one.
+fn read_label(device: &Path, range: &PartitionRange) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(dev).ok()?;
-    let mut b = vec![0u8; 68 * 1024];
-    let mut got = 0;
-    while got < b.len() {
-        match f.read(&mut b[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
+    let mut f = std::fs::File::open(device).ok()?;
+    let mut head = vec![0u8; blockdev::fstype::PROBE_LEN.min(range.size as usize)];
+    f.seek(SeekFrom::Start(range.offset)).ok()?;
+    f.read_exact(&mut head).ok()?;
+    match blockdev::fstype::identify(&head)? {
+        FsKind::Ntfs => {
+            blockdev::ntfs::volume_info(&mut f, range.offset)
+                .ok()?
+                .label
+        }
+        _ => blockdev::fstype::label(&head),
+    }
+}
+
+/// Finds the partition `selector` means (`number:N`, `name:X`, `label:X`, `type:T`, or a bare
+/// GPT name) in the GPT of `device`. A selector matching two partitions is refused
+/// ([`DataError::NoPartition`] with [`blockdev::selector::SelectError::Ambiguous`]), never resolved by guess.
+pub fn find_partition(device: &Path, selector: &str) -> Result<PartitionRange, DataError> {
+    let sel = PartitionSelector::parse(selector).map_err(|source| DataError::NoPartition {
+        device: device.to_path_buf(),
+        source,
+    })?;
+    let mut parts = partitions(device)?;
+    if sel.needs_labels() {
+        for (facts, range) in &mut parts {
+            facts.label = read_label(device, range);
         }
     }
-    b.truncate(got);
-    let at = |off: usize, magic: &[u8]| b.get(off..off + magic.len()) == Some(magic);
-    if at(1080, &[0x53, 0xEF]) {
-        return Some("ext4");
+    let facts: Vec<PartitionFacts> = parts.iter().map(|(f, _)| f.clone()).collect();
+    let hit = sel
+        .resolve(&facts)
+        .map_err(|source| DataError::NoPartition {
+            device: device.to_path_buf(),
+            source,
+        })?;
+    Ok(parts
+        .into_iter()
+        .find(|(f, _)| f.number == hit.number)
+        .map(|(_, r)| r)
+        .expect("resolved from this list"))
+}
+
+/// Guesses the filesystem type from its superblock magic (mount(2) needs a type); a BitLocker
+/// volume is `None` here (nothing to mount), [`blockdev::fstype::probe`] tells it apart.
+pub fn detect_fstype(dev: &Path) -> Option<&'static str> {
+    match blockdev::fstype::probe(dev).ok()?? {
+        FsKind::BitLocker => None,
+        k => Some(k.name()),
     }
-    if at(0, b"XFSB") {
-        return Some("xfs");
-    }
-    if at(0x10040, b"_BHRfS_M") {
-        return Some("btrfs");
-    }
-    if at(0x52, b"FAT32") || at(0x36, b"FAT") {
-        return Some("vfat");
-    }
-    let _ = f.seek(SeekFrom::Start(0));
-    None
 }
 
 impl PartitionMount {
-    /// Finds the partition by GPT name on `device` (block device or image file) and mounts it on a
-    /// fresh private directory; `fstype` auto-detected when `None`.
+    /// Finds the partition `selector` means (see [`find_partition`]) on `device` (block device or
+    /// image file) and mounts it read-write on a fresh private directory; `fstype` auto-detected
+    /// when `None`. NTFS goes to the kernel's `ntfs3` where it exists, else to `ntfs-3g`; a
+    /// BitLocker, hibernated, dirty or unclean volume is refused ([`DataError::MountRefused`]).
     pub fn mount(
         device: &Path,
-        partition_name: &str,
+        selector: &str,
         fstype: Option<&str>,
     ) -> Result<PartitionMount, DataError> {
-        let range = find_partition(device, partition_name)?;
+        let range = find_partition(device, selector)?;
+        let span = PartitionSpan {
+            number: range.number,
+            offset: range.offset,
+            size: range.size,
+        };
         let (source, loopdev) =
-            PartitionDevice::open(&SysRoot::system(), device, range)?.into_parts();
+            PartitionDevice::open(&SysRoot::system(), device, span)?.into_parts();
         Self::mount_source(source, loopdev, fstype)
     }
 
@@ -134,12 +229,25 @@ impl PartitionMount {
         loopdev: Option<LoopDevice>,
         fstype: Option<&str>,
     ) -> Result<PartitionMount, DataError> {
-        let fstype = match fstype {
-            Some(t) => t.to_string(),
-            None => detect_fstype(&source)
-                .ok_or_else(|| merr("detecting filesystem on", &source, "unknown superblock"))?
-                .to_string(),
+        let kind = blockdev::fstype::probe(&source)
+            .map_err(|e| merr("reading the superblock of", &source, e))?;
+        let refuse = |reason| DataError::MountRefused {
+            device: source.clone(),
+            reason,
         };
+        // Whatever the caller asked for: a BitLocker volume is never a data target.
+        if kind == Some(FsKind::BitLocker) {
+            return Err(refuse(MountRefusal::BitLocker));
+        }
+        let fstype = match (fstype, kind) {
+            (Some(t), _) => t.to_string(),
+            (None, Some(k)) => k.name().to_string(),
+            (None, None) => return Err(refuse(MountRefusal::UnknownFilesystem)),
+        };
+        let ntfs = fstype == "ntfs" || fstype == "ntfs3" || fstype == "ntfs-3g";
+        if ntfs {
+            crate::ntfs_mount::check_writable(&source).map_err(refuse)?;
+        }
         let base = std::env::temp_dir().join("tek-mnt-XXXXXX");
         let dir = nix::unistd::mkdtemp(&base)
             .map_err(|e| merr("creating mount point for", &source, e))?;
@@ -149,7 +257,19 @@ impl PartitionMount {
             mounted: false,
             loopdev,
             source,
+            daemon: None,
         };
+        if ntfs {
+            m.daemon = crate::ntfs_mount::mount(&m.source, &m.dir)?;
+            m.mounted = true;
+            crate::ntfs_mount::check_mounted_rw(&m.dir).map_err(|reason| {
+                DataError::MountRefused {
+                    device: m.source.clone(),
+                    reason,
+                }
+            })?;
+            return Ok(m);
+        }
         nix::mount::mount(
             Some(&m.source),
             &m.dir,
@@ -195,6 +315,9 @@ impl PartitionMount {
                 return Err(merr("unmounting", &self.dir, e));
             }
             self.mounted = false;
+        }
+        if let Some(d) = self.daemon.take() {
+            d.wait_exit(&self.source)?;
         }
         if let Some(lo) = self.loopdev.take() {
             lo.detach()?;

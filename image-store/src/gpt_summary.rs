@@ -136,6 +136,9 @@ pub fn summarize(img: SparseImage) -> Option<GptSummary> {
                 unique_guid: guid(&p.part_guid),
                 first_lba: p.first_lba,
                 last_lba: p.last_lba,
+                filesystem: None,
+                label: None,
+                windows_bcd: false,
             })
             .collect();
         return Some(GptSummary {

@@ -23,9 +23,10 @@ use crate::chunk::ChunkId;
 use crate::error::StoreError;
 use crate::fsutil;
 use crate::gpt_summary::{self, EDGE, SparseImage};
+pub use crate::hints::{check_hints, resolve_hint};
 use crate::image_ref::ImageRef;
 use crate::lock::{self, ImportSession};
-use crate::manifest::{Chunking, Extent, GptSummary, Hints, MANIFEST_FORMAT, Manifest};
+use crate::manifest::{Chunking, Extent, Hints, MANIFEST_FORMAT, Manifest};
 use crate::segment::{CdcParams, Segment, Segmenter, is_zero};
 use crate::signature::SigningKey;
 use crate::source::{DecodeLimits, Source, SourceFormat};
@@ -180,36 +181,6 @@ fn tmpfile_works(dir: &Path) -> bool {
     ok
 }
 
-/// Checks hints against the image's GPT (None: the image has no GPT).
-pub fn check_hints(h: &Hints, gpt: Option<&GptSummary>) -> Result<(), StoreError> {
-    for (hint, name) in [
-        ("data_partition", &h.data_partition),
-        ("grow_partition", &h.grow_partition),
-    ] {
-        let Some(name) = name else { continue };
-        let Some(g) = gpt else {
-            return Err(StoreError::BadHint {
-                hint,
-                reason: format!("names partition {name:?} but the image has no GPT"),
-            });
-        };
-        if !g.partitions.iter().any(|p| &p.name == name) {
-            let names: Vec<_> = g.partitions.iter().map(|p| p.name.as_str()).collect();
-            return Err(StoreError::BadHint {
-                hint,
-                reason: format!("no GPT partition named {name:?} (partitions: {names:?})"),
-            });
-        }
-    }
-    if let Some(p) = &h.data_path {
-        crate::manifest::check_data_path(p).map_err(|reason| StoreError::BadHint {
-            hint: "data_path",
-            reason,
-        })?;
-    }
-    Ok(())
-}
-
 impl Store {
     /// Imports `source` as `image`: chunks first, the manifest (and signature) last.
     pub fn import(
@@ -360,7 +331,6 @@ impl Store {
             });
         }
         let gpt = gpt_summary::summarize(SparseImage::new(head, tail, size));
-        check_hints(&opts.hints, gpt.as_ref())?;
         let (data_bytes, hole_bytes) = extents.iter().fold((0, 0), |(d, h), e| match e {
             Extent::Chunk { len, .. } => (d + len, h),
             Extent::Hole { len, .. } => (d, h + len),
@@ -390,6 +360,12 @@ impl Store {
         for d in &batch.dirs {
             fsutil::sync_dir(d)?;
         }
+        let mut manifest = manifest;
+        if let Some(g) = manifest.gpt.as_mut() {
+            crate::probe::probe_partitions(self, &manifest.extents, g)
+                .map_err(|e| StoreError::io("reading the partitions of", source, e))?;
+        }
+        check_hints(&opts.hints, manifest.gpt.as_ref())?;
         // Check and commit under the manifest lock: two imports of one name never both "win".
         let _edit = crate::lock::ManifestLock::take(self.root())?;
         if !opts.replace && self.exists(image) {

@@ -6,7 +6,11 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::ChunkId;
 
 /// Current manifest format version. Readers refuse versions they do not know.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Format 2 added `gpt.partitions[].filesystem` and `.label`; format 1 is still read.
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// The oldest manifest format this version reads.
+pub const MANIFEST_FORMAT_MIN: u32 = 1;
 
 /// A stored image's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +123,17 @@ pub struct GptPartition {
     pub first_lba: u64,
     /// Last LBA (inclusive).
     pub last_lba: u64,
+    /// What the partition's first bytes say it holds (`blockdev::FsKind` names: `ntfs`,
+    /// `bitlocker`, `ext4`, ...), probed at import; absent in format 1 and for unknown content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<String>,
+    /// The filesystem's label, probed at import (what `label:` hints match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// A FAT partition holding the Windows boot manager's store `EFI/Microsoft/Boot/BCD`, which
+    /// names partitions by GUID (so `randomize_guids` would leave the disk unbootable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub windows_bcd: bool,
 }
 
 /// Checks a `data_path` hint: absolute (`/` alone is the partition's root), no empty, `.` or
@@ -153,11 +168,12 @@ pub fn check_data_path(p: &str) -> Result<(), String> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hints {
-    /// GPT name of the partition that receives client data.
+    /// The partition that receives client data: a selector (`number:N`, `name:X`, `label:X`,
+    /// `type:T`, or a bare GPT name; `blockdev::selector`).
     pub data_partition: Option<String>,
     /// Path inside that partition's filesystem where client data goes (default `/`).
     pub data_path: Option<String>,
-    /// GPT name of the partition to grow to fill the disk.
+    /// The partition to grow to fill the disk: a selector, as `data_partition`.
     pub grow_partition: Option<String>,
     /// Give the disk and its partitions new random GUIDs per device.
     pub randomize_guids: bool,

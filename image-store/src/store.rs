@@ -22,7 +22,7 @@ use crate::chunk::{ChunkId, CompressedChunk};
 use crate::error::{ChunkUse, StoreError};
 use crate::fsutil;
 use crate::image_ref::ImageRef;
-use crate::manifest::{Extent, MANIFEST_FORMAT, Manifest};
+use crate::manifest::{Extent, MANIFEST_FORMAT, MANIFEST_FORMAT_MIN, Manifest};
 use crate::signature::{self, SignatureStatus};
 
 /// Version of the store layout (`store.json`).
@@ -369,7 +369,7 @@ pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, StoreError>
         Ok(m) => m,
         Err(e) => {
             if let Ok(f) = serde_json::from_slice::<FormatOnly>(bytes)
-                && f.format != MANIFEST_FORMAT
+                && !(MANIFEST_FORMAT_MIN..=MANIFEST_FORMAT).contains(&f.format)
             {
                 return Err(StoreError::UnsupportedFormat {
                     path: path.to_path_buf(),
@@ -380,7 +380,7 @@ pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, StoreError>
             return Err(parse_error(path, &e));
         }
     };
-    if m.format != MANIFEST_FORMAT {
+    if !(MANIFEST_FORMAT_MIN..=MANIFEST_FORMAT).contains(&m.format) {
         return Err(StoreError::UnsupportedFormat {
             path: path.to_path_buf(),
             found: m.format,

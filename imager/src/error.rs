@@ -51,6 +51,14 @@ pub enum ImagerError {
         /// What went wrong.
         reason: String,
     },
+    /// Growing or checking the grown partition's filesystem failed.
+    #[error("growing the filesystem on {path}: {reason}")]
+    Filesystem {
+        /// The target.
+        path: PathBuf,
+        /// What went wrong (the tool and its output).
+        reason: String,
+    },
     /// The target was refused before anything was written.
     #[error("{path} refused: {refusal}")]
     Refused {

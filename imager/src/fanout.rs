@@ -20,13 +20,15 @@ use crate::buffer::{ALIGN, AlignedBuf};
 use crate::decode::Item;
 use crate::eligibility::{self, Refusal};
 use crate::error::ImagerError;
+use crate::fsgrow;
 use crate::gptfix;
 use crate::ioctl;
+use crate::layout;
 use crate::marker;
 use crate::progress::{Phase, ProgressEvent, Reporter};
-use crate::report::{BeyondAction, TargetReport, TargetResult};
+use crate::report::{TargetReport, TargetResult};
 use crate::source::{ImageInfo, ImageSource};
-use crate::target::{TargetDev, ZeroMethod};
+use crate::target::TargetDev;
 use crate::verify;
 use crate::writer::OrderedWriter;
 
@@ -344,10 +346,20 @@ fn run_target(
 ) -> TargetReport {
     let t0 = Instant::now();
     let mut phase = Phase::Writing;
+    // The layout map comes first: a grow hint that cannot be carried out is refused before the
+    // disk is touched.
+    let plan = match plan_layout(info, opts, &dev) {
+        Ok(p) => p,
+        Err(e) => {
+            progress.phase(Phase::Failed, 0);
+            return failed(rep, Phase::Checking, &e, false);
+        }
+    };
     let r = job_steps(
         source,
         info,
         opts,
+        &plan,
         &mut dev,
         &mut rep,
         rx,
@@ -367,11 +379,53 @@ fn run_target(
         }
         Err(e) => {
             drop(split);
-            let reset = gptfix::reset_partition_table(&mut dev, info.size).is_ok();
+            let mut reset = gptfix::reset_partition_table(&mut dev, info.size).is_ok();
+            if !plan.layout.is_identity() {
+                // The image's backup GPT was written where the layout map moved it.
+                let end = plan.layout.disk(info.size - 1) + 1;
+                reset &= gptfix::reset_partition_table(&mut dev, end).is_ok();
+            }
             progress.phase(Phase::Failed, 0);
             failed(rep, phase, &e, reset)
         }
     }
+}
+
+/// The layout map for this target (`layout.rs`): partitions after the one to grow move to the
+/// disk's end. Only with fix-ups on and a GPT summary (store images).
+fn plan_layout(
+    info: &ImageInfo,
+    opts: &WriteOptions,
+    dev: &TargetDev,
+) -> Result<layout::Plan, ImagerError> {
+    if !opts.fixups || info.gpt_sector.is_none() {
+        return Ok(layout::Plan::default());
+    }
+    // Import and `tek image set` refuse this hint already; a manifest is checked again here.
+    if info.hints.randomize_guids
+        && info
+            .gpt
+            .iter()
+            .flat_map(|g| &g.partitions)
+            .any(|p| p.windows_bcd)
+    {
+        return Err(ImagerError::Gpt {
+            path: dev.path().to_path_buf(),
+            reason: "randomize_guids on an image whose ESP holds EFI/Microsoft/Boot/BCD: the \
+                     BCD store names partitions by GUID, the disk would not boot"
+                .into(),
+        });
+    }
+    layout::plan(
+        info.gpt.as_ref(),
+        info.hints.grow_partition.as_deref(),
+        info.size,
+        dev.size(),
+    )
+    .map_err(|e| ImagerError::Gpt {
+        path: dev.path().to_path_buf(),
+        reason: e.0,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -379,6 +433,7 @@ fn job_steps(
     source: &ImageSource,
     info: &ImageInfo,
     opts: &WriteOptions,
+    plan: &layout::Plan,
     dev: &mut TargetDev,
     rep: &mut TargetReport,
     rx: Receiver<Item>,
@@ -396,7 +451,7 @@ fn job_steps(
     // From here on the disk's old partition table would describe a half-written disk: reset it,
     // and leave a marker a kill -9 cannot remove (a finished write overwrites it).
     marker::arm(dev, info)?;
-    let mut w = OrderedWriter::new(dev, size, opts.reuse_existing);
+    let mut w = OrderedWriter::with_layout(dev, size, opts.reuse_existing, plan.layout);
     let mut rx = rx;
     loop {
         let item = match rx.recv_timeout(POLL) {
@@ -455,7 +510,7 @@ fn job_steps(
     let t = Instant::now();
     *phase = Phase::ClearingBeyond;
     progress.phase(Phase::ClearingBeyond, dev.size() - size);
-    rep.beyond = clear_beyond(dev, size, opts.beyond, &opts.cancel)?;
+    rep.beyond = crate::beyond::clear_uncovered(dev, size, plan.layout, opts.beyond, &opts.cancel)?;
     rep.durations.beyond_secs = t.elapsed().as_secs_f64();
 
     if let Some(hook) = &opts.before_read_back {
@@ -468,11 +523,12 @@ fn job_steps(
     dev.drop_cache()?;
     *phase = Phase::Verifying;
     progress.phase(Phase::Verifying, size);
-    let out = verify::verify_extents(
+    let out = verify::verify_mapped(
         dev,
         &extents,
         &holdback,
         size,
+        plan.layout,
         opts.verify_holes_fully,
         &opts.cancel,
         &mut |d| progress.update(d),
@@ -493,7 +549,7 @@ fn job_steps(
     if let (true, Some(sector)) = (opts.fixups, info.gpt_sector) {
         *phase = Phase::FixingGpt;
         progress.phase(Phase::FixingGpt, 0);
-        let mut changes = gptfix::fix_gpt(dev, &mut holdback, sector, &info.hints)?;
+        let mut changes = gptfix::fix_gpt(dev, &mut holdback, sector, &info.hints, plan)?;
         dev.sync()?;
         dev.drop_cache()?;
         for (off, bytes) in std::mem::take(&mut changes.written) {
@@ -507,7 +563,24 @@ fn job_steps(
             }
             rep.bytes_verified += bytes.len() as u64;
         }
+        let grown = changes.grown_range;
         rep.gpt = Some(changes);
+        // The grown partition's filesystem follows its partition, before the first MiB makes
+        // the disk look finished: a failed grow or check resets the table like any failure.
+        if let Some((number, first, last)) = grown
+            && last > first
+        {
+            *phase = Phase::GrowingFilesystem;
+            progress.phase(Phase::GrowingFilesystem, 0);
+            let g = fsgrow::grow(
+                dev.path(),
+                number,
+                first * sector,
+                (last - first + 1) * sector,
+            )?;
+            dev.drop_cache()?;
+            rep.filesystem = Some(g);
+        }
     }
     // The last moment a cancel can still stop the write: after the first MiB, the disk is done.
     if opts.cancel.load(Ordering::Relaxed) {
@@ -539,62 +612,4 @@ fn job_steps(
     }
     rep.durations.finish_secs = t.elapsed().as_secs_f64();
     Ok(())
-}
-
-/// Zeros written beyond the image per step, so that a cancel need not wait for a whole disk.
-const BEYOND_STEP: u64 = 1 << 30;
-
-/// Clears `[image_size, disk end)` according to `policy`.
-fn clear_beyond(
-    dev: &mut TargetDev,
-    image_size: u64,
-    policy: BeyondImage,
-    cancel: &AtomicBool,
-) -> Result<BeyondAction, ImagerError> {
-    let end = dev.size();
-    if end <= image_size {
-        return Ok(BeyondAction::None);
-    }
-    let bytes = end - image_size;
-    if policy == BeyondImage::Skip {
-        return Ok(BeyondAction::Skipped {
-            bytes,
-            reason: "skipped by option".into(),
-        });
-    }
-    let s = dev.logical_sector();
-    let a = image_size.div_ceil(s) * s;
-    dev.write_zeros(image_size, a - image_size)?;
-    if !dev.is_block() {
-        dev.zero_range(a, end - a)?;
-        return Ok(BeyondAction::Punched { bytes });
-    }
-    if let Some(m) = dev.zero_range_fast(a, end - a) {
-        return Ok(match m {
-            ZeroMethod::LoopDiscard => BeyondAction::Discarded { bytes },
-            _ => BeyondAction::Zeroed {
-                bytes,
-                offloaded: true,
-            },
-        });
-    }
-    if policy == BeyondImage::Overwrite {
-        // BLKZEROOUT or our own writes over the rest of a large disk take minutes: in steps
-        // (sector multiples), checking the cancel flag between them.
-        let mut offloaded = true;
-        let mut at = a;
-        while at < end {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(ImagerError::Cancelled { offset: image_size });
-            }
-            let n = (end - at).min(BEYOND_STEP);
-            offloaded &= dev.zero_range(at, n)?.offloaded();
-            at += n;
-        }
-        return Ok(BeyondAction::Zeroed { bytes, offloaded });
-    }
-    Ok(BeyondAction::Skipped {
-        bytes,
-        reason: "the device offers no fast zeroing; use --beyond overwrite".into(),
-    })
 }

@@ -15,6 +15,7 @@ use image_store::Hints;
 use serde::Serialize;
 
 use crate::error::ImagerError;
+use crate::layout::Plan;
 use crate::target::TargetDev;
 
 /// What the fix-ups changed, for the report.
@@ -26,13 +27,34 @@ pub struct GptChanges {
     pub backup_lba_after: u64,
     /// The partition grown: (name, old last LBA, new last LBA).
     pub grown: Option<(String, u64, u64)>,
+    /// Partitions moved to the disk's end by the layout map (type, GUIDs, attributes kept).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<MovedPartition>,
     /// New random disk and partition GUIDs were given.
     pub guids_randomized: bool,
     /// The disk GUID after the fix-ups.
     pub disk_guid: String,
+    /// The grown partition: (number, first LBA, new last LBA), for the filesystem grow.
+    #[serde(skip)]
+    pub grown_range: Option<(u32, u64, u64)>,
     /// Bytes of GPT structures written beyond the first MiB: (offset, bytes) for read-back.
     #[serde(skip)]
     pub written: Vec<(u64, Vec<u8>)>,
+}
+
+/// One partition the layout map moved.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MovedPartition {
+    /// Partition number.
+    pub number: u32,
+    /// GPT name.
+    pub name: String,
+    /// First LBA in the image.
+    pub old_first_lba: u64,
+    /// First LBA on the disk.
+    pub new_first_lba: u64,
+    /// Last LBA on the disk.
+    pub new_last_lba: u64,
 }
 
 /// The disk as the GPT code sees it: the first `holdback.len()` bytes come from memory.
@@ -166,14 +188,17 @@ fn check_table_fields(dev: &TargetDev, holdback: &[u8], sector: u64) -> Result<(
     Ok(())
 }
 
-/// Rewrites the GPT for the disk's real size; grows `hints.grow_partition` to the last usable
-/// LBA and gives new random GUIDs when `hints.randomize_guids`. `holdback` is modified in place
-/// (primary header, array, protective MBR); the backup structures are written to the disk.
+/// Rewrites the GPT for the disk's real size; moves the partitions `plan` moved (by its shift),
+/// grows the planned partition (else `hints.grow_partition`, a selector, resolved here) up to the
+/// first moved partition or the last usable LBA, and gives new random GUIDs when
+/// `hints.randomize_guids`. `holdback` is modified in place (primary header, array, protective
+/// MBR); the backup structures are written to the disk.
 pub fn fix_gpt(
     dev: &TargetDev,
     holdback: &mut [u8],
     sector: u64,
     hints: &Hints,
+    plan: &Plan,
 ) -> Result<GptChanges, ImagerError> {
     let lb = gpt::disk::LogicalBlockSize::try_from(sector).map_err(|e| gpt_err(dev, e))?;
     let disk_len = dev.size();
@@ -193,26 +218,65 @@ pub fn fix_gpt(
     let last_lba = disk_len / sector - 1;
     let new_last_usable = last_lba - array_lbs - 1;
     let mut parts = g.partitions().clone();
-    if let Some(name) = &hints.grow_partition {
-        let (&key, p) = parts.iter().find(|(_, p)| &p.name == name).ok_or_else(|| {
-            gpt_err(
-                dev,
-                format!("no partition named \"{}\" to grow", name.escape_debug()),
-            )
-        })?;
-        if let Some((_, q)) = parts.iter().find(|(_, q)| q.first_lba > p.last_lba) {
+    let shift_lbas = plan.layout.shift / sector;
+    for &n in &plan.moved {
+        let p = parts
+            .get_mut(&n)
+            .ok_or_else(|| gpt_err(dev, format!("partition {n} to move is not in the table")))?;
+        // Only the position changes: type, unique GUID, attributes and name stay.
+        let old_first = p.first_lba;
+        p.first_lba += shift_lbas;
+        p.last_lba += shift_lbas;
+        if p.last_lba > new_last_usable {
             return Err(gpt_err(
                 dev,
-                format!(
-                    "cannot grow \"{}\": partition \"{}\" follows it",
-                    name.escape_debug(),
-                    q.name.escape_debug()
-                ),
+                format!("moved partition {n} would end past the last usable LBA"),
             ));
         }
-        let old = p.last_lba;
-        parts.get_mut(&key).expect("found above").last_lba = new_last_usable;
-        changes.grown = Some((name.clone(), old, new_last_usable));
+        changes.moved.push(MovedPartition {
+            number: n,
+            name: p.name.clone(),
+            old_first_lba: old_first,
+            new_first_lba: p.first_lba,
+            new_last_lba: p.last_lba,
+        });
+    }
+    let grow = match (plan.grow, &hints.grow_partition) {
+        (Some(n), _) => Some(n),
+        (None, Some(text)) => Some(resolve_in_table(dev, &parts, text)?),
+        (None, None) => None,
+    };
+    if let Some(key) = grow {
+        let p = parts
+            .get(&key)
+            .ok_or_else(|| gpt_err(dev, format!("no partition {key} to grow")))?;
+        let name = p.name.clone();
+        // The grown partition ends where the next partition (moved or not) begins.
+        let next = parts
+            .values()
+            .filter(|q| q.is_used() && q.first_lba > p.last_lba)
+            .map(|q| q.first_lba)
+            .min();
+        let new_last = match next {
+            Some(f) if plan.grow.is_none() => {
+                return Err(gpt_err(
+                    dev,
+                    format!(
+                        "cannot grow \"{}\": a partition follows it (at LBA {f}) and this \
+                         image has no layout map (store it with `tek image import` to move it)",
+                        name.escape_debug()
+                    ),
+                ));
+            }
+            Some(f) => f - 1,
+            None => new_last_usable,
+        };
+        let (old, first) = (p.last_lba, p.first_lba);
+        parts.get_mut(&key).expect("found above").last_lba = new_last.max(old);
+        changes.grown = Some((name, old, new_last.max(old)));
+        if new_last > old {
+            changes.grown_range = Some((key, first, new_last));
+        }
     }
     if hints.randomize_guids {
         g.update_guid(None);
@@ -232,6 +296,29 @@ pub fn fix_gpt(
     changes.written = disk.written;
     patch_protective_mbr(holdback, disk_len / sector);
     Ok(changes)
+}
+
+/// Resolves a grow selector against the table itself (one-off files: no probed labels).
+fn resolve_in_table(
+    dev: &TargetDev,
+    parts: &std::collections::BTreeMap<u32, gpt::partition::Partition>,
+    text: &str,
+) -> Result<u32, ImagerError> {
+    use blockdev::selector::{PartitionFacts, PartitionSelector};
+    let sel = PartitionSelector::parse(text).map_err(|e| gpt_err(dev, e))?;
+    let facts: Vec<PartitionFacts> = parts
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(&number, p)| PartitionFacts {
+            number,
+            name: p.name.clone(),
+            type_guid: p.part_type_guid.guid.to_string(),
+            label: None,
+        })
+        .collect();
+    sel.resolve(&facts)
+        .map(|p| p.number)
+        .map_err(|e| gpt_err(dev, format!("grow_partition: {e}")))
 }
 
 /// Makes the protective MBR's 0xEE entry cover the whole disk (capped at 2^32-1 sectors).
@@ -313,7 +400,7 @@ mod tests {
             randomize_guids: true,
             ..Default::default()
         };
-        let ch = fix_gpt(&dev, &mut hb, 512, &hints).unwrap();
+        let ch = fix_gpt(&dev, &mut hb, 512, &hints, &Plan::default()).unwrap();
         dev.write_at(&hb, 0).unwrap();
         dev.sync().unwrap();
         assert_eq!(ch.backup_lba_before, (4 << 20) / 512 - 1);
@@ -378,7 +465,7 @@ mod tests {
         let dev = TargetDev::open(&img, 0).unwrap();
         let mut hb = good[..1 << 20].to_vec();
         forge_header(&mut hb[512..1024], u32::MAX, 128);
-        let e = fix_gpt(&dev, &mut hb, 512, &hints).unwrap_err();
+        let e = fix_gpt(&dev, &mut hb, 512, &hints, &Plan::default()).unwrap_err();
         assert!(
             e.to_string()
                 .contains("primary GPT header claims 4294967295 partition entries"),
@@ -388,10 +475,10 @@ mod tests {
         let mut hb = good[..1 << 20].to_vec();
         let over = ((1u32 << 20) - 1024) / 128 + 1;
         forge_header(&mut hb[512..1024], over, 128);
-        assert!(fix_gpt(&dev, &mut hb, 512, &hints).is_err());
+        assert!(fix_gpt(&dev, &mut hb, 512, &hints, &Plan::default()).is_err());
         let mut hb = good[..1 << 20].to_vec();
         forge_header(&mut hb[512..1024], 128, 256);
-        let e = fix_gpt(&dev, &mut hb, 512, &hints).unwrap_err();
+        let e = fix_gpt(&dev, &mut hb, 512, &hints, &Plan::default()).unwrap_err();
         assert!(e.to_string().contains("256-byte partition entries"), "{e}");
         drop(dev);
         // Backup header (the disk's last LBA), which the crate falls back to.
@@ -401,7 +488,7 @@ mod tests {
         std::fs::write(&img, &bytes).unwrap();
         let dev = TargetDev::open(&img, 0).unwrap();
         let mut hb = good[..1 << 20].to_vec();
-        let e = fix_gpt(&dev, &mut hb, 512, &hints).unwrap_err();
+        let e = fix_gpt(&dev, &mut hb, 512, &hints, &Plan::default()).unwrap_err();
         assert!(e.to_string().contains("backup GPT header claims"), "{e}");
     }
 
@@ -418,7 +505,10 @@ mod tests {
             grow_partition: Some("nope".into()),
             ..Default::default()
         };
-        let e = fix_gpt(&dev, &mut hb, 512, &hints).unwrap_err();
-        assert!(e.to_string().contains("no partition named \"nope\""), "{e}");
+        let e = fix_gpt(&dev, &mut hb, 512, &hints, &Plan::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("no partition matches name:\"nope\""),
+            "{e}"
+        );
     }
 }

@@ -14,12 +14,15 @@
 
 #![forbid(unsafe_code)]
 
+mod beyond;
 mod buffer;
 mod decode;
 mod eligibility;
 mod error;
 mod fanout;
+mod fsgrow;
 mod gptfix;
+mod layout;
 mod marker;
 mod progress;
 mod proof;
@@ -36,6 +39,9 @@ use blockdev::ioctl;
 pub use eligibility::{Refusal, TargetInfo, check_target, system_disks};
 pub use error::ImagerError;
 pub use fanout::{BeyondImage, ReadBackHook, WriteOptions, write_image, write_image_with_info};
+pub use fsgrow::{FsCheck, FsGrowth};
+pub use gptfix::MovedPartition;
+pub use layout::Layout;
 pub use marker::{UnfinishedWrite, read_path as read_unfinished_marker};
 pub use progress::{Phase, ProgressEvent};
 pub use proof::{NotVerified, VerifiedImage};

@@ -148,6 +148,7 @@ mod tests {
             gpt_sector: None,
             file_format: None,
             hints: Default::default(),
+            gpt: None,
         }
     }
 

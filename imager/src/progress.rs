@@ -21,6 +21,8 @@ pub enum Phase {
     Verifying,
     /// Moving the backup GPT, growing a partition, new GUIDs.
     FixingGpt,
+    /// Growing the grown partition's filesystem and checking it with its own checker.
+    GrowingFilesystem,
     /// Writing and verifying the held-back first MiB.
     FirstMib,
     /// Clearing the disk beyond the image's end.
@@ -40,6 +42,7 @@ impl Phase {
             Phase::Flushing => "flushing",
             Phase::Verifying => "verifying",
             Phase::FixingGpt => "fixing_gpt",
+            Phase::GrowingFilesystem => "growing_filesystem",
             Phase::FirstMib => "first_mib",
             Phase::ClearingBeyond => "clearing_beyond",
             Phase::Done => "done",

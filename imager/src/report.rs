@@ -46,6 +46,66 @@ pub enum BeyondAction {
     },
 }
 
+impl BeyondAction {
+    fn bytes(&self) -> u64 {
+        match self {
+            BeyondAction::None => 0,
+            BeyondAction::Zeroed { bytes, .. }
+            | BeyondAction::Discarded { bytes }
+            | BeyondAction::Punched { bytes }
+            | BeyondAction::Skipped { bytes, .. } => *bytes,
+        }
+    }
+
+    /// One action for two ranges: bytes summed; a range left alone makes the whole `skipped`
+    /// (with its reason), two different ways of zeroing report `zeroed`.
+    pub fn merge(self, other: BeyondAction) -> BeyondAction {
+        let bytes = self.bytes() + other.bytes();
+        match (self, other) {
+            (BeyondAction::None, o) | (o, BeyondAction::None) => o,
+            (BeyondAction::Skipped { bytes: b1, reason }, o)
+            | (o, BeyondAction::Skipped { bytes: b1, reason }) => {
+                // Only the bytes left alone are "skipped"; the others were cleared.
+                let (skipped, cleared) = match o {
+                    BeyondAction::Skipped { bytes: b2, .. } => (b1 + b2, 0),
+                    o => (b1, o.bytes()),
+                };
+                let reason = if cleared > 0 {
+                    format!("{reason} ({cleared} other bytes were cleared)")
+                } else {
+                    reason
+                };
+                debug_assert_eq!(skipped + cleared, bytes);
+                BeyondAction::Skipped {
+                    bytes: skipped,
+                    reason,
+                }
+            }
+            (BeyondAction::Discarded { .. }, BeyondAction::Discarded { .. }) => {
+                BeyondAction::Discarded { bytes }
+            }
+            (BeyondAction::Punched { .. }, BeyondAction::Punched { .. }) => {
+                BeyondAction::Punched { bytes }
+            }
+            (a, b) => {
+                let off = |x: &BeyondAction| {
+                    !matches!(
+                        x,
+                        BeyondAction::Zeroed {
+                            offloaded: false,
+                            ..
+                        }
+                    )
+                };
+                BeyondAction::Zeroed {
+                    bytes,
+                    offloaded: off(&a) && off(&b),
+                }
+            }
+        }
+    }
+}
+
 /// How a target's job ended.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -112,6 +172,9 @@ pub struct TargetReport {
     pub beyond: BeyondAction,
     /// GPT changes, when the image has a GPT and fix-ups ran.
     pub gpt: Option<GptChanges>,
+    /// The grown partition's filesystem: old and new size, the checks after growing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<crate::fsgrow::FsGrowth>,
     /// What BLKRRPART answered.
     pub reread_partitions: Option<String>,
     /// Timings.
@@ -157,6 +220,7 @@ impl TargetReport {
             split_off: false,
             beyond: BeyondAction::None,
             gpt: None,
+            filesystem: None,
             reread_partitions: None,
             durations: Durations::default(),
             started: now_rfc3339(),

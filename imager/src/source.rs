@@ -60,6 +60,10 @@ pub struct ImageInfo {
     /// Manifest hints (empty for files).
     #[serde(skip)]
     pub hints: Hints,
+    /// The manifest's GPT summary, with the partitions' probed filesystems and labels (store
+    /// images only): the layout map is planned from it before anything is written.
+    #[serde(skip)]
+    pub gpt: Option<image_store::manifest::GptSummary>,
 }
 
 /// Decode workers: one per core (the store's chunks decompress in parallel).
@@ -108,6 +112,7 @@ impl ImageSource {
                     gpt_sector: m.gpt.as_ref().map(|g| g.logical_sector_size),
                     file_format: None,
                     hints: m.hints.clone(),
+                    gpt: m.gpt.clone(),
                 })
             }
             ImageSource::File(path) => {
@@ -140,6 +145,7 @@ impl ImageSource {
                     gpt_sector: detect_gpt_sector(&head[..n]),
                     file_format: Some(format.name()),
                     hints: Hints::default(),
+                    gpt: None,
                 })
             }
         }

@@ -22,6 +22,7 @@ use image_store::ChunkId;
 
 use crate::buffer::{AlignedBuf, is_zero};
 use crate::error::ImagerError;
+use crate::layout::Layout;
 use crate::span::WrittenExtent;
 use crate::target::TargetDev;
 use crate::writer::{BIG_HOLE, HOLDBACK};
@@ -214,6 +215,7 @@ fn check_unit(
     unit: &Unit,
     buf: &mut AlignedBuf,
     holdback: &[u8],
+    layout: Layout,
 ) -> Result<Vec<(usize, bool)>, ImagerError> {
     let total: u64 = unit.reads.iter().map(|r| r.1 - r.0).sum();
     if (buf.capacity() as u64) < total {
@@ -222,7 +224,11 @@ fn check_unit(
     let mut at = 0usize;
     for &(s, e) in &unit.reads {
         let n = (e - s) as usize;
-        dev.pread(&mut buf.as_mut_slice()[at..at + n], s)?;
+        // Read at the bytes' place on the disk (the layout map may have moved them).
+        for (o, len, disk) in layout.pieces(s, n as u64) {
+            let o = at + o as usize;
+            dev.pread(&mut buf.as_mut_slice()[o..o + len as usize], disk)?;
+        }
         at += n;
     }
     let data = UnitData {
@@ -249,11 +255,37 @@ fn reader_count() -> usize {
 /// The looked-at ranges are cut into units of about [`UNIT`] bytes; workers take units in
 /// order, each reads its unit (O_DIRECT) and hashes it, so hashing runs on every core and
 /// overlaps the reads of other units. Results are gathered in unit order for progress.
+#[cfg(test)]
 pub fn verify_extents(
     dev: &mut TargetDev,
     extents: &[WrittenExtent],
     holdback: &[u8],
     image_size: u64,
+    full_holes: bool,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyOutcome, ImagerError> {
+    verify_mapped(
+        dev,
+        extents,
+        holdback,
+        image_size,
+        Layout::IDENTITY,
+        full_holes,
+        cancel,
+        progress,
+    )
+}
+
+/// [`verify_extents`] for an image written through `layout`: each image range is read at its
+/// place on the disk; offsets reported stay image offsets.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_mapped(
+    dev: &mut TargetDev,
+    extents: &[WrittenExtent],
+    holdback: &[u8],
+    image_size: u64,
+    layout: Layout,
     full_holes: bool,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(u64),
@@ -281,7 +313,7 @@ pub fn verify_extents(
                 while !stop.load(Ordering::Relaxed) && !cancel.load(Ordering::Relaxed) {
                     let u = next.fetch_add(1, Ordering::Relaxed);
                     let Some(unit) = units.get(u) else { return };
-                    let r = check_unit(dev, unit, &mut buf, holdback);
+                    let r = check_unit(dev, unit, &mut buf, holdback, layout);
                     if tx.send((u, r)).is_err() {
                         return;
                     }

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::buffer::{ALIGN, AlignedBuf};
 use crate::error::ImagerError;
+use crate::layout::Layout;
 use crate::span::{Piece, WrittenExtent};
 use crate::target::TargetDev;
 
@@ -54,13 +55,21 @@ pub struct OrderedWriter<'a> {
     pub extents: Vec<WrittenExtent>,
     /// Counters.
     pub stats: WriteStats,
+    /// Where image offsets land on the disk.
+    layout: Layout,
 }
 
 const A: u64 = ALIGN as u64;
 
 impl<'a> OrderedWriter<'a> {
     /// A writer for an image of `size` bytes. `reuse`: compare before writing.
+    #[cfg(test)]
     pub fn new(dev: &'a mut TargetDev, size: u64, reuse: bool) -> Self {
+        Self::with_layout(dev, size, reuse, Layout::IDENTITY)
+    }
+
+    /// A writer that puts image offset `o` at `layout.disk(o)` on the target.
+    pub fn with_layout(dev: &'a mut TargetDev, size: u64, reuse: bool, layout: Layout) -> Self {
         OrderedWriter {
             dev,
             block: AlignedBuf::new(ALIGN),
@@ -71,6 +80,7 @@ impl<'a> OrderedWriter<'a> {
             holdback: vec![0u8; size.min(HOLDBACK) as usize],
             extents: Vec::new(),
             stats: WriteStats::default(),
+            layout,
         }
     }
 
@@ -180,8 +190,19 @@ impl<'a> OrderedWriter<'a> {
         Ok(())
     }
 
-    /// Writes (or, reusing, first compares) aligned bytes at an aligned offset.
+    /// Writes (or, reusing, first compares) aligned bytes at an aligned image offset, at its
+    /// place on the disk (cut in two where the layout map moves the rest).
     fn write_out(&mut self, data: &[u8], off: u64) -> Result<(), ImagerError> {
+        if self.layout.is_identity() {
+            return self.write_at_disk(data, off);
+        }
+        for (at, len, disk) in self.layout.pieces(off, data.len() as u64) {
+            self.write_at_disk(&data[at as usize..(at + len) as usize], disk)?;
+        }
+        Ok(())
+    }
+
+    fn write_at_disk(&mut self, data: &[u8], off: u64) -> Result<(), ImagerError> {
         let same = match self.scratch.as_mut() {
             Some(s) => {
                 let back = &mut s.as_mut_slice()[..data.len()];
@@ -226,7 +247,9 @@ impl<'a> OrderedWriter<'a> {
         let from = zstart.max(HOLDBACK);
         let mut offloaded = true;
         if zend > from {
-            offloaded = self.dev.zero_range(from, zend - from)?.offloaded();
+            for (_, len, disk) in self.layout.pieces(from, zend - from) {
+                offloaded &= self.dev.zero_range(disk, len)?.offloaded();
+            }
             self.stats.bytes_zeroed += zend - from;
         }
         self.pos = zend;

@@ -29,8 +29,14 @@ fn say(step: &str) {
     println!("\n### {step}");
 }
 
-/// Runs the demo.
-pub fn run() -> Result<()> {
+/// What the demo writes: the Linux sample (ESP, ROOT, DATA) or the Windows one.
+struct Sample {
+    image: ImageRef,
+    disk_size: u64,
+}
+
+/// Runs the demo (`windows`: the Windows-layout sample, `sample_windows.rs`).
+pub fn run(windows: bool) -> Result<()> {
     let started = Instant::now();
     let tmp = tempfile::Builder::new()
         .prefix("tek-demo-")
@@ -47,12 +53,31 @@ pub fn run() -> Result<()> {
     }
 
     let depot = Depot::at(&dir.join("state"));
-    say("1. building a 64 MiB sample image (GPT: ESP, ROOT, DATA; FAT12 and ext4 with mkfs.ext4)");
     let work = dir.join("work");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let img = sample::build_image(&work, "demo")?;
+    let img = if windows {
+        say(
+            "1. building a 130 MiB Windows sample (GPT as Setup makes it: ESP, MSR, Windows NTFS, \
+             Recovery NTFS after it; NTFS with mkntfs)",
+        );
+        agent::sample_windows::build_windows_image(&work)?
+    } else {
+        say(
+            "1. building a 64 MiB sample image (GPT: ESP, ROOT, DATA; FAT12 and ext4 with mkfs.ext4)",
+        );
+        sample::build_image(&work, "demo")?
+    };
 
-    say("2. signing and importing it as sample@1 (data partition hint: DATA)");
+    if windows {
+        say(&format!(
+            "2. signing and importing it as win@1 (data partition {}, data path {}, grow {})",
+            agent::sample_windows::WIN_DATA_PARTITION,
+            agent::sample_windows::WIN_DATA_PATH,
+            agent::sample_windows::WIN_GROW_PARTITION
+        ));
+    } else {
+        say("2. signing and importing it as sample@1 (data partition hint: DATA)");
+    }
     let (secret, public) = image_store::generate_keypair(&work.join("keys"), "demo-depot")
         .context("generating a signing key")?;
     std::fs::create_dir_all(depot.trusted_keys())
@@ -62,8 +87,23 @@ pub fn run() -> Result<()> {
     let key = SigningKey::load(&secret).context("loading the demo key")?;
     let store = Store::open(depot.store()).context("opening the demo store")?;
     let mut opts = ImportOptions::default();
-    opts.hints.data_partition = Some(sample::DATA_PARTITION.into());
-    let image: ImageRef = "sample@1".parse().context("parsing sample@1")?;
+    let sample = if windows {
+        use agent::sample_windows as w;
+        opts.hints.data_partition = Some(w::WIN_DATA_PARTITION.into());
+        opts.hints.data_path = Some(w::WIN_DATA_PATH.into());
+        opts.hints.grow_partition = Some(w::WIN_GROW_PARTITION.into());
+        Sample {
+            image: "win@1".parse().context("parsing win@1")?,
+            disk_size: 2 * w::WIN_SAMPLE_SIZE,
+        }
+    } else {
+        opts.hints.data_partition = Some(sample::DATA_PARTITION.into());
+        Sample {
+            image: "sample@1".parse().context("parsing sample@1")?,
+            disk_size: 128 << 20,
+        }
+    };
+    let image = sample.image.clone();
     let rep = store
         .import(&image, &img, &opts, Some(&key))
         .context("importing the sample image")?;
@@ -114,7 +154,10 @@ pub fn run() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let job = rt.block_on(journey(&cfg, agent, &bay_dir, &image, dataset, real_disk))?;
+    let job = rt.block_on(journey(&cfg, agent, &bay_dir, &sample, dataset, real_disk))?;
+    if windows {
+        print_layout(&job);
+    }
 
     say("7. service report");
     let custody = crate::cli::data::open_custody(&depot).ok();
@@ -139,14 +182,57 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// What the write did to the layout: the moved partitions and the grown filesystem.
+fn print_layout(job: &Job) {
+    let Some(w) = job.results.write.as_ref().map(|w| w.json()) else {
+        return;
+    };
+    say("6b. layout on the disk (from the write report)");
+    for m in w["gpt"]["moved"].as_array().into_iter().flatten() {
+        println!(
+            "partition {} ({}) moved to the disk's end: first LBA {} -> {}",
+            m["number"], m["name"], m["old_first_lba"], m["new_first_lba"]
+        );
+    }
+    let f = &w["filesystem"];
+    if f.is_object() {
+        println!(
+            "partition {} {}: {} -> {} bytes, grown {}{}",
+            f["partition"],
+            f["filesystem"].as_str().unwrap_or("(unknown)"),
+            f["old_bytes"],
+            f["new_bytes"],
+            f["grown"],
+            f["note"]
+                .as_str()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
+        for c in f["checks"].as_array().into_iter().flatten() {
+            let verdict = if c["clean"] == true {
+                "clean"
+            } else {
+                "PROBLEMS"
+            };
+            println!(
+                "  check `{}`: {verdict}",
+                c["command"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
 async fn journey(
     cfg: &Config,
     agent: Arc<Agent>,
     bay_dir: &Path,
-    image: &ImageRef,
+    sample: &Sample,
     dataset: Option<String>,
     real_disk: bool,
 ) -> Result<Job> {
+    let image = &sample.image;
+    let disk_size = sample.disk_size;
+    let mib = disk_size >> 20;
     let listener = server::bind_socket(&cfg.socket, &cfg.socket_group)?;
     let (feed, devices) = if real_disk {
         (None, server::hotplug_events("/sys".into())?)
@@ -180,22 +266,26 @@ async fn journey(
     let disk_file = bay_dir.join("disk-1.img");
     let f = std::fs::File::create(&disk_file)
         .with_context(|| format!("creating {}", disk_file.display()))?;
-    f.set_len(128 << 20)
+    f.set_len(disk_size)
         .with_context(|| format!("sizing {}", disk_file.display()))?;
     drop(f);
     let mut _loop_dev = None;
     if real_disk {
-        say("6. plugging in a 128 MiB disk: losetup (the agent sees the kernel uevent)");
+        say(&format!(
+            "6. plugging in a {mib} MiB disk: losetup (the agent sees the kernel uevent)"
+        ));
         let dev = client_data::loopdev::LoopDevice::attach(&disk_file)
             .context("attaching the demo disk")?;
         println!("attached {}", dev.path().display());
         _loop_dev = Some(dev);
     } else if let Some(tx) = &feed {
-        say("6. plugging in a 128 MiB plain file as the disk (no root: no uevent)");
+        say(&format!(
+            "6. plugging in a {mib} MiB plain file as the disk (no root: no uevent)"
+        ));
         let mut disk = blockdev::DiskInfo::hand_made("disk-1.img");
         disk.dev_path = disk_file.clone();
         disk.model = Some("plain file".into());
-        disk.size_bytes = 128 << 20;
+        disk.size_bytes = disk_size;
         disk.loop_backing_file = Some(disk_file.clone());
         let _ = tx.send(DeviceEvent::Present(Box::new(disk))).await;
     }

@@ -111,14 +111,16 @@ pub enum ImageCommand {
 /// Hints, as given on the command line. An empty value clears a hint.
 #[derive(Debug, Args)]
 pub struct HintArgs {
-    /// GPT name of the partition that receives client data.
-    #[arg(long, value_name = "GPT-NAME")]
+    /// The partition that receives client data: number:N, name:GPT-NAME, label:FS-LABEL,
+    /// type:basic-data|esp|msr|recovery|linux|GUID, or a bare GPT name.
+    #[arg(long, value_name = "SELECTOR")]
     data_partition: Option<String>,
     /// Path inside that partition where client data goes (absolute).
     #[arg(long, value_name = "PATH")]
     data_path: Option<String>,
-    /// GPT name of the partition to grow to fill the disk.
-    #[arg(long, value_name = "GPT-NAME")]
+    /// The partition to grow to fill the disk (a selector, as --data-partition); partitions
+    /// after it move to the disk's end.
+    #[arg(long, value_name = "SELECTOR")]
     grow_partition: Option<String>,
     /// Give disk and partitions new random GUIDs per device.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -375,6 +377,7 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
     let r = store
         .import(&a.image, &a.file, &opts, key.as_ref())
         .with_context(|| format!("importing {} as {}", a.file.display(), a.image))?;
+    super::image_parts::warn_bitlocker(&r.manifest);
     if a.json {
         return print_json(&serde_json::json!({
             "image": a.image.to_string(),
@@ -551,6 +554,7 @@ fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
                     "  {:>3} {:<20} lba {:>10}..{:<10} type {} id {}",
                     p.number, p.name, p.first_lba, p.last_lba, p.type_guid, p.unique_guid
                 );
+                super::image_parts::print_filesystem(p);
             }
         }
     }

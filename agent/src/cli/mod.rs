@@ -10,6 +10,7 @@ mod data;
 mod demo;
 mod docs;
 mod image;
+mod image_parts;
 mod image_rm;
 mod image_verify;
 mod interrupt;
@@ -120,7 +121,12 @@ pub enum Command {
     /// A job's service report (read from the depot; no agent needed).
     Report(report::ReportArgs),
     /// Run the whole journey on a built-in sample, in a temporary depot.
-    Demo,
+    Demo {
+        /// A Windows-layout sample (NTFS, Recovery after C: moved to the disk's end, C: grown;
+        /// needs mkntfs, and ntfs-3g for the client data).
+        #[arg(long)]
+        windows: bool,
+    },
     /// Print the shell completion script (e.g. `tek completions bash > /usr/share/bash-completion/completions/tek`).
     Completions(docs::CompletionsArgs),
     /// Print the man page `tek.1` (or write every page with `--dir DIR`).
@@ -150,7 +156,7 @@ impl Command {
             Command::Completions(_) | Command::Man(_) => true,
             Command::Agent { .. }
             | Command::Board { .. }
-            | Command::Demo
+            | Command::Demo { .. }
             | Command::Write(_)
             | Command::Backup(_) => false,
         }
@@ -181,7 +187,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => status::run(a),
         Command::Report(a) => report::run(&depot, a),
         Command::Board { conn } => board::run(&conn.socket()?),
-        Command::Demo => demo::run(),
+        Command::Demo { windows } => demo::run(windows),
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }

@@ -356,3 +356,51 @@ fn import_refuses_a_size_past_max_image_size() {
     let out = t.run(&["image", "list", "--json"]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("bomb"));
 }
+
+/// A BitLocker volume in an image: import warns on stderr, `image show` says so under the
+/// partition, and naming it as the data partition is refused with the reason.
+#[test]
+fn bitlocker_partition_is_warned_shown_and_refused_as_data_target() {
+    if !have_sgdisk() {
+        tek_testkit::skip!("needs sgdisk");
+        return;
+    }
+    let t = Tek::new();
+    let img = gpt_image(t.dir());
+    // DATA (partition 2, from 7 MiB) becomes a BitLocker volume: its boot sector's OEM id.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let at = (7 << 20) + 3;
+    bytes[at..at + 8].copy_from_slice(b"-FVE-FS-");
+    std::fs::write(&img, &bytes).unwrap();
+    let imgs = img.to_str().unwrap();
+    let err = t.fails(&[
+        "image",
+        "import",
+        "bl@1",
+        imgs,
+        "--data-partition",
+        "number:2",
+    ]);
+    assert!(
+        err.contains("BitLocker") && err.contains("data_partition"),
+        "{err}"
+    );
+    let o = t.run(&["image", "import", "bl@1", imgs]);
+    assert!(o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("warning: partition 2 (\"DATA\") is BitLocker-encrypted"),
+        "{stderr}"
+    );
+    let show = t.ok(&["image", "show", "bl@1"]);
+    assert!(
+        show.contains("filesystem bitlocker (BitLocker-encrypted"),
+        "{show}"
+    );
+    let json = t.ok(&["image", "show", "bl@1", "--json"]);
+    assert!(
+        json.contains("\"filesystem\": \"bitlocker\"")
+            || json.contains("\"filesystem\":\"bitlocker\""),
+        "{json}"
+    );
+}

@@ -8,6 +8,7 @@ mod custody;
 mod metadata;
 mod mount;
 mod ntfs;
+mod ntfs_mount;
 mod privilege;
 mod restore_target;
 mod tar;

@@ -23,7 +23,7 @@ fn restore_onto_gpt_partition_via_partition_mount() {
     let img = gpt_image(d.dir.path());
     assert!(matches!(
         PartitionMount::mount(&img, "nope", None),
-        Err(DataError::Mount { .. })
+        Err(DataError::NoPartition { .. })
     ));
     let m = PartitionMount::mount(&img, "data", None).unwrap();
     let mnt = m.path().to_path_buf();

@@ -60,6 +60,9 @@ fn arbitrary_manifest(u: &mut Unstructured<'_>) -> AResult<Manifest> {
                 unique_guid: text(u, 36)?,
                 first_lba: u.arbitrary()?,
                 last_lba: u.arbitrary()?,
+                filesystem: u.arbitrary::<bool>()?.then_some("ntfs".to_string()),
+                label: u.arbitrary::<bool>()?.then_some(text(u, 32)?),
+                windows_bcd: u.arbitrary()?,
             });
         }
         Some(GptSummary {

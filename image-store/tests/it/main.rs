@@ -5,4 +5,5 @@
 mod bombs;
 mod edits;
 mod hints;
+mod partitions;
 mod store;

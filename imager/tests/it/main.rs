@@ -5,4 +5,5 @@
 mod claim;
 mod decoded_files;
 mod eligibility;
+mod layout;
 mod loop_faults;

@@ -476,4 +476,6 @@ fn sigterm_brings_a_running_job_to_a_safe_point_and_restart_resumes_it() {
     check_done_with_data(&b, &job, &disk, &dataset, &src);
 }
 
+mod grow;
 mod lifecycle;
+mod windows;
