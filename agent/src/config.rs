@@ -42,6 +42,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use blockdev::Bus;
+use image_store::ImageRef;
 use serde::{Deserialize, Serialize};
 
 /// Default location of the configuration file.
@@ -95,7 +97,7 @@ pub struct Policy {
     pub require_clean_image: bool,
     /// Buses on which a disk in a bay may be matched by a job's expected serial.
     #[serde(default = "default_buses")]
-    pub allowed_buses: Vec<String>,
+    pub allowed_buses: Vec<Bus>,
     /// Jobs that start writing the same image within this many milliseconds share one
     /// read/decode of it (`shared_write.rs`); 0 writes every job alone, at once.
     #[serde(default = "default_share_window")]
@@ -135,7 +137,7 @@ pub struct BayConfig {
     pub loop_backing: Option<String>,
     /// A provisioning bay: every disk plugged in gets this image (`NAME@VERSION`), no data.
     #[serde(default)]
-    pub default_image: Option<String>,
+    pub default_image: Option<ImageRef>,
     /// Whether a job for a serial number may take a disk in this bay (default true). Disks
     /// outside every bay are never matched, whatever this says.
     #[serde(default = "default_true")]
@@ -152,8 +154,8 @@ fn default_socket() -> PathBuf {
 fn default_group() -> String {
     "tek".to_string()
 }
-fn default_buses() -> Vec<String> {
-    ["usb", "ata", "nvme", "scsi"].map(String::from).to_vec()
+fn default_buses() -> Vec<Bus> {
+    vec![Bus::Usb, Bus::Ata, Bus::Nvme, Bus::Scsi]
 }
 
 impl Default for Config {
@@ -187,6 +189,22 @@ impl Config {
         }
     }
 
+    /// The daemon's configuration: `path` (`--config FILE` or `TEK_CONFIG`), else
+    /// [`DEFAULT_CONFIG`], which must then exist. Unlike the commands, the daemon never falls
+    /// back to built-in defaults: an agent without its configuration would take the socket and
+    /// serve no bays.
+    pub fn load_for_daemon(path: Option<&Path>) -> Result<Config> {
+        let file = path.unwrap_or(Path::new(DEFAULT_CONFIG));
+        if path.is_none() && !file.exists() {
+            anyhow::bail!(
+                "not starting: no configuration at {} (write it from the annotated \
+                 agent.toml.example, or give --config FILE)",
+                file.display()
+            );
+        }
+        Config::load(file)
+    }
+
     /// Parses and validates configuration text. Syntax and type errors carry line and column.
     pub fn parse(text: &str) -> Result<Config> {
         let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -199,7 +217,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let mut names = HashSet::new();
         for (i, bay) in self.bays.iter().enumerate() {
-            let at = format!("bay #{} ({:?})", i + 1, bay.name);
+            let at = format!("bay #{} (\"{}\")", i + 1, bay.name.escape_debug());
             // At most 50: a provisioning bay's jobs get the ticket `provisioning-<name>`, which
             // must pass the id rule (64 characters) like every ticket.
             if bay.name.is_empty()
@@ -219,22 +237,23 @@ impl Config {
                 (None, None) => bail!("{at}: needs port_path or loop_backing"),
                 (Some(p), None) if p.trim().is_empty() => bail!("{at}: port_path is empty"),
                 (None, Some(g)) => {
-                    glob::Pattern::new(g)
-                        .with_context(|| format!("{at}: parsing loop_backing glob {g:?}"))?;
+                    glob::Pattern::new(g).with_context(|| {
+                        format!("{at}: parsing loop_backing glob \"{}\"", g.escape_debug())
+                    })?;
                     if !g.starts_with('/') {
-                        bail!("{at}: loop_backing {g:?} must be an absolute path glob");
+                        bail!(
+                            "{at}: loop_backing \"{}\" must be an absolute path glob",
+                            g.escape_debug()
+                        );
                     }
                 }
                 _ => {}
             }
-            if let Some(img) = &bay.default_image {
-                check_image_ref(img).with_context(|| format!("{at}: default_image"))?;
-            }
         }
         for bus in &self.policy.allowed_buses {
-            if !KNOWN_BUSES.contains(&bus.as_str()) {
+            if !KNOWN_BUSES.contains(&bus.to_string().as_str()) {
                 bail!(
-                    "policy.allowed_buses: unknown bus {bus:?} (known: {})",
+                    "policy.allowed_buses: unknown bus \"{bus}\" (known: {})",
                     KNOWN_BUSES.join(", ")
                 );
             }
@@ -247,26 +266,6 @@ impl Config {
     pub fn bay(&self, name: &str) -> Option<&BayConfig> {
         self.bays.iter().find(|b| b.name == name)
     }
-}
-
-/// Checks `NAME@VERSION` syntax (same rule as the image store's `ImageRef`).
-pub fn check_image_ref(s: &str) -> Result<()> {
-    let Some((name, version)) = s.split_once('@') else {
-        bail!("{s:?} is not NAME@VERSION");
-    };
-    for (what, part) in [("name", name), ("version", version)] {
-        let ok = (1..=128).contains(&part.len())
-            && !part.starts_with(['.', '-'])
-            && part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
-        if !ok {
-            bail!(
-                "{s:?}: image {what} {part:?} must be 1-128 of [A-Za-z0-9._+-], not starting with . or -"
-            );
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -303,8 +302,8 @@ mod tests {
         assert!(c.policy.allow_unsigned);
         assert_eq!(c.bays.len(), 3);
         assert_eq!(
-            c.bay("prov").unwrap().default_image.as_deref(),
-            Some("base@1.0")
+            c.bay("prov").unwrap().default_image,
+            Some("base@1.0".parse().unwrap())
         );
     }
 
@@ -371,9 +370,14 @@ mod tests {
     #[test]
     fn bad_default_image_refused() {
         let e = err("[[bay]]\nname = \"a\"\nport_path = \"x\"\ndefault_image = \"noversion\"\n");
-        assert!(e.contains("NAME@VERSION"), "{e}");
-        assert!(check_image_ref("a@-1").is_err());
-        assert!(check_image_ref("a.b_c@1.0+x").is_ok());
+        assert!(e.contains("NAME@VERSION") && e.contains("line 4"), "{e}");
+        let e = err("[[bay]]\nname = \"a\"\nport_path = \"x\"\ndefault_image = \"a@-1\"\n");
+        assert!(e.contains("must not start with"), "{e}");
+        let ok = "[[bay]]\nname = \"a\"\nport_path = \"x\"\ndefault_image = \"a.b_c@1.0+x\"\n";
+        assert_eq!(
+            Config::parse(ok).unwrap().bays[0].default_image,
+            Some("a.b_c@1.0+x".parse().unwrap())
+        );
     }
 
     #[test]

@@ -49,6 +49,19 @@ impl Depot {
         }
     }
 
+    /// The depot the agent uses: the configuration's `state` and `trusted_keys` override this
+    /// one's.
+    pub fn for_agent(&self, cfg: &crate::config::Config) -> Depot {
+        let mut d = match &cfg.state {
+            Some(s) => Depot::at(s),
+            None => self.clone(),
+        };
+        if let Some(k) = &cfg.trusted_keys {
+            d = d.with_trusted_keys(k.clone());
+        }
+        d
+    }
+
     /// Overrides the trusted public keys directory.
     pub fn with_trusted_keys(mut self, dir: PathBuf) -> Depot {
         self.trusted_keys = dir;

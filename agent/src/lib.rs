@@ -3,15 +3,18 @@
 //! ([`server`]). The `tek` binary (`main.rs` and its private `cli/` modules) is a thin layer
 //! over this library and the `image-store`, `imager` and `client-data` libraries.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod daemon;
 pub mod depot;
 pub mod job;
-pub mod memory;
 pub mod sample;
 pub mod sample_windows;
 pub mod server;
 pub mod settings;
 pub mod stale;
+mod start;
 
 pub use depot::Depot;
+pub use start::run;

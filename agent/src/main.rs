@@ -1,5 +1,7 @@
 //! `tek`: parse the command line, set up logging, hand the subcommand to the library.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 mod cli;
@@ -13,7 +15,7 @@ fn main() -> std::process::ExitCode {
     }
     // The daemon logs its work (disks, jobs, refusals) for journald; commands stay quiet.
     let default_level = match &cli.command {
-        cli::Command::Agent(cli::agent::AgentCommand::Agent { .. }) => "info",
+        cli::Command::Agent { .. } => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()

@@ -108,9 +108,12 @@ pub fn custody_config_with(
     let env_days = |name: &str| -> Result<Option<u32>> {
         env_str(name)?
             .map(|v| {
-                v.trim()
-                    .parse()
-                    .with_context(|| format!("parsing {name}={v:?} as a number of days"))
+                v.trim().parse().with_context(|| {
+                    format!(
+                        "parsing {name}=\"{}\" as a number of days",
+                        v.escape_debug()
+                    )
+                })
             })
             .transpose()
     };
@@ -149,10 +152,9 @@ pub fn custody_config_with(
         cfg.holidays = read_holidays(p)?;
     }
     if let Some(t) = env_str("TEK_TEST_NOW")? {
-        cfg.now = Some(
-            client_data::dataset::parse_rfc3339(&t)
-                .with_context(|| format!("parsing TEK_TEST_NOW={t:?} as RFC 3339"))?,
-        );
+        cfg.now = Some(client_data::dataset::parse_rfc3339(&t).with_context(|| {
+            format!("parsing TEK_TEST_NOW=\"{}\" as RFC 3339", t.escape_debug())
+        })?);
     }
     Ok(cfg)
 }

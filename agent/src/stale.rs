@@ -6,157 +6,74 @@
 //! its partitions, or a loop device backed by the disk; and then those loop devices. Nothing
 //! else is touched.
 //!
-//! Devices are compared by number (`major:minor`), never by name: `/dev/loop1` is a string
-//! prefix of `/dev/loop12p2`, which is another disk's partition and maybe another job's mount.
-//! A mount's device is field 3 of `/proc/self/mountinfo`; for filesystems with an anonymous
-//! device there (major 0: btrfs, overlay) the mount source is resolved with `stat` instead.
-//! Partitions come from sysfs (`/sys/dev/block/M:m/*/partition`), loop devices from
-//! `/sys/class/block/loopN/loop/backing_file`, whose target is `stat`ed.
+//! Devices are compared by number (`maj:min`), never by name: `/dev/loop1` is a string prefix
+//! of `/dev/loop12p2`, which is another disk's partition and maybe another job's mount. All of
+//! it is read through `blockdev`: the mount table and each mount's devices (btrfs and overlay
+//! included) from [`blockdev::mountinfo`], the disk's partitions and the loop devices over it
+//! from [`blockdev::holders`].
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use blockdev::SysRoot;
+use blockdev::holders::block_devno;
+use blockdev::mountinfo::{self, MountEntry, devno_str};
+
 /// Prefix of the private mount directories made by `client_data::PartitionMount`.
 const MOUNT_PREFIX: &str = "tek-mnt-";
 
-/// A block device number.
-type DevNum = (u64, u64);
-
-/// The device number of the block device at `path`, if it is one.
-fn block_dev_of(path: &Path) -> Option<DevNum> {
-    let st = nix::sys::stat::stat(path).ok()?;
-    let kind =
-        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT;
-    (kind == nix::sys::stat::SFlag::S_IFBLK).then(|| {
-        (
-            nix::sys::stat::major(st.st_rdev),
-            nix::sys::stat::minor(st.st_rdev),
-        )
-    })
-}
-
-/// Parses sysfs's `MAJ:MIN` (a `dev` file, a mountinfo field).
-fn parse_devnum(s: &str) -> Option<DevNum> {
-    let (a, b) = s.trim().split_once(':')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
-}
-
-/// What holds a disk: the device numbers of the disk, its partitions and the loop devices over
-/// it, and those loop devices' nodes.
+/// What holds a disk: the device numbers (`maj:min`) of the disk, its partitions and the loop
+/// devices over it, and those loop devices' nodes.
 #[derive(Debug, Default, PartialEq)]
 struct Holders {
-    devs: HashSet<DevNum>,
+    devs: HashSet<String>,
     loops: Vec<PathBuf>,
 }
 
-/// The disk `disk`'s partitions and the loop devices backed by it, from the sysfs at `sys`.
-/// `stat_dev` resolves a backing file to a device number (a parameter so tests can fake it).
-fn holders(sys: &Path, disk: DevNum, stat_dev: &dyn Fn(&Path) -> Option<DevNum>) -> Holders {
+/// The disk `disk`'s partitions and the loop devices backed by it, from `sys`.
+fn holders(sys: &SysRoot, disk: u64) -> Holders {
     let mut h = Holders::default();
-    h.devs.insert(disk);
-    let dir = sys.join(format!("dev/block/{}:{}", disk.0, disk.1));
-    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.join("partition").is_file()
-            && let Some(d) = std::fs::read_to_string(p.join("dev"))
-                .ok()
-                .and_then(|s| parse_devnum(&s))
-        {
-            h.devs.insert(d);
-        }
+    h.devs.insert(devno_str(disk));
+    if let Some((whole, _)) = sys.disk_of_devno(disk) {
+        h.devs.extend(whole.members().into_iter().map(|(_, d)| d));
     }
-    for e in std::fs::read_dir(sys.join("class/block"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
-            continue;
-        };
-        if stat_dev(Path::new(backing.trim_end())) != Some(disk) {
-            continue;
-        }
-        if let Some(d) = std::fs::read_to_string(e.path().join("dev"))
-            .ok()
-            .and_then(|s| parse_devnum(&s))
-        {
-            h.devs.insert(d);
-            h.loops.push(PathBuf::from("/dev").join(&name));
-        }
+    for (name, own) in sys.loops_over_device(disk) {
+        h.devs.insert(devno_str(own));
+        h.loops.push(PathBuf::from("/dev").join(name));
     }
-    h.loops.sort();
     h
 }
 
-/// One line of mountinfo: the device number, the source and the mount point.
-#[derive(Debug, PartialEq)]
-struct MountEntry {
-    dev: DevNum,
-    source: String,
-    mount_point: PathBuf,
-}
-
-/// Parses `/proc/self/mountinfo` text; malformed lines are skipped.
-fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mut f = left.split(' ');
-            let dev = parse_devnum(f.nth(2)?)?;
-            let mp = f.nth(1)?;
-            let src = right.split(' ').nth(1)?;
-            Some(MountEntry {
-                dev,
-                source: unescape(src),
-                mount_point: PathBuf::from(unescape(mp)),
-            })
-        })
-        .collect()
-}
-
-/// The `tek-mnt-*` mount points among `mounts` whose device is one of `devs`.
+/// The `tek-mnt-*` mount points among `mounts` on one of `devs`; `devices` gives a mount's
+/// block devices ([`mountinfo::block_devices`]; a parameter so tests can fake `stat`).
 fn stale_mounts(
     mounts: &[MountEntry],
-    devs: &HashSet<DevNum>,
-    stat_dev: &dyn Fn(&Path) -> Option<DevNum>,
+    devs: &HashSet<String>,
+    devices: &dyn Fn(&MountEntry) -> Vec<u64>,
 ) -> Vec<PathBuf> {
     mounts
         .iter()
         .filter(|m| {
-            m.mount_point
+            Path::new(&m.mount_point)
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(MOUNT_PREFIX))
         })
-        .filter(|m| {
-            devs.contains(&m.dev)
-                || (m.dev.0 == 0
-                    && stat_dev(Path::new(&m.source)).is_some_and(|d| devs.contains(&d)))
-        })
-        .map(|m| m.mount_point.clone())
+        .filter(|m| devices(m).into_iter().any(|d| devs.contains(&devno_str(d))))
+        .map(|m| PathBuf::from(&m.mount_point))
         .collect()
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// Releases holders of `dev` left behind by a crashed agent (see the module docs). Best
 /// effort: failures are logged, and the eligibility check reports what still holds the disk.
 pub fn release(dev: &Path) {
-    let Some(disk) = block_dev_of(dev) else {
+    let Some(disk) = block_devno(dev) else {
         // A plain file target (the demo without root) has no holders to release.
         return;
     };
-    let h = holders(Path::new("/sys"), disk, &block_dev_of);
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for mp in stale_mounts(&parse_mountinfo(&text), &h.devs, &block_dev_of) {
+    let h = holders(&SysRoot::system(), disk);
+    let mounts = mountinfo::current();
+    let devices = |m: &MountEntry| mountinfo::block_devices(m, &mounts, 0);
+    for mp in stale_mounts(&mounts, &h.devs, &devices) {
         tracing::warn!(mount = %mp.display(), disk = %dev.display(), "unmounting a stale data-partition mount");
         if let Err(e) = nix::mount::umount(&mp) {
             tracing::warn!("unmounting {}: {e}; detaching lazily", mp.display());
@@ -187,11 +104,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unescapes_mountinfo_paths() {
-        assert_eq!(unescape("/tmp/a\\040b"), "/tmp/a b");
-    }
-
-    #[test]
     fn nothing_backs_a_nonexistent_device() {
         release(Path::new("/dev/tek-no-such-device"));
     }
@@ -209,34 +121,28 @@ mod tests {
 garbage line
 ";
 
-    fn fake_stat(p: &Path) -> Option<DevNum> {
-        match p.to_str()? {
-            "/dev/loop1" => Some((7, 1)),
-            "/dev/loop12p2" => Some((259, 3)),
+    /// A mount's devices as [`mountinfo::block_devices`] finds them, with `stat` of the
+    /// source faked: `/dev/loop1` is 7:1, `/dev/loop12p2` is 259:3.
+    fn fake_devices(m: &MountEntry) -> Vec<u64> {
+        let b = mountinfo::backing(m);
+        let source = match b.source_path.as_deref() {
+            Some("/dev/loop1") => Some(libc::makedev(7, 1)),
+            Some("/dev/loop12p2") => Some(libc::makedev(259, 3)),
             _ => None,
-        }
+        };
+        b.devno.into_iter().chain(source).collect()
     }
 
-    #[test]
-    fn mountinfo_is_parsed_with_device_numbers() {
-        let m = parse_mountinfo(MOUNTINFO);
-        assert_eq!(m.len(), 7);
-        assert_eq!(
-            m[1],
-            MountEntry {
-                dev: (259, 3),
-                source: "/dev/loop12p2".into(),
-                mount_point: "/tmp/tek-mnt-other".into(),
-            }
-        );
-        assert_eq!(m[3].mount_point, Path::new("/tmp/tek-mnt-part loop"));
+    fn devs(list: &[(u32, u32)]) -> HashSet<String> {
+        list.iter()
+            .map(|&(a, b)| devno_str(libc::makedev(a, b)))
+            .collect()
     }
 
     #[test]
     fn only_our_mounts_of_the_disk_and_its_loops_are_stale_never_a_name_prefix() {
-        let m = parse_mountinfo(MOUNTINFO);
-        let devs: HashSet<DevNum> = [(7, 1), (7, 20)].into();
-        let got = stale_mounts(&m, &devs, &fake_stat);
+        let m = mountinfo::parse(MOUNTINFO);
+        let got = stale_mounts(&m, &devs(&[(7, 1), (7, 20)]), &fake_devices);
         assert_eq!(
             got,
             vec![
@@ -247,41 +153,30 @@ garbage line
             "/dev/loop12p2 starts with /dev/loop1 but is another device; \
              /mnt/someone-elses is not ours"
         );
-        let other: HashSet<DevNum> = [(7, 12), (259, 3)].into();
         assert_eq!(
-            stale_mounts(&m, &other, &fake_stat),
+            stale_mounts(&m, &devs(&[(7, 12), (259, 3)]), &fake_devices),
             vec![PathBuf::from("/tmp/tek-mnt-other")]
         );
     }
 
     #[test]
-    fn partitions_and_loops_over_the_disk_come_from_sysfs_by_number() {
+    fn the_disk_and_its_partitions_come_from_sysfs_by_number() {
         let sys = tempfile::tempdir().unwrap();
         let w = |rel: &str, text: &str| {
             let p = sys.path().join(rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, text).unwrap();
         };
-        // The disk 8:16 with partition 8:18; loop20 over it, loop21 over another disk whose
-        // node name has the disk's as a prefix, loop22 over a file.
-        w("dev/block/8:16/sdb2/partition", "2\n");
-        w("dev/block/8:16/sdb2/dev", "8:18\n");
-        w("dev/block/8:16/queue/dev", "9:9\n");
-        w("class/block/loop20/loop/backing_file", "/dev/sdb\n");
-        w("class/block/loop20/dev", "7:20\n");
-        w("class/block/loop21/loop/backing_file", "/dev/sdb1x\n");
-        w("class/block/loop21/dev", "7:21\n");
-        w("class/block/loop22/loop/backing_file", "/srv/sdb.img\n");
-        w("class/block/loop22/dev", "7:22\n");
-        w("class/block/sdb/dev", "8:16\n");
-        let stat = |p: &Path| match p.to_str()? {
-            "/dev/sdb" => Some((8, 16)),
-            "/dev/sdb1x" => Some((8, 160)),
-            _ => None,
-        };
-        let h = holders(sys.path(), (8, 16), &stat);
-        assert_eq!(h.devs, [(8, 16), (8, 18), (7, 20)].into());
-        assert_eq!(h.loops, vec![PathBuf::from("/dev/loop20")]);
+        // The disk 8:16 with partition 8:18; a `queue` directory that is no partition.
+        w("block/sdb/dev", "8:16\n");
+        w("block/sdb/sdb2/partition", "2\n");
+        w("block/sdb/sdb2/dev", "8:18\n");
+        w("block/sdb/queue/dev", "9:9\n");
+        std::fs::create_dir_all(sys.path().join("dev/block")).unwrap();
+        std::os::unix::fs::symlink("../../block/sdb", sys.path().join("dev/block/8:16")).unwrap();
+        let h = holders(&SysRoot::at(sys.path()), libc::makedev(8, 16));
+        assert_eq!(h.devs, devs(&[(8, 16), (8, 18)]));
+        assert!(h.loops.is_empty());
     }
 
     /// Detaches a loop device this test attached at a chosen number.
@@ -312,8 +207,9 @@ garbage line
     }
 
     fn mounted(at: &Path) -> bool {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        parse_mountinfo(&text).iter().any(|m| m.mount_point == at)
+        mountinfo::current()
+            .iter()
+            .any(|m| Path::new(&m.mount_point) == at)
     }
 
     /// The bug, on real devices: the claimed disk is `/dev/loopN`, another job's disk is

@@ -160,6 +160,51 @@ impl SysRoot {
     }
 }
 
+impl SysRoot {
+    /// Loop devices whose backing file is the block device `devno` (a partition loop with an
+    /// offset over a whole disk): (kernel name, the loop device's own number), sorted. Matched
+    /// by device number, never by path: `/dev/sdb` and a symlink to it are the same disk,
+    /// `/dev/sdb1x` is another one.
+    pub fn loops_over_device(&self, devno: u64) -> Vec<(String, u64)> {
+        self.loops_over_device_with(devno, &block_devno)
+    }
+
+    /// [`SysRoot::loops_over_device`] with `stat` resolving a backing file to a device number
+    /// (tests fake it).
+    fn loops_over_device_with(
+        &self,
+        devno: u64,
+        stat: &dyn Fn(&Path) -> Option<u64>,
+    ) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.path().join("block")) {
+            for e in rd.flatten() {
+                let Some(backing) = read_trim(e.path().join("loop/backing_file")) else {
+                    continue;
+                };
+                if stat(Path::new(&backing)) != Some(devno) {
+                    continue;
+                }
+                if let Some(own) = read_trim(e.path().join("dev"))
+                    .as_deref()
+                    .and_then(parse_devno)
+                {
+                    out.push((e.file_name().to_string_lossy().into_owned(), own));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// The device number of the block device at `path`; `None` when it is not one (a plain file,
+/// a missing node).
+pub fn block_devno(path: &Path) -> Option<u64> {
+    let md = fs::metadata(path).ok()?;
+    std::os::unix::fs::FileTypeExt::is_block_device(&md.file_type()).then(|| md.rdev())
+}
+
 /// Paths listed in `/proc/swaps` text (the first line is a header).
 pub fn parse_swaps(text: &str) -> Vec<String> {
     text.lines()
@@ -306,6 +351,44 @@ mod tests {
         let (l, _) = sys.disk_of_devno(libc::makedev(7, 2)).unwrap();
         assert!(l.read_only());
         assert_eq!(l.model().as_deref(), Some("loop device on /srv/img"));
+    }
+
+    #[test]
+    fn loops_over_a_device_are_found_by_number_never_by_name() {
+        let (t, sys) = fake();
+        let w = |p: &str, v: &str| {
+            let p = t.path().join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, v).unwrap();
+        };
+        // loop20 over /dev/sdb (8:16); loop21 over a node whose name has sdb's as a prefix;
+        // loop22 over a file.
+        w("block/loop20/loop/backing_file", "/dev/sdb\n");
+        w("block/loop20/dev", "7:20\n");
+        w("block/loop21/loop/backing_file", "/dev/sdb1x\n");
+        w("block/loop21/dev", "7:21\n");
+        w("block/loop22/loop/backing_file", "/srv/sdb.img\n");
+        w("block/loop22/dev", "7:22\n");
+        let stat = |p: &Path| match p.to_str()? {
+            "/dev/sdb" => Some(libc::makedev(8, 16)),
+            "/dev/sdb1x" => Some(libc::makedev(8, 160)),
+            _ => None,
+        };
+        assert_eq!(
+            sys.loops_over_device_with(libc::makedev(8, 16), &stat),
+            [("loop20".to_string(), libc::makedev(7, 20))]
+        );
+        assert!(
+            sys.loops_over_device_with(libc::makedev(8, 17), &stat)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn block_devno_is_none_for_files_and_missing_nodes() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(block_devno(f.path()), None);
+        assert_eq!(block_devno(Path::new("/dev/tek-no-such-device")), None);
     }
 
     #[test]

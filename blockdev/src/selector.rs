@@ -78,9 +78,14 @@ pub struct PartitionFacts {
 
 impl fmt::Display for PartitionFacts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "number:{} name:{:?}", self.number, self.name)?;
+        write!(
+            f,
+            "number:{} name:\"{}\"",
+            self.number,
+            self.name.escape_debug()
+        )?;
         if let Some(l) = &self.label {
-            write!(f, " label:{l:?}")?;
+            write!(f, " label:\"{}\"", l.escape_debug())?;
         }
         let ty = self.type_guid.to_uppercase();
         match TYPE_ALIASES.iter().find(|(_, g)| *g == ty) {

@@ -58,9 +58,9 @@ impl AsRef<Path> for SysRoot {
     }
 }
 
-/// How a disk is attached.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How a disk is attached. Serialized as its name (`"usb"`, `"virtio"`), the words a config's
+/// `allowed_buses` and a job record use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Bus {
     /// USB mass storage or UAS (a USB dock or stick; the SCSI layer above it does not count).
     Usb,
@@ -103,6 +103,19 @@ impl std::str::FromStr for Bus {
             "virtual" | "loop" => Bus::Virtual,
             other => Bus::Other(other.to_string()),
         })
+    }
+}
+
+impl Serialize for Bus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(name.parse().unwrap_or_else(|never| match never {}))
     }
 }
 
@@ -184,7 +197,10 @@ pub fn identify(sys_root: &Path, name: &str) -> io::Result<Option<DiskInfo>> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("identifying disk {name:?}: not a kernel block device name"),
+            format!(
+                "identifying disk \"{}\": not a kernel block device name",
+                name.escape_debug()
+            ),
         ));
     }
     let link = sys_root.join("class/block").join(name);
@@ -206,8 +222,8 @@ fn read_num(dir: &Path, attr: &str, name: &str) -> io::Result<u64> {
     let text = fs::read_to_string(&path).map_err(|e| with_context(e, "reading", &path))?;
     text.trim().parse().map_err(|_| {
         invalid(format!(
-            "parsing {attr} of {name}: expected a number, found {:?}",
-            text.trim()
+            "parsing {attr} of {name}: expected a number, found \"{}\"",
+            text.trim().escape_debug()
         ))
     })
 }
@@ -232,8 +248,8 @@ fn read_disk(sys_root: &Path, name: &str, dir: &Path) -> io::Result<Option<DiskI
         .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
         .ok_or_else(|| {
             invalid(format!(
-                "parsing dev of {name}: expected MAJOR:MINOR, found {:?}",
-                dev.trim()
+                "parsing dev of {name}: expected MAJOR:MINOR, found \"{}\"",
+                dev.trim().escape_debug()
             ))
         })?;
     // `size` is always in 512-byte units, whatever the logical block size.

@@ -73,21 +73,25 @@ impl Uevent {
             .ok_or_else(|| UeventError::Malformed("empty message".into()))?;
         let header = std::str::from_utf8(header)
             .map_err(|_| UeventError::Malformed("header is not UTF-8".into()))?;
+        let quoted = header.escape_debug().to_string();
         let (action, devpath) = header.split_once('@').ok_or_else(|| {
-            UeventError::Malformed(format!("header {header:?} has no ACTION@DEVPATH"))
+            UeventError::Malformed(format!("header \"{quoted}\" has no ACTION@DEVPATH"))
         })?;
         if action.is_empty() || !devpath.starts_with('/') {
             return Err(UeventError::Malformed(format!(
-                "header {header:?} has no ACTION@DEVPATH"
+                "header \"{quoted}\" has no ACTION@DEVPATH"
             )));
         }
         let mut env = BTreeMap::new();
         for field in fields {
             let text = std::str::from_utf8(field).map_err(|_| {
-                UeventError::Malformed(format!("a field of {header:?} is not UTF-8"))
+                UeventError::Malformed(format!("a field of \"{quoted}\" is not UTF-8"))
             })?;
             let (k, v) = text.split_once('=').ok_or_else(|| {
-                UeventError::Malformed(format!("field {text:?} of {header:?} has no '='"))
+                UeventError::Malformed(format!(
+                    "field \"{}\" of \"{quoted}\" has no '='",
+                    text.escape_debug()
+                ))
             })?;
             env.insert(k.to_string(), v.to_string());
         }

@@ -169,7 +169,7 @@ pub enum DataError {
         reason: String,
     },
     /// An argument is invalid (ids, dates, ...).
-    #[error("invalid {what} {value:?}: {reason}")]
+    #[error("invalid {what} \"{}\": {reason}", value.escape_debug())]
     Invalid {
         /// Which argument.
         what: &'static str,

@@ -13,7 +13,7 @@
 //! before the rename, and discards itself when the client withdrew meanwhile (see `withdraw`).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use crate::batch::SealPipe;
 use crate::custody::Custody;
 use crate::dataset::{DatasetId, DatasetInfo, DatasetState, Meta, check_ident, rfc3339};
 use crate::error::{DataError, io};
-use crate::manifest::{Entry, EntryKind, SymlinkGuard, Time, encode_end, normalize};
+use crate::manifest::{Entry, EntryKind, SymlinkGuard, Time, encode_end};
 use crate::stream::{EncryptWriter, Key, MacWriter, StreamKind};
 
 mod archive;

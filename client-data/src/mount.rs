@@ -1,20 +1,21 @@
 //! Mounting the data partition of a freshly imaged disk, found by its GPT partition name.
 //!
-//! On real hardware the kernel made a partition node (`/dev/sdb2`, `/dev/nvme0n1p2`) and we mount
-//! that. These bench machines' kernels have no partition-table support, and image files have no
-//! nodes at all, so otherwise we attach a loop device over the whole disk with the partition's
-//! byte offset and size limit. The mount point is a fresh private (0700) directory. Drop unmounts,
-//! detaches the loop device and removes the directory, also on error and on panic.
+//! The partition is reached through [`blockdev::partition`]: the kernel's partition node
+//! (`/dev/sdb2`, `/dev/nvme0n1p2`) when there is one, else a loop device over the whole disk
+//! with the partition's byte offset and size limit. The mount point is a fresh private (0700)
+//! directory. Drop unmounts, detaches the loop device and removes the directory, also on error
+//! and on panic.
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
-use blockdev::FsKind;
+use blockdev::partition::{PartitionDevice, PartitionSpan};
 use blockdev::selector::{PartitionFacts, PartitionSelector};
+use blockdev::{FsKind, SysRoot};
 
 use crate::error::DataError;
-use crate::loopdev::{LoopDevice, LoopOptions};
+use crate::loopdev::LoopDevice;
 
 /// A mounted partition; unmounted (and its loop device detached) on drop.
 #[derive(Debug)]
@@ -188,30 +189,6 @@ pub fn find_partition(device: &Path, selector: &str) -> Result<PartitionRange, D
         .expect("resolved from this list"))
 }
 
-/// The kernel's node for partition `number` of block device `device`, if it exists.
-fn kernel_partition_node(device: &Path, number: u32) -> Option<PathBuf> {
-    use std::os::unix::fs::FileTypeExt;
-    let meta = std::fs::metadata(device).ok()?;
-    if !meta.file_type().is_block_device() {
-        return None;
-    }
-    let dev = device.to_string_lossy();
-    // sda -> sda2, nvme0n1 / loop0 / mmcblk0 -> ...p2
-    let sep = if dev.ends_with(|c: char| c.is_ascii_digit()) {
-        "p"
-    } else {
-        ""
-    };
-    let node = PathBuf::from(format!("{dev}{sep}{number}"));
-    let kname = node.file_name()?.to_string_lossy().into_owned();
-    let disk_name = device.file_name()?.to_string_lossy().into_owned();
-    let sys = Path::new("/sys/class/block")
-        .join(&disk_name)
-        .join(&kname)
-        .join("partition");
-    (sys.exists() && node.exists()).then_some(node)
-}
-
 /// Guesses the filesystem type from its superblock magic (mount(2) needs a type); a BitLocker
 /// volume is `None` here (nothing to mount), [`blockdev::fstype::probe`] tells it apart.
 pub fn detect_fstype(dev: &Path) -> Option<&'static str> {
@@ -232,20 +209,13 @@ impl PartitionMount {
         fstype: Option<&str>,
     ) -> Result<PartitionMount, DataError> {
         let range = find_partition(device, selector)?;
-        let (source, loopdev) = match kernel_partition_node(device, range.number) {
-            Some(node) => (node, None),
-            None => {
-                let lo = LoopDevice::attach_with(
-                    device,
-                    &LoopOptions {
-                        offset: range.offset,
-                        size_limit: range.size,
-                        ..Default::default()
-                    },
-                )?;
-                (lo.path().to_path_buf(), Some(lo))
-            }
+        let span = PartitionSpan {
+            number: range.number,
+            offset: range.offset,
+            size: range.size,
         };
+        let (source, loopdev) =
+            PartitionDevice::open(&SysRoot::system(), device, span)?.into_parts();
         Self::mount_source(source, loopdev, fstype)
     }
 

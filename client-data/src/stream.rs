@@ -36,6 +36,16 @@ pub enum StreamKind {
     KeyBackup = 3,
 }
 
+impl std::fmt::Display for StreamKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StreamKind::Data => "data",
+            StreamKind::Manifest => "manifest",
+            StreamKind::KeyBackup => "key backup",
+        })
+    }
+}
+
 /// A 256-bit secret key.
 #[derive(Clone)]
 pub struct Key(pub [u8; 32]);
@@ -72,7 +82,7 @@ impl Drop for Key {
 
 /// Marker error for an authentication failure inside a stream (wrapped in `io::Error`).
 #[derive(Debug, thiserror::Error)]
-#[error("{kind:?} stream segment {segment} failed authentication")]
+#[error("{kind} stream segment {segment} failed authentication")]
 pub struct AuthFailure {
     /// Which stream.
     pub kind: StreamKind,

@@ -65,7 +65,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// `NAME@VERSION` is malformed or uses unsafe characters.
-    #[error("bad image reference {input:?}: {reason}")]
+    #[error("bad image reference \"{}\": {reason}", input.escape_debug())]
     BadImageRef {
         /// What was given.
         input: String,

@@ -54,7 +54,8 @@ fn check_part(input: &str, what: &str, part: &str) -> Result<(), StoreError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-')))
     {
         return Err(bad(format!(
-            "{what} contains {c:?}; only letters, digits and . _ + - are allowed"
+            "{what} contains '{}'; only letters, digits and . _ + - are allowed",
+            c.escape_debug()
         )));
     }
     Ok(())
@@ -77,6 +78,21 @@ impl FromStr for ImageRef {
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// Written as `"NAME@VERSION"` (a config's `default_image`, a job record's `image`).
+impl serde::Serialize for ImageRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Read from `"NAME@VERSION"`, checked as [`ImageRef::from_str`] checks it.
+impl<'de> serde::Deserialize<'de> for ImageRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -119,5 +135,15 @@ mod tests {
         assert!(long.parse::<ImageRef>().is_err());
         let ok = format!("{}@1", "a".repeat(128));
         assert!(ok.parse::<ImageRef>().is_ok());
+    }
+
+    #[test]
+    fn serde_is_the_name_at_version_string_and_checks_it() {
+        let r: ImageRef = serde_json::from_str("\"win11@2024.10\"").unwrap();
+        assert_eq!(r, ImageRef::new("win11", "2024.10").unwrap());
+        assert_eq!(serde_json::to_string(&r).unwrap(), "\"win11@2024.10\"");
+        let e = serde_json::from_str::<ImageRef>("\"noversion\"").unwrap_err();
+        assert!(e.to_string().contains("NAME@VERSION"), "{e}");
+        assert!(serde_json::from_str::<ImageRef>("\"a@../x\"").is_err());
     }
 }

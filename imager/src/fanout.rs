@@ -373,6 +373,8 @@ fn run_target(
     match r {
         Ok(()) => {
             progress.phase(Phase::Done, 0);
+            // Every step above returned Ok: written, read back equal, first MiB last.
+            rep.verified = Some(crate::proof::VerifiedImage::after_read_back(&rep));
             rep
         }
         Err(e) => {

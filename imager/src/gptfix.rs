@@ -262,8 +262,9 @@ pub fn fix_gpt(
                 return Err(gpt_err(
                     dev,
                     format!(
-                        "cannot grow {name:?}: a partition follows it (at LBA {f}) and this \
-                         image has no layout map (store it with `tek image import` to move it)"
+                        "cannot grow \"{}\": a partition follows it (at LBA {f}) and this \
+                         image has no layout map (store it with `tek image import` to move it)",
+                        name.escape_debug()
                     ),
                 ));
             }

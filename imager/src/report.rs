@@ -189,12 +189,21 @@ pub struct TargetReport {
     /// the target before this write began.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unfinished_write: Option<crate::marker::UnfinishedWrite>,
+    /// The proof, set by the write only when the target was written and verified.
+    #[serde(skip)]
+    pub(crate) verified: Option<crate::proof::VerifiedImage>,
 }
 
 impl TargetReport {
     /// True when the target was written and verified.
     pub fn ok(&self) -> bool {
         matches!(self.result, TargetResult::Ok)
+    }
+
+    /// The proof that the target was written and read back equal: only in a report the write
+    /// finished with every check passed.
+    pub fn verified(&self) -> Option<&crate::proof::VerifiedImage> {
+        self.verified.as_ref().filter(|_| self.ok())
     }
 
     pub(crate) fn new(path: PathBuf, image: Option<ImageInfo>) -> Self {
@@ -218,12 +227,13 @@ impl TargetReport {
             result: TargetResult::Ok,
             unfinished_write: None,
             mismatch_offsets: Vec::new(),
+            verified: None,
         }
     }
 }
 
 /// Current UTC time in RFC 3339.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

@@ -3,6 +3,8 @@
 //! `tek agent` process, loop devices (re-exported from `client-data`'s RAII helper), and
 //! independent checks (sgdisk, byte ranges, mounting and hashing files, the audit chain).
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -66,10 +66,7 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
                 .verify_with(key.as_ref())
                 .context("verifying audit log")?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&head).context("serializing")?
-                );
+                super::render::print_json(&head)?;
             } else {
                 let signed_head = match &head.signed_head {
                     Some(h) => format!("signed head verified (seq {})", h.seq),
@@ -112,10 +109,7 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
         AuditCommand::Head { json } => {
             let head = log.head().context("reading audit log head")?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&head).context("serializing")?
-                );
+                super::render::print_json(&head)?;
             } else {
                 match head.entries {
                     0 => println!("head: 0 entries (empty log)"),
@@ -154,10 +148,7 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
             })
             .context("recording the breach report in the audit log")?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("serializing")?
-                );
+                super::render::print_json(&report)?;
             } else {
                 println!(
                     "breach report {} .. {} ({} audit entries read)",

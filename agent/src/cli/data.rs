@@ -1,4 +1,4 @@
-//! `tek data ...` and `tek backup ...`: client data custody, a thin layer over
+//! `tek data ...`: client data custody, a thin layer over
 //! [`client_data::Custody`].
 //!
 //! Custody settings (KEK, holidays, ages) come from [`agent::settings`], as the daemon's do:
@@ -14,6 +14,8 @@ use client_data::{
 };
 
 use agent::Depot;
+
+use super::render;
 
 /// `tek data` subcommands.
 #[derive(Debug, Subcommand)]
@@ -100,7 +102,7 @@ pub enum DataCommand {
         json: bool,
         /// The running agent to tell (its jobs for this client's data are cancelled).
         #[command(flatten)]
-        conn: crate::cli::agent::AgentConn,
+        conn: super::AgentConn,
     },
     /// Allow ingests for a withdrawn client again.
     Reactivate {
@@ -123,29 +125,6 @@ pub enum ReasonArg {
     Withdrawal,
     /// End of contract.
     Termination,
-}
-
-/// `tek backup` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum BackupCommand {
-    /// Write a key backup (encrypted under a new epoch key) into DIR.
-    Keys {
-        /// Backup directory: must exist, and be another filesystem than the state directory.
-        dir: PathBuf,
-        /// Allow DIR on the same filesystem as the state directory (the backup is then lost
-        /// with that disk).
-        #[arg(long)]
-        same_filesystem: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Destroy expired key-backup epochs.
-    Prune {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 /// Opens custody for a depot with the settings of the agent's config and the environment.
@@ -179,20 +158,7 @@ fn operator() -> String {
 
 fn parse_id(s: &str) -> Result<DatasetId> {
     s.parse::<DatasetId>()
-        .with_context(|| format!("parsing dataset id {s:?}"))
-}
-
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    use std::io::Write;
-    // Not println!: a reader that closes the pipe early (`| head`, `| grep -q`) must give an
-    // error, not a panic.
-    writeln!(
-        std::io::stdout().lock(),
-        "{}",
-        serde_json::to_string_pretty(v).context("serializing output")?
-    )
-    .context("writing output")?;
-    Ok(())
+        .with_context(|| format!("parsing dataset id \"{}\"", s.escape_debug()))
 }
 
 /// Runs a `tek data` subcommand.
@@ -209,7 +175,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 .ingest(&client, &ticket, &source)
                 .with_context(|| format!("ingesting {}", source.display()))?;
             if json {
-                print_json(&info)?;
+                render::print_json(&info)?;
             } else {
                 println!("{}", info.id);
                 eprintln!(
@@ -221,7 +187,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
         DataCommand::List { json } => {
             let list = c.listing().context("listing datasets")?;
             if json {
-                print_json(&serde_json::json!({
+                render::print_json(&serde_json::json!({
                     "max_staging_age_days": c.config().max_staging_age_days,
                     "datasets": list,
                 }))?;
@@ -252,7 +218,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
         }
         DataCommand::Show { dataset } => {
             let id = parse_id(&dataset)?;
-            print_json(
+            render::print_json(
                 &c.dataset(&id)
                     .with_context(|| format!("reading dataset {id}"))?,
             )?;
@@ -281,7 +247,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 .restore(&id, &dir, &dest)
                 .with_context(|| format!("restoring {id} to {}", dir.display()))?;
             if json {
-                print_json(&res)?;
+                render::print_json(&res)?;
             } else {
                 println!(
                     "restored {} entries ({} bytes), verified {} entries ({} bytes)",
@@ -358,7 +324,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
             }
             .with_context(|| format!("wiping {id}"))?;
             if json {
-                print_json(&rec)?;
+                render::print_json(&rec)?;
             } else {
                 println!("wiped {id}: {}", rec.verification_result);
                 println!(
@@ -386,7 +352,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 .withdraw(&client, &received, reason, &operator())
                 .with_context(|| format!("withdrawing client {client}"))?;
             if json {
-                print_json(&w)?;
+                render::print_json(&w)?;
             } else {
                 print_withdrawal(&w);
             }
@@ -405,7 +371,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
         DataCommand::Deletions { json } => {
             let cases = c.deletions().context("listing deletion cases")?;
             if json {
-                print_json(&cases)?;
+                render::print_json(&cases)?;
             } else {
                 println!(
                     "{:<22} {:<12} {:<11} {:<11} {:<31} {:<30} {:<8} STATE",
@@ -502,7 +468,7 @@ fn print_withdrawal(w: &client_data::Withdrawal) {
 /// Tells a running agent that the custody records changed; returns what happened, in one line.
 /// Not being able to tell it is no error: its runner re-checks the custody records before it
 /// claims a disk and before it migrates.
-fn tell_agent(conn: &crate::cli::agent::AgentConn) -> String {
+fn tell_agent(conn: &super::AgentConn) -> String {
     let fallback = "a job for this client's data that has not started migrating never will \
                     (the agent re-checks the custody records before claiming a disk and before \
                     migrating)";
@@ -526,46 +492,4 @@ fn tell_agent(conn: &crate::cli::agent::AgentConn) -> String {
         ),
         Err(e) => format!("agent at {} not told ({e:#}); {fallback}", socket.display()),
     }
-}
-
-/// Runs a `tek backup` subcommand.
-pub fn run_backup(depot: &Depot, cmd: BackupCommand) -> Result<()> {
-    let c = open_custody(depot)?;
-    match cmd {
-        BackupCommand::Keys {
-            dir,
-            same_filesystem,
-            json,
-        } => {
-            let b = c
-                .backup_keys(&dir, client_data::BackupOptions { same_filesystem })
-                .with_context(|| format!("writing key backup to {}", dir.display()))?;
-            if json {
-                print_json(&b)?;
-            } else {
-                println!(
-                    "{}: {} keys, epoch {} expires {}",
-                    b.file.display(),
-                    b.datasets,
-                    b.epoch,
-                    b.expires
-                );
-                if b.same_filesystem {
-                    println!(
-                        "note: --same-filesystem given: this backup is not checked to be on \
-                         another filesystem than the depot state and may be lost with that disk"
-                    );
-                }
-            }
-        }
-        BackupCommand::Prune { json } => {
-            let gone = c.prune().context("pruning key-backup epochs")?;
-            if json {
-                print_json(&gone)?;
-            } else {
-                println!("destroyed {} expired epochs {}", gone.len(), gone.join(" "));
-            }
-        }
-    }
-    Ok(())
 }

@@ -17,7 +17,6 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use agent::Depot;
 use agent::config::Config;
 use agent::daemon::Agent;
-use agent::daemon::matching::Disk;
 use agent::job::journal::Journal;
 use agent::job::report::Report;
 use agent::job::{Job, JobState};
@@ -167,7 +166,7 @@ pub fn run(windows: bool) -> Result<()> {
     print!("{}", report.to_text());
     if let Some(s) = &job.results.sanitization {
         say("8. sanitization record of the staging wipe");
-        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        super::render::print_json(s)?;
     }
     if job.state != JobState::Done {
         bail!(
@@ -185,7 +184,9 @@ pub fn run(windows: bool) -> Result<()> {
 
 /// What the write did to the layout: the moved partitions and the grown filesystem.
 fn print_layout(job: &Job) {
-    let Some(w) = &job.results.write else { return };
+    let Some(w) = job.results.write.as_ref().map(|w| w.json()) else {
+        return;
+    };
     say("6b. layout on the disk (from the write report)");
     for m in w["gpt"]["moved"].as_array().into_iter().flatten() {
         println!(
@@ -281,21 +282,11 @@ async fn journey(
         say(&format!(
             "6. plugging in a {mib} MiB plain file as the disk (no root: no uevent)"
         ));
-        let disk = Disk {
-            name: "disk-1.img".into(),
-            dev_path: disk_file.clone(),
-            bus: "virtual".into(),
-            vendor: None,
-            model: Some("plain file".into()),
-            serial: None,
-            wwn: None,
-            size_bytes: disk_size,
-            logical_block_size: 512,
-            read_only: false,
-            port_path: None,
-            loop_backing_file: Some(disk_file.clone()),
-            diskseq: None,
-        };
+        let mut disk = blockdev::DiskInfo::hand_made("disk-1.img");
+        disk.dev_path = disk_file.clone();
+        disk.model = Some("plain file".into());
+        disk.size_bytes = disk_size;
+        disk.loop_backing_file = Some(disk_file.clone());
         let _ = tx.send(DeviceEvent::Present(Box::new(disk))).await;
     }
     let result = follow(&mut events, &job.id).await;

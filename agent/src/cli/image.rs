@@ -13,6 +13,8 @@ use image_store::{
 
 use agent::Depot;
 
+use super::render::{print_json, size};
+
 /// `tek image` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -66,7 +68,7 @@ pub enum ImageCommand {
         #[arg(long)]
         force: bool,
         #[command(flatten)]
-        conn: super::agent::AgentConn,
+        conn: super::AgentConn,
     },
     /// Remove chunks no image uses (safe while imports run).
     Gc {
@@ -239,22 +241,6 @@ fn load_key(p: &Option<PathBuf>) -> Result<Option<SigningKey>> {
         .transpose()
 }
 
-pub(super) fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).context("formatting JSON")?
-    );
-    Ok(())
-}
-
-fn gib(b: u64) -> String {
-    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
-}
-
-fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
-}
-
 /// Runs a `tek image` subcommand.
 pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
     match cmd {
@@ -326,7 +312,7 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
                 "{verb} {} chunks ({}); kept {} referenced, {} recent (younger than cutoff), \
                  {} quarantined; {} imports running",
                 r.removed,
-                mib(r.removed_bytes),
+                size(r.removed_bytes),
                 r.referenced,
                 r.kept_recent,
                 r.quarantined,
@@ -365,14 +351,14 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             println!(
                 "logical bytes:   {} ({})",
                 s.logical_bytes,
-                gib(s.logical_bytes)
+                size(s.logical_bytes)
             );
             println!("data bytes:      {} (non-hole, all images)", s.data_bytes);
             println!("unique bytes:    {} (distinct chunks)", s.unique_bytes);
             println!(
                 "stored bytes:    {} ({})",
                 s.stored_bytes,
-                mib(s.stored_bytes)
+                size(s.stored_bytes)
             );
             println!("chunks:          {}", s.chunks);
             println!("quarantined:     {}", s.quarantined);
@@ -468,7 +454,7 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
         "imported {} ({}, {}) in {:.1} s ({:.2} GB/s)",
         a.image,
         r.source_format.name(),
-        gib(r.manifest.size),
+        size(r.manifest.size),
         r.seconds,
         r.manifest.size as f64 / r.seconds.max(1e-9) / 1e9
     );
@@ -476,9 +462,9 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
         "  {} chunks, {} new ({} stored); data {}, holes {}",
         r.chunks,
         r.new_chunks,
-        mib(r.new_stored_bytes),
-        mib(r.data_bytes),
-        mib(r.hole_bytes)
+        size(r.new_stored_bytes),
+        size(r.data_bytes),
+        size(r.hole_bytes)
     );
     println!(
         "  sha256 {}\n  blake3 {}",
@@ -545,7 +531,7 @@ fn list(depot: &Depot, json: bool) -> Result<()> {
             println!(
                 "{:<40} {:>10}  {}  {}  audit: {}{}",
                 r.to_string(),
-                gib(li.manifest.size),
+                size(li.manifest.size),
                 li.manifest.created,
                 li.signature,
                 super::image_audit::audit_line(&li.manifest.audit),
@@ -601,7 +587,7 @@ fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
         .map(|e| e.len())
         .sum();
     println!("image:      {image}");
-    println!("size:       {} bytes ({})", m.size, gib(m.size));
+    println!("size:       {} bytes ({})", m.size, size(m.size));
     println!("created:    {}", m.created);
     println!("sha256:     {}", m.sha256);
     println!("blake3:     {}", m.blake3);
@@ -627,7 +613,7 @@ fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
         "extents:    {} ({} chunks, {} in holes), {} avg {} B",
         m.extents.len(),
         chunks,
-        mib(holes),
+        size(holes),
         m.chunking.algorithm,
         m.chunking.avg
     );

@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use image_store::ImageRef;
 use image_store::audit::{AuditOptions, AuditReport, PartitionStatus};
 
-use super::image::{open_store, print_json};
+use super::image::open_store;
+use super::render::print_json;
 use agent::Depot;
 
 /// Runs `tek image audit`.

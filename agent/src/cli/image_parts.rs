@@ -9,9 +9,10 @@ pub(super) fn warn_bitlocker(m: &image_store::Manifest) {
     for p in m.gpt.iter().flat_map(|g| &g.partitions) {
         if p.filesystem.as_deref() == Some("bitlocker") {
             eprintln!(
-                "warning: partition {} ({:?}) is BitLocker-encrypted (-FVE-FS-): tek cannot grow \
+                "warning: partition {} (\"{}\") is BitLocker-encrypted (-FVE-FS-): tek cannot grow \
                  it or write client data into it, and its contents cannot be audited",
-                p.number, p.name
+                p.number,
+                p.name.escape_debug()
             );
         }
     }

@@ -11,7 +11,7 @@
 use anyhow::{Context, Result, bail};
 use image_store::ImageRef;
 
-use super::agent::AgentConn;
+use super::AgentConn;
 use agent::Depot;
 use agent::job::journal::{Journal, JournalBusy};
 use agent::job::runner::JobSteps;
@@ -82,7 +82,7 @@ fn fail_jobs(
             })?;
             for j in jobs {
                 let r: Result<Job> = client.call(Op::JobFail {
-                    id: j.id.clone(),
+                    id: j.id.to_string(),
                     reason: reason.to_string(),
                 });
                 match r {

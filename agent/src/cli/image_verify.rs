@@ -6,7 +6,8 @@
 use anyhow::{Context, Result, bail};
 use image_store::{CheckedChunks, ImageRef, SignatureStatus};
 
-use super::image::{open_store, print_json};
+use super::image::open_store;
+use super::render::print_json;
 use agent::Depot;
 
 /// Runs `tek image verify`.

@@ -1,25 +1,34 @@
 //! The `tek` command line: one module per subcommand, each with its clap arguments and a `run`
 //! function. `main.rs` only parses and dispatches.
 
-pub mod agent;
-pub mod audit;
+mod agent;
+mod audit;
+mod backup;
+mod bays;
 mod board;
-pub mod data;
-pub mod demo;
+mod data;
+mod demo;
 mod docs;
-pub mod image;
+mod image;
 mod image_audit;
 mod image_parts;
-pub mod image_rm;
+mod image_rm;
 mod image_verify;
-pub mod interrupt;
+mod interrupt;
+mod job;
+mod render;
+mod report;
 mod size;
-pub mod status;
-pub mod write;
+mod status;
+mod write;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use ::agent::config::Config;
+use ::agent::server::client::Client;
 
 /// Image, migrate and wipe on the depot bench, and prove it.
 #[derive(Debug, Parser)]
@@ -88,13 +97,37 @@ pub enum Command {
     Data(data::DataCommand),
     /// Key backups for the depot's backup tool.
     #[command(subcommand)]
-    Backup(data::BackupCommand),
+    Backup(backup::BackupCommand),
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Run the bench agent daemon, and talk to it.
-    #[command(flatten)]
-    Agent(agent::AgentCommand),
+    /// Run the bench agent daemon (normally started by systemd).
+    Agent {
+        /// Configuration file.
+        #[arg(long, env = "TEK_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Show the configured bays; with --discover, the disks present now and their port paths.
+    Bays(bays::BaysArgs),
+    /// Register, inspect, cancel and retry jobs.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+    /// Every bay at a glance.
+    Status(status::StatusArgs),
+    /// The bench's live board: a tile per bay, cancel/retry/report keys (full screen).
+    Board {
+        #[command(flatten)]
+        conn: AgentConn,
+    },
+    /// A job's service report (read from the depot; no agent needed).
+    Report(report::ReportArgs),
+    /// Run the whole journey on a built-in sample, in a temporary depot.
+    Demo {
+        /// A Windows-layout sample (NTFS, Recovery after C: moved to the disk's end, C: grown;
+        /// needs mkntfs, and ntfs-3g for the client data).
+        #[arg(long)]
+        windows: bool,
+    },
     /// Print the shell completion script (e.g. `tek completions bash > /usr/share/bash-completion/completions/tek`).
     Completions(docs::CompletionsArgs),
     /// Print the man page `tek.1` (or write every page with `--dir DIR`).
@@ -108,10 +141,10 @@ impl Command {
     /// a closed pipe never kills one in the middle of changing a disk, the store or custody.
     /// `image verify` is not one: it moves corrupt chunks aside.
     pub fn only_reads(&self) -> bool {
-        use agent::{AgentCommand as A, JobCommand as J};
         use audit::AuditCommand as Au;
         use data::DataCommand as D;
         use image::ImageCommand as I;
+        use job::JobCommand as J;
         match self {
             Command::Image(c) => matches!(c, I::List { .. } | I::Show { .. } | I::Stats { .. }),
             Command::Audit(c) => matches!(
@@ -119,21 +152,20 @@ impl Command {
                 Au::Verify { .. } | Au::Show { .. } | Au::Head { .. } | Au::BreachReport { .. }
             ),
             Command::Data(c) => matches!(c, D::List { .. } | D::Show { .. } | D::Deletions { .. }),
-            Command::Agent(c) => matches!(
-                c,
-                A::Bays { .. }
-                    | A::Status { .. }
-                    | A::Report { .. }
-                    | A::Job(J::List { .. } | J::Show { .. })
-            ),
+            Command::Job(c) => matches!(c, J::List { .. } | J::Show { .. }),
+            Command::Bays(_) | Command::Status(_) | Command::Report(_) => true,
             Command::Completions(_) | Command::Man(_) => true,
-            Command::Write(_) | Command::Backup(_) => false,
+            Command::Agent { .. }
+            | Command::Board { .. }
+            | Command::Demo { .. }
+            | Command::Write(_)
+            | Command::Backup(_) => false,
         }
     }
 }
 
 /// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli) -> Result<()> {
     // Generated documentation needs no depot.
     match &cli.command {
         Command::Completions(a) => return docs::completions(a),
@@ -148,9 +180,41 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(c) => image::run(&depot, c),
         Command::Write(a) => write::run(&depot, a),
         Command::Data(c) => data::run(&depot, c),
-        Command::Backup(c) => data::run_backup(&depot, c),
+        Command::Backup(c) => backup::run(&depot, c),
         Command::Audit(c) => audit::run(&depot, c),
-        Command::Agent(c) => agent::run(&depot, c),
+        Command::Agent { config } => agent::run(&depot, config.as_deref()),
+        Command::Bays(a) => bays::run(a),
+        Command::Job(c) => job::run(c),
+        Command::Status(a) => status::run(a),
+        Command::Report(a) => report::run(&depot, a),
+        Command::Board { conn } => board::run(&conn.socket()?),
+        Command::Demo { windows } => demo::run(windows),
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
+    }
+}
+
+/// Where to find the agent: its config file (for the socket path) or the socket itself.
+#[derive(Debug, Clone, Args)]
+pub struct AgentConn {
+    /// Agent configuration file (default /etc/tek/agent.toml, if it exists).
+    #[arg(long, env = "TEK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Control socket (default: the config's `socket`, else /run/tek/agent.sock).
+    #[arg(long, env = "TEK_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+impl AgentConn {
+    pub(crate) fn config(&self) -> Result<Config> {
+        Config::load_or_default(self.config.as_deref())
+    }
+    pub(crate) fn socket(&self) -> Result<PathBuf> {
+        match &self.socket {
+            Some(s) => Ok(s.clone()),
+            None => Ok(self.config()?.socket),
+        }
+    }
+    pub(crate) fn client(&self) -> Result<Client> {
+        Client::connect(&self.socket()?)
     }
 }

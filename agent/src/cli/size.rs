@@ -11,17 +11,25 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
                 'G' => 30,
                 'T' => 40,
                 'P' => 50,
-                _ => return Err(format!("unknown size suffix {c:?} (use K, M, G, T or P)")),
+                _ => {
+                    return Err(format!(
+                        "unknown size suffix '{}' (use K, M, G, T or P)",
+                        c.escape_debug()
+                    ));
+                }
             };
             (&t[..i], shift)
         }
         _ => (t, 0),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (bytes, or a number with K, M, G, T or P)"))?;
+    let n: u64 = digits.parse().map_err(|_| {
+        format!(
+            "\"{}\" is not a size (bytes, or a number with K, M, G, T or P)",
+            s.escape_debug()
+        )
+    })?;
     n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .ok_or_else(|| format!("\"{}\" is too large", s.escape_debug()))
 }
 
 #[cfg(test)]

@@ -5,30 +5,39 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use anyhow::Result;
+use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use agent::job::{Job, JobState};
 use agent::server::client::Client;
 use agent::server::protocol::{Event, Op, Status};
 
-/// Human size with binary units.
-pub fn human(bytes: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
+use super::{AgentConn, render};
+
+/// `tek status` arguments.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Follow events live.
+    #[arg(long)]
+    pub watch: bool,
+    /// Machine-readable output.
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    #[command(flatten)]
+    pub conn: AgentConn,
+}
+
+/// Runs `tek status`.
+pub fn run(args: StatusArgs) -> Result<()> {
+    if args.watch {
+        return watch(&args.conn.socket()?);
     }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
+    let st: Status = args.conn.client()?.call(Op::Status)?;
+    render::emit(args.json, &st, render_status)
 }
 
 /// The status as text, one line per bay, then disks outside bays, then open jobs.
-pub fn render(st: &Status) -> String {
+pub fn render_status(st: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", st.summary);
     let w = st
@@ -52,7 +61,7 @@ pub fn render(st: &Status) -> String {
                 line,
                 "  [{} {pct:.0}% of {}]",
                 p.phase,
-                human(p.bytes_total)
+                render::size(p.bytes_total)
             );
         }
         let _ = writeln!(out, "{line}");
@@ -113,12 +122,12 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
         }
         Ok(())
     };
-    say(render(&st))?;
+    say(render_status(&st))?;
     let style = ProgressStyle::with_template(
         "{prefix:>10} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    let mut bars: HashMap<agent::job::JobId, ProgressBar> = HashMap::new();
     let events = Client::connect(socket)?.subscribe()?;
     for ev in events {
         match ev? {
@@ -127,7 +136,7 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
                 disk.name,
                 bay.map(|b| format!(" in bay {b}")).unwrap_or_default(),
                 disk.model_line(),
-                human(disk.size_bytes)
+                render::size(disk.size_bytes)
             ))?,
             Event::DeviceLeft { name } => say(format!("- {name} left"))?,
             Event::DiskStatus { name, status } => say(format!("  {name}: {}", status.line()))?,
@@ -143,7 +152,7 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
                 let bar = bars.entry(id.clone()).or_insert_with(|| {
                     let b = mp.add(ProgressBar::new(progress.bytes_total));
                     b.set_style(style.clone());
-                    b.set_prefix(id.clone());
+                    b.set_prefix(id.to_string());
                     b
                 });
                 bar.set_length(progress.bytes_total);
@@ -205,7 +214,7 @@ mod tests {
             jobs: vec![job],
             progress: Default::default(),
         };
-        let text = render(&st);
+        let text = render_status(&st);
         assert!(text.contains("[writing 25% of 4.0 MiB]"), "{text}");
         assert!(text.contains("b    -         empty"), "{text}");
         assert!(
@@ -213,11 +222,5 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("open jobs:"), "{text}");
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(64 << 20), "64.0 MiB");
     }
 }

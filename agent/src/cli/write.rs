@@ -14,6 +14,7 @@ use image_store::{ImageRef, SignatureStatus, Store};
 use imager::{BeyondImage, ImageSource, Phase, ProgressEvent, TargetReport, WriteOptions};
 
 use super::interrupt::say;
+use super::render::size;
 use agent::Depot;
 
 /// `--beyond`'s values, with their help, parsed into the imager's [`BeyondImage`].
@@ -140,17 +141,6 @@ fn resolve_source(depot: &Depot, args: &WriteArgs) -> Result<ImageSource> {
     })
 }
 
-fn human(bytes: u64) -> String {
-    let mut v = bytes as f64;
-    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
-        if v < 1024.0 || unit == "TiB" {
-            return format!("{v:.1} {unit}");
-        }
-        v /= 1024.0;
-    }
-    unreachable!()
-}
-
 fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> {
     if let ImageSource::File(p) = source
         && let Ok(f) = imager::file_format(p)
@@ -169,10 +159,10 @@ fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> 
             eprintln!(
                 "image: {} ({}, decoded from {f})",
                 info.name,
-                human(info.size)
+                size(info.size)
             )
         }
-        _ => eprintln!("image: {} ({})", info.name, human(info.size)),
+        _ => eprintln!("image: {} ({})", info.name, size(info.size)),
     }
     for t in &args.targets {
         match imager::check_target(t, info.size, info.gpt_sector) {
@@ -181,7 +171,7 @@ fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> 
                 t.display(),
                 i.model.as_deref().unwrap_or("unknown model"),
                 i.serial.as_deref().unwrap_or("unknown"),
-                human(i.size),
+                size(i.size),
                 i.logical_sector,
                 i.physical_sector
             ),
@@ -271,9 +261,9 @@ fn show_progress(rx: crossbeam_channel::Receiver<ProgressEvent>) {
                 "tek write: {} {}{pct} {}/{} {}/s{eta}",
                 ev.target.display(),
                 phase_name(ev.phase),
-                human(ev.bytes_done),
-                human(ev.bytes_total),
-                human(ev.rate_bps as u64),
+                size(ev.bytes_done),
+                size(ev.bytes_total),
+                size(ev.rate_bps as u64),
             );
         }
     }
@@ -305,10 +295,10 @@ fn summary(r: &TargetReport, signal: Option<&str>) -> String {
         imager::TargetResult::Ok => format!(
             "{}: ok: {} written, {} zeroed, {} skipped, {} verified in {:.1}s",
             r.path.display(),
-            human(r.bytes_written),
-            human(r.bytes_zeroed),
-            human(r.bytes_skipped),
-            human(r.bytes_verified),
+            size(r.bytes_written),
+            size(r.bytes_zeroed),
+            size(r.bytes_skipped),
+            size(r.bytes_verified),
             r.durations.total_secs
         ),
         imager::TargetResult::Refused { refusal } => {

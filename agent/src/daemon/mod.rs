@@ -8,7 +8,7 @@
 //!    and has work left: it resumes (after a crash, a restart or a re-plug);
 //! 2. the very disk a job finished on stays "done, safe to remove", also after an agent restart
 //!    or a re-plug: matched by serial or WWN, and for a loop device by backing file plus the
-//!    kernel's `diskseq` (re-attaching is a new disk; see [`Disk::is_same_medium`]);
+//!    kernel's `diskseq` (re-attaching is a new disk; see [`matching::is_same_medium`]);
 //! 3. the oldest queued job for its bay;
 //! 4. the oldest queued job expecting its serial, if its bus is allowed and its bay takes
 //!    serial jobs (`serial_jobs`, default true);
@@ -25,21 +25,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use tokio::sync::broadcast;
 
-use crate::config::{Config, check_image_ref};
-use crate::daemon::matching::{Disk, DiskStatus, bay_of};
+use crate::config::Config;
+use blockdev::DiskInfo;
+
+use crate::daemon::matching::{DiskStatus, bay_of, is_same_medium};
 use crate::job::journal::Journal;
 use crate::job::runner::{Hooks, JobControl, JobSteps, StepProgress, StopCause, run_job};
-use crate::job::{DeviceRecord, Job, JobState, JobTarget};
-use crate::server::protocol::{BayView, DiskView, Event, Status};
+use crate::job::{DeviceRecord, Job, JobId, JobState, JobTarget};
+use crate::server::protocol::Event;
 
 /// Progress events per job are sent at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
 struct DiskEntry {
-    disk: Disk,
+    disk: DiskInfo,
     bay: Option<String>,
     status: DiskStatus,
 }
@@ -54,8 +56,8 @@ struct Running {
 #[derive(Default)]
 struct Inner {
     disks: BTreeMap<String, DiskEntry>,
-    jobs: BTreeMap<String, Job>,
-    running: HashMap<String, Running>,
+    jobs: BTreeMap<JobId, Job>,
+    running: HashMap<JobId, Running>,
     shutting_down: bool,
 }
 
@@ -114,7 +116,7 @@ impl Agent {
     }
 
     /// A disk appeared or changed.
-    pub fn disk_present(&self, disk: Disk) {
+    pub fn disk_present(&self, disk: DiskInfo) {
         let mut inner = self.lock();
         if inner
             .disks
@@ -129,7 +131,7 @@ impl Agent {
         let bay = bay_of(&self.cfg, &disk).map(|b| b.name.clone());
         tracing::info!(disk = %disk.name, bay = ?bay, identity = %disk.identity(), "disk present");
         self.emit(Event::DeviceArrived {
-            disk: disk.clone(),
+            disk: Box::new(disk.clone()),
             bay: bay.clone(),
         });
         let name = disk.name.clone();
@@ -235,7 +237,7 @@ impl Agent {
         if pick.is_none()
             && let Some(done) = inner.jobs.values().find(|j| {
                 j.state == JobState::Done
-                    && j.device.as_ref().is_some_and(|d| disk.is_same_medium(d))
+                    && j.device.as_ref().is_some_and(|d| is_same_medium(&disk, d))
             })
         {
             let job = done.id.clone();
@@ -273,7 +275,7 @@ impl Agent {
         {
             let mut job = Job::new(
                 &format!("provisioning-{b}"),
-                &image,
+                &image.to_string(),
                 None,
                 JobTarget::Bay(b.clone()),
             );
@@ -323,7 +325,7 @@ impl Agent {
     }
 
     /// Why a disk outside every bay is left alone, naming the jobs that would have wanted it.
-    fn outside_bays_reason(inner: &Inner, disk: &Disk) -> String {
+    fn outside_bays_reason(inner: &Inner, disk: &DiskInfo) -> String {
         let ident = disk.identity();
         let serial = disk
             .serial
@@ -355,7 +357,7 @@ impl Agent {
         &self,
         inner: &mut Inner,
         mut job: Job,
-        disk: Disk,
+        disk: DiskInfo,
         bay: Option<String>,
         info: serde_json::Value,
     ) {
@@ -524,6 +526,7 @@ impl Agent {
 
 pub mod matching;
 mod requests;
+pub use requests::{Refused, error_code};
 mod status;
 
 #[cfg(test)]

@@ -2,9 +2,38 @@
 //! journaling and offering a new job to the disks present, cancelling without ever wiping staged
 //! data, and retrying from the last safe step.
 
-use anyhow::Context;
+use anyhow::{Result, bail};
 
-use super::*;
+use crate::daemon::{Agent, Inner};
+use crate::job::runner::StopCause;
+use crate::job::{Job, JobId, JobState, JobTarget};
+use crate::server::protocol::{ErrorCode, Event};
+
+/// A request the agent refused, with the protocol's code for the refusal: the reply carries
+/// both, so a client branches on the code ([`error_code`]) and shows the sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// The kind of refusal.
+    pub code: ErrorCode,
+    /// What the technician reads.
+    pub message: String,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> anyhow::Error {
+    Refused {
+        code,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// The protocol code of a request's error: the [`Refused`] code it carries, else
+/// [`ErrorCode::Internal`] (the agent failed doing it, e.g. journal I/O).
+pub fn error_code(e: &anyhow::Error) -> ErrorCode {
+    e.downcast_ref::<Refused>()
+        .map_or(ErrorCode::Internal, |r| r.code)
+}
 
 impl Agent {
     /// Queues a job, then offers it to the disks present.
@@ -32,35 +61,52 @@ impl Agent {
     ) -> Result<Job> {
         if let Some(r) = &dataset_of_other_ticket {
             if data.is_none() {
-                bail!("adding a job: --dataset-of-other-ticket needs --data");
+                return Err(refuse(
+                    ErrorCode::InvalidArgument,
+                    "adding a job: --dataset-of-other-ticket needs --data",
+                ));
             }
             if r.trim().is_empty() || r.len() > 500 || r.chars().any(char::is_control) {
-                bail!(
+                return Err(refuse(
+                    ErrorCode::InvalidArgument,
                     "adding a job: the reason for --dataset-of-other-ticket must be 1-500 \
-                     characters of text on one line"
-                );
+                     characters of text on one line",
+                ));
             }
         }
         // The ticket lands in the journal, the report and the audit log: an id, never a name.
         client_data::dataset::check_ident("ticket", ticket)
-            .map_err(|e| anyhow::anyhow!("adding a job: {e}"))?;
-        check_image_ref(image)?;
+            .map_err(|e| refuse(ErrorCode::InvalidArgument, format!("adding a job: {e}")))?;
+        let image = image
+            .parse::<image_store::ImageRef>()
+            .map_err(|e| refuse(ErrorCode::InvalidArgument, format!("adding a job: {e}")))?;
         let target = match (bay, serial) {
             (Some(b), None) => {
                 if self.cfg.bay(&b).is_none() {
                     let names: Vec<_> = self.cfg.bays.iter().map(|b| b.name.as_str()).collect();
-                    bail!("adding a job: no bay {b:?} (bays: {})", names.join(", "));
+                    return Err(refuse(
+                        ErrorCode::InvalidArgument,
+                        format!("adding a job: no bay \"{b}\" (bays: {})", names.join(", ")),
+                    ));
                 }
                 JobTarget::Bay(b)
             }
             (None, Some(s)) if !s.trim().is_empty() => JobTarget::Serial(s.trim().to_string()),
-            _ => bail!("adding a job: give exactly one of --bay or --serial"),
+            _ => {
+                return Err(refuse(
+                    ErrorCode::InvalidArgument,
+                    "adding a job: give exactly one of --bay or --serial",
+                ));
+            }
         };
-        let mut job = Job::new(ticket, image, data, target);
+        let mut job = Job::new(ticket, &image.to_string(), data, target);
         job.dataset_of_other_ticket = dataset_of_other_ticket.map(|r| r.trim().to_string());
-        self.steps
-            .validate(&job)
-            .with_context(|| format!("checking the new job for ticket {ticket}"))?;
+        self.steps.validate(&job).map_err(|e| {
+            refuse(
+                ErrorCode::Rejected,
+                format!("checking the new job for ticket {ticket}: {e:#}"),
+            )
+        })?;
         let mut inner = self.lock();
         let mut job = self.create_record(job)?;
         if !self.steps.image_exists(&job) {
@@ -74,7 +120,10 @@ impl Agent {
             job.set_state(JobState::Failed, Some(reason.clone()));
             self.journal.save(&job)?;
             inner.jobs.insert(job.id.clone(), job.clone());
-            bail!("adding a job: {reason} (job {} recorded as failed)", job.id);
+            return Err(refuse(
+                ErrorCode::Rejected,
+                format!("adding a job: {reason} (job {} recorded as failed)", job.id),
+            ));
         }
         inner.jobs.insert(job.id.clone(), job.clone());
         self.emit(Event::JobState {
@@ -92,7 +141,7 @@ impl Agent {
             match self.journal.create(&job) {
                 Err(e) if e.is::<crate::job::journal::JobIdTaken>() => {
                     tracing::warn!(job = %job.id, "job id already taken; drawing another");
-                    job.id = crate::job::new_job_id();
+                    job.id = crate::job::JobId::random();
                 }
                 r => return r.map(|()| job),
             }
@@ -104,7 +153,7 @@ impl Agent {
     pub fn job(&self, id: &str) -> Result<Job> {
         match self.lock().jobs.get(id) {
             Some(j) => Ok(j.clone()),
-            None => bail!("no job {id}"),
+            None => Err(refuse(ErrorCode::NotFound, format!("no job {id}"))),
         }
     }
 
@@ -120,9 +169,12 @@ impl Agent {
         let mut inner = self.lock();
         let past = |job: &Job| {
             job.past_verified_migration().then(|| {
-                anyhow::anyhow!(
-                    "job {id} already verified its client data on the disk; it finishes the \
-                     staging wipe and the report, and cannot be cancelled"
+                refuse(
+                    ErrorCode::Conflict,
+                    format!(
+                        "job {id} already verified its client data on the disk; it finishes \
+                         the staging wipe and the report, and cannot be cancelled"
+                    ),
                 )
             })
         };
@@ -134,10 +186,13 @@ impl Agent {
             return Ok(inner.jobs[id].clone());
         }
         let Some(job) = inner.jobs.get_mut(id) else {
-            bail!("no job {id}");
+            return Err(refuse(ErrorCode::NotFound, format!("no job {id}")));
         };
         if job.state.is_terminal() {
-            bail!("job {id} is already {}", job.state);
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("job {id} is already {}", job.state),
+            ));
         }
         if let Some(e) = past(job) {
             return Err(e);
@@ -158,13 +213,19 @@ impl Agent {
     pub fn fail(&self, id: &str, reason: &str) -> Result<Job> {
         let mut inner = self.lock();
         if inner.running.contains_key(id) {
-            bail!("job {id} is running; cancel it, or wait until it ends");
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("job {id} is running; cancel it, or wait until it ends"),
+            ));
         }
         let Some(job) = inner.jobs.get_mut(id) else {
-            bail!("no job {id}");
+            return Err(refuse(ErrorCode::NotFound, format!("no job {id}")));
         };
         if job.state.is_terminal() {
-            bail!("job {id} is already {}", job.state);
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("job {id} is already {}", job.state),
+            ));
         }
         job.error = Some(reason.to_string());
         job.set_state(
@@ -186,10 +247,10 @@ impl Agent {
     /// no longer be migrated is cancelled if it waits, or stopped at its next safe point before
     /// the migration if it runs. Returns the ids of the jobs affected. The runner checks the
     /// custody records itself too, so this only makes it prompt.
-    pub fn custody_changed(&self) -> Vec<String> {
+    pub fn custody_changed(&self) -> Vec<JobId> {
         let mut inner = self.lock();
         let mut hit = Vec::new();
-        let ids: Vec<String> = inner
+        let ids: Vec<JobId> = inner
             .jobs
             .values()
             .filter(|j| j.dataset.is_some() && !j.state.is_terminal())
@@ -236,19 +297,22 @@ impl Agent {
     pub fn retry(&self, id: &str) -> Result<Job> {
         let mut inner = self.lock();
         if inner.running.contains_key(id) {
-            bail!("job {id} is running");
+            return Err(refuse(ErrorCode::Conflict, format!("job {id} is running")));
         }
         let Some(job) = inner.jobs.get_mut(id) else {
-            bail!("no job {id}");
+            return Err(refuse(ErrorCode::NotFound, format!("no job {id}")));
         };
         if !matches!(
             job.state,
             JobState::Failed | JobState::Cancelled | JobState::Interrupted
         ) {
-            bail!(
-                "job {id} is {}; only failed, cancelled or interrupted jobs can be retried",
-                job.state
-            );
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!(
+                    "job {id} is {}; only failed, cancelled or interrupted jobs can be retried",
+                    job.state
+                ),
+            ));
         }
         job.error = None;
         match job.retry_point() {
@@ -281,5 +345,20 @@ impl Agent {
         });
         self.reconsider_all(&mut inner);
         Ok(inner.jobs[id].clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_keeps_its_code_through_context_and_anything_else_is_internal() {
+        let e = refuse(ErrorCode::NotFound, "no job j-1").context("showing a job");
+        assert_eq!(error_code(&e), ErrorCode::NotFound);
+        assert_eq!(
+            error_code(&anyhow::anyhow!("journal: disk full")),
+            ErrorCode::Internal
+        );
     }
 }

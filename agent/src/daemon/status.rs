@@ -1,7 +1,10 @@
 //! The agent's status snapshot (`tek status`): every bay with what its disk is doing, every
 //! disk present, the jobs, and the one-line summary also sent to systemd as STATUS.
 
-use super::*;
+use crate::daemon::Agent;
+use crate::daemon::matching::DiskStatus;
+use crate::job::{Job, JobState};
+use crate::server::protocol::{BayView, DiskView, Status};
 
 impl Agent {
     /// Everything at a glance.
@@ -37,7 +40,7 @@ impl Agent {
                     (_, Some(g)) => format!("loop backing {g}"),
                     _ => String::new(),
                 },
-                default_image: b.default_image.clone(),
+                default_image: b.default_image.as_ref().map(ToString::to_string),
                 disk: here.map(|e| e.disk.name.clone()),
                 state,
                 job,

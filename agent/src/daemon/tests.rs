@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::*;
 use crate::daemon::matching::test_disk;
-use crate::job::runner::StepError;
+use crate::job::runner::{StepError, WriteDone};
+use crate::job::{RestoreRecord, SanitizationRecord};
+use crate::server::protocol::ErrorCode;
 
 pub(crate) struct Fake {
     write_ms: u64,
@@ -37,7 +39,7 @@ impl JobSteps for Fake {
     fn image_exists(&self, _job: &Job) -> bool {
         !self.image_gone.load(Ordering::SeqCst)
     }
-    fn check(&self, _job: &Job, _disk: &Disk) -> Result<serde_json::Value, String> {
+    fn check(&self, _job: &Job, _disk: &DiskInfo) -> Result<serde_json::Value, String> {
         self.checks.fetch_add(1, Ordering::SeqCst);
         match &self.refuse {
             Some(r) => Err(r.clone()),
@@ -47,10 +49,10 @@ impl JobSteps for Fake {
     fn write(
         &self,
         _job: &Job,
-        _dev: &Path,
+        dev: &Path,
         stop: &Arc<AtomicBool>,
         progress: &dyn Fn(StepProgress),
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<WriteDone, StepError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(self.write_ms) {
@@ -65,24 +67,25 @@ impl JobSteps for Fake {
             });
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(serde_json::json!({"ok": true}))
+        Ok(crate::job::runner::verified_write(dev))
     }
     fn migrate(
         &self,
         _job: &Job,
         _dev: &Path,
+        _image: &imager::VerifiedImage,
         _p: &dyn Fn(StepProgress),
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<RestoreRecord, StepError> {
         if self.migrate_fails.load(Ordering::SeqCst) {
             return Err(StepError::Failed(anyhow::anyhow!(
                 "restored data does not verify"
             )));
         }
-        Ok(serde_json::json!({}))
+        Ok(RestoreRecord::from_json(serde_json::json!({})))
     }
-    fn wipe(&self, _job: &Job) -> Result<serde_json::Value, StepError> {
+    fn wipe(&self, _job: &Job) -> Result<SanitizationRecord, StepError> {
         self.wipes.fetch_add(1, Ordering::SeqCst);
-        Ok(serde_json::json!({}))
+        Ok(SanitizationRecord::from_json(serde_json::json!({})))
     }
     fn image_written(&self, _job: &Job, _dev: &Path, _ok: bool) -> Result<()> {
         Ok(())
@@ -111,7 +114,7 @@ pub(crate) fn agent(dir: &Path, steps: Arc<Fake>) -> Arc<Agent> {
     Agent::new(cfg, Journal::open(&dir.join("jobs")).unwrap(), steps).unwrap()
 }
 
-pub(crate) fn loop_disk(name: &str, backing: &str) -> Disk {
+pub(crate) fn loop_disk(name: &str, backing: &str) -> DiskInfo {
     let mut d = test_disk(name);
     d.loop_backing_file = Some(backing.into());
     d
@@ -308,13 +311,38 @@ fn cancel_running_and_queued_and_retry() {
 fn bad_job_requests_are_refused_with_reasons() {
     let d = tempfile::tempdir().unwrap();
     let a = agent(d.path(), fake(0));
-    let e = |r: Result<Job>| format!("{:#}", r.unwrap_err());
-    assert!(e(a.add_job("T", "img@1", None, Some("zz".into()), None)).contains("no bay \"zz\""));
-    assert!(e(a.add_job("T", "img", None, Some("a".into()), None)).contains("NAME@VERSION"));
-    assert!(e(a.add_job("T", "i@1", None, None, None)).contains("exactly one"));
-    assert!(e(a.add_job("", "i@1", None, Some("a".into()), None)).contains("ticket"));
-    let pii = e(a.add_job("jane.doe@example.com", "i@1", None, Some("a".into()), None));
-    assert!(pii.contains("invalid ticket"), "{pii}");
+    // Each refusal carries its code (what a client branches on) and a sentence naming the
+    // field (what the technician reads).
+    let e = |r: Result<Job>| {
+        let e = r.unwrap_err();
+        (super::error_code(&e), format!("{e:#}"))
+    };
+    let invalid = |(code, msg): (ErrorCode, String), names: &str| {
+        assert_eq!(code, ErrorCode::InvalidArgument, "{msg}");
+        assert!(msg.contains(names), "{msg}");
+    };
+    invalid(
+        e(a.add_job("T", "img@1", None, Some("zz".into()), None)),
+        "bay \"zz\"",
+    );
+    invalid(
+        e(a.add_job("T", "img", None, Some("a".into()), None)),
+        "NAME@VERSION",
+    );
+    invalid(
+        e(a.add_job("T", "i@1", None, None, None)),
+        "--bay or --serial",
+    );
+    invalid(
+        e(a.add_job("", "i@1", None, Some("a".into()), None)),
+        "ticket",
+    );
+    invalid(
+        e(a.add_job("jane.doe@example.com", "i@1", None, Some("a".into()), None)),
+        "invalid ticket",
+    );
+    let (code, msg) = e(a.job("j-nope"));
+    assert_eq!(code, ErrorCode::NotFound, "{msg}");
 }
 
 #[test]
@@ -480,6 +508,7 @@ fn a_job_past_its_verified_migration_cannot_be_cancelled() {
     journal.save(&plain).unwrap();
     let a = agent(d.path(), fake(10));
     let e = a.cancel(&job.id).unwrap_err();
+    assert_eq!(super::error_code(&e), ErrorCode::Conflict, "{e:#}");
     assert!(e.to_string().contains("cannot be cancelled"), "{e}");
     assert_eq!(a.job(&job.id).unwrap().state, JobState::Interrupted);
     let c = a.cancel(&plain.id).unwrap();
@@ -501,7 +530,7 @@ fn fail_ends_a_queued_job_with_its_reason_but_never_a_running_one() {
         .unwrap();
     a.disk_present(loop_disk("loop1", "/t/a-1.img"));
     let e = a.fail(&running.id, "image img@1 was removed").unwrap_err();
-    assert!(format!("{e:#}").contains("is running"), "{e:#}");
+    assert_eq!(super::error_code(&e), ErrorCode::Conflict, "{e:#}");
     let j = a.fail(&queued.id, "image img@1 was removed").unwrap();
     assert_eq!(j.state, JobState::Failed);
     assert_eq!(j.error.as_deref(), Some("image img@1 was removed"));
@@ -510,7 +539,12 @@ fn fail_ends_a_queued_job_with_its_reason_but_never_a_running_one() {
         .load(&queued.id)
         .unwrap();
     assert_eq!(journaled.state, JobState::Failed);
-    assert!(a.fail(&queued.id, "again").is_err(), "already failed");
+    let again = a.fail(&queued.id, "again").unwrap_err();
+    assert_eq!(
+        super::error_code(&again),
+        ErrorCode::Conflict,
+        "already failed"
+    );
     a.shutdown();
 }
 
@@ -539,6 +573,7 @@ fn a_job_whose_image_is_removed_while_it_is_added_is_failed_not_queued() {
     let e = a
         .add_job("T", "img@1", None, Some("a".into()), None)
         .unwrap_err();
+    assert_eq!(super::error_code(&e), ErrorCode::Rejected, "{e:#}");
     assert!(format!("{e:#}").contains("was removed"), "{e:#}");
     let jobs = Journal::open(&d.path().join("jobs"))
         .unwrap()

@@ -4,8 +4,10 @@
 //! Each save writes `<id>.json.tmp`, fsyncs it, renames it over `<id>.json` and fsyncs the
 //! directory. rename(2) is atomic, so after a crash or power cut the file holds either the
 //! previous record or the new one, never a torn mix; the directory fsync makes the rename itself
-//! durable (ext4 and xfs otherwise may forget it). Leftover `.tmp` files from a crash before the
-//! rename are ignored and removed at load.
+//! durable (ext4 and xfs otherwise may forget it). `.tmp` files are ignored when loading, and
+//! removed only by the journal's owner when it takes ownership ([`Journal::own`]): one a reader
+//! sees may be another process's save in flight (the agent's, while `tek image rm --force`
+//! lists the journal), and deleting it made that save fail after its record was half done.
 //!
 //! A new job's record is created exclusively ([`Journal::create`]): written to a temporary
 //! file, then hard-linked to `<id>.json`, which fails if that name exists. So a new job can
@@ -73,7 +75,16 @@ impl Journal {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(JournalOwner { _lock: lock }),
+            Ok(lock) => {
+                // No other process saves while we hold the lock: a temp file now is a leftover
+                // of a crash before its rename (the record beside it is intact).
+                for e in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                    if e.file_name().to_string_lossy().ends_with(".json.tmp") {
+                        let _ = fs::remove_file(e.path());
+                    }
+                }
+                Ok(JournalOwner { _lock: lock })
+            }
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(JournalBusy {
                 dir: self.dir.display().to_string(),
             }
@@ -145,7 +156,7 @@ impl Journal {
             Ok(_) => self.sync_dir(),
             // The temporary file is removed when the error (holding it) is dropped.
             Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Err(JobIdTaken {
-                id: job.id.clone(),
+                id: job.id.to_string(),
                 dir: self.dir.display().to_string(),
             }
             .into()),
@@ -158,7 +169,7 @@ impl Journal {
     /// Loads one job by id.
     pub fn load(&self, id: &str) -> Result<Job> {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            bail!("job id {id:?} is not valid");
+            bail!("job id \"{}\" is not valid", id.escape_debug());
         }
         let path = self.path_of(id);
         if !path.exists() {
@@ -179,8 +190,8 @@ impl Journal {
             let p = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".json.tmp") {
-                // A save interrupted before its rename; the previous record is intact.
-                let _ = fs::remove_file(&p);
+                // A save in flight (another process's) or interrupted before its rename: the
+                // record beside it is intact. Never removed here (see the module docs).
                 continue;
             }
             if name.ends_with(".json") {
@@ -304,7 +315,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let j = Journal::open(d.path()).unwrap();
         let mut old = Job::new("T", "i@1", None, JobTarget::Bay("b".into()));
-        old.id = "j-0a1b2c3d".into();
+        old.id = "j-0a1b2c3d".parse().unwrap();
         j.save(&old).unwrap();
         assert_eq!(j.load("j-0a1b2c3d").unwrap(), old);
         assert_eq!(j.load_all().unwrap(), vec![old]);
@@ -316,9 +327,15 @@ mod tests {
         let j = Journal::open(d.path()).unwrap();
         let job = Job::new("T", "i@1", None, JobTarget::Bay("b".into()));
         j.save(&job).unwrap();
-        fs::write(d.path().join(format!("{}.json.tmp", job.id)), b"{torn").unwrap();
+        let tmp = d.path().join(format!("{}.json.tmp", job.id));
+        fs::write(&tmp, b"{torn").unwrap();
         let all = j.load_all().unwrap();
         assert_eq!(all, vec![job]);
+        // A reader leaves it: it may be another process's save in flight.
+        assert!(tmp.exists(), "load_all removed a temp file it does not own");
+        // The owner removes leftovers when it takes the journal.
+        let _owner = j.own().unwrap();
+        assert!(!tmp.exists(), "own() kept a crash leftover");
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! write that lets several jobs of one image write together, and the service [`report`].
 
 pub mod admission;
+mod id;
 pub mod journal;
 mod record;
 pub mod report;
+mod results;
 pub mod runner;
 pub mod shared_write;
 pub mod steps;
 
+pub use id::{BadJobId, JobId};
 pub use record::*;
+pub use results::*;

@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::{JobId, JobResults};
+
 /// Version of the journaled job record.
 pub const JOB_FORMAT: u32 = 1;
 
@@ -126,8 +128,8 @@ pub struct DeviceRecord {
     /// Stable identity used to recognise the disk when it comes back: serial, else WWN, else
     /// the loop backing file.
     pub identity: String,
-    /// Bus name.
-    pub bus: String,
+    /// How the disk was attached, stored as its name (`"usb"`, `"virtual"`), as always.
+    pub bus: blockdev::Bus,
     /// Vendor and model.
     pub model: String,
     /// Serial number, if the disk reports one.
@@ -156,30 +158,13 @@ pub struct Transition {
     pub note: Option<String>,
 }
 
-/// Results gathered along the way, for the report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct JobResults {
-    /// Manifest hash, signature status and size of the image written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<serde_json::Value>,
-    /// The imager's target report.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write: Option<serde_json::Value>,
-    /// The restore-and-verify result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore: Option<serde_json::Value>,
-    /// The staging wipe's sanitization record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sanitization: Option<serde_json::Value>,
-}
-
 /// A job record, exactly as journaled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// Always [`JOB_FORMAT`] when written by this version.
     pub format: u32,
     /// Job id (`j-` + 32 hex digits; older records: 8).
-    pub id: String,
+    pub id: JobId,
     /// The service ticket.
     pub ticket: String,
     /// Image `NAME@VERSION`.
@@ -215,29 +200,12 @@ pub struct Job {
     pub provisioning: bool,
 }
 
-/// Current UTC time in RFC 3339.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
-
-/// A fresh job id: `j-` and 128 random bits in hex. (Ids were once `j-` + 8 hex digits, 32
-/// bits: records with such ids are still read.) The journal creates a record exclusively, so
-/// even a collision never overwrites a job.
-pub fn new_job_id() -> String {
-    let mut bytes = [0u8; 16];
-    // The kernel's CSPRNG; failing to read it means the system is unusable anyway.
-    getrandom::getrandom(&mut bytes).expect("reading random bytes for a job id");
-    format!("j-{}", hex::encode(bytes))
-}
-
 impl Job {
     /// A new queued job.
     pub fn new(ticket: &str, image: &str, dataset: Option<String>, target: JobTarget) -> Job {
         let mut j = Job {
             format: JOB_FORMAT,
-            id: new_job_id(),
+            id: JobId::random(),
             ticket: ticket.to_string(),
             image: image.to_string(),
             dataset,
@@ -260,7 +228,7 @@ impl Job {
         self.state = state;
         self.history.push(Transition {
             state,
-            at: now_rfc3339(),
+            at: client_data::dataset::rfc3339(time::OffsetDateTime::now_utc()),
             note,
         });
     }
@@ -366,10 +334,9 @@ mod tests {
         let j = Job::new("T1", "img@1", None, JobTarget::Bay("a".into()));
         assert_eq!(j.state, JobState::Queued);
         assert_eq!(j.history.len(), 1);
-        assert!(j.id.starts_with("j-") && j.id.len() == 34, "{}", j.id);
-        assert!(j.id[2..].chars().all(|c| c.is_ascii_hexdigit()));
-        let ids: std::collections::HashSet<_> = (0..1000).map(|_| new_job_id()).collect();
-        assert_eq!(ids.len(), 1000);
+        let id = j.id.as_str();
+        assert!(id.starts_with("j-") && id.len() == 34, "{id}");
+        assert!(id[2..].chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(j.next_step(), JobState::Claimed);
     }
 
@@ -398,7 +365,7 @@ mod tests {
             name: "loop1".into(),
             dev_path: "/dev/loop1".into(),
             identity: "backing:/t/a.img".into(),
-            bus: "virtual".into(),
+            bus: blockdev::Bus::Virtual,
             model: "x".into(),
             serial: None,
             wwn: None,
@@ -454,6 +421,33 @@ mod tests {
             let t = serde_json::to_string(&s).unwrap();
             assert_eq!(t, format!("\"{}\"", s.as_str()));
             assert_eq!(serde_json::from_str::<JobState>(&t).unwrap(), s);
+        }
+    }
+
+    /// A record as the journal has always written it, the disk's bus a plain string: read
+    /// into the typed [`blockdev::Bus`] and written back byte for byte.
+    #[test]
+    fn an_old_journal_line_with_a_bus_string_reads_and_writes_back_unchanged() {
+        for (bus, typed) in [
+            ("usb", blockdev::Bus::Usb),
+            ("virtual", blockdev::Bus::Virtual),
+            ("virtio", blockdev::Bus::Other("virtio".into())),
+        ] {
+            let line = format!(
+                concat!(
+                    r#"{{"format":1,"id":"j-0a1b2c3d","ticket":"T1","image":"img@1","#,
+                    r#""dataset":null,"target":{{"bay":"a"}},"state":"image_verified","#,
+                    r#""resume_from":null,"device":{{"name":"sdb","dev_path":"/dev/sdb","#,
+                    r#""identity":"serial:S1","bus":"{}","model":"ATA X","serial":"S1","#,
+                    r#""size_bytes":1024,"bay":"a","diskseq":7}},"error":null,"#,
+                    r#""history":[{{"state":"queued","at":"2025-01-01T00:00:00Z"}}],"#,
+                    r#""results":{{}},"provisioning":false}}"#
+                ),
+                bus
+            );
+            let job: Job = serde_json::from_str(&line).unwrap();
+            assert_eq!(job.device.as_ref().unwrap().bus, typed);
+            assert_eq!(serde_json::to_string(&job).unwrap(), line);
         }
     }
 }

@@ -239,7 +239,7 @@ impl Report {
         };
         Report {
             format: REPORT_FORMAT,
-            job: job.id.clone(),
+            job: job.id.to_string(),
             ticket: job.ticket.clone(),
             state: job.state,
             outcome,
@@ -247,10 +247,10 @@ impl Report {
             device: job.device.clone(),
             image: job.image.clone(),
             image_details: job.results.image.clone(),
-            verification: job.results.write.clone(),
+            verification: job.results.write.as_ref().map(|r| r.json().clone()),
             dataset: job.dataset.clone(),
-            data_migration: job.results.restore.clone(),
-            sanitization: job.results.sanitization.clone(),
+            data_migration: job.results.restore.as_ref().map(|r| r.json().clone()),
+            sanitization: job.results.sanitization.as_ref().map(|r| r.json().clone()),
             data_custody: fate,
             data_custody_error: fate_err,
             timings,
@@ -280,7 +280,7 @@ impl Report {
                         "serial".into(),
                         d.serial.clone().unwrap_or_else(|| "-".into()),
                     ),
-                    ("bus".into(), d.bus.clone()),
+                    ("bus".into(), d.bus.to_string()),
                     ("size".into(), blockdev::sysfs::human_size(d.size_bytes)),
                     ("device".into(), d.dev_path.clone()),
                     ("bay".into(), d.bay.clone().unwrap_or_else(|| "-".into())),
@@ -428,10 +428,15 @@ mod tests {
         );
         j.results.image =
             Some(serde_json::json!({"manifest_hash": "ab", "signature": "valid (depot)"}));
-        j.results.write = Some(serde_json::json!({"verified": true, "bytes": 100}));
-        j.results.restore = Some(serde_json::json!({"entries_verified": 5, "mismatches": []}));
-        j.results.sanitization =
-            Some(serde_json::json!({"method": "overwrite+unlink+key destroyed"}));
+        j.results.write = Some(crate::job::WriteRecord::from_json(
+            serde_json::json!({"verified": true, "bytes": 100}),
+        ));
+        j.results.restore = Some(crate::job::RestoreRecord::from_json(
+            serde_json::json!({"entries_verified": 5, "mismatches": []}),
+        ));
+        j.results.sanitization = Some(crate::job::SanitizationRecord::from_json(
+            serde_json::json!({"method": "overwrite+unlink+key destroyed"}),
+        ));
         for s in [
             JobState::Claimed,
             JobState::Writing,

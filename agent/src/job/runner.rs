@@ -9,6 +9,9 @@
 //! Safety ordering, the reason for this file:
 //! - `image_verified` is journaled only after the imager read everything back and wrote the
 //!   first MiB;
+//! - the migrate step takes an `imager::VerifiedImage`: the one the write step returned, or
+//!   after a restart the one the journaled write report proves ([`WriteRecord::proof`]); without
+//!   one the job fails and no client data is written;
 //! - `data_verified` only after the restore was read back and matched the staged manifest;
 //! - the staging wipe runs only in `wiping`, which is only entered from `data_verified`;
 //! - a cancel or a failure never enters `wiping`, so staged data survives both.
@@ -20,9 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::daemon::matching::Disk;
 use crate::job::journal::Journal;
-use crate::job::{Job, JobState};
+use crate::job::{Job, JobState, RestoreRecord, SanitizationRecord, WriteRecord};
+use blockdev::DiskInfo;
 
 /// Live progress of the running step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
@@ -35,6 +38,16 @@ pub struct StepProgress {
     pub bytes_total: u64,
     /// Current rate in bytes per second.
     pub rate_bps: f64,
+}
+
+/// A finished write: its report for the record, and the proof the imager gave that the image
+/// is on the disk, verified.
+#[derive(Debug)]
+pub struct WriteDone {
+    /// The imager's report.
+    pub record: WriteRecord,
+    /// The proof the migrate step needs.
+    pub proof: imager::VerifiedImage,
 }
 
 /// How a step ended without a result.
@@ -69,27 +82,30 @@ pub trait JobSteps: Send + Sync {
     /// the signature policy, and the imager's target checks pass (not mounted, not the system
     /// disk, large enough...). Returns facts about the image for the report, or a one-line
     /// refusal reason for the technician.
-    fn check(&self, job: &Job, disk: &Disk) -> Result<serde_json::Value, String>;
-    /// Writes and verifies the image onto `dev`; returns the imager's report for the record.
-    /// Must stop early (and leave no bootable half-image) when `stop` is set.
+    fn check(&self, job: &Job, disk: &DiskInfo) -> Result<serde_json::Value, String>;
+    /// Writes and verifies the image onto `dev`; returns the imager's report for the record
+    /// and its proof of the verified image. Must stop early (and leave no bootable half-image)
+    /// when `stop` is set.
     fn write(
         &self,
         job: &Job,
         dev: &Path,
         stop: &Arc<AtomicBool>,
         progress: &dyn Fn(StepProgress),
-    ) -> Result<serde_json::Value, StepError>;
-    /// Mounts the data partition of `dev`, restores the job's dataset, verifies it, unmounts;
-    /// returns the restore result. Failing verification is an `Err`.
+    ) -> Result<WriteDone, StepError>;
+    /// Mounts the data partition of `dev`, whose image `image` proves verified, restores the
+    /// job's dataset, verifies it, unmounts; returns the restore result. Failing verification
+    /// is an `Err`.
     fn migrate(
         &self,
         job: &Job,
         dev: &Path,
+        image: &imager::VerifiedImage,
         progress: &dyn Fn(StepProgress),
-    ) -> Result<serde_json::Value, StepError>;
+    ) -> Result<RestoreRecord, StepError>;
     /// Wipes the dataset's staging copy (only ever called after a verified migration); returns
     /// the sanitization record. Must succeed if the dataset was already wiped by a previous run.
-    fn wipe(&self, job: &Job) -> Result<serde_json::Value, StepError>;
+    fn wipe(&self, job: &Job) -> Result<SanitizationRecord, StepError>;
     /// Records the end of the image write in the audit log (`ok` = verified).
     fn image_written(&self, job: &Job, dev: &Path, ok: bool) -> Result<()>;
     /// Writes the service report and the `JobFinished` audit entry (also for failed and
@@ -180,6 +196,9 @@ pub fn run_job(
         (hooks.state)(job);
         Ok(())
     };
+    // The proof of the verified image, from this run's write; after a restart, the journaled
+    // write report is asked for it (`image_proof`).
+    let mut verified: Option<imager::VerifiedImage> = None;
     // Nothing is written for data that may no longer be migrated.
     if job.dataset.is_some()
         && matches!(
@@ -244,8 +263,9 @@ pub fn run_job(
                     // A write that completed is verified and on the disk, even if a stop came
                     // in the same instant: record it, so the journal never calls a complete,
                     // verified image a half-written one. The loop's stop check comes next.
-                    Ok(report) => {
-                        job.results.write = Some(report);
+                    Ok(done) => {
+                        job.results.write = Some(done.record);
+                        verified = Some(done.proof);
                         steps.image_written(job, dev, true)?;
                         job.set_state(JobState::ImageVerified, None);
                         save(job)?;
@@ -284,15 +304,23 @@ pub fn run_job(
                     job.set_state(JobState::Migrating, None);
                     save(job)?;
                 }
+                let image = match verified.take().map_or_else(|| image_proof(job), Ok) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        let msg =
+                            format!("no verified image to migrate onto ({why}); staged copy kept");
+                        return fail(job, &msg, steps, &save);
+                    }
+                };
                 let snapshot = job.clone();
                 let progress = |p: StepProgress| (hooks.progress)(&snapshot, p);
-                match steps.migrate(&snapshot, dev, &progress) {
+                match steps.migrate(&snapshot, dev, &image, &progress) {
                     Ok(result) => {
                         job.results.restore = Some(result);
                         job.set_state(JobState::DataVerified, None);
                         save(job)?;
                     }
-                    Err(StepError::Stopped) => {}
+                    Err(StepError::Stopped) => verified = Some(image),
                     Err(StepError::Failed(e)) => {
                         if !steps.still_present(dev) {
                             ctl.request(StopCause::Gone);
@@ -342,6 +370,17 @@ pub fn run_job(
                 );
             }
         }
+    }
+}
+
+/// The proof of the verified image in the job's journaled write report (the write ran in an
+/// earlier process, or before a retry).
+fn image_proof(job: &Job) -> Result<imager::VerifiedImage, imager::NotVerified> {
+    match &job.results.write {
+        Some(w) => w.proof(),
+        None => Err(imager::NotVerified {
+            reason: "no write report is recorded".into(),
+        }),
     }
 }
 
@@ -397,6 +436,20 @@ fn fail(
     job.set_state(JobState::Failed, Some(msg.to_string()));
     let _ = steps.finish(job);
     save(job)
+}
+
+/// A write report as the imager records a verified write.
+#[cfg(test)]
+pub(crate) fn verified_write(dev: &Path) -> WriteDone {
+    let record = WriteRecord::from_json(serde_json::json!({
+        "format": 1,
+        "path": dev,
+        "image": {"name": "img", "version": "1"},
+        "bytes_verified": 4096,
+        "result": {"status": "ok"},
+    }));
+    let proof = record.proof().expect("a verified write record");
+    WriteDone { record, proof }
 }
 
 #[cfg(test)]

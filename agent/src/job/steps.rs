@@ -13,11 +13,11 @@ use image_store::{ImageRef, LoadedImage, SignatureStatus, Store};
 
 use crate::Depot;
 use crate::config::{BeyondImage, Config};
-use crate::daemon::matching::Disk;
-use crate::job::Job;
 use crate::job::report::{AuditAnchor, Report};
-use crate::job::runner::{JobSteps, StepError, StepProgress};
+use crate::job::runner::{JobSteps, StepError, StepProgress, WriteDone};
 use crate::job::shared_write::WriteSharing;
+use crate::job::{Job, RestoreRecord, SanitizationRecord, WriteRecord};
+use blockdev::DiskInfo;
 
 /// Operator name written into wipe records made by the agent.
 const OPERATOR: &str = "tek-agent";
@@ -235,7 +235,7 @@ impl JobSteps for RealSteps {
             self.custody
                 .audit()
                 .append(AuditEvent::DatasetOfOtherTicket {
-                    job: job.id.clone(),
+                    job: job.id.to_string(),
                     ticket: job.ticket.clone(),
                     dataset: info.id.to_string(),
                     dataset_ticket: info.ticket.clone(),
@@ -252,7 +252,7 @@ impl JobSteps for RealSteps {
             .is_ok_and(|r| self.store.exists(&r))
     }
 
-    fn check(&self, job: &Job, disk: &Disk) -> Result<serde_json::Value, String> {
+    fn check(&self, job: &Job, disk: &DiskInfo) -> Result<serde_json::Value, String> {
         let img = self.load_pinned(job).map_err(|e| format!("{e:#}"))?;
         // A stat per chunk, before the disk is claimed: a write that stops at a missing chunk
         // has already destroyed what the disk held.
@@ -303,7 +303,7 @@ impl JobSteps for RealSteps {
         dev: &Path,
         stop: &Arc<AtomicBool>,
         progress: &dyn Fn(StepProgress),
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<WriteDone, StepError> {
         let img = self.load_pinned(job)?;
         // Same image, same content: NAME@VERSION plus the manifest hash it resolved to.
         let key = format!("{}#{}", job.image, img.manifest_hash);
@@ -351,26 +351,33 @@ impl JobSteps for RealSteps {
                 .remove(dev);
         }
         let report = report.map_err(|e| anyhow!("writing the image: {e}"))?;
-        let value = serde_json::to_value(&report).context("recording the imager report")?;
-        if stop.load(std::sync::atomic::Ordering::SeqCst) && !report.ok() {
-            return Err(StepError::Stopped);
-        }
-        if !report.ok() {
+        let record = WriteRecord::of(&report)?;
+        let Some(proof) = report.verified().cloned() else {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StepError::Stopped);
+            }
             return Err(StepError::Failed(anyhow!(
                 "imager report: {}",
-                serde_json::to_string(&value).unwrap_or_default()
+                serde_json::to_string(record.json()).unwrap_or_default()
             )));
-        }
-        Ok(value)
+        };
+        Ok(WriteDone { record, proof })
     }
 
     fn migrate(
         &self,
         job: &Job,
         dev: &Path,
+        image: &imager::VerifiedImage,
         progress: &dyn Fn(StepProgress),
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<RestoreRecord, StepError> {
         let id = Self::dataset(job)?;
+        tracing::debug!(
+            job = %job.id,
+            image = image.image(),
+            bytes_verified = image.bytes_verified(),
+            "migrating onto a verified image"
+        );
         let img = self.load_pinned(job)?;
         self.bound_dataset(job, true)?;
         let part = img
@@ -398,7 +405,7 @@ impl JobSteps for RealSteps {
         let target = client_data::RestoreTarget::beneath(mount.path(), data_path)
             .with_context(|| format!("opening data path {data_path} in partition {part}"))?;
         let dest = Destination {
-            job: Some(job.id.clone()),
+            job: Some(job.id.to_string()),
             device: device_identity(job),
         };
         let result = self.custody.restore_into(&id, &target, &dest);
@@ -406,10 +413,11 @@ impl JobSteps for RealSteps {
         let unmounted = mount.unmount();
         let result = result.with_context(|| format!("restoring dataset {id}"))?;
         unmounted.with_context(|| format!("unmounting partition {part}"))?;
-        let value = serde_json::to_value(&result).context("recording the restore result")?;
+        let record = RestoreRecord::of(&result)?;
         if !result.ok() {
             return Err(StepError::Failed(anyhow!(
-                "verification of the restored data failed: {value}"
+                "verification of the restored data failed: {}",
+                record.json()
             )));
         }
         progress(StepProgress {
@@ -418,10 +426,10 @@ impl JobSteps for RealSteps {
             bytes_total: info.bytes,
             rate_bps: 0.0,
         });
-        Ok(value)
+        Ok(record)
     }
 
-    fn wipe(&self, job: &Job) -> Result<serde_json::Value, StepError> {
+    fn wipe(&self, job: &Job) -> Result<SanitizationRecord, StepError> {
         let id = Self::dataset(job)?;
         // A previous run may have wiped and crashed before journaling: the record was saved.
         let saved = self.reports.join(format!("{}-sanitization.json", job.id));
@@ -441,22 +449,25 @@ impl JobSteps for RealSteps {
         if info.state == DatasetState::Withdrawn {
             // Destroyed by the client's withdrawal after the verified migration: the custody
             // record of that destruction is the sanitization record of this job.
-            return self.withdrawal_record(&id).map_err(StepError::Failed);
+            return self
+                .withdrawal_record(&id)
+                .map(SanitizationRecord::from_json)
+                .map_err(StepError::Failed);
         }
         if info.state == DatasetState::Wiped {
             if let Ok(text) = std::fs::read(&saved)
                 && let Ok(v) = serde_json::from_slice(&text)
             {
-                return Ok(v);
+                return Ok(SanitizationRecord::from_json(v));
             }
             // Crashed between the wipe and saving its record: custody kept its own copy.
-            return Ok(serde_json::json!({
+            return Ok(SanitizationRecord::from_json(serde_json::json!({
                 "dataset": id.to_string(),
                 "note": format!(
                     "wiped by an earlier run of this job; the sanitization record is in {}",
                     self.reports.display()
                 ),
-            }));
+            })));
         }
         // The proof of the verified migration, re-checked in the custody record (the migrate
         // step may have run in an earlier process).
@@ -469,15 +480,15 @@ impl JobSteps for RealSteps {
             .verified_restore(&id)
             .and_then(|proof| self.custody.wipe(&proof, &opts))
             .with_context(|| format!("wiping staged dataset {id}"))?;
-        let value = serde_json::to_value(&rec).context("recording the sanitization record")?;
+        let record = SanitizationRecord::of(&rec)?;
         std::fs::create_dir_all(&self.reports)
             .with_context(|| format!("creating {}", self.reports.display()))?;
         std::fs::write(
             &saved,
-            serde_json::to_vec_pretty(&value).unwrap_or_default(),
+            serde_json::to_vec_pretty(record.json()).unwrap_or_default(),
         )
         .with_context(|| format!("writing {}", saved.display()))?;
-        Ok(value)
+        Ok(record)
     }
 
     fn image_written(&self, job: &Job, _dev: &Path, ok: bool) -> Result<()> {
@@ -492,13 +503,13 @@ impl JobSteps for RealSteps {
             .results
             .write
             .as_ref()
-            .and_then(|v| v["bytes_written"].as_u64())
+            .and_then(|w| w.json()["bytes_written"].as_u64())
             .unwrap_or(0);
         let (image, version) = job.image.split_once('@').unwrap_or((&job.image, ""));
         self.custody
             .audit()
             .append(AuditEvent::ImageWritten {
-                job: job.id.clone(),
+                job: job.id.to_string(),
                 ticket: audit_ticket(job),
                 image: image.to_string(),
                 version: version.to_string(),
@@ -516,7 +527,7 @@ impl JobSteps for RealSteps {
             .custody
             .audit()
             .append_checkpointed(AuditEvent::JobFinished {
-                job: job.id.clone(),
+                job: job.id.to_string(),
                 ticket: audit_ticket(job),
                 dataset: job.dataset.clone(),
                 result: job.state.to_string(),

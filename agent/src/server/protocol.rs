@@ -1,18 +1,19 @@
 //! The control socket's protocol: JSON lines over a Unix socket, version [`PROTOCOL_VERSION`].
 //!
 //! Each request is one line `{"v":1,"op":"...", ...}`; each gets exactly one reply line
-//! `{"v":1,"ok":true,"result":...}` or `{"v":1,"ok":false,"error":"..."}`. After a reply to
-//! `subscribe`, the connection carries event lines `{"v":1,"event":{"kind":"...",...}}` until
-//! either side closes it. A request with another `v` gets an error reply naming both versions.
-//! A refusal the caller may branch on carries a [`ErrorCode`] in `code` (`"forbidden"`,
-//! `"line_too_long"`, `"timeout"`, `"too_many_connections"`); the last three close the
-//! connection after the reply.
+//! `{"v":1,"ok":true,"result":...}` or `{"v":1,"ok":false,"error":"...","code":"..."}`. After a
+//! reply to `subscribe`, the connection carries event lines `{"v":1,"event":{"kind":"...",...}}`
+//! until either side closes it. A request with another `v` gets an error reply naming both
+//! versions. Every error reply carries an [`ErrorCode`] in `code`; after `line_too_long`,
+//! `timeout` and `too_many_connections` the connection is closed.
 
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::matching::{Disk, DiskStatus};
-use crate::job::Job;
+use blockdev::DiskInfo;
+
+use crate::daemon::matching::DiskStatus;
 use crate::job::runner::StepProgress;
+use crate::job::{Job, JobId};
 
 /// Version of the protocol spoken by this agent.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -114,10 +115,29 @@ impl Op {
     }
 }
 
-/// A refusal a client can branch on.
+/// Why a request failed, in every error reply (`code`), so a client branches on it and never
+/// on the sentence. Old clients ignore the field; a client that meets a code it does not know
+/// reads it as [`ErrorCode::Unknown`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// The line is no request of this protocol (not JSON, unknown op, missing fields).
+    BadRequest,
+    /// The request names another protocol version than the agent's.
+    UnsupportedVersion,
+    /// A field's value is refused (a ticket that is not an id, an unknown bay, an image that
+    /// is not `NAME@VERSION`, neither or both of bay and serial).
+    InvalidArgument,
+    /// No job with that id.
+    NotFound,
+    /// The job's state does not allow it (running, already finished, past its verified
+    /// migration, not retriable).
+    Conflict,
+    /// A new job's checks refused it (image missing or not allowed, dataset not staged or of
+    /// another ticket), or its image was removed while it was added.
+    Rejected,
+    /// The agent failed doing it (journal I/O, a crashed handler).
+    Internal,
     /// The peer may not make this request (see `access.rs`).
     Forbidden,
     /// The request line exceeded [`crate::server::conn::Limits::max_line`]; the connection is closed.
@@ -160,21 +180,14 @@ impl Reply {
             code: None,
         }
     }
-    /// A failure reply.
-    pub fn err(msg: impl Into<String>) -> Reply {
+    /// A failure reply: the sentence for people, the code for programs.
+    pub fn refused(code: ErrorCode, msg: impl Into<String>) -> Reply {
         Reply {
             v: PROTOCOL_VERSION,
             ok: false,
             result: None,
             error: Some(msg.into()),
-            code: None,
-        }
-    }
-    /// A typed refusal.
-    pub fn refused(code: ErrorCode, msg: impl Into<String>) -> Reply {
-        Reply {
             code: Some(code),
-            ..Reply::err(msg)
         }
     }
 }
@@ -195,7 +208,7 @@ pub enum Event {
     /// A disk appeared (or changed).
     DeviceArrived {
         /// The disk.
-        disk: Disk,
+        disk: Box<DiskInfo>,
         /// Its bay.
         bay: Option<String>,
     },
@@ -219,7 +232,7 @@ pub enum Event {
     /// Progress of a running job.
     JobProgress {
         /// Job id.
-        id: String,
+        id: JobId,
         /// Progress.
         progress: StepProgress,
     },
@@ -239,7 +252,7 @@ pub struct BayView {
     /// One line: "empty", "waiting for a job", a refusal reason, "running j-...", "done...".
     pub state: String,
     /// The job on it.
-    pub job: Option<String>,
+    pub job: Option<JobId>,
     /// Live progress of that job.
     pub progress: Option<StepProgress>,
 }
@@ -248,7 +261,7 @@ pub struct BayView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskView {
     /// The disk.
-    pub disk: Disk,
+    pub disk: DiskInfo,
     /// Its bay.
     pub bay: Option<String>,
     /// What the agent does with it.
@@ -267,7 +280,7 @@ pub struct Status {
     /// Jobs not yet finished, plus the last finished ones.
     pub jobs: Vec<Job>,
     /// Live progress per running job id.
-    pub progress: std::collections::BTreeMap<String, StepProgress>,
+    pub progress: std::collections::BTreeMap<JobId, StepProgress>,
 }
 
 #[cfg(test)]
@@ -327,9 +340,16 @@ mod tests {
     #[test]
     fn reply_and_event_wire_format() {
         assert_eq!(
-            serde_json::to_string(&Reply::err("no")).unwrap(),
-            r#"{"v":1,"ok":false,"error":"no"}"#
+            serde_json::to_string(&Reply::refused(ErrorCode::NotFound, "no job j-1")).unwrap(),
+            r#"{"v":1,"ok":false,"error":"no job j-1","code":"not_found"}"#
         );
+        // An old agent's reply without a code still parses; a newer agent's unknown code is
+        // `Unknown`, never a parse error.
+        let old: Reply = serde_json::from_str(r#"{"v":1,"ok":false,"error":"no"}"#).unwrap();
+        assert_eq!(old.code, None);
+        let newer: Reply =
+            serde_json::from_str(r#"{"v":1,"ok":false,"error":"x","code":"frobnicated"}"#).unwrap();
+        assert_eq!(newer.code, Some(ErrorCode::Unknown));
         let e = EventLine {
             v: 1,
             event: Event::DeviceLeft {

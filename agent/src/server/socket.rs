@@ -15,17 +15,17 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::daemon::Agent;
-use crate::daemon::matching::Disk;
 use crate::server::access::{self, Peer};
 pub use crate::server::conn::Limits;
 use crate::server::conn::{self, AcceptErrors, Full, LineError, Slots};
 use crate::server::protocol::{ErrorCode, EventLine, Op, PROTOCOL_VERSION, Reply, Request};
+use blockdev::DiskInfo;
 
 /// A disk event, as the daemon consumes it (the hotplug watcher's events are converted).
 #[derive(Debug, Clone)]
 pub enum DeviceEvent {
     /// A disk is present (found at start, arrived, or changed).
-    Present(Box<Disk>),
+    Present(Box<DiskInfo>),
     /// A disk went away.
     Gone {
         /// Kernel name.
@@ -46,7 +46,7 @@ pub fn hotplug_events(sys_root: std::path::PathBuf) -> Result<mpsc::Receiver<Dev
                 blockdev::watch::DiskEvent::Present(d) => {
                     // The watcher read `diskseq` with the rest of the disk; a re-attach after
                     // that comes as its own `Gone`/`Present` pair carrying the new value.
-                    DeviceEvent::Present(Box::new(Disk::from(&d)))
+                    DeviceEvent::Present(Box::new(d))
                 }
                 blockdev::watch::DiskEvent::Gone { name } => DeviceEvent::Gone { name },
             };
@@ -282,7 +282,7 @@ async fn serve(
         let req: Request = match serde_json::from_slice(&line) {
             Ok(r) => r,
             Err(e) => {
-                let reply = Reply::err(format!("parsing request: {e}"));
+                let reply = Reply::refused(ErrorCode::BadRequest, format!("parsing request: {e}"));
                 write_line(&mut wr, &reply, limits).await?;
                 continue;
             }
@@ -292,7 +292,8 @@ async fn serve(
                 "protocol version {} not supported; this agent speaks {PROTOCOL_VERSION}",
                 req.v
             );
-            write_line(&mut wr, &Reply::err(msg), limits).await?;
+            let reply = Reply::refused(ErrorCode::UnsupportedVersion, msg);
+            write_line(&mut wr, &reply, limits).await?;
             continue;
         }
         if let Op::Subscribe = req.op {
@@ -316,7 +317,7 @@ async fn serve(
             handle(&a, req.op)
         })
         .await
-        .unwrap_or_else(|e| Reply::err(format!("handling request: {e}")));
+        .unwrap_or_else(|e| Reply::refused(ErrorCode::Internal, format!("handling request: {e}")));
         write_line(&mut wr, &reply, limits).await?;
     }
 }
@@ -353,7 +354,7 @@ async fn subscription(
 fn handle(agent: &Agent, op: Op) -> Reply {
     let to = |r: Result<serde_json::Value>| match r {
         Ok(v) => Reply::ok(v),
-        Err(e) => Reply::err(format!("{e:#}")),
+        Err(e) => Reply::refused(crate::daemon::error_code(&e), format!("{e:#}")),
     };
     let json = |v: Result<crate::job::Job>| v.map(|j| serde_json::to_value(j).unwrap_or_default());
     match op {
@@ -379,7 +380,10 @@ fn handle(agent: &Agent, op: Op) -> Reply {
         Op::JobRetry { id } => to(json(agent.retry(&id))),
         Op::JobFail { id, reason } => to(json(agent.fail(&id, &reason))),
         Op::CustodyChanged => to(Ok(serde_json::json!(agent.custody_changed()))),
-        Op::Subscribe => Reply::err("subscribe is handled by the connection"),
+        Op::Subscribe => Reply::refused(
+            ErrorCode::BadRequest,
+            "subscribe is handled by the connection",
+        ),
     }
 }
 
@@ -413,7 +417,7 @@ mod tests {
     use crate::daemon::tests::{CFG, fake, loop_disk};
     use crate::job::journal::Journal;
     use crate::job::{Job, JobState};
-    use crate::server::client::Client;
+    use crate::server::client::{AgentError, Client};
     use crate::server::protocol::{Event, Status};
 
     #[test]
@@ -453,11 +457,9 @@ mod tests {
                 dataset_of_other_ticket: None,
             })
             .unwrap_err();
-        let err = format!("{err:#}");
-        assert!(
-            err.contains("invalid ticket") && err.contains("an id, not a name"),
-            "{err}"
-        );
+        let code = err.downcast_ref::<AgentError>().and_then(|e| e.code);
+        assert_eq!(code, Some(ErrorCode::InvalidArgument), "{err:#}");
+        assert!(format!("{err:#}").contains("an id, not a name"), "{err:#}");
         let job: Job = c
             .call(Op::JobAdd {
                 ticket: "T-9".into(),
@@ -473,7 +475,8 @@ mod tests {
                 id: "j-nope".into(),
             })
             .unwrap_err();
-        assert!(format!("{err:#}").contains("no job j-nope"));
+        let code = err.downcast_ref::<AgentError>().and_then(|e| e.code);
+        assert_eq!(code, Some(ErrorCode::NotFound), "{err:#}");
         dev_tx
             .blocking_send(DeviceEvent::Present(Box::new(loop_disk(
                 "loop4",
@@ -511,6 +514,8 @@ mod tests {
         std::io::Write::write_all(&mut raw, b"{\"v\":7,\"op\":\"status\"}\n").unwrap();
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(raw), &mut line).unwrap();
+        let reply: Reply = serde_json::from_str(&line).unwrap();
+        assert_eq!(reply.code, Some(ErrorCode::UnsupportedVersion), "{line}");
         assert!(line.contains("protocol version 7"), "{line}");
 
         stop_tx.send(()).unwrap();

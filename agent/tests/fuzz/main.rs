@@ -321,7 +321,7 @@ fn fuzz_job_journal() {
         let mut seeds = Vec::new();
         for (name, fill) in [("queued", 0u8), ("history", 77), ("failed", 201)] {
             let mut job = structured(&[fill; 512], arbitrary_job).unwrap();
-            job.id = JOB_ID.into();
+            job.id = JOB_ID.parse().unwrap();
             seeds.push((name, serde_json::to_vec_pretty(&job).unwrap()));
         }
         return h.write_seeds(&seeds);
@@ -338,7 +338,7 @@ fn fuzz_job_journal() {
         if let Ok(job) = one {
             // What loads saves and loads back the same (the agent rewrites every record).
             let mut job = job;
-            job.id = JOB_ID.into();
+            job.id = JOB_ID.parse().unwrap();
             journal.save(&job).unwrap();
             assert_eq!(journal.load(JOB_ID).unwrap(), job);
         }

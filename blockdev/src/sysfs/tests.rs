@@ -192,12 +192,18 @@ fn bus_names_round_trip() {
 }
 
 #[test]
-fn bus_serializes_lowercase() {
+fn bus_serializes_as_its_name() {
     assert_eq!(serde_json::to_string(&Bus::Nvme).unwrap(), "\"nvme\"");
+    // The name, as job records have always stored a disk's bus.
     assert_eq!(
         serde_json::to_string(&Bus::Other("virtio".into())).unwrap(),
-        "{\"other\":\"virtio\"}"
+        "\"virtio\""
     );
+    for name in ["usb", "ata", "nvme", "scsi", "virtual", "virtio", "mmc"] {
+        let json = format!("\"{name}\"");
+        let b: Bus = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&b).unwrap(), json);
+    }
 }
 
 #[test]

@@ -2,7 +2,14 @@
 //! ingest's [`Sink`], with the decompression-bomb guards (declared sizes against staging's free
 //! space, a budget of decoded bytes between two entries).
 
-use super::*;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use super::Sink;
+use crate::error::{DataError, io};
+use crate::manifest::{Entry, EntryKind, Time, normalize};
+
 use crate::manifest::Xattr;
 
 /// Opens a tar archive, undoing gzip or zstd compression (detected by magic number).
@@ -74,7 +81,7 @@ fn staging_needed(content: u64, entries: u64) -> u64 {
 /// A pax time, `SECONDS[.FRACTION]` (possibly negative).
 fn pax_time(v: &[u8]) -> Result<Time, String> {
     let s = std::str::from_utf8(v).map_err(|_| "pax time is not text".to_string())?;
-    let bad = || format!("bad pax time {s:?}");
+    let bad = || format!("bad pax time \"{}\"", s.escape_debug());
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     if !frac.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
@@ -182,8 +189,8 @@ pub(super) fn read_tar(source: &Path, sink: &mut Sink<'_>) -> Result<String, Dat
             // pax/GNU extension headers are consumed by the tar crate; anything else is unknown.
             other => {
                 return Err(sink.bad(format!(
-                    "unsupported tar entry type {:?}",
-                    other.as_byte() as char
+                    "unsupported tar entry type '{}'",
+                    (other.as_byte() as char).escape_debug()
                 )));
             }
         };

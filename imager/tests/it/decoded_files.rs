@@ -101,6 +101,10 @@ fn compressed_files_are_written_decoded() {
             &WriteOptions::default(),
         );
         assert!(r.ok(), "{kind}: {:?}", r.result);
+        // The proof the agent's migrate step needs, made by the finished write only.
+        let proof = r.verified().expect("a verified write carries its proof");
+        assert_eq!(proof.target(), dev.path());
+        assert_eq!(proof.bytes_verified(), r.bytes_verified);
         let info = r.image.as_ref().unwrap();
         assert_eq!(info.size, 6 * MIB, "{kind}: the decoded size");
         assert_eq!(info.file_format, Some(format));
@@ -137,6 +141,7 @@ fn corrupt_gzip_is_refused_with_its_offset_and_the_disk_untouched() {
         dev.path(),
         &WriteOptions::default(),
     );
+    assert!(r.verified().is_none(), "a failed write proves nothing");
     match &r.result {
         TargetResult::Failed {
             phase,

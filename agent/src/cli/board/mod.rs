@@ -23,11 +23,6 @@ use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind,
 
 use tiles::{Tile, TileKind, event_line, tile};
 
-/// Sizes in the words the rest of tek uses.
-fn size(bytes: u64) -> String {
-    blockdev::sysfs::human_size(bytes)
-}
-
 /// `42 s`, `3 min 05 s`, `1 h 02 min`: an ETA or a wait, to the second.
 fn duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -274,13 +269,13 @@ impl Board {
                             .as_ref()?
                             .jobs
                             .iter()
-                            .find(|j| j.id == id)
+                            .find(|j| j.id.as_str() == id)
                             .cloned()
                     });
                 match job {
                     Some(j) => {
                         let text = agent::job::report::Report::of(&j).to_text();
-                        self.report = Some((j.id.clone(), text, 0));
+                        self.report = Some((j.id.to_string(), text, 0));
                     }
                     None => self.message = Some("no job in this bay".into()),
                 }

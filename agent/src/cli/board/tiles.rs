@@ -8,7 +8,7 @@ use agent::job::Job;
 use agent::server::protocol::{BayView, Event, Status};
 use ratatui::style::Color;
 
-use super::size;
+use crate::cli::render::size;
 
 /// What a bay's tile shows, by colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,7 @@ pub(super) fn tile(st: &Status, b: &BayView) -> Tile {
         kind,
         state,
         disk: disk.map(|d| format!("{} ({})", d.disk.name, size(d.disk.size_bytes))),
-        job: job.map(|j| (j.id.clone(), j.ticket.clone(), j.image.clone())),
+        job: job.map(|j| (j.id.to_string(), j.ticket.clone(), j.image.clone())),
         progress,
     }
 }
@@ -158,7 +158,7 @@ mod tests {
             default_image: None,
             disk: disk.map(Into::into),
             state: String::new(),
-            job: job.map(Into::into),
+            job: job.map(|j| j.parse().unwrap()),
             progress: None,
         }
     }
@@ -189,13 +189,15 @@ mod tests {
                 DiskView {
                     disk: test_disk("loop2"),
                     bay: Some("b2".into()),
-                    status: DiskStatus::Running { job: "j-1".into() },
+                    status: DiskStatus::Running {
+                        job: "j-1".parse().unwrap(),
+                    },
                 },
                 DiskView {
                     disk: test_disk("loop3"),
                     bay: Some("b3".into()),
                     status: DiskStatus::Refused {
-                        job: "j-2".into(),
+                        job: "j-2".parse().unwrap(),
                         reason: "too small for the image".into(),
                     },
                 },

@@ -4,13 +4,13 @@
 use super::*;
 
 /// A disk with a serial on `bus`, in bay `a` (`in_bay_a`) or outside every bay.
-fn serial_disk(name: &str, bus: &str, serial: &str, in_bay_a: bool) -> Disk {
+fn serial_disk(name: &str, bus: &str, serial: &str, in_bay_a: bool) -> DiskInfo {
     let mut d = if in_bay_a {
         loop_disk(name, &format!("/t/a-{name}.img"))
     } else {
         test_disk(name)
     };
-    d.bus = bus.into();
+    d.bus = bus.parse().unwrap();
     d.serial = Some(serial.into());
     d
 }
@@ -50,7 +50,7 @@ fn serial_job_never_takes_a_disk_outside_every_bay() {
         panic!("{:?}", status_of(&a, "nvme0n1"));
     };
     assert!(
-        reason.contains("not in a bench bay") && reason.contains(&j.id),
+        reason.contains("not in a bench bay") && reason.contains(j.id.as_str()),
         "{reason}"
     );
     assert_eq!(f.checks.load(Ordering::SeqCst), 0, "not even checked");

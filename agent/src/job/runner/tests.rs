@@ -61,20 +61,16 @@ impl Fake {
 }
 
 impl JobSteps for Fake {
-    fn check(
-        &self,
-        _job: &Job,
-        _disk: &crate::daemon::matching::Disk,
-    ) -> Result<serde_json::Value, String> {
+    fn check(&self, _job: &Job, _disk: &blockdev::DiskInfo) -> Result<serde_json::Value, String> {
         Ok(serde_json::json!({}))
     }
     fn write(
         &self,
         _job: &Job,
-        _dev: &Path,
+        dev: &Path,
         _stop: &Arc<AtomicBool>,
         progress: &dyn Fn(StepProgress),
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<WriteDone, StepError> {
         progress(StepProgress {
             phase: "writing".into(),
             bytes_done: 1,
@@ -82,26 +78,35 @@ impl JobSteps for Fake {
             rate_bps: 1.0,
         });
         self.step("write")?;
-        Ok(serde_json::json!({"ok": true}))
+        Ok(verified_write(dev))
     }
     fn migrate(
         &self,
         _job: &Job,
         _dev: &Path,
+        image: &imager::VerifiedImage,
         _progress: &dyn Fn(StepProgress),
-    ) -> Result<serde_json::Value, StepError> {
+    ) -> Result<RestoreRecord, StepError> {
+        assert!(
+            image.bytes_verified() > 0,
+            "migrating onto an unverified image"
+        );
         self.step("migrate")?;
         self.migrated.store(true, Ordering::SeqCst);
-        Ok(serde_json::json!({"entries_verified": 3}))
+        Ok(RestoreRecord::from_json(
+            serde_json::json!({"entries_verified": 3}),
+        ))
     }
-    fn wipe(&self, _job: &Job) -> Result<serde_json::Value, StepError> {
+    fn wipe(&self, _job: &Job) -> Result<SanitizationRecord, StepError> {
         assert!(
             self.migrated.load(Ordering::SeqCst),
             "wipe before a verified migration"
         );
         self.step("wipe")?;
         self.staged.store(false, Ordering::SeqCst);
-        Ok(serde_json::json!({"method": "overwrite"}))
+        Ok(SanitizationRecord::from_json(
+            serde_json::json!({"method": "overwrite"}),
+        ))
     }
     fn image_written(&self, _job: &Job, _dev: &Path, ok: bool) -> Result<()> {
         self.calls.lock().unwrap().push(format!("audit-image-{ok}"));
@@ -461,6 +466,7 @@ fn a_pulled_disk_still_interrupts_after_a_withdrawal_stop_was_ignored() {
     let e = env();
     let mut job = data_job(&e);
     job.set_state(JobState::Migrating, None);
+    job.results.write = Some(verified_write(Path::new("/dev/fake")).record);
     e.journal.save(&job).unwrap();
     let ctl = JobControl::default();
     // Told of a withdrawal that did not concern this dataset (the custody check says live).
@@ -490,4 +496,49 @@ fn a_withdrawal_stop_custody_does_not_confirm_fails_instead_of_looping() {
     assert!(job.error.as_deref().unwrap().contains("custody records"));
     assert_eq!(fake.calls(), ["write", "finish-failed"]);
     assert!(e.staged.load(Ordering::SeqCst));
+}
+
+/// A job resuming at `migrating` (its write ran in an earlier process) migrates only onto the
+/// image its journaled write report proves verified: a missing or failed report fails the job
+/// before any client data is written, and staging is untouched.
+#[test]
+fn migration_needs_a_verified_image_proof_from_the_write_or_the_journal() {
+    use JobState::*;
+    let failed_write = WriteRecord::from_json(serde_json::json!({
+        "format": 1, "path": "/dev/fake", "bytes_verified": 0,
+        "result": {"status": "failed", "phase": "verifying"},
+    }));
+    for recorded in [None, Some(failed_write)] {
+        let e = env();
+        let mut job = data_job(&e);
+        for s in [Claimed, Writing, ImageVerified, Migrating] {
+            job.set_state(s, None);
+        }
+        job.interrupt("agent stopping");
+        job.results.write = recorded.clone();
+        e.journal.save(&job).unwrap();
+        let fake = Fake::new(&e.staged, &e.migrated);
+        run(&e, &mut job, &fake, &JobControl::default());
+        assert_eq!(job.state, Failed, "{:?}", job.history);
+        let err = job.error.clone().unwrap();
+        assert!(err.contains("no verified image"), "{err}");
+        assert!(
+            !fake.calls().iter().any(|c| c == "migrate" || c == "wipe"),
+            "{:?}",
+            fake.calls()
+        );
+        assert!(e.staged.load(Ordering::SeqCst), "staging kept");
+    }
+    // With the verified write on record, the same resume migrates.
+    let e = env();
+    let mut job = data_job(&e);
+    for s in [Claimed, Writing, ImageVerified, Migrating] {
+        job.set_state(s, None);
+    }
+    job.interrupt("agent stopping");
+    job.results.write = Some(verified_write(Path::new("/dev/fake")).record);
+    let fake = Fake::new(&e.staged, &e.migrated);
+    run(&e, &mut job, &fake, &JobControl::default());
+    assert_eq!(job.state, Done);
+    assert_eq!(fake.calls()[0], "migrate");
 }

@@ -40,7 +40,7 @@ fn migrate_refuses_a_node_that_now_reaches_another_disk() {
         name: dev.name(),
         dev_path: dev.path().display().to_string(),
         identity: "x".into(),
-        bus: "virtual".into(),
+        bus: blockdev::Bus::Virtual,
         model: "loop".into(),
         serial: None,
         wwn: None,
