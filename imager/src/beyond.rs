@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::ImagerError;
-use crate::fanout::BeyondImage;
 use crate::layout::Layout;
+use crate::options::BeyondImage;
 use crate::report::BeyondAction;
 use crate::target::{TargetDev, ZeroMethod};
 

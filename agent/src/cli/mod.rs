@@ -13,6 +13,7 @@ mod image;
 mod image_audit;
 mod image_parts;
 mod image_rm;
+mod image_show;
 mod image_verify;
 mod interrupt;
 mod job;
