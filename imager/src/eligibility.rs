@@ -60,7 +60,11 @@ pub enum Refusal {
     #[error("read-only")]
     ReadOnly,
     /// Smaller than the image.
-    #[error("too small: the image needs {need} bytes, the target has {have}")]
+    #[error(
+        "too small: the image needs {} ({need} bytes), the target has {} ({have} bytes)",
+        blockdev::sysfs::human_size(*need),
+        blockdev::sysfs::human_size(*have)
+    )]
     TooSmall {
         /// Image size.
         need: u64,
@@ -311,10 +315,13 @@ mod tests {
 
     #[test]
     fn refusals_read_well() {
-        let r = Refusal::TooSmall { need: 10, have: 5 };
+        let r = Refusal::TooSmall {
+            need: 64 << 20,
+            have: 8 << 20,
+        };
         assert_eq!(
             r.to_string(),
-            "too small: the image needs 10 bytes, the target has 5"
+            "too small: the image needs 64.0 MiB (67108864 bytes), the target has 8.0 MiB (8388608 bytes)"
         );
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["reason"], "too_small");
