@@ -23,6 +23,18 @@ pub struct CustodyPaths {
     pub reports: PathBuf,
 }
 
+impl CustodyPaths {
+    /// The standard layout under one state root: `staging/`, `keys/`, `audit/`, `reports/`.
+    pub fn under(root: &std::path::Path) -> CustodyPaths {
+        CustodyPaths {
+            staging: root.join("staging"),
+            keys: root.join("keys"),
+            audit: root.join("audit"),
+            reports: root.join("reports"),
+        }
+    }
+}
+
 /// Policy settings; `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct CustodyConfig {

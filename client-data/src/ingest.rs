@@ -527,13 +527,7 @@ mod tests {
     use crate::custody::CustodyPaths;
 
     fn custody(root: &Path) -> Custody {
-        Custody::open(CustodyPaths {
-            staging: root.join("staging"),
-            keys: root.join("keys"),
-            audit: root.join("audit"),
-            reports: root.join("reports"),
-        })
-        .unwrap()
+        Custody::open(CustodyPaths::under(root)).unwrap()
     }
 
     #[test]

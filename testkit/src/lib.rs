@@ -16,6 +16,7 @@ pub mod gpt;
 mod rng;
 mod run;
 mod skip;
+pub mod tar;
 
 pub use rng::{Rng, bytes};
 pub use run::{listing, run, run_fails, run_ok, text};

@@ -275,13 +275,8 @@ impl Bench {
 
     /// The depot's custody.
     pub fn custody(&self) -> client_data::Custody {
-        client_data::Custody::open(client_data::CustodyPaths {
-            staging: self.state.join("staging"),
-            keys: self.state.join("keys"),
-            audit: self.state.join("audit"),
-            reports: self.state.join("reports"),
-        })
-        .expect("opening custody")
+        client_data::Custody::open(client_data::CustodyPaths::under(&self.state))
+            .expect("opening custody")
     }
 
     /// Creates a sparse disk file in `bay` (`bays/<bay>-<n>.img`) of `size` bytes.

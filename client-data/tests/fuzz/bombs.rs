@@ -10,7 +10,20 @@ use std::time::{Duration, Instant};
 
 use client_data::{Custody, DataError, DatasetInfo};
 
-use crate::common::*;
+use client_data::CustodyPaths;
+use tek_testkit::tar::{file_entry, header};
+
+/// A depot of its own in a temp dir.
+struct Depot {
+    dir: tempfile::TempDir,
+    custody: Custody,
+}
+
+fn depot() -> Depot {
+    let dir = tempfile::tempdir().unwrap();
+    let custody = Custody::open(CustodyPaths::under(dir.path())).unwrap();
+    Depot { dir, custody }
+}
 
 const MIB: usize = 1 << 20;
 
@@ -162,7 +175,7 @@ fn declared_sizes_summing_past_free_space_stop_before_the_entry() {
         .unwrap();
     assert!(ok.success());
     let _fs = Tmpfs(mnt.clone());
-    let mut p = paths(dir.path());
+    let mut p = CustodyPaths::under(dir.path());
     p.staging = mnt.join("staging");
     let c = Custody::open(p).unwrap();
     // Two files of 6 MiB of zeros (compressed to almost nothing): the first fits, the second

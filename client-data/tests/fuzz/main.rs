@@ -12,11 +12,8 @@ use client_data::{AuditEvent, AuditLog, Custody, CustodyPaths};
 use tek_fuzzkit::{Harness, generating, structured};
 
 // The memory budgets below count every allocation of the process (a counting global
-// allocator), so these tests live in a binary of their own, apart from `tests/it`. The bomb tests
-// share `it`'s helpers.
+// allocator), so these tests live in a binary of their own, apart from `tests/it`.
 mod bombs;
-#[path = "../it/common.rs"]
-mod common;
 
 #[global_allocator]
 static ALLOC: tek_fuzzkit::CountingAlloc = tek_fuzzkit::CountingAlloc;
@@ -30,12 +27,7 @@ fn scratch() -> tempfile::TempDir {
 }
 
 fn paths(root: &Path) -> CustodyPaths {
-    CustodyPaths {
-        staging: root.join("staging"),
-        keys: root.join("keys"),
-        audit: root.join("audit"),
-        reports: root.join("reports"),
-    }
+    CustodyPaths::under(root)
 }
 
 /// Names of everything in staging and in the dataset key directory.

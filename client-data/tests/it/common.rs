@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use client_data::{Custody, CustodyPaths, DataError, Destination};
+pub use tek_testkit::tar::{file_entry, header, tar_of};
 
 pub struct Depot {
     pub dir: tempfile::TempDir,
@@ -17,12 +18,7 @@ pub struct Depot {
 }
 
 pub fn paths(root: &Path) -> CustodyPaths {
-    CustodyPaths {
-        staging: root.join("staging"),
-        keys: root.join("keys"),
-        audit: root.join("audit"),
-        reports: root.join("reports"),
-    }
+    CustodyPaths::under(root)
 }
 
 pub fn depot() -> Depot {
@@ -98,38 +94,7 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     );
 }
 
-// ---- tar archives, built byte by byte so hostile headers are possible ----
-
-pub fn header(name: &[u8], typeflag: u8, size: &[u8], link: &[u8]) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name);
-    h[100..107].copy_from_slice(b"0000644");
-    h[108..115].copy_from_slice(b"0001750");
-    h[116..123].copy_from_slice(b"0001750");
-    h[124..124 + size.len()].copy_from_slice(size);
-    h[136..147].copy_from_slice(b"14000000000");
-    h[156] = typeflag;
-    h[157..157 + link.len()].copy_from_slice(link);
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    h
-}
-
-pub fn file_entry(name: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut v = header(name, b'0', format!("{:011o}", data.len()).as_bytes(), b"").to_vec();
-    v.extend_from_slice(data);
-    v.resize(v.len().div_ceil(512) * 512, 0);
-    v
-}
-
-pub fn tar_of(parts: &[Vec<u8>]) -> Vec<u8> {
-    let mut v: Vec<u8> = parts.concat();
-    v.extend_from_slice(&[0u8; 1024]);
-    v
-}
+// ---- tar archives: tek_testkit::tar builds them byte by byte ----
 
 pub fn ingest_bytes(
     d: &Depot,

@@ -18,12 +18,7 @@ use client_data::{Custody, CustodyPaths, DatasetId, DatasetState, Destination};
 const CHILD: &str = "TEK_TEST_PRIVILEGE_CHILD";
 
 fn paths(root: &Path) -> CustodyPaths {
-    CustodyPaths {
-        staging: root.join("staging"),
-        keys: root.join("keys"),
-        audit: root.join("audit"),
-        reports: root.join("reports"),
-    }
+    CustodyPaths::under(root)
 }
 
 fn dest() -> Destination {
