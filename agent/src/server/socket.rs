@@ -477,6 +477,23 @@ mod tests {
             .unwrap_err();
         let code = err.downcast_ref::<AgentError>().and_then(|e| e.code);
         assert_eq!(code, Some(ErrorCode::NotFound), "{err:#}");
+        // A hostile id names no file: ids are looked up in the daemon's map, never joined to
+        // a path, so a traversal is just an unknown job, for reads and for changes alike.
+        for op in [
+            Op::JobShow {
+                id: "../../etc/passwd".into(),
+            },
+            Op::JobCancel {
+                id: "../jobs/x".into(),
+            },
+            Op::JobRetry {
+                id: "/etc/shadow".into(),
+            },
+        ] {
+            let err = c.request(op).unwrap_err();
+            let code = err.downcast_ref::<AgentError>().and_then(|e| e.code);
+            assert_eq!(code, Some(ErrorCode::NotFound), "{err:#}");
+        }
         dev_tx
             .blocking_send(DeviceEvent::Present(Box::new(loop_disk(
                 "loop4",
