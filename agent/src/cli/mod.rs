@@ -12,6 +12,7 @@ mod docs;
 mod image;
 mod image_audit;
 mod image_parts;
+mod image_remote;
 mod image_rm;
 mod image_show;
 mod image_verify;
