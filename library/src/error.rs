@@ -98,7 +98,7 @@ pub enum LibraryError {
         /// The manifest's URL.
         object: String,
         /// Why.
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// The remote's format file or index is of a version or shape this tek does not read.
     #[error("{object}: {reason}")]
@@ -129,5 +129,11 @@ pub enum LibraryError {
     },
     /// An error of the local store.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
+}
+
+impl From<StoreError> for LibraryError {
+    fn from(e: StoreError) -> Self {
+        LibraryError::Store(Box::new(e))
+    }
 }

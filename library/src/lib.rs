@@ -38,13 +38,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, LibraryError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| {
-            LibraryError::Store(image_store::StoreError::io(
-                "starting the network runtime",
-                "",
-                e,
-            ))
-        })
+        .map_err(|e| image_store::StoreError::io("starting the network runtime", "", e).into())
 }
 
 /// Checks the remote's format file; `None` (absent) means the URL holds no tek library.

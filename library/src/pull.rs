@@ -43,18 +43,21 @@ pub struct PullReport {
 
 /// How a failed pull left the store: the error, and how many verified chunks it kept.
 #[derive(Debug, thiserror::Error)]
-#[error("{error} ({kept} chunk(s) fetched and verified before that are kept for the next pull)")]
+#[error("{error}{}", if *kept > 0 { format!(" ({kept} chunk(s) fetched and verified before that are kept for the next pull)") } else { String::new() })]
 pub struct PullFailed {
     /// What stopped the pull.
     #[source]
-    pub error: LibraryError,
+    pub error: Box<LibraryError>,
     /// Chunks this attempt stored (a retry will not fetch them again).
     pub kept: u64,
 }
 
 impl From<LibraryError> for PullFailed {
     fn from(error: LibraryError) -> Self {
-        PullFailed { error, kept: 0 }
+        PullFailed {
+            error: Box::new(error),
+            kept: 0,
+        }
     }
 }
 
@@ -72,7 +75,7 @@ pub fn pull(
     let object = remote.url().object(&layout::manifest_key(image));
     let bad_manifest = |source: StoreError| LibraryError::BadManifest {
         object: object.clone(),
-        source,
+        source: Box::new(source),
     };
     let (manifest, _) =
         image_store::receive::check_received(image, &manifest_bytes, &sig_bytes, trusted_keys)
@@ -80,31 +83,31 @@ pub fn pull(
     let was_local = match store.load_manifest(image) {
         Ok((_, local)) if local == manifest_bytes => true,
         Ok(_) => {
-            return Err(LibraryError::Store(StoreError::DiffersLocally {
+            return Err(LibraryError::from(StoreError::DiffersLocally {
                 image: image.to_string(),
             })
             .into());
         }
         Err(StoreError::NotFound { .. }) => false,
-        Err(e) => return Err(LibraryError::Store(e).into()),
+        Err(e) => return Err(LibraryError::from(e).into()),
     };
-    let incoming = Arc::new(store.receive().map_err(LibraryError::Store)?);
-    let wanted = incoming.wanted(&manifest).map_err(LibraryError::Store)?;
+    let incoming = Arc::new(store.receive().map_err(LibraryError::from)?);
+    let wanted = incoming.wanted(&manifest).map_err(LibraryError::from)?;
     let chunks = distinct_chunks(&manifest);
     let fetched = rt.block_on(fetch_chunks(remote, &incoming, wanted.clone()));
     // Whatever happened, what passed its check is named now, for the next attempt.
-    let kept = incoming.keep().map_err(LibraryError::Store);
+    let kept = incoming.keep().map_err(LibraryError::from);
     let (count, bytes) = match (fetched, kept) {
         (Ok(done), Ok(_)) => done,
         (Err((error, done)), _) => {
             return Err(PullFailed {
-                error,
+                error: Box::new(error),
                 kept: done.0,
             });
         }
         (Ok(done), Err(error)) => {
             return Err(PullFailed {
-                error,
+                error: Box::new(error),
                 kept: done.0,
             });
         }
@@ -116,9 +119,12 @@ pub fn pull(
             e @ (StoreError::NotTrusted { .. } | StoreError::InconsistentManifest { .. }) => {
                 bad_manifest(e)
             }
-            e => LibraryError::Store(e),
+            e => LibraryError::from(e),
         })
-        .map_err(|error| PullFailed { error, kept: count })?;
+        .map_err(|error| PullFailed {
+            error: Box::new(error),
+            kept: count,
+        })?;
     Ok(PullReport {
         image: image.clone(),
         signature: loaded.signature,
@@ -163,10 +169,10 @@ async fn fetch_manifest(
     let Some(sig) = sig? else {
         return Err(LibraryError::BadManifest {
             object: remote.url().object(&manifest_key),
-            source: StoreError::NotTrusted {
+            source: Box::new(StoreError::NotTrusted {
                 image: image.to_string(),
                 status: SignatureStatus::Unsigned,
-            },
+            }),
         });
     };
     Ok((manifest.to_vec(), sig.to_vec()))
@@ -220,6 +226,6 @@ async fn fetch_one(
                 reason: e.to_string(),
             }
         }
-        e => LibraryError::Store(e),
+        e => LibraryError::from(e),
     })
 }

@@ -152,7 +152,10 @@ impl RemoteUrl {
             return Err(bad("a library URL has no query or fragment"));
         }
         let path = url.path().trim_matches('/').to_string();
-        if path.split('/').any(|c| c == "." || c == "..") {
+        // The URL parser resolves dot segments away; the text as given must not have them,
+        // since messages show it.
+        let raw_path = input.split_once("://").map_or("", |(_, rest)| rest);
+        if raw_path.split('/').any(|c| c == "." || c == "..") {
             return Err(bad("the path must not contain '.' or '..' components"));
         }
         let kind = match url.scheme() {
@@ -428,27 +431,32 @@ impl Remote {
                 object,
                 status: 403,
             },
+            object_store::Error::Generic { .. } => LibraryError::Request {
+                action,
+                object,
+                reason: format!(
+                    "{} (gave up after {} retries)",
+                    root_cause(&e),
+                    self.opts.retries
+                ),
+            },
             _ => LibraryError::Request {
                 action,
                 object,
-                reason: describe(&e),
+                reason: e.to_string(),
             },
         }
     }
 }
 
-/// The error and its causes on one line, without repeating what the outer message contains.
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = s.source();
+/// The innermost cause of a client error ("operation timed out", "Connection refused (os error
+/// 111)", an HTTP status): the outer layers repeat the URL and the retry settings.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(s) = cur.source() {
+        cur = s;
     }
-    parts.join(": ")
+    cur.to_string()
 }
 
 #[cfg(test)]

@@ -24,14 +24,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_listening(port: u16, child: &mut Child, what: &str) {
+fn wait_listening(port: u16, child: &mut Child, what: &str, log: Option<&Path>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
         }
         if let Ok(Some(st)) = child.try_wait() {
-            panic!("{what} exited before listening: {st}");
+            let log = log.and_then(|l| std::fs::read_to_string(l).ok());
+            panic!(
+                "{what} exited before listening: {st}; {}",
+                log.unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -85,7 +89,7 @@ impl S3Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting s3s-fs");
-        wait_listening(port, &mut child, "s3s-fs");
+        wait_listening(port, &mut child, "s3s-fs", None);
         S3Server {
             child,
             port,
@@ -142,8 +146,8 @@ pid {scratch}/nginx.pid;
 error_log {scratch}/error.log;
 events {{ worker_connections 256; }}
 http {{
-  access_log {log} tek;
   log_format tek '$status $request_uri';
+  access_log {log} tek;
   client_body_temp_path {scratch}/body;
   proxy_temp_path {scratch}/proxy;
   fastcgi_temp_path {scratch}/fastcgi;
@@ -188,16 +192,17 @@ http {{
     /// Starts it again on the same port with the same config.
     pub fn restart(&mut self) {
         self.kill();
+        let error_log = self.conf.with_file_name("error.log");
         let mut child = Command::new(&self.bin)
             .arg("-c")
             .arg(&self.conf)
             .arg("-e")
-            .arg(self.conf.with_file_name("error.log"))
+            .arg(&error_log)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting nginx");
-        wait_listening(self.port, &mut child, "nginx");
+        wait_listening(self.port, &mut child, "nginx", Some(&error_log));
         self.child = Some(child);
     }
 
