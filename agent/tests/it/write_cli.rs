@@ -50,7 +50,7 @@ fn raw_image_onto_a_file_with_json_report() {
     assert_eq!(r["result"]["status"], "ok", "{r}");
     assert_eq!(r["format"], 1);
     assert!(r["bytes_verified"].as_u64().unwrap() >= 3 * MIB, "{r}");
-    assert_eq!(r["image"]["size"], 16 * MIB);
+    assert_eq!(r["image"]["size_bytes"], 16 * MIB);
     // The partitions' bytes are the image's; the GPT was moved to the file's real end.
     assert!(same_range(&img, &target, MIB, 15 * MIB));
     assert!(sgdisk_ok(&target));
