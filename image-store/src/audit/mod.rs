@@ -313,7 +313,7 @@ pub fn audit_image<R: Read + Seek + 'static>(
         findings: Vec::new(),
         accepted: Vec::new(),
     };
-    let img = std::rc::Rc::new(std::cell::RefCell::new(img));
+    let img = std::rc::Rc::new(std::cell::RefCell::new(window::BlockCache::new(img)));
     for (number, name, start, len) in parts {
         let budget = len.saturating_mul(opts.limits.read_factor) + (256 << 20);
         let mut w = Window::new(
