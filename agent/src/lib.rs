@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod depot;
 pub mod job;
+pub mod letterhead;
 pub mod sample;
 pub mod sample_windows;
 pub mod server;

@@ -185,7 +185,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Audit(c) => audit::run(&depot, c),
         Command::Agent { config } => agent::run(&depot, config.as_deref()),
         Command::Bays(a) => bays::run(a),
-        Command::Job(c) => job::run(c),
+        Command::Job(c) => job::run(&depot, c),
         Command::Status(a) => status::run(a),
         Command::Report(a) => report::run(&depot, a),
         Command::Board { conn } => board::run(&conn.socket()?),
