@@ -33,7 +33,7 @@ pub(crate) struct Section {
 }
 
 /// Most list lines a report prints; the JSON has them all.
-const LIST_MAX: usize = 8;
+const LIST_MAX: usize = 5;
 
 impl Section {
     fn new(title: &'static str) -> Section {
@@ -160,10 +160,10 @@ fn device(r: &Report) -> Section {
         (_, m) => m.to_string(),
     };
     sec.row("Model", model);
-    sec.mono(
-        "Serial number",
-        d.serial.clone().unwrap_or_else(|| "not reported".into()),
-    );
+    match &d.serial {
+        Some(s) => sec.mono("Serial number", s.clone()),
+        None => sec.row("Serial number", "not reported by the disk"),
+    }
     sec.row("Capacity", size(d.size_bytes));
     let bus = match &d.bus {
         blockdev::Bus::Usb => "USB".to_string(),
@@ -446,7 +446,7 @@ fn data(r: &Report) -> Section {
         if mismatches.is_empty() {
             "none".into()
         } else {
-            mismatches.join("; ")
+            capped(&mismatches)
         },
     );
     if let Some(fs) = s(m, "target_filesystem") {
@@ -464,7 +464,7 @@ fn data(r: &Report) -> Section {
     }
     let setid = strings("setid_dropped");
     if !setid.is_empty() {
-        sec.row("Setuid/setgid removed", setid.join("; "));
+        sec.row("Setuid/setgid removed", capped(&setid));
     }
     if let Some(nr) = m.get("metadata_not_restored").and_then(Value::as_array) {
         let lines: Vec<_> = nr
@@ -479,7 +479,7 @@ fn data(r: &Report) -> Section {
             })
             .collect();
         if !lines.is_empty() {
-            sec.row("Not kept", lines.join("; "));
+            sec.row("Not kept", capped(&lines));
         }
     }
     let renamed: Vec<(String, String)> = m
@@ -511,13 +511,31 @@ fn data(r: &Report) -> Section {
         if skipped.is_empty() {
             "none".into()
         } else {
-            skipped.join("; ")
+            capped(&skipped)
         },
     );
     if !renamed.is_empty() {
         sec.list(("Path in the data set", "Restored as"), renamed);
     }
     sec
+}
+
+/// At most [`LIST_MAX`] items joined, and how many more there are: a dataset of a thousand
+/// fifos must not push the page onto a second sheet.
+fn capped(items: &[String]) -> String {
+    let mut s = items
+        .iter()
+        .take(LIST_MAX)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > LIST_MAX {
+        s += &format!(
+            "; and {} more (see the report's JSON)",
+            items.len() - LIST_MAX
+        );
+    }
+    s
 }
 
 fn sanitization(r: &Report, lh: &Letterhead) -> Section {
@@ -553,10 +571,10 @@ fn timings(r: &Report, lh: &Letterhead) -> Section {
     sec.row("Started", at(&t.started));
     sec.row("Finished", at(&t.finished));
     let d = |v: Option<f64>| v.map(duration).unwrap_or_else(|| "-".into());
-    sec.row("Image write and verify", d(t.image_secs));
+    sec.row("Writing the image", d(t.image_secs));
     if r.dataset.is_some() {
-        sec.row("Data restore and verify", d(t.data_secs));
-        sec.row("Staging wipe", d(t.wipe_secs));
+        sec.row("Restoring the data", d(t.data_secs));
+        sec.row("Wiping staging", d(t.wipe_secs));
     }
     sec.row("Total", d(t.total_secs));
     sec

@@ -295,3 +295,24 @@ fn data_lines_come_from_custody_not_from_the_job() {
         "{t}"
     );
 }
+
+#[test]
+fn long_lists_are_cut_and_say_how_many_more() {
+    let mut j = done_job();
+    let many: Vec<String> = (0..1000)
+        .map(|i| format!("fifo p/{i} (entry {i})"))
+        .collect();
+    let maps: Vec<serde_json::Value> = (0..40)
+        .map(|i| serde_json::json!({"entry": i, "from": format!("a:{i}"), "to": "x", "to_escaped": "x"}))
+        .collect();
+    let mut m = j.results.restore.as_ref().unwrap().json().clone();
+    m["skipped"] = serde_json::json!(many);
+    m["name_mappings"] = serde_json::json!(maps);
+    j.results.restore = Some(crate::job::RestoreRecord::from_json(m));
+    let t = Report::of(&j).to_text(&lh());
+    assert!(t.contains("fifo p/4 (entry 4); and 995 more"), "{t}");
+    assert!(!t.contains("p/5 (entry 5)"), "{t}");
+    assert!(t.contains("and 35 more (see --json)"), "{t}");
+    let h = Report::of(&j).to_html(&lh());
+    assert!(h.contains("and 35 more"), "{h}");
+}
