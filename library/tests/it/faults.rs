@@ -267,3 +267,47 @@ fn a_server_killed_mid_pull_and_restarted_resumes_without_refetching() {
         }
     }
 }
+
+#[test]
+fn a_push_that_fails_midway_publishes_no_image_and_no_bad_chunk() {
+    let Some(s) = setup(2) else { return };
+    let remote = s3_remote(&s.server, "lib");
+    let v2 = s.maint.import("win11@2", 3, 2, 4);
+    // A chunk only v2 has, gone bad in the maintainers' store.
+    let (m1, _) = s.maint.store.load_manifest(&s.image).unwrap();
+    let (m2, _) = s.maint.store.load_manifest(&v2).unwrap();
+    let ids = |m: &image_store::Manifest| -> Vec<ChunkId> {
+        m.extents
+            .iter()
+            .filter_map(|e| match e {
+                Extent::Chunk { id, .. } => Some(*id),
+                Extent::Hole { .. } => None,
+            })
+            .collect()
+    };
+    let old = ids(&m1);
+    let bad = *ids(&m2).iter().find(|id| !old.contains(id)).unwrap();
+    let path = s.maint.store.chunk_path(bad);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let e = push(&s.maint.store, &v2, &remote, &s.maint.trusted).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, LibraryError::NotPushable { .. }), "{msg}");
+    assert!(
+        msg.contains(&bad.to_hex()) && msg.contains("tek image verify"),
+        "{msg}"
+    );
+    let bad_object = s
+        .server
+        .object_path(&format!("lib/{}", layout::chunk_key(bad)));
+    assert!(!bad_object.exists(), "a bad chunk was published");
+    let images: Vec<_> = list(&remote)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.image)
+        .collect();
+    assert_eq!(images, [s.image.clone()]);
+    let e = pull(&remote, &v2, &s.bench.store, &s.bench.trusted).unwrap_err();
+    assert!(matches!(*e.error, LibraryError::NoSuchImage { .. }), "{e}");
+}
