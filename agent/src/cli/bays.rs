@@ -1,11 +1,16 @@
 //! `tek bays`: the configured bays and what the agent says of each; with `--discover`, the
 //! disks present now and their port paths (no agent needed), to write the bay configuration.
+//! The disks holding `/` or the depot's state root are marked: a bay must never be configured
+//! on their port (the agent refuses them anyway, DESIGN invariant 1).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use blockdev::holders::Host;
 use clap::Args;
 
+use agent::Depot;
 use agent::server::protocol::{Op, Status};
 
 use super::AgentConn;
@@ -20,8 +25,22 @@ pub struct BaysArgs {
     pub conn: AgentConn,
 }
 
+/// Why a disk is the workstation's own, if it is: it holds `/`, the state root, or both.
+pub fn system_mark(
+    name: &str,
+    root: &BTreeSet<String>,
+    state: &BTreeSet<String>,
+) -> Option<String> {
+    match (root.contains(name), state.contains(name)) {
+        (true, true) => Some("SYSTEM DISK: holds / and the depot's state".into()),
+        (true, false) => Some("SYSTEM DISK: holds /".into()),
+        (false, true) => Some("SYSTEM DISK: holds the depot's state".into()),
+        (false, false) => None,
+    }
+}
+
 /// Runs `tek bays`.
-pub fn run(args: BaysArgs) -> Result<()> {
+pub fn run(depot: &Depot, args: BaysArgs) -> Result<()> {
     let BaysArgs { discover, conn } = args;
     let cfg = conn.config()?;
     if discover {
@@ -30,11 +49,17 @@ pub fn run(args: BaysArgs) -> Result<()> {
         if disks.is_empty() {
             println!("no disks found");
         }
+        let host = Host::current();
+        let root = host.system_disks();
+        let state = host.disks_backing(depot.for_agent(&cfg).root());
         for d in &disks {
             let bay = agent::daemon::matching::bay_of(&cfg, d)
                 .map(|b| format!("  [bay {}]", b.name))
                 .unwrap_or_default();
-            println!("{}{bay}", blockdev::sysfs::describe(d));
+            let mark = system_mark(&d.name, &root, &state)
+                .map(|m| format!("  [{m}]"))
+                .unwrap_or_default();
+            println!("{}{bay}{mark}", blockdev::sysfs::describe(d));
         }
         println!(
             "\nPlug a disk into each bay in turn and copy its port path into a [[bay]] port_path."
@@ -64,4 +89,24 @@ pub fn run(args: BaysArgs) -> Result<()> {
         println!("{}  {matcher}{prov}  {state}", b.name);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_disks_are_marked_with_what_they_hold() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let (root, state) = (set(&["vda"]), set(&["vda", "sdb"]));
+        assert_eq!(
+            system_mark("vda", &root, &state).as_deref(),
+            Some("SYSTEM DISK: holds / and the depot's state")
+        );
+        assert_eq!(
+            system_mark("sdb", &root, &state).as_deref(),
+            Some("SYSTEM DISK: holds the depot's state")
+        );
+        assert_eq!(system_mark("sdc", &root, &state), None);
+    }
 }

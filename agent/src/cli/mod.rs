@@ -6,14 +6,17 @@ mod audit;
 mod backup;
 mod bays;
 mod board;
+mod clock;
 mod data;
 mod demo;
+mod disk_contents;
 mod docs;
 mod image;
 mod image_audit;
 mod image_parts;
 mod image_rm;
 mod image_show;
+mod image_transfer;
 mod image_verify;
 mod interrupt;
 mod job;
@@ -22,6 +25,7 @@ mod report;
 mod size;
 mod status;
 mod write;
+mod write_progress;
 
 use std::path::PathBuf;
 
@@ -140,14 +144,19 @@ impl Command {
     /// command may be killed by SIGPIPE when its reader goes away (`tek image list | head -1`),
     /// quietly, as coreutils are. Every other command keeps Rust's default (SIGPIPE ignored), so
     /// a closed pipe never kills one in the middle of changing a disk, the store or custody.
-    /// `image verify` is not one: it moves corrupt chunks aside.
+    /// `image verify` is not one: it moves corrupt chunks aside; `image export -` is.
     pub fn only_reads(&self) -> bool {
         use audit::AuditCommand as Au;
         use data::DataCommand as D;
         use image::ImageCommand as I;
         use job::JobCommand as J;
         match self {
-            Command::Image(c) => matches!(c, I::List { .. } | I::Show { .. } | I::Stats { .. }),
+            Command::Image(c) => match c {
+                I::List { .. } | I::Show { .. } | I::Stats { .. } => true,
+                // To stdout it only reads the store: `tek image export a@1 - | head -c 512`.
+                I::Export { out, .. } => out.as_os_str() == "-",
+                _ => false,
+            },
             Command::Audit(c) => matches!(
                 c,
                 Au::Verify { .. } | Au::Show { .. } | Au::Head { .. } | Au::BreachReport { .. }
@@ -184,7 +193,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Backup(c) => backup::run(&depot, c),
         Command::Audit(c) => audit::run(&depot, c),
         Command::Agent { config } => agent::run(&depot, config.as_deref()),
-        Command::Bays(a) => bays::run(a),
+        Command::Bays(a) => bays::run(&depot, a),
         Command::Job(c) => job::run(c),
         Command::Status(a) => status::run(a),
         Command::Report(a) => report::run(&depot, a),
