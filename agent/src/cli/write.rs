@@ -144,6 +144,7 @@ fn resolve_source(depot: &Depot, args: &WriteArgs) -> Result<ImageSource> {
 fn image_line(info: &imager::ImageInfo) -> String {
     let name = image_name(info);
     let how = match (&info.signature, info.file_format) {
+        (Some(SignatureStatus::Valid { key_id }), _) => format!(", signed by trusted key {key_id}"),
         (Some(sig), _) => format!(", {sig}"),
         (None, Some(f)) if f != "raw" => format!(", decoded from {f}"),
         _ => String::new(),

@@ -84,6 +84,18 @@ impl TargetProgress {
         (done > 0 && secs > 0.0).then(|| total.saturating_sub(done) as f64 * secs / done as f64)
     }
 
+    /// `  (write and verify: about 3 min 05 s left)`, or nothing before the first byte.
+    pub fn eta_words(&self) -> String {
+        self.eta_secs()
+            .map(|s| {
+                format!(
+                    "  (write and verify: about {} left)",
+                    super::clock::duration(Duration::from_secs_f64(s))
+                )
+            })
+            .unwrap_or_default()
+    }
+
     /// The phase in words, with the phase's own bytes when it counts any (`writing 12.0 MiB
     /// of 64.0 MiB`, `fitting the partition table`).
     pub fn message(&self) -> String {
@@ -115,11 +127,9 @@ pub fn show(rx: crossbeam_channel::Receiver<ProgressEvent>, width: usize) {
 
 fn bars(rx: crossbeam_channel::Receiver<ProgressEvent>, width: usize) {
     let multi = indicatif::MultiProgress::new();
-    let style = indicatif::ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {percent:>3}%  {msg}  (all: eta {eta})",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {percent:>3}%  {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
     let done_style = indicatif::ProgressStyle::with_template("{prefix} {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     let mut targets: HashMap<PathBuf, (indicatif::ProgressBar, TargetProgress)> = HashMap::new();
@@ -146,7 +156,7 @@ fn bars(rx: crossbeam_channel::Receiver<ProgressEvent>, width: usize) {
                 bar.set_style(done_style.clone());
                 bar.abandon_with_message(format!("{} (see below)", tp.message()));
             }
-            _ => bar.set_message(tp.message()),
+            _ => bar.set_message(format!("{}{}", tp.message(), tp.eta_words())),
         }
     }
 }
@@ -179,12 +189,7 @@ fn say_line(ev: &ProgressEvent, tp: &TargetProgress) {
             ev.target.display(),
             tp.message(),
             done as f64 * 100.0 / total as f64,
-            tp.eta_secs()
-                .map(|s| format!(
-                    ", about {} left",
-                    super::clock::duration(Duration::from_secs_f64(s))
-                ))
-                .unwrap_or_default()
+            tp.eta_words()
         ),
         _ => format!("{}: {}", ev.target.display(), tp.message()),
     };
