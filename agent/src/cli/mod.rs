@@ -15,6 +15,7 @@ pub mod failure;
 mod image;
 mod image_audit;
 mod image_parts;
+mod image_remote;
 mod image_rm;
 mod image_show;
 mod image_transfer;
