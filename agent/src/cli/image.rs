@@ -87,11 +87,12 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write the raw image to OUT (must not exist), byte-identical to the imported one.
+    /// Write the raw image to OUT (must not exist), byte-identical to the imported one; `-`
+    /// writes it to stdout (holes as zeros), e.g. `tek image export a@1 - | zstd > a.img.zst`.
     Export {
         /// NAME@VERSION.
         image: ImageRef,
-        /// Output file.
+        /// Output file, or `-` for stdout.
         out: PathBuf,
         /// Print JSON.
         #[arg(long)]
@@ -356,21 +357,7 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
         }
         ImageCommand::Show { image, json } => super::image_show::show(depot, &image, json),
         ImageCommand::Export { image, out, json } => {
-            let store = open_store(depot)?;
-            let m = store
-                .export(&image, &out)
-                .with_context(|| format!("exporting {image} to {}", out.display()))?;
-            let res = serde_json::json!({
-                "image": image.to_string(), "path": out, "size_bytes": m.size, "sha256": m.sha256,
-            });
-            emit(json, &res, |_| {
-                format!(
-                    "exported {image} to {} ({}, sha256 {})\n",
-                    out.display(),
-                    size(m.size),
-                    m.sha256
-                )
-            })
+            super::image_transfer::export(&open_store(depot)?, &image, &out, json)
         }
         ImageCommand::Rm {
             image,
@@ -522,9 +509,14 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
     };
     // A replaced, signed version loses its signature when no key is given: say so.
     let was_signed = a.replace && store.signature_path(&a.image).exists();
-    let r = store
-        .import(&a.image, &a.file, &opts, key.as_ref())
-        .with_context(|| format!("importing {} as {}", a.file.display(), a.image))?;
+    let raw = image_store::source::Source::open(&a.file)
+        .map(|s| s.format() == image_store::source::SourceFormat::Raw)
+        .unwrap_or(false);
+    let r = super::image_transfer::with_import_bar(&a.file, raw, |progress| {
+        let opts = ImportOptions { progress, ..opts };
+        store.import(&a.image, &a.file, &opts, key.as_ref())
+    })
+    .with_context(|| format!("importing {} as {}", a.file.display(), a.image))?;
     super::image_parts::warn_bitlocker(&r.manifest);
     if a.json {
         return print_json(&serde_json::json!({
