@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/var/tmp/tek-library-layout}
-tek=$(ls -t target/release/tek target/debug/tek 2>/dev/null | head -1)
+tek=$(ls -t target/release/tek target/debug/tek 2>/dev/null | head -1 || true)
 s3s=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
 mkdir -p "$work"
 img=$work/v1.img
@@ -61,14 +61,21 @@ sleep 1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$s3port AWS_ACCESS_KEY_ID=bench-ak AWS_SECRET_ACCESS_KEY=bench-sk
 t() { local s; s=$(date +%s.%N); "$@"; awk -v s="$s" -v e="$(date +%s.%N)" 'BEGIN { printf "  %.1f s\n", e - s }'; }
 
+# tek's --json report, in one line: chunks moved, bytes moved, requests.
+summary() {
+  python3 -c 'import json, sys
+r = json.load(sys.stdin)
+print("  %d chunks, %d bytes, %d requests" % (r[sys.argv[1]], r[sys.argv[2]], r["requests"]))' "$@"
+}
+
 echo "== chunk objects: push to s3s-fs"
-t "$tek" --state "$maint" image push v1@1 --to s3://library/v --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"  {r[\"uploaded\"]} chunks, {r[\"uploaded_bytes\"]} bytes, {r[\"requests\"]} requests")'
+t "$tek" --state "$maint" image push v1@1 --to s3://library/v --json | summary uploaded uploaded_bytes
 echo "== chunk objects: pull from s3s-fs"
-t "$tek" --state "$bench" --trusted-keys "$bench/trusted-keys" image pull v1@1 --from s3://library/v --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"  {r[\"fetched\"]} chunks, {r[\"fetched_bytes\"]} bytes, {r[\"requests\"]} requests")'
+t "$tek" --state "$bench" --trusted-keys "$bench/trusted-keys" image pull v1@1 --from s3://library/v --json | summary fetched fetched_bytes
 rm -rf "$bench/store"
 : >"$work/nginx/access.log"
 echo "== chunk objects: pull from nginx"
-t "$tek" --state "$bench" --trusted-keys "$bench/trusted-keys" image pull v1@1 --from "http://127.0.0.1:$ngport/v" --json | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"  {r[\"fetched\"]} chunks, {r[\"fetched_bytes\"]} bytes, {r[\"requests\"]} requests")'
+t "$tek" --state "$bench" --trusted-keys "$bench/trusted-keys" image pull v1@1 --from "http://127.0.0.1:$ngport/v" --json | summary fetched fetched_bytes
 echo "  nginx logged $(wc -l <"$work/nginx/access.log") requests"
 
 echo "== pack files (64 MiB, image order): build"
