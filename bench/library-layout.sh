@@ -59,7 +59,7 @@ trap 'kill $s3pid $ngpid 2>/dev/null || true' EXIT
 sleep 1
 
 export AWS_ENDPOINT_URL=http://127.0.0.1:$s3port AWS_ACCESS_KEY_ID=bench-ak AWS_SECRET_ACCESS_KEY=bench-sk
-t() { local s; s=$(date +%s.%N); "$@"; awk -v s="$s" -v e="$(date +%s.%N)" 'BEGIN { printf "  %.1f s\n", e - s }'; }
+t() { local s; s=$(date +%s.%N); "$@"; awk -v s="$s" -v e="$(date +%s.%N)" 'BEGIN { printf "  %.1f s\n", e - s }' >&2; }
 
 # tek's --json report, in one line: chunks moved, bytes moved, requests.
 summary() {

@@ -15,15 +15,15 @@ fn chunk_ids(m: &Manifest) -> HashSet<ChunkId> {
 
 #[test]
 fn s3_push_pull_round_trip_and_v2_moves_only_its_new_chunks() {
-    let Some(Depots {
+    let Some(depots) = Depots::new() else {
+        return;
+    };
+    let Depots {
         maint,
         bench,
         server,
         ..
-    }) = Depots::new()
-    else {
-        return;
-    };
+    } = &depots;
     let remote = s3_remote(&server, "depot");
 
     let v1 = maint.import("win11@1", 7, 1, 8);
@@ -78,16 +78,16 @@ fn http_pull_from_nginx_serving_the_pushed_directory() {
     let Some((_, ng_bin)) = binaries() else {
         return;
     };
-    let Some(Depots {
+    let Some(depots) = Depots::new() else {
+        return;
+    };
+    let Depots {
         maint,
         bench,
         server,
         dir,
         ..
-    }) = Depots::new()
-    else {
-        return;
-    };
+    } = &depots;
     let v1 = maint.import("linux@24.04", 11, 1, 6);
     push(
         &maint.store,
