@@ -24,7 +24,7 @@ fn s3_push_pull_round_trip_and_v2_moves_only_its_new_chunks() {
         server,
         ..
     } = &depots;
-    let remote = s3_remote(&server, "depot");
+    let remote = s3_remote(server, "depot");
 
     let v1 = maint.import("win11@1", 7, 1, 8);
     let v2 = maint.import("win11@2", 7, 2, 8);
@@ -89,13 +89,7 @@ fn http_pull_from_nginx_serving_the_pushed_directory() {
         ..
     } = &depots;
     let v1 = maint.import("linux@24.04", 11, 1, 6);
-    push(
-        &maint.store,
-        &v1,
-        &s3_remote(&server, "lib"),
-        &maint.trusted,
-    )
-    .unwrap();
+    push(&maint.store, &v1, &s3_remote(server, "lib"), &maint.trusted).unwrap();
 
     // The bucket's directory, served as it is by a plain web server.
     let web = Nginx::start(
