@@ -264,6 +264,10 @@ fn verification(r: &Report) -> Section {
     }
     if let Some(f) = w.get("filesystem").filter(|f| !f.is_null()) {
         sec.row("Filesystem", fs_words(f));
+        // Whether the grown volume's own system checks it at first boot (NTFS: chkdsk).
+        if let Some(boot) = s(f, "first_boot") {
+            sec.row("First boot", boot);
+        }
     }
     if let Some(b) = w.get("beyond").and_then(beyond_words) {
         sec.row("Past the image's end", b);

@@ -227,6 +227,9 @@ fn windows_image_with_client_data_onto_a_disk_twice_its_size() {
     assert!(fsg["new_bytes"].is_u64(), "{fsg:#}");
     let boot = fsg["first_boot"].as_str().unwrap_or_default();
     assert!(boot.starts_with("Windows will not run chkdsk"), "{fsg:#}");
+    // The printable report says it too.
+    let text = b.tek_ok(&["report", &job]);
+    assert!(text.contains("Windows will not run chkdsk"), "{text}");
     assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
 }
 
