@@ -264,7 +264,7 @@ pub fn run(cli: Cli) -> Result<()> {
 fn run_without_depot(command: Command) -> Result<()> {
     match command {
         Command::Bays(a) => bays::run(a),
-        Command::Job(c) => job::run(c),
+        Command::Job(c) => job::run(&depot, c),
         Command::Status(a) => status::run(a),
         Command::Board { conn } => board::run(&conn.socket()?),
         Command::Demo { windows } => demo::run(windows),
