@@ -193,14 +193,14 @@ impl Command {
             Command::Image(I::Keygen { dir: Some(_), .. } | I::Audit { .. }) => StateUse::Locates,
             Command::Data(D::Ingest { .. }) => StateUse::Creates,
             // The agent creates its root itself: its configuration may name another one.
-            Command::Agent { .. } | Command::Write(_) => StateUse::Locates,
+            // `tek job list` and `show` read the journal when no agent answers.
+            Command::Agent { .. } | Command::Write(_) | Command::Job(_) => StateUse::Locates,
             Command::Image(_)
             | Command::Data(_)
             | Command::Backup(_)
             | Command::Audit(_)
             | Command::Report(_) => StateUse::Reads,
             Command::Bays(_)
-            | Command::Job(_)
             | Command::Status(_)
             | Command::Board { .. }
             | Command::Demo { .. }
@@ -255,6 +255,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Backup(c) => backup::run(&depot, c),
         Command::Audit(c) => audit::run(&depot, c),
         Command::Report(a) => report::run(&depot, a),
+        Command::Job(c) => job::run(&depot, c),
         Command::Agent { config } => agent::run(&depot, config.as_deref()),
         command => run_without_depot(command),
     }
@@ -264,7 +265,6 @@ pub fn run(cli: Cli) -> Result<()> {
 fn run_without_depot(command: Command) -> Result<()> {
     match command {
         Command::Bays(a) => bays::run(a),
-        Command::Job(c) => job::run(&depot, c),
         Command::Status(a) => status::run(a),
         Command::Board { conn } => board::run(&conn.socket()?),
         Command::Demo { windows } => demo::run(windows),
