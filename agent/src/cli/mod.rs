@@ -265,9 +265,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Backup(c) => backup::run(&depot, c),
         Command::Audit(c) => audit::run(&depot, c),
         Command::Report(a) => report::run(&depot, a),
+        Command::Job(c) => job::run(&depot, c),
         Command::Agent { config } => agent::run(&depot, config.as_deref()),
         Command::Bays(a) => bays::run(&depot, a),
-        Command::Job(c) => job::run(&depot, c),
         command => run_without_depot(command),
     }
 }

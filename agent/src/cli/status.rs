@@ -16,6 +16,7 @@ use agent::server::client::Client;
 use agent::server::protocol::{DiskView, Event, Op, Status};
 
 use super::clock::{duration, now_hms};
+use super::table::Table;
 use super::{AgentConn, render};
 
 /// `tek status` arguments.
@@ -57,31 +58,28 @@ pub fn listed(d: &DiskView, all: bool) -> bool {
 pub fn render_status(st: &Status, all: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", st.summary);
-    let w = st
-        .bays
-        .iter()
-        .map(|b| b.name.len())
-        .max()
-        .unwrap_or(3)
-        .max(3);
     if st.bays.is_empty() {
         let _ = writeln!(out, "no bays configured");
-    }
-    for b in &st.bays {
-        let disk = b.disk.as_deref().unwrap_or("-");
-        let mut line = format!("{:<w$}  {:<8}  {}", b.name, disk, b.state);
-        if let Some(p) = &b.progress
-            && p.bytes_total > 0
-        {
-            let pct = p.bytes_done as f64 * 100.0 / p.bytes_total as f64;
-            let _ = write!(
-                line,
-                "  [{} {pct:.0}% of {}]",
-                p.phase,
-                render::size(p.bytes_total)
-            );
+    } else {
+        let mut t = Table::new(&["BAY", "DISK", "STATE", "PROGRESS"]);
+        for b in &st.bays {
+            let progress = match &b.progress {
+                Some(p) if p.bytes_total > 0 => format!(
+                    "[{} {:.0}% of {}]",
+                    p.phase,
+                    p.bytes_done as f64 * 100.0 / p.bytes_total as f64,
+                    render::size(p.bytes_total)
+                ),
+                _ => String::new(),
+            };
+            t.row([
+                b.name.clone(),
+                b.disk.clone().unwrap_or_else(|| "-".into()),
+                b.state.clone(),
+                progress,
+            ]);
         }
-        let _ = writeln!(out, "{line}");
+        out.push_str(&t.render());
     }
     let outside: Vec<_> = st
         .disks
@@ -89,50 +87,33 @@ pub fn render_status(st: &Status, all: bool) -> String {
         .filter(|d| d.bay.is_none() && listed(d, all))
         .collect();
     if !outside.is_empty() {
-        let _ = writeln!(out, "\nother disks:");
+        let mut t = Table::new(&["OTHER DISK", "STATUS"]);
         for d in outside {
-            let _ = writeln!(out, "  {:<8}  {}", d.disk.name, d.status.line());
+            t.row([d.disk.name.clone(), d.status.line()]);
         }
+        out.push('\n');
+        out.push_str(&t.render());
     }
     let hidden = st.disks.iter().filter(|d| !listed(d, all)).count();
     if hidden > 0 {
         let _ = writeln!(
             out,
-            "\n{hidden} other disk{} outside every bay, ignored (--all lists {})",
-            if hidden == 1 { "" } else { "s" },
+            "\n{} outside every bay, ignored (--all lists {})",
+            render::count(hidden as u64, "other disk"),
             if hidden == 1 { "it" } else { "them" }
         );
     }
-    let open: Vec<&Job> = st.jobs.iter().filter(|j| !j.state.is_terminal()).collect();
+    let open: Vec<Job> = st
+        .jobs
+        .iter()
+        .filter(|j| !j.state.is_terminal())
+        .cloned()
+        .collect();
     if !open.is_empty() {
         let _ = writeln!(out, "\nopen jobs:");
-        for j in open {
-            let _ = writeln!(out, "  {}", job_line(j));
-        }
+        out.push_str(&super::job::job_table(&open));
     }
     out
-}
-
-/// One line per job for `tek job list`.
-pub fn job_line(j: &Job) -> String {
-    let mut s = format!(
-        "{}  {:<14}  ticket {}  {}  {}",
-        j.id,
-        j.state.as_str(),
-        j.ticket,
-        j.image,
-        j.target
-    );
-    if let Some(d) = &j.dataset {
-        let _ = write!(s, "  data {d}");
-    }
-    if let Some(r) = j.resume_from {
-        let _ = write!(s, "  (resumes at {r})");
-    }
-    if let Some(e) = &j.error {
-        let _ = write!(s, "  error: {e}");
-    }
-    s
 }
 
 /// Follows the agent's events: prints arrivals, departures and state changes with the time,
@@ -318,7 +299,7 @@ mod tests {
         };
         let text = render_status(&st, false);
         assert!(text.contains("[writing 25% of 4.0 MiB]"), "{text}");
-        assert!(text.contains("b    -         empty"), "{text}");
+        assert!(text.contains("\nb    -      empty"), "{text}");
         assert!(
             !text.contains("sdz"),
             "ignored disks outside bays are hidden: {text}"
@@ -330,7 +311,7 @@ mod tests {
         assert!(text.contains("open jobs:"), "{text}");
         let all = render_status(&st, true);
         assert!(
-            all.contains("sdz       ignored: not in a bench bay"),
+            all.contains("\nsdz         ignored: not in a bench bay"),
             "{all}"
         );
         assert!(!all.contains("--all lists"), "{all}");
