@@ -7,10 +7,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use image_store::{ImageRef, ImportProgress, Store};
+use image_store::{ImageRef, ImportProgress, Manifest, Store};
 use indicatif::{ProgressBar, ProgressStyle};
-
-use super::render::size;
 
 /// A byte bar on stderr when it is a terminal, else a bar that draws nothing.
 pub fn bar(total: Option<u64>, what: &str) -> ProgressBar {
@@ -70,15 +68,21 @@ pub fn with_import_bar<T>(
     out
 }
 
+/// Whether an export's OUT names stdout (`-`).
+pub fn is_stdout(out: &Path) -> bool {
+    out.as_os_str() == "-"
+}
+
 /// `tek image export IMAGE OUT`: to a new file (sparse, synced, removed on error) or, for
-/// `-`, to stdout; with a bar on a terminal. The summary goes to stderr for `-`.
-pub fn export(store: &Store, image: &ImageRef, out: &Path) -> Result<()> {
+/// `-`, to stdout (refused when stdout is a terminal); with a bar on a terminal. Returns the
+/// image's manifest; the caller says what was done.
+pub fn export(store: &Store, image: &ImageRef, out: &Path) -> Result<Manifest> {
     let b = bar(Some(0), "exporting");
     let progress = |pos, len| {
         b.set_length(len);
         b.set_position(pos);
     };
-    if out == Path::new("-") {
+    if is_stdout(out) {
         let stdout = std::io::stdout();
         if stdout.is_terminal() {
             bail!(
@@ -88,22 +92,9 @@ pub fn export(store: &Store, image: &ImageRef, out: &Path) -> Result<()> {
         }
         let res = store.export_stream(image, stdout.lock(), Path::new("stdout"), progress);
         b.finish_and_clear();
-        let m = res.with_context(|| format!("exporting {image} to stdout"))?;
-        eprintln!(
-            "exported {image} to stdout ({}, sha256 {})",
-            size(m.size),
-            m.sha256
-        );
-        return Ok(());
+        return res.with_context(|| format!("exporting {image} to stdout"));
     }
     let res = store.export_with(image, out, progress);
     b.finish_and_clear();
-    let m = res.with_context(|| format!("exporting {image} to {}", out.display()))?;
-    println!(
-        "exported {image} to {} ({}, sha256 {})",
-        out.display(),
-        size(m.size),
-        m.sha256
-    );
-    Ok(())
+    res.with_context(|| format!("exporting {image} to {}", out.display()))
 }

@@ -117,7 +117,7 @@ fn spawn_poller(socket: PathBuf, tx: mpsc::Sender<Msg>) {
                 Ok(st) => Msg::Status(st),
                 Err(e) => {
                     client = None;
-                    Msg::Unreachable(format!("{e:#}"))
+                    Msg::Unreachable(agent::errors::text(&e))
                 }
             };
             if tx.send(msg).is_err() {
@@ -268,7 +268,7 @@ impl Board {
     fn act(&self, op: Op, done: &str) -> String {
         match Client::connect(&self.socket).and_then(|mut c| c.request(op)) {
             Ok(_) => done.to_string(),
-            Err(e) => format!("refused: {e:#}"),
+            Err(e) => format!("refused: {}", agent::errors::Chain(&e)),
         }
     }
 }
