@@ -322,15 +322,20 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             let res = serde_json::json!({
                 "image": image.to_string(), "path": out, "size_bytes": m.size, "sha256": m.sha256,
             });
+            let to_stdout = super::image_transfer::is_stdout(&out);
             let text = |_: &serde_json::Value| {
                 format!(
                     "exported {image} to {} ({}, sha256 {})\n",
-                    out.display(),
+                    if to_stdout {
+                        "stdout".to_string()
+                    } else {
+                        out.display().to_string()
+                    },
                     size(m.size),
                     m.sha256
                 )
             };
-            if super::image_transfer::is_stdout(&out) {
+            if to_stdout {
                 // The image went to stdout: the summary goes to stderr.
                 let summary = if json { format!("{res}\n") } else { text(&res) };
                 eprint!("{summary}");
