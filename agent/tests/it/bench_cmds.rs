@@ -310,6 +310,20 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `tek write IMAGE TARGET` (unsigned and unaudited allowed) with stdin no terminal: it must
+/// fail; returns its stderr.
+fn write_fails(t: &Tek, image: &str, target: &Path) -> String {
+    let o = t.run(&[
+        "write",
+        image,
+        target.to_str().unwrap(),
+        "--allow-unsigned",
+        "--allow-unaudited",
+    ]);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    stderr(&o)
+}
+
 #[test]
 fn write_prompt_names_the_image_and_what_the_target_holds() {
     if !tek_testkit::require(have_sgdisk(), "sgdisk") {
@@ -327,15 +341,7 @@ fn write_prompt_names_the_image_and_what_the_target_holds() {
     // The target already holds a GPT (a copy of the image itself).
     let target = t.dir().join("target.img");
     std::fs::copy(&img, &target).unwrap();
-    let o = t.run(&[
-        "write",
-        "gpt@1",
-        target.to_str().unwrap(),
-        "--allow-unsigned",
-        "--allow-unaudited",
-    ]);
-    let err = stderr(&o);
-    assert!(!o.status.success());
+    let err = write_fails(&t, "gpt@1", &target);
     assert!(
         err.starts_with("image: gpt@1 (16.0 MiB, unsigned)"),
         "{err}"
@@ -368,15 +374,7 @@ fn write_asks_nothing_when_every_target_is_refused() {
     // (stdin is no terminal here, so a question would have failed the command differently).
     let dir = t.dir().join("not-a-disk");
     std::fs::create_dir(&dir).unwrap();
-    let o = t.run(&[
-        "write",
-        "raw@1",
-        dir.to_str().unwrap(),
-        "--allow-unsigned",
-        "--allow-unaudited",
-    ]);
-    let err = stderr(&o);
-    assert!(!o.status.success());
+    let err = write_fails(&t, "raw@1", &dir);
     assert!(err.contains("REFUSED"), "{err}");
     assert!(
         !err.contains("Continue?") && !err.contains("without --yes"),
