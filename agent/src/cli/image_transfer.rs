@@ -77,7 +77,12 @@ pub fn is_stdout(out: &Path) -> bool {
 /// `-`, to stdout (refused when stdout is a terminal); with a bar on a terminal. Returns the
 /// image's manifest; the caller says what was done.
 pub fn export(store: &Store, image: &ImageRef, out: &Path) -> Result<Manifest> {
-    let b = bar(Some(0), "exporting");
+    // Read once for the bar's length (a bar of 0 B/0 B until the first chunk lands says
+    // nothing); the export reads and checks it again.
+    let (m, _) = store
+        .load_manifest(image)
+        .with_context(|| format!("loading image {image}"))?;
+    let b = bar(Some(m.size), "exporting");
     let progress = |pos, len| {
         b.set_length(len);
         b.set_position(pos);
