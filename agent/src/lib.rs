@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod depot;
 pub mod errors;
 pub mod job;
+pub mod letterhead;
 pub mod sample;
 pub mod sample_windows;
 pub mod server;

@@ -67,7 +67,7 @@ pub fn run(depot: &Depot, args: BaysArgs) -> Result<()> {
                     serde_json::json!({
                         "disk": d,
                         "bay": bay(d),
-                        "system_disk": system_mark(&d.name, &root, &state).is_some(),
+                        "system_disk": system_mark(&d.name, &root, &state),
                     })
                 })
                 .collect();

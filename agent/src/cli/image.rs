@@ -44,8 +44,37 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List stored images.
+    /// List stored images (or, with --remote, a library's).
     List {
+        /// List the images of this library (s3://BUCKET/PREFIX or http(s)://HOST/PATH) instead.
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a signed image to an S3 library (only the chunks it lacks; signature and
+    /// manifest last). Endpoint, region and credentials: AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+    Push {
+        /// NAME@VERSION.
+        image: ImageRef,
+        /// The library: s3://BUCKET/PREFIX.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch an image from a library into the store: its manifest only with a valid signature
+    /// by a trusted key, every chunk checked before it is stored, only the chunks the store
+    /// lacks.
+    Pull {
+        /// NAME@VERSION.
+        image: ImageRef,
+        /// The library: s3://BUCKET/PREFIX or http(s)://HOST/PATH.
+        #[arg(long, value_name = "URL")]
+        from: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -315,33 +344,20 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
                 format!("signed {image} with {}: {st}\n", k.key_id())
             })
         }
-        ImageCommand::List { json } => super::image_show::list(depot, json),
+        ImageCommand::List { remote: None, json } => super::image_show::list(depot, json),
+        ImageCommand::List {
+            remote: Some(url),
+            json,
+        } => super::image_remote::list(&url, json),
+        ImageCommand::Push { image, to, json } => {
+            super::image_remote::push(depot, &image, &to, json)
+        }
+        ImageCommand::Pull { image, from, json } => {
+            super::image_remote::pull(depot, &image, &from, json)
+        }
         ImageCommand::Show { image, json } => super::image_show::show(depot, &image, json),
         ImageCommand::Export { image, out, json } => {
-            let m = super::image_transfer::export(&open_store(depot)?, &image, &out)?;
-            let res = serde_json::json!({
-                "image": image.to_string(), "path": out, "size_bytes": m.size, "sha256": m.sha256,
-            });
-            let to_stdout = super::image_transfer::is_stdout(&out);
-            let text = |_: &serde_json::Value| {
-                format!(
-                    "exported {image} to {} ({}, sha256 {})\n",
-                    if to_stdout {
-                        "stdout".to_string()
-                    } else {
-                        out.display().to_string()
-                    },
-                    size(m.size),
-                    m.sha256
-                )
-            };
-            if to_stdout {
-                // The image went to stdout: the summary goes to stderr.
-                let summary = if json { format!("{res}\n") } else { text(&res) };
-                eprint!("{summary}");
-                return Ok(());
-            }
-            emit(json, &res, text)
+            super::image_transfer::export(&open_store(depot)?, &image, &out, json)
         }
         ImageCommand::Rm {
             image,

@@ -7,8 +7,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use image_store::{ImageRef, ImportProgress, Manifest, Store};
+use image_store::{ImageRef, ImportProgress, Store};
 use indicatif::{ProgressBar, ProgressStyle};
+
+use super::render::{emit, size};
 
 /// A byte bar on stderr when it is a terminal, else a bar that draws nothing.
 pub fn bar(total: Option<u64>, what: &str) -> ProgressBar {
@@ -74,9 +76,9 @@ pub fn is_stdout(out: &Path) -> bool {
 }
 
 /// `tek image export IMAGE OUT`: to a new file (sparse, synced, removed on error) or, for
-/// `-`, to stdout (refused when stdout is a terminal); with a bar on a terminal. Returns the
-/// image's manifest; the caller says what was done.
-pub fn export(store: &Store, image: &ImageRef, out: &Path) -> Result<Manifest> {
+/// `-`, to stdout; with a bar on a terminal. The summary goes to stderr for `-` (where
+/// `--json` is refused: stdout carries the image).
+pub fn export(store: &Store, image: &ImageRef, out: &Path, json: bool) -> Result<()> {
     // Read once for the bar's length (a bar of 0 B/0 B until the first chunk lands says
     // nothing); the export reads and checks it again.
     let (m, _) = store
@@ -88,6 +90,12 @@ pub fn export(store: &Store, image: &ImageRef, out: &Path) -> Result<Manifest> {
         b.set_position(pos);
     };
     if is_stdout(out) {
+        if json {
+            bail!(
+                "refusing --json with `export {image} -`: stdout carries the image; give a \
+                 file name to get the JSON result"
+            );
+        }
         let stdout = std::io::stdout();
         if stdout.is_terminal() {
             bail!(
@@ -97,9 +105,26 @@ pub fn export(store: &Store, image: &ImageRef, out: &Path) -> Result<Manifest> {
         }
         let res = store.export_stream(image, stdout.lock(), Path::new("stdout"), progress);
         b.finish_and_clear();
-        return res.with_context(|| format!("exporting {image} to stdout"));
+        let m = res.with_context(|| format!("exporting {image} to stdout"))?;
+        eprintln!(
+            "exported {image} to stdout ({}, sha256 {})",
+            size(m.size),
+            m.sha256
+        );
+        return Ok(());
     }
     let res = store.export_with(image, out, progress);
     b.finish_and_clear();
-    res.with_context(|| format!("exporting {image} to {}", out.display()))
+    let m = res.with_context(|| format!("exporting {image} to {}", out.display()))?;
+    let res = serde_json::json!({
+        "image": image.to_string(), "path": out, "size_bytes": m.size, "sha256": m.sha256,
+    });
+    emit(json, &res, |_| {
+        format!(
+            "exported {image} to {} ({}, sha256 {})\n",
+            out.display(),
+            size(m.size),
+            m.sha256
+        )
+    })
 }

@@ -1,8 +1,12 @@
 //! `tek job`: register, inspect, cancel and retry the agent's jobs, through its socket.
+//! `list` and `show` only read: they ask the agent when it runs, else read the journal
+//! (read-only, see [`from_agent_or_journal`]), so they work with the agent stopped.
 
 use anyhow::Result;
 use clap::Subcommand;
 
+use agent::Depot;
+use agent::job::journal::Journal;
 use agent::job::{Job, JobState};
 use agent::server::protocol::Op;
 
@@ -80,8 +84,43 @@ pub enum JobCommand {
     },
 }
 
+/// What a read-only command shows: the agent's answer to `op` when an agent listens on the
+/// socket (it owns the journal and knows what it is doing now), else `read` of the depot's
+/// journal (the agent's: `state` of its configuration wins), opened read-only, when no agent runs (no socket, or nobody listening on it). Any
+/// other failure to connect (permission denied) is an error: the journal may not be the one
+/// the agent would have answered from.
+fn from_agent_or_journal<T: serde::de::DeserializeOwned>(
+    depot: &Depot,
+    conn: &AgentConn,
+    op: Op,
+    read: impl FnOnce(&Journal) -> Result<T>,
+) -> Result<T> {
+    match conn.client() {
+        Ok(mut c) => c.call(op),
+        Err(e) if agent_not_running(&e) => {
+            // The journal the agent keeps: its configuration's state root, when it names one.
+            let depot = depot.for_agent(&conn.config()?);
+            read(&Journal::read_only(&depot.jobs()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// True when connecting failed because no agent runs: the socket does not exist, or nothing
+/// listens on it (a stale socket file after the agent stopped).
+fn agent_not_running(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            )
+        })
+}
+
 /// Runs a `tek job` subcommand.
-pub fn run(cmd: JobCommand) -> Result<()> {
+pub fn run(depot: &Depot, cmd: JobCommand) -> Result<()> {
     match cmd {
         JobCommand::Add {
             ticket,
@@ -104,7 +143,8 @@ pub fn run(cmd: JobCommand) -> Result<()> {
             render::emit(json, &j, |j| format!("{}\n", j.id))?;
         }
         JobCommand::List { json, conn } => {
-            let jobs: Vec<Job> = conn.client()?.call(Op::JobList)?;
+            let jobs: Vec<Job> =
+                from_agent_or_journal(depot, &conn, Op::JobList, |j| j.load_all())?;
             render::emit(json, &jobs, |jobs| {
                 if jobs.is_empty() {
                     return "no jobs\n".into();
@@ -113,7 +153,10 @@ pub fn run(cmd: JobCommand) -> Result<()> {
             })?;
         }
         JobCommand::Show { id, json, conn } => {
-            let j: Job = conn.client()?.call(Op::JobShow { id })?;
+            let j: Job =
+                from_agent_or_journal(depot, &conn, Op::JobShow { id: id.clone() }, |j| {
+                    j.load(&id)
+                })?;
             render::emit(json, &j, job_text)?;
         }
         JobCommand::Cancel { id, json, conn } => {

@@ -15,6 +15,7 @@ pub mod failure;
 mod image;
 mod image_audit;
 mod image_parts;
+mod image_remote;
 mod image_rm;
 mod image_show;
 mod image_transfer;
@@ -203,14 +204,15 @@ impl Command {
             Command::Data(D::Ingest { .. }) => StateUse::Creates,
             // The agent creates its root itself: its configuration may name another one.
             // `bays --discover` marks the disk the root is on, wherever it is configured.
-            Command::Agent { .. } | Command::Write(_) | Command::Bays(_) => StateUse::Locates,
+            Command::Agent { .. } | Command::Write(_) | Command::Bays(_) | Command::Job(_) => {
+                StateUse::Locates
+            }
             Command::Image(_)
             | Command::Data(_)
             | Command::Backup(_)
             | Command::Audit(_)
             | Command::Report(_) => StateUse::Reads,
-            Command::Job(_)
-            | Command::Status(_)
+            Command::Status(_)
             | Command::Board { .. }
             | Command::Demo { .. }
             | Command::Completions(_)
@@ -266,6 +268,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => report::run(&depot, a),
         Command::Agent { config } => agent::run(&depot, config.as_deref()),
         Command::Bays(a) => bays::run(&depot, a),
+        Command::Job(c) => job::run(&depot, c),
         command => run_without_depot(command),
     }
 }
@@ -273,7 +276,6 @@ pub fn run(cli: Cli) -> Result<()> {
 /// The commands that need no state root: they talk to the agent or read the machine.
 fn run_without_depot(command: Command) -> Result<()> {
     match command {
-        Command::Job(c) => job::run(c),
         Command::Status(a) => status::run(a),
         Command::Board { conn } => board::run(&conn.socket()?),
         Command::Demo { windows } => demo::run(windows),

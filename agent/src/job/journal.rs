@@ -63,6 +63,15 @@ impl Journal {
         })
     }
 
+    /// The journal in `dir` for reading only (`tek report`, and `tek job list`/`show` while
+    /// the agent is stopped): creates nothing, takes no lock, removes nothing; a directory that
+    /// does not exist is an empty journal.
+    pub fn read_only(dir: &Path) -> Journal {
+        Journal {
+            dir: dir.to_path_buf(),
+        }
+    }
+
     /// Takes ownership of the journal: the agent holds it while it runs, and a command that
     /// changes records itself (`tek image rm --force`) holds it meanwhile; fails with
     /// [`JournalBusy`] while another process holds it.
@@ -182,8 +191,11 @@ impl Journal {
     /// reported as errors rather than skipped: a lost job could mean lost client data.
     pub fn load_all(&self) -> Result<Vec<Job>> {
         let mut jobs = Vec::new();
-        let rd = fs::read_dir(&self.dir)
-            .with_context(|| format!("listing job journal {}", self.dir.display()))?;
+        let rd = match fs::read_dir(&self.dir) {
+            // Only a reader (`read_only`) can see no directory: no job was ever added.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(jobs),
+            r => r.with_context(|| format!("listing job journal {}", self.dir.display()))?,
+        };
         for entry in rd {
             let entry =
                 entry.with_context(|| format!("listing job journal {}", self.dir.display()))?;

@@ -539,7 +539,8 @@ impl JobSteps for RealSteps {
         std::fs::write(&json, serde_json::to_vec_pretty(&r).unwrap_or_default())
             .with_context(|| format!("writing {}", json.display()))?;
         let html = self.reports.join(format!("{}.html", job.id));
-        std::fs::write(&html, r.to_html()).with_context(|| format!("writing {}", html.display()))
+        let page = r.to_html(&self.custody.config().letterhead);
+        std::fs::write(&html, page).with_context(|| format!("writing {}", html.display()))
     }
 
     fn dataset_gone(&self, job: &Job) -> Result<Option<String>> {

@@ -263,7 +263,8 @@ impl Board {
                     });
                 match job {
                     Some(j) => {
-                        let text = agent::job::report::Report::of(&j).to_text();
+                        let lh = client_data::Letterhead::default();
+                        let text = agent::job::report::Report::of(&j).to_text(&lh);
                         self.report = Some((j.id.to_string(), text, 0));
                     }
                     None => self.message = Some("no job in this bay".into()),
