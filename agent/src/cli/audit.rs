@@ -38,7 +38,7 @@ pub enum AuditCommand {
         #[arg(long, value_name = "T")]
         until: Option<String>,
         /// Only entries about this client (naming it or one of its datasets).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_parser = super::data::ident("client id"))]
         client: Option<String>,
         /// Only entries of this kind (repeat, or separate with commas).
         #[arg(long, value_name = "KIND", value_delimiter = ',',

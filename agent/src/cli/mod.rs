@@ -157,7 +157,7 @@ impl Command {
             Command::Image(c) => match c {
                 I::List { .. } | I::Show { .. } | I::Stats { .. } => true,
                 // To stdout it only reads the store: `tek image export a@1 - | head -c 512`.
-                I::Export { out, .. } => out.as_os_str() == "-",
+                I::Export { out, .. } => image_transfer::is_stdout(out),
                 _ => false,
             },
             Command::Audit(c) => matches!(
@@ -203,6 +203,7 @@ impl Command {
             Command::Image(I::Keygen { dir: Some(_), .. } | I::Audit { .. }) => StateUse::Locates,
             Command::Data(D::Ingest { .. }) => StateUse::Creates,
             // The agent creates its root itself: its configuration may name another one.
+            // `bays --discover` marks the disk the root is on, wherever it is configured.
             Command::Agent { .. } | Command::Write(_) | Command::Bays(_) | Command::Job(_) => {
                 StateUse::Locates
             }

@@ -156,10 +156,10 @@ pub fn watch(socket: &Path, all: bool) -> Result<()> {
                 duration(since.elapsed())
             ))?;
         }
-        let mut hidden: HashSet<String> = st
+        let mut shown: HashSet<String> = st
             .disks
             .iter()
-            .filter(|d| !listed(d, all))
+            .filter(|d| listed(d, all))
             .map(|d| d.disk.name.clone())
             .collect();
         say(render_status(&st, all).trim_end().to_string())?;
@@ -169,7 +169,7 @@ pub fn watch(socket: &Path, all: bool) -> Result<()> {
                 Some(Err(e)) => break format!("{e:#}"),
                 None => break "the agent closed the connection".to_string(),
             };
-            if let Some(line) = watched_line(&ev, &mut hidden, all) {
+            if let Some(line) = watched_line(&ev, &mut shown, all) {
                 say(line)?;
             }
             bars.follow(&ev, tty, &mp);
@@ -186,26 +186,30 @@ pub fn watch(socket: &Path, all: bool) -> Result<()> {
 const RETRY: Duration = Duration::from_millis(500);
 
 /// The line `--watch` prints for `ev`, `None` when it is hidden or too frequent (progress).
-/// `hidden` holds the disks outside every bay that nothing wants: their arrival, status and
-/// departure are not listed without `--all`, until a job wants one.
-pub fn watched_line(ev: &Event, hidden: &mut HashSet<String>, all: bool) -> Option<String> {
-    if !all {
-        match ev {
-            Event::DeviceArrived { disk, bay: None } => {
-                hidden.insert(disk.name.clone());
-                return None;
+/// `listed` holds the disks shown so far (the status's, then those arriving in a bay or wanted
+/// by a job): without `--all`, the others (outside every bay, ignored) come and go unseen, also
+/// one that arrived between the status and the subscription and then leaves.
+pub fn watched_line(ev: &Event, listed: &mut HashSet<String>, all: bool) -> Option<String> {
+    let shown = match ev {
+        Event::DeviceArrived { disk, bay } => {
+            let show = all || bay.is_some();
+            if show {
+                listed.insert(disk.name.clone());
             }
-            Event::DiskStatus { name, status } if hidden.contains(name) => {
-                if matches!(status, DiskStatus::Ignored { .. }) {
-                    return None;
-                }
-                hidden.remove(name);
-            }
-            Event::DeviceLeft { name } if hidden.remove(name) => return None,
-            _ => {}
+            show
         }
-    }
-    super::board::event_line(ev)
+        Event::DiskStatus { name, status } => {
+            let show =
+                all || listed.contains(name) || !matches!(status, DiskStatus::Ignored { .. });
+            if show {
+                listed.insert(name.clone());
+            }
+            show
+        }
+        Event::DeviceLeft { name } => listed.remove(name) || all,
+        Event::JobState { .. } | Event::JobProgress { .. } => true,
+    };
+    shown.then(|| super::board::event_line(ev)).flatten()
 }
 
 /// A progress bar per running job.
@@ -319,7 +323,7 @@ mod tests {
 
     #[test]
     fn watch_hides_disks_outside_bays_until_a_job_wants_one() {
-        let mut hidden = HashSet::new();
+        let mut listed = HashSet::new();
         let arrived = |name: &str, bay: Option<&str>| Event::DeviceArrived {
             disk: Box::new(test_disk(name)),
             bay: bay.map(Into::into),
@@ -333,26 +337,30 @@ mod tests {
         let left = |name: &str| Event::DeviceLeft { name: name.into() };
         // The agent's own loop device over a data partition comes and goes unseen.
         assert_eq!(
-            watched_line(&arrived("loop9", None), &mut hidden, false),
+            watched_line(&arrived("loop9", None), &mut listed, false),
             None
         );
-        assert_eq!(watched_line(&ignored("loop9"), &mut hidden, false), None);
-        assert_eq!(watched_line(&left("loop9"), &mut hidden, false), None);
-        assert!(hidden.is_empty());
+        assert_eq!(watched_line(&ignored("loop9"), &mut listed, false), None);
+        assert_eq!(watched_line(&left("loop9"), &mut listed, false), None);
+        // So does one that arrived before the watch began and was never listed.
+        assert_eq!(watched_line(&left("loop8"), &mut listed, false), None);
+        assert!(listed.is_empty());
         // With --all it is listed.
         assert!(watched_line(&arrived("loop9", None), &mut HashSet::new(), true).is_some());
-        // A disk in a bay is always listed.
-        let l = watched_line(&arrived("loop3", Some("b1")), &mut hidden, false).unwrap();
+        assert!(watched_line(&left("loop8"), &mut HashSet::new(), true).is_some());
+        // A disk in a bay is always listed, and so is its departure.
+        let l = watched_line(&arrived("loop3", Some("b1")), &mut listed, false).unwrap();
         assert!(l.contains("arrived in bay b1"), "{l}");
+        assert!(watched_line(&left("loop3"), &mut listed, false).is_some());
         // A disk outside the bays that a job wants (by serial) shows from then on.
-        watched_line(&arrived("sdq", None), &mut hidden, false);
+        watched_line(&arrived("sdq", None), &mut listed, false);
         let wanted = Event::DiskStatus {
             name: "sdq".into(),
             status: DiskStatus::Running {
                 job: Job::new("T", "img@1", None, JobTarget::Bay("a".into())).id,
             },
         };
-        assert!(watched_line(&wanted, &mut hidden, false).is_some());
-        assert!(watched_line(&left("sdq"), &mut hidden, false).is_some());
+        assert!(watched_line(&wanted, &mut listed, false).is_some());
+        assert!(watched_line(&left("sdq"), &mut listed, false).is_some());
     }
 }

@@ -4,6 +4,7 @@
 
 mod agent_daemon;
 mod audit_cli;
+mod bench_cmds;
 mod common;
 mod data_cli;
 mod hotplug;
