@@ -19,6 +19,11 @@
 //! [custody]                          # client data custody (`settings.rs`); env overrides
 //! kek = "/etc/tek/secrets/kek"        # default <state>/keys/kek
 //!
+//! [depot]                            # the documents' letterhead (`letterhead.rs`)
+//! name = "TEK Express Leeds"          # default: the host name
+//! address = ["Unit 4, Mill Lane", "Leeds LS1 4AB"]
+//! time_zone = "Europe/London"         # default: the system's
+//!
 //! [[bay]]
 //! name = "left-dock"
 //! port_path = "pci-0000:00:14.0-usb-0:3:1.0-scsi-0:0:0:0"
@@ -73,6 +78,9 @@ pub struct Config {
     /// Client data custody settings, shared by the commands and the daemon.
     #[serde(default)]
     pub custody: crate::settings::CustodySettings,
+    /// How the printed documents name the depot (`letterhead.rs`).
+    #[serde(default)]
+    pub depot: crate::letterhead::DepotSettings,
     /// The bench bays.
     #[serde(default, rename = "bay")]
     pub bays: Vec<BayConfig>,
@@ -167,6 +175,7 @@ impl Default for Config {
             trusted_keys: None,
             policy: Policy::default(),
             custody: Default::default(),
+            depot: Default::default(),
             bays: Vec::new(),
         }
     }
@@ -259,6 +268,7 @@ impl Config {
             }
         }
         self.custody.validate()?;
+        self.depot.validate()?;
         Ok(())
     }
 

@@ -8,7 +8,9 @@
 pub mod config;
 pub mod daemon;
 pub mod depot;
+pub mod errors;
 pub mod job;
+pub mod letterhead;
 pub mod sample;
 pub mod sample_windows;
 pub mod server;

@@ -175,7 +175,8 @@ fn read_holidays(path: &Path) -> Result<Vec<time::Date>> {
 /// Opens the custody of `depot` with the settings of `cfg` and the environment: the one way
 /// both the commands and the daemon open it.
 pub fn open_custody(depot: &Depot, cfg: &Config) -> Result<Custody> {
-    let settings = custody_config(&cfg.custody)?;
+    let mut settings = custody_config(&cfg.custody)?;
+    settings.letterhead = cfg.depot.letterhead()?;
     let paths = CustodyPaths {
         staging: depot.staging(),
         keys: depot.keys(),

@@ -17,10 +17,24 @@ use time::{Date, OffsetDateTime, Weekday};
 use crate::audit::AuditEvent;
 use crate::custody::Custody;
 use crate::dataset::{DatasetState, parse_rfc3339, rfc3339};
+use crate::document::{self, Letterhead};
 use crate::error::{DataError, io};
 use crate::keystore::{mkdir_private, write_private};
-use crate::wipe::html_page;
 use crate::withdraw::WithdrawReason;
+
+/// The printable confirmation of a completed case (`templates/deletion.html`).
+#[derive(askama::Template)]
+#[template(path = "deletion.html")]
+struct DeletionPage<'a> {
+    lh: &'a Letterhead,
+    c: &'a DeletionCase,
+    outcome: String,
+    request: String,
+    request_kind: &'a str,
+    issued: String,
+    live: String,
+    backups: String,
+}
 
 /// Version of the deletion case file written by this version.
 pub const CASE_FORMAT: u32 = 2;
@@ -61,21 +75,59 @@ pub struct DeletionCase {
 }
 
 impl DeletionCase {
-    /// A printable HTML confirmation for the client.
-    pub fn to_html(&self) -> String {
-        html_page(
-            "Confirmation of deletion of client data",
-            &[
-                ("Case", self.case.clone()),
-                ("Client", self.client.clone()),
-                ("Request", format!("{} received {}", self.reason, self.received)),
-                ("Deadline", self.due.clone()),
-                ("Datasets", self.datasets.join(", ")),
-                ("Live copies destroyed", self.live_destroyed_at.clone()),
-                ("Backup copies unreadable", self.backup_unreadable_at.clone().unwrap_or_default()),
-                ("Method", "cryptographic erase of every dataset key and key backup, plus overwrite of staged ciphertext".into()),
-            ],
-        )
+    /// The confirmation for the client as a printable A4 page under the depot's letterhead.
+    pub fn to_html(&self, lh: &Letterhead) -> String {
+        let live = lh.time(&self.live_destroyed_at);
+        let backups = self
+            .backup_unreadable_at
+            .as_deref()
+            .map(|t| lh.time(t))
+            .unwrap_or_else(|| format!("{} (expected)", self.backup_unreadable_date()));
+        let outcome = if self.backups_in_time() {
+            format!(
+                "All data of client {} held by {} has been deleted, within the deadline of {}.",
+                self.client, lh.name, self.due
+            )
+        } else {
+            format!(
+                "All data of client {} held by {} has been deleted; the backup copies became \
+                 unreadable on {}, after the deadline of {}.",
+                self.client,
+                lh.name,
+                self.backup_unreadable_date(),
+                self.due
+            )
+        };
+        let (request, request_kind) = match self.reason {
+            WithdrawReason::Withdrawal => (
+                format!(
+                    "On {} we received your written withdrawal of consent.",
+                    self.received
+                ),
+                "withdrawal of consent",
+            ),
+            WithdrawReason::Termination => (
+                format!(
+                    "Your contract with us ended; we recorded this on {}.",
+                    self.received
+                ),
+                "end of contract",
+            ),
+        };
+        document::render(&DeletionPage {
+            lh,
+            c: self,
+            outcome,
+            request,
+            request_kind,
+            issued: lh.time(
+                self.backup_unreadable_at
+                    .as_deref()
+                    .unwrap_or(&self.live_destroyed_at),
+            ),
+            live,
+            backups,
+        })
     }
 
     /// The date (YYYY-MM-DD) by which backups are (or will be) unreadable.
@@ -144,30 +196,7 @@ impl Custody {
 
     /// Every case as stored, without bringing any up to date.
     pub(crate) fn load_cases(&self) -> Result<Vec<DeletionCase>, DataError> {
-        let d = self.cases_dir();
-        let mut cases = Vec::new();
-        if d.is_dir() {
-            for e in std::fs::read_dir(&d).map_err(io("listing cases", &d))? {
-                let p = e.map_err(io("listing cases", &d))?.path();
-                if p.extension().is_some_and(|x| x == "json") {
-                    let t = std::fs::read_to_string(&p).map_err(io("reading case", &p))?;
-                    let c: DeletionCase =
-                        serde_json::from_str(&t).map_err(|e| DataError::Corrupt {
-                            path: p.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    if c.format == 0 || c.format > CASE_FORMAT {
-                        return Err(DataError::Corrupt {
-                            path: p,
-                            reason: format!("unknown format {}", c.format),
-                        });
-                    }
-                    cases.push(c);
-                }
-            }
-        }
-        cases.sort_by(|a, b| a.received.cmp(&b.received).then(a.case.cmp(&b.case)));
-        Ok(cases)
+        load_cases_in(&self.cases_dir())
     }
 
     /// All deletion cases, brought up to date: what is still left of a withdrawn client is
@@ -288,7 +317,7 @@ impl Custody {
         )?;
         write_private(
             &dir.join(format!("{}.html", c.case)),
-            c.to_html().as_bytes(),
+            c.to_html(&self.config.letterhead).as_bytes(),
         )?;
         self.save_case(c)?;
         self.audit.append(AuditEvent::DeletionComplete {
@@ -300,28 +329,35 @@ impl Custody {
     /// What the custody records say about dataset `id` now: its state, when its staging copy was
     /// destroyed, the sanitization record of that, and the deletion case that covers it.
     pub fn dataset_fate(&self, id: &crate::DatasetId) -> Result<DatasetFate, DataError> {
-        let meta = self.meta(id)?;
-        let record = format!("san-{id}");
-        let san = self
-            .paths
-            .reports
-            .join("sanitization")
-            .join(format!("{record}.json"));
-        let case = self
-            .load_cases()?
-            .into_iter()
-            .rev()
-            .find(|c| c.datasets.iter().any(|d| d == id.as_str()))
-            .map(|c| c.case);
-        Ok(DatasetFate {
-            dataset: id.to_string(),
-            state: meta.info.state,
-            wiped_at: meta.wiped_at,
-            key_present: self.keys.has(id.as_str()),
-            sanitization_record: san.exists().then(|| san.display().to_string()),
-            case,
-        })
+        crate::records::CustodyRecords::of(&self.paths, &self.keys).dataset_fate(id)
     }
+}
+
+/// Every case stored in `d` (`<staging>/cases`), oldest first, as stored; none when `d` does not
+/// exist.
+pub(crate) fn load_cases_in(d: &std::path::Path) -> Result<Vec<DeletionCase>, DataError> {
+    let mut cases = Vec::new();
+    if d.is_dir() {
+        for e in std::fs::read_dir(d).map_err(io("listing cases", d))? {
+            let p = e.map_err(io("listing cases", d))?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let t = std::fs::read_to_string(&p).map_err(io("reading case", &p))?;
+                let c: DeletionCase = serde_json::from_str(&t).map_err(|e| DataError::Corrupt {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?;
+                if c.format == 0 || c.format > CASE_FORMAT {
+                    return Err(DataError::Corrupt {
+                        path: p,
+                        reason: format!("unknown format {}", c.format),
+                    });
+                }
+                cases.push(c);
+            }
+        }
+    }
+    cases.sort_by(|a, b| a.received.cmp(&b.received).then(a.case.cmp(&b.case)));
+    Ok(cases)
 }
 
 /// A dataset's fate as the custody records tell it (see [`Custody::dataset_fate`]).
@@ -329,6 +365,9 @@ impl Custody {
 pub struct DatasetFate {
     /// Dataset id.
     pub dataset: String,
+    /// The client it belongs to (reports made before this field have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// State in `meta.json`.
     pub state: DatasetState,
     /// When its staging copy was destroyed.

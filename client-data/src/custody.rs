@@ -53,6 +53,8 @@ pub struct CustodyConfig {
     /// How long a withdrawal waits for the client's ingests and restores in flight to stop
     /// before it destroys their keys and leaves them pending in the case (default 30 s).
     pub withdraw_wait: std::time::Duration,
+    /// The depot as the printed records name it (`[depot]` of `agent.toml`).
+    pub letterhead: crate::Letterhead,
 }
 
 impl Default for CustodyConfig {
@@ -65,6 +67,7 @@ impl Default for CustodyConfig {
             deletion_deadline_days: 5,
             now: None,
             withdraw_wait: std::time::Duration::from_secs(30),
+            letterhead: crate::Letterhead::default(),
         }
     }
 }
@@ -163,11 +166,7 @@ impl Custody {
     }
 
     pub(crate) fn meta(&self, id: &DatasetId) -> Result<Meta, DataError> {
-        let dir = self.dataset_dir(id);
-        if !dir.join("meta.json").exists() {
-            return Err(DataError::NotFound(id.to_string()));
-        }
-        Meta::load(&dir)
+        crate::records::load_meta(&self.paths.staging, id)
     }
 
     /// The clear metadata of one dataset.

@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, Payload};
@@ -372,12 +372,18 @@ fn wrap(kek: &Key, id: &str, key: &Key) -> String {
     serde_json::to_string(&w).expect("serialize")
 }
 
-/// Creates `dir` (and parents) with mode 0700.
+/// Creates `dir` (and the parents it lacks) with mode 0700. The mode goes to mkdir, so a
+/// parent made on the way (`reports/` of `reports/sanitization`) is private too, whatever the
+/// umask; the leaf's mode is set again in case a umask took bits away.
 pub fn mkdir_private(dir: &Path) -> Result<(), DataError> {
     if dir.is_dir() {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(io("creating directory", dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating directory", dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("setting mode of", dir))
 }
 

@@ -69,7 +69,8 @@ pub struct RestoreResult {
     pub entries_verified: u64,
     /// File bytes read back and found equal.
     pub bytes_verified: u64,
-    /// Entries not restored, e.g. "character device node (entry 17)" (never file names).
+    /// Entries not restored, with their path inside the dataset, e.g. "character device node
+    /// dev/tty0 (entry 17)" (the audit log gets only their count).
     pub skipped: Vec<String>,
     /// Entries that did not read back equal, e.g. "entry 5: content differs".
     pub mismatches: Vec<String>,
@@ -374,7 +375,9 @@ impl Custody {
                 EntryKind::Symlink => w.symlink(&e, n)?,
                 EntryKind::Hardlink => w.hardlink(&e, n)?,
                 k => {
-                    res.skipped.push(format!("{} (entry {n})", k.describe()));
+                    let path = crate::winnames::show(&e.path);
+                    res.skipped
+                        .push(format!("{} {path} (entry {n})", k.describe()));
                     n += 1;
                     continue;
                 }

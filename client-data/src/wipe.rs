@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::audit::{AuditEvent, WipeReason};
 use crate::custody::Custody;
 use crate::dataset::{DatasetId, DatasetState, check_ident, rfc3339};
+use crate::document::{self, Letterhead, count, size};
 use crate::error::DataError;
 use crate::keystore::{shred, write_private};
 use crate::proof::VerifiedRestore;
@@ -27,8 +28,8 @@ pub struct WipeOptions {
 /// A sanitization record (NIST SP 800-88 Rev. 2, section 4.6).
 #[derive(Debug, Clone, Serialize)]
 pub struct SanitizationRecord {
-    /// Format version (2: `reason` is a code and `note` holds free text; 1 had free text in
-    /// `reason`).
+    /// Format version (3: `verified`; 2: `reason` is a code and `note` holds free text; 1 had
+    /// free text in `reason`).
     pub format: u32,
     /// Record id (`san-<dataset>`).
     pub record: String,
@@ -44,6 +45,8 @@ pub struct SanitizationRecord {
     pub verification_method: String,
     /// The verification outcome.
     pub verification_result: String,
+    /// True when the verification passed: key file and ciphertext files absent (format 3).
+    pub verified: bool,
     /// Whether a verified migration existed.
     pub migration_verified: bool,
     /// Reason code when forced or withdrawn; `None` after a verified migration.
@@ -79,76 +82,63 @@ pub struct SanitizedSubject {
     pub confidentiality: String,
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// A printable HTML page of `(label, value)` rows.
-pub(crate) fn html_page(title: &str, rows: &[(&str, String)]) -> String {
-    let mut h = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;margin:2em}}\
-         table{{border-collapse:collapse}}td,th{{border:1px solid #888;padding:4px 8px;text-align:left;vertical-align:top}}\
-         @media print{{body{{margin:0}}}}</style></head><body><h1>{t}</h1><table>",
-        t = esc(title)
-    );
-    for (k, v) in rows {
-        h.push_str(&format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v)));
-    }
-    h.push_str("</table><p>Signature: ______________________ &nbsp; Date: ____________</p></body></html>\n");
-    h
+/// The printable page of a sanitization record (`templates/sanitization.html`).
+#[derive(askama::Template)]
+#[template(path = "sanitization.html")]
+struct SanitizationPage<'a> {
+    lh: &'a Letterhead,
+    r: &'a SanitizationRecord,
+    outcome: String,
+    when: String,
+    contents: String,
+    ciphertext: String,
+    why: String,
 }
 
 impl SanitizationRecord {
-    /// A printable HTML page of the record.
-    pub fn to_html(&self) -> String {
+    /// The record as a printable A4 page under the depot's letterhead.
+    pub fn to_html(&self, lh: &Letterhead) -> String {
         let s = &self.subject;
-        html_page(
-            "Sanitization record",
-            &[
-                ("Record", self.record.clone()),
-                ("Dataset", s.dataset.clone()),
-                ("Client", s.client.clone()),
-                ("Ticket", s.ticket.clone()),
-                ("Media type", s.media_type.clone()),
-                (
-                    "Contents",
-                    format!(
-                        "{} entries, {} bytes ({} bytes ciphertext)",
-                        s.entries, s.bytes, s.ciphertext_bytes
-                    ),
-                ),
-                ("Confidentiality", s.confidentiality.clone()),
-                ("Category", self.category.clone()),
-                ("Method", self.method.clone()),
-                ("Tool", self.tool.clone()),
-                ("Verification method", self.verification_method.clone()),
-                ("Verification result", self.verification_result.clone()),
-                (
-                    "Verified migration before wipe",
-                    self.migration_verified.to_string(),
-                ),
-                (
-                    "Reason",
-                    self.reason
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| "verified migration".into()),
-                ),
-                ("Note", self.note.clone().unwrap_or_default()),
-                ("Operator", self.operator.clone()),
-                ("Location", self.location.clone()),
-                ("Date", self.date.clone()),
-            ],
-        )
+        let when = lh.time(&self.date);
+        let outcome = if self.verified {
+            format!(
+                "The client data held in staging for ticket {} ({}) was destroyed by \
+                 cryptographic erase on {when}, and the erase was verified.",
+                s.ticket,
+                count(s.entries, "entry", "entries")
+            )
+        } else {
+            format!(
+                "The sanitization of the staging copy for ticket {} on {when} could NOT be \
+                 verified: {}.",
+                s.ticket, self.verification_result
+            )
+        };
+        let why = match self.reason {
+            None if self.migration_verified => "its copy on the replacement device was verified \
+                 first (restored and read back equal)"
+                .to_string(),
+            None => "no reason recorded".to_string(),
+            Some(r) if self.migration_verified => format!(
+                "{} (a verified copy on the replacement device existed)",
+                r.describe()
+            ),
+            Some(r) => format!("{}; no verified copy was made first", r.describe()),
+        };
+        document::render(&SanitizationPage {
+            lh,
+            r: self,
+            outcome,
+            when,
+            contents: format!(
+                "{}, {}",
+                count(s.entries, "entry", "entries"),
+                size(s.bytes)
+            ),
+            ciphertext: size(s.ciphertext_bytes),
+            why,
+        })
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 impl Custody {
@@ -205,7 +195,7 @@ impl Custody {
             && !dir.join("data.enc").exists()
             && !dir.join("manifest.enc").exists();
         let record = SanitizationRecord {
-            format: 2,
+            format: 3,
             record: format!("san-{id}"),
             subject: SanitizedSubject {
                 dataset: id.to_string(),
@@ -230,11 +220,12 @@ impl Custody {
             } else {
                 "failed: files still present".into()
             },
+            verified: gone,
             migration_verified: migrated,
             reason: forced,
             note: opts.note.clone(),
             operator: opts.operator.clone(),
-            location: hostname(),
+            location: document::hostname(),
             date: now,
         };
         let rdir = self.paths.reports.join("sanitization");
@@ -246,7 +237,7 @@ impl Custody {
         )?;
         write_private(
             &rdir.join(format!("{}.html", record.record)),
-            record.to_html().as_bytes(),
+            record.to_html(&self.config.letterhead).as_bytes(),
         )?;
         self.audit.append(AuditEvent::Wipe {
             dataset: id.to_string(),

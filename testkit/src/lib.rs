@@ -7,11 +7,13 @@
 //!   stderr and the scratch directory's listing (after ripgrep's `tests/util.rs`).
 //! - [`skip`], [`require_root`], [`require_tool`]: a test that cannot run says `SKIP` and why;
 //!   under `CI=true` a skip panics, so CI can never pass by skipping.
+//! - [`browser`]: printing an HTML document with headless Chromium: pages, widths, screenshot.
 //! - [`gpt`]: GPT image builders (sgdisk, mkfs.ext4 at a partition's offset).
 //! - [`Rng`], [`bytes`]: the one seeded, reproducible byte generator.
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod gpt;
 mod rng;
 mod run;

@@ -163,7 +163,8 @@ pub fn run(windows: bool) -> Result<()> {
     let custody = crate::cli::data::open_custody(&depot).ok();
     let mut report = Report::with_custody(&job, custody.as_ref());
     report.audit = agent::job::report::AuditAnchor::saved(&depot.reports(), &job.id);
-    print!("{}", report.to_text());
+    let letterhead = cfg.depot.letterhead()?;
+    print!("{}", report.to_text(&letterhead));
     if let Some(s) = &job.results.sanitization {
         say("8. sanitization record of the staging wipe");
         super::render::print_json(s)?;
@@ -218,6 +219,9 @@ fn print_layout(job: &Job) {
                 "  check `{}`: {verdict}",
                 c["command"].as_str().unwrap_or("")
             );
+        }
+        if let Some(boot) = f["first_boot"].as_str() {
+            println!("  first boot: {boot}");
         }
     }
 }

@@ -1,5 +1,6 @@
-//! `tek report`: a job's service report, rebuilt from the depot's journal and custody records
-//! (no agent needed), as text, JSON or a printable HTML page.
+//! `tek report`: a job's service report, rebuilt from the depot's journal and custody records,
+//! read only (no agent needed, nothing created or changed), as text, JSON or a printable HTML
+//! page under the depot's letterhead (`[depot]` of the configuration).
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -18,7 +19,7 @@ pub struct ReportArgs {
     /// JSON output.
     #[arg(long, conflicts_with = "html")]
     pub json: bool,
-    /// Printable HTML page.
+    /// Printable HTML page (one A4 sheet).
     #[arg(long)]
     pub html: bool,
 }
@@ -26,14 +27,25 @@ pub struct ReportArgs {
 /// Runs `tek report`.
 pub fn run(depot: &Depot, args: ReportArgs) -> Result<()> {
     let ReportArgs { job, json, html } = args;
-    let journal = Journal::open(&depot.jobs())?;
-    let j = journal
+    let cfg = agent::settings::command_config()?;
+    let letterhead = cfg.depot.letterhead()?;
+    let j = Journal::read_only(&depot.jobs())
         .load(&job)
         .with_context(|| format!("loading job {job}"))?;
     // What happened to the client data comes from the custody records, read now.
-    let custody = super::data::open_custody(depot);
-    let mut r = Report::with_custody(&j, custody.as_ref().ok());
+    let kek = agent::settings::custody_config(&cfg.custody)?.kek;
+    let records = client_data::CustodyRecords::open(
+        client_data::CustodyPaths::under(depot.root()),
+        kek.as_deref(),
+    );
+    let mut r = Report::with_records(&j, &records);
     // The audit checkpoint exists only in the report the agent wrote.
     r.audit = AuditAnchor::saved(&depot.reports(), &j.id);
-    render::emit(json, &r, |r| if html { r.to_html() } else { r.to_text() })
+    render::emit(json, &r, |r| {
+        if html {
+            r.to_html(&letterhead)
+        } else {
+            r.to_text(&letterhead)
+        }
+    })
 }

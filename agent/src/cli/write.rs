@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use image_store::{ImageRef, SignatureStatus, Store};
+use image_store::{ImageRef, SignatureStatus};
 use imager::{BeyondImage, ImageSource, Phase, ProgressEvent, TargetReport, WriteOptions};
 
 use super::interrupt::say;
@@ -116,8 +116,7 @@ fn resolve_source(depot: &Depot, args: &WriteArgs) -> Result<ImageSource> {
             args.image
         ),
     };
-    let store = Store::open(depot.store())
-        .with_context(|| format!("opening the image store {}", depot.store().display()))?;
+    let store = super::image::open_store(depot)?;
     let image = store.load(&r, depot.trusted_keys()).with_context(|| {
         if p.exists() {
             format!("loading image {r} (to write the file of that name, give it as ./{r})")
@@ -351,7 +350,7 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
             .with_context(|| format!("writing the report {}", p.display()))?;
     }
     if args.json {
-        println!("{json}");
+        super::render::print_json(&reports)?;
     }
     for r in &reports {
         say(&summary(r, signal));

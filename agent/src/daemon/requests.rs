@@ -102,7 +102,10 @@ impl Agent {
         let mut job = Job::new(ticket, &image.to_string(), data, target);
         job.dataset_of_other_ticket = dataset_of_other_ticket.map(|r| r.trim().to_string());
         if let Err(e) = self.steps.validate(&job) {
-            let why = format!("checking the new job for ticket {ticket}: {e:#}");
+            let why = format!(
+                "checking the new job for ticket {ticket}: {}",
+                crate::errors::Chain(&e)
+            );
             if e.is::<crate::job::admission::ImageNotClean>() {
                 return Err(self.record_refused(job, why));
             }
@@ -150,7 +153,7 @@ impl Agent {
             return e.context(why);
         }
         if let Err(e) = self.steps.finish(&job) {
-            tracing::warn!(job = %job.id, "writing the report of a refused job: {e:#}");
+            tracing::warn!(job = %job.id, "writing the report of a refused job: {}", crate::errors::Chain(&e));
         }
         inner.jobs.insert(job.id.clone(), job.clone());
         self.emit(Event::JobState {

@@ -54,13 +54,22 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (creating) the journal directory.
+    /// Opens (creating, private: [`crate::depot::PRIVATE_DIR_MODE`]) the journal directory.
     pub fn open(dir: &Path) -> Result<Journal> {
-        fs::create_dir_all(dir)
+        crate::depot::private_dir(dir)
             .with_context(|| format!("creating job journal directory {}", dir.display()))?;
         Ok(Journal {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// The journal in `dir` for reading only (`tek report`, and `tek job list`/`show` while
+    /// the agent is stopped): creates nothing, takes no lock, removes nothing; a directory that
+    /// does not exist is an empty journal.
+    pub fn read_only(dir: &Path) -> Journal {
+        Journal {
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// Takes ownership of the journal: the agent holds it while it runs, and a command that
@@ -182,8 +191,11 @@ impl Journal {
     /// reported as errors rather than skipped: a lost job could mean lost client data.
     pub fn load_all(&self) -> Result<Vec<Job>> {
         let mut jobs = Vec::new();
-        let rd = fs::read_dir(&self.dir)
-            .with_context(|| format!("listing job journal {}", self.dir.display()))?;
+        let rd = match fs::read_dir(&self.dir) {
+            // Only a reader (`read_only`) can see no directory: no job was ever added.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(jobs),
+            r => r.with_context(|| format!("listing job journal {}", self.dir.display()))?,
+        };
         for entry in rd {
             let entry =
                 entry.with_context(|| format!("listing job journal {}", self.dir.display()))?;

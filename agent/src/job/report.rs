@@ -11,7 +11,7 @@
 //! It also carries the audit log's head with the checkpoint signed for this report (`audit`), so a
 //! printed report pins the audit chain off the machine.
 
-use std::fmt::Write as _;
+mod page;
 
 use serde::{Deserialize, Serialize};
 
@@ -171,14 +171,31 @@ impl Report {
 
     /// Builds the report of `job`, reading the custody records of its dataset from `custody`.
     pub fn with_custody(job: &Job, custody: Option<&client_data::Custody>) -> Report {
+        Self::with_fate(job, |id| match custody {
+            Some(c) => c.dataset_fate(id).map_err(|e| e.to_string()),
+            None => Err("custody records not available".to_string()),
+        })
+    }
+
+    /// Builds the report of `job`, reading its dataset's fate from the custody records
+    /// read-only (`tek report`).
+    pub fn with_records(job: &Job, records: &client_data::CustodyRecords) -> Report {
+        Self::with_fate(job, |id| {
+            records.dataset_fate(id).map_err(|e| e.to_string())
+        })
+    }
+
+    fn with_fate(
+        job: &Job,
+        fate_of: impl FnOnce(&client_data::DatasetId) -> Result<client_data::DatasetFate, String>,
+    ) -> Report {
         let Some(ds) = job.dataset.as_deref() else {
             return Self::build(job, None, None);
         };
-        let fate = match (custody, ds.parse::<client_data::DatasetId>()) {
-            (Some(c), Ok(id)) => c.dataset_fate(&id).map_err(|e| e.to_string()),
-            (None, _) => Err("custody records not available".to_string()),
-            (_, Err(e)) => Err(e.to_string()),
-        };
+        let fate = ds
+            .parse::<client_data::DatasetId>()
+            .map_err(|e| e.to_string())
+            .and_then(|id| fate_of(&id));
         match fate {
             Ok(f) => Self::build(job, Some(f), None),
             Err(e) => Self::build(job, None, Some(e)),
@@ -260,310 +277,127 @@ impl Report {
         }
     }
 
-    fn sections(&self) -> Vec<(&'static str, Vec<(String, String)>)> {
-        let mut out = Vec::new();
-        let mut head = vec![
-            ("job".to_string(), self.job.clone()),
-            ("ticket".into(), self.ticket.clone()),
-            ("outcome".into(), self.outcome.clone()),
-        ];
-        if self.provisioning {
-            head.push(("provisioning".into(), "yes (bay default image)".into()));
-        }
-        out.push(("Service report", head));
-        if let Some(d) = &self.device {
-            out.push((
-                "Device",
-                vec![
-                    ("model".into(), d.model.clone()),
-                    (
-                        "serial".into(),
-                        d.serial.clone().unwrap_or_else(|| "-".into()),
-                    ),
-                    ("bus".into(), d.bus.to_string()),
-                    ("size".into(), blockdev::sysfs::human_size(d.size_bytes)),
-                    ("device".into(), d.dev_path.clone()),
-                    ("bay".into(), d.bay.clone().unwrap_or_else(|| "-".into())),
-                ],
-            ));
-        }
-        let mut img = vec![("image".into(), self.image.clone())];
-        flatten("", self.image_details.as_ref(), &mut img);
-        out.push(("Image and signature", img));
-        let mut ver = Vec::new();
-        flatten("", self.verification.as_ref(), &mut ver);
-        out.push(("Verification", ver));
-        if let Some(ds) = &self.dataset {
-            let mut data = vec![("dataset".into(), ds.clone())];
-            flatten("", self.data_migration.as_ref(), &mut data);
-            out.push(("Client data migration", data));
-            let mut san = Vec::new();
-            let custody = match &self.data_custody {
-                Some(f) => fate_line(f),
-                None => format!(
-                    "unknown here: {} (see `tek data show {ds}`)",
-                    self.data_custody_error
-                        .as_deref()
-                        .unwrap_or("custody records not read")
+    /// The first thing the page says: the outcome in one sentence, and its tone.
+    pub(crate) fn sentence(&self, lh: &client_data::Letterhead) -> (Tone, String) {
+        let img = &self.image;
+        let data = self.dataset.as_ref().map(|_| self.custody_words(lh));
+        let wiped = self
+            .data_custody
+            .as_ref()
+            .is_some_and(|f| f.state == client_data::DatasetState::Wiped);
+        match (self.state, &data) {
+            (JobState::Done, None) => (
+                Tone::Good,
+                format!("Done: image {img} written and verified; the disk is safe to remove."),
+            ),
+            (JobState::Done, Some(_)) if wiped => (
+                Tone::Good,
+                format!(
+                    "Done: image {img} written and verified, the client's data restored and \
+                     verified, and the staging copy wiped; the disk is safe to remove."
                 ),
-            };
-            san.push(("custody records".into(), custody));
-            flatten("", self.sanitization.as_ref(), &mut san);
-            out.push(("Sanitization of the staging copy", san));
-        }
-        let t = &self.timings;
-        let f = |v: Option<f64>| v.map(|s| format!("{s:.1} s")).unwrap_or_else(|| "-".into());
-        out.push((
-            "Timings",
-            vec![
-                ("queued".into(), t.queued.clone().unwrap_or_default()),
-                ("started".into(), t.started.clone().unwrap_or_default()),
-                ("finished".into(), t.finished.clone().unwrap_or_default()),
-                ("image write + verify".into(), f(t.image_secs)),
-                ("data restore + verify".into(), f(t.data_secs)),
-                ("staging wipe".into(), f(t.wipe_secs)),
-                ("total".into(), f(t.total_secs)),
-            ],
-        ));
-        if let Some(a) = &self.audit {
-            let c = &a.checkpoint;
-            out.push((
-                "Audit log",
-                vec![
-                    ("entries".into(), a.entries.to_string()),
-                    (
-                        "head".into(),
-                        format!("seq {} hash {}", a.entries - 1, a.head),
+            ),
+            (JobState::Done, Some(d)) => (
+                Tone::Open,
+                format!(
+                    "Done: image {img} written and verified and the client's data restored and \
+                     verified; the data set is {d}; the disk is safe to remove."
+                ),
+            ),
+            (JobState::Failed, d) => {
+                let during = self
+                    .history
+                    .iter()
+                    .rev()
+                    .nth(1)
+                    .map(|t| page::state_words(t.state))
+                    .unwrap_or("starting");
+                (
+                    Tone::Bad,
+                    format!(
+                        "FAILED ({during}): {}{}.",
+                        self.error.as_deref().unwrap_or("unknown error"),
+                        d.as_ref()
+                            .map(|d| format!("; the data set is {d}"))
+                            .unwrap_or_default()
                     ),
-                    (
-                        "checkpoint".into(),
-                        format!("seq {} hash {} signed {}", c.seq, c.hash, c.time),
+                )
+            }
+            (JobState::Cancelled, d) => {
+                let note = self.history.last().and_then(|t| t.note.clone());
+                (
+                    Tone::Open,
+                    format!(
+                        "Cancelled{}{}.",
+                        note.map(|n| format!(" ({n})")).unwrap_or_default(),
+                        d.as_ref()
+                            .map(|d| format!("; the data set is {d}"))
+                            .unwrap_or_default()
                     ),
-                    ("audit key".into(), c.public_key.clone()),
-                    ("signature".into(), c.signature.clone()),
-                ],
-            ));
+                )
+            }
+            (s, _) => (
+                Tone::Open,
+                format!("In progress: {}.", page::state_words(s)),
+            ),
         }
-        out
     }
 
-    /// Plain text for the terminal.
-    pub fn to_text(&self) -> String {
-        let mut s = String::new();
-        for (title, rows) in self.sections() {
-            let _ = writeln!(s, "== {title}");
-            let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-            for (k, v) in rows {
-                let _ = writeln!(s, "  {k:<w$}  {v}");
+    /// What the custody records say about the job's data set, in words, with times in the
+    /// depot's zone ("still in staging, encrypted", "wiped 2026-03-11 10:00:07 GMT").
+    pub(crate) fn custody_words(&self, lh: &client_data::Letterhead) -> String {
+        use client_data::DatasetState as S;
+        let Some(f) = &self.data_custody else {
+            return format!(
+                "unknown here: {}",
+                self.data_custody_error
+                    .as_deref()
+                    .unwrap_or("custody records not read")
+            );
+        };
+        let at = f
+            .wiped_at
+            .as_deref()
+            .map(|t| lh.time(t))
+            .unwrap_or_else(|| "at an unrecorded time".into());
+        match f.state {
+            S::Staged | S::Migrated if f.key_present => {
+                "still in staging, encrypted (not wiped yet)".into()
             }
+            S::Staged | S::Migrated => "in staging, but its key is gone (unreadable)".into(),
+            S::Wiped => format!("staging copy wiped {at}"),
+            S::Withdrawn => format!(
+                "destroyed {at} because the client withdrew{}",
+                f.case
+                    .as_deref()
+                    .map(|c| format!(" (deletion case {c})"))
+                    .unwrap_or_default()
+            ),
         }
-        s
     }
 
-    /// A printable HTML page.
-    pub fn to_html(&self) -> String {
-        let mut s = String::from(
-            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Service report ",
-        );
-        s.push_str(&esc(&self.job));
-        s.push_str(
-            "</title><style>body{font-family:sans-serif;max-width:50em;margin:2em auto}\
-             table{border-collapse:collapse;width:100%}td{border-bottom:1px solid #ccc;\
-             padding:.2em .5em;vertical-align:top}td:first-child{width:30%;color:#444}</style>\
-             </head><body>\n",
-        );
-        for (title, rows) in self.sections() {
-            let _ = writeln!(s, "<h2>{}</h2>\n<table>", esc(title));
-            for (k, v) in rows {
-                let _ = writeln!(s, "<tr><td>{}</td><td>{}</td></tr>", esc(&k), esc(&v));
-            }
-            s.push_str("</table>\n");
-        }
-        s.push_str("</body></html>\n");
-        s
+    /// The report as terminal text: the page's sections and rows, aligned.
+    pub fn to_text(&self, lh: &client_data::Letterhead) -> String {
+        let p = page::Page::of(self, lh);
+        askama::Template::render(&page::TextPage { p: &p })
+            .unwrap_or_else(|e| format!("rendering the report failed: {e}\n"))
+    }
+
+    /// The report as a printable A4 page under the depot's letterhead.
+    pub fn to_html(&self, lh: &client_data::Letterhead) -> String {
+        askama::Template::render(&page::Page::of(self, lh))
+            .unwrap_or_else(|e| format!("<!doctype html><p>rendering failed: {e}</p>\n"))
     }
 }
 
-/// Flattens a JSON object into `a.b: value` rows (arrays of scalars joined).
-fn flatten(prefix: &str, v: Option<&serde_json::Value>, out: &mut Vec<(String, String)>) {
-    let Some(v) = v else { return };
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, v) in m {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, Some(v), out);
-            }
-        }
-        serde_json::Value::Null => {}
-        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
-        serde_json::Value::Array(a) if a.is_empty() => {
-            out.push((prefix.to_string(), "none".into()))
-        }
-        other => out.push((prefix.to_string(), other.to_string())),
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// How the outcome reads: good (done, nothing left to do), bad (failed), open (something
+/// remains: data still in staging, a job in progress or cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tone {
+    Good,
+    Bad,
+    Open,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::job::JobTarget;
-
-    fn done_job() -> Job {
-        let mut j = Job::new(
-            "T-77",
-            "base@1",
-            Some("ds-1".into()),
-            JobTarget::Bay("a".into()),
-        );
-        j.results.image =
-            Some(serde_json::json!({"manifest_hash": "ab", "signature": "valid (depot)"}));
-        j.results.write = Some(crate::job::WriteRecord::from_json(
-            serde_json::json!({"verified": true, "bytes": 100}),
-        ));
-        j.results.restore = Some(crate::job::RestoreRecord::from_json(
-            serde_json::json!({"entries_verified": 5, "mismatches": []}),
-        ));
-        j.results.sanitization = Some(crate::job::SanitizationRecord::from_json(
-            serde_json::json!({"method": "overwrite+unlink+key destroyed"}),
-        ));
-        for s in [
-            JobState::Claimed,
-            JobState::Writing,
-            JobState::ImageVerified,
-            JobState::Migrating,
-            JobState::DataVerified,
-            JobState::Wiping,
-            JobState::Reporting,
-            JobState::Done,
-        ] {
-            j.set_state(s, None);
-        }
-        j
-    }
-
-    #[test]
-    fn report_has_every_section() {
-        let r = Report::build(
-            &done_job(),
-            Some(fate(client_data::DatasetState::Wiped, false)),
-            None,
-        );
-        let t = r.to_text();
-        for want in [
-            "ticket",
-            "T-77",
-            "manifest_hash",
-            "verified",
-            "entries_verified",
-            "overwrite+unlink+key destroyed",
-            "staging copy wiped",
-            "total",
-        ] {
-            assert!(t.contains(want), "missing {want:?} in\n{t}");
-        }
-        assert!(
-            t.lines()
-                .any(|l| l.trim_start().starts_with("mismatches") && l.ends_with(" none")),
-            "{t}"
-        );
-        assert!(r.timings.total_secs.is_some());
-        let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(v["format"], 2);
-        assert_eq!(v["state"], "done");
-        assert_eq!(v["data_custody"]["state"], "wiped");
-    }
-
-    #[test]
-    fn audit_head_and_checkpoint_are_printed() {
-        let mut r = Report::of(&done_job());
-        assert!(!r.to_text().contains("Audit log"));
-        let cp: client_data::Checkpoint = serde_json::from_value(serde_json::json!({
-            "format": 1, "seq": 41, "hash": "ab".repeat(32), "time": "2026-03-01T10:00:00Z",
-            "public_key": "PK", "signature": "SIG"
-        }))
-        .unwrap();
-        r.audit = Some(AuditAnchor::of(cp));
-        let t = r.to_text();
-        for want in [
-            "== Audit log",
-            "entries     42",
-            &format!("seq 41 hash {}", "ab".repeat(32)),
-            "signed 2026-03-01T10:00:00Z",
-            "SIG",
-        ] {
-            assert!(t.contains(want), "missing {want:?} in\n{t}");
-        }
-        let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(v["audit"]["checkpoint"]["seq"], 41);
-    }
-
-    #[test]
-    fn html_escapes() {
-        let mut j = done_job();
-        j.ticket = "<script>".into();
-        let h = Report::of(&j).to_html();
-        assert!(h.contains("&lt;script&gt;") && !h.contains("<script>"));
-    }
-
-    fn fate(state: client_data::DatasetState, key: bool) -> client_data::DatasetFate {
-        client_data::DatasetFate {
-            dataset: "ds-1".into(),
-            state,
-            wiped_at: (!key).then(|| "2026-03-11T10:00:00Z".into()),
-            key_present: key,
-            sanitization_record: (!key).then(|| "/r/san-ds-1.json".into()),
-            case: (state == client_data::DatasetState::Withdrawn).then(|| "case-1".into()),
-        }
-    }
-
-    #[test]
-    fn unwiped_data_is_said_plainly() {
-        let mut j = Job::new("T", "b@1", Some("ds-1".into()), JobTarget::Bay("a".into()));
-        j.set_state(JobState::Cancelled, None);
-        let t = Report::build(
-            &j,
-            Some(fate(client_data::DatasetState::Staged, true)),
-            None,
-        )
-        .to_text();
-        assert!(t.contains("still in staging"), "{t}");
-    }
-
-    #[test]
-    fn data_lines_come_from_custody_not_from_the_job() {
-        let mut j = Job::new("T", "b@1", Some("ds-1".into()), JobTarget::Bay("a".into()));
-        j.cancel_withdrawn("the client withdrew");
-        let r = Report::build(
-            &j,
-            Some(fate(client_data::DatasetState::Withdrawn, false)),
-            None,
-        );
-        let t = r.to_text();
-        assert!(!t.contains("still in staging"), "{t}");
-        assert!(
-            r.outcome
-                .contains("destroyed at 2026-03-11T10:00:00Z because the client withdrew")
-                && r.outcome.contains("case-1"),
-            "{}",
-            r.outcome
-        );
-        assert!(t.contains("san-ds-1.json"), "{t}");
-        // Without the custody records, nothing is claimed about the data.
-        let t = Report::of(&j).to_text();
-        assert!(
-            !t.contains("still in staging") && t.contains("unknown here"),
-            "{t}"
-        );
-    }
-}
+mod tests;

@@ -160,6 +160,18 @@ impl WipeReason {
         }
     }
 
+    /// The reason in words, for printed records: "the client withdrew consent in writing".
+    pub fn describe(self) -> &'static str {
+        match self {
+            WipeReason::Withdrawal => "the client withdrew consent in writing",
+            WipeReason::Termination => "the client's contract ended",
+            WipeReason::RetentionExpired => "it was held longer than the retention allows",
+            WipeReason::MigrationAbandoned => "the migration was given up",
+            WipeReason::OperatorError => "it was taken in by mistake",
+            WipeReason::Other => "another reason (see the operator's note)",
+        }
+    }
+
     /// Reads a format-1 audit line's free-text reason: the two codes it had, else `other`.
     pub(crate) fn from_legacy(s: &str) -> WipeReason {
         s.parse().unwrap_or(WipeReason::Other)

@@ -60,7 +60,10 @@ fn directory_roundtrip_byte_exact_then_wipe() {
     );
     let rec = d.custody.wipe(proof, &op).unwrap();
     assert!(rec.verification_result.starts_with("passed"), "{rec:?}");
-    assert!(rec.to_html().contains("Sanitization record"));
+    assert!(
+        rec.to_html(&Default::default())
+            .contains("Sanitization record")
+    );
     let sdir = d.custody.paths().reports.join("sanitization");
     assert!(sdir.join(format!("san-{}.json", info.id)).exists());
     assert!(sdir.join(format!("san-{}.html", info.id)).exists());
@@ -102,7 +105,10 @@ fn forced_wipe_needs_reason() {
     assert!(!rec.migration_verified);
     // The code goes to the record and the log, the note only to the record.
     assert_eq!(rec.reason, Some(WipeReason::MigrationAbandoned));
-    assert!(rec.to_html().contains("jane@example.com"));
+    assert!(
+        rec.to_html(&Default::default())
+            .contains("jane@example.com")
+    );
     let log = fs::read_to_string(d.custody.audit().path()).unwrap();
     assert!(log.contains(r#""reason":"migration-abandoned""#), "{log}");
     assert!(!log.contains('@') && !log.contains("phone"), "{log}");

@@ -7,6 +7,7 @@ mod board;
 mod custody;
 mod custody_settings;
 mod demo;
+mod documents;
 mod e2e;
 mod image_audit_policy;
 mod jobs;

@@ -138,7 +138,7 @@ fn spawn_poller(socket: PathBuf, tx: mpsc::Sender<Msg>) {
                 Ok(st) => Msg::Status(st),
                 Err(e) => {
                     client = None;
-                    Msg::Unreachable(format!("{e:#}"))
+                    Msg::Unreachable(agent::errors::text(&e))
                 }
             };
             if tx.send(msg).is_err() {
@@ -274,7 +274,8 @@ impl Board {
                     });
                 match job {
                     Some(j) => {
-                        let text = agent::job::report::Report::of(&j).to_text();
+                        let lh = client_data::Letterhead::default();
+                        let text = agent::job::report::Report::of(&j).to_text(&lh);
                         self.report = Some((j.id.to_string(), text, 0));
                     }
                     None => self.message = Some("no job in this bay".into()),
@@ -289,7 +290,7 @@ impl Board {
     fn act(&self, op: Op, done: &str) -> String {
         match Client::connect(&self.socket).and_then(|mut c| c.request(op)) {
             Ok(_) => done.to_string(),
-            Err(e) => format!("refused: {e:#}"),
+            Err(e) => format!("refused: {}", agent::errors::Chain(&e)),
         }
     }
 }

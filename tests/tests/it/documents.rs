@@ -1,0 +1,256 @@
+//! The printed documents of a real job, as a client gets them: the service report, the staging
+//! wipe's sanitization record and the deletion confirmation, each made by the real agent or
+//! command from a real run (a loop device in a virtual bay, client data restored and wiped, a
+//! withdrawal), then printed with headless Chromium: one A4 page (`pdfinfo`), no element wider
+//! than the page, human labels and the depot's letterhead present, nothing internal. The
+//! screenshots and PDFs stay in `target/tmp/documents/` for a person to look at.
+//!
+//! Then the agent stops and `tek report`, `tek job list` and `tek job show` still answer, from
+//! the journal and the reports directory, changing nothing in the depot.
+//!
+//! Needs root, loop devices, chromium and poppler-utils (CI has them all: there a skip fails).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use tek_e2e::*;
+use tek_testkit::browser;
+
+/// The `[depot]` table every document of this test must show.
+const DEPOT: &str = "\n[depot]\nname = \"TEK Express Leeds\"\n\
+                     address = [\"Unit 4, Mill Lane\", \"Leeds LS1 4AB\"]\n\
+                     time_zone = \"Europe/London\"\n";
+
+/// Text of internal values that must never reach a printed page.
+const INTERNAL: &[&str] = &[
+    "is_block",
+    "_secs",
+    "durations",
+    "os error",
+    "Invalid argument",
+    "/dev/loop",
+    "/bays/",
+    "/tmp/",
+    "identity.",
+    "diskseq",
+    "null",
+    "true",
+    "false",
+];
+
+fn artifacts() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("documents")
+}
+
+/// The page's visible text (tags, the style sheet and the head removed).
+fn visible(html: &str) -> String {
+    let body = &html[html.find("<body>").expect("a body")..];
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Prints `html` and checks it as a client would read it.
+fn check_document(name: &str, html: &str, labels: &[&str]) {
+    let p = browser::print_check(html, &artifacts(), name).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.viewport,
+        browser::A4_PRINTABLE_WIDTH_PX,
+        "the width check ran at another width"
+    );
+    assert_eq!(
+        p.pages,
+        1,
+        "{name} prints on {} pages: {}",
+        p.pages,
+        p.pdf.display()
+    );
+    assert!(
+        p.too_wide.is_empty() && p.scroll_width <= p.viewport,
+        "{name}: elements wider than the A4 page (scroll width {}): {:#?}",
+        p.scroll_width,
+        p.too_wide
+    );
+    assert!(
+        p.screenshot.exists(),
+        "no screenshot {}",
+        p.screenshot.display()
+    );
+    let text = visible(html);
+    for want in [
+        "TEK Express Leeds",
+        "Unit 4, Mill Lane",
+        "Leeds LS1 4AB",
+        "Europe/London",
+    ]
+    .iter()
+    .chain(labels)
+    {
+        assert!(text.contains(want), "{name} lacks {want:?}:\n{text}");
+    }
+    for bad in INTERNAL {
+        assert!(!text.contains(bad), "{name} shows {bad:?}:\n{text}");
+    }
+}
+
+/// Every file under `root` with its length and modification time.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            out.insert(e.path(), (m.len(), m.modified().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn documents_print_on_one_a4_page_and_read_without_the_agent() {
+    if !need_root("documents_print_on_one_a4_page_and_read_without_the_agent") {
+        return;
+    }
+    if !tek_testkit::require(
+        browser::have_browser(),
+        "needs chromium and pdfinfo (Debian packages chromium, poppler-utils)",
+    ) {
+        return;
+    }
+    let mut b = Bench::new("documents", &["bay1"], "");
+    let mut cfg = std::fs::read_to_string(&b.config).unwrap();
+    cfg.push_str(DEPOT);
+    std::fs::write(&b.config, cfg).unwrap();
+    let (dataset, _src) = b.ingest();
+    b.start_agent();
+    let job = b.add_job(E2E_TICKET, "bay1", Some(&dataset));
+    let (_disk, _lo) = b.plug("bay1", 1, 256 * MIB);
+    b.wait_state(&job, "done", 120);
+
+    let read = |rel: String| {
+        let p = b.state.join(&rel);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+    };
+    let report = read(format!("reports/{job}.html"));
+    check_document(
+        "service-report",
+        &report,
+        &[
+            "Service report",
+            "Ticket T-E2E",
+            "Done: image sample@1 written and verified",
+            "safe to remove",
+            "Capacity",
+            "256.0 MiB (268435456 bytes)",
+            "valid, by trusted key depot",
+            "Read back and compared",
+            "Mismatches",
+            "none",
+            "client-e2e",
+            "staging copy wiped",
+            "Technician",
+            "Received by the client",
+            "Audit log",
+        ],
+    );
+    let san = read(format!("reports/sanitization/san-{dataset}.html"));
+    check_document(
+        "sanitization-record",
+        &san,
+        &[
+            "Sanitization record",
+            "was destroyed by cryptographic erase",
+            "purge (cryptographic erase)",
+            "client-e2e",
+            "T-E2E",
+            "Verification",
+            "passed",
+            "Sanitized by",
+        ],
+    );
+
+    // A withdrawal of a second client's data completes a deletion case at once (no key
+    // backups hold its keys): its confirmation is the third document.
+    let (_other, _) = b.ingest_for("client-wd", "T-WD");
+    let today = tek_testkit::run(std::process::Command::new("date").args(["-u", "+%F"]));
+    let today = String::from_utf8_lossy(&today.stdout).into_owned();
+    b.tek_ok(&[
+        "data",
+        "withdraw",
+        "--client",
+        "client-wd",
+        "--received",
+        today.trim(),
+    ]);
+    let cases: serde_json::Value =
+        serde_json::from_str(&b.tek_ok(&["data", "deletions", "--json"])).unwrap();
+    let case = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client"] == "client-wd")
+        .unwrap_or_else(|| panic!("no case for client-wd: {cases:#}"));
+    assert_eq!(case["state"], "complete", "{case:#}");
+    let conf = read(format!(
+        "reports/deletions/{}.html",
+        case["case"].as_str().unwrap()
+    ));
+    check_document(
+        "deletion-confirmation",
+        &conf,
+        &[
+            "Confirmation of deletion",
+            "All data of client client-wd",
+            "within the deadline",
+            "withdrawal of consent",
+            "Copies in use",
+            "Backup copies",
+        ],
+    );
+
+    // The agent stops; the read-only commands still answer, and change nothing.
+    assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
+    let before = snapshot(&b.state);
+    let list = b.tek_ok(&["job", "list"]);
+    assert!(list.contains(&job) && list.contains("done"), "{list}");
+    let json: serde_json::Value =
+        serde_json::from_str(&b.tek_ok(&["job", "list", "--json"])).unwrap();
+    assert_eq!(json[0]["id"], job.as_str(), "{json:#}");
+    let show: serde_json::Value = serde_json::from_str(&b.tek_ok(&["job", "show", &job])).unwrap();
+    assert_eq!(show["state"], "done", "{show:#}");
+    let text = b.tek_ok(&["report", &job]);
+    assert!(
+        text.contains("== Service report: TEK Express Leeds")
+            && text.contains("Done: image sample@1 written and verified")
+            && text.contains("staging copy wiped")
+            && text.contains("== Audit log"),
+        "{text}"
+    );
+    let html = b.tek_ok(&["report", &job, "--html"]);
+    assert!(
+        html.contains("Service report") && html.contains("Audit log"),
+        "{html}"
+    );
+    let unknown = b.tek(&["job", "show", "j-00000000"]);
+    assert!(!unknown.status.success());
+    assert_eq!(
+        snapshot(&b.state),
+        before,
+        "a read-only command changed the depot"
+    );
+}
