@@ -1,11 +1,16 @@
 //! `tek bays`: the configured bays and what the agent says of each; with `--discover`, the
 //! disks present now and their port paths (no agent needed), to write the bay configuration.
+//! The disks holding `/` or the depot's state root are marked: a bay must never be configured
+//! on their port (the agent refuses them anyway, DESIGN invariant 1).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use blockdev::holders::Host;
 use clap::Args;
 
+use agent::Depot;
 use agent::server::protocol::{Op, Status};
 
 use super::table::Table;
@@ -24,8 +29,22 @@ pub struct BaysArgs {
     pub conn: AgentConn,
 }
 
+/// Why a disk is the workstation's own, if it is: it holds `/`, the state root, or both.
+pub fn system_mark(
+    name: &str,
+    root: &BTreeSet<String>,
+    state: &BTreeSet<String>,
+) -> Option<String> {
+    match (root.contains(name), state.contains(name)) {
+        (true, true) => Some("SYSTEM DISK: holds / and the depot's state".into()),
+        (true, false) => Some("SYSTEM DISK: holds /".into()),
+        (false, true) => Some("SYSTEM DISK: holds the depot's state".into()),
+        (false, false) => None,
+    }
+}
+
 /// Runs `tek bays`.
-pub fn run(args: BaysArgs) -> Result<()> {
+pub fn run(depot: &Depot, args: BaysArgs) -> Result<()> {
     let BaysArgs {
         discover,
         json,
@@ -38,10 +57,19 @@ pub fn run(args: BaysArgs) -> Result<()> {
         let bay = |d: &blockdev::sysfs::DiskInfo| {
             agent::daemon::matching::bay_of(&cfg, d).map(|b| b.name.clone())
         };
+        let host = Host::current();
+        let root = host.system_disks();
+        let state = host.disks_backing(depot.for_agent(&cfg).root());
         if json {
             let rows: Vec<_> = disks
                 .iter()
-                .map(|d| serde_json::json!({ "disk": d, "bay": bay(d) }))
+                .map(|d| {
+                    serde_json::json!({
+                        "disk": d,
+                        "bay": bay(d),
+                        "system_disk": system_mark(&d.name, &root, &state),
+                    })
+                })
                 .collect();
             return render::print_json(&rows);
         }
@@ -51,7 +79,10 @@ pub fn run(args: BaysArgs) -> Result<()> {
         }
         for d in &disks {
             let bay = bay(d).map(|b| format!("  [bay {b}]")).unwrap_or_default();
-            text.push_str(&format!("{}{bay}\n", blockdev::sysfs::describe(d)));
+            let mark = system_mark(&d.name, &root, &state)
+                .map(|m| format!("  [{m}]"))
+                .unwrap_or_default();
+            text.push_str(&format!("{}{bay}{mark}\n", blockdev::sysfs::describe(d)));
         }
         text.push_str(
             "\nPlug a disk into each bay in turn and copy its port path into a [[bay]] port_path.\n",
@@ -96,4 +127,24 @@ pub fn run(args: BaysArgs) -> Result<()> {
         return render::print("no bays configured (see `tek bays --discover`)\n");
     }
     render::print(&t.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_disks_are_marked_with_what_they_hold() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let (root, state) = (set(&["vda"]), set(&["vda", "sdb"]));
+        assert_eq!(
+            system_mark("vda", &root, &state).as_deref(),
+            Some("SYSTEM DISK: holds / and the depot's state")
+        );
+        assert_eq!(
+            system_mark("sdb", &root, &state).as_deref(),
+            Some("SYSTEM DISK: holds the depot's state")
+        );
+        assert_eq!(system_mark("sdc", &root, &state), None);
+    }
 }

@@ -140,6 +140,34 @@ pub fn open_custody(depot: &Depot) -> Result<Custody> {
     agent::settings::open_custody(depot, &agent::settings::command_config()?)
 }
 
+/// Said once, by the ingest that made the depot's key-encryption key: without it (and its check
+/// file) no staged dataset can be read, and `tek backup keys` does not copy it.
+fn kek_backup_notice(kek: &std::path::Path, check: &std::path::Path) -> String {
+    // A relative `--state` would give a command that only works from here.
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (kek, check) = (&abs(kek), &abs(check));
+    // The audit key signs the log from its first entry and belongs with the KEK's copy.
+    let audit_key = check.with_file_name("audit.key");
+    let mut files = format!("{} {}", kek.display(), check.display());
+    if audit_key.exists() {
+        files = format!("{files} {}", audit_key.display());
+    }
+    format!(
+        "tek: created the depot's key-encryption key {kek} (first ingest).\n\
+         \x20 Back it up now: without it no staged client data can be read, and `tek backup keys` \
+         does not copy it.\n\
+         \x20 Copy it with its check file{also} to removable media kept locked away from this \
+         machine and its backups, e.g.\n\
+         \x20   install -m 0600 {files} /media/kek-usb/",
+        kek = kek.display(),
+        also = if audit_key.exists() {
+            " and the audit key"
+        } else {
+            ""
+        },
+    )
+}
+
 /// A clap value parser applying the id rule (`client_data::dataset::check_ident`), so a name,
 /// an e-mail address or a phone number is refused before anything runs.
 pub fn ident(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
@@ -179,9 +207,15 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
             source,
             json,
         } => {
-            let info = c
-                .ingest(&client, &ticket, &source)
-                .with_context(|| format!("ingesting {}", source.display()))?;
+            let made = c
+                .prepare_kek()
+                .context("preparing the key-encryption key for the first ingest")?;
+            let res = c.ingest(&client, &ticket, &source);
+            // Said even when the ingest failed: the key exists now either way.
+            if let Some((kek, check)) = &made {
+                eprintln!("{}", kek_backup_notice(kek, check));
+            }
+            let info = res.with_context(|| format!("ingesting {}", source.display()))?;
             if json {
                 render::print_json(&info)?;
             } else {

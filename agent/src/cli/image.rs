@@ -44,8 +44,37 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List stored images.
+    /// List stored images (or, with --remote, a library's).
     List {
+        /// List the images of this library (s3://BUCKET/PREFIX or http(s)://HOST/PATH) instead.
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a signed image to an S3 library (only the chunks it lacks; signature and
+    /// manifest last). Endpoint, region and credentials: AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+    Push {
+        /// NAME@VERSION.
+        image: ImageRef,
+        /// The library: s3://BUCKET/PREFIX.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch an image from a library into the store: its manifest only with a valid signature
+    /// by a trusted key, every chunk checked before it is stored, only the chunks the store
+    /// lacks.
+    Pull {
+        /// NAME@VERSION.
+        image: ImageRef,
+        /// The library: s3://BUCKET/PREFIX or http(s)://HOST/PATH.
+        #[arg(long, value_name = "URL")]
+        from: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -58,11 +87,12 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write the raw image to OUT (must not exist), byte-identical to the imported one.
+    /// Write the raw image to OUT (must not exist), byte-identical to the imported one; `-`
+    /// writes it to stdout (holes as zeros), e.g. `tek image export a@1 - | zstd > a.img.zst`.
     Export {
         /// NAME@VERSION.
         image: ImageRef,
-        /// Output file.
+        /// Output file, or `-` for stdout.
         out: PathBuf,
         /// Print JSON.
         #[arg(long)]
@@ -314,24 +344,20 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
                 format!("signed {image} with {}: {st}\n", k.key_id())
             })
         }
-        ImageCommand::List { json } => super::image_show::list(depot, json),
+        ImageCommand::List { remote: None, json } => super::image_show::list(depot, json),
+        ImageCommand::List {
+            remote: Some(url),
+            json,
+        } => super::image_remote::list(&url, json),
+        ImageCommand::Push { image, to, json } => {
+            super::image_remote::push(depot, &image, &to, json)
+        }
+        ImageCommand::Pull { image, from, json } => {
+            super::image_remote::pull(depot, &image, &from, json)
+        }
         ImageCommand::Show { image, json } => super::image_show::show(depot, &image, json),
         ImageCommand::Export { image, out, json } => {
-            let store = open_store(depot)?;
-            let m = store
-                .export(&image, &out)
-                .with_context(|| format!("exporting {image} to {}", out.display()))?;
-            let res = serde_json::json!({
-                "image": image.to_string(), "path": out, "size_bytes": m.size, "sha256": m.sha256,
-            });
-            emit(json, &res, |_| {
-                format!(
-                    "exported {image} to {} ({}, sha256 {})\n",
-                    out.display(),
-                    size(m.size),
-                    m.sha256
-                )
-            })
+            super::image_transfer::export(&open_store(depot)?, &image, &out, json)
         }
         ImageCommand::Rm {
             image,
@@ -483,9 +509,14 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
     };
     // A replaced, signed version loses its signature when no key is given: say so.
     let was_signed = a.replace && store.signature_path(&a.image).exists();
-    let r = store
-        .import(&a.image, &a.file, &opts, key.as_ref())
-        .with_context(|| format!("importing {} as {}", a.file.display(), a.image))?;
+    let raw = image_store::source::Source::open(&a.file)
+        .map(|s| s.format() == image_store::source::SourceFormat::Raw)
+        .unwrap_or(false);
+    let r = super::image_transfer::with_import_bar(&a.file, raw, |progress| {
+        let opts = ImportOptions { progress, ..opts };
+        store.import(&a.image, &a.file, &opts, key.as_ref())
+    })
+    .with_context(|| format!("importing {} as {}", a.file.display(), a.image))?;
     super::image_parts::warn_bitlocker(&r.manifest);
     if a.json {
         return print_json(&serde_json::json!({

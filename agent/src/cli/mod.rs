@@ -6,15 +6,19 @@ mod audit;
 mod backup;
 mod bays;
 mod board;
+mod clock;
 mod data;
 mod demo;
+mod disk_contents;
 mod docs;
 pub mod failure;
 mod image;
 mod image_audit;
 mod image_parts;
+mod image_remote;
 mod image_rm;
 mod image_show;
+mod image_transfer;
 mod image_verify;
 mod interrupt;
 mod job;
@@ -24,6 +28,7 @@ mod size;
 mod status;
 mod table;
 mod write;
+mod write_progress;
 
 use std::path::PathBuf;
 
@@ -142,14 +147,19 @@ impl Command {
     /// command may be killed by SIGPIPE when its reader goes away (`tek image list | head -1`),
     /// quietly, as coreutils are. Every other command keeps Rust's default (SIGPIPE ignored), so
     /// a closed pipe never kills one in the middle of changing a disk, the store or custody.
-    /// `image verify` is not one: it moves corrupt chunks aside.
+    /// `image verify` is not one: it moves corrupt chunks aside; `image export -` is.
     pub fn only_reads(&self) -> bool {
         use audit::AuditCommand as Au;
         use data::DataCommand as D;
         use image::ImageCommand as I;
         use job::JobCommand as J;
         match self {
-            Command::Image(c) => matches!(c, I::List { .. } | I::Show { .. } | I::Stats { .. }),
+            Command::Image(c) => match c {
+                I::List { .. } | I::Show { .. } | I::Stats { .. } => true,
+                // To stdout it only reads the store: `tek image export a@1 - | head -c 512`.
+                I::Export { out, .. } => out.as_os_str() == "-",
+                _ => false,
+            },
             Command::Audit(c) => matches!(
                 c,
                 Au::Verify { .. } | Au::Show { .. } | Au::Head { .. } | Au::BreachReport { .. }
@@ -193,15 +203,15 @@ impl Command {
             Command::Image(I::Keygen { dir: Some(_), .. } | I::Audit { .. }) => StateUse::Locates,
             Command::Data(D::Ingest { .. }) => StateUse::Creates,
             // The agent creates its root itself: its configuration may name another one.
-            Command::Agent { .. } | Command::Write(_) => StateUse::Locates,
+            Command::Agent { .. } | Command::Write(_) | Command::Bays(_) | Command::Job(_) => {
+                StateUse::Locates
+            }
             Command::Image(_)
             | Command::Data(_)
             | Command::Backup(_)
             | Command::Audit(_)
             | Command::Report(_) => StateUse::Reads,
-            Command::Bays(_)
-            | Command::Job(_)
-            | Command::Status(_)
+            Command::Status(_)
             | Command::Board { .. }
             | Command::Demo { .. }
             | Command::Completions(_)
@@ -256,6 +266,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Audit(c) => audit::run(&depot, c),
         Command::Report(a) => report::run(&depot, a),
         Command::Agent { config } => agent::run(&depot, config.as_deref()),
+        Command::Bays(a) => bays::run(&depot, a),
+        Command::Job(c) => job::run(&depot, c),
         command => run_without_depot(command),
     }
 }
@@ -263,8 +275,6 @@ pub fn run(cli: Cli) -> Result<()> {
 /// The commands that need no state root: they talk to the agent or read the machine.
 fn run_without_depot(command: Command) -> Result<()> {
     match command {
-        Command::Bays(a) => bays::run(a),
-        Command::Job(c) => job::run(&depot, c),
         Command::Status(a) => status::run(a),
         Command::Board { conn } => board::run(&conn.socket()?),
         Command::Demo { windows } => demo::run(windows),
