@@ -147,7 +147,8 @@ pub enum ImageCommand {
     Audit {
         /// An image FILE (raw) or NAME@VERSION in the store.
         target: String,
-        /// Also scan text-like files for personal data (counts only, never the text).
+        /// Also scan text-like files for personal data (counts only, never the text); packaged
+        /// software (/usr but /usr/local, WinSxS, System32, Program Files, ...) is not scanned.
         #[arg(long)]
         deep: bool,
         /// Print JSON.
