@@ -10,6 +10,7 @@ mod hotplug;
 mod image_audit_cli;
 mod image_cli;
 mod pipes;
+mod report_cli;
 mod socket_limits;
 mod write_cli;
 mod write_signals;
