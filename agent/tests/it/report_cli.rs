@@ -2,9 +2,7 @@
 //! and the reports directory, change nothing in the depot (not even a directory), and refuse
 //! hostile ids and corrupt records with a clear error. No root needed.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use agent::job::journal::Journal;
 use agent::job::{Job, JobState, JobTarget, WriteRecord};
@@ -38,22 +36,6 @@ fn done_job() -> Job {
         j.set_state(s, None);
     }
     j
-}
-
-/// Every path under `root` with its length and modification time.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-            out.insert(e.path(), (m.len(), m.modified().unwrap()));
-        }
-    }
-    out
 }
 
 fn run(t: &Tek, cfg: &Path, args: &[&str]) -> std::process::Output {
@@ -92,7 +74,7 @@ fn read_only_commands_answer_without_the_agent_and_change_nothing() {
         .unwrap();
     // A socket file nobody listens on (an agent that died): refused, so the journal answers.
     drop(std::os::unix::net::UnixListener::bind(t.dir().join("agent.sock")).unwrap());
-    let before = snapshot(t.dir());
+    let before = tek_testkit::snapshot(t.dir());
 
     let list = ok(&t, &cfg, &["job", "list"]);
     assert!(
@@ -123,7 +105,7 @@ fn read_only_commands_answer_without_the_agent_and_change_nothing() {
         "{html}"
     );
     assert_eq!(
-        snapshot(t.dir()),
+        tek_testkit::snapshot(t.dir()),
         before,
         "a read-only command changed the depot"
     );

@@ -10,9 +10,7 @@
 //!
 //! Needs root, loop devices, chromium and poppler-utils (CI has them all: there a skip fails).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use tek_e2e::*;
 use tek_testkit::browser;
@@ -43,25 +41,6 @@ fn artifacts() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("documents")
 }
 
-/// The page's visible text (tags, the style sheet and the head removed).
-fn visible(html: &str) -> String {
-    let body = &html[html.find("<body>").expect("a body")..];
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in body.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => {
-                in_tag = false;
-                out.push(' ');
-            }
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out
-}
-
 /// Prints `html` and checks it as a client would read it.
 fn check_document(name: &str, html: &str, labels: &[&str]) {
     let p = browser::print_check(html, &artifacts(), name).unwrap_or_else(|e| panic!("{e}"));
@@ -88,7 +67,7 @@ fn check_document(name: &str, html: &str, labels: &[&str]) {
         "no screenshot {}",
         p.screenshot.display()
     );
-    let text = visible(html);
+    let text = browser::visible_text(html);
     for want in [
         "TEK Express Leeds",
         "Unit 4, Mill Lane",
@@ -103,22 +82,6 @@ fn check_document(name: &str, html: &str, labels: &[&str]) {
     for bad in INTERNAL {
         assert!(!text.contains(bad), "{name} shows {bad:?}:\n{text}");
     }
-}
-
-/// Every file under `root` with its length and modification time.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-            out.insert(e.path(), (m.len(), m.modified().unwrap()));
-        }
-    }
-    out
 }
 
 #[test]
@@ -225,7 +188,7 @@ fn documents_print_on_one_a4_page_and_read_without_the_agent() {
 
     // The agent stops; the read-only commands still answer, and change nothing.
     assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
-    let before = snapshot(&b.state);
+    let before = tek_testkit::snapshot(&b.state);
     let list = b.tek_ok(&["job", "list"]);
     assert!(list.contains(&job) && list.contains("done"), "{list}");
     let json: serde_json::Value =
@@ -249,7 +212,7 @@ fn documents_print_on_one_a4_page_and_read_without_the_agent() {
     let unknown = b.tek(&["job", "show", "j-00000000"]);
     assert!(!unknown.status.success());
     assert_eq!(
-        snapshot(&b.state),
+        tek_testkit::snapshot(&b.state),
         before,
         "a read-only command changed the depot"
     );

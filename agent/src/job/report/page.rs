@@ -441,14 +441,7 @@ fn data(r: &Report) -> Section {
             .unwrap_or_default()
     };
     let mismatches = strings("mismatches");
-    sec.row(
-        "Mismatches",
-        if mismatches.is_empty() {
-            "none".into()
-        } else {
-            capped(&mismatches)
-        },
-    );
+    sec.row("Mismatches", capped(&mismatches));
     if let Some(fs) = s(m, "target_filesystem") {
         sec.row("Restored onto", fs);
     }
@@ -506,23 +499,19 @@ fn data(r: &Report) -> Section {
             )
         },
     );
-    sec.row(
-        "Not restored",
-        if skipped.is_empty() {
-            "none".into()
-        } else {
-            capped(&skipped)
-        },
-    );
+    sec.row("Not restored", capped(&skipped));
     if !renamed.is_empty() {
         sec.list(("Path in the data set", "Restored as"), renamed);
     }
     sec
 }
 
-/// At most [`LIST_MAX`] items joined, and how many more there are: a dataset of a thousand
-/// fifos must not push the page onto a second sheet.
+/// At most [`LIST_MAX`] items joined, and how many more there are ("none" for none): a
+/// dataset of a thousand fifos must not push the page onto a second sheet.
 fn capped(items: &[String]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
     let mut s = items
         .iter()
         .take(LIST_MAX)
