@@ -482,7 +482,7 @@ fn data(r: &Report) -> Section {
             a.iter()
                 .map(|x| {
                     let to = s(x, "to_escaped").or(s(x, "to")).unwrap_or("?");
-                    (s(x, "from").unwrap_or("?").to_string(), to.to_string())
+                    (fit(s(x, "from").unwrap_or("?")), fit(to))
                 })
                 .collect()
         })
@@ -515,7 +515,7 @@ fn capped(items: &[String]) -> String {
     let mut s = items
         .iter()
         .take(LIST_MAX)
-        .cloned()
+        .map(|i| fit(i))
         .collect::<Vec<_>>()
         .join("; ");
     if items.len() > LIST_MAX {
@@ -525,6 +525,21 @@ fn capped(items: &[String]) -> String {
         );
     }
     s
+}
+
+/// Longest value of a list line, in characters (a path can be 4096 bytes; the JSON has it all).
+const ITEM_MAX: usize = 90;
+
+/// `s` cut to [`ITEM_MAX`] characters in the middle, where a path's least telling part is:
+/// `Users/ann/Documents/…/report:2024.docx`.
+pub(crate) fn fit(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= ITEM_MAX {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(ITEM_MAX / 2 - 1).collect();
+    let tail: String = s.chars().skip(n - ITEM_MAX / 2).collect();
+    format!("{head}…{tail}")
 }
 
 fn sanitization(r: &Report, lh: &Letterhead) -> Section {

@@ -295,6 +295,9 @@ fn long_lists_are_cut_and_say_how_many_more() {
     j.results.restore = Some(crate::job::RestoreRecord::from_json(m));
     let t = Report::of(&j).to_text(&lh());
     assert!(t.contains("fifo p/4 (entry 4); and 995 more"), "{t}");
+    let long = format!("fifo {} (entry 1)", "d/".repeat(2048));
+    assert_eq!(page::fit(&long).chars().count(), 90);
+    assert!(page::fit(&long).ends_with("d/d/ (entry 1)"));
     assert!(!t.contains("p/5 (entry 5)"), "{t}");
     assert!(t.contains("and 35 more (see --json)"), "{t}");
     let h = Report::of(&j).to_html(&lh());
