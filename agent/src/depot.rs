@@ -4,10 +4,16 @@
 //! Resolution order: `--state DIR`, else `TEK_STATE`, else `/var/lib/tek` when running as root,
 //! else `$XDG_DATA_HOME/tek` (or `~/.local/share/tek`). The store may live elsewhere
 //! (`--store DIR` / `TEK_STORE`), e.g. on a shared volume.
+//!
+//! A command that only reads opens the depot with [`Depot::open`], which refuses a root that
+//! does not exist ([`StateRootMissing`]); a command that stores something uses
+//! [`Depot::create`], which makes the root, `jobs/` and `reports/` private (0700).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use std::os::unix::fs::DirBuilderExt;
+
+use anyhow::{Context, Result, bail};
 
 /// Resolved locations of everything tek keeps.
 #[derive(Debug, Clone)]
@@ -17,16 +23,64 @@ pub struct Depot {
     trusted_keys: PathBuf,
 }
 
+/// The state root a command reads does not exist. A command that only reads never creates
+/// one: a misspelt `--state` must not make an empty depot and report that it holds nothing.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "state root {} does not exist (check --state or TEK_STATE; a command that stores something, \
+     such as `tek image import` or `tek data ingest`, creates it)",
+    path.display()
+)]
+pub struct StateRootMissing {
+    /// The root that was looked for.
+    pub path: PathBuf,
+}
+
+/// Mode of the state root and of the directories holding client-identifying records (`jobs/`,
+/// `reports/`): the depot's owner only, whatever the umask.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
 impl Depot {
-    /// Resolves the state root and store from the command line values (which clap already
-    /// filled from `TEK_STATE` / `TEK_STORE`), creating the root on first use.
-    pub fn resolve(state: Option<PathBuf>, store: Option<PathBuf>) -> Result<Depot> {
+    /// The depot of a command that only reads it: the state root from the command line values
+    /// (which clap already filled from `TEK_STATE` / `TEK_STORE`) must exist, else
+    /// [`StateRootMissing`].
+    pub fn open(state: Option<PathBuf>, store: Option<PathBuf>) -> Result<Depot> {
+        let depot = Depot::locate(state, store)?;
+        match std::fs::metadata(&depot.root) {
+            Ok(m) if m.is_dir() => Ok(depot),
+            Ok(_) => bail!("state root {} is not a directory", depot.root.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StateRootMissing { path: depot.root }.into())
+            }
+            Err(e) => {
+                Err(e).with_context(|| format!("reading state root {}", depot.root.display()))
+            }
+        }
+    }
+
+    /// The depot of a command that stores something: creates the state root, `jobs/` and
+    /// `reports/` (mode [`PRIVATE_DIR_MODE`]) when missing. Returns whether the root was made
+    /// now, so the command can say so once.
+    pub fn create(state: Option<PathBuf>, store: Option<PathBuf>) -> Result<(Depot, bool)> {
+        let depot = Depot::locate(state, store)?;
+        let created = !depot.root.exists();
+        if let Some(parent) = depot.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        for dir in [depot.root.clone(), depot.jobs(), depot.reports()] {
+            private_dir(&dir)?;
+        }
+        Ok((depot, created))
+    }
+
+    /// Where the depot is, from the command line values, without looking at the disk (the
+    /// agent, whose configuration may name another root; see [`Depot::for_agent`]).
+    pub fn locate(state: Option<PathBuf>, store: Option<PathBuf>) -> Result<Depot> {
         let root = match state {
             Some(p) => p,
             None => default_root()?,
         };
-        std::fs::create_dir_all(&root)
-            .with_context(|| format!("creating state directory {}", root.display()))?;
         let store = store.unwrap_or_else(|| root.join("store"));
         let trusted_keys = if is_root() && root == Path::new("/var/lib/tek") {
             PathBuf::from("/etc/tek/trusted-keys")
@@ -102,6 +156,20 @@ impl Depot {
     }
 }
 
+/// Creates `dir` with mode [`PRIVATE_DIR_MODE`] if it is missing (its parent must exist). The
+/// mode is given to mkdir, so no umask widens it (a umask only removes bits); an existing
+/// directory is left as its owner set it.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new()
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -127,16 +195,30 @@ mod tests {
     fn explicit_state_wins_and_is_created() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("a/b");
-        let d = Depot::resolve(Some(root.clone()), None).unwrap();
-        assert!(root.is_dir());
+        let (d, created) = Depot::create(Some(root.clone()), None).unwrap();
+        assert!(created && root.is_dir());
         assert_eq!(d.store(), root.join("store"));
         assert_eq!(d.staging(), root.join("staging"));
+        assert!(!Depot::create(Some(root), None).unwrap().1, "created twice");
+    }
+
+    #[test]
+    fn a_reader_refuses_a_missing_root_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("misspelt");
+        let e = Depot::open(Some(root.clone()), None).unwrap_err();
+        assert!(e.is::<StateRootMissing>(), "{e:#}");
+        assert!(e.to_string().contains("misspelt"), "{e}");
+        assert!(!root.exists());
+        std::fs::write(&root, "x").unwrap();
+        let e = Depot::open(Some(root), None).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
     }
 
     #[test]
     fn store_override() {
         let dir = tempfile::tempdir().unwrap();
-        let d = Depot::resolve(Some(dir.path().into()), Some("/elsewhere".into())).unwrap();
+        let d = Depot::open(Some(dir.path().into()), Some("/elsewhere".into())).unwrap();
         assert_eq!(d.store(), Path::new("/elsewhere"));
     }
 }

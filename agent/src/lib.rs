@@ -8,6 +8,7 @@
 pub mod config;
 pub mod daemon;
 pub mod depot;
+pub mod errors;
 pub mod job;
 pub mod letterhead;
 pub mod sample;

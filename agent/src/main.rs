@@ -2,12 +2,18 @@
 
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 mod cli;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let matches = match cli::Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return std::process::ExitCode::from(cli::failure::usage(e)),
+    };
+    // With --json a failure is the JSON error object on stdout (README "Output for scripts").
+    let json = cli::wants_json(&matches);
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if cli.command.only_reads() {
         // `tek image list | head -1`: end quietly when the reader is gone, instead of panicking
         // with "failed printing to stdout: Broken pipe" (exit 101).
@@ -29,9 +35,6 @@ fn main() -> std::process::ExitCode {
         .init();
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tek: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => std::process::ExitCode::from(cli::failure::report(&e, json)),
     }
 }

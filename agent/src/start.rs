@@ -45,8 +45,10 @@ async fn serve(
             "no [[bay]] configured: only jobs matched by serial can run (see `tek bays --discover`)"
         );
     }
-    std::fs::create_dir_all(depot.root())
-        .with_context(|| format!("creating state directory {}", depot.root().display()))?;
+    let (_, created) = Depot::create(Some(depot.root().to_path_buf()), None)?;
+    if created {
+        tracing::info!(state = %depot.root().display(), "created state root");
+    }
     let journal = Journal::open(&depot.jobs())?;
     // Held until the agent exits: commands that change job records themselves (`tek image rm
     // --force`) go through the socket while it is held.

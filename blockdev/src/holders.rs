@@ -253,6 +253,22 @@ impl Host {
         out
     }
 
+    /// Kernel names of the disks that hold `path` (a depot's state root, say): from its
+    /// `st_dev` and from the mount it lives on, resolved as [`Host::system_disks`] resolves `/`.
+    /// Empty when `path` cannot be read or lives on no disk (tmpfs).
+    pub fn disks_backing(&self, path: &Path) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        if let Ok(md) = fs::metadata(path) {
+            self.sys.leaf_disks(md.dev(), &mut out);
+        }
+        if let Some(m) = mountinfo::mount_of(path, &self.mounts) {
+            for d in mountinfo::block_devices(m, &self.mounts, 0) {
+                self.sys.leaf_disks(d, &mut out);
+            }
+        }
+        out
+    }
+
     /// The first mount found on one of `members` ("maj:min" pairs as [`WholeDisk::members`]
     /// gives them): (member name, mount point). By `maj:min` and by mount source (btrfs and
     /// overlay mounts show an anonymous `0:N`).

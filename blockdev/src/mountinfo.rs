@@ -135,7 +135,7 @@ pub fn backing(e: &MountEntry) -> Backing {
 /// The mount holding `path` among `mounts`: the one with `path`'s `st_dev`, else the one
 /// with the longest mount point that is a prefix of the resolved path (the last listed wins,
 /// being on top).
-fn mount_of<'a>(path: &Path, mounts: &'a [MountEntry]) -> Option<&'a MountEntry> {
+pub fn mount_of<'a>(path: &Path, mounts: &'a [MountEntry]) -> Option<&'a MountEntry> {
     if let Ok(md) = fs::metadata(path) {
         let d = devno_str(md.dev());
         if let Some(m) = mounts.iter().rev().find(|m| m.devno == d) {

@@ -164,32 +164,45 @@ pub struct DiskInfo {
     pub diskseq: Option<u64>,
 }
 
-fn with_context(e: io::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+/// An I/O error met reading sysfs: what was being done, to which path, and the OS error itself
+/// as the source (so its errno survives the context: see [`is_out_of_descriptors`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct SysfsIoError {
+    what: &'static str,
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+fn with_context(e: io::Error, what: &'static str, path: &Path) -> io::Error {
+    let kind = e.kind();
+    let context = SysfsIoError {
+        what,
+        path: path.to_path_buf(),
+        source: e,
+    };
+    io::Error::new(kind, context)
+}
+
+/// The OS error number behind `e`, also when this module wrapped it with context.
+pub fn os_error(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()?
+            .downcast_ref::<SysfsIoError>()?
+            .source
+            .raw_os_error()
+    })
+}
+
+/// Whether `e` is the reader running out of file descriptors (EMFILE for the process, ENFILE for
+/// the system): a state of the reader, not of the device, so every other device would fail alike.
+pub fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(os_error(e), Some(libc::EMFILE | libc::ENFILE))
 }
 
 fn invalid(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
-}
-
-/// All whole disks present, sorted by name (no partitions; loop devices only when attached: size
-/// > 0 and a backing file). A device that vanishes while being read is left out.
-pub fn scan_disks(sys_root: &Path) -> io::Result<Vec<DiskInfo>> {
-    let class = sys_root.join("class/block");
-    let entries = fs::read_dir(&class).map_err(|e| with_context(e, "listing", &class))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| with_context(e, "listing", &class))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        match identify(sys_root, &name) {
-            Ok(Some(d)) => out.push(d),
-            Ok(None) => {}
-            // One odd device must not hide the others from the bench.
-            Err(e) => tracing::warn!("skipping block device {name}: {e}"),
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
 }
 
 /// One disk by kernel name; `Ok(None)` if it is absent, a partition, or a detached loop device.
@@ -406,6 +419,9 @@ pub fn describe(disk: &DiskInfo) -> String {
     }
     parts.join("  ")
 }
+
+mod scan;
+pub use scan::{Scan, Skipped, scan, scan_disks};
 
 #[cfg(test)]
 mod tests;

@@ -233,21 +233,50 @@ async fn run(
     tx: mpsc::Sender<DiskEvent>,
     stats: WatchStats,
 ) {
-    for ev in initial {
-        if tx.send(ev).await.is_err() {
-            return;
-        }
+    if !send_all(&tx, initial).await {
+        return;
     }
+    // Out of file descriptors, nothing in sysfs can be read: say so once, hold disk events back,
+    // and re-scan every second (and on every uevent) until a scan works; then the table diff
+    // reports whatever changed meanwhile, including the events lost while short.
+    let mut short_of_fds = false;
     loop {
         let got = tokio::select! {
             _ = tx.closed() => return,
-            got = sock.recv() => got,
+            got = sock.recv() => Some(got),
+            _ = tokio::time::sleep(FD_RETRY), if short_of_fds => None,
         };
+        if short_of_fds {
+            if let Some(Err(UeventError::Overflow)) = &got {
+                stats.overflows.fetch_add(1, Ordering::Relaxed);
+                sock.drain();
+            } else if let Some(Ok(_)) = &got {
+                stats.uevents.fetch_add(1, Ordering::Relaxed);
+            }
+            match sysfs::scan_disks(&sys_root) {
+                Ok(found) => {
+                    short_of_fds = false;
+                    tracing::info!("reading disks from sysfs again (file descriptors are back)");
+                    if !send_all(&tx, table.rescan(found)).await {
+                        return;
+                    }
+                }
+                Err(e) if sysfs::is_out_of_descriptors(&e) => {}
+                Err(e) => tracing::error!("re-scanning disks: {e}"),
+            }
+            continue;
+        }
+        let Some(got) = got else { continue };
         let events = match got {
             Ok(uevent) => {
                 stats.uevents.fetch_add(1, Ordering::Relaxed);
                 match table.apply(&sys_root, &uevent) {
                     Ok(evs) => evs,
+                    Err(e) if sysfs::is_out_of_descriptors(&e) => {
+                        short_of_fds = true;
+                        tracing::error!("{}", out_of_fds_line(&e));
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!("identifying {} after a uevent: {e}", uevent.devpath);
                         continue;
@@ -262,6 +291,11 @@ async fn run(
                 );
                 match sysfs::scan_disks(&sys_root) {
                     Ok(found) => table.rescan(found),
+                    Err(e) if sysfs::is_out_of_descriptors(&e) => {
+                        short_of_fds = true;
+                        tracing::error!("{}", out_of_fds_line(&e));
+                        continue;
+                    }
                     Err(e) => {
                         tracing::error!("re-scanning disks after a uevent overflow: {e}");
                         continue;
@@ -279,13 +313,33 @@ async fn run(
                 continue;
             }
         };
-        for ev in events {
-            tracing::debug!("disk event {ev:?}");
-            if tx.send(ev).await.is_err() {
-                return;
-            }
+        if !send_all(&tx, events).await {
+            return;
         }
     }
+}
+
+/// How often a watcher out of file descriptors tries to read sysfs again.
+const FD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The one line a watcher logs when it runs out of file descriptors.
+fn out_of_fds_line(e: &io::Error) -> String {
+    format!(
+        "identifying disks: out of file descriptors ({e}); disk events wait until sysfs can be \
+         read again (re-scanning every {} s)",
+        FD_RETRY.as_secs()
+    )
+}
+
+/// Sends `events` in order; false when the receiver is gone (the watcher stops).
+async fn send_all(tx: &mpsc::Sender<DiskEvent>, events: Vec<DiskEvent>) -> bool {
+    for ev in events {
+        tracing::debug!("disk event {ev:?}");
+        if tx.send(ev).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Breach reports from the audit log: for a time window, per client, which datasets were held
-//! (and how: encrypted, where), where their data was written, and the wipes and withdrawals.
+//! (and how: encrypted, where), where their data was written, and the wipes and withdrawals;
+//! and the key backups (epochs) that existed in the window, since whoever holds one of those
+//! and the depot's backups can read the backed-up ciphertext of every key in it.
 //!
 //! One pass over the log, keeping a small record per dataset (not per line), so 100k entries take
 //! well under a second.
@@ -26,6 +28,24 @@ pub struct BreachReport {
     pub audit_entries: u64,
     /// Per client.
     pub clients: Vec<ClientBreach>,
+    /// Key backups (epochs) written before the window's end and not destroyed before its
+    /// start.
+    pub key_backups: Vec<KeyBackupBreach>,
+}
+
+/// A key backup epoch that existed during the window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyBackupBreach {
+    /// Epoch id.
+    pub epoch: String,
+    /// When it was written (RFC 3339).
+    pub written: String,
+    /// Dataset keys in it.
+    pub datasets: u64,
+    /// When it expires (RFC 3339).
+    pub expires: String,
+    /// When its epoch key was destroyed (pruned or rotated), if before the window's end.
+    pub destroyed: Option<String>,
 }
 
 /// One client's part of a breach report.
@@ -106,6 +126,8 @@ impl BreachReport {
         }
         let mut ds: BTreeMap<String, DatasetBreach> = BTreeMap::new();
         let mut clients: BTreeMap<String, ClientBreach> = BTreeMap::new();
+        let mut epochs: BTreeMap<String, (KeyBackupBreach, Option<OffsetDateTime>)> =
+            BTreeMap::new();
         let mut n = 0u64;
         for rec in log.records()? {
             let rec = rec?;
@@ -197,6 +219,33 @@ impl BreachReport {
                     c.withdrawals
                         .push(format!("{reason} {case} at {}", rec.time));
                 }
+                AuditEvent::Backup {
+                    epoch,
+                    datasets,
+                    expires,
+                } => {
+                    let b = KeyBackupBreach {
+                        epoch: epoch.clone(),
+                        written: rec.time.clone(),
+                        datasets,
+                        expires,
+                        destroyed: None,
+                    };
+                    epochs.insert(epoch, (b, None));
+                }
+                AuditEvent::Prune { epochs: gone }
+                | AuditEvent::BackupRotated {
+                    destroyed: gone, ..
+                } => {
+                    for e in gone {
+                        if let Some((b, at)) = epochs.get_mut(&e)
+                            && at.is_none()
+                        {
+                            b.destroyed = Some(rec.time.clone());
+                            *at = Some(t);
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -217,12 +266,20 @@ impl BreachReport {
                 c
             })
             .collect();
+        // Written before the window's end (later entries were skipped above); gone only if
+        // destroyed before its start.
+        let key_backups = epochs
+            .into_values()
+            .filter(|(_, gone)| gone.is_none_or(|g| g >= from))
+            .map(|(b, _)| b)
+            .collect();
         Ok(BreachReport {
             from: rfc3339(from),
             to: rfc3339(to),
             generated: rfc3339(OffsetDateTime::now_utc()),
             audit_entries: n,
             clients,
+            key_backups,
         })
     }
 
@@ -282,9 +339,56 @@ mod tests {
             1,
             "the wiped dataset was not held later"
         );
+        assert!(r.key_backups.is_empty());
         assert!(parse_bound("2026-02-30", false).is_err());
         assert!(
             parse_bound("2026-03-01", true).unwrap() > parse_bound("2026-03-01", false).unwrap()
         );
+    }
+
+    #[test]
+    fn key_backups_that_existed_in_the_window() {
+        let d = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&d.path().join("audit"), &d.path().join("keys")).unwrap();
+        let backup = |e: &str| AuditEvent::Backup {
+            epoch: e.into(),
+            datasets: 2,
+            expires: "2099-01-01T00:00:00Z".into(),
+        };
+        log.append(backup("ep-old")).unwrap();
+        log.append(AuditEvent::Prune {
+            epochs: vec!["ep-old".into()],
+        })
+        .unwrap();
+        let between = OffsetDateTime::now_utc();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        log.append(backup("ep-live")).unwrap();
+        log.append(backup("ep-rotated")).unwrap();
+        log.append(AuditEvent::BackupRotated {
+            case: "case-1".into(),
+            destroyed: vec!["ep-rotated".into()],
+            replaced_by: vec![],
+        })
+        .unwrap();
+        let now = OffsetDateTime::now_utc();
+        let hour = time::Duration::hours(1);
+        let all = BreachReport::build(&log, now - hour, now + hour).unwrap();
+        let names: Vec<_> = all.key_backups.iter().map(|b| b.epoch.as_str()).collect();
+        assert_eq!(names, ["ep-live", "ep-old", "ep-rotated"]);
+        assert!(all.key_backups[1].destroyed.is_some());
+        assert!(all.key_backups[0].destroyed.is_none());
+        assert_eq!(all.key_backups[0].datasets, 2);
+        // After the prune: the pruned epoch no longer existed.
+        let later = BreachReport::build(
+            &log,
+            between + time::Duration::milliseconds(500),
+            now + hour,
+        )
+        .unwrap();
+        let names: Vec<_> = later.key_backups.iter().map(|b| b.epoch.as_str()).collect();
+        assert_eq!(names, ["ep-live", "ep-rotated"]);
+        // Before any backup: none.
+        let before = BreachReport::build(&log, now - hour * 3, now - hour * 2).unwrap();
+        assert!(before.key_backups.is_empty());
     }
 }

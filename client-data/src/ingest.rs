@@ -187,6 +187,16 @@ impl Custody {
         )
     }
 
+    /// Makes the depot's key-encryption key if there is none yet (the first ingest needs it).
+    /// Returns its path and its check file's when this call made it, so the caller tells the operator, once, to keep
+    /// a copy of it and its check file off the machine; `None` when it already existed.
+    pub fn prepare_kek(
+        &self,
+    ) -> Result<Option<(std::path::PathBuf, std::path::PathBuf)>, DataError> {
+        let (_, made) = self.keys.kek_made(true)?;
+        Ok(made.then(|| (self.keys.kek_path().to_path_buf(), self.keys.check_path())))
+    }
+
     /// [`Custody::ingest`] under the given fresh id. The id is taken exclusively: its
     /// `.partial` directory with `mkdir`, its wrapped key with `link(2)` (both fail if they
     /// exist), the final directory with `RENAME_NOREPLACE`; a taken id is [`DataError::IdTaken`]

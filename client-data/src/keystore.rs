@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, Payload};
@@ -69,7 +69,8 @@ impl Keystore {
         self.dir.join("epochs")
     }
 
-    fn check_path(&self) -> PathBuf {
+    /// The KEK's check file (`kek.check`), which every copy of the KEK must travel with.
+    pub fn check_path(&self) -> PathBuf {
         self.dir.join("kek.check")
     }
 
@@ -88,9 +89,16 @@ impl Keystore {
     /// same key. A `kek.check` missing next to an existing KEK is an error, never silently
     /// recreated: it cannot be told from a KEK swapped under the datasets.
     pub fn kek(&self, create: bool) -> Result<Key, DataError> {
+        self.kek_made(create).map(|(key, _)| key)
+    }
+
+    /// [`Keystore::kek`], and whether this call made it: exactly one of any number of
+    /// concurrent first calls gets `true` (the one that made it under the lock), so the
+    /// operator is told once to back it up.
+    pub fn kek_made(&self, create: bool) -> Result<(Key, bool), DataError> {
         // Fast path, no lock: both files there and agreeing.
         if let (Some(key), Some(check)) = (self.read_kek()?, self.read_check()?) {
-            return self.checked(key, &check);
+            return Ok((self.checked(key, &check)?, false));
         }
         mkdir_private(&self.dir)?;
         let lock_path = self.dir.join("kek.lock");
@@ -107,7 +115,7 @@ impl Keystore {
             source: e.into(),
         })?;
         match (self.read_kek()?, self.read_check()?) {
-            (Some(key), Some(check)) => self.checked(key, &check),
+            (Some(key), Some(check)) => Ok((self.checked(key, &check)?, false)),
             (Some(_), None) => Err(DataError::KekInvalid {
                 path: self.kek_path.clone(),
                 reason: format!(
@@ -120,12 +128,13 @@ impl Keystore {
                 if let Some(check) = &check
                     && let Some(key) = self.finish_interrupted(check)?
                 {
-                    return Ok(key);
+                    // Made by an earlier call that was interrupted before it could say so.
+                    return Ok((key, true));
                 }
                 if !create || self.any_wrapped_keys() || check.is_some() {
                     return Err(DataError::KekMissing(self.kek_path.clone()));
                 }
-                self.make_kek()
+                Ok((self.make_kek()?, true))
             }
         }
     }
@@ -372,12 +381,18 @@ fn wrap(kek: &Key, id: &str, key: &Key) -> String {
     serde_json::to_string(&w).expect("serialize")
 }
 
-/// Creates `dir` (and parents) with mode 0700.
+/// Creates `dir` (and the parents it lacks) with mode 0700. The mode goes to mkdir, so a
+/// parent made on the way (`reports/` of `reports/sanitization`) is private too, whatever the
+/// umask; the leaf's mode is set again in case a umask took bits away.
 pub fn mkdir_private(dir: &Path) -> Result<(), DataError> {
     if dir.is_dir() {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(io("creating directory", dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating directory", dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("setting mode of", dir))
 }
 

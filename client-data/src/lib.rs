@@ -40,11 +40,11 @@ pub mod withdraw;
 pub mod xattrs;
 
 pub use audit::{
-    AuditEvent, AuditHead, AuditLog, AuditPublicKey, AuditRecord, Checkpoint, DeviceIdentity,
-    WipeReason,
+    AuditEvent, AuditFilter, AuditHead, AuditLog, AuditPublicKey, AuditRecord, Checkpoint,
+    DeviceIdentity, EVENT_KINDS, WipeReason,
 };
 pub use backup::{BackupOptions, Epoch, KeyBackup, Rotation};
-pub use breach::BreachReport;
+pub use breach::{BreachReport, KeyBackupBreach};
 pub use cases::{DatasetFate, DeletionCase};
 pub use custody::{Custody, CustodyConfig, CustodyPaths, DatasetListing};
 pub use dataset::{DatasetId, DatasetInfo, DatasetState, Destination};

@@ -199,6 +199,14 @@ pub fn detect_fstype(dev: &Path) -> Option<&'static str> {
 }
 
 impl PartitionMount {
+    /// tek's own checks of an NTFS volume before any mount (dirty bit, hibernation, unclean
+    /// journal), as [`PartitionMount::mount_device`] runs them; changes nothing. Public so a
+    /// test can tell these refusals from a driver's own (ntfs-3g refuses a hibernated volume
+    /// by itself; the kernel's ntfs3 is not relied on to).
+    pub fn check_ntfs_writable(source: &Path) -> Result<(), MountRefusal> {
+        crate::ntfs_mount::check_writable(source)
+    }
+
     /// Finds the partition `selector` means (see [`find_partition`]) on `device` (block device or
     /// image file) and mounts it read-write on a fresh private directory; `fstype` auto-detected
     /// when `None`. NTFS goes to the kernel's `ntfs3` where it exists, else to `ntfs-3g`; a

@@ -204,6 +204,26 @@ pub enum StoreError {
         /// `name@version`.
         image: String,
     },
+    /// A received manifest (from a remote library) without a valid signature by a trusted key.
+    #[error(
+        "image {image}: signature {status}; a manifest from a remote is accepted only when signed \
+         by a trusted key"
+    )]
+    NotTrusted {
+        /// `name@version`.
+        image: String,
+        /// What the signature check found.
+        status: crate::signature::SignatureStatus,
+    },
+    /// A received image exists in the store with different manifest bytes.
+    #[error(
+        "image {image} is in the store with a different manifest; nothing was changed (remove \
+         the local one first if the remote's should replace it)"
+    )]
+    DiffersLocally {
+        /// `name@version`.
+        image: String,
+    },
     /// `tek image accept` named a finding the image's audit does not have (or it has none).
     #[error("image {image} has no audit finding {finding}{}", if *audited { "" } else { " (it was never audited)" })]
     NoSuchFinding {

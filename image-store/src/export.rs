@@ -16,6 +16,7 @@ use sha2::Digest;
 
 use crate::chunk::{ChunkId, Piece};
 use crate::error::StoreError;
+use crate::export_io::{Watched, ZeroFill};
 use crate::image_ref::ImageRef;
 use crate::manifest::{Extent, Manifest};
 use crate::read::Reader;
@@ -108,6 +109,17 @@ impl Store {
     /// every chunk is hash-checked and the whole file's SHA-256 and BLAKE3 are compared with the
     /// manifest. Holes are left sparse. On any error the partial file is removed.
     pub fn export(&self, image: &ImageRef, out: &Path) -> Result<Manifest, StoreError> {
+        self.export_with(image, out, |_, _| {})
+    }
+
+    /// [`Store::export`], calling `progress(position, size)` as the export moves through the
+    /// image (`tek image export`'s bar).
+    pub fn export_with(
+        &self,
+        image: &ImageRef,
+        out: &Path,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Manifest, StoreError> {
         let (m, _) = self.load_manifest(image)?;
         let mut f = File::options()
             .write(true)
@@ -115,7 +127,12 @@ impl Store {
             .open(out)
             .map_err(|e| StoreError::io("creating export file", out, e))?;
         let res = self
-            .export_to(&m, &mut f, out, Reader::default())
+            .export_to(
+                &m,
+                &mut Watched::new(&mut f, m.size, progress),
+                out,
+                Reader::default(),
+            )
             .and_then(|()| {
                 f.sync_all()
                     .map_err(|e| StoreError::io("writing export", out, e))
@@ -124,6 +141,25 @@ impl Store {
             let _ = std::fs::remove_file(out);
         }
         res.map(|_| m)
+    }
+
+    /// Streams the raw image to `w`, which cannot seek (a pipe: holes are written as zeros),
+    /// with the same checks as [`Store::export`]; `name` names `w` in errors. What `w` got
+    /// before a failure stays there: the error (and the caller's exit status) is what tells the
+    /// reader that the stream is not the image.
+    pub fn export_stream<W: Write>(
+        &self,
+        image: &ImageRef,
+        w: W,
+        name: &Path,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Manifest, StoreError> {
+        let (m, _) = self.load_manifest(image)?;
+        let mut out = Watched::new(ZeroFill::new(w), m.size, progress);
+        self.export_to(&m, &mut out, name, Reader::default())?;
+        out.flush()
+            .map_err(|e| StoreError::io("writing export", name, e))?;
+        Ok(m)
     }
 
     /// Writes image `m` to `f` (named `out` in errors; from its current position, holes skipped

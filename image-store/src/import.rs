@@ -58,6 +58,19 @@ pub struct ImportOptions {
     /// Zero the free space of every filesystem the audit reads before storing (raw sources
     /// only; see `scrub.rs`); the manifest keeps the source's hashes in `scrubbed`.
     pub scrub_free: bool,
+    /// Where to send progress (`tek image import`'s bar). A `Stored` update that finds the
+    /// channel full is dropped (the next one catches up), so a slow reader never holds the
+    /// import back; the one `Auditing` update waits for room.
+    pub progress: Option<crossbeam_channel::Sender<ImportProgress>>,
+}
+
+/// One progress update of an import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportProgress {
+    /// Image bytes stored so far (chunks and holes, in image order).
+    Stored(u64),
+    /// The image is read; its partitions are being probed and audited.
+    Auditing,
 }
 
 impl Default for ImportOptions {
@@ -72,6 +85,7 @@ impl Default for ImportOptions {
             limits: DecodeLimits::default(),
             audit: Some(crate::audit::AuditOptions::default()),
             scrub_free: false,
+            progress: None,
         }
     }
 }
@@ -334,7 +348,11 @@ impl Store {
                                 abort.store(true, Ordering::Relaxed);
                                 first_err = Some(e);
                             }
+                            let end = d.extent.offset() + d.extent.len();
                             push_extent(&mut extents, d.extent);
+                            if let Some(tx) = &opts.progress {
+                                let _ = tx.try_send(ImportProgress::Stored(end));
+                            }
                         }
                     }
                 }
@@ -388,6 +406,9 @@ impl Store {
         // The probe and the audit read what was stored (verified chunks), so they also work
         // for compressed sources; the import session keeps gc off those chunks meanwhile.
         let mut manifest = manifest;
+        if let Some(tx) = &opts.progress {
+            let _ = tx.send(ImportProgress::Auditing);
+        }
         if let Some(g) = manifest.gpt.as_mut() {
             crate::probe::probe_partitions(self, &manifest.extents, g)
                 .map_err(|e| StoreError::io("reading the partitions of", source, e))?;

@@ -86,18 +86,29 @@ pub fn probe_partitions(
     gpt: &mut GptSummary,
 ) -> std::io::Result<()> {
     let mut r = ImageReader::new(store, extents);
+    let size = r.size;
+    probe_partitions_in(&mut r, size, gpt)
+}
+
+/// [`probe_partitions`] over any image or disk of `size` bytes (`tek write` shows what a
+/// target holds before it is overwritten with this).
+pub fn probe_partitions_in<R: Read + Seek>(
+    r: &mut R,
+    size: u64,
+    gpt: &mut GptSummary,
+) -> std::io::Result<()> {
     let ss = gpt.logical_sector_size;
     for p in &mut gpt.partitions {
         let Some(start) = p.first_lba.checked_mul(ss) else {
             continue;
         };
         let len = (p.last_lba.saturating_sub(p.first_lba) + 1).saturating_mul(ss);
-        if start >= r.size {
+        if start >= size {
             continue;
         }
         let n = (blockdev::fstype::PROBE_LEN as u64)
             .min(len)
-            .min(r.size - start) as usize;
+            .min(size - start) as usize;
         let mut head = vec![0u8; n];
         r.seek(SeekFrom::Start(start))?;
         r.read_exact(&mut head)?;
@@ -106,11 +117,11 @@ pub fn probe_partitions(
         };
         p.filesystem = Some(kind.name().to_string());
         if kind == FsKind::Vfat {
-            p.windows_bcd = has_bcd(&mut r, start, len);
+            p.windows_bcd = has_bcd(r, start, len);
         }
         p.label = match kind {
             // A malformed $Volume is the image's problem at write time, not the import's.
-            FsKind::Ntfs => blockdev::ntfs::volume_info(&mut r, start)
+            FsKind::Ntfs => blockdev::ntfs::volume_info(&mut *r, start)
                 .ok()
                 .and_then(|v| v.label),
             _ => blockdev::fstype::label(&head),
@@ -124,7 +135,7 @@ pub const BCD_PATH: &str = "EFI/Microsoft/Boot/BCD";
 
 /// True if the FAT filesystem at `[start, start + len)` holds [`BCD_PATH`] (names compared
 /// case-insensitively, as FAT does). An unreadable FAT holds nothing we can see.
-fn has_bcd(r: &mut ImageReader<'_>, start: u64, len: u64) -> bool {
+fn has_bcd<R: Read + Seek>(r: &mut R, start: u64, len: u64) -> bool {
     let part = Window {
         r,
         start,
@@ -139,15 +150,15 @@ fn has_bcd(r: &mut ImageReader<'_>, start: u64, len: u64) -> bool {
     fs.root_dir().open_file(BCD_PATH).is_ok()
 }
 
-/// One partition of the image as a read-only disk for fatfs.
-struct Window<'a, 'b> {
-    r: &'a mut ImageReader<'b>,
+/// One partition of an image or disk as a read-only disk for fatfs.
+struct Window<'a, R> {
+    r: &'a mut R,
     start: u64,
     len: u64,
     pos: u64,
 }
 
-impl Read for Window<'_, '_> {
+impl<R: Read + Seek> Read for Window<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
         if n == 0 {
@@ -160,7 +171,7 @@ impl Read for Window<'_, '_> {
     }
 }
 
-impl std::io::Write for Window<'_, '_> {
+impl<R> std::io::Write for Window<'_, R> {
     fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
         Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
@@ -172,7 +183,7 @@ impl std::io::Write for Window<'_, '_> {
     }
 }
 
-impl Seek for Window<'_, '_> {
+impl<R> Seek for Window<'_, R> {
     fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
         let p = match to {
             SeekFrom::Start(p) => Some(p),

@@ -41,7 +41,9 @@ pub fn image_free_ranges(path: &Path) -> Result<Ranges, StoreError> {
         .map_err(|e| StoreError::io("sizing", path, e))?;
     let gpt = crate::audit::gpt_of(&mut f, size)
         .map_err(|e| StoreError::io("reading the GPT of", path, e))?;
-    let img = std::rc::Rc::new(std::cell::RefCell::new(f));
+    let img = std::rc::Rc::new(std::cell::RefCell::new(
+        crate::audit::window::BlockCache::new(f),
+    ));
     let mut out = Vec::new();
     for (number, _, start, len) in crate::audit::partitions(size, gpt.as_ref()) {
         let mut w = Window::new(
@@ -130,7 +132,7 @@ impl<R: Read> Read for ZeroRanges<R> {
                 while at < b {
                     let end = ((at / 4096 + 1) * 4096).min(b);
                     let block = &part[(at - a) as usize..(end - a) as usize];
-                    if block.iter().any(|&x| x != 0) {
+                    if !crate::audit::free::all_zero(block) {
                         self.nonzero += block.len() as u64;
                     }
                     at = end;

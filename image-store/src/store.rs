@@ -62,7 +62,8 @@ pub const ABSENT_NAMED: usize = 5;
 /// One line about absent chunks: the count, how many are quarantined, the first few with offsets.
 pub fn describe_absent(absent: &[AbsentChunk]) -> String {
     let quarantined = absent.iter().filter(|a| a.quarantined).count();
-    let mut s = format!("{} chunk(s) not in the store", absent.len());
+    let noun = if absent.len() == 1 { "chunk" } else { "chunks" };
+    let mut s = format!("{} {noun} not in the store", absent.len());
     if quarantined > 0 {
         s.push_str(&format!(" ({quarantined} quarantined as corrupt)"));
     }
@@ -498,7 +499,7 @@ mod tests {
             ]
         );
         let line = describe_absent(&a);
-        assert!(line.starts_with("4 chunk(s) not in the store (1 quarantined as corrupt): "));
+        assert!(line.starts_with("4 chunks not in the store (1 quarantined as corrupt): "));
         assert!(line.contains(&format!("{} at offset 5000 (quarantined)", id(5))));
         let many: Vec<AbsentChunk> = std::iter::repeat_n(a[0].clone(), 9).collect();
         assert!(describe_absent(&many).ends_with(" and 4 more"));

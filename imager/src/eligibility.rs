@@ -101,6 +101,15 @@ pub enum Refusal {
         /// The diskseq found.
         actual: u64,
     },
+    /// This user may not open the target: the device node is root's (and the disk group's).
+    #[error(
+        "permission denied opening {path}: writing a disk needs root (run the command with \
+         sudo), or read and write access to the device node"
+    )]
+    NoPermission {
+        /// The device node.
+        path: String,
+    },
     /// Someone else has it open exclusively or holds its lock.
     #[error("busy: {detail}")]
     Busy {
@@ -118,7 +127,8 @@ pub struct TargetInfo {
     pub model: Option<String>,
     /// Serial number (sysfs `device/serial` or `serial`).
     pub serial: Option<String>,
-    /// Size in bytes.
+    /// Size in bytes (`size_bytes` in JSON, as every size tek prints).
+    #[serde(rename = "size_bytes")]
     pub size: u64,
     /// Logical sector size.
     pub logical_sector: u64,
@@ -211,8 +221,13 @@ pub fn check_target_on(
     if disk.read_only() {
         return Err(Refusal::ReadOnly);
     }
-    let f = fs::File::open(path).map_err(|e| Refusal::Busy {
-        detail: e.to_string(),
+    let f = fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Refusal::NoPermission {
+            path: path.display().to_string(),
+        },
+        _ => Refusal::Busy {
+            detail: e.to_string(),
+        },
     })?;
     if ioctl::read_only(f.as_fd()).unwrap_or(false) {
         return Err(Refusal::ReadOnly);

@@ -11,7 +11,8 @@
 //!   `ntfsresize`, then checked with `ntfsresize --info --force` and `ntfsfix -n`. ntfsresize
 //!   sets the dirty bit to schedule chkdsk; the bit was clear before (the first check refuses
 //!   a dirty volume), so once both checks passed tek clears the bit *it* caused (`ntfsfix -d`)
-//!   and runs `ntfsresize --info` once more, which must now pass without `--force`;
+//!   and runs `ntfsresize --info` once more, which must now pass without `--force`; the bit is
+//!   read back, and [`FsGrowth::first_boot`] says Windows will not run chkdsk, and why;
 //! - xfs, btrfs: grown mounted (`xfs_growfs`, `btrfs filesystem resize max`) on a private
 //!   mount, checked unmounted (`xfs_repair -n`, `btrfs check --readonly`).
 //!
@@ -45,6 +46,10 @@ pub struct FsGrowth {
     pub note: Option<String>,
     /// The checks after growing, in order (each must have passed for the write to succeed).
     pub checks: Vec<FsCheck>,
+    /// What the volume's own system does about the growth at its first boot, when growing
+    /// could change that (NTFS: whether Windows runs chkdsk), and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_boot: Option<String>,
 }
 
 /// One run of a filesystem's own checker.
@@ -267,8 +272,15 @@ fn grow_ntfs(disk: &Path, dev: &Path, g: &mut FsGrowth) -> Result<(), ImagerErro
         run(disk, &["ntfsfix", "-n"], dev, None)?,
         "checking grown NTFS",
     )?);
-    if volume_dirty(disk, dev)? {
-        // ntfsresize scheduled chkdsk; the checks above passed, and the bit was clear before.
+    // ntfsresize always marks the volume dirty, which schedules chkdsk at Windows' first boot
+    // (its man page: "intentional"), as a guard against its own mistakes. tek clears the mark it
+    // caused because that guard has been run here instead: the volume was clean before (not
+    // dirty, not hibernated, `ntfsresize --info` consistent), and after the resize `ntfsresize
+    // --info --force` walked the whole MFT and bitmap and `ntfsfix -n` (the dry run of what
+    // `ntfsfix -d` does: $MFT/$MFTMirr, the backup boot sector, the journal) found nothing to
+    // fix, so `ntfsfix -d` changes the flag and nothing else. The report says so.
+    let marked = volume_dirty(disk, dev)?;
+    if marked {
         must(
             disk,
             run(disk, &["ntfsfix", "-d"], dev, None)?,
@@ -283,7 +295,22 @@ fn grow_ntfs(disk: &Path, dev: &Path, g: &mut FsGrowth) -> Result<(), ImagerErro
     if volume_dirty(disk, dev)? {
         return Err(err(disk, "the grown NTFS volume is still marked dirty"));
     }
+    g.first_boot = Some(ntfs_first_boot(marked));
     Ok(())
+}
+
+/// The report's sentence on chkdsk at Windows' first boot, once the volume is not dirty (read
+/// back by tek after the last check); `cleared`: tek cleared the mark ntfsresize set.
+fn ntfs_first_boot(cleared: bool) -> String {
+    if cleared {
+        "Windows will not run chkdsk for the resize: ntfsresize marked the volume dirty to \
+         schedule it; tek cleared that mark (ntfsfix -d) after the grown volume passed \
+         `ntfsresize --info --force` and `ntfsfix -n`, and the unmarked volume passed \
+         `ntfsresize --info`"
+            .into()
+    } else {
+        "Windows will not run chkdsk for the resize: the grown volume is not marked dirty".into()
+    }
 }
 
 fn volume_dirty(disk: &Path, dev: &Path) -> Result<bool, ImagerError> {

@@ -51,6 +51,25 @@ impl Phase {
     }
 }
 
+impl Phase {
+    /// The phase in words for a technician's screen (`fitting the partition table`); the JSON
+    /// and the logs keep [`Phase::as_str`].
+    pub fn words(self) -> &'static str {
+        match self {
+            Phase::Checking => "checking the disk",
+            Phase::Writing => "writing",
+            Phase::Flushing => "flushing to the disk",
+            Phase::Verifying => "verifying",
+            Phase::FixingGpt => "fitting the partition table",
+            Phase::GrowingFilesystem => "growing the filesystem",
+            Phase::FirstMib => "writing the partition table",
+            Phase::ClearingBeyond => "clearing past the image",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -49,7 +49,8 @@ pub struct ImageInfo {
     pub manifest_hash: Option<String>,
     /// Signature status as checked by the caller (store images only).
     pub signature: Option<SignatureStatus>,
-    /// Size in bytes.
+    /// Size in bytes (`size_bytes` in JSON, as every size tek prints).
+    #[serde(rename = "size_bytes")]
     pub size: u64,
     /// Logical sector size of the image's GPT, when it has one.
     pub gpt_sector: Option<u64>,

@@ -1,7 +1,7 @@
 //! Support for the end-to-end tests: a per-test bench (scratch directory, depot, agent config
 //! with virtual bays bound to this test's own files, the signed sample image imported), the
-//! `tek agent` process, loop devices (re-exported from `client-data`'s RAII helper), and
-//! independent checks (sgdisk, byte ranges, mounting and hashing files, the audit chain).
+//! `tek agent` process, loop devices (re-exported from `client-data`'s RAII helper), a tmux
+//! terminal, and independent checks (sgdisk, byte ranges, mounting and hashing files, the audit chain).
 
 #![forbid(unsafe_code)]
 
@@ -13,9 +13,11 @@ pub use client_data::loopdev::{LoopDevice, LoopOptions, can_attach};
 
 mod checks;
 mod throttle;
+mod tmux;
 pub use checks::*;
 use serde_json::Value;
 pub use throttle::Throttle;
+pub use tmux::Tmux;
 
 /// One MiB.
 pub const MIB: u64 = 1 << 20;

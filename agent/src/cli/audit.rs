@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use client_data::{AuditEvent, AuditHead, AuditLog, AuditPublicKey, BreachReport};
+use std::io::Write;
+
+use client_data::{
+    AuditEvent, AuditFilter, AuditHead, AuditLog, AuditPublicKey, AuditRecord, BreachReport,
+};
 
 use agent::Depot;
 
@@ -22,8 +26,27 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the log.
+    /// Print the log, or the entries a window, a client or event kinds select.
+    #[command(
+        after_help = "Examples:\n  tek audit show --since 2026-03-01 --until 2026-03-07 --client C-1042\n  tek audit show --event wipe --event withdraw -n 20"
+    )]
     Show {
+        /// Only entries at or after T (RFC 3339, or YYYY-MM-DD for the start of that day, UTC).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Only entries at or before T (RFC 3339, or YYYY-MM-DD for the whole of that day, UTC).
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+        /// Only entries about this client (naming it or one of its datasets).
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// Only entries of this kind (repeat, or separate with commas).
+        #[arg(long, value_name = "KIND", value_delimiter = ',',
+              value_parser = clap::builder::PossibleValuesParser::new(client_data::EVENT_KINDS))]
+        event: Vec<String>,
+        /// Only the last N selected entries.
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
         /// Print JSON lines as stored.
         #[arg(long)]
         json: bool,
@@ -89,23 +112,14 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
                 print_unsigned(&head);
             }
         }
-        AuditCommand::Show { json } => {
-            for rec in log.records().context("reading audit log")? {
-                let rec = rec.context("reading audit log")?;
-                if json {
-                    let mut v = serde_json::to_value(&rec).context("serializing")?;
-                    v["hash"] = serde_json::Value::String(rec.hash.clone());
-                    println!("{v}");
-                } else {
-                    let mut v = serde_json::to_value(&rec.event).context("serializing")?;
-                    let kind = v["event"].as_str().unwrap_or("?").to_string();
-                    if let Some(o) = v.as_object_mut() {
-                        o.remove("event");
-                    }
-                    println!("{:>6} {} {:<18} {}", rec.seq, rec.time, kind, v);
-                }
-            }
-        }
+        AuditCommand::Show {
+            since,
+            until,
+            client,
+            event,
+            lines,
+            json,
+        } => show(&log, since, until, client, event, lines, json)?,
         AuditCommand::Head { json } => {
             let head = log.head().context("reading audit log head")?;
             if json {
@@ -183,10 +197,117 @@ pub fn run(depot: &Depot, cmd: AuditCommand) -> Result<()> {
                         println!("  {w}");
                     }
                 }
+                if report.clients.is_empty() {
+                    println!("no client data was held in this window");
+                }
+                print_key_backups(&report.key_backups);
             }
         }
     }
     Ok(())
+}
+
+/// `tek audit show`: the selected entries in log order (the last `lines` of them when given);
+/// an empty selection says so on stderr, so a pipe reads nothing.
+fn show(
+    log: &AuditLog,
+    since: Option<String>,
+    until: Option<String>,
+    client: Option<String>,
+    event: Vec<String>,
+    lines: Option<usize>,
+    json: bool,
+) -> Result<()> {
+    let bound = |s: Option<String>, end: bool, what: &str| {
+        s.map(|s| client_data::breach::parse_bound(&s, end))
+            .transpose()
+            .with_context(|| format!("parsing {what}"))
+    };
+    let windowed = since.is_some() || until.is_some();
+    let mut filter = AuditFilter::new(
+        bound(since, false, "--since")?,
+        bound(until, true, "--until")?,
+        client,
+        event,
+    )
+    .context("choosing audit entries")?;
+    let mut tail = std::collections::VecDeque::new();
+    let mut shown = 0u64;
+    let mut out = std::io::stdout().lock();
+    for rec in log.records().context("reading audit log")? {
+        let rec = rec.context("reading audit log")?;
+        if !filter.keep(&rec) {
+            continue;
+        }
+        shown += 1;
+        let line = audit_line(&rec, json)?;
+        match lines {
+            Some(n) => {
+                tail.push_back(line);
+                if tail.len() > n {
+                    tail.pop_front();
+                }
+            }
+            None => writeln!(out, "{line}").context("writing output")?,
+        }
+    }
+    for line in tail {
+        writeln!(out, "{line}").context("writing output")?;
+    }
+    out.flush().context("writing output")?;
+    if shown == 0 {
+        let what = if windowed || filter.client.is_some() || !filter.events.is_empty() {
+            "no events match"
+        } else {
+            "no events: the audit log is empty"
+        };
+        eprintln!("{what}");
+    }
+    Ok(())
+}
+
+/// One entry as `show` prints it: the stored JSON (with its hash), or seq, time, kind and
+/// fields.
+fn audit_line(rec: &AuditRecord, json: bool) -> Result<String> {
+    if json {
+        let mut v = serde_json::to_value(rec).context("serializing")?;
+        v["hash"] = serde_json::Value::String(rec.hash.clone());
+        return Ok(v.to_string());
+    }
+    let mut v = serde_json::to_value(&rec.event).context("serializing")?;
+    let kind = rec.event.kind();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("event");
+    }
+    Ok(format!("{:>6} {} {:<18} {}", rec.seq, rec.time, kind, v))
+}
+
+/// The breach report's key backups: each one holds the dataset keys that make the depot's
+/// backed-up ciphertext readable, so a breach of the backups during the window is a breach of
+/// the datasets whose keys it holds.
+fn print_key_backups(backups: &[client_data::KeyBackupBreach]) {
+    if backups.is_empty() {
+        println!("key backups in the window: none");
+        return;
+    }
+    println!(
+        "key backups in the window ({}; each holds dataset keys that make backed-up \
+         ciphertext readable):",
+        backups.len()
+    );
+    for b in backups {
+        let end = match &b.destroyed {
+            Some(d) => format!("destroyed {d}"),
+            None => format!("not destroyed yet, expires {}", b.expires),
+        };
+        println!(
+            "  epoch {}: written {}, {} dataset key{}, {end}",
+            b.epoch,
+            b.written,
+            b.datasets,
+            if b.datasets == 1 { "" } else { "s" }
+        );
+    }
 }
 
 /// Says so when the last entries are covered by no signature (a crash between an append and its

@@ -50,11 +50,11 @@ pub fn run(depot: &Depot, cmd: BackupCommand) -> Result<()> {
                 render::print_json(&b)?;
             } else {
                 println!(
-                    "{}: {} keys, epoch {} expires {}",
+                    "{}: {}, epoch {} expires {}",
                     b.file.display(),
-                    b.datasets,
+                    render::count(b.datasets, "key"),
                     b.epoch,
-                    b.expires
+                    render::when(&b.expires)
                 );
                 if b.same_filesystem {
                     println!(
@@ -67,9 +67,20 @@ pub fn run(depot: &Depot, cmd: BackupCommand) -> Result<()> {
         BackupCommand::Prune { json } => {
             let gone = c.prune().context("pruning key-backup epochs")?;
             if json {
-                render::print_json(&gone)?;
+                let rows: Vec<_> = gone
+                    .iter()
+                    .map(|e| serde_json::json!({ "epoch": e, "destroyed": true }))
+                    .collect();
+                render::print_json(&rows)?;
             } else {
-                println!("destroyed {} expired epochs {}", gone.len(), gone.join(" "));
+                match gone.len() {
+                    0 => println!("no expired epochs"),
+                    n => println!(
+                        "destroyed {}: {}",
+                        render::count(n as u64, "expired epoch"),
+                        gone.join(" ")
+                    ),
+                }
             }
         }
     }

@@ -16,6 +16,8 @@ use client_data::{
 use agent::Depot;
 
 use super::render;
+use super::table::Table;
+use agent::errors::Chain;
 
 /// `tek data` subcommands.
 #[derive(Debug, Subcommand)]
@@ -44,6 +46,9 @@ pub enum DataCommand {
     Show {
         /// Dataset id.
         dataset: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Restore a dataset under a directory, then read back and verify.
     Restore {
@@ -109,6 +114,9 @@ pub enum DataCommand {
         /// Client id.
         #[arg(long)]
         client: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List deletion cases (and complete those whose backups are now unreadable).
     Deletions {
@@ -130,6 +138,34 @@ pub enum ReasonArg {
 /// Opens custody for a depot with the settings of the agent's config and the environment.
 pub fn open_custody(depot: &Depot) -> Result<Custody> {
     agent::settings::open_custody(depot, &agent::settings::command_config()?)
+}
+
+/// Said once, by the ingest that made the depot's key-encryption key: without it (and its check
+/// file) no staged dataset can be read, and `tek backup keys` does not copy it.
+fn kek_backup_notice(kek: &std::path::Path, check: &std::path::Path) -> String {
+    // A relative `--state` would give a command that only works from here.
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (kek, check) = (&abs(kek), &abs(check));
+    // The audit key signs the log from its first entry and belongs with the KEK's copy.
+    let audit_key = check.with_file_name("audit.key");
+    let mut files = format!("{} {}", kek.display(), check.display());
+    if audit_key.exists() {
+        files = format!("{files} {}", audit_key.display());
+    }
+    format!(
+        "tek: created the depot's key-encryption key {kek} (first ingest).\n\
+         \x20 Back it up now: without it no staged client data can be read, and `tek backup keys` \
+         does not copy it.\n\
+         \x20 Copy it with its check file{also} to removable media kept locked away from this \
+         machine and its backups, e.g.\n\
+         \x20   install -m 0600 {files} /media/kek-usb/",
+        kek = kek.display(),
+        also = if audit_key.exists() {
+            " and the audit key"
+        } else {
+            ""
+        },
+    )
 }
 
 /// A clap value parser applying the id rule (`client_data::dataset::check_ident`), so a name,
@@ -171,57 +207,87 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
             source,
             json,
         } => {
-            let info = c
-                .ingest(&client, &ticket, &source)
-                .with_context(|| format!("ingesting {}", source.display()))?;
+            let made = c
+                .prepare_kek()
+                .context("preparing the key-encryption key for the first ingest")?;
+            let res = c.ingest(&client, &ticket, &source);
+            // Said even when the ingest failed: the key exists now either way.
+            if let Some((kek, check)) = &made {
+                eprintln!("{}", kek_backup_notice(kek, check));
+            }
+            let info = res.with_context(|| format!("ingesting {}", source.display()))?;
             if json {
                 render::print_json(&info)?;
             } else {
                 println!("{}", info.id);
                 eprintln!(
-                    "{} entries, {} bytes, encrypted in staging",
-                    info.entries, info.bytes
+                    "{}, {}, encrypted in staging",
+                    render::count(info.entries, "entry"),
+                    render::size(info.bytes)
                 );
             }
         }
         DataCommand::List { json } => {
             let list = c.listing().context("listing datasets")?;
+            let max_age = c.config().max_staging_age_days;
             if json {
-                render::print_json(&serde_json::json!({
-                    "max_staging_age_days": c.config().max_staging_age_days,
-                    "datasets": list,
-                }))?;
+                let rows = list
+                    .iter()
+                    .map(|d| {
+                        let mut v = serde_json::to_value(d).context("serializing a dataset")?;
+                        v["max_staging_age_days"] = max_age.into();
+                        Ok(v)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                render::print_json(&rows)?;
+            } else if list.is_empty() {
+                render::print("no datasets in staging\n")?;
             } else {
-                println!(
-                    "{:<22} {:<12} {:<12} {:>8} {:>14} {:>6}  STATE",
-                    "DATASET", "CLIENT", "TICKET", "ENTRIES", "BYTES", "AGE"
-                );
+                let mut t = Table::new(&[
+                    "DATASET", "CLIENT", "TICKET", "ENTRIES", "SIZE", "AGE", "STATE",
+                ])
+                .right_aligned(&[3, 4, 5]);
                 for d in &list {
-                    let flag = if d.overdue {
-                        "  OVERDUE (max staging age exceeded)"
+                    let state = if d.overdue {
+                        format!(
+                            "{}, OVERDUE (older than {})",
+                            d.info.state,
+                            render::count(max_age, "day")
+                        )
                     } else {
-                        ""
+                        d.info.state.to_string()
                     };
-                    println!(
-                        "{:<22} {:<12} {:<12} {:>8} {:>14} {:>5}d  {}{}",
-                        d.info.id,
-                        d.info.client,
-                        d.info.ticket,
-                        d.info.entries,
-                        d.info.bytes,
-                        d.age_days,
-                        d.info.state,
-                        flag
-                    );
+                    t.row([
+                        d.info.id.to_string(),
+                        d.info.client.clone(),
+                        d.info.ticket.clone(),
+                        d.info.entries.to_string(),
+                        render::size(d.info.bytes),
+                        render::count(d.age_days.max(0) as u64, "day"),
+                        state,
+                    ]);
                 }
+                render::print(&t.render())?;
             }
         }
-        DataCommand::Show { dataset } => {
+        DataCommand::Show { dataset, json } => {
             let id = parse_id(&dataset)?;
-            render::print_json(
-                &c.dataset(&id)
-                    .with_context(|| format!("reading dataset {id}"))?,
-            )?;
+            let info = c
+                .dataset(&id)
+                .with_context(|| format!("reading dataset {id}"))?;
+            render::emit(json, &info, |d| {
+                format!(
+                    "dataset:  {}\nclient:   {}\nticket:   {}\ncreated:  {}\ncontents: {}, {}\n\
+                     state:    {}\n",
+                    d.id,
+                    d.client,
+                    d.ticket,
+                    render::when(&d.created),
+                    render::count(d.entries, "entry"),
+                    render::size(d.bytes),
+                    d.state
+                )
+            })?;
         }
         DataCommand::Restore {
             dataset,
@@ -250,19 +316,19 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 render::print_json(&res)?;
             } else {
                 println!(
-                    "restored {} entries ({} bytes), verified {} entries ({} bytes)",
-                    res.entries_restored,
-                    res.bytes_restored,
-                    res.entries_verified,
-                    res.bytes_verified
+                    "restored {} ({}), verified {} ({})",
+                    render::count(res.entries_restored, "entry"),
+                    render::size(res.bytes_restored),
+                    render::count(res.entries_verified, "entry"),
+                    render::size(res.bytes_verified)
                 );
                 for s in &res.skipped {
                     println!("skipped: {s}");
                 }
                 if res.owners_not_restored > 0 {
                     println!(
-                        "owners not restored: {} entries ({})",
-                        res.owners_not_restored,
+                        "owners not restored: {} ({})",
+                        render::count(res.owners_not_restored, "entry"),
                         res.ownership_note.as_deref().unwrap_or("refused")
                     );
                 }
@@ -284,8 +350,10 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 }
                 for n in &res.metadata_not_restored {
                     println!(
-                        "not restored: {} on {} entries ({})",
-                        n.what, n.entries, n.reason
+                        "not restored: {} on {} ({})",
+                        n.what,
+                        render::count(n.entries, "entry"),
+                        n.reason
                     );
                 }
                 if let Some(note) = &res.security_note {
@@ -297,9 +365,9 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
             }
             if !res.ok() {
                 anyhow::bail!(
-                    "verifying {id} on {}: {} mismatches",
+                    "verifying {id} on {}: {}",
                     dir.display(),
-                    res.mismatches.len()
+                    render::count(res.mismatches.len() as u64, "mismatch")
                 );
             }
         }
@@ -363,54 +431,67 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 println!("{told}");
             }
         }
-        DataCommand::Reactivate { client } => {
+        DataCommand::Reactivate { client, json } => {
             c.reactivate(&client)
                 .with_context(|| format!("reactivating client {client}"))?;
-            println!("client {client} reactivated");
+            let out = serde_json::json!({ "client": client, "reactivated": true });
+            render::emit(json, &out, |_| format!("client {client} reactivated\n"))?;
         }
         DataCommand::Deletions { json } => {
             let cases = c.deletions().context("listing deletion cases")?;
             if json {
                 render::print_json(&cases)?;
+            } else if cases.is_empty() {
+                render::print("no deletion cases\n")?;
             } else {
-                println!(
-                    "{:<22} {:<12} {:<11} {:<11} {:<31} {:<30} {:<8} STATE",
-                    "CASE",
-                    "CLIENT",
-                    "RECEIVED",
-                    "DUE",
-                    "LIVE DESTROYED",
-                    "BACKUPS UNREADABLE",
-                    "BY DUE"
-                );
-                for k in &cases {
-                    let b = match &k.backup_unreadable_at {
-                        Some(_) => format!("since {}", k.backup_unreadable_date()),
-                        None => format!("expected {}", k.backup_unreadable_date()),
-                    };
-                    let in_time = if k.backups_in_time() { "yes" } else { "NO" };
-                    println!(
-                        "{:<22} {:<12} {:<11} {:<11} {:<31} {:<30} {:<8} {}",
-                        k.case,
-                        k.client,
-                        k.received,
-                        k.due,
-                        k.live_destroyed_at,
-                        b,
-                        in_time,
-                        k.state
-                    );
-                    if let Some(late) = &k.backup_late {
-                        println!("  LATE: {late}");
-                    }
-                    if !k.pending.is_empty() {
-                        println!("  pending: {}", k.pending.join(" "));
-                    }
-                }
+                render::print(&deletions_table(&cases))?;
             }
         }
     }
     Ok(())
+}
+
+/// `tek data deletions` as a table, then a line per case that is late or still destroying.
+fn deletions_table(cases: &[client_data::DeletionCase]) -> String {
+    let mut t = Table::new(&[
+        "CASE",
+        "CLIENT",
+        "RECEIVED",
+        "DUE",
+        "LIVE DATA DESTROYED",
+        "BACKUPS UNREADABLE",
+        "IN TIME",
+        "STATE",
+    ]);
+    let mut notes = String::new();
+    for k in cases {
+        let b = match &k.backup_unreadable_at {
+            Some(_) => format!("since {}", k.backup_unreadable_date()),
+            None => format!("expected {}", k.backup_unreadable_date()),
+        };
+        t.row([
+            k.case.clone(),
+            k.client.clone(),
+            k.received.clone(),
+            k.due.clone(),
+            render::when(&k.live_destroyed_at),
+            b,
+            if k.backups_in_time() { "yes" } else { "NO" }.to_string(),
+            k.state.clone(),
+        ]);
+        if let Some(late) = &k.backup_late {
+            notes.push_str(&format!("{}: LATE: {late}\n", k.case));
+        }
+        if !k.pending.is_empty() {
+            notes.push_str(&format!("{}: pending: {}\n", k.case, k.pending.join(" ")));
+        }
+    }
+    let mut text = t.render();
+    if !notes.is_empty() {
+        text.push('\n');
+        text.push_str(&notes);
+    }
+    text
 }
 
 /// The lines of `tek data withdraw`, every number from the one [`client_data::Withdrawal`]
@@ -474,7 +555,7 @@ fn tell_agent(conn: &super::AgentConn) -> String {
                     migrating)";
     let socket = match conn.socket() {
         Ok(s) => s,
-        Err(e) => return format!("agent not told ({e:#}); {fallback}"),
+        Err(e) => return format!("agent not told ({}); {fallback}", Chain(&e)),
     };
     if !socket.exists() {
         return format!("no agent running at {}; {fallback}", socket.display());
@@ -490,6 +571,10 @@ fn tell_agent(conn: &super::AgentConn) -> String {
             "agent told: jobs {} cancelled (waiting) or stopping before migration (running)",
             jobs.join(" ")
         ),
-        Err(e) => format!("agent at {} not told ({e:#}); {fallback}", socket.display()),
+        Err(e) => format!(
+            "agent at {} not told ({}); {fallback}",
+            socket.display(),
+            Chain(&e)
+        ),
     }
 }

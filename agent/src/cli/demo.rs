@@ -220,6 +220,9 @@ fn print_layout(job: &Job) {
                 c["command"].as_str().unwrap_or("")
             );
         }
+        if let Some(boot) = f["first_boot"].as_str() {
+            println!("  first boot: {boot}");
+        }
     }
 }
 

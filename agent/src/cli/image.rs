@@ -13,7 +13,7 @@ use image_store::{
 
 use agent::Depot;
 
-use super::render::{print_json, size};
+use super::render::{count, emit, print_json, size};
 
 /// `tek image` subcommands.
 #[derive(Debug, Subcommand)]
@@ -29,6 +29,9 @@ pub enum ImageCommand {
         /// Directory for the pair (default: <state>/signing-keys).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Sign an image's manifest with a secret key.
     Sign {
@@ -37,9 +40,41 @@ pub enum ImageCommand {
         /// Secret key file (NAME.key from `tek image keygen`).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// List stored images.
+    /// List stored images (or, with --remote, a library's).
     List {
+        /// List the images of this library (s3://BUCKET/PREFIX or http(s)://HOST/PATH) instead.
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a signed image to an S3 library (only the chunks it lacks; signature and
+    /// manifest last). Endpoint, region and credentials: AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+    Push {
+        /// NAME@VERSION.
+        image: ImageRef,
+        /// The library: s3://BUCKET/PREFIX.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch an image from a library into the store: its manifest only with a valid signature
+    /// by a trusted key, every chunk checked before it is stored, only the chunks the store
+    /// lacks.
+    Pull {
+        /// NAME@VERSION.
+        image: ImageRef,
+        /// The library: s3://BUCKET/PREFIX or http(s)://HOST/PATH.
+        #[arg(long, value_name = "URL")]
+        from: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -52,12 +87,16 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write the raw image to OUT (must not exist), byte-identical to the imported one.
+    /// Write the raw image to OUT (must not exist), byte-identical to the imported one; `-`
+    /// writes it to stdout (holes as zeros), e.g. `tek image export a@1 - | zstd > a.img.zst`.
     Export {
         /// NAME@VERSION.
         image: ImageRef,
-        /// Output file.
+        /// Output file, or `-` for stdout.
         out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove an image's manifest (its chunks go at the next gc). Refused while unfinished
     /// jobs use it, unless --force, which fails those jobs with the reason.
@@ -67,6 +106,9 @@ pub enum ImageCommand {
         /// Remove it although queued or interrupted jobs use it, failing them.
         #[arg(long)]
         force: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: super::AgentConn,
     },
@@ -129,6 +171,9 @@ pub enum ImageCommand {
         /// Drop the signature of a signed image instead.
         #[arg(long)]
         unsign: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Store statistics: logical and stored bytes, chunk count, dedup ratio.
     Stats {
@@ -226,9 +271,21 @@ pub struct SetArgs {
     /// Drop the signature of a signed manifest when changing it (otherwise refused).
     #[arg(long)]
     unsign: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
+/// Opens the depot's image store; a depot whose state root does not exist is refused
+/// ([`agent::depot::StateRootMissing`]), never created (opening a store creates its
+/// directories).
 pub(crate) fn open_store(depot: &Depot) -> Result<Store> {
+    if !depot.root().is_dir() {
+        return Err(agent::depot::StateRootMissing {
+            path: depot.root().to_path_buf(),
+        }
+        .into());
+    }
     Store::open(depot.store())
         .with_context(|| format!("opening image store {}", depot.store().display()))
 }
@@ -246,19 +303,27 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
     match cmd {
         ImageCommand::Import(a) => import(depot, a),
         ImageCommand::Set(a) => set(depot, a),
-        ImageCommand::Keygen { name, dir } => {
+        ImageCommand::Keygen { name, dir, json } => {
             let dir = dir.unwrap_or_else(|| depot.root().join("signing-keys"));
             let (sk, pk) = generate_keypair(&dir, &name)
                 .with_context(|| format!("making key pair {name} in {}", dir.display()))?;
-            println!("secret key: {}\npublic key: {}", sk.display(), pk.display());
-            println!(
-                "to trust it: copy {} into {}",
-                pk.display(),
-                depot.trusted_keys().display()
-            );
-            Ok(())
+            let out = serde_json::json!({
+                "key_id": name,
+                "secret_key": sk,
+                "public_key": pk,
+                "trusted_keys": depot.trusted_keys(),
+            });
+            emit(json, &out, |_| {
+                format!(
+                    "secret key: {}\npublic key: {}\nto trust it: copy {} into {}\n",
+                    sk.display(),
+                    pk.display(),
+                    pk.display(),
+                    depot.trusted_keys().display()
+                )
+            })
         }
-        ImageCommand::Sign { image, key } => {
+        ImageCommand::Sign { image, key, json } => {
             let store = open_store(depot)?;
             let k = load_key(&Some(key))?.expect("key given");
             store
@@ -272,27 +337,34 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             if let SignatureStatus::Invalid { reason } = &st {
                 bail!("signing {image}: the new signature does not verify ({reason})");
             }
-            println!("signed {image} with {}: {st}", k.key_id());
-            Ok(())
+            let out = serde_json::json!({
+                "image": image.to_string(), "key_id": k.key_id(), "signature": st,
+            });
+            emit(json, &out, |_| {
+                format!("signed {image} with {}: {st}\n", k.key_id())
+            })
         }
-        ImageCommand::List { json } => super::image_show::list(depot, json),
+        ImageCommand::List { remote: None, json } => super::image_show::list(depot, json),
+        ImageCommand::List {
+            remote: Some(url),
+            json,
+        } => super::image_remote::list(&url, json),
+        ImageCommand::Push { image, to, json } => {
+            super::image_remote::push(depot, &image, &to, json)
+        }
+        ImageCommand::Pull { image, from, json } => {
+            super::image_remote::pull(depot, &image, &from, json)
+        }
         ImageCommand::Show { image, json } => super::image_show::show(depot, &image, json),
-        ImageCommand::Export { image, out } => {
-            let store = open_store(depot)?;
-            let m = store
-                .export(&image, &out)
-                .with_context(|| format!("exporting {image} to {}", out.display()))?;
-            println!(
-                "exported {image} to {} ({} bytes, sha256 {})",
-                out.display(),
-                m.size,
-                m.sha256
-            );
-            Ok(())
+        ImageCommand::Export { image, out, json } => {
+            super::image_transfer::export(&open_store(depot)?, &image, &out, json)
         }
-        ImageCommand::Rm { image, force, conn } => {
-            super::image_rm::run(depot, &image, force, &conn)
-        }
+        ImageCommand::Rm {
+            image,
+            force,
+            json,
+            conn,
+        } => super::image_rm::run(depot, &image, force, json, &conn),
         ImageCommand::Gc {
             dry_run,
             min_age,
@@ -333,9 +405,10 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             reason,
             sign_key,
             unsign,
+            json,
         } => {
             let key = load_key(&sign_key)?;
-            super::image_audit::accept(depot, &image, &finding, &reason, key.as_ref(), unsign)
+            super::image_audit::accept(depot, &image, &finding, &reason, key.as_ref(), unsign, json)
         }
         ImageCommand::Audit { target, deep, json } => {
             super::image_audit::run(depot, &target, deep, json)
@@ -380,33 +453,42 @@ fn set(depot: &Depot, a: SetArgs) -> Result<()> {
     let done = store
         .set_hints(&a.image, |h| a.hints.apply(h.clone()), sign)
         .with_context(|| format!("setting hints of {}", a.image))?;
-    match done {
+    let sig = store
+        .load(&a.image, depot.trusted_keys())
+        .with_context(|| format!("checking the signature of {}", a.image))?
+        .signature;
+    let text = match &done {
         SetHints::Unchanged => {
-            let sig = store.load(&a.image, depot.trusted_keys())?.signature;
-            println!(
-                "nothing to change: {} already has these hints (not rewritten; signature {sig})",
+            let mut t = format!(
+                "nothing to change: {} already has these hints (not rewritten; signature {sig})\n",
                 a.image
             );
             if key.is_some() {
-                println!("to sign it as it is: tek image sign {} --key FILE", a.image);
+                t.push_str(&format!(
+                    "to sign it as it is: tek image sign {} --key FILE\n",
+                    a.image
+                ));
             }
+            t
         }
         SetHints::Updated {
             signed_by: Some(k), ..
-        } => {
-            let sig = store.load(&a.image, depot.trusted_keys())?.signature;
-            println!("updated {} (signed with {k}: {sig})", a.image);
-        }
+        } => format!("updated {} (signed with {k}: {sig})\n", a.image),
         SetHints::Updated {
             signature_dropped: true,
             ..
-        } => println!(
-            "updated {} (signature removed: it is unsigned now; sign it again)",
+        } => format!(
+            "updated {} (signature removed: it is unsigned now; sign it again)\n",
             a.image
         ),
-        SetHints::Updated { .. } => println!("updated {} (unsigned, as before)", a.image),
-    }
-    Ok(())
+        SetHints::Updated { .. } => format!("updated {} (unsigned, as before)\n", a.image),
+    };
+    let out = serde_json::json!({
+        "image": a.image.to_string(),
+        "changed": !matches!(done, SetHints::Unchanged),
+        "signature": sig,
+    });
+    emit(a.json, &out, |_| text)
 }
 
 fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
@@ -427,15 +509,20 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
     };
     // A replaced, signed version loses its signature when no key is given: say so.
     let was_signed = a.replace && store.signature_path(&a.image).exists();
-    let r = store
-        .import(&a.image, &a.file, &opts, key.as_ref())
-        .with_context(|| format!("importing {} as {}", a.file.display(), a.image))?;
+    let raw = image_store::source::Source::open(&a.file)
+        .map(|s| s.format() == image_store::source::SourceFormat::Raw)
+        .unwrap_or(false);
+    let r = super::image_transfer::with_import_bar(&a.file, raw, |progress| {
+        let opts = ImportOptions { progress, ..opts };
+        store.import(&a.image, &a.file, &opts, key.as_ref())
+    })
+    .with_context(|| format!("importing {} as {}", a.file.display(), a.image))?;
     super::image_parts::warn_bitlocker(&r.manifest);
     if a.json {
         return print_json(&serde_json::json!({
             "image": a.image.to_string(),
             "source_format": r.source_format.name(),
-            "size": r.manifest.size,
+            "size_bytes": r.manifest.size,
             "sha256": r.manifest.sha256,
             "blake3": r.manifest.blake3,
             "chunks": r.chunks,
@@ -459,8 +546,8 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
         r.manifest.size as f64 / r.seconds.max(1e-9) / 1e9
     );
     println!(
-        "  {} chunks, {} new ({} stored); data {}, holes {}",
-        r.chunks,
+        "  {}, {} new ({} stored); data {}, holes {}",
+        count(r.chunks, "chunk"),
         r.new_chunks,
         size(r.new_stored_bytes),
         size(r.data_bytes),
@@ -471,8 +558,11 @@ fn import(depot: &Depot, a: ImportArgs) -> Result<()> {
         r.manifest.sha256, r.manifest.blake3
     );
     match &r.manifest.gpt {
-        Some(g) => println!("  GPT with {} partitions", g.partitions.len()),
-        None => println!("  no valid GPT (gpt: null)"),
+        Some(g) => println!(
+            "  GPT with {}",
+            count(g.partitions.len() as u64, "partition")
+        ),
+        None => println!("  no valid GPT"),
     }
     if let Some(s) = &r.manifest.scrubbed {
         super::image_audit::print_scrubbed(s);

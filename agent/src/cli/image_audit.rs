@@ -50,6 +50,7 @@ pub(super) fn accept(
     reason: &str,
     key: Option<&image_store::SigningKey>,
     unsign: bool,
+    json: bool,
 ) -> Result<()> {
     if reason.is_empty()
         || reason.len() > 64
@@ -90,12 +91,21 @@ pub(super) fn accept(
         Some(k) => format!("signed with {}", k.key_id()),
         None => "unsigned".into(),
     };
-    println!(
-        "accepted finding {finding} of {image} ({reason}); {signed}; recorded in the audit log; \
-         audit: {}",
-        report.verdict_line()
-    );
-    Ok(())
+    let out = serde_json::json!({
+        "image": image.to_string(),
+        "finding": finding,
+        "reason": reason,
+        "signed_by": key.map(|k| k.key_id().to_string()),
+        "audit": report.verdict_line(),
+        "clean": report.is_clean(),
+    });
+    super::render::emit(json, &out, |_| {
+        format!(
+            "accepted finding {finding} of {image} ({reason}); {signed}; recorded in the audit \
+             log; audit: {}\n",
+            report.verdict_line()
+        )
+    })
 }
 
 /// A manifest's audit in one line: the verdict, or "not audited".

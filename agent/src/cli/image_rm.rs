@@ -37,7 +37,7 @@ fn describe(jobs: &[Job]) -> String {
 }
 
 /// Fails `jobs` with `reason`: directly when this process `owns` the journal, else through
-/// the agent that owns it.
+/// the agent that owns it. Returns a line per job saying what became of it.
 fn fail_jobs(
     depot: &Depot,
     owns: bool,
@@ -45,9 +45,10 @@ fn fail_jobs(
     conn: &AgentConn,
     jobs: &[Job],
     reason: &str,
-) -> Result<()> {
+) -> Result<Vec<String>> {
+    let mut said = Vec::new();
     if jobs.is_empty() {
-        return Ok(());
+        return Ok(said);
     }
     match owns {
         true => {
@@ -66,9 +67,12 @@ fn fail_jobs(
                 steps
                     .finish(&j)
                     .with_context(|| format!("writing the report of job {}", j.id))?;
-                println!("failed job {} (ticket {}): {reason}", j.id, j.ticket);
+                said.push(format!(
+                    "failed job {} (ticket {}): {reason}",
+                    j.id, j.ticket
+                ));
             }
-            Ok(())
+            Ok(said)
         }
         false => {
             let sock = conn.socket()?;
@@ -86,14 +90,17 @@ fn fail_jobs(
                     reason: reason.to_string(),
                 });
                 match r {
-                    Ok(_) => println!("failed job {} (ticket {}): {reason}", j.id, j.ticket),
+                    Ok(_) => said.push(format!(
+                        "failed job {} (ticket {}): {reason}",
+                        j.id, j.ticket
+                    )),
                     // The agent failed it itself meanwhile (added while the image went).
                     Err(_) if journal.load(&j.id).is_ok_and(|now| now.state.is_terminal()) => {
                         let now = journal.load(&j.id)?;
-                        println!(
+                        said.push(format!(
                             "job {} (ticket {}) is already {}",
                             j.id, j.ticket, now.state
-                        );
+                        ));
                     }
                     Err(e) => {
                         return Err(e)
@@ -101,13 +108,20 @@ fn fail_jobs(
                     }
                 }
             }
-            Ok(())
+            Ok(said)
         }
     }
 }
 
-/// Runs `tek image rm`.
-pub fn run(depot: &Depot, image: &ImageRef, force: bool, conn: &AgentConn) -> Result<()> {
+/// Runs `tek image rm`: the lines it says, or with `json` one object (`image`, `removed`,
+/// `jobs`: what became of each job that used it).
+pub fn run(
+    depot: &Depot,
+    image: &ImageRef,
+    force: bool,
+    json: bool,
+    conn: &AgentConn,
+) -> Result<()> {
     let store = super::image::open_store(depot)?;
     if !store.exists(image) {
         bail!(
@@ -148,11 +162,10 @@ pub fn run(depot: &Depot, image: &ImageRef, force: bool, conn: &AgentConn) -> Re
             );
         }
     }
-    fail_jobs(depot, owner.is_some(), &journal, conn, &using, &reason)?;
+    let mut jobs = fail_jobs(depot, owner.is_some(), &journal, conn, &using, &reason)?;
     store
         .remove(image)
         .with_context(|| format!("removing {image}"))?;
-    println!("removed {image} (run `tek image gc` to free its chunks)");
     if owner.is_none() {
         // A job added through the agent between the check and the removal cannot succeed:
         // fail it too, saying so (the agent would otherwise refuse it only when a disk
@@ -166,8 +179,18 @@ pub fn run(depot: &Depot, image: &ImageRef, force: bool, conn: &AgentConn) -> Re
                 "jobs added meanwhile use the removed image: {}",
                 describe(&late)
             );
-            fail_jobs(depot, false, &journal, conn, &late, &reason)?;
+            jobs.extend(fail_jobs(depot, false, &journal, conn, &late, &reason)?);
         }
     }
-    Ok(())
+    if json {
+        return super::render::print_json(&serde_json::json!({
+            "image": image.to_string(),
+            "removed": true,
+            "jobs": jobs,
+        }));
+    }
+    jobs.push(format!(
+        "removed {image} (run `tek image gc` to free its chunks)"
+    ));
+    super::render::print(&(jobs.join("\n") + "\n"))
 }

@@ -7,20 +7,29 @@ use image_store::{Extent, ImageRef};
 use agent::Depot;
 
 use super::image::open_store;
-use super::render::{print_json, size};
+use super::render::{count, print, print_json, size, when};
+use super::table::Table;
 
 pub(super) fn list(depot: &Depot, json: bool) -> Result<()> {
     let store = open_store(depot)?;
     let mut rows = Vec::new();
+    let mut table = Table::new(&["IMAGE", "SIZE", "CREATED", "SIGNATURE", "AUDIT", "CHUNKS"])
+        .right_aligned(&[1]);
     for r in store.list().context("listing images")? {
         // One unreadable manifest must not hide the others: show it as an error row.
         let li = match store.load(&r, depot.trusted_keys()) {
             Ok(li) => li,
             Err(e) => {
-                if !json {
-                    println!("{:<40} ERROR: {e}", r.to_string());
-                }
-                rows.push(serde_json::json!({ "image": r.to_string(), "error": e.to_string() }));
+                table.row([
+                    r.to_string(),
+                    String::new(),
+                    String::new(),
+                    format!("ERROR: {e}"),
+                ]);
+                rows.push(serde_json::json!({
+                    "image": r.to_string(),
+                    "error": { "code": "unreadable", "message": e.to_string() },
+                }));
                 continue;
             }
         };
@@ -28,45 +37,46 @@ pub(super) fn list(depot: &Depot, json: bool) -> Result<()> {
             .absent_chunks(&li.manifest)
             .with_context(|| format!("checking the chunks of {r}"))?;
         let quarantined = absent.iter().filter(|a| a.quarantined).count();
+        let audit = super::image_audit::audit_line(&li.manifest.audit);
+        table.row([
+            r.to_string(),
+            size(li.manifest.size),
+            when(&li.manifest.created),
+            li.signature.to_string(),
+            audit.clone(),
+            chunks_note(&absent),
+        ]);
         rows.push(serde_json::json!({
             "image": r.to_string(),
-            "size": li.manifest.size,
+            "size_bytes": li.manifest.size,
             "created": li.manifest.created,
             "sha256": li.manifest.sha256,
             "signature": li.signature,
             "complete": absent.is_empty(),
             "chunks_missing": absent.len() - quarantined,
             "chunks_quarantined": quarantined,
-            "audit": super::image_audit::audit_line(&li.manifest.audit),
+            "audit": audit,
             "clean": li.manifest.audit.as_ref().is_some_and(|a| a.is_clean()),
         }));
-        if !json {
-            println!(
-                "{:<40} {:>10}  {}  {}  audit: {}{}",
-                r.to_string(),
-                size(li.manifest.size),
-                li.manifest.created,
-                li.signature,
-                super::image_audit::audit_line(&li.manifest.audit),
-                incomplete_note(&absent)
-            );
-        }
     }
     if json {
-        print_json(&rows)?;
+        return print_json(&rows);
     }
-    Ok(())
+    if table.is_empty() {
+        return print("no images (add one with `tek image import`)\n");
+    }
+    print(&table.render())
 }
 
-/// `  INCOMPLETE: ...` for a list row whose image cannot be written, else nothing.
-fn incomplete_note(absent: &[image_store::AbsentChunk]) -> String {
+/// `complete`, or `INCOMPLETE: ...` for an image that cannot be written.
+fn chunks_note(absent: &[image_store::AbsentChunk]) -> String {
     if absent.is_empty() {
-        return String::new();
+        return "complete".into();
     }
     let quarantined = absent.iter().filter(|a| a.quarantined).count();
     format!(
-        "  INCOMPLETE: {} chunk(s) missing, {quarantined} quarantined",
-        absent.len() - quarantined
+        "INCOMPLETE: {} missing, {quarantined} quarantined",
+        count((absent.len() - quarantined) as u64, "chunk")
     )
 }
 
@@ -81,6 +91,9 @@ pub(super) fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
         .with_context(|| format!("checking the chunks of {image}"))?;
     if json {
         return print_json(&serde_json::json!({
+            "image": image.to_string(),
+            "size_bytes": m.size,
+            "created": m.created,
             "manifest": m,
             "manifest_hash": li.manifest_hash,
             "signature": li.signature,

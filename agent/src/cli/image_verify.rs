@@ -7,8 +7,9 @@ use anyhow::{Context, Result, bail};
 use image_store::{CheckedChunks, ImageRef, SignatureStatus};
 
 use super::image::open_store;
-use super::render::print_json;
+use super::render::{count, print_json};
 use agent::Depot;
+use agent::errors::Chain;
 
 /// Runs `tek image verify`.
 pub(super) fn verify(
@@ -47,18 +48,22 @@ pub(super) fn verify(
             Ok(v) => v,
             Err(e) => {
                 if !json {
-                    println!("{r}: ERROR: {e:#}");
+                    println!("{r}: ERROR: {}", Chain(&e));
                 }
-                failed.push(format!("{r} ({e:#})"));
+                failed.push(format!("{r} ({})", Chain(&e)));
                 reports.push(serde_json::json!({
-                    "image": r.to_string(), "ok": false, "error": format!("{e:#}"),
+                    "image": r.to_string(), "ok": false,
+                    "error": { "code": "unreadable", "message": Chain(&e).to_string() },
                 }));
                 continue;
             }
         };
         let mut why = Vec::new();
         if !rep.bad_chunks.is_empty() {
-            why.push(format!("{} bad chunk(s)", rep.bad_chunks.len()));
+            why.push(format!(
+                "{} bad",
+                count(rep.bad_chunks.len() as u64, "chunk")
+            ));
         }
         if !rep.hash_errors.is_empty() {
             why.push("whole-image hashes differ".to_string());
@@ -99,9 +104,9 @@ pub(super) fn verify(
     }
     if !failed.is_empty() {
         bail!(
-            "{} of {} image(s) failed verification: {}",
+            "{} of {} failed verification: {}",
             failed.len(),
-            images.len(),
+            count(images.len() as u64, "image"),
             failed.join("; ")
         );
     }

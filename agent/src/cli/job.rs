@@ -10,7 +10,8 @@ use agent::job::journal::Journal;
 use agent::job::{Job, JobState};
 use agent::server::protocol::Op;
 
-use super::{AgentConn, render, status};
+use super::table::Table;
+use super::{AgentConn, render};
 
 /// `tek job` subcommands.
 #[derive(Debug, Subcommand)]
@@ -54,6 +55,9 @@ pub enum JobCommand {
     Show {
         /// Job id.
         id: String,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: AgentConn,
     },
@@ -61,6 +65,9 @@ pub enum JobCommand {
     Cancel {
         /// Job id.
         id: String,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: AgentConn,
     },
@@ -69,6 +76,9 @@ pub enum JobCommand {
     Retry {
         /// Job id.
         id: String,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: AgentConn,
     },
@@ -139,37 +149,112 @@ pub fn run(depot: &Depot, cmd: JobCommand) -> Result<()> {
                 if jobs.is_empty() {
                     return "no jobs\n".into();
                 }
-                jobs.iter()
-                    .map(|j| format!("{}\n", status::job_line(j)))
-                    .collect()
+                job_table(jobs)
             })?;
         }
-        JobCommand::Show { id, conn } => {
+        JobCommand::Show { id, json, conn } => {
             let j: Job =
                 from_agent_or_journal(depot, &conn, Op::JobShow { id: id.clone() }, |j| {
                     j.load(&id)
                 })?;
-            render::print_json(&j)?;
+            render::emit(json, &j, job_text)?;
         }
-        JobCommand::Cancel { id, conn } => {
+        JobCommand::Cancel { id, json, conn } => {
             let j: Job = conn.client()?.call(Op::JobCancel { id })?;
             // A running job is only asked to stop; it says what happened when it has.
-            match (j.state, &j.dataset) {
+            render::emit(json, &j, |j| match (j.state, &j.dataset) {
                 (JobState::Cancelled, Some(ds)) => {
-                    println!("{}: cancelled; dataset {ds} stays in staging", j.id)
+                    format!("{}: cancelled; dataset {ds} stays in staging\n", j.id)
                 }
-                (JobState::Cancelled, None) => println!("{}: cancelled", j.id),
-                (s, _) => println!(
+                (JobState::Cancelled, None) => format!("{}: cancelled\n", j.id),
+                (s, _) => format!(
                     "{}: cancel requested while {s}; it stops at the next safe point \
-                     (see `tek job show {}`)",
+                     (see `tek job show {}`)\n",
                     j.id, j.id
                 ),
-            }
+            })?;
         }
-        JobCommand::Retry { id, conn } => {
+        JobCommand::Retry { id, json, conn } => {
             let j: Job = conn.client()?.call(Op::JobRetry { id })?;
-            println!("{}: {}", j.id, j.state);
+            render::emit(json, &j, |j| format!("{}: {}\n", j.id, j.state))?;
         }
     }
     Ok(())
+}
+
+/// `tek job list` as a table: one row per job, its last change to the second, and why it
+/// stopped (or where it resumes) in the last column.
+pub fn job_table(jobs: &[Job]) -> String {
+    let mut t = Table::new(&[
+        "JOB", "STATE", "SINCE", "TICKET", "IMAGE", "TARGET", "DATA", "NOTE",
+    ]);
+    for j in jobs {
+        let since = j.history.last().map(|h| render::when(&h.at));
+        let note = match (&j.error, j.resume_from) {
+            (Some(e), _) => e.clone(),
+            (None, Some(r)) => format!("resumes at {r}"),
+            (None, None) => String::new(),
+        };
+        t.row([
+            j.id.to_string(),
+            j.state.to_string(),
+            since.unwrap_or_default(),
+            j.ticket.clone(),
+            j.image.clone(),
+            j.target.to_string(),
+            j.dataset.clone().unwrap_or_else(|| "-".into()),
+            note,
+        ]);
+    }
+    t.render()
+}
+
+/// `tek job show` as text: what the job is, the disk it claimed, why it stopped, and its
+/// history to the second.
+pub fn job_text(j: &Job) -> String {
+    let mut out = String::new();
+    let mut field = |label: &str, value: &str| {
+        out.push_str(&format!("{:<10}{value}\n", format!("{label}:")));
+    };
+    field("job", j.id.as_ref());
+    field("state", &j.state.to_string());
+    field("ticket", &j.ticket);
+    field("image", &j.image);
+    field("target", &j.target.to_string());
+    field("data", j.dataset.as_deref().unwrap_or("none"));
+    if let Some(d) = &j.device {
+        let serial = d
+            .serial
+            .as_deref()
+            .map(|s| format!(", serial {s}"))
+            .unwrap_or_default();
+        field(
+            "disk",
+            &format!(
+                "{} ({}{serial}, {})",
+                d.name,
+                d.model,
+                render::size(d.size_bytes)
+            ),
+        );
+    }
+    if let Some(r) = j.resume_from {
+        field("resumes", &format!("at {r}"));
+    }
+    if let Some(e) = &j.error {
+        field("error", e);
+    }
+    out.push_str("history:\n");
+    let mut t = Table::new(&["TIME", "STATE", "NOTE"]);
+    for h in &j.history {
+        t.row([
+            render::when(&h.at),
+            h.state.to_string(),
+            h.note.clone().unwrap_or_default(),
+        ]);
+    }
+    for line in t.render().lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    out
 }

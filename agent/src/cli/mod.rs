@@ -6,14 +6,19 @@ mod audit;
 mod backup;
 mod bays;
 mod board;
+mod clock;
 mod data;
 mod demo;
+mod disk_contents;
 mod docs;
+pub mod failure;
 mod image;
 mod image_audit;
 mod image_parts;
+mod image_remote;
 mod image_rm;
 mod image_show;
+mod image_transfer;
 mod image_verify;
 mod interrupt;
 mod job;
@@ -21,12 +26,14 @@ mod render;
 mod report;
 mod size;
 mod status;
+mod table;
 mod write;
+mod write_progress;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, Parser, Subcommand};
 
 use ::agent::config::Config;
 use ::agent::server::client::Client;
@@ -140,14 +147,19 @@ impl Command {
     /// command may be killed by SIGPIPE when its reader goes away (`tek image list | head -1`),
     /// quietly, as coreutils are. Every other command keeps Rust's default (SIGPIPE ignored), so
     /// a closed pipe never kills one in the middle of changing a disk, the store or custody.
-    /// `image verify` is not one: it moves corrupt chunks aside.
+    /// `image verify` is not one: it moves corrupt chunks aside; `image export -` is.
     pub fn only_reads(&self) -> bool {
         use audit::AuditCommand as Au;
         use data::DataCommand as D;
         use image::ImageCommand as I;
         use job::JobCommand as J;
         match self {
-            Command::Image(c) => matches!(c, I::List { .. } | I::Show { .. } | I::Stats { .. }),
+            Command::Image(c) => match c {
+                I::List { .. } | I::Show { .. } | I::Stats { .. } => true,
+                // To stdout it only reads the store: `tek image export a@1 - | head -c 512`.
+                I::Export { out, .. } => out.as_os_str() == "-",
+                _ => false,
+            },
             Command::Audit(c) => matches!(
                 c,
                 Au::Verify { .. } | Au::Show { .. } | Au::Head { .. } | Au::BreachReport { .. }
@@ -165,32 +177,110 @@ impl Command {
     }
 }
 
+/// What a command needs of the state root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateUse {
+    /// Nothing: it talks to the agent, reads the machine, or makes its own depot (the demo).
+    None,
+    /// Where it is, and nothing else until the command needs the store (`tek write FILE` and
+    /// `tek image audit FILE` need none; with NAME@VERSION they refuse a missing root then),
+    /// or the agent, whose configuration may name another root.
+    Locates,
+    /// It reads (or changes) what is there: a missing root is refused, never created.
+    Reads,
+    /// It stores the first things of a depot (an image, a dataset, a key pair, the agent's
+    /// journal): it creates a missing root, says so once, and makes it private.
+    Creates,
+}
+
+impl Command {
+    /// What this command needs of the state root (see [`StateUse`]).
+    pub fn state_use(&self) -> StateUse {
+        use data::DataCommand as D;
+        use image::ImageCommand as I;
+        match self {
+            Command::Image(I::Import(_) | I::Keygen { dir: None, .. }) => StateUse::Creates,
+            Command::Image(I::Keygen { dir: Some(_), .. } | I::Audit { .. }) => StateUse::Locates,
+            Command::Data(D::Ingest { .. }) => StateUse::Creates,
+            // The agent creates its root itself: its configuration may name another one.
+            Command::Agent { .. } | Command::Write(_) | Command::Bays(_) | Command::Job(_) => {
+                StateUse::Locates
+            }
+            Command::Image(_)
+            | Command::Data(_)
+            | Command::Backup(_)
+            | Command::Audit(_)
+            | Command::Report(_) => StateUse::Reads,
+            Command::Status(_)
+            | Command::Board { .. }
+            | Command::Demo { .. }
+            | Command::Completions(_)
+            | Command::Man(_) => StateUse::None,
+        }
+    }
+}
+
+/// Whether the parsed command line asks for JSON output (`--json` on the command, wherever
+/// it sits), so that a failure is reported as the JSON error object too.
+pub fn wants_json(matches: &ArgMatches) -> bool {
+    let mut m = matches;
+    loop {
+        if matches!(m.try_get_one::<bool>("json"), Ok(Some(true))) {
+            return true;
+        }
+        match m.subcommand() {
+            Some((_, sub)) => m = sub,
+            None => return false,
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    // Generated documentation needs no depot.
-    match &cli.command {
-        Command::Completions(a) => return docs::completions(a),
-        Command::Man(a) => return docs::man(a),
-        _ => {}
-    }
-    let mut depot = ::agent::Depot::resolve(cli.state, cli.store)?;
-    if let Some(dir) = cli.trusted_keys {
+    let Cli {
+        state,
+        store,
+        trusted_keys,
+        command,
+    } = cli;
+    let mut depot = match command.state_use() {
+        StateUse::Reads => ::agent::Depot::open(state, store)?,
+        StateUse::Creates => {
+            let (depot, created) = ::agent::Depot::create(state, store)?;
+            if created {
+                eprintln!("tek: created state root {}", depot.root().display());
+            }
+            depot
+        }
+        StateUse::Locates => ::agent::Depot::locate(state, store)?,
+        StateUse::None => return run_without_depot(command),
+    };
+    if let Some(dir) = trusted_keys {
         depot = depot.with_trusted_keys(dir);
     }
-    match cli.command {
+    match command {
         Command::Image(c) => image::run(&depot, c),
         Command::Write(a) => write::run(&depot, a),
         Command::Data(c) => data::run(&depot, c),
         Command::Backup(c) => backup::run(&depot, c),
         Command::Audit(c) => audit::run(&depot, c),
-        Command::Agent { config } => agent::run(&depot, config.as_deref()),
-        Command::Bays(a) => bays::run(a),
-        Command::Job(c) => job::run(&depot, c),
-        Command::Status(a) => status::run(a),
         Command::Report(a) => report::run(&depot, a),
+        Command::Agent { config } => agent::run(&depot, config.as_deref()),
+        Command::Bays(a) => bays::run(&depot, a),
+        Command::Job(c) => job::run(&depot, c),
+        command => run_without_depot(command),
+    }
+}
+
+/// The commands that need no state root: they talk to the agent or read the machine.
+fn run_without_depot(command: Command) -> Result<()> {
+    match command {
+        Command::Status(a) => status::run(a),
         Command::Board { conn } => board::run(&conn.socket()?),
         Command::Demo { windows } => demo::run(windows),
-        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
+        Command::Completions(a) => docs::completions(&a),
+        Command::Man(a) => docs::man(&a),
+        other => unreachable!("{other:?} needs a state root"),
     }
 }
 

@@ -1,17 +1,21 @@
 //! `tek status`: every bay at a glance, the reason for every refused or waiting disk, and with
 //! `--watch` a live view following the agent's events (an indicatif bar per running job).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use agent::daemon::matching::DiskStatus;
 use agent::job::{Job, JobState};
 use agent::server::client::Client;
-use agent::server::protocol::{Event, Op, Status};
+use agent::server::protocol::{DiskView, Event, Op, Status};
 
+use super::clock::{duration, now_hms};
 use super::{AgentConn, render};
 
 /// `tek status` arguments.
@@ -23,6 +27,10 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Also show disks outside every bay that nothing wants (the system disk, the agent's own
+    /// loop devices over a data partition); without it they are counted, not listed.
+    #[arg(long)]
+    pub all: bool,
     #[command(flatten)]
     pub conn: AgentConn,
 }
@@ -30,14 +38,23 @@ pub struct StatusArgs {
 /// Runs `tek status`.
 pub fn run(args: StatusArgs) -> Result<()> {
     if args.watch {
-        return watch(&args.conn.socket()?);
+        return watch(&args.conn.socket()?, args.all);
     }
     let st: Status = args.conn.client()?.call(Op::Status)?;
-    render::emit(args.json, &st, render_status)
+    render::emit(args.json, &st, |st| render_status(st, args.all))
 }
 
-/// The status as text, one line per bay, then disks outside bays, then open jobs.
-pub fn render_status(st: &Status) -> String {
+/// Whether `tek status` lists a disk without `--all`: one in a bay, or one a job wants (matched
+/// by serial outside the bays). Disks outside every bay that the agent ignores are the
+/// workstation's own (its system disk, the loop devices it puts over a data partition while
+/// restoring onto it): listing them only hides the bays' disks among them.
+pub fn listed(d: &DiskView, all: bool) -> bool {
+    all || d.bay.is_some() || !matches!(d.status, DiskStatus::Ignored { .. })
+}
+
+/// The status as text, one line per bay, then disks outside bays (with `all`, also the ignored
+/// ones), then open jobs.
+pub fn render_status(st: &Status, all: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", st.summary);
     let w = st
@@ -66,12 +83,25 @@ pub fn render_status(st: &Status) -> String {
         }
         let _ = writeln!(out, "{line}");
     }
-    let outside: Vec<_> = st.disks.iter().filter(|d| d.bay.is_none()).collect();
+    let outside: Vec<_> = st
+        .disks
+        .iter()
+        .filter(|d| d.bay.is_none() && listed(d, all))
+        .collect();
     if !outside.is_empty() {
         let _ = writeln!(out, "\nother disks:");
         for d in outside {
             let _ = writeln!(out, "  {:<8}  {}", d.disk.name, d.status.line());
         }
+    }
+    let hidden = st.disks.iter().filter(|d| !listed(d, all)).count();
+    if hidden > 0 {
+        let _ = writeln!(
+            out,
+            "\n{hidden} other disk{} outside every bay, ignored (--all lists {})",
+            if hidden == 1 { "" } else { "s" },
+            if hidden == 1 { "it" } else { "them" }
+        );
     }
     let open: Vec<&Job> = st.jobs.iter().filter(|j| !j.state.is_terminal()).collect();
     if !open.is_empty() {
@@ -105,16 +135,17 @@ pub fn job_line(j: &Job) -> String {
     s
 }
 
-/// Follows the agent's events: prints arrivals, departures and state changes, and keeps a
-/// progress bar per running job. Returns when the agent closes the connection.
-pub fn watch(socket: &std::path::Path) -> Result<()> {
-    let mut c = Client::connect(socket)?;
-    let st: Status = c.call(Op::Status)?;
+/// Follows the agent's events: prints arrivals, departures and state changes with the time,
+/// and keeps a progress bar per running job. When the agent goes away (a restart), says so,
+/// reconnects once it is back and prints the status again; ends on Ctrl-C. Fails only when the
+/// agent cannot be reached at the start.
+pub fn watch(socket: &Path, all: bool) -> Result<()> {
     let mp = MultiProgress::new();
     // Bars only on a terminal; piped into a file or a pager, plain lines (indicatif would
     // hide its println output there).
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let say = |line: String| -> Result<()> {
+        let line = format!("{}  {line}", now_hms());
         if tty {
             mp.println(line)?;
         } else {
@@ -122,36 +153,102 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
         }
         Ok(())
     };
-    say(render_status(&st))?;
-    let style = ProgressStyle::with_template(
-        "{prefix:>10} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let mut bars: HashMap<agent::job::JobId, ProgressBar> = HashMap::new();
-    let events = Client::connect(socket)?.subscribe()?;
-    for ev in events {
-        match ev? {
-            Event::DeviceArrived { disk, bay } => say(format!(
-                "+ {} arrived{} ({}, {})",
-                disk.name,
-                bay.map(|b| format!(" in bay {b}")).unwrap_or_default(),
-                disk.model_line(),
-                render::size(disk.size_bytes)
-            ))?,
-            Event::DeviceLeft { name } => say(format!("- {name} left"))?,
-            Event::DiskStatus { name, status } => say(format!("  {name}: {}", status.line()))?,
-            Event::JobState { job } => {
-                say(format!("* {}", job_line(&job)))?;
-                if job.state.is_terminal() || job.state == JobState::Interrupted {
-                    if let Some(b) = bars.remove(&job.id) {
-                        b.finish_and_clear();
-                    }
+    let mut bars = Bars::default();
+    let mut lost: Option<(Instant, String)> = None;
+    loop {
+        let connected = Client::connect(socket)
+            .and_then(|mut c| c.call::<Status>(Op::Status))
+            .and_then(|st| Ok((st, Client::connect(socket)?.subscribe()?)));
+        let (st, mut events) = match connected {
+            Ok(x) => x,
+            Err(e) if lost.is_none() => {
+                return Err(e.context(format!("watching the agent at {}", socket.display())));
+            }
+            Err(_) => {
+                std::thread::sleep(RETRY);
+                continue;
+            }
+        };
+        if let Some((since, _)) = lost.take() {
+            say(format!(
+                "agent reachable again after {}; status now:",
+                duration(since.elapsed())
+            ))?;
+        }
+        let mut hidden: HashSet<String> = st
+            .disks
+            .iter()
+            .filter(|d| !listed(d, all))
+            .map(|d| d.disk.name.clone())
+            .collect();
+        say(render_status(&st, all).trim_end().to_string())?;
+        let why = loop {
+            let ev = match events.next() {
+                Some(Ok(ev)) => ev,
+                Some(Err(e)) => break format!("{e:#}"),
+                None => break "the agent closed the connection".to_string(),
+            };
+            if let Some(line) = watched_line(&ev, &mut hidden, all) {
+                say(line)?;
+            }
+            bars.follow(&ev, tty, &mp);
+        };
+        bars.clear();
+        say(format!(
+            "agent connection lost ({why}); reconnecting when it is back"
+        ))?;
+        lost = Some((Instant::now(), why));
+    }
+}
+
+/// How often `--watch` tries to reconnect.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// The line `--watch` prints for `ev`, `None` when it is hidden or too frequent (progress).
+/// `hidden` holds the disks outside every bay that nothing wants: their arrival, status and
+/// departure are not listed without `--all`, until a job wants one.
+pub fn watched_line(ev: &Event, hidden: &mut HashSet<String>, all: bool) -> Option<String> {
+    if !all {
+        match ev {
+            Event::DeviceArrived { disk, bay: None } => {
+                hidden.insert(disk.name.clone());
+                return None;
+            }
+            Event::DiskStatus { name, status } if hidden.contains(name) => {
+                if matches!(status, DiskStatus::Ignored { .. }) {
+                    return None;
+                }
+                hidden.remove(name);
+            }
+            Event::DeviceLeft { name } if hidden.remove(name) => return None,
+            _ => {}
+        }
+    }
+    super::board::event_line(ev)
+}
+
+/// A progress bar per running job.
+#[derive(Default)]
+struct Bars(HashMap<agent::job::JobId, ProgressBar>);
+
+impl Bars {
+    fn follow(&mut self, ev: &Event, tty: bool, mp: &MultiProgress) {
+        match ev {
+            Event::JobState { job }
+                if job.state.is_terminal() || job.state == JobState::Interrupted =>
+            {
+                if let Some(b) = self.0.remove(&job.id) {
+                    b.finish_and_clear();
                 }
             }
             Event::JobProgress { id, progress } if tty => {
-                let bar = bars.entry(id.clone()).or_insert_with(|| {
+                let bar = self.0.entry(id.clone()).or_insert_with(|| {
+                    let style = ProgressStyle::with_template(
+                        "{prefix:>10} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar());
                     let b = mp.add(ProgressBar::new(progress.bytes_total));
-                    b.set_style(style.clone());
+                    b.set_style(style);
                     b.set_prefix(id.to_string());
                     b
                 });
@@ -159,10 +256,15 @@ pub fn watch(socket: &std::path::Path) -> Result<()> {
                 bar.set_position(progress.bytes_done);
                 bar.set_message(progress.phase.clone());
             }
-            Event::JobProgress { .. } => {}
+            _ => {}
         }
     }
-    Ok(())
+
+    fn clear(&mut self) {
+        for (_, b) in self.0.drain() {
+            b.finish_and_clear();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -214,13 +316,62 @@ mod tests {
             jobs: vec![job],
             progress: Default::default(),
         };
-        let text = render_status(&st);
+        let text = render_status(&st, false);
         assert!(text.contains("[writing 25% of 4.0 MiB]"), "{text}");
         assert!(text.contains("b    -         empty"), "{text}");
         assert!(
-            text.contains("sdz       ignored: not in a bench bay"),
+            !text.contains("sdz"),
+            "ignored disks outside bays are hidden: {text}"
+        );
+        assert!(
+            text.contains("1 other disk outside every bay, ignored (--all lists it)"),
             "{text}"
         );
         assert!(text.contains("open jobs:"), "{text}");
+        let all = render_status(&st, true);
+        assert!(
+            all.contains("sdz       ignored: not in a bench bay"),
+            "{all}"
+        );
+        assert!(!all.contains("--all lists"), "{all}");
+    }
+
+    #[test]
+    fn watch_hides_disks_outside_bays_until_a_job_wants_one() {
+        let mut hidden = HashSet::new();
+        let arrived = |name: &str, bay: Option<&str>| Event::DeviceArrived {
+            disk: Box::new(test_disk(name)),
+            bay: bay.map(Into::into),
+        };
+        let ignored = |name: &str| Event::DiskStatus {
+            name: name.into(),
+            status: DiskStatus::Ignored {
+                reason: "not in a bench bay".into(),
+            },
+        };
+        let left = |name: &str| Event::DeviceLeft { name: name.into() };
+        // The agent's own loop device over a data partition comes and goes unseen.
+        assert_eq!(
+            watched_line(&arrived("loop9", None), &mut hidden, false),
+            None
+        );
+        assert_eq!(watched_line(&ignored("loop9"), &mut hidden, false), None);
+        assert_eq!(watched_line(&left("loop9"), &mut hidden, false), None);
+        assert!(hidden.is_empty());
+        // With --all it is listed.
+        assert!(watched_line(&arrived("loop9", None), &mut HashSet::new(), true).is_some());
+        // A disk in a bay is always listed.
+        let l = watched_line(&arrived("loop3", Some("b1")), &mut hidden, false).unwrap();
+        assert!(l.contains("arrived in bay b1"), "{l}");
+        // A disk outside the bays that a job wants (by serial) shows from then on.
+        watched_line(&arrived("sdq", None), &mut hidden, false);
+        let wanted = Event::DiskStatus {
+            name: "sdq".into(),
+            status: DiskStatus::Running {
+                job: Job::new("T", "img@1", None, JobTarget::Bay("a".into())).id,
+            },
+        };
+        assert!(watched_line(&wanted, &mut hidden, false).is_some());
+        assert!(watched_line(&left("sdq"), &mut hidden, false).is_some());
     }
 }

@@ -2,16 +2,14 @@
 //! confirmation (unless `--yes`), writes with the imager library, draws progress (bars on a
 //! terminal, a line every few seconds otherwise), and prints or saves the per-target reports.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use image_store::{ImageRef, SignatureStatus, Store};
-use imager::{BeyondImage, ImageSource, Phase, ProgressEvent, TargetReport, WriteOptions};
+use image_store::{ImageRef, SignatureStatus};
+use imager::{BeyondImage, ImageSource, TargetReport, WriteOptions};
 
 use super::interrupt::say;
 use super::render::size;
@@ -116,8 +114,7 @@ fn resolve_source(depot: &Depot, args: &WriteArgs) -> Result<ImageSource> {
             args.image
         ),
     };
-    let store = Store::open(depot.store())
-        .with_context(|| format!("opening the image store {}", depot.store().display()))?;
+    let store = super::image::open_store(depot)?;
     let image = store.load(&r, depot.trusted_keys()).with_context(|| {
         if p.exists() {
             format!("loading image {r} (to write the file of that name, give it as ./{r})")
@@ -141,6 +138,22 @@ fn resolve_source(depot: &Depot, args: &WriteArgs) -> Result<ImageSource> {
     })
 }
 
+/// The image as the prompt and the summary name it: `name@version` for a store image (with its
+/// signature), the file name and format for a file.
+fn image_line(info: &imager::ImageInfo) -> String {
+    let name = image_name(info);
+    let how = match (&info.signature, info.file_format) {
+        (Some(SignatureStatus::Valid { key_id }), _) => format!(", signed by trusted key {key_id}"),
+        (Some(sig), _) => format!(", {sig}"),
+        (None, Some(f)) if f != "raw" => format!(", decoded from {f}"),
+        _ => String::new(),
+    };
+    format!("{name} ({}{how})", size(info.size))
+}
+
+/// Shows the image and what each target is and holds now, then asks (unless `--yes`). No
+/// question when every target is refused: nothing would be written, and the write that
+/// follows only reports the refusals.
 fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> {
     if let ImageSource::File(p) = source
         && let Ok(f) = imager::file_format(p)
@@ -154,40 +167,56 @@ fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> 
         ));
     }
     let info = source.info().context("inspecting the image")?;
-    match info.file_format {
-        Some(f) if f != "raw" => {
-            eprintln!(
-                "image: {} ({}, decoded from {f})",
-                info.name,
-                size(info.size)
-            )
-        }
-        _ => eprintln!("image: {} ({})", info.name, size(info.size)),
-    }
+    eprintln!("image: {}", image_line(&info));
+    let mut writable = Vec::new();
     for t in &args.targets {
         match imager::check_target(t, info.size, info.gpt_sector) {
-            Ok(i) => eprintln!(
-                "  {}: {} serial {} size {} sectors {}/{}",
-                t.display(),
-                i.model.as_deref().unwrap_or("unknown model"),
-                i.serial.as_deref().unwrap_or("unknown"),
-                size(i.size),
-                i.logical_sector,
-                i.physical_sector
-            ),
+            Ok(i) => {
+                eprintln!(
+                    "  {}: {} serial {}, {}, sectors {}/{}",
+                    t.display(),
+                    i.model.as_deref().unwrap_or("unknown model"),
+                    i.serial.as_deref().unwrap_or("unknown"),
+                    size(i.size),
+                    i.logical_sector,
+                    i.physical_sector
+                );
+                writable.push(t.display().to_string());
+            }
             Err(r) => eprintln!("  {}: REFUSED: {r}", t.display()),
         }
+        match super::disk_contents::describe(t) {
+            Ok(lines) => {
+                let mut lines = lines.into_iter();
+                if let Some(first) = lines.next() {
+                    eprintln!("      holds: {first}");
+                }
+                for l in lines {
+                    eprintln!("      {l}");
+                }
+            }
+            Err(e) => eprintln!("      holds: unknown ({e:#})"),
+        }
         if let Some(m) = imager::read_unfinished_marker(t) {
-            eprintln!("  {}: {m}", t.display());
+            eprintln!("      {m}");
         }
     }
-    if args.yes {
+    if args.yes || writable.is_empty() {
         return Ok(info);
     }
     if !std::io::stdin().is_terminal() {
         bail!("refusing to write without --yes: stdin is not a terminal to confirm on");
     }
-    eprint!("Everything on these targets will be overwritten. Continue? [y/N] ");
+    let refused = args.targets.len() - writable.len();
+    eprint!(
+        "Everything on {} will be overwritten with {}{}. Continue? [y/N] ",
+        writable.join(", "),
+        image_name(&info),
+        match refused {
+            0 => String::new(),
+            n => format!(" ({n} refused target{} left untouched)", plural(n)),
+        }
+    );
     std::io::stderr().flush().ok();
     let mut line = String::new();
     std::io::stdin()
@@ -199,74 +228,16 @@ fn confirm(source: &ImageSource, args: &WriteArgs) -> Result<imager::ImageInfo> 
     Ok(info)
 }
 
-fn phase_name(p: Phase) -> String {
-    serde_json::to_value(p)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+/// `name@version` for a store image, the file name for a file.
+fn image_name(info: &imager::ImageInfo) -> String {
+    match &info.version {
+        Some(v) => format!("{}@{v}", info.name),
+        None => info.name.clone(),
+    }
 }
 
-/// Draws progress: one indicatif bar per target on a terminal, else a line every 5 s per target.
-fn show_progress(rx: crossbeam_channel::Receiver<ProgressEvent>) {
-    if std::io::stderr().is_terminal() {
-        let multi = indicatif::MultiProgress::new();
-        let style = indicatif::ProgressStyle::with_template(
-            "{prefix:>14} {msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        let mut bars: HashMap<PathBuf, indicatif::ProgressBar> = HashMap::new();
-        for ev in rx {
-            let bar = bars.entry(ev.target.clone()).or_insert_with(|| {
-                let b = multi.add(indicatif::ProgressBar::new(0));
-                b.set_style(style.clone());
-                b.set_prefix(ev.target.display().to_string());
-                b
-            });
-            let name = phase_name(ev.phase);
-            if bar.message() != name {
-                bar.reset();
-                bar.set_message(name);
-            }
-            bar.set_length(ev.bytes_total);
-            bar.set_position(ev.bytes_done);
-            if matches!(ev.phase, Phase::Done | Phase::Failed) {
-                bar.finish();
-            }
-        }
-    } else {
-        let mut last: HashMap<PathBuf, (Instant, Phase)> = HashMap::new();
-        for ev in rx {
-            let due = match last.get(&ev.target) {
-                Some((t, p)) => *p != ev.phase || t.elapsed() >= Duration::from_secs(5),
-                None => true,
-            };
-            if !due {
-                continue;
-            }
-            last.insert(ev.target.clone(), (Instant::now(), ev.phase));
-            let pct = if ev.bytes_total > 0 {
-                format!(
-                    " {:.0}%",
-                    ev.bytes_done as f64 * 100.0 / ev.bytes_total as f64
-                )
-            } else {
-                String::new()
-            };
-            let eta = ev
-                .eta_secs
-                .map(|e| format!(" eta {e:.0}s"))
-                .unwrap_or_default();
-            eprintln!(
-                "tek write: {} {}{pct} {}/{} {}/s{eta}",
-                ev.target.display(),
-                phase_name(ev.phase),
-                size(ev.bytes_done),
-                size(ev.bytes_total),
-                size(ev.rate_bps as u64),
-            );
-        }
-    }
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 fn summary(r: &TargetReport, signal: Option<&str>) -> String {
@@ -280,7 +251,7 @@ fn summary(r: &TargetReport, signal: Option<&str>) -> String {
             "{}: INTERRUPTED by {} while {}{}: {}",
             r.path.display(),
             signal.unwrap_or_default(),
-            phase_name(*phase),
+            phase.words(),
             offset
                 .map(|o| format!(" at image offset {o}"))
                 .unwrap_or_default(),
@@ -312,7 +283,7 @@ fn summary(r: &TargetReport, signal: Option<&str>) -> String {
         } => format!(
             "{}: FAILED while {}: {error}{}",
             r.path.display(),
-            phase_name(*phase),
+            phase.words(),
             if *table_reset {
                 " (partition table reset)"
             } else {
@@ -340,7 +311,13 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
         bail!("interrupted by {sig} before writing; nothing written");
     }
     let (tx, rx) = crossbeam_channel::bounded(1024);
-    let drawer = std::thread::spawn(move || show_progress(rx));
+    let width = args
+        .targets
+        .iter()
+        .map(|t| t.display().to_string().chars().count())
+        .max()
+        .unwrap_or(0);
+    let drawer = std::thread::spawn(move || super::write_progress::show(rx, width));
     let reports =
         imager::write_image_with_info(&source, Some(info), &args.targets, &opts, Some(tx));
     drawer.join().ok();
@@ -351,7 +328,7 @@ pub fn run(depot: &Depot, args: WriteArgs) -> Result<()> {
             .with_context(|| format!("writing the report {}", p.display()))?;
     }
     if args.json {
-        println!("{json}");
+        super::render::print_json(&reports)?;
     }
     for r in &reports {
         say(&summary(r, signal));

@@ -283,7 +283,10 @@ impl Agent {
             let job = match self.create_record(job) {
                 Ok(job) => job,
                 Err(e) => {
-                    let reason = format!("journaling a provisioning job: {e:#}");
+                    let reason = format!(
+                        "journaling a provisioning job: {}",
+                        crate::errors::Chain(&e)
+                    );
                     self.set_status(inner, name, DiskStatus::Waiting { reason });
                     return;
                 }

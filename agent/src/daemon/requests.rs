@@ -104,7 +104,10 @@ impl Agent {
         self.steps.validate(&job).map_err(|e| {
             refuse(
                 ErrorCode::Rejected,
-                format!("checking the new job for ticket {ticket}: {e:#}"),
+                format!(
+                    "checking the new job for ticket {ticket}: {}",
+                    crate::errors::Chain(&e)
+                ),
             )
         })?;
         let mut inner = self.lock();

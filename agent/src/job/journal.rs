@@ -54,9 +54,9 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (creating) the journal directory.
+    /// Opens (creating, private: [`crate::depot::PRIVATE_DIR_MODE`]) the journal directory.
     pub fn open(dir: &Path) -> Result<Journal> {
-        fs::create_dir_all(dir)
+        crate::depot::private_dir(dir)
             .with_context(|| format!("creating job journal directory {}", dir.display()))?;
         Ok(Journal {
             dir: dir.to_path_buf(),

@@ -280,7 +280,12 @@ pub fn run_job(
                             continue;
                         }
                         let _ = steps.image_written(job, dev, false);
-                        return fail(job, &format!("writing the image: {e:#}"), steps, &save);
+                        return fail(
+                            job,
+                            &format!("writing the image: {}", crate::errors::Chain(&e)),
+                            steps,
+                            &save,
+                        );
                     }
                 }
             }
@@ -330,7 +335,10 @@ pub fn run_job(
                         if let Some(why) = gone(job, steps) {
                             return withdrawn(job, &why, steps, &save);
                         }
-                        let msg = format!("migrating client data (staged copy kept): {e:#}");
+                        let msg = format!(
+                            "migrating client data (staged copy kept): {}",
+                            crate::errors::Chain(&e)
+                        );
                         return fail(job, &msg, steps, &save);
                     }
                 }
@@ -348,7 +356,12 @@ pub fn run_job(
                     }
                     Err(StepError::Stopped) => {}
                     Err(StepError::Failed(e)) => {
-                        return fail(job, &format!("wiping staged data: {e:#}"), steps, &save);
+                        return fail(
+                            job,
+                            &format!("wiping staged data: {}", crate::errors::Chain(&e)),
+                            steps,
+                            &save,
+                        );
                     }
                 }
             }

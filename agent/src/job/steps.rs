@@ -198,7 +198,7 @@ fn image_facts(img: &LoadedImage) -> serde_json::Value {
     serde_json::json!({
         "manifest_hash": img.manifest_hash,
         "signature": img.signature,
-        "size": img.manifest.size,
+        "size_bytes": img.manifest.size,
         "sha256": img.manifest.sha256,
         "blake3": img.manifest.blake3,
         "data_partition": img.manifest.hints.data_partition,
@@ -253,7 +253,7 @@ impl JobSteps for RealSteps {
     }
 
     fn check(&self, job: &Job, disk: &DiskInfo) -> Result<serde_json::Value, String> {
-        let img = self.load_pinned(job).map_err(|e| format!("{e:#}"))?;
+        let img = self.load_pinned(job).map_err(|e| crate::errors::text(&e))?;
         // A stat per chunk, before the disk is claimed: a write that stops at a missing chunk
         // has already destroyed what the disk held.
         let absent = self
@@ -271,7 +271,7 @@ impl JobSteps for RealSteps {
             // Until the data is verified on the disk, staging must still hold it.
             let need_live = job.results.restore.is_none();
             self.bound_dataset(job, need_live)
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(|e| crate::errors::text(&e))?;
         }
         if job.device.is_some() {
             // Resuming after a crash: our own data-partition mount from before may still hold
@@ -481,8 +481,7 @@ impl JobSteps for RealSteps {
             .and_then(|proof| self.custody.wipe(&proof, &opts))
             .with_context(|| format!("wiping staged dataset {id}"))?;
         let record = SanitizationRecord::of(&rec)?;
-        std::fs::create_dir_all(&self.reports)
-            .with_context(|| format!("creating {}", self.reports.display()))?;
+        crate::depot::private_dir(&self.reports)?;
         std::fs::write(
             &saved,
             serde_json::to_vec_pretty(record.json()).unwrap_or_default(),
@@ -535,8 +534,7 @@ impl JobSteps for RealSteps {
             .context("appending JobFinished to the audit log")?;
         let mut r = Report::with_custody(job, Some(&self.custody));
         r.audit = Some(AuditAnchor::of(cp));
-        std::fs::create_dir_all(&self.reports)
-            .with_context(|| format!("creating {}", self.reports.display()))?;
+        crate::depot::private_dir(&self.reports)?;
         let json = self.reports.join(format!("{}.json", job.id));
         std::fs::write(&json, serde_json::to_vec_pretty(&r).unwrap_or_default())
             .with_context(|| format!("writing {}", json.display()))?;

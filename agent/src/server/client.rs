@@ -20,6 +20,19 @@ pub struct AgentError {
     pub message: String,
 }
 
+/// No agent answers at the socket (none running, a stale socket, or no permission to use it):
+/// the one error of [`Client::connect`], so a command can say so apart from the agent's
+/// refusals.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to the agent at {} (is `tek agent` running, and may you use its socket?)", path.display())]
+pub struct AgentUnreachable {
+    /// The socket tried.
+    pub path: PathBuf,
+    /// Why the connection failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// A connection to the agent.
 pub struct Client {
     path: PathBuf,
@@ -30,11 +43,9 @@ pub struct Client {
 impl Client {
     /// Connects to the agent's socket.
     pub fn connect(path: &Path) -> Result<Client> {
-        let s = UnixStream::connect(path).with_context(|| {
-            format!(
-                "connecting to the agent at {} (is `tek agent` running, and may you use its socket?)",
-                path.display()
-            )
+        let s = UnixStream::connect(path).map_err(|source| AgentUnreachable {
+            path: path.to_path_buf(),
+            source,
         })?;
         let writer = s
             .try_clone()

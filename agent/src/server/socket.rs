@@ -354,7 +354,7 @@ async fn subscription(
 fn handle(agent: &Agent, op: Op) -> Reply {
     let to = |r: Result<serde_json::Value>| match r {
         Ok(v) => Reply::ok(v),
-        Err(e) => Reply::refused(crate::daemon::error_code(&e), format!("{e:#}")),
+        Err(e) => Reply::refused(crate::daemon::error_code(&e), crate::errors::text(&e)),
     };
     let json = |v: Result<crate::job::Job>| v.map(|j| serde_json::to_value(j).unwrap_or_default());
     match op {

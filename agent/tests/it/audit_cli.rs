@@ -266,6 +266,8 @@ fn edited_rechained_and_truncated_logs_fail_verify() {
 fn parallel_processes_create_one_key_and_one_signed_chain() {
     let d = tempfile::tempdir().unwrap();
     let state = d.path().join("state");
+    // (A command that only reads refuses a state root that does not exist.)
+    std::fs::create_dir(&state).unwrap();
     // Eight processes append to a fresh depot at once: they race on the key's creation (first
     // use), the tail and the head file.
     let children: Vec<_> = (0..8)

@@ -55,8 +55,8 @@ fn ingest_restore_wipe_audit() {
     assert!(id.starts_with("ds-"), "{id}");
     let list: serde_json::Value =
         serde_json::from_str(&ok(&tek(&state, &["data", "list", "--json"]))).unwrap();
-    assert_eq!(list["datasets"][0]["state"], "staged");
-    assert_eq!(list["max_staging_age_days"], 14);
+    assert_eq!(list[0]["state"], "staged");
+    assert_eq!(list[0]["max_staging_age_days"], 14);
     let e = err(&tek(&state, &["data", "wipe", id]));
     assert!(e.contains("no verified migration"), "{e}");
     let target = d.path().join("target");
@@ -305,7 +305,7 @@ fn withdraw_in_one_process_waits_for_a_slow_ingest_in_another() {
     // The records, independently.
     let list: serde_json::Value =
         serde_json::from_str(&ok(&tek(&state, &["data", "list", "--json"]))).unwrap();
-    let ds = list["datasets"].as_array().unwrap();
+    let ds = list.as_array().unwrap();
     assert_eq!(ds.len(), 1, "{list}");
     assert_eq!(ds[0]["id"], first.as_str());
     assert_eq!(ds[0]["state"], "withdrawn");
@@ -406,7 +406,7 @@ fn backup_keys_refuses_a_missing_or_local_directory() {
     let _ = Command::new("umount").arg(&mnt).status();
     let out = ok(&out);
     assert!(
-        out.contains("1 keys") && !out.contains("--same-filesystem"),
+        out.contains("1 key,") && !out.contains("--same-filesystem"),
         "{out}"
     );
     assert_eq!(files, 1);
@@ -541,7 +541,7 @@ fn withdraw_racing_parallel_ingests_never_leaves_live_data() {
         }
         let list: serde_json::Value =
             serde_json::from_str(&ok(&tek(&state, &["data", "list", "--json"]))).unwrap();
-        let ds = list["datasets"].as_array().unwrap();
+        let ds = list.as_array().unwrap();
         assert!(
             ds.iter().all(|d| d["state"] == "withdrawn"),
             "round {round}: live data after the withdrawal: {list:#}\n{wd}"

@@ -138,7 +138,8 @@ fn import_audits_by_default_and_write_refuses_what_is_not_clean() {
     assert_eq!(row("pop@1")["clean"], false);
     assert_eq!(row("pop@2")["audit"], "not audited");
     let text = t.ok(&["image", "list"]);
-    assert!(text.contains("audit: NOT clean"), "{text}");
+    let row = text.lines().find(|l| l.starts_with("pop@1 ")).unwrap();
+    assert!(row.contains("  NOT clean"), "{text}");
     let show = t.ok(&["image", "show", "pop@1"]);
     assert!(show.contains("audit:      NOT clean"), "{show}");
     assert!(show.contains("shell.history"), "{show}");

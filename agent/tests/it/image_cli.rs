@@ -253,7 +253,7 @@ fn verify_all_names_each_failed_image() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr),
     );
-    assert!(err.contains("2 of 3 image(s) failed verification"), "{err}");
+    assert!(err.contains("2 of 3 images failed verification"), "{err}");
     assert!(
         err.contains("b@1 (signature unsigned, a valid one is required)"),
         "{err}"
@@ -275,7 +275,7 @@ fn verify_all_names_each_failed_image() {
         String::from_utf8_lossy(&o.stderr),
     );
     assert!(
-        err.contains("1 of 3 image(s) failed verification: c@1 (loading c@1: parsing"),
+        err.contains("1 of 3 images failed verification: c@1 (loading c@1: parsing"),
         "{err}"
     );
     assert!(out.contains("a@1: OK") && out.contains("b@1: OK"), "{out}");

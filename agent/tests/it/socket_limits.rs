@@ -1,6 +1,7 @@
 //! The control socket of a real `tek agent` process against clients that need processes of
 //! their own: other uids (authorization, per-uid caps), a huge request line (the agent's
-//! memory), and an agent out of file descriptors (EMFILE: backoff, a small log, no spinning).
+//! memory), and an agent out of file descriptors (EMFILE: backoff, a small log, no spinning,
+//! also while loop devices come and go and each uevent finds sysfs unreadable).
 //! Needs root (to run clients as uid 65534 and lower the agent's fd limit); says so and skips
 //! otherwise.
 
@@ -11,6 +12,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use client_data::loopdev::{LoopDevice, can_attach};
 
 const NOBODY: u32 = 65534;
 
@@ -266,7 +269,12 @@ fn out_of_file_descriptors_the_agent_backs_off_logs_once_and_recovers() {
         .map(|_| UnixStream::connect(&a.sock).unwrap())
         .collect();
     let ticks_before = cpu_ticks(pid);
+    // Meanwhile disks come and go (as other tests' loop devices do on a busy machine): each
+    // uevent makes the agent read sysfs, which needs descriptors it does not have. That must
+    // cost one line, not one per event or per device (once a flood of 170 KB in 3 s).
+    let storm = can_attach().then(|| LoopStorm::start(a.dir.path()));
     std::thread::sleep(Duration::from_secs(3));
+    let storm_events = storm.map(LoopStorm::stop);
     let ticks = cpu_ticks(pid) - ticks_before;
     let log = a.log();
     let grown = log.len() - log_before;
@@ -283,6 +291,14 @@ fn out_of_file_descriptors_the_agent_backs_off_logs_once_and_recovers() {
         .filter(|l| l.contains("accepting a control connection"))
         .count();
     assert!((1..=3).contains(&emfile), "{emfile} lines:\n{log}");
+    let sysfs_short = log
+        .lines()
+        .filter(|l| l.contains("identifying disks: out of file descriptors"))
+        .count();
+    if let Some(n) = storm_events {
+        assert!(n >= 10, "only {n} loop attaches in 3 s");
+        assert_eq!(sysfs_short, 1, "{n} loop attaches:\n{log}");
+    }
     // Descriptors come back: the agent serves again within its backoff (at most 1 s).
     drop(clients);
     set_nofile(pid, 1024);
@@ -301,6 +317,54 @@ fn out_of_file_descriptors_the_agent_backs_off_logs_once_and_recovers() {
     }
     let log = a.log();
     assert!(log.contains("accepting control connections again"), "{log}");
+    if storm_events.is_some() {
+        // The watcher reads sysfs again by itself (it re-scans every second while short).
+        let start = Instant::now();
+        while !a.log().contains("reading disks from sysfs again") {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the disk watcher did not recover:\n{}",
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A thread attaching and detaching a loop device over a small sparse file, over and over,
+/// until stopped: real uevents for every process listening, as a busy bench machine has.
+struct LoopStorm {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl LoopStorm {
+    fn start(dir: &Path) -> LoopStorm {
+        let backing = dir.join("storm.img");
+        std::fs::File::create(&backing)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                // Detached on drop, also if the test panics meanwhile.
+                let dev = LoopDevice::attach(&backing).unwrap();
+                n += 1;
+                drop(dev);
+            }
+            n
+        });
+        LoopStorm { stop, thread }
+    }
+
+    /// Stops the storm; returns how many attaches it made.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 /// A user listed as a supplementary member of a group in /etc/group: (group, uid, its gid).

@@ -50,7 +50,7 @@ fn raw_image_onto_a_file_with_json_report() {
     assert_eq!(r["result"]["status"], "ok", "{r}");
     assert_eq!(r["format"], 1);
     assert!(r["bytes_verified"].as_u64().unwrap() >= 3 * MIB, "{r}");
-    assert_eq!(r["image"]["size"], 16 * MIB);
+    assert_eq!(r["image"]["size_bytes"], 16 * MIB);
     // The partitions' bytes are the image's; the GPT was moved to the file's real end.
     assert!(same_range(&img, &target, MIB, 15 * MIB));
     assert!(sgdisk_ok(&target));
@@ -169,6 +169,54 @@ fn store_reference_wins_over_a_same_named_file() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("./other@1"), "{err}");
+    assert!(
+        std::fs::read(&target).unwrap().iter().all(|&b| b == 0xEE),
+        "nothing written"
+    );
+}
+
+/// A technician without root is told that writing a disk needs root, not `busy: Permission
+/// denied`; the disk is untouched. Runs tek as uid/gid 65534 through `setpriv` (util-linux).
+#[test]
+fn a_user_without_root_is_told_writing_a_disk_needs_root() {
+    use std::os::unix::fs::PermissionsExt;
+    if !client_data::loopdev::can_attach() {
+        tek_testkit::skip!("needs root (a loop device, and setpriv to become nobody)");
+        return;
+    }
+    let tek = Tek::new();
+    // nobody must reach the image and the state root.
+    std::fs::set_permissions(tek.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(tek.dir().join("state")).unwrap();
+    std::fs::set_permissions(
+        tek.dir().join("state"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let img = tek.dir().join("disk.img");
+    std::fs::write(&img, vec![0x5au8; MIB as usize]).unwrap();
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let target = old_disk(tek.dir(), "target", 4 * MIB);
+    let dev = client_data::loopdev::LoopDevice::attach(&target).unwrap();
+    let o = tek_testkit::run(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_tek"))
+            .arg("--state")
+            .arg(tek.dir().join("state"))
+            .args([
+                "write",
+                img.to_str().unwrap(),
+                dev.path().to_str().unwrap(),
+                "--yes",
+            ])
+            .env("HOME", tek.dir()),
+    );
+    drop(dev);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("writing a disk needs root"), "{err}");
+    assert!(!err.contains("busy"), "{err}");
     assert!(
         std::fs::read(&target).unwrap().iter().all(|&b| b == 0xEE),
         "nothing written"

@@ -87,7 +87,7 @@ fn gzip_image_is_written_decoded() {
     assert!(err.contains("decoded from gzip"), "{err}");
     assert!(err.contains("(gzip) once to check it"), "{err}");
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(r[0]["image"]["size"], 16 * MIB, "{r}");
+    assert_eq!(r[0]["image"]["size_bytes"], 16 * MIB, "{r}");
     assert_eq!(r[0]["image"]["file_format"], "gzip", "{r}");
     drop(lo);
     // Same size as the image and a GPT that fits: every byte must be the decoded image's.
@@ -135,7 +135,7 @@ fn image_with_absent_chunks_is_refused_before_writing_and_flagged() {
     let list = tek.ok(&["image", "list"]);
     let row = list.lines().find(|l| l.starts_with("os@1")).unwrap();
     assert!(
-        row.contains("INCOMPLETE: 1 chunk(s) missing, 1 quarantined"),
+        row.contains("INCOMPLETE: 1 chunk missing, 1 quarantined"),
         "{list}"
     );
     let list: serde_json::Value =
@@ -151,7 +151,7 @@ fn image_with_absent_chunks_is_refused_before_writing_and_flagged() {
     assert_eq!(row["chunks_quarantined"], 1, "{row}");
     let show = tek.ok(&["image", "show", "os@1"]);
     assert!(
-        show.contains("INCOMPLETE, cannot be written: 2 chunk(s)"),
+        show.contains("INCOMPLETE, cannot be written: 2 chunks"),
         "{show}"
     );
     assert!(

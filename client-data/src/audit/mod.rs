@@ -24,6 +24,7 @@ mod chain;
 mod checkpoint;
 mod event;
 mod fields;
+mod filter;
 pub mod journal;
 
 pub use checkpoint::{
@@ -31,6 +32,7 @@ pub use checkpoint::{
 };
 pub use event::AuditEvent;
 pub use fields::{DeviceIdentity, WipeReason};
+pub use filter::{AuditFilter, EVENT_KINDS};
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};

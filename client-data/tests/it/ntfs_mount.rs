@@ -105,6 +105,7 @@ fn dirty_hibernated_and_bitlocker_volumes_are_refused_untouched() {
     // Hibernated: a hiberfil.sys whose header says "HIBR", as Windows leaves it.
     let img = ntfs_file(dir.path(), "hiber.ntfs", "Windows");
     let lo = LoopDevice::attach(&img).unwrap();
+    assert_eq!(PartitionMount::check_ntfs_writable(lo.path()), Ok(()));
     {
         let m = PartitionMount::mount_device(lo.path(), None).unwrap();
         let mut hdr = vec![0u8; 64 << 10];
@@ -119,6 +120,12 @@ fn dirty_hibernated_and_bitlocker_volumes_are_refused_untouched() {
     let reason = refusal(r);
     assert_eq!(reason, MountRefusal::Hibernated);
     assert!(reason.to_string().contains("hibernated"), "{reason}");
+    // tek's own probe finds it, without the mount: ntfs-3g would refuse a read-write mount by
+    // itself (exit 14, also read as Hibernated), and the kernel's ntfs3 is not relied on to.
+    assert_eq!(
+        PartitionMount::check_ntfs_writable(lo.path()),
+        Err(MountRefusal::Hibernated)
+    );
     lo.detach().unwrap();
     assert!(
         fs::read(&img).unwrap() == before,

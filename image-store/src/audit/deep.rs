@@ -2,6 +2,13 @@
 //! numbers, UK National Insurance and US Social Security numbers, Luhn-checked payment card
 //! numbers). Only counts leave this module: the matched text is never returned, printed, logged
 //! or stored. [`mask_text`] masks e-mail addresses in anything the audit does print (paths).
+//!
+//! Files of packaged software ([`packaged_software`]: `/usr` but `/usr/local`, the package
+//! managers' own databases, `Windows/WinSxS`, `Program Files`, ...) are not scanned: their
+//! documentation, man pages, licences and sources carry their authors' and maintainers'
+//! addresses by the hundred (a plain Debian `/usr/share/doc` alone), which are nobody's
+//! personal data in an image. The path rules still apply there (a `.pst` or a `*_history`
+//! under `/usr` is still found); only the content patterns skip them.
 
 use std::sync::LazyLock;
 
@@ -59,6 +66,41 @@ impl Counts {
         .collect();
         parts.join(", ")
     }
+}
+
+/// Path prefixes (lowercase, from the filesystem's root) of packaged software, which `--deep`
+/// does not scan (see the module overview). Linux: `/usr` as the FHS defines it (shareable,
+/// read-only, installed by the distribution), `/usr/local` excepted (a local administrator's);
+/// the package managers' databases and caches. Windows: the component store, the system
+/// folders Setup installs, and Program Files.
+pub const PACKAGED_SOFTWARE: [&str; 17] = [
+    "/usr/",
+    "/var/lib/dpkg/",
+    "/var/lib/apt/",
+    "/var/cache/apt/",
+    "/var/lib/rpm/",
+    "/var/cache/dnf/",
+    "/windows/winsxs/",
+    "/windows/servicing/",
+    "/windows/system32/",
+    "/windows/syswow64/",
+    "/windows/inf/",
+    "/windows/assembly/",
+    "/windows/microsoft.net/",
+    "/windows/systemapps/",
+    "/windows/softwaredistribution/",
+    "/program files/",
+    "/program files (x86)/",
+];
+
+/// Prefixes inside [`PACKAGED_SOFTWARE`] that are scanned after all.
+const SCANNED_ANYWAY: [&str; 2] = ["/usr/local/", "/windows/system32/config/systemprofile/"];
+
+/// True when `lower` (a lowercase path from the filesystem's root) belongs to packaged software
+/// and is not scanned by `--deep`.
+pub fn packaged_software(lower: &str) -> bool {
+    PACKAGED_SOFTWARE.iter().any(|p| lower.starts_with(p))
+        && !SCANNED_ANYWAY.iter().any(|p| lower.starts_with(p))
 }
 
 /// Whether a file name looks like text worth scanning (by extension; no extension counts).
@@ -166,6 +208,36 @@ mod tests {
         assert!(c.phone >= 1);
         assert!(!c.describe().contains("jane"));
         assert_eq!(scan(b"\0binary jane@example.com").total(), 0);
+    }
+
+    #[test]
+    fn packaged_software_is_not_scanned_but_personal_places_are() {
+        for p in [
+            "/usr/share/doc/bash/copyright",
+            "/usr/share/man/man1/ls.1",
+            "/usr/share/common-licenses/gpl-3",
+            "/usr/lib/python3/dist-packages/x/readme.txt",
+            "/var/lib/dpkg/status",
+            "/windows/winsxs/amd64_x/manifest.xml",
+            "/program files/app/readme.txt",
+            "/program files (x86)/app/license.txt",
+        ] {
+            assert!(packaged_software(p), "{p}");
+        }
+        for p in [
+            "/home/ann/notes.txt",
+            "/root/notes",
+            "/etc/app.conf",
+            "/srv/www/contacts.csv",
+            "/usr/local/share/customers.csv",
+            "/users/jsmith/documents/list.csv",
+            "/users/public/documents/list.csv",
+            "/windows/system32/config/systemprofile/appdata/x.txt",
+            "/windows/panther/unattend.xml",
+            "/usrx/notes.txt",
+        ] {
+            assert!(!packaged_software(p), "{p}");
+        }
     }
 
     #[test]

@@ -299,7 +299,7 @@ fn copy_out<R: Read + Seek>(w: &mut Window<R>) -> Result<std::fs::File, Partitio
         if n == 0 {
             break;
         }
-        if buf[..n].iter().any(|&b| b != 0) {
+        if !super::free::all_zero(&buf[..n]) {
             f.seek(SeekFrom::Start(at))
                 .and_then(|_| f.write_all(&buf[..n]))
                 .map_err(|e| io_err("writing the temporary copy", e))?;

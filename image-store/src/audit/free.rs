@@ -54,7 +54,7 @@ pub fn measure<R: Read + Seek>(
             w.read_at(at, &mut buf[..n])
                 .map_err(|e| io_err("reading free space", e))?;
             for block in buf[..n].chunks(4096) {
-                if block.iter().any(|&b| b != 0) {
+                if !all_zero(block) {
                     out.nonzero_bytes += block.len() as u64;
                 }
             }
@@ -62,6 +62,16 @@ pub fn measure<R: Read + Seek>(
         }
     }
     Ok(out)
+}
+
+/// 4 KiB of zeros to compare with.
+static ZEROS: [u8; 4096] = [0; 4096];
+
+/// True when every byte of `b` is zero. Compared 4 KiB at a time with [`ZEROS`] (the
+/// platform's `memcmp`, vectorized), several times faster than a byte loop that stops early:
+/// the free-space scan reads every free byte of the image.
+pub(crate) fn all_zero(b: &[u8]) -> bool {
+    b.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
 fn bad(what: String) -> PartitionError {
@@ -302,6 +312,17 @@ fn fat<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_zero_sees_one_byte_anywhere() {
+        let mut b = vec![0u8; 3 * 4096 + 17];
+        assert!(all_zero(&b) && all_zero(&b[..0]) && all_zero(&b[5..9000]));
+        for at in [0, 4095, 4096, 3 * 4096 + 16] {
+            b[at] = 1;
+            assert!(!all_zero(&b), "{at}");
+            b[at] = 0;
+        }
+    }
 
     #[test]
     fn bitmaps_become_merged_free_ranges() {

@@ -30,8 +30,9 @@ use crate::manifest::GptSummary;
 use window::Window;
 
 /// Version of the rule set; recorded with every verdict so a later, stricter rule set can tell
-/// which images were audited by an older one.
-pub const RULES_VERSION: u32 = 1;
+/// which images were audited by an older one. 2: `--deep` does not scan packaged software
+/// ([`deep::PACKAGED_SOFTWARE`]).
+pub const RULES_VERSION: u32 = 2;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -312,7 +313,7 @@ pub fn audit_image<R: Read + Seek + 'static>(
         findings: Vec::new(),
         accepted: Vec::new(),
     };
-    let img = std::rc::Rc::new(std::cell::RefCell::new(img));
+    let img = std::rc::Rc::new(std::cell::RefCell::new(window::BlockCache::new(img)));
     for (number, name, start, len) in parts {
         let budget = len.saturating_mul(opts.limits.read_factor) + (256 << 20);
         let mut w = Window::new(
@@ -334,6 +335,11 @@ pub fn audit_image<R: Read + Seek + 'static>(
             _ if fs == "none" => PartitionStatus::NotAudited {
                 reason: "no filesystem the audit reads (ext4, NTFS, FAT)".into(),
             },
+            Ok(Ok(_)) if rules.unreadable().is_some() => {
+                let reason = deep::mask_text(rules.unreadable().unwrap_or_default());
+                report.findings.extend(rules.finish_partial());
+                PartitionStatus::Error { reason }
+            }
             Ok(Ok(entries)) => {
                 report.findings.extend(rules.finish());
                 free = remnants(&mut w, fs, number, &mut report.findings);
@@ -383,7 +389,8 @@ fn remnants<R: Read + Seek>(
                     "/",
                     "fs.remnants",
                     format!(
-                        "{} of {} free space hold non-zero bytes (deleted files live on there;                          `tek image import --scrub-free` stores the image with free space zeroed)",
+                        "{} of {} free space hold non-zero bytes (deleted files live on there; \
+                         `tek image import --scrub-free` stores the image with free space zeroed)",
                         mib(f.nonzero_bytes),
                         mib(f.free_bytes)
                     ),

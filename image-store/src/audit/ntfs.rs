@@ -1,6 +1,7 @@
 //! Walking an NTFS tree with the `ntfs` crate (pure Rust, read-only): directory indexes from the
-//! root, each directory's MFT record visited once (an index that points back up the tree is a
-//! cycle and ends the walk of that branch), DOS 8.3 alias names skipped.
+//! root, each directory's MFT record visited once (an index entry naming its own directory or
+//! one already in the tree is a cycle, and an error for the partition), DOS 8.3 alias names
+//! skipped.
 
 use std::collections::HashSet;
 use std::io::{Read, Seek};
@@ -47,11 +48,17 @@ pub(super) fn walk<R: Read + Seek>(
                 continue;
             }
             let child = ent.file_reference().file_record_number();
-            if child < FIRST_USER_RECORD || child == rn {
+            // The root's index holds "." (record 5, skipped here with the metadata files).
+            if child < FIRST_USER_RECORD {
                 continue;
             }
             count.entry(depth + 1)?;
             let path = format!("{dir_path}/{}", key.name());
+            if child == rn {
+                return Err(PartitionError(format!(
+                    "directory {shown} contains itself as {path} (a directory cycle)"
+                )));
+            }
             let kind = if key.is_directory() {
                 Kind::Dir
             } else {
@@ -87,15 +94,20 @@ fn read_head<R: Read + Seek>(
     let item = item.map_err(|e| e.to_string())?;
     let attr = item.to_attribute().map_err(|e| e.to_string())?;
     let mut value = attr.value(fs).map_err(|e| e.to_string())?;
-    let mut out = vec![0u8; n.min(value.len() as usize)];
+    let want = (n as u64).min(value.len()) as usize;
+    let mut out = vec![0u8; want];
     let mut got = 0;
-    while got < out.len() {
+    while got < want {
         let k = value.read(fs, &mut out[got..]).map_err(|e| e.to_string())?;
         if k == 0 {
-            break;
+            // The data's runlist ends (or points past the volume) before its declared size:
+            // what was read is not the file.
+            return Err(format!(
+                "its data ends after {got} of {} bytes (a runlist past the volume?)",
+                value.len()
+            ));
         }
         got += k;
     }
-    out.truncate(got);
     Ok(out)
 }

@@ -36,6 +36,8 @@ pub struct Rules {
     state_ini: Option<bool>,
     var_log: u64,
     homes_flagged: std::collections::BTreeSet<String>,
+    /// The first file whose contents a rule needed and the reader could not give.
+    unreadable: Option<String>,
 }
 
 impl Rules {
@@ -51,7 +53,28 @@ impl Rules {
             state_ini: None,
             var_log: 0,
             homes_flagged: Default::default(),
+            unreadable: None,
         }
+    }
+
+    /// Up to `n` bytes of the entry at `path`; a read that fails is remembered (the first one)
+    /// and ends the partition's audit with an error ([`Rules::unreadable`]): a file the rules
+    /// could not look into is not a file they found clean.
+    fn head(&mut self, read: &mut ReadHead<'_>, n: usize, path: &str) -> Option<Vec<u8>> {
+        match read(n) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                if self.unreadable.is_none() {
+                    self.unreadable = Some(format!("reading {path}: {e}"));
+                }
+                None
+            }
+        }
+    }
+
+    /// The first failed read of a file's contents, if any (see [`Rules::head`]).
+    pub fn unreadable(&self) -> Option<&str> {
+        self.unreadable.as_deref()
     }
 
     fn add(&mut self, sev: Severity, path: &str, rule: &'static str, detail: String) {
@@ -69,6 +92,7 @@ impl Rules {
         let comps: Vec<&str> = lower.trim_start_matches('/').split('/').collect();
         let name = *comps.last().unwrap_or(&"");
         let file = kind == Kind::File;
+        let max = self.max_read;
         use Severity::*;
 
         // --- Windows ---
@@ -92,7 +116,8 @@ impl Rules {
             }
         }
         if lower == "/windows/setup/state/state.ini" && file {
-            let generalized = read(64 << 10)
+            let generalized = self
+                .head(read, 64 << 10, path)
                 .map(|b| {
                     String::from_utf8_lossy(&b).lines().any(|l| {
                         let l = l.trim().to_ascii_lowercase().replace(' ', "");
@@ -131,7 +156,8 @@ impl Rules {
         }
         if file
             && lower.starts_with("/programdata/microsoft/wlansvc/profiles/")
-            && read(self.max_read)
+            && self
+                .head(read, max, path)
                 .map(|b| contains(&b, b"keyMaterial"))
                 .unwrap_or(false)
         {
@@ -207,7 +233,8 @@ impl Rules {
                 "/etc/machine-id" | "/var/lib/dbus/machine-id"
             )
         {
-            let set = read(256)
+            let set = self
+                .head(read, 256, path)
                 .map(|b| {
                     let t = String::from_utf8_lossy(&b);
                     let t = t.trim();
@@ -231,7 +258,8 @@ impl Rules {
         }
         if file
             && lower.starts_with("/etc/networkmanager/system-connections/")
-            && read(self.max_read)
+            && self
+                .head(read, max, path)
                 .map(|b| {
                     let t = String::from_utf8_lossy(&b).to_ascii_lowercase();
                     t.lines().any(|l| {
@@ -250,8 +278,13 @@ impl Rules {
         }
 
         // --- deep ---
-        if self.deep && file && size > 0 && deep::text_like(name) {
-            if let Ok(b) = read(self.max_read) {
+        if self.deep
+            && file
+            && size > 0
+            && deep::text_like(name)
+            && !deep::packaged_software(&lower)
+        {
+            if let Some(b) = self.head(read, max, path) {
                 let counts = deep::scan(&b);
                 if counts.total() > 0 {
                     self.add(Personal, path, "deep.personal-data", counts.describe());

@@ -1,6 +1,7 @@
 //! Seekable views the audit reads filesystems through: [`StoreReader`], a `Read + Seek` over a
 //! stored image's manifest (chunks fetched, verified and kept in a small cache, holes read as
-//! zeros), and [`Window`], one partition's byte range of any `Read + Seek` image.
+//! zeros), [`BlockCache`], a small read cache in front of either, and [`Window`], one
+//! partition's byte range of any `Read + Seek` image.
 //!
 //! Nothing here writes: the filesystem readers get a view whose `Write` always fails, so a
 //! reader that tried to update a hostile image cannot.
@@ -100,6 +101,90 @@ fn seek_to(pos: u64, size: u64, to: SeekFrom) -> io::Result<u64> {
         SeekFrom::Current(d) => pos.checked_add_signed(d),
     }
     .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))
+}
+
+/// Bytes per block of [`BlockCache`].
+const CACHE_BLOCK: usize = 64 << 10;
+/// Blocks [`BlockCache`] keeps (2 MiB).
+const CACHE_BLOCKS: usize = 32;
+
+/// A read cache in front of an image for the filesystem readers' many small reads (an inode,
+/// a directory block, an MFT record): 64 KiB-aligned blocks, the 32 most recently used kept;
+/// a read of a block or more goes straight through. A seek only moves the position, so a
+/// small read that hits costs a copy, where a file costs two system calls (seek, read) per
+/// read without it: the metadata audit of a 50,000-entry ext4 makes hundreds of thousands.
+pub struct BlockCache<R> {
+    inner: R,
+    pos: u64,
+    /// (block number, its bytes: short at the image's end), most recently used first.
+    blocks: VecDeque<(u64, Vec<u8>)>,
+}
+
+impl<R: Read + Seek> BlockCache<R> {
+    /// A cache over `inner`, at offset 0.
+    pub fn new(inner: R) -> Self {
+        BlockCache {
+            inner,
+            pos: 0,
+            blocks: VecDeque::with_capacity(CACHE_BLOCKS),
+        }
+    }
+
+    fn block(&mut self, n: u64) -> io::Result<&[u8]> {
+        if let Some(at) = self.blocks.iter().position(|(b, _)| *b == n) {
+            if at > 0 {
+                let hit = self.blocks.remove(at).expect("position is in range");
+                self.blocks.push_front(hit);
+            }
+        } else {
+            let mut data = match self.blocks.len() {
+                CACHE_BLOCKS => self.blocks.pop_back().expect("cache is full").1,
+                _ => Vec::new(),
+            };
+            data.resize(CACHE_BLOCK, 0);
+            self.inner.seek(SeekFrom::Start(n * CACHE_BLOCK as u64))?;
+            let mut got = 0;
+            while got < CACHE_BLOCK {
+                match self.inner.read(&mut data[got..])? {
+                    0 => break,
+                    k => got += k,
+                }
+            }
+            data.truncate(got);
+            self.blocks.push_front((n, data));
+        }
+        Ok(&self.blocks[0].1)
+    }
+}
+
+impl<R: Read + Seek> Read for BlockCache<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.len() >= CACHE_BLOCK {
+            self.inner.seek(SeekFrom::Start(self.pos))?;
+            let n = self.inner.read(buf)?;
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        let within = (self.pos % CACHE_BLOCK as u64) as usize;
+        let data = self.block(self.pos / CACHE_BLOCK as u64)?;
+        let n = data.len().saturating_sub(within).min(buf.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        buf[..n].copy_from_slice(&data[within..within + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read + Seek> Seek for BlockCache<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.pos = match to {
+            SeekFrom::End(_) => self.inner.seek(to)?,
+            _ => seek_to(self.pos, u64::MAX, to)?,
+        };
+        Ok(self.pos)
+    }
 }
 
 /// `len` bytes of a shared image from `start`, as a device of its own; read-only. Clones share
@@ -225,6 +310,31 @@ mod tests {
         w.read_at(6, &mut b).unwrap();
         assert_eq!(b, [22, 23]);
         assert!(w.write(b"x").is_err());
+    }
+
+    #[test]
+    fn block_cache_reads_what_the_image_holds() {
+        let data: Vec<u8> = (0..(3 * CACHE_BLOCK + 1000) as u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut c = BlockCache::new(Cursor::new(data.clone()));
+        let mut rng = 7u64;
+        for _ in 0..2000 {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let off = (rng >> 33) % (data.len() as u64 + 10);
+            let len =
+                [1, 512, 4096, CACHE_BLOCK - 1, CACHE_BLOCK, 3 * CACHE_BLOCK][(rng % 6) as usize];
+            c.seek(SeekFrom::Start(off)).unwrap();
+            let mut got = Vec::new();
+            (&mut c).take(len as u64).read_to_end(&mut got).unwrap();
+            let start = (off as usize).min(data.len());
+            let end = (start + len).min(data.len());
+            assert_eq!(got, &data[start..end], "{off} {len}");
+        }
+        assert!(c.blocks.len() <= CACHE_BLOCKS);
+        assert_eq!(c.seek(SeekFrom::End(-1)).unwrap(), data.len() as u64 - 1);
     }
 
     #[test]

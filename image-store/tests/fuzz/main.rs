@@ -13,6 +13,10 @@ use image_store::store::parse_manifest;
 use image_store::{ChunkId, Extent, Hints, MANIFEST_FORMAT, Manifest, SigningKey};
 use tek_fuzzkit::{Harness, generating, structured};
 
+// The hostile-image tests' memory bounds count every allocation of the process (the counting
+// global allocator below), so they live in this binary, apart from `tests/it`.
+mod ntfs_hostile;
+
 #[global_allocator]
 static ALLOC: tek_fuzzkit::CountingAlloc = tek_fuzzkit::CountingAlloc;
 

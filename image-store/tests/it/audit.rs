@@ -189,6 +189,69 @@ fn clean_linux_and_v1_images_are_clean() {
     );
 }
 
+#[test]
+fn deep_skips_packaged_software_and_finds_every_planted_address() {
+    let img = fixture("deep.img", "make-deep-image.sh", &[]);
+    let r = audit_file(
+        &img,
+        &AuditOptions {
+            deep: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let fs: Vec<&str> = r.partitions.iter().map(|p| p.filesystem.as_str()).collect();
+    assert_eq!(fs, ["ext4", "ntfs"], "{:?}", r.partitions);
+    let mut hits: Vec<(u32, &str)> = r
+        .findings
+        .iter()
+        .filter(|f| f.rule == "deep.personal-data")
+        .map(|f| (f.partition, f.path.as_str()))
+        .collect();
+    hits.sort();
+    // Exactly the planted files: none of the authors' addresses in /usr/share/doc, man pages,
+    // licences, /usr/lib, dpkg's status, WinSxS, System32 or Program Files.
+    assert_eq!(
+        hits,
+        [
+            (1, "/etc/hello/hello.conf"),
+            (1, "/home/ann/notes.txt"),
+            (1, "/root/contacts"),
+            (1, "/srv/www/customers.csv"),
+            (1, "/usr/local/share/list.txt"),
+            (2, "/ProgramData/Hello/contacts.xml"),
+            (2, "/Users/Public/Documents/list.csv"),
+            (2, "/Users/jsmith/Documents/a***@m***.txt"),
+            (2, "/Users/jsmith/Documents/letter.txt"),
+        ]
+    );
+    let json = serde_json::to_string(&r).unwrap();
+    for secret in ["ann.client@", "jane.dev@", "Ann Client"] {
+        assert!(!json.contains(secret), "{secret} leaked");
+    }
+}
+
+#[test]
+fn clean_images_are_clean_under_deep_too() {
+    let deep = AuditOptions {
+        deep: true,
+        ..Default::default()
+    };
+    for img in [
+        win("win"),
+        fixture("linux-clean.img", "make-linux-image.sh", &["clean"]),
+        fixture(
+            "v1.img",
+            "make-image.sh",
+            &["--size", "256M", "--fill", "16M", "--variant", "v1"],
+        ),
+    ] {
+        let r = audit_file(&img, &deep).unwrap();
+        assert!(r.deep);
+        assert!(r.is_clean(), "{}: {:?}", img.display(), rules(&r));
+    }
+}
+
 /// Copies `src` to a scratch file and lets `f` damage it.
 fn damaged(src: &Path, name: &str, f: impl FnOnce(&Path)) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();

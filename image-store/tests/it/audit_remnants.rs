@@ -230,3 +230,131 @@ fn a_fat_directory_cycle_ends_that_partition_with_an_error_in_bounded_time() {
     assert!(!r.is_clean());
     assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
 }
+
+/// The NTFS fixture (`tests/fixtures/make-ntfs-image.sh`): a deleted 3 MiB file's data in free
+/// space. Returns the image and its one partition's first byte.
+fn ntfs_with_deleted_file(dir: &Path) -> (PathBuf, u64) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-ntfs-image.sh");
+    let img = dir.join("ntfs.img");
+    sh(&format!("bash {} {}", script.display(), img.display()));
+    (img, 1 << 20)
+}
+
+/// The free clusters of the NTFS partition at `start` of `img`, read by ntfs-3g's own library
+/// (`ntfscat` of `$Bitmap`, record 6), not by the audit's reader: (cluster size, free cluster
+/// numbers).
+fn ntfs_free_clusters(dir: &Path, img: &Path, start: u64) -> (u64, Vec<u64>) {
+    let part = dir.join("check.ntfs");
+    sh(&format!(
+        "dd if={} of={} bs=1M skip={} status=none",
+        img.display(),
+        part.display(),
+        start >> 20
+    ));
+    let out = Command::new("ntfscat")
+        .args(["-f", "-i", "6"])
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bits = out.stdout;
+    let boot = std::fs::read(&part).unwrap();
+    let cluster = u64::from(u16::from_le_bytes([boot[11], boot[12]])) * u64::from(boot[13]);
+    let clusters = boot.len() as u64 / cluster;
+    std::fs::remove_file(&part).unwrap();
+    let free = (0..clusters)
+        .filter(|&c| bits[(c / 8) as usize] & (1 << (c % 8)) == 0)
+        .collect();
+    (cluster, free)
+}
+
+#[test]
+fn ntfs_remnants_are_measured_and_scrub_free_zeroes_them() {
+    let d = tempfile::tempdir().unwrap();
+    let (img, start) = ntfs_with_deleted_file(d.path());
+    let before = audit_file(&img, &AuditOptions::default()).unwrap();
+    let p = &before.partitions[0];
+    assert_eq!(p.filesystem, "ntfs");
+    assert!(matches!(p.status, PartitionStatus::Audited { .. }), "{p:?}");
+    let free = p.free.expect("free space measured");
+    // The deleted file's 3 MiB, nothing else (mkntfs -Q leaves the rest of a sparse file zero).
+    assert!(
+        free.nonzero_bytes >= 3 << 20 && free.nonzero_bytes < 4 << 20,
+        "{free:?}"
+    );
+    let f = before
+        .findings
+        .iter()
+        .find(|f| f.rule == "fs.remnants" && f.partition == 1)
+        .expect("a remnants finding for partition 1");
+    assert!(f.detail.starts_with("3.0 MiB of "), "{}", f.detail);
+    assert!(!before.is_clean());
+    // ntfs-3g's library agrees on what is free, and the free clusters hold the data.
+    let (cluster, free_clusters) = ntfs_free_clusters(d.path(), &img, start);
+    assert_eq!(free_clusters.len() as u64 * cluster, free.free_bytes);
+
+    let store = Store::open(&d.path().join("store")).unwrap();
+    let plain = store
+        .import(
+            &"win@1".parse().unwrap(),
+            &img,
+            &ImportOptions::default(),
+            None,
+        )
+        .unwrap();
+    let scrubbed: ImageRef = "win@1-scrubbed".parse().unwrap();
+    let r = store
+        .import(
+            &scrubbed,
+            &img,
+            &ImportOptions {
+                scrub_free: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    let s = r.manifest.scrubbed.clone().expect("scrubbed recorded");
+    assert_eq!(s.source_sha256, plain.manifest.sha256);
+    assert_eq!(s.source_blake3, plain.manifest.blake3);
+    assert_ne!(r.manifest.sha256, plain.manifest.sha256);
+    assert!(s.nonzero_bytes >= 3 << 20, "{s:?}");
+    let audit = r.manifest.audit.clone().unwrap();
+    assert!(audit.is_clean(), "{:?}", audit.findings);
+    assert_eq!(audit.partitions[0].free.unwrap().nonzero_bytes, 0);
+
+    // The stored image, exported: every cluster ntfs-3g's $Bitmap calls free reads zero, the
+    // stored image's hashes are the manifest's, and the files read as before.
+    let out = d.path().join("out.img");
+    store.export(&scrubbed, &out).unwrap();
+    let (_, after) = ntfs_free_clusters(d.path(), &out, start);
+    assert_eq!(after, free_clusters);
+    let bytes = std::fs::read(&out).unwrap();
+    let dirty: Vec<u64> = after
+        .iter()
+        .copied()
+        .filter(|&c| {
+            let at = (start + c * cluster) as usize;
+            bytes[at..at + cluster as usize].iter().any(|&b| b != 0)
+        })
+        .collect();
+    assert!(dirty.is_empty(), "free clusters not zero: {dirty:?}");
+    assert_eq!(
+        blake3::hash(&bytes).to_hex().to_string(),
+        r.manifest.blake3,
+        "the manifest's blake3 is the stored image's"
+    );
+    let again = audit_file(&out, &AuditOptions::default()).unwrap();
+    assert_eq!(again.partitions[0].status, before.partitions[0].status);
+    sh(&format!(
+        "dd if={o} of={d}/x.ntfs bs=1M skip=1 status=none; \
+         ntfscat -f {d}/x.ntfs /big.txt | cmp - <(head -c 65536 < <(yes 'nothing personal here, just a long text file')); \
+         rm {d}/x.ntfs",
+        o = out.display(),
+        d = d.path().display()
+    ));
+}

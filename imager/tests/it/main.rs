@@ -7,3 +7,4 @@ mod decoded_files;
 mod eligibility;
 mod layout;
 mod loop_faults;
+mod mounted_grow;

@@ -4,85 +4,13 @@
 //! job to "safe to remove", a disk too small for the image shows why it was refused, and the
 //! report opens on Enter. Screens are kept in the bench's directory on failure.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
-
 use tek_e2e::*;
-
-/// A tmux session running one command, killed on drop.
-struct Tmux {
-    name: String,
-}
-
-impl Tmux {
-    fn start(name: &str, cmd: &str) -> Tmux {
-        let t = Tmux {
-            name: name.to_string(),
-        };
-        let st = Command::new("tmux")
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                name,
-                "-x",
-                "140",
-                "-y",
-                "40",
-                cmd,
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "tmux new-session failed");
-        t
-    }
-
-    fn screen(&self) -> String {
-        let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let st = Command::new("tmux")
-            .args(["send-keys", "-t", &self.name])
-            .args(keys)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-
-    /// Waits until the screen satisfies `ok`; panics with the last screen after `secs`.
-    fn wait(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let s = self.screen();
-            if ok(&s) {
-                return s;
-            }
-            if start.elapsed() > Duration::from_secs(secs) {
-                panic!("board: {what} not shown within {secs} s; screen:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
 
 /// Keeps a screen as a test artifact: `target/tmp/board-screens/NAME.txt`.
 fn keep(name: &str, screen: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("board-screens");
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(dir.join(format!("{name}.txt")), screen);
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.name])
-            .status();
-    }
 }
 
 /// The tile of `bay` on the screen: the lines of the box whose title names it (tiles are laid

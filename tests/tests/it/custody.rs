@@ -73,7 +73,7 @@ fn image_with_symlinked_data_path_fails_the_job_and_keeps_staging() {
     assert!(rec["results"]["sanitization"].is_null(), "{rec:#}");
     assert!(is_empty_dir(&host), "nothing written on the host");
     let list: Value = serde_json::from_str(&b.tek_ok(&["data", "list", "--json"])).unwrap();
-    let ds = list["datasets"]
+    let ds = list
         .as_array()
         .unwrap()
         .iter()

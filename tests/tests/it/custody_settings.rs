@@ -70,8 +70,8 @@ fn kek_at_a_configured_path_is_used_by_ingest_and_by_the_daemons_job() {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    assert_eq!(list(None)["max_staging_age_days"], 9);
-    assert_eq!(list(Some("4"))["max_staging_age_days"], 4);
+    assert_eq!(list(None)[0]["max_staging_age_days"], 9);
+    assert_eq!(list(Some("4"))[0]["max_staging_age_days"], 4);
 
     // A misspelt key in the table stops the commands, naming it and its line.
     let mut cfg = std::fs::read_to_string(&b.config).unwrap();

@@ -439,7 +439,7 @@ fn status_json_shows_bays_disks_and_jobs() {
         text.contains("bay2") && text.contains("waiting for a job"),
         "{text}"
     );
-    let show: Value = serde_json::from_str(&b.tek_ok(&["job", "show", &job])).unwrap();
+    let show: Value = serde_json::from_str(&b.tek_ok(&["job", "show", &job, "--json"])).unwrap();
     assert_eq!(show["ticket"], "T-110");
     drop(lo);
 }

@@ -3,6 +3,7 @@
 //!
 //! One test binary per crate (one link, one process that runs every test in parallel).
 
+mod bench_cli;
 mod board;
 mod custody;
 mod custody_settings;

@@ -29,7 +29,7 @@ fn audit_events(b: &Bench) -> Vec<Value> {
 /// the audit log.
 fn check_destroyed_by_withdrawal(b: &Bench, job: &str, dataset: &str) {
     let list: Value = serde_json::from_str(&b.tek_ok(&["data", "list", "--json"])).unwrap();
-    let ds = list["datasets"]
+    let ds = list
         .as_array()
         .unwrap()
         .iter()

@@ -21,32 +21,11 @@ use agent::server::protocol::{Event, Op, Status};
 use anyhow::Result;
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers};
 
-use tiles::{Tile, TileKind, event_line, tile};
+pub(crate) use tiles::event_line;
+use tiles::{Tile, TileKind, tile};
 
-/// `42 s`, `3 min 05 s`, `1 h 02 min`: an ETA or a wait, to the second.
-fn duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{s} s"),
-        60..3600 => format!("{} min {:02} s", s / 60, s % 60),
-        _ => format!("{} h {:02} min", s / 3600, s % 3600 / 60),
-    }
-}
-
-/// The wall-clock time, to the second, in the machine's time zone when it is known (else UTC,
-/// said so).
-fn now_hms() -> String {
-    let fmt = time::macros::format_description!("[hour]:[minute]:[second]");
-    match time::OffsetDateTime::now_local() {
-        Ok(t) => t.format(&fmt).unwrap_or_default(),
-        Err(_) => format!(
-            "{} UTC",
-            time::OffsetDateTime::now_utc()
-                .format(&fmt)
-                .unwrap_or_default()
-        ),
-    }
-}
+pub(crate) use super::clock::duration;
+use super::clock::now_hms;
 
 /// How often the status snapshot is fetched.
 const POLL: Duration = Duration::from_millis(500);
@@ -138,7 +117,7 @@ fn spawn_poller(socket: PathBuf, tx: mpsc::Sender<Msg>) {
                 Ok(st) => Msg::Status(st),
                 Err(e) => {
                     client = None;
-                    Msg::Unreachable(format!("{e:#}"))
+                    Msg::Unreachable(agent::errors::text(&e))
                 }
             };
             if tx.send(msg).is_err() {
@@ -290,7 +269,7 @@ impl Board {
     fn act(&self, op: Op, done: &str) -> String {
         match Client::connect(&self.socket).and_then(|mut c| c.request(op)) {
             Ok(_) => done.to_string(),
-            Err(e) => format!("refused: {e:#}"),
+            Err(e) => format!("refused: {}", agent::errors::Chain(&e)),
         }
     }
 }

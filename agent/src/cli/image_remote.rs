@@ -1,0 +1,101 @@
+//! `tek image push`, `tek image pull` and `tek image list --remote`: the shared image library
+//! (`image_library`). S3 endpoint, region and credentials come from the standard `AWS_*`
+//! variables; nothing here prints them.
+
+use anyhow::{Context, Result};
+use image_library::{PullFailed, Remote, RemoteOptions, RemoteUrl, S3Settings};
+use image_store::ImageRef;
+
+use agent::Depot;
+
+use super::image::open_store;
+use super::render::{print_json, size};
+
+fn open_remote(url: &str) -> Result<Remote> {
+    let url = RemoteUrl::parse(url)?;
+    let opts = RemoteOptions {
+        s3: S3Settings::from_env(),
+        ..RemoteOptions::default()
+    };
+    Remote::open(&url, &opts).with_context(|| format!("opening the library at {url}"))
+}
+
+/// `tek image push NAME@VERSION --to URL`.
+pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()> {
+    let store = open_store(depot)?;
+    let remote = open_remote(to)?;
+    let r = image_library::push(&store, image, &remote, depot.trusted_keys())
+        .with_context(|| format!("pushing {image} to {}", remote.url()))?;
+    if json {
+        return print_json(&r);
+    }
+    if r.was_remote && r.uploaded == 0 {
+        println!(
+            "{image} is already in {} (all {} chunks there)",
+            remote.url(),
+            r.chunks
+        );
+        return Ok(());
+    }
+    println!(
+        "pushed {image} to {}: {} of {} chunks uploaded ({}), {} already there; manifest and \
+         signature last ({:.1} s, {} requests)",
+        remote.url(),
+        r.uploaded,
+        r.chunks,
+        size(r.uploaded_bytes),
+        r.present,
+        r.seconds,
+        r.requests
+    );
+    Ok(())
+}
+
+/// `tek image pull NAME@VERSION --from URL`.
+pub fn pull(depot: &Depot, image: &ImageRef, from: &str, json: bool) -> Result<()> {
+    let store = open_store(depot)?;
+    let remote = open_remote(from)?;
+    let r = image_library::pull(&remote, image, &store, depot.trusted_keys())
+        .map_err(|e: PullFailed| anyhow::Error::new(e))
+        .with_context(|| format!("pulling {image} from {}", remote.url()))?;
+    if json {
+        return print_json(&r);
+    }
+    if r.fetched == 0 && r.was_local {
+        println!(
+            "{image} is already in the store (all {} chunks present)",
+            r.chunks
+        );
+        return Ok(());
+    }
+    println!(
+        "pulled {image} from {}: {} of {} chunks fetched and verified ({}), {} already in the \
+         store; signature {} ({:.1} s, {} requests)",
+        remote.url(),
+        r.fetched,
+        r.chunks,
+        size(r.fetched_bytes),
+        r.present,
+        r.signature,
+        r.seconds,
+        r.requests
+    );
+    Ok(())
+}
+
+/// `tek image list --remote URL`.
+pub fn list(url: &str, json: bool) -> Result<()> {
+    let remote = open_remote(url)?;
+    let images = image_library::list(&remote)
+        .with_context(|| format!("listing the library at {}", remote.url()))?;
+    if json {
+        return print_json(&images);
+    }
+    if images.is_empty() {
+        println!("no images in {}", remote.url());
+    }
+    for i in &images {
+        println!("{}", i.image);
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Receiving an image from elsewhere (the image library's `pull`): chunks arrive one by one as
+//! compressed bytes nobody vouches for, the manifest and its signature last.
+//!
+//! The store keeps the trust rules itself, so no caller can bypass them:
+//! - [`Incoming::add_chunk`] decompresses and BLAKE3-checks every chunk before it is written; a
+//!   chunk that fails never gets a file, under any name.
+//! - [`Incoming::commit`] accepts the manifest only with a valid signature by a trusted key
+//!   (whatever `allow_unsigned` says for local imports), only if it names the image asked for, and
+//!   only once every chunk it uses is in the store.
+//!
+//! Received chunks are written under the session's temporary directory and get their names in
+//! batches after one `syncfs` (as imports do), so a chunk name never exists with torn content.
+//! [`Incoming::keep`] names what was received so far: a pull cut off mid-way keeps its verified
+//! chunks and the next pull fetches only the rest. The session is an import session for gc
+//! (`lock.rs`): chunks it writes or reuses (touches) are newer than its start, so a concurrent gc
+//! never sweeps them before the manifest that uses them is committed.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::chunk::{ChunkId, CompressedChunk};
+use crate::error::StoreError;
+use crate::fsutil;
+use crate::image_ref::ImageRef;
+use crate::lock::{self, ImportSession};
+use crate::manifest::{Extent, Manifest};
+use crate::signature::{self, SignatureStatus};
+use crate::store::{LoadedImage, Store};
+
+/// Received chunks named together after one `syncfs`.
+const KEEP_BATCH: usize = 256;
+
+/// A chunk a manifest needs that the store does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WantedChunk {
+    /// The chunk.
+    pub id: ChunkId,
+    /// Its first offset in the image (for error messages).
+    pub offset: u64,
+    /// Its uncompressed length.
+    pub len: u64,
+}
+
+/// An image being received into the store (see the module docs).
+pub struct Incoming {
+    store: Store,
+    session: ImportSession,
+    /// Verified chunks written under the session's temporary directory, not yet named.
+    pending: Mutex<Vec<(PathBuf, ChunkId)>>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Incoming({})", self.store.root().display())
+    }
+}
+
+impl Store {
+    /// Starts receiving an image (registers an import session for gc).
+    pub fn receive(&self) -> Result<Incoming, StoreError> {
+        lock::scan_imports(self.root())?; // clean up after crashed imports and pulls
+        Ok(Incoming {
+            store: self.clone(),
+            session: ImportSession::begin(self.root())?,
+            pending: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Incoming {
+    /// The distinct chunks of `manifest` the store lacks, in image order. Chunks it has are
+    /// touched, so gc keeps them until the manifest is committed.
+    pub fn wanted(&self, manifest: &Manifest) -> Result<Vec<WantedChunk>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for e in &manifest.extents {
+            let Extent::Chunk { offset, len, id } = *e else {
+                continue;
+            };
+            if seen.insert(id) && !fsutil::touch(&self.store.chunk_path(id))? {
+                out.push(WantedChunk { id, offset, len });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks a received chunk (decompresses it, compares length and BLAKE3 with what the
+    /// manifest says) and, only if it passes, writes it; it is named at the next
+    /// [`Incoming::keep`]. Returns the compressed bytes written.
+    pub fn add_chunk(&self, chunk: CompressedChunk) -> Result<u64, StoreError> {
+        // A scratch buffer: the decompressed bytes are only needed for the check.
+        let mut scratch = vec![0u8; chunk.len as usize];
+        chunk.decompress_verify_in_place(&mut scratch)?;
+        let id = chunk.id;
+        let tmp = self.session.tmp_dir().join(id.to_hex());
+        std::fs::write(&tmp, &chunk.data).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            StoreError::io("writing received chunk", &tmp, e)
+        })?;
+        let batch = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.push((tmp, id));
+            p.len() >= KEEP_BATCH
+        };
+        if batch {
+            self.keep()?;
+        }
+        Ok(chunk.data.len() as u64)
+    }
+
+    /// Makes every chunk received so far durable and gives it its name in the store (one
+    /// `syncfs`, then renames). Called by [`Incoming::commit`], and by a pull that fails part
+    /// way, so its verified chunks stay for the next attempt.
+    pub fn keep(&self) -> Result<usize, StoreError> {
+        let files = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if files.is_empty() {
+            return Ok(0);
+        }
+        fsutil::syncfs(self.store.root())?;
+        let mut dirs = std::collections::BTreeSet::new();
+        for (tmp, id) in &files {
+            let path = self.store.chunk_path(*id);
+            let dir = path
+                .parent()
+                .expect("chunk path has a parent")
+                .to_path_buf();
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", &dir, e))?;
+            std::fs::rename(tmp, &path).map_err(|e| StoreError::io("storing chunk", &path, e))?;
+            dirs.insert(dir);
+        }
+        for d in &dirs {
+            fsutil::sync_dir(d)?;
+        }
+        Ok(files.len())
+    }
+
+    /// Commits a received manifest: its signature must be valid and by a key in `trusted_keys`,
+    /// it must parse and name `image`, and every chunk it uses must be in the store. The exact
+    /// bytes received are stored (the signature covers them), the signature first, the manifest
+    /// last. If the store already has `image` with the same bytes, nothing changes; with other
+    /// bytes, the pull is refused.
+    pub fn commit(
+        self,
+        image: &ImageRef,
+        manifest_bytes: &[u8],
+        signature_bytes: &[u8],
+        trusted_keys: &std::path::Path,
+    ) -> Result<LoadedImage, StoreError> {
+        let (manifest, status) =
+            check_received(image, manifest_bytes, signature_bytes, trusted_keys)?;
+        self.keep()?;
+        let absent = self.store.absent_chunks(&manifest)?;
+        if let Some(a) = absent.first() {
+            return Err(StoreError::MissingChunk {
+                chunk: a.id,
+                offset: a.offset,
+                path: self.store.chunk_path(a.id),
+            });
+        }
+        let _edit = lock::ManifestLock::take(self.store.root())?;
+        if let Some(existing) = self.store.existing_bytes(image)? {
+            if existing != manifest_bytes {
+                return Err(StoreError::DiffersLocally {
+                    image: image.to_string(),
+                });
+            }
+        } else {
+            let dir = self.store.root().join("images").join(&image.name);
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", &dir, e))?;
+            let tmp = self.session.tmp_dir();
+            fsutil::write_atomic(
+                &tmp.join("manifest.sig"),
+                &self.store.signature_path(image),
+                signature_bytes,
+            )?;
+            fsutil::write_atomic(
+                &tmp.join("manifest.json"),
+                &self.store.manifest_path(image),
+                manifest_bytes,
+            )?;
+        }
+        Ok(LoadedImage {
+            manifest,
+            manifest_hash: blake3::hash(manifest_bytes).to_hex().to_string(),
+            signature: status,
+        })
+    }
+}
+
+/// Checks received manifest bytes before anything else is done with them: a valid signature by
+/// a trusted key first (nothing of an unsigned manifest is parsed beyond that), then the
+/// manifest's own invariants and that it names `image`.
+pub fn check_received(
+    image: &ImageRef,
+    manifest_bytes: &[u8],
+    signature_bytes: &[u8],
+    trusted_keys: &std::path::Path,
+) -> Result<(Manifest, SignatureStatus), StoreError> {
+    let status = signature::check(manifest_bytes, Some(signature_bytes), trusted_keys)?;
+    if !status.is_valid() {
+        return Err(StoreError::NotTrusted {
+            image: image.to_string(),
+            status,
+        });
+    }
+    let label = PathBuf::from(format!("{}/{}.json", image.name, image.version));
+    let manifest = crate::store::parse_manifest(&label, manifest_bytes)?;
+    if manifest.name != image.name || manifest.version != image.version {
+        return Err(StoreError::InconsistentManifest {
+            path: label,
+            reason: format!("it names {}@{}", manifest.name, manifest.version),
+        });
+    }
+    Ok((manifest, status))
+}
+
+impl Store {
+    /// The manifest bytes of `image` if the store has it.
+    fn existing_bytes(&self, image: &ImageRef) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.manifest_path(image);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("reading manifest", &path, e)),
+        }
+    }
+}

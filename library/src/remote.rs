@@ -1,0 +1,514 @@
+//! A remote image library: its URL, the one client (`object_store`) for S3-compatible stores and
+//! plain HTTP(S) servers, and the few requests push, pull and list make.
+//!
+//! - `s3://BUCKET/PREFIX`: endpoint, region and credentials come from the standard `AWS_*`
+//!   environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+//!   `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`). Without an access key, requests go
+//!   unsigned (a public-read bucket); push needs one. Path-style requests, so any S3-compatible
+//!   server works (MinIO, Garage, Ceph RGW, s3s).
+//! - `http://HOST/PATH`, `https://HOST/PATH`: read-only, any static web server serving a pushed
+//!   library's files.
+//!
+//! Credentials never appear in a URL tek accepts (user:password@ is refused) nor in anything it
+//! prints: [`RemoteUrl`] is what messages show, and the client keeps secrets out of its errors.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+
+use crate::error::LibraryError;
+
+/// Where and as whom an `s3://` remote is reached; [`S3Settings::from_env`] reads the standard
+/// `AWS_*` variables. Its `Debug` never shows the secret.
+#[derive(Clone, Default)]
+pub struct S3Settings {
+    /// The endpoint (`http://127.0.0.1:9000`); None: AWS S3 for the region.
+    pub endpoint: Option<String>,
+    /// The region (default `us-east-1`, what most S3-compatible servers expect).
+    pub region: Option<String>,
+    /// Access key id and secret; None: unsigned requests (a public-read bucket, pull only).
+    pub credentials: Option<(String, Secret)>,
+    /// A session token going with temporary credentials.
+    pub session_token: Option<Secret>,
+}
+
+/// A secret string: its `Debug` and `Display` print `***`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.credentials.as_ref().map(|c| &c.0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Settings {
+    /// From `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`), `AWS_REGION` (or `AWS_DEFAULT_REGION`),
+    /// `AWS_ACCESS_KEY_ID` with `AWS_SECRET_ACCESS_KEY`, and `AWS_SESSION_TOKEN`.
+    pub fn from_env() -> S3Settings {
+        let var = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+        };
+        S3Settings {
+            endpoint: var(&["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]),
+            region: var(&["AWS_REGION", "AWS_DEFAULT_REGION"]),
+            credentials: var(&["AWS_ACCESS_KEY_ID"]).map(|id| {
+                (
+                    id,
+                    Secret::new(var(&["AWS_SECRET_ACCESS_KEY"]).unwrap_or_default()),
+                )
+            }),
+            session_token: var(&["AWS_SESSION_TOKEN"]).map(Secret::new),
+        }
+    }
+}
+
+/// How a remote is reached: concurrency, timeouts, retries, and S3 settings.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// Endpoint, region and credentials of `s3://` remotes.
+    pub s3: S3Settings,
+    /// Chunk requests in flight at once.
+    pub in_flight: usize,
+    /// Longest a single request may take, end to end (a stalled server fails after this).
+    pub timeout: Duration,
+    /// Longest a connection may take to open.
+    pub connect_timeout: Duration,
+    /// Retries of a failed request (connection errors, 5xx, timeouts), with exponential
+    /// backoff from [`RemoteOptions::backoff`].
+    pub retries: usize,
+    /// First backoff delay; doubled per retry.
+    pub backoff: Duration,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            s3: S3Settings::default(),
+            in_flight: 16,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            retries: 4,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A remote's URL as given, checked; what every message shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteUrl {
+    kind: Kind,
+    /// Without a trailing '/'.
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    S3 { bucket: String, prefix: String },
+    Http { base: String },
+}
+
+impl RemoteUrl {
+    /// Parses `s3://BUCKET[/PREFIX]` or `http(s)://HOST[:PORT][/PATH]`.
+    pub fn parse(input: &str) -> Result<RemoteUrl, LibraryError> {
+        let bad = |reason: &str| LibraryError::BadUrl {
+            url: redact(input),
+            reason: reason.to_string(),
+        };
+        let url = url::Url::parse(input).map_err(|e| bad(&format!("not a URL ({e})")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("a library URL has no query or fragment"));
+        }
+        let path = url.path().trim_matches('/').to_string();
+        // The URL parser resolves dot segments away; the text as given must not have them,
+        // since messages show it.
+        let raw_path = input.split_once("://").map_or("", |(_, rest)| rest);
+        if raw_path.split('/').any(|c| c == "." || c == "..") {
+            return Err(bad("the path must not contain '.' or '..' components"));
+        }
+        let kind = match url.scheme() {
+            "s3" => {
+                let bucket = url.host_str().unwrap_or("").to_string();
+                if bucket.is_empty() {
+                    return Err(bad("expected s3://BUCKET/PREFIX"));
+                }
+                Kind::S3 {
+                    bucket,
+                    prefix: path,
+                }
+            }
+            "http" | "https" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(bad("expected http(s)://HOST/PATH"));
+                }
+                Kind::Http {
+                    base: input.trim_end_matches('/').to_string(),
+                }
+            }
+            other => {
+                return Err(bad(&format!(
+                    "unsupported scheme {other:?}; use s3://, https:// or http://"
+                )));
+            }
+        };
+        Ok(RemoteUrl {
+            kind,
+            text: input.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// True for `http(s)://` remotes (they cannot be pushed to).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.kind, Kind::Http { .. })
+    }
+
+    /// The URL of an object of this remote, for messages.
+    pub fn object(&self, key: &str) -> String {
+        format!("{}/{key}", self.text)
+    }
+}
+
+impl fmt::Display for RemoteUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A URL as an error message may show it: anything between `://` and an `@` goes.
+fn redact(input: &str) -> String {
+    match (input.find("://"), input.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &input[..s], &input[at..]),
+        _ => input.to_string(),
+    }
+}
+
+/// An opened remote: the client and where the library's objects live in it.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    url: RemoteUrl,
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the bucket ("" or "a/b/"); always "" for HTTP (the base URL has it).
+    prefix: String,
+    opts: RemoteOptions,
+    /// Whether requests are signed (an access key was given).
+    signed: bool,
+    /// Requests made through this remote (retries not counted).
+    requests: Arc<AtomicU64>,
+}
+
+impl Remote {
+    /// Builds the client for `url` (no request is made yet).
+    pub fn open(url: &RemoteUrl, opts: &RemoteOptions) -> Result<Remote, LibraryError> {
+        let client_err = |e: object_store::Error| LibraryError::Client {
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: opts.backoff,
+                max_backoff: opts.backoff * 16,
+                base: 2.0,
+            },
+            max_retries: opts.retries,
+            retry_timeout: opts.timeout * (opts.retries as u32 + 1),
+        };
+        let mut client = ClientOptions::new()
+            .with_timeout(opts.timeout)
+            .with_connect_timeout(opts.connect_timeout)
+            .with_pool_max_idle_per_host(opts.in_flight.max(1));
+        match &url.kind {
+            Kind::S3 { bucket, prefix } => {
+                let s3 = &opts.s3;
+                // A plain-HTTP endpoint is the operator's explicit choice (a depot-internal
+                // MinIO); https is the default everywhere else.
+                client = client.with_allow_http(
+                    s3.endpoint
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("http://")),
+                );
+                let signed = s3.credentials.is_some();
+                // Not `from_env`: only what the settings say reaches the client.
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(s3.region.as_deref().unwrap_or("us-east-1"))
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .with_virtual_hosted_style_request(false)
+                    .with_skip_signature(!signed);
+                if let Some(e) = &s3.endpoint {
+                    b = b.with_endpoint(e);
+                }
+                if let Some((id, secret)) = &s3.credentials {
+                    b = b.with_access_key_id(id).with_secret_access_key(&secret.0);
+                }
+                if let Some(t) = &s3.session_token {
+                    b = b.with_token(&t.0);
+                }
+                let store = b.build().map_err(client_err)?;
+                Ok(Remote {
+                    url: url.clone(),
+                    store: Arc::new(store),
+                    prefix: if prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{prefix}/")
+                    },
+                    opts: opts.clone(),
+                    signed,
+                    requests: Arc::default(),
+                })
+            }
+            Kind::Http { base } => {
+                client = client.with_allow_http(base.starts_with("http://"));
+                let store = object_store::http::HttpBuilder::new()
+                    .with_url(base.clone())
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(client_err)?;
+                Ok(Remote {
+                    url: url.clone(),
+                    store: Arc::new(store),
+                    prefix: String::new(),
+                    opts: opts.clone(),
+                    signed: false,
+                    requests: Arc::default(),
+                })
+            }
+        }
+    }
+
+    /// The remote's URL.
+    pub fn url(&self) -> &RemoteUrl {
+        &self.url
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &RemoteOptions {
+        &self.opts
+    }
+
+    /// True when requests carry a signature (an access key was given).
+    pub fn is_signed(&self) -> bool {
+        self.signed
+    }
+
+    /// Requests made so far (GET, PUT, LIST calls; the client's retries are not counted, and a
+    /// listing of more than 1,000 keys takes one request per 1,000).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        ObjectPath::from(format!("{}{key}", self.prefix))
+    }
+
+    /// Fetches an object whole, refusing one larger than `limit` bytes before reading its body.
+    /// `Ok(None)`: the remote has no such object.
+    pub async fn get(&self, key: &str, limit: u64) -> Result<Option<Bytes>, LibraryError> {
+        self.count();
+        let r = match self.store.get(&self.path(key)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.request_error("fetching", key, e)),
+        };
+        if r.meta.size > limit {
+            return Err(LibraryError::Oversized {
+                object: self.url.object(key),
+                size: r.meta.size,
+                limit,
+            });
+        }
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| self.request_error("fetching", key, e))?;
+        // The length header may lie; the body is what counts.
+        if bytes.len() as u64 > limit {
+            return Err(LibraryError::Oversized {
+                object: self.url.object(key),
+                size: bytes.len() as u64,
+                limit,
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Uploads an object whole (one PUT, atomic: readers see the old object or the new one).
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), LibraryError> {
+        if self.url.is_read_only() {
+            return Err(LibraryError::ReadOnly {
+                url: self.url.clone(),
+            });
+        }
+        self.count();
+        self.store
+            .put(&self.path(key), PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.request_error("uploading", key, e))
+    }
+
+    /// Every object key under `dir` (relative to the library, e.g. `chunks/`), with its size.
+    /// S3 only: a plain web server cannot list.
+    pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, LibraryError> {
+        use futures::TryStreamExt;
+        if self.url.is_read_only() {
+            return Err(LibraryError::ReadOnly {
+                url: self.url.clone(),
+            });
+        }
+        self.count();
+        let prefix = self.path(dir.trim_end_matches('/'));
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.request_error("listing", dir, e))?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|m| {
+                let key = m.location.as_ref();
+                key.strip_prefix(&self.prefix)
+                    .map(|k| (k.to_string(), m.size))
+            })
+            .collect())
+    }
+
+    /// Turns a client error into one naming the object; 401/403 become [`LibraryError::Denied`].
+    fn request_error(
+        &self,
+        action: &'static str,
+        key: &str,
+        e: object_store::Error,
+    ) -> LibraryError {
+        let object = self.url.object(key);
+        match &e {
+            object_store::Error::Unauthenticated { .. } => LibraryError::Denied {
+                action,
+                object,
+                status: 401,
+            },
+            object_store::Error::PermissionDenied { .. } => LibraryError::Denied {
+                action,
+                object,
+                status: 403,
+            },
+            object_store::Error::Generic { .. } => LibraryError::Request {
+                action,
+                object,
+                reason: format!(
+                    "{} (gave up after {} retries)",
+                    root_cause(&e),
+                    self.opts.retries
+                ),
+            },
+            _ => LibraryError::Request {
+                action,
+                object,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+/// The innermost cause of a client error ("operation timed out", "Connection refused (os error
+/// 111)", an HTTP status): the outer layers repeat the URL and the retry settings.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(s) = cur.source() {
+        cur = s;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = RemoteUrl::parse("s3://lib/depot/images/").unwrap();
+        assert_eq!(
+            u.kind,
+            Kind::S3 {
+                bucket: "lib".into(),
+                prefix: "depot/images".into()
+            }
+        );
+        assert_eq!(u.to_string(), "s3://lib/depot/images");
+        assert!(!u.is_read_only());
+        assert_eq!(
+            u.object("images/a/1.json"),
+            "s3://lib/depot/images/images/a/1.json"
+        );
+        let h = RemoteUrl::parse("http://127.0.0.1:8080/lib").unwrap();
+        assert!(h.is_read_only());
+        assert_eq!(
+            h.object("index.json"),
+            "http://127.0.0.1:8080/lib/index.json"
+        );
+        for bad in [
+            "",
+            "lib",
+            "/srv/lib",
+            "ftp://host/lib",
+            "s3:///prefix",
+            "s3://b/../x",
+            "http://host/a?x=1",
+            "file:///srv/lib",
+        ] {
+            let e = RemoteUrl::parse(bad).unwrap_err();
+            assert!(matches!(e, LibraryError::BadUrl { .. }), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_refused_and_not_repeated() {
+        for bad in [
+            "https://user:s3cr3t@host/lib",
+            "s3://AKIDEXAMPLE:s3cr3t@bucket/lib",
+        ] {
+            let e = RemoteUrl::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("credentials do not belong in the URL"), "{e}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+    }
+}

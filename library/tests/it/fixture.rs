@@ -1,0 +1,137 @@
+//! A depot for the tests: a store, a signing key and the trusted-keys directory that trusts it,
+//! in a scratch directory; images made from seeded bytes so v2 shares most chunks with v1.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use image_library::{Remote, RemoteOptions, RemoteUrl, S3Settings, Secret};
+use image_store::{ImageRef, ImportOptions, SigningKey, Store};
+
+use crate::servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+
+/// One bench's (or the maintainers') depot.
+pub struct Depot {
+    /// Its store.
+    pub store: Store,
+    /// Trusted public keys.
+    pub trusted: PathBuf,
+    /// The secret key that signs its imports.
+    pub key: SigningKey,
+    /// Its scratch directory.
+    pub dir: PathBuf,
+}
+
+impl Depot {
+    /// A depot in `dir` trusting the key pair in `keys` (made there if missing).
+    pub fn new(dir: &Path, keys: &Path) -> Depot {
+        let store = Store::open(&dir.join("store")).expect("opening the store");
+        if !keys.join("maint.key").exists() {
+            image_store::generate_keypair(keys, "maint").expect("making a key pair");
+        }
+        let trusted = dir.join("trusted");
+        std::fs::create_dir_all(&trusted).expect("creating trusted keys");
+        std::fs::copy(keys.join("maint.pub"), trusted.join("maint.pub")).expect("trusting");
+        Depot {
+            store,
+            trusted,
+            key: SigningKey::load(&keys.join("maint.key")).expect("loading the key"),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Imports and signs `image` made by [`image_bytes`].
+    pub fn import(&self, image: &str, seed: u64, version: u32, mib: usize) -> ImageRef {
+        let r: ImageRef = image.parse().expect("image ref");
+        let raw = self.dir.join(format!("{}-{}.raw", r.name, r.version));
+        std::fs::write(&raw, image_bytes(seed, version, mib)).expect("writing the raw image");
+        let opts = ImportOptions {
+            audit: None,
+            ..ImportOptions::default()
+        };
+        self.store
+            .import(&r, &raw, &opts, Some(&self.key))
+            .expect("importing");
+        std::fs::remove_file(&raw).expect("removing the raw image");
+        r
+    }
+
+    /// Exports `image` and returns the file.
+    pub fn export(&self, image: &ImageRef) -> PathBuf {
+        let out = self
+            .dir
+            .join(format!("{}-{}.out", image.name, image.version));
+        let _ = std::fs::remove_file(&out);
+        self.store.export(image, &out).expect("exporting");
+        out
+    }
+
+    /// Chunk files in the store.
+    pub fn chunk_files(&self) -> usize {
+        walk(&self.store.root().join("chunks"))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "zst"))
+            .count()
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `mib` MiB of seeded random bytes with a zero run in the middle; version 2 rewrites 1 MiB
+/// at 2 MiB, so it shares every other chunk with version 1.
+pub fn image_bytes(seed: u64, version: u32, mib: usize) -> Vec<u8> {
+    let mib_b = 1 << 20;
+    let mut v = tek_testkit::bytes(seed, mib * mib_b);
+    v[mib_b..mib_b + mib_b / 2].fill(0);
+    if version >= 2 {
+        let new = tek_testkit::bytes(seed + 1000, mib_b);
+        v[2 * mib_b..3 * mib_b].copy_from_slice(&new);
+    }
+    v
+}
+
+/// Options for tests: short timeouts and quick retries.
+pub fn quick() -> RemoteOptions {
+    RemoteOptions {
+        timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_secs(2),
+        retries: 1,
+        backoff: Duration::from_millis(50),
+        ..RemoteOptions::default()
+    }
+}
+
+/// The S3 remote `s3://library/PREFIX` of `server`, with the right keys.
+pub fn s3_remote(server: &S3Server, prefix: &str) -> Remote {
+    s3_remote_as(server, prefix, ACCESS_KEY, SECRET_KEY)
+}
+
+/// The same with the given keys.
+pub fn s3_remote_as(server: &S3Server, prefix: &str, id: &str, secret: &str) -> Remote {
+    let url = RemoteUrl::parse(&format!("s3://{BUCKET}/{prefix}")).expect("s3 url");
+    let opts = RemoteOptions {
+        s3: S3Settings {
+            endpoint: Some(server.endpoint()),
+            region: None,
+            credentials: Some((id.to_string(), Secret::new(secret))),
+            session_token: None,
+        },
+        ..quick()
+    };
+    Remote::open(&url, &opts).expect("opening the s3 remote")
+}
+
+/// An HTTP remote at `url`.
+pub fn http_remote(url: &str, opts: &RemoteOptions) -> Remote {
+    Remote::open(&RemoteUrl::parse(url).expect("http url"), opts).expect("opening http remote")
+}

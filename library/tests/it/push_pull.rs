@@ -1,0 +1,127 @@
+//! Push from one depot, pull into others over S3 and over HTTP, bytes checked with `cmp`.
+
+use std::collections::HashSet;
+
+use image_library::{LibraryError, RemoteImage, list, pull, push};
+use image_store::{ChunkId, Extent, Manifest};
+
+use crate::fixture::{Depot, http_remote, quick, s3_remote};
+use crate::servers::{Nginx, S3Server};
+use crate::{binaries, same_bytes};
+
+fn chunk_ids(m: &Manifest) -> HashSet<ChunkId> {
+    m.extents
+        .iter()
+        .filter_map(|e| match e {
+            Extent::Chunk { id, .. } => Some(*id),
+            Extent::Hole { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn s3_push_pull_round_trip_and_v2_moves_only_its_new_chunks() {
+    let Some((s3_bin, _)) = binaries() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let keys = d.path().join("keys");
+    let maint = Depot::new(&d.path().join("maint"), &keys);
+    let bench = Depot::new(&d.path().join("bench"), &keys);
+    let server = S3Server::start(&s3_bin, &d.path().join("s3"));
+    let remote = s3_remote(&server, "depot");
+
+    let v1 = maint.import("win11@1", 7, 1, 8);
+    let v2 = maint.import("win11@2", 7, 2, 8);
+    let (m1, _) = maint.store.load_manifest(&v1).unwrap();
+    let (m2, _) = maint.store.load_manifest(&v2).unwrap();
+    let (c1, c2) = (chunk_ids(&m1), chunk_ids(&m2));
+    let v2_new = c2.difference(&c1).count() as u64;
+    assert!(
+        v2_new > 0 && v2_new < c2.len() as u64 / 2,
+        "{v2_new} of {}",
+        c2.len()
+    );
+
+    let p = push(&maint.store, &v1, &remote, &maint.trusted).unwrap();
+    assert_eq!(
+        (p.chunks, p.uploaded, p.was_remote),
+        (c1.len() as u64, c1.len() as u64, false)
+    );
+    let r = pull(&remote, &v1, &bench.store, &bench.trusted).unwrap();
+    assert_eq!(
+        (r.chunks, r.fetched, r.present),
+        (c1.len() as u64, c1.len() as u64, 0)
+    );
+    assert!(r.signature.is_valid());
+    same_bytes(&maint.export(&v1), &bench.export(&v1));
+
+    // v2 after v1: only v2's new chunks move, both ways.
+    let p = push(&maint.store, &v2, &remote, &maint.trusted).unwrap();
+    assert_eq!((p.uploaded, p.present), (v2_new, c2.len() as u64 - v2_new));
+    let r = pull(&remote, &v2, &bench.store, &bench.trusted).unwrap();
+    assert_eq!((r.fetched, r.present), (v2_new, c2.len() as u64 - v2_new));
+    same_bytes(&maint.export(&v2), &bench.export(&v2));
+    assert_eq!(bench.chunk_files(), c1.union(&c2).count());
+
+    // Again: nothing moves.
+    let p = push(&maint.store, &v2, &remote, &maint.trusted).unwrap();
+    assert_eq!((p.uploaded, p.was_remote), (0, true));
+    let r = pull(&remote, &v2, &bench.store, &bench.trusted).unwrap();
+    assert_eq!((r.fetched, r.was_local), (0, true));
+
+    let names: Vec<String> = list(&remote)
+        .unwrap()
+        .iter()
+        .map(|i: &RemoteImage| i.image.to_string())
+        .collect();
+    assert_eq!(names, ["win11@1", "win11@2"]);
+}
+
+#[test]
+fn http_pull_from_nginx_serving_the_pushed_directory() {
+    let Some((s3_bin, ng_bin)) = binaries() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let keys = d.path().join("keys");
+    let maint = Depot::new(&d.path().join("maint"), &keys);
+    let bench = Depot::new(&d.path().join("bench"), &keys);
+    let server = S3Server::start(&s3_bin, &d.path().join("s3"));
+    let v1 = maint.import("linux@24.04", 11, 1, 6);
+    push(
+        &maint.store,
+        &v1,
+        &s3_remote(&server, "lib"),
+        &maint.trusted,
+    )
+    .unwrap();
+
+    // The bucket's directory, served as it is by a plain web server.
+    let web = Nginx::start(
+        &ng_bin,
+        &server.root.join("library"),
+        &d.path().join("nginx"),
+        None,
+    );
+    let remote = http_remote(&web.url("lib"), &quick());
+    let r = pull(&remote, &v1, &bench.store, &bench.trusted).unwrap();
+    assert_eq!(r.fetched, r.chunks);
+    same_bytes(&maint.export(&v1), &bench.export(&v1));
+    let listed = list(&remote).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].image, v1);
+
+    // Each chunk was fetched once, with one request each, plus the three documents.
+    let got: Vec<_> = web.requests();
+    let chunk_gets = got
+        .iter()
+        .filter(|(s, p)| *s == 200 && p.contains("/chunks/"))
+        .count();
+    assert_eq!(chunk_gets as u64, r.chunks, "{got:?}");
+
+    // A web server is read-only.
+    let e = push(&maint.store, &v1, &remote, &maint.trusted).unwrap_err();
+    assert!(matches!(e, LibraryError::ReadOnly { .. }), "{e}");
+    assert!(e.to_string().contains("read-only"), "{e}");
+}
