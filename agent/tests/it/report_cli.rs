@@ -86,7 +86,7 @@ fn read_only_commands_answer_without_the_agent_and_change_nothing() {
     assert_eq!(json.as_array().unwrap().len(), 1, "{json:#}");
     assert_eq!(json[0]["ticket"], "T-9");
     let show: serde_json::Value =
-        serde_json::from_str(&ok(&t, &cfg, &["job", "show", job.id.as_str()])).unwrap();
+        serde_json::from_str(&ok(&t, &cfg, &["job", "show", job.id.as_str(), "--json"])).unwrap();
     assert_eq!(show["state"], "done");
     let text = ok(&t, &cfg, &["report", job.id.as_str()]);
     for want in [

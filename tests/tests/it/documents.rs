@@ -194,7 +194,8 @@ fn documents_print_on_one_a4_page_and_read_without_the_agent() {
     let json: serde_json::Value =
         serde_json::from_str(&b.tek_ok(&["job", "list", "--json"])).unwrap();
     assert_eq!(json[0]["id"], job.as_str(), "{json:#}");
-    let show: serde_json::Value = serde_json::from_str(&b.tek_ok(&["job", "show", &job])).unwrap();
+    let show: serde_json::Value =
+        serde_json::from_str(&b.tek_ok(&["job", "show", &job, "--json"])).unwrap();
     assert_eq!(show["state"], "done", "{show:#}");
     let text = b.tek_ok(&["report", &job]);
     assert!(
