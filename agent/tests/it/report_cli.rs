@@ -68,6 +68,7 @@ fn read_only_commands_answer_without_the_agent_and_change_nothing() {
     let cfg = config(&t, "time_zone = \"Europe/Berlin\"\n");
     let state = t.dir().join("state");
     let job = done_job();
+    std::fs::create_dir_all(&state).unwrap();
     Journal::open(&state.join("jobs"))
         .unwrap()
         .save(&job)
