@@ -12,6 +12,7 @@ mod image_audit_cli;
 mod image_cli;
 mod json_shape;
 mod pipes;
+mod report_cli;
 mod socket_limits;
 mod state_root;
 mod write_cli;
