@@ -38,8 +38,8 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
         return Ok(());
     }
     println!(
-        "pushed {image} to {}: {} of {} chunks uploaded ({}), {} already there; manifest and \
-         signature last ({:.1} s, {} requests)",
+        "pushed {image} to {}: {} of {} chunks uploaded ({}), {} already there; signature and \
+         manifest last ({:.1} s, {} requests)",
         remote.url(),
         r.uploaded,
         r.chunks,

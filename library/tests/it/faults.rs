@@ -5,65 +5,40 @@
 use std::time::{Duration, Instant};
 
 use image_library::{LibraryError, RemoteOptions, layout, list, pull, push};
-use image_store::{ChunkId, Extent, ImageRef, StoreError};
+use image_store::{ChunkId, ImageRef, StoreError};
 
 use crate::binaries;
-use crate::fixture::{Depot, http_remote, quick, s3_remote, s3_remote_as};
-use crate::servers::{Nginx, S3Server, SECRET_KEY, Stall};
+use crate::fixture::{Depots, chunk_ids, http_remote, quick, s3_remote, s3_remote_as};
+use crate::servers::{Nginx, SECRET_KEY, Stall};
 
 /// A maintainers' depot that pushed `win11@1` to an S3 server, and an empty bench.
 struct Setup {
-    _d: tempfile::TempDir,
-    maint: Depot,
-    bench: Depot,
-    server: S3Server,
+    depots: Depots,
     image: ImageRef,
-    dir: std::path::PathBuf,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Depots;
+    fn deref(&self) -> &Depots {
+        &self.depots
+    }
 }
 
 fn setup(mib: usize) -> Option<Setup> {
-    let (s3_bin, _) = binaries()?;
-    let d = tempfile::tempdir().unwrap();
-    let keys = d.path().join("keys");
-    let maint = Depot::new(&d.path().join("maint"), &keys);
-    let bench = Depot::new(&d.path().join("bench"), &keys);
-    let server = S3Server::start(&s3_bin, &d.path().join("s3"));
-    let image = maint.import("win11@1", 3, 1, mib);
-    push(
-        &maint.store,
-        &image,
-        &s3_remote(&server, "lib"),
-        &maint.trusted,
-    )
-    .unwrap();
-    Some(Setup {
-        dir: d.path().to_path_buf(),
-        _d: d,
-        maint,
-        bench,
-        server,
-        image,
-    })
+    let depots = Depots::new()?;
+    let image = depots.maint.import("win11@1", 3, 1, mib);
+    let remote = s3_remote(&depots.server, "lib");
+    push(&depots.maint.store, &image, &remote, &depots.maint.trusted).unwrap();
+    Some(Setup { depots, image })
 }
 
 impl Setup {
     /// The `n`th chunk of the image (image order) and its object file on the server.
     fn chunk(&self, n: usize) -> (ChunkId, std::path::PathBuf) {
         let (m, _) = self.maint.store.load_manifest(&self.image).unwrap();
-        let id = m
-            .extents
-            .iter()
-            .filter_map(|e| match e {
-                Extent::Chunk { id, .. } => Some(*id),
-                Extent::Hole { .. } => None,
-            })
-            .nth(n)
-            .unwrap();
-        (
-            id,
-            self.server
-                .object_path(&format!("lib/{}", layout::chunk_key(id))),
-        )
+        let id = chunk_ids(&m)[n];
+        let key = format!("lib/{}", layout::chunk_key(id));
+        (id, self.server.object_path(&key))
     }
 
     fn manifest_file(&self) -> std::path::PathBuf {
@@ -266,4 +241,39 @@ fn a_server_killed_mid_pull_and_restarted_resumes_without_refetching() {
             assert!(seen.insert(path.clone()), "{path} fetched twice");
         }
     }
+}
+
+#[test]
+fn a_push_that_fails_midway_publishes_no_image_and_no_bad_chunk() {
+    let Some(s) = setup(2) else { return };
+    let remote = s3_remote(&s.server, "lib");
+    let v2 = s.maint.import("win11@2", 3, 2, 4);
+    // A chunk only v2 has, gone bad in the maintainers' store.
+    let (m1, _) = s.maint.store.load_manifest(&s.image).unwrap();
+    let (m2, _) = s.maint.store.load_manifest(&v2).unwrap();
+    let old = chunk_ids(&m1);
+    let bad = *chunk_ids(&m2).iter().find(|id| !old.contains(id)).unwrap();
+    let path = s.maint.store.chunk_path(bad);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let e = push(&s.maint.store, &v2, &remote, &s.maint.trusted).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, LibraryError::NotPushable { .. }), "{msg}");
+    assert!(
+        msg.contains(&bad.to_hex()) && msg.contains("tek image verify"),
+        "{msg}"
+    );
+    let bad_object = s
+        .server
+        .object_path(&format!("lib/{}", layout::chunk_key(bad)));
+    assert!(!bad_object.exists(), "a bad chunk was published");
+    let images: Vec<_> = list(&remote)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.image)
+        .collect();
+    assert_eq!(images, std::slice::from_ref(&s.image));
+    let e = pull(&remote, &v2, &s.bench.store, &s.bench.trusted).unwrap_err();
+    assert!(matches!(*e.error, LibraryError::NoSuchImage { .. }), "{e}");
 }

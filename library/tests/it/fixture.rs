@@ -5,9 +5,50 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use image_library::{Remote, RemoteOptions, RemoteUrl, S3Settings, Secret};
-use image_store::{ImageRef, ImportOptions, SigningKey, Store};
+use image_store::{ChunkId, Extent, ImageRef, ImportOptions, Manifest, SigningKey, Store};
 
 use crate::servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+
+/// A maintainers' depot and a bench's, trusting the same key, and an S3 server, in one scratch
+/// directory.
+pub struct Depots {
+    /// The maintainers' depot (imports and pushes).
+    pub maint: Depot,
+    /// A bench's depot (pulls), empty at first.
+    pub bench: Depot,
+    /// The S3 server.
+    pub server: S3Server,
+    /// The scratch directory.
+    pub dir: PathBuf,
+    _d: tempfile::TempDir,
+}
+
+impl Depots {
+    /// Both depots and a started `s3s-fs`, or None after saying SKIP.
+    pub fn new() -> Option<Depots> {
+        let (s3_bin, _) = crate::binaries()?;
+        let d = tempfile::tempdir().expect("scratch directory");
+        let keys = d.path().join("keys");
+        Some(Depots {
+            maint: Depot::new(&d.path().join("maint"), &keys),
+            bench: Depot::new(&d.path().join("bench"), &keys),
+            server: S3Server::start(&s3_bin, &d.path().join("s3")),
+            dir: d.path().to_path_buf(),
+            _d: d,
+        })
+    }
+}
+
+/// The chunk ids of a manifest, in image order (repeats kept).
+pub fn chunk_ids(m: &Manifest) -> Vec<ChunkId> {
+    m.extents
+        .iter()
+        .filter_map(|e| match e {
+            Extent::Chunk { id, .. } => Some(*id),
+            Extent::Hole { .. } => None,
+        })
+        .collect()
+}
 
 /// One bench's (or the maintainers') depot.
 pub struct Depot {

@@ -3,33 +3,28 @@
 use std::collections::HashSet;
 
 use image_library::{LibraryError, RemoteImage, list, pull, push};
-use image_store::{ChunkId, Extent, Manifest};
+use image_store::{ChunkId, Manifest};
 
-use crate::fixture::{Depot, http_remote, quick, s3_remote};
-use crate::servers::{Nginx, S3Server};
+use crate::fixture::{Depots, http_remote, quick, s3_remote};
+use crate::servers::Nginx;
 use crate::{binaries, same_bytes};
 
 fn chunk_ids(m: &Manifest) -> HashSet<ChunkId> {
-    m.extents
-        .iter()
-        .filter_map(|e| match e {
-            Extent::Chunk { id, .. } => Some(*id),
-            Extent::Hole { .. } => None,
-        })
-        .collect()
+    crate::fixture::chunk_ids(m).into_iter().collect()
 }
 
 #[test]
 fn s3_push_pull_round_trip_and_v2_moves_only_its_new_chunks() {
-    let Some((s3_bin, _)) = binaries() else {
+    let Some(depots) = Depots::new() else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let keys = d.path().join("keys");
-    let maint = Depot::new(&d.path().join("maint"), &keys);
-    let bench = Depot::new(&d.path().join("bench"), &keys);
-    let server = S3Server::start(&s3_bin, &d.path().join("s3"));
-    let remote = s3_remote(&server, "depot");
+    let Depots {
+        maint,
+        bench,
+        server,
+        ..
+    } = &depots;
+    let remote = s3_remote(server, "depot");
 
     let v1 = maint.import("win11@1", 7, 1, 8);
     let v2 = maint.import("win11@2", 7, 2, 8);
@@ -80,28 +75,27 @@ fn s3_push_pull_round_trip_and_v2_moves_only_its_new_chunks() {
 
 #[test]
 fn http_pull_from_nginx_serving_the_pushed_directory() {
-    let Some((s3_bin, ng_bin)) = binaries() else {
+    let Some((_, ng_bin)) = binaries() else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let keys = d.path().join("keys");
-    let maint = Depot::new(&d.path().join("maint"), &keys);
-    let bench = Depot::new(&d.path().join("bench"), &keys);
-    let server = S3Server::start(&s3_bin, &d.path().join("s3"));
+    let Some(depots) = Depots::new() else {
+        return;
+    };
+    let Depots {
+        maint,
+        bench,
+        server,
+        dir,
+        ..
+    } = &depots;
     let v1 = maint.import("linux@24.04", 11, 1, 6);
-    push(
-        &maint.store,
-        &v1,
-        &s3_remote(&server, "lib"),
-        &maint.trusted,
-    )
-    .unwrap();
+    push(&maint.store, &v1, &s3_remote(server, "lib"), &maint.trusted).unwrap();
 
     // The bucket's directory, served as it is by a plain web server.
     let web = Nginx::start(
         &ng_bin,
         &server.root.join("library"),
-        &d.path().join("nginx"),
+        &dir.join("nginx"),
         None,
     );
     let remote = http_remote(&web.url("lib"), &quick());
