@@ -8,16 +8,16 @@
 //! time_zone = "Europe/London"            # IANA name; default: the system's (/etc/localtime)
 //! ```
 //!
-//! Limits keep a document on one page and its header honest: a name of at most 80 characters,
-//! at most 4 address lines of at most 80, no control characters, a time zone this system's tz
+//! Limits keep a document on one page and its header honest: a name of at most 60 characters,
+//! at most 4 address lines of at most 60, no control characters, a time zone this system's tz
 //! database knows.
 
 use anyhow::{Context, Result, bail};
 use client_data::Letterhead;
 use serde::{Deserialize, Serialize};
 
-/// Longest name or address line, in characters.
-const MAX_LINE: usize = 80;
+/// Longest name or address line, in characters (the header of an A4 page holds about that).
+const MAX_LINE: usize = 60;
 /// Most address lines.
 const MAX_ADDRESS_LINES: usize = 4;
 
@@ -109,8 +109,8 @@ mod tests {
     fn bad_tables_are_refused_saying_what() {
         assert!(err("[depot]\ntime_zone = \"Europe/Leeds\"\n").contains("Europe/Leeds"));
         assert!(err("[depot]\nname = \"\"\n").contains("depot.name is empty"));
-        let long = "x".repeat(81);
-        assert!(err(&format!("[depot]\nname = \"{long}\"\n")).contains("at most 80"));
+        let long = "x".repeat(61);
+        assert!(err(&format!("[depot]\nname = \"{long}\"\n")).contains("at most 60"));
         assert!(err("[depot]\nname = \"a\\u0007b\"\n").contains("control character"));
         let e = err("[depot]\naddress = [\"1\", \"2\", \"3\", \"4\", \"5\"]\n");
         assert!(e.contains("5 lines"), "{e}");

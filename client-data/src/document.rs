@@ -77,22 +77,21 @@ impl Letterhead {
     /// An RFC 3339 time as the depot reads it, to the second: `2026-03-11 10:00:07 GMT`. A value
     /// that is not RFC 3339 is shown as it is (an old record), never dropped.
     pub fn time(&self, rfc3339: &str) -> String {
-        match rfc3339.parse::<jiff::Timestamp>() {
-            Ok(t) => t
-                .to_zoned_datetime(self.zone.clone())
-                .strftime("%Y-%m-%d %H:%M:%S %Z")
-                .to_string(),
-            Err(_) => rfc3339.to_string(),
-        }
+        self.zoned(rfc3339, "%Y-%m-%d %H:%M:%S %Z")
     }
 
     /// The calendar date of an RFC 3339 time in the depot's zone (`2026-03-11`); a bare date
     /// (`YYYY-MM-DD`, a deadline) is shown as it is.
     pub fn date(&self, rfc3339: &str) -> String {
+        self.zoned(rfc3339, "%Y-%m-%d")
+    }
+
+    /// `rfc3339` in the depot's zone as `format` (strftime) says; as given when not RFC 3339.
+    fn zoned(&self, rfc3339: &str, format: &str) -> String {
         match rfc3339.parse::<jiff::Timestamp>() {
             Ok(t) => t
                 .to_zoned_datetime(self.zone.clone())
-                .strftime("%Y-%m-%d")
+                .strftime(format)
                 .to_string(),
             Err(_) => rfc3339.to_string(),
         }

@@ -21,7 +21,7 @@ mod skip;
 pub mod tar;
 
 pub use rng::{Rng, bytes};
-pub use run::{listing, run, run_fails, run_ok, text};
+pub use run::{listing, run, run_fails, run_ok, snapshot, text};
 pub use skip::{have, in_ci, require, require_root, require_tool, skip};
 
 /// One MiB.

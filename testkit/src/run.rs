@@ -60,6 +60,29 @@ fn report(what: &str, cmd: &Command, out: &Output, scratch: Option<&Path>) -> St
     s
 }
 
+/// Every path under `root` (recursively) with its length and modification time: equal
+/// snapshots before and after a command show it changed nothing there.
+pub fn snapshot(
+    root: &Path,
+) -> std::collections::BTreeMap<std::path::PathBuf, (u64, std::time::SystemTime)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).unwrap_or_else(|e| panic!("listing {}: {e}", d.display()));
+        for e in rd.flatten() {
+            let m = e
+                .metadata()
+                .unwrap_or_else(|err| panic!("stat {}: {err}", e.path().display()));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            let mtime = m.modified().expect("modification times on Linux");
+            out.insert(e.path(), (m.len(), mtime));
+        }
+    }
+    out
+}
+
 /// A recursive listing of `dir` (relative paths, sizes, symlink targets), sorted, for failure
 /// messages. Unreadable entries are listed with their error instead of aborting.
 pub fn listing(dir: &Path) -> String {

@@ -38,7 +38,7 @@ pub enum AuditCommand {
         #[arg(long, value_name = "T")]
         until: Option<String>,
         /// Only entries about this client (naming it or one of its datasets).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_parser = super::data::ident("client id"))]
         client: Option<String>,
         /// Only entries of this kind (repeat, or separate with commas).
         #[arg(long, value_name = "KIND", value_delimiter = ',',
@@ -240,6 +240,9 @@ fn show(
             continue;
         }
         shown += 1;
+        if shown == 1 && !json && lines.is_none() {
+            writeln!(out, "{SHOW_HEADER}").context("writing output")?;
+        }
         let line = audit_line(&rec, json)?;
         match lines {
             Some(n) => {
@@ -250,6 +253,9 @@ fn show(
             }
             None => writeln!(out, "{line}").context("writing output")?,
         }
+    }
+    if !tail.is_empty() && !json {
+        writeln!(out, "{SHOW_HEADER}").context("writing output")?;
     }
     for line in tail {
         writeln!(out, "{line}").context("writing output")?;
@@ -279,7 +285,46 @@ fn audit_line(rec: &AuditRecord, json: bool) -> Result<String> {
     if let Some(o) = v.as_object_mut() {
         o.remove("event");
     }
-    Ok(format!("{:>6} {} {:<18} {}", rec.seq, rec.time, kind, v))
+    Ok(format!(
+        "{:>6}  {:<23}  {:<18}  {}",
+        rec.seq,
+        super::render::when(&rec.time),
+        kind,
+        details(&v)
+    ))
+}
+
+/// The header over `show`'s lines, in the same columns (the log streams: no table that waits
+/// for its widest row).
+const SHOW_HEADER: &str = "   SEQ  TIME                     EVENT               DETAILS";
+
+/// An entry's fields as people read them: `client c-1, entries 12, bytes 3.1 MiB`; sizes in
+/// units, times to the second, nothing null.
+fn details(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let Some(o) = v.as_object() else {
+        return v.to_string();
+    };
+    let text = |k: &str, x: &Value| -> Option<String> {
+        Some(match x {
+            Value::Null => return None,
+            Value::String(s) => super::render::when(s),
+            Value::Number(n) if k == "bytes" || k.ends_with("_bytes") => n
+                .as_u64()
+                .map(super::render::size)
+                .unwrap_or_else(|| n.to_string()),
+            Value::Array(a) if a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            other => other.to_string(),
+        })
+    };
+    o.iter()
+        .filter_map(|(k, x)| text(k, x).map(|t| format!("{} {t}", k.replace('_', " "))))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The breach report's key backups: each one holds the dataset keys that make the depot's

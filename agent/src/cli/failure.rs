@@ -20,6 +20,10 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// The stable code of a failure, for `{"error": {"code": ...}}`.
 pub fn code(e: &anyhow::Error) -> String {
+    // anyhow finds a context value by downcasting the error itself, not in its chain.
+    if e.downcast_ref::<StateRootMissing>().is_some() {
+        return "state_root_missing".into();
+    }
     for cause in e.chain() {
         if let Some(a) = cause.downcast_ref::<AgentError>() {
             if let Some(c) = a.code

@@ -147,7 +147,8 @@ pub enum ImageCommand {
     Audit {
         /// An image FILE (raw) or NAME@VERSION in the store.
         target: String,
-        /// Also scan text-like files for personal data (counts only, never the text).
+        /// Also scan text-like files for personal data (counts only, never the text); packaged
+        /// software (/usr but /usr/local, WinSxS, System32, Program Files, ...) is not scanned.
         #[arg(long)]
         deep: bool,
         /// Print JSON.
@@ -381,14 +382,14 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             }
             let verb = if dry_run { "would remove" } else { "removed" };
             println!(
-                "{verb} {} chunks ({}); kept {} referenced, {} recent (younger than cutoff), \
-                 {} quarantined; {} imports running",
-                r.removed,
+                "{verb} {} ({}); kept {} referenced, {} recent (younger than cutoff), \
+                 {} quarantined; {} running",
+                count(r.removed, "chunk"),
                 size(r.removed_bytes),
                 r.referenced,
                 r.kept_recent,
                 r.quarantined,
-                r.live_imports
+                count(r.live_imports, "import")
             );
             Ok(())
         }
@@ -422,19 +423,25 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             }
             println!("images:          {}", s.images);
             println!(
-                "logical bytes:   {} ({})",
-                s.logical_bytes,
-                size(s.logical_bytes)
+                "logical size:    {} ({} bytes)",
+                size(s.logical_bytes),
+                s.logical_bytes
             );
-            println!("data bytes:      {} (non-hole, all images)", s.data_bytes);
-            println!("unique bytes:    {} (distinct chunks)", s.unique_bytes);
             println!(
-                "stored bytes:    {} ({})",
-                s.stored_bytes,
-                size(s.stored_bytes)
+                "data:            {} (not in holes, all images)",
+                size(s.data_bytes)
+            );
+            println!(
+                "unique data:     {} (distinct chunks)",
+                size(s.unique_bytes)
+            );
+            println!(
+                "stored:          {} ({} bytes)",
+                size(s.stored_bytes),
+                s.stored_bytes
             );
             println!("chunks:          {}", s.chunks);
-            println!("quarantined:     {}", s.quarantined);
+            println!("quarantined:     {}", count(s.quarantined, "chunk"));
             println!("dedup ratio:     {:.2}", s.dedup_ratio);
             println!("logical/stored:  {:.2}", s.total_ratio);
             Ok(())

@@ -113,8 +113,8 @@ pub(super) fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
         .map(|e| e.len())
         .sum();
     println!("image:      {image}");
-    println!("size:       {} bytes ({})", m.size, size(m.size));
-    println!("created:    {}", m.created);
+    println!("size:       {} ({} bytes)", size(m.size), m.size);
+    println!("created:    {}", when(&m.created));
     println!("sha256:     {}", m.sha256);
     println!("blake3:     {}", m.blake3);
     if let Some(s) = &m.scrubbed {
@@ -136,9 +136,9 @@ pub(super) fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
         );
     }
     println!(
-        "extents:    {} ({} chunks, {} in holes), {} avg {} B",
+        "extents:    {} ({}, {} in holes), {} avg {} B",
         m.extents.len(),
-        chunks,
+        count(chunks as u64, "chunk"),
         size(holes),
         m.chunking.algorithm,
         m.chunking.avg

@@ -70,16 +70,26 @@ pub fn with_import_bar<T>(
     out
 }
 
+/// Whether an export's OUT names stdout (`-`).
+pub fn is_stdout(out: &Path) -> bool {
+    out.as_os_str() == "-"
+}
+
 /// `tek image export IMAGE OUT`: to a new file (sparse, synced, removed on error) or, for
 /// `-`, to stdout; with a bar on a terminal. The summary goes to stderr for `-` (where
 /// `--json` is refused: stdout carries the image).
 pub fn export(store: &Store, image: &ImageRef, out: &Path, json: bool) -> Result<()> {
-    let b = bar(Some(0), "exporting");
+    // Read once for the bar's length (a bar of 0 B/0 B until the first chunk lands says
+    // nothing); the export reads and checks it again.
+    let (m, _) = store
+        .load_manifest(image)
+        .with_context(|| format!("loading image {image}"))?;
+    let b = bar(Some(m.size), "exporting");
     let progress = |pos, len| {
         b.set_length(len);
         b.set_position(pos);
     };
-    if out == Path::new("-") {
+    if is_stdout(out) {
         if json {
             bail!(
                 "refusing --json with `export {image} -`: stdout carries the image; give a \

@@ -100,6 +100,12 @@ fn from_agent_or_journal<T: serde::de::DeserializeOwned>(
         Err(e) if agent_not_running(&e) => {
             // The journal the agent keeps: its configuration's state root, when it names one.
             let depot = depot.for_agent(&conn.config()?);
+            // A misspelt --state is no empty journal.
+            if !depot.root().is_dir() {
+                return Err(e.context(agent::depot::StateRootMissing {
+                    path: depot.root().to_path_buf(),
+                }));
+            }
             read(&Journal::read_only(&depot.jobs()))
         }
         Err(e) => Err(e),

@@ -157,7 +157,7 @@ impl Command {
             Command::Image(c) => match c {
                 I::List { .. } | I::Show { .. } | I::Stats { .. } => true,
                 // To stdout it only reads the store: `tek image export a@1 - | head -c 512`.
-                I::Export { out, .. } => out.as_os_str() == "-",
+                I::Export { out, .. } => image_transfer::is_stdout(out),
                 _ => false,
             },
             Command::Audit(c) => matches!(
@@ -203,6 +203,7 @@ impl Command {
             Command::Image(I::Keygen { dir: Some(_), .. } | I::Audit { .. }) => StateUse::Locates,
             Command::Data(D::Ingest { .. }) => StateUse::Creates,
             // The agent creates its root itself: its configuration may name another one.
+            // `bays --discover` marks the disk the root is on, wherever it is configured.
             Command::Agent { .. } | Command::Write(_) | Command::Bays(_) | Command::Job(_) => {
                 StateUse::Locates
             }
@@ -265,9 +266,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Backup(c) => backup::run(&depot, c),
         Command::Audit(c) => audit::run(&depot, c),
         Command::Report(a) => report::run(&depot, a),
+        Command::Job(c) => job::run(&depot, c),
         Command::Agent { config } => agent::run(&depot, config.as_deref()),
         Command::Bays(a) => bays::run(&depot, a),
-        Command::Job(c) => job::run(&depot, c),
         command => run_without_depot(command),
     }
 }

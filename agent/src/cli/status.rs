@@ -16,6 +16,7 @@ use agent::server::client::Client;
 use agent::server::protocol::{DiskView, Event, Op, Status};
 
 use super::clock::{duration, now_hms};
+use super::table::Table;
 use super::{AgentConn, render};
 
 /// `tek status` arguments.
@@ -57,31 +58,28 @@ pub fn listed(d: &DiskView, all: bool) -> bool {
 pub fn render_status(st: &Status, all: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", st.summary);
-    let w = st
-        .bays
-        .iter()
-        .map(|b| b.name.len())
-        .max()
-        .unwrap_or(3)
-        .max(3);
     if st.bays.is_empty() {
         let _ = writeln!(out, "no bays configured");
-    }
-    for b in &st.bays {
-        let disk = b.disk.as_deref().unwrap_or("-");
-        let mut line = format!("{:<w$}  {:<8}  {}", b.name, disk, b.state);
-        if let Some(p) = &b.progress
-            && p.bytes_total > 0
-        {
-            let pct = p.bytes_done as f64 * 100.0 / p.bytes_total as f64;
-            let _ = write!(
-                line,
-                "  [{} {pct:.0}% of {}]",
-                p.phase,
-                render::size(p.bytes_total)
-            );
+    } else {
+        let mut t = Table::new(&["BAY", "DISK", "STATE", "PROGRESS"]);
+        for b in &st.bays {
+            let progress = match &b.progress {
+                Some(p) if p.bytes_total > 0 => format!(
+                    "[{} {:.0}% of {}]",
+                    p.phase,
+                    p.bytes_done as f64 * 100.0 / p.bytes_total as f64,
+                    render::size(p.bytes_total)
+                ),
+                _ => String::new(),
+            };
+            t.row([
+                b.name.clone(),
+                b.disk.clone().unwrap_or_else(|| "-".into()),
+                b.state.clone(),
+                progress,
+            ]);
         }
-        let _ = writeln!(out, "{line}");
+        out.push_str(&t.render());
     }
     let outside: Vec<_> = st
         .disks
@@ -89,50 +87,33 @@ pub fn render_status(st: &Status, all: bool) -> String {
         .filter(|d| d.bay.is_none() && listed(d, all))
         .collect();
     if !outside.is_empty() {
-        let _ = writeln!(out, "\nother disks:");
+        let mut t = Table::new(&["OTHER DISK", "STATUS"]);
         for d in outside {
-            let _ = writeln!(out, "  {:<8}  {}", d.disk.name, d.status.line());
+            t.row([d.disk.name.clone(), d.status.line()]);
         }
+        out.push('\n');
+        out.push_str(&t.render());
     }
     let hidden = st.disks.iter().filter(|d| !listed(d, all)).count();
     if hidden > 0 {
         let _ = writeln!(
             out,
-            "\n{hidden} other disk{} outside every bay, ignored (--all lists {})",
-            if hidden == 1 { "" } else { "s" },
+            "\n{} outside every bay, ignored (--all lists {})",
+            render::count(hidden as u64, "other disk"),
             if hidden == 1 { "it" } else { "them" }
         );
     }
-    let open: Vec<&Job> = st.jobs.iter().filter(|j| !j.state.is_terminal()).collect();
+    let open: Vec<Job> = st
+        .jobs
+        .iter()
+        .filter(|j| !j.state.is_terminal())
+        .cloned()
+        .collect();
     if !open.is_empty() {
         let _ = writeln!(out, "\nopen jobs:");
-        for j in open {
-            let _ = writeln!(out, "  {}", job_line(j));
-        }
+        out.push_str(&super::job::job_table(&open));
     }
     out
-}
-
-/// One line per job for `tek job list`.
-pub fn job_line(j: &Job) -> String {
-    let mut s = format!(
-        "{}  {:<14}  ticket {}  {}  {}",
-        j.id,
-        j.state.as_str(),
-        j.ticket,
-        j.image,
-        j.target
-    );
-    if let Some(d) = &j.dataset {
-        let _ = write!(s, "  data {d}");
-    }
-    if let Some(r) = j.resume_from {
-        let _ = write!(s, "  (resumes at {r})");
-    }
-    if let Some(e) = &j.error {
-        let _ = write!(s, "  error: {e}");
-    }
-    s
 }
 
 /// Follows the agent's events: prints arrivals, departures and state changes with the time,
@@ -175,10 +156,10 @@ pub fn watch(socket: &Path, all: bool) -> Result<()> {
                 duration(since.elapsed())
             ))?;
         }
-        let mut hidden: HashSet<String> = st
+        let mut shown: HashSet<String> = st
             .disks
             .iter()
-            .filter(|d| !listed(d, all))
+            .filter(|d| listed(d, all))
             .map(|d| d.disk.name.clone())
             .collect();
         say(render_status(&st, all).trim_end().to_string())?;
@@ -188,7 +169,7 @@ pub fn watch(socket: &Path, all: bool) -> Result<()> {
                 Some(Err(e)) => break format!("{e:#}"),
                 None => break "the agent closed the connection".to_string(),
             };
-            if let Some(line) = watched_line(&ev, &mut hidden, all) {
+            if let Some(line) = watched_line(&ev, &mut shown, all) {
                 say(line)?;
             }
             bars.follow(&ev, tty, &mp);
@@ -205,26 +186,30 @@ pub fn watch(socket: &Path, all: bool) -> Result<()> {
 const RETRY: Duration = Duration::from_millis(500);
 
 /// The line `--watch` prints for `ev`, `None` when it is hidden or too frequent (progress).
-/// `hidden` holds the disks outside every bay that nothing wants: their arrival, status and
-/// departure are not listed without `--all`, until a job wants one.
-pub fn watched_line(ev: &Event, hidden: &mut HashSet<String>, all: bool) -> Option<String> {
-    if !all {
-        match ev {
-            Event::DeviceArrived { disk, bay: None } => {
-                hidden.insert(disk.name.clone());
-                return None;
+/// `listed` holds the disks shown so far (the status's, then those arriving in a bay or wanted
+/// by a job): without `--all`, the others (outside every bay, ignored) come and go unseen, also
+/// one that arrived between the status and the subscription and then leaves.
+pub fn watched_line(ev: &Event, listed: &mut HashSet<String>, all: bool) -> Option<String> {
+    let shown = match ev {
+        Event::DeviceArrived { disk, bay } => {
+            let show = all || bay.is_some();
+            if show {
+                listed.insert(disk.name.clone());
             }
-            Event::DiskStatus { name, status } if hidden.contains(name) => {
-                if matches!(status, DiskStatus::Ignored { .. }) {
-                    return None;
-                }
-                hidden.remove(name);
-            }
-            Event::DeviceLeft { name } if hidden.remove(name) => return None,
-            _ => {}
+            show
         }
-    }
-    super::board::event_line(ev)
+        Event::DiskStatus { name, status } => {
+            let show =
+                all || listed.contains(name) || !matches!(status, DiskStatus::Ignored { .. });
+            if show {
+                listed.insert(name.clone());
+            }
+            show
+        }
+        Event::DeviceLeft { name } => listed.remove(name) || all,
+        Event::JobState { .. } | Event::JobProgress { .. } => true,
+    };
+    shown.then(|| super::board::event_line(ev)).flatten()
 }
 
 /// A progress bar per running job.
@@ -318,7 +303,7 @@ mod tests {
         };
         let text = render_status(&st, false);
         assert!(text.contains("[writing 25% of 4.0 MiB]"), "{text}");
-        assert!(text.contains("b    -         empty"), "{text}");
+        assert!(text.contains("\nb    -      empty"), "{text}");
         assert!(
             !text.contains("sdz"),
             "ignored disks outside bays are hidden: {text}"
@@ -330,7 +315,7 @@ mod tests {
         assert!(text.contains("open jobs:"), "{text}");
         let all = render_status(&st, true);
         assert!(
-            all.contains("sdz       ignored: not in a bench bay"),
+            all.contains("\nsdz         ignored: not in a bench bay"),
             "{all}"
         );
         assert!(!all.contains("--all lists"), "{all}");
@@ -338,7 +323,7 @@ mod tests {
 
     #[test]
     fn watch_hides_disks_outside_bays_until_a_job_wants_one() {
-        let mut hidden = HashSet::new();
+        let mut listed = HashSet::new();
         let arrived = |name: &str, bay: Option<&str>| Event::DeviceArrived {
             disk: Box::new(test_disk(name)),
             bay: bay.map(Into::into),
@@ -352,26 +337,30 @@ mod tests {
         let left = |name: &str| Event::DeviceLeft { name: name.into() };
         // The agent's own loop device over a data partition comes and goes unseen.
         assert_eq!(
-            watched_line(&arrived("loop9", None), &mut hidden, false),
+            watched_line(&arrived("loop9", None), &mut listed, false),
             None
         );
-        assert_eq!(watched_line(&ignored("loop9"), &mut hidden, false), None);
-        assert_eq!(watched_line(&left("loop9"), &mut hidden, false), None);
-        assert!(hidden.is_empty());
+        assert_eq!(watched_line(&ignored("loop9"), &mut listed, false), None);
+        assert_eq!(watched_line(&left("loop9"), &mut listed, false), None);
+        // So does one that arrived before the watch began and was never listed.
+        assert_eq!(watched_line(&left("loop8"), &mut listed, false), None);
+        assert!(listed.is_empty());
         // With --all it is listed.
         assert!(watched_line(&arrived("loop9", None), &mut HashSet::new(), true).is_some());
-        // A disk in a bay is always listed.
-        let l = watched_line(&arrived("loop3", Some("b1")), &mut hidden, false).unwrap();
+        assert!(watched_line(&left("loop8"), &mut HashSet::new(), true).is_some());
+        // A disk in a bay is always listed, and so is its departure.
+        let l = watched_line(&arrived("loop3", Some("b1")), &mut listed, false).unwrap();
         assert!(l.contains("arrived in bay b1"), "{l}");
+        assert!(watched_line(&left("loop3"), &mut listed, false).is_some());
         // A disk outside the bays that a job wants (by serial) shows from then on.
-        watched_line(&arrived("sdq", None), &mut hidden, false);
+        watched_line(&arrived("sdq", None), &mut listed, false);
         let wanted = Event::DiskStatus {
             name: "sdq".into(),
             status: DiskStatus::Running {
                 job: Job::new("T", "img@1", None, JobTarget::Bay("a".into())).id,
             },
         };
-        assert!(watched_line(&wanted, &mut hidden, false).is_some());
-        assert!(watched_line(&left("sdq"), &mut hidden, false).is_some());
+        assert!(watched_line(&wanted, &mut listed, false).is_some());
+        assert!(watched_line(&left("sdq"), &mut listed, false).is_some());
     }
 }

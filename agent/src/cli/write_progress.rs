@@ -84,16 +84,19 @@ impl TargetProgress {
         (done > 0 && secs > 0.0).then(|| total.saturating_sub(done) as f64 * secs / done as f64)
     }
 
-    /// `  (write and verify: about 3 min 05 s left)`, or nothing before the first byte.
+    /// `  (write and verify: about 3 min 05 s left)`, or nothing before the first byte and
+    /// under a second.
     pub fn eta_words(&self) -> String {
-        self.eta_secs()
-            .map(|s| {
-                format!(
-                    "  (write and verify: about {} left)",
-                    super::clock::duration(Duration::from_secs_f64(s))
-                )
-            })
+        self.left()
+            .map(|left| format!("  (write and verify: about {left} left)"))
             .unwrap_or_default()
+    }
+
+    /// The time left for both passes in words, `None` before the first byte and under a second.
+    fn left(&self) -> Option<String> {
+        self.eta_secs()
+            .filter(|&s| s >= 1.0)
+            .map(|s| super::clock::duration(Duration::from_secs_f64(s)))
     }
 
     /// The phase in words, with the phase's own bytes when it counts any (`writing 12.0 MiB
@@ -189,7 +192,9 @@ fn say_line(ev: &ProgressEvent, tp: &TargetProgress) {
             ev.target.display(),
             tp.message(),
             done as f64 * 100.0 / total as f64,
-            tp.eta_words()
+            tp.left()
+                .map(|l| format!(", about {l} left"))
+                .unwrap_or_default()
         ),
         _ => format!("{}: {}", ev.target.display(), tp.message()),
     };

@@ -101,15 +101,16 @@ impl Agent {
         };
         let mut job = Job::new(ticket, &image.to_string(), data, target);
         job.dataset_of_other_ticket = dataset_of_other_ticket.map(|r| r.trim().to_string());
-        self.steps.validate(&job).map_err(|e| {
-            refuse(
-                ErrorCode::Rejected,
-                format!(
-                    "checking the new job for ticket {ticket}: {}",
-                    crate::errors::Chain(&e)
-                ),
-            )
-        })?;
+        if let Err(e) = self.steps.validate(&job) {
+            let why = format!(
+                "checking the new job for ticket {ticket}: {}",
+                crate::errors::Chain(&e)
+            );
+            if e.is::<crate::job::admission::ImageNotClean>() {
+                return Err(self.record_refused(job, why));
+            }
+            return Err(refuse(ErrorCode::Rejected, why));
+        }
         let mut inner = self.lock();
         let mut job = self.create_record(job)?;
         if !self.steps.image_exists(&job) {
@@ -135,6 +136,33 @@ impl Agent {
         self.reconsider_all(&mut inner);
         let job = inner.jobs.get(&job.id).cloned().unwrap_or(job);
         Ok(job)
+    }
+
+    /// A new job refused by the image policy (`require_clean_image`): journaled as failed with
+    /// the reason, its report written and its end audited (`finish`), shown in `tek status`
+    /// and `tek job list`, as a job failed later would be. Returns the refusal to answer with.
+    fn record_refused(&self, job: Job, why: String) -> anyhow::Error {
+        let mut inner = self.lock();
+        let mut job = match self.create_record(job) {
+            Ok(j) => j,
+            Err(e) => return e.context(why),
+        };
+        job.error = Some(why.clone());
+        job.set_state(JobState::Failed, Some(why.clone()));
+        if let Err(e) = self.journal.save(&job) {
+            return e.context(why);
+        }
+        if let Err(e) = self.steps.finish(&job) {
+            tracing::warn!(job = %job.id, "writing the report of a refused job: {}", crate::errors::Chain(&e));
+        }
+        inner.jobs.insert(job.id.clone(), job.clone());
+        self.emit(Event::JobState {
+            job: Box::new(job.clone()),
+        });
+        refuse(
+            ErrorCode::Rejected,
+            format!("{why} (job {} recorded as failed)", job.id),
+        )
     }
 
     /// Journals a new job exclusively; on an id collision (128 random bits: practically never)

@@ -34,6 +34,19 @@ pub struct ImageReplaced {
     pub now: String,
 }
 
+/// The job's image is refused by policy `require_clean_image`: its privacy audit is missing,
+/// could not read a partition, or has unaccepted findings (DESIGN invariant 7). At `tek job
+/// add` this refusal is recorded as a failed job, with its report and audit entry
+/// (`Agent::add_job`), not only answered: the image library, not the technician, has to act.
+#[derive(Debug, thiserror::Error)]
+#[error("image {image} refused by policy require_clean_image: {reason}")]
+pub struct ImageNotClean {
+    /// `NAME@VERSION`.
+    pub image: String,
+    /// What the audit says.
+    pub reason: image_store::audit::NotClean,
+}
+
 /// Why a job may not use a dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetRefused {

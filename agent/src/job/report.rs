@@ -316,7 +316,7 @@ impl Report {
                     Tone::Bad,
                     format!(
                         "FAILED ({during}): {}{}.",
-                        self.error.as_deref().unwrap_or("unknown error"),
+                        page::fit(self.error.as_deref().unwrap_or("unknown error")),
                         d.as_ref()
                             .map(|d| format!("; the data set is {d}"))
                             .unwrap_or_default()

@@ -87,8 +87,12 @@ impl RealSteps {
             .with_context(|| format!("loading image {r}"))?;
         signature_allowed(&r, &img.signature, self.allow_unsigned)?;
         if self.require_clean_image {
-            image_store::audit::require_clean(img.manifest.audit.as_ref())
-                .map_err(|e| anyhow!("image {r} refused by policy require_clean_image: {e}"))?;
+            image_store::audit::require_clean(img.manifest.audit.as_ref()).map_err(|reason| {
+                crate::job::admission::ImageNotClean {
+                    image: r.to_string(),
+                    reason,
+                }
+            })?;
         }
         Ok(img)
     }

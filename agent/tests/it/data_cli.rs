@@ -353,7 +353,7 @@ fn withdraw_twice_is_one_case_and_prints_what_it_audits() {
     let shown = ok(&tek(&state, &["audit", "show"]));
     let events = shown
         .lines()
-        .filter(|l| l.split_whitespace().nth(2) == Some("withdraw"))
+        .filter(|l| l.get(33..).is_some_and(|e| e.starts_with("withdraw ")))
         .count();
     assert_eq!(events, 2, "{shown}");
 }

@@ -278,3 +278,104 @@ fn accept_resigns_and_records_each_acceptance_in_the_audit_log() {
     );
     t.ok(&["audit", "verify"]);
 }
+
+/// What image-store's `make-deep-image.sh` plants (an address and a name, in file contents on
+/// ext4 and NTFS, and an address in an NTFS file name), and the authors' address beside it.
+const DEEP_PLANTED: [&str; 4] = ["ann.client@", "mail.example.com", "Ann Client", "jane.dev@"];
+
+fn no_deep_planted(what: &str, text: &str) {
+    for s in DEEP_PLANTED {
+        assert!(!text.contains(s), "{s} leaked into {what}:\n{text}");
+    }
+}
+
+/// Masking on NTFS: `--deep` hits in NTFS files and an address in an NTFS file name never show
+/// their text in any output (text, JSON, errors), the stored manifest, `show`/`list`, or the
+/// audit log after an acceptance. The fixture is filled through ntfs-3g (root, FUSE).
+#[test]
+fn deep_hits_on_ntfs_never_show_the_matched_text() {
+    if !tools()
+        || !tek_testkit::require(
+            nix::unistd::geteuid().is_root() && Command::new("mkntfs").arg("-V").output().is_ok(),
+            "needs root and ntfs-3g (mkntfs, FUSE) to build the NTFS fixture",
+        )
+    {
+        return;
+    }
+    let t = Tek::new();
+    let img = t.dir().join("deep.img");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../image-store/tests/fixtures/make-deep-image.sh");
+    assert!(
+        Command::new("bash")
+            .arg(script)
+            .arg(&img)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = t.run(&["image", "audit", s(&img), "--deep"]);
+    assert!(!o.status.success());
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    // The NTFS hits are there, by masked path and count.
+    for path in [
+        "/Users/jsmith/Documents/letter.txt",
+        "/Users/jsmith/Documents/a***@m***.txt",
+        "/ProgramData/Hello/contacts.xml",
+    ] {
+        assert!(out.contains(path), "{path} missing:\n{out}");
+    }
+    assert!(out.contains("1 e-mail address"), "{out}");
+    no_deep_planted("tek image audit --deep", &format!("{out}{err}"));
+    let o = t.run(&["image", "audit", s(&img), "--deep", "--json"]);
+    let json = String::from_utf8_lossy(&o.stdout);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let ntfs_hits = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "deep.personal-data" && f["partition"] == 2)
+        .count();
+    assert_eq!(ntfs_hits, 4, "{v:#}");
+    no_deep_planted("tek image audit --deep --json", &json);
+
+    // Import (metadata audit: the masked file name is a user.documents finding), the manifest,
+    // show and list, an acceptance and the audit log.
+    let out = t.ok(&["image", "import", "deep@1", s(&img)]);
+    no_deep_planted("tek image import", &out);
+    let manifest = std::fs::read_to_string(t.dir().join("state/store/images/deep/1.json")).unwrap();
+    assert!(manifest.contains("a***@m***.txt"), "{manifest}");
+    no_deep_planted("the stored manifest", &manifest);
+    let show = t.ok(&["image", "show", "deep@1", "--json"]);
+    no_deep_planted("tek image show --json", &show);
+    no_deep_planted("tek image show", &t.ok(&["image", "show", "deep@1"]));
+    no_deep_planted("tek image list", &t.ok(&["image", "list", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    let id = v["manifest"]["audit"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().contains("a***@m***"))
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .expect("a finding on the masked path");
+    let out = t.ok(&[
+        "image",
+        "accept",
+        "deep@1",
+        "--finding",
+        &id,
+        "--reason",
+        "lab-fixture",
+    ]);
+    no_deep_planted("tek image accept", &out);
+    let log = std::fs::read_to_string(t.dir().join("state/audit/audit.log")).unwrap();
+    assert!(log.contains(&id), "{log}");
+    no_deep_planted("the audit log", &log);
+    assert!(
+        !log.contains("jsmith"),
+        "a path reached the audit log: {log}"
+    );
+}

@@ -308,6 +308,19 @@ fn every_command_with_json_follows_the_convention() {
     );
     run(&["image", "gc", "--dry-run"], Shape::Object);
     run(&["image", "rm", "b@1"], Shape::Object);
+    // The remote library needs a server (library/tests); here only the refusal's shape.
+    run(
+        &["image", "push", "a@1", "--to", "file:///srv/lib"],
+        Shape::Error,
+    );
+    run(
+        &["image", "pull", "a@1", "--from", "file:///srv/lib"],
+        Shape::Error,
+    );
+    run(
+        &["image", "list", "--remote", "file:///srv/lib"],
+        Shape::Error,
+    );
 
     run(
         &["write", "a@1", &out, "--yes", "--allow-unsigned"],

@@ -4,6 +4,7 @@
 
 mod agent_daemon;
 mod audit_cli;
+mod bench_cmds;
 mod common;
 mod data_cli;
 mod hotplug;
@@ -11,6 +12,7 @@ mod image_audit_cli;
 mod image_cli;
 mod json_shape;
 mod pipes;
+mod report_cli;
 mod socket_limits;
 mod state_root;
 mod write_cli;

@@ -79,6 +79,7 @@ fn read_only_commands_end_quietly_on_a_closed_pipe() {
         &["audit", "show", "--json"],
         &["audit", "verify"],
         &["data", "list"],
+        &["image", "export", "pipe@1", "-"],
     ] {
         into_closed_pipe(&state, args);
     }

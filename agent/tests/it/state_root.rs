@@ -143,12 +143,23 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Commands that only talk to the agent never touch the state root, existing or not.
+/// Commands that talk to the agent never touch the state root, existing or not; `tek job list`,
+/// which reads the journal when no agent answers, refuses a missing one instead of listing no
+/// jobs.
 #[test]
 fn agent_commands_leave_the_state_root_alone() {
     let d = tempfile::tempdir().unwrap();
     let state = d.path().join("none");
-    for args in [&["status"][..], &["job", "list"]] {
+    for (args, code) in [
+        (&["status"][..], "agent_unreachable"),
+        (
+            &[
+                "job", "add", "--ticket", "T-1", "--image", "a@1", "--bay", "b",
+            ],
+            "agent_unreachable",
+        ),
+        (&["job", "list"], "state_root_missing"),
+    ] {
         let o = tek(&state, "022", args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
@@ -162,6 +173,6 @@ fn agent_commands_leave_the_state_root_alone() {
         assert!(!state.exists(), "tek {args:?} created {}", state.display());
         let o = tek(&state, "022", &[args, &["--json"]].concat());
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(v["error"]["code"], "agent_unreachable", "tek {args:?}: {v}");
+        assert_eq!(v["error"]["code"], code, "tek {args:?}: {v}");
     }
 }

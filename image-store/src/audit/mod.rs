@@ -189,7 +189,10 @@ impl AuditReport {
             let acc = if self.accepted.is_empty() {
                 String::new()
             } else {
-                format!(", {} finding(s) accepted", self.accepted.len())
+                format!(
+                    ", {} accepted",
+                    counted(self.accepted.len(), "finding", "findings")
+                )
             };
             let skipped = self
                 .partitions
@@ -199,22 +202,32 @@ impl AuditReport {
             let skipped = if skipped == 0 {
                 String::new()
             } else {
-                format!(", {skipped} partition(s) without a filesystem the audit reads")
+                format!(
+                    ", {} without a filesystem the audit reads",
+                    counted(skipped, "partition", "partitions")
+                )
             };
             return format!(
-                "clean{acc} ({} finding(s){skipped}, rules {})",
-                self.findings.len(),
+                "clean{acc} ({}{skipped}, rules {})",
+                counted(self.findings.len(), "finding", "findings"),
                 self.rules_version
             );
         }
         let mut s = format!(
-            "NOT clean: {} blocking finding(s) of {}",
-            self.blocking().count(),
+            "NOT clean: {} of {}",
+            counted(
+                self.blocking().count(),
+                "blocking finding",
+                "blocking findings"
+            ),
             self.findings.len()
         );
         let failed = self.failed().count();
         if failed > 0 {
-            s.push_str(&format!(", {failed} partition(s) could not be audited"));
+            s.push_str(&format!(
+                ", {} could not be audited",
+                counted(failed, "partition", "partitions")
+            ));
         }
         s.push_str(&format!(" (rules {})", self.rules_version));
         s
@@ -533,4 +546,9 @@ pub fn require_clean(audit: Option<&AuditReport>) -> Result<(), NotClean> {
         });
     }
     Ok(())
+}
+
+/// `1 finding`, `2 findings`: a count with its noun, singular only for one.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -56,6 +56,15 @@ fn has(r: &AuditReport, rule: &str, path_part: &str) -> bool {
         .any(|f| f.rule == rule && f.path.contains(path_part))
 }
 
+/// The audit of `img` with `--deep`.
+fn audit_deep(img: &Path) -> AuditReport {
+    let opts = AuditOptions {
+        deep: true,
+        ..Default::default()
+    };
+    audit_file(img, &opts).unwrap()
+}
+
 #[test]
 fn generalized_windows_image_is_clean() {
     let r = audit_file(&win("win"), &AuditOptions::default()).unwrap();
@@ -116,14 +125,7 @@ fn populated_windows_image_yields_every_planted_finding() {
 
 #[test]
 fn deep_scan_counts_without_keeping_the_text() {
-    let r = audit_file(
-        &win("win-populated"),
-        &AuditOptions {
-            deep: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let r = audit_deep(&win("win-populated"));
     let f = r
         .findings
         .iter()
@@ -139,14 +141,7 @@ fn deep_scan_counts_without_keeping_the_text() {
 #[test]
 fn populated_linux_image_yields_every_planted_finding() {
     let img = fixture("linux-populated.img", "make-linux-image.sh", &["populated"]);
-    let r = audit_file(
-        &img,
-        &AuditOptions {
-            deep: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let r = audit_deep(&img);
     for (rule, path) in [
         ("linux.home", "/home/alice"),
         ("shell.history", "/home/alice/.bash_history"),
@@ -192,14 +187,7 @@ fn clean_linux_and_v1_images_are_clean() {
 #[test]
 fn deep_skips_packaged_software_and_finds_every_planted_address() {
     let img = fixture("deep.img", "make-deep-image.sh", &[]);
-    let r = audit_file(
-        &img,
-        &AuditOptions {
-            deep: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let r = audit_deep(&img);
     let fs: Vec<&str> = r.partitions.iter().map(|p| p.filesystem.as_str()).collect();
     assert_eq!(fs, ["ext4", "ntfs"], "{:?}", r.partitions);
     let mut hits: Vec<(u32, &str)> = r
@@ -233,10 +221,6 @@ fn deep_skips_packaged_software_and_finds_every_planted_address() {
 
 #[test]
 fn clean_images_are_clean_under_deep_too() {
-    let deep = AuditOptions {
-        deep: true,
-        ..Default::default()
-    };
     for img in [
         win("win"),
         fixture("linux-clean.img", "make-linux-image.sh", &["clean"]),
@@ -246,7 +230,7 @@ fn clean_images_are_clean_under_deep_too() {
             &["--size", "256M", "--fill", "16M", "--variant", "v1"],
         ),
     ] {
-        let r = audit_file(&img, &deep).unwrap();
+        let r = audit_deep(&img);
         assert!(r.deep);
         assert!(r.is_clean(), "{}: {:?}", img.display(), rules(&r));
     }

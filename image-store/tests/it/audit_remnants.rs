@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image_store::audit::{AuditOptions, AuditReport, PartitionStatus, audit_file};
-use image_store::{ImageRef, ImportOptions, Store};
+use image_store::{ImageRef, ImportOptions, ImportReport, Store};
 
 fn sh(script: &str) {
     let st = Command::new("bash")
@@ -87,6 +87,26 @@ fn a_fat32_esp_with_few_clusters_is_read_and_its_remnants_measured() {
     }
 }
 
+/// Imports `img` as `NAME@1` and again with `--scrub-free` as `NAME@1-scrubbed`: both import
+/// reports and the scrubbed image's name.
+fn import_plain_and_scrubbed(
+    store: &Store,
+    name: &str,
+    img: &Path,
+) -> (ImportReport, ImportReport, ImageRef) {
+    let plain: ImageRef = format!("{name}@1").parse().unwrap();
+    let scrubbed: ImageRef = format!("{name}@1-scrubbed").parse().unwrap();
+    let r1 = store
+        .import(&plain, img, &ImportOptions::default(), None)
+        .unwrap();
+    let opts = ImportOptions {
+        scrub_free: true,
+        ..Default::default()
+    };
+    let r2 = store.import(&scrubbed, img, &opts, None).unwrap();
+    (r1, r2, scrubbed)
+}
+
 /// The clean Linux fixture with a 2 MiB file written and removed again by debugfs: its blocks
 /// are free and still hold the data.
 fn ext4_with_deleted_file(dir: &Path) -> PathBuf {
@@ -121,22 +141,7 @@ fn scrub_free_stores_the_image_with_free_space_zeroed_and_keeps_both_hashes() {
     assert!(!before.is_clean());
 
     let store = Store::open(&d.path().join("store")).unwrap();
-    let plain: ImageRef = "linux@1".parse().unwrap();
-    let scrubbed: ImageRef = "linux@1-scrubbed".parse().unwrap();
-    let r1 = store
-        .import(&plain, &img, &ImportOptions::default(), None)
-        .unwrap();
-    let r2 = store
-        .import(
-            &scrubbed,
-            &img,
-            &ImportOptions {
-                scrub_free: true,
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+    let (r1, r2, scrubbed) = import_plain_and_scrubbed(&store, "linux", &img);
     assert!(r1.manifest.scrubbed.is_none());
     let s = r2.manifest.scrubbed.clone().expect("scrubbed recorded");
     // Both hashes: the source's (as the plain import computed them) and the stored image's.
@@ -298,26 +303,7 @@ fn ntfs_remnants_are_measured_and_scrub_free_zeroes_them() {
     assert_eq!(free_clusters.len() as u64 * cluster, free.free_bytes);
 
     let store = Store::open(&d.path().join("store")).unwrap();
-    let plain = store
-        .import(
-            &"win@1".parse().unwrap(),
-            &img,
-            &ImportOptions::default(),
-            None,
-        )
-        .unwrap();
-    let scrubbed: ImageRef = "win@1-scrubbed".parse().unwrap();
-    let r = store
-        .import(
-            &scrubbed,
-            &img,
-            &ImportOptions {
-                scrub_free: true,
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+    let (plain, r, scrubbed) = import_plain_and_scrubbed(&store, "win", &img);
     let s = r.manifest.scrubbed.clone().expect("scrubbed recorded");
     assert_eq!(s.source_sha256, plain.manifest.sha256);
     assert_eq!(s.source_blake3, plain.manifest.blake3);

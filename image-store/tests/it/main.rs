@@ -8,4 +8,5 @@ mod bombs;
 mod edits;
 mod hints;
 mod partitions;
+mod progress;
 mod store;

@@ -10,9 +10,7 @@
 //!
 //! Needs root, loop devices, chromium and poppler-utils (CI has them all: there a skip fails).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use tek_e2e::*;
 use tek_testkit::browser;
@@ -43,25 +41,6 @@ fn artifacts() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("documents")
 }
 
-/// The page's visible text (tags, the style sheet and the head removed).
-fn visible(html: &str) -> String {
-    let body = &html[html.find("<body>").expect("a body")..];
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in body.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => {
-                in_tag = false;
-                out.push(' ');
-            }
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out
-}
-
 /// Prints `html` and checks it as a client would read it.
 fn check_document(name: &str, html: &str, labels: &[&str]) {
     let p = browser::print_check(html, &artifacts(), name).unwrap_or_else(|e| panic!("{e}"));
@@ -88,7 +67,7 @@ fn check_document(name: &str, html: &str, labels: &[&str]) {
         "no screenshot {}",
         p.screenshot.display()
     );
-    let text = visible(html);
+    let text = browser::visible_text(html);
     for want in [
         "TEK Express Leeds",
         "Unit 4, Mill Lane",
@@ -103,22 +82,6 @@ fn check_document(name: &str, html: &str, labels: &[&str]) {
     for bad in INTERNAL {
         assert!(!text.contains(bad), "{name} shows {bad:?}:\n{text}");
     }
-}
-
-/// Every file under `root` with its length and modification time.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-            out.insert(e.path(), (m.len(), m.modified().unwrap()));
-        }
-    }
-    out
 }
 
 #[test]
@@ -225,13 +188,14 @@ fn documents_print_on_one_a4_page_and_read_without_the_agent() {
 
     // The agent stops; the read-only commands still answer, and change nothing.
     assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
-    let before = snapshot(&b.state);
+    let before = tek_testkit::snapshot(&b.state);
     let list = b.tek_ok(&["job", "list"]);
     assert!(list.contains(&job) && list.contains("done"), "{list}");
     let json: serde_json::Value =
         serde_json::from_str(&b.tek_ok(&["job", "list", "--json"])).unwrap();
     assert_eq!(json[0]["id"], job.as_str(), "{json:#}");
-    let show: serde_json::Value = serde_json::from_str(&b.tek_ok(&["job", "show", &job])).unwrap();
+    let show: serde_json::Value =
+        serde_json::from_str(&b.tek_ok(&["job", "show", &job, "--json"])).unwrap();
     assert_eq!(show["state"], "done", "{show:#}");
     let text = b.tek_ok(&["report", &job]);
     assert!(
@@ -249,8 +213,106 @@ fn documents_print_on_one_a4_page_and_read_without_the_agent() {
     let unknown = b.tek(&["job", "show", "j-00000000"]);
     assert!(!unknown.status.success());
     assert_eq!(
-        snapshot(&b.state),
+        tek_testkit::snapshot(&b.state),
         before,
         "a read-only command changed the depot"
+    );
+}
+
+/// The longest values a report can hold (a 64-character ticket, the longest letterhead, long
+/// paths of renamed and skipped entries, hundreds of them, a long error) print with nothing
+/// past the page's edge, cut to a few lines each ("and 295 more"), on at most two pages (a
+/// normal job's one page is checked above). No root needed: the report is built from a record.
+#[test]
+fn a_report_of_the_longest_values_fits_the_page_width() {
+    if !tek_testkit::require(
+        browser::have_browser(),
+        "needs chromium and pdfinfo (Debian packages chromium, poppler-utils)",
+    ) {
+        return;
+    }
+    use agent::job::{DeviceRecord, Job, JobState, JobTarget, RestoreRecord, WriteRecord};
+    let ticket = "T".repeat(64);
+    let mut j = Job::new(
+        &ticket,
+        &format!("{}@{}", "w".repeat(40), "9".repeat(20)),
+        Some(format!("ds-20261202-{}", "f".repeat(32))),
+        JobTarget::Bay("b".repeat(50)),
+    );
+    j.device = Some(DeviceRecord {
+        name: "sdb".into(),
+        dev_path: "/dev/sdb".into(),
+        identity: "S".repeat(60),
+        bus: "usb".parse().unwrap(),
+        model: "VeryLongVendorName ".repeat(5),
+        serial: Some("S".repeat(60)),
+        wwn: None,
+        size_bytes: 16 << 40,
+        bay: Some("b".repeat(50)),
+        diskseq: None,
+    });
+    let long = |i: usize| {
+        format!(
+            "Users/{}/Documents/{}:{i}.docx",
+            "u".repeat(60),
+            "n".repeat(80)
+        )
+    };
+    let maps: Vec<_> = (0..40)
+        .map(|i| serde_json::json!({"entry": i, "from": long(i), "to": long(i), "to_escaped": long(i)}))
+        .collect();
+    let skipped: Vec<_> = (0..300)
+        .map(|i| format!("fifo {} (entry {i})", long(i)))
+        .collect();
+    j.results.write = Some(WriteRecord::from_json(serde_json::json!({
+        "bytes_written": 1u64 << 40, "bytes_verified": 1u64 << 40,
+        "result": {"status": "ok"}, "mismatch_offsets": [],
+        "reread_partitions": "Device or resource busy (os error 16)",
+    })));
+    j.results.restore = Some(RestoreRecord::from_json(serde_json::json!({
+        "entries_restored": 1_000_000, "bytes_restored": 1u64 << 40, "entries_verified": 1_000_000,
+        "bytes_verified": 1u64 << 40, "skipped": skipped, "mismatches": [], "name_mappings": maps,
+        "target_filesystem": "ntfs (ntfs-3g)",
+    })));
+    for s in [
+        JobState::Claimed,
+        JobState::Writing,
+        JobState::ImageVerified,
+        JobState::Migrating,
+    ] {
+        j.set_state(s, None);
+    }
+    j.error = Some(format!(
+        "restoring {}: {}",
+        long(1),
+        "the disk stopped answering ".repeat(6)
+    ));
+    j.set_state(JobState::Failed, None);
+    // The longest name and address the configuration takes (60 characters, 4 lines).
+    let line = "Northern Regional Repair Centre and Data Recovery Lab Ltd.";
+    let line = format!("{line}{}", "x".repeat(60 - line.len()));
+    let lh = client_data::Letterhead::new(
+        line.clone(),
+        (0..4).map(|_| line.clone()).collect(),
+        Some("Pacific/Chatham"),
+    )
+    .unwrap();
+    let html = agent::job::report::Report::of(&j).to_html(&lh);
+    let p = browser::print_check(&html, &artifacts(), "service-report-long-values")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(p.pages <= 2, "{} pages: {}", p.pages, p.pdf.display());
+    assert!(
+        p.too_wide.is_empty() && p.scroll_width <= p.viewport,
+        "wider than the page: {:#?}",
+        p.too_wide
+    );
+    let text = browser::visible_text(&html);
+    assert!(
+        text.contains("and 295 more") && text.contains("and 35 more"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAILED (restoring the client data)"),
+        "{text}"
     );
 }

@@ -1,6 +1,6 @@
 //! The agent's `require_clean_image` policy (issue 12, DESIGN invariant 7) end to end: a job
 //! whose image was never audited is refused at `tek job add` (CLI and socket alike) with the
-//! reason; a provisioning bay whose default image is unaudited refuses the disk with the
+//! reason, and recorded as a failed job (status, job list, report, audit trail); a provisioning bay whose default image is unaudited refuses the disk with the
 //! reason in `tek status` and never writes it; `require_clean_image = false` lets it through.
 //! The real `tek` binary and agent, real loop devices.
 
@@ -66,7 +66,60 @@ fn unaudited_images_are_refused_by_job_add_with_the_reason() {
             .contains("require_clean_image"),
         "{reply}"
     );
-    assert!(b.job_records().is_empty(), "a refused job was journaled");
+    // Each refusal is recorded as a failed job: in the journal, `tek status`, `tek job list`,
+    // a report and the audit trail, like a job that failed on a disk.
+    let recs = b.job_records();
+    assert_eq!(recs.len(), 2, "{recs:#?}");
+    for rec in &recs {
+        assert_eq!(rec["state"], "failed", "{rec:#}");
+        let error = rec["error"].as_str().unwrap();
+        assert!(
+            error.contains("require_clean_image") && error.contains("never audited"),
+            "{rec:#}"
+        );
+        let id = rec["id"].as_str().unwrap();
+        assert!(err.contains(id) || reply["error"].as_str().unwrap().contains(id));
+    }
+    let id = recs[0]["id"].as_str().unwrap();
+    let status = b.status();
+    let job = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == id)
+        .unwrap_or_else(|| panic!("job {id} missing in tek status: {status:#}"));
+    assert_eq!(job["state"], "failed");
+    assert!(
+        status["summary"].as_str().unwrap().contains("2 failed"),
+        "{status:#}"
+    );
+    let human = b.tek_ok(&["status"]);
+    assert!(human.contains("2 failed"), "{human}");
+    let list = b.tek_ok(&["job", "list"]);
+    assert!(list.contains(id) && list.contains("failed"), "{list}");
+    let report = b.tek_ok(&["report", id]);
+    assert!(
+        report.contains("require_clean_image") && report.contains("never audited"),
+        "{report}"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(b.state.join(format!("reports/{id}.json"))).unwrap())
+            .unwrap();
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("require_clean_image")
+    );
+    let audit = std::fs::read_to_string(b.state.join("audit/audit.log")).unwrap();
+    let fin: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "job_finished" && e["job"] == id)
+        .collect();
+    assert_eq!(fin.len(), 1, "{audit}");
+    assert_eq!(fin[0]["result"], "failed");
+    assert!(b.tek_ok(&["audit", "verify"]).contains("audit log OK"));
     // The sample image itself was audited at import (clean): accepted.
     let id = b.add_job("T-2", "bay1", None);
     assert!(!id.is_empty());

@@ -11,7 +11,7 @@
 mod draw;
 mod tiles;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -52,6 +52,9 @@ struct Board {
     unreachable: Option<(Instant, String)>,
     selected: usize,
     events: VecDeque<String>,
+    /// The disks the events pane lists (in a bay, or wanted by a job): the others, outside every
+    /// bay and ignored, come and go unlisted, as in `tek status --watch` without `--all`.
+    listed: HashSet<String>,
     /// The answer to the last key (an action's result), shown above the events.
     message: Option<String>,
     confirm: Option<Confirm>,
@@ -74,6 +77,7 @@ pub fn run(socket: &Path) -> Result<()> {
         unreachable: None,
         selected: 0,
         events: VecDeque::new(),
+        listed: HashSet::new(),
         message: None,
         confirm: None,
         report: None,
@@ -156,6 +160,12 @@ impl Board {
                     ));
                 }
                 self.selected = self.selected.min(st.bays.len().saturating_sub(1));
+                self.listed.extend(
+                    st.disks
+                        .iter()
+                        .filter(|d| super::status::listed(d, false))
+                        .map(|d| d.disk.name.clone()),
+                );
                 self.status = Some(st);
             }
             Msg::Unreachable(why) => {
@@ -165,7 +175,7 @@ impl Board {
                 }
             }
             Msg::Event(e) => {
-                if let Some(line) = event_line(&e) {
+                if let Some(line) = super::status::watched_line(&e, &mut self.listed, false) {
                     self.push_event(line);
                 }
             }

@@ -264,6 +264,10 @@ fn verification(r: &Report) -> Section {
     }
     if let Some(f) = w.get("filesystem").filter(|f| !f.is_null()) {
         sec.row("Filesystem", fs_words(f));
+        // Whether the grown volume's own system checks it at first boot (NTFS: chkdsk).
+        if let Some(boot) = s(f, "first_boot") {
+            sec.row("First boot", boot);
+        }
     }
     if let Some(b) = w.get("beyond").and_then(beyond_words) {
         sec.row("Past the image's end", b);
@@ -441,14 +445,7 @@ fn data(r: &Report) -> Section {
             .unwrap_or_default()
     };
     let mismatches = strings("mismatches");
-    sec.row(
-        "Mismatches",
-        if mismatches.is_empty() {
-            "none".into()
-        } else {
-            capped(&mismatches)
-        },
-    );
+    sec.row("Mismatches", capped(&mismatches));
     if let Some(fs) = s(m, "target_filesystem") {
         sec.row("Restored onto", fs);
     }
@@ -489,7 +486,7 @@ fn data(r: &Report) -> Section {
             a.iter()
                 .map(|x| {
                     let to = s(x, "to_escaped").or(s(x, "to")).unwrap_or("?");
-                    (s(x, "from").unwrap_or("?").to_string(), to.to_string())
+                    (fit(s(x, "from").unwrap_or("?")), fit(to))
                 })
                 .collect()
         })
@@ -506,27 +503,23 @@ fn data(r: &Report) -> Section {
             )
         },
     );
-    sec.row(
-        "Not restored",
-        if skipped.is_empty() {
-            "none".into()
-        } else {
-            capped(&skipped)
-        },
-    );
+    sec.row("Not restored", capped(&skipped));
     if !renamed.is_empty() {
         sec.list(("Path in the data set", "Restored as"), renamed);
     }
     sec
 }
 
-/// At most [`LIST_MAX`] items joined, and how many more there are: a dataset of a thousand
-/// fifos must not push the page onto a second sheet.
+/// At most [`LIST_MAX`] items joined, and how many more there are ("none" for none): a
+/// dataset of a thousand fifos must not push the page onto a second sheet.
 fn capped(items: &[String]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
     let mut s = items
         .iter()
         .take(LIST_MAX)
-        .cloned()
+        .map(|i| fit(i))
         .collect::<Vec<_>>()
         .join("; ");
     if items.len() > LIST_MAX {
@@ -536,6 +529,21 @@ fn capped(items: &[String]) -> String {
         );
     }
     s
+}
+
+/// Longest value of a list line, in characters (a path can be 4096 bytes; the JSON has it all).
+const ITEM_MAX: usize = 90;
+
+/// `s` cut to [`ITEM_MAX`] characters in the middle, where a path's least telling part is:
+/// `Users/ann/Documents/…/report:2024.docx`.
+pub(crate) fn fit(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= ITEM_MAX {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(ITEM_MAX / 2 - 1).collect();
+    let tail: String = s.chars().skip(n - ITEM_MAX / 2).collect();
+    format!("{head}…{tail}")
 }
 
 fn sanitization(r: &Report, lh: &Letterhead) -> Section {

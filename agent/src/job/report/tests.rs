@@ -162,7 +162,7 @@ fn report_has_every_section_in_words() {
     let h = r.to_html(&lh());
     for (name, page) in [("text", &t), ("html", &h)] {
         let visible = if name == "html" {
-            strip_tags(page)
+            tek_testkit::browser::visible_text(page)
         } else {
             page.clone()
         };
@@ -182,22 +182,6 @@ fn report_has_every_section_in_words() {
     assert_eq!(v["format"], 2);
     assert_eq!(v["state"], "done");
     assert_eq!(v["data_custody"]["state"], "wiped");
-}
-
-/// The text a reader sees of an HTML page: tags, the style sheet and entities removed.
-fn strip_tags(h: &str) -> String {
-    let body = &h[h.find("<body>").expect("a body")..];
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in body.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => in_tag = false,
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out.replace("&middot;", "·")
 }
 
 #[test]
@@ -311,6 +295,9 @@ fn long_lists_are_cut_and_say_how_many_more() {
     j.results.restore = Some(crate::job::RestoreRecord::from_json(m));
     let t = Report::of(&j).to_text(&lh());
     assert!(t.contains("fifo p/4 (entry 4); and 995 more"), "{t}");
+    let long = format!("fifo {} (entry 1)", "d/".repeat(2048));
+    assert_eq!(page::fit(&long).chars().count(), 90);
+    assert!(page::fit(&long).ends_with("d/d/ (entry 1)"));
     assert!(!t.contains("p/5 (entry 5)"), "{t}");
     assert!(t.contains("and 35 more (see --json)"), "{t}");
     let h = Report::of(&j).to_html(&lh());

@@ -2,12 +2,19 @@
 //! after it, both named "Basic data partition") imported and signed, a job writing it onto a disk
 //! twice its size with client data to `/Users/Public/Documents/Recovered`; checked independently:
 //! Recovery at the disk's end byte-identical to the image's partition, Windows grown up to it,
-//! `ntfsresize --info` clean, the data hashed through a fresh `ntfs-3g` mount, `sgdisk -v` clean.
+//! `ntfsresize --info` clean, `sgdisk -v` clean; and the data, through a fresh read-only
+//! `ntfs-3g` mount, against the staged originals on the laptop's NTFS (see [`laptop`]): every
+//! entry where the report's name mappings put it, nothing dropped or extra, each with its
+//! content, mtime to NTFS precision, creation time, DOS attributes and alternate data streams.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
 use super::*;
+
+mod laptop;
+use laptop::{CASE_PAIRS, ILLEGAL, Laptop};
 
 /// The shared bench's image builder: `TEK_SHARED_BENCH`, else `../shared/bench` beside the
 /// repository (as the issue names it), else the depot's `/work/shared/bench`.
@@ -107,7 +114,25 @@ fn windows_image_with_client_data_onto_a_disk_twice_its_size() {
         show.contains("filesystem ntfs, label \"Windows\""),
         "{show}"
     );
-    let (dataset, src) = b.ingest();
+    // The client's data, from the old laptop's NTFS: the bench's client data set and the
+    // planted cases. Ingested from the mount, then the volume is put away.
+    let generated = laptop::client_data_set(&make_image(), &b.root().join("work/gen"), 1500, "24M");
+    let Some(set) = generated else { return };
+    let mut old = Laptop::new(&b.root().join("work/laptop.ntfs"), 128 * MIB);
+    let src = old.path().join("Users/jane");
+    let files = laptop::copy_as_windows_files(&set, &src);
+    assert!(files > 1000, "{files} files of the client data set copied");
+    laptop::plant(&src);
+    old.remount_read_only();
+    let staged = laptop::snapshot(&src);
+    let dataset = b
+        .custody()
+        .ingest("client-e2e", E2E_TICKET, &src)
+        .expect("ingesting from the laptop's volume")
+        .id
+        .to_string();
+    old.unmount();
+    drop(old);
     b.start_agent();
     let job = b
         .tek_ok(&[
@@ -190,19 +215,106 @@ fn windows_image_with_client_data_onto_a_disk_twice_its_size() {
         ],
     );
     assert!(ok, "{out}");
-    let restored = hash_tree(&mnt.path().join("Users/Public/Documents/Recovered"));
-    let staged = hash_tree(&src);
+    let restored = laptop::snapshot(&mnt.path().join("Users/Public/Documents/Recovered"));
     let _ = Command::new("umount").arg(mnt.path()).status();
-    assert!(!staged.is_empty());
-    assert_eq!(
-        restored, staged,
-        "restored files differ from the staged ones"
-    );
+    let report: serde_json::Value =
+        serde_json::from_str(&b.tek_ok(&["report", &job, "--json"])).unwrap();
+    check_migrated(&staged, &restored, &report["data_migration"]);
     drop(part);
-    let report = b.tek_ok(&["report", &job, "--json"]);
-    assert!(
-        report.contains("\"moved\"") && report.contains("\"new_bytes\""),
-        "{report}"
-    );
+    let v = &report["verification"];
+    assert!(v["gpt"]["moved"].is_array(), "{v:#}");
+    let fsg = &v["filesystem"];
+    assert!(fsg["new_bytes"].is_u64(), "{fsg:#}");
+    let boot = fsg["first_boot"].as_str().unwrap_or_default();
+    assert!(boot.starts_with("Windows will not run chkdsk"), "{fsg:#}");
+    // The printable report says it too.
+    let text = b.tek_ok(&["report", &job]);
+    assert!(text.contains("Windows will not run chkdsk"), "{text}");
     assert!(b.stop(), "agent did not stop cleanly:\n{}", b.agent_log());
+}
+
+/// The restored tree against the staged one, through the report's name mappings: each staged
+/// entry where the mappings say, nothing dropped, nothing extra, the same facts (content, mtime,
+/// a file's access time, creation time, DOS attributes, streams, link text), and each planted name case mapped to a
+/// name Windows accepts.
+fn check_migrated(
+    staged: &BTreeMap<String, laptop::Facts>,
+    restored: &BTreeMap<String, laptop::Facts>,
+    migration: &serde_json::Value,
+) {
+    let mappings: BTreeMap<String, String> = migration["name_mappings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no name_mappings in the report: {migration:#}"))
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap().to_string();
+            (s("from"), s("to"))
+        })
+        .collect();
+    let shown = |n: &str| client_data::winnames::show(n.as_bytes());
+    for name in ILLEGAL {
+        let from = shown(&format!("Planted/{name}"));
+        let to = mappings
+            .get(&from)
+            .unwrap_or_else(|| panic!("{from} is not in the mappings: {mappings:#?}"));
+        let last = to.rsplit('/').next().unwrap();
+        assert!(
+            !last
+                .chars()
+                .any(|c| "<>:\"\\|?*".contains(c) || (c as u32) < 0x20)
+                && !last.ends_with(['.', ' ']),
+            "{from} -> {to}"
+        );
+    }
+    for (kept, mapped) in CASE_PAIRS {
+        assert!(!mappings.contains_key(&format!("Planted/{kept}")), "{kept}");
+        assert!(
+            mappings.contains_key(&format!("Planted/{mapped}")),
+            "{mapped}: {mappings:#?}"
+        );
+    }
+    let want = laptop::mapped_paths(staged.keys(), &mappings);
+    let mut missing = Vec::new();
+    let mut differ = Vec::new();
+    for (from, to) in &want {
+        match restored.get(to) {
+            None => missing.push(format!("{from} (as {to})")),
+            Some(got) if got != &staged[from] => differ.push(format!(
+                "{from} (as {to}):\n  staged   {:?}\n  restored {got:?}",
+                staged[from]
+            )),
+            Some(_) => {}
+        }
+    }
+    let expected: std::collections::BTreeSet<&String> = want.values().collect();
+    let extra: Vec<&String> = restored.keys().filter(|k| !expected.contains(k)).collect();
+    assert!(
+        missing.is_empty() && differ.is_empty() && extra.is_empty(),
+        "{} missing: {missing:#?}\n{} differ:\n{}\n{} extra: {extra:#?}",
+        missing.len(),
+        differ.len(),
+        differ.join("\n"),
+        extra.len()
+    );
+    eprintln!(
+        "checked {} entries through a fresh mount, {} under mapped names",
+        want.len(),
+        want.iter().filter(|(a, b)| a != b).count()
+    );
+    // The sample is what it claims to be: metadata was there to lose.
+    let with = |f: fn(&laptop::Facts) -> bool| staged.values().filter(|x| f(x)).count();
+    assert!(with(|f| !f.streams.is_empty()) > 50, "streams");
+    assert!(
+        with(|f| f.attrib.is_some_and(|a| a & 0x02 != 0)) > 100,
+        "hidden"
+    );
+    assert!(
+        with(|f| f.attrib.is_some_and(|a| a & 0x01 != 0)) > 100,
+        "read-only"
+    );
+    assert!(
+        with(|f| f.mtime.is_some_and(|m| m.1 % 1000 != 0)) > 100,
+        "sub-ms mtimes"
+    );
+    assert!(with(|f| f.kind == "link") > 0, "links");
 }
