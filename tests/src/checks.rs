@@ -79,7 +79,7 @@ pub fn check_done_with_data(b: &Bench, job: &str, disk: &Path, dataset: &str, sr
     let text = b.tek_ok(&["report", job]);
     assert!(
         text.lines()
-            .any(|l| l.contains("privacy_audit") && l.contains(verdict)),
+            .any(|l| l.contains("Privacy audit") && l.contains(verdict)),
         "the printed report names the audit verdict:\n{text}"
     );
     assert_eq!(
@@ -106,7 +106,10 @@ pub fn check_done_with_data(b: &Bench, job: &str, disk: &Path, dataset: &str, sr
     );
     assert!(b.tek_ok(&["report", job]).contains("== Audit log"));
     let html = b.tek_ok(&["report", job, "--html"]);
-    assert!(html.contains("Sanitization of the staging copy"));
+    assert!(
+        html.contains("Staging copy") && html.contains("staging copy wiped"),
+        "{html}"
+    );
     assert!(b.state.join(format!("reports/{job}.html")).exists());
 }
 

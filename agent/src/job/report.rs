@@ -316,7 +316,10 @@ impl Report {
                     Tone::Bad,
                     format!(
                         "FAILED ({during}): {}{}.",
-                        page::fit(self.error.as_deref().unwrap_or("unknown error")),
+                        page::fit_to(
+                            self.error.as_deref().unwrap_or("unknown error"),
+                            page::REASON_MAX
+                        ),
                         d.as_ref()
                             .map(|d| format!("; the data set is {d}"))
                             .unwrap_or_default()

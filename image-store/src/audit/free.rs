@@ -1,6 +1,6 @@
 //! Remnants: the free space of a filesystem, from its own allocation map, and how much of it
 //! still holds non-zero bytes (deleted files live on there). The maps are read directly: ext4's
-//! block bitmaps (groups marked `BLOCK_UNINIT` were never allocated from and are skipped),
+//! block bitmaps (a group marked `BLOCK_UNINIT` has no bitmap: all of it but its metadata is free),
 //! NTFS's `$Bitmap` (through the `ntfs` crate), FAT's first FAT (entry 0 = free cluster).
 //! Every size read from the filesystem is checked against the partition before it is used, so a
 //! hostile superblock ends with an error, not with a huge allocation or read.
@@ -131,6 +131,7 @@ fn ext4<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
     let mut gdt = vec![0u8; (groups * desc) as usize];
     w.read_at((first + 1) * bs, &mut gdt)
         .map_err(|e| io_err("reading the ext4 group descriptors", e))?;
+    let meta = Ext4Meta::new(&sb, &gdt, desc, groups, bs, blocks)?;
     let mut out = Vec::new();
     let mut bitmap = vec![0u8; bs as usize];
     for g in 0..groups {
@@ -139,10 +140,14 @@ fn ext4<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
         let start = first + g * bpg;
         let in_group = bpg.min(blocks - start);
         if flags & 0x2 != 0 {
-            // BLOCK_UNINIT: nothing was ever allocated here (its bitmap is not even written).
+            // BLOCK_UNINIT: the group's bitmap was never written (it reads as whatever the
+            // disk held); the kernel computes it when it first allocates here: every block is
+            // free except the group's metadata. Deleted data of an earlier filesystem on the
+            // same disk lives on in such a group, so it is measured (and scrubbed) too.
+            meta.uninit_free(start, in_group, bs, &mut out);
             continue;
         }
-        let at = u32_at(d, 0) | if desc >= 64 { u32_at(d, 0x20) << 32 } else { 0 };
+        let at = desc_block(d, desc, 0);
         if at >= blocks {
             return Err(bad(format!(
                 "ext4 group {g}'s bitmap at block {at} of {blocks}"
@@ -153,6 +158,125 @@ fn ext4<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
         bitmap_free(&bitmap, in_group, bs, start * bs, &mut out);
     }
     Ok(out)
+}
+
+/// A block number from a group descriptor: the low 32 bits at `lo`, the high ones 0x20
+/// further on in a 64-byte descriptor (block bitmap 0x0, inode bitmap 0x4, inode table 0x8).
+fn desc_block(d: &[u8], desc: u64, lo: usize) -> u64 {
+    u32_at(d, lo)
+        | if desc >= 64 {
+            u32_at(d, lo + 0x20) << 32
+        } else {
+            0
+        }
+}
+
+/// What a `BLOCK_UNINIT` group holds that is not free, as the kernel's
+/// `ext4_init_block_bitmap` counts it: a superblock backup with the group descriptor table
+/// and its reserved growth blocks (in the groups `has_super` names), and bitmaps and inode
+/// tables. Those of *every* group that fall inside it are taken (with `flex_bg` they may sit
+/// in another group than their own): counting a metadata block as in use only makes the
+/// measured free space smaller, while counting it free would let `--scrub-free` zero it.
+struct Ext4Meta {
+    /// Blocks of the descriptor table plus its reserved growth blocks, after a superblock.
+    gdt_blocks: u64,
+    sparse_super: bool,
+    /// `sparse_super2`: backups only in these two groups (0 = none).
+    backup_bgs: Option<[u64; 2]>,
+    /// META_BG moves the descriptor blocks into the groups they describe: not modelled, so
+    /// an uninitialized group is then taken as wholly in use (not measured, never scrubbed).
+    meta_bg: bool,
+    /// `(first block, blocks)` of every group's bitmaps and inode table.
+    extents: Vec<(u64, u64)>,
+    blocks_per_group: u64,
+    first: u64,
+}
+
+impl Ext4Meta {
+    fn new(
+        sb: &[u8],
+        gdt: &[u8],
+        desc: u64,
+        groups: u64,
+        bs: u64,
+        blocks: u64,
+    ) -> Result<Ext4Meta, PartitionError> {
+        let compat = u32_at(sb, 0x5C);
+        let incompat = u32_at(sb, 0x60);
+        let ro_compat = u32_at(sb, 0x64);
+        let rev = u32_at(sb, 0x4C);
+        let inode_size = if rev == 0 { 128 } else { u16_at(sb, 0x58) };
+        let ipg = u32_at(sb, 0x28);
+        let itable = (ipg * inode_size).div_ceil(bs);
+        if itable > blocks {
+            return Err(bad(format!(
+                "ext4 inode table of {itable} blocks per group in {blocks} blocks"
+            )));
+        }
+        let mut extents = Vec::with_capacity(groups as usize * 3);
+        for g in 0..groups {
+            let d = &gdt[(g * desc) as usize..((g + 1) * desc) as usize];
+            extents.push((desc_block(d, desc, 0), 1));
+            extents.push((desc_block(d, desc, 4), 1));
+            extents.push((desc_block(d, desc, 8), itable));
+        }
+        Ok(Ext4Meta {
+            gdt_blocks: (groups * desc).div_ceil(bs) + u16_at(sb, 0xCE),
+            sparse_super: ro_compat & 0x1 != 0,
+            backup_bgs: (compat & 0x200 != 0).then(|| [u32_at(sb, 0x24C), u32_at(sb, 0x250)]),
+            meta_bg: incompat & 0x10 != 0,
+            extents,
+            blocks_per_group: u32_at(sb, 0x20),
+            first: u32_at(sb, 0x14),
+        })
+    }
+
+    /// Whether group `g` holds a superblock backup (and the descriptor table after it).
+    fn has_super(&self, g: u64) -> bool {
+        fn power_of(mut g: u64, b: u64) -> bool {
+            while g > 1 && g % b == 0 {
+                g /= b;
+            }
+            g == 1
+        }
+        if g == 0 {
+            return true;
+        }
+        match self.backup_bgs {
+            Some(bgs) => bgs.contains(&g),
+            None if !self.sparse_super => true,
+            None => power_of(g, 3) || power_of(g, 5) || power_of(g, 7),
+        }
+    }
+
+    /// Appends the free ranges of the uninitialized group starting at block `start`.
+    fn uninit_free(&self, start: u64, in_group: u64, bs: u64, out: &mut Ranges) {
+        if self.meta_bg {
+            return;
+        }
+        let g = (start - self.first) / self.blocks_per_group;
+        let mut used = vec![false; in_group as usize];
+        let mut mark = |from: u64, n: u64| {
+            let (lo, hi) = (
+                from.max(start),
+                from.saturating_add(n).min(start + in_group),
+            );
+            for b in lo..hi.max(lo) {
+                used[(b - start) as usize] = true;
+            }
+        };
+        if self.has_super(g) {
+            mark(start, 1 + self.gdt_blocks);
+        }
+        for &(from, n) in &self.extents {
+            mark(from, n);
+        }
+        for (i, u) in used.iter().enumerate() {
+            if !u {
+                push(out, (start + i as u64) * bs, bs);
+            }
+        }
+    }
 }
 
 fn ntfs<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {

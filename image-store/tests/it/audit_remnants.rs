@@ -344,3 +344,115 @@ fn ntfs_remnants_are_measured_and_scrub_free_zeroes_them() {
         d = d.path().display()
     ));
 }
+
+/// A GPT image of `mib` + 20 MiB whose one partition (at 1 MiB) is a fresh ext4 of `mib` MiB
+/// with `block` byte blocks (0: mke2fs's choice, 1 KiB below 512 MiB): most of its groups are
+/// `BLOCK_UNINIT`, their bitmaps never written.
+fn fresh_ext4(dir: &Path, name: &str, mib: u64, block: u64) -> PathBuf {
+    let img = dir.join(name);
+    let b = if block == 0 {
+        String::new()
+    } else {
+        format!("-b {block}")
+    };
+    sh(&format!(
+        "img={img}; truncate -s {size}M $img; \
+         sgdisk -n 1:2048:0 -t 1:8300 $img >/dev/null; \
+         mkfs.ext4 -q -F {b} -E offset=1048576 $img {mib}M",
+        img = img.display(),
+        size = mib + 20,
+    ));
+    img
+}
+
+/// The free byte ranges (absolute, merged) of the image's ext4 partition as `dumpe2fs` lists
+/// them group by group, and how many groups it calls `BLOCK_UNINIT`.
+fn dumpe2fs_free(dir: &Path, img: &Path, mib: u64) -> (Vec<(u64, u64)>, usize) {
+    let part = dir.join("part.ext4");
+    sh(&format!(
+        "dd if={} of={} bs=1M skip=1 count={mib} status=none",
+        img.display(),
+        part.display()
+    ));
+    let out = Command::new("dumpe2fs").arg(&part).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let bs: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for l in text.lines() {
+        // The group lines (indented); the superblock's own "Free blocks:" is a count.
+        let Some(list) = l.strip_prefix("  Free blocks: ") else {
+            continue;
+        };
+        for r in list.split(", ").filter(|r| !r.is_empty()) {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+            let (off, len) = ((1 << 20) + a * bs, (b - a + 1) * bs);
+            match ranges.last_mut() {
+                Some((o, l)) if *o + *l == off => *l += len,
+                _ => ranges.push((off, len)),
+            }
+        }
+    }
+    std::fs::remove_file(&part).unwrap();
+    (ranges, text.matches("BLOCK_UNINIT").count())
+}
+
+#[test]
+fn ext4_groups_never_allocated_from_are_free_space_exactly_as_dumpe2fs_counts_it() {
+    // 1 KiB blocks (superblock backups with 256 reserved descriptor blocks in groups 1, 3, 5,
+    // 7, 9, 25, 27, 49) and 4 KiB blocks (flex_bg metadata in group 0).
+    let d = tempfile::tempdir().unwrap();
+    for (name, mib, block) in [("k1.img", 400, 0), ("k4.img", 1200, 4096)] {
+        let img = fresh_ext4(d.path(), name, mib, block);
+        let (want, uninit) = dumpe2fs_free(d.path(), &img, mib);
+        assert!(uninit >= 2, "{name}: {uninit} BLOCK_UNINIT groups");
+        let got = image_store::scrub::image_free_ranges(&img).unwrap();
+        assert_eq!(got, want, "{name}: free ranges against dumpe2fs");
+        std::fs::remove_file(&img).unwrap();
+    }
+}
+
+#[test]
+fn data_left_in_a_never_used_ext4_group_is_measured_and_scrubbed() {
+    let d = tempfile::tempdir().unwrap();
+    let img = fresh_ext4(d.path(), "reused.img", 400, 0);
+    // An earlier filesystem's data in group 2 (blocks 16385-24576 of 1 KiB, BLOCK_UNINIT):
+    // what a disk imaged after mkfs, not wiped, still holds there.
+    let at = (1 << 20) + 20000 * 1024;
+    sh(&format!(
+        "head -c 1M /dev/urandom | dd of={} bs=1K seek={} conv=notrunc status=none",
+        img.display(),
+        at / 1024
+    ));
+    let report = audit_file(&img, &AuditOptions::default()).unwrap();
+    let free = report.partitions[0].free.expect("measured");
+    assert!(free.nonzero_bytes >= 1 << 20, "{free:?}");
+    assert!(report.findings.iter().any(|f| f.rule == "fs.remnants"));
+
+    let store = Store::open(&d.path().join("store")).unwrap();
+    let (_, r2, scrubbed) = import_plain_and_scrubbed(&store, "reused", &img);
+    let audit = r2.manifest.audit.clone().unwrap();
+    assert_eq!(audit.partitions[0].free.unwrap().nonzero_bytes, 0);
+    let out = d.path().join("out.img");
+    store.export(&scrubbed, &out).unwrap();
+    // Zero where the data was; the filesystem intact, and so are the backup superblock and
+    // descriptor blocks of group 3 (blocks 24577-24837, beside the scrubbed ranges).
+    sh(&format!(
+        "o={o}; i={i}; cmp -n 1048576 <(dd if=$o bs=1K skip={k} count=1024 status=none) /dev/zero; \
+         cmp <(dd if=$i bs=1K skip=$((1024 + 24577)) count=261 status=none) \
+             <(dd if=$o bs=1K skip=$((1024 + 24577)) count=261 status=none); \
+         dd if=$o of={d}/check.ext4 bs=1M skip=1 count=400 status=none; \
+         e2fsck -fn {d}/check.ext4 >/dev/null 2>&1",
+        o = out.display(),
+        i = img.display(),
+        k = at / 1024,
+        d = d.path().display()
+    ));
+}

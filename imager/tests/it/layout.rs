@@ -65,6 +65,10 @@ fn sample(variant: &str, size: &str, fill: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("samples");
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(format!("{variant}-{size}-{fill}.img"));
+    // Tests of this binary run as threads of one process: one builds a sample while the
+    // others wait for it (a temporary name per process alone let two threads write one file).
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     if !p.exists() {
         let tmp = dir.join(format!(
             "{variant}-{size}-{fill}.{}.tmp",

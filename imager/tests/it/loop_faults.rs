@@ -462,7 +462,7 @@ fn stored_image_corrupt_and_missing_chunks() {
             assert_eq!(*offset, None, "{error}");
             assert!(!*table_reset);
             assert!(
-                error.contains("2 chunk(s) not in the store (1 quarantined as corrupt)"),
+                error.contains("2 chunks not in the store (1 quarantined as corrupt)"),
                 "{error}"
             );
             assert!(

@@ -537,12 +537,22 @@ const ITEM_MAX: usize = 90;
 /// `s` cut to [`ITEM_MAX`] characters in the middle, where a path's least telling part is:
 /// `Users/ann/Documents/…/report:2024.docx`.
 pub(crate) fn fit(s: &str) -> String {
+    fit_to(s, ITEM_MAX)
+}
+
+/// Longest failure reason in the outcome sentence: the reason is what the reader needs, so it
+/// is kept whole (wrapping over lines) unless a hostile or runaway text (a 4 KiB path) would
+/// push the page past one sheet; the job's JSON keeps it in full.
+pub(crate) const REASON_MAX: usize = 480;
+
+/// [`fit`] with another limit.
+pub(crate) fn fit_to(s: &str, max: usize) -> String {
     let n = s.chars().count();
-    if n <= ITEM_MAX {
+    if n <= max {
         return s.to_string();
     }
-    let head: String = s.chars().take(ITEM_MAX / 2 - 1).collect();
-    let tail: String = s.chars().skip(n - ITEM_MAX / 2).collect();
+    let head: String = s.chars().take(max / 2 - 1).collect();
+    let tail: String = s.chars().skip(n - max / 2).collect();
     format!("{head}…{tail}")
 }
 
