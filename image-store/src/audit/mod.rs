@@ -486,7 +486,12 @@ impl Counter {
 }
 
 /// Maps a reader error to a partition error, naming the budget when that is what stopped it.
-pub(crate) fn io_err(what: &str, e: impl std::fmt::Display) -> PartitionError {
+pub(crate) fn io_err<E: std::fmt::Display + 'static>(what: &str, e: E) -> PartitionError {
+    // The ntfs crate prints its I/O variant with Debug (`Error { kind: UnexpectedEof, .. }`):
+    // say the I/O error itself.
+    if let Some(::ntfs::NtfsError::Io(io)) = (&e as &dyn std::any::Any).downcast_ref() {
+        return PartitionError(format!("{what}: {io}"));
+    }
     PartitionError(format!("{what}: {e}"))
 }
 

@@ -219,7 +219,11 @@ fn audit(img: &Path, what: &str) -> AuditReport {
 
 fn error_of(r: &AuditReport, what: &str) -> String {
     match &r.partitions[0].status {
-        PartitionStatus::Error { reason } => reason.clone(),
+        PartitionStatus::Error { reason } => {
+            // Said in words: no error's Debug form (`Error { kind: UnexpectedEof, .. }`).
+            assert!(!reason.contains("Error {"), "{what}: {reason}");
+            reason.clone()
+        }
         other => panic!(
             "{what}: expected an error, got {other:?} ({:?})",
             r.findings
