@@ -37,8 +37,19 @@ impl Tmux {
 
     /// The screen as text.
     pub fn screen(&self) -> String {
+        self.capture(&[])
+    }
+
+    /// The screen with its colours, as terminal escape sequences (`capture-pane -e`): what
+    /// `docs/screenshots/board.sh` renders to a picture.
+    pub fn screen_with_colours(&self) -> String {
+        self.capture(&["-e"])
+    }
+
+    fn capture(&self, extra: &[&str]) -> String {
         let out = Command::new("tmux")
             .args(["capture-pane", "-p", "-t", &self.name])
+            .args(extra)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -6,7 +6,8 @@
 
 use tek_e2e::*;
 
-/// Keeps a screen as a test artifact: `target/tmp/board-screens/NAME.txt`.
+/// Keeps a screen as a test artifact: `target/tmp/board-screens/NAME.txt` (`done.ansi.txt`
+/// with its colours, rendered to `docs/screenshots/board.png` by `docs/screenshots/board.sh`).
 fn keep(name: &str, screen: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("board-screens");
     let _ = std::fs::create_dir_all(&dir);
@@ -73,6 +74,7 @@ fn board_follows_a_disk_from_plug_to_safe_to_remove_and_shows_refusals() {
         t1.contains("DONE") && t1.contains("safe to remove")
     });
     keep("done", &s);
+    keep("done.ansi", &t.screen_with_colours());
     let t1 = tile(&s, "bay1");
     assert!(t1.contains("T-201") && t1.contains("sample@1"), "{t1}");
     assert!(s.contains("arrived in bay bay1"), "events pane: {s}");
