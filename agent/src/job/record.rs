@@ -49,6 +49,25 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The state in words, as the service report and the bench board say it
+    /// (`image_verified` -> "image written and verified").
+    pub fn words(self) -> &'static str {
+        match self {
+            JobState::Queued => "waiting for a disk",
+            JobState::Claimed => "disk checked and claimed",
+            JobState::Writing => "writing the image",
+            JobState::ImageVerified => "image written and verified",
+            JobState::Migrating => "restoring the client data",
+            JobState::DataVerified => "client data restored and verified",
+            JobState::Wiping => "wiping the staging copy",
+            JobState::Reporting => "writing the report",
+            JobState::Done => "done",
+            JobState::Interrupted => "interrupted: the disk was removed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
     /// No further work happens without a technician (`retry`).
     pub fn is_terminal(self) -> bool {
         matches!(

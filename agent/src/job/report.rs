@@ -310,7 +310,7 @@ impl Report {
                     .iter()
                     .rev()
                     .nth(1)
-                    .map(|t| page::state_words(t.state))
+                    .map(|t| t.state.words())
                     .unwrap_or("starting");
                 (
                     Tone::Bad,
@@ -341,7 +341,7 @@ impl Report {
             }
             (s, _) => (
                 Tone::Open,
-                format!("In progress: {}.", page::state_words(s)),
+                format!("In progress: {}.", s.words()),
             ),
         }
     }

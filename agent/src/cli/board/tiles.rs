@@ -139,8 +139,8 @@ pub fn event_line(e: &Event) -> Option<String> {
 
 fn job_event(j: &Job) -> String {
     match &j.error {
-        Some(e) => format!("job {} ({}): {}: {e}", j.ticket, j.id, j.state),
-        None => format!("job {} ({}): {}", j.ticket, j.id, j.state),
+        Some(e) => format!("job {} ({}): {}: {e}", j.ticket, j.id, j.state.words()),
+        None => format!("job {} ({}): {}", j.ticket, j.id, j.state.words()),
     }
 }
 

@@ -11,7 +11,6 @@ use client_data::document::{count, duration, size};
 use serde_json::Value;
 
 use super::{Report, Tone};
-use crate::job::JobState;
 
 /// One labelled value (labels at most 24 characters: the text form aligns them in 25).
 pub(crate) struct Row {
@@ -104,7 +103,7 @@ impl<'a> Page<'a> {
     pub fn of(r: &Report, lh: &'a Letterhead) -> Page<'a> {
         let issued = match &r.timings.finished {
             Some(t) => lh.time(t),
-            None => format!("in progress ({})", state_words(r.state)),
+            None => format!("in progress ({})", r.state.words()),
         };
         let (tone, outcome) = r.sentence(lh);
         Page {
@@ -126,24 +125,6 @@ impl<'a> Page<'a> {
             timings: timings(r, lh),
             audit: audit(r, lh),
         }
-    }
-}
-
-/// A state in words, for "in progress (...)" and "failed while ...".
-pub(crate) fn state_words(s: JobState) -> &'static str {
-    match s {
-        JobState::Queued => "waiting for a disk",
-        JobState::Claimed => "disk checked and claimed",
-        JobState::Writing => "writing the image",
-        JobState::ImageVerified => "image written and verified",
-        JobState::Migrating => "restoring the client data",
-        JobState::DataVerified => "client data restored and verified",
-        JobState::Wiping => "wiping the staging copy",
-        JobState::Reporting => "writing the report",
-        JobState::Done => "done",
-        JobState::Interrupted => "interrupted: the disk was removed",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
     }
 }
 
