@@ -14,7 +14,8 @@
 #   bench/grow.sh [RUNS]     (as root; images built with ../shared/bench/make-image.sh, cached)
 #
 # Env: TEK (default target/release/tek), CACHE (default ../bench-cache/grow), SIZE (image size,
-# default 1G), FILL (default 256M), MAKE_IMAGE (default ../shared/bench/make-image.sh). The disks
+# default 1G), FILL (default 256M), MAKE_IMAGE (default ../shared/bench/make-image.sh), THROTTLE
+# (WRITE_MBPS:READ_MBPS: tek's writes run under ../shared/bench/throttle.sh, a real disk's speed). The disks
 # are sparse files 4x SIZE on a tmpfs (only written bytes take memory); delete CACHE after.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,7 +64,12 @@ SECS=
 one() {
   fresh
   local s e; s=$(now)
-  "$TEK" write "$1@1" "$LOOP" --yes --allow-unsigned --json >"$W/r.json"
+  if [ -n "${THROTTLE:-}" ]; then # WRITE_MBPS:READ_MBPS, a real disk's bandwidth (throttle.sh)
+    "$(dirname "$MAKE_IMAGE")/throttle.sh" "$LOOP:$THROTTLE" -- \
+      "$TEK" write "$1@1" "$LOOP" --yes --allow-unsigned --json >"$W/r.json"
+  else
+    "$TEK" write "$1@1" "$LOOP" --yes --allow-unsigned --json >"$W/r.json"
+  fi
   e=$(now)
   SECS=$(echo "scale=2; ($e - $s) / 1000000000" | bc)
 }
