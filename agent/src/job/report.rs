@@ -339,10 +339,7 @@ impl Report {
                     ),
                 )
             }
-            (s, _) => (
-                Tone::Open,
-                format!("In progress: {}.", s.words()),
-            ),
+            (s, _) => (Tone::Open, format!("In progress: {}.", s.words())),
         }
     }
 

@@ -215,8 +215,17 @@ fn windows_image_with_client_data_onto_a_disk_twice_its_size() {
         ],
     );
     assert!(ok, "{out}");
-    let restored = laptop::snapshot(&mnt.path().join("Users/Public/Documents/Recovered"));
-    let _ = Command::new("umount").arg(mnt.path()).status();
+    let restored = {
+        // Unmounted also when the snapshot panics (a leaked FUSE mount keeps the loop device).
+        struct Unmount<'a>(&'a std::path::Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _mounted = Unmount(mnt.path());
+        laptop::snapshot(&mnt.path().join("Users/Public/Documents/Recovered"))
+    };
     let report: serde_json::Value =
         serde_json::from_str(&b.tek_ok(&["report", &job, "--json"])).unwrap();
     check_migrated(&staged, &restored, &report["data_migration"]);
