@@ -11,7 +11,7 @@
 //! `syncfs` (see [`RENAME_BATCH`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -19,7 +19,6 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use sha2::Digest;
 
-use crate::chunk::ChunkId;
 use crate::error::StoreError;
 use crate::fsutil;
 use crate::gpt_summary::{self, EDGE, SparseImage};
@@ -27,10 +26,13 @@ pub use crate::hints::{check_hints, resolve_hint};
 use crate::image_ref::ImageRef;
 use crate::lock::{self, ImportSession};
 use crate::manifest::{Chunking, Extent, Hints, MANIFEST_FORMAT, Manifest};
-use crate::segment::{CdcParams, Segment, Segmenter, is_zero};
+use crate::segment::{CdcParams, Segment, Segmenter};
 use crate::signature::SigningKey;
 use crate::source::{DecodeLimits, Source, SourceFormat};
 use crate::store::Store;
+
+mod worker;
+use worker::{Batch, Done, RENAME_BATCH, WorkerCtx, tmpfile_works};
 
 /// Read buffer size; a multiple of the zero-detection block.
 const READ_BLOCK: usize = 8 << 20;
@@ -109,98 +111,6 @@ pub struct ImportReport {
     pub hole_bytes: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
-}
-
-struct Done {
-    seq: u64,
-    extent: Extent,
-    new_bytes: Option<u64>,
-    /// A new chunk written, not yet durable nor visible.
-    pending: Option<Pending>,
-}
-
-/// A new chunk's file before it gets its name.
-enum Pending {
-    /// Unnamed (`O_TMPFILE`) in its final directory, kept open until linked. Creating it locks
-    /// no shared directory (four workers creating named files in one temporary directory
-    /// contended on its lock: `rwsem_spin_on_owner` was 7% of the import's CPU), naming it is
-    /// one `linkat` instead of a cross-directory rename, and a crash leaves nothing behind.
-    Anon(std::fs::File),
-    /// Named, under the import's temporary directory (filesystems without `O_TMPFILE`, or when
-    /// out of file descriptors).
-    Named(PathBuf),
-}
-
-/// New chunks become visible in batches: one `syncfs` makes all their contents durable, then
-/// they are renamed into place. Same guarantee as fsync-per-file (a chunk name never exists with
-/// torn content) at a fraction of the cost: on a busy disk, thousands of fsyncs serialize the
-/// whole import.
-const RENAME_BATCH: usize = 2048;
-
-struct Batch<'a> {
-    store: &'a Store,
-    files: Vec<(Pending, ChunkId)>,
-    dirs: BTreeSet<PathBuf>,
-    /// Files per batch: [`RENAME_BATCH`], or fewer if open files are limited (each unnamed chunk
-    /// holds a descriptor until its batch is flushed; half the limit is left for chunks in flight).
-    limit: usize,
-}
-
-impl Batch<'_> {
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if self.files.is_empty() {
-            return Ok(());
-        }
-        fsutil::syncfs(self.store.root())?;
-        for (pending, id) in self.files.drain(..) {
-            let path = self.store.chunk_path(id);
-            let dir = path.parent().expect("chunk path has a parent");
-            let tmp = match pending {
-                Pending::Anon(f) => {
-                    link_chunk(&f, &path)?;
-                    self.dirs.insert(dir.to_path_buf());
-                    continue;
-                }
-                Pending::Named(tmp) => tmp,
-            };
-            if let Err(e) = std::fs::rename(&tmp, &path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(StoreError::io("storing chunk", &path, e));
-                }
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::io("creating", dir, e))?;
-                std::fs::rename(&tmp, &path)
-                    .map_err(|e| StoreError::io("storing chunk", &path, e))?;
-            }
-            self.dirs.insert(dir.to_path_buf());
-        }
-        Ok(())
-    }
-}
-
-/// Names an unnamed chunk file. If the name exists, another import stored the same chunk
-/// meanwhile (complete: it names chunks only after its own `syncfs`): touch it for gc like any
-/// reused chunk, and if gc removed it in between, name ours after all.
-fn link_chunk(f: &std::fs::File, path: &Path) -> Result<(), StoreError> {
-    match fsutil::link_tmpfile(f, path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if !fsutil::touch(path)? {
-                fsutil::link_tmpfile(f, path)
-                    .map_err(|e| StoreError::io("storing chunk", path, e))?;
-            }
-            Ok(())
-        }
-        Err(e) => Err(StoreError::io("storing chunk", path, e)),
-    }
-}
-
-/// True if this filesystem and system can store chunks as unnamed files: `O_TMPFILE` works in
-/// `dir` and `/proc/self/fd` can name them.
-fn tmpfile_works(dir: &Path) -> bool {
-    let probe = dir.join("tmpfile-probe");
-    let ok = fsutil::open_tmpfile(dir).is_ok_and(|f| fsutil::link_tmpfile(&f, &probe).is_ok());
-    let _ = std::fs::remove_file(&probe);
-    ok
 }
 
 impl Store {
@@ -492,121 +402,4 @@ fn read_stage(
     }
     seg.finish();
     Ok((head, tail, offset))
-}
-
-struct WorkerCtx<'a> {
-    store: &'a Store,
-    tmp: &'a Path,
-    /// Write new chunks as unnamed files (see [`Pending::Anon`]).
-    anon: bool,
-    level: i32,
-    seen: &'a Mutex<HashSet<ChunkId>>,
-    abort: &'a AtomicBool,
-}
-
-impl WorkerCtx<'_> {
-    fn run(&self, rx: Receiver<(u64, Segment)>, tx: Sender<Result<Done, StoreError>>) {
-        let mut comp = zstd::bulk::Compressor::new(self.level).ok();
-        for (seq, seg) in rx {
-            if self.abort.load(Ordering::Relaxed) {
-                continue; // drain so the reader is never stuck on a full channel
-            }
-            let r = self.one(seq, seg, comp.as_mut());
-            if r.is_err() {
-                self.abort.store(true, Ordering::Relaxed);
-            }
-            let _ = tx.send(r);
-        }
-    }
-
-    fn one(
-        &self,
-        seq: u64,
-        seg: Segment,
-        comp: Option<&mut zstd::bulk::Compressor<'static>>,
-    ) -> Result<Done, StoreError> {
-        let (buf, start, end, offset) = match seg {
-            Segment::Hole { offset, len } => {
-                return Ok(Done {
-                    seq,
-                    extent: Extent::Hole { offset, len },
-                    new_bytes: None,
-                    pending: None,
-                });
-            }
-            Segment::Data {
-                buf,
-                start,
-                end,
-                offset,
-            } => (buf, start, end, offset),
-        };
-        let data = &buf[start..end];
-        let len = data.len() as u64;
-        if is_zero(data) {
-            return Ok(Done {
-                seq,
-                extent: Extent::Hole { offset, len },
-                new_bytes: None,
-                pending: None,
-            });
-        }
-        let id = ChunkId::of(data);
-        let extent = Extent::Chunk { offset, len, id };
-        let first = self.seen.lock().expect("poisoned").insert(id);
-        let path = self.store.chunk_path(id);
-        // Touch a reused chunk so a concurrent gc sees it as in use (see gc.rs).
-        if !first || fsutil::touch(&path)? {
-            return Ok(Done {
-                seq,
-                extent,
-                new_bytes: None,
-                pending: None,
-            });
-        }
-        let compressed = match comp {
-            Some(c) => c.compress(data),
-            None => zstd::bulk::compress(data, self.level),
-        }
-        .map_err(|e| StoreError::io("compressing chunk", &path, e))?;
-        let dir = path.parent().expect("chunk path has a parent");
-        if let Some(mut f) = self.open_anon(dir) {
-            use std::io::Write;
-            f.write_all(&compressed)
-                .map_err(|e| StoreError::io("writing chunk into", dir, e))?;
-            return Ok(Done {
-                seq,
-                extent,
-                new_bytes: Some(compressed.len() as u64),
-                pending: Some(Pending::Anon(f)),
-            });
-        }
-        let tmp = self.tmp.join(id.to_hex());
-        std::fs::write(&tmp, &compressed).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            StoreError::io("writing chunk", &tmp, e)
-        })?;
-        Ok(Done {
-            seq,
-            extent,
-            new_bytes: Some(compressed.len() as u64),
-            pending: Some(Pending::Named(tmp)),
-        })
-    }
-
-    /// An unnamed file in `dir` (created if missing), or None to fall back to a named temporary
-    /// (no `O_TMPFILE`, or out of descriptors).
-    fn open_anon(&self, dir: &Path) -> Option<std::fs::File> {
-        if !self.anon {
-            return None;
-        }
-        match fsutil::open_tmpfile(dir) {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).ok()?;
-                fsutil::open_tmpfile(dir).ok()
-            }
-            Err(_) => None,
-        }
-    }
 }
