@@ -63,12 +63,14 @@ impl Depot {
     /// now, so the command can say so once.
     pub fn create(state: Option<PathBuf>, store: Option<PathBuf>) -> Result<(Depot, bool)> {
         let depot = Depot::locate(state, store)?;
-        let created = !depot.root.exists();
         if let Some(parent) = depot.root.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        for dir in [depot.root.clone(), depot.jobs(), depot.reports()] {
+        // Whether this process made the root, from mkdir itself: of two first commands racing,
+        // exactly one says it created the depot (a look before the mkdir let both say so).
+        let created = make_private_dir(&depot.root)?;
+        for dir in [depot.jobs(), depot.reports()] {
             private_dir(&dir)?;
         }
         Ok((depot, created))
@@ -160,12 +162,17 @@ impl Depot {
 /// mode is given to mkdir, so no umask widens it (a umask only removes bits); an existing
 /// directory is left as its owner set it.
 pub fn private_dir(dir: &Path) -> Result<()> {
+    make_private_dir(dir).map(|_| ())
+}
+
+/// [`private_dir`], saying whether this call created it.
+fn make_private_dir(dir: &Path) -> Result<bool> {
     match std::fs::DirBuilder::new()
         .mode(PRIVATE_DIR_MODE)
         .create(dir)
     {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
         Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
     }
 }

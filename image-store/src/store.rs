@@ -118,7 +118,13 @@ impl Store {
                     format: "tek-store".into(),
                     version: STORE_VERSION,
                 };
-                let tmp = root.join("tmp").join("store.json.new");
+                // A name of this writer's own: two first imports racing each write the same
+                // bytes; with one shared temporary name the loser's rename found it gone.
+                static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let tmp = root
+                    .join("tmp")
+                    .join(format!("store.json.{}.{n}.new", std::process::id()));
                 let data = serde_json::to_vec_pretty(&info).expect("serializing store info");
                 fsutil::write_atomic(&tmp, &info_path, &data)?;
             }

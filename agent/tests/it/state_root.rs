@@ -176,3 +176,43 @@ fn agent_commands_leave_the_state_root_alone() {
         assert_eq!(v["error"]["code"], code, "tek {args:?}: {v}");
     }
 }
+
+/// Two first imports into one fresh root at once (real processes): exactly one says it created
+/// the root, exactly one stores the image, the other is told the image exists (it used to fail
+/// with "renaming into place .../store.json: No such file or directory", both saying "created").
+#[test]
+fn two_first_imports_racing_on_a_fresh_root_create_it_once() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("race.img");
+    std::fs::write(&img, tek_testkit::bytes(7, 4 << 20)).unwrap();
+    for round in 0..3 {
+        let state = d.path().join(format!("root{round}"));
+        let spawn = || {
+            Command::new(env!("CARGO_BIN_EXE_tek"))
+                .arg("--state")
+                .arg(&state)
+                .args(["image", "import", "--no-audit", "w@1"])
+                .arg(&img)
+                .env_remove("TEK_STORE")
+                .env("TEK_SOCKET", state.with_extension("no-agent.sock"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+        let created = outs
+            .iter()
+            .filter(|o| err(o).contains("created state root"))
+            .count();
+        assert_eq!(created, 1, "round {round}: {:?}", outs.map(|o| err(&o)));
+        let ok = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(ok, 1, "round {round}: {:?}", outs.map(|o| err(&o)));
+        let loser = outs.iter().find(|o| !o.status.success()).unwrap();
+        assert!(err(loser).contains("already exists"), "{}", err(loser));
+        let v = tek(&state, "022", &["image", "verify", "w@1"]);
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    }
+}

@@ -256,17 +256,11 @@ fn ntfs_free_clusters(dir: &Path, img: &Path, start: u64) -> (u64, Vec<u64>) {
         part.display(),
         start >> 20
     ));
-    let out = Command::new("ntfscat")
-        .args(["-f", "-i", "6"])
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bits = out.stdout;
+    let bits = tek_testkit::run_ok(
+        Command::new("ntfscat").args(["-f", "-i", "6"]).arg(&part),
+        None,
+    )
+    .stdout;
     let boot = std::fs::read(&part).unwrap();
     let cluster = u64::from(u16::from_le_bytes([boot[11], boot[12]])) * u64::from(boot[13]);
     let clusters = boot.len() as u64 / cluster;
@@ -374,8 +368,7 @@ fn dumpe2fs_free(dir: &Path, img: &Path, mib: u64) -> (Vec<(u64, u64)>, usize) {
         img.display(),
         part.display()
     ));
-    let out = Command::new("dumpe2fs").arg(&part).output().unwrap();
-    assert!(out.status.success());
+    let out = tek_testkit::run_ok(Command::new("dumpe2fs").arg(&part), None);
     let text = String::from_utf8(out.stdout).unwrap();
     let bs: u64 = text
         .lines()
