@@ -52,7 +52,7 @@ pub fn image_free_ranges(path: &Path) -> Result<Ranges, StoreError> {
             len.min(size.saturating_sub(start)),
             u64::MAX,
         );
-        let fs = crate::audit::sniff(&mut w);
+        let (fs, _) = crate::audit::sniff(&mut w);
         let ranges = free_ranges(&mut w, fs).map_err(|e| StoreError::BadSource {
             path: path.to_path_buf(),
             reason: format!(

@@ -151,6 +151,21 @@ pub enum ImageCommand {
         /// software (/usr but /usr/local, WinSxS, System32, Program Files, ...) is not scanned.
         #[arg(long)]
         deep: bool,
+        /// Record the new verdict in the stored image's manifest (NAME@VERSION only; keeps the
+        /// acceptances of findings still made; a signed image needs --sign-key or --unsign).
+        #[arg(long)]
+        record: bool,
+        /// Re-sign the recorded manifest with this secret key.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "unsign",
+            requires = "record"
+        )]
+        sign_key: Option<PathBuf>,
+        /// Drop the signature of a signed image instead.
+        #[arg(long, requires = "record")]
+        unsign: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -411,8 +426,20 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             let key = load_key(&sign_key)?;
             super::image_audit::accept(depot, &image, &finding, &reason, key.as_ref(), unsign, json)
         }
-        ImageCommand::Audit { target, deep, json } => {
-            super::image_audit::run(depot, &target, deep, json)
+        ImageCommand::Audit {
+            target,
+            deep,
+            record,
+            sign_key,
+            unsign,
+            json,
+        } => {
+            let key = load_key(&sign_key)?;
+            let record = record.then_some(super::image_audit::Record {
+                key: key.as_ref(),
+                unsign,
+            });
+            super::image_audit::run(depot, &target, deep, record, json)
         }
         ImageCommand::Stats { json } => {
             let s = open_store(depot)?

@@ -13,33 +13,102 @@ use super::image::open_store;
 use super::render::print_json;
 use agent::Depot;
 
+/// `--record`: how the re-audited manifest is signed.
+pub(super) struct Record<'a> {
+    /// Re-sign with this key.
+    pub key: Option<&'a image_store::SigningKey>,
+    /// Or drop the signature.
+    pub unsign: bool,
+}
+
 /// Runs `tek image audit`.
-pub(super) fn run(depot: &Depot, target: &str, deep: bool, json: bool) -> Result<()> {
+pub(super) fn run(
+    depot: &Depot,
+    target: &str,
+    deep: bool,
+    record: Option<Record<'_>>,
+    json: bool,
+) -> Result<()> {
     let opts = AuditOptions {
         deep,
         ..AuditOptions::default()
     };
     let path = Path::new(target);
+    let mut recorded = None;
     let report = if path.exists() {
+        if record.is_some() {
+            bail!("--record needs NAME@VERSION: {target} is a file, which has no manifest");
+        }
         image_store::audit::audit_file(path, &opts)
             .with_context(|| format!("auditing {}", path.display()))?
     } else {
         let image: ImageRef = target
             .parse()
             .with_context(|| format!("{target} is neither a file nor NAME@VERSION"))?;
-        open_store(depot)?
-            .audit(&image, &opts)
-            .with_context(|| format!("auditing {image}"))?
+        let store = open_store(depot)?;
+        match record {
+            None => store
+                .audit(&image, &opts)
+                .with_context(|| format!("auditing {image}"))?,
+            Some(r) => {
+                let report = record_audit(depot, &store, &image, &opts, &r)?;
+                recorded = Some(match r.key {
+                    Some(k) => format!("signed with {}", k.key_id()),
+                    None => "unsigned".into(),
+                });
+                report
+            }
+        }
     };
     if json {
         print_json(&report)?;
     } else {
         print_report(&report);
+        if let Some(signed) = recorded {
+            println!("recorded in the manifest of {target} ({signed}) and in the audit log");
+        }
     }
     if !report.is_clean() {
         bail!("{target}: {}", report.verdict_line());
     }
     Ok(())
+}
+
+/// `--record`: audits the stored image again, records the verdict in its manifest, then in the
+/// audit log (opened first, so a depot whose log cannot be written refuses before the manifest
+/// changes).
+fn record_audit(
+    depot: &Depot,
+    store: &image_store::Store,
+    image: &ImageRef,
+    opts: &AuditOptions,
+    r: &Record<'_>,
+) -> Result<AuditReport> {
+    let dir = depot.audit();
+    let log = client_data::AuditLog::open(&dir, &depot.keys())
+        .with_context(|| format!("opening audit log in {}", dir.display()))?;
+    let report = store
+        .record_audit(image, opts, resign(r.key, r.unsign))
+        .with_context(|| format!("recording a new audit of {image}"))?;
+    log.append(client_data::AuditEvent::ImageAuditRecorded {
+        image: image.name.clone(),
+        version: image.version.clone(),
+        rules_version: report.rules_version,
+        clean: report.is_clean(),
+        findings: report.findings.len() as u64,
+    })
+    .with_context(|| format!("recording the new audit of {image} in the audit log"))?;
+    Ok(report)
+}
+
+/// How an edited manifest is signed: with `key`, unsigned on request, else as it was (which
+/// the store refuses for a signed image).
+fn resign(key: Option<&image_store::SigningKey>, unsign: bool) -> image_store::Resign<'_> {
+    match (key, unsign) {
+        (Some(k), _) => image_store::Resign::With(k),
+        (None, true) => image_store::Resign::Unsign,
+        (None, false) => image_store::Resign::Keep,
+    }
 }
 
 /// Runs `tek image accept`.
@@ -60,11 +129,7 @@ pub(super) fn accept(
     {
         bail!("the reason code must be 1-64 letters, digits or '-' (got {reason})");
     }
-    let sign = match (key, unsign) {
-        (Some(k), _) => image_store::Resign::With(k),
-        (None, true) => image_store::Resign::Unsign,
-        (None, false) => image_store::Resign::Keep,
-    };
+    let sign = resign(key, unsign);
     // The audit log first opened, so a depot whose log cannot be written refuses before the
     // manifest changes; the entry follows the committed edit.
     let dir = depot.audit();
@@ -133,7 +198,13 @@ pub(crate) fn print_report(r: &AuditReport) {
     for p in &r.partitions {
         let what = match &p.status {
             PartitionStatus::Audited { entries } => format!("audited, {entries} entries"),
-            PartitionStatus::NotAudited { reason } => format!("not audited: {reason}"),
+            PartitionStatus::NotAudited { reason } => format!("not read: {reason}"),
+            PartitionStatus::Blank { bytes } => {
+                format!(
+                    "no filesystem; all {} read zero",
+                    image_store::audit::mib(*bytes)
+                )
+            }
             PartitionStatus::Error { reason } => format!("AUDIT FAILED: {reason}"),
         };
         let free = match &p.free {
@@ -147,6 +218,13 @@ pub(crate) fn print_report(r: &AuditReport) {
         println!(
             "partition {} \"{}\" ({}): {what}{free}",
             p.number, p.name, p.filesystem
+        );
+    }
+    if let Some(o) = &r.outside {
+        println!(
+            "outside the partitions: {}, of it non-zero {}",
+            image_store::audit::mib(o.free_bytes),
+            image_store::audit::mib(o.nonzero_bytes)
         );
     }
     for f in &r.findings {

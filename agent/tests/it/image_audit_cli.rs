@@ -379,3 +379,111 @@ fn deep_hits_on_ntfs_never_show_the_matched_text() {
         "a path reached the audit log: {log}"
     );
 }
+
+/// `tek image audit NAME@VERSION --record`: an image imported with `--no-audit` gets today's
+/// verdict in its manifest; a raw partition's `fs.unread` finding blocks until accepted, and a
+/// later `--record` keeps that acceptance (the finding is still made), re-signed, with one
+/// `image_audit_recorded` audit entry each time. Refusals change nothing.
+#[test]
+fn record_writes_a_fresh_audit_into_the_manifest_and_keeps_acceptances_still_made() {
+    if !tools() {
+        return;
+    }
+    let t = Tek::new();
+    // Partition 1 blank, partition 2 holding bytes that are no filesystem.
+    let img = t.dir().join("raw.img");
+    let sh = format!(
+        "set -e; i={i}; truncate -s 40M $i; \
+         sgdisk -Z -n 1:2048:+8M -n 2:0:+16M -t 2:8300 -c 2:RAW $i >/dev/null; \
+         head -c 1M /dev/urandom | dd of=$i bs=1M seek=10 conv=notrunc status=none",
+        i = img.display()
+    );
+    assert!(
+        Command::new("bash")
+            .args(["-c", &sh])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let keys = t.dir().join("keys");
+    t.ok(&["image", "keygen", "maint", "--dir", s(&keys)]);
+    std::fs::create_dir_all(t.dir().join("trusted")).unwrap();
+    std::fs::copy(keys.join("maint.pub"), t.dir().join("trusted/maint.pub")).unwrap();
+    let sk = keys.join("maint.key");
+    t.ok(&[
+        "image",
+        "import",
+        "raw@1",
+        s(&img),
+        "--no-audit",
+        "--sign-key",
+        s(&sk),
+    ]);
+    assert!(
+        t.ok(&["image", "show", "raw@1"])
+            .contains("audit:      not audited")
+    );
+
+    // Refused: a file has no manifest; a signed image needs a key or --unsign; a key needs
+    // --record. The manifest stays as it was.
+    let e = t.fails(&["image", "audit", s(&img), "--record"]);
+    assert!(e.contains("--record needs NAME@VERSION"), "{e}");
+    let e = t.fails(&["image", "audit", "raw@1", "--record"]);
+    assert!(e.contains("sign"), "{e}");
+    let e = t.fails(&["image", "audit", "raw@1", "--sign-key", s(&sk)]);
+    assert!(e.contains("--record"), "{e}");
+    assert!(
+        t.ok(&["image", "show", "raw@1"])
+            .contains("audit:      not audited")
+    );
+
+    let out = t.run(&["image", "audit", "raw@1", "--record", "--sign-key", s(&sk)]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "not clean: exits non-zero\n{text}");
+    assert!(
+        text.contains("partition 1 \"\" (none): no filesystem; all 8.0 MiB read zero"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fs.unread") && text.contains("recorded in the manifest of raw@1"),
+        "{text}"
+    );
+    let show = t.ok(&["image", "show", "raw@1"]);
+    assert!(
+        show.contains("valid (trusted key maint)") && show.contains("NOT clean"),
+        "{show}"
+    );
+    let id = {
+        let j: serde_json::Value =
+            serde_json::from_str(&t.ok(&["image", "show", "raw@1", "--json"])).unwrap();
+        j["manifest"]["audit"]["findings"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    t.ok(&[
+        "image",
+        "accept",
+        "raw@1",
+        "--finding",
+        &id,
+        "--reason",
+        "boot-code",
+        "--sign-key",
+        s(&sk),
+    ]);
+    // Audited again: the same finding, still accepted; clean, signed.
+    let out = t.ok(&["image", "audit", "raw@1", "--record", "--sign-key", s(&sk)]);
+    assert!(
+        out.contains("(accepted)") && out.contains("verdict: clean, 1 finding accepted"),
+        "{out}"
+    );
+    let show = t.ok(&["image", "show", "raw@1"]);
+    assert!(
+        show.contains("valid (trusted key maint)") && show.contains("audit:      clean"),
+        "{show}"
+    );
+    let log = std::fs::read_to_string(t.dir().join("state/audit/audit.log")).unwrap();
+    assert_eq!(log.matches("\"image_audit_recorded\"").count(), 2, "{log}");
+    t.ok(&["audit", "verify"]);
+}

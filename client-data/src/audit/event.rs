@@ -192,6 +192,20 @@ pub enum AuditEvent {
         /// Outcome.
         result: String,
     },
+    /// A maintainer audited a stored image again and recorded the new verdict in its manifest
+    /// (`tek image audit NAME@VERSION --record`).
+    ImageAuditRecorded {
+        /// Image name.
+        image: String,
+        /// Image version.
+        version: String,
+        /// The audit rules' version the verdict was reached by.
+        rules_version: u32,
+        /// Whether the image is clean now.
+        clean: bool,
+        /// Findings of the new audit.
+        findings: u64,
+    },
     /// A maintainer accepted one finding of an image's privacy audit (`tek image accept`).
     ImageFindingAccepted {
         /// Image name.
@@ -335,6 +349,10 @@ impl AuditEvent {
                 check_image_part("image name", image)?;
                 check_image_part("image version", version)?;
                 dev(device)
+            }
+            AuditEvent::ImageAuditRecorded { image, version, .. } => {
+                check_image_part("image name", image)?;
+                check_image_part("image version", version)
             }
             AuditEvent::ImageFindingAccepted {
                 image,

@@ -27,6 +27,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "backup_rotated",
     "dataset_of_other_ticket",
     "job_finished",
+    "image_audit_recorded",
     "image_finding_accepted",
     "unsigned_entries",
 ];

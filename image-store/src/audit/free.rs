@@ -128,10 +128,9 @@ fn ext4<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
         return Err(bad(format!("ext4 group descriptor size {desc}")));
     }
     let groups = (blocks - first).div_ceil(bpg);
-    let mut gdt = vec![0u8; (groups * desc) as usize];
-    w.read_at((first + 1) * bs, &mut gdt)
-        .map_err(|e| io_err("reading the ext4 group descriptors", e))?;
-    let meta = Ext4Meta::new(&sb, &gdt, desc, groups, bs, blocks)?;
+    let mut meta = Ext4Meta::new(&sb, groups, bs, desc);
+    let gdt = meta.read_descriptors(w)?;
+    meta.note_tables(&sb, &gdt, blocks)?;
     let mut out = Vec::new();
     let mut bitmap = vec![0u8; bs as usize];
     for g in 0..groups {
@@ -183,9 +182,16 @@ struct Ext4Meta {
     sparse_super: bool,
     /// `sparse_super2`: backups only in these two groups (0 = none).
     backup_bgs: Option<[u64; 2]>,
-    /// META_BG moves the descriptor blocks into the groups they describe: not modelled, so
-    /// an uninitialized group is then taken as wholly in use (not measured, never scrubbed).
+    /// META_BG: descriptor blocks from `first_meta_bg` on live in the groups they describe
+    /// (the first, second and last group of each run of `per_block` groups), not after the
+    /// superblock.
     meta_bg: bool,
+    first_meta_bg: u64,
+    /// Group descriptors per block, their size, the groups and the block size.
+    per_block: u64,
+    desc: u64,
+    groups: u64,
+    bs: u64,
     /// `(first block, blocks)` of every group's bitmaps and inode table.
     extents: Vec<(u64, u64)>,
     blocks_per_group: u64,
@@ -193,42 +199,103 @@ struct Ext4Meta {
 }
 
 impl Ext4Meta {
-    fn new(
-        sb: &[u8],
-        gdt: &[u8],
-        desc: u64,
-        groups: u64,
-        bs: u64,
-        blocks: u64,
-    ) -> Result<Ext4Meta, PartitionError> {
+    fn new(sb: &[u8], groups: u64, bs: u64, desc: u64) -> Ext4Meta {
         let compat = u32_at(sb, 0x5C);
         let incompat = u32_at(sb, 0x60);
         let ro_compat = u32_at(sb, 0x64);
+        let meta_bg = incompat & 0x10 != 0;
+        let per_block = bs / desc;
+        let gdb = groups.div_ceil(per_block);
+        let first_meta_bg = if meta_bg {
+            u32_at(sb, 0x104).min(gdb)
+        } else {
+            gdb
+        };
+        Ext4Meta {
+            // With META_BG a superblock is followed by the first `first_meta_bg` descriptor
+            // blocks only (the kernel's ext4_bg_num_gdb).
+            gdt_blocks: first_meta_bg + u16_at(sb, 0xCE),
+            sparse_super: ro_compat & 0x1 != 0,
+            backup_bgs: (compat & 0x200 != 0).then(|| [u32_at(sb, 0x24C), u32_at(sb, 0x250)]),
+            meta_bg,
+            first_meta_bg,
+            per_block,
+            desc,
+            groups,
+            bs,
+            extents: Vec::new(),
+            blocks_per_group: u32_at(sb, 0x20),
+            first: u32_at(sb, 0x14),
+        }
+    }
+
+    /// Block number of descriptor block `i`: after the primary superblock, or (META_BG, from
+    /// `first_meta_bg` on) at the start of the first group of its meta group, after that
+    /// group's superblock backup if it has one.
+    fn descriptor_block(&self, i: u64) -> u64 {
+        if i < self.first_meta_bg {
+            return self.first + 1 + i;
+        }
+        let g = i * self.per_block;
+        self.first + g * self.blocks_per_group + u64::from(self.has_super(g))
+    }
+
+    /// Reads every group descriptor, `groups * desc` bytes.
+    fn read_descriptors<R: Read + Seek>(
+        &self,
+        w: &mut Window<R>,
+    ) -> Result<Vec<u8>, PartitionError> {
+        let gdb = self.groups.div_ceil(self.per_block);
+        let mut gdt = vec![0u8; (gdb * self.bs) as usize];
+        let err = |e| io_err("reading the ext4 group descriptors", e);
+        // The blocks before `first_meta_bg` are contiguous: one read.
+        let head = (self.first_meta_bg * self.bs) as usize;
+        w.read_at(self.descriptor_block(0) * self.bs, &mut gdt[..head])
+            .map_err(err)?;
+        for i in self.first_meta_bg..gdb {
+            let at = (i * self.bs) as usize;
+            w.read_at(
+                self.descriptor_block(i) * self.bs,
+                &mut gdt[at..at + self.bs as usize],
+            )
+            .map_err(err)?;
+        }
+        gdt.truncate((self.groups * self.desc) as usize);
+        Ok(gdt)
+    }
+
+    /// Notes where every group's bitmaps and inode table are.
+    fn note_tables(&mut self, sb: &[u8], gdt: &[u8], blocks: u64) -> Result<(), PartitionError> {
         let rev = u32_at(sb, 0x4C);
         let inode_size = if rev == 0 { 128 } else { u16_at(sb, 0x58) };
         let ipg = u32_at(sb, 0x28);
-        let itable = (ipg * inode_size).div_ceil(bs);
+        let itable = (ipg * inode_size).div_ceil(self.bs);
         if itable > blocks {
             return Err(bad(format!(
                 "ext4 inode table of {itable} blocks per group in {blocks} blocks"
             )));
         }
-        let mut extents = Vec::with_capacity(groups as usize * 3);
-        for g in 0..groups {
+        let desc = self.desc;
+        let mut extents = Vec::with_capacity(self.groups as usize * 3);
+        for g in 0..self.groups {
             let d = &gdt[(g * desc) as usize..((g + 1) * desc) as usize];
             extents.push((desc_block(d, desc, 0), 1));
             extents.push((desc_block(d, desc, 4), 1));
             extents.push((desc_block(d, desc, 8), itable));
         }
-        Ok(Ext4Meta {
-            gdt_blocks: (groups * desc).div_ceil(bs) + u16_at(sb, 0xCE),
-            sparse_super: ro_compat & 0x1 != 0,
-            backup_bgs: (compat & 0x200 != 0).then(|| [u32_at(sb, 0x24C), u32_at(sb, 0x250)]),
-            meta_bg: incompat & 0x10 != 0,
-            extents,
-            blocks_per_group: u32_at(sb, 0x20),
-            first: u32_at(sb, 0x14),
-        })
+        self.extents = extents;
+        Ok(())
+    }
+
+    /// Blocks at the start of group `g` that hold a superblock and descriptors (the kernel's
+    /// `ext4_num_base_meta_clusters`).
+    fn base_meta(&self, g: u64) -> u64 {
+        let sup = u64::from(self.has_super(g));
+        if !self.meta_bg || g < self.first_meta_bg * self.per_block {
+            return if sup == 1 { 1 + self.gdt_blocks } else { 0 };
+        }
+        let i = g % self.per_block;
+        sup + u64::from(i == 0 || i == 1 || i == self.per_block - 1)
     }
 
     /// Whether group `g` holds a superblock backup (and the descriptor table after it).
@@ -251,9 +318,6 @@ impl Ext4Meta {
 
     /// Appends the free ranges of the uninitialized group starting at block `start`.
     fn uninit_free(&self, start: u64, in_group: u64, bs: u64, out: &mut Ranges) {
-        if self.meta_bg {
-            return;
-        }
         let g = (start - self.first) / self.blocks_per_group;
         let mut used = vec![false; in_group as usize];
         let mut mark = |from: u64, n: u64| {
@@ -265,9 +329,7 @@ impl Ext4Meta {
                 used[(b - start) as usize] = true;
             }
         };
-        if self.has_super(g) {
-            mark(start, 1 + self.gdt_blocks);
-        }
+        mark(start, self.base_meta(g));
         for &(from, n) in &self.extents {
             mark(from, n);
         }

@@ -18,9 +18,11 @@ pub mod free;
 mod ntfs;
 mod open;
 pub mod rules;
+mod unread;
 pub mod window;
 
 pub use open::{audit_file, gpt_of};
+pub use unread::{RULE_OUTSIDE, RULE_UNREAD};
 
 use std::io::{Read, Seek};
 
@@ -31,8 +33,10 @@ use window::Window;
 
 /// Version of the rule set; recorded with every verdict so a later, stricter rule set can tell
 /// which images were audited by an older one. 2: `--deep` does not scan packaged software
-/// ([`deep::PACKAGED_SOFTWARE`]).
-pub const RULES_VERSION: u32 = 2;
+/// ([`deep::PACKAGED_SOFTWARE`]). 3: a partition with no filesystem the audit reads must read as
+/// zeros, and so must the bytes outside every partition ([`unread`]); before 3 such a partition
+/// was passed unread.
+pub const RULES_VERSION: u32 = 3;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -107,10 +111,16 @@ pub enum PartitionStatus {
         /// Entries visited.
         entries: u64,
     },
-    /// No filesystem the audit reads (or none at all); nothing was read.
+    /// No filesystem the audit reads, and not blank: its tree was not read (from rules 3 a
+    /// `fs.unread` risk finding says how many bytes are there; before 3 nothing was read).
     NotAudited {
-        /// Why, e.g. "no filesystem found".
+        /// Why, e.g. "a xfs filesystem, which the audit does not read".
         reason: String,
+    },
+    /// No filesystem, and every byte reads zero (Windows' MSR, an empty ESP): nothing to leak.
+    Blank {
+        /// The partition's size.
+        bytes: u64,
     },
     /// The reader failed or hit a bound: the partition's contents are unknown.
     Error {
@@ -127,7 +137,8 @@ pub struct PartitionAudit {
     pub number: u32,
     /// GPT name.
     pub name: String,
-    /// `ext4`, `ntfs`, `fat` or `none`.
+    /// `ext4`, `ntfs` or `fat` (read), what the first bytes of one the audit does not read say
+    /// (`xfs`, `btrfs`, `bitlocker`), or `none`.
     pub filesystem: String,
     /// Outcome.
     #[serde(flatten)]
@@ -164,6 +175,10 @@ pub struct AuditReport {
     /// Findings a maintainer accepted.
     #[serde(default)]
     pub accepted: Vec<Acceptance>,
+    /// The bytes outside every partition and the partition table, and how many are not zero
+    /// (rules 3; absent for an image without a GPT, whose whole is partition 0, and before 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside: Option<free::FreeSpace>,
 }
 
 impl AuditReport {
@@ -179,9 +194,23 @@ impl AuditReport {
             .iter()
             .filter(|p| matches!(p.status, PartitionStatus::Error { .. }))
     }
-    /// True when nothing blocks: no unaccepted personal/risk finding, no failed partition.
+    /// Partitions the audit passed unread with no `fs.unread` finding to say what they hold:
+    /// audits by rules before 3 (they block: their contents were never looked at).
+    pub fn unread_without_finding(&self) -> impl Iterator<Item = &PartitionAudit> {
+        self.partitions.iter().filter(|p| {
+            matches!(p.status, PartitionStatus::NotAudited { .. })
+                && !self
+                    .findings
+                    .iter()
+                    .any(|f| f.partition == p.number && f.rule == RULE_UNREAD)
+        })
+    }
+    /// True when nothing blocks: no unaccepted personal/risk finding, no failed partition, no
+    /// partition passed unread.
     pub fn is_clean(&self) -> bool {
-        self.blocking().next().is_none() && self.failed().next().is_none()
+        self.blocking().next().is_none()
+            && self.failed().next().is_none()
+            && self.unread_without_finding().next().is_none()
     }
     /// One line: "clean (rules 1)" or "3 findings (2 blocking), 1 partition unreadable (rules 1)".
     pub fn verdict_line(&self) -> String {
@@ -194,21 +223,18 @@ impl AuditReport {
                     counted(self.accepted.len(), "finding", "findings")
                 )
             };
-            let skipped = self
+            let blank = self
                 .partitions
                 .iter()
-                .filter(|p| matches!(p.status, PartitionStatus::NotAudited { .. }))
+                .filter(|p| matches!(p.status, PartitionStatus::Blank { .. }))
                 .count();
-            let skipped = if skipped == 0 {
+            let blank = if blank == 0 {
                 String::new()
             } else {
-                format!(
-                    ", {} without a filesystem the audit reads",
-                    counted(skipped, "partition", "partitions")
-                )
+                format!(", {} blank", counted(blank, "partition", "partitions"))
             };
             return format!(
-                "clean{acc} ({}{skipped}, rules {})",
+                "clean{acc} ({}{blank}, rules {})",
                 counted(self.findings.len(), "finding", "findings"),
                 self.rules_version
             );
@@ -223,6 +249,14 @@ impl AuditReport {
             self.findings.len()
         );
         let failed = self.failed().count();
+        let unread = self.unread_without_finding().count();
+        if unread > 0 {
+            s.push_str(&format!(
+                ", {} never read (rules {})",
+                counted(unread, "partition", "partitions"),
+                self.rules_version
+            ));
+        }
         if failed > 0 {
             s.push_str(&format!(
                 ", {} could not be audited",
@@ -272,22 +306,23 @@ pub struct AuditOptions {
 #[error("{0}")]
 pub struct PartitionError(pub String);
 
-/// The filesystem of a partition, from its magic numbers.
-pub(crate) fn sniff<R: Read + Seek>(w: &mut Window<R>) -> &'static str {
-    let mut b = [0u8; 2048];
+/// The filesystem of a partition, from its magic numbers (the one table, [`blockdev::fstype`]):
+/// the reader to use (`ext4`, `ntfs`, `fat`, or `none` for every other), and what the first
+/// bytes say it is.
+pub(crate) fn sniff<R: Read + Seek>(w: &mut Window<R>) -> (&'static str, Option<blockdev::FsKind>) {
+    let mut b = vec![0u8; (blockdev::fstype::PROBE_LEN as u64).min(w.len()) as usize];
     if w.read_at(0, &mut b).is_err() {
-        return "none";
+        return ("none", None);
     }
-    if &b[3..11] == b"NTFS    " {
-        return "ntfs";
-    }
-    if b[1080..1082] == [0x53, 0xEF] {
-        return "ext4";
-    }
-    if b[510..512] == [0x55, 0xAA] && (&b[82..87] == b"FAT32" || &b[54..57] == b"FAT") {
-        return "fat";
-    }
-    "none"
+    let kind = blockdev::fstype::identify(&b);
+    let boot_sig = b.get(510..512) == Some(&[0x55, 0xAA][..]);
+    let reader = match kind {
+        Some(blockdev::FsKind::Ext4) => "ext4",
+        Some(blockdev::FsKind::Ntfs) => "ntfs",
+        Some(blockdev::FsKind::Vfat) if boot_sig => "fat",
+        _ => "none",
+    };
+    (reader, kind)
 }
 
 /// The partitions the audit reads: (number, GPT name, first byte, length) from the GPT
@@ -325,29 +360,49 @@ pub fn audit_image<R: Read + Seek + 'static>(
         partitions: Vec::new(),
         findings: Vec::new(),
         accepted: Vec::new(),
+        outside: None,
     };
     let img = std::rc::Rc::new(std::cell::RefCell::new(window::BlockCache::new(img)));
     for (number, name, start, len) in parts {
+        if start.saturating_add(len) > size {
+            report.partitions.push(PartitionAudit {
+                number,
+                name,
+                filesystem: "none".into(),
+                status: PartitionStatus::Error {
+                    reason: format!(
+                        "the partition table puts it at bytes {start}-{}, past the image's end \
+                         ({size} bytes): the image is truncated or its table is forged",
+                        start.saturating_add(len)
+                    ),
+                },
+                free: None,
+            });
+            continue;
+        }
         let budget = len.saturating_mul(opts.limits.read_factor) + (256 << 20);
-        let mut w = Window::new(
-            img.clone(),
-            start,
-            len.min(size.saturating_sub(start)),
-            budget,
-        );
-        let fs = sniff(&mut w);
+        let mut w = Window::new(img.clone(), start, len, budget);
+        let (fs, kind) = sniff(&mut w);
+        if fs == "none" {
+            let status = unread::partition(&mut w, number, kind, &mut report.findings);
+            report.partitions.push(PartitionAudit {
+                number,
+                name,
+                filesystem: kind.map_or("none", |k| k.name()).into(),
+                status,
+                free: None,
+            });
+            continue;
+        }
         let mut rules = rules::Rules::new(number, opts);
         let walk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match fs {
             "ext4" => ext4::walk(&mut w, &opts.limits, &mut rules),
             "ntfs" => ntfs::walk(&mut w, &opts.limits, &mut rules),
             "fat" => fat::walk(&mut w, &opts.limits, &mut rules),
-            _ => Ok(0),
+            _ => unreachable!("partitions with no reader are handled above"),
         }));
         let mut free = None;
         let status = match walk {
-            _ if fs == "none" => PartitionStatus::NotAudited {
-                reason: "no filesystem the audit reads (ext4, NTFS, FAT)".into(),
-            },
             Ok(Ok(_)) if rules.unreadable().is_some() => {
                 let reason = deep::mask_text(rules.unreadable().unwrap_or_default());
                 report.findings.extend(rules.finish_partial());
@@ -376,6 +431,17 @@ pub fn audit_image<R: Read + Seek + 'static>(
             status,
             free,
         });
+    }
+    let mut whole = Window::new(img, 0, size, size.saturating_add(256 << 20));
+    match unread::outside(&mut whole, gpt, &mut report.findings) {
+        Ok(o) => report.outside = o,
+        Err(e) => report.partitions.push(PartitionAudit {
+            number: 0,
+            name: "outside the partitions".into(),
+            filesystem: "none".into(),
+            status: PartitionStatus::Error { reason: e.0 },
+            free: None,
+        }),
     }
     report
 }
@@ -516,6 +582,18 @@ pub enum NotClean {
         /// The first one's id.
         id: String,
     },
+    /// An audit by rules before 3 passed a partition with no filesystem it reads unread.
+    #[error(
+        "partition {number} of the image holds no filesystem the audit reads, and the audit \
+         (rules {rules}) never looked at its bytes; audit it again with `tek image audit \
+         NAME@VERSION --record`"
+    )]
+    NeverRead {
+        /// Partition number.
+        number: u32,
+        /// The audit's rules version.
+        rules: u32,
+    },
     /// A partition could not be audited (its contents are unknown).
     #[error("partition {number} of the image could not be audited: {reason}")]
     Unreadable {
@@ -539,6 +617,12 @@ pub fn require_clean(audit: Option<&AuditReport>) -> Result<(), NotClean> {
         return Err(NotClean::Unreadable {
             number: p.number,
             reason: reason.clone(),
+        });
+    }
+    if let Some(p) = a.unread_without_finding().next() {
+        return Err(NotClean::NeverRead {
+            number: p.number,
+            rules: a.rules_version,
         });
     }
     let blocking: Vec<&Finding> = a.blocking().collect();

@@ -70,6 +70,54 @@ impl Store {
         if !audit.findings.iter().any(|f| f.id == finding) {
             return Err(no_such(true));
         }
+        audit.accepted.retain(|a| a.finding != finding);
+        audit.accepted.push(super::Acceptance {
+            finding: finding.to_string(),
+            reason: reason.to_string(),
+            at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        });
+        let report = audit.clone();
+        self.commit_edited_audit(image, &m, sign)?;
+        Ok(report)
+    }
+
+    /// Audits a stored image again with today's rules and records the new verdict in its
+    /// manifest (`tek image audit NAME@VERSION --record`), re-signed as `sign` says; acceptances
+    /// of findings the new audit still makes are kept, the others dropped. The audit runs
+    /// without the manifest lock (it reads chunks, which no edit changes); the edit itself is
+    /// made under it, on the manifest as it is then.
+    pub fn record_audit(
+        &self,
+        image: &ImageRef,
+        opts: &AuditOptions,
+        sign: crate::edit::Resign<'_>,
+    ) -> Result<AuditReport, StoreError> {
+        let mut fresh = self.audit(image, opts)?;
+        let _edit = crate::lock::ManifestLock::take(self.root())?;
+        let (mut m, _) = self.load_manifest(image)?;
+        if let Some(old) = &m.audit {
+            fresh.accepted = old
+                .accepted
+                .iter()
+                .filter(|a| fresh.findings.iter().any(|f| f.id == a.finding))
+                .cloned()
+                .collect();
+        }
+        m.audit = Some(fresh.clone());
+        self.commit_edited_audit(image, &m, sign)?;
+        Ok(fresh)
+    }
+
+    /// Commits a manifest whose audit was edited (the caller holds the manifest lock): a signed
+    /// image must be re-signed (`Resign::With`) or explicitly unsigned.
+    fn commit_edited_audit(
+        &self,
+        image: &ImageRef,
+        m: &Manifest,
+        sign: crate::edit::Resign<'_>,
+    ) -> Result<(), StoreError> {
         let signed = self.signature_path(image).exists();
         let key = match sign {
             crate::edit::Resign::With(k) => Some(k),
@@ -81,18 +129,8 @@ impl Store {
             }
             crate::edit::Resign::Keep => None,
         };
-        audit.accepted.retain(|a| a.finding != finding);
-        audit.accepted.push(super::Acceptance {
-            finding: finding.to_string(),
-            reason: reason.to_string(),
-            at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        });
-        let report = audit.clone();
         let session = crate::lock::ImportSession::begin(self.root())?;
-        self.commit_manifest(&m, key, session.tmp_dir())?;
-        Ok(report)
+        self.commit_manifest(m, key, session.tmp_dir())
     }
 
     /// Audits a stored image.

@@ -15,7 +15,7 @@ fn fixtures() -> PathBuf {
 }
 
 /// Builds (once) the fixture `name` with `script args...`; CI must have the tools (no skip).
-fn fixture(name: &str, script: &str, args: &[&str]) -> PathBuf {
+pub(crate) fn fixture(name: &str, script: &str, args: &[&str]) -> PathBuf {
     let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("audit-fixtures");
     std::fs::create_dir_all(&dir).unwrap();
@@ -35,7 +35,7 @@ fn fixture(name: &str, script: &str, args: &[&str]) -> PathBuf {
     out
 }
 
-fn win(variant: &str) -> PathBuf {
+pub(crate) fn win(variant: &str) -> PathBuf {
     fixture(
         &format!("{variant}.img"),
         "make-image.sh",
@@ -89,6 +89,14 @@ fn generalized_windows_image_is_clean() {
         let f = r.partitions[p].free.expect("free space measured");
         assert!(f.free_bytes > 0 && f.nonzero_bytes == 0, "{f:?}");
     }
+    // The MSR holds no filesystem: read whole, all zeros. So are the bytes outside the table.
+    assert!(
+        matches!(r.partitions[1].status, PartitionStatus::Blank { bytes } if bytes == 16 << 20),
+        "{:?}",
+        r.partitions[1]
+    );
+    let o = r.outside.expect("bytes outside the partitions measured");
+    assert!(o.free_bytes > 0 && o.nonzero_bytes == 0, "{o:?}");
 }
 
 #[test]
@@ -237,7 +245,7 @@ fn clean_images_are_clean_under_deep_too() {
 }
 
 /// Copies `src` to a scratch file and lets `f` damage it.
-fn damaged(src: &Path, name: &str, f: impl FnOnce(&Path)) -> tempfile::TempDir {
+pub(crate) fn damaged(src: &Path, name: &str, f: impl FnOnce(&Path)) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join(name);
     let st = Command::new("cp")
@@ -251,14 +259,14 @@ fn damaged(src: &Path, name: &str, f: impl FnOnce(&Path)) -> tempfile::TempDir {
     d
 }
 
-fn poke(p: &Path, off: u64, bytes: &[u8]) {
+pub(crate) fn poke(p: &Path, off: u64, bytes: &[u8]) {
     use std::io::{Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
     f.seek(SeekFrom::Start(off)).unwrap();
     f.write_all(bytes).unwrap();
 }
 
-fn error_of(r: &AuditReport, number: u32) -> String {
+pub(crate) fn error_of(r: &AuditReport, number: u32) -> String {
     let p = r.partitions.iter().find(|p| p.number == number).unwrap();
     match &p.status {
         PartitionStatus::Error { reason } => reason.clone(),

@@ -341,14 +341,17 @@ fn ntfs_remnants_are_measured_and_scrub_free_zeroes_them() {
 
 /// A GPT image of `mib` + 20 MiB whose one partition (at 1 MiB) is a fresh ext4 of `mib` MiB
 /// with `block` byte blocks (0: mke2fs's choice, 1 KiB below 512 MiB): most of its groups are
-/// `BLOCK_UNINIT`, their bitmaps never written.
-fn fresh_ext4(dir: &Path, name: &str, mib: u64, block: u64) -> PathBuf {
+/// `BLOCK_UNINIT`, their bitmaps never written. `features` goes to mke2fs's `-O` (empty: none).
+fn fresh_ext4(dir: &Path, name: &str, mib: u64, block: u64, features: &str) -> PathBuf {
     let img = dir.join(name);
-    let b = if block == 0 {
+    let mut b = if block == 0 {
         String::new()
     } else {
         format!("-b {block}")
     };
+    if !features.is_empty() {
+        b.push_str(&format!(" -O {features}"));
+    }
     sh(&format!(
         "img={img}; truncate -s {size}M $img; \
          sgdisk -n 1:2048:0 -t 1:8300 $img >/dev/null; \
@@ -400,10 +403,16 @@ fn dumpe2fs_free(dir: &Path, img: &Path, mib: u64) -> (Vec<(u64, u64)>, usize) {
 #[test]
 fn ext4_groups_never_allocated_from_are_free_space_exactly_as_dumpe2fs_counts_it() {
     // 1 KiB blocks (superblock backups with 256 reserved descriptor blocks in groups 1, 3, 5,
-    // 7, 9, 25, 27, 49) and 4 KiB blocks (flex_bg metadata in group 0).
+    // 7, 9, 25, 27, 49), 4 KiB blocks (flex_bg metadata in group 0), and META_BG (1 KiB: the
+    // descriptor blocks in groups 0, 1, 31, 32, 33 and 63 of 32-group meta groups, none
+    // after the backups).
     let d = tempfile::tempdir().unwrap();
-    for (name, mib, block) in [("k1.img", 400, 0), ("k4.img", 1200, 4096)] {
-        let img = fresh_ext4(d.path(), name, mib, block);
+    for (name, mib, block, features) in [
+        ("k1.img", 400, 0, ""),
+        ("k4.img", 1200, 4096, ""),
+        ("meta.img", 520, 1024, "meta_bg,^resize_inode"),
+    ] {
+        let img = fresh_ext4(d.path(), name, mib, block, features);
         let (want, uninit) = dumpe2fs_free(d.path(), &img, mib);
         assert!(uninit >= 2, "{name}: {uninit} BLOCK_UNINIT groups");
         let got = image_store::scrub::image_free_ranges(&img).unwrap();
@@ -415,7 +424,7 @@ fn ext4_groups_never_allocated_from_are_free_space_exactly_as_dumpe2fs_counts_it
 #[test]
 fn data_left_in_a_never_used_ext4_group_is_measured_and_scrubbed() {
     let d = tempfile::tempdir().unwrap();
-    let img = fresh_ext4(d.path(), "reused.img", 400, 0);
+    let img = fresh_ext4(d.path(), "reused.img", 400, 0, "");
     // An earlier filesystem's data in group 2 (blocks 16385-24576 of 1 KiB, BLOCK_UNINIT):
     // what a disk imaged after mkfs, not wiped, still holds there.
     let at = (1 << 20) + 20000 * 1024;

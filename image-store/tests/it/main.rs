@@ -4,6 +4,7 @@
 
 mod audit;
 mod audit_remnants;
+mod audit_unread;
 mod bombs;
 mod edits;
 mod hints;
