@@ -62,8 +62,9 @@ pub fn have_sgdisk() -> bool {
     Command::new("sgdisk").arg("--version").output().is_ok()
 }
 
-/// A 16 MiB GPT image (ROOT 6 MiB, DATA 4 MiB) with 2 MiB of pseudo-random bytes in ROOT, so
-/// it has chunks as well as holes.
+/// A 16 MiB GPT image (ROOT 6 MiB, DATA 4 MiB) whose ROOT starts with a 2 MiB ext4 holding a
+/// file of pseudo-random bytes, so it has chunks as well as holes, and its privacy audit is
+/// clean (bytes in no filesystem would be a finding).
 pub fn gpt_image(dir: &Path) -> PathBuf {
     let img = dir.join("disk.img");
     std::fs::File::create(&img)
@@ -85,11 +86,25 @@ pub fn gpt_image(dir: &Path) -> PathBuf {
         .output()
         .unwrap();
     assert!(st.status.success());
-    let mut data = std::fs::read(&img).unwrap();
+    let tree = dir.join("gpt-image-tree");
+    std::fs::create_dir_all(&tree).unwrap();
     let mut rng = tek_testkit::Rng::new(99);
-    for b in &mut data[MIB as usize..3 * MIB as usize] {
-        *b = rng.below(7) as u8;
-    }
+    let bytes: Vec<u8> = (0..3 * MIB / 2).map(|_| rng.below(7) as u8).collect();
+    std::fs::write(tree.join("payload.bin"), bytes).unwrap();
+    let part = dir.join("gpt-image-root.ext4");
+    tek_testkit::run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "1024", "-O", "^has_journal", "-d"])
+            .arg(&tree)
+            .arg(&part)
+            .arg("2M"),
+        None,
+    );
+    let mut data = std::fs::read(&img).unwrap();
+    let fs = std::fs::read(&part).unwrap();
+    data[MIB as usize..MIB as usize + fs.len()].copy_from_slice(&fs);
     std::fs::write(&img, data).unwrap();
+    std::fs::remove_dir_all(&tree).unwrap();
+    std::fs::remove_file(&part).unwrap();
     img
 }

@@ -69,7 +69,8 @@ impl Depot {
     fn new() -> Depot {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
-        std::fs::write(p("disk.img"), vec![0x5au8; 1 << 20]).unwrap();
+        // A small GPT image whose audit is clean (`image audit --json` must succeed).
+        crate::common::gpt_image(dir.path());
         std::fs::create_dir(p("src")).unwrap();
         std::fs::write(p("src/a.txt"), "a").unwrap();
         std::fs::create_dir(p("backups")).unwrap();

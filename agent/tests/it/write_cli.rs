@@ -49,7 +49,8 @@ fn raw_image_onto_a_file_with_json_report() {
     let r = first_report(&out);
     assert_eq!(r["result"]["status"], "ok", "{r}");
     assert_eq!(r["format"], 1);
-    assert!(r["bytes_verified"].as_u64().unwrap() >= 3 * MIB, "{r}");
+    // The ext4's 1.5 MiB payload and metadata, and the GPT, were read back.
+    assert!(r["bytes_verified"].as_u64().unwrap() >= 2 * MIB, "{r}");
     assert_eq!(r["image"]["size_bytes"], 16 * MIB);
     // The partitions' bytes are the image's; the GPT was moved to the file's real end.
     assert!(same_range(&img, &target, MIB, 15 * MIB));
@@ -153,8 +154,8 @@ fn store_reference_wins_over_a_same_named_file() {
         "the store image was written, not the file"
     );
 
-    // The file, named as a path.
-    let o = tek.run_in(&cwd, &["write", "./img@1", t, "--yes"]);
+    // The file, named as a path (a byte pattern in no filesystem: its audit is not clean).
+    let o = tek.run_in(&cwd, &["write", "./img@1", t, "--yes", "--allow-unaudited"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let cmp = Command::new("cmp")
         .arg(cwd.join("img@1"))
@@ -209,6 +210,7 @@ fn a_user_without_root_is_told_writing_a_disk_needs_root() {
                 img.to_str().unwrap(),
                 dev.path().to_str().unwrap(),
                 "--yes",
+                "--allow-unaudited",
             ])
             .env("HOME", tek.dir()),
     );

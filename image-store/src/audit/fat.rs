@@ -41,7 +41,7 @@ pub(super) fn walk<R: Read + Seek>(
 ) -> Result<u64, PartitionError> {
     let g = super::free::FatGeometry::read(w)?;
     if g.fat_type == 32 && g.clusters < FATFS_MIN_FAT32_CLUSTERS {
-        walk_mtools(w, limits, rules)
+        walk_mtools(w, &g, limits, rules)
     } else {
         walk_fatfs(w, limits, rules)
     }
@@ -94,6 +94,7 @@ fn walk_fatfs<R: Read + Seek>(
 /// The mtools walk over a temporary copy of the partition.
 fn walk_mtools<R: Read + Seek>(
     w: &mut Window<R>,
+    g: &super::free::FatGeometry,
     limits: &Limits,
     rules: &mut Rules,
 ) -> Result<u64, PartitionError> {
@@ -127,7 +128,7 @@ fn walk_mtools<R: Read + Seek>(
     })();
     let status = finish(child, result.is_err())?;
     result?;
-    let empty = !status.success() && !any && empty_root(&copy)?;
+    let empty = !status.success() && !any && root_is_empty(w, g)?;
     if !status.success() && !empty {
         return Err(PartitionError(format!(
             "mdir (mtools) could not read this FAT filesystem ({status})"
@@ -136,33 +137,41 @@ fn walk_mtools<R: Read + Seek>(
     Ok(count.entries)
 }
 
-/// True when the root directory holds nothing: `mdir -/` fails on an empty root ("File not
-/// found"), while the plain listing says "No files".
-fn empty_root(copy: &std::fs::File) -> Result<bool, PartitionError> {
-    let mut child = mtools("mdir", &["-a", "-f", "-i", "/dev/stdin", "::/"], copy)?;
-    let mut out = Vec::new();
-    let r = child
-        .stdout
-        .take()
-        .expect("stdout is piped")
-        .take(1 << 20)
-        .read_to_end(&mut out);
-    // Killed only when it said more than the cap (or the read failed): after EOF it exits on
-    // its own, and a kill then could turn its status into a signal.
-    let status = finish(child, r.is_err() || out.len() >= 1 << 20)?;
-    r.map_err(|e| io_err("reading the mdir listing", e))?;
-    if !status.success() {
+/// True when the FAT32 root directory holds nothing, read from the volume itself: `mdir -/`
+/// fails on an empty root ("File not found"), and it fails the same way on a volume it misreads
+/// (mtools 4.0.32 takes some FAT32 volumes of few clusters for FAT16 and then says "No files"
+/// of a root full of entries), so mtools' word is not taken for it. Empty means: the root is one
+/// cluster (its FAT entry ends the chain) and every entry slot in it is free (0x00 or 0xE5) or
+/// the volume label. Slots after a 0x00 end marker are checked too (Linux reads past it).
+fn root_is_empty<R: Read + Seek>(
+    w: &mut Window<R>,
+    g: &super::free::FatGeometry,
+) -> Result<bool, PartitionError> {
+    let mut boot = [0u8; 512];
+    w.read_at(0, &mut boot)
+        .map_err(|e| io_err("reading the FAT boot sector", e))?;
+    let root = u64::from(u32::from_le_bytes(
+        boot[44..48].try_into().expect("4 bytes"),
+    ));
+    if root < 2 || root - 2 >= g.clusters {
+        return Err(PartitionError(format!(
+            "FAT32 root directory at cluster {root} of {}",
+            g.clusters
+        )));
+    }
+    let mut next = [0u8; 4];
+    w.read_at(g.reserved * g.bps + root * 4, &mut next)
+        .map_err(|e| io_err("reading the FAT", e))?;
+    if u32::from_le_bytes(next) & 0x0FFF_FFFF < 0x0FFF_FFF8 {
         return Ok(false);
     }
-    let mut l = Listing::default();
-    for line in String::from_utf8_lossy(&out).lines() {
-        if l.line(line)?.is_some() {
-            return Ok(false);
-        }
-    }
-    Ok(String::from_utf8_lossy(&out)
-        .lines()
-        .any(|l| l.trim() == "No files"))
+    let mut dir = vec![0u8; (g.spc * g.bps) as usize];
+    w.read_at((g.data + (root - 2) * g.spc) * g.bps, &mut dir)
+        .map_err(|e| io_err("reading the FAT32 root directory", e))?;
+    Ok(dir.chunks(32).all(|e| {
+        let label = e[11] & 0x08 != 0 && e[11] & 0x0F != 0x0F;
+        e[0] == 0x00 && e.iter().all(|&b| b == 0) || e[0] == 0xE5 || label
+    }))
 }
 
 /// One entry of the listing: its long-name path (what rules match), its short-name path (what

@@ -345,7 +345,9 @@ fn ntfs<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
     let mut fs = w.clone();
     let ntfs = Ntfs::new(&mut fs).map_err(|e| io_err("reading the NTFS boot sector", e))?;
     let cluster = ntfs.cluster_size() as u64;
-    let clusters = w.len() / cluster;
+    // The volume's own size (its boot sector's), not the partition's: a volume smaller than
+    // its partition has a $Bitmap for the volume only (the rest is `unread::beyond_end`'s).
+    let clusters = ntfs.size().min(w.len()) / cluster;
     let file = ntfs
         .file(&mut fs, 6)
         .map_err(|e| io_err("reading the MFT record of $Bitmap", e))?;

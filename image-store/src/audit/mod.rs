@@ -22,7 +22,7 @@ mod unread;
 pub mod window;
 
 pub use open::{audit_file, gpt_of};
-pub use unread::{RULE_OUTSIDE, RULE_UNREAD};
+pub use unread::{RULE_BEYOND, RULE_OUTSIDE, RULE_UNREAD};
 
 use std::io::{Read, Seek};
 
@@ -34,8 +34,8 @@ use window::Window;
 /// Version of the rule set; recorded with every verdict so a later, stricter rule set can tell
 /// which images were audited by an older one. 2: `--deep` does not scan packaged software
 /// ([`deep::PACKAGED_SOFTWARE`]). 3: a partition with no filesystem the audit reads must read as
-/// zeros, and so must the bytes outside every partition ([`unread`]); before 3 such a partition
-/// was passed unread.
+/// zeros, and so must the bytes outside every partition and those of a partition after its
+/// filesystem's end ([`unread`]); before 3 they were passed unread.
 pub const RULES_VERSION: u32 = 3;
 
 /// How bad a finding is.
@@ -411,7 +411,10 @@ pub fn audit_image<R: Read + Seek + 'static>(
             Ok(Ok(entries)) => {
                 report.findings.extend(rules.finish());
                 free = remnants(&mut w, fs, number, &mut report.findings);
-                PartitionStatus::Audited { entries }
+                match unread::beyond_end(&mut w, fs, number, &mut report.findings) {
+                    Ok(()) => PartitionStatus::Audited { entries },
+                    Err(e) => PartitionStatus::Error { reason: e.0 },
+                }
             }
             Ok(Err(e)) => {
                 // Findings up to the failure are still worth reporting.
@@ -447,8 +450,8 @@ pub fn audit_image<R: Read + Seek + 'static>(
 }
 
 /// Reads the allocation map of an audited partition and measures its free space; non-zero
-/// free space is a `risk` finding (deleted files live on there), an unreadable map an `info`
-/// one (the tree was read; only the remnants are unknown).
+/// free space is a `risk` finding (deleted files live on there), and so is an unreadable map
+/// (the tree was read, but what the free space holds is unknown).
 fn remnants<R: Read + Seek>(
     w: &mut Window<R>,
     fs: &str,
@@ -479,21 +482,27 @@ fn remnants<R: Read + Seek>(
         }
         Ok(Err(e)) => {
             findings.push(Finding::new(
-                Severity::Info,
+                Severity::Risk,
                 number,
                 "/",
                 "fs.remnants-unknown",
-                format!("free space not measured: {}", deep::mask_text(&e.0)),
+                format!(
+                    "free space not measured ({}): deleted files may live on there",
+                    deep::mask_text(&e.0)
+                ),
             ));
             None
         }
         Err(_) => {
             findings.push(Finding::new(
-                Severity::Info,
+                Severity::Risk,
                 number,
                 "/",
                 "fs.remnants-unknown",
-                format!("free space not measured: the {fs} allocation map reader panicked"),
+                format!(
+                    "free space not measured (the {fs} allocation map reader panicked): deleted \
+                     files may live on there"
+                ),
             ));
             None
         }

@@ -246,3 +246,115 @@ fn audits_by_older_rules_that_passed_a_partition_unread_are_refused() {
     );
     assert!(e.to_string().contains("--record"), "{e}");
 }
+
+#[test]
+fn bytes_after_a_filesystems_end_inside_its_partition_are_found() {
+    // The fixture's ext4 ends a few KiB before its partition does (mkfs rounds down to whole
+    // blocks): the partition's last sector is read by no filesystem.
+    let img = fixture("linux-clean.img", "make-linux-image.sh", &["clean"]);
+    let r = audited(&img);
+    assert!(r.is_clean(), "{}", r.verdict_line());
+    let mut f = std::fs::File::open(&img).unwrap();
+    let size = f.metadata().unwrap().len();
+    let g = audit::gpt_of(&mut f, size).unwrap().unwrap();
+    let last = g.partitions[0].last_lba * 512;
+    let d = damaged(&img, "tail.img", |p| poke(p, last, b"jane.doe@example.com"));
+    let r = audited(&d.path().join("tail.img"));
+    let f: Vec<_> = r
+        .findings
+        .iter()
+        .filter(|f| f.rule == audit::RULE_BEYOND)
+        .collect();
+    assert_eq!(f.len(), 1, "{:?}", r.findings);
+    assert!(
+        f[0].detail.contains("after the ext4 filesystem's end"),
+        "{}",
+        f[0].detail
+    );
+    assert!(!f[0].detail.contains("example"), "{}", f[0].detail);
+    assert!(!r.is_clean());
+}
+
+#[test]
+fn the_partition_tables_unused_bytes_must_be_zero_too() {
+    let w = win("win");
+    let len = std::fs::metadata(&w).unwrap().len();
+    // The backup array's first slot (partition 1) renamed: the primary's is what the imager
+    // writes, so the backup's bytes are data no table names.
+    let backup_slot0_name = len - 33 * 512 + 56;
+    for (off, place) in [
+        (100, "the protective MBR's boot code"),
+        (512 + 200, "the primary GPT header's reserved bytes"),
+        (
+            backup_slot0_name,
+            "a backup GPT that differs from the primary",
+        ),
+    ] {
+        let d = damaged(&w, "t.img", |p| poke(p, off, b"jane.doe@example.com"));
+        let r = audited(&d.path().join("t.img"));
+        let f: Vec<_> = r
+            .findings
+            .iter()
+            .filter(|f| f.rule == RULE_OUTSIDE)
+            .collect();
+        assert_eq!(f.len(), 1, "at {off}: {:?}", r.findings);
+        assert!(f[0].detail.contains(place), "at {off}: {}", f[0].detail);
+        assert!(!r.is_clean());
+    }
+}
+
+#[test]
+fn a_fat32_mtools_misreads_is_not_taken_for_an_empty_one() {
+    // mtools 4.0.32 reads a FAT32 of 4 KiB clusters and few of them as a FAT16 without root
+    // entries: `mdir -/` fails, and plain `mdir` says "No files". A root holding a user's hive
+    // must then end the partition with an error, never "audited, 0 entries".
+    let d = tempfile::tempdir().unwrap();
+    let fat = d.path().join("esp.fat");
+    run(&format!(
+        "truncate -s 100M {f}; mkfs.fat -F 32 -s 8 {f} >/dev/null",
+        f = fat.display()
+    ));
+    let clean = audited(&fat);
+    assert!(
+        clean.is_clean(),
+        "an empty one is clean: {}",
+        clean.verdict_line()
+    );
+    let b = std::fs::read(&fat).unwrap();
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as u64;
+    let (bps, spc, reserved, nfats, fatsz) = (
+        u16_at(11),
+        b[13] as u64,
+        u16_at(14),
+        b[16] as u64,
+        u32_at(36),
+    );
+    let data = (reserved + nfats * fatsz) * bps;
+    let cluster = |c: u64| data + (c - 2) * spc * bps;
+    // Root (cluster 2), slot 0: NTUSER.DAT, 20 bytes in cluster 3; cluster 3 ends its chain.
+    let mut entry = [0u8; 32];
+    entry[..11].copy_from_slice(b"NTUSER  DAT");
+    entry[11] = 0x20;
+    entry[26..28].copy_from_slice(&3u16.to_le_bytes());
+    entry[28..32].copy_from_slice(&20u32.to_le_bytes());
+    poke(&fat, cluster(2), &entry);
+    for f in 0..nfats {
+        poke(
+            &fat,
+            (reserved + f * fatsz) * bps + 3 * 4,
+            &0x0FFF_FFFFu32.to_le_bytes(),
+        );
+    }
+    poke(&fat, cluster(3), b"jane.doe@example.com");
+    let r = audited(&fat);
+    assert!(!r.is_clean(), "{:?}", r.partitions);
+    assert!(
+        !matches!(
+            r.partitions[0].status,
+            PartitionStatus::Audited { entries: 0 }
+        ),
+        "{:?}",
+        r.partitions[0]
+    );
+}
