@@ -246,6 +246,9 @@ fn complement(mut used: Ranges, size: u64) -> Ranges {
     gaps
 }
 
+/// Rule id of non-zero bytes in an ext4's first 1024 bytes, before its superblock.
+pub const RULE_BOOT_AREA: &str = "fs.boot-area";
+
 /// Rule id of non-zero bytes inside a partition after its filesystem's end.
 pub const RULE_BEYOND: &str = "fs.beyond-end";
 
@@ -286,6 +289,22 @@ pub(crate) fn beyond_end<R: Read + Seek>(
         }
         _ => return Ok(()),
     };
+    if fs == "ext4" {
+        // ext4 leaves its first 1024 bytes (before the superblock) to boot loaders, which
+        // do not put one there on a GPT disk: no reader looks at them.
+        let head = free::measure(w, &vec![(0, 1024)])?;
+        if head.nonzero_bytes > 0 {
+            findings.push(Finding::new(
+                Severity::Risk,
+                number,
+                "/",
+                RULE_BOOT_AREA,
+                "the ext4 filesystem's first 1024 bytes (before its superblock) hold non-zero \
+                 bytes: no filesystem reads them, and they would be written to every disk"
+                    .into(),
+            ));
+        }
+    }
     let len = w.len();
     if end >= len {
         return Ok(());

@@ -273,6 +273,17 @@ fn bytes_after_a_filesystems_end_inside_its_partition_are_found() {
     );
     assert!(!f[0].detail.contains("example"), "{}", f[0].detail);
     assert!(!r.is_clean());
+    // And before its superblock: the first 1024 bytes of the ext4.
+    let d = damaged(&img, "head.img", |p| {
+        poke(p, (1 << 20) + 16, b"jane.doe@example.com")
+    });
+    let r = audited(&d.path().join("head.img"));
+    assert!(
+        r.findings.iter().any(|f| f.rule == "fs.boot-area"),
+        "{:?}",
+        r.findings
+    );
+    assert!(!r.is_clean());
 }
 
 #[test]
