@@ -28,7 +28,7 @@ pub use error::LibraryError;
 pub use layout::RemoteImage;
 pub use listing::list;
 pub use pull::{PullFailed, PullReport, pull};
-pub use push::{PushReport, push};
+pub use push::{PushProgress, PushReport, push, push_with_progress};
 pub use remote::{Remote, RemoteOptions, RemoteUrl, S3Settings, Secret};
 
 /// The runtime the client runs on: two worker threads (requests are I/O; chunk checks run on

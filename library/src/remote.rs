@@ -385,6 +385,28 @@ impl Remote {
             .map_err(|e| self.request_error("uploading", key, e))
     }
 
+    /// Uploads an object only if the remote has none of that name (S3 `If-None-Match: *`):
+    /// `Ok(false)` when one exists already (a racing push won; the caller compares). A server
+    /// that ignores the condition overwrites, as [`Remote::put`] would.
+    pub async fn put_new(&self, key: &str, data: Bytes) -> Result<bool, LibraryError> {
+        if self.url.is_read_only() {
+            return Err(LibraryError::ReadOnly {
+                url: self.url.clone(),
+            });
+        }
+        self.count();
+        let opts = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from_bytes(data), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.request_error("uploading", key, e)),
+        }
+    }
+
     /// Every object key under `dir` (relative to the library, e.g. `chunks/`), with its size.
     /// S3 only: a plain web server cannot list.
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, LibraryError> {

@@ -3,7 +3,7 @@
 //! variables; nothing here prints them.
 
 use anyhow::{Context, Result};
-use image_library::{PullFailed, Remote, RemoteOptions, RemoteUrl, S3Settings};
+use image_library::{PullFailed, PushProgress, Remote, RemoteOptions, RemoteUrl, S3Settings};
 use image_store::ImageRef;
 
 use agent::Depot;
@@ -24,8 +24,30 @@ fn open_remote(url: &str) -> Result<Remote> {
 pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()> {
     let store = open_store(depot)?;
     let remote = open_remote(to)?;
-    let r = image_library::push(&store, image, &remote, depot.trusted_keys())
-        .with_context(|| format!("pushing {image} to {}", remote.url()))?;
+    // A bar on a terminal only, and never beside --json's output.
+    let b = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        super::image_transfer::bar(Some(0), "pushing")
+    };
+    // Drawn from the moment its length is known (a 0 B/0 B bar would look finished).
+    let visible = !b.is_hidden();
+    b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    let progress = |p| match p {
+        PushProgress::Missing { chunks, bytes } => {
+            b.set_length(bytes);
+            b.set_message(format!("{chunks} chunks the remote lacks"));
+            if visible {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+        }
+        PushProgress::Uploaded(n) => b.set_position(n),
+        PushProgress::Committing => b.set_message("signature, manifest, index"),
+    };
+    let r =
+        image_library::push_with_progress(&store, image, &remote, depot.trusted_keys(), &progress);
+    b.finish_and_clear();
+    let r = r.with_context(|| format!("pushing {image} to {}", remote.url()))?;
     if json {
         return print_json(&r);
     }

@@ -115,7 +115,8 @@ impl Depot {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+/// Every file under `dir`.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
@@ -159,15 +160,25 @@ pub fn s3_remote(server: &S3Server, prefix: &str) -> Remote {
 
 /// The same with the given keys.
 pub fn s3_remote_as(server: &S3Server, prefix: &str, id: &str, secret: &str) -> Remote {
+    s3_remote_with(&server.endpoint(), prefix, (id, secret), quick())
+}
+
+/// `s3://library/PREFIX` at `endpoint` as `(id, secret)`, with `opts` besides.
+pub fn s3_remote_with(
+    endpoint: &str,
+    prefix: &str,
+    (id, secret): (&str, &str),
+    opts: RemoteOptions,
+) -> Remote {
     let url = RemoteUrl::parse(&format!("s3://{BUCKET}/{prefix}")).expect("s3 url");
     let opts = RemoteOptions {
         s3: S3Settings {
-            endpoint: Some(server.endpoint()),
+            endpoint: Some(endpoint.to_string()),
             region: None,
             credentials: Some((id.to_string(), Secret::new(secret))),
             session_token: None,
         },
-        ..quick()
+        ..opts
     };
     Remote::open(&url, &opts).expect("opening the s3 remote")
 }

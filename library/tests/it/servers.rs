@@ -69,7 +69,8 @@ pub fn nginx() -> Option<PathBuf> {
 
 /// `s3s-fs` serving `root` (the bucket is the directory `root/library`).
 pub struct S3Server {
-    child: Child,
+    child: Option<Child>,
+    bin: PathBuf,
     /// Its port.
     pub port: u16,
     /// The directory it stores objects in.
@@ -80,21 +81,36 @@ impl S3Server {
     /// Starts it on a free port with [`ACCESS_KEY`] / [`SECRET_KEY`].
     pub fn start(bin: &Path, root: &Path) -> S3Server {
         std::fs::create_dir_all(root.join(BUCKET)).expect("creating the bucket directory");
-        let port = free_port();
-        let mut child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        let mut s = S3Server {
+            child: None,
+            bin: bin.to_path_buf(),
+            port: free_port(),
+            root: root.to_path_buf(),
+        };
+        s.restart();
+        s
+    }
+
+    /// Kills it (SIGKILL: requests in flight are cut off).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+    }
+
+    /// Starts it again on the same port over the same directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut child = Command::new(&self.bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root)
+            .arg(&self.root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting s3s-fs");
-        wait_listening(port, &mut child, "s3s-fs", None);
-        S3Server {
-            child,
-            port,
-            root: root.to_path_buf(),
-        }
+        wait_listening(self.port, &mut child, "s3s-fs", None);
+        self.child = Some(child);
     }
 
     /// Where object `key` of the bucket lives on disk.
@@ -110,7 +126,7 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        kill(&mut self.child);
+        self.kill();
     }
 }
 

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# library.sh: the image library benchmark of issue 14, over loopback, side by side, one run:
+#
+#   bench/library.sh [WORKDIR]      (default /var/tmp/tek-library; needs ~16 GiB free)
+#
+# Builds v1 and v2 (4 GiB, ../shared/bench/make-image.sh), imports and signs both in a
+# maintainers' depot, starts s3s-fs and one nginx (serving the bucket directory, v1.img.zst and
+# a casync store of v1), then measures:
+#   1. tek image push of v1, then v2, to s3s-fs: seconds, requests.
+#   2. tek image pull of v1 into an empty store from s3s-fs and from nginx, against
+#      curl of v1.img.zst (zstd -3 of the raw image) from the same nginx into a file, and
+#      casync extract of v1 from an HTTP casync store (zstd chunks) on the same nginx. Every
+#      contestant's output is synced (sync -f) inside its time. Throughput = stored bytes moved /
+#      seconds; goal: tek >= 0.8x curl, and ahead of casync.
+#   3. tek image pull of v2 from nginx with v1 cached: bytes nginx sent (its access log's
+#      $body_bytes_sent, manifest and signature included) against v2's new stored bytes (the
+#      compressed chunks v2 has and v1 has not); goal <= 1.1x.
+#   4. The same images as pack files (library/examples/pack_bench.rs: 64 MiB packs in image
+#      order, a per-image index, ranged GETs merging adjacent chunks): push to s3s-fs, pull v1
+#      from nginx and s3s-fs, v2 after v1 from nginx; seconds, requests, bytes. Each chunk is
+#      checked and stored exactly as tek's pull does (Incoming::add_chunk), so the difference is
+#      the layout.
+# Needs: cargo build --release -p agent -p image-library --examples --bins (tek and
+# pack_bench); s3s-fs, nginx, curl, zstd, casync. Figures and the command go in bench/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-/var/tmp/tek-library}
+tek=$PWD/target/release/tek
+packs=$PWD/target/release/examples/pack_bench
+for b in "$tek" "$packs"; do
+  [ -x "$b" ] || { echo "library.sh: missing $b (see the header for the build command)" >&2; exit 2; }
+done
+s3s=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
+for t in "$s3s" /usr/sbin/nginx curl zstd casync python3; do
+  command -v "$t" >/dev/null || { echo "library.sh: needs $t" >&2; exit 2; }
+done
+mkdir -p "$work"
+shared=../shared/bench
+[ -d "$shared" ] || shared=/work/shared/bench
+for v in v1 v2; do
+  [ -f "$work/$v.img" ] || "$shared/make-image.sh" --variant "$v" "$work/$v.img" >/dev/null 2>&1
+done
+
+maint=$work/maint bench=$work/bench www=$work/www
+rm -rf "$bench" "$work/s3" "$work/nginx" "$work/out"
+mkdir -p "$work/s3/library" "$work/nginx" "$work/out" "$www"
+if [ ! -f "$maint/store/images/bench/2.json" ]; then
+  rm -rf "$maint"
+  "$tek" --state "$maint" image keygen maint --dir "$maint/keys" >/dev/null
+  mkdir -p "$maint/trusted-keys"
+  cp "$maint/keys/maint.pub" "$maint/trusted-keys/"
+  for v in 1 2; do
+    "$tek" --state "$maint" --trusted-keys "$maint/trusted-keys" image import "bench@$v" \
+      "$work/v$v.img" --no-audit --sign-key "$maint/keys/maint.key" >/dev/null
+  done
+fi
+mkdir -p "$bench/trusted-keys"
+cp "$maint/keys/maint.pub" "$bench/trusted-keys/"
+ln -sfn "$work/s3/library" "$www/lib"
+[ -f "$www/v1.img.zst" ] || zstd -q -3 -T2 "$work/v1.img" -o "$www/v1.img.zst"
+if [ ! -f "$www/v1.caibx" ]; then
+  rm -rf "$www/v1.castr"
+  casync make --compression=zstd --store="$www/v1.castr" "$www/v1.caibx" "$work/v1.img" >/dev/null
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+s3port=$(free_port) ngport=$(free_port)
+"$s3s" --host 127.0.0.1 --port "$s3port" --access-key bench-ak --secret-key bench-sk "$work/s3" >/dev/null 2>&1 &
+s3pid=$!
+cat >"$work/nginx/nginx.conf" <<EOF
+user root;
+daemon off;
+master_process off;
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  log_format tek '\$status \$body_bytes_sent \$request_uri';
+  access_log $work/nginx/access.log tek;
+  sendfile on;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/nginx/body;
+  server { listen 127.0.0.1:$ngport; root $www; }
+}
+EOF
+/usr/sbin/nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
+ngpid=$!
+trap 'kill $s3pid $ngpid 2>/dev/null || true' EXIT
+for p in "$s3port" "$ngport"; do
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+done
+
+export AWS_ENDPOINT_URL=http://127.0.0.1:$s3port AWS_ACCESS_KEY_ID=bench-ak AWS_SECRET_ACCESS_KEY=bench-sk
+ng=http://127.0.0.1:$ngport
+results=$work/results.txt
+: >"$results"
+# rec NAME VALUE: one figure for the summary.
+rec() { echo "$1 $2" >>"$results"; }
+now() { date +%s.%N; }
+since() { awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.2f", e - s }'; }
+field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+nginx_bytes() { awk '{ n += $2 } END { print n + 0 }' "$work/nginx/access.log"; }
+nginx_requests() { wc -l <"$work/nginx/access.log"; }
+keys=(--trusted-keys "$maint/trusted-keys")
+bkeys=(--trusted-keys "$bench/trusted-keys")
+
+# Stored bytes: v1's chunks, and v2's chunks that v1 lacks.
+read -r v1_stored v2_new < <(python3 - "$maint/store" <<'EOF'
+import json, os, sys
+store = sys.argv[1]
+def ids(v):
+    m = json.load(open(f"{store}/images/bench/{v}.json"))
+    return {e["id"] for e in m["extents"] if e["kind"] == "chunk"}
+size = lambda i: os.path.getsize(f"{store}/chunks/{i[:2]}/{i}.zst")
+a, b = ids(1), ids(2)
+print(sum(map(size, a)), sum(map(size, b - a)))
+EOF
+)
+echo "v1: $v1_stored stored bytes; v2 new: $v2_new stored bytes"
+echo "v1.img.zst: $(stat -c %s "$www/v1.img.zst") bytes; casync store: $(du -sb "$www/v1.castr" | cut -f1) bytes"
+
+echo "== 1. tek push (one object per chunk) to s3s-fs"
+for v in 1 2; do
+  s=$(now)
+  out=$("$tek" --state "$maint" "${keys[@]}" image push "bench@$v" --to s3://library/v --json)
+  t=$(since "$s")
+  echo "  bench@$v: $t s, $(field requests <<<"$out") requests, $(field uploaded_bytes <<<"$out") bytes"
+  rec "push_v${v}_s" "$t"; rec "push_v${v}_requests" "$(field requests <<<"$out")"
+done
+
+echo "== 2. v1 from an empty cache"
+pull_tek() { # URL LABEL
+  rm -rf "$bench/store"
+  local s out t
+  s=$(now)
+  out=$("$tek" --state "$bench" "${bkeys[@]}" image pull bench@1 --from "$1" --json)
+  t=$(since "$s")
+  echo "  tek pull from $2: $t s, $(field requests <<<"$out") requests, $(field fetched_bytes <<<"$out") bytes"
+  rec "pull_$2_s" "$t"; rec "pull_$2_requests" "$(field requests <<<"$out")"
+}
+pull_tek s3://library/v s3s
+: >"$work/nginx/access.log"
+pull_tek "$ng/lib/v" nginx
+s=$(now)
+curl -sf -o "$work/out/v1.img.zst" "$ng/v1.img.zst"
+sync -f "$work/out/v1.img.zst"
+t=$(since "$s")
+echo "  curl v1.img.zst from nginx: $t s"
+rec curl_s "$t"
+rm -f "$work/out/v1.img.zst"
+s=$(now)
+casync extract --store="$ng/v1.castr" "$ng/v1.caibx" "$work/out/v1.img" >/dev/null
+sync -f "$work/out/v1.img"
+t=$(since "$s")
+cmp "$work/v1.img" "$work/out/v1.img" || { echo "casync extracted other bytes" >&2; exit 1; }
+echo "  casync extract from nginx: $t s"
+rec casync_s "$t"
+rm -f "$work/out/v1.img"
+
+echo "== 3. v2 with v1 cached, from nginx"
+: >"$work/nginx/access.log"
+s=$(now)
+out=$("$tek" --state "$bench" "${bkeys[@]}" image pull bench@2 --from "$ng/lib/v" --json)
+t=$(since "$s")
+sent=$(nginx_bytes)
+echo "  tek pull: $t s, $(nginx_requests) requests, nginx sent $sent bytes for $v2_new new stored bytes"
+rec v2_sent "$sent"
+
+echo "== 4. pack files (64 MiB) instead"
+for v in 1 2; do
+  out=$("$packs" push "$maint/store" "bench@$v" s3://library/p 64)
+  echo "  push bench@$v to s3s-fs: $out"
+  rec "packpush_v${v}_s" "$(field seconds <<<"$out")"; rec "packpush_v${v}_requests" "$(field requests <<<"$out")"
+done
+pull_packs() { # URL LABEL
+  rm -rf "$bench/store"
+  local out
+  out=$("$packs" pull "$bench/store" "$maint/store" "$bench/trusted-keys" bench@1 "$1")
+  echo "  pull bench@1 from $2: $out"
+  rec "packpull_$2_s" "$(field seconds <<<"$out")"; rec "packpull_$2_requests" "$(field requests <<<"$out")"
+}
+pull_packs s3://library/p s3s
+pull_packs "$ng/lib/p" nginx
+: >"$work/nginx/access.log"
+out=$("$packs" pull "$bench/store" "$maint/store" "$bench/trusted-keys" bench@2 "$ng/lib/p")
+echo "  pull bench@2 after bench@1 from nginx: $out; nginx sent $(nginx_bytes) bytes"
+rec packv2_sent "$(nginx_bytes)"
+
+echo "== summary (ratios)"
+python3 - "$results" "$v1_stored" "$v2_new" "$(stat -c %s "$www/v1.img.zst")" "$(du -sb "$www/v1.castr" | cut -f1)" <<'EOF'
+import sys
+r = {k: float(v) for k, v in (l.split() for l in open(sys.argv[1]))}
+v1, v2new, zst, ca = map(float, sys.argv[2:6])
+mbs = lambda b, s: b / s / 1e6
+curl = mbs(zst, r["curl_s"])
+for src in ("s3s", "nginx"):
+    t = mbs(v1, r[f"pull_{src}_s"])
+    print(f"tek pull v1 from {src}: {t:.0f} MB/s stored = {t / curl:.2f}x curl ({curl:.0f} MB/s; goal >= 0.8x), "
+          f"{r['casync_s'] / r[f'pull_{src}_s']:.2f}x casync's speed ({r['casync_s']:.1f} s, {mbs(ca, r['casync_s']):.0f} MB/s stored)")
+print(f"v2 after v1: {r['v2_sent'] / v2new:.3f}x its new stored bytes (goal <= 1.1x); packs: {r['packv2_sent'] / v2new:.3f}x")
+for what, a, b in (("push v1", "push_v1", "packpush_v1"), ("push v2", "push_v2", "packpush_v2"),
+                   ("pull v1 s3s", "pull_s3s", "packpull_s3s"), ("pull v1 nginx", "pull_nginx", "packpull_nginx")):
+    print(f"{what}: chunk objects {r[a + '_s']:.1f} s / {r[a + '_requests']:.0f} requests, "
+          f"packs {r[b + '_s']:.1f} s / {r[b + '_requests']:.0f} requests ({r[a + '_s'] / r[b + '_s']:.2f}x the time)")
+EOF
