@@ -115,6 +115,17 @@ impl Rules {
                 self.add(Personal, path, "user.documents", format!("{size} bytes"));
             }
         }
+        // A user's hive outside \Users: the profile root can be moved (ProfilesDirectory), and
+        // a hive is a person's wherever it sits. Windows' own service and system profiles live
+        // under \Windows (ServiceProfiles, System32\config\systemprofile).
+        if file && name == "ntuser.dat" && comps[0] != "users" && comps[0] != "windows" {
+            self.add(
+                Personal,
+                path,
+                "win.ntuser",
+                "a user's registry hive outside \\Users (a moved profile root?)".into(),
+            );
+        }
         if lower == "/windows/setup/state/state.ini" && file {
             let generalized = self
                 .head(read, 64 << 10, path)
@@ -377,6 +388,34 @@ mod tests {
         ]);
         let rules: Vec<&str> = f.iter().map(|f| f.rule.as_str()).collect();
         assert_eq!(rules, ["win.profile", "win.ntuser", "win.not-generalized"]);
+    }
+
+    #[test]
+    fn a_hive_under_a_moved_profile_root_is_found_and_system_ones_are_not() {
+        let f = run(&[
+            ("/Windows/System32", Kind::Dir, b""),
+            (
+                "/Windows/System32/config/systemprofile/NTUSER.DAT",
+                Kind::File,
+                b"x",
+            ),
+            (
+                "/Windows/ServiceProfiles/LocalService/NTUSER.DAT",
+                Kind::File,
+                b"x",
+            ),
+            ("/Profiles/Jane/NTUSER.DAT", Kind::File, b"x"),
+            (
+                "/Windows/Setup/State/State.ini",
+                Kind::File,
+                b"ImageState=IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE\r\n",
+            ),
+        ]);
+        let found: Vec<(&str, &str)> = f
+            .iter()
+            .map(|f| (f.rule.as_str(), f.path.as_str()))
+            .collect();
+        assert_eq!(found, [("win.ntuser", "/Profiles/Jane/NTUSER.DAT")]);
     }
 
     #[test]
