@@ -15,9 +15,11 @@
 //! served read-only over HTTP.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::arrivals::Arrivals;
 use crate::chunk::{ChunkId, CompressedChunk};
 use crate::error::{ChunkUse, StoreError};
 use crate::fsutil;
@@ -91,6 +93,8 @@ pub fn describe_absent(absent: &[AbsentChunk]) -> String {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) root: PathBuf,
+    /// Chunks an on-demand pull is still fetching: readers wait for them (`arrivals.rs`).
+    pub(crate) arrivals: Option<Arc<Arrivals>>,
 }
 
 impl Store {
@@ -132,7 +136,35 @@ impl Store {
         }
         Ok(Store {
             root: root.to_path_buf(),
+            arrivals: None,
         })
+    }
+
+    /// This store, read by a reader that waits for the chunks `arrivals` names instead of
+    /// finding them missing (the imager writing an image while it is being pulled).
+    pub fn with_arrivals(&self, arrivals: Arc<Arrivals>) -> Store {
+        Store {
+            root: self.root.clone(),
+            arrivals: Some(arrivals),
+        }
+    }
+
+    /// This store without arrivals: what is in it now, nothing that is coming.
+    pub(crate) fn plain(&self) -> Store {
+        Store {
+            root: self.root.clone(),
+            arrivals: None,
+        }
+    }
+
+    /// Whether an on-demand pull was to deliver `id` (on its way, or lost with a failed fetch).
+    fn expected(&self, id: ChunkId) -> bool {
+        self.arrivals.as_ref().is_some_and(|a| a.expected(id))
+    }
+
+    /// Whether `id` is on its way into the store (see [`Store::with_arrivals`]).
+    fn coming(&self, id: ChunkId) -> bool {
+        self.arrivals.as_ref().is_some_and(|a| a.is_coming(id))
     }
 
     /// The store's root directory.
@@ -244,7 +276,16 @@ impl Store {
         len: u64,
     ) -> Result<CompressedChunk, StoreError> {
         let path = self.chunk_path(id);
-        match std::fs::read(&path) {
+        let read = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.expected(id) => {
+                let a = self.arrivals.as_ref().expect("expected implies arrivals");
+                a.wait(id)
+                    .map_err(|reason| crate::arrivals::not_fetched(id, offset, reason))?;
+                std::fs::read(&path)
+            }
+            r => r,
+        };
+        match read {
             Ok(data) => Ok(CompressedChunk {
                 id,
                 offset,
@@ -274,7 +315,7 @@ impl Store {
             let Extent::Chunk { offset, id, .. } = *e else {
                 continue;
             };
-            if !seen.insert(id) {
+            if !seen.insert(id) || self.coming(id) {
                 continue;
             }
             let path = self.chunk_path(id);
