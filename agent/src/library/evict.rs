@@ -88,7 +88,11 @@ pub fn evict(
 ) -> Result<Eviction> {
     let mut uses: HashMap<ImageRef, HashSet<ChunkId>> = HashMap::new();
     for r in store.list()? {
-        let (m, _) = store.load_manifest(&r)?;
+        let m = match store.load_manifest(&r) {
+            Ok((m, _)) => m,
+            Err(image_store::StoreError::NotFound { .. }) => continue, // removed meanwhile
+            Err(e) => return Err(e.into()),
+        };
         let ids = m.extents.iter().filter_map(|e| match e {
             Extent::Chunk { id, .. } => Some(*id),
             Extent::Hole { .. } => None,

@@ -61,7 +61,7 @@ pub struct LibrarySettings {
 
 impl LibrarySettings {
     /// Checks what serde cannot: a URL tek reads, an absolute credentials path only with an
-    /// `s3://` URL, an endpoint URL, a cache of at least 1 MiB. The credentials file itself is
+    /// `s3://` URL, an endpoint URL, a cache size above 0. The credentials file itself is
     /// checked when it is read ([`read_credentials`]), so a config check needs no secret.
     pub fn validate(&self) -> Result<()> {
         let Some(url) = &self.url else {
@@ -105,10 +105,11 @@ impl LibrarySettings {
                 e.escape_debug()
             );
         }
-        if let Some(n) = self.cache_max_bytes
-            && n < 1 << 20
-        {
-            bail!("library.cache_max_bytes = {n}: at least 1048576 (1 MiB)");
+        if self.cache_max_bytes == Some(0) {
+            bail!(
+                "library.cache_max_bytes = 0 would evict every image after each pull; give a \
+                 size in bytes, or leave it out to never evict"
+            );
         }
         Ok(())
     }
@@ -194,8 +195,8 @@ mod tests {
                 "http:// or https://",
             ),
             (
-                "[library]\nurl = \"s3://b/p\"\ncache_max_bytes = 10\n",
-                "at least 1048576",
+                "[library]\nurl = \"s3://b/p\"\ncache_max_bytes = 0\n",
+                "evict every image",
             ),
             (
                 "[library]\nurl = \"s3://b/p\"\ncache_max_bytes = -1\n",

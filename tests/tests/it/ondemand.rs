@@ -46,36 +46,38 @@ fn source(job: &Value) -> String {
         .to_string()
 }
 
-#[test]
-fn a_bench_pulls_on_demand_refuses_corruption_and_runs_offline_from_its_cache() {
-    if !need_root("a_bench_pulls_on_demand_refuses_corruption_and_runs_offline_from_its_cache") {
-        return;
+/// A bench with bays `bays`, images of their own flavour `import`ed besides `sample@1`, an S3
+/// server, `images` pushed to `s3://library/lib` (the bench's store keeps them), and
+/// `[library]` configured with the key in a 0600 credentials file.
+fn bench_with_library(
+    name: &str,
+    bays: &[&str],
+    import: &[&str],
+    images: &[&str],
+    cache_max_bytes: Option<u64>,
+) -> (Bench, S3Server) {
+    let s3 = s3s_fs().expect("checked by the caller");
+    let b = Bench::new(name, bays, "");
+    for image in import {
+        import_flavour(&b, image);
     }
-    let Some(s3) = s3s_fs() else {
-        tek_testkit::skip("needs s3s-fs (cargo install s3s-fs@0.14.1 --features binary --locked)");
-        return;
-    };
-    let mut b = Bench::new("ondemand", &["bay1"], "");
     let server = S3Server::start(&s3, &b.root().join("s3"));
     let url = format!("s3://{BUCKET}/lib");
-    let pushed = b
-        .tek_cmd()
-        .args(["image", "push", "sample@1", "--to", &url])
-        .env("AWS_ENDPOINT_URL", server.endpoint())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .output()
-        .unwrap();
-    assert!(
-        pushed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
-
-    // An empty cache: the bench's store goes, and the library is configured, its key in a
-    // 0600 credentials file.
-    let ids = chunk_ids(&b);
-    std::fs::remove_dir_all(b.state.join("store")).unwrap();
+    for image in images {
+        let pushed = b
+            .tek_cmd()
+            .args(["image", "push", image, "--to", &url])
+            .env("AWS_ENDPOINT_URL", server.endpoint())
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .output()
+            .unwrap();
+        assert!(
+            pushed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pushed.stderr)
+        );
+    }
     let creds = b.root().join("library.toml");
     std::fs::write(
         &creds,
@@ -89,7 +91,34 @@ fn a_bench_pulls_on_demand_refuses_corruption_and_runs_offline_from_its_cache() 
         creds.display(),
         server.endpoint()
     );
+    if let Some(n) = cache_max_bytes {
+        cfg += &format!("cache_max_bytes = {n}\n");
+    }
     std::fs::write(&b.config, cfg).unwrap();
+    (b, server)
+}
+
+fn have_s3s_fs() -> bool {
+    if s3s_fs().is_none() {
+        tek_testkit::skip("needs s3s-fs (cargo install s3s-fs@0.14.1 --features binary --locked)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn a_bench_pulls_on_demand_refuses_corruption_and_runs_offline_from_its_cache() {
+    if !need_root("a_bench_pulls_on_demand_refuses_corruption_and_runs_offline_from_its_cache") {
+        return;
+    }
+    if !have_s3s_fs() {
+        return;
+    }
+    let (mut b, server) = bench_with_library("ondemand", &["bay1"], &[], &["sample@1"], None);
+    let url = format!("s3://{BUCKET}/lib");
+    let ids = chunk_ids(&b);
+    // An empty cache: the bench's store goes.
+    std::fs::remove_dir_all(b.state.join("store")).unwrap();
 
     // A corrupt object mid-image: the job fails naming the chunk and its URL; the disk is not
     // reported written.
@@ -151,5 +180,131 @@ fn a_bench_pulls_on_demand_refuses_corruption_and_runs_offline_from_its_cache() 
     );
     assert!(!e.contains(SECRET_KEY), "{e}");
     eprintln!("not cached, library down: {e}");
+    assert!(b.stop(), "the agent stops cleanly");
+}
+
+/// Imports a sample image of its own flavour (some chunks of its own) as `image`, signed.
+fn import_flavour(b: &Bench, image: &str) {
+    let work = b.root().join(format!("work-{image}"));
+    std::fs::create_dir_all(&work).unwrap();
+    let file = agent::sample::build_image(&work, image).unwrap();
+    let f = file.display().to_string();
+    let key = b.p("keys/depot.key");
+    b.tek_ok(&[
+        "image",
+        "import",
+        "--sign-key",
+        &key,
+        "--data-partition",
+        "DATA",
+        image,
+        &f,
+    ]);
+}
+
+/// Sets the last use of `image` to `hours` ago (what a job using it then would have left).
+fn used_hours_ago(b: &Bench, image: &str, hours: u32) {
+    let dir = b.state.join("library/last-used");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(image);
+    std::fs::write(&p, b"").unwrap();
+    let when = format!("{hours} hours ago");
+    tek_testkit::run_ok(Command::new("touch").args(["-d", &when]).arg(&p), None);
+}
+
+#[test]
+fn after_a_pull_the_least_recently_used_refetchable_unpinned_images_are_evicted_and_audited() {
+    if !need_root("after_a_pull_the_least_recently_used_refetchable_unpinned_images_are_evicted")
+        || !have_s3s_fs()
+    {
+        return;
+    }
+    // local@1 is never pushed: it could not be fetched again, so it is never evicted.
+    let own = ["old@1", "older@1", "queued@1", "local@1"];
+    let pushed = ["sample@1", "old@1", "older@1", "queued@1"];
+    let (mut b, _server) = bench_with_library("evict", &["bay1", "bay2"], &own, &pushed, Some(1));
+    for (image, hours) in [
+        ("local@1", 5),
+        ("older@1", 4),
+        ("queued@1", 3),
+        ("old@1", 2),
+    ] {
+        used_hours_ago(&b, image, hours);
+    }
+    // sample@1 leaves the cache (its manifest; a gc below may sweep its chunks meanwhile).
+    b.tek_ok(&["image", "rm", "sample@1"]);
+    b.start_agent();
+    // A queued job pins queued@1: no disk in bay2.
+    b.tek_ok(&[
+        "job", "add", "--ticket", "T-Q", "--image", "queued@1", "--bay", "bay2",
+    ]);
+    // Real processes racing the pull, the job's write and the eviction: `tek image gc` with no
+    // age margin, over and over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (stop, mut cmd) = (stop.clone(), b.tek_cmd());
+        cmd.args(["image", "gc", "--min-age", "0"]);
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = cmd.output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let id = b.add_job("T-EV", "bay1", None);
+    let (disk, lo) = b.plug("bay1", 1, 64 * MIB);
+    let job = b.wait_state(&id, "done", 180);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = gc.join().unwrap();
+    assert!(runs > 0);
+    assert!(
+        source(&job).starts_with("fetched from s3://library/lib: "),
+        "{job:#}"
+    );
+    disk_is_image(&disk, &b.image);
+    drop(lo);
+
+    // Least recently used first; pinned (queued@1, sample@1 just pulled) and not re-fetchable
+    // (local@1) images stay.
+    let log = std::fs::read_to_string(b.state.join("audit/audit.log")).unwrap();
+    let evicted: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("\"image_evicted\""))
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let e = if v["event"].is_object() {
+                &v["event"]
+            } else {
+                &v
+            };
+            format!(
+                "{}@{}",
+                e["image"].as_str().unwrap(),
+                e["version"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(evicted, ["older@1", "old@1"], "{log}");
+    let list = b.tek_ok(&["image", "list"]);
+    for kept in ["sample@1", "queued@1", "local@1"] {
+        assert!(
+            list.contains(kept.split('@').next().unwrap()),
+            "{kept}: {list}"
+        );
+    }
+    for gone in ["old", "older"] {
+        assert!(
+            !b.state.join(format!("store/images/{gone}/1.json")).exists(),
+            "{gone}"
+        );
+    }
+    b.tek_ok(&["image", "verify", "sample@1"]);
     assert!(b.stop(), "the agent stops cleanly");
 }
