@@ -100,6 +100,10 @@ pub struct OnDemand {
     store: Arc<Store>,
     trusted_keys: PathBuf,
     fetches: Arc<Mutex<HashMap<ImageRef, Arc<Fetch>>>>,
+    /// Manifests accepted from the library (a published NAME@VERSION never changes, and a job
+    /// pins the hash it was checked with): the daemon's disk checks, which run under its lock,
+    /// need no request for an image `tek job add` already asked about.
+    manifests: Mutex<HashMap<ImageRef, LoadedImage>>,
 }
 
 impl OnDemand {
@@ -123,6 +127,7 @@ impl OnDemand {
             store,
             trusted_keys: trusted_keys.to_path_buf(),
             fetches: Arc::default(),
+            manifests: Mutex::default(),
         })
     }
 
@@ -146,23 +151,22 @@ impl OnDemand {
                 .load(image, &self.trusted_keys)
                 .with_context(|| format!("loading image {image}"));
         }
-        if let Some(f) = self.running(image) {
-            return Ok(f.image.clone());
+        let known = self.manifests.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(img) = known.get(image) {
+            return Ok(img.clone());
         }
+        drop(known);
         let remote = self.remote.as_ref().expect("checked above");
-        image_library::fetch_checked(remote, image, &self.trusted_keys).map_err(|e| {
+        let img = image_library::fetch_checked(remote, image, &self.trusted_keys).map_err(|e| {
             anyhow!(
                 "image {image} is not in the local store, and the library at {} cannot provide \
-                 it: {}",
+                 it: {e}",
                 remote.url(),
-                reachability(&e)
             )
-        })
-    }
-
-    fn running(&self, image: &ImageRef) -> Option<Arc<Fetch>> {
-        let f = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
-        f.get(image).cloned()
+        })?;
+        let mut known = self.manifests.lock().unwrap_or_else(|e| e.into_inner());
+        known.insert(image.clone(), img.clone());
+        Ok(img)
     }
 
     /// Where a job writing `image` reads it from: the store, or a fetch (started now, or the
@@ -231,15 +235,7 @@ impl OnDemand {
             Err(e @ LibraryError::NoSuchImage { .. }) => {
                 format!("local store ({e}; using cached copy)")
             }
-            Err(e) => format!(
-                "library unreachable ({}); using cached copy",
-                reachability(&e)
-            ),
+            Err(e) => format!("library unreachable ({e}); using cached copy"),
         }
     }
-}
-
-/// A library error as the job says it.
-fn reachability(e: &LibraryError) -> String {
-    e.to_string()
 }
