@@ -104,10 +104,7 @@ impl Pull {
         let started = Instant::now();
         let rt = crate::runtime()?;
         let requests_before = remote.requests();
-        let (manifest_bytes, sig_bytes) = rt.block_on(fetch_manifest(remote, image))?;
-        let (manifest, signature) =
-            image_store::receive::check_received(image, &manifest_bytes, &sig_bytes, trusted_keys)
-                .map_err(|e| bad_manifest(remote, image, e))?;
+        let (manifest_bytes, sig_bytes, loaded) = accepted(&rt, remote, image, trusted_keys)?;
         let was_local = match store.load_manifest(image) {
             Ok((_, local)) if local == manifest_bytes => true,
             Ok(_) => {
@@ -120,12 +117,9 @@ impl Pull {
             Err(e) => return Err(LibraryError::from(e).into()),
         };
         let incoming = Arc::new(store.receive().map_err(LibraryError::from)?);
-        let wanted = incoming.wanted(&manifest).map_err(LibraryError::from)?;
-        let loaded = LoadedImage {
-            manifest,
-            manifest_hash: blake3::hash(&manifest_bytes).to_hex().to_string(),
-            signature,
-        };
+        let wanted = incoming
+            .wanted(&loaded.manifest)
+            .map_err(LibraryError::from)?;
         Ok(Pull {
             remote: remote.clone(),
             image: image.clone(),
@@ -223,16 +217,27 @@ pub fn fetch_checked(
     image: &ImageRef,
     trusted_keys: &Path,
 ) -> Result<LoadedImage, LibraryError> {
-    let rt = crate::runtime()?;
+    accepted(&crate::runtime()?, remote, image, trusted_keys).map(|(_, _, img)| img)
+}
+
+/// The manifest's and signature's bytes as fetched, and the manifest they make, accepted.
+fn accepted(
+    rt: &tokio::runtime::Runtime,
+    remote: &Remote,
+    image: &ImageRef,
+    trusted_keys: &Path,
+) -> Result<(Vec<u8>, Vec<u8>, LoadedImage), LibraryError> {
     let (manifest_bytes, sig_bytes) = rt.block_on(fetch_manifest(remote, image))?;
     let (manifest, signature) =
         image_store::receive::check_received(image, &manifest_bytes, &sig_bytes, trusted_keys)
             .map_err(|e| bad_manifest(remote, image, e))?;
-    Ok(LoadedImage {
+    let manifest_hash = blake3::hash(&manifest_bytes).to_hex().to_string();
+    let img = LoadedImage {
         manifest,
-        manifest_hash: blake3::hash(&manifest_bytes).to_hex().to_string(),
+        manifest_hash,
         signature,
-    })
+    };
+    Ok((manifest_bytes, sig_bytes, img))
 }
 
 fn bad_manifest(remote: &Remote, image: &ImageRef, source: StoreError) -> LibraryError {
