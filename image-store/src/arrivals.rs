@@ -3,13 +3,16 @@
 //! waits for it instead of failing, so a disk can be written while the rest of the image is still
 //! arriving.
 //!
-//! Nothing here lets an unchecked byte through: a chunk "arrives" only once the pull's
-//! [`Incoming::keep`](crate::receive::Incoming::keep) gave it its name in the store, after its
-//! BLAKE3 check, and the reader reads and checks the file itself as for any stored chunk. A fetch
+//! Nothing here lets an unchecked byte through: a chunk is offered to a reader only once the
+//! pull's [`Incoming::add_chunk`](crate::receive::Incoming::add_chunk) checked it (BLAKE3) and
+//! wrote it under the pull's temporary directory ("staged"; its name in the store follows in a
+//! batch after one `syncfs`, [`Incoming::keep`](crate::receive::Incoming::keep)), and the reader
+//! reads and checks the bytes itself as for any stored chunk. A fetch
 //! that fails wakes every waiter with the fetch's error ([`StoreError::NotFetched`]); a chunk
 //! nobody is fetching is missing at once, as without arrivals.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::chunk::ChunkId;
@@ -25,8 +28,9 @@ pub struct Arrivals {
 #[derive(Debug, Default)]
 struct State {
     coming: HashSet<ChunkId>,
-    /// Chunks a reader is blocked on: the pull names them at once instead of in a batch.
-    awaited: HashSet<ChunkId>,
+    /// Verified chunks written under the pull's temporary directory, not yet named (a batch
+    /// is named after one `syncfs`): a reader reads them there meanwhile.
+    staged: HashMap<ChunkId, PathBuf>,
     /// Why the fetch ended before delivering `coming`.
     failed: Option<String>,
 }
@@ -37,7 +41,7 @@ impl Arrivals {
         Arc::new(Arrivals {
             state: Mutex::new(State {
                 coming: coming.into_iter().collect(),
-                awaited: HashSet::new(),
+                staged: HashMap::new(),
                 failed: None,
             }),
             cv: Condvar::new(),
@@ -54,11 +58,19 @@ impl Arrivals {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `id` passed its check and was written at `tmp` (not yet named): its waiters may read
+    /// it there ([`Incoming::add_chunk`](crate::receive::Incoming::add_chunk)).
+    pub(crate) fn staged(&self, id: ChunkId, tmp: PathBuf) {
+        self.state().staged.insert(id, tmp);
+        self.cv.notify_all();
+    }
+
     /// `ids` are now in the store under their names: their waiters read them.
     pub fn arrived(&self, ids: impl IntoIterator<Item = ChunkId>) {
         let mut s = self.state();
         for id in ids {
             s.coming.remove(&id);
+            s.staged.remove(&id);
         }
         self.cv.notify_all();
     }
@@ -71,6 +83,8 @@ impl Arrivals {
         if !s.coming.is_empty() && s.failed.is_none() {
             s.failed = Some(reason.to_string());
         }
+        // The pull's temporary directory goes with it: what it kept was named (arrived).
+        s.staged.clear();
         self.cv.notify_all();
     }
 
@@ -85,12 +99,6 @@ impl Arrivals {
         self.state().coming.contains(&id)
     }
 
-    /// Whether a reader is blocked on one of `ids`.
-    pub fn awaits_any(&self, ids: impl IntoIterator<Item = ChunkId>) -> bool {
-        let s = self.state();
-        !s.awaited.is_empty() && ids.into_iter().any(|id| s.awaited.contains(&id))
-    }
-
     /// Why the fetch failed, once it did.
     pub fn failure(&self) -> Option<String> {
         self.state().failed.clone()
@@ -101,20 +109,21 @@ impl Arrivals {
         self.state().coming.len()
     }
 
-    /// Blocks until `id` arrived (`Ok`) or the fetch failed (`Err(reason)`); returns at once
-    /// for a chunk nobody is fetching.
-    pub(crate) fn wait(&self, id: ChunkId) -> Result<(), String> {
+    /// Blocks until `id` arrived (`Ok(None)`: read it under its name), was staged
+    /// (`Ok(Some(tmp))`: read it there, or under its name if it was named meanwhile) or the
+    /// fetch failed (`Err(reason)`); returns at once for a chunk nobody is fetching.
+    pub(crate) fn wait(&self, id: ChunkId) -> Result<Option<PathBuf>, String> {
         let mut s = self.state();
         loop {
             if !s.coming.contains(&id) {
-                s.awaited.remove(&id);
-                return Ok(());
+                return Ok(None);
+            }
+            if let Some(p) = s.staged.get(&id) {
+                return Ok(Some(p.clone()));
             }
             if let Some(r) = s.failed.clone() {
-                s.awaited.remove(&id);
                 return Err(r);
             }
-            s.awaited.insert(id);
             s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }

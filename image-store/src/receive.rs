@@ -109,12 +109,13 @@ impl Incoming {
         })?;
         let batch = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            // A reader waiting for it (an image written as it is pulled) reads it where it is
+            // now, before its batch is named.
+            if let Some(a) = &self.store.arrivals {
+                a.staged(id, tmp.clone());
+            }
             p.push((tmp, id));
-            // A reader blocked on one of them (an image written as it is pulled) gets them
-            // now: it waits for one chunk, not for a batch.
             p.len() >= KEEP_BATCH
-                || (self.store.arrivals.as_ref())
-                    .is_some_and(|a| a.awaits_any(p.iter().map(|c| c.1)))
         };
         if batch {
             self.keep()?;

@@ -157,11 +157,6 @@ impl Store {
         }
     }
 
-    /// Whether an on-demand pull was to deliver `id` (on its way, or lost with a failed fetch).
-    fn expected(&self, id: ChunkId) -> bool {
-        self.arrivals.as_ref().is_some_and(|a| a.expected(id))
-    }
-
     /// Whether `id` is on its way into the store (see [`Store::with_arrivals`]).
     fn coming(&self, id: ChunkId) -> bool {
         self.arrivals.as_ref().is_some_and(|a| a.is_coming(id))
@@ -276,15 +271,24 @@ impl Store {
         len: u64,
     ) -> Result<CompressedChunk, StoreError> {
         let path = self.chunk_path(id);
-        let read = match std::fs::read(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.expected(id) => {
-                let a = self.arrivals.as_ref().expect("expected implies arrivals");
-                a.wait(id)
-                    .map_err(|reason| crate::arrivals::not_fetched(id, offset, reason))?;
-                std::fs::read(&path)
+        let mut read = std::fs::read(&path);
+        while let (Err(e), Some(a)) = (&read, &self.arrivals) {
+            if e.kind() != std::io::ErrorKind::NotFound || !a.expected(id) {
+                break;
             }
-            r => r,
-        };
+            let wait = a.wait(id);
+            let staged = wait.map_err(|reason| crate::arrivals::not_fetched(id, offset, reason))?;
+            read = match staged.map(std::fs::read) {
+                // Named between the two: read under the name (the loop's next turn sees it
+                // arrived once `keep` says so).
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    std::fs::read(&path)
+                }
+                Some(r) => r,
+                None => std::fs::read(&path),
+            };
+        }
         match read {
             Ok(data) => Ok(CompressedChunk {
                 id,
