@@ -24,6 +24,9 @@
 //! address = ["Unit 4, Mill Lane", "Leeds LS1 4AB"]
 //! time_zone = "Europe/London"         # default: the system's
 //!
+//! [library]                          # images pulled on demand (`library/mod.rs`)
+//! url = "s3://depot-images/benches"   # or https://HOST/PATH; cache_max_bytes, credentials
+//!
 //! [[bay]]
 //! name = "left-dock"
 //! port_path = "pci-0000:00:14.0-usb-0:3:1.0-scsi-0:0:0:0"
@@ -81,6 +84,9 @@ pub struct Config {
     /// How the printed documents name the depot (`letterhead.rs`).
     #[serde(default)]
     pub depot: crate::letterhead::DepotSettings,
+    /// The image library jobs pull from on demand (`library/mod.rs`).
+    #[serde(default)]
+    pub library: crate::library::LibrarySettings,
     /// The bench bays.
     #[serde(default, rename = "bay")]
     pub bays: Vec<BayConfig>,
@@ -176,6 +182,7 @@ impl Default for Config {
             policy: Policy::default(),
             custody: Default::default(),
             depot: Default::default(),
+            library: Default::default(),
             bays: Vec::new(),
         }
     }
@@ -269,6 +276,7 @@ impl Config {
         }
         self.custody.validate()?;
         self.depot.validate()?;
+        self.library.validate()?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub mod depot;
 pub mod errors;
 pub mod job;
 pub mod letterhead;
+pub mod library;
 pub mod sample;
 pub mod sample_windows;
 pub mod server;

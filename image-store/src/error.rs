@@ -94,6 +94,17 @@ pub enum StoreError {
         /// Where it should be.
         path: PathBuf,
     },
+    /// A chunk an on-demand pull was fetching never arrived: the fetch failed (the reason names
+    /// the chunk that stopped it and its URL). Nothing of it is in the store.
+    #[error("chunk {chunk} at image offset {offset} did not arrive: {reason}")]
+    NotFetched {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Offset in the image.
+        offset: u64,
+        /// The fetch's error.
+        reason: String,
+    },
     /// A chunk found bad (missing, corrupt, wrong hash), with every image that uses it.
     #[error("chunk {chunk} is bad ({reason}){}; used by {}", quarantined.as_ref().map(|p| format!(", quarantined as {}", p.display())).unwrap_or_default(), fmt_users(used_by))]
     BadChunk {

@@ -7,6 +7,7 @@
 //! manifest's extents and receive chunks only as [`chunk::VerifiedChunk`]s.
 #![forbid(unsafe_code)]
 
+pub mod arrivals;
 pub mod audit;
 pub mod chunk;
 mod edit;
@@ -30,6 +31,7 @@ pub mod signature;
 pub mod source;
 pub mod store;
 
+pub use arrivals::Arrivals;
 pub use chunk::{ChunkId, CompressedChunk, Piece, VerifiedChunk};
 pub use edit::{Resign, SetHints};
 pub use error::{ChunkUse, StoreError};

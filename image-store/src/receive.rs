@@ -49,6 +49,13 @@ pub struct Incoming {
     pending: Mutex<Vec<(PathBuf, ChunkId)>>,
 }
 
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // Committed or abandoned, nothing more comes: no reader may wait on.
+        self.abandon("the pull ended before the chunk arrived");
+    }
+}
+
 impl std::fmt::Debug for Incoming {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Incoming({})", self.store.root().display())
@@ -81,6 +88,9 @@ impl Incoming {
                 out.push(WantedChunk { id, offset, len });
             }
         }
+        if let Some(a) = &self.store.arrivals {
+            a.expect(out.iter().map(|w| w.id));
+        }
         Ok(out)
     }
 
@@ -99,6 +109,11 @@ impl Incoming {
         })?;
         let batch = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            // A reader waiting for it (an image written as it is pulled) reads it where it is
+            // now, before its batch is named.
+            if let Some(a) = &self.store.arrivals {
+                a.staged(id, tmp.clone());
+            }
             p.push((tmp, id));
             p.len() >= KEEP_BATCH
         };
@@ -106,6 +121,14 @@ impl Incoming {
             self.keep()?;
         }
         Ok(chunk.data.len() as u64)
+    }
+
+    /// The pull ended for `reason` before every wanted chunk arrived: readers waiting for the
+    /// rest (see [`Store::with_arrivals`]) get it as their error.
+    pub fn abandon(&self, reason: &str) {
+        if let Some(a) = &self.store.arrivals {
+            a.close(reason);
+        }
     }
 
     /// Makes every chunk received so far durable and gives it its name in the store (one
@@ -131,6 +154,11 @@ impl Incoming {
         for d in &dirs {
             fsutil::sync_dir(d)?;
         }
+        // Named and durable: a reader waiting for them (an image being written while it is
+        // pulled, `arrivals.rs`) may read them now.
+        if let Some(a) = &self.store.arrivals {
+            a.arrived(files.iter().map(|f| f.1));
+        }
         Ok(files.len())
     }
 
@@ -149,7 +177,8 @@ impl Incoming {
         let (manifest, status) =
             check_received(image, manifest_bytes, signature_bytes, trusted_keys)?;
         self.keep()?;
-        let absent = self.store.absent_chunks(&manifest)?;
+        // What is in the store now; a chunk still "coming" does not count.
+        let absent = self.store.plain().absent_chunks(&manifest)?;
         if let Some(a) = absent.first() {
             return Err(StoreError::MissingChunk {
                 chunk: a.id,

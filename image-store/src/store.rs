@@ -15,9 +15,11 @@
 //! served read-only over HTTP.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::arrivals::Arrivals;
 use crate::chunk::{ChunkId, CompressedChunk};
 use crate::error::{ChunkUse, StoreError};
 use crate::fsutil;
@@ -91,6 +93,8 @@ pub fn describe_absent(absent: &[AbsentChunk]) -> String {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) root: PathBuf,
+    /// Chunks an on-demand pull is still fetching: readers wait for them (`arrivals.rs`).
+    pub(crate) arrivals: Option<Arc<Arrivals>>,
 }
 
 impl Store {
@@ -132,7 +136,30 @@ impl Store {
         }
         Ok(Store {
             root: root.to_path_buf(),
+            arrivals: None,
         })
+    }
+
+    /// This store, read by a reader that waits for the chunks `arrivals` names instead of
+    /// finding them missing (the imager writing an image while it is being pulled).
+    pub fn with_arrivals(&self, arrivals: Arc<Arrivals>) -> Store {
+        Store {
+            root: self.root.clone(),
+            arrivals: Some(arrivals),
+        }
+    }
+
+    /// This store without arrivals: what is in it now, nothing that is coming.
+    pub(crate) fn plain(&self) -> Store {
+        Store {
+            root: self.root.clone(),
+            arrivals: None,
+        }
+    }
+
+    /// Whether `id` is on its way into the store (see [`Store::with_arrivals`]).
+    fn coming(&self, id: ChunkId) -> bool {
+        self.arrivals.as_ref().is_some_and(|a| a.is_coming(id))
     }
 
     /// The store's root directory.
@@ -244,7 +271,25 @@ impl Store {
         len: u64,
     ) -> Result<CompressedChunk, StoreError> {
         let path = self.chunk_path(id);
-        match std::fs::read(&path) {
+        let mut read = std::fs::read(&path);
+        while let (Err(e), Some(a)) = (&read, &self.arrivals) {
+            if e.kind() != std::io::ErrorKind::NotFound || !a.expected(id) {
+                break;
+            }
+            let wait = a.wait(id);
+            let staged = wait.map_err(|reason| crate::arrivals::not_fetched(id, offset, reason))?;
+            read = match staged.map(std::fs::read) {
+                // Named between the two: read under the name (the loop's next turn sees it
+                // arrived once `keep` says so).
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    std::fs::read(&path)
+                }
+                Some(r) => r,
+                None => std::fs::read(&path),
+            };
+        }
+        match read {
             Ok(data) => Ok(CompressedChunk {
                 id,
                 offset,
@@ -274,7 +319,7 @@ impl Store {
             let Extent::Chunk { offset, id, .. } = *e else {
                 continue;
             };
-            if !seen.insert(id) {
+            if !seen.insert(id) || self.coming(id) {
                 continue;
             }
             let path = self.chunk_path(id);

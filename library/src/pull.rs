@@ -7,11 +7,13 @@
 //! fails its check stops the pull with the chunk id and the object's URL; requests already in
 //! flight finish, and every chunk that passed is kept, so the next pull fetches only the rest.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use image_store::{CompressedChunk, ImageRef, SignatureStatus, Store, StoreError, WantedChunk};
+use image_store::{
+    CompressedChunk, ImageRef, LoadedImage, SignatureStatus, Store, StoreError, WantedChunk,
+};
 use serde::Serialize;
 
 use crate::error::LibraryError;
@@ -68,74 +70,181 @@ pub fn pull(
     store: &Store,
     trusted_keys: &Path,
 ) -> Result<PullReport, PullFailed> {
-    let started = Instant::now();
-    let rt = crate::runtime()?;
-    let requests_before = remote.requests();
-    let (manifest_bytes, sig_bytes) = rt.block_on(fetch_manifest(remote, image))?;
-    let object = remote.url().object(&layout::manifest_key(image));
-    let bad_manifest = |source: StoreError| LibraryError::BadManifest {
-        object: object.clone(),
-        source: Box::new(source),
-    };
-    let (manifest, _) =
-        image_store::receive::check_received(image, &manifest_bytes, &sig_bytes, trusted_keys)
-            .map_err(bad_manifest)?;
-    let was_local = match store.load_manifest(image) {
-        Ok((_, local)) if local == manifest_bytes => true,
-        Ok(_) => {
-            return Err(LibraryError::from(StoreError::DiffersLocally {
-                image: image.to_string(),
-            })
-            .into());
-        }
-        Err(StoreError::NotFound { .. }) => false,
-        Err(e) => return Err(LibraryError::from(e).into()),
-    };
-    let incoming = Arc::new(store.receive().map_err(LibraryError::from)?);
-    let wanted = incoming.wanted(&manifest).map_err(LibraryError::from)?;
-    let chunks = distinct_chunks(&manifest);
-    let fetched = rt.block_on(fetch_chunks(remote, &incoming, wanted.clone()));
-    // Whatever happened, what passed its check is named now, for the next attempt.
-    let kept = incoming.keep().map_err(LibraryError::from);
-    let (count, bytes) = match (fetched, kept) {
-        (Ok(done), Ok(_)) => done,
-        (Err((error, done)), _) => {
-            return Err(PullFailed {
+    Pull::start(remote, image, store, trusted_keys)?.run(&|_| {})
+}
+
+/// A pull whose manifest was fetched and accepted (signature checked) and whose missing chunks
+/// are known, not yet fetched: [`Pull::run`] fetches them. Between the two a caller can start
+/// reading the image from a [`Store::with_arrivals`] store (the chunks are announced to its
+/// arrivals here), so a disk is written while the rest is still arriving.
+pub struct Pull {
+    remote: Remote,
+    image: ImageRef,
+    manifest_bytes: Vec<u8>,
+    sig_bytes: Vec<u8>,
+    trusted_keys: PathBuf,
+    loaded: LoadedImage,
+    incoming: Arc<image_store::Incoming>,
+    wanted: Vec<WantedChunk>,
+    was_local: bool,
+    started: Instant,
+    requests_before: u64,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Pull {
+    /// Fetches and checks the manifest and lists the chunks `store` lacks (in image order).
+    /// With a `store` that has arrivals, those chunks are announced to them.
+    pub fn start(
+        remote: &Remote,
+        image: &ImageRef,
+        store: &Store,
+        trusted_keys: &Path,
+    ) -> Result<Pull, PullFailed> {
+        let started = Instant::now();
+        let rt = crate::runtime()?;
+        let requests_before = remote.requests();
+        let (manifest_bytes, sig_bytes, loaded) = accepted(&rt, remote, image, trusted_keys)?;
+        let was_local = match store.load_manifest(image) {
+            Ok((_, local)) if local == manifest_bytes => true,
+            Ok(_) => {
+                return Err(LibraryError::from(StoreError::DiffersLocally {
+                    image: image.to_string(),
+                })
+                .into());
+            }
+            Err(StoreError::NotFound { .. }) => false,
+            Err(e) => return Err(LibraryError::from(e).into()),
+        };
+        let incoming = Arc::new(store.receive().map_err(LibraryError::from)?);
+        let wanted = incoming
+            .wanted(&loaded.manifest)
+            .map_err(LibraryError::from)?;
+        Ok(Pull {
+            remote: remote.clone(),
+            image: image.clone(),
+            manifest_bytes,
+            sig_bytes,
+            trusted_keys: trusted_keys.to_path_buf(),
+            loaded,
+            incoming,
+            wanted,
+            was_local,
+            started,
+            requests_before,
+            rt,
+        })
+    }
+
+    /// The accepted manifest (signature valid and by a trusted key).
+    pub fn image(&self) -> &LoadedImage {
+        &self.loaded
+    }
+
+    /// The chunks this pull will fetch, in image order.
+    pub fn wanted(&self) -> &[WantedChunk] {
+        &self.wanted
+    }
+
+    /// Image bytes (uncompressed) of the chunks to fetch: what `progress` counts up to.
+    pub fn wanted_bytes(&self) -> u64 {
+        self.wanted.iter().map(|w| w.len).sum()
+    }
+
+    /// Fetches the missing chunks (`in_flight` at a time, in image order), each checked by the
+    /// store before it is written, then commits the manifest. `progress` gets the image bytes
+    /// of the chunks stored so far. On failure, readers waiting for a chunk get the error.
+    pub fn run(self, progress: &(dyn Fn(u64) + Sync)) -> Result<PullReport, PullFailed> {
+        let Pull {
+            remote,
+            image,
+            manifest_bytes,
+            sig_bytes,
+            trusted_keys,
+            loaded,
+            incoming,
+            wanted,
+            was_local,
+            started,
+            requests_before,
+            rt,
+        } = self;
+        let chunks = distinct_chunks(&loaded.manifest);
+        let fetched = rt.block_on(fetch_chunks(&remote, &incoming, wanted.clone(), progress));
+        // Whatever happened, what passed its check is named now, for the next attempt.
+        let kept = incoming.keep().map_err(LibraryError::from);
+        let failed = |error: LibraryError, kept: u64| {
+            incoming.abandon(&error.to_string());
+            PullFailed {
                 error: Box::new(error),
-                kept: done.0,
-            });
-        }
-        (Ok(done), Err(error)) => {
-            return Err(PullFailed {
-                error: Box::new(error),
-                kept: done.0,
-            });
-        }
-    };
-    let incoming = Arc::into_inner(incoming).expect("every fetch task has ended");
-    let loaded = incoming
-        .commit(image, &manifest_bytes, &sig_bytes, trusted_keys)
-        .map_err(|e| match e {
+                kept,
+            }
+        };
+        let (count, bytes) = match (fetched, kept) {
+            (Ok(done), Ok(_)) => done,
+            (Err((error, done)), _) | (Ok(done), Err(error)) => return Err(failed(error, done.0)),
+        };
+        let incoming = Arc::into_inner(incoming).expect("every fetch task has ended");
+        let commit_err = |e| match e {
             e @ (StoreError::NotTrusted { .. } | StoreError::InconsistentManifest { .. }) => {
-                bad_manifest(e)
+                bad_manifest(&remote, &image, e)
             }
             e => LibraryError::from(e),
-        })
-        .map_err(|error| PullFailed {
-            error: Box::new(error),
+        };
+        let committed = incoming.commit(&image, &manifest_bytes, &sig_bytes, &trusted_keys);
+        let loaded_now = committed.map_err(|e| PullFailed {
+            error: Box::new(commit_err(e)),
             kept: count,
         })?;
-    Ok(PullReport {
-        image: image.clone(),
-        signature: loaded.signature,
-        chunks,
-        present: chunks - wanted.len() as u64,
-        fetched: count,
-        fetched_bytes: bytes,
-        requests: remote.requests() - requests_before,
-        was_local,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+        Ok(PullReport {
+            image,
+            signature: loaded_now.signature,
+            chunks,
+            present: chunks - wanted.len() as u64,
+            fetched: count,
+            fetched_bytes: bytes,
+            requests: remote.requests() - requests_before,
+            was_local,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// The manifest of `image` on `remote`, accepted only with a valid signature by a key in
+/// `trusted_keys` (no chunk fetched, nothing stored): what a job checks before its pull.
+pub fn fetch_checked(
+    remote: &Remote,
+    image: &ImageRef,
+    trusted_keys: &Path,
+) -> Result<LoadedImage, LibraryError> {
+    accepted(&crate::runtime()?, remote, image, trusted_keys).map(|(_, _, img)| img)
+}
+
+/// The manifest's and signature's bytes as fetched, and the manifest they make, accepted.
+fn accepted(
+    rt: &tokio::runtime::Runtime,
+    remote: &Remote,
+    image: &ImageRef,
+    trusted_keys: &Path,
+) -> Result<(Vec<u8>, Vec<u8>, LoadedImage), LibraryError> {
+    let (manifest_bytes, sig_bytes) = rt.block_on(fetch_manifest(remote, image))?;
+    let (manifest, signature) =
+        image_store::receive::check_received(image, &manifest_bytes, &sig_bytes, trusted_keys)
+            .map_err(|e| bad_manifest(remote, image, e))?;
+    let manifest_hash = blake3::hash(&manifest_bytes).to_hex().to_string();
+    let img = LoadedImage {
+        manifest,
+        manifest_hash,
+        signature,
+    };
+    Ok((manifest_bytes, sig_bytes, img))
+}
+
+fn bad_manifest(remote: &Remote, image: &ImageRef, source: StoreError) -> LibraryError {
+    LibraryError::BadManifest {
+        object: remote.url().object(&layout::manifest_key(image)),
+        source: Box::new(source),
+    }
 }
 
 fn distinct_chunks(m: &image_store::Manifest) -> u64 {
@@ -186,9 +295,20 @@ async fn fetch_chunks(
     remote: &Remote,
     incoming: &Arc<image_store::Incoming>,
     wanted: Vec<WantedChunk>,
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Done, (LibraryError, Done)> {
     let in_flight = remote.options().in_flight;
-    match crate::bounded(wanted, in_flight, |w| fetch_one(remote, incoming, w)).await {
+    let image_bytes = std::sync::atomic::AtomicU64::new(0);
+    let one = |w: WantedChunk| {
+        let image_bytes = &image_bytes;
+        async move {
+            let n = fetch_one(remote, incoming, w).await?;
+            let at = image_bytes.fetch_add(w.len, std::sync::atomic::Ordering::Relaxed);
+            progress(at + w.len);
+            Ok(n)
+        }
+    };
+    match crate::bounded(wanted, in_flight, one).await {
         (done, None) => Ok(done),
         (done, Some(e)) => Err((e, done)),
     }

@@ -3,7 +3,7 @@
 //! variables; nothing here prints them.
 
 use anyhow::{Context, Result};
-use image_library::{PullFailed, PushProgress, Remote, RemoteOptions, RemoteUrl, S3Settings};
+use image_library::{Pull, PullFailed, PushProgress, Remote, RemoteOptions, RemoteUrl, S3Settings};
 use image_store::ImageRef;
 
 use agent::Depot;
@@ -77,9 +77,19 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
 pub fn pull(depot: &Depot, image: &ImageRef, from: &str, json: bool) -> Result<()> {
     let store = open_store(depot)?;
     let remote = open_remote(from)?;
-    let r = image_library::pull(&remote, image, &store, depot.trusted_keys())
+    let context = || format!("pulling {image} from {}", remote.url());
+    let started = Pull::start(&remote, image, &store, depot.trusted_keys());
+    let p = started.map_err(anyhow::Error::new).with_context(context)?;
+    // A bar over the image bytes still to fetch, on a terminal only (none for --json).
+    let b = match json {
+        true => indicatif::ProgressBar::hidden(),
+        false => super::image_transfer::bar(Some(p.wanted_bytes()), "pulling"),
+    };
+    let r = p.run(&|n| b.set_position(n));
+    b.finish_and_clear();
+    let r = r
         .map_err(|e: PullFailed| anyhow::Error::new(e))
-        .with_context(|| format!("pulling {image} from {}", remote.url()))?;
+        .with_context(context)?;
     if json {
         return print_json(&r);
     }

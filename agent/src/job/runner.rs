@@ -48,6 +48,9 @@ pub struct WriteDone {
     pub record: WriteRecord,
     /// The proof the migrate step needs.
     pub proof: imager::VerifiedImage,
+    /// Where the image came from (the local store, or fetched from the library and how much),
+    /// for the record's image facts (`source`).
+    pub source: Option<String>,
 }
 
 /// How a step ended without a result.
@@ -264,6 +267,11 @@ pub fn run_job(
                     // in the same instant: record it, so the journal never calls a complete,
                     // verified image a half-written one. The loop's stop check comes next.
                     Ok(done) => {
+                        if let (Some(line), Some(serde_json::Value::Object(facts))) =
+                            (done.source, job.results.image.as_mut())
+                        {
+                            facts.insert("source".into(), line.into());
+                        }
                         job.results.write = Some(done.record);
                         verified = Some(done.proof);
                         steps.image_written(job, dev, true)?;
@@ -462,7 +470,11 @@ pub(crate) fn verified_write(dev: &Path) -> WriteDone {
         "result": {"status": "ok"},
     }));
     let proof = record.proof().expect("a verified write record");
-    WriteDone { record, proof }
+    WriteDone {
+        record,
+        proof,
+        source: None,
+    }
 }
 
 #[cfg(test)]

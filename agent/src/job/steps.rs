@@ -17,6 +17,7 @@ use crate::job::report::{AuditAnchor, Report};
 use crate::job::runner::{JobSteps, StepError, StepProgress, WriteDone};
 use crate::job::shared_write::WriteSharing;
 use crate::job::{Job, RestoreRecord, SanitizationRecord, WriteRecord};
+use crate::library::ondemand::OnDemand;
 use blockdev::DiskInfo;
 
 /// Operator name written into wipe records made by the agent.
@@ -25,8 +26,11 @@ const OPERATOR: &str = "tek-agent";
 /// The steps, backed by the depot.
 pub struct RealSteps {
     store: Arc<Store>,
+    /// The bench's library: images not in the store are fetched while they are written.
+    library: OnDemand,
+    depot: Depot,
+    cache_max_bytes: Option<u64>,
     custody: Custody,
-    trusted_keys: PathBuf,
     reports: PathBuf,
     allow_unsigned: bool,
     require_clean_image: bool,
@@ -44,10 +48,14 @@ impl RealSteps {
             .with_context(|| format!("opening image store {}", depot.store().display()))?;
         // The same settings as `tek data` (agent.toml's [custody], then the environment).
         let custody = crate::settings::open_custody(depot, cfg)?;
+        let store = Arc::new(store);
+        let library = OnDemand::new(cfg.library.open()?, store.clone(), depot.trusted_keys())?;
         Ok(RealSteps {
-            store: Arc::new(store),
+            store,
+            library,
+            depot: depot.clone(),
+            cache_max_bytes: cfg.library.cache_max_bytes,
             custody,
-            trusted_keys: depot.trusted_keys().to_path_buf(),
             reports: depot.reports(),
             allow_unsigned: cfg.policy.allow_unsigned,
             require_clean_image: cfg.policy.require_clean_image,
@@ -81,10 +89,7 @@ impl RealSteps {
             .image
             .parse()
             .with_context(|| format!("parsing image reference {}", job.image))?;
-        let img = self
-            .store
-            .load(&r, &self.trusted_keys)
-            .with_context(|| format!("loading image {r}"))?;
+        let img = self.library.load(&r)?;
         signature_allowed(&r, &img.signature, self.allow_unsigned)?;
         if self.require_clean_image {
             image_store::audit::require_clean(img.manifest.audit.as_ref()).map_err(|reason| {
@@ -253,16 +258,18 @@ impl JobSteps for RealSteps {
     fn image_exists(&self, job: &Job) -> bool {
         job.image
             .parse::<ImageRef>()
-            .is_ok_and(|r| self.store.exists(&r))
+            .is_ok_and(|r| self.library.can_get(&r))
     }
 
     fn check(&self, job: &Job, disk: &DiskInfo) -> Result<serde_json::Value, String> {
         let img = self.load_pinned(job).map_err(|e| crate::errors::text(&e))?;
         // A stat per chunk, before the disk is claimed: a write that stops at a missing chunk
         // has already destroyed what the disk held.
+        let local = job.image.parse().is_ok_and(|r| self.store.exists(&r));
         let absent = self
             .store
             .absent_chunks(&img.manifest)
+            .map(|a| if local { a } else { Vec::new() }) // not local: fetched as it is written
             .map_err(|e| format!("checking the chunks of image {}: {e}", job.image))?;
         if !absent.is_empty() {
             return Err(format!(
@@ -311,10 +318,7 @@ impl JobSteps for RealSteps {
         let img = self.load_pinned(job)?;
         // Same image, same content: NAME@VERSION plus the manifest hash it resolved to.
         let key = format!("{}#{}", job.image, img.manifest_hash);
-        let source = imager::ImageSource::Stored {
-            store: self.store.clone(),
-            image: img,
-        };
+        let (origin, source, cached) = self.source(job, img)?;
         let opts = imager::WriteOptions {
             beyond: self.beyond,
             ..imager::WriteOptions::default()
@@ -360,12 +364,21 @@ impl JobSteps for RealSteps {
             if stop.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(StepError::Stopped);
             }
+            Self::failed_fetch(&origin)?; // the fetch's error says more than the imager's
             return Err(StepError::Failed(anyhow!(
                 "imager report: {}",
                 serde_json::to_string(record.json()).unwrap_or_default()
             )));
         };
-        Ok(WriteDone { record, proof })
+        let source_line = match cached {
+            Some(line) => line,
+            None => self.fetched(job, &origin)?,
+        };
+        Ok(WriteDone {
+            record,
+            proof,
+            source: Some(source_line),
+        })
     }
 
     fn migrate(
@@ -576,5 +589,6 @@ impl JobSteps for RealSteps {
     }
 }
 
+mod fetch;
 #[cfg(test)]
 mod tests;

@@ -219,6 +219,16 @@ pub enum AuditEvent {
         /// The reason code given.
         reason: String,
     },
+    /// The bench's image cache (`[library] cache_max_bytes`) evicted an image the library still
+    /// holds: its manifest left the local store and the chunks only it used were swept.
+    ImageEvicted {
+        /// Image name.
+        image: String,
+        /// Image version.
+        version: String,
+        /// Compressed bytes freed.
+        freed_bytes: u64,
+    },
     /// Written before the next entry when the log's last entries were covered by no signature:
     /// a crash between an append and its head update, lines written without the audit key, or
     /// a format 1 log's entries from before signing.
@@ -350,7 +360,8 @@ impl AuditEvent {
                 check_image_part("image version", version)?;
                 dev(device)
             }
-            AuditEvent::ImageAuditRecorded { image, version, .. } => {
+            AuditEvent::ImageAuditRecorded { image, version, .. }
+            | AuditEvent::ImageEvicted { image, version, .. } => {
                 check_image_part("image name", image)?;
                 check_image_part("image version", version)
             }

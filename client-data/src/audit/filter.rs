@@ -28,6 +28,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "dataset_of_other_ticket",
     "job_finished",
     "image_audit_recorded",
+    "image_evicted",
     "image_finding_accepted",
     "unsigned_entries",
 ];

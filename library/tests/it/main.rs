@@ -3,6 +3,7 @@
 
 mod faults;
 mod fixture;
+mod ondemand;
 mod push_faults;
 mod push_pull;
 mod servers;

@@ -179,8 +179,11 @@ fn image(r: &Report) -> Section {
     if let Some(b) = n(i, "size") {
         sec.row("Size", size(b));
     }
-    if let Some(a) = s(i, "privacy_audit") {
-        sec.row("Privacy audit", a);
+    // Source: the local store, or fetched from the library (`library/ondemand.rs`).
+    for (label, key) in [("Privacy audit", "privacy_audit"), ("Source", "source")] {
+        if let Some(a) = s(i, key) {
+            sec.row(label, a);
+        }
     }
     // The manifest hash pins the exact image (the signature and the audit log name it too);
     // the other hashes are in the JSON.
@@ -561,11 +564,7 @@ fn sanitization(r: &Report, lh: &Letterhead) -> Section {
 fn timings(r: &Report, lh: &Letterhead) -> Section {
     let t = &r.timings;
     let mut sec = Section::new("Timings");
-    let at = |v: &Option<String>| {
-        v.as_deref()
-            .map(|t| lh.time(t))
-            .unwrap_or_else(|| "-".into())
-    };
+    let at = |v: &Option<String>| v.as_deref().map_or_else(|| "-".into(), |t| lh.time(t));
     sec.row("Queued", at(&t.queued));
     sec.row("Started", at(&t.started));
     sec.row("Finished", at(&t.finished));
