@@ -24,29 +24,28 @@ fn open_remote(url: &str) -> Result<Remote> {
 pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()> {
     let store = open_store(depot)?;
     let remote = open_remote(to)?;
-    // A bar on a terminal only, and never beside --json's output.
-    let b = if json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        super::image_transfer::bar(Some(0), "pushing")
-    };
-    // Drawn from the moment its length is known (a 0 B/0 B bar would look finished).
-    let visible = !b.is_hidden();
-    b.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    // A bar on a terminal only, never beside --json's output, and made once its length is
+    // known and not zero (a 0 B/0 B bar would look finished).
+    let bar = std::sync::OnceLock::new();
     let progress = |p| match p {
         PushProgress::Missing { chunks, bytes } => {
-            b.set_length(bytes);
+            let b = bar.get_or_init(|| match json || chunks == 0 {
+                true => indicatif::ProgressBar::hidden(),
+                false => super::image_transfer::bar(Some(bytes), "pushing"),
+            });
             b.set_message(format!("{chunks} chunks the remote lacks"));
-            if visible {
-                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            }
         }
-        PushProgress::Uploaded(n) => b.set_position(n),
-        PushProgress::Committing => b.set_message("signature, manifest, index"),
+        PushProgress::Uploaded(n) => bar.get().into_iter().for_each(|b| b.set_position(n)),
+        PushProgress::Committing => bar
+            .get()
+            .into_iter()
+            .for_each(|b| b.set_message("signature, manifest, index")),
     };
     let r =
         image_library::push_with_progress(&store, image, &remote, depot.trusted_keys(), &progress);
-    b.finish_and_clear();
+    if let Some(b) = bar.get() {
+        b.finish_and_clear();
+    }
     let r = r.with_context(|| format!("pushing {image} to {}", remote.url()))?;
     if json {
         return print_json(&r);
