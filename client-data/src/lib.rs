@@ -51,6 +51,7 @@ pub use dataset::{DatasetId, DatasetInfo, DatasetState, Destination};
 pub use document::Letterhead;
 pub use error::DataError;
 pub use mount::{MountRefusal, PartitionMount};
+pub use ntfs_mount::NTFS_3G_OPTIONS;
 pub use proof::VerifiedRestore;
 pub use records::CustodyRecords;
 pub use restore::{NotRestored, RestoreResult};

@@ -322,6 +322,7 @@ impl Custody {
             sds,
             not_restored: Default::default(),
             dirs_written: Vec::new(),
+            wbuf: Vec::new(),
         };
         // The entry as restored: its path (and a hard link's target) mapped.
         let mapped = |mut e: Entry| -> Entry {

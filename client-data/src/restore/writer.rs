@@ -25,6 +25,9 @@ use crate::sys::open_beneath;
 use crate::target::TargetFs;
 use crate::xattrs::NTFS_ATTRIB;
 
+/// Bytes gathered per write(2) on ntfs-3g (see [`Writer::file`]).
+const WRITE_BUF: usize = 1 << 20;
+
 /// Security descriptors for new entries by depth below the target (index 0: the target's
 /// direct children): (for a directory, for a file).
 pub(super) type Descriptors = Vec<(Arc<Vec<u8>>, Arc<Vec<u8>>)>;
@@ -46,6 +49,8 @@ pub(super) struct Writer {
     /// Directories as written (mapped, with the attributes actually set) and their
     /// descriptor, for the read-back.
     pub dirs_written: Vec<(u64, Entry, crate::readback::Sd)>,
+    /// The write buffer of [`Writer::file`] on ntfs-3g, kept between files.
+    pub wbuf: Vec<u8>,
 }
 
 /// Why an attribute may fail to be set without failing the restore.
@@ -351,13 +356,43 @@ impl Writer {
         let (pfd, name) = self.parent_of(&path, n)?;
         let mut f = self.create_file(pfd, name, n)?;
         let mut write_err = None;
-        let r = data.copy_to(e.size, |c| {
-            f.write_all(c).map_err(|err| {
-                let k = err.kind();
-                write_err = Some(err);
-                std::io::Error::from(k)
+        // The data stream's 64 KiB segments do not start where files start. On ntfs-3g every
+        // write(2) costs FUSE round trips of its own (the kernel asks for
+        // `security.capability` first, and a write not starting on a page boundary is split
+        // at one more), so there the pieces are gathered into whole WRITE_BUF writes.
+        let gather = self.fs == TargetFs::Ntfs3g && e.size > 0;
+        let mut buf = std::mem::take(&mut self.wbuf);
+        buf.clear();
+        let mut put = |c: &[u8]| -> std::io::Result<()> {
+            if !gather {
+                return f.write_all(c);
+            }
+            let mut c = c;
+            while !c.is_empty() {
+                let k = c.len().min(WRITE_BUF - buf.len());
+                buf.extend_from_slice(&c[..k]);
+                c = &c[k..];
+                if buf.len() == WRITE_BUF {
+                    f.write_all(&buf)?;
+                    buf.clear();
+                }
+            }
+            Ok(())
+        };
+        let r = data
+            .copy_to(e.size, |c| {
+                put(c).map_err(|err| {
+                    let k = err.kind();
+                    write_err = Some(err);
+                    std::io::Error::from(k)
+                })
             })
-        });
+            .map(|()| {
+                if let Err(err) = f.write_all(&buf) {
+                    write_err = Some(err);
+                }
+            });
+        self.wbuf = buf;
         if let Some(err) = write_err {
             return Err(io("writing restored file under", &self.target)(err));
         }

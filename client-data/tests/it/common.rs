@@ -194,10 +194,16 @@ pub struct NtfsVolume {
     pub image: PathBuf,
     pub mnt: PathBuf,
     mounted: bool,
+    options: &'static str,
 }
 
 impl NtfsVolume {
     pub fn new(dir: &Path, name: &str, size: u64) -> NtfsVolume {
+        NtfsVolume::with_options(dir, name, size, "streams_interface=xattr")
+    }
+
+    /// As [`NtfsVolume::new`], mounted with ntfs-3g `-o options`.
+    pub fn with_options(dir: &Path, name: &str, size: u64, options: &'static str) -> NtfsVolume {
         let image = dir.join(format!("{name}.ntfs"));
         fs::File::create(&image).unwrap().set_len(size).unwrap();
         let out = Command::new("mkntfs")
@@ -216,6 +222,7 @@ impl NtfsVolume {
             image,
             mnt,
             mounted: false,
+            options,
         };
         v.mount();
         v
@@ -225,7 +232,7 @@ impl NtfsVolume {
         assert!(!self.mounted);
         let out = Command::new("ntfs-3g")
             .arg("-o")
-            .arg("streams_interface=xattr")
+            .arg(self.options)
             .arg(&self.image)
             .arg(&self.mnt)
             .output()

@@ -354,3 +354,68 @@ fn hard_links_survive_onto_ntfs() {
         "hard links survive on NTFS too"
     );
 }
+
+/// Restored with the options tek mounts NTFS with (`noatime`: the read-back checks the times
+/// in one request instead of setting them again), in files whose sizes straddle the data
+/// stream's 64 KiB segments and the writer's 1 MiB gathering: content and all three times as
+/// staged, through a fresh mount.
+#[test]
+fn tek_mount_options_restore_verifies_content_and_times() {
+    if skip("tek_mount_options_restore_verifies_content_and_times") {
+        return;
+    }
+    let d = depot();
+    let src = d.dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let sizes = [0usize, 1, 4095, 65_539, (1 << 20) + 5, (3 << 20) + 77];
+    for (i, size) in sizes.iter().enumerate() {
+        let p = src.join(format!("f{i}"));
+        let body: Vec<u8> = (0..*size)
+            .map(|k| (k * 31 + i * 7 + k / 4099) as u8)
+            .collect();
+        fs::write(&p, body).unwrap();
+        nix::sys::stat::utimensat(
+            None,
+            &p,
+            &nix::sys::time::TimeSpec::new(1_650_000_000 + i as i64, 123_456_700),
+            &nix::sys::time::TimeSpec::new(1_600_000_000 + i as i64, 987_654_300),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+    let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
+    let opts = client_data::NTFS_3G_OPTIONS;
+    let mut vol = NtfsVolume::with_options(d.dir.path(), "Windows", 64 << 20, opts);
+    let flags = nix::sys::statvfs::statvfs(&vol.mnt).unwrap().flags();
+    assert!(
+        flags.contains(nix::sys::statvfs::FsFlags::ST_NOATIME),
+        "{opts}"
+    );
+    let target = RestoreTarget::beneath(&vol.mnt, DATA_PATH).unwrap();
+    assert_eq!(target.fs(), TargetFs::Ntfs3g);
+    let res = d.custody.restore_into(&info.id, &target, &dest()).unwrap();
+    assert!(res.ok(), "{res:?}");
+    assert_eq!(res.bytes_verified, sizes.iter().sum::<usize>() as u64);
+    drop(target);
+    vol.remount();
+    let out = vol.mnt.join(DATA_PATH.trim_start_matches('/'));
+    for i in 0..sizes.len() {
+        let (a, b) = (src.join(format!("f{i}")), out.join(format!("f{i}")));
+        assert_eq!(fs::read(&b).unwrap(), fs::read(&a).unwrap(), "f{i}");
+        let (ma, mb) = (fs::metadata(&a).unwrap(), fs::metadata(&b).unwrap());
+        // As set on the source (whose own access time the ingest's read moved since).
+        let at = (1_650_000_000 + i as i64, 123_456_700);
+        assert_eq!((mb.atime(), mb.atime_nsec()), at, "f{i}: access time");
+        let mt = (1_600_000_000 + i as i64, 987_654_300);
+        assert_eq!((mb.mtime(), mb.mtime_nsec()), mt, "f{i}: modification time");
+        let crtime = xget(&b, "system.ntfs_crtime_be").unwrap();
+        let want = ma
+            .created()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let got = from_ntfs_time(u64::from_be_bytes(crtime.try_into().unwrap()));
+        let want = (want.as_secs() as i64, want.subsec_nanos() / 100 * 100);
+        assert_eq!((got.sec, got.nsec), want, "f{i}: creation time");
+    }
+}
