@@ -441,38 +441,7 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             });
             super::image_audit::run(depot, &target, deep, record, json)
         }
-        ImageCommand::Stats { json } => {
-            let s = open_store(depot)?
-                .stats()
-                .context("computing store statistics")?;
-            if json {
-                return print_json(&s);
-            }
-            println!("images:          {}", s.images);
-            println!(
-                "logical size:    {} ({} bytes)",
-                size(s.logical_bytes),
-                s.logical_bytes
-            );
-            println!(
-                "data:            {} (not in holes, all images)",
-                size(s.data_bytes)
-            );
-            println!(
-                "unique data:     {} (distinct chunks)",
-                size(s.unique_bytes)
-            );
-            println!(
-                "stored:          {} ({} bytes)",
-                size(s.stored_bytes),
-                s.stored_bytes
-            );
-            println!("chunks:          {}", s.chunks);
-            println!("quarantined:     {}", count(s.quarantined, "chunk"));
-            println!("dedup ratio:     {:.2}", s.dedup_ratio);
-            println!("logical/stored:  {:.2}", s.total_ratio);
-            Ok(())
-        }
+        ImageCommand::Stats { json } => super::image_show::stats(depot, json),
     }
 }
 

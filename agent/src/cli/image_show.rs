@@ -170,3 +170,37 @@ pub(super) fn show(depot: &Depot, image: &ImageRef, json: bool) -> Result<()> {
     );
     Ok(())
 }
+
+/// `tek image stats`: logical and stored bytes, chunks, dedup ratio.
+pub(super) fn stats(depot: &Depot, json: bool) -> Result<()> {
+    let s = open_store(depot)?
+        .stats()
+        .context("computing store statistics")?;
+    if json {
+        return print_json(&s);
+    }
+    println!("images:          {}", s.images);
+    println!(
+        "logical size:    {} ({} bytes)",
+        size(s.logical_bytes),
+        s.logical_bytes
+    );
+    println!(
+        "data:            {} (not in holes, all images)",
+        size(s.data_bytes)
+    );
+    println!(
+        "unique data:     {} (distinct chunks)",
+        size(s.unique_bytes)
+    );
+    println!(
+        "stored:          {} ({} bytes)",
+        size(s.stored_bytes),
+        s.stored_bytes
+    );
+    println!("chunks:          {}", s.chunks);
+    println!("quarantined:     {}", count(s.quarantined, "chunk"));
+    println!("dedup ratio:     {:.2}", s.dedup_ratio);
+    println!("logical/stored:  {:.2}", s.total_ratio);
+    Ok(())
+}
