@@ -226,6 +226,17 @@ pub fn job_text(j: &Job) -> String {
     field("state", &j.state.to_string());
     field("ticket", &j.ticket);
     field("image", &j.image);
+    // Where the written image came from, when the library was involved (a fetch, or the
+    // cached copy used because the library was unreachable).
+    if let Some(src) = j
+        .results
+        .image
+        .as_ref()
+        .and_then(|i| i.get("source"))
+        .and_then(|s| s.as_str())
+    {
+        field("source", src);
+    }
     field("target", &j.target.to_string());
     field("data", j.dataset.as_deref().unwrap_or("none"));
     if let Some(d) = &j.device {

@@ -165,6 +165,8 @@ fn a_bench_pulls_on_demand_refuses_corruption_and_runs_offline_from_its_cache() 
     eprintln!("library down: {said}");
     assert!(said.starts_with("library unreachable ("), "{said}");
     assert!(said.ends_with("; using cached copy"), "{said}");
+    let shown = String::from_utf8_lossy(&b.tek(&["job", "show", &id]).stdout).to_string();
+    assert!(shown.contains(&format!("source:   {said}")), "{shown}");
     disk_is_image(&disk3, &b.image);
     drop(lo3);
 
