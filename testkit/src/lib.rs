@@ -17,6 +17,7 @@ pub mod browser;
 pub mod gpt;
 mod rng;
 mod run;
+pub mod servers;
 mod skip;
 pub mod tar;
 

@@ -9,7 +9,7 @@ use image_store::{ChunkId, ImageRef, StoreError};
 
 use crate::binaries;
 use crate::fixture::{Depots, chunk_ids, http_remote, quick, s3_remote, s3_remote_as};
-use crate::servers::{Nginx, SECRET_KEY, Stall};
+use tek_testkit::servers::{Nginx, SECRET_KEY, Stall};
 
 /// A maintainers' depot that pushed `win11@1` to an S3 server, and an empty bench.
 struct Setup {

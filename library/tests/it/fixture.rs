@@ -7,7 +7,7 @@ use std::time::Duration;
 use image_library::{Remote, RemoteOptions, RemoteUrl, S3Settings, Secret};
 use image_store::{ChunkId, Extent, ImageRef, ImportOptions, Manifest, SigningKey, Store};
 
-use crate::servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+use tek_testkit::servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 
 /// A maintainers' depot and a bench's, trusting the same key, and an S3 server, in one scratch
 /// directory.

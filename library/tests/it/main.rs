@@ -6,14 +6,13 @@ mod fixture;
 mod ondemand;
 mod push_faults;
 mod push_pull;
-mod servers;
 
 use std::path::PathBuf;
 
 /// Both server binaries, or None after saying SKIP (a failure under `CI=true`).
 pub fn binaries() -> Option<(PathBuf, PathBuf)> {
-    let s3 = servers::s3s_fs();
-    let ng = servers::nginx();
+    let s3 = tek_testkit::servers::s3s_fs();
+    let ng = tek_testkit::servers::nginx();
     if s3.is_none() {
         tek_testkit::skip(
             "needs s3s-fs (cargo install s3s-fs@0.14.1 --features binary --locked; tests/run does)",

@@ -9,8 +9,8 @@ use image_library::{Pull, layout, push};
 use image_store::{Arrivals, Piece, StoreError};
 
 use crate::fixture::{Depots, chunk_ids, http_remote, quick, s3_remote};
-use crate::servers::Nginx;
 use crate::{binaries, same_bytes};
+use tek_testkit::servers::Nginx;
 
 #[test]
 fn a_reader_gets_the_image_while_it_arrives_and_the_pull_still_commits_it() {

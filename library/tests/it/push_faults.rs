@@ -10,8 +10,8 @@ use image_library::{LibraryError, RemoteImage, layout, list, pull, push};
 use image_store::ImageRef;
 
 use crate::fixture::{Depots, http_remote, quick, s3_remote, s3_remote_as, s3_remote_with, walk};
-use crate::servers::{ACCESS_KEY, Nginx, S3Server, SECRET_KEY};
 use crate::{binaries, same_bytes};
+use tek_testkit::servers::{ACCESS_KEY, Nginx, S3Server, SECRET_KEY};
 
 /// Chunk objects the server holds under `prefix` (complete ones: s3s-fs renames a finished
 /// upload into place).
@@ -155,7 +155,7 @@ fn http_of(d: &Depots, prefix: &str) -> (Nginx, image_library::Remote) {
     let (_, ng) = binaries().expect("binaries checked by Depots::new");
     let nginx = Nginx::start(
         &ng,
-        &d.server.root.join(crate::servers::BUCKET),
+        &d.server.root.join(tek_testkit::servers::BUCKET),
         &d.dir.join(format!("nginx-{prefix}")),
         None,
     );

@@ -6,8 +6,8 @@ use image_library::{LibraryError, RemoteImage, list, pull, push};
 use image_store::{ChunkId, Manifest};
 
 use crate::fixture::{Depots, http_remote, quick, s3_remote};
-use crate::servers::Nginx;
 use crate::{binaries, same_bytes};
+use tek_testkit::servers::Nginx;
 
 fn chunk_ids(m: &Manifest) -> HashSet<ChunkId> {
     crate::fixture::chunk_ids(m).into_iter().collect()

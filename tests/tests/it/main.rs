@@ -12,10 +12,6 @@ mod documents;
 mod e2e;
 mod image_audit_policy;
 mod jobs;
-// The library's own test servers (s3s-fs, nginx on 127.0.0.1), the same file.
-#[allow(dead_code)]
-#[path = "../../../library/tests/it/servers.rs"]
-mod lib_servers;
 mod ondemand;
 mod support;
 mod udev;

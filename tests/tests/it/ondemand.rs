@@ -11,7 +11,7 @@ use std::process::Command;
 use serde_json::Value;
 use tek_e2e::*;
 
-use crate::lib_servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, s3s_fs};
+use tek_testkit::servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, s3s_fs};
 
 const MIB: u64 = 1 << 20;
 

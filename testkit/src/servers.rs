@@ -1,7 +1,8 @@
-//! Real servers on 127.0.0.1 for the library's tests, each a child process the test owns and
-//! kills when dropped: `s3s-fs` (an S3 server over a directory) and nginx (a static web server
-//! serving that directory, as a depot would serve a pushed library), plus a listener that accepts
-//! connections and never answers (a stalled server).
+//! Real servers on 127.0.0.1 for the image library's tests (library/'s and the e2e tests'),
+//! each a child process the test owns and kills when dropped: `s3s-fs` (an S3 server over a
+//! directory) and nginx (a static web server serving that directory, as a depot would serve a
+//! pushed library), plus a listener that accepts connections and never answers (a stalled
+//! server).
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -56,7 +57,7 @@ pub fn s3s_fs() -> Option<PathBuf> {
     if installed.is_file() {
         return Some(installed);
     }
-    tek_testkit::have("s3s-fs").then(|| PathBuf::from("s3s-fs"))
+    crate::have("s3s-fs").then(|| PathBuf::from("s3s-fs"))
 }
 
 /// The nginx binary (Debian puts it in /usr/sbin); None if absent.
