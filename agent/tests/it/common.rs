@@ -25,6 +25,15 @@ impl Tek {
     pub fn dir(&self) -> &Path {
         self.state.path()
     }
+    /// Makes the maintainer key `maint` under `keys/` with `tek image keygen`, trusts its public
+    /// half, and returns the secret key's path.
+    pub fn trusted_maintainer_key(&self) -> std::path::PathBuf {
+        let keys = self.dir().join("keys");
+        self.ok(&["image", "keygen", "maint", "--dir", keys.to_str().unwrap()]);
+        std::fs::create_dir_all(self.dir().join("trusted")).unwrap();
+        std::fs::copy(keys.join("maint.pub"), self.dir().join("trusted/maint.pub")).unwrap();
+        keys.join("maint.key")
+    }
     /// `tek --state STATE --trusted-keys TRUSTED`, not yet run.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tek"));

@@ -183,11 +183,7 @@ fn accept_resigns_and_records_each_acceptance_in_the_audit_log() {
     }
     let t = Tek::new();
     let pop = linux(t.dir(), "populated");
-    let keys = t.dir().join("keys");
-    t.ok(&["image", "keygen", "maint", "--dir", s(&keys)]);
-    std::fs::create_dir_all(t.dir().join("trusted")).unwrap();
-    std::fs::copy(keys.join("maint.pub"), t.dir().join("trusted/maint.pub")).unwrap();
-    let sk = keys.join("maint.key");
+    let sk = t.trusted_maintainer_key();
     t.ok(&["image", "import", "pop@1", s(&pop), "--sign-key", s(&sk)]);
     let show: serde_json::Value =
         serde_json::from_str(&t.ok(&["image", "show", "pop@1", "--json"])).unwrap();
@@ -405,11 +401,7 @@ fn record_writes_a_fresh_audit_into_the_manifest_and_keeps_acceptances_still_mad
             .unwrap()
             .success()
     );
-    let keys = t.dir().join("keys");
-    t.ok(&["image", "keygen", "maint", "--dir", s(&keys)]);
-    std::fs::create_dir_all(t.dir().join("trusted")).unwrap();
-    std::fs::copy(keys.join("maint.pub"), t.dir().join("trusted/maint.pub")).unwrap();
-    let sk = keys.join("maint.key");
+    let sk = t.trusted_maintainer_key();
     t.ok(&[
         "image",
         "import",

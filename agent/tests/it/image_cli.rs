@@ -142,11 +142,7 @@ fn set_keeps_a_signature_unless_told() {
     }
     let t = Tek::new();
     let img = gpt_image(t.dir());
-    let keys = t.dir().join("keys");
-    t.ok(&["image", "keygen", "maint", "--dir", keys.to_str().unwrap()]);
-    std::fs::create_dir_all(t.dir().join("trusted")).unwrap();
-    std::fs::copy(keys.join("maint.pub"), t.dir().join("trusted/maint.pub")).unwrap();
-    let sk = keys.join("maint.key");
+    let sk = t.trusted_maintainer_key();
     let sk = sk.to_str().unwrap();
     t.ok(&[
         "image",
@@ -225,11 +221,7 @@ fn verify_all_names_each_failed_image() {
     let t = Tek::new();
     let img = gpt_image(t.dir());
     let imgs = img.to_str().unwrap();
-    let keys = t.dir().join("keys");
-    t.ok(&["image", "keygen", "maint", "--dir", keys.to_str().unwrap()]);
-    std::fs::create_dir_all(t.dir().join("trusted")).unwrap();
-    std::fs::copy(keys.join("maint.pub"), t.dir().join("trusted/maint.pub")).unwrap();
-    let sk = keys.join("maint.key");
+    let sk = t.trusted_maintainer_key();
     t.ok(&[
         "image",
         "import",
