@@ -147,12 +147,7 @@ fn root_is_empty<R: Read + Seek>(
     w: &mut Window<R>,
     g: &super::free::FatGeometry,
 ) -> Result<bool, PartitionError> {
-    let mut boot = [0u8; 512];
-    w.read_at(0, &mut boot)
-        .map_err(|e| io_err("reading the FAT boot sector", e))?;
-    let root = u64::from(u32::from_le_bytes(
-        boot[44..48].try_into().expect("4 bytes"),
-    ));
+    let root = g.root_cluster;
     if root < 2 || root - 2 >= g.clusters {
         return Err(PartitionError(format!(
             "FAT32 root directory at cluster {root} of {}",

@@ -399,6 +399,8 @@ pub(crate) struct FatGeometry {
     pub data: u64,
     /// Data clusters.
     pub clusters: u64,
+    /// The root directory's first cluster (FAT32; 0 for FAT12/16, whose root is a fixed area).
+    pub root_cluster: u64,
     /// 12, 16 or 32. FAT32 is decided by the BPB (`sectors_per_fat_16 == 0`), as Windows and
     /// Linux do, not by the cluster count: mkfs.fat and Windows make FAT32 ESPs of fewer than
     /// 65525 clusters.
@@ -453,6 +455,7 @@ impl FatGeometry {
             fatsz,
             data,
             clusters,
+            root_cluster: if fat32 { u32_at(&b, 44) } else { 0 },
             fat_type,
         })
     }
@@ -467,6 +470,7 @@ fn fat<R: Read + Seek>(w: &mut Window<R>) -> Result<Ranges, PartitionError> {
         data,
         clusters,
         fat_type,
+        ..
     } = FatGeometry::read(w)?;
     let need = (clusters + 2) * fat_type / 8 + 2;
     if need > fatsz * bps {
