@@ -46,8 +46,9 @@ pub enum ImageCommand {
     },
     /// List stored images (or, with --remote, a library's).
     List {
-        /// List the images of this library (s3://BUCKET/PREFIX or http(s)://HOST/PATH) instead.
-        #[arg(long, value_name = "URL")]
+        /// List the images of this library (s3://BUCKET/PREFIX or http(s)://HOST/PATH)
+        /// instead; `--remote` alone lists the bench's library (`[library] url`).
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
         remote: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -68,13 +69,15 @@ pub enum ImageCommand {
     },
     /// Fetch an image from a library into the store: its manifest only with a valid signature
     /// by a trusted key, every chunk checked before it is stored, only the chunks the store
-    /// lacks.
+    /// lacks. From the bench's library (`[library]` in agent.toml: its credentials, endpoint,
+    /// region, and `cache_max_bytes`, past which least recently used images are evicted)
+    /// unless `--from` names another.
     Pull {
         /// NAME@VERSION.
         image: ImageRef,
-        /// The library: s3://BUCKET/PREFIX or http(s)://HOST/PATH.
+        /// The library: s3://BUCKET/PREFIX or http(s)://HOST/PATH (default: `[library] url`).
         #[arg(long, value_name = "URL")]
-        from: String,
+        from: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -369,7 +372,7 @@ pub fn run(depot: &Depot, cmd: ImageCommand) -> Result<()> {
             super::image_remote::push(depot, &image, &to, json)
         }
         ImageCommand::Pull { image, from, json } => {
-            super::image_remote::pull(depot, &image, &from, json)
+            super::image_remote::pull(depot, &image, from.as_deref(), json)
         }
         ImageCommand::Show { image, json } => super::image_show::show(depot, &image, json),
         ImageCommand::Export { image, out, json } => {

@@ -2,7 +2,8 @@
 //! (`image_library`). S3 endpoint, region and credentials come from the standard `AWS_*`
 //! variables; nothing here prints them.
 
-use anyhow::{Context, Result};
+use agent::library::evict::Eviction;
+use anyhow::{Context, Result, bail};
 use image_library::{Pull, PullFailed, PushProgress, Remote, RemoteOptions, RemoteUrl, S3Settings};
 use image_store::ImageRef;
 
@@ -11,19 +12,54 @@ use agent::Depot;
 use super::image::open_store;
 use super::render::{print_json, size};
 
-fn open_remote(url: &str) -> Result<Remote> {
-    let url = RemoteUrl::parse(url)?;
+/// A library opened for a command: the bench's own (`[library]` of the agent's config, with its
+/// credentials, endpoint, region and cache limit) when `url` is None or names it, else `url`
+/// with the `AWS_*` settings.
+struct Library {
+    remote: Remote,
+    /// The bench's `cache_max_bytes`, when this is the bench's library.
+    cache_max_bytes: Option<u64>,
+}
+
+fn open_remote(url: Option<&str>) -> Result<Library> {
+    let cfg = agent::settings::command_config()?;
+    let own = cfg.library.url.as_deref().map(RemoteUrl::parse).transpose();
+    let own = own.context("library.url in the agent's config")?;
+    let given = url.map(RemoteUrl::parse).transpose()?;
+    let is_own = match (&given, &own) {
+        (None, Some(_)) => true,
+        (Some(g), Some(o)) => g.to_string() == o.to_string(),
+        (Some(_), None) => false,
+        (None, None) => bail!(
+            "no library to use: give its URL, or set [library] url in the agent's config \
+             (TEK_CONFIG, else /etc/tek/agent.toml)"
+        ),
+    };
+    if is_own {
+        cfg.library.validate()?;
+        let remote = cfg.library.open()?.context("library.url is not set")?;
+        return Ok(Library {
+            remote,
+            cache_max_bytes: cfg.library.cache_max_bytes,
+        });
+    }
+    let url = given.expect("a URL given when it is not the bench's library");
     let opts = RemoteOptions {
         s3: S3Settings::from_env(),
         ..RemoteOptions::default()
     };
-    Remote::open(&url, &opts).with_context(|| format!("opening the library at {url}"))
+    let remote =
+        Remote::open(&url, &opts).with_context(|| format!("opening the library at {url}"))?;
+    Ok(Library {
+        remote,
+        cache_max_bytes: None,
+    })
 }
 
 /// `tek image push NAME@VERSION --to URL`.
 pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()> {
     let store = open_store(depot)?;
-    let remote = open_remote(to)?;
+    let remote = open_remote(Some(to))?.remote;
     // A bar on a terminal only, never beside --json's output, and made once its length is
     // known and not zero (a 0 B/0 B bar would look finished).
     let bar = std::sync::OnceLock::new();
@@ -72,10 +108,13 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
     Ok(())
 }
 
-/// `tek image pull NAME@VERSION --from URL`.
-pub fn pull(depot: &Depot, image: &ImageRef, from: &str, json: bool) -> Result<()> {
+/// `tek image pull NAME@VERSION [--from URL]`.
+pub fn pull(depot: &Depot, image: &ImageRef, from: Option<&str>, json: bool) -> Result<()> {
     let store = open_store(depot)?;
-    let remote = open_remote(from)?;
+    let Library {
+        remote,
+        cache_max_bytes,
+    } = open_remote(from)?;
     let context = || format!("pulling {image} from {}", remote.url());
     let started = Pull::start(&remote, image, &store, depot.trusted_keys());
     let p = started.map_err(anyhow::Error::new).with_context(context)?;
@@ -89,16 +128,67 @@ pub fn pull(depot: &Depot, image: &ImageRef, from: &str, json: bool) -> Result<(
     let r = r
         .map_err(|e: PullFailed| anyhow::Error::new(e))
         .with_context(context)?;
+    // The bench's cache limit, as after a job's pull: least recently used images go, never
+    // one an unfinished job uses or the one just pulled.
+    let eviction = match cache_max_bytes {
+        Some(max) => {
+            let dir = depot.audit();
+            let log = client_data::AuditLog::open(&dir, &depot.keys())
+                .with_context(|| format!("opening audit log in {}", dir.display()))?;
+            let e = agent::library::evict::after_pull(&store, depot, &remote, max, image, &log);
+            Some(e.with_context(|| {
+                format!("{image} was pulled; keeping the cache under {}", size(max))
+            })?)
+        }
+        None => None,
+    };
     if json {
-        return print_json(&r);
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            pull: &'a image_library::PullReport,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            eviction: Option<&'a Eviction>,
+        }
+        return print_json(&Out {
+            pull: &r,
+            eviction: eviction.as_ref(),
+        });
     }
     if r.fetched == 0 && r.was_local {
         println!(
             "{image} is already in the store (all {} chunks present)",
             r.chunks
         );
-        return Ok(());
+    } else {
+        print_pulled(&r, &remote);
     }
+    if let (Some(e), Some(max)) = (&eviction, cache_max_bytes) {
+        print_eviction(e, max);
+    }
+    Ok(())
+}
+
+fn print_eviction(e: &Eviction, max: u64) {
+    for v in &e.evicted {
+        println!(
+            "evicted {} from the cache (least recently used; {} freed)",
+            v.image,
+            size(v.freed_bytes)
+        );
+    }
+    if e.after_bytes > max {
+        println!(
+            "the cache holds {}, over its limit of {}; kept: {}",
+            size(e.after_bytes),
+            size(max),
+            e.kept.join(", ")
+        );
+    }
+}
+
+fn print_pulled(r: &image_library::PullReport, remote: &Remote) {
+    let image = &r.image;
     println!(
         "pulled {image} from {}: {} of {} chunks fetched and verified ({}), {} already in the \
          store; signature {} ({:.1} s, {} requests)",
@@ -111,12 +201,11 @@ pub fn pull(depot: &Depot, image: &ImageRef, from: &str, json: bool) -> Result<(
         r.seconds,
         r.requests
     );
-    Ok(())
 }
 
-/// `tek image list --remote URL`.
+/// `tek image list --remote [URL]` (no URL: the bench's library).
 pub fn list(url: &str, json: bool) -> Result<()> {
-    let remote = open_remote(url)?;
+    let remote = open_remote(Some(url).filter(|u| !u.is_empty()))?.remote;
     let images = image_library::list(&remote)
         .with_context(|| format!("listing the library at {}", remote.url()))?;
     if json {

@@ -196,10 +196,11 @@ pub fn job_table(jobs: &[Job]) -> String {
     ]);
     for j in jobs {
         let since = j.history.last().map(|h| render::when(&h.at));
-        let note = match (&j.error, j.resume_from) {
-            (Some(e), _) => e.clone(),
-            (None, Some(r)) => format!("resumes at {r}"),
-            (None, None) => String::new(),
+        let note = match (&j.error, j.resume_from, image_source(j)) {
+            (Some(e), _, _) => e.clone(),
+            (None, Some(r), _) => format!("resumes at {r}"),
+            (None, None, Some(src)) => src.to_string(),
+            (None, None, None) => String::new(),
         };
         t.row([
             j.id.to_string(),
@@ -215,6 +216,12 @@ pub fn job_table(jobs: &[Job]) -> String {
     t.render()
 }
 
+/// Where the job's written image came from, when the library was involved (a fetch, or the
+/// cached copy used because the library was unreachable): the record's line.
+fn image_source(j: &Job) -> Option<&str> {
+    j.results.image.as_ref()?.get("source")?.as_str()
+}
+
 /// `tek job show` as text: what the job is, the disk it claimed, why it stopped, and its
 /// history to the second.
 pub fn job_text(j: &Job) -> String {
@@ -226,15 +233,7 @@ pub fn job_text(j: &Job) -> String {
     field("state", &j.state.to_string());
     field("ticket", &j.ticket);
     field("image", &j.image);
-    // Where the written image came from, when the library was involved (a fetch, or the
-    // cached copy used because the library was unreachable).
-    if let Some(src) = j
-        .results
-        .image
-        .as_ref()
-        .and_then(|i| i.get("source"))
-        .and_then(|s| s.as_str())
-    {
+    if let Some(src) = image_source(j) {
         field("source", src);
     }
     field("target", &j.target.to_string());

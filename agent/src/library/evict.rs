@@ -76,8 +76,8 @@ pub fn pinned_by_jobs(jobs_dir: &Path) -> Result<HashSet<ImageRef>> {
 }
 
 /// Evicts least recently used images until the store's chunks take at most `max` bytes (see
-/// the module docs); `pinned` are never evicted. Each eviction is audited by the caller from
-/// the result.
+/// the module docs); `pinned` (images unfinished jobs use) and `just` (the image just pulled)
+/// are never evicted. Each eviction is audited by the caller from the result.
 pub fn evict(
     store: &Store,
     state: &Path,
@@ -85,6 +85,7 @@ pub fn evict(
     trusted_keys: &Path,
     max: u64,
     pinned: &HashSet<ImageRef>,
+    just: &ImageRef,
 ) -> Result<Eviction> {
     let mut uses: HashMap<ImageRef, HashSet<ChunkId>> = HashMap::new();
     for r in store.list()? {
@@ -120,8 +121,12 @@ pub fn evict(
         if total <= max {
             break;
         }
+        if &r == just {
+            out.kept.push(format!("{r} (just pulled)"));
+            continue;
+        }
         if pinned.contains(&r) {
-            out.kept.push(format!("{r} (a job uses it)"));
+            out.kept.push(format!("{r} (an unfinished job uses it)"));
             continue;
         }
         if let Err(why) = refetchable(store, remote, trusted_keys, &r) {
@@ -184,8 +189,7 @@ pub fn after_pull(
     just: &ImageRef,
     audit: &client_data::AuditLog,
 ) -> Result<Eviction> {
-    let mut pinned = pinned_by_jobs(&depot.jobs())?;
-    pinned.insert(just.clone());
+    let pinned = pinned_by_jobs(&depot.jobs())?;
     let out = evict(
         store,
         depot.root(),
@@ -193,6 +197,7 @@ pub fn after_pull(
         depot.trusted_keys(),
         max,
         &pinned,
+        just,
     )?;
     for e in &out.evicted {
         audit

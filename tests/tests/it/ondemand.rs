@@ -310,3 +310,57 @@ fn after_a_pull_the_least_recently_used_refetchable_unpinned_images_are_evicted_
     b.tek_ok(&["image", "verify", "sample@1"]);
     assert!(b.stop(), "the agent stops cleanly");
 }
+
+#[test]
+fn tek_image_pull_without_from_uses_the_benchs_library_its_credentials_and_cache_limit() {
+    if !need_root("tek_image_pull_without_from_uses_the_benchs_library") || !have_s3s_fs() {
+        return;
+    }
+    let (b, _server) = bench_with_library(
+        "pullcfg",
+        &["bay1"],
+        &["old@1", "local@1"],
+        &["sample@1", "old@1"],
+        Some(1),
+    );
+    used_hours_ago(&b, "old@1", 2);
+    used_hours_ago(&b, "local@1", 5);
+    b.tek_ok(&["image", "rm", "sample@1"]);
+    // No --from and no AWS_* variables: the URL, endpoint and key come from [library].
+    let listed = b.tek_ok(&["image", "list", "--remote"]);
+    assert!(
+        listed.contains("sample@1") && listed.contains("old@1"),
+        "{listed}"
+    );
+    let out = b.tek_ok(&["image", "pull", "sample@1"]);
+    assert!(
+        out.contains("pulled sample@1 from s3://library/lib: "),
+        "{out}"
+    );
+    // Past cache_max_bytes: old@1 (re-fetchable) goes; local@1 (never pushed) and the image
+    // just pulled stay, and the line says why.
+    assert!(out.contains("evicted old@1 from the cache"), "{out}");
+    assert!(
+        out.contains("over its limit of 1 B; kept: local@1 (not re-fetchable"),
+        "{out}"
+    );
+    assert!(out.contains("sample@1 (just pulled)"), "{out}");
+    assert!(!b.state.join("store/images/old/1.json").exists());
+    b.tek_ok(&["image", "verify", "sample@1"]);
+    let log = std::fs::read_to_string(b.state.join("audit/audit.log")).unwrap();
+    assert_eq!(log.matches("\"image_evicted\"").count(), 1, "{log}");
+
+    // --json: the pull's fields and the eviction.
+    b.tek_ok(&["image", "rm", "sample@1"]);
+    let out = b.tek_ok(&["image", "pull", "sample@1", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["image"], "sample@1", "{v:#}");
+    assert!(v["eviction"]["kept"].is_array(), "{v:#}");
+
+    // Without [library] and without --from: refused, saying what to give.
+    std::fs::write(&b.config, "").unwrap();
+    let out = b.tek(&["image", "pull", "sample@1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no library to use: give its URL"), "{err}");
+}
