@@ -1,8 +1,13 @@
 //! The manifest: one record per entry of a dataset, stored encrypted in its own stream next to the
 //! data stream (file contents concatenated in manifest order), so both stream in bounded memory.
 //!
-//! Record encoding (little endian). Version 2 (written since the Windows/xattr work):
-//! `0xE2, kind u8, path_len u32, path bytes, size u64, mode u32, uid u32, gid u32, mtime i64,
+//! Record encoding (little endian). Version 3 (written since sparse files are kept sparse):
+//! the version 2 record with tag `0xE3` and, after the extended attributes, `sparse u8` (0: the
+//! content is dense; 1: `extent_count u32` and per data extent `offset u64, len u64` follow,
+//! sorted, not overlapping, inside `size`: everything outside them was a hole in the source,
+//! found with `SEEK_DATA`/`SEEK_HOLE`). The data stream still carries the whole content, holes
+//! as zeros, so hashes and totals are those of the bytes a reader sees.
+//! Version 2 (still read): `0xE2, kind u8, path_len u32, path bytes, size u64, mode u32, uid u32, gid u32, mtime i64,
 //! mtime_nsec u32, times u8 (bit 0: atime follows, bit 1: btime follows), [atime i64, nsec u32],
 //! [btime i64, nsec u32], target_len u32, target bytes, blake3 [32], xattr_count u32, then per
 //! extended attribute `name_len u8, name, value_len u32, value`.
@@ -95,6 +100,38 @@ pub struct Entry {
     /// Extended attributes (user.*, security.*, POSIX ACLs, NTFS DOS attributes), sorted by
     /// name, names unique; alternate data streams read through ntfs-3g are `user.*` ones.
     pub xattrs: Vec<Xattr>,
+    /// Files that were sparse in the source: their data extents (everything else read as zeros
+    /// and is restored as a hole). `None`: dense, or staged before format 3.
+    pub extents: Option<Vec<Extent>>,
+}
+
+/// A byte range of a file holding data (outside it: a hole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Extent {
+    /// Offset from the start of the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Most extents recorded for one file; a file with more is staged as dense (still correct,
+/// only restored fully allocated).
+pub const MAX_EXTENTS: usize = 1 << 16;
+
+/// Checks that `extents` are sorted, non-empty, non-overlapping and inside `size`.
+pub fn check_extents(extents: &[Extent], size: u64) -> Result<(), String> {
+    if extents.len() > MAX_EXTENTS {
+        return Err(format!("{} data extents on one file", extents.len()));
+    }
+    let mut end = 0u64;
+    for x in extents {
+        let e = x.offset.checked_add(x.len).ok_or("extent overflows")?;
+        if x.len == 0 || x.offset < end || e > size {
+            return Err("data extents not sorted, empty, overlapping or past the end".into());
+        }
+        end = e;
+    }
+    Ok(())
 }
 
 /// A point in time: seconds since the Unix epoch and nanoseconds.
@@ -132,18 +169,20 @@ impl Entry {
             atime: None,
             btime: None,
             xattrs: Vec::new(),
+            extents: None,
         }
     }
 }
 
 const REC_V1: u8 = 0xE1;
-const REC: u8 = 0xE2;
+const REC_V2: u8 = 0xE2;
+const REC: u8 = 0xE3;
 const END: u8 = 0xEE;
 /// Longest path accepted (Linux PATH_MAX).
 pub const MAX_PATH: usize = 4096;
 
 impl Entry {
-    /// Writes the record (format 2).
+    /// Writes the record (format 3).
     pub fn encode(&self, w: &mut impl Write) -> io::Result<()> {
         let mut b = self.encode_common(REC);
         let times = u8::from(self.atime.is_some()) | (u8::from(self.btime.is_some()) << 1);
@@ -161,6 +200,17 @@ impl Entry {
             b.extend_from_slice(&x.name);
             b.extend_from_slice(&(x.value.len() as u32).to_le_bytes());
             b.extend_from_slice(&x.value);
+        }
+        match &self.extents {
+            None => b.push(0),
+            Some(xs) => {
+                b.push(1);
+                b.extend_from_slice(&(xs.len() as u32).to_le_bytes());
+                for x in xs {
+                    b.extend_from_slice(&x.offset.to_le_bytes());
+                    b.extend_from_slice(&x.len.to_le_bytes());
+                }
+            }
         }
         w.write_all(&b)
     }
@@ -266,7 +316,7 @@ impl<R: Read> ManifestReader<R> {
                 self.end = Some((entries, bytes));
                 Ok(None)
             }
-            tag @ (REC | REC_V1) => {
+            tag @ (REC | REC_V2 | REC_V1) => {
                 let mut k = [0u8; 1];
                 self.r.read_exact(&mut k)?;
                 let kind = EntryKind::from_u8(k[0]).ok_or_else(|| bad("unknown entry kind"))?;
@@ -278,7 +328,7 @@ impl<R: Read> ManifestReader<R> {
                 let mtime = self.u64()? as i64;
                 let mtime_nsec = self.u32()?;
                 let (mut atime, mut btime) = (None, None);
-                if tag == REC {
+                if tag != REC_V1 {
                     let mut t = [0u8; 1];
                     self.r.read_exact(&mut t)?;
                     if t[0] & !3 != 0 {
@@ -295,7 +345,7 @@ impl<R: Read> ManifestReader<R> {
                 let mut blake3 = [0u8; 32];
                 self.r.read_exact(&mut blake3)?;
                 let mut xattrs = Vec::new();
-                if tag == REC {
+                if tag != REC_V1 {
                     let count = self.u32()? as usize;
                     if count > crate::xattrs::MAX_COUNT {
                         return Err(bad(format!("{count} extended attributes on one entry")));
@@ -308,6 +358,31 @@ impl<R: Read> ManifestReader<R> {
                         xattrs.push(Xattr { name, value });
                     }
                     crate::xattrs::check_set(&xattrs).map_err(bad)?;
+                }
+                let mut extents = None;
+                if tag == REC {
+                    let mut f = [0u8; 1];
+                    self.r.read_exact(&mut f)?;
+                    match f[0] {
+                        0 => {}
+                        1 => {
+                            let count = self.u32()? as usize;
+                            if count > MAX_EXTENTS {
+                                return Err(bad(format!("{count} data extents on one file")));
+                            }
+                            let mut xs = Vec::with_capacity(count);
+                            for _ in 0..count {
+                                let offset = self.u64()?;
+                                xs.push(Extent {
+                                    offset,
+                                    len: self.u64()?,
+                                });
+                            }
+                            check_extents(&xs, size).map_err(bad)?;
+                            extents = Some(xs);
+                        }
+                        _ => return Err(bad("unknown sparse flag")),
+                    }
                 }
                 Ok(Some(Entry {
                     path,
@@ -323,6 +398,7 @@ impl<R: Read> ManifestReader<R> {
                     atime,
                     btime,
                     xattrs,
+                    extents,
                 }))
             }
             _ => Err(bad("bad record tag")),
@@ -452,6 +528,7 @@ mod tests {
                     value: vec![],
                 },
             ],
+            extents: None,
         }
     }
 
@@ -470,6 +547,65 @@ mod tests {
             (a.path.clone(), a.mtime, a.blake3)
         );
         assert_eq!(r.next_entry().unwrap().unwrap(), a);
+    }
+
+    #[test]
+    fn sparse_extents_roundtrip_and_bad_ones_are_refused() {
+        let mut a = entry(b"sparse", EntryKind::File);
+        a.size = 1 << 20;
+        a.extents = Some(vec![
+            Extent {
+                offset: 0,
+                len: 4096,
+            },
+            Extent {
+                offset: 8192,
+                len: 4096,
+            },
+        ]);
+        let mut buf = Vec::new();
+        a.encode(&mut buf).unwrap();
+        assert_eq!(
+            ManifestReader::new(&buf[..]).next_entry().unwrap().unwrap(),
+            a
+        );
+        for bad in [
+            vec![Extent { offset: 0, len: 0 }],
+            vec![Extent {
+                offset: 1 << 20,
+                len: 1,
+            }],
+            vec![
+                Extent {
+                    offset: 10,
+                    len: 10,
+                },
+                Extent { offset: 15, len: 1 },
+            ],
+            vec![Extent {
+                offset: u64::MAX,
+                len: 2,
+            }],
+        ] {
+            a.extents = Some(bad);
+            let mut buf = Vec::new();
+            a.encode(&mut buf).unwrap();
+            assert!(ManifestReader::new(&buf[..]).next_entry().is_err());
+        }
+    }
+
+    #[test]
+    fn format_2_records_still_read() {
+        // A format 2 record is a format 3 one without the sparse byte.
+        let a = entry(b"v2", EntryKind::File);
+        let mut buf = Vec::new();
+        a.encode(&mut buf).unwrap();
+        assert_eq!((buf[0], buf.pop()), (REC, Some(0)));
+        buf[0] = REC_V2;
+        assert_eq!(
+            ManifestReader::new(&buf[..]).next_entry().unwrap().unwrap(),
+            a
+        );
     }
 
     #[test]
