@@ -24,6 +24,7 @@
 //!    directories, symlinks and hard links are checked.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -275,6 +276,12 @@ impl Custody {
         rec.merged_dirs.sort_unstable();
         rec.merged_dirs.dedup();
 
+        // The target's own times, put back by a cleanup with those of merged directories.
+        let mut times = plan.merged_times;
+        if let Ok(st) = nix::sys::stat::fstat(target.dir().as_raw_fd()) {
+            times.push((Vec::new(), plan::times_of(&st)));
+        }
+
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: authenticated");
         // 2. Write.
         let root = target
@@ -439,6 +446,7 @@ impl Custody {
                     created_upto: w.created_upto,
                     own: &own,
                     made_dirs: &w.made_dirs,
+                    times: &times,
                 };
                 let mut mr = manifest_reader(&manifest_path, &mkey)?;
                 let cleanup = undo.run(&w.root, || {

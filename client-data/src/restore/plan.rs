@@ -27,6 +27,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, fstatat};
+use nix::sys::time::TimeSpec;
 
 use super::journal::TargetRecord;
 use super::split;
@@ -52,6 +53,20 @@ pub(super) struct Plan {
     pub own: Vec<u64>,
     /// Directories of the dataset that already existed (merged, never removed).
     pub merged: Vec<u64>,
+    /// Their mapped paths and times as found, which a cleanup puts back (creating and
+    /// removing entries in them moved their modification times).
+    pub merged_times: Vec<(Vec<u8>, Times)>,
+}
+
+/// Access and modification time of something found in the target.
+pub(super) type Times = (TimeSpec, TimeSpec);
+
+/// The times in `st`.
+pub(super) fn times_of(st: &FileStat) -> Times {
+    (
+        TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+    )
 }
 
 /// Walks the mapped paths of the manifest in order (see the module doc).
@@ -188,7 +203,10 @@ impl<'a> Checker<'a> {
                 self.plan.own.push(n);
                 self.plan.resumed.push(shown(n, path));
             }
-            (true, true) => self.plan.merged.push(n),
+            (true, true) => {
+                self.plan.merged.push(n);
+                self.plan.merged_times.push((path.to_vec(), times_of(&st)));
+            }
             (false, true) => {
                 self.dirs_in_the_way += 1;
                 self.conflict(n, path, "a directory stands where the dataset puts a file");

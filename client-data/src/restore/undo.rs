@@ -17,6 +17,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
+use super::plan::Times;
 use super::split;
 use crate::error::{Cleanup, DataError};
 use crate::manifest::{Entry, EntryKind};
@@ -34,6 +35,9 @@ pub(super) struct Undo<'a> {
     pub own: &'a [u64],
     /// Directories the failed restore made (mapped paths).
     pub made_dirs: &'a [Vec<u8>],
+    /// Directories that were there before, with their times then (the target itself as
+    /// the empty path): put back last.
+    pub times: &'a [(Vec<u8>, Times)],
 }
 
 fn depth(p: &[u8]) -> usize {
@@ -120,6 +124,13 @@ impl Undo<'_> {
                 }
                 Err(err) => fail(&mut c, d, std::io::Error::from(err).to_string()),
             }
+        }
+        // Best effort: a time not put back is no data lost.
+        for (p, (a, m)) in self.times {
+            let _ = match open_beneath(root, p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0) {
+                Ok(fd) => nix::sys::stat::futimens(fd.as_raw_fd(), a, m),
+                Err(e) => Err(e),
+            };
         }
         c
     }
