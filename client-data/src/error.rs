@@ -357,17 +357,31 @@ pub struct Cleanup {
     pub remaining: Vec<String>,
     /// How many could not be removed.
     pub remaining_count: u64,
+    /// Entries that stood in the target and were replaced, as asked (`replace_existing`),
+    /// before the failure: what was there is gone with the restore's own entry.
+    pub replaced_gone: u64,
 }
 
 impl std::fmt::Display for Cleanup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = |n: u64| if n == 1 { "entry" } else { "entries" };
-        if self.remaining_count == 0 {
+        if self.remaining_count == 0 && self.replaced_gone == 0 {
             return write!(
                 f,
                 "removed the {} {} this restore had written (the target is as it was before)",
                 self.removed,
                 s(self.removed)
+            );
+        }
+        if self.remaining_count == 0 {
+            return write!(
+                f,
+                "removed the {} {} this restore had written; the {} {} it had replaced, as \
+                 asked, are gone",
+                self.removed,
+                s(self.removed),
+                self.replaced_gone,
+                s(self.replaced_gone)
             );
         }
         write!(

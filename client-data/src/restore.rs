@@ -449,9 +449,14 @@ impl Custody {
                     times: &times,
                 };
                 let mut mr = manifest_reader(&manifest_path, &mkey)?;
-                let cleanup = undo.run(&w.root, || {
+                let mut cleanup = undo.run(&w.root, || {
                     mr.next_entry().map(|e| e.map(&mapped)).map_err(man_err)
                 });
+                cleanup.replaced_gone = plan
+                    .replaced_entries
+                    .iter()
+                    .filter(|&&k| k < w.created_upto)
+                    .count() as u64;
                 if cleanup.remaining_count == 0 {
                     // Nothing of ours is left in the target: its record goes.
                     journal.remove(&ident)?;

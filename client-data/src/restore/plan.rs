@@ -46,6 +46,8 @@ pub(super) struct Plan {
     pub replace: HashSet<u64>,
     /// Entries replaced at the caller's request ("path (entry n)").
     pub replaced: Vec<String>,
+    /// Their entry numbers, in order.
+    pub replaced_entries: Vec<u64>,
     /// Entries an earlier, unfinished restore of this dataset made, found again ("path (entry
     /// n)").
     pub resumed: Vec<String>,
@@ -219,6 +221,7 @@ impl<'a> Checker<'a> {
             (_, false) if self.replace_existing => {
                 self.plan.replace.insert(n);
                 self.plan.replaced.push(shown(n, path));
+                self.plan.replaced_entries.push(n);
             }
             (_, false) => {
                 let what = match st.st_mode & libc::S_IFMT {
