@@ -52,6 +52,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 bytes: 50_000_000 + d * 1000,
                 skipped: 0,
                 renamed: 0,
+                replaced: 0,
+                resumed: 0,
             },
             2 => AuditEvent::Verify {
                 dataset,

@@ -399,6 +399,7 @@ fn entry_from_meta(path: Vec<u8>, kind: EntryKind, m: &std::fs::Metadata) -> Ent
         // statx's birth time where the filesystem reports one (std asks for STATX_BTIME).
         btime: m.created().ok().map(unix_time),
         xattrs: Vec::new(),
+        extents: None,
     }
 }
 
@@ -453,6 +454,7 @@ fn add_file(
         links.insert((fm.dev(), fm.ino()), rel.clone());
     }
     let mut e = entry_from_meta(rel, EntryKind::File, fm);
+    e.extents = crate::sparse::data_extents(&mut f, fm);
     add_extras(&mut e, crate::xattrs::Source::File(&f), sink)?;
     sink.add(e, Some(&mut f))
 }

@@ -1,8 +1,13 @@
 //! The manifest: one record per entry of a dataset, stored encrypted in its own stream next to the
 //! data stream (file contents concatenated in manifest order), so both stream in bounded memory.
 //!
-//! Record encoding (little endian). Version 2 (written since the Windows/xattr work):
-//! `0xE2, kind u8, path_len u32, path bytes, size u64, mode u32, uid u32, gid u32, mtime i64,
+//! Record encoding (little endian). Version 3 (written since sparse files are kept sparse):
+//! the version 2 record with tag `0xE3` and, after the extended attributes, `sparse u8` (0: the
+//! content is dense; 1: `extent_count u32` and per data extent `offset u64, len u64` follow,
+//! sorted, not overlapping, inside `size`: everything outside them was a hole in the source,
+//! found with `SEEK_DATA`/`SEEK_HOLE`). The data stream still carries the whole content, holes
+//! as zeros, so hashes and totals are those of the bytes a reader sees.
+//! Version 2 (still read): `0xE2, kind u8, path_len u32, path bytes, size u64, mode u32, uid u32, gid u32, mtime i64,
 //! mtime_nsec u32, times u8 (bit 0: atime follows, bit 1: btime follows), [atime i64, nsec u32],
 //! [btime i64, nsec u32], target_len u32, target bytes, blake3 [32], xattr_count u32, then per
 //! extended attribute `name_len u8, name, value_len u32, value`.
@@ -11,8 +16,10 @@
 //! Paths are raw bytes (non-UTF-8 names survive), relative, normalised (no empty, `.` or `..`
 //! components). Extended attributes obey [`crate::xattrs::check_set`] on both sides.
 
-use std::collections::HashSet;
 use std::io::{self, Read, Write};
+
+mod paths;
+pub use paths::{SymlinkGuard, check_normalized, normalize};
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -95,6 +102,38 @@ pub struct Entry {
     /// Extended attributes (user.*, security.*, POSIX ACLs, NTFS DOS attributes), sorted by
     /// name, names unique; alternate data streams read through ntfs-3g are `user.*` ones.
     pub xattrs: Vec<Xattr>,
+    /// Files that were sparse in the source: their data extents (everything else read as zeros
+    /// and is restored as a hole). `None`: dense, or staged before format 3.
+    pub extents: Option<Vec<Extent>>,
+}
+
+/// A byte range of a file holding data (outside it: a hole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Extent {
+    /// Offset from the start of the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Most extents recorded for one file; a file with more is staged as dense (still correct,
+/// only restored fully allocated).
+pub const MAX_EXTENTS: usize = 1 << 16;
+
+/// Checks that `extents` are sorted, non-empty, non-overlapping and inside `size`.
+pub fn check_extents(extents: &[Extent], size: u64) -> Result<(), String> {
+    if extents.len() > MAX_EXTENTS {
+        return Err(format!("{} data extents on one file", extents.len()));
+    }
+    let mut end = 0u64;
+    for x in extents {
+        let e = x.offset.checked_add(x.len).ok_or("extent overflows")?;
+        if x.len == 0 || x.offset < end || e > size {
+            return Err("data extents not sorted, empty, overlapping or past the end".into());
+        }
+        end = e;
+    }
+    Ok(())
 }
 
 /// A point in time: seconds since the Unix epoch and nanoseconds.
@@ -132,18 +171,20 @@ impl Entry {
             atime: None,
             btime: None,
             xattrs: Vec::new(),
+            extents: None,
         }
     }
 }
 
 const REC_V1: u8 = 0xE1;
-const REC: u8 = 0xE2;
+const REC_V2: u8 = 0xE2;
+const REC: u8 = 0xE3;
 const END: u8 = 0xEE;
 /// Longest path accepted (Linux PATH_MAX).
 pub const MAX_PATH: usize = 4096;
 
 impl Entry {
-    /// Writes the record (format 2).
+    /// Writes the record (format 3).
     pub fn encode(&self, w: &mut impl Write) -> io::Result<()> {
         let mut b = self.encode_common(REC);
         let times = u8::from(self.atime.is_some()) | (u8::from(self.btime.is_some()) << 1);
@@ -161,6 +202,17 @@ impl Entry {
             b.extend_from_slice(&x.name);
             b.extend_from_slice(&(x.value.len() as u32).to_le_bytes());
             b.extend_from_slice(&x.value);
+        }
+        match &self.extents {
+            None => b.push(0),
+            Some(xs) => {
+                b.push(1);
+                b.extend_from_slice(&(xs.len() as u32).to_le_bytes());
+                for x in xs {
+                    b.extend_from_slice(&x.offset.to_le_bytes());
+                    b.extend_from_slice(&x.len.to_le_bytes());
+                }
+            }
         }
         w.write_all(&b)
     }
@@ -266,7 +318,7 @@ impl<R: Read> ManifestReader<R> {
                 self.end = Some((entries, bytes));
                 Ok(None)
             }
-            tag @ (REC | REC_V1) => {
+            tag @ (REC | REC_V2 | REC_V1) => {
                 let mut k = [0u8; 1];
                 self.r.read_exact(&mut k)?;
                 let kind = EntryKind::from_u8(k[0]).ok_or_else(|| bad("unknown entry kind"))?;
@@ -278,7 +330,7 @@ impl<R: Read> ManifestReader<R> {
                 let mtime = self.u64()? as i64;
                 let mtime_nsec = self.u32()?;
                 let (mut atime, mut btime) = (None, None);
-                if tag == REC {
+                if tag != REC_V1 {
                     let mut t = [0u8; 1];
                     self.r.read_exact(&mut t)?;
                     if t[0] & !3 != 0 {
@@ -295,7 +347,7 @@ impl<R: Read> ManifestReader<R> {
                 let mut blake3 = [0u8; 32];
                 self.r.read_exact(&mut blake3)?;
                 let mut xattrs = Vec::new();
-                if tag == REC {
+                if tag != REC_V1 {
                     let count = self.u32()? as usize;
                     if count > crate::xattrs::MAX_COUNT {
                         return Err(bad(format!("{count} extended attributes on one entry")));
@@ -308,6 +360,31 @@ impl<R: Read> ManifestReader<R> {
                         xattrs.push(Xattr { name, value });
                     }
                     crate::xattrs::check_set(&xattrs).map_err(bad)?;
+                }
+                let mut extents = None;
+                if tag == REC {
+                    let mut f = [0u8; 1];
+                    self.r.read_exact(&mut f)?;
+                    match f[0] {
+                        0 => {}
+                        1 => {
+                            let count = self.u32()? as usize;
+                            if count > MAX_EXTENTS {
+                                return Err(bad(format!("{count} data extents on one file")));
+                            }
+                            let mut xs = Vec::with_capacity(count);
+                            for _ in 0..count {
+                                let offset = self.u64()?;
+                                xs.push(Extent {
+                                    offset,
+                                    len: self.u64()?,
+                                });
+                            }
+                            check_extents(&xs, size).map_err(bad)?;
+                            extents = Some(xs);
+                        }
+                        _ => return Err(bad("unknown sparse flag")),
+                    }
                 }
                 Ok(Some(Entry {
                     path,
@@ -323,104 +400,11 @@ impl<R: Read> ManifestReader<R> {
                     atime,
                     btime,
                     xattrs,
+                    extents,
                 }))
             }
             _ => Err(bad("bad record tag")),
         }
-    }
-}
-
-/// Normalises a relative path from a source: strips leading `./`, drops `.` and empty components.
-/// Returns `Ok(None)` for the root itself (`.` or `./`). Rejects absolute paths, `..`, NUL bytes,
-/// over-long names.
-pub fn normalize(raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    if raw.first() == Some(&b'/') {
-        return Err("absolute path".into());
-    }
-    if raw.contains(&0) {
-        return Err("NUL byte in path".into());
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    for comp in raw.split(|&b| b == b'/') {
-        match comp {
-            b"" | b"." => continue,
-            b".." => return Err("path contains a `..` component".into()),
-            c if c.len() > 255 => return Err("path component longer than 255 bytes".into()),
-            c => {
-                if !out.is_empty() {
-                    out.push(b'/');
-                }
-                out.extend_from_slice(c);
-            }
-        }
-    }
-    if out.len() > MAX_PATH {
-        return Err("path longer than 4096 bytes".into());
-    }
-    Ok(if out.is_empty() { None } else { Some(out) })
-}
-
-/// Checks that a stored path is relative and normalised (the restore-side check).
-pub fn check_normalized(p: &[u8]) -> Result<(), String> {
-    match normalize(p)? {
-        Some(n) if n == p => Ok(()),
-        _ => Err("path is not a normalised relative path".into()),
-    }
-}
-
-/// Tracks symlinks seen so far, to refuse entries that would be written through one
-/// (memory grows with the number of symlinks), and the files seen so far (a 128-bit hash of
-/// each path), to refuse a hard link to anything but an earlier file of the dataset.
-#[derive(Debug, Default)]
-pub struct SymlinkGuard {
-    links: HashSet<Vec<u8>>,
-    files: HashSet<u128>,
-}
-
-fn path_key(p: &[u8]) -> u128 {
-    let h = blake3::hash(p);
-    u128::from_le_bytes(h.as_bytes()[..16].try_into().expect("16 bytes"))
-}
-
-impl SymlinkGuard {
-    /// Checks `e` against earlier symlinks, then records it if it is one.
-    pub fn check(&mut self, e: &Entry) -> Result<(), String> {
-        if !self.links.is_empty() {
-            if self.links.contains(&e.path) {
-                return Err("entry replaces an earlier symlink".into());
-            }
-            for (i, &b) in e.path.iter().enumerate() {
-                if b == b'/' && self.links.contains(&e.path[..i]) {
-                    return Err("path goes through an earlier symlink".into());
-                }
-            }
-        }
-        if e.kind == EntryKind::Hardlink {
-            check_normalized(&e.target).map_err(|r| format!("hard link target: {r}"))?;
-            for (i, &b) in e.target.iter().enumerate() {
-                if b == b'/' && self.links.contains(&e.target[..i]) {
-                    return Err("hard link target goes through a symlink".into());
-                }
-            }
-            if !self.files.contains(&path_key(&e.target)) {
-                return Err(
-                    "hard link to something that is not an earlier file of the dataset (outside \
-                     it, a directory, or later in it)"
-                        .into(),
-                );
-            }
-        }
-        // A hard link may name a symlink too (link(2) links the symlink itself).
-        if matches!(
-            e.kind,
-            EntryKind::File | EntryKind::Hardlink | EntryKind::Symlink
-        ) {
-            self.files.insert(path_key(&e.path));
-        }
-        if e.kind == EntryKind::Symlink {
-            self.links.insert(e.path.clone());
-        }
-        Ok(())
     }
 }
 
@@ -452,6 +436,7 @@ mod tests {
                     value: vec![],
                 },
             ],
+            extents: None,
         }
     }
 
@@ -470,6 +455,65 @@ mod tests {
             (a.path.clone(), a.mtime, a.blake3)
         );
         assert_eq!(r.next_entry().unwrap().unwrap(), a);
+    }
+
+    #[test]
+    fn sparse_extents_roundtrip_and_bad_ones_are_refused() {
+        let mut a = entry(b"sparse", EntryKind::File);
+        a.size = 1 << 20;
+        a.extents = Some(vec![
+            Extent {
+                offset: 0,
+                len: 4096,
+            },
+            Extent {
+                offset: 8192,
+                len: 4096,
+            },
+        ]);
+        let mut buf = Vec::new();
+        a.encode(&mut buf).unwrap();
+        assert_eq!(
+            ManifestReader::new(&buf[..]).next_entry().unwrap().unwrap(),
+            a
+        );
+        for bad in [
+            vec![Extent { offset: 0, len: 0 }],
+            vec![Extent {
+                offset: 1 << 20,
+                len: 1,
+            }],
+            vec![
+                Extent {
+                    offset: 10,
+                    len: 10,
+                },
+                Extent { offset: 15, len: 1 },
+            ],
+            vec![Extent {
+                offset: u64::MAX,
+                len: 2,
+            }],
+        ] {
+            a.extents = Some(bad);
+            let mut buf = Vec::new();
+            a.encode(&mut buf).unwrap();
+            assert!(ManifestReader::new(&buf[..]).next_entry().is_err());
+        }
+    }
+
+    #[test]
+    fn format_2_records_still_read() {
+        // A format 2 record is a format 3 one without the sparse byte.
+        let a = entry(b"v2", EntryKind::File);
+        let mut buf = Vec::new();
+        a.encode(&mut buf).unwrap();
+        assert_eq!((buf[0], buf.pop()), (REC, Some(0)));
+        buf[0] = REC_V2;
+        assert_eq!(
+            ManifestReader::new(&buf[..]).next_entry().unwrap().unwrap(),
+            a
+        );
     }
 
     #[test]
@@ -505,34 +549,5 @@ mod tests {
         assert_eq!(r.next_entry().unwrap().unwrap(), b);
         assert!(r.next_entry().unwrap().is_none());
         assert_eq!(r.end, Some((2, 3)));
-    }
-
-    #[test]
-    fn normalize_rejects_and_cleans() {
-        assert_eq!(normalize(b"./a//b/./c/").unwrap().unwrap(), b"a/b/c");
-        assert_eq!(normalize(b"./").unwrap(), None);
-        assert!(normalize(b"/etc/passwd").is_err());
-        assert!(normalize(b"a/../../x").is_err());
-        assert!(normalize(b"..").is_err());
-        assert!(check_normalized(b"a/./b").is_err());
-        assert!(check_normalized(b"a/b").is_ok());
-    }
-
-    #[test]
-    fn symlink_guard() {
-        let mut g = SymlinkGuard::default();
-        g.check(&entry(b"a", EntryKind::Symlink)).unwrap();
-        assert!(g.check(&entry(b"a/passwd", EntryKind::File)).is_err());
-        assert!(g.check(&entry(b"a", EntryKind::Dir)).is_err());
-        g.check(&entry(b"ab/c", EntryKind::File)).unwrap();
-        let mut h = entry(b"h", EntryKind::Hardlink);
-        h.target = b"../outside".to_vec();
-        assert!(g.check(&h).is_err());
-        h.target = b"not-seen".to_vec();
-        assert!(g.check(&h).is_err());
-        h.target = b"ab".to_vec(); // a directory of the dataset, not a file
-        assert!(g.check(&h).is_err());
-        h.target = b"ab/c".to_vec();
-        g.check(&h).unwrap();
     }
 }

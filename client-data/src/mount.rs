@@ -305,7 +305,29 @@ impl PartitionMount {
         self.teardown()
     }
 
+    /// The `ntfs-3g` serving this mount, when tek started one (for a restore's watchdog).
+    pub fn driver(&self) -> Option<crate::ntfs_mount::FuseDriver> {
+        self.daemon.as_ref().map(|d| d.driver())
+    }
+
     fn teardown(&mut self) -> Result<(), DataError> {
+        // A killed FUSE daemon leaves a dead mount: detach it at once (a plain unmount of it
+        // can wait on requests nobody will answer).
+        if self.mounted
+            && self
+                .daemon
+                .as_ref()
+                .is_some_and(|d| d.driver().was_killed())
+        {
+            nix::mount::umount2(&self.dir, MntFlags::MNT_DETACH).map_err(|e| {
+                merr(
+                    "unmounting (lazily, after its driver was killed)",
+                    &self.dir,
+                    e,
+                )
+            })?;
+            self.mounted = false;
+        }
         if self.mounted {
             let mut last = None;
             // A just-closed file can keep the filesystem busy for a moment.

@@ -18,6 +18,8 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::DataError;
@@ -35,6 +37,41 @@ const DAEMON_WAIT: Duration = Duration::from_secs(60);
 pub struct Daemon {
     child: Child,
     stderr: Option<std::thread::JoinHandle<String>>,
+    driver: FuseDriver,
+}
+
+/// The FUSE daemon tek started for a mount, as a restore's watchdog sees it: named in its
+/// messages, and killed when it stops answering (see `restore::watchdog`).
+#[derive(Debug, Clone)]
+pub struct FuseDriver {
+    name: &'static str,
+    pid: u32,
+    killed: Arc<AtomicBool>,
+}
+
+impl FuseDriver {
+    /// "ntfs-3g".
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Kills it (SIGKILL also ends a stopped process). Safe by pid: it is our child and not
+    /// yet waited for, so the pid cannot have been reused.
+    pub fn kill(&self) -> std::io::Result<()> {
+        self.killed.store(true, Ordering::SeqCst);
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(Into::into)
+    }
+
+    /// True once [`FuseDriver::kill`] was called.
+    pub fn was_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
 }
 
 fn merr(action: &'static str, device: &Path, reason: impl ToString) -> DataError {
@@ -129,9 +166,15 @@ pub fn mount(source: &Path, dir: &Path) -> Result<Option<Daemon>, DataError> {
         let _ = pipe.read_to_string(&mut s);
         s
     });
+    let driver = FuseDriver {
+        name: "ntfs-3g",
+        pid: child.id(),
+        killed: Arc::new(AtomicBool::new(false)),
+    };
     let mut d = Daemon {
         child,
         stderr: Some(stderr),
+        driver,
     };
     let started = Instant::now();
     loop {
@@ -194,6 +237,11 @@ pub fn check_mounted_rw(dir: &Path) -> Result<(), MountRefusal> {
 }
 
 impl Daemon {
+    /// The daemon as a restore's watchdog sees it.
+    pub fn driver(&self) -> FuseDriver {
+        self.driver.clone()
+    }
+
     fn take_stderr(&mut self) -> String {
         self.stderr
             .take()
@@ -207,6 +255,17 @@ impl Daemon {
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(_)) if self.driver.was_killed() => {
+                    return Err(merr(
+                        "unmounting",
+                        source,
+                        format!(
+                            "ntfs-3g (pid {}) was killed by tek after it stopped answering: \
+                             what it had not written is not on the volume",
+                            self.driver.pid
+                        ),
+                    ));
+                }
                 Ok(Some(status)) => {
                     let text = self.take_stderr();
                     return Err(merr(

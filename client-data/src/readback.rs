@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use nix::fcntl::{OFlag, PosixFadviseAdvice, posix_fadvise};
 
 use crate::manifest::{Entry, EntryKind, Time};
+use crate::restore::watchdog::Progress;
 use crate::sys::open_beneath;
 use crate::target::TargetFs;
 use crate::xattrs::{NTFS_ATTRIB, NTFS_CRTIME};
@@ -60,14 +61,19 @@ pub(crate) struct ReadBack {
 
 impl ReadBack {
     /// Starts the flusher and readers on the (restore target) directory `root`.
-    pub(crate) fn start(root: &File, fs: TargetFs) -> std::io::Result<ReadBack> {
+    /// Ticks `progress` after every read (the restore's watchdog watches it).
+    pub(crate) fn start(
+        root: &File,
+        fs: TargetFs,
+        progress: Arc<Progress>,
+    ) -> std::io::Result<ReadBack> {
         let root = Arc::new(root.try_clone()?);
         let abort = Arc::new(AtomicBool::new(false));
         let (tx, rx) = crossbeam_channel::bounded::<Pending>(1);
         let stop = abort.clone();
         let flusher = std::thread::Builder::new()
             .name("tek-flush".into())
-            .spawn(move || flush_and_read(&root, fs, rx, &stop))?;
+            .spawn(move || flush_and_read(&root, fs, rx, &stop, &progress))?;
         Ok(ReadBack {
             pending: Vec::new(),
             pending_bytes: 0,
@@ -129,6 +135,7 @@ fn flush_and_read(
     fs: TargetFs,
     rx: crossbeam_channel::Receiver<Pending>,
     abort: &AtomicBool,
+    progress: &Progress,
 ) -> nix::Result<Verified> {
     // Four readers whatever the core count: each small-file read waits for the device (a
     // round trip through the loop worker in the benchmark), so more reads in flight shorten
@@ -151,7 +158,7 @@ fn flush_and_read(
                         continue;
                     }
                     let sd = sd.as_deref().map(Vec::as_slice);
-                    let r = match read_back(root, &e, sd, (fs, noatime), &mut buf) {
+                    let r = match read_back(root, &e, sd, (fs, noatime), &mut buf, progress) {
                         Ok((_, _, Some(m))) => Err(m),
                         Ok((len, h, None)) if len == e.size && h == e.blake3 => Ok(()),
                         Ok(_) => Err("content differs".to_string()),
@@ -174,6 +181,7 @@ fn flush_and_read(
                 continue;
             }
             nix::unistd::syncfs(root.as_raw_fd())?;
+            progress.tick();
             for item in batch {
                 let _ = vtx.send(item);
             }
@@ -358,6 +366,7 @@ fn read_back(
     sd: Option<&[u8]>,
     (fs, noatime): (TargetFs, bool),
     buf: &mut ReadBuf,
+    progress: &Progress,
 ) -> std::io::Result<(u64, [u8; 32], Option<String>)> {
     let path = &e.path[..];
     // O_NOATIME: verifying must not change the access times just restored (nor dirty 20k inodes
@@ -412,6 +421,7 @@ fn read_back(
         };
         h.update(&win[..k]);
         len += k as u64;
+        progress.tick();
         // A short O_DIRECT read is the end of the file (reading again from the unaligned end
         // offset would fail with EINVAL rather than return 0).
         if k == 0 || (direct && k < win.len()) {

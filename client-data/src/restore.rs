@@ -24,8 +24,10 @@
 //!    directories, symlinks and hard links are checked.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sys::time::TimeSpec;
 
@@ -36,89 +38,51 @@ use crate::dataset::{DatasetId, DatasetState, Destination, Migration, rfc3339};
 use crate::error::{DataError, io};
 use crate::ingest::{DATA_KEY, MAC_KEY, MANIFEST_KEY};
 use crate::manifest::{Entry, EntryKind, ManifestReader, SymlinkGuard, check_normalized};
+use crate::ntfs_mount::FuseDriver;
 use crate::ownership::Ownership;
 use crate::proof::VerifiedRestore;
 use crate::readback::{ReadBack, verify_dirs, verify_others};
 use crate::stream::{DecryptReader, Key, StreamKind, auth_failure, mac_of};
 use crate::target::RestoreTarget;
-use crate::winnames::{NameMap, NameMapping};
+use crate::winnames::{NameMap, NameMapping, show};
 
+mod journal;
+mod plan;
+mod result;
+mod undo;
+pub(crate) mod watchdog;
 mod writer;
+pub(crate) use journal::JOURNAL;
+pub use result::{NotRestored, RestoreResult};
 use writer::{Descriptors, Writer};
 
-/// Metadata of some kind that could not be set on a number of entries, and why (e.g. "POSIX
-/// ACLs", 3, "NTFS and FAT have no such attributes").
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct NotRestored {
-    /// What could not be set.
-    pub what: String,
-    /// On how many entries.
-    pub entries: u64,
-    /// Why.
-    pub reason: String,
+/// How a restore goes about it.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Replace what already stands in the target where the dataset puts a file, symlink or
+    /// hard link (or a non-directory where it puts a directory); each is listed in
+    /// [`RestoreResult::replaced`]. Without it such entries refuse the restore
+    /// ([`DataError::TargetNotEmpty`]). Directories in the way of files are never replaced.
+    pub replace_existing: bool,
+    /// Warn after this long without progress (the target's driver does not answer).
+    pub stall_warning: Duration,
+    /// Give up after this long without progress: a FUSE driver is killed (when tek started
+    /// it, [`RestoreOptions::driver`]) or its connection aborted, and the restore fails with
+    /// [`DataError::Stalled`].
+    pub stall_limit: Duration,
+    /// The FUSE daemon serving the target, when tek started it
+    /// ([`crate::PartitionMount::driver`]).
+    pub driver: Option<FuseDriver>,
 }
 
-/// What a restore did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RestoreResult {
-    /// Entries written (files, directories, symlinks, hard links).
-    pub entries_restored: u64,
-    /// File bytes written.
-    pub bytes_restored: u64,
-    /// Entries read back and found equal.
-    pub entries_verified: u64,
-    /// File bytes read back and found equal.
-    pub bytes_verified: u64,
-    /// Entries not restored, with their path inside the dataset, e.g. "character device node
-    /// dev/tty0 (entry 17)" (the audit log gets only their count).
-    pub skipped: Vec<String>,
-    /// Entries that did not read back equal, e.g. "entry 5: content differs".
-    pub mismatches: Vec<String>,
-    /// Entries whose owner (uid, gid) could not be set: the restoring process lacks CAP_CHOWN,
-    /// or the kernel refused. They keep the restoring user's ownership.
-    pub owners_not_restored: u64,
-    /// Why ownership was not restored, when it was not (e.g. "no CAP_CHOWN in the effective
-    /// capability set").
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ownership_note: Option<String>,
-    /// Entries restored without their setuid/setgid bits because setting them was refused
-    /// (systemd's `RestrictSUIDSGID=yes` makes such a chmod fail with EPERM), e.g.
-    /// "entry 9: mode 4755 restored as 0755".
-    pub setid_dropped: Vec<String>,
-    /// The filesystem restored onto ("posix", "ntfs (ntfs-3g)", ...), which decides names and
-    /// metadata.
-    pub target_filesystem: String,
-    /// Entries restored under another name because the target (NTFS, FAT) cannot hold theirs
-    /// (rule `tek-winnames-1`, see `winnames`), each with the staged and the restored path.
-    /// Read-back compared each of them with its staged original under the new name.
-    pub name_mappings: Vec<NameMapping>,
-    /// Symlinks whose text was mapped by the same rule, component by component (so a link to a
-    /// renamed entry still points at it; `from`/`to` are the link texts). The case rule's
-    /// numbers are not applied to link texts.
-    pub link_targets_mapped: Vec<NameMapping>,
-    /// Metadata the target could not hold, by kind, with counts.
-    pub metadata_not_restored: Vec<NotRestored>,
-    /// On NTFS: which security descriptor restored entries got (and that owners and POSIX
-    /// modes are not stored there).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub security_note: Option<String>,
-    /// The proof a wipe needs, present when the read-back passed (see [`crate::proof`]).
-    #[serde(skip)]
-    proof: Option<VerifiedRestore>,
-}
-
-impl RestoreResult {
-    /// True when everything restored was verified and nothing differed.
-    pub fn ok(&self) -> bool {
-        self.mismatches.is_empty()
-            && self.entries_verified == self.entries_restored
-            && self.bytes_verified == self.bytes_restored
-    }
-
-    /// The proof that this restore was verified, the one [`Custody::wipe`] takes; `None` when
-    /// the read-back found a difference.
-    pub fn verified(&self) -> Option<&VerifiedRestore> {
-        self.proof.as_ref()
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            replace_existing: false,
+            stall_warning: Duration::from_secs(30),
+            stall_limit: Duration::from_secs(120),
+            driver: None,
+        }
     }
 }
 
@@ -190,24 +154,43 @@ fn manifest_reader(
 
 impl Custody {
     /// Restores dataset `id` under the directory `target_dir` (opened once, see
-    /// [`RestoreTarget::open`]); see [`Custody::restore_into`].
+    /// [`RestoreTarget::open`]); see [`Custody::restore_with`].
     pub fn restore(
         &self,
         id: &DatasetId,
         target_dir: &Path,
         dest: &Destination,
     ) -> Result<RestoreResult, DataError> {
-        self.restore_into(id, &RestoreTarget::open(target_dir)?, dest)
+        self.restore_with(
+            id,
+            &RestoreTarget::open(target_dir)?,
+            dest,
+            &RestoreOptions::default(),
+        )
     }
 
-    /// Restores dataset `id` beneath the open directory `target`, flushes, reads back and
-    /// compares. Every open is relative to `target`'s descriptor, never to a path. On success
-    /// marks the dataset Migrated (verified) and writes migrate + verify audit entries.
+    /// [`Custody::restore_with`] with the default options.
     pub fn restore_into(
         &self,
         id: &DatasetId,
         target: &RestoreTarget,
         dest: &Destination,
+    ) -> Result<RestoreResult, DataError> {
+        self.restore_with(id, target, dest, &RestoreOptions::default())
+    }
+
+    /// Restores dataset `id` beneath the open directory `target`, flushes, reads back and
+    /// compares. Every open is relative to `target`'s descriptor, never to a path. Refuses
+    /// before writing anything when the target holds entries where the dataset puts its own
+    /// (unless `opts.replace_existing`; see `plan`). A failure while writing removes what the
+    /// restore wrote ([`DataError::RestoreAborted`]). On success marks the dataset Migrated
+    /// (verified) and writes migrate + verify audit entries.
+    pub fn restore_with(
+        &self,
+        id: &DatasetId,
+        target: &RestoreTarget,
+        dest: &Destination,
+        opts: &RestoreOptions,
     ) -> Result<RestoreResult, DataError> {
         let target_dir = target.label();
         if let Some(job) = &dest.job {
@@ -245,23 +228,32 @@ impl Custody {
             Some(a) => tampered("manifest", a.to_string()),
             None => tampered("manifest", e.to_string()),
         };
+        // This target's record in the journal: entries an unfinished earlier restore made.
+        let ident = journal::identity(target);
+        let mut journal = journal::Journal::load(&dir)?;
+        let earlier = journal.get(&ident).cloned();
         // Windows targets: every name mapped before anything is written (a name that cannot
-        // be mapped refuses the restore here).
+        // be mapped refuses the restore here). Every mapped path checked in the target.
         let fs = target.fs();
         let mut names = fs.windows_names().then(NameMap::default);
         let mut depth = 0usize;
-        {
+        let plan = {
             let mut mr = manifest_reader(&manifest_path, &mkey)?;
             let mut guard = SymlinkGuard::default();
+            let mut check =
+                plan::Checker::new(target.dir(), earlier.as_ref(), opts.replace_existing);
             let (mut n, mut bytes) = (0u64, 0u64);
             while let Some(e) = mr.next_entry().map_err(man_err)? {
                 check_normalized(&e.path).map_err(|r| unsafe_path(n, r))?;
                 guard.check(&e).map_err(|r| unsafe_path(n, r))?;
                 if let Some(m) = &mut names {
-                    m.add(n, &e.path).map_err(|t| DataError::NameTooLong {
+                    let p = m.add(n, &e.path).map_err(|t| DataError::NameTooLong {
                         entry: n,
                         mapped: t.mapped,
                     })?;
+                    check.check(n, e.kind, &p, target_dir)?;
+                } else {
+                    check.check(n, e.kind, &e.path, target_dir)?;
                 }
                 depth = depth.max(e.path.iter().filter(|&&b| b == b'/').count());
                 bytes += e.size;
@@ -273,6 +265,21 @@ impl Custody {
                     "entry or byte totals do not match".into(),
                 ));
             }
+            check.finish(target_dir)?
+        };
+        let mut rec = earlier.unwrap_or_else(|| journal::TargetRecord {
+            identity: ident.clone(),
+            ..Default::default()
+        });
+        rec.label = target_dir.display().to_string();
+        rec.merged_dirs.extend(&plan.merged);
+        rec.merged_dirs.sort_unstable();
+        rec.merged_dirs.dedup();
+
+        // The target's own times, put back by a cleanup with those of merged directories.
+        let mut times = plan.merged_times;
+        if let Ok(st) = nix::sys::stat::fstat(target.dir().as_raw_fd()) {
+            times.push((Vec::new(), plan::times_of(&st)));
         }
 
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: authenticated");
@@ -310,6 +317,14 @@ impl Custody {
             }
             Vec::new()
         };
+        let progress = Arc::new(watchdog::Progress::default());
+        let dog = watchdog::Watchdog::start(
+            target,
+            opts.driver.clone(),
+            progress.clone(),
+            opts.stall_warning,
+            opts.stall_limit,
+        );
         let mut w = Writer {
             root,
             target: target_dir.to_path_buf(),
@@ -323,6 +338,10 @@ impl Custody {
             not_restored: Default::default(),
             dirs_written: Vec::new(),
             wbuf: Vec::new(),
+            replace: plan.replace,
+            made_dirs: Vec::new(),
+            created_upto: 0,
+            progress: progress.clone(),
         };
         // The entry as restored: its path (and a hard link's target) mapped.
         let mapped = |mut e: Entry| -> Entry {
@@ -337,58 +356,131 @@ impl Custody {
             }
             e
         };
-        let dkey = key.derive(DATA_KEY);
-        let df = File::open(&data_path).map_err(io("opening", &data_path))?;
-        // A thread reads and decrypts ahead while this one writes the files.
-        let mut data =
-            OpenPipe::start(df, &dkey, StreamKind::Data).map_err(|e| data_error(target_dir, e))?;
         let flush_err = |e: nix::errno::Errno| DataError::Io {
             action: "flushing filesystem of",
             path: target_dir.to_path_buf(),
             source: e.into(),
         };
-        // Files are flushed and read back in the background as the restore proceeds.
-        let mut rb =
-            ReadBack::start(&w.root, fs).map_err(io("starting read-back of", target_dir))?;
-        let mut mr = manifest_reader(&manifest_path, &mkey)?;
-        let mut n = 0u64;
-        while let Some(e) = mr.next_entry().map_err(man_err)? {
-            let link_text =
-                (e.kind == EntryKind::Symlink && names.is_some()).then(|| e.target.clone());
-            let mut e = mapped(e);
-            if let Some(old) = link_text.filter(|t| *t != e.target) {
-                res.link_targets_mapped
-                    .push(NameMapping::new(n, &old, &e.target));
+        let mut at: Option<(u64, Vec<u8>)> = None;
+        let written = (|| -> Result<crate::readback::Verified, DataError> {
+            let dkey = key.derive(DATA_KEY);
+            let df = File::open(&data_path).map_err(io("opening", &data_path))?;
+            // A thread reads and decrypts ahead while this one writes the files.
+            let mut data = OpenPipe::start(df, &dkey, StreamKind::Data)
+                .map_err(|e| data_error(target_dir, e))?;
+            // Files are flushed and read back in the background as the restore proceeds.
+            let mut rb = ReadBack::start(&w.root, fs, progress.clone())
+                .map_err(io("starting read-back of", target_dir))?;
+            let mut mr = manifest_reader(&manifest_path, &mkey)?;
+            let mut n = 0u64;
+            while let Some(e) = mr.next_entry().map_err(man_err)? {
+                // The journal is ahead of every entry created (see `journal`).
+                if n >= rec.entries_below {
+                    rec.entries_below = (n + journal::STEP).min(meta.info.entries);
+                    journal.put(&rec)?;
+                }
+                match &mut at {
+                    Some((k, p)) => {
+                        *k = n;
+                        p.clear();
+                        p.extend_from_slice(&e.path);
+                    }
+                    None => at = Some((n, e.path.clone())),
+                }
+                progress.doing(|s| {
+                    s.push_str("writing ");
+                    s.push_str(&show(&e.path));
+                });
+                let link_text =
+                    (e.kind == EntryKind::Symlink && names.is_some()).then(|| e.target.clone());
+                let mut e = mapped(e);
+                if let Some(old) = link_text.filter(|t| *t != e.target) {
+                    res.link_targets_mapped
+                        .push(NameMapping::new(n, &old, &e.target));
+                }
+                match e.kind {
+                    EntryKind::File => {
+                        let sd = w.file(&mut e, n, &mut data)?;
+                        res.bytes_restored += e.size;
+                        rb.written(n, e, sd);
+                        res.entries_restored += 1;
+                        n += 1;
+                        continue;
+                    }
+                    EntryKind::Dir => {
+                        w.dir_entry(&e.path, n)?;
+                        w.dirs.push((n, e.clone()));
+                    }
+                    EntryKind::Symlink => w.symlink(&e, n)?,
+                    EntryKind::Hardlink => w.hardlink(&e, n)?,
+                    k => {
+                        let path = show(&e.path);
+                        res.skipped
+                            .push(format!("{} {path} (entry {n})", k.describe()));
+                        n += 1;
+                        continue;
+                    }
+                }
+                res.entries_restored += 1;
+                n += 1;
             }
-            match e.kind {
-                EntryKind::File => {
-                    let sd = w.file(&mut e, n, &mut data)?;
-                    res.bytes_restored += e.size;
-                    rb.written(n, e, sd);
-                    res.entries_restored += 1;
-                    n += 1;
-                    continue;
+            at = None;
+            data.finish().map_err(|e| data_error(target_dir, e))?;
+            w.parent = None;
+            progress.doing(|s| s.push_str("setting the directories' metadata"));
+            w.finish_dirs()?;
+            tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: written");
+            // 3. The last flush (covering directory metadata too), the last reads.
+            progress.doing(|s| s.push_str("flushing and reading back"));
+            rb.finish().map_err(flush_err)
+        })();
+        let mut v = match written {
+            Ok(v) => v,
+            Err(cause) => {
+                let cause = dog.gave_up().unwrap_or(cause);
+                drop(dog);
+                w.parent = None;
+                let mut own = plan.own;
+                own.sort_unstable();
+                let undo = undo::Undo {
+                    created_upto: w.created_upto,
+                    own: &own,
+                    made_dirs: &w.made_dirs,
+                    times: &times,
+                };
+                let mut mr = manifest_reader(&manifest_path, &mkey)?;
+                let mut cleanup = undo.run(&w.root, || {
+                    mr.next_entry().map(|e| e.map(&mapped)).map_err(man_err)
+                });
+                cleanup.replaced_gone = plan
+                    .replaced_entries
+                    .iter()
+                    .filter(|&&k| k < w.created_upto)
+                    .count() as u64;
+                if cleanup.remaining_count == 0 {
+                    // Nothing of ours is left in the target: its record goes.
+                    journal.remove(&ident)?;
                 }
-                EntryKind::Dir => {
-                    w.dir(&e.path, n)?;
-                    w.dirs.push((n, e.clone()));
-                }
-                EntryKind::Symlink => w.symlink(&e, n)?,
-                EntryKind::Hardlink => w.hardlink(&e, n)?,
-                k => {
-                    let path = crate::winnames::show(&e.path);
-                    res.skipped
-                        .push(format!("{} {path} (entry {n})", k.describe()));
-                    n += 1;
-                    continue;
-                }
+                let shown = match &at {
+                    Some((_, p)) => {
+                        let m = names.as_ref().map(|m| m.get(p)).filter(|m| m != p);
+                        match m {
+                            Some(m) => format!("{} (restored as {})", show(p), show(m)),
+                            None => show(p),
+                        }
+                    }
+                    None => "the dataset's last steps (directory metadata, flush)".into(),
+                };
+                return Err(DataError::RestoreAborted {
+                    target: target_dir.to_path_buf(),
+                    entry: at.as_ref().map(|a| a.0),
+                    at: shown,
+                    cause: Box::new(cause),
+                    cleanup,
+                });
             }
-            res.entries_restored += 1;
-            n += 1;
-        }
-        data.finish().map_err(|e| data_error(target_dir, e))?;
-        w.parent = None;
-        w.finish_dirs()?;
+        };
+        drop(dog);
         res.owners_not_restored = w.owners_not_restored;
         if res.owners_not_restored > 0 && w.own != Ownership::Restore {
             res.ownership_note = Some("no CAP_CHOWN in the effective capability set".into());
@@ -404,10 +496,9 @@ impl Custody {
                 reason,
             })
             .collect();
-
-        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: written");
-        // 3. The last flush (covering directory metadata too), the last reads, then the rest.
-        let mut v = rb.finish().map_err(flush_err)?;
+        res.replaced = plan.replaced;
+        res.resumed = plan.resumed;
+        res.merged_directories = plan.merged.len() as u64;
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: files verified");
         let mut mr = manifest_reader(&manifest_path, &mkey)?;
         let o = verify_others(&w.root, || {
@@ -438,6 +529,8 @@ impl Custody {
             meta.info.state = DatasetState::Migrated;
             meta.save(&dir)?;
             res.proof = Some(VerifiedRestore::after_read_back(id));
+            // Verified: nothing in the target is a partial restore any more.
+            journal.remove(&ident)?;
         }
         self.audit.append_many([
             AuditEvent::Migrate {
@@ -450,6 +543,8 @@ impl Custody {
                 bytes: res.bytes_restored,
                 skipped: res.skipped.len() as u64,
                 renamed: res.name_mappings.len() as u64,
+                replaced: res.replaced.len() as u64,
+                resumed: res.resumed.len() as u64,
             },
             AuditEvent::Verify {
                 dataset: id.to_string(),

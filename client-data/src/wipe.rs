@@ -187,6 +187,9 @@ impl Custody {
                 overwritten += shred(&p, true)?;
             }
         }
+        // A restore journal (entry numbers of a partial restore) has no use once the data is
+        // gone.
+        let _ = std::fs::remove_file(dir.join(crate::restore::JOURNAL));
         let now = rfc3339(self.now());
         meta.info.state = end;
         meta.wiped_at = Some(now.clone());

@@ -69,6 +69,11 @@ pub enum DataCommand {
         /// Model of the device written.
         #[arg(long)]
         model: Option<String>,
+        /// Replace what already stands in the directory where the dataset puts a file (each
+        /// one is listed). Without it such entries refuse the restore before anything is
+        /// written. Folders in the way of files are never replaced.
+        #[arg(long)]
+        replace_existing: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -296,6 +301,7 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
             serial,
             wwn,
             model,
+            replace_existing,
             json,
         } => {
             let id = parse_id(&dataset)?;
@@ -309,8 +315,12 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                     None,
                 ),
             };
-            let res = c
-                .restore(&id, &dir, &dest)
+            let opts = client_data::RestoreOptions {
+                replace_existing,
+                ..Default::default()
+            };
+            let res = client_data::RestoreTarget::open(&dir)
+                .and_then(|t| c.restore_with(&id, &t, &dest, &opts))
                 .with_context(|| format!("restoring {id} to {}", dir.display()))?;
             if json {
                 render::print_json(&res)?;
@@ -324,6 +334,22 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 );
                 for s in &res.skipped {
                     println!("skipped: {s}");
+                }
+                for s in &res.replaced {
+                    println!("replaced (as asked): {s}");
+                }
+                if !res.resumed.is_empty() {
+                    println!(
+                        "resumed: {} an interrupted restore of this dataset had written were \
+                         replaced (listed in --json)",
+                        render::count(res.resumed.len() as u64, "entry")
+                    );
+                }
+                if res.merged_directories > 0 {
+                    println!(
+                        "merged: {} already in the target, written into",
+                        render::count(res.merged_directories, "folder")
+                    );
                 }
                 if res.owners_not_restored > 0 {
                     println!(

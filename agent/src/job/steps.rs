@@ -425,7 +425,14 @@ impl JobSteps for RealSteps {
             job: Some(job.id.to_string()),
             device: device_identity(job),
         };
-        let result = self.custody.restore_into(&id, &target, &dest);
+        // A re-run of this step (the job resumed) replaces the entries its interrupted run
+        // wrote (the restore journal says which); anything else in the way refuses. A stalled
+        // ntfs-3g is given up on after two minutes, and the job fails with that reason.
+        let opts = client_data::RestoreOptions {
+            driver: mount.driver(),
+            ..Default::default()
+        };
+        let result = self.custody.restore_with(&id, &target, &dest, &opts);
         drop(target);
         let unmounted = mount.unmount();
         let result = result.with_context(|| format!("restoring dataset {id}"))?;

@@ -60,13 +60,24 @@ fn ingest_restore_wipe_audit() {
     let e = err(&tek(&state, &["data", "wipe", id]));
     assert!(e.contains("no verified migration"), "{e}");
     let target = d.path().join("target");
-    std::fs::create_dir(&target).unwrap();
-    let res: serde_json::Value = serde_json::from_str(&ok(&tek(
-        &state,
-        &["data", "restore", id, target.to_str().unwrap(), "--json"],
-    )))
-    .unwrap();
+    std::fs::create_dir_all(target.join("a")).unwrap();
+    // Something already where the dataset puts its file: refused, unless asked to replace.
+    std::fs::write(target.join("a/f.txt"), b"technician's").unwrap();
+    let t = target.to_str().unwrap();
+    let e = err(&tek(&state, &["data", "restore", id, t]));
+    assert!(
+        e.contains("a/f.txt") && e.contains("--replace-existing"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(target.join("a/f.txt")).unwrap(),
+        b"technician's"
+    );
+    let args = ["data", "restore", id, t, "--replace-existing", "--json"];
+    let res: serde_json::Value = serde_json::from_str(&ok(&tek(&state, &args))).unwrap();
     assert_eq!(res["bytes_verified"], 12);
+    assert_eq!(res["replaced"][0], "a/f.txt (entry 1)", "{res}");
+    assert_eq!(res["merged_directories"], 1, "{res}");
     assert_eq!(
         std::fs::read(target.join("a/f.txt")).unwrap(),
         b"client bytes"

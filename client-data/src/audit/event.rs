@@ -52,6 +52,14 @@ pub enum AuditEvent {
         /// written before it existed.
         #[serde(default, skip_serializing_if = "is_zero")]
         renamed: u64,
+        /// Entries that stood in the target and were replaced at the caller's request
+        /// (`--replace-existing`). Absent when 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        replaced: u64,
+        /// Entries an unfinished earlier restore of the dataset had made, found and replaced.
+        /// Absent when 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        resumed: u64,
     },
     /// A restored dataset was read back and compared.
     Verify {

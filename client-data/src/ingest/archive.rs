@@ -221,6 +221,7 @@ pub(super) fn read_tar(source: &Path, sink: &mut Sink<'_>) -> Result<String, Dat
             atime: None,
             btime: None,
             xattrs: Vec::new(),
+            extents: None,
         };
         pax_extras(&mut te, &mut e).map_err(|r| sink.bad(r))?;
         match kind {

@@ -8,19 +8,22 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, mkdirat, utimensat};
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
-use xattr::FileExt;
+use xattr::FileExt as _;
 
+use super::watchdog::Progress;
 use super::{data_error, split, ts, unsafe_path};
 use crate::batch::OpenPipe;
 use crate::error::{DataError, io};
 use crate::manifest::{Entry, Xattr};
 use crate::ntfs::{NTFS_TIMES, ntfs_times};
 use crate::ownership::{Ownership, set_mode};
+use crate::sparse::{Holes, all_zero};
 use crate::sys::open_beneath;
 use crate::target::TargetFs;
 use crate::xattrs::NTFS_ATTRIB;
@@ -51,6 +54,27 @@ pub(super) struct Writer {
     pub dirs_written: Vec<(u64, Entry, crate::readback::Sd)>,
     /// The write buffer of [`Writer::file`] on ntfs-3g, kept between files.
     pub wbuf: Vec<u8>,
+    /// Entries whose path holds something to remove first (see `plan`).
+    pub replace: std::collections::HashSet<u64>,
+    /// Directories this restore made (mapped paths, in order), for a cleanup.
+    pub made_dirs: Vec<Vec<u8>>,
+    /// Entries below this number that are not directories were created by this restore.
+    pub created_upto: u64,
+    /// Ticked after every write (the watchdog watches it).
+    pub progress: Arc<Progress>,
+}
+
+/// Something appeared at an entry's path after the check before writing.
+fn appeared(n: u64, path: &[u8], target: &std::path::Path) -> DataError {
+    DataError::TargetNotEmpty {
+        target: target.to_path_buf(),
+        count: 1,
+        first: vec![format!(
+            "{} (entry {n}) (appeared while the restore ran)",
+            crate::winnames::show(path)
+        )],
+        directories: 0,
+    }
 }
 
 /// Why an attribute may fail to be set without failing the restore.
@@ -113,8 +137,26 @@ impl Writer {
         Some(if dir { d.clone() } else { f.clone() })
     }
 
+    /// Directory entry `n` at `rel`: what stands there first removed when the plan says so
+    /// (a non-directory replaced or resumed), then opened or made as [`Writer::dir`].
+    pub(super) fn dir_entry(&mut self, rel: &[u8], n: u64) -> Result<OwnedFd, DataError> {
+        if self.replace.contains(&n) {
+            let (parent, name) = split(rel);
+            let pfd = self.dir(parent, n)?;
+            match nix::unistd::unlinkat(
+                Some(pfd.as_raw_fd()),
+                OsStr::from_bytes(name),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(self.err("removing what stood at a directory's path", n)(e)),
+            }
+        }
+        self.dir(rel, n)
+    }
+
     /// Opens (creating with 0700 as needed) directory `rel` beneath the target.
-    pub(super) fn dir(&self, rel: &[u8], n: u64) -> Result<OwnedFd, DataError> {
+    pub(super) fn dir(&mut self, rel: &[u8], n: u64) -> Result<OwnedFd, DataError> {
         match open_beneath(&self.root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0) {
             Ok(fd) => Ok(fd),
             Err(nix::errno::Errno::ENOENT) if !rel.is_empty() => {
@@ -125,7 +167,8 @@ impl Writer {
                     OsStr::from_bytes(name),
                     Mode::from_bits_truncate(0o700),
                 ) {
-                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Ok(()) => self.made_dirs.push(rel.to_vec()),
+                    Err(nix::errno::Errno::EEXIST) => {}
                     Err(e) => return Err(self.err("creating directory", n)(e)),
                 }
                 let fd = open_beneath(&self.root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
@@ -293,13 +336,35 @@ impl Writer {
         futimens(f.as_raw_fd(), &a, &m).map_err(self.err("setting times", n))
     }
 
+    /// Removes what stands at `name` in `pfd` before entry `n` is created there, when the
+    /// plan says so (replaced or resumed); else what stands there appeared after the check.
+    fn clear(&self, pfd: i32, name: &OsStr, n: u64, path: &[u8]) -> Result<(), DataError> {
+        if !self.replace.contains(&n) {
+            return Err(appeared(n, path, &self.target));
+        }
+        match nix::unistd::unlinkat(Some(pfd), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(nix::errno::Errno::EISDIR) => Err(unsafe_path(
+                n,
+                "a directory already stands where this entry goes in the target",
+            )),
+            Err(e) => Err(self.err("removing what stood at an entry's path", n)(e)),
+        }
+    }
+
     /// Creates a fresh regular file `name` in `pfd`. Whatever already sits at that name in the
     /// target is never opened: a hard link to a file outside the target would have the outside
     /// file rewritten (content, owner, mode), a FIFO would block the open forever. So: `O_EXCL`
     /// (a new inode or nothing; no symlink followed), and on EEXIST the old name is unlinked
-    /// (a directory is refused) and the create tried once more. `O_NONBLOCK` and the `fstat`
-    /// check stand guard in case something is swapped in between.
-    fn create_file(&self, pfd: i32, name: &[u8], n: u64) -> Result<File, DataError> {
+    /// when the plan allows it ([`Writer::clear`]) and the create tried once more. `O_NONBLOCK`
+    /// and the `fstat` check stand guard in case something is swapped in between.
+    fn create_file(
+        &mut self,
+        pfd: i32,
+        name: &[u8],
+        n: u64,
+        path: &[u8],
+    ) -> Result<File, DataError> {
         let name = OsStr::from_bytes(name);
         let flags = OFlag::O_WRONLY
             | OFlag::O_CREAT
@@ -307,32 +372,19 @@ impl Writer {
             | OFlag::O_NOFOLLOW
             | OFlag::O_NONBLOCK
             | OFlag::O_CLOEXEC;
-        let mut replaced = false;
+        let mut cleared = false;
         let fd = loop {
             match nix::fcntl::openat(Some(pfd), name, flags, Mode::from_bits_truncate(0o600)) {
                 Ok(fd) => break fd,
-                Err(nix::errno::Errno::EEXIST) if !replaced => {
-                    replaced = true;
-                    match nix::unistd::unlinkat(
-                        Some(pfd),
-                        name,
-                        nix::unistd::UnlinkatFlags::NoRemoveDir,
-                    ) {
-                        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-                        Err(nix::errno::Errno::EISDIR) => {
-                            return Err(unsafe_path(
-                                n,
-                                "a directory already stands where this file goes in the target",
-                            ));
-                        }
-                        Err(e) => {
-                            return Err(self.err("removing what stood at a file's path", n)(e));
-                        }
-                    }
+                Err(nix::errno::Errno::EEXIST) if !cleared => {
+                    cleared = true;
+                    self.clear(pfd, name, n, path)?;
                 }
+                Err(nix::errno::Errno::EEXIST) => return Err(appeared(n, path, &self.target)),
                 Err(e) => return Err(self.err("creating file", n)(e)),
             }
         };
+        self.created_upto = n + 1;
         let f = File::from(crate::sys::owned(fd));
         let st = nix::sys::stat::fstat(f.as_raw_fd()).map_err(self.err("checking new file", n))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
@@ -354,27 +406,58 @@ impl Writer {
     ) -> Result<Option<Arc<Vec<u8>>>, DataError> {
         let path = e.path.clone();
         let (pfd, name) = self.parent_of(&path, n)?;
-        let mut f = self.create_file(pfd, name, n)?;
+        let mut f = self.create_file(pfd, name, n, &path)?;
         let mut write_err = None;
         // The data stream's 64 KiB segments do not start where files start. On ntfs-3g every
         // write(2) costs FUSE round trips of its own (the kernel asks for
         // `security.capability` first, and a write not starting on a page boundary is split
         // at one more), so there the pieces are gathered into whole WRITE_BUF writes.
         let gather = self.fs == TargetFs::Ntfs3g && e.size > 0;
+        // A sparse source: zero pieces inside its holes are skipped (seeked over) and the
+        // length set at the end, so the holes stay holes (see `sparse`).
+        let mut holes = e.extents.as_deref().map(Holes::new);
+        let positional = gather || holes.is_some();
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
+        let (mut pos, mut bstart) = (0u64, 0u64);
+        let progress = &self.progress;
         let mut put = |c: &[u8]| -> std::io::Result<()> {
-            if !gather {
+            progress.tick();
+            if !positional {
                 return f.write_all(c);
             }
             let mut c = c;
             while !c.is_empty() {
-                let k = c.len().min(WRITE_BUF - buf.len());
-                buf.extend_from_slice(&c[..k]);
-                c = &c[k..];
-                if buf.len() == WRITE_BUF {
-                    f.write_all(&buf)?;
+                let (k, hole) = match &mut holes {
+                    Some(h) => h.next_piece(c.len()),
+                    None => (c.len(), false),
+                };
+                let (mut piece, rest) = c.split_at(k);
+                c = rest;
+                if hole && all_zero(piece) {
+                    pos += k as u64;
+                    continue;
+                }
+                if !gather {
+                    f.write_all_at(piece, pos)?;
+                    pos += k as u64;
+                    continue;
+                }
+                if bstart + buf.len() as u64 != pos {
+                    f.write_all_at(&buf, bstart)?;
                     buf.clear();
+                    bstart = pos;
+                }
+                pos += k as u64;
+                while !piece.is_empty() {
+                    let m = piece.len().min(WRITE_BUF - buf.len());
+                    buf.extend_from_slice(&piece[..m]);
+                    piece = &piece[m..];
+                    if buf.len() == WRITE_BUF {
+                        f.write_all_at(&buf, bstart)?;
+                        bstart += buf.len() as u64;
+                        buf.clear();
+                    }
                 }
             }
             Ok(())
@@ -388,7 +471,13 @@ impl Writer {
                 })
             })
             .map(|()| {
-                if let Err(err) = f.write_all(&buf) {
+                let end = if positional {
+                    f.write_all_at(&buf, bstart)
+                        .and_then(|()| f.set_len(e.size))
+                } else {
+                    Ok(())
+                };
+                if let Err(err) = end {
                     write_err = Some(err);
                 }
             });
@@ -413,12 +502,12 @@ impl Writer {
         match symlinkat(target, Some(pfd), name) {
             Ok(()) => {}
             Err(nix::errno::Errno::EEXIST) => {
-                let _ =
-                    nix::unistd::unlinkat(Some(pfd), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+                self.clear(pfd, name, n, &e.path)?;
                 symlinkat(target, Some(pfd), name).map_err(self.err("creating symlink", n))?;
             }
             Err(e) => return Err(self.err("creating symlink", n)(e)),
         }
+        self.created_upto = n + 1;
         self.owner(e, n, |u, g| {
             fchownat(
                 Some(pfd),
@@ -440,16 +529,23 @@ impl Writer {
         let tfd = self.dir(tparent, n)?;
         let (pfd, name) = self.parent_of(&e.path, n)?;
         let name = OsStr::from_bytes(name);
-        let _ = nix::unistd::unlinkat(Some(pfd), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        if self.replace.contains(&n) {
+            self.clear(pfd, name, n, &e.path)?;
+        }
         // Flags 0: a symlink target is linked itself, never followed.
-        linkat(
+        match linkat(
             Some(tfd.as_raw_fd()),
             OsStr::from_bytes(tname),
             Some(pfd),
             name,
             nix::fcntl::AtFlags::empty(),
-        )
-        .map_err(self.err("creating hard link", n))
+        ) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EEXIST) => return Err(appeared(n, &e.path, &self.target)),
+            Err(err) => return Err(self.err("creating hard link", n)(err)),
+        }
+        self.created_upto = n + 1;
+        Ok(())
     }
 
     /// Directory metadata, deepest first (creating children would otherwise bump their

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use client_data::loopdev::can_attach;
-use client_data::{DataError, DatasetState, PartitionMount, RestoreTarget};
+use client_data::{DataError, DatasetState, PartitionMount, RestoreOptions, RestoreTarget};
 
 use crate::common::*;
 
@@ -148,7 +148,10 @@ fn bind_mount_on_data_path_or_below_is_refused() {
         let t = RestoreTarget::beneath(m.path(), "/home").unwrap();
         let _b = bind(&m.path().join("home/Docs"));
         let err = d.custody.restore_into(&info.id, &t, &dest()).unwrap_err();
-        assert!(matches!(err, DataError::UnsafePath { .. }), "{err}");
+        assert!(
+            matches!(&err, DataError::TargetNotEmpty { first, .. } if first[0].contains("mount point")),
+            "{err}"
+        );
     }
     drop(m);
     assert!(is_empty_dir(host.path()), "nothing written on the host");
@@ -180,7 +183,21 @@ fn hard_link_in_target_does_not_rewrite_outside_file() {
     fs::create_dir_all(target.join("Docs")).unwrap();
     fs::hard_link(&outside, target.join("Docs/a.txt")).unwrap();
 
-    let res = d.custody.restore(&info.id, &target, &dest()).unwrap();
+    // Refused unless asked to replace; asked, the link is replaced, never written through.
+    assert!(matches!(
+        d.custody.restore(&info.id, &target, &dest()),
+        Err(DataError::TargetNotEmpty { count: 1, .. })
+    ));
+    let res = d
+        .custody
+        .restore_with(
+            &info.id,
+            &RestoreTarget::open(&target).unwrap(),
+            &dest(),
+            &replace(),
+        )
+        .unwrap();
+    assert_eq!(res.replaced.len(), 1, "{res:?}");
     assert!(res.ok(), "{res:?}");
     assert_eq!(
         fs::read(&outside).unwrap(),
@@ -200,7 +217,8 @@ fn hard_link_in_target_does_not_rewrite_outside_file() {
 }
 
 /// A FIFO at an entry's path used to block the restore's open forever (holding the dataset
-/// lock). Now it is replaced by the file, and the restore completes within seconds.
+/// lock). Now it is replaced by the file (asked to replace), and the restore completes within
+/// seconds.
 #[test]
 fn fifo_in_target_does_not_hang_restore() {
     let d = depot();
@@ -221,7 +239,8 @@ fn fifo_in_target_does_not_hang_restore() {
     let dir = d.dir.path().to_path_buf();
     std::thread::spawn(move || {
         let c = client_data::Custody::open(paths(&dir)).unwrap();
-        let _ = tx.send(c.restore(&info.id, &t2, &dest()));
+        let t = RestoreTarget::open(&t2).unwrap();
+        let _ = tx.send(c.restore_with(&info.id, &t, &dest(), &replace()));
     });
     let res = rx
         .recv_timeout(Duration::from_secs(30))
@@ -242,10 +261,23 @@ fn directory_in_place_of_file_is_refused() {
     let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
     let target = d.dir.path().join("target");
     fs::create_dir_all(target.join("Docs/a.txt/keep")).unwrap();
-    let err = d.custody.restore(&info.id, &target, &dest()).unwrap_err();
-    assert!(
-        matches!(&err, DataError::UnsafePath { reason, .. } if reason.contains("directory")),
-        "{err}"
-    );
-    assert!(target.join("Docs/a.txt/keep").is_dir());
+    for opts in [RestoreOptions::default(), replace()] {
+        let t = RestoreTarget::open(&target).unwrap();
+        let err = d
+            .custody
+            .restore_with(&info.id, &t, &dest(), &opts)
+            .unwrap_err();
+        assert!(
+            matches!(&err, DataError::TargetNotEmpty { directories: 1, .. }),
+            "{err}"
+        );
+        assert!(target.join("Docs/a.txt/keep").is_dir());
+    }
+}
+
+fn replace() -> RestoreOptions {
+    RestoreOptions {
+        replace_existing: true,
+        ..Default::default()
+    }
 }

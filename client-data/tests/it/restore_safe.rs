@@ -1,0 +1,448 @@
+//! A restore never silently replaces what is in its target, keeps sparse files sparse, cleans
+//! up after a failure (a full disk) and gives up on a stalled ntfs-3g. On real filesystems:
+//! ext4 on a loop device and NTFS through ntfs-3g. Needs root, loop devices and FUSE; skips
+//! with the reason otherwise (CI runs as root).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use client_data::{DataError, DatasetState, PartitionMount, RestoreOptions, RestoreTarget};
+
+use crate::common::*;
+
+fn can_run(name: &str) -> bool {
+    if client_data::loopdev::can_attach() && can_mount_ntfs() {
+        return true;
+    }
+    tek_testkit::skip!("{name}: needs root, loop devices, /dev/fuse and ntfs-3g");
+    false
+}
+
+/// Every entry beneath `root` (relative path, kind, file size, mtime), sorted: a target "as
+/// before".
+fn listing(root: &Path) -> Vec<(PathBuf, char, u64, i64)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, char, u64, i64)>) {
+        for de in fs::read_dir(dir).unwrap() {
+            let p = de.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let kind = if m.is_dir() {
+                'd'
+            } else if m.is_symlink() {
+                'l'
+            } else {
+                'f'
+            };
+            // A directory's size is the filesystem's business (NTFS indexes do not shrink).
+            let size = if m.is_dir() { 0 } else { m.len() };
+            out.push((p.strip_prefix(root).unwrap().into(), kind, size, m.mtime()));
+            if m.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// A real target of each kind: (name, mount, keeps the volume alive).
+enum Vol {
+    Ext4(Ext4Volume),
+    Ntfs(NtfsVolume),
+}
+
+impl Vol {
+    fn root(&self) -> &Path {
+        match self {
+            Vol::Ext4(v) => v.path(),
+            Vol::Ntfs(v) => &v.mnt,
+        }
+    }
+}
+
+fn volumes(dir: &Path, size: u64) -> Vec<(&'static str, Vol)> {
+    vec![
+        ("ext4", Vol::Ext4(Ext4Volume::new(dir, "e", size))),
+        ("ntfs", Vol::Ntfs(NtfsVolume::new(dir, "n", size))),
+    ]
+}
+
+fn write(p: &Path, data: &[u8]) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
+
+#[test]
+fn a_target_holding_entries_of_the_dataset_refuses_unless_asked_to_replace() {
+    if !can_run("a_target_holding_entries_of_the_dataset_refuses_unless_asked_to_replace") {
+        return;
+    }
+    let d = depot();
+    let src = d.dir.path().join("src");
+    write(&src.join("Docs/a.txt"), b"new a");
+    write(&src.join("Docs/b.txt"), b"new b");
+    write(&src.join("top.txt"), b"top");
+    let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
+    let other_src = d.dir.path().join("other");
+    write(&other_src.join("Docs/a.txt"), b"someone else's a");
+    let other = d.custody.ingest("C-2", "T-2", &other_src).unwrap();
+    for (kind, vol) in volumes(d.dir.path(), 32 << 20) {
+        let t = vol.root().join("Recovered");
+        // Already there: a directory the dataset has too (merged), a file where it puts a
+        // file, and one of the client's own files it does not have.
+        write(&t.join("Docs/a.txt"), b"old a, the technician's");
+        write(&t.join("Docs/mine.txt"), b"keep me");
+        let before = listing(&t);
+        let e = d.custody.restore(&info.id, &t, &dest()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, DataError::TargetNotEmpty { count: 1, .. }),
+            "{kind}: {msg}"
+        );
+        assert!(
+            msg.contains("Docs/a.txt") && msg.contains("--replace-existing"),
+            "{msg}"
+        );
+        assert_eq!(
+            listing(&t),
+            before,
+            "{kind}: the refused restore wrote something"
+        );
+        assert_eq!(
+            fs::read(t.join("Docs/a.txt")).unwrap(),
+            b"old a, the technician's"
+        );
+
+        // Asked to replace: replaced, listed, the rest kept.
+        let target = RestoreTarget::open(&t).unwrap();
+        let opts = RestoreOptions {
+            replace_existing: true,
+            ..Default::default()
+        };
+        let res = d
+            .custody
+            .restore_with(&info.id, &target, &dest(), &opts)
+            .unwrap();
+        assert!(res.ok(), "{kind}: {res:?}");
+        assert_eq!(res.replaced.len(), 1, "{kind}: {res:?}");
+        assert!(res.replaced[0].contains("Docs/a.txt"), "{:?}", res.replaced);
+        assert_eq!(res.merged_directories, 1);
+        assert_eq!(fs::read(t.join("Docs/a.txt")).unwrap(), b"new a");
+        assert_eq!(fs::read(t.join("Docs/mine.txt")).unwrap(), b"keep me");
+        // The migration's audit entry counts the replacement.
+        let recs: Vec<_> = d
+            .custody
+            .audit()
+            .records()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let n = recs.iter().rev().find_map(|r| match &r.event {
+            client_data::AuditEvent::Migrate { replaced, .. } => Some(*replaced),
+            _ => None,
+        });
+        assert_eq!(n, Some(1));
+
+        // A second dataset into the same folder: refused, nothing changed.
+        let before = listing(&t);
+        let e = d.custody.restore(&other.id, &t, &dest()).unwrap_err();
+        assert!(matches!(e, DataError::TargetNotEmpty { .. }), "{kind}: {e}");
+        assert_eq!(listing(&t), before);
+        // A directory where the dataset puts a file is never replaced.
+        let u = vol.root().join("Dirs");
+        fs::create_dir_all(u.join("Docs/a.txt")).unwrap();
+        let e = d
+            .custody
+            .restore_with(&other.id, &RestoreTarget::open(&u).unwrap(), &dest(), &opts)
+            .unwrap_err();
+        assert!(
+            matches!(e, DataError::TargetNotEmpty { directories: 1, .. }),
+            "{kind}: {e}"
+        );
+        assert!(e.to_string().contains("never replaced"), "{e}");
+    }
+}
+
+#[test]
+fn sparse_files_stay_sparse_on_ext4_and_ntfs() {
+    if !can_run("sparse_files_stay_sparse_on_ext4_and_ntfs") {
+        return;
+    }
+    let d = depot();
+    let src = d.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // 20 MiB with 4 KiB of data in the middle and 4 KiB at the end.
+    let f = fs::File::create(src.join("disk.img")).unwrap();
+    f.set_len(20 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[0x5a; 4096], 8 << 20).unwrap();
+    f.write_all_at(&[0xa5; 4096], (20 << 20) - 4096).unwrap();
+    drop(f);
+    let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
+    // 16 MiB volumes: a fully allocated copy would not even fit.
+    for (kind, vol) in volumes(d.dir.path(), 16 << 20) {
+        let t = vol.root().join("Recovered");
+        fs::create_dir_all(&t).unwrap();
+        let res = d.custody.restore(&info.id, &t, &dest()).unwrap();
+        assert!(res.ok(), "{kind}: {res:?}");
+        let m = fs::metadata(t.join("disk.img")).unwrap();
+        assert_eq!(m.len(), 20 << 20);
+        assert!(
+            m.blocks() * 512 <= 1 << 20,
+            "{kind}: {} bytes allocated",
+            m.blocks() * 512
+        );
+        assert_eq!(
+            fs::read(t.join("disk.img")).unwrap(),
+            fs::read(src.join("disk.img")).unwrap()
+        );
+        // Restored again elsewhere on the same volume: fine, it is small.
+        drop(vol);
+    }
+}
+
+#[test]
+fn a_full_target_fails_naming_the_file_and_is_left_as_it_was() {
+    if !can_run("a_full_target_fails_naming_the_file_and_is_left_as_it_was") {
+        return;
+    }
+    let d = depot();
+    let src = d.dir.path().join("src");
+    for i in 0..20 {
+        write(&src.join(format!("Docs/small-{i:02}.txt")), b"small");
+    }
+    // 24 MiB that do not compress, after the small files.
+    let mut big = fs::File::create(src.join("Docs/zz-big.bin")).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..(24 << 20) / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big.write_all(&x.to_le_bytes()).unwrap();
+    }
+    drop(big);
+    write(&src.join("Docs/zzz-after.txt"), b"after");
+    let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
+    for (kind, vol) in volumes(d.dir.path(), 16 << 20) {
+        let t = vol.root().join("Recovered");
+        write(&t.join("Docs/mine.txt"), b"was here before");
+        let before = listing(&t);
+        let e = d.custody.restore(&info.id, &t, &dest()).unwrap_err();
+        let msg = e.to_string();
+        assert!(e.is_disk_full(), "{kind}: {msg}");
+        assert!(msg.contains("Docs/zz-big.bin"), "{kind}: {msg}");
+        assert!(msg.contains("No space left on device"), "{kind}: {msg}");
+        match &e {
+            DataError::RestoreAborted { cleanup, .. } => {
+                assert_eq!(cleanup.remaining_count, 0, "{kind}: {msg}");
+                // The big file and the small ones before it (in the source's listing order).
+                assert!((1..=21).contains(&cleanup.removed), "{kind}: {msg}");
+                let removed = format!("removed the {} entr", cleanup.removed);
+                assert!(msg.contains(&removed), "{msg}");
+            }
+            e => panic!("{kind}: {e}"),
+        }
+        assert_eq!(
+            listing(&t),
+            before,
+            "{kind}: the failed restore left something"
+        );
+        assert_eq!(
+            d.custody.dataset(&info.id).unwrap().state,
+            DatasetState::Staged
+        );
+    }
+    // Onto a larger target it works.
+    let v = Ext4Volume::new(d.dir.path(), "large", 64 << 20);
+    let res = d.custody.restore(&info.id, v.path(), &dest()).unwrap();
+    assert!(res.ok(), "{res:?}");
+}
+
+/// Stops process `pid` (SIGSTOP): it answers nothing any more.
+fn stop(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_stopped_ntfs_3g_is_given_up_on_and_unmounted() {
+    if !can_run("a_stopped_ntfs_3g_is_given_up_on_and_unmounted") {
+        return;
+    }
+    let d = depot();
+    let src = d.dir.path().join("src");
+    for i in 0..3000 {
+        write(&src.join(format!("f/{i:05}.txt")), &[b'x'; 3000]);
+    }
+    let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
+    let img = d.dir.path().join("stall.ntfs");
+    fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    assert!(
+        std::process::Command::new("mkntfs")
+            .args(["-F", "-q", "-f"])
+            .arg(&img)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let m = PartitionMount::mount_device(&img, Some("ntfs")).unwrap();
+    let driver = m.driver().expect("tek's own ntfs-3g");
+    let pid = driver.pid();
+    let target = RestoreTarget::beneath(m.path(), "/Recovered").unwrap();
+    let probe = m.path().join("Recovered/f/00100.txt");
+    let opts = RestoreOptions {
+        stall_warning: Duration::from_millis(500),
+        stall_limit: Duration::from_secs(3),
+        driver: Some(driver),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let e = std::thread::scope(|s| {
+        let h = s.spawn(|| d.custody.restore_with(&info.id, &target, &dest(), &opts));
+        while !probe.exists() && !h.is_finished() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        stop(pid);
+        h.join().unwrap()
+    })
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t0.elapsed()
+    );
+    match &e {
+        DataError::RestoreAborted { cause, .. } => {
+            assert!(matches!(**cause, DataError::Stalled { .. }), "{msg}")
+        }
+        e => panic!("{e}"),
+    }
+    assert!(msg.contains(&format!("ntfs-3g (pid {pid})")), "{msg}");
+    assert!(msg.contains("did not answer for"), "{msg}");
+    drop(target);
+    // The dead mount goes without hanging.
+    let t1 = Instant::now();
+    let r = m.unmount();
+    assert!(
+        t1.elapsed() < Duration::from_secs(20),
+        "unmount took {:?}",
+        t1.elapsed()
+    );
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("killed by tek"), "{err}");
+    assert_eq!(
+        d.custody.dataset(&info.id).unwrap().state,
+        DatasetState::Staged
+    );
+}
+
+/// A restore killed half-way (SIGKILL: no cleanup ran) leaves tek's own files; the re-run
+/// replaces them without being asked, and still refuses anything else in the way. The restore
+/// to kill runs in a child process: this test binary again, told by the environment.
+#[test]
+fn a_rerun_after_a_killed_restore_replaces_its_own_partial_files_only() {
+    if let Ok(spec) = std::env::var("TEK_TEST_RESTORE_CHILD") {
+        let (root, id, target) = {
+            let mut p = spec.split('\n');
+            (
+                p.next().unwrap().to_string(),
+                p.next().unwrap().to_string(),
+                p.next().unwrap().to_string(),
+            )
+        };
+        let c = client_data::Custody::open(paths(Path::new(&root))).unwrap();
+        let id: client_data::DatasetId = id.parse().unwrap();
+        let _ = c.restore(&id, Path::new(&target), &dest());
+        std::process::exit(0);
+    }
+    if !can_run("a_rerun_after_a_killed_restore_replaces_its_own_partial_files_only") {
+        return;
+    }
+    let d = depot();
+    let src = d.dir.path().join("src");
+    for i in 0..6000 {
+        write(
+            &src.join(format!("f/{i:05}.txt")),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
+    let vol = Ext4Volume::new(d.dir.path(), "resume", 128 << 20);
+    let t = vol.path().join("Recovered");
+    fs::create_dir_all(&t).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "restore_safe::a_rerun_after_a_killed_restore_replaces_its_own_partial_files_only",
+            "--nocapture",
+        ])
+        .env(
+            "TEK_TEST_RESTORE_CHILD",
+            format!("{}\n{}\n{}", d.dir.path().display(), info.id, t.display()),
+        )
+        .spawn()
+        .unwrap();
+    // Entry 0 is `f`, entry i its (i-1)th file in the source's listing order.
+    let names: Vec<_> = fs::read_dir(src.join("f"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let probe = t.join("f").join(&names[50]);
+    while !probe.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "child ended early");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    let st = child.wait().unwrap();
+    assert!(!st.success(), "the restore finished before it was killed");
+    let left = fs::read_dir(t.join("f")).unwrap().count();
+    assert!(left > 0 && left < 6000, "{left} files left");
+    // The journal covers the first 4096 entries (killed before entry 4096 was reached).
+    let journal = d
+        .dir
+        .path()
+        .join("staging")
+        .join(info.id.as_str())
+        .join("restore-journal.json");
+    let j: serde_json::Value = serde_json::from_slice(&fs::read(&journal).unwrap()).unwrap();
+    assert_eq!(j["targets"][0]["entries_below"], 4096, "{j}");
+    // Something foreign at a path beyond what the journal covers: still a conflict.
+    let foreign = t.join("f").join(&names[5000]);
+    write(&foreign, b"not tek's");
+    let e = d.custody.restore(&info.id, &t, &dest()).unwrap_err();
+    assert!(
+        matches!(e, DataError::TargetNotEmpty { count: 1, .. }),
+        "{e}"
+    );
+    fs::remove_file(&foreign).unwrap();
+    let res = d.custody.restore(&info.id, &t, &dest()).unwrap();
+    assert!(res.ok(), "{res:?}");
+    assert!(
+        !res.resumed.is_empty() && res.replaced.is_empty(),
+        "{res:?}"
+    );
+    assert_same_files(&src, &t);
+}
+
+fn assert_same_files(a: &Path, b: &Path) {
+    let out = std::process::Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
