@@ -18,17 +18,30 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
-/// The error and its causes as one line, each cause once.
+/// The error and its causes as one line, each cause once (a cause already said by the one
+/// above it, as `PullFailed` says its error, is not repeated). Control characters are shown
+/// escaped: causes carry text from hostile sources (a remote's response body, a signature
+/// file's key name), which must not move the cursor or forge a line on the terminal.
 pub fn text(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let part = cause.to_string();
         if out.is_empty() {
             out = part;
-        } else if !out.ends_with(&part) {
+        } else if !out.contains(&part) {
             out.push_str(": ");
             out.push_str(&part);
         }
+    }
+    if out.chars().any(char::is_control) {
+        return out
+            .chars()
+            .map(|c| match c {
+                '\n' | '\r' | '\t' => ' '.to_string(),
+                c if c.is_control() => c.escape_unicode().to_string(),
+                c => c.to_string(),
+            })
+            .collect();
     }
     out
 }
@@ -63,6 +76,19 @@ mod tests {
             t.starts_with("exporting a@1 to /x: creating /x: File exists"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_cause_said_inside_the_one_above_is_not_repeated_and_controls_are_escaped() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0} (3 chunks kept)")]
+        struct Kept(#[source] std::io::Error);
+        let inner = std::io::Error::other("HTTP 500: \u{1b}[2J<html>\nfake line");
+        let e = anyhow::Error::new(Kept(inner)).context("pulling a@1");
+        let t = text(&e);
+        assert_eq!(t.matches("HTTP 500").count(), 1, "{t}");
+        assert!(!t.chars().any(char::is_control), "{t:?}");
+        assert!(t.contains("\\u{1b}[2J<html> fake line"), "{t}");
     }
 
     #[test]

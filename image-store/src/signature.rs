@@ -60,8 +60,9 @@ impl std::fmt::Display for SignatureStatus {
         match self {
             SignatureStatus::Valid { key_id } => write!(f, "valid (trusted key {key_id})"),
             SignatureStatus::Unsigned => f.write_str("unsigned"),
+            // The id is the signature file's claim (hostile input): shown escaped.
             SignatureStatus::UnknownKey { key_id } => {
-                write!(f, "signed by untrusted key {key_id}")
+                write!(f, "signed by untrusted key {}", key_id.escape_debug())
             }
             SignatureStatus::Invalid { reason } => write!(f, "INVALID: {reason}"),
         }
@@ -266,12 +267,18 @@ pub fn check(
         Some((id, _)) => invalid(format!(
             "signature by trusted key {id} does not match the manifest (tampered?)"
         )),
+        // A signer naming itself after a trusted key it is not: an impersonation, never shown
+        // as that key's name alone.
+        None if trusted.iter().any(|(id, _)| *id == file.key_id) => invalid(format!(
+            "signed by a key that calls itself {} but is not the trusted key of that name",
+            file.key_id.escape_debug()
+        )),
         None if ok => Ok(SignatureStatus::UnknownKey {
             key_id: file.key_id,
         }),
         None => invalid(format!(
             "signature by untrusted key {} does not match the manifest",
-            file.key_id
+            file.key_id.escape_debug()
         )),
     }
 }
@@ -312,6 +319,21 @@ mod tests {
         assert!(matches!(st, SignatureStatus::Invalid { .. }));
         // Refuses to overwrite.
         assert!(generate_keypair(&keys, "maint").is_err());
+
+        // Another key calling itself "depot-a" (the trusted key's name): refused as such, and
+        // a claimed name with control characters is shown escaped.
+        let (sk2, _) = generate_keypair(&keys, "depot-a").unwrap();
+        let sig2 = SigningKey::load(&sk2).unwrap().sign_manifest(b"{\"a\":1}");
+        let st = check(b"{\"a\":1}", Some(&sig2), &trusted).unwrap();
+        assert!(
+            st.to_string()
+                .contains("calls itself depot-a but is not the trusted key of that name"),
+            "{st}"
+        );
+        let st = SignatureStatus::UnknownKey {
+            key_id: "x\u{1b}[2J\nsignature valid".into(),
+        };
+        assert!(!st.to_string().chars().any(char::is_control), "{st}");
     }
 
     #[test]
