@@ -430,11 +430,30 @@ fn a_rerun_after_a_killed_restore_replaces_its_own_partial_files_only() {
     fs::remove_file(&foreign).unwrap();
     let res = d.custody.restore(&info.id, &t, &dest()).unwrap();
     assert!(res.ok(), "{res:?}");
+    // Resumed: the entries the killed run had made (it got past entry 50, not to 4096).
+    assert!(res.replaced.is_empty(), "{:?}", res.replaced);
     assert!(
-        !res.resumed.is_empty() && res.replaced.is_empty(),
-        "{res:?}"
+        (50..4096).contains(&res.resumed.len()),
+        "{}",
+        res.resumed.len()
     );
     assert_same_files(&src, &t);
+    // Kept, covering everything, until the wipe: a crash before the agent journals the
+    // verification redoes this restore, which then finds only its own entries.
+    let j: serde_json::Value = serde_json::from_slice(&fs::read(&journal).unwrap()).unwrap();
+    assert_eq!(j["targets"][0]["entries_below"], 6001, "{j}");
+    let again = d.custody.restore(&info.id, &t, &dest()).unwrap();
+    assert!(
+        again.ok() && again.resumed.len() == 6001,
+        "{}",
+        again.resumed.len()
+    );
+    let opts = client_data::WipeOptions {
+        operator: "op-1".into(),
+        ..Default::default()
+    };
+    d.custody.wipe(again.verified().unwrap(), &opts).unwrap();
+    assert!(!journal.exists(), "the wipe leaves the restore journal");
 }
 
 fn assert_same_files(a: &Path, b: &Path) {
