@@ -529,8 +529,13 @@ impl Custody {
             meta.info.state = DatasetState::Migrated;
             meta.save(&dir)?;
             res.proof = Some(VerifiedRestore::after_read_back(id));
-            // Verified: nothing in the target is a partial restore any more.
-            journal.remove(&ident)?;
+            // Verified. The record stays, covering every entry, until the wipe: the agent
+            // journals the verification only after this returns, and a crash in between redoes
+            // this restore, which must find its own verified copy, not conflicts.
+            if rec.entries_below < meta.info.entries {
+                rec.entries_below = meta.info.entries;
+                journal.put(&rec)?;
+            }
         }
         self.audit.append_many([
             AuditEvent::Migrate {

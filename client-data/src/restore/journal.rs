@@ -20,8 +20,10 @@
 //! - `merged_dirs`: directories of the dataset (entry numbers below K) that existed in the target
 //!   before the first restore: a cleanup never removes them.
 //!
-//! A target's record is removed once a restore into it was verified or cleaned up completely;
-//! the file goes with its last record.
+//! A target's record is removed once a failed restore into it was cleaned up completely. A
+//! verified restore keeps it (K = every entry) until the dataset is wiped: the agent journals
+//! the verification only after the restore returns, and a crash in between redoes the restore,
+//! which must take its own verified copy as its own, not as conflicts. The wipe removes the file.
 
 use std::path::{Path, PathBuf};
 

@@ -303,3 +303,26 @@ fn long_lists_are_cut_and_say_how_many_more() {
     let h = Report::of(&j).to_html(&lh());
     assert!(h.contains("and 35 more"), "{h}");
 }
+
+#[test]
+fn replaced_resumed_and_merged_entries_are_on_the_page() {
+    let mut j = done_job();
+    let mut m = j.results.restore.as_ref().unwrap().json().clone();
+    m["replaced"] = serde_json::json!(["Docs/a.txt (entry 3)"]);
+    m["resumed"] = serde_json::json!(["Docs (entry 0)", "Docs/b.txt (entry 1)"]);
+    m["merged_directories"] = serde_json::json!(1);
+    j.results.restore = Some(crate::job::RestoreRecord::from_json(m));
+    let t = Report::of(&j).to_text(&lh());
+    assert!(t.contains("Docs/a.txt (entry 3)"), "{t}");
+    assert!(
+        t.contains("2 entries of an interrupted restore replaced"),
+        "{t}"
+    );
+    assert!(t.contains("1 folder already in the target"), "{t}");
+    // None of it: no rows.
+    let t = Report::of(&done_job()).to_text(&lh());
+    assert!(
+        !t.contains("Replaced, as asked") && !t.contains("Resumed"),
+        "{t}"
+    );
+}
