@@ -8,6 +8,7 @@ mod bays;
 mod board;
 mod clock;
 mod data;
+mod data_withdrawal;
 mod demo;
 mod disk_contents;
 mod docs;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use client_data::{AuditEvent, Custody, DatasetId, DatasetState, Destination, DeviceIdentity};
+use client_data::{AuditEvent, Custody, DatasetId, DatasetState, Destination};
 use image_store::{ImageRef, LoadedImage, SignatureStatus, Store};
 
 use crate::Depot;
@@ -128,30 +128,6 @@ fn signature_allowed(r: &ImageRef, sig: &SignatureStatus, allow_unsigned: bool) 
     }
 }
 
-/// The disk at `dev` must still be the one the job was started on: its kernel `diskseq` now
-/// (sysfs) equals the one recorded at detection. The mount opens the node by path, and a disk
-/// re-plugged or a loop device re-attached there since the write is another disk.
-fn still_the_detected_disk(job: &Job, dev: &Path) -> Result<()> {
-    let Some(want) = job.device.as_ref().and_then(|d| d.diskseq) else {
-        return Ok(());
-    };
-    let name = dev.file_name().unwrap_or_default().to_string_lossy();
-    let p = PathBuf::from(format!("/sys/class/block/{name}/diskseq"));
-    let now: u64 = std::fs::read_to_string(&p)
-        .with_context(|| format!("reading {}", p.display()))?
-        .trim()
-        .parse()
-        .with_context(|| format!("parsing {}", p.display()))?;
-    if now != want {
-        return Err(anyhow!(
-            "the disk at {} changed since it was detected (diskseq {want}, now {now}); not \
-             mounting it",
-            dev.display()
-        ));
-    }
-    Ok(())
-}
-
 /// The job's ticket for the audit log. The socket and the CLI accept only ids; a job journaled
 /// before they checked may hold free text, recorded as `unchecked-` + 16 hex of its BLAKE3, so the
 /// job still finishes and its entries still match each other, without the text.
@@ -163,21 +139,6 @@ fn audit_ticket(job: &Job) -> String {
             &blake3::hash(job.ticket.as_bytes()).to_hex()[..16]
         ),
     }
-}
-
-/// The claimed disk's hardware identity for the audit log (never its node or backing file).
-fn device_identity(job: &Job) -> DeviceIdentity {
-    job.device
-        .as_ref()
-        .map_or_else(DeviceIdentity::default, |d| {
-            DeviceIdentity::new(
-                d.serial.as_deref(),
-                d.wwn.as_deref(),
-                Some(&d.model),
-                Some(d.size_bytes),
-                Some(&d.name),
-            )
-        })
 }
 
 impl RealSteps {
@@ -596,6 +557,8 @@ impl JobSteps for RealSteps {
     }
 }
 
+mod device;
 mod fetch;
+use device::{device_identity, still_the_detected_disk};
 #[cfg(test)]
 mod tests;
