@@ -62,7 +62,8 @@ pub fn sample_tree(root: &Path) {
         .unwrap();
 }
 
-pub fn assert_same_tree(a: &Path, b: &Path) {
+/// The two trees hold the same names and contents (`diff -r`, symlinks compared as links).
+pub fn assert_same_files(a: &Path, b: &Path) {
     let out = Command::new("diff")
         .args(["-r", "--no-dereference", "-x", "lost+found"])
         .arg(a)
@@ -74,6 +75,11 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         "trees differ: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// As [`assert_same_files`], and the fixture's modes survived in `b`.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    assert_same_files(a, b);
     let odd = std::ffi::OsStr::from_bytes(b"Docs/caf\xe9 \xff.bin");
     assert_eq!(fs::metadata(b.join(odd)).unwrap().mode() & 0o777, 0o640);
     assert_eq!(
