@@ -300,3 +300,56 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compressed(data: &[u8]) -> CompressedChunk {
+        CompressedChunk {
+            id: ChunkId::of(data),
+            offset: 0,
+            len: data.len() as u64,
+            data: zstd::bulk::compress(data, 1).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_the_chunks_before_a_bad_one_and_nothing_of_it_or_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let inc = store.receive().unwrap();
+        let good: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 5000]).collect();
+        let mut lying = compressed(b"the bytes sent");
+        lying.id = ChunkId::of(b"the bytes the manifest names");
+        let mut garbage = compressed(b"not zstd at all");
+        garbage.data = b"not zstd at all".to_vec();
+        let after = compressed(b"after the bad one");
+        let batch = vec![
+            compressed(&good[0]),
+            compressed(&good[1]),
+            lying,
+            compressed(&good[2]),
+        ];
+        let (added, r) = inc.add_chunks(batch);
+        assert_eq!(added.chunks, 2);
+        let e = r.unwrap_err();
+        assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
+        let (added, r) = inc.add_chunks(vec![garbage, after]);
+        assert_eq!(added.chunks, 0);
+        assert!(matches!(r, Err(StoreError::CorruptChunk { .. })), "{r:?}");
+        assert_eq!(inc.keep().unwrap(), 2);
+        assert!(store.chunk_path(ChunkId::of(&good[0])).exists());
+        assert!(store.chunk_path(ChunkId::of(&good[1])).exists());
+        for missing in [
+            &good[2][..],
+            b"the bytes the manifest names",
+            b"the bytes sent",
+        ] {
+            assert!(!store.chunk_path(ChunkId::of(missing)).exists());
+        }
+        assert!(!store.chunk_path(ChunkId::of(b"after the bad one")).exists());
+        // Nothing unnamed stays behind in the session's directory.
+        assert_eq!(std::fs::read_dir(inc.session.tmp_dir()).unwrap().count(), 0);
+    }
+}
