@@ -1,37 +1,39 @@
 #!/usr/bin/env bash
 # library.sh: the image library benchmark of issue 14, over loopback, side by side, one run:
 #
-#   bench/library.sh [WORKDIR]      (default /var/tmp/tek-library; needs ~16 GiB free)
+#   bench/library.sh [WORKDIR]      (default /var/tmp/tek-library; needs ~24 GiB free)
 #
 # Builds v1 and v2 (4 GiB, ../shared/bench/make-image.sh), imports and signs both in a
 # maintainers' depot, starts s3s-fs and one nginx (serving the bucket directory, v1.img.zst and
 # a casync store of v1), then measures:
-#   1. tek image push of v1, then v2, to s3s-fs: seconds, requests.
-#   2. tek image pull of v1 into an empty store from s3s-fs and from nginx, against
-#      curl of v1.img.zst (zstd -3 of the raw image) from the same nginx into a file, and
-#      casync extract of v1 from an HTTP casync store (zstd chunks) on the same nginx. Every
-#      contestant's output is synced (sync -f) inside its time. Throughput = stored bytes moved /
-#      seconds; goal: tek >= 0.8x curl, and ahead of casync.
-#   3. tek image pull of v2 from nginx with v1 cached: bytes nginx sent (its access log's
-#      $body_bytes_sent, manifest and signature included) against v2's new stored bytes (the
+#   1. tek image push of v1, then v2, to s3s-fs, into a format-2 library (packs, what a new
+#      remote gets) and a format-1 one (one object per chunk: its tek-library.json is written
+#      first, and a remote keeps its format): seconds, requests.
+#   2. tek image pull of v1 into an empty store: format 2 from s3s-fs and from nginx, format 1
+#      from nginx, against curl of v1.img.zst (zstd -3 of the raw image) from the same nginx
+#      into a file, and casync extract of v1 from an HTTP casync store (zstd chunks) on the same
+#      nginx. Every contestant's output is synced (sync -f) inside its time (tek's pull syncs
+#      its store itself). Throughput = stored bytes moved / seconds; goal: tek >= 0.8x curl,
+#      and ahead of casync.
+#   3. tek image pull of v2 from nginx with v1 cached, both formats: bytes nginx sent (its
+#      access log's $body_bytes_sent, documents included) against v2's new stored bytes (the
 #      compressed chunks v2 has and v1 has not); goal <= 1.1x.
-#   4. The same images as pack files (library/examples/pack_bench.rs: 64 MiB packs in image
-#      order, a per-image index, ranged GETs merging adjacent chunks): push to s3s-fs, pull v1
-#      from nginx and s3s-fs, v2 after v1 from nginx; seconds, requests, bytes. Each chunk is
-#      checked and stored exactly as tek's pull does (Incoming::add_chunk), so the difference is
-#      the layout.
+#   4. Pull-and-write of v1 (library/examples/pull_write.rs) onto a loop device throttled to
+#      250 MB/s write, 400 MB/s read (../shared/bench/throttle.sh, direct I/O), from an empty
+#      cache over nginx (format 2), against writing it from the full local cache; goal <= 1.1x.
 # Needs: cargo build --release -p agent -p image-library --examples --bins (tek and
-# pack_bench); s3s-fs, nginx, curl, zstd, casync. Figures and the command go in bench/README.md.
+# pull_write); s3s-fs, nginx, curl, zstd, casync, losetup. Figures and the command go in
+# bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/var/tmp/tek-library}
 tek=$PWD/target/release/tek
-packs=$PWD/target/release/examples/pack_bench
-for b in "$tek" "$packs"; do
+pull_write=$PWD/target/release/examples/pull_write
+for b in "$tek" "$pull_write"; do
   [ -x "$b" ] || { echo "library.sh: missing $b (see the header for the build command)" >&2; exit 2; }
 done
 s3s=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
-for t in "$s3s" /usr/sbin/nginx curl zstd casync python3; do
+for t in "$s3s" /usr/sbin/nginx curl zstd casync python3 losetup; do
   command -v "$t" >/dev/null || { echo "library.sh: needs $t" >&2; exit 2; }
 done
 mkdir -p "$work"
@@ -43,7 +45,9 @@ done
 
 maint=$work/maint bench=$work/bench www=$work/www
 rm -rf "$bench" "$work/s3" "$work/nginx" "$work/out"
-mkdir -p "$work/s3/library" "$work/nginx" "$work/out" "$www"
+mkdir -p "$work/s3/library/v1" "$work/nginx" "$work/out" "$www"
+# The format-1 library: created with its format file (a push keeps a remote's format).
+echo '{"format":"tek-library","version":1,"layout":"chunk-objects"}' >"$work/s3/library/v1/tek-library.json"
 if [ ! -f "$maint/store/images/bench/2.json" ]; then
   rm -rf "$maint"
   "$tek" --state "$maint" image keygen maint --dir "$maint/keys" >/dev/null
@@ -120,28 +124,39 @@ EOF
 echo "v1: $v1_stored stored bytes; v2 new: $v2_new stored bytes"
 echo "v1.img.zst: $(stat -c %s "$www/v1.img.zst") bytes; casync store: $(du -sb "$www/v1.castr" | cut -f1) bytes"
 
-echo "== 1. tek push (one object per chunk) to s3s-fs"
-for v in 1 2; do
-  s=$(now)
-  out=$("$tek" --state "$maint" "${keys[@]}" image push "bench@$v" --to s3://library/v --json)
-  t=$(since "$s")
-  echo "  bench@$v: $t s, $(field requests <<<"$out") requests, $(field uploaded_bytes <<<"$out") bytes"
-  rec "push_v${v}_s" "$t"; rec "push_v${v}_requests" "$(field requests <<<"$out")"
+echo "== 1. tek push to s3s-fs"
+for fmt in 2 1; do
+  prefix=$([ $fmt = 2 ] && echo p || echo v1)
+  for v in 1 2; do
+    s=$(now)
+    out=$("$tek" --state "$maint" "${keys[@]}" image push "bench@$v" --to "s3://library/$prefix" --json)
+    t=$(since "$s")
+    echo "  format $fmt bench@$v: $t s, $(field requests <<<"$out") requests, $(field uploaded_bytes <<<"$out") bytes"
+    rec "push${fmt}_v${v}_s" "$t"; rec "push${fmt}_v${v}_requests" "$(field requests <<<"$out")"
+  done
 done
+
+# Each pull from an empty cache goes into a new state directory: a store just deleted with
+# rm -rf leaves 43k recently freed inodes that ext4's allocator scans past for a minute or more
+# (perf: 40% of a pull's CPU in recently_deleted/find_inode_bit), which no bench's first pull
+# meets. They are all removed at the end.
+rm -rf "$work/fresh"
+runs=0
+fresh() { runs=$((runs + 1)); state=$work/fresh/$runs; mkdir -p "$state"; }
 
 echo "== 2. v1 from an empty cache"
 pull_tek() { # URL LABEL
-  rm -rf "$bench/store"
+  fresh
   local s out t
   s=$(now)
-  out=$("$tek" --state "$bench" "${bkeys[@]}" image pull bench@1 --from "$1" --json)
+  out=$("$tek" --state "$state" "${bkeys[@]}" image pull bench@1 --from "$1" --json)
   t=$(since "$s")
   echo "  tek pull from $2: $t s, $(field requests <<<"$out") requests, $(field fetched_bytes <<<"$out") bytes"
   rec "pull_$2_s" "$t"; rec "pull_$2_requests" "$(field requests <<<"$out")"
 }
-pull_tek s3://library/v s3s
-: >"$work/nginx/access.log"
-pull_tek "$ng/lib/v" nginx
+pull_tek "$ng/lib/v1" f1_nginx
+pull_tek s3://library/p f2_s3s
+pull_tek "$ng/lib/p" f2_nginx
 s=$(now)
 curl -sf -o "$work/out/v1.img.zst" "$ng/v1.img.zst"
 sync -f "$work/out/v1.img.zst"
@@ -159,33 +174,36 @@ rec casync_s "$t"
 rm -f "$work/out/v1.img"
 
 echo "== 3. v2 with v1 cached, from nginx"
-: >"$work/nginx/access.log"
-s=$(now)
-out=$("$tek" --state "$bench" "${bkeys[@]}" image pull bench@2 --from "$ng/lib/v" --json)
-t=$(since "$s")
-sent=$(nginx_bytes)
-echo "  tek pull: $t s, $(nginx_requests) requests, nginx sent $sent bytes for $v2_new new stored bytes"
-rec v2_sent "$sent"
-
-echo "== 4. pack files (64 MiB) instead"
-for v in 1 2; do
-  out=$("$packs" push "$maint/store" "bench@$v" s3://library/p 64)
-  echo "  push bench@$v to s3s-fs: $out"
-  rec "packpush_v${v}_s" "$(field seconds <<<"$out")"; rec "packpush_v${v}_requests" "$(field requests <<<"$out")"
+for fmt in 2 1; do
+  prefix=$([ $fmt = 2 ] && echo p || echo v1)
+  fresh
+  "$tek" --state "$state" "${bkeys[@]}" image pull bench@1 --from "$ng/lib/$prefix" --json >/dev/null
+  : >"$work/nginx/access.log"
+  s=$(now)
+  out=$("$tek" --state "$state" "${bkeys[@]}" image pull bench@2 --from "$ng/lib/$prefix" --json)
+  t=$(since "$s")
+  sent=$(nginx_bytes)
+  echo "  format $fmt: $t s, $(nginx_requests) requests, nginx sent $sent bytes for $v2_new new stored bytes"
+  rec "v2_f${fmt}_sent" "$sent"
 done
-pull_packs() { # URL LABEL
-  rm -rf "$bench/store"
+
+echo "== 4. pull-and-write of v1 onto a throttled disk (250 MB/s write, 400 MB/s read)"
+truncate -s 4G "$work/out/disk.img"
+loop=$(losetup -f --show "$work/out/disk.img")
+trap 'kill $s3pid $ngpid 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true' EXIT
+write_v1() { # LABEL
   local out
-  out=$("$packs" pull "$bench/store" "$maint/store" "$bench/trusted-keys" bench@1 "$1")
-  echo "  pull bench@1 from $2: $out"
-  rec "packpull_$2_s" "$(field seconds <<<"$out")"; rec "packpull_$2_requests" "$(field requests <<<"$out")"
+  out=$("$shared/throttle.sh" "$loop:250:400" -- "$pull_write" "$state/store" "$bench/trusted-keys" bench@1 "$ng/lib/p" "$loop")
+  echo "  $1: $out"
+  rec "write_$1_s" "$(field seconds <<<"$out")"
 }
-pull_packs s3://library/p s3s
-pull_packs "$ng/lib/p" nginx
-: >"$work/nginx/access.log"
-out=$("$packs" pull "$bench/store" "$maint/store" "$bench/trusted-keys" bench@2 "$ng/lib/p")
-echo "  pull bench@2 after bench@1 from nginx: $out; nginx sent $(nginx_bytes) bytes"
-rec packv2_sent "$(nginx_bytes)"
+fresh
+write_v1 empty_cache
+write_v1 full_cache
+cmp -n "$(stat -c %s "$work/v1.img")" "$work/v1.img" "$loop" || { echo "the disk does not hold v1" >&2; exit 1; }
+losetup -d "$loop"
+rm -f "$work/out/disk.img"
+rm -rf "$work/fresh"
 
 echo "== summary (ratios)"
 python3 - "$results" "$v1_stored" "$v2_new" "$(stat -c %s "$www/v1.img.zst")" "$(du -sb "$www/v1.castr" | cut -f1)" <<'EOF'
@@ -194,13 +212,16 @@ r = {k: float(v) for k, v in (l.split() for l in open(sys.argv[1]))}
 v1, v2new, zst, ca = map(float, sys.argv[2:6])
 mbs = lambda b, s: b / s / 1e6
 curl = mbs(zst, r["curl_s"])
-for src in ("s3s", "nginx"):
+for src in ("f2_nginx", "f2_s3s", "f1_nginx"):
     t = mbs(v1, r[f"pull_{src}_s"])
-    print(f"tek pull v1 from {src}: {t:.0f} MB/s stored = {t / curl:.2f}x curl ({curl:.0f} MB/s; goal >= 0.8x), "
-          f"{r['casync_s'] / r[f'pull_{src}_s']:.2f}x casync's speed ({r['casync_s']:.1f} s, {mbs(ca, r['casync_s']):.0f} MB/s stored)")
-print(f"v2 after v1: {r['v2_sent'] / v2new:.3f}x its new stored bytes (goal <= 1.1x); packs: {r['packv2_sent'] / v2new:.3f}x")
-for what, a, b in (("push v1", "push_v1", "packpush_v1"), ("push v2", "push_v2", "packpush_v2"),
-                   ("pull v1 s3s", "pull_s3s", "packpull_s3s"), ("pull v1 nginx", "pull_nginx", "packpull_nginx")):
-    print(f"{what}: chunk objects {r[a + '_s']:.1f} s / {r[a + '_requests']:.0f} requests, "
-          f"packs {r[b + '_s']:.1f} s / {r[b + '_requests']:.0f} requests ({r[a + '_s'] / r[b + '_s']:.2f}x the time)")
+    print(f"tek pull v1 ({src}): {r[f'pull_{src}_s']:.1f} s, {r[f'pull_{src}_requests']:.0f} requests, "
+          f"{t:.0f} MB/s stored = {t / curl:.2f}x curl ({r['curl_s']:.1f} s, {curl:.0f} MB/s; goal >= 0.8x), "
+          f"{r['casync_s'] / r[f'pull_{src}_s']:.1f}x casync's speed ({r['casync_s']:.1f} s, {mbs(ca, r['casync_s']):.0f} MB/s stored)")
+for fmt in (2, 1):
+    print(f"v2 after v1, format {fmt}: {r[f'v2_f{fmt}_sent'] / v2new:.3f}x its new stored bytes (goal <= 1.1x)")
+    for v in (1, 2):
+        print(f"push v{v}, format {fmt}: {r[f'push{fmt}_v{v}_s']:.1f} s, {r[f'push{fmt}_v{v}_requests']:.0f} requests")
+print(f"pull-and-write from an empty cache: {r['write_empty_cache_s']:.1f} s = "
+      f"{r['write_empty_cache_s'] / r['write_full_cache_s']:.2f}x writing from the full cache "
+      f"({r['write_full_cache_s']:.1f} s; goal <= 1.1x)")
 EOF

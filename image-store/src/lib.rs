@@ -41,7 +41,7 @@ pub use image_ref::ImageRef;
 pub use import::{ImportOptions, ImportProgress, ImportReport};
 pub use manifest::{Extent, Hints, MANIFEST_FORMAT, Manifest};
 pub use read::{Pieces, Reader, VerifiedRun};
-pub use receive::{Incoming, WantedChunk};
+pub use receive::{Added, Incoming, WantedChunk};
 pub use signature::{SignatureStatus, SigningKey, generate_keypair};
 pub use source::{DecodeLimits, LimitExceeded};
 pub use store::{AbsentChunk, LoadedImage, STORE_VERSION, Store, describe_absent};

@@ -1,4 +1,20 @@
-//! The remote library's layout, format 1 (documented in ARCHITECTURE.md, "Remote library"):
+//! The remote library's layouts (documented in ARCHITECTURE.md, "Remote layout"). Format 2,
+//! what a push to a new remote writes:
+//!
+//! ```text
+//! PREFIX/
+//!   tek-library.json               {"format":"tek-library","version":2,"layout":"packs"}
+//!   packs/<blake3>.pack            store chunk files (zstd frames) concatenated, ~64 MiB;
+//!                                  named by the BLAKE3 of the pack's bytes
+//!   packs/<blake3>.ids             which chunks a pack holds (`packs.rs`: the push's catalog)
+//!   images/NAME/VERSION.packs.zst  the image's pack index: where each of its chunks is
+//!   images/NAME/VERSION.sig        the manifest's signature
+//!   images/NAME/VERSION.json.zst   the manifest, zstd-compressed; its decompression is the
+//!                                  exact bytes signed (uploaded last: the commit)
+//!   index.json                     the images, for remotes that cannot list (plain HTTP)
+//! ```
+//!
+//! Format 1 (still read and, on a remote created with it, still written):
 //!
 //! ```text
 //! PREFIX/
@@ -10,14 +26,57 @@
 //!   index.json                 the images, for remotes that cannot list (plain HTTP)
 //! ```
 //!
-//! Chunk and image keys are the local store's own paths, so a pushed library is also a valid
-//! directory to serve with any web server, and an object's name is the hash of its content.
+//! In format 1 chunk and image keys are the local store's own paths, so a pushed library is
+//! also a valid store directory; in both, any web server can serve the bucket's directory.
 
 use image_store::{ChunkId, ImageRef};
 use serde::{Deserialize, Serialize};
 
-/// Version of the remote layout (`tek-library.json`).
-pub const LIBRARY_VERSION: u32 = 1;
+/// Version of the remote layout a push to a new remote writes (`tek-library.json`).
+pub const LIBRARY_VERSION: u32 = 2;
+
+/// The layouts this tek reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Format 1: one object per chunk.
+    ChunkObjects,
+    /// Format 2: pack files with a per-image index, compressed manifests.
+    Packs,
+}
+
+impl Layout {
+    /// The format file of this layout.
+    pub fn info(self) -> LibraryInfo {
+        let (version, layout) = match self {
+            Layout::ChunkObjects => (1, "chunk-objects"),
+            Layout::Packs => (2, "packs"),
+        };
+        LibraryInfo {
+            format: "tek-library".into(),
+            version,
+            layout: layout.into(),
+        }
+    }
+
+    /// Where an image's manifest lives.
+    pub fn manifest_key(self, image: &ImageRef) -> String {
+        match self {
+            Layout::ChunkObjects => manifest_key(image),
+            Layout::Packs => format!("images/{}/{}.json.zst", image.name, image.version),
+        }
+    }
+
+    /// The image a key under `images/` names, if it is a manifest's.
+    pub fn image_of_key(self, key: &str) -> Option<ImageRef> {
+        let rest = key.strip_prefix("images/")?;
+        let (name, file) = rest.split_once('/')?;
+        let suffix = match self {
+            Layout::ChunkObjects => ".json",
+            Layout::Packs => ".json.zst",
+        };
+        ImageRef::new(name, file.strip_suffix(suffix)?).ok()
+    }
+}
 
 /// Key of the format file.
 pub const INFO_KEY: &str = "tek-library.json";
@@ -44,17 +103,13 @@ pub struct LibraryInfo {
 }
 
 impl LibraryInfo {
-    /// What this version writes.
+    /// What a push to a new remote writes.
     pub fn current() -> LibraryInfo {
-        LibraryInfo {
-            format: "tek-library".into(),
-            version: LIBRARY_VERSION,
-            layout: "chunk-objects".into(),
-        }
+        Layout::Packs.info()
     }
 
     /// Parses the format file, refusing what this version cannot read.
-    pub fn parse(bytes: &[u8]) -> Result<LibraryInfo, String> {
+    pub fn parse(bytes: &[u8]) -> Result<Layout, String> {
         let info: LibraryInfo =
             serde_json::from_slice(bytes).map_err(|e| format!("not a tek library: {e}"))?;
         if info.format != "tek-library" {
@@ -63,14 +118,16 @@ impl LibraryInfo {
                 info.format
             ));
         }
-        if info != LibraryInfo::current() {
-            return Err(format!(
-                "library version {} layout {:?}; this tek reads version {LIBRARY_VERSION} \
-                 layout \"chunk-objects\"",
-                info.version, info.layout
-            ));
+        for layout in [Layout::ChunkObjects, Layout::Packs] {
+            if info == layout.info() {
+                return Ok(layout);
+            }
         }
-        Ok(info)
+        Err(format!(
+            "library version {} layout {:?}; this tek reads version 1 layout \
+             \"chunk-objects\" and version 2 layout \"packs\"",
+            info.version, info.layout
+        ))
     }
 }
 
@@ -107,7 +164,7 @@ pub fn chunk_of_key(key: &str) -> Option<ChunkId> {
     (dir == &hex[..2]).then_some(id)
 }
 
-/// Where an image's manifest lives.
+/// Where an image's manifest lives in format 1.
 pub fn manifest_key(image: &ImageRef) -> String {
     format!("images/{}/{}.json", image.name, image.version)
 }
@@ -117,11 +174,46 @@ pub fn signature_key(image: &ImageRef) -> String {
     format!("images/{}/{}.sig", image.name, image.version)
 }
 
-/// The image a key under `images/` names, if it is a manifest's.
+/// Where an image's pack index lives (format 2).
+pub fn pack_index_key(image: &ImageRef) -> String {
+    format!("images/{}/{}.packs.zst", image.name, image.version)
+}
+
+/// The image a key under `images/` names, if it is a format-1 manifest's.
 pub fn image_of_key(key: &str) -> Option<ImageRef> {
-    let rest = key.strip_prefix("images/")?;
-    let (name, file) = rest.split_once('/')?;
-    ImageRef::new(name, file.strip_suffix(".json")?).ok()
+    Layout::ChunkObjects.image_of_key(key)
+}
+
+/// zstd level of the documents format 2 compresses (manifest, pack index): a 43k-chunk
+/// manifest (7 MB of JSON) in a fraction of a second.
+const DOCUMENT_LEVEL: i32 = 9;
+
+/// A document (manifest, pack index) as format 2 stores it.
+pub fn compress_document(bytes: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(bytes, DOCUMENT_LEVEL).expect("zstd compression of a document in memory")
+}
+
+/// A compressed document's bytes, decompressed by at most `limit` bytes: a hostile remote's
+/// small object that would inflate beyond it is refused without inflating further.
+pub fn decompress_document(compressed: &[u8], limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    if !compressed.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err("not zstd-compressed (no zstd frame magic)".into());
+    }
+    let mut d = zstd::stream::read::Decoder::with_buffer(compressed)
+        .map_err(|e| format!("not zstd-compressed: {e}"))?
+        .single_frame();
+    let mut out = Vec::new();
+    (&mut d)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("corrupt zstd data: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err(format!(
+            "decompresses to more than the {limit} bytes a document may hold"
+        ));
+    }
+    Ok(out)
 }
 
 /// Longest zstd frame a chunk of `len` bytes can legitimately be (zstd's compress bound plus
@@ -156,9 +248,45 @@ mod tests {
     #[test]
     fn format_file() {
         let cur = serde_json::to_vec(&LibraryInfo::current()).unwrap();
-        assert_eq!(LibraryInfo::parse(&cur).unwrap(), LibraryInfo::current());
-        let newer = br#"{"format":"tek-library","version":2,"layout":"packs"}"#;
-        assert!(LibraryInfo::parse(newer).unwrap_err().contains("version 2"));
+        assert_eq!(LibraryInfo::parse(&cur).unwrap(), Layout::Packs);
+        let v1 = br#"{"format":"tek-library","version":1,"layout":"chunk-objects"}"#;
+        assert_eq!(LibraryInfo::parse(v1).unwrap(), Layout::ChunkObjects);
+        for bad in [
+            &br#"{"format":"tek-library","version":3,"layout":"packs"}"#[..],
+            br#"{"format":"tek-library","version":2,"layout":"chunk-objects"}"#,
+        ] {
+            let e = LibraryInfo::parse(bad).unwrap_err();
+            assert!(e.contains("this tek reads version 1"), "{e}");
+        }
         assert!(LibraryInfo::parse(b"<html>").is_err());
+    }
+
+    #[test]
+    fn documents_round_trip_and_a_bomb_is_refused_by_its_limit() {
+        let doc = br#"{"a": 1}"#.repeat(1000);
+        let z = compress_document(&doc);
+        assert!(z.len() < doc.len() / 10);
+        assert_eq!(decompress_document(&z, doc.len() as u64).unwrap(), doc);
+        let e = decompress_document(&z, doc.len() as u64 - 1).unwrap_err();
+        assert!(e.contains("more than the"), "{e}");
+        // 64 MiB of zeros in a few KiB: refused at the limit, not inflated further.
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+        let e = decompress_document(&bomb, 1 << 20).unwrap_err();
+        assert!(e.contains("more than the 1048576 bytes"), "{e}");
+        assert!(decompress_document(b"{\"plain\": true}", 100).is_err());
+        let mut cut = z.clone();
+        cut.truncate(z.len() / 2);
+        assert!(decompress_document(&cut, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn format_2_keys() {
+        let r: ImageRef = "win11@2024.10".parse().unwrap();
+        let k = Layout::Packs.manifest_key(&r);
+        assert_eq!(k, "images/win11/2024.10.json.zst");
+        assert_eq!(Layout::Packs.image_of_key(&k), Some(r.clone()));
+        assert_eq!(Layout::ChunkObjects.image_of_key(&k), None);
+        assert_eq!(Layout::Packs.image_of_key(&pack_index_key(&r)), None);
+        assert_eq!(Layout::Packs.image_of_key(&manifest_key(&r)), None);
     }
 }

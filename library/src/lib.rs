@@ -2,11 +2,12 @@
 //! S3-compatible object store (MinIO, Garage, Ceph RGW, AWS S3) or any static web server, and
 //! the local image store is the verifying cache.
 //!
-//! Data flow: [`push`] uploads a signed image's chunks the remote lacks, then its signature,
-//! then its manifest (the commit point). [`pull`] fetches the manifest, accepts it only with a
-//! valid signature by a trusted key, then fetches the chunks the store lacks in parallel; the
-//! store checks each one (BLAKE3) before it is written ([`image_store::Incoming`]) and commits
-//! the manifest last. [`list`] names a remote's images. The remote layout is in [`layout`].
+//! Data flow: [`push`] uploads a signed image's chunks the remote lacks (format 2: in pack
+//! files, [`packs`]), then its pack index, its signature, then its manifest (the commit point).
+//! [`pull`] fetches the manifest, accepts it only with a valid signature by a trusted key, then
+//! fetches the chunks the store lacks in parallel (format 2: ranged GETs of packs); the store
+//! checks each one (BLAKE3) before it is written ([`image_store::Incoming`]) and commits the
+//! manifest last. [`list`] names a remote's images. The remote layouts are in [`layout`].
 //!
 //! The remote is untrusted: nothing it sends reaches the store unchecked, and a bad object
 //! fails the pull with the chunk id and the object's URL. Dependencies point one way:
@@ -14,10 +15,13 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+mod fetch;
 pub mod layout;
 mod listing;
+pub mod packs;
 mod pull;
 mod push;
+mod push_packs;
 pub mod remote;
 
 use std::future::Future;
@@ -41,8 +45,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, LibraryError> {
         .map_err(|e| image_store::StoreError::io("starting the network runtime", "", e).into())
 }
 
-/// Checks the remote's format file; `None` (absent) means the URL holds no tek library.
-fn check_info(remote: &Remote, info: Option<bytes::Bytes>) -> Result<(), LibraryError> {
+/// Checks the remote's format file and says which layout it has; `None` (absent) means the URL
+/// holds no tek library.
+fn check_info(remote: &Remote, info: Option<bytes::Bytes>) -> Result<layout::Layout, LibraryError> {
     let object = remote.url().object(layout::INFO_KEY);
     let Some(b) = info else {
         return Err(LibraryError::BadLibrary {
@@ -50,9 +55,7 @@ fn check_info(remote: &Remote, info: Option<bytes::Bytes>) -> Result<(), Library
             reason: "not found: no tek library at this URL (nothing was ever pushed there?)".into(),
         });
     };
-    layout::LibraryInfo::parse(&b)
-        .map(|_| ())
-        .map_err(|reason| LibraryError::BadLibrary { object, reason })
+    layout::LibraryInfo::parse(&b).map_err(|reason| LibraryError::BadLibrary { object, reason })
 }
 
 /// Runs `f` over `items`, `in_flight` at a time, summing the byte counts it returns. After the

@@ -10,7 +10,7 @@ pub fn list(remote: &Remote) -> Result<Vec<RemoteImage>, LibraryError> {
     let rt = crate::runtime()?;
     rt.block_on(async {
         let info = remote.get(layout::INFO_KEY, MAX_DOCUMENT).await?;
-        crate::check_info(remote, info)?;
+        let library = crate::check_info(remote, info)?;
         let mut out: Vec<RemoteImage> = if remote.url().is_read_only() {
             let object = remote.url().object(layout::INDEX_KEY);
             let Some(b) = remote.get(layout::INDEX_KEY, MAX_DOCUMENT).await? else {
@@ -36,7 +36,7 @@ pub fn list(remote: &Remote) -> Result<Vec<RemoteImage>, LibraryError> {
             }
             index.images
         } else {
-            listed(remote).await?
+            listed(remote, library).await?
         };
         out.sort_by(|a, b| a.image.cmp(&b.image));
         Ok(out)
@@ -44,13 +44,16 @@ pub fn list(remote: &Remote) -> Result<Vec<RemoteImage>, LibraryError> {
 }
 
 /// The manifests an S3 remote's listing of `images/` shows, sorted.
-pub(crate) async fn listed(remote: &Remote) -> Result<Vec<RemoteImage>, LibraryError> {
+pub(crate) async fn listed(
+    remote: &Remote,
+    library: layout::Layout,
+) -> Result<Vec<RemoteImage>, LibraryError> {
     let mut out: Vec<RemoteImage> = remote
         .list("images/")
         .await?
         .into_iter()
         .filter_map(|(k, size)| {
-            layout::image_of_key(&k).map(|image| RemoteImage {
+            library.image_of_key(&k).map(|image| RemoteImage {
                 image,
                 manifest_bytes: size,
             })

@@ -1,23 +1,29 @@
 //! `pull`: a remote image into the local store, which is the cache.
 //!
 //! Order: the format file, then the signature and the manifest (accepted only with a valid
-//! signature by a trusted key, before anything else of them is used), then the chunks the store
-//! lacks, `in_flight` at a time, each checked by the store before it is written
-//! ([`image_store::Incoming::add_chunk`]), then the manifest, last. A chunk that is missing or
-//! fails its check stops the pull with the chunk id and the object's URL; requests already in
-//! flight finish, and every chunk that passed is kept, so the next pull fetches only the rest.
+//! signature by a trusted key, before anything else of them is used) and, in format 2, the
+//! image's pack index (checked to belong to that manifest), then the chunks the store lacks
+//! (`fetch.rs`: single objects or ranged GETs of packs), each checked by the store before it is
+//! written ([`image_store::Incoming::add_chunks`]), then the manifest, last. A chunk that is
+//! missing or fails its check stops the pull with the chunk id and the object's URL (and byte
+//! range, in a pack); requests already in flight finish, and every chunk that passed is kept, so
+//! the next pull fetches only the rest.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::HashMap;
+
 use image_store::{
-    CompressedChunk, ImageRef, LoadedImage, SignatureStatus, Store, StoreError, WantedChunk,
+    ChunkId, ImageRef, LoadedImage, SignatureStatus, Store, StoreError, WantedChunk,
 };
 use serde::Serialize;
 
 use crate::error::LibraryError;
-use crate::layout::{self, MAX_DOCUMENT};
+use crate::fetch::{self, Tally};
+use crate::layout::{self, Layout, MAX_DOCUMENT};
+use crate::packs::{self, Location, PackIndex};
 use crate::remote::Remote;
 
 /// What a pull did.
@@ -37,6 +43,8 @@ pub struct PullReport {
     pub fetched_bytes: u64,
     /// Requests made (not counting the client's retries).
     pub requests: u64,
+    /// The remote's layout version (1: one object per chunk, 2: packs).
+    pub library_version: u32,
     /// True if the store had the manifest already (nothing changed but missing chunks).
     pub was_local: bool,
     /// Wall-clock seconds.
@@ -79,11 +87,14 @@ pub fn pull(
 /// arrivals here), so a disk is written while the rest is still arriving.
 pub struct Pull {
     remote: Remote,
+    layout: Layout,
     image: ImageRef,
     manifest_bytes: Vec<u8>,
     sig_bytes: Vec<u8>,
     trusted_keys: PathBuf,
     loaded: LoadedImage,
+    /// Format 2: where each chunk is (from the image's pack index); None in format 1.
+    places: Option<HashMap<ChunkId, Location>>,
     incoming: Arc<image_store::Incoming>,
     wanted: Vec<WantedChunk>,
     was_local: bool,
@@ -104,7 +115,8 @@ impl Pull {
         let started = Instant::now();
         let rt = crate::runtime()?;
         let requests_before = remote.requests();
-        let (manifest_bytes, sig_bytes, loaded) = accepted(&rt, remote, image, trusted_keys)?;
+        let (layout, manifest_bytes, sig_bytes, loaded) =
+            accepted(&rt, remote, image, trusted_keys)?;
         let was_local = match store.load_manifest(image) {
             Ok((_, local)) if local == manifest_bytes => true,
             Ok(_) => {
@@ -116,17 +128,25 @@ impl Pull {
             Err(StoreError::NotFound { .. }) => false,
             Err(e) => return Err(LibraryError::from(e).into()),
         };
+        let places = match layout {
+            Layout::ChunkObjects => None,
+            Layout::Packs => {
+                Some(rt.block_on(pack_places(remote, image, &loaded, &manifest_bytes))?)
+            }
+        };
         let incoming = Arc::new(store.receive().map_err(LibraryError::from)?);
         let wanted = incoming
             .wanted(&loaded.manifest)
             .map_err(LibraryError::from)?;
         Ok(Pull {
             remote: remote.clone(),
+            layout,
             image: image.clone(),
             manifest_bytes,
             sig_bytes,
             trusted_keys: trusted_keys.to_path_buf(),
             loaded,
+            places,
             incoming,
             wanted,
             was_local,
@@ -157,11 +177,13 @@ impl Pull {
     pub fn run(self, progress: &(dyn Fn(u64) + Sync)) -> Result<PullReport, PullFailed> {
         let Pull {
             remote,
+            layout,
             image,
             manifest_bytes,
             sig_bytes,
             trusted_keys,
             loaded,
+            places,
             incoming,
             wanted,
             was_local,
@@ -169,8 +191,38 @@ impl Pull {
             requests_before,
             rt,
         } = self;
-        let chunks = distinct_chunks(&loaded.manifest);
-        let fetched = rt.block_on(fetch_chunks(&remote, &incoming, wanted.clone(), progress));
+        let chunks = packs::distinct(&loaded.manifest).len() as u64;
+        let library_version = layout.info().version;
+        let tally = Tally::default();
+        let failure = match &places {
+            None => rt.block_on(fetch::chunk_objects(
+                &remote,
+                &incoming,
+                wanted.clone(),
+                &tally,
+                progress,
+            )),
+            Some(places) => {
+                let bytes = wanted
+                    .iter()
+                    .map(|w| places.get(&w.id).map_or(0, |p| p.2))
+                    .sum();
+                let in_flight = (remote.options().in_flight / 2).max(1);
+                match packs::plan(&wanted, places, packs::span_size(bytes, in_flight)) {
+                    Ok(spans) => {
+                        rt.block_on(fetch::packs(&remote, &incoming, spans, &tally, progress))
+                    }
+                    Err(chunk) => Some(LibraryError::BadLibrary {
+                        object: remote.url().object(&layout::pack_index_key(&image)),
+                        reason: format!("the pack index does not place chunk {chunk}"),
+                    }),
+                }
+            }
+        };
+        let fetched = match failure {
+            None => Ok(tally.done()),
+            Some(e) => Err((e, tally.done())),
+        };
         // Whatever happened, what passed its check is named now, for the next attempt.
         let kept = incoming.keep().map_err(LibraryError::from);
         let failed = |error: LibraryError, kept: u64| {
@@ -187,7 +239,7 @@ impl Pull {
         let incoming = Arc::into_inner(incoming).expect("every fetch task has ended");
         let commit_err = |e| match e {
             e @ (StoreError::NotTrusted { .. } | StoreError::InconsistentManifest { .. }) => {
-                bad_manifest(&remote, &image, e)
+                bad_manifest(&remote, layout, &image, e)
             }
             e => LibraryError::from(e),
         };
@@ -204,6 +256,7 @@ impl Pull {
             fetched: count,
             fetched_bytes: bytes,
             requests: remote.requests() - requests_before,
+            library_version,
             was_local,
             seconds: started.elapsed().as_secs_f64(),
         })
@@ -217,58 +270,56 @@ pub fn fetch_checked(
     image: &ImageRef,
     trusted_keys: &Path,
 ) -> Result<LoadedImage, LibraryError> {
-    accepted(&crate::runtime()?, remote, image, trusted_keys).map(|(_, _, img)| img)
+    accepted(&crate::runtime()?, remote, image, trusted_keys).map(|(_, _, _, img)| img)
 }
 
-/// The manifest's and signature's bytes as fetched, and the manifest they make, accepted.
+/// The remote's layout, the manifest's and signature's bytes as fetched (the manifest
+/// decompressed in format 2), and the manifest they make, accepted.
 fn accepted(
     rt: &tokio::runtime::Runtime,
     remote: &Remote,
     image: &ImageRef,
     trusted_keys: &Path,
-) -> Result<(Vec<u8>, Vec<u8>, LoadedImage), LibraryError> {
-    let (manifest_bytes, sig_bytes) = rt.block_on(fetch_manifest(remote, image))?;
+) -> Result<(Layout, Vec<u8>, Vec<u8>, LoadedImage), LibraryError> {
+    let (layout, manifest_bytes, sig_bytes) = rt.block_on(fetch_manifest(remote, image))?;
     let (manifest, signature) =
         image_store::receive::check_received(image, &manifest_bytes, &sig_bytes, trusted_keys)
-            .map_err(|e| bad_manifest(remote, image, e))?;
+            .map_err(|e| bad_manifest(remote, layout, image, e))?;
     let manifest_hash = blake3::hash(&manifest_bytes).to_hex().to_string();
     let img = LoadedImage {
         manifest,
         manifest_hash,
         signature,
     };
-    Ok((manifest_bytes, sig_bytes, img))
+    Ok((layout, manifest_bytes, sig_bytes, img))
 }
 
-fn bad_manifest(remote: &Remote, image: &ImageRef, source: StoreError) -> LibraryError {
+fn bad_manifest(
+    remote: &Remote,
+    layout: Layout,
+    image: &ImageRef,
+    source: StoreError,
+) -> LibraryError {
     LibraryError::BadManifest {
-        object: remote.url().object(&layout::manifest_key(image)),
+        object: remote.url().object(&layout.manifest_key(image)),
         source: Box::new(source),
     }
 }
 
-fn distinct_chunks(m: &image_store::Manifest) -> u64 {
-    let mut ids = std::collections::HashSet::new();
-    for e in &m.extents {
-        if let image_store::Extent::Chunk { id, .. } = e {
-            ids.insert(*id);
-        }
-    }
-    ids.len() as u64
-}
-
-/// The format file (checked), the manifest and its signature, fetched concurrently.
+/// The format file (checked), then the manifest and its signature, fetched concurrently; a
+/// format-2 manifest is decompressed (at most [`MAX_DOCUMENT`] bytes: a hostile remote's small
+/// object cannot inflate without bound).
 async fn fetch_manifest(
     remote: &Remote,
     image: &ImageRef,
-) -> Result<(Vec<u8>, Vec<u8>), LibraryError> {
-    let (manifest_key, sig_key) = (layout::manifest_key(image), layout::signature_key(image));
-    let (info, manifest, sig) = futures::join!(
-        remote.get(layout::INFO_KEY, MAX_DOCUMENT),
+) -> Result<(Layout, Vec<u8>, Vec<u8>), LibraryError> {
+    let info = remote.get(layout::INFO_KEY, MAX_DOCUMENT).await?;
+    let layout = crate::check_info(remote, info)?;
+    let (manifest_key, sig_key) = (layout.manifest_key(image), layout::signature_key(image));
+    let (manifest, sig) = futures::join!(
         remote.get(&manifest_key, MAX_DOCUMENT),
         remote.get(&sig_key, MAX_DOCUMENT),
     );
-    crate::check_info(remote, info?)?;
     let Some(manifest) = manifest? else {
         return Err(LibraryError::NoSuchImage {
             image: image.clone(),
@@ -284,68 +335,41 @@ async fn fetch_manifest(
             }),
         });
     };
-    Ok((manifest.to_vec(), sig.to_vec()))
-}
-
-/// (chunks stored, compressed bytes stored).
-type Done = (u64, u64);
-
-/// Fetches `wanted` into `incoming`, `in_flight` at a time (see [`crate::bounded`]).
-async fn fetch_chunks(
-    remote: &Remote,
-    incoming: &Arc<image_store::Incoming>,
-    wanted: Vec<WantedChunk>,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<Done, (LibraryError, Done)> {
-    let in_flight = remote.options().in_flight;
-    let image_bytes = std::sync::atomic::AtomicU64::new(0);
-    let one = |w: WantedChunk| {
-        let image_bytes = &image_bytes;
-        async move {
-            let n = fetch_one(remote, incoming, w).await?;
-            let at = image_bytes.fetch_add(w.len, std::sync::atomic::Ordering::Relaxed);
-            progress(at + w.len);
-            Ok(n)
+    let manifest = match layout {
+        Layout::ChunkObjects => manifest.to_vec(),
+        Layout::Packs => {
+            layout::decompress_document(&manifest, MAX_DOCUMENT).map_err(|reason| {
+                LibraryError::BadLibrary {
+                    object: remote.url().object(&manifest_key),
+                    reason: format!("manifest refused, nothing stored: {reason}"),
+                }
+            })?
         }
     };
-    match crate::bounded(wanted, in_flight, one).await {
-        (done, None) => Ok(done),
-        (done, Some(e)) => Err((e, done)),
-    }
+    Ok((layout, manifest, sig.to_vec()))
 }
 
-async fn fetch_one(
+/// Format 2: the image's pack index, fetched and checked against its accepted manifest.
+async fn pack_places(
     remote: &Remote,
-    incoming: &Arc<image_store::Incoming>,
-    w: WantedChunk,
-) -> Result<u64, LibraryError> {
-    let key = layout::chunk_key(w.id);
-    let Some(data) = remote.get(&key, layout::chunk_object_limit(w.len)).await? else {
-        return Err(LibraryError::MissingChunk {
-            chunk: w.id,
-            offset: w.offset,
-            object: remote.url().object(&key),
+    image: &ImageRef,
+    loaded: &LoadedImage,
+    manifest_bytes: &[u8],
+) -> Result<HashMap<ChunkId, Location>, LibraryError> {
+    let key = layout::pack_index_key(image);
+    let object = remote.url().object(&key);
+    let Some(b) = remote.get(&key, MAX_DOCUMENT).await? else {
+        return Err(LibraryError::BadLibrary {
+            object,
+            reason: "not found: the image's pack index is missing (pushed before its manifest; \
+                     push the image again)"
+                .into(),
         });
     };
-    let chunk = CompressedChunk {
-        id: w.id,
-        offset: w.offset,
-        len: w.len,
-        data: data.to_vec(),
-    };
-    let inc = Arc::clone(incoming);
-    // Decompressing and hashing is CPU work: off the runtime's threads.
-    let stored = tokio::task::spawn_blocking(move || inc.add_chunk(chunk))
-        .await
-        .expect("chunk check task panicked");
-    stored.map_err(|e| match e {
-        StoreError::HashMismatch { .. } | StoreError::CorruptChunk { .. } => {
-            LibraryError::CorruptChunk {
-                chunk: w.id,
-                object: remote.url().object(&key),
-                reason: e.to_string(),
-            }
+    PackIndex::locations(&b, &loaded.manifest, manifest_bytes).map_err(|reason| {
+        LibraryError::BadLibrary {
+            object,
+            reason: format!("pack index refused, nothing fetched: {reason}"),
         }
-        e => LibraryError::from(e),
     })
 }

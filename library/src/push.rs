@@ -1,14 +1,17 @@
 //! `push`: a signed local image onto an S3 remote.
 //!
-//! Order: the format file (first push only), one listing of `chunks/`, the chunks the remote
-//! lacks (`in_flight` at a time, each checked against its id before it leaves the bench, so a
-//! chunk gone bad locally is never published), then the signature, then the manifest: the
-//! commit point, uploaded only if the remote has none (`If-None-Match: *`), so of two pushes
-//! racing with different manifests under one name exactly one wins and the other says so. A
-//! push cut off before the manifest leaves only chunks behind, never a visible image; the next
-//! push uploads only what is still missing. Last, `index.json` is rewritten from a listing of
-//! `images/` for remotes served over plain HTTP, and listed again until the listing matches
-//! what was written, so two pushes racing never lose each other's image from it.
+//! Order: the format file (first push only: a new remote gets format 2), then the chunks the
+//! remote lacks, each checked against its id before it leaves the bench, so a chunk gone bad
+//! locally is never published: in format 2 packed into pack files (`push_packs.rs`) followed
+//! by the image's pack index; in format 1 (a remote created with it keeps it) one listing of
+//! `chunks/` and one object per chunk, `in_flight` at a time. Then the signature, then the
+//! manifest: the commit point, uploaded only if the remote has none (`If-None-Match: *`), so of
+//! two pushes racing with different manifests under one name exactly one wins and the other
+//! says so. A push cut off before the manifest leaves only chunks or packs behind, never a
+//! visible image; the next push uploads only what is still missing. Last, `index.json` is
+//! rewritten from a listing of `images/` for remotes served over plain HTTP, and listed again
+//! until the listing matches what was written, so two pushes racing never lose each other's
+//! image from it.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -21,7 +24,7 @@ use image_store::{ChunkId, Extent, ImageRef, Store};
 use serde::Serialize;
 
 use crate::error::LibraryError;
-use crate::layout::{self, MAX_DOCUMENT};
+use crate::layout::{self, Layout, MAX_DOCUMENT};
 use crate::remote::Remote;
 
 /// What a push did.
@@ -39,6 +42,10 @@ pub struct PushReport {
     pub uploaded_bytes: u64,
     /// True if the remote had this exact manifest already.
     pub was_remote: bool,
+    /// The remote's layout version (1: one object per chunk, 2: packs).
+    pub library_version: u32,
+    /// Pack files uploaded (format 2).
+    pub packs: u64,
     /// Requests made (not counting the client's retries).
     pub requests: u64,
     /// Wall-clock seconds.
@@ -113,21 +120,18 @@ pub fn push_with_progress(
     }
     let rt = crate::runtime()?;
     rt.block_on(async {
-        let manifest_key = layout::manifest_key(image);
-        let (info, existing) = futures::join!(
-            remote.get(layout::INFO_KEY, MAX_DOCUMENT),
-            remote.get(&manifest_key, MAX_DOCUMENT),
-        );
-        match info? {
+        let library = match remote.get(layout::INFO_KEY, MAX_DOCUMENT).await? {
             Some(b) => crate::check_info(remote, Some(b))?,
             None => {
                 let info = serde_json::to_vec_pretty(&layout::LibraryInfo::current())
                     .expect("serializing library info");
                 remote.put(layout::INFO_KEY, Bytes::from(info)).await?;
+                Layout::Packs
             }
-        }
-        let was_remote = match existing? {
-            Some(b) if b[..] == manifest_bytes[..] => true,
+        };
+        let manifest_key = library.manifest_key(image);
+        let was_remote = match remote.get(&manifest_key, MAX_DOCUMENT).await? {
+            Some(b) if same_manifest(library, &b, &manifest_bytes) => true,
             Some(_) => {
                 return Err(LibraryError::Conflict {
                     image: image.clone(),
@@ -136,36 +140,39 @@ pub fn push_with_progress(
             }
             None => false,
         };
-        let on_remote: HashSet<ChunkId> = remote
-            .list("chunks/")
-            .await?
-            .iter()
-            .filter_map(|(k, _)| layout::chunk_of_key(k))
-            .collect();
-        let missing: Vec<_> = ids
-            .iter()
-            .copied()
-            .filter(|(id, _, _)| !on_remote.contains(id))
-            .collect();
-        progress(PushProgress::Missing {
-            chunks: missing.len() as u64,
-            bytes: missing
-                .iter()
-                .map(|(id, _, _)| std::fs::metadata(store.chunk_path(*id)).map_or(0, |m| m.len()))
-                .sum(),
-        });
-        let (uploaded, uploaded_bytes) =
-            upload_chunks(store, image, remote, missing, progress).await?;
+        let (uploaded, uploaded_bytes, packs, pack_index) = match library {
+            Layout::ChunkObjects => {
+                let (n, bytes) =
+                    upload_missing_chunks(store, image, remote, &ids, progress).await?;
+                (n, bytes, 0, None)
+            }
+            Layout::Packs => {
+                let up = crate::push_packs::upload(
+                    store,
+                    image,
+                    remote,
+                    (&manifest, &manifest_bytes),
+                    progress,
+                )
+                .await?;
+                (up.chunks, up.bytes, up.packs, Some(up.index))
+            }
+        };
         progress(PushProgress::Committing);
-        let was_remote = !commit(
-            remote,
-            image,
-            (&manifest_key, &manifest_bytes),
-            &sig_bytes,
-            was_remote,
-        )
-        .await?;
-        write_index(remote).await?;
+        let stored_manifest = match library {
+            Layout::ChunkObjects => manifest_bytes.clone(),
+            Layout::Packs => layout::compress_document(&manifest_bytes),
+        };
+        let published = Published {
+            library,
+            manifest_key: &manifest_key,
+            manifest_bytes: &manifest_bytes,
+            stored_manifest,
+            sig_bytes: &sig_bytes,
+            pack_index,
+        };
+        let was_remote = !commit(remote, image, &published, was_remote).await?;
+        write_index(remote, library).await?;
         Ok(PushReport {
             image: image.clone(),
             chunks: ids.len() as u64,
@@ -173,10 +180,50 @@ pub fn push_with_progress(
             uploaded,
             uploaded_bytes,
             was_remote,
+            library_version: library.info().version,
+            packs,
             requests: remote.requests() - requests_before,
             seconds: started.elapsed().as_secs_f64(),
         })
     })
+}
+
+/// Whether a manifest object on the remote holds `ours` (format 2: once decompressed).
+fn same_manifest(library: Layout, object: &[u8], ours: &[u8]) -> bool {
+    match library {
+        Layout::ChunkObjects => object == ours,
+        Layout::Packs => layout::decompress_document(object, ours.len() as u64)
+            .is_ok_and(|theirs| theirs == ours),
+    }
+}
+
+/// Format 1: one listing of `chunks/`, then the chunks it lacks.
+async fn upload_missing_chunks(
+    store: &Store,
+    image: &ImageRef,
+    remote: &Remote,
+    ids: &[(ChunkId, u64, u64)],
+    progress: &(dyn Fn(PushProgress) + Sync),
+) -> Result<(u64, u64), LibraryError> {
+    let on_remote: HashSet<ChunkId> = remote
+        .list("chunks/")
+        .await?
+        .iter()
+        .filter_map(|(k, _)| layout::chunk_of_key(k))
+        .collect();
+    let missing: Vec<_> = ids
+        .iter()
+        .copied()
+        .filter(|(id, _, _)| !on_remote.contains(id))
+        .collect();
+    progress(PushProgress::Missing {
+        chunks: missing.len() as u64,
+        bytes: missing
+            .iter()
+            .map(|(id, _, _)| std::fs::metadata(store.chunk_path(*id)).map_or(0, |m| m.len()))
+            .sum(),
+    });
+    upload_chunks(store, image, remote, missing, progress).await
 }
 
 /// Uploads chunks, `in_flight` at a time (see [`crate::bounded`]).
@@ -206,39 +253,66 @@ async fn upload_chunks(
     }
 }
 
-/// Publishes the image: the signature, then the manifest if the remote has none (`there`: it
-/// had this manifest when the push began). `Ok(false)`: the manifest was there already, or a
-/// racing push published the same one first; another manifest under the name is a conflict.
-/// Either way the signature beside the manifest is made ours if it is not (a racing push of
-/// another manifest may have replaced it before losing).
+/// What a push publishes once every chunk is there.
+struct Published<'a> {
+    library: Layout,
+    manifest_key: &'a str,
+    /// The manifest's bytes (what is signed).
+    manifest_bytes: &'a [u8],
+    /// The manifest object's bytes (format 2: compressed).
+    stored_manifest: Vec<u8>,
+    sig_bytes: &'a [u8],
+    /// Format 2: the image's pack index, stored form.
+    pack_index: Option<Vec<u8>>,
+}
+
+/// Publishes the image: the pack index (format 2) and the signature, then the manifest if the
+/// remote has none (`there`: it had this manifest when the push began). `Ok(false)`: the
+/// manifest was there already, or a racing push published the same one first; another manifest
+/// under the name is a conflict. Either way the signature and pack index beside the manifest
+/// are made ours if they are not (a racing push of another manifest may have replaced them
+/// before losing; a pull refuses a pack index made for another manifest, so that window is
+/// safe).
 async fn commit(
     remote: &Remote,
     image: &ImageRef,
-    (manifest_key, manifest_bytes): (&str, &[u8]),
-    sig_bytes: &[u8],
+    p: &Published<'_>,
     there: bool,
 ) -> Result<bool, LibraryError> {
     let sig_key = layout::signature_key(image);
+    let index_key = layout::pack_index_key(image);
     let created = !there && {
+        if let Some(index) = &p.pack_index {
+            remote
+                .put(&index_key, Bytes::copy_from_slice(index))
+                .await?;
+        }
         remote
-            .put(&sig_key, Bytes::copy_from_slice(sig_bytes))
+            .put(&sig_key, Bytes::copy_from_slice(p.sig_bytes))
             .await?;
         remote
-            .put_new(manifest_key, Bytes::copy_from_slice(manifest_bytes))
+            .put_new(p.manifest_key, Bytes::from(p.stored_manifest.clone()))
             .await?
     };
     if !created && !there {
-        let theirs = remote.get(manifest_key, MAX_DOCUMENT).await?;
-        if theirs.as_deref() != Some(manifest_bytes) {
+        let theirs = remote.get(p.manifest_key, MAX_DOCUMENT).await?;
+        if !theirs.is_some_and(|t| same_manifest(p.library, &t, p.manifest_bytes)) {
             return Err(LibraryError::Conflict {
                 image: image.clone(),
                 url: remote.url().clone(),
             });
         }
     }
-    if remote.get(&sig_key, MAX_DOCUMENT).await?.as_deref() != Some(sig_bytes) {
+    if remote.get(&sig_key, MAX_DOCUMENT).await?.as_deref() != Some(p.sig_bytes) {
         remote
-            .put(&sig_key, Bytes::copy_from_slice(sig_bytes))
+            .put(&sig_key, Bytes::copy_from_slice(p.sig_bytes))
+            .await?;
+    }
+    if let Some(index) = &p.pack_index
+        && remote.get(&index_key, MAX_DOCUMENT).await?.as_deref() != Some(&index[..])
+    {
+        remote
+            .put(&index_key, Bytes::copy_from_slice(index))
             .await?;
     }
     Ok(created)
@@ -253,23 +327,39 @@ async fn upload_one(
     len: u64,
 ) -> Result<u64, LibraryError> {
     // Read and check off the runtime's threads: only a chunk whose bytes hash to its id leaves.
-    let data = tokio::task::spawn_blocking(move || {
-        let c = store.read_compressed(id, offset, len)?;
-        let mut scratch = vec![0u8; len as usize];
-        c.decompress_verify_in_place(&mut scratch)?;
-        Ok::<_, image_store::StoreError>(c.data)
-    })
-    .await
-    .expect("chunk read task panicked")
-    .map_err(|e| LibraryError::NotPushable {
-        image: image.clone(),
-        reason: format!("{e} (run `tek image verify {image}`)"),
-    })?;
+    let data =
+        tokio::task::spawn_blocking(move || read_checked(&store, id, offset, len, &mut Vec::new()))
+            .await
+            .expect("chunk read task panicked")
+            .map_err(|e| not_pushable(image, e))?;
     let n = data.len() as u64;
     remote
         .put(&layout::chunk_key(id), Bytes::from(data))
         .await?;
     Ok(n)
+}
+
+/// A chunk's compressed bytes from the store, checked against its id (`scratch` takes the
+/// decompressed bytes): only such a chunk leaves the bench.
+pub(crate) fn read_checked(
+    store: &Store,
+    id: ChunkId,
+    offset: u64,
+    len: u64,
+    scratch: &mut Vec<u8>,
+) -> Result<Vec<u8>, image_store::StoreError> {
+    let c = store.read_compressed(id, offset, len)?;
+    scratch.resize(len as usize, 0);
+    c.decompress_verify_in_place(scratch)?;
+    Ok(c.data)
+}
+
+/// A local chunk gone bad: the image cannot be pushed.
+pub(crate) fn not_pushable(image: &ImageRef, e: image_store::StoreError) -> LibraryError {
+    LibraryError::NotPushable {
+        image: image.clone(),
+        reason: format!("{e} (run `tek image verify {image}`)"),
+    }
 }
 
 /// How many times `index.json` is rewritten while other pushes keep changing `images/`.
@@ -279,8 +369,8 @@ const INDEX_ROUNDS: usize = 16;
 /// meanwhile (a racing push committed and may have written its index before ours), writes
 /// again. The last index written is thus checked against a listing made after it by its own
 /// writer, and any push that commits later writes (and checks) its own.
-async fn write_index(remote: &Remote) -> Result<(), LibraryError> {
-    let mut images = crate::listing::listed(remote).await?;
+async fn write_index(remote: &Remote, library: Layout) -> Result<(), LibraryError> {
+    let mut images = crate::listing::listed(remote, library).await?;
     for _ in 0..INDEX_ROUNDS {
         let index = layout::Index {
             format: layout::INDEX_FORMAT,
@@ -288,7 +378,7 @@ async fn write_index(remote: &Remote) -> Result<(), LibraryError> {
         };
         let bytes = serde_json::to_vec_pretty(&index).expect("serializing index");
         remote.put(layout::INDEX_KEY, Bytes::from(bytes)).await?;
-        let now = crate::listing::listed(remote).await?;
+        let now = crate::listing::listed(remote, library).await?;
         if now == index.images {
             return Ok(());
         }

@@ -105,6 +105,8 @@ pub struct RemoteOptions {
     pub retries: usize,
     /// First backoff delay; doubled per retry.
     pub backoff: Duration,
+    /// Largest pack file a push writes to a format-2 remote (compressed chunk bytes).
+    pub pack_bytes: u64,
 }
 
 impl Default for RemoteOptions {
@@ -116,6 +118,7 @@ impl Default for RemoteOptions {
             connect_timeout: Duration::from_secs(5),
             retries: 4,
             backoff: Duration::from_millis(200),
+            pack_bytes: 64 << 20,
         }
     }
 }
@@ -368,6 +371,38 @@ impl Remote {
             });
         }
         Ok(Some(bytes))
+    }
+
+    /// Fetches bytes `range` of an object (one ranged GET) as a stream of pieces as they
+    /// arrive, so a caller checks what is complete while the rest is on its way. `Ok(None)`: the
+    /// remote has no such object. The client checks the server answered with that range; the
+    /// caller counts the bytes (a body longer or shorter than the range is the caller's error).
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<
+        Option<futures::stream::BoxStream<'static, Result<Bytes, LibraryError>>>,
+        LibraryError,
+    > {
+        use futures::StreamExt;
+        self.count();
+        let opts = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(range)),
+            ..Default::default()
+        };
+        let r = match self.store.get_opts(&self.path(key), opts).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.request_error("fetching", key, e)),
+        };
+        let this = self.clone();
+        let key = key.to_string();
+        Ok(Some(
+            r.into_stream()
+                .map(move |p| p.map_err(|e| this.request_error("fetching", &key, e)))
+                .boxed(),
+        ))
     }
 
     /// Uploads an object whole (one PUT, atomic: readers see the old object or the new one).

@@ -94,9 +94,14 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
         );
         return Ok(());
     }
+    let packs = match r.packs {
+        0 => String::new(),
+        1 => " in 1 pack file".to_string(),
+        n => format!(" in {n} pack files"),
+    };
     println!(
-        "pushed {image} to {}: {} of {} chunks uploaded ({}), {} already there; signature and \
-         manifest last ({:.1} s, {} requests)",
+        "pushed {image} to {}: {} of {} chunks uploaded ({}){packs}, {} already there; \
+         signature and manifest last ({:.1} s, {} requests)",
         remote.url(),
         r.uploaded,
         r.chunks,

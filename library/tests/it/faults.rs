@@ -8,7 +8,9 @@ use image_library::{LibraryError, RemoteOptions, layout, list, pull, push};
 use image_store::{ChunkId, ImageRef, StoreError};
 
 use crate::binaries;
-use crate::fixture::{Depots, chunk_ids, http_remote, quick, s3_remote, s3_remote_as};
+use crate::fixture::{
+    Depots, chunk_ids, chunk_in_pack, http_remote, quick, s3_remote, s3_remote_as,
+};
 use tek_testkit::servers::{Nginx, SECRET_KEY, Stall};
 
 /// A maintainers' depot that pushed `win11@1` to an S3 server, and an empty bench.
@@ -33,28 +35,37 @@ fn setup(mib: usize) -> Option<Setup> {
 }
 
 impl Setup {
-    /// The `n`th chunk of the image (image order) and its object file on the server.
-    fn chunk(&self, n: usize) -> (ChunkId, std::path::PathBuf) {
+    /// The `n`th chunk of the image (image order), its pack's file on the server, the pack's
+    /// key and the chunk's offset and compressed length in it.
+    fn chunk(&self, n: usize) -> (ChunkId, std::path::PathBuf, String, u64, u64) {
         let (m, _) = self.maint.store.load_manifest(&self.image).unwrap();
         let id = chunk_ids(&m)[n];
-        let key = format!("lib/{}", layout::chunk_key(id));
-        (id, self.server.object_path(&key))
+        let (file, key, off, len) =
+            chunk_in_pack(&self.server, "lib", &self.maint.store, &self.image, id);
+        (id, file, key, off, len)
     }
 
+    /// The manifest as the remote stores it (compressed) and its signature's file.
     fn manifest_file(&self) -> std::path::PathBuf {
+        self.server.object_path(&format!(
+            "lib/{}",
+            layout::Layout::Packs.manifest_key(&self.image)
+        ))
+    }
+
+    fn signature_file(&self) -> std::path::PathBuf {
         self.server
-            .object_path(&format!("lib/{}", layout::manifest_key(&self.image)))
+            .object_path(&format!("lib/{}", layout::signature_key(&self.image)))
     }
 }
 
 #[test]
-fn a_corrupted_object_is_refused_named_and_nothing_of_it_is_cached() {
+fn a_corrupted_chunk_in_a_pack_is_refused_named_with_its_range_and_nothing_of_it_is_cached() {
     let Some(s) = setup(4) else { return };
-    let (id, file) = s.chunk(3);
+    let (id, file, key, off, len) = s.chunk(3);
     let good = std::fs::read(&file).unwrap();
     let mut bad = good.clone();
-    let at = bad.len() / 2;
-    bad[at] ^= 0x40;
+    bad[(off + len / 2) as usize] ^= 0x40;
     std::fs::write(&file, &bad).unwrap();
 
     let remote = s3_remote(&s.server, "lib");
@@ -66,10 +77,8 @@ fn a_corrupted_object_is_refused_named_and_nothing_of_it_is_cached() {
     let msg = e.to_string();
     eprintln!("corrupt object: {msg}");
     assert!(msg.contains(&id.to_hex()), "{msg}");
-    assert!(
-        msg.contains(&format!("s3://library/lib/{}", layout::chunk_key(id))),
-        "{msg}"
-    );
+    let range = format!("s3://library/lib/{key} bytes {off}-{}", off + len - 1);
+    assert!(msg.contains(&range), "{msg}");
     // Nothing of the bad chunk, under any name; no image; the good chunks kept.
     let path = s.bench.store.chunk_path(id);
     assert!(!path.exists() && !path.with_extension("zst.bad").exists());
@@ -85,10 +94,10 @@ fn a_corrupted_object_is_refused_named_and_nothing_of_it_is_cached() {
 }
 
 #[test]
-fn a_404_chunk_fails_the_pull_with_the_chunk_and_its_url() {
+fn a_404_pack_fails_the_pull_with_a_chunk_and_the_pack_url() {
     let Some(s) = setup(4) else { return };
     let (_, ng) = binaries().unwrap();
-    let (id, file) = s.chunk(5);
+    let (_, file, key, _, _) = s.chunk(5);
     std::fs::remove_file(&file).unwrap();
     let web = Nginx::start(
         &ng,
@@ -98,18 +107,92 @@ fn a_404_chunk_fails_the_pull_with_the_chunk_and_its_url() {
     );
     let remote = http_remote(&web.url("lib"), &quick());
     let e = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap_err();
+    let (m, _) = s.maint.store.load_manifest(&s.image).unwrap();
     assert!(
-        matches!(&*e.error, LibraryError::MissingChunk { chunk, .. } if *chunk == id),
+        matches!(&*e.error, LibraryError::MissingChunk { chunk, .. } if chunk_ids(&m).contains(chunk)),
         "{e}"
     );
     let msg = e.to_string();
     eprintln!("404: {msg}");
-    assert!(
-        msg.contains(&web.url(&format!("lib/{}", layout::chunk_key(id)))),
-        "{msg}"
-    );
+    assert!(msg.contains(&web.url(&format!("lib/{key}"))), "{msg}");
     assert!(msg.contains("not found"), "{msg}");
     assert!(!s.bench.store.exists(&s.image));
+}
+
+#[test]
+fn a_lying_pack_index_fails_the_pull_and_caches_nothing_unchecked() {
+    let Some(s) = setup(4) else { return };
+    let remote = s3_remote(&s.server, "lib");
+    let index_file = s
+        .server
+        .object_path(&format!("lib/{}", layout::pack_index_key(&s.image)));
+    let good = std::fs::read(&index_file).unwrap();
+    let raw = layout::decompress_document(&good, 1 << 30).unwrap();
+    let mut index: image_library::packs::PackIndex = serde_json::from_slice(&raw).unwrap();
+    // Chunk 1 placed one byte off: its range holds other bytes.
+    index.chunks[1].1 += 1;
+    std::fs::write(&index_file, index.to_bytes()).unwrap();
+    let e = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap_err();
+    let msg = e.to_string();
+    eprintln!("lying index: {msg}");
+    assert!(
+        matches!(*e.error, LibraryError::CorruptChunk { .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("/packs/") && msg.contains(" bytes "), "{msg}");
+    assert!(!s.bench.store.exists(&s.image));
+    // An index of another manifest is refused before any chunk moves.
+    index.chunks[1].1 -= 1;
+    index.manifest_blake3 = "0".repeat(64);
+    std::fs::write(&index_file, index.to_bytes()).unwrap();
+    let before = s.bench.chunk_files();
+    let e = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap_err();
+    let msg = e.to_string();
+    eprintln!("index of another manifest: {msg}");
+    assert!(
+        msg.contains("pack index refused") && msg.contains("another manifest"),
+        "{msg}"
+    );
+    assert_eq!(s.bench.chunk_files(), before);
+    // Missing: named, with what to do.
+    std::fs::remove_file(&index_file).unwrap();
+    let e = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap_err();
+    assert!(e.to_string().contains("pack index is missing"), "{e}");
+    // Repaired: the pull completes, fetching only what the failed one did not keep.
+    std::fs::write(&index_file, &good).unwrap();
+    let r = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap();
+    assert_eq!(r.fetched as usize + before, r.chunks as usize);
+    crate::same_bytes(&s.maint.export(&s.image), &s.bench.export(&s.image));
+}
+
+#[test]
+fn a_manifest_that_inflates_beyond_the_limit_or_is_not_zstd_is_refused() {
+    let Some(s) = setup(2) else { return };
+    let remote = s3_remote(&s.server, "lib");
+    let file = s.manifest_file();
+    // 300 MiB of spaces in a few KiB: refused at 256 MiB, never inflated whole.
+    let bomb = zstd_bomb(300 << 20);
+    std::fs::write(&file, &bomb).unwrap();
+    let e = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap_err();
+    let msg = e.to_string();
+    eprintln!("manifest bomb ({} bytes): {msg}", bomb.len());
+    assert!(msg.contains("decompresses to more than"), "{msg}");
+    assert!(msg.contains(".json.zst"), "{msg}");
+    std::fs::write(&file, b"{\"format\": 2}").unwrap();
+    let e = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap_err();
+    assert!(e.to_string().contains("not zstd-compressed"), "{e}");
+    assert_eq!(s.bench.chunk_files(), 0);
+}
+
+/// A zstd frame of `n` spaces, compressed in pieces (never `n` bytes in memory).
+fn zstd_bomb(n: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    let block = vec![b' '; 1 << 20];
+    for _ in 0..n >> 20 {
+        enc.write_all(&block).unwrap();
+    }
+    enc.finish().unwrap()
 }
 
 #[test]
@@ -118,10 +201,11 @@ fn a_tampered_manifest_unsigned_or_untrusted_image_is_refused_before_any_chunk()
     let remote = s3_remote(&s.server, "lib");
     let file = s.manifest_file();
     let good = std::fs::read(&file).unwrap();
-    let text = String::from_utf8(good.clone()).unwrap();
+    let raw = layout::decompress_document(&good, 1 << 30).unwrap();
+    let text = String::from_utf8(raw).unwrap();
     let tampered = text.replacen("\"randomize_guids\": false", "\"randomize_guids\": true", 1);
     assert_ne!(tampered, text);
-    std::fs::write(&file, tampered).unwrap();
+    std::fs::write(&file, layout::compress_document(tampered.as_bytes())).unwrap();
     let e = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap_err();
     let msg = e.to_string();
     eprintln!("tampered: {msg}");
@@ -139,7 +223,7 @@ fn a_tampered_manifest_unsigned_or_untrusted_image_is_refused_before_any_chunk()
     std::fs::write(&file, &good).unwrap();
 
     // Unsigned on the remote.
-    let sig = file.with_extension("sig");
+    let sig = s.signature_file();
     let sig_bytes = std::fs::read(&sig).unwrap();
     std::fs::remove_file(&sig).unwrap();
     let e = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap_err();
@@ -228,17 +312,33 @@ fn a_server_killed_mid_pull_and_restarted_resumes_without_refetching() {
     assert!(matches!(*e.error, LibraryError::Request { .. }), "{e}");
     let chunks = s.bench.chunk_files() as u64;
     assert_eq!(chunks, e.kept);
+    let kept_bytes: u64 = crate::fixture::walk(&s.bench.store.root().join("chunks"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
     assert!(e.kept > 0, "nothing fetched before the kill: {e}");
     web.restart();
     let r = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap();
     assert_eq!(r.fetched + e.kept, r.chunks, "{r:?}");
     assert!(r.fetched > 0);
     crate::same_bytes(&s.maint.export(&s.image), &s.bench.export(&s.image));
-    // The server's own log: no chunk was sent whole twice.
-    let mut seen = std::collections::HashSet::new();
+    // Nothing fetched twice: the second pull stored exactly the bytes the first did not keep,
+    // and its ranges hold only wanted chunks (no gaps read through), so it moved no more.
+    let (m, _) = s.maint.store.load_manifest(&s.image).unwrap();
+    let size = |store: &image_store::Store, id| {
+        std::fs::metadata(store.chunk_path(id)).map_or(0, |m| m.len())
+    };
+    let ids: std::collections::HashSet<_> = chunk_ids(&m).into_iter().collect();
+    let total: u64 = ids.iter().map(|id| size(&s.maint.store, *id)).sum();
+    assert_eq!(r.fetched_bytes, total - kept_bytes, "{r:?}");
+    assert!(
+        r.requests < r.fetched,
+        "ranged GETs, not one per chunk: {r:?}"
+    );
     for (status, path) in web.requests() {
-        if status == 200 && path.contains("/chunks/") {
-            assert!(seen.insert(path.clone()), "{path} fetched twice");
+        assert!(!path.contains("/chunks/"), "{path}");
+        if path.contains("/packs/") {
+            assert_eq!(status, 206, "{path}: a ranged GET");
         }
     }
 }
@@ -264,10 +364,17 @@ fn a_push_that_fails_midway_publishes_no_image_and_no_bad_chunk() {
         msg.contains(&bad.to_hex()) && msg.contains("tek image verify"),
         "{msg}"
     );
-    let bad_object = s
-        .server
-        .object_path(&format!("lib/{}", layout::chunk_key(bad)));
-    assert!(!bad_object.exists(), "a bad chunk was published");
+    // No pack on the remote holds the bad chunk (its pack was never uploaded).
+    for p in crate::fixture::walk(&s.server.object_path("lib/packs")) {
+        if p.extension().is_some_and(|x| x == "ids") {
+            let ids = image_library::packs::PackIds::parse(&std::fs::read(&p).unwrap(), u64::MAX)
+                .unwrap();
+            assert!(
+                ids.chunks.iter().all(|c| c.0 != bad),
+                "a bad chunk was published"
+            );
+        }
+    }
     let images: Vec<_> = list(&remote)
         .unwrap()
         .into_iter()

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use image_library::layout::{self, Layout};
+use image_library::packs::{self, PackIndex};
 use image_library::{Remote, RemoteOptions, RemoteUrl, S3Settings, Secret};
 use image_store::{ChunkId, Extent, ImageRef, ImportOptions, Manifest, SigningKey, Store};
 
@@ -186,4 +188,39 @@ pub fn s3_remote_with(
 /// An HTTP remote at `url`.
 pub fn http_remote(url: &str, opts: &RemoteOptions) -> Remote {
     Remote::open(&RemoteUrl::parse(url).expect("http url"), opts).expect("opening http remote")
+}
+
+/// Makes `s3://library/PREFIX` of `server` a format-1 remote (one object per chunk) before
+/// anything is pushed there: a push keeps the format a remote was created with.
+pub fn make_format_1(server: &S3Server, prefix: &str) {
+    let p = server.object_path(&format!("{prefix}/{}", layout::INFO_KEY));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(
+        &p,
+        serde_json::to_vec(&Layout::ChunkObjects.info()).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Where chunk `id` of `image` (as `store` has it) is on the format-2 remote at `prefix`: the
+/// pack's file on the server, the pack's key, the chunk's offset and compressed length.
+pub fn chunk_in_pack(
+    server: &S3Server,
+    prefix: &str,
+    store: &Store,
+    image: &ImageRef,
+    id: ChunkId,
+) -> (PathBuf, String, u64, u64) {
+    let (m, bytes) = store.load_manifest(image).unwrap();
+    let index_file = server.object_path(&format!("{prefix}/{}", layout::pack_index_key(image)));
+    let index = std::fs::read(index_file).expect("the image's pack index");
+    let places = PackIndex::locations(&index, &m, &bytes).unwrap();
+    let (pack, off, len) = places[&id].clone();
+    let key = packs::pack_key(&pack);
+    (
+        server.object_path(&format!("{prefix}/{key}")),
+        key,
+        off,
+        len,
+    )
 }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use image_library::{Pull, layout, push};
+use image_library::{Pull, push};
 use image_store::{Arrivals, Piece, StoreError};
 
 use crate::fixture::{Depots, chunk_ids, http_remote, quick, s3_remote};
@@ -88,12 +88,10 @@ fn a_corrupt_object_mid_stream_ends_the_read_naming_the_chunk_and_its_url() {
     let (m, _) = d.maint.store.load_manifest(&image).unwrap();
     let ids = chunk_ids(&m);
     let bad = ids[ids.len() / 2];
-    let file = d
-        .server
-        .object_path(&format!("lib/{}", layout::chunk_key(bad)));
+    let (file, _, off, len) =
+        crate::fixture::chunk_in_pack(&d.server, "lib", &d.maint.store, &image, bad);
     let mut data = std::fs::read(&file).unwrap();
-    let at = data.len() / 2;
-    data[at] ^= 0x20;
+    data[(off + len / 2) as usize] ^= 0x20;
     std::fs::write(&file, &data).unwrap();
 
     let arrivals = Arrivals::new([]);
@@ -113,7 +111,7 @@ fn a_corrupt_object_mid_stream_ends_the_read_naming_the_chunk_and_its_url() {
     assert!(matches!(err, StoreError::NotFetched { .. }), "{err}");
     let text = err.to_string();
     assert!(text.contains(&bad.to_string()), "{text}");
-    assert!(text.contains("s3://library/lib/chunks/"), "{text}");
+    assert!(text.contains("s3://library/lib/packs/"), "{text}");
     // Nothing of the bad chunk and no manifest reached the bench's store.
     assert!(!d.bench.store.chunk_path(bad).exists());
     assert!(!d.bench.store.exists(&image));

@@ -13,13 +13,16 @@ use crate::fixture::{Depots, http_remote, quick, s3_remote, s3_remote_as, s3_rem
 use crate::{binaries, same_bytes};
 use tek_testkit::servers::{ACCESS_KEY, Nginx, S3Server, SECRET_KEY};
 
-/// Chunk objects the server holds under `prefix` (complete ones: s3s-fs renames a finished
-/// upload into place).
-fn chunk_objects(server: &S3Server, prefix: &str) -> usize {
-    walk(&server.object_path(&format!("{prefix}/chunks")))
+/// Chunks in the complete packs the server holds under `prefix`: those with their id list
+/// (uploaded after the pack; s3s-fs renames a finished upload into place).
+fn chunks_in_packs(server: &S3Server, prefix: &str) -> usize {
+    walk(&server.object_path(&format!("{prefix}/packs")))
         .iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "zst"))
-        .count()
+        .filter(|p| p.extension().is_some_and(|x| x == "ids"))
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|b| image_library::packs::PackIds::parse(&b, u64::MAX).ok())
+        .map(|ids| ids.chunks.len())
+        .sum()
 }
 
 fn names(images: Vec<RemoteImage>) -> Vec<String> {
@@ -35,9 +38,9 @@ fn a_server_killed_mid_push_shows_no_image_and_the_next_push_uploads_only_the_re
         .into_iter()
         .collect::<std::collections::HashSet<_>>()
         .len();
-    // One request at a time, so the kill lands mid-way.
+    // Small packs, so the kill lands mid-way.
     let opts = image_library::RemoteOptions {
-        in_flight: 1,
+        pack_bytes: 1 << 20,
         ..quick()
     };
     let endpoint = d.server.endpoint();
@@ -47,7 +50,7 @@ fn a_server_killed_mid_push_shows_no_image_and_the_next_push_uploads_only_the_re
         let pushing =
             s.spawn(move || push(&maint.store, image, remote, &maint.trusted).map_err(Box::new));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while chunk_objects(&d.server, "lib") < total / 4 && Instant::now() < deadline {
+        while chunks_in_packs(&d.server, "lib") < total / 4 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
         d.server.kill();
@@ -56,7 +59,7 @@ fn a_server_killed_mid_push_shows_no_image_and_the_next_push_uploads_only_the_re
     let e = failed.expect_err("the push outlived the server");
     assert!(matches!(*e, LibraryError::Request { .. }), "{e}");
     eprintln!("killed mid-push: {e}");
-    let kept = chunk_objects(&d.server, "lib");
+    let kept = chunks_in_packs(&d.server, "lib");
     assert!(kept > 0 && kept < total, "{kept} of {total}");
     assert!(!d.server.object_path("lib/images").exists());
 
@@ -309,7 +312,7 @@ fn a_push_whose_index_write_lands_after_a_racing_push_still_leaves_both_images_l
     let fast = s3_remote(&d.server, "lib");
     let alpha = d
         .server
-        .object_path(&format!("lib/{}", layout::manifest_key(&a)));
+        .object_path(&format!("lib/{}", layout::Layout::Packs.manifest_key(&a)));
     std::thread::scope(|s| {
         let pushing =
             s.spawn(|| push(&d.maint.store, &a, &slow, &d.maint.trusted).map_err(Box::new));

@@ -15,6 +15,15 @@ fn chunk_ids(m: &Manifest) -> HashSet<ChunkId> {
 
 #[test]
 fn s3_push_pull_round_trip_and_v2_moves_only_its_new_chunks() {
+    round_trip(false);
+}
+
+#[test]
+fn a_format_1_remote_stays_format_1_and_round_trips() {
+    round_trip(true);
+}
+
+fn round_trip(format_1: bool) {
     let Some(depots) = Depots::new() else {
         return;
     };
@@ -24,6 +33,10 @@ fn s3_push_pull_round_trip_and_v2_moves_only_its_new_chunks() {
         server,
         ..
     } = &depots;
+    if format_1 {
+        crate::fixture::make_format_1(server, "depot");
+    }
+    let version = if format_1 { 1 } else { 2 };
     let remote = s3_remote(server, "depot");
 
     let v1 = maint.import("win11@1", 7, 1, 8);
@@ -40,10 +53,18 @@ fn s3_push_pull_round_trip_and_v2_moves_only_its_new_chunks() {
 
     let p = push(&maint.store, &v1, &remote, &maint.trusted).unwrap();
     assert_eq!(
-        (p.chunks, p.uploaded, p.was_remote),
-        (c1.len() as u64, c1.len() as u64, false)
+        (p.chunks, p.uploaded, p.was_remote, p.library_version),
+        (c1.len() as u64, c1.len() as u64, false, version)
+    );
+    assert_eq!(p.packs > 0, !format_1, "{p:?}");
+    let packs = crate::fixture::walk(&server.object_path("depot/packs"));
+    let chunk_objects = crate::fixture::walk(&server.object_path("depot/chunks"));
+    assert_eq!(
+        (packs.is_empty(), chunk_objects.is_empty()),
+        (format_1, !format_1)
     );
     let r = pull(&remote, &v1, &bench.store, &bench.trusted).unwrap();
+    assert_eq!(r.library_version, version);
     assert_eq!(
         (r.chunks, r.fetched, r.present),
         (c1.len() as u64, c1.len() as u64, 0)
@@ -106,13 +127,15 @@ fn http_pull_from_nginx_serving_the_pushed_directory() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].image, v1);
 
-    // Each chunk was fetched once, with one request each, plus the three documents.
+    // The chunks came in ranged GETs of the image's pack, several chunks each, plus the four
+    // documents (format file, manifest, signature, pack index).
     let got: Vec<_> = web.requests();
-    let chunk_gets = got
+    let pack_gets = got
         .iter()
-        .filter(|(s, p)| *s == 200 && p.contains("/chunks/"))
-        .count();
-    assert_eq!(chunk_gets as u64, r.chunks, "{got:?}");
+        .filter(|(s, p)| *s == 206 && p.contains("/packs/"))
+        .count() as u64;
+    assert!(pack_gets > 0 && pack_gets * 4 <= r.chunks, "{got:?}");
+    assert_eq!(r.requests, pack_gets + 4, "{got:?}");
 
     // A web server is read-only.
     let e = push(&maint.store, &v1, &remote, &maint.trusted).unwrap_err();

@@ -117,17 +117,32 @@ fn a_bench_pulls_on_demand_refuses_corruption_and_runs_offline_from_its_cache() 
     let (mut b, server) = bench_with_library("ondemand", &["bay1"], &[], &["sample@1"], None);
     let url = format!("s3://{BUCKET}/lib");
     let ids = chunk_ids(&b);
+    let bad = &ids[ids.len() / 2];
+    let chunk_file = std::fs::read(
+        b.state
+            .join(format!("store/chunks/{}/{bad}.zst", &bad[..2])),
+    )
+    .unwrap();
     // An empty cache: the bench's store goes.
     std::fs::remove_dir_all(b.state.join("store")).unwrap();
 
-    // A corrupt object mid-image: the job fails naming the chunk and its URL; the disk is not
-    // reported written.
-    let bad = &ids[ids.len() / 2];
-    let object = server.object_path(&format!("lib/chunks/{}/{bad}.zst", &bad[..2]));
+    // A corrupt chunk mid-image (inside its pack file, which holds the store's chunk files back
+    // to back): the job fails naming the chunk and its pack; the disk is not reported written.
+    let (object, at) = std::fs::read_dir(server.object_path("lib/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .find_map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let at = bytes
+                .windows(chunk_file.len())
+                .position(|w| w == &chunk_file[..])?;
+            Some((p, at))
+        })
+        .expect("a pack holds the chunk");
     let good = std::fs::read(&object).unwrap();
     let mut corrupt = good.clone();
-    let mid = corrupt.len() / 2;
-    corrupt[mid] ^= 0x10;
+    corrupt[at + chunk_file.len() / 2] ^= 0x10;
     std::fs::write(&object, &corrupt).unwrap();
     b.start_agent();
     let id = b.add_job("T-OD-1", "bay1", None);
@@ -136,7 +151,7 @@ fn a_bench_pulls_on_demand_refuses_corruption_and_runs_offline_from_its_cache() 
     let err = job["error"].as_str().unwrap_or_default();
     eprintln!("corrupt object: {err}");
     assert!(err.contains(bad.as_str()), "{err}");
-    assert!(err.contains(&format!("{url}/chunks/")), "{err}");
+    assert!(err.contains(&format!("{url}/packs/")), "{err}");
     assert_ne!(job["results"]["write"]["result"]["status"], "ok", "{job:#}");
     assert!(!b.state.join("store/images/sample/1.json").exists());
     drop(lo1);
