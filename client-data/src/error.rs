@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+mod restore;
+pub use restore::{Cleanup, Conflicts};
+
 /// Errors of client data custody.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -134,30 +137,10 @@ pub enum DataError {
         mapped: String,
     },
     /// The target already holds entries where the dataset puts its own (and the caller did not
-    /// ask to replace them, or they are directories, which are never replaced); nothing was
-    /// written.
-    #[error(
-        "restore target {target} already holds {count} {} where this dataset puts its own: {}{}; \
-         nothing was written ({})",
-        if *count == 1 { "entry" } else { "entries" },
-        first.join("; "),
-        if *count > first.len() as u64 { format!("; and {} more", *count - first.len() as u64) } else { String::new() },
-        if *directories > 0 {
-            format!("{directories} of them are directories where the dataset puts a file, which are never replaced: move them away")
-        } else {
-            "restore into an empty folder, or ask to replace them (tek data restore --replace-existing)".to_string()
-        }
-    )]
-    TargetNotEmpty {
-        /// The target.
-        target: PathBuf,
-        /// How many entries are in the way.
-        count: u64,
-        /// The first few, "path (entry n) (what is there)".
-        first: Vec<String>,
-        /// How many of them are directories where the dataset puts a non-directory.
-        directories: u64,
-    },
+    /// ask to replace them, or they are directories, which are never replaced), or folders the
+    /// dataset writes into are reached through a symlink or a mount point.
+    #[error("{0}")]
+    TargetNotEmpty(Box<Conflicts>),
     /// Writing an entry failed mid-restore; what this restore had written was removed (or
     /// what could not be is named).
     #[error("restoring {at}{} into {target}: {cause}; {cleanup}", entry.map_or(String::new(), |n| format!(" (entry {n})")))]
@@ -172,7 +155,7 @@ pub enum DataError {
         /// What failed.
         cause: Box<DataError>,
         /// What the cleanup did.
-        cleanup: Cleanup,
+        cleanup: Box<Cleanup>,
     },
     /// The target's filesystem stopped answering during a restore and the restore gave up.
     #[error(
@@ -345,60 +328,14 @@ impl DataError {
             _ => false,
         }
     }
-}
 
-/// What a failed restore's cleanup did: it removes every entry the restore (or an unfinished
-/// earlier restore of the dataset into the same target) created, and nothing else.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cleanup {
-    /// Entries removed.
-    pub removed: u64,
-    /// Entries that could not be removed, the first few ("path: why").
-    pub remaining: Vec<String>,
-    /// How many could not be removed.
-    pub remaining_count: u64,
-    /// Entries that stood in the target and were replaced, as asked (`replace_existing`),
-    /// before the failure: what was there is gone with the restore's own entry.
-    pub replaced_gone: u64,
-}
-
-impl std::fmt::Display for Cleanup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = |n: u64| if n == 1 { "entry" } else { "entries" };
-        if self.remaining_count == 0 && self.replaced_gone == 0 {
-            return write!(
-                f,
-                "removed the {} {} this restore had written (the target is as it was before)",
-                self.removed,
-                s(self.removed)
-            );
+    /// True when a restore was refused (or stopped) because something stands where the
+    /// dataset puts its own entries ([`DataError::TargetNotEmpty`], also found while writing).
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            DataError::TargetNotEmpty(_) => true,
+            DataError::RestoreAborted { cause, .. } => cause.is_conflict(),
+            _ => false,
         }
-        if self.remaining_count == 0 {
-            return write!(
-                f,
-                "removed the {} {} this restore had written; the {} {} it had replaced, as \
-                 asked, are gone",
-                self.removed,
-                s(self.removed),
-                self.replaced_gone,
-                s(self.replaced_gone)
-            );
-        }
-        write!(
-            f,
-            "removed {} {} this restore had written, but {} could not be removed and remain: {}",
-            self.removed,
-            s(self.removed),
-            self.remaining_count,
-            self.remaining.join("; ")
-        )?;
-        if self.remaining_count > self.remaining.len() as u64 {
-            write!(
-                f,
-                "; and {} more",
-                self.remaining_count - self.remaining.len() as u64
-            )?;
-        }
-        Ok(())
     }
 }

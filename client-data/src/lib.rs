@@ -50,7 +50,7 @@ pub use cases::{DatasetFate, DeletionCase};
 pub use custody::{Custody, CustodyConfig, CustodyPaths, DatasetListing};
 pub use dataset::{DatasetId, DatasetInfo, DatasetState, Destination};
 pub use document::Letterhead;
-pub use error::{Cleanup, DataError};
+pub use error::{Cleanup, Conflicts, DataError};
 pub use mount::{MountRefusal, PartitionMount};
 pub use ntfs_mount::{FuseDriver, NTFS_3G_OPTIONS};
 pub use proof::VerifiedRestore;

@@ -32,6 +32,9 @@ pub(crate) struct Verified {
     pub bytes: u64,
     /// (entry number, what differs), in entry order.
     pub mismatches: Vec<(u64, String)>,
+    /// Files whose times the read-back set again (ntfs-3g moved them), as they are now: their
+    /// status change time moved, so the restore journals them again.
+    pub retimed: Vec<(u64, crate::sys::Statx)>,
 }
 
 /// Files restored since the last flush trigger a flush (and their read-back) at this size...
@@ -159,16 +162,17 @@ fn flush_and_read(
                     }
                     let sd = sd.as_deref().map(Vec::as_slice);
                     let r = match read_back(root, &e, sd, (fs, noatime), &mut buf, progress) {
-                        Ok((_, _, Some(m))) => Err(m),
-                        Ok((len, h, None)) if len == e.size && h == e.blake3 => Ok(()),
+                        Ok((_, _, Some(m), _)) => Err(m),
+                        Ok((len, h, None, st)) if len == e.size && h == e.blake3 => Ok(st),
                         Ok(_) => Err("content differs".to_string()),
                         Err(err) => Err(format!("cannot read back ({err})")),
                     };
                     let mut g = out.lock().expect("verify results");
                     match r {
-                        Ok(()) => {
+                        Ok(st) => {
                             g.entries += 1;
                             g.bytes += e.size;
+                            g.retimed.extend(st.map(|st| (n, st)));
                         }
                         Err(m) => g.mismatches.push((n, m)),
                     }
@@ -360,6 +364,10 @@ impl ReadBuf {
 /// Also compares the metadata ([`check_meta`], before the content is read, so a filesystem
 /// that updates access times on read cannot hide a difference): its finding is the third
 /// member.
+/// What reading one file back found: its length, BLAKE3, what differs in its metadata, and
+/// its attributes when the read-back set its times again.
+type ReadOne = (u64, [u8; 32], Option<String>, Option<crate::sys::Statx>);
+
 fn read_back(
     root: &File,
     e: &Entry,
@@ -367,7 +375,7 @@ fn read_back(
     (fs, noatime): (TargetFs, bool),
     buf: &mut ReadBuf,
     progress: &Progress,
-) -> std::io::Result<(u64, [u8; 32], Option<String>)> {
+) -> std::io::Result<ReadOne> {
     let path = &e.path[..];
     // O_NOATIME: verifying must not change the access times just restored (nor dirty 20k inodes
     // again). Allowed to the owner and to CAP_FOWNER; fall back without it.
@@ -398,7 +406,7 @@ fn read_back(
     }
     // A file's creation time is checked after the read, with its other times (one request).
     if let Some(m) = check_meta(&f, &meta, e, sd, fs, false) {
-        return Ok((0, [0; 32], Some(m)));
+        return Ok((0, [0; 32], Some(m), None));
     }
     let size = meta.len();
     let win = buf.window();
@@ -453,12 +461,13 @@ fn read_back(
                 && at(2).is_some_and(|t| times_close(t, want, fs)))
         };
         if noatime && times_ok(&f)? {
-            return Ok((len, *h.finalize().as_bytes(), None));
+            return Ok((len, *h.finalize().as_bytes(), None, None));
         }
         f.set_xattr(crate::ntfs::NTFS_TIMES, &crate::ntfs::ntfs_times(e, bt))?;
         let m = (!times_ok(&f)?)
             .then(|| "times changed by reading it back and could not be set again".into());
-        return Ok((len, *h.finalize().as_bytes(), m));
+        let st = crate::sys::statx(&f, b"").map_err(std::io::Error::from)?;
+        return Ok((len, *h.finalize().as_bytes(), m, Some(st)));
     }
     let after = f.metadata()?;
     if !times_close(atime_of(&after), want, fs) {
@@ -466,10 +475,12 @@ fn read_back(
         nix::sys::stat::futimens(f.as_raw_fd(), &a, &nix::sys::time::TimeSpec::UTIME_OMIT)?;
         if !times_close(atime_of(&f.metadata()?), want, fs) {
             let m = "access time changed by reading it back and could not be set again";
-            return Ok((len, *h.finalize().as_bytes(), Some(m.into())));
+            return Ok((len, *h.finalize().as_bytes(), Some(m.into()), None));
         }
+        let st = crate::sys::statx(&f, b"").map_err(std::io::Error::from)?;
+        return Ok((len, *h.finalize().as_bytes(), None, Some(st)));
     }
-    Ok((len, *h.finalize().as_bytes(), None))
+    Ok((len, *h.finalize().as_bytes(), None, None))
 }
 
 fn atime_of(m: &std::fs::Metadata) -> Time {

@@ -24,7 +24,6 @@
 //!    directories, symlinks and hard links are checked.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +51,7 @@ mod result;
 mod undo;
 pub(crate) mod watchdog;
 mod writer;
-pub(crate) use journal::JOURNAL;
+pub(crate) use journal::remove_all as remove_journal;
 pub use result::{NotRestored, RestoreResult};
 use writer::{Descriptors, Writer};
 
@@ -232,6 +231,10 @@ impl Custody {
         let ident = journal::identity(target);
         let mut journal = journal::Journal::load(&dir)?;
         let earlier = journal.get(&ident).cloned();
+        let made = match &earlier {
+            Some(rec) => journal.made(rec)?,
+            None => Default::default(),
+        };
         // Windows targets: every name mapped before anything is written (a name that cannot
         // be mapped refuses the restore here). Every mapped path checked in the target.
         let fs = target.fs();
@@ -240,8 +243,14 @@ impl Custody {
         let plan = {
             let mut mr = manifest_reader(&manifest_path, &mkey)?;
             let mut guard = SymlinkGuard::default();
-            let mut check =
-                plan::Checker::new(target.dir(), earlier.as_ref(), opts.replace_existing);
+            let mut check = plan::Checker::new(
+                target.dir(),
+                earlier.as_ref(),
+                &made,
+                opts.replace_existing,
+                target_dir,
+                fs == crate::TargetFs::Ntfs3g,
+            );
             let (mut n, mut bytes) = (0u64, 0u64);
             while let Some(e) = mr.next_entry().map_err(man_err)? {
                 check_normalized(&e.path).map_err(|r| unsafe_path(n, r))?;
@@ -265,20 +274,26 @@ impl Custody {
                     "entry or byte totals do not match".into(),
                 ));
             }
-            check.finish(target_dir)?
+            check.finish()?
         };
-        let mut rec = earlier.unwrap_or_else(|| journal::TargetRecord {
-            identity: ident.clone(),
-            ..Default::default()
-        });
+        drop(made);
+        // A record of a format-1 journal (no identities) starts over: nothing of it was
+        // provably ours, and the plan refused or replaced (as asked) all of it.
+        let fresh_log = earlier.as_ref().is_none_or(|r| r.format1);
+        let mut rec = match earlier {
+            Some(r) if !r.format1 => r,
+            Some(r) => journal::TargetRecord {
+                intents_below: 0,
+                ..journal::Journal::fresh(&r.identity)
+            },
+            None => journal::Journal::fresh(&ident),
+        };
         rec.label = target_dir.display().to_string();
-        rec.merged_dirs.extend(&plan.merged);
-        rec.merged_dirs.sort_unstable();
-        rec.merged_dirs.dedup();
+        let log = journal.open_log(&rec, fresh_log)?;
 
         // The target's own times, put back by a cleanup with those of merged directories.
         let mut times = plan.merged_times;
-        if let Ok(st) = nix::sys::stat::fstat(target.dir().as_raw_fd()) {
+        if let Ok(st) = crate::sys::statx(target.dir(), b"") {
             times.push((Vec::new(), plan::times_of(&st)));
         }
 
@@ -342,6 +357,10 @@ impl Custody {
             made_dirs: Vec::new(),
             created_upto: 0,
             progress: progress.clone(),
+            log,
+            created: 0,
+            merged: plan.merged,
+            replace_asked: opts.replace_existing,
         };
         // The entry as restored: its path (and a hard link's target) mapped.
         let mapped = |mut e: Entry| -> Entry {
@@ -375,8 +394,9 @@ impl Custody {
             let mut n = 0u64;
             while let Some(e) = mr.next_entry().map_err(man_err)? {
                 // The journal is ahead of every entry created (see `journal`).
-                if n >= rec.entries_below {
-                    rec.entries_below = (n + journal::STEP).min(meta.info.entries);
+                if n >= rec.intents_below {
+                    w.log.sync()?;
+                    rec.intents_below = (n + journal::STEP).min(meta.info.entries);
                     journal.put(&rec)?;
                 }
                 match &mut at {
@@ -435,7 +455,16 @@ impl Custody {
             rb.finish().map_err(flush_err)
         })();
         let mut v = match written {
-            Ok(v) => v,
+            Ok(mut v) => {
+                // The read-back set these files' times again: journaled as they are now
+                // (on ntfs-3g it set the same creation time, which identifies them there).
+                for (n, st) in std::mem::take(&mut v.retimed) {
+                    if fs != crate::TargetFs::Ntfs3g {
+                        w.log.record(n, &journal::Ident::of(&st, None))?;
+                    }
+                }
+                v
+            }
             Err(cause) => {
                 let cause = dog.gave_up().unwrap_or(cause);
                 drop(dog);
@@ -452,6 +481,9 @@ impl Custody {
                 let mut cleanup = undo.run(&w.root, || {
                     mr.next_entry().map(|e| e.map(&mapped)).map_err(man_err)
                 });
+                cleanup.written = w.created;
+                // What is left of ours stays provable for the next run.
+                let _ = w.log.sync();
                 cleanup.replaced_gone = plan
                     .replaced_entries
                     .iter()
@@ -476,7 +508,7 @@ impl Custody {
                     entry: at.as_ref().map(|a| a.0),
                     at: shown,
                     cause: Box::new(cause),
-                    cleanup,
+                    cleanup: Box::new(cleanup),
                 });
             }
         };
@@ -498,7 +530,8 @@ impl Custody {
             .collect();
         res.replaced = plan.replaced;
         res.resumed = plan.resumed;
-        res.merged_directories = plan.merged.len() as u64;
+        res.merged_directories = plan.merged_shown.len() as u64;
+        res.merged = plan.merged_shown;
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: files verified");
         let mut mr = manifest_reader(&manifest_path, &mkey)?;
         let o = verify_others(&w.root, || {
@@ -532,8 +565,9 @@ impl Custody {
             // Verified. The record stays, covering every entry, until the wipe: the agent
             // journals the verification only after this returns, and a crash in between redoes
             // this restore, which must find its own verified copy, not conflicts.
-            if rec.entries_below < meta.info.entries {
-                rec.entries_below = meta.info.entries;
+            w.log.sync()?;
+            if rec.intents_below < meta.info.entries {
+                rec.intents_below = meta.info.entries;
                 journal.put(&rec)?;
             }
         }

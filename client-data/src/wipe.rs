@@ -189,7 +189,7 @@ impl Custody {
         }
         // A restore journal (entry numbers of a partial restore) has no use once the data is
         // gone.
-        let _ = std::fs::remove_file(dir.join(crate::restore::JOURNAL));
+        crate::restore::remove_journal(&dir);
         let now = rfc3339(self.now());
         meta.info.state = end;
         meta.wiped_at = Some(now.clone());

@@ -338,17 +338,26 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                     println!("replaced (as asked): {s}");
                 }
                 if !res.resumed.is_empty() {
+                    let n = res.resumed.len() as u64;
                     println!(
-                        "resumed: {} an interrupted restore of this dataset had written were \
-                         replaced (listed in --json)",
-                        render::count(res.resumed.len() as u64, "entry")
+                        "resumed: {} an interrupted restore of this dataset had written, proved \
+                         its own by the restore journal, {} replaced (listed in --json)",
+                        render::count(n, "entry"),
+                        if n == 1 { "was" } else { "were" }
                     );
                 }
-                if res.merged_directories > 0 {
+                if !res.merged.is_empty() {
                     println!(
-                        "merged: {} already in the target, written into",
-                        render::count(res.merged_directories, "folder")
+                        "merged: {} already in the target, written into, their owner, mode \
+                         and times left as they were:",
+                        render::count(res.merged.len() as u64, "folder")
                     );
+                    for m in res.merged.iter().take(10) {
+                        println!("  {m}");
+                    }
+                    if res.merged.len() > 10 {
+                        println!("  and {} more (listed in --json)", res.merged.len() - 10);
+                    }
                 }
                 if res.owners_not_restored > 0 {
                     println!(

@@ -39,6 +39,13 @@ pub fn code(e: &anyhow::Error) -> String {
         if cause.is::<AgentUnreachable>() {
             return "agent_unreachable".into();
         }
+        // A restore refused (or stopped) by what stands in its target.
+        if cause
+            .downcast_ref::<client_data::DataError>()
+            .is_some_and(|d| d.is_conflict())
+        {
+            return "conflict".into();
+        }
     }
     for cause in e.chain() {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
@@ -112,6 +119,9 @@ mod tests {
         .context("cancelling j-1");
         assert_eq!(code(&e), "conflict");
         assert_eq!(code(&anyhow::anyhow!("no")), "failed");
+        let e = anyhow::Error::new(client_data::DataError::TargetNotEmpty(Box::default()))
+            .context("restoring d to /t");
+        assert_eq!(code(&e), "conflict");
     }
 
     #[test]

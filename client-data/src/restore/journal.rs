@@ -1,90 +1,168 @@
-//! The restore journal, `<staging>/<dataset>/restore-journal.json`: which entries of the
-//! dataset a restore into a given target may already have created, so that a re-run (the
-//! agent resumes a job at its restore step after a crash, a kill or an unplug) can replace
-//! tek's own partial files without `--replace-existing`, while anything else already in the
-//! target still refuses the restore.
+//! The restore journal, `<staging>/<dataset>/restore-journal.json` and one identity log per
+//! target: which entries of the dataset a restore into a given target created, so that a
+//! re-run (the agent resumes a job at its restore step after a crash, a kill or an unplug)
+//! can replace tek's own partial files without `--replace-existing`, while anything else in
+//! the target, including a file someone put at a path tek was about to use, still refuses it.
 //!
-//! Format 1 (JSON; no file names, only entry numbers and the target's identity):
+//! Format 2 (JSON; no file names, only entry numbers and the target's identity):
 //! ```json
-//! {"format": 1, "targets": [{"identity": "fsid 3f1c... dir inode 12 born 1764693600.123456789",
+//! {"format": 2, "targets": [{"identity": "fsid 3f1c... dir inode 12 born 1764693600.123456789",
 //!   "label": "/tmp/tek-mnt-Ab12/Users/Public/Documents/Recovered",
-//!   "entries_below": 4096, "merged_dirs": [0, 3]}]}
+//!   "intents_below": 4096, "log": "restore-journal-9c1f0e7a2b3d4c5e.log"}]}
 //! ```
 //! - `identity`: the target directory as the filesystem knows it, stable across mounts: the
 //!   filesystem id (`statvfs` `f_fsid`, from the UUID on ext4/xfs/btrfs; 0 on FUSE), the
 //!   directory's inode number (the MFT record on NTFS) and its birth time (statx, or ntfs-3g's
 //!   `system.ntfs_crtime_be`). `label` is the path it was opened as, for people only.
-//! - `entries_below` (K): entries `0..K` may have been created by restores of this dataset into
-//!   this target. It is written and fsync'd *before* entry K-4096.. is created (one fsync per
-//!   4096 entries), so a crash never leaves an entry of ours beyond K.
-//! - `merged_dirs`: directories of the dataset (entry numbers below K) that existed in the target
-//!   before the first restore: a cleanup never removes them.
+//! - `intents_below` (K): the intent. Entries `0..K` may have been created by restores of this
+//!   dataset into this target. Written and fsync'd (with the log) *before* entry K-4096.. is
+//!   created, so no entry of ours is ever beyond K.
+//! - `log`: the identity log (`log` below), in the same directory.
 //!
-//! A target's record is removed once a failed restore into it was cleaned up completely. A
-//! verified restore keeps it (K = every entry) until the dataset is wiped: the agent journals
-//! the verification only after the restore returns, and a crash in between redoes the restore,
-//! which must take its own verified copy as its own, not as conflicts. The wipe removes the file.
+//! The identity log is text, one line per entry created, appended right after the entry was
+//! made (for a file, once tek has set everything it sets on it; a directory again after its
+//! metadata, a hard link's inode with the link): `<entry> <inode> b <sec>.<nsec>` where the
+//! filesystem reports a birth time (statx), else `<entry> <inode> c <sec>.<nsec> <size>` (status
+//! change time and size: ext4 with 128-byte inodes), or on ntfs-3g (no birth time through
+//! FUSE, and a status change time that is not stable) `<entry> <inode> n <crtime>` (its NTFS
+//! creation time, `system.ntfs_crtime_be`, 100 ns units). One `write(2)` per
+//! line, so a SIGKILL loses none; fsync'd with each K step and at the end, so a power loss
+//! loses at most the lines of one step. A line without its newline (torn) is ignored.
+//!
+//! An entry is tek's own on a re-run only when it is below K, the log lists it, and what
+//! stands at its path now has the identity the log recorded last for that inode. Anything
+//! else is a conflict: also an entry tek meant to create but whose line is missing (killed
+//! between the create and the line, or its line lost with the power): tek cannot prove it
+//! made it. A format-1 journal (K only) proves nothing: its target's entries count as
+//! conflicts, and the message says so.
+//!
+//! A target's record (and its log) is removed once a failed restore into it was cleaned up
+//! completely. A verified restore keeps it (K = every entry) until the dataset is wiped: the
+//! agent journals the verification only after the restore returns, and a crash in between
+//! redoes the restore, which must take its own verified copy as its own, not as conflicts.
+//! The wipe removes the files ([`remove_all`]).
 
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, io};
+use crate::sys::Statx;
 use crate::target::RestoreTarget;
 
 /// The file's name in the dataset's directory.
 pub(crate) const JOURNAL: &str = "restore-journal.json";
-/// `entries_below` advances in steps of this many entries.
+/// Identity logs are `restore-journal-<16 hex digits>.log`.
+const LOG_PREFIX: &str = "restore-journal-";
+/// `intents_below` advances in steps of this many entries.
 pub(super) const STEP: u64 = 4096;
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// One target's record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct TargetRecord {
     pub identity: String,
     pub label: String,
-    pub entries_below: u64,
-    pub merged_dirs: Vec<u64>,
+    pub intents_below: u64,
+    pub log: String,
+    /// Loaded from a format-1 journal: no identities, so nothing of it is provably tek's.
+    #[serde(skip)]
+    pub format1: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct File {
+#[serde(deny_unknown_fields)]
+struct FileV2 {
     format: u32,
     targets: Vec<TargetRecord>,
+}
+
+/// A format-1 record: K and the directories merged before the first run.
+#[derive(Deserialize)]
+struct RecordV1 {
+    identity: String,
+    label: String,
+    entries_below: u64,
+    #[allow(dead_code)]
+    merged_dirs: Vec<u64>,
+}
+
+#[derive(Deserialize)]
+struct FileV1 {
+    targets: Vec<RecordV1>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    format: u32,
 }
 
 /// The journal of one dataset, loaded.
 #[derive(Debug)]
 pub(super) struct Journal {
     path: PathBuf,
-    file: File,
+    file: FileV2,
+}
+
+fn corrupt(path: &Path, reason: impl ToString) -> DataError {
+    DataError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 impl Journal {
-    /// Loads `<dir>/restore-journal.json` (none yet: empty).
+    /// Loads `<dir>/restore-journal.json` (none yet: empty; format 1: its records marked).
     pub(super) fn load(dir: &Path) -> Result<Journal, DataError> {
         let path = dir.join(JOURNAL);
-        let file = match std::fs::read(&path) {
-            Ok(b) => {
-                let f: File = serde_json::from_slice(&b).map_err(|e| DataError::Corrupt {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                if f.format != FORMAT {
-                    return Err(DataError::Corrupt {
-                        path,
-                        reason: format!("unknown format {}", f.format),
-                    });
-                }
-                f
+        let b = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Journal {
+                    path,
+                    file: FileV2 {
+                        format: FORMAT,
+                        targets: Vec::new(),
+                    },
+                });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File {
-                format: FORMAT,
-                targets: Vec::new(),
-            },
             Err(e) => return Err(io("reading", &path)(e)),
         };
+        let head: Head = serde_json::from_slice(&b).map_err(|e| corrupt(&path, e))?;
+        let file = match head.format {
+            FORMAT => serde_json::from_slice(&b).map_err(|e| corrupt(&path, e))?,
+            1 => {
+                let v1: FileV1 = serde_json::from_slice(&b).map_err(|e| corrupt(&path, e))?;
+                FileV2 {
+                    format: FORMAT,
+                    targets: v1
+                        .targets
+                        .into_iter()
+                        .map(|t| TargetRecord {
+                            identity: t.identity,
+                            label: t.label,
+                            intents_below: t.entries_below,
+                            log: String::new(),
+                            format1: true,
+                        })
+                        .collect(),
+                }
+            }
+            f => return Err(corrupt(&path, format!("unknown format {f}"))),
+        };
         Ok(Journal { path, file })
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().expect("in a directory")
     }
 
     /// The record of the target with this identity.
@@ -92,41 +170,280 @@ impl Journal {
         self.file.targets.iter().find(|t| t.identity == identity)
     }
 
+    /// A new record for the target `identity` (its log named after it).
+    pub(super) fn fresh(identity: &str) -> TargetRecord {
+        let h = blake3::hash(identity.as_bytes());
+        TargetRecord {
+            identity: identity.to_string(),
+            log: format!("{LOG_PREFIX}{}.log", hex::encode(&h.as_bytes()[..8])),
+            ..Default::default()
+        }
+    }
+
+    /// What the log of `rec` proves tek made (nothing for a format-1 record or a log missing).
+    pub(super) fn made(&self, rec: &TargetRecord) -> Result<Made, DataError> {
+        if rec.format1 || rec.log.is_empty() {
+            return Ok(Made::default());
+        }
+        let path = self.dir().join(&rec.log);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Made::parse(&b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Made::default()),
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
+    /// Opens the log of `rec` to append to (`fresh`: emptied first, a record just made must
+    /// not inherit lines of an older one).
+    pub(super) fn open_log(&self, rec: &TargetRecord, fresh: bool) -> Result<Log, DataError> {
+        let path = self.dir().join(&rec.log);
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("opening", &path))?;
+        if fresh {
+            file.set_len(0).map_err(io("emptying", &path))?;
+        }
+        Ok(Log {
+            file,
+            path,
+            line: Vec::with_capacity(64),
+        })
+    }
+
     /// Stores `rec` (replacing the record of its target) durably.
     pub(super) fn put(&mut self, rec: &TargetRecord) -> Result<(), DataError> {
+        let mut rec = rec.clone();
+        rec.format1 = false;
         match self
             .file
             .targets
             .iter_mut()
             .find(|t| t.identity == rec.identity)
         {
-            Some(t) => *t = rec.clone(),
-            None => self.file.targets.push(rec.clone()),
+            Some(t) => *t = rec,
+            None => self.file.targets.push(rec),
         }
         self.save()
     }
 
-    /// Drops the record of the target `identity` (the file with its last record).
+    /// Drops the record of the target `identity` and its log (the file with its last record).
     pub(super) fn remove(&mut self, identity: &str) -> Result<(), DataError> {
-        let before = self.file.targets.len();
-        self.file.targets.retain(|t| t.identity != identity);
-        if self.file.targets.len() == before {
+        let Some(i) = self
+            .file
+            .targets
+            .iter()
+            .position(|t| t.identity == identity)
+        else {
             return Ok(());
-        }
+        };
+        let rec = self.file.targets.remove(i);
         if self.file.targets.is_empty() {
-            match std::fs::remove_file(&self.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("removing", &self.path)(e)),
-            }
-            return crate::keystore::sync_dir(self.path.parent().expect("in a directory"));
+            remove_file(&self.path)?;
+        } else {
+            self.save()?;
         }
-        self.save()
+        if !rec.log.is_empty() {
+            remove_file(&self.dir().join(&rec.log))?;
+        }
+        crate::keystore::sync_dir(self.dir())
     }
 
     fn save(&self) -> Result<(), DataError> {
         let text = serde_json::to_vec_pretty(&self.file).expect("serialize journal");
         crate::keystore::write_private(&self.path, &text)
+    }
+}
+
+fn remove_file(p: &Path) -> Result<(), DataError> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("removing", p)(e)),
+    }
+}
+
+/// Removes the journal and every identity log in the dataset directory `dir` (the wipe: they
+/// have no use once the data is gone). Best effort.
+pub(crate) fn remove_all(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(JOURNAL));
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for de in rd.flatten() {
+            let name = de.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(LOG_PREFIX) && name.ends_with(".log") {
+                let _ = std::fs::remove_file(de.path());
+            }
+        }
+    }
+}
+
+/// An entry's identity as the log records it (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ident {
+    /// Inode and birth time: stable whatever is done to the entry later.
+    Born { ino: u64, at: (i64, u32) },
+    /// Inode and NTFS creation time (`system.ntfs_crtime_be`, 100 ns units) on ntfs-3g,
+    /// which reports no birth time through statx and whose status change time is not stable
+    /// (the kernel's and the daemon's differ by fractions of a microsecond). tek sets it
+    /// with the other times, so it is recorded after them; reads, links and entries made
+    /// inside leave it as it is.
+    Created { ino: u64, at: u64 },
+    /// Inode, status change time and size (no birth time): changes with every change to
+    /// the entry, so it is recorded after the last one tek makes.
+    Changed { ino: u64, at: (i64, u32), size: u64 },
+}
+
+impl Ident {
+    /// The identity of what `st` describes, `crtime` its NTFS creation time on ntfs-3g.
+    pub(super) fn of(st: &Statx, crtime: Option<u64>) -> Ident {
+        match (st.btime, crtime) {
+            (Some(at), _) => Ident::Born { ino: st.ino, at },
+            (None, Some(at)) => Ident::Created { ino: st.ino, at },
+            (None, None) => Ident::Changed {
+                ino: st.ino,
+                at: st.ctime,
+                size: st.size,
+            },
+        }
+    }
+
+    /// The identity of `name` in the directory `at` (empty: `at` itself), described by `st`;
+    /// on ntfs-3g (`ntfs3g`) by its NTFS creation time where statx has no birth time.
+    pub(super) fn at(at: &impl AsRawFd, name: &[u8], st: &Statx, ntfs3g: bool) -> Ident {
+        if st.btime.is_some() || !ntfs3g {
+            return Ident::of(st, None);
+        }
+        // Through the descriptor's /proc link: lgetxattr on a name in it (a symlink itself,
+        // never followed), getxattr on the descriptor's own link.
+        let mut p = format!("/proc/self/fd/{}", at.as_raw_fd()).into_bytes();
+        let v = if name.is_empty() {
+            xattr::get_deref(OsStr::from_bytes(&p), crate::xattrs::NTFS_CRTIME)
+        } else {
+            p.push(b'/');
+            p.extend_from_slice(name);
+            xattr::get(OsStr::from_bytes(&p), crate::xattrs::NTFS_CRTIME)
+        };
+        let crtime = v
+            .ok()
+            .flatten()
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        Ident::of(st, crtime)
+    }
+
+    fn ino(&self) -> u64 {
+        match self {
+            Ident::Born { ino, .. } | Ident::Created { ino, .. } | Ident::Changed { ino, .. } => {
+                *ino
+            }
+        }
+    }
+
+    /// True when later changes to the entry leave it as it is (a birth time).
+    pub(super) fn stable(&self) -> bool {
+        matches!(self, Ident::Born { .. })
+    }
+
+    fn parse(fields: &[&str]) -> Option<Ident> {
+        let time = |s: &str| -> Option<(i64, u32)> {
+            let (a, b) = s.split_once('.')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        };
+        let ino = fields.first()?.parse().ok()?;
+        match fields[1..] {
+            ["b", t] => Some(Ident::Born { ino, at: time(t)? }),
+            ["n", t] => Some(Ident::Created {
+                ino,
+                at: t.parse().ok()?,
+            }),
+            ["c", t, size] => Some(Ident::Changed {
+                ino,
+                at: time(t)?,
+                size: size.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The identity log being appended to.
+#[derive(Debug)]
+pub(super) struct Log {
+    file: File,
+    path: PathBuf,
+    line: Vec<u8>,
+}
+
+impl Log {
+    /// Records that entry `n` is `id` (one write, no fsync: see the module doc).
+    pub(super) fn record(&mut self, n: u64, id: &Ident) -> Result<(), DataError> {
+        self.line.clear();
+        let _ = match id {
+            Ident::Born { ino, at } => writeln!(self.line, "{n} {ino} b {}.{:09}", at.0, at.1),
+            Ident::Created { ino, at } => writeln!(self.line, "{n} {ino} n {at}"),
+            Ident::Changed { ino, at, size } => {
+                writeln!(self.line, "{n} {ino} c {}.{:09} {size}", at.0, at.1)
+            }
+        };
+        self.file
+            .write_all(&self.line)
+            .map_err(io("appending to", &self.path))
+    }
+
+    /// Makes every line recorded so far durable.
+    pub(super) fn sync(&self) -> Result<(), DataError> {
+        self.file.sync_data().map_err(io("syncing", &self.path))
+    }
+}
+
+/// What an identity log proves tek made.
+#[derive(Debug, Default)]
+pub(super) struct Made {
+    /// Entry -> the inode it was made as.
+    by_entry: HashMap<u64, u64>,
+    /// Inode -> its last recorded identity.
+    by_ino: HashMap<u64, Ident>,
+    /// The highest entry listed.
+    last: Option<u64>,
+}
+
+impl Made {
+    fn parse(b: &[u8]) -> Made {
+        let mut m = Made::default();
+        // Complete lines only: a torn last line proves nothing.
+        let end = b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+        for line in b[..end].split(|&c| c == b'\n') {
+            let Ok(line) = std::str::from_utf8(line) else {
+                continue;
+            };
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (Some(n), Some(id)) = (
+                fields.first().and_then(|n| n.parse::<u64>().ok()),
+                fields.get(1..).and_then(Ident::parse),
+            ) else {
+                continue;
+            };
+            m.by_entry.insert(n, id.ino());
+            m.last = m.last.max(Some(n));
+            m.by_ino.insert(id.ino(), id);
+        }
+        m
+    }
+
+    /// True when `n` is the entry after the last one listed: the one a killed run was most
+    /// likely writing.
+    pub(super) fn in_flight(&self, n: u64) -> bool {
+        self.last.is_some_and(|l| n == l + 1)
+    }
+
+    /// True when the log lists entry `n` and `now` is the identity it recorded last for
+    /// that entry's inode: what stands there is what tek made.
+    pub(super) fn proves(&self, n: u64, now: &Ident) -> bool {
+        self.by_entry.get(&n) == Some(&now.ino()) && self.by_ino.get(&now.ino()) == Some(now)
     }
 }
 
@@ -158,28 +475,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_are_kept_per_target_and_the_file_goes_with_the_last() {
+    fn records_are_kept_per_target_and_the_files_go_with_the_last() {
         let d = tempfile::tempdir().unwrap();
         let mut j = Journal::load(d.path()).unwrap();
         assert!(j.get("a").is_none());
-        let mut a = TargetRecord {
-            identity: "a".into(),
-            label: "/x".into(),
-            entries_below: 4096,
-            merged_dirs: vec![0],
-        };
+        let mut a = Journal::fresh("a");
+        a.label = "/x".into();
+        a.intents_below = 4096;
         j.put(&a).unwrap();
-        a.entries_below = 8192;
+        let mut log = j.open_log(&a, true).unwrap();
+        log.record(3, &Ident::Born { ino: 7, at: (5, 6) }).unwrap();
+        log.sync().unwrap();
+        a.intents_below = 8192;
         j.put(&a).unwrap();
-        j.put(&TargetRecord {
-            identity: "b".into(),
-            ..a.clone()
-        })
-        .unwrap();
+        j.put(&Journal::fresh("b")).unwrap();
         let j2 = Journal::load(d.path()).unwrap();
         assert_eq!(j2.get("a"), Some(&a));
         assert!(j2.get("b").is_some());
+        let made = j2.made(&a).unwrap();
+        assert!(made.proves(3, &Ident::Born { ino: 7, at: (5, 6) }));
+        assert!(!made.proves(3, &Ident::Born { ino: 7, at: (5, 7) }));
+        assert!(!made.proves(4, &Ident::Born { ino: 7, at: (5, 6) }));
         j.remove("a").unwrap();
+        assert!(!d.path().join(&a.log).exists());
         j.remove("b").unwrap();
         assert!(!d.path().join(JOURNAL).exists());
         std::fs::write(d.path().join(JOURNAL), b"{\"format\": 9, \"targets\": []}").unwrap();
@@ -187,5 +505,48 @@ mod tests {
             Journal::load(d.path()),
             Err(DataError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_format_1_journal_proves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join(JOURNAL),
+            br#"{"format": 1, "targets": [{"identity": "a", "label": "/x",
+                "entries_below": 4096, "merged_dirs": [0]}]}"#,
+        )
+        .unwrap();
+        let j = Journal::load(d.path()).unwrap();
+        let rec = j.get("a").unwrap();
+        assert!(rec.format1);
+        assert_eq!(rec.intents_below, 4096);
+        assert!(j.made(rec).unwrap().by_entry.is_empty());
+    }
+
+    #[test]
+    fn the_last_identity_of_an_inode_counts_and_torn_lines_are_ignored() {
+        let m = Made::parse(b"0 5 c 10.000000001 0\n1 6 c 11.5 3\n0 5 c 12.000000000 0\n2 9 b 1");
+        let now = Ident::Changed {
+            ino: 5,
+            at: (12, 0),
+            size: 0,
+        };
+        assert!(m.proves(0, &now));
+        // An earlier identity of the same inode (a hard link changed its ctime since).
+        let old = Ident::Changed {
+            ino: 5,
+            at: (10, 1),
+            size: 0,
+        };
+        assert!(!m.proves(0, &old));
+        assert!(m.proves(
+            1,
+            &Ident::Changed {
+                ino: 6,
+                at: (11, 5),
+                size: 3
+            }
+        ));
+        assert!(!m.proves(2, &Ident::Born { ino: 9, at: (1, 0) }));
     }
 }

@@ -8,32 +8,35 @@
 //! `fstatat` per top-level entry (on ntfs-3g each is a FUSE round trip).
 //!
 //! What is found decides, per entry:
-//! - a directory where the dataset has a directory: merged (kept, never removed on cleanup);
+//! - a directory where the dataset has a directory: tek's own when the journal proves it (its
+//!   identity log lists the entry with what stands there now: see `journal`), else merged (kept
+//!   as it is, its owner, mode and times untouched, never removed on cleanup);
 //! - anything else where the dataset puts a file, symlink, hard link, or a non-directory where
-//!   it puts a directory: an entry this dataset's earlier restore made (number below the
-//!   journal's K): replaced, listed as resumed; else, with `replace_existing`: replaced,
-//!   listed; else a conflict. A directory where the dataset puts a non-directory is a conflict
-//!   even with `replace_existing` (tek never removes a tree it did not write).
+//!   it puts a directory: tek's own when the journal proves it: replaced, listed as resumed;
+//!   else, with `replace_existing`: replaced, listed; else a conflict. A directory where the
+//!   dataset puts a non-directory is a conflict even with `replace_existing` (tek never removes
+//!   a tree it did not write).
+//! - a path below a symlink, a mount point or a non-directory (tek never writes through one):
+//!   refused for that reason, named once for the folder, not counted with the entries the
+//!   target holds. Below an entry counted already (a symlink where the dataset has a folder)
+//!   nothing more is named; below one that will be replaced, nothing exists yet.
 //!
 //! Conflicts refuse the restore before anything is written ([`DataError::TargetNotEmpty`]).
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FileStat, fstatat};
+use nix::fcntl::OFlag;
 use nix::sys::time::TimeSpec;
 
-use super::journal::TargetRecord;
+use super::journal::{Ident, Made, TargetRecord};
 use super::split;
-use crate::error::DataError;
+use crate::error::{Conflicts, DataError};
 use crate::manifest::EntryKind;
-use crate::sys::open_beneath;
+use crate::sys::{Statx, open_beneath, statx};
 use crate::winnames::show;
 
 /// Conflicts named in the error (the count is always complete).
@@ -53,8 +56,11 @@ pub(super) struct Plan {
     pub resumed: Vec<String>,
     /// Their entry numbers: a cleanup removes them too.
     pub own: Vec<u64>,
-    /// Directories of the dataset that already existed (merged, never removed).
-    pub merged: Vec<u64>,
+    /// Directories of the dataset that already existed (merged: their metadata left as it
+    /// is, never removed).
+    pub merged: HashSet<u64>,
+    /// Their paths as shown ("path (entry n)"), in order.
+    pub merged_shown: Vec<String>,
     /// Their mapped paths and times as found, which a cleanup puts back (creating and
     /// removing entries in them moved their modification times).
     pub merged_times: Vec<(Vec<u8>, Times)>,
@@ -64,10 +70,10 @@ pub(super) struct Plan {
 pub(super) type Times = (TimeSpec, TimeSpec);
 
 /// The times in `st`.
-pub(super) fn times_of(st: &FileStat) -> Times {
+pub(super) fn times_of(st: &Statx) -> Times {
     (
-        TimeSpec::new(st.st_atime, st.st_atime_nsec),
-        TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        TimeSpec::new(st.atime.0, i64::from(st.atime.1)),
+        TimeSpec::new(st.mtime.0, i64::from(st.mtime.1)),
     )
 }
 
@@ -75,13 +81,17 @@ pub(super) fn times_of(st: &FileStat) -> Times {
 pub(super) struct Checker<'a> {
     root: &'a File,
     journal: Option<&'a TargetRecord>,
+    made: &'a Made,
     replace_existing: bool,
-    /// Directories (128-bit hashes of mapped paths) found missing.
+    /// The target is ntfs-3g (identities by NTFS creation time, see `journal`).
+    ntfs3g: bool,
+    /// Directories (128-bit hashes of mapped paths) found missing or about to be replaced:
+    /// nothing is below them.
     fresh: HashSet<u128>,
+    /// Directories below which nothing is checked: counted already, or named as unsafe.
+    skipped: HashSet<u128>,
     parent: Option<(Vec<u8>, Result<OwnedFd, Errno>)>,
-    conflicts: Vec<String>,
-    conflict_count: u64,
-    dirs_in_the_way: u64,
+    out: Conflicts,
     pub plan: Plan,
 }
 
@@ -98,39 +108,44 @@ impl<'a> Checker<'a> {
     pub(super) fn new(
         root: &'a File,
         journal: Option<&'a TargetRecord>,
+        made: &'a Made,
         replace_existing: bool,
+        target: &Path,
+        ntfs3g: bool,
     ) -> Self {
         Checker {
             root,
             journal,
+            made,
             replace_existing,
+            ntfs3g,
             fresh: HashSet::new(),
+            skipped: HashSet::new(),
             parent: None,
-            conflicts: Vec::new(),
-            conflict_count: 0,
-            dirs_in_the_way: 0,
+            out: Conflicts {
+                target: target.to_path_buf(),
+                replace_asked: replace_existing,
+                format1: journal.is_some_and(|j| j.format1),
+                ..Default::default()
+            },
             plan: Plan::default(),
         }
     }
 
-    fn stat(&mut self, parent: &[u8], name: &[u8]) -> Result<Option<FileStat>, Errno> {
-        let at = if parent.is_empty() {
-            self.root.as_raw_fd()
+    fn stat(&mut self, parent: &[u8], name: &[u8]) -> Result<Option<Statx>, Errno> {
+        let r = if parent.is_empty() {
+            statx(self.root, name)
         } else {
             if !matches!(&self.parent, Some((p, _)) if p.as_slice() == parent) {
                 let fd = open_beneath(self.root, parent, OFlag::O_PATH | OFlag::O_DIRECTORY, 0);
                 self.parent = Some((parent.to_vec(), fd));
             }
             match &self.parent.as_ref().expect("cached").1 {
-                Ok(fd) => fd.as_raw_fd(),
+                Ok(fd) => statx(fd, name),
                 Err(e) => return Err(*e),
             }
         };
-        match fstatat(
-            Some(at),
-            OsStr::from_bytes(name),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
+        match r {
             Ok(st) => Ok(Some(st)),
             Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(e),
@@ -138,10 +153,30 @@ impl<'a> Checker<'a> {
     }
 
     fn conflict(&mut self, n: u64, path: &[u8], what: &str) {
-        self.conflict_count += 1;
-        if self.conflicts.len() < SHOWN {
-            self.conflicts.push(format!("{} ({what})", shown(n, path)));
+        self.out.count += 1;
+        if self.out.first.len() < SHOWN {
+            self.out.first.push(format!("{} ({what})", shown(n, path)));
         }
+    }
+
+    /// True when the journal proves that `st` (`name` in `parent`) at entry `n` is what tek
+    /// made there.
+    fn own(&self, n: u64, parent: &[u8], name: &[u8], st: &Statx) -> bool {
+        if !self
+            .journal
+            .is_some_and(|j| !j.format1 && n < j.intents_below)
+        {
+            return false;
+        }
+        let id = if parent.is_empty() {
+            Ident::at(self.root, name, st, self.ntfs3g)
+        } else {
+            match &self.parent {
+                Some((_, Ok(fd))) => Ident::at(fd, name, st, self.ntfs3g),
+                _ => return false,
+            }
+        };
+        self.made.proves(n, &id)
     }
 
     /// Checks entry `n` of kind `kind` at the mapped `path`.
@@ -162,11 +197,16 @@ impl<'a> Checker<'a> {
             return Ok(()); // skipped at restore
         }
         let (parent, name) = split(path);
-        if !parent.is_empty() && self.fresh.contains(&key(parent)) {
-            if dir {
-                self.fresh.insert(key(path));
+        if !parent.is_empty() {
+            let k = key(parent);
+            for set in [&mut self.fresh, &mut self.skipped] {
+                if set.contains(&k) {
+                    if dir {
+                        set.insert(key(path));
+                    }
+                    return Ok(());
+                }
             }
-            return Ok(());
         }
         let st = match self.stat(parent, name) {
             Ok(st) => st,
@@ -175,12 +215,23 @@ impl<'a> Checker<'a> {
                 self.fresh.insert(key(parent));
                 None
             }
-            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => {
-                self.conflict(
-                    n,
-                    path,
-                    "a symlink, mount point or non-directory stands on its path",
-                );
+            Err(e @ (Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV)) => {
+                // Named once for the folder; nothing below it is looked at.
+                self.skipped.insert(key(parent));
+                if dir {
+                    self.skipped.insert(key(path));
+                }
+                let why = match e {
+                    Errno::EXDEV => "it is, or is below, a mount point",
+                    // A symlink as the last component is ENOTDIR (O_NOFOLLOW | O_DIRECTORY).
+                    _ => "a symlink or a non-directory is on its path",
+                };
+                self.out.unsafe_count += 1;
+                if self.out.unsafe_first.len() < SHOWN {
+                    self.out
+                        .unsafe_first
+                        .push(format!("{} ({why})", show(parent)));
+                }
                 return Ok(());
             }
             Err(e) => {
@@ -197,53 +248,72 @@ impl<'a> Checker<'a> {
             }
             return Ok(());
         };
-        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        let own = self.journal.is_some_and(|j| n < j.entries_below);
-        let merged_before = self.journal.is_some_and(|j| j.merged_dirs.contains(&n));
+        let is_dir = st.mode & libc::S_IFMT == libc::S_IFDIR;
+        let own = self.own(n, parent, name, &st);
         match (dir, is_dir) {
-            (true, true) if own && !merged_before => {
+            (true, true) if own => {
                 self.plan.own.push(n);
                 self.plan.resumed.push(shown(n, path));
             }
             (true, true) => {
-                self.plan.merged.push(n);
+                self.plan.merged.insert(n);
+                self.plan.merged_shown.push(shown(n, path));
                 self.plan.merged_times.push((path.to_vec(), times_of(&st)));
             }
             (false, true) => {
-                self.dirs_in_the_way += 1;
+                self.out.directories += 1;
                 self.conflict(n, path, "a directory stands where the dataset puts a file");
             }
             (_, false) if own => {
                 self.plan.replace.insert(n);
                 self.plan.own.push(n);
                 self.plan.resumed.push(shown(n, path));
+                if dir {
+                    self.fresh.insert(key(path));
+                }
             }
             (_, false) if self.replace_existing => {
                 self.plan.replace.insert(n);
                 self.plan.replaced.push(shown(n, path));
                 self.plan.replaced_entries.push(n);
+                if dir {
+                    self.fresh.insert(key(path));
+                }
             }
             (_, false) => {
-                let what = match st.st_mode & libc::S_IFMT {
+                let what = match st.mode & libc::S_IFMT {
+                    libc::S_IFREG if st.nlink > 1 => "a hard-linked file is there",
                     libc::S_IFREG => "a file is there",
                     libc::S_IFLNK => "a symlink is there",
                     _ => "a device node, FIFO or socket is there",
                 };
-                self.conflict(n, path, what);
+                let intended = self.journal.is_some_and(|j| n < j.intents_below);
+                if intended {
+                    self.out.unproven += 1;
+                }
+                if intended && self.made.in_flight(n) {
+                    // The entry after the last one journaled: most likely the one the
+                    // interrupted run was writing, but nothing proves it.
+                    let what = format!(
+                        "{what}; the interrupted restore was most likely writing it when it \
+                         stopped, before journaling it: check it"
+                    );
+                    self.conflict(n, path, &what);
+                } else {
+                    self.conflict(n, path, what);
+                }
+                if dir {
+                    self.skipped.insert(key(path));
+                }
             }
         }
         Ok(())
     }
 
     /// The plan, or the refusal naming the conflicts.
-    pub(super) fn finish(self, target: &Path) -> Result<Plan, DataError> {
-        if self.conflict_count > 0 {
-            return Err(DataError::TargetNotEmpty {
-                target: target.to_path_buf(),
-                count: self.conflict_count,
-                first: self.conflicts,
-                directories: self.dirs_in_the_way,
-            });
+    pub(super) fn finish(self) -> Result<Plan, DataError> {
+        if self.out.count > 0 || self.out.unsafe_count > 0 {
+            return Err(DataError::TargetNotEmpty(Box::new(self.out)));
         }
         Ok(self.plan)
     }

@@ -66,8 +66,10 @@ pub struct RestoreResult {
     /// failed before its cleanup) and this one replaced or kept, e.g. "Docs (entry 0)".
     pub resumed: Vec<String>,
     /// Directories of the dataset that already existed in the target: written into (merged),
-    /// their own metadata set as staged.
+    /// their own owner, mode and times left as they were.
     pub merged_directories: u64,
+    /// Those directories, e.g. "Docs (entry 0)", in manifest order.
+    pub merged: Vec<String>,
     /// The proof a wipe needs, present when the read-back passed (see [`crate::proof`]).
     #[serde(skip)]
     pub(super) proof: Option<VerifiedRestore>,

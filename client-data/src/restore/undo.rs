@@ -77,7 +77,9 @@ impl Undo<'_> {
                 c.remaining.push(format!("{}: {why}", show(path)));
             }
         };
-        let mut dirs: Vec<Vec<u8>> = self.made_dirs.to_vec();
+        // (path, made by this restore)
+        let mut dirs: Vec<(Vec<u8>, bool)> =
+            self.made_dirs.iter().map(|d| (d.clone(), true)).collect();
         let last_own = self.own.last().copied();
         let mut n = 0u64;
         loop {
@@ -102,10 +104,11 @@ impl Undo<'_> {
                 EntryKind::File | EntryKind::Symlink | EntryKind::Hardlink
             );
             if e.kind == EntryKind::Dir && own {
-                dirs.push(e.path);
+                dirs.push((e.path, false));
             } else if other && (n < self.created_upto || own) {
                 match remove(root, &e.path, false) {
-                    Ok(true) => c.removed += 1,
+                    Ok(true) if n < self.created_upto => c.removed += 1,
+                    Ok(true) => c.earlier_removed += 1,
                     Ok(false) => {}
                     Err(err) => fail(&mut c, &e.path, std::io::Error::from(err).to_string()),
                 }
@@ -113,11 +116,12 @@ impl Undo<'_> {
             n += 1;
         }
         // Deepest first, so a directory is empty when its turn comes.
-        dirs.sort_by(|a, b| depth(b).cmp(&depth(a)).then_with(|| a.cmp(b)));
-        dirs.dedup();
-        for d in &dirs {
+        dirs.sort_by(|a, b| depth(&b.0).cmp(&depth(&a.0)).then_with(|| a.cmp(b)));
+        dirs.dedup_by(|a, b| a.0 == b.0);
+        for (d, ours) in &dirs {
             match remove(root, d, true) {
-                Ok(true) => c.removed += 1,
+                Ok(true) if *ours => c.removed += 1,
+                Ok(true) => c.earlier_removed += 1,
                 Ok(false) => {}
                 Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
                     fail(&mut c, d, "the directory holds something else now".into())

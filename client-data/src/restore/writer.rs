@@ -12,21 +12,22 @@ use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 
 use nix::fcntl::OFlag;
-use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, mkdirat, utimensat};
-use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
+use nix::sys::stat::{Mode, UtimensatFlags, mkdirat, utimensat};
+use nix::unistd::{fchown, fchownat, linkat, symlinkat};
 use xattr::FileExt as _;
 
+use super::journal::{Ident, Log};
 use super::watchdog::Progress;
 use super::{data_error, split, ts, unsafe_path};
 use crate::batch::OpenPipe;
 use crate::error::{DataError, io};
-use crate::manifest::{Entry, Xattr};
-use crate::ntfs::{NTFS_TIMES, ntfs_times};
-use crate::ownership::{Ownership, set_mode};
+use crate::manifest::Entry;
+use crate::ownership::Ownership;
 use crate::sparse::{Holes, all_zero};
-use crate::sys::open_beneath;
+use crate::sys::{open_beneath, statx};
 use crate::target::TargetFs;
-use crate::xattrs::NTFS_ATTRIB;
+
+mod meta;
 
 /// Bytes gathered per write(2) on ntfs-3g (see [`Writer::file`]).
 const WRITE_BUF: usize = 1 << 20;
@@ -62,43 +63,30 @@ pub(super) struct Writer {
     pub created_upto: u64,
     /// Ticked after every write (the watchdog watches it).
     pub progress: Arc<Progress>,
+    /// The journal's identity log: every entry made is recorded in it (see `journal`).
+    pub log: Log,
+    /// Entries this restore created (for the cleanup's account).
+    pub created: u64,
+    /// Directories of the dataset that were there before (merged): their metadata is left
+    /// as it is.
+    pub merged: std::collections::HashSet<u64>,
+    /// The caller asked to replace what stands in the way (for the wording of a refusal).
+    pub replace_asked: bool,
 }
 
 /// Something appeared at an entry's path after the check before writing.
-fn appeared(n: u64, path: &[u8], target: &std::path::Path) -> DataError {
-    DataError::TargetNotEmpty {
+fn appeared(n: u64, path: &[u8], target: &std::path::Path, replace_asked: bool) -> DataError {
+    DataError::TargetNotEmpty(Box::new(crate::error::Conflicts {
         target: target.to_path_buf(),
         count: 1,
         first: vec![format!(
-            "{} (entry {n}) (appeared while the restore ran)",
+            "{} (entry {n}) (something is there)",
             crate::winnames::show(path)
         )],
-        directories: 0,
-    }
-}
-
-/// Why an attribute may fail to be set without failing the restore.
-fn refused(e: &std::io::Error) -> Option<&'static str> {
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) => Some("the target filesystem does not support it"),
-        Some(libc::EPERM | libc::EACCES) => Some("the kernel refused it (permission)"),
-        Some(libc::EINVAL) => Some("the target filesystem refused the value"),
-        Some(libc::ENOSPC | libc::E2BIG) => Some("no room for it on the target"),
-        _ => None,
-    }
-}
-
-/// What an attribute is, for the not-restored list.
-fn kind_of(name: &[u8]) -> &'static str {
-    if name.starts_with(b"user.") {
-        "user extended attributes (alternate data streams on NTFS)"
-    } else if name.starts_with(b"security.") {
-        "security.* extended attributes"
-    } else if name.starts_with(b"system.posix_acl") {
-        "POSIX ACLs"
-    } else {
-        "DOS attributes"
-    }
+        replace_asked,
+        while_writing: true,
+        ..Default::default()
+    }))
 }
 
 impl Writer {
@@ -120,6 +108,23 @@ impl Writer {
                 source: e.into(),
             },
         }
+    }
+
+    /// Records entry `n` as what `at`/`name` is now (an empty `name`: `at` itself), unless
+    /// `only_unstable` and its identity does not change with later changes.
+    fn journal(
+        &mut self,
+        at: &impl AsRawFd,
+        name: &[u8],
+        n: u64,
+        only_unstable: bool,
+    ) -> Result<(), DataError> {
+        let st = statx(at, name).map_err(self.err("reading the identity of", n))?;
+        let id = Ident::at(at, name, &st, self.fs == TargetFs::Ntfs3g);
+        if only_unstable && id.stable() {
+            return Ok(());
+        }
+        self.log.record(n, &id)
     }
 
     fn skip(&mut self, what: &str, why: &str) {
@@ -167,7 +172,11 @@ impl Writer {
                     OsStr::from_bytes(name),
                     Mode::from_bits_truncate(0o700),
                 ) {
-                    Ok(()) => self.made_dirs.push(rel.to_vec()),
+                    Ok(()) => {
+                        self.made_dirs.push(rel.to_vec());
+                        self.created += 1;
+                        self.journal(&pfd, name, n, false)?;
+                    }
                     Err(nix::errno::Errno::EEXIST) => {}
                     Err(e) => return Err(self.err("creating directory", n)(e)),
                 }
@@ -201,146 +210,11 @@ impl Writer {
         ))
     }
 
-    /// Sets the owner of `e` with `chown` (given the ids), or counts it as not restored.
-    /// Nothing on Windows filesystems: ntfs-3g accepts a chown and stores nothing, so the
-    /// result says so once instead (`security_note`).
-    fn owner(
-        &mut self,
-        e: &Entry,
-        n: u64,
-        chown: impl FnOnce(Option<Uid>, Option<Gid>) -> nix::Result<()>,
-    ) -> Result<(), DataError> {
-        if self.fs.windows_names() {
-            return Ok(());
-        }
-        match self.own {
-            Ownership::Restore => {
-                match chown(Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid))) {
-                    Ok(()) => {}
-                    // EPERM: capability dropped meanwhile or refused by an LSM; EINVAL: the id
-                    // has no mapping in this user namespace. Neither fails the restore.
-                    Err(nix::errno::Errno::EPERM | nix::errno::Errno::EINVAL) => {
-                        self.owners_not_restored += 1
-                    }
-                    Err(err) => return Err(self.err("setting owner", n)(err)),
-                }
-            }
-            Ownership::Keep { uid, gid } => {
-                if (e.uid, e.gid) != (uid, gid) {
-                    self.owners_not_restored += 1;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets the mode of the open `fd` (after its owner: chown clears setuid/setgid bits).
-    fn mode(&mut self, fd: i32, mode: u32, n: u64) -> Result<(), DataError> {
-        if self.fs.windows_names() {
-            return Ok(());
-        }
-        let note = set_mode(mode, n, |m| fchmod(fd, m)).map_err(self.err("setting mode", n))?;
-        self.setid_dropped.extend(note);
-        Ok(())
-    }
-
-    /// Sets `e`'s extended attributes (after owner and mode: chown clears file capabilities,
-    /// chmod rewrites an ACL's mask) and, on NTFS, its descriptor; keeps in `e.xattrs` only
-    /// those set, which the read-back then checks. DOS attributes wait for [`Writer::finish_ntfs`].
-    fn xattrs(
-        &mut self,
-        f: &File,
-        e: &mut Entry,
-        dir: bool,
-    ) -> Result<Option<Arc<Vec<u8>>>, DataError> {
-        let mut set: Vec<Xattr> = Vec::with_capacity(e.xattrs.len());
-        for x in std::mem::take(&mut e.xattrs) {
-            let name = OsStr::from_bytes(&x.name);
-            if x.name == NTFS_ATTRIB.as_bytes() {
-                if self.fs.is_ntfs() {
-                    set.push(x);
-                } else {
-                    self.skip(kind_of(&x.name), "the target filesystem has none");
-                }
-                continue;
-            }
-            if self.fs.windows_names() && !x.name.starts_with(b"user.") {
-                self.skip(kind_of(&x.name), "NTFS and FAT have no such attributes");
-                continue;
-            }
-            match f.set_xattr(name, &x.value) {
-                Ok(()) => set.push(x),
-                Err(err) => match refused(&err) {
-                    Some(why) => self.skip(kind_of(&x.name), why),
-                    None => {
-                        return Err(io("setting extended attribute under", &self.target)(err));
-                    }
-                },
-            }
-        }
-        e.xattrs = set;
-        let sd = self.descriptor(&e.path, dir);
-        if let (Some(sd), Some(name)) = (&sd, self.fs.security_xattr()) {
-            f.set_xattr(name, sd)
-                .map_err(io("setting security descriptor under", &self.target))?;
-        }
-        Ok(sd)
-    }
-
-    /// After the times: the NTFS creation time and, last (read-only would refuse the rest),
-    /// the DOS attributes. Clears `e.btime` when it could not be set, so the read-back does
-    /// not look for it.
-    fn finish_ntfs(&mut self, f: &File, e: &mut Entry) -> Result<(), DataError> {
-        if e.btime.is_some() {
-            // On ntfs-3g it was set with the other times (`times`).
-            if self.fs != TargetFs::Ntfs3g {
-                self.skip(
-                    "creation times",
-                    "the target filesystem sets them itself when a file is created",
-                );
-                e.btime = None;
-            }
-        }
-        if let Some(x) = e.xattrs.iter().find(|x| x.name == NTFS_ATTRIB.as_bytes()) {
-            let want = <[u8; 4]>::try_from(x.value.as_slice()).map(u32::from_be_bytes);
-            let cur = f
-                .get_xattr(NTFS_ATTRIB)
-                .ok()
-                .flatten()
-                .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
-                .map_or(0, u32::from_be_bytes);
-            match want {
-                Ok(w) => {
-                    let kept = crate::ntfs::ATTRIB_KEPT;
-                    let v = ((cur & !kept) | (w & kept)).to_be_bytes();
-                    f.set_xattr(NTFS_ATTRIB, &v)
-                        .map_err(io("setting DOS attributes under", &self.target))?;
-                }
-                Err(_) => self.skip("DOS attributes", "the staged value is not 4 bytes"),
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets access and modification time, and on ntfs-3g the creation time with them in one
-    /// `system.ntfs_times_be` (creation, modification, access: each request to the FUSE
-    /// daemon counts on a bench).
-    fn times(&self, f: &File, e: &Entry, n: u64) -> Result<(), DataError> {
-        if let (Some(bt), TargetFs::Ntfs3g) = (e.btime, self.fs) {
-            return f
-                .set_xattr(NTFS_TIMES, &ntfs_times(e, bt))
-                .map_err(io("setting times under", &self.target));
-        }
-        let m = ts(e.mtime, e.mtime_nsec);
-        let a = e.atime.map_or(m, |t| ts(t.sec, t.nsec));
-        futimens(f.as_raw_fd(), &a, &m).map_err(self.err("setting times", n))
-    }
-
     /// Removes what stands at `name` in `pfd` before entry `n` is created there, when the
     /// plan says so (replaced or resumed); else what stands there appeared after the check.
     fn clear(&self, pfd: i32, name: &OsStr, n: u64, path: &[u8]) -> Result<(), DataError> {
         if !self.replace.contains(&n) {
-            return Err(appeared(n, path, &self.target));
+            return Err(appeared(n, path, &self.target, self.replace_asked));
         }
         match nix::unistd::unlinkat(Some(pfd), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
@@ -380,18 +254,26 @@ impl Writer {
                     cleared = true;
                     self.clear(pfd, name, n, path)?;
                 }
-                Err(nix::errno::Errno::EEXIST) => return Err(appeared(n, path, &self.target)),
+                Err(nix::errno::Errno::EEXIST) => {
+                    return Err(appeared(n, path, &self.target, self.replace_asked));
+                }
                 Err(e) => return Err(self.err("creating file", n)(e)),
             }
         };
         self.created_upto = n + 1;
+        self.created += 1;
         let f = File::from(crate::sys::owned(fd));
-        let st = nix::sys::stat::fstat(f.as_raw_fd()).map_err(self.err("checking new file", n))?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
+        let st = statx(&f, b"").map_err(self.err("checking new file", n))?;
+        if st.mode & libc::S_IFMT != libc::S_IFREG || st.nlink != 1 {
             return Err(unsafe_path(
                 n,
                 "the file just created is not a fresh regular file (replaced meanwhile?)",
             ));
+        }
+        // A birth time stays: journaled now. Else after the last change (`file`).
+        let id = Ident::at(&f, b"", &st, self.fs == TargetFs::Ntfs3g);
+        if id.stable() {
+            self.log.record(n, &id)?;
         }
         Ok(f)
     }
@@ -492,6 +374,7 @@ impl Writer {
         let sd = self.xattrs(&f, e, false)?;
         self.times(&f, e, n)?;
         self.finish_ntfs(&f, e)?;
+        self.journal(&f, b"", n, true)?;
         Ok(sd)
     }
 
@@ -508,6 +391,7 @@ impl Writer {
             Err(e) => return Err(self.err("creating symlink", n)(e)),
         }
         self.created_upto = n + 1;
+        self.created += 1;
         self.owner(e, n, |u, g| {
             fchownat(
                 Some(pfd),
@@ -521,7 +405,7 @@ impl Writer {
         let a = e.atime.map_or(m, |t| ts(t.sec, t.nsec));
         utimensat(Some(pfd), name, &a, &m, UtimensatFlags::NoFollowSymlink)
             .map_err(self.err("setting times", n))?;
-        Ok(())
+        self.journal(&pfd, name.as_bytes(), n, false)
     }
 
     pub(super) fn hardlink(&mut self, e: &Entry, n: u64) -> Result<(), DataError> {
@@ -541,17 +425,23 @@ impl Writer {
             nix::fcntl::AtFlags::empty(),
         ) {
             Ok(()) => {}
-            Err(nix::errno::Errno::EEXIST) => return Err(appeared(n, &e.path, &self.target)),
+            Err(nix::errno::Errno::EEXIST) => {
+                return Err(appeared(n, &e.path, &self.target, self.replace_asked));
+            }
             Err(err) => return Err(self.err("creating hard link", n)(err)),
         }
         self.created_upto = n + 1;
-        Ok(())
+        self.created += 1;
+        // The inode's status change time moved with the link: recorded again, for both.
+        self.journal(&pfd, name.as_bytes(), n, false)
     }
 
     /// Directory metadata, deepest first (creating children would otherwise bump their
-    /// mtimes, and a 0555 or read-only directory would refuse them).
+    /// mtimes, and a 0555 or read-only directory would refuse them). A directory that was
+    /// there before (merged) keeps its owner, mode and times.
     pub(super) fn finish_dirs(&mut self) -> Result<(), DataError> {
         let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.retain(|(n, _)| !self.merged.contains(n));
         dirs.sort_by_key(|(_, d)| std::cmp::Reverse(d.path.iter().filter(|&&b| b == b'/').count()));
         for (n, mut d) in dirs {
             let fd = self.dir(&d.path, n)?;
@@ -562,6 +452,7 @@ impl Writer {
             let sd = self.xattrs(&f, &mut d, true)?;
             self.times(&f, &d, n)?;
             self.finish_ntfs(&f, &mut d)?;
+            self.journal(&f, b"", n, true)?;
             self.dirs_written.push((n, d, sd));
         }
         Ok(())

@@ -144,7 +144,7 @@ fn restore_refuses_symlink_planted_in_target() {
     // Found by the check before writing: a symlink on the entry's path.
     let r = d.custody.restore(&info.id, &target, &dest());
     assert!(
-        matches!(&r, Err(DataError::TargetNotEmpty { first, .. }) if first[0].contains("symlink")),
+        matches!(&r, Err(DataError::TargetNotEmpty(c)) if c.count == 0 && c.unsafe_first[0].contains("a (a symlink or a non-directory is on its path)")),
         "{r:?}"
     );
     assert!(

@@ -10,6 +10,7 @@ mod mount;
 mod ntfs;
 mod ntfs_mount;
 mod privilege;
+mod restore_resume;
 mod restore_safe;
 mod restore_target;
 mod tar;

@@ -149,7 +149,7 @@ fn bind_mount_on_data_path_or_below_is_refused() {
         let _b = bind(&m.path().join("home/Docs"));
         let err = d.custody.restore_into(&info.id, &t, &dest()).unwrap_err();
         assert!(
-            matches!(&err, DataError::TargetNotEmpty { first, .. } if first[0].contains("mount point")),
+            matches!(&err, DataError::TargetNotEmpty(c) if c.count == 0 && c.unsafe_first[0].contains("Docs (it is, or is below, a mount point)")),
             "{err}"
         );
     }
@@ -186,7 +186,7 @@ fn hard_link_in_target_does_not_rewrite_outside_file() {
     // Refused unless asked to replace; asked, the link is replaced, never written through.
     assert!(matches!(
         d.custody.restore(&info.id, &target, &dest()),
-        Err(DataError::TargetNotEmpty { count: 1, .. })
+        Err(DataError::TargetNotEmpty(c)) if c.count == 1
     ));
     let res = d
         .custody
@@ -248,7 +248,18 @@ fn fifo_in_target_does_not_hang_restore() {
         .unwrap();
     assert!(res.ok(), "{res:?}");
     assert!(fs::metadata(target.join("Docs/a.txt")).unwrap().is_file());
-    assert_same_tree(&src, &target);
+    assert_same_files(&src, &target);
+    // The folders that were there before are merged: listed, their mode left as it was.
+    assert_eq!(res.merged.len(), 2, "{:?}", res.merged);
+    assert!(
+        res.merged[1].starts_with("Docs/sub (entry"),
+        "{:?}",
+        res.merged
+    );
+    assert_eq!(
+        fs::metadata(target.join("Docs/sub")).unwrap().mode() & 0o777,
+        0o755
+    );
     drop(d);
 }
 
@@ -268,7 +279,7 @@ fn directory_in_place_of_file_is_refused() {
             .restore_with(&info.id, &t, &dest(), &opts)
             .unwrap_err();
         assert!(
-            matches!(&err, DataError::TargetNotEmpty { directories: 1, .. }),
+            matches!(&err, DataError::TargetNotEmpty(c) if c.directories == 1),
             "{err}"
         );
         assert!(target.join("Docs/a.txt/keep").is_dir());
