@@ -21,6 +21,7 @@ mod listing;
 pub mod packs;
 mod pull;
 mod push;
+mod push_check;
 mod push_packs;
 pub mod remote;
 

@@ -86,6 +86,10 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
     if json {
         return print_json(&r);
     }
+    // Each pack whose bytes did not hold what its id list says: its chunks were not reused.
+    for line in &r.untrusted_packs {
+        println!("{line}");
+    }
     if r.was_remote && r.uploaded == 0 {
         println!(
             "{image} is already in {} (all {} chunks there)",

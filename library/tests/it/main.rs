@@ -6,6 +6,7 @@ mod fixture;
 mod ondemand;
 mod push_faults;
 mod push_pull;
+mod push_trust;
 
 use std::path::PathBuf;
 
