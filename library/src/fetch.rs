@@ -179,6 +179,21 @@ fn range_url(remote: &Remote, pack: &str, start: u64, end: u64) -> String {
     )
 }
 
+/// When a ranged GET failed: if the range reaches past the pack's end (the pack index placed a
+/// chunk where the pack has none; the server's 416 says only "invalid range"), the error that
+/// says so, from the pack's size (one HEAD).
+async fn past_the_end(remote: &Remote, s: &Span, whole: &str) -> Option<LibraryError> {
+    let size = remote.size(&packs::pack_key(&s.pack)).await.ok()??;
+    (s.end > size).then(|| LibraryError::Request {
+        action: "fetching",
+        object: whole.to_string(),
+        reason: format!(
+            "the range is past the end of the pack ({size} bytes): the image's pack index \
+             places chunks where the pack has none"
+        ),
+    })
+}
+
 /// One ranged GET, read as it arrives: complete chunks go to the store in batches of about
 /// [`BATCH_BYTES`].
 async fn span(
@@ -190,7 +205,13 @@ async fn span(
 ) -> Result<(), LibraryError> {
     let key = packs::pack_key(&s.pack);
     let whole = range_url(remote, &s.pack, s.start, s.end);
-    let Some(mut body) = remote.get_range(&key, s.start..s.end).await? else {
+    let got = match remote.get_range(&key, s.start..s.end).await {
+        Err(e @ LibraryError::Request { .. }) => {
+            Err(past_the_end(remote, &s, &whole).await.unwrap_or(e))
+        }
+        got => got,
+    };
+    let Some(mut body) = got? else {
         let (w, _, _) = s.chunks[0];
         return Err(LibraryError::MissingChunk {
             chunk: w.id,

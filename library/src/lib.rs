@@ -14,6 +14,7 @@
 //! `agent` -> `image-library` -> `image-store`.
 #![forbid(unsafe_code)]
 
+mod attempts;
 pub mod error;
 mod fetch;
 pub mod layout;

@@ -23,6 +23,7 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
+use crate::attempts::{Attempts, CountingConnector};
 use crate::error::LibraryError;
 
 /// Where and as whom an `s3://` remote is reached; [`S3Settings::from_env`] reads the standard
@@ -209,12 +210,23 @@ impl fmt::Display for RemoteUrl {
     }
 }
 
-/// A URL as an error message may show it: anything between `://` and an `@` goes.
+/// A URL as an error message may show it: anything between `://` and an `@` (user and
+/// password) goes, and so does everything from the first `?` or `#` on (a query or fragment may
+/// carry a presigned token); what went is shown as `***`. Works on text that is not a URL too.
 fn redact(input: &str) -> String {
-    match (input.find("://"), input.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***{}", &input[..s], &input[at..]),
-        _ => input.to_string(),
+    let (kept, tail) = match input.find(['?', '#']) {
+        Some(i) => (&input[..i], &input[i..i + 1]),
+        None => (input, ""),
+    };
+    let mut out = match (kept.find("://"), kept.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &kept[..s], &kept[at..]),
+        _ => kept.to_string(),
+    };
+    if !tail.is_empty() {
+        out.push_str(tail);
+        out.push_str("***");
     }
+    out
 }
 
 /// An opened remote: the client and where the library's objects live in it.
@@ -268,6 +280,7 @@ impl Remote {
                     .with_region(s3.region.as_deref().unwrap_or("us-east-1"))
                     .with_client_options(client)
                     .with_retry(retry)
+                    .with_http_connector(CountingConnector)
                     .with_virtual_hosted_style_request(false)
                     .with_skip_signature(!signed);
                 if let Some(e) = &s3.endpoint {
@@ -299,6 +312,7 @@ impl Remote {
                     .with_url(base.clone())
                     .with_client_options(client)
                     .with_retry(retry)
+                    .with_http_connector(CountingConnector)
                     .build()
                     .map_err(client_err)?;
                 Ok(Remote {
@@ -346,10 +360,22 @@ impl Remote {
     /// `Ok(None)`: the remote has no such object.
     pub async fn get(&self, key: &str, limit: u64) -> Result<Option<Bytes>, LibraryError> {
         self.count();
+        let attempts = Attempts::default();
+        attempts
+            .scope(self.get_counted(key, limit, &attempts))
+            .await
+    }
+
+    async fn get_counted(
+        &self,
+        key: &str,
+        limit: u64,
+        attempts: &Attempts,
+    ) -> Result<Option<Bytes>, LibraryError> {
         let r = match self.store.get(&self.path(key)).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.request_error("fetching", key, e)),
+            Err(e) => return Err(self.request_error("fetching", key, e, attempts)),
         };
         if r.meta.size > limit {
             return Err(LibraryError::Oversized {
@@ -358,10 +384,12 @@ impl Remote {
                 limit,
             });
         }
+        // A body cut off mid-way is resumed by the client (a ranged GET of the rest, if the
+        // object's ETag is unchanged), within the same retries.
         let bytes = r
             .bytes()
             .await
-            .map_err(|e| self.request_error("fetching", key, e))?;
+            .map_err(|e| self.request_error("fetching", key, e, attempts))?;
         // The length header may lie; the body is what counts.
         if bytes.len() as u64 > limit {
             return Err(LibraryError::Oversized {
@@ -391,18 +419,41 @@ impl Remote {
             range: Some(object_store::GetRange::Bounded(range)),
             ..Default::default()
         };
-        let r = match self.store.get_opts(&self.path(key), opts).await {
+        let attempts = Attempts::default();
+        let got = attempts
+            .scope(self.store.get_opts(&self.path(key), opts))
+            .await;
+        let r = match got {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.request_error("fetching", key, e)),
+            Err(e) => return Err(self.request_error("fetching", key, e, &attempts)),
         };
         let this = self.clone();
         let key = key.to_string();
-        Ok(Some(
-            r.into_stream()
-                .map(move |p| p.map_err(|e| this.request_error("fetching", &key, e)))
-                .boxed(),
-        ))
+        // Each piece is awaited in the request's scope: the client's resumption of a cut body
+        // counts as an attempt of this request, and an error says how many there were.
+        let pieces =
+            futures::stream::unfold((r.into_stream(), attempts), move |(mut body, attempts)| {
+                let (this, key) = (this.clone(), key.clone());
+                async move {
+                    let piece = attempts.scope(body.next()).await?;
+                    let piece =
+                        piece.map_err(|e| this.request_error("fetching", &key, e, &attempts));
+                    Some((piece, (body, attempts)))
+                }
+            });
+        Ok(Some(pieces.boxed()))
+    }
+
+    /// An object's size (one HEAD); `Ok(None)`: the remote has no such object.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, LibraryError> {
+        self.count();
+        let attempts = Attempts::default();
+        match attempts.scope(self.store.head(&self.path(key))).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.request_error("checking", key, e, &attempts)),
+        }
     }
 
     /// Uploads an object whole (one PUT, atomic: readers see the old object or the new one).
@@ -413,11 +464,15 @@ impl Remote {
             });
         }
         self.count();
-        self.store
-            .put(&self.path(key), PutPayload::from_bytes(data))
+        let attempts = Attempts::default();
+        attempts
+            .scope(
+                self.store
+                    .put(&self.path(key), PutPayload::from_bytes(data)),
+            )
             .await
             .map(|_| ())
-            .map_err(|e| self.request_error("uploading", key, e))
+            .map_err(|e| self.request_error("uploading", key, e, &attempts))
     }
 
     /// Uploads an object only if the remote has none of that name (S3 `If-None-Match: *`):
@@ -431,14 +486,15 @@ impl Remote {
         }
         self.count();
         let opts = object_store::PutOptions::from(object_store::PutMode::Create);
-        match self
+        let attempts = Attempts::default();
+        let path = self.path(key);
+        let put = self
             .store
-            .put_opts(&self.path(key), PutPayload::from_bytes(data), opts)
-            .await
-        {
+            .put_opts(&path, PutPayload::from_bytes(data), opts);
+        match attempts.scope(put).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(self.request_error("uploading", key, e)),
+            Err(e) => Err(self.request_error("uploading", key, e, &attempts)),
         }
     }
 
@@ -453,12 +509,12 @@ impl Remote {
         }
         self.count();
         let prefix = self.path(dir.trim_end_matches('/'));
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
+        let attempts = Attempts::default();
+        let listing = self.store.list(Some(&prefix)).try_collect::<Vec<_>>();
+        let objects = attempts
+            .scope(listing)
             .await
-            .map_err(|e| self.request_error("listing", dir, e))?;
+            .map_err(|e| self.request_error("listing", dir, e, &attempts))?;
         Ok(objects
             .into_iter()
             .filter_map(|m| {
@@ -470,11 +526,14 @@ impl Remote {
     }
 
     /// Turns a client error into one naming the object; 401/403 become [`LibraryError::Denied`].
+    /// The count of HTTP attempts is said only when there was more than one (the client
+    /// retried): a status it never retries (400, 404, 416, ...) says nothing of retries.
     fn request_error(
         &self,
         action: &'static str,
         key: &str,
         e: object_store::Error,
+        attempts: &Attempts,
     ) -> LibraryError {
         let object = self.url.object(key);
         match &e {
@@ -491,11 +550,10 @@ impl Remote {
             object_store::Error::Generic { .. } => LibraryError::Request {
                 action,
                 object,
-                reason: format!(
-                    "{} (gave up after {} retries)",
-                    root_cause(&e),
-                    self.opts.retries
-                ),
+                reason: match attempts.get() {
+                    n @ 2.. => format!("{} (gave up after {n} attempts)", root_cause(&e)),
+                    _ => root_cause(&e),
+                },
             },
             _ => LibraryError::Request {
                 action,
@@ -513,7 +571,8 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     while let Some(s) = cur.source() {
         cur = s;
     }
-    cur.to_string()
+    // "...: 400 Bad Request: " when the body was empty.
+    cur.to_string().trim_end_matches([':', ' ']).to_string()
 }
 
 #[cfg(test)]
@@ -554,6 +613,30 @@ mod tests {
         ] {
             let e = RemoteUrl::parse(bad).unwrap_err();
             assert!(matches!(e, LibraryError::BadUrl { .. }), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_refused_url_never_shows_its_query_fragment_or_user() {
+        for (bad, shown) in [
+            (
+                "https://host/lib?X-Amz-Signature=t0ken",
+                "\"https://host/lib?***\": a library URL has no query or fragment",
+            ),
+            ("https://host/lib#t0ken", "\"https://host/lib#***\""),
+            (
+                "https://u:t0ken@host/lib?t0ken",
+                "\"https://***@host/lib?***\"",
+            ),
+            ("s3:///?t0ken", "\"s3:///?***\""),
+            ("not a url?t0ken#t0ken", "\"not a url?***\": not a URL"),
+        ] {
+            let e = RemoteUrl::parse(bad).unwrap_err();
+            let (msg, debug) = (e.to_string(), format!("{e:?}"));
+            assert!(msg.contains(shown), "{bad}: {msg}");
+            for s in [&msg, &debug] {
+                assert!(!s.contains("t0ken"), "{bad}: {s}");
+            }
         }
     }
 

@@ -7,6 +7,7 @@ mod ondemand;
 mod push_faults;
 mod push_pull;
 mod push_trust;
+mod remote_errors;
 
 use std::path::PathBuf;
 
