@@ -33,7 +33,7 @@ use futures::StreamExt;
 pub use error::LibraryError;
 pub use layout::RemoteImage;
 pub use listing::list;
-pub use pull::{Pull, PullFailed, PullReport, fetch_checked, pull};
+pub use pull::{Cancel, Pull, PullFailed, PullReport, fetch_checked, pull};
 pub use push::{PushProgress, PushReport, push, push_with_progress};
 pub use remote::{Remote, RemoteOptions, RemoteUrl, S3Settings, Secret};
 

@@ -133,3 +133,35 @@ fn a_pack_index_placing_a_chunk_past_its_pack_or_near_2_64_is_refused_by_name() 
     assert!(msg.contains(&format!(" bytes {}-", 1u64 << 30)), "{msg}");
     assert!(msg.contains("past the end of the pack"), "{msg}");
 }
+
+#[test]
+fn a_signature_by_no_trusted_key_refuses_the_manifest_before_it_is_fetched_or_inflated() {
+    let Some(d) = Depots::new() else { return };
+    let image = d.maint.import("win11@1", 72, 1, 2);
+    let remote = s3_remote(&d.server, "lib");
+    push(&d.maint.store, &image, &remote, &d.maint.trusted).unwrap();
+    // A stranger's signature beside a manifest that would inflate to the limit.
+    let keys = d.dir.join("stranger");
+    image_store::generate_keypair(&keys, "stranger").unwrap();
+    let stranger = image_store::SigningKey::load(&keys.join("stranger.key")).unwrap();
+    let at = |key: String| d.server.object_path(&format!("lib/{key}"));
+    let bomb = layout::compress_document(&vec![b' '; 64 << 20]);
+    std::fs::write(at(layout::Layout::Packs.manifest_key(&image)), &bomb).unwrap();
+    std::fs::write(
+        at(layout::signature_key(&image)),
+        stranger.sign_manifest(b"{}"),
+    )
+    .unwrap();
+    let before = remote.requests();
+    let e = pull(&remote, &image, &d.bench.store, &d.bench.trusted).unwrap_err();
+    let msg = e.to_string();
+    eprintln!("stranger's signature: {msg}");
+    assert!(msg.contains("stranger"), "{msg}");
+    assert!(
+        matches!(&*e.error, LibraryError::BadManifest { source, .. }
+            if matches!(**source, image_store::StoreError::NotTrusted { .. })),
+        "{msg}"
+    );
+    // The format file and the signature: the manifest was never asked for.
+    assert_eq!(remote.requests() - before, 2, "{msg}");
+}
