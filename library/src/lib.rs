@@ -25,6 +25,7 @@ mod push;
 mod push_check;
 mod push_packs;
 pub mod remote;
+mod remote_url;
 
 use std::future::Future;
 
