@@ -217,6 +217,48 @@ fn trusted_keys(dir: &Path) -> Result<Vec<(String, [u8; 32])>, StoreError> {
     Ok(out)
 }
 
+/// What can be known of `.sig` bytes before the manifest they sign is read: `None` when they
+/// are well formed and name a trusted public key (the signature itself is checked later, by
+/// [`check`], against the manifest's bytes), else the status [`check`] would give at best
+/// (`Invalid` or `UnknownKey`). A remote's manifest that no trusted key could have signed is
+/// thus refused before it is fetched or inflated.
+pub fn precheck(
+    signature: &[u8],
+    trusted_dir: &Path,
+) -> Result<Option<SignatureStatus>, StoreError> {
+    let invalid = |reason: String| Ok(Some(SignatureStatus::Invalid { reason }));
+    let file: SignatureFile = match serde_json::from_slice(signature) {
+        Ok(f) => f,
+        Err(e) => return invalid(format!("malformed signature file: {e}")),
+    };
+    if file.format != SIGNATURE_FORMAT || file.algorithm != "ed25519" {
+        return invalid(format!(
+            "unsupported signature format {} / {}",
+            file.format, file.algorithm
+        ));
+    }
+    let Some(pk) = B64
+        .decode(&file.public_key)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+    else {
+        return invalid("malformed public key in signature file".into());
+    };
+    let trusted = trusted_keys(trusted_dir)?;
+    if trusted.iter().any(|(_, k)| *k == pk) {
+        return Ok(None);
+    }
+    if trusted.iter().any(|(id, _)| *id == file.key_id) {
+        return invalid(format!(
+            "signed by a key that calls itself {} but is not the trusted key of that name",
+            file.key_id.escape_debug()
+        ));
+    }
+    Ok(Some(SignatureStatus::UnknownKey {
+        key_id: file.key_id,
+    }))
+}
+
 /// Checks `.sig` bytes (None: unsigned) against the manifest bytes and the trusted keys.
 pub fn check(
     manifest: &[u8],
@@ -286,6 +328,29 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precheck_refuses_what_no_trusted_key_signed_without_the_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        let trusted = d.path().join("trusted");
+        let (sk, pk) = generate_keypair(&d.path().join("keys"), "maint").unwrap();
+        let sig = SigningKey::load(&sk).unwrap().sign_manifest(b"{}");
+        let st = precheck(&sig, &trusted).unwrap();
+        assert_eq!(
+            st,
+            Some(SignatureStatus::UnknownKey {
+                key_id: "maint".into()
+            })
+        );
+        std::fs::create_dir_all(&trusted).unwrap();
+        std::fs::copy(&pk, trusted.join("depot.pub")).unwrap();
+        assert_eq!(precheck(&sig, &trusted).unwrap(), None);
+        let st = precheck(b"{not json", &trusted).unwrap();
+        assert!(
+            matches!(st, Some(SignatureStatus::Invalid { .. })),
+            "{st:?}"
+        );
+    }
 
     #[test]
     fn sign_and_check() {

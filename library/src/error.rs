@@ -127,6 +127,12 @@ pub enum LibraryError {
         /// The remote.
         url: RemoteUrl,
     },
+    /// The pull was stopped on request (a signal) before every chunk arrived.
+    #[error("stopped before every chunk arrived ({signal})")]
+    Interrupted {
+        /// What stopped it (`SIGINT`, `SIGTERM`).
+        signal: String,
+    },
     /// An error of the local store.
     #[error(transparent)]
     Store(Box<StoreError>),

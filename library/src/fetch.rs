@@ -21,6 +21,7 @@ use image_store::{ChunkId, CompressedChunk, Incoming, StoreError, WantedChunk};
 use crate::error::LibraryError;
 use crate::layout;
 use crate::packs::{self, Span};
+use crate::pull::Cancel;
 use crate::remote::Remote;
 
 /// Compressed bytes handed to the store in one blocking task (format 2).
@@ -103,7 +104,7 @@ pub async fn chunk_objects(
     remote: &Remote,
     incoming: &Arc<Incoming>,
     wanted: Vec<WantedChunk>,
-    tally: &Tally,
+    (tally, cancel): (&Tally, &Cancel),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Option<LibraryError> {
     // Two groups at a time, each with half the requests: one group's GETs run while the
@@ -111,6 +112,9 @@ pub async fn chunk_objects(
     let per_group = (remote.options().in_flight / 2).max(1);
     let groups: Vec<Vec<WantedChunk>> = wanted.chunks(GROUP).map(<[_]>::to_vec).collect();
     let group = |g: Vec<WantedChunk>| async move {
+        if let Some(stopped) = cancel.error() {
+            return Err(stopped);
+        }
         let fetched: Vec<Result<(CompressedChunk, String), LibraryError>> =
             futures::stream::iter(g)
                 .map(|w| fetch_object(remote, w))
@@ -162,11 +166,15 @@ pub async fn packs(
     remote: &Remote,
     incoming: &Arc<Incoming>,
     spans: Vec<Span>,
-    tally: &Tally,
+    (tally, cancel): (&Tally, &Cancel),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Option<LibraryError> {
     let in_flight = (remote.options().in_flight / 2).max(1);
-    let one = |s: Span| async move { span(remote, incoming, s, tally, progress).await.map(|()| 0) };
+    let one = |s: Span| async move {
+        span(remote, incoming, s, (tally, cancel), progress)
+            .await
+            .map(|()| 0)
+    };
     crate::bounded(spans, in_flight, one).await.1
 }
 
@@ -179,18 +187,43 @@ fn range_url(remote: &Remote, pack: &str, start: u64, end: u64) -> String {
     )
 }
 
+/// When a ranged GET failed: if the range reaches past the pack's end (the pack index placed a
+/// chunk where the pack has none; the server's 416 says only "invalid range"), the error that
+/// says so, from the pack's size (one HEAD).
+async fn past_the_end(remote: &Remote, s: &Span, whole: &str) -> Option<LibraryError> {
+    let size = remote.size(&packs::pack_key(&s.pack)).await.ok()??;
+    (s.end > size).then(|| LibraryError::Request {
+        action: "fetching",
+        object: whole.to_string(),
+        reason: format!(
+            "the range is past the end of the pack ({size} bytes): the image's pack index \
+             places chunks where the pack has none"
+        ),
+    })
+}
+
 /// One ranged GET, read as it arrives: complete chunks go to the store in batches of about
 /// [`BATCH_BYTES`].
 async fn span(
     remote: &Remote,
     incoming: &Arc<Incoming>,
     s: Span,
-    tally: &Tally,
+    (tally, cancel): (&Tally, &Cancel),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), LibraryError> {
     let key = packs::pack_key(&s.pack);
     let whole = range_url(remote, &s.pack, s.start, s.end);
-    let Some(mut body) = remote.get_range(&key, s.start..s.end).await? else {
+    let got = tokio::select! {
+        stopped = cancel.stopped() => return Err(stopped),
+        got = remote.get_range(&key, s.start..s.end) => got,
+    };
+    let got = match got {
+        Err(e @ LibraryError::Request { .. }) => {
+            Err(past_the_end(remote, &s, &whole).await.unwrap_or(e))
+        }
+        got => got,
+    };
+    let Some(mut body) = got? else {
         let (w, _, _) = s.chunks[0];
         return Err(LibraryError::MissingChunk {
             chunk: w.id,
@@ -203,10 +236,17 @@ async fn span(
     let mut batch: Vec<(CompressedChunk, String)> = Vec::new();
     let mut batch_bytes = 0usize;
     let received = loop {
+        // A stop (a signal) ends the body here: what arrived complete is kept below.
+        let piece_or_stop = async {
+            tokio::select! {
+                stopped = cancel.stopped() => Some(Err(stopped)),
+                piece = body.next() => piece,
+            }
+        };
         let arrived = if batch.is_empty() {
-            body.next().await
+            piece_or_stop.await
         } else {
-            match tokio::time::timeout(FLUSH_AFTER, body.next()).await {
+            match tokio::time::timeout(FLUSH_AFTER, piece_or_stop).await {
                 Ok(arrived) => arrived,
                 Err(_) => {
                     // A slow body: what is complete goes to the store (and to a reader

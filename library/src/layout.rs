@@ -194,24 +194,44 @@ pub fn compress_document(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// A compressed document's bytes, decompressed by at most `limit` bytes: a hostile remote's
-/// small object that would inflate beyond it is refused without inflating further.
+/// small object that would inflate beyond it is refused without inflating further. A frame
+/// that declares a larger size is refused before any inflation; the output grows by doubling
+/// but never past `limit + 1` bytes of capacity (`read_to_end` would double to 2x the limit:
+/// 512 MiB for a 256 MiB bomb), so memory stays about 1x the limit.
 pub fn decompress_document(compressed: &[u8], limit: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     if !compressed.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         return Err("not zstd-compressed (no zstd frame magic)".into());
     }
+    let too_big = || format!("decompresses to more than the {limit} bytes a document may hold");
+    let declared = zstd::zstd_safe::get_frame_content_size(compressed)
+        .ok()
+        .flatten();
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_big());
+    }
     let mut d = zstd::stream::read::Decoder::with_buffer(compressed)
         .map_err(|e| format!("not zstd-compressed: {e}"))?
         .single_frame();
-    let mut out = Vec::new();
-    (&mut d)
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("corrupt zstd data: {e}"))?;
-    if out.len() as u64 > limit {
-        return Err(format!(
-            "decompresses to more than the {limit} bytes a document may hold"
-        ));
+    let cap = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
+    // The declared size is a hint only (it may lie): still bounded by `cap`.
+    let mut out = Vec::with_capacity(declared.map_or(1 << 20, |n| n as usize + 1).min(cap));
+    let mut piece = vec![0u8; 128 << 10];
+    loop {
+        let n = d
+            .read(&mut piece)
+            .map_err(|e| format!("corrupt zstd data: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if out.len() + n > cap - 1 {
+            return Err(too_big());
+        }
+        if out.capacity() - out.len() < n {
+            let grown = (out.capacity() * 2).clamp(out.len() + n, cap);
+            out.reserve_exact(grown - out.len());
+        }
+        out.extend_from_slice(&piece[..n]);
     }
     Ok(out)
 }
@@ -277,6 +297,31 @@ mod tests {
         let mut cut = z.clone();
         cut.truncate(z.len() / 2);
         assert!(decompress_document(&cut, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn inflation_holds_about_the_limit_in_memory_never_twice_it() {
+        // A streamed frame does not declare its size: the output grows as it inflates.
+        let doc = vec![b' '; 40 << 20];
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        std::io::Write::write_all(&mut e, &doc).unwrap();
+        let z = e.finish().unwrap();
+        assert!(matches!(
+            zstd::zstd_safe::get_frame_content_size(&z),
+            Ok(None)
+        ));
+        let limit = 48 << 20;
+        let out = decompress_document(&z, limit).unwrap();
+        assert_eq!(out.len(), doc.len());
+        assert!(
+            out.capacity() as u64 <= limit + 1,
+            "{} bytes held",
+            out.capacity()
+        );
+        // One that declares more than the limit is refused before inflating.
+        let big = compress_document(&vec![b' '; (limit + 1) as usize]);
+        let e = decompress_document(&big, limit).unwrap_err();
+        assert!(e.contains("more than the"), "{e}");
     }
 
     #[test]

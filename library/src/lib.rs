@@ -14,6 +14,7 @@
 //! `agent` -> `image-library` -> `image-store`.
 #![forbid(unsafe_code)]
 
+mod attempts;
 pub mod error;
 mod fetch;
 pub mod layout;
@@ -21,8 +22,10 @@ mod listing;
 pub mod packs;
 mod pull;
 mod push;
+mod push_check;
 mod push_packs;
 pub mod remote;
+mod remote_url;
 
 use std::future::Future;
 
@@ -31,7 +34,7 @@ use futures::StreamExt;
 pub use error::LibraryError;
 pub use layout::RemoteImage;
 pub use listing::list;
-pub use pull::{Pull, PullFailed, PullReport, fetch_checked, pull};
+pub use pull::{Cancel, Pull, PullFailed, PullReport, fetch_checked, pull};
 pub use push::{PushProgress, PushReport, push, push_with_progress};
 pub use remote::{Remote, RemoteOptions, RemoteUrl, S3Settings, Secret};
 

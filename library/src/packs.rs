@@ -22,6 +22,10 @@ use crate::layout;
 /// Version of the pack index and of the id list.
 pub const PACK_DOCUMENT_FORMAT: u32 = 1;
 
+/// Where every pack ends at the latest: no push writes a pack of more than 1 TiB (the default
+/// is 64 MiB), so a place beyond it is a lie, refused with the index before any request.
+pub const MAX_PACK_END: u64 = 1 << 40;
+
 /// Largest ranged GET a pull makes.
 pub const MAX_SPAN: u64 = 8 << 20;
 
@@ -151,12 +155,17 @@ impl PackIndex {
                     "chunk {id} in pack number {pack}, which is not listed"
                 ));
             };
-            if clen == 0
-                || clen > layout::chunk_object_limit(len)
-                || off.checked_add(clen).is_none()
-            {
+            if clen == 0 || clen > layout::chunk_object_limit(len) {
                 return Err(format!(
-                    "chunk {id} of {len} bytes given {clen} compressed bytes"
+                    "chunk {id} of {len} bytes is given {clen} compressed bytes (at most {} \
+                     can hold it)",
+                    layout::chunk_object_limit(len)
+                ));
+            }
+            if off.checked_add(clen).is_none_or(|end| end > MAX_PACK_END) {
+                return Err(format!(
+                    "chunk {id} is placed at offset {off} with {clen} bytes, past the end of \
+                     any pack (a pack is at most {MAX_PACK_END} bytes)"
                 ));
             }
             out.insert(id, (name.clone(), off, clen));
@@ -181,11 +190,12 @@ impl PackIds {
         layout::compress_document(&serde_json::to_vec(self).expect("serializing an id list"))
     }
 
-    /// Parses a fetched id list of a pack of `pack_size` bytes; places outside it are dropped
-    /// (their chunks count as absent, so a push uploads them again).
+    /// Parses a fetched id list of a pack of `pack_size` bytes. A list that places a chunk
+    /// (even partly) outside its pack is refused, naming the entry: it does not describe its
+    /// pack, so nothing in it is believed.
     pub fn parse(compressed: &[u8], pack_size: u64) -> Result<PackIds, String> {
         let raw = layout::decompress_document(compressed, layout::MAX_DOCUMENT)?;
-        let mut ids: PackIds =
+        let ids: PackIds =
             serde_json::from_slice(&raw).map_err(|e| format!("not a pack id list: {e}"))?;
         if ids.format != PACK_DOCUMENT_FORMAT {
             return Err(format!(
@@ -193,8 +203,17 @@ impl PackIds {
                 ids.format
             ));
         }
-        ids.chunks
-            .retain(|&(_, off, clen)| off.checked_add(clen).is_some_and(|e| e <= pack_size));
+        for &(id, off, clen) in &ids.chunks {
+            if clen == 0 {
+                return Err(format!("chunk {id} at offset {off} is given 0 bytes"));
+            }
+            if off.checked_add(clen).is_none_or(|end| end > pack_size) {
+                return Err(format!(
+                    "chunk {id} at offset {off} with {clen} bytes ends past the pack's \
+                     {pack_size} bytes"
+                ));
+            }
+        }
         Ok(ids)
     }
 }
@@ -307,7 +326,16 @@ mod tests {
         assert!(lie(&|i| i.chunks[2].0 = 7).contains("not listed"));
         assert!(lie(&|i| i.chunks.pop().map(drop).unwrap_or(())).contains("3 chunk places"));
         assert!(lie(&|i| i.chunks[0].2 = 1 << 30).contains("compressed bytes"));
-        assert!(lie(&|i| i.chunks[0].1 = u64::MAX).contains("compressed bytes"));
+        let e = lie(&|i| i.chunks[0].1 = u64::MAX - 5);
+        assert!(
+            e.contains(&format!(
+                "offset {} with 50 bytes, past the end",
+                u64::MAX - 5
+            )),
+            "{e}"
+        );
+        let e = lie(&|i| i.chunks[0].1 = MAX_PACK_END);
+        assert!(e.contains("past the end of any pack"), "{e}");
         assert!(lie(&|i| i.format = 2).contains("format 2"));
         let e = PackIndex::locations(b"{}", &m, b"manifest").unwrap_err();
         assert!(e.contains("not zstd"), "{e}");
@@ -364,8 +392,19 @@ mod tests {
             format: PACK_DOCUMENT_FORMAT,
             chunks: vec![(ChunkId::of(b"a"), 0, 10), (ChunkId::of(b"b"), 10, 10)],
         };
-        // A place past the pack's end is dropped: that chunk counts as absent.
-        let got = PackIds::parse(&ids.to_bytes(), 15).unwrap();
-        assert_eq!(got.chunks, &ids.chunks[..1]);
+        assert_eq!(PackIds::parse(&ids.to_bytes(), 20).unwrap(), ids);
+        // A place past the pack's end, or past 2^64, refuses the list and names the entry.
+        let e = PackIds::parse(&ids.to_bytes(), 15).unwrap_err();
+        assert!(
+            e.contains("offset 10 with 10 bytes ends past the pack's 15 bytes"),
+            "{e}"
+        );
+        let mut far = ids.clone();
+        far.chunks[1].1 = u64::MAX - 1;
+        let e = PackIds::parse(&far.to_bytes(), 20).unwrap_err();
+        assert!(
+            e.contains(&format!("offset {} with 10 bytes ends past", u64::MAX - 1)),
+            "{e}"
+        );
     }
 }

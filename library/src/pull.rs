@@ -53,7 +53,11 @@ pub struct PullReport {
 
 /// How a failed pull left the store: the error, and how many verified chunks it kept.
 #[derive(Debug, thiserror::Error)]
-#[error("{error}{}", if *kept > 0 { format!(" ({kept} chunk(s) fetched and verified before that are kept for the next pull)") } else { String::new() })]
+#[error("{error}{}", match *kept {
+    0 => String::new(),
+    1 => " (1 chunk fetched and verified before that is kept for the next pull)".to_string(),
+    n => format!(" ({n} chunks fetched and verified before that are kept for the next pull)"),
+})]
 pub struct PullFailed {
     /// What stopped the pull.
     #[source]
@@ -81,6 +85,45 @@ pub fn pull(
     Pull::start(remote, image, store, trusted_keys)?.run(&|_| {})
 }
 
+/// Stops a running [`Pull::run`] from another thread (a signal handler): no new request
+/// starts, the bodies being read stop at their next piece, the complete chunks that arrived
+/// are checked and kept (`Incoming::keep`), and the run fails with
+/// [`LibraryError::Interrupted`] saying how many chunks were kept for the next pull.
+#[derive(Clone)]
+pub struct Cancel(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Cancel {
+    fn new() -> Cancel {
+        Cancel(Arc::new(tokio::sync::watch::channel(None).0))
+    }
+
+    /// Stops the pull, naming why (`SIGINT`); a second call changes nothing.
+    pub fn cancel(&self, why: &str) {
+        self.0.send_if_modified(|v| {
+            let first = v.is_none();
+            v.get_or_insert_with(|| why.to_string());
+            first
+        });
+    }
+
+    /// The error a stopped pull fails with, once [`Cancel::cancel`] was called.
+    pub(crate) fn error(&self) -> Option<LibraryError> {
+        self.0
+            .borrow()
+            .as_ref()
+            .map(|signal| LibraryError::Interrupted {
+                signal: signal.clone(),
+            })
+    }
+
+    /// Resolves once the pull is stopped, with its error.
+    pub(crate) async fn stopped(&self) -> LibraryError {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(Option::is_some).await;
+        self.error().expect("cancelled")
+    }
+}
+
 /// A pull whose manifest was fetched and accepted (signature checked) and whose missing chunks
 /// are known, not yet fetched: [`Pull::run`] fetches them. Between the two a caller can start
 /// reading the image from a [`Store::with_arrivals`] store (the chunks are announced to its
@@ -101,6 +144,7 @@ pub struct Pull {
     started: Instant,
     requests_before: u64,
     rt: tokio::runtime::Runtime,
+    cancel: Cancel,
 }
 
 impl Pull {
@@ -153,7 +197,13 @@ impl Pull {
             started,
             requests_before,
             rt,
+            cancel: Cancel::new(),
         })
+    }
+
+    /// What stops this pull's [`Pull::run`] from another thread.
+    pub fn canceller(&self) -> Cancel {
+        self.cancel.clone()
     }
 
     /// The accepted manifest (signature valid and by a trusted key).
@@ -190,6 +240,7 @@ impl Pull {
             started,
             requests_before,
             rt,
+            cancel,
         } = self;
         let chunks = packs::distinct(&loaded.manifest).len() as u64;
         let library_version = layout.info().version;
@@ -199,7 +250,7 @@ impl Pull {
                 &remote,
                 &incoming,
                 wanted.clone(),
-                &tally,
+                (&tally, &cancel),
                 progress,
             )),
             Some(places) => {
@@ -209,9 +260,13 @@ impl Pull {
                     .sum();
                 let in_flight = (remote.options().in_flight / 2).max(1);
                 match packs::plan(&wanted, places, packs::span_size(bytes, in_flight)) {
-                    Ok(spans) => {
-                        rt.block_on(fetch::packs(&remote, &incoming, spans, &tally, progress))
-                    }
+                    Ok(spans) => rt.block_on(fetch::packs(
+                        &remote,
+                        &incoming,
+                        spans,
+                        (&tally, &cancel),
+                        progress,
+                    )),
                     Err(chunk) => Some(LibraryError::BadLibrary {
                         object: remote.url().object(&layout::pack_index_key(&image)),
                         reason: format!("the pack index does not place chunk {chunk}"),
@@ -281,7 +336,8 @@ fn accepted(
     image: &ImageRef,
     trusted_keys: &Path,
 ) -> Result<(Layout, Vec<u8>, Vec<u8>, LoadedImage), LibraryError> {
-    let (layout, manifest_bytes, sig_bytes) = rt.block_on(fetch_manifest(remote, image))?;
+    let (layout, manifest_bytes, sig_bytes) =
+        rt.block_on(fetch_manifest(remote, image, trusted_keys))?;
     let (manifest, signature) =
         image_store::receive::check_received(image, &manifest_bytes, &sig_bytes, trusted_keys)
             .map_err(|e| bad_manifest(remote, layout, image, e))?;
@@ -306,33 +362,43 @@ fn bad_manifest(
     }
 }
 
-/// The format file (checked), then the manifest and its signature, fetched concurrently; a
-/// format-2 manifest is decompressed (at most [`MAX_DOCUMENT`] bytes: a hostile remote's small
+/// The format file (checked), then the signature (refused unless it names a trusted key), then
+/// the manifest; a format-2 manifest is decompressed (at most [`MAX_DOCUMENT`] bytes: a hostile remote's small
 /// object cannot inflate without bound).
 async fn fetch_manifest(
     remote: &Remote,
     image: &ImageRef,
+    trusted_keys: &Path,
 ) -> Result<(Layout, Vec<u8>, Vec<u8>), LibraryError> {
     let info = remote.get(layout::INFO_KEY, MAX_DOCUMENT).await?;
     let layout = crate::check_info(remote, info)?;
     let (manifest_key, sig_key) = (layout.manifest_key(image), layout::signature_key(image));
-    let (manifest, sig) = futures::join!(
-        remote.get(&manifest_key, MAX_DOCUMENT),
-        remote.get(&sig_key, MAX_DOCUMENT),
-    );
-    let Some(manifest) = manifest? else {
+    let refused = |status| LibraryError::BadManifest {
+        object: remote.url().object(&manifest_key),
+        source: Box::new(StoreError::NotTrusted {
+            image: image.to_string(),
+            status,
+        }),
+    };
+    // The signature first: a manifest no trusted key can have signed is neither fetched nor
+    // inflated (the signature covers the manifest's bytes, so it is checked against them once
+    // they are here: `check_received`).
+    let Some(sig) = remote.get(&sig_key, MAX_DOCUMENT).await? else {
+        return match remote.size(&manifest_key).await? {
+            None => Err(LibraryError::NoSuchImage {
+                image: image.clone(),
+                url: remote.url().clone(),
+            }),
+            Some(_) => Err(refused(SignatureStatus::Unsigned)),
+        };
+    };
+    if let Some(status) = image_store::signature::precheck(&sig, trusted_keys)? {
+        return Err(refused(status));
+    }
+    let Some(manifest) = remote.get(&manifest_key, MAX_DOCUMENT).await? else {
         return Err(LibraryError::NoSuchImage {
             image: image.clone(),
             url: remote.url().clone(),
-        });
-    };
-    let Some(sig) = sig? else {
-        return Err(LibraryError::BadManifest {
-            object: remote.url().object(&manifest_key),
-            source: Box::new(StoreError::NotTrusted {
-                image: image.to_string(),
-                status: SignatureStatus::Unsigned,
-            }),
         });
     };
     let manifest = match layout {

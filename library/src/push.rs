@@ -46,6 +46,9 @@ pub struct PushReport {
     pub library_version: u32,
     /// Pack files uploaded (format 2).
     pub packs: u64,
+    /// Format 2: packs on the remote whose bytes did not hold what their id list says, each
+    /// as one line (name and what was wrong); their chunks went up again in new packs.
+    pub untrusted_packs: Vec<String>,
     /// Requests made (not counting the client's retries).
     pub requests: u64,
     /// Wall-clock seconds.
@@ -140,11 +143,11 @@ pub fn push_with_progress(
             }
             None => false,
         };
-        let (uploaded, uploaded_bytes, packs, pack_index) = match library {
+        let (uploaded, uploaded_bytes, packs, pack_index, untrusted_packs) = match library {
             Layout::ChunkObjects => {
                 let (n, bytes) =
                     upload_missing_chunks(store, image, remote, &ids, progress).await?;
-                (n, bytes, 0, None)
+                (n, bytes, 0, None, Vec::new())
             }
             Layout::Packs => {
                 let up = crate::push_packs::upload(
@@ -155,7 +158,7 @@ pub fn push_with_progress(
                     progress,
                 )
                 .await?;
-                (up.chunks, up.bytes, up.packs, Some(up.index))
+                (up.chunks, up.bytes, up.packs, Some(up.index), up.untrusted)
             }
         };
         progress(PushProgress::Committing);
@@ -182,6 +185,7 @@ pub fn push_with_progress(
             was_remote,
             library_version: library.info().version,
             packs,
+            untrusted_packs,
             requests: remote.requests() - requests_before,
             seconds: started.elapsed().as_secs_f64(),
         })

@@ -9,7 +9,9 @@
 //! A push cut off mid-way leaves complete packs with their id lists: the next push finds them
 //! and uploads only the rest. A pack whose id list is missing (cut off between the two PUTs)
 //! is not reused: its chunks go up again in a new pack (the orphan costs space, never
-//! correctness). An id list is trusted as far as its pack's size: a place beyond it is dropped.
+//! correctness). No id list is taken at its word: the chunks this push would reuse are read back
+//! and checked first (`push_check.rs`), and a pack that does not hold what its id list says is
+//! not reused (its chunks go up again) and is named in [`Uploaded::untrusted`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,12 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use image_store::{ChunkId, ImageRef, Manifest, Store};
+use image_store::{ChunkId, ImageRef, Manifest, Store, WantedChunk};
 
 use crate::error::LibraryError;
 use crate::layout::MAX_DOCUMENT;
-use crate::packs::{self, Location, PACK_DOCUMENT_FORMAT, PackIds, PackIndex};
+use crate::packs::{self, PACK_DOCUMENT_FORMAT, PackIds, PackIndex};
 use crate::push::{PushProgress, not_pushable, read_checked};
+use crate::push_check::RemotePacks;
 use crate::remote::Remote;
 
 /// Packs uploaded at once (each is held in memory while it goes up).
@@ -38,6 +41,8 @@ pub(crate) struct Uploaded {
     pub packs: u64,
     /// The image's pack index, stored form.
     pub index: Vec<u8>,
+    /// Packs on the remote found not to hold what their id list says (one line each).
+    pub untrusted: Vec<String>,
 }
 
 /// Uploads the chunks of `manifest` the remote lacks in new packs and returns the image's pack
@@ -49,7 +54,17 @@ pub(crate) async fn upload(
     (manifest, manifest_bytes): (&Manifest, &[u8]),
     progress: &(dyn Fn(PushProgress) + Sync),
 ) -> Result<Uploaded, LibraryError> {
-    let mut placed = on_remote(remote).await?;
+    let mut remote_packs = on_remote(remote).await?;
+    let believed = remote_packs.placed();
+    let reused: Vec<WantedChunk> = packs::distinct(manifest)
+        .into_iter()
+        .filter(|(id, _, _)| believed.contains_key(id))
+        .map(|(id, offset, len)| WantedChunk { id, offset, len })
+        .collect();
+    let mut placed = remote_packs.checked(remote, &reused).await?;
+    for line in remote_packs.untrusted.values() {
+        tracing::warn!("{line}");
+    }
     let missing: Vec<(ChunkId, u64, u64)> = packs::distinct(manifest)
         .into_iter()
         .filter(|(id, _, _)| !placed.contains_key(id))
@@ -100,11 +115,13 @@ pub(crate) async fn upload(
         bytes: sent.load(Ordering::Relaxed),
         packs: built.len() as u64,
         index: PackIndex::build(manifest, manifest_bytes, &placed).to_bytes(),
+        untrusted: remote_packs.untrusted.into_values().collect(),
     })
 }
 
-/// Where the remote's packs hold which chunks: every id list whose pack exists.
-async fn on_remote(remote: &Remote) -> Result<HashMap<ChunkId, Location>, LibraryError> {
+/// The remote's packs as their id lists say (every id list whose pack exists); an id list
+/// that cannot be read or places a chunk past its pack's end makes its pack untrusted.
+async fn on_remote(remote: &Remote) -> Result<RemotePacks, LibraryError> {
     let mut sizes = HashMap::new();
     let mut listed = Vec::new();
     for (key, size) in remote.list("packs/").await? {
@@ -117,7 +134,7 @@ async fn on_remote(remote: &Remote) -> Result<HashMap<ChunkId, Location>, Librar
         }
     }
     listed.retain(|p| sizes.contains_key(p));
-    let lists: Vec<(String, Option<Bytes>)> = futures::stream::iter(listed)
+    let fetched: Vec<(String, Option<Bytes>)> = futures::stream::iter(listed)
         .map(|p| async move {
             let b = remote.get(&packs::ids_key(&p), MAX_DOCUMENT).await?;
             Ok::<_, LibraryError>((p, b))
@@ -125,23 +142,26 @@ async fn on_remote(remote: &Remote) -> Result<HashMap<ChunkId, Location>, Librar
         .buffer_unordered(8)
         .try_collect()
         .await?;
-    let mut placed = HashMap::new();
-    for (p, b) in lists {
+    let mut out = RemotePacks {
+        lists: Vec::new(),
+        untrusted: Default::default(),
+    };
+    for (p, b) in fetched {
         let Some(b) = b else { continue };
         match PackIds::parse(&b, sizes[&p]) {
-            Ok(ids) => {
-                for (id, off, clen) in ids.chunks {
-                    placed.entry(id).or_insert((p.clone(), off, clen));
-                }
+            Ok(ids) => out.lists.push((p, ids)),
+            Err(reason) => {
+                let line = format!(
+                    "{} refused ({reason}); the chunks of its pack go up again in a new pack",
+                    remote.url().object(&packs::ids_key(&p))
+                );
+                out.untrusted.insert(p, line);
             }
-            // Its chunks count as absent and go up again.
-            Err(reason) => tracing::warn!(
-                object = %remote.url().object(&packs::ids_key(&p)),
-                "ignoring a pack's id list: {reason}"
-            ),
         }
     }
-    Ok(placed)
+    // The same order every time (the listing's order is the server's).
+    out.lists.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
 }
 
 /// Splits chunks (with their compressed sizes) into packs of at most `pack_bytes`, in order.

@@ -23,7 +23,10 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
+use crate::attempts::{Attempts, CountingConnector};
 use crate::error::LibraryError;
+use crate::remote_url::Kind;
+pub use crate::remote_url::RemoteUrl;
 
 /// Where and as whom an `s3://` remote is reached; [`S3Settings::from_env`] reads the standard
 /// `AWS_*` variables. Its `Debug` never shows the secret.
@@ -123,100 +126,6 @@ impl Default for RemoteOptions {
     }
 }
 
-/// A remote's URL as given, checked; what every message shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteUrl {
-    kind: Kind,
-    /// Without a trailing '/'.
-    text: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Kind {
-    S3 { bucket: String, prefix: String },
-    Http { base: String },
-}
-
-impl RemoteUrl {
-    /// Parses `s3://BUCKET[/PREFIX]` or `http(s)://HOST[:PORT][/PATH]`.
-    pub fn parse(input: &str) -> Result<RemoteUrl, LibraryError> {
-        let bad = |reason: &str| LibraryError::BadUrl {
-            url: redact(input),
-            reason: reason.to_string(),
-        };
-        let url = url::Url::parse(input).map_err(|e| bad(&format!("not a URL ({e})")))?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad(
-                "credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY",
-            ));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(bad("a library URL has no query or fragment"));
-        }
-        let path = url.path().trim_matches('/').to_string();
-        // The URL parser resolves dot segments away; the text as given must not have them,
-        // since messages show it.
-        let raw_path = input.split_once("://").map_or("", |(_, rest)| rest);
-        if raw_path.split('/').any(|c| c == "." || c == "..") {
-            return Err(bad("the path must not contain '.' or '..' components"));
-        }
-        let kind = match url.scheme() {
-            "s3" => {
-                let bucket = url.host_str().unwrap_or("").to_string();
-                if bucket.is_empty() {
-                    return Err(bad("expected s3://BUCKET/PREFIX"));
-                }
-                Kind::S3 {
-                    bucket,
-                    prefix: path,
-                }
-            }
-            "http" | "https" => {
-                if url.host_str().is_none_or(str::is_empty) {
-                    return Err(bad("expected http(s)://HOST/PATH"));
-                }
-                Kind::Http {
-                    base: input.trim_end_matches('/').to_string(),
-                }
-            }
-            other => {
-                return Err(bad(&format!(
-                    "unsupported scheme {other:?}; use s3://, https:// or http://"
-                )));
-            }
-        };
-        Ok(RemoteUrl {
-            kind,
-            text: input.trim_end_matches('/').to_string(),
-        })
-    }
-
-    /// True for `http(s)://` remotes (they cannot be pushed to).
-    pub fn is_read_only(&self) -> bool {
-        matches!(self.kind, Kind::Http { .. })
-    }
-
-    /// The URL of an object of this remote, for messages.
-    pub fn object(&self, key: &str) -> String {
-        format!("{}/{key}", self.text)
-    }
-}
-
-impl fmt::Display for RemoteUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-/// A URL as an error message may show it: anything between `://` and an `@` goes.
-fn redact(input: &str) -> String {
-    match (input.find("://"), input.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***{}", &input[..s], &input[at..]),
-        _ => input.to_string(),
-    }
-}
-
 /// An opened remote: the client and where the library's objects live in it.
 #[derive(Debug, Clone)]
 pub struct Remote {
@@ -268,6 +177,7 @@ impl Remote {
                     .with_region(s3.region.as_deref().unwrap_or("us-east-1"))
                     .with_client_options(client)
                     .with_retry(retry)
+                    .with_http_connector(CountingConnector)
                     .with_virtual_hosted_style_request(false)
                     .with_skip_signature(!signed);
                 if let Some(e) = &s3.endpoint {
@@ -299,6 +209,7 @@ impl Remote {
                     .with_url(base.clone())
                     .with_client_options(client)
                     .with_retry(retry)
+                    .with_http_connector(CountingConnector)
                     .build()
                     .map_err(client_err)?;
                 Ok(Remote {
@@ -346,10 +257,22 @@ impl Remote {
     /// `Ok(None)`: the remote has no such object.
     pub async fn get(&self, key: &str, limit: u64) -> Result<Option<Bytes>, LibraryError> {
         self.count();
+        let attempts = Attempts::default();
+        attempts
+            .scope(self.get_counted(key, limit, &attempts))
+            .await
+    }
+
+    async fn get_counted(
+        &self,
+        key: &str,
+        limit: u64,
+        attempts: &Attempts,
+    ) -> Result<Option<Bytes>, LibraryError> {
         let r = match self.store.get(&self.path(key)).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.request_error("fetching", key, e)),
+            Err(e) => return Err(self.request_error("fetching", key, e, attempts)),
         };
         if r.meta.size > limit {
             return Err(LibraryError::Oversized {
@@ -358,10 +281,12 @@ impl Remote {
                 limit,
             });
         }
+        // A body cut off mid-way is resumed by the client (a ranged GET of the rest, if the
+        // object's ETag is unchanged), within the same retries.
         let bytes = r
             .bytes()
             .await
-            .map_err(|e| self.request_error("fetching", key, e))?;
+            .map_err(|e| self.request_error("fetching", key, e, attempts))?;
         // The length header may lie; the body is what counts.
         if bytes.len() as u64 > limit {
             return Err(LibraryError::Oversized {
@@ -391,18 +316,41 @@ impl Remote {
             range: Some(object_store::GetRange::Bounded(range)),
             ..Default::default()
         };
-        let r = match self.store.get_opts(&self.path(key), opts).await {
+        let attempts = Attempts::default();
+        let got = attempts
+            .scope(self.store.get_opts(&self.path(key), opts))
+            .await;
+        let r = match got {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.request_error("fetching", key, e)),
+            Err(e) => return Err(self.request_error("fetching", key, e, &attempts)),
         };
         let this = self.clone();
         let key = key.to_string();
-        Ok(Some(
-            r.into_stream()
-                .map(move |p| p.map_err(|e| this.request_error("fetching", &key, e)))
-                .boxed(),
-        ))
+        // Each piece is awaited in the request's scope: the client's resumption of a cut body
+        // counts as an attempt of this request, and an error says how many there were.
+        let pieces =
+            futures::stream::unfold((r.into_stream(), attempts), move |(mut body, attempts)| {
+                let (this, key) = (this.clone(), key.clone());
+                async move {
+                    let piece = attempts.scope(body.next()).await?;
+                    let piece =
+                        piece.map_err(|e| this.request_error("fetching", &key, e, &attempts));
+                    Some((piece, (body, attempts)))
+                }
+            });
+        Ok(Some(pieces.boxed()))
+    }
+
+    /// An object's size (one HEAD); `Ok(None)`: the remote has no such object.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, LibraryError> {
+        self.count();
+        let attempts = Attempts::default();
+        match attempts.scope(self.store.head(&self.path(key))).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.request_error("checking", key, e, &attempts)),
+        }
     }
 
     /// Uploads an object whole (one PUT, atomic: readers see the old object or the new one).
@@ -413,11 +361,15 @@ impl Remote {
             });
         }
         self.count();
-        self.store
-            .put(&self.path(key), PutPayload::from_bytes(data))
+        let attempts = Attempts::default();
+        attempts
+            .scope(
+                self.store
+                    .put(&self.path(key), PutPayload::from_bytes(data)),
+            )
             .await
             .map(|_| ())
-            .map_err(|e| self.request_error("uploading", key, e))
+            .map_err(|e| self.request_error("uploading", key, e, &attempts))
     }
 
     /// Uploads an object only if the remote has none of that name (S3 `If-None-Match: *`):
@@ -431,14 +383,15 @@ impl Remote {
         }
         self.count();
         let opts = object_store::PutOptions::from(object_store::PutMode::Create);
-        match self
+        let attempts = Attempts::default();
+        let path = self.path(key);
+        let put = self
             .store
-            .put_opts(&self.path(key), PutPayload::from_bytes(data), opts)
-            .await
-        {
+            .put_opts(&path, PutPayload::from_bytes(data), opts);
+        match attempts.scope(put).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(self.request_error("uploading", key, e)),
+            Err(e) => Err(self.request_error("uploading", key, e, &attempts)),
         }
     }
 
@@ -453,12 +406,12 @@ impl Remote {
         }
         self.count();
         let prefix = self.path(dir.trim_end_matches('/'));
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
+        let attempts = Attempts::default();
+        let listing = self.store.list(Some(&prefix)).try_collect::<Vec<_>>();
+        let objects = attempts
+            .scope(listing)
             .await
-            .map_err(|e| self.request_error("listing", dir, e))?;
+            .map_err(|e| self.request_error("listing", dir, e, &attempts))?;
         Ok(objects
             .into_iter()
             .filter_map(|m| {
@@ -470,11 +423,14 @@ impl Remote {
     }
 
     /// Turns a client error into one naming the object; 401/403 become [`LibraryError::Denied`].
+    /// The count of HTTP attempts is said only when there was more than one (the client
+    /// retried): a status it never retries (400, 404, 416, ...) says nothing of retries.
     fn request_error(
         &self,
         action: &'static str,
         key: &str,
         e: object_store::Error,
+        attempts: &Attempts,
     ) -> LibraryError {
         let object = self.url.object(key);
         match &e {
@@ -491,11 +447,10 @@ impl Remote {
             object_store::Error::Generic { .. } => LibraryError::Request {
                 action,
                 object,
-                reason: format!(
-                    "{} (gave up after {} retries)",
-                    root_cause(&e),
-                    self.opts.retries
-                ),
+                reason: match attempts.get() {
+                    n @ 2.. => format!("{} (gave up after {n} attempts)", root_cause(&e)),
+                    _ => root_cause(&e),
+                },
             },
             _ => LibraryError::Request {
                 action,
@@ -513,59 +468,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     while let Some(s) = cur.source() {
         cur = s;
     }
-    cur.to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let u = RemoteUrl::parse("s3://lib/depot/images/").unwrap();
-        assert_eq!(
-            u.kind,
-            Kind::S3 {
-                bucket: "lib".into(),
-                prefix: "depot/images".into()
-            }
-        );
-        assert_eq!(u.to_string(), "s3://lib/depot/images");
-        assert!(!u.is_read_only());
-        assert_eq!(
-            u.object("images/a/1.json"),
-            "s3://lib/depot/images/images/a/1.json"
-        );
-        let h = RemoteUrl::parse("http://127.0.0.1:8080/lib").unwrap();
-        assert!(h.is_read_only());
-        assert_eq!(
-            h.object("index.json"),
-            "http://127.0.0.1:8080/lib/index.json"
-        );
-        for bad in [
-            "",
-            "lib",
-            "/srv/lib",
-            "ftp://host/lib",
-            "s3:///prefix",
-            "s3://b/../x",
-            "http://host/a?x=1",
-            "file:///srv/lib",
-        ] {
-            let e = RemoteUrl::parse(bad).unwrap_err();
-            assert!(matches!(e, LibraryError::BadUrl { .. }), "{bad:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn credentials_in_a_url_are_refused_and_not_repeated() {
-        for bad in [
-            "https://user:s3cr3t@host/lib",
-            "s3://AKIDEXAMPLE:s3cr3t@bucket/lib",
-        ] {
-            let e = RemoteUrl::parse(bad).unwrap_err().to_string();
-            assert!(e.contains("credentials do not belong in the URL"), "{e}");
-            assert!(!e.contains("s3cr3t"), "{e}");
-        }
-    }
+    // "...: 400 Bad Request: " when the body was empty.
+    cur.to_string().trim_end_matches([':', ' ']).to_string()
 }

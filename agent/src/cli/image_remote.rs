@@ -86,6 +86,10 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
     if json {
         return print_json(&r);
     }
+    // Each pack whose bytes did not hold what its id list says: its chunks were not reused.
+    for line in &r.untrusted_packs {
+        println!("{line}");
+    }
     if r.was_remote && r.uploaded == 0 {
         println!(
             "{image} is already in {} (all {} chunks there)",
@@ -128,8 +132,19 @@ pub fn pull(depot: &Depot, image: &ImageRef, from: Option<&str>, json: bool) -> 
         true => indicatif::ProgressBar::hidden(),
         false => super::image_transfer::bar(Some(p.wanted_bytes()), "pulling"),
     };
+    let stop = catch_signals(p.canceller())?;
     let r = p.run(&|n| b.set_position(n));
     b.finish_and_clear();
+    if let Err(e) = &r
+        && let image_library::LibraryError::Interrupted { .. } = &*e.error
+    {
+        // The chunks that arrived are kept (the error says how many): exit as the signal
+        // would have, 128 + its number.
+        let code = stop.code().unwrap_or(super::failure::EXIT_FAILED);
+        let e = anyhow::Error::new(r.expect_err("an interrupted pull")).context(context());
+        super::failure::report(&e, json);
+        std::process::exit(i32::from(code));
+    }
     let r = r
         .map_err(|e: PullFailed| anyhow::Error::new(e))
         .with_context(context)?;
@@ -172,6 +187,65 @@ pub fn pull(depot: &Depot, image: &ImageRef, from: Option<&str>, json: bool) -> 
         print_eviction(e, max);
     }
     Ok(())
+}
+
+/// The signal that stopped a pull, once one arrived.
+#[derive(Clone, Default)]
+struct Stopped(std::sync::Arc<std::sync::Mutex<Option<u8>>>);
+
+impl Stopped {
+    /// The exit status the signal stands for (130 for SIGINT, 143 for SIGTERM).
+    fn code(&self) -> Option<u8> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Longest a stopped pull may take to check and keep the chunks that arrived.
+const KEEP_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// From here on SIGINT and SIGTERM stop the pull (`cancel`) instead of killing it, so the
+/// verified chunks that arrived since the last kept batch are kept for the next pull. If that
+/// takes longer than [`KEEP_WITHIN`], the process exits anyway.
+fn catch_signals(cancel: image_library::Cancel) -> Result<Stopped> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("starting the signal handler")?;
+    let (mut int, mut term) = {
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        )
+    };
+    let stopped = Stopped::default();
+    let seen = stopped.clone();
+    std::thread::Builder::new()
+        .name("tek-signals".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let (name, code) = tokio::select! {
+                    _ = int.recv() => ("SIGINT", 130),
+                    _ = term.recv() => ("SIGTERM", 143),
+                };
+                *seen.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+                cancel.cancel(name);
+                super::interrupt::say(&format!(
+                    "tek image pull: {name}: stopping; keeping the chunks that arrived..."
+                ));
+                tokio::time::sleep(KEEP_WITHIN).await;
+                super::interrupt::say(&format!(
+                    "tek image pull: {name}: the chunks that arrived were not all kept within \
+                     {} s; exiting (the next pull fetches what is missing)",
+                    KEEP_WITHIN.as_secs()
+                ));
+                std::process::exit(i32::from(code));
+            })
+        })
+        .context("starting the signal thread")?;
+    Ok(stopped)
 }
 
 fn print_eviction(e: &Eviction, max: u64) {

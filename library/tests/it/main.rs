@@ -6,6 +6,8 @@ mod fixture;
 mod ondemand;
 mod push_faults;
 mod push_pull;
+mod push_trust;
+mod remote_errors;
 
 use std::path::PathBuf;
 

@@ -12,6 +12,7 @@ mod documents;
 mod e2e;
 mod image_audit_policy;
 mod jobs;
+mod library_signal;
 mod ondemand;
 mod support;
 mod udev;

@@ -1,0 +1,60 @@
+//! Counting the HTTP attempts behind one request. The client (`object_store`) retries inside
+//! a request (connection errors, 5xx, timeouts; a body cut off mid-transfer is resumed with a
+//! ranged request) and does not say how often it tried, so an error that says "gave up after N
+//! attempts" needs its own count: every request of [`crate::Remote`] runs in a [`scope`] with a
+//! fresh counter, and the connector below counts each HTTP exchange the client starts in it.
+//! An error then states the true count (a 400 or a 416, never retried, says nothing of
+//! retries).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use object_store::ClientOptions;
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+};
+
+tokio::task_local! {
+    static ATTEMPTS: Arc<AtomicU32>;
+}
+
+/// One request's attempt counter.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Attempts(Arc<AtomicU32>);
+
+impl Attempts {
+    /// HTTP exchanges started so far for this request.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` counting its HTTP exchanges in this counter.
+    pub async fn scope<F: Future>(&self, f: F) -> F::Output {
+        ATTEMPTS.scope(Arc::clone(&self.0), f).await
+    }
+}
+
+/// The client's own connector, counting each exchange in the current request's counter.
+#[derive(Debug, Default)]
+pub(crate) struct CountingConnector;
+
+impl HttpConnector for CountingConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        Ok(HttpClient::new(Counting(
+            ReqwestConnector::default().connect(options)?,
+        )))
+    }
+}
+
+#[derive(Debug)]
+struct Counting(HttpClient);
+
+#[async_trait::async_trait]
+impl HttpService for Counting {
+    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        // Outside a scope (no request of ours), nothing to count.
+        let _ = ATTEMPTS.try_with(|a| a.fetch_add(1, Ordering::Relaxed));
+        self.0.execute(req).await
+    }
+}

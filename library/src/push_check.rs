@@ -1,0 +1,180 @@
+//! A push's check of the chunks it would reuse from packs already on a format-2 remote.
+//!
+//! An id list is the remote's word, and so are the pack's bytes: a list naming chunks its pack
+//! does not hold, or a pack whose bytes changed on the server, would make a push report success
+//! for an image no bench can pull, and every later push would reuse the same bad places. So
+//! before a chunk counts as present, its bytes are read back from the place its id list gives
+//! (ranged GETs of adjacent chunks, as a pull makes them) and decompressed and BLAKE3-checked
+//! against its id, exactly the check a pull makes. A pack with one chunk that fails is not
+//! believed at all: none of its chunks are reused, they go up again in new packs, and the push
+//! names the pack.
+//!
+//! Why this check and not another: hashing a whole pack against its name reads every pack this
+//! push touches in full (64 MiB each, mostly chunks it does not need), and still says nothing
+//! of an id list that places chunks wrongly inside an intact pack; a size check catches only a
+//! truncated pack. Reading the reused chunks' own bytes is sound for exactly what the push
+//! relies on, and costs what a pull of those chunks costs (the bytes of the chunks the image
+//! shares with the remote, read once per push; no request or byte for chunks it uploads).
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::StreamExt;
+use image_store::{ChunkId, CompressedChunk, WantedChunk};
+
+use crate::error::LibraryError;
+use crate::packs::{self, Location, PackIds, Span};
+use crate::remote::Remote;
+
+/// The remote's packs as their id lists describe them, and which of them were found lying.
+pub(crate) struct RemotePacks {
+    /// Every readable id list, by pack name.
+    pub lists: Vec<(String, PackIds)>,
+    /// Packs not believed, with the one line that says why.
+    pub untrusted: BTreeMap<String, String>,
+}
+
+impl RemotePacks {
+    /// Where each chunk is, in packs still believed (the first listed place wins).
+    pub fn placed(&self) -> HashMap<ChunkId, Location> {
+        let mut placed = HashMap::new();
+        for (p, ids) in &self.lists {
+            if self.untrusted.contains_key(p) {
+                continue;
+            }
+            for &(id, off, clen) in &ids.chunks {
+                placed.entry(id).or_insert((p.clone(), off, clen));
+            }
+        }
+        placed
+    }
+
+    /// The places of `reused` (the image's chunks the remote has, in image order), each read
+    /// back and checked; a pack whose chunk fails is marked untrusted and its chunks are placed
+    /// again elsewhere (and checked there) or count as absent. Returns the places checked.
+    pub async fn checked(
+        &mut self,
+        remote: &Remote,
+        reused: &[WantedChunk],
+    ) -> Result<HashMap<ChunkId, Location>, LibraryError> {
+        // (chunk, pack) pairs already read and found good.
+        let mut good: HashMap<ChunkId, String> = HashMap::new();
+        loop {
+            let placed = self.placed();
+            let todo: Vec<WantedChunk> = reused
+                .iter()
+                .filter(|w| {
+                    placed
+                        .get(&w.id)
+                        .is_some_and(|(p, _, _)| good.get(&w.id) != Some(p))
+                })
+                .copied()
+                .collect();
+            if todo.is_empty() {
+                return Ok(placed);
+            }
+            let spans = packs::plan(&todo, &placed, packs::MAX_SPAN)
+                .expect("every chunk to check has a place");
+            let in_flight = (remote.options().in_flight / 2).max(1);
+            let results: Vec<Result<Checked, LibraryError>> = futures::stream::iter(spans)
+                .map(|s| check_span(remote, s))
+                .buffer_unordered(in_flight)
+                .collect()
+                .await;
+            let before = self.untrusted.len();
+            for r in results {
+                match r? {
+                    Ok(ids) => {
+                        for id in ids {
+                            good.insert(id, placed[&id].0.clone());
+                        }
+                    }
+                    Err((pack, line)) => {
+                        self.untrusted.entry(pack).or_insert(line);
+                    }
+                }
+            }
+            if self.untrusted.len() == before {
+                return Ok(placed);
+            }
+        }
+    }
+}
+
+/// One span's check: the ids that passed, or the pack and the line saying why it is not
+/// believed.
+type Checked = Result<Vec<ChunkId>, (String, String)>;
+
+/// Reads one span and checks its chunks: the ids that passed, or the pack and why it is not
+/// believed. A request that fails (network, server error) fails the push: that says nothing
+/// about the pack.
+async fn check_span(remote: &Remote, s: Span) -> Result<Checked, LibraryError> {
+    let key = packs::pack_key(&s.pack);
+    let lie = |what: String| {
+        Ok(Err((
+            s.pack.clone(),
+            format!(
+                "{} does not hold what its id list says ({what}); its chunks go up again in a \
+                 new pack",
+                remote.url().object(&key)
+            ),
+        )))
+    };
+    let Some(mut body) = remote.get_range(&key, s.start..s.end).await? else {
+        return lie("the pack is gone".into());
+    };
+    let want = (s.end - s.start) as usize;
+    let mut buf = Vec::with_capacity(want);
+    while let Some(piece) = body.next().await {
+        buf.extend_from_slice(&piece?);
+        if buf.len() > want {
+            return lie(format!(
+                "bytes {}-{} came back longer than asked",
+                s.start,
+                s.end - 1
+            ));
+        }
+    }
+    if buf.len() < want {
+        return lie(format!(
+            "bytes {}-{} came back {} bytes short",
+            s.start,
+            s.end - 1,
+            want - buf.len()
+        ));
+    }
+    let start = s.start;
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut scratch = Vec::new();
+        let mut ids = Vec::with_capacity(s.chunks.len());
+        for (w, off, clen) in s.chunks {
+            let at = (off - start) as usize;
+            let c = CompressedChunk {
+                id: w.id,
+                offset: w.offset,
+                len: w.len,
+                data: buf[at..at + clen as usize].to_vec(),
+            };
+            scratch.resize(w.len as usize, 0);
+            if let Err(e) = c.decompress_verify_in_place(&mut scratch) {
+                return Err(format!(
+                    "bytes {off}-{} are not chunk {}: {}",
+                    off + clen - 1,
+                    w.id,
+                    match e {
+                        image_store::StoreError::HashMismatch { .. } => "its BLAKE3 differs".into(),
+                        image_store::StoreError::CorruptChunk { reason, .. } => reason,
+                        e => e.to_string(),
+                    }
+                ));
+            }
+            ids.push(w.id);
+        }
+        Ok(ids)
+    })
+    .await
+    .expect("chunk check task panicked");
+    match checked {
+        Ok(ids) => Ok(Ok(ids)),
+        Err(what) => lie(what),
+    }
+}
