@@ -21,6 +21,9 @@
 #   4. Pull-and-write of v1 (library/examples/pull_write.rs) onto a loop device throttled to
 #      250 MB/s write, 400 MB/s read (../shared/bench/throttle.sh, direct I/O), from an empty
 #      cache over nginx (format 2), against writing it from the full local cache; goal <= 1.1x.
+#   5. The same v1 pull and curl over a link of LINK (default 1gbit; env LINK=...): a network
+#      namespace of its own whose loopback has a tbf qdisc of that rate, with its own nginx, so
+#      both contestants meet the link a depot's benches have instead of memory-speed loopback.
 # Needs: cargo build --release -p agent -p image-library --examples --bins (tek and
 # pull_write); s3s-fs, nginx, curl, zstd, casync, losetup. Figures and the command go in
 # bench/README.md.
@@ -90,7 +93,18 @@ http {
 EOF
 /usr/sbin/nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
 ngpid=$!
-trap 'kill $s3pid $ngpid 2>/dev/null || true' EXIT
+loop='' ns=''
+cleanup() {
+  kill $s3pid $ngpid 2>/dev/null || true
+  [ -z "$loop" ] || losetup -d "$loop" 2>/dev/null || true
+  if [ -n "$ns" ]; then
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  fi
+  umount "$work/fresh" 2>/dev/null || true
+  rm -f "$work/fresh.img"
+}
+trap cleanup EXIT
 for p in "$s3port" "$ngport"; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
 done
@@ -136,11 +150,19 @@ for fmt in 2 1; do
   done
 done
 
-# Each pull from an empty cache goes into a new state directory: a store just deleted with
-# rm -rf leaves 43k recently freed inodes that ext4's allocator scans past for a minute or more
-# (perf: 40% of a pull's CPU in recently_deleted/find_inode_bit), which no bench's first pull
-# meets. They are all removed at the end.
-rm -rf "$work/fresh"
+# The pulls' stores and the baselines' outputs live on a journaled ext4 of their own
+# (mkfs.ext4's defaults, as a bench's /var/lib/tek has). This machine's root filesystem has no
+# journal, and there ext4 scans past recently freed inodes on every create (perf: 40% of a
+# pull's CPU in recently_deleted/find_inode_bit after an earlier run's store was deleted), a
+# cost no bench's disk has. Each empty-cache pull still gets a new state directory.
+umount "$work/fresh" 2>/dev/null || true
+rm -rf "$work/fresh" "$work/fresh.img"
+truncate -s 16G "$work/fresh.img"
+mkfs.ext4 -q -F "$work/fresh.img"
+mkdir -p "$work/fresh"
+mount -o loop "$work/fresh.img" "$work/fresh"
+odir=$work/fresh/out
+mkdir -p "$odir"
 runs=0
 fresh() { runs=$((runs + 1)); state=$work/fresh/$runs; mkdir -p "$state"; }
 
@@ -158,20 +180,20 @@ pull_tek "$ng/lib/v1" f1_nginx
 pull_tek s3://library/p f2_s3s
 pull_tek "$ng/lib/p" f2_nginx
 s=$(now)
-curl -sf -o "$work/out/v1.img.zst" "$ng/v1.img.zst"
-sync -f "$work/out/v1.img.zst"
+curl -sf -o "$odir/v1.img.zst" "$ng/v1.img.zst"
+sync -f "$odir/v1.img.zst"
 t=$(since "$s")
 echo "  curl v1.img.zst from nginx: $t s"
 rec curl_s "$t"
-rm -f "$work/out/v1.img.zst"
+rm -f "$odir/v1.img.zst"
 s=$(now)
-casync extract --store="$ng/v1.castr" "$ng/v1.caibx" "$work/out/v1.img" >/dev/null
-sync -f "$work/out/v1.img"
+casync extract --store="$ng/v1.castr" "$ng/v1.caibx" "$odir/v1.img" >/dev/null
+sync -f "$odir/v1.img"
 t=$(since "$s")
-cmp "$work/v1.img" "$work/out/v1.img" || { echo "casync extracted other bytes" >&2; exit 1; }
+cmp "$work/v1.img" "$odir/v1.img" || { echo "casync extracted other bytes" >&2; exit 1; }
 echo "  casync extract from nginx: $t s"
 rec casync_s "$t"
-rm -f "$work/out/v1.img"
+rm -f "$odir/v1.img"
 
 echo "== 3. v2 with v1 cached, from nginx"
 for fmt in 2 1; do
@@ -190,7 +212,6 @@ done
 echo "== 4. pull-and-write of v1 onto a throttled disk (250 MB/s write, 400 MB/s read)"
 truncate -s 4G "$work/out/disk.img"
 loop=$(losetup -f --show "$work/out/disk.img")
-trap 'kill $s3pid $ngpid 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true' EXIT
 write_v1() { # LABEL
   local out
   out=$("$shared/throttle.sh" "$loop:250:400" -- "$pull_write" "$state/store" "$bench/trusted-keys" bench@1 "$ng/lib/p" "$loop")
@@ -202,8 +223,34 @@ write_v1 empty_cache
 write_v1 full_cache
 cmp -n "$(stat -c %s "$work/v1.img")" "$work/v1.img" "$loop" || { echo "the disk does not hold v1" >&2; exit 1; }
 losetup -d "$loop"
+loop=''
 rm -f "$work/out/disk.img"
-rm -rf "$work/fresh"
+rm -rf "$work/fresh"/[0-9]*
+
+echo "== 5. v1 from an empty cache over a ${LINK:=1gbit} link (netns, tbf on its loopback)"
+ns=tek-bench-$$
+ip netns add "$ns"
+ip netns exec "$ns" ip link set lo up
+ip netns exec "$ns" tc qdisc add dev lo root tbf rate "$LINK" burst 1mb latency 50ms
+sed -e "s|nginx.pid|nginx-link.pid|" -e "s|access.log tek|access-link.log tek|" "$work/nginx/nginx.conf" >"$work/nginx/link.conf"
+ip netns exec "$ns" /usr/sbin/nginx -c "$work/nginx/link.conf" -e "$work/nginx/error.log" &
+for _ in $(seq 100); do ip netns exec "$ns" bash -c "exec 3<>/dev/tcp/127.0.0.1/$ngport" 2>/dev/null && break; sleep 0.1; done
+s=$(now)
+ip netns exec "$ns" curl -sf -o "$odir/v1.img.zst" "$ng/v1.img.zst"
+sync -f "$odir/v1.img.zst"
+t=$(since "$s")
+echo "  curl v1.img.zst over $LINK: $t s"
+rec link_curl_s "$t"
+rm -f "$odir/v1.img.zst"
+fresh
+s=$(now)
+out=$(ip netns exec "$ns" "$tek" --state "$state" "${bkeys[@]}" image pull bench@1 --from "$ng/lib/p" --json)
+t=$(since "$s")
+echo "  tek pull (format 2, nginx) over $LINK: $t s, $(field requests <<<"$out") requests"
+rec link_tek_s "$t"
+ip netns pids "$ns" | xargs -r kill
+ip netns del "$ns"
+ns=''
 
 echo "== summary (ratios)"
 python3 - "$results" "$v1_stored" "$v2_new" "$(stat -c %s "$www/v1.img.zst")" "$(du -sb "$www/v1.castr" | cut -f1)" <<'EOF'
@@ -224,4 +271,7 @@ for fmt in (2, 1):
 print(f"pull-and-write from an empty cache: {r['write_empty_cache_s']:.1f} s = "
       f"{r['write_empty_cache_s'] / r['write_full_cache_s']:.2f}x writing from the full cache "
       f"({r['write_full_cache_s']:.1f} s; goal <= 1.1x)")
+lt, lc = mbs(v1, r["link_tek_s"]), mbs(zst, r["link_curl_s"])
+print(f"over the link: tek pull {r['link_tek_s']:.1f} s, {lt:.0f} MB/s stored = {lt / lc:.2f}x curl "
+      f"({r['link_curl_s']:.1f} s, {lc:.0f} MB/s; goal >= 0.8x)")
 EOF

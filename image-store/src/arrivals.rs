@@ -5,14 +5,14 @@
 //!
 //! Nothing here lets an unchecked byte through: a chunk is offered to a reader only once the
 //! pull's [`Incoming::add_chunk`](crate::receive::Incoming::add_chunk) checked it (BLAKE3) and
-//! wrote it under the pull's temporary directory ("staged"; its name in the store follows in a
-//! batch after one `syncfs`, [`Incoming::keep`](crate::receive::Incoming::keep)), and the reader
-//! reads and checks the bytes itself as for any stored chunk. A fetch
+//! wrote it ("staged": its name in the store follows in a batch after one `syncfs`,
+//! [`Incoming::keep`](crate::receive::Incoming::keep); until then the reader gets the checked
+//! bytes in memory, as the unnamed file has no path), and the reader checks the bytes itself as
+//! for any stored chunk. A fetch
 //! that fails wakes every waiter with the fetch's error ([`StoreError::NotFetched`]); a chunk
 //! nobody is fetching is missing at once, as without arrivals.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::chunk::ChunkId;
@@ -28,9 +28,9 @@ pub struct Arrivals {
 #[derive(Debug, Default)]
 struct State {
     coming: HashSet<ChunkId>,
-    /// Verified chunks written under the pull's temporary directory, not yet named (a batch
-    /// is named after one `syncfs`): a reader reads them there meanwhile.
-    staged: HashMap<ChunkId, PathBuf>,
+    /// Verified chunks written, not yet named (a batch is named after one `syncfs`): their
+    /// compressed bytes, which a reader gets meanwhile (at most a batch of them).
+    staged: HashMap<ChunkId, Arc<[u8]>>,
     /// Why the fetch ended before delivering `coming`.
     failed: Option<String>,
 }
@@ -58,10 +58,10 @@ impl Arrivals {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `id` passed its check and was written at `tmp` (not yet named): its waiters may read
-    /// it there ([`Incoming::add_chunk`](crate::receive::Incoming::add_chunk)).
-    pub(crate) fn staged(&self, id: ChunkId, tmp: PathBuf) {
-        self.state().staged.insert(id, tmp);
+    /// `id` passed its check and was written (not yet named): its waiters get `data`, its
+    /// compressed bytes ([`Incoming::add_chunk`](crate::receive::Incoming::add_chunk)).
+    pub(crate) fn staged(&self, id: ChunkId, data: Arc<[u8]>) {
+        self.state().staged.insert(id, data);
         self.cv.notify_all();
     }
 
@@ -110,9 +110,9 @@ impl Arrivals {
     }
 
     /// Blocks until `id` arrived (`Ok(None)`: read it under its name), was staged
-    /// (`Ok(Some(tmp))`: read it there, or under its name if it was named meanwhile) or the
-    /// fetch failed (`Err(reason)`); returns at once for a chunk nobody is fetching.
-    pub(crate) fn wait(&self, id: ChunkId) -> Result<Option<PathBuf>, String> {
+    /// (`Ok(Some(bytes))`: its compressed bytes) or the fetch failed (`Err(reason)`); returns
+    /// at once for a chunk nobody is fetching.
+    pub(crate) fn wait(&self, id: ChunkId) -> Result<Option<Arc<[u8]>>, String> {
         let mut s = self.state();
         loop {
             if !s.coming.contains(&id) {

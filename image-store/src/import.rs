@@ -32,7 +32,8 @@ use crate::source::{DecodeLimits, Source, SourceFormat};
 use crate::store::Store;
 
 mod worker;
-use worker::{Batch, Done, RENAME_BATCH, WorkerCtx, tmpfile_works};
+use crate::chunk_file::{self, tmpfile_works};
+use worker::{Batch, Done, RENAME_BATCH, WorkerCtx};
 
 /// Read buffer size; a multiple of the zero-detection block.
 const READ_BLOCK: usize = 8 << 20;
@@ -163,12 +164,11 @@ impl Store {
         let abort = AtomicBool::new(false);
         let seen = Mutex::new(HashSet::new());
         let anon = tmpfile_works(session.tmp_dir());
-        let fd_limit = fsutil::raise_fd_limit(65536);
         let mut batch = Batch {
             store: self,
             files: Vec::new(),
             dirs: BTreeSet::new(),
-            limit: (fd_limit.saturating_sub(256) / 2).clamp(64, RENAME_BATCH as u64) as usize,
+            limit: chunk_file::batch_limit(RENAME_BATCH),
         };
         let (work_tx, work_rx) = bounded::<(u64, Segment)>(64);
         let (res_tx, res_rx) = unbounded::<Result<Done, StoreError>>();

@@ -10,6 +10,7 @@
 pub mod arrivals;
 pub mod audit;
 pub mod chunk;
+mod chunk_file;
 mod edit;
 pub mod error;
 pub mod export;

@@ -8,11 +8,14 @@
 //!   (whatever `allow_unsigned` says for local imports), only if it names the image asked for, and
 //!   only once every chunk it uses is in the store.
 //!
-//! Received chunks are written under the session's temporary directory and get their names in
-//! batches after one `syncfs` (as imports do), so a chunk name never exists with torn content;
-//! a second `syncfs` after the renames makes the names durable (one call for the whole batch,
-//! instead of one fsync per chunk directory: a batch touches up to 256 of them, and each fsync of
-//! a directory is a journal commit). [`Incoming::add_chunks`] checks and writes many chunks in
+//! Received chunks are written as unnamed files (`O_TMPFILE`) in their final directories (or,
+//! where the filesystem has no `O_TMPFILE`, under the session's temporary directory) and get
+//! their names in batches after one `syncfs` (as imports do, [`Pending`]), so a chunk name never
+//! exists with torn content; a second `syncfs` after the links makes the names durable (one call
+//! for the whole batch, instead of one fsync per chunk directory: a batch touches up to 256 of
+//! them, and each fsync of a directory is a journal commit). A reader waiting for a chunk of the
+//! batch (an image written as it is pulled, `arrivals.rs`) gets its checked bytes in memory
+//! until it is named. [`Incoming::add_chunks`] checks and writes many chunks in
 //! one call, so a caller hands a whole batch to one blocking task instead of one per chunk.
 //! [`Incoming::keep`] names what was received so far: a pull cut off mid-way keeps its verified
 //! chunks and the next pull fetches only the rest. The session is an import session for gc
@@ -23,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use crate::chunk::{ChunkId, CompressedChunk};
+use crate::chunk_file::{self, Pending};
 use crate::error::StoreError;
 use crate::fsutil;
 use crate::image_ref::ImageRef;
@@ -58,9 +62,14 @@ pub struct Added {
 pub struct Incoming {
     store: Store,
     session: ImportSession,
-    /// Verified chunks written under the session's temporary directory, not yet named.
-    pending: Mutex<Vec<(PathBuf, ChunkId)>>,
-    /// Which of the temporary directory's subdirectories (per first byte of a chunk id) exist.
+    /// Verified chunks written, not yet named.
+    pending: Mutex<Vec<(Pending, ChunkId)>>,
+    /// Write chunks as unnamed files ([`Pending::Anon`]): `O_TMPFILE` works in this store.
+    anon: bool,
+    /// Chunks named together: [`KEEP_BATCH`], or fewer if open files are limited.
+    batch: usize,
+    /// Which of the temporary directory's subdirectories (per first byte of a chunk id) exist
+    /// (named temporaries only).
     tmp_dirs: Mutex<[bool; 256]>,
 }
 
@@ -81,9 +90,12 @@ impl Store {
     /// Starts receiving an image (registers an import session for gc).
     pub fn receive(&self) -> Result<Incoming, StoreError> {
         lock::scan_imports(self.root())?; // clean up after crashed imports and pulls
+        let session = ImportSession::begin(self.root())?;
         Ok(Incoming {
             store: self.clone(),
-            session: ImportSession::begin(self.root())?,
+            anon: chunk_file::tmpfile_works(session.tmp_dir()),
+            batch: chunk_file::batch_limit(KEEP_BATCH),
+            session,
             pending: Mutex::new(Vec::new()),
             tmp_dirs: Mutex::new([false; 256]),
         })
@@ -136,15 +148,15 @@ impl Incoming {
                 .decompress_verify_in_place(&mut scratch)
                 .and_then(|()| self.write_received(&chunk));
             match r {
-                Ok(tmp) => {
-                    // A reader waiting for it (an image written as it is pulled) reads it
-                    // where it is now, before its batch is named.
-                    if let Some(a) = &self.store.arrivals {
-                        a.staged(id, tmp.clone());
-                    }
-                    written.push((tmp, id));
+                Ok(file) => {
+                    written.push((file, id));
                     added.chunks += 1;
                     added.bytes += chunk.data.len() as u64;
+                    // A reader waiting for it (an image written as it is pulled) gets its
+                    // checked bytes now, before its batch is named.
+                    if let Some(a) = &self.store.arrivals {
+                        a.staged(id, chunk.data.into());
+                    }
                 }
                 Err(e) => {
                     failed = Some(e);
@@ -155,7 +167,7 @@ impl Incoming {
         let batch = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             p.extend(written);
-            p.len() >= KEEP_BATCH
+            p.len() >= self.batch
         };
         if batch && let Err(e) = self.keep() {
             failed.get_or_insert(e);
@@ -163,10 +175,21 @@ impl Incoming {
         (added, failed.map_or(Ok(()), Err))
     }
 
-    /// Writes a checked chunk under the session's temporary directory, in a subdirectory per
-    /// first byte of its id like `chunks/`: one shared directory made the batches' threads
-    /// contend on its lock (6% of a pull's CPU spinning on it, `perf`).
-    fn write_received(&self, chunk: &CompressedChunk) -> Result<PathBuf, StoreError> {
+    /// Writes a checked chunk: an unnamed file in its final directory, else a named temporary
+    /// under the session's temporary directory, in a subdirectory per first byte of its id like
+    /// `chunks/` (one shared directory made the batches' threads contend on its lock: 6% of a
+    /// pull's CPU spinning on it, `perf`).
+    fn write_received(&self, chunk: &CompressedChunk) -> Result<Pending, StoreError> {
+        use std::io::Write;
+        if self.anon {
+            let path = self.store.chunk_path(chunk.id);
+            let dir = path.parent().expect("chunk path has a parent");
+            if let Some(mut f) = chunk_file::open_anon(dir) {
+                f.write_all(&chunk.data)
+                    .map_err(|e| StoreError::io("writing received chunk into", dir, e))?;
+                return Ok(Pending::Anon(f));
+            }
+        }
         let hex = chunk.id.to_hex();
         let dir = self.session.tmp_dir().join(&hex[..2]);
         let first = usize::from(chunk.id.0[0]);
@@ -184,7 +207,7 @@ impl Incoming {
             let _ = std::fs::remove_file(&tmp);
             StoreError::io("writing received chunk", &tmp, e)
         })?;
-        Ok(tmp)
+        Ok(Pending::Named(tmp))
     }
 
     /// The pull ended for `reason` before every wanted chunk arrived: readers waiting for the
@@ -196,7 +219,7 @@ impl Incoming {
     }
 
     /// Makes every chunk received so far durable and gives it its name in the store (one
-    /// `syncfs`, then renames, then one `syncfs` for the names). Called by
+    /// `syncfs`, then links or renames, then one `syncfs` for the names). Called by
     /// [`Incoming::commit`], and by a pull that fails part way, so its verified chunks stay for
     /// the next attempt.
     pub fn keep(&self) -> Result<usize, StoreError> {
@@ -205,24 +228,19 @@ impl Incoming {
             return Ok(0);
         }
         fsutil::syncfs(self.store.root())?;
-        let mut dirs = std::collections::HashSet::new();
-        for (tmp, id) in &files {
-            let path = self.store.chunk_path(*id);
-            let dir = path.parent().expect("chunk path has a parent");
-            if !dirs.contains(dir) {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::io("creating", dir, e))?;
-                dirs.insert(dir.to_path_buf());
-            }
-            std::fs::rename(tmp, &path).map_err(|e| StoreError::io("storing chunk", &path, e))?;
+        let mut ids = Vec::with_capacity(files.len());
+        for (file, id) in files {
+            file.name(&self.store.chunk_path(id))?;
+            ids.push(id);
         }
-        // The renames (directory entries) durable, all directories at once.
+        // The names (directory entries) durable, all directories at once.
         fsutil::syncfs(self.store.root())?;
         // Named and durable: a reader waiting for them (an image being written while it is
         // pulled, `arrivals.rs`) may read them now.
         if let Some(a) = &self.store.arrivals {
-            a.arrived(files.iter().map(|f| f.1));
+            a.arrived(ids.iter().copied());
         }
-        Ok(files.len())
+        Ok(ids.len())
     }
 
     /// Commits a received manifest: its signature must be valid and by a key in `trusted_keys`,
@@ -372,5 +390,37 @@ mod tests {
             .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_waiting_reader_gets_a_staged_chunk_before_it_has_a_name_and_a_crash_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = vec![7u8; 9000];
+        let id = ChunkId::of(&data);
+        let arrivals = crate::arrivals::Arrivals::new([id]);
+        let pulling = store.with_arrivals(arrivals.clone());
+        let inc = pulling.receive().unwrap();
+        let reader = pulling.clone();
+        let t = std::thread::spawn(move || reader.read_compressed(id, 0, 9000));
+        let (added, r) = inc.add_chunks(vec![compressed(&data)]);
+        r.unwrap();
+        assert_eq!(added.chunks, 1);
+        let c = t.join().unwrap().unwrap();
+        assert_eq!(c.decompress_verify().unwrap().data(), &data[..]);
+        // Staged, not named: no name in the store, nothing under the session's directory.
+        assert!(!store.chunk_path(id).exists());
+        assert_eq!(arrivals.pending(), 1);
+        // Dropped without keep (a crash): the unnamed file goes with its descriptor.
+        drop(inc);
+        assert!(!store.chunk_path(id).exists());
+        let inc = pulling.receive().unwrap();
+        let (_, r) = inc.add_chunks(vec![compressed(&data)]);
+        r.unwrap();
+        assert_eq!(inc.keep().unwrap(), 1);
+        assert_eq!(
+            std::fs::read(store.chunk_path(id)).unwrap(),
+            compressed(&data).data
+        );
     }
 }

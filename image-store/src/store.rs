@@ -278,14 +278,8 @@ impl Store {
             }
             let wait = a.wait(id);
             let staged = wait.map_err(|reason| crate::arrivals::not_fetched(id, offset, reason))?;
-            read = match staged.map(std::fs::read) {
-                // Named between the two: read under the name (the loop's next turn sees it
-                // arrived once `keep` says so).
-                Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                    std::fs::read(&path)
-                }
-                Some(r) => r,
+            read = match staged {
+                Some(bytes) => Ok(bytes.to_vec()),
                 None => std::fs::read(&path),
             };
         }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::chunk::ChunkId;
+use crate::chunk_file::{self, Pending};
 use crate::error::StoreError;
 use crate::fsutil;
 use crate::manifest::Extent;
@@ -24,18 +25,6 @@ pub(super) struct Done {
     pub(super) new_bytes: Option<u64>,
     /// A new chunk written, not yet durable nor visible.
     pub(super) pending: Option<Pending>,
-}
-
-/// A new chunk's file before it gets its name.
-pub(super) enum Pending {
-    /// Unnamed (`O_TMPFILE`) in its final directory, kept open until linked. Creating it locks
-    /// no shared directory (four workers creating named files in one temporary directory
-    /// contended on its lock: `rwsem_spin_on_owner` was 7% of the import's CPU), naming it is
-    /// one `linkat` instead of a cross-directory rename, and a crash leaves nothing behind.
-    Anon(std::fs::File),
-    /// Named, under the import's temporary directory (filesystems without `O_TMPFILE`, or when
-    /// out of file descriptors).
-    Named(PathBuf),
 }
 
 /// New chunks become visible in batches: one `syncfs` makes all their contents durable, then
@@ -61,53 +50,15 @@ impl Batch<'_> {
         fsutil::syncfs(self.store.root())?;
         for (pending, id) in self.files.drain(..) {
             let path = self.store.chunk_path(id);
-            let dir = path.parent().expect("chunk path has a parent");
-            let tmp = match pending {
-                Pending::Anon(f) => {
-                    link_chunk(&f, &path)?;
-                    self.dirs.insert(dir.to_path_buf());
-                    continue;
-                }
-                Pending::Named(tmp) => tmp,
-            };
-            if let Err(e) = std::fs::rename(&tmp, &path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(StoreError::io("storing chunk", &path, e));
-                }
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::io("creating", dir, e))?;
-                std::fs::rename(&tmp, &path)
-                    .map_err(|e| StoreError::io("storing chunk", &path, e))?;
-            }
-            self.dirs.insert(dir.to_path_buf());
+            pending.name(&path)?;
+            self.dirs.insert(
+                path.parent()
+                    .expect("chunk path has a parent")
+                    .to_path_buf(),
+            );
         }
         Ok(())
     }
-}
-
-/// Names an unnamed chunk file. If the name exists, another import stored the same chunk
-/// meanwhile (complete: it names chunks only after its own `syncfs`): touch it for gc like any
-/// reused chunk, and if gc removed it in between, name ours after all.
-fn link_chunk(f: &std::fs::File, path: &Path) -> Result<(), StoreError> {
-    match fsutil::link_tmpfile(f, path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if !fsutil::touch(path)? {
-                fsutil::link_tmpfile(f, path)
-                    .map_err(|e| StoreError::io("storing chunk", path, e))?;
-            }
-            Ok(())
-        }
-        Err(e) => Err(StoreError::io("storing chunk", path, e)),
-    }
-}
-
-/// True if this filesystem and system can store chunks as unnamed files: `O_TMPFILE` works in
-/// `dir` and `/proc/self/fd` can name them.
-pub(super) fn tmpfile_works(dir: &Path) -> bool {
-    let probe = dir.join("tmpfile-probe");
-    let ok = fsutil::open_tmpfile(dir).is_ok_and(|f| fsutil::link_tmpfile(&f, &probe).is_ok());
-    let _ = std::fs::remove_file(&probe);
-    ok
 }
 
 pub(super) struct WorkerCtx<'a> {
@@ -210,19 +161,12 @@ impl WorkerCtx<'_> {
         })
     }
 
-    /// An unnamed file in `dir` (created if missing), or None to fall back to a named temporary
-    /// (no `O_TMPFILE`, or out of descriptors).
+    /// An unnamed file in `dir` (created if missing), or None to fall back to a named
+    /// temporary (see [`chunk_file::open_anon`]).
     fn open_anon(&self, dir: &Path) -> Option<std::fs::File> {
         if !self.anon {
             return None;
         }
-        match fsutil::open_tmpfile(dir) {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).ok()?;
-                fsutil::open_tmpfile(dir).ok()
-            }
-            Err(_) => None,
-        }
+        chunk_file::open_anon(dir)
     }
 }
