@@ -145,7 +145,7 @@ impl Remote {
     pub fn open(url: &RemoteUrl, opts: &RemoteOptions) -> Result<Remote, LibraryError> {
         let client_err = |e: object_store::Error| LibraryError::Client {
             url: url.clone(),
-            reason: e.to_string(),
+            reason: crate::remote_url::redact_urls(&e.to_string()),
         };
         let retry = RetryConfig {
             backoff: BackoffConfig {
@@ -455,7 +455,7 @@ impl Remote {
             _ => LibraryError::Request {
                 action,
                 object,
-                reason: e.to_string(),
+                reason: crate::remote_url::redact_urls(&e.to_string()),
             },
         }
     }
@@ -469,5 +469,5 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s;
     }
     // "...: 400 Bad Request: " when the body was empty.
-    cur.to_string().trim_end_matches([':', ' ']).to_string()
+    crate::remote_url::redact_urls(cur.to_string().trim_end_matches([':', ' ']))
 }

@@ -92,6 +92,23 @@ impl fmt::Display for RemoteUrl {
     }
 }
 
+/// A client's message as tek may show it: every word holding a URL (`://`) redacted as
+/// [`redact`] does (a message of the HTTP or S3 client repeats the URL it was given, e.g. an
+/// `AWS_ENDPOINT_URL` with a token in its query).
+pub(crate) fn redact_urls(message: &str) -> String {
+    message
+        .split_inclusive(char::is_whitespace)
+        .map(|w| {
+            if w.contains("://") {
+                let end = w.trim_end();
+                format!("{}{}", redact(end), &w[end.len()..])
+            } else {
+                w.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A URL as an error message may show it: anything between `://` and an `@` (user and
 /// password) goes, and so does everything from the first `?` or `#` on (a query or fragment may
 /// carry a presigned token); what went is shown as `***`. Works on text that is not a URL too.
@@ -114,6 +131,17 @@ fn redact(input: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_message_shows_no_query_or_userinfo_of_any_url_in_it() {
+        assert_eq!(
+            redact_urls(
+                "error sending request for url (http://u:pw@127.0.0.1:9/b/k?X-Amz-Signature=s3cr3t): boom"
+            ),
+            "error sending request for url (http://***@127.0.0.1:9/b/k?*** boom"
+        );
+        assert_eq!(redact_urls("no url here? fine"), "no url here? fine");
+    }
 
     #[test]
     fn urls() {

@@ -263,3 +263,23 @@ fn a_body_cut_off_mid_transfer_is_resumed_within_the_request() {
         .count();
     assert_eq!(info_requests, 2, "{seen:?}");
 }
+
+#[test]
+fn an_endpoint_with_a_token_in_its_query_or_userinfo_never_shows_it_in_an_error() {
+    let Some(d) = Depots::new() else { return };
+    // Nothing listens on this port: the client's own message repeats the URL it was given.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://ak:pw-s3cr3t@127.0.0.1:{port}/?X-Amz-Signature=tok-s3cr3t");
+    let remote = crate::fixture::s3_remote_with(&endpoint, "lib", ("ak", "sk"), quick());
+    let image = "win11@1".parse().unwrap();
+    let msg = match pull(&remote, &image, &d.bench.store, &d.bench.trusted) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a pull from nowhere succeeded"),
+    };
+    eprintln!("{msg}");
+    assert!(!msg.contains("s3cr3t"), "{msg}");
+}
