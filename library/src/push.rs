@@ -58,6 +58,16 @@ pub struct PushReport {
 /// Where a push is, for a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushProgress {
+    /// Format 2: the chunks the image would reuse from packs on the remote are read back and
+    /// checked first; this many, in reads of this many bytes.
+    Checking {
+        /// Chunks to check.
+        chunks: u64,
+        /// Bytes to read.
+        bytes: u64,
+    },
+    /// Bytes of the check read so far.
+    Checked(u64),
     /// The remote was listed: this many chunks, of this many compressed bytes, are to go.
     Missing {
         /// Chunks to upload.

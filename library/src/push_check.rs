@@ -23,6 +23,7 @@ use image_store::{ChunkId, CompressedChunk, WantedChunk};
 
 use crate::error::LibraryError;
 use crate::packs::{self, Location, PackIds, Span};
+use crate::push::PushProgress;
 use crate::remote::Remote;
 
 /// The remote's packs as their id lists describe them, and which of them were found lying.
@@ -55,6 +56,7 @@ impl RemotePacks {
         &mut self,
         remote: &Remote,
         reused: &[WantedChunk],
+        progress: &(dyn Fn(PushProgress) + Sync),
     ) -> Result<HashMap<ChunkId, Location>, LibraryError> {
         // (chunk, pack) pairs already read and found good.
         let mut good: HashMap<ChunkId, String> = HashMap::new();
@@ -73,12 +75,23 @@ impl RemotePacks {
                 return Ok(placed);
             }
             let spans = read_plan(&todo, &placed);
+            progress(PushProgress::Checking {
+                chunks: todo.len() as u64,
+                bytes: spans.iter().map(|s| s.end - s.start).sum(),
+            });
             let in_flight = (remote.options().in_flight / 2).max(1);
-            let results: Vec<Result<Checked, LibraryError>> = futures::stream::iter(spans)
-                .map(|s| check_span(remote, s))
-                .buffer_unordered(in_flight)
-                .collect()
-                .await;
+            let mut stream = futures::stream::iter(spans)
+                .map(|s| async move {
+                    let read = s.end - s.start;
+                    (read, check_span(remote, s).await)
+                })
+                .buffer_unordered(in_flight);
+            let (mut results, mut read) = (Vec::new(), 0);
+            while let Some((n, r)) = stream.next().await {
+                read += n;
+                progress(PushProgress::Checked(read));
+                results.push(r);
+            }
             let before = self.untrusted.len();
             for r in results {
                 match r? {

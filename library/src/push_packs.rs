@@ -61,7 +61,7 @@ pub(crate) async fn upload(
         .filter(|(id, _, _)| believed.contains_key(id))
         .map(|(id, offset, len)| WantedChunk { id, offset, len })
         .collect();
-    let mut placed = remote_packs.checked(remote, &reused).await?;
+    let mut placed = remote_packs.checked(remote, &reused, progress).await?;
     for line in remote_packs.untrusted.values() {
         tracing::warn!("{line}");
     }

@@ -63,8 +63,34 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
     // A bar on a terminal only, never beside --json's output, and made once its length is
     // known and not zero (a 0 B/0 B bar would look finished).
     let bar = std::sync::OnceLock::new();
+    // The check of what the remote already holds (format 2): its own bar, gone when it ends.
+    let check_bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
     let progress = |p| match p {
+        PushProgress::Checking { chunks, bytes } => {
+            let b = match json || bytes == 0 {
+                true => indicatif::ProgressBar::hidden(),
+                false => super::image_transfer::bar(Some(bytes), "checking"),
+            };
+            b.set_message(format!(
+                "{chunks} chunks the remote has (read back, BLAKE3-checked)"
+            ));
+            if let Ok(mut c) = check_bar.lock()
+                && let Some(old) = c.replace(b)
+            {
+                old.finish_and_clear();
+            }
+        }
+        PushProgress::Checked(n) => {
+            if let Ok(c) = check_bar.lock()
+                && let Some(b) = c.as_ref()
+            {
+                b.set_position(n);
+            }
+        }
         PushProgress::Missing { chunks, bytes } => {
+            if let Some(c) = check_bar.lock().ok().and_then(|mut c| c.take()) {
+                c.finish_and_clear();
+            }
             let b = bar.get_or_init(|| match json || chunks == 0 {
                 true => indicatif::ProgressBar::hidden(),
                 false => super::image_transfer::bar(Some(bytes), "pushing"),
@@ -81,6 +107,9 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
         image_library::push_with_progress(&store, image, &remote, depot.trusted_keys(), &progress);
     if let Some(b) = bar.get() {
         b.finish_and_clear();
+    }
+    if let Some(c) = check_bar.lock().ok().and_then(|mut c| c.take()) {
+        c.finish_and_clear();
     }
     let r = r.with_context(|| format!("pushing {image} to {}", remote.url()))?;
     if json {
@@ -103,14 +132,19 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
         1 => " in 1 pack file".to_string(),
         n => format!(" in {n} pack files"),
     };
+    // Format 2 reads back and checks the chunks it reuses; format 1 only lists them.
+    let there = match (r.present, r.library_version) {
+        (0, _) => "0 already there".to_string(),
+        (n, 2..) => format!("{n} already there (read back and checked)"),
+        (n, _) => format!("{n} already there (listed)"),
+    };
     println!(
-        "pushed {image} to {}: {} of {} chunks uploaded ({}){packs}, {} already there; \
+        "pushed {image} to {}: {} of {} chunks uploaded ({}){packs}, {there}; \
          signature and manifest last ({:.1} s, {} requests)",
         remote.url(),
         r.uploaded,
         r.chunks,
         size(r.uploaded_bytes),
-        r.present,
         r.seconds,
         r.requests
     );
