@@ -227,22 +227,9 @@ pub fn precheck(
     trusted_dir: &Path,
 ) -> Result<Option<SignatureStatus>, StoreError> {
     let invalid = |reason: String| Ok(Some(SignatureStatus::Invalid { reason }));
-    let file: SignatureFile = match serde_json::from_slice(signature) {
+    let (file, pk) = match parse_file(signature) {
         Ok(f) => f,
-        Err(e) => return invalid(format!("malformed signature file: {e}")),
-    };
-    if file.format != SIGNATURE_FORMAT || file.algorithm != "ed25519" {
-        return invalid(format!(
-            "unsupported signature format {} / {}",
-            file.format, file.algorithm
-        ));
-    }
-    let Some(pk) = B64
-        .decode(&file.public_key)
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-    else {
-        return invalid("malformed public key in signature file".into());
+        Err(reason) => return invalid(reason),
     };
     let trusted = trusted_keys(trusted_dir)?;
     if trusted.iter().any(|(_, k)| *k == pk) {
@@ -259,6 +246,24 @@ pub fn precheck(
     }))
 }
 
+/// A `.sig` file's document and its public key, or why it is not one this tek reads.
+fn parse_file(signature: &[u8]) -> Result<(SignatureFile, [u8; 32]), String> {
+    let file: SignatureFile =
+        serde_json::from_slice(signature).map_err(|e| format!("malformed signature file: {e}"))?;
+    if file.format != SIGNATURE_FORMAT || file.algorithm != "ed25519" {
+        return Err(format!(
+            "unsupported signature format {} / {}",
+            file.format, file.algorithm
+        ));
+    }
+    let pk = B64
+        .decode(&file.public_key)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or("malformed public key in signature file")?;
+    Ok((file, pk))
+}
+
 /// Checks `.sig` bytes (None: unsigned) against the manifest bytes and the trusted keys.
 pub fn check(
     manifest: &[u8],
@@ -269,23 +274,9 @@ pub fn check(
         return Ok(SignatureStatus::Unsigned);
     };
     let invalid = |reason: String| Ok(SignatureStatus::Invalid { reason });
-    let file: SignatureFile = match serde_json::from_slice(sig) {
+    let (file, pk) = match parse_file(sig) {
         Ok(f) => f,
-        Err(e) => return invalid(format!("malformed signature file: {e}")),
-    };
-    if file.format != SIGNATURE_FORMAT || file.algorithm != "ed25519" {
-        return invalid(format!(
-            "unsupported signature format {} / {}",
-            file.format, file.algorithm
-        ));
-    }
-    let pk: [u8; 32] = match B64
-        .decode(&file.public_key)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-    {
-        Some(pk) => pk,
-        None => return invalid("malformed public key in signature file".into()),
+        Err(reason) => return invalid(reason),
     };
     let sig_bytes: [u8; 64] = match B64
         .decode(&file.signature)

@@ -22,6 +22,15 @@ struct Canned {
 
 impl Canned {
     fn start(status: &'static str) -> Canned {
+        Canned::serve(move |_head, _n| {
+            format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .into_bytes()
+        })
+    }
+
+    /// A server answering each request with `reply(head, n)`: its lowercased request head and
+    /// how many requests came before it.
+    fn serve(reply: impl Fn(&str, u32) -> Vec<u8> + Send + 'static) -> Canned {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         l.set_nonblocking(true).unwrap();
@@ -46,10 +55,9 @@ impl Canned {
                         _ => break,
                     }
                 }
-                n.fetch_add(1, Ordering::Relaxed);
-                let reply =
-                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                let _ = c.write_all(reply.as_bytes());
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                let before = n.fetch_add(1, Ordering::Relaxed);
+                let _ = c.write_all(&reply(&head, before));
             }
         });
         Canned {
@@ -170,78 +178,44 @@ fn a_signature_by_no_trusted_key_refuses_the_manifest_before_it_is_fetched_or_in
 /// first response off half-way; a ranged request gets the rest. Returns the port and the
 /// request lines seen.
 fn cutting_server(body: &'static [u8]) -> (u16, Arc<std::sync::Mutex<Vec<String>>>, Canned) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    l.set_nonblocking(true).unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (requests, stop) = (
-        Arc::new(AtomicU32::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (log, s, n) = (seen.clone(), stop.clone(), requests.clone());
-    std::thread::spawn(move || {
-        while !s.load(Ordering::Relaxed) {
-            let Ok((mut c, _)) = l.accept() else {
-                std::thread::sleep(Duration::from_millis(2));
-                continue;
-            };
-            c.set_nonblocking(false).unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut head = Vec::new();
-            let mut b = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match c.read(&mut b) {
-                    Ok(k @ 1..) => head.extend_from_slice(&b[..k]),
-                    _ => break,
-                }
-            }
-            let head = String::from_utf8_lossy(&head).to_lowercase();
-            let line = head.lines().next().unwrap_or_default().to_string();
-            log.lock().unwrap().push(line.clone());
-            let first = n.fetch_add(1, Ordering::Relaxed) == 0;
-            let len = body.len();
-            let half = len / 2;
-            let reply = if !line.contains("tek-library.json") {
-                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
-            } else if first {
-                let mut r = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nETag: \"e1\"\r\n\
-                     Connection: close\r\n\r\n"
-                )
-                .into_bytes();
-                r.extend_from_slice(&body[..half]);
-                r
-            } else if head.contains(&format!("range: bytes={half}-")) {
-                let mut r = format!(
-                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: \
-                     bytes {half}-{}/{len}\r\nETag: \"e1\"\r\nConnection: close\r\n\r\n",
-                    len - half,
-                    len - 1
-                )
-                .into_bytes();
-                r.extend_from_slice(&body[half..]);
-                r
-            } else {
-                let mut r = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nETag: \"e1\"\r\n\
-                     Connection: close\r\n\r\n"
-                )
-                .into_bytes();
-                r.extend_from_slice(body);
-                r
-            };
-            let _ = c.write_all(&reply);
+    let log = seen.clone();
+    let server = Canned::serve(move |head, before| {
+        let line = head.lines().next().unwrap_or_default().to_string();
+        log.lock().unwrap().push(line.clone());
+        let len = body.len();
+        let half = len / 2;
+        if !line.contains("tek-library.json") {
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+        } else if before == 0 {
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nETag: \"e1\"\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .into_bytes();
+            r.extend_from_slice(&body[..half]);
+            r
+        } else if head.contains(&format!("range: bytes={half}-")) {
+            let mut r = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: \
+                 bytes {half}-{}/{len}\r\nETag: \"e1\"\r\nConnection: close\r\n\r\n",
+                len - half,
+                len - 1
+            )
+            .into_bytes();
+            r.extend_from_slice(&body[half..]);
+            r
+        } else {
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nETag: \"e1\"\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .into_bytes();
+            r.extend_from_slice(body);
+            r
         }
     });
-    (
-        port,
-        seen,
-        Canned {
-            port,
-            requests,
-            stop,
-        },
-    )
+    (server.port, seen, server)
 }
 
 #[test]
