@@ -311,22 +311,24 @@ impl PartitionMount {
     }
 
     fn teardown(&mut self) -> Result<(), DataError> {
-        // A killed FUSE daemon leaves a dead mount: detach it at once (a plain unmount of it
-        // can wait on requests nobody will answer).
-        if self.mounted
-            && self
-                .daemon
-                .as_ref()
-                .is_some_and(|d| d.driver().was_killed())
-        {
-            nix::mount::umount2(&self.dir, MntFlags::MNT_DETACH).map_err(|e| {
-                merr(
-                    "unmounting (lazily, after its driver was killed)",
-                    &self.dir,
-                    e,
-                )
-            })?;
+        let driver = self.daemon.as_ref().map(|d| d.driver());
+        // The restore's watchdog killed the daemon and detached the dead mount already.
+        if self.mounted && driver.as_ref().is_some_and(|d| d.was_detached()) {
             self.mounted = false;
+        }
+        // A killed FUSE daemon leaves a dead mount: detach it at once (a plain unmount of it
+        // can wait on requests nobody will answer). EINVAL: it is no mount any more.
+        if self.mounted && driver.as_ref().is_some_and(|d| d.was_killed()) {
+            match nix::mount::umount2(&self.dir, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) => self.mounted = false,
+                Err(e) => {
+                    return Err(merr(
+                        "unmounting (lazily, after its driver was killed)",
+                        &self.dir,
+                        e,
+                    ));
+                }
+            }
         }
         if self.mounted {
             let mut last = None;
@@ -346,14 +348,21 @@ impl PartitionMount {
             }
             self.mounted = false;
         }
-        if let Some(d) = self.daemon.take() {
-            d.wait_exit(&self.source)?;
-        }
+        // A killed daemon's end is reported, but the loop device and the mount point go all
+        // the same: nothing writes to them any more. Any other failure of the daemon keeps
+        // them (it may still be writing).
+        let daemon = self.daemon.take().map(|d| d.wait_exit(&self.source));
+        let killed = driver.as_ref().is_some_and(|d| d.was_killed());
+        let after_kill = match daemon {
+            Some(Err(e)) if !killed => return Err(e),
+            Some(Err(e)) => Some(e),
+            _ => None,
+        };
         if let Some(lo) = self.loopdev.take() {
             lo.detach()?;
         }
         let _ = std::fs::remove_dir(&self.dir);
-        Ok(())
+        after_kill.map_or(Ok(()), Err)
     }
 }
 
