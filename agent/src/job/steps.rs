@@ -35,6 +35,8 @@ pub struct RealSteps {
     allow_unsigned: bool,
     require_clean_image: bool,
     beyond: BeyondImage,
+    /// agent.toml's `[restore]`: how long the restore waits on a driver that stops answering.
+    restore: crate::settings::RestoreSettings,
     sharing: WriteSharing<imager::TargetReport>,
     /// Each writing job's disk (by node) and the `diskseq` it had when detected, so the batch
     /// leader's imager call refuses a node that now reaches another disk.
@@ -60,6 +62,7 @@ impl RealSteps {
             allow_unsigned: cfg.policy.allow_unsigned,
             require_clean_image: cfg.policy.require_clean_image,
             beyond: cfg.policy.beyond_image,
+            restore: cfg.restore.clone(),
             sharing: WriteSharing::new(Duration::from_millis(cfg.policy.share_write_window_ms)),
             detected: Mutex::new(HashMap::new()),
         })
@@ -388,10 +391,11 @@ impl JobSteps for RealSteps {
         };
         // A re-run of this step (the job resumed) replaces the entries its interrupted run
         // wrote (the restore journal says which); anything else in the way refuses. A stalled
-        // ntfs-3g is given up on after two minutes, and the job fails with that reason.
+        // ntfs-3g is given up on after `[restore] stall_abort_secs` (two minutes), its dead
+        // mount detached, and the job fails with that reason.
         let opts = client_data::RestoreOptions {
             driver: mount.driver(),
-            ..Default::default()
+            ..self.restore.options()
         };
         let result = self.custody.restore_with(&id, &target, &dest, &opts);
         drop(target);

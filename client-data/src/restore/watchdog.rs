@@ -173,7 +173,8 @@ fn detach(f: &FuseDriver, dev: u64) -> String {
     // answers; killed, it dies at once (SIGKILL ends a stopped process too).
     if !f.wait_dead(Duration::from_secs(10)) {
         return format!(
-            "; it did not end within 10 s, so its mount stays: it is dead and must be              unmounted ({})",
+            "; it did not end within 10 s, so its mount stays: it is dead and must be \
+             unmounted ({})",
             unmount_hint(&mount_points(dev))
         );
     }
