@@ -438,10 +438,21 @@ impl Custody {
                     made_dirs: &w.made_dirs,
                     times: &times,
                 };
-                let mut mr = manifest_reader(&manifest_path, &mkey)?;
-                let mut cleanup = undo.run(&w.root, || {
-                    mr.next_entry().map(|e| e.map(&mapped)).map_err(man_err)
-                });
+                // A driver given up on answers nothing any more (ENOTCONN, or it still hangs
+                // when the give-up failed): no removal is tried, the entries written stay, and
+                // the journal keeps them provable for a restore into the folder again.
+                let mut cleanup = if matches!(cause, DataError::Stalled { .. }) {
+                    crate::error::Cleanup {
+                        remaining_count: w.created,
+                        target_dead: true,
+                        ..Default::default()
+                    }
+                } else {
+                    let mut mr = manifest_reader(&manifest_path, &mkey)?;
+                    undo.run(&w.root, || {
+                        mr.next_entry().map(|e| e.map(&mapped)).map_err(man_err)
+                    })
+                };
                 cleanup.written = w.created;
                 // What is left of ours stays provable for the next run.
                 let _ = w.log.sync();
