@@ -27,6 +27,9 @@ pub struct PartitionMount {
     /// The `ntfs-3g` FUSE daemon serving this mount (kept in the foreground), waited for after
     /// the unmount so its last writes are on the disk before the loop device goes.
     daemon: Option<crate::ntfs_mount::Daemon>,
+    /// The mount's device number when a FUSE daemon of ours serves it (read once it came up:
+    /// the watchdog must not ask a driver that may hang).
+    fuse_dev: Option<u64>,
 }
 
 fn merr(action: &'static str, device: &Path, reason: impl ToString) -> DataError {
@@ -266,10 +269,15 @@ impl PartitionMount {
             loopdev,
             source,
             daemon: None,
+            fuse_dev: None,
         };
         if ntfs {
             m.daemon = crate::ntfs_mount::mount(&m.source, &m.dir)?;
             m.mounted = true;
+            if m.daemon.is_some() {
+                use std::os::unix::fs::MetadataExt;
+                m.fuse_dev = std::fs::metadata(&m.dir).ok().map(|st| st.dev());
+            }
             crate::ntfs_mount::check_mounted_rw(&m.dir).map_err(|reason| {
                 DataError::MountRefused {
                     device: m.source.clone(),
@@ -308,6 +316,35 @@ impl PartitionMount {
     /// The `ntfs-3g` serving this mount, when tek started one (for a restore's watchdog).
     pub fn driver(&self) -> Option<crate::ntfs_mount::FuseDriver> {
         self.daemon.as_ref().map(|d| d.driver())
+    }
+
+    /// Runs `op`, a call into this mount made before a restore starts (the agent resolving the
+    /// image's data path beneath it), under the restore's watchdog with `opts`' limits: when
+    /// the `ntfs-3g` tek started does not answer, it is killed, its dead mount detached, and
+    /// the result is [`DataError::Stalled`] instead of a call that never returns.
+    pub fn guarded<T>(
+        &self,
+        opts: &crate::RestoreOptions,
+        op: impl FnOnce() -> Result<T, DataError>,
+    ) -> Result<T, DataError> {
+        let Some(driver) = self.driver() else {
+            return op();
+        };
+        let progress = std::sync::Arc::new(crate::restore::watchdog::Progress::default());
+        progress.doing(|s| s.push_str("opening the restore's target folder"));
+        let dog = crate::restore::watchdog::Watchdog::start_on(
+            self.fuse_dev,
+            &self.dir,
+            Some(driver),
+            progress,
+            opts.stall_warning,
+            opts.stall_limit,
+        );
+        match op() {
+            Ok(v) if !dog.stalled() => Ok(v),
+            Ok(_) => Err(dog.finish().expect("recorded once stalled")),
+            Err(e) => Err(dog.finish().unwrap_or(e)),
+        }
     }
 
     fn teardown(&mut self) -> Result<(), DataError> {

@@ -382,20 +382,24 @@ impl JobSteps for RealSteps {
             .with_context(|| format!("mounting partition {part} of {}", dev.display()))?;
         // The image's filesystem is hostile input: `data_path` is resolved beneath the mount as
         // a descriptor (no symlink, no other filesystem), and the restore writes relative to it.
+        // A re-run of this step (the job resumed) replaces the entries its interrupted run
+        // wrote (the restore journal says which); anything else in the way refuses. A stalled
+        // ntfs-3g is given up on after `[restore] stall_abort_secs` (two minutes), its dead
+        // mount detached, and the job fails with that reason; this covers opening the data
+        // path too.
+        let opts = client_data::RestoreOptions {
+            driver: mount.driver(),
+            ..self.restore.options()
+        };
         let data_path = img.manifest.hints.data_path.as_deref().unwrap_or("/");
-        let target = client_data::RestoreTarget::beneath(mount.path(), data_path)
+        let target = mount
+            .guarded(&opts, || {
+                client_data::RestoreTarget::beneath(mount.path(), data_path)
+            })
             .with_context(|| format!("opening data path {data_path} in partition {part}"))?;
         let dest = Destination {
             job: Some(job.id.to_string()),
             device: device_identity(job),
-        };
-        // A re-run of this step (the job resumed) replaces the entries its interrupted run
-        // wrote (the restore journal says which); anything else in the way refuses. A stalled
-        // ntfs-3g is given up on after `[restore] stall_abort_secs` (two minutes), its dead
-        // mount detached, and the job fails with that reason.
-        let opts = client_data::RestoreOptions {
-            driver: mount.driver(),
-            ..self.restore.options()
         };
         let result = self.custody.restore_with(&id, &target, &dest, &opts);
         drop(target);

@@ -70,7 +70,7 @@ enum Driver {
 }
 
 /// The running watchdog; stops on drop.
-pub(super) struct Watchdog {
+pub(crate) struct Watchdog {
     stop: Arc<AtomicBool>,
     gave_up: Arc<Mutex<Option<crate::DataError>>>,
     /// Set when the watchdog begins to give up (before it kills or aborts anything).
@@ -89,12 +89,32 @@ impl Watchdog {
     ) -> Watchdog {
         // Both as found when the target was opened: nothing here may ask the driver.
         let fuse_dev = target.dev().filter(|_| target.is_fuse());
+        Watchdog::start_on(
+            fuse_dev,
+            target.label(),
+            driver,
+            progress,
+            warn_after,
+            give_up_after,
+        )
+    }
+
+    /// Watches `progress` of work on the filesystem at `label`: `fuse_dev`, its device number
+    /// when FUSE serves it (`None`: a kernel filesystem).
+    pub(crate) fn start_on(
+        fuse_dev: Option<u64>,
+        label: &Path,
+        driver: Option<FuseDriver>,
+        progress: Arc<Progress>,
+        warn_after: Duration,
+        give_up_after: Duration,
+    ) -> Watchdog {
         let driver = match (driver, fuse_dev) {
             (Some(d), Some(dev)) => Driver::Ours(d, dev),
             (_, Some(dev)) => Driver::Fuse(dev),
             _ => Driver::Kernel,
         };
-        let label = target.label().to_path_buf();
+        let label = label.to_path_buf();
         let stop = Arc::new(AtomicBool::new(false));
         let gave_up = Arc::new(Mutex::new(None));
         let giving_up = Arc::new(AtomicBool::new(false));
@@ -125,14 +145,14 @@ impl Watchdog {
     }
 
     /// True once the watchdog began giving up on the driver.
-    pub(super) fn stalled(&self) -> bool {
+    pub(crate) fn stalled(&self) -> bool {
         self.giving_up.load(Ordering::SeqCst)
     }
 
     /// Stops the watchdog; the error to report instead of whatever the aborted call returned,
     /// once given up. Waits for a give-up under way (kill, detach) to finish: the call it
     /// aborted may return before the watchdog has recorded why.
-    pub(super) fn finish(mut self) -> Option<crate::DataError> {
+    pub(crate) fn finish(mut self) -> Option<crate::DataError> {
         self.stop_thread();
         self.gave_up.lock().ok()?.take()
     }

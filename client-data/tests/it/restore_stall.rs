@@ -179,3 +179,31 @@ fn a_driver_stopped_before_the_restore_refuses_it_in_the_conflict_check() {
         DatasetState::Staged
     );
 }
+
+#[test]
+fn a_driver_stopped_while_the_target_is_opened_is_given_up_on() {
+    if !can_run("a_driver_stopped_while_the_target_is_opened_is_given_up_on") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let m = ntfs(d.path());
+    let pid = m.driver().expect("tek's own ntfs-3g").pid();
+    let opts = opts(&m);
+    let stopped = Stopped::stop(pid);
+    let t0 = Instant::now();
+    let e = m
+        .guarded(&opts, || {
+            RestoreTarget::beneath(m.path(), "/Users/Public/Recovered")
+        })
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(matches!(e, DataError::Stalled { .. }), "{msg}");
+    assert!(msg.contains("opening the restore's target folder"), "{msg}");
+    drop(stopped);
+    assert_detached(m, &msg);
+}
