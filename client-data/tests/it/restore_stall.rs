@@ -207,3 +207,101 @@ fn a_driver_stopped_while_the_target_is_opened_is_given_up_on() {
     drop(stopped);
     assert_detached(m, &msg);
 }
+
+/// An ntfs-3g the test started itself (a mount tek did not make): continued, detached and
+/// ended on drop.
+struct ForeignMount {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for ForeignMount {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_stopped_foreign_fuse_mount_is_aborted_and_named_not_detached() {
+    if !can_run("a_stopped_foreign_fuse_mount_is_aborted_and_named_not_detached") {
+        return;
+    }
+    let d = depot();
+    let src = d.dir.path().join("src");
+    for i in 0..20 {
+        write(&src.join(format!("f{i}.txt")), b"data");
+    }
+    let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
+    let img = d.dir.path().join("foreign.ntfs");
+    fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let out = std::process::Command::new("mkntfs")
+        .args(["-F", "-q", "-f"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let dir = d.dir.path().join("foreign-mnt");
+    fs::create_dir(&dir).unwrap();
+    let child = std::process::Command::new("ntfs-3g")
+        .args(["-o", "no_detach"])
+        .arg(&img)
+        .arg(&dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let m = ForeignMount {
+        child,
+        dir: dir.clone(),
+    };
+    let t0 = Instant::now();
+    while !mounted(&dir) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "ntfs-3g did not mount"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fs::create_dir(dir.join("Recovered")).unwrap();
+    let target = RestoreTarget::open(&dir.join("Recovered")).unwrap();
+    let opts = RestoreOptions {
+        stall_warning: Duration::from_millis(500),
+        stall_limit: Duration::from_secs(3),
+        ..Default::default()
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let t1 = Instant::now();
+    let e = d
+        .custody
+        .restore_with(&info.id, &target, &dest(), &opts)
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        t1.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t1.elapsed()
+    );
+    assert!(matches!(e, DataError::Stalled { .. }), "{msg}");
+    assert!(msg.contains("aborted its FUSE connection"), "{msg}");
+    // Not tek's mount: left in place, named as dead, with what to do.
+    assert!(
+        msg.contains(&format!("must be unmounted (umount -l {})", dir.display())),
+        "{msg}"
+    );
+    assert!(mounted(&dir), "a mount tek did not make was detached");
+    drop(target);
+    drop(m);
+    assert!(!mounted(&dir));
+    assert_eq!(
+        d.custody.dataset(&info.id).unwrap().state,
+        DatasetState::Staged
+    );
+}
