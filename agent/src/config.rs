@@ -81,6 +81,9 @@ pub struct Config {
     /// Client data custody settings, shared by the commands and the daemon.
     #[serde(default)]
     pub custody: crate::settings::CustodySettings,
+    /// How long a restore waits on a target's driver that stops answering.
+    #[serde(default)]
+    pub restore: crate::settings::RestoreSettings,
     /// How the printed documents name the depot (`letterhead.rs`).
     #[serde(default)]
     pub depot: crate::letterhead::DepotSettings,
@@ -181,6 +184,7 @@ impl Default for Config {
             trusted_keys: None,
             policy: Policy::default(),
             custody: Default::default(),
+            restore: Default::default(),
             depot: Default::default(),
             library: Default::default(),
             bays: Vec::new(),
@@ -275,6 +279,7 @@ impl Config {
             }
         }
         self.custody.validate()?;
+        self.restore.validate()?;
         self.depot.validate()?;
         self.library.validate()?;
         Ok(())

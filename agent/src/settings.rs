@@ -13,6 +13,16 @@
 //! Environment overrides (a value set there wins over the file): `TEK_KEK`, `TEK_HOLIDAYS`,
 //! `TEK_MAX_STAGING_AGE_DAYS`, `TEK_BACKUP_RETENTION_DAYS`, and for demos and tests only
 //! `TEK_TEST_NOW` (RFC 3339) to fix the clock.
+//!
+//! The `[restore]` table sets how long a restore waits for a target that stops answering
+//! (`client_data::RestoreOptions::stall_warning`, `stall_limit`), for the job's restore and
+//! `tek data restore` alike:
+//!
+//! ```toml
+//! [restore]
+//! stall_warn_secs = 30     # warn after this long without progress
+//! stall_abort_secs = 120   # then give up on the driver (kill ntfs-3g, abort FUSE)
+//! ```
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -65,6 +75,69 @@ impl CustodySettings {
             deadline,
         )?;
         Ok(())
+    }
+}
+
+/// The `[restore]` table of `agent.toml`: how long a restore waits on a target's driver that
+/// stops answering. Integers (seconds); TOML refuses anything else with its line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSettings {
+    /// Warn after this many seconds without progress.
+    #[serde(default = "default_stall_warn")]
+    pub stall_warn_secs: u64,
+    /// Give up after this many seconds without progress (kill the ntfs-3g tek started, or
+    /// abort the FUSE connection), failing the restore with that reason.
+    #[serde(default = "default_stall_abort")]
+    pub stall_abort_secs: u64,
+}
+
+/// The longest `stall_abort_secs`: an hour of a hung bay is long enough to notice.
+const MAX_STALL_ABORT_SECS: u64 = 3600;
+
+fn default_stall_warn() -> u64 {
+    30
+}
+
+fn default_stall_abort() -> u64 {
+    120
+}
+
+impl Default for RestoreSettings {
+    fn default() -> Self {
+        RestoreSettings {
+            stall_warn_secs: default_stall_warn(),
+            stall_abort_secs: default_stall_abort(),
+        }
+    }
+}
+
+impl RestoreSettings {
+    /// Checks the ranges: warn at least 1 s, abort later than the warning, at most an hour.
+    pub fn validate(&self) -> Result<()> {
+        let (warn, abort) = (self.stall_warn_secs, self.stall_abort_secs);
+        if warn < 1 {
+            bail!("restore.stall_warn_secs = {warn}: must be at least 1");
+        }
+        if abort <= warn {
+            bail!(
+                "restore.stall_abort_secs = {abort}: must be more than \
+                 restore.stall_warn_secs ({warn})"
+            );
+        }
+        if abort > MAX_STALL_ABORT_SECS {
+            bail!("restore.stall_abort_secs = {abort}: must be at most {MAX_STALL_ABORT_SECS}");
+        }
+        Ok(())
+    }
+
+    /// Restore options with these limits (the rest default).
+    pub fn options(&self) -> client_data::RestoreOptions {
+        client_data::RestoreOptions {
+            stall_warning: std::time::Duration::from_secs(self.stall_warn_secs),
+            stall_limit: std::time::Duration::from_secs(self.stall_abort_secs),
+            ..Default::default()
+        }
     }
 }
 
@@ -264,6 +337,58 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("TEK_BACKUP_RETENTION_DAYS"));
+    }
+
+    #[test]
+    fn restore_stall_limits_are_read_and_checked() {
+        let d = parse("").unwrap().restore.options();
+        assert_eq!(
+            (d.stall_warning.as_secs(), d.stall_limit.as_secs()),
+            (30, 120)
+        );
+        let c = parse("[restore]\nstall_warn_secs = 5\nstall_abort_secs = 600\n").unwrap();
+        let o = c.restore.options();
+        assert_eq!(
+            (o.stall_warning.as_secs(), o.stall_limit.as_secs()),
+            (5, 600)
+        );
+        for (text, want) in [
+            (
+                "stall_warn_secs = 0",
+                "restore.stall_warn_secs = 0: must be at least 1",
+            ),
+            (
+                "stall_warn_secs = 60\nstall_abort_secs = 60",
+                "restore.stall_abort_secs = 60: must be more than restore.stall_warn_secs (60)",
+            ),
+            (
+                "stall_warn_secs = 200",
+                "restore.stall_abort_secs = 120: must be more than restore.stall_warn_secs (200)",
+            ),
+            (
+                "stall_abort_secs = 3601",
+                "restore.stall_abort_secs = 3601: must be at most 3600",
+            ),
+        ] {
+            let e = format!("{:#}", parse(&format!("[restore]\n{text}\n")).unwrap_err());
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        // Not an integer, negative, or misspelt: TOML's error with the key and the line.
+        for text in [
+            "stall_warn_secs = 2.5",
+            "stall_abort_secs = \"120\"",
+            "stall_warn_secs = -1",
+        ] {
+            let e = format!("{:#}", parse(&format!("[restore]\n{text}\n")).unwrap_err());
+            let key = text.split(' ').next().unwrap();
+            assert!(e.contains(key) && e.contains("line 2"), "{text}: {e}");
+        }
+        let e = format!("{:#}", parse("[restore]\nstall_secs = 3\n").unwrap_err());
+        assert!(e.contains("stall_secs") && e.contains("line 2"), "{e}");
+        // The sample config shows the defaults, and parses.
+        let sample = parse(include_str!("../../packaging/agent.toml.example")).unwrap();
+        assert_eq!(sample.restore, RestoreSettings::default());
+        assert!(include_str!("../../packaging/agent.toml.example").contains("[restore]"));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct PartitionMount {
     /// The `ntfs-3g` FUSE daemon serving this mount (kept in the foreground), waited for after
     /// the unmount so its last writes are on the disk before the loop device goes.
     daemon: Option<crate::ntfs_mount::Daemon>,
+    /// The mount's device number when a FUSE daemon of ours serves it (read once it came up:
+    /// the watchdog must not ask a driver that may hang).
+    fuse_dev: Option<u64>,
 }
 
 fn merr(action: &'static str, device: &Path, reason: impl ToString) -> DataError {
@@ -266,10 +269,15 @@ impl PartitionMount {
             loopdev,
             source,
             daemon: None,
+            fuse_dev: None,
         };
         if ntfs {
             m.daemon = crate::ntfs_mount::mount(&m.source, &m.dir)?;
             m.mounted = true;
+            if m.daemon.is_some() {
+                use std::os::unix::fs::MetadataExt;
+                m.fuse_dev = std::fs::metadata(&m.dir).ok().map(|st| st.dev());
+            }
             crate::ntfs_mount::check_mounted_rw(&m.dir).map_err(|reason| {
                 DataError::MountRefused {
                     device: m.source.clone(),
@@ -310,23 +318,54 @@ impl PartitionMount {
         self.daemon.as_ref().map(|d| d.driver())
     }
 
+    /// Runs `op`, a call into this mount made before a restore starts (the agent resolving the
+    /// image's data path beneath it), under the restore's watchdog with `opts`' limits: when
+    /// the `ntfs-3g` tek started does not answer, it is killed, its dead mount detached, and
+    /// the result is [`DataError::Stalled`] instead of a call that never returns.
+    pub fn guarded<T>(
+        &self,
+        opts: &crate::RestoreOptions,
+        op: impl FnOnce() -> Result<T, DataError>,
+    ) -> Result<T, DataError> {
+        let Some(driver) = self.driver() else {
+            return op();
+        };
+        let progress = std::sync::Arc::new(crate::restore::watchdog::Progress::default());
+        progress.doing(|s| s.push_str("opening the restore's target folder"));
+        let dog = crate::restore::watchdog::Watchdog::start_on(
+            self.fuse_dev,
+            &self.dir,
+            Some(driver),
+            progress,
+            opts.stall_warning,
+            opts.stall_limit,
+        );
+        match op() {
+            Ok(v) if !dog.stalled() => Ok(v),
+            Ok(_) => Err(dog.finish().expect("recorded once stalled")),
+            Err(e) => Err(dog.finish().unwrap_or(e)),
+        }
+    }
+
     fn teardown(&mut self) -> Result<(), DataError> {
-        // A killed FUSE daemon leaves a dead mount: detach it at once (a plain unmount of it
-        // can wait on requests nobody will answer).
-        if self.mounted
-            && self
-                .daemon
-                .as_ref()
-                .is_some_and(|d| d.driver().was_killed())
-        {
-            nix::mount::umount2(&self.dir, MntFlags::MNT_DETACH).map_err(|e| {
-                merr(
-                    "unmounting (lazily, after its driver was killed)",
-                    &self.dir,
-                    e,
-                )
-            })?;
+        let driver = self.daemon.as_ref().map(|d| d.driver());
+        // The restore's watchdog killed the daemon and detached the dead mount already.
+        if self.mounted && driver.as_ref().is_some_and(|d| d.was_detached()) {
             self.mounted = false;
+        }
+        // A killed FUSE daemon leaves a dead mount: detach it at once (a plain unmount of it
+        // can wait on requests nobody will answer). EINVAL: it is no mount any more.
+        if self.mounted && driver.as_ref().is_some_and(|d| d.was_killed()) {
+            match nix::mount::umount2(&self.dir, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) => self.mounted = false,
+                Err(e) => {
+                    return Err(merr(
+                        "unmounting (lazily, after its driver was killed)",
+                        &self.dir,
+                        e,
+                    ));
+                }
+            }
         }
         if self.mounted {
             let mut last = None;
@@ -346,14 +385,21 @@ impl PartitionMount {
             }
             self.mounted = false;
         }
-        if let Some(d) = self.daemon.take() {
-            d.wait_exit(&self.source)?;
-        }
+        // A killed daemon's end is reported, but the loop device and the mount point go all
+        // the same: nothing writes to them any more. Any other failure of the daemon keeps
+        // them (it may still be writing).
+        let daemon = self.daemon.take().map(|d| d.wait_exit(&self.source));
+        let killed = driver.as_ref().is_some_and(|d| d.was_killed());
+        let after_kill = match daemon {
+            Some(Err(e)) if !killed => return Err(e),
+            Some(Err(e)) => Some(e),
+            _ => None,
+        };
         if let Some(lo) = self.loopdev.take() {
             lo.detach()?;
         }
         let _ = std::fs::remove_dir(&self.dir);
-        Ok(())
+        after_kill.map_or(Ok(()), Err)
     }
 }
 

@@ -47,6 +47,9 @@ pub struct FuseDriver {
     name: &'static str,
     pid: u32,
     killed: Arc<AtomicBool>,
+    /// Set once its dead mount was detached (by the watchdog), so the teardown does not try
+    /// to unmount it again.
+    detached: Arc<AtomicBool>,
 }
 
 impl FuseDriver {
@@ -71,6 +74,36 @@ impl FuseDriver {
     /// True once [`FuseDriver::kill`] was called.
     pub fn was_killed(&self) -> bool {
         self.killed.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `limit` for the killed daemon to be gone (a zombie: its `/dev/fuse`
+    /// descriptor is closed, so the kernel has failed every request it had not answered).
+    /// Not reaped here: the [`Daemon`] waits for it. True when it is gone.
+    pub fn wait_dead(&self, limit: Duration) -> bool {
+        let stat = format!("/proc/{}/stat", self.pid);
+        let started = Instant::now();
+        loop {
+            // The state follows the command name in parentheses: "812 (ntfs-3g) Z ...".
+            let state = std::fs::read_to_string(&stat).ok().and_then(|t| {
+                let rest = &t[t.rfind(')')? + 1..];
+                rest.split_whitespace().next().map(str::to_string)
+            });
+            match state.as_deref() {
+                None | Some("Z" | "X") => return true,
+                _ if started.elapsed() >= limit => return false,
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Records that its mount was detached after it was killed.
+    pub(crate) fn mark_detached(&self) {
+        self.detached.store(true, Ordering::SeqCst);
+    }
+
+    /// True once its dead mount was detached.
+    pub fn was_detached(&self) -> bool {
+        self.detached.load(Ordering::SeqCst)
     }
 }
 
@@ -170,6 +203,7 @@ pub fn mount(source: &Path, dir: &Path) -> Result<Option<Daemon>, DataError> {
         name: "ntfs-3g",
         pid: child.id(),
         killed: Arc::new(AtomicBool::new(false)),
+        detached: Arc::new(AtomicBool::new(false)),
     };
     let mut d = Daemon {
         child,

@@ -36,17 +36,18 @@ use crate::custody::Custody;
 use crate::dataset::{DatasetId, DatasetState, Destination, Migration, rfc3339};
 use crate::error::{DataError, io};
 use crate::ingest::{DATA_KEY, MAC_KEY, MANIFEST_KEY};
-use crate::manifest::{Entry, EntryKind, ManifestReader, SymlinkGuard, check_normalized};
+use crate::manifest::{Entry, EntryKind, ManifestReader};
 use crate::ntfs_mount::FuseDriver;
 use crate::ownership::Ownership;
 use crate::proof::VerifiedRestore;
 use crate::readback::{ReadBack, verify_dirs, verify_others};
 use crate::stream::{DecryptReader, Key, StreamKind, auth_failure, mac_of};
 use crate::target::RestoreTarget;
-use crate::winnames::{NameMap, NameMapping, show};
+use crate::winnames::{NameMapping, show};
 
 mod journal;
 mod plan;
+mod prepare;
 mod result;
 mod undo;
 pub(crate) mod watchdog;
@@ -227,69 +228,38 @@ impl Custody {
             Some(a) => tampered("manifest", a.to_string()),
             None => tampered("manifest", e.to_string()),
         };
-        // This target's record in the journal: entries an unfinished earlier restore made.
-        let ident = journal::identity(target);
-        let mut journal = journal::Journal::load(&dir)?;
-        let earlier = journal.get(&ident).cloned();
-        let made = match &earlier {
-            Some(rec) => journal.made(rec)?,
-            None => Default::default(),
+        // From the first look at the target on, a driver that stops answering is given up on.
+        let progress = Arc::new(watchdog::Progress::default());
+        let dog = watchdog::Watchdog::start(
+            target,
+            opts.driver.clone(),
+            progress.clone(),
+            opts.stall_warning,
+            opts.stall_limit,
+        );
+        let staged = prepare::Staged {
+            id: id.as_str(),
+            dir: &dir,
+            manifest: &manifest_path,
+            key: &mkey,
+            totals: (meta.info.entries, meta.info.bytes),
         };
-        // Windows targets: every name mapped before anything is written (a name that cannot
-        // be mapped refuses the restore here). Every mapped path checked in the target.
+        // Nothing was written yet: a stall here refuses the restore with its reason.
+        let prepared = match prepare::prepare(&staged, target, opts.replace_existing, &progress) {
+            Ok(p) if !dog.stalled() => p,
+            Ok(_) => return Err(dog.finish().expect("recorded once stalled")),
+            Err(e) => return Err(dog.finish().unwrap_or(e)),
+        };
+        let prepare::Prepared {
+            ident,
+            mut journal,
+            mut rec,
+            log,
+            names,
+            depth,
+            plan,
+        } = prepared;
         let fs = target.fs();
-        let mut names = fs.windows_names().then(NameMap::default);
-        let mut depth = 0usize;
-        let plan = {
-            let mut mr = manifest_reader(&manifest_path, &mkey)?;
-            let mut guard = SymlinkGuard::default();
-            let mut check = plan::Checker::new(
-                target.dir(),
-                earlier.as_ref(),
-                &made,
-                opts.replace_existing,
-                target_dir,
-                fs == crate::TargetFs::Ntfs3g,
-            );
-            let (mut n, mut bytes) = (0u64, 0u64);
-            while let Some(e) = mr.next_entry().map_err(man_err)? {
-                check_normalized(&e.path).map_err(|r| unsafe_path(n, r))?;
-                guard.check(&e).map_err(|r| unsafe_path(n, r))?;
-                if let Some(m) = &mut names {
-                    let p = m.add(n, &e.path).map_err(|t| DataError::NameTooLong {
-                        entry: n,
-                        mapped: t.mapped,
-                    })?;
-                    check.check(n, e.kind, &p, target_dir)?;
-                } else {
-                    check.check(n, e.kind, &e.path, target_dir)?;
-                }
-                depth = depth.max(e.path.iter().filter(|&&b| b == b'/').count());
-                bytes += e.size;
-                n += 1;
-            }
-            if mr.end != Some((n, bytes)) || (n, bytes) != (meta.info.entries, meta.info.bytes) {
-                return Err(tampered(
-                    "manifest",
-                    "entry or byte totals do not match".into(),
-                ));
-            }
-            check.finish()?
-        };
-        drop(made);
-        // A record of a format-1 journal (no identities) starts over: nothing of it was
-        // provably ours, and the plan refused or replaced (as asked) all of it.
-        let fresh_log = earlier.as_ref().is_none_or(|r| r.format1);
-        let mut rec = match earlier {
-            Some(r) if !r.format1 => r,
-            Some(r) => journal::TargetRecord {
-                intents_below: 0,
-                ..journal::Journal::fresh(&r.identity)
-            },
-            None => journal::Journal::fresh(&ident),
-        };
-        rec.label = target_dir.display().to_string();
-        let log = journal.open_log(&rec, fresh_log)?;
 
         // The target's own times, put back by a cleanup with those of merged directories.
         let mut times = plan.merged_times;
@@ -332,14 +302,6 @@ impl Custody {
             }
             Vec::new()
         };
-        let progress = Arc::new(watchdog::Progress::default());
-        let dog = watchdog::Watchdog::start(
-            target,
-            opts.driver.clone(),
-            progress.clone(),
-            opts.stall_warning,
-            opts.stall_limit,
-        );
         let mut w = Writer {
             root,
             target: target_dir.to_path_buf(),
@@ -466,8 +428,7 @@ impl Custody {
                 v
             }
             Err(cause) => {
-                let cause = dog.gave_up().unwrap_or(cause);
-                drop(dog);
+                let cause = dog.finish().unwrap_or(cause);
                 w.parent = None;
                 let mut own = plan.own;
                 own.sort_unstable();
@@ -477,10 +438,21 @@ impl Custody {
                     made_dirs: &w.made_dirs,
                     times: &times,
                 };
-                let mut mr = manifest_reader(&manifest_path, &mkey)?;
-                let mut cleanup = undo.run(&w.root, || {
-                    mr.next_entry().map(|e| e.map(&mapped)).map_err(man_err)
-                });
+                // A driver given up on answers nothing any more (ENOTCONN, or it still hangs
+                // when the give-up failed): no removal is tried, the entries written stay, and
+                // the journal keeps them provable for a restore into the folder again.
+                let mut cleanup = if matches!(cause, DataError::Stalled { .. }) {
+                    crate::error::Cleanup {
+                        remaining_count: w.created,
+                        target_dead: true,
+                        ..Default::default()
+                    }
+                } else {
+                    let mut mr = manifest_reader(&manifest_path, &mkey)?;
+                    undo.run(&w.root, || {
+                        mr.next_entry().map(|e| e.map(&mapped)).map_err(man_err)
+                    })
+                };
                 cleanup.written = w.created;
                 // What is left of ours stays provable for the next run.
                 let _ = w.log.sync();

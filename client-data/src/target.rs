@@ -28,6 +28,10 @@ pub struct RestoreTarget {
     dir: File,
     label: PathBuf,
     fs: TargetFs,
+    /// `st_dev` of the directory and whether it is on FUSE, read once at open: a restore's
+    /// watchdog needs them when the driver may no longer answer a `fstat`.
+    dev: Option<u64>,
+    fuse: bool,
 }
 
 /// The kind of filesystem a restore writes into, which decides names and metadata.
@@ -151,11 +155,7 @@ impl RestoreTarget {
                 reason: "not a directory".into(),
             });
         }
-        Ok(RestoreTarget {
-            fs: TargetFs::detect(&dir),
-            dir,
-            label: path.to_path_buf(),
-        })
+        Ok(RestoreTarget::new(dir, path.to_path_buf()))
     }
 
     /// Resolves `data_path` (see [`data_path_components`]) beneath the directory `root` (a mount
@@ -220,12 +220,21 @@ impl RestoreTarget {
                 }
             })?;
         }
-        let dir = File::from(cur);
-        Ok(RestoreTarget {
+        Ok(RestoreTarget::new(File::from(cur), label))
+    }
+
+    fn new(dir: File, label: PathBuf) -> RestoreTarget {
+        use std::os::unix::fs::MetadataExt;
+        #[allow(clippy::unnecessary_cast)] // the field's type differs between targets
+        let fuse = nix::sys::statfs::fstatfs(&dir)
+            .is_ok_and(|s| s.filesystem_type().0 as i64 == FUSE_MAGIC);
+        RestoreTarget {
             fs: TargetFs::detect(&dir),
+            dev: dir.metadata().ok().map(|m| m.dev()),
+            fuse,
             dir,
             label,
-        })
+        }
     }
 
     /// The open directory.
@@ -236,6 +245,16 @@ impl RestoreTarget {
     /// The kind of filesystem it is on.
     pub fn fs(&self) -> TargetFs {
         self.fs
+    }
+
+    /// The device number of its filesystem (`st_dev`, as read when it was opened).
+    pub fn dev(&self) -> Option<u64> {
+        self.dev
+    }
+
+    /// True when its filesystem is served by a FUSE daemon (as found when it was opened).
+    pub fn is_fuse(&self) -> bool {
+        self.fuse
     }
 
     /// The path it was opened as (messages only; never re-resolved).

@@ -314,9 +314,10 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                     None,
                 ),
             };
+            // The same stall limits as the agent's jobs (agent.toml's `[restore]`).
             let opts = client_data::RestoreOptions {
                 replace_existing,
-                ..Default::default()
+                ..agent::settings::command_config()?.restore.options()
             };
             let res = client_data::RestoreTarget::open(&dir)
                 .and_then(|t| c.restore_with(&id, &t, &dest, &opts))

@@ -35,6 +35,8 @@ pub struct RealSteps {
     allow_unsigned: bool,
     require_clean_image: bool,
     beyond: BeyondImage,
+    /// agent.toml's `[restore]`: how long the restore waits on a driver that stops answering.
+    restore: crate::settings::RestoreSettings,
     sharing: WriteSharing<imager::TargetReport>,
     /// Each writing job's disk (by node) and the `diskseq` it had when detected, so the batch
     /// leader's imager call refuses a node that now reaches another disk.
@@ -60,6 +62,7 @@ impl RealSteps {
             allow_unsigned: cfg.policy.allow_unsigned,
             require_clean_image: cfg.policy.require_clean_image,
             beyond: cfg.policy.beyond_image,
+            restore: cfg.restore.clone(),
             sharing: WriteSharing::new(Duration::from_millis(cfg.policy.share_write_window_ms)),
             detected: Mutex::new(HashMap::new()),
         })
@@ -379,19 +382,24 @@ impl JobSteps for RealSteps {
             .with_context(|| format!("mounting partition {part} of {}", dev.display()))?;
         // The image's filesystem is hostile input: `data_path` is resolved beneath the mount as
         // a descriptor (no symlink, no other filesystem), and the restore writes relative to it.
+        // A re-run of this step (the job resumed) replaces the entries its interrupted run
+        // wrote (the restore journal says which); anything else in the way refuses. A stalled
+        // ntfs-3g is given up on after `[restore] stall_abort_secs` (two minutes), its dead
+        // mount detached, and the job fails with that reason; this covers opening the data
+        // path too.
+        let opts = client_data::RestoreOptions {
+            driver: mount.driver(),
+            ..self.restore.options()
+        };
         let data_path = img.manifest.hints.data_path.as_deref().unwrap_or("/");
-        let target = client_data::RestoreTarget::beneath(mount.path(), data_path)
+        let target = mount
+            .guarded(&opts, || {
+                client_data::RestoreTarget::beneath(mount.path(), data_path)
+            })
             .with_context(|| format!("opening data path {data_path} in partition {part}"))?;
         let dest = Destination {
             job: Some(job.id.to_string()),
             device: device_identity(job),
-        };
-        // A re-run of this step (the job resumed) replaces the entries its interrupted run
-        // wrote (the restore journal says which); anything else in the way refuses. A stalled
-        // ntfs-3g is given up on after two minutes, and the job fails with that reason.
-        let opts = client_data::RestoreOptions {
-            driver: mount.driver(),
-            ..Default::default()
         };
         let result = self.custody.restore_with(&id, &target, &dest, &opts);
         drop(target);

@@ -13,6 +13,7 @@ mod image_cli;
 mod json_shape;
 mod pipes;
 mod report_cli;
+mod restore_config;
 mod socket_limits;
 mod state_root;
 mod write_cli;

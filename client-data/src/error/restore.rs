@@ -148,6 +148,9 @@ pub struct Cleanup {
     /// Entries that stood in the target and were replaced, as asked (`replace_existing`),
     /// before the failure: what was there is gone with the restore's own entry.
     pub replaced_gone: u64,
+    /// No removal was tried: the target's driver was given up on (`DataError::Stalled`), so
+    /// every call into it fails or hangs. The entries written stay (`remaining_count`).
+    pub target_dead: bool,
 }
 
 impl std::fmt::Display for Cleanup {
@@ -155,6 +158,23 @@ impl std::fmt::Display for Cleanup {
         let nothing_left = self.remaining_count == 0 && self.replaced_gone == 0;
         if self.written == 0 && self.earlier_removed == 0 && nothing_left {
             return write!(f, "nothing was written (the target is as it was before)");
+        }
+        if self.target_dead && self.written > 0 {
+            write!(
+                f,
+                "wrote {}; none {} removed again: the target's filesystem no longer answers",
+                entries(self.written),
+                if self.written == 1 { "was" } else { "were" }
+            )?;
+            if self.replaced_gone > 0 {
+                write!(
+                    f,
+                    "; the {} it had replaced, as asked, {} gone",
+                    entries(self.replaced_gone),
+                    if self.replaced_gone == 1 { "is" } else { "are" }
+                )?;
+            }
+            return Ok(());
         }
         if self.written == 0 {
             write!(f, "this restore wrote nothing")?;
@@ -260,6 +280,29 @@ mod cleanup_tests {
                 "removed 2 of them again; 1 entry could not be removed and remains: d: the \
                  directory holds something else now"
             ),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn a_dead_target_says_nothing_was_removed_once() {
+        let c = Cleanup {
+            written: 3,
+            remaining_count: 3,
+            target_dead: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.to_string(),
+            "wrote 3 entries; none were removed again: the target's filesystem no longer answers"
+        );
+        let c = Cleanup {
+            written: 1,
+            remaining_count: 1,
+            ..c
+        };
+        assert!(
+            c.to_string().starts_with("wrote 1 entry; none was removed"),
             "{c}"
         );
     }

@@ -10,8 +10,18 @@
 //! did not make, its connection is aborted through `/sys/fs/fuse/connections/<id>/abort`
 //! (mounting `fusectl` there first if needed). A kernel filesystem cannot be aborted; the
 //! warning repeats.
+//!
+//! A killed or aborted FUSE daemon leaves a dead mount behind (every access: ENOTCONN), still
+//! listed in `/proc/self/mountinfo`. The mounts of the target's filesystem are found there by
+//! its device number (read when the target was opened: `fstat` may hang by now). When tek
+//! started the daemon, they are tek's and detached (`MNT_DETACH`: nothing can be flushed any
+//! more, and a plain unmount may wait on the dead connection); the mount's teardown then only
+//! waits for the daemon's exit. A mount tek did not make is left alone, and the message names
+//! its mount point as dead and to be unmounted.
+//!
+//! The watchdog runs from the first look at the target (its identity, the journal's proofs,
+//! the conflict check's `fstatat` of every path) to the last read-back.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,18 +60,21 @@ impl Progress {
 /// Who serves the target, and how to give up on it.
 #[derive(Debug, Clone)]
 enum Driver {
-    /// An `ntfs-3g` tek started.
-    Ours(FuseDriver),
-    /// Another FUSE daemon: its connection id (the kernel's encoding of `st_dev`).
+    /// An `ntfs-3g` tek started, and the target's device number.
+    Ours(FuseDriver, u64),
+    /// Another FUSE daemon: the target's device number (its connection id is the kernel's
+    /// encoding of it).
     Fuse(u64),
     /// A kernel filesystem.
     Kernel,
 }
 
 /// The running watchdog; stops on drop.
-pub(super) struct Watchdog {
+pub(crate) struct Watchdog {
     stop: Arc<AtomicBool>,
     gave_up: Arc<Mutex<Option<crate::DataError>>>,
+    /// Set when the watchdog begins to give up (before it kills or aborts anything).
+    giving_up: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -74,21 +87,38 @@ impl Watchdog {
         warn_after: Duration,
         give_up_after: Duration,
     ) -> Watchdog {
-        let fuse_conn = target.dir().metadata().ok().and_then(|m| {
-            (target.fs() == crate::TargetFs::Ntfs3g || is_fuse(target.dir())).then(|| {
-                let dev = m.dev();
-                (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev))
-            })
-        });
-        let driver = match (driver, fuse_conn) {
-            (Some(d), Some(_)) => Driver::Ours(d),
-            (_, Some(c)) => Driver::Fuse(c),
+        // Both as found when the target was opened: nothing here may ask the driver.
+        let fuse_dev = target.dev().filter(|_| target.is_fuse());
+        Watchdog::start_on(
+            fuse_dev,
+            target.label(),
+            driver,
+            progress,
+            warn_after,
+            give_up_after,
+        )
+    }
+
+    /// Watches `progress` of work on the filesystem at `label`: `fuse_dev`, its device number
+    /// when FUSE serves it (`None`: a kernel filesystem).
+    pub(crate) fn start_on(
+        fuse_dev: Option<u64>,
+        label: &Path,
+        driver: Option<FuseDriver>,
+        progress: Arc<Progress>,
+        warn_after: Duration,
+        give_up_after: Duration,
+    ) -> Watchdog {
+        let driver = match (driver, fuse_dev) {
+            (Some(d), Some(dev)) => Driver::Ours(d, dev),
+            (_, Some(dev)) => Driver::Fuse(dev),
             _ => Driver::Kernel,
         };
-        let label = target.label().to_path_buf();
+        let label = label.to_path_buf();
         let stop = Arc::new(AtomicBool::new(false));
         let gave_up = Arc::new(Mutex::new(None));
-        let (s, g) = (stop.clone(), gave_up.clone());
+        let giving_up = Arc::new(AtomicBool::new(false));
+        let (s, g, gu) = (stop.clone(), gave_up.clone(), giving_up.clone());
         let thread = std::thread::Builder::new()
             .name("tek-watchdog".into())
             .spawn(move || {
@@ -96,8 +126,11 @@ impl Watchdog {
                     &driver,
                     &label,
                     &progress,
-                    &s,
-                    &g,
+                    Flags {
+                        stop: &s,
+                        giving_up: &gu,
+                        gave_up: &g,
+                    },
                     warn_after,
                     give_up_after,
                 )
@@ -106,18 +139,25 @@ impl Watchdog {
         Watchdog {
             stop,
             gave_up,
+            giving_up,
             thread,
         }
     }
 
-    /// The error to report instead of whatever the aborted call returned, once given up.
-    pub(super) fn gave_up(&self) -> Option<crate::DataError> {
+    /// True once the watchdog began giving up on the driver.
+    pub(crate) fn stalled(&self) -> bool {
+        self.giving_up.load(Ordering::SeqCst)
+    }
+
+    /// Stops the watchdog; the error to report instead of whatever the aborted call returned,
+    /// once given up. Waits for a give-up under way (kill, detach) to finish: the call it
+    /// aborted may return before the watchdog has recorded why.
+    pub(crate) fn finish(mut self) -> Option<crate::DataError> {
+        self.stop_thread();
         self.gave_up.lock().ok()?.take()
     }
-}
 
-impl Drop for Watchdog {
-    fn drop(&mut self) {
+    fn stop_thread(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
@@ -126,17 +166,85 @@ impl Drop for Watchdog {
     }
 }
 
-fn is_fuse(dir: &std::fs::File) -> bool {
-    #[allow(clippy::unnecessary_cast)]
-    nix::sys::statfs::fstatfs(dir).is_ok_and(|s| s.filesystem_type().0 as i64 == 0x6573_5546)
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// The kernel's FUSE connection id of device `dev` (as `/sys/fs/fuse/connections` names it).
+fn conn_of(dev: u64) -> u64 {
+    (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev))
+}
+
+/// Where the filesystem of device `dev` is mounted, as `/proc/self/mountinfo` lists it.
+fn mount_points(dev: u64) -> Vec<String> {
+    let devno = blockdev::mountinfo::devno_str(dev);
+    blockdev::mountinfo::current()
+        .into_iter()
+        .filter(|m| m.devno == devno)
+        .map(|m| m.mount_point)
+        .collect()
+}
+
+/// Detaches the dead mounts of our killed daemon: what was done, for the message.
+fn detach(f: &FuseDriver, dev: u64) -> String {
+    // Detached before the daemon is gone, a mount would still send it requests nobody
+    // answers; killed, it dies at once (SIGKILL ends a stopped process too).
+    if !f.wait_dead(Duration::from_secs(10)) {
+        return format!(
+            "; it did not end within 10 s, so its mount stays: it is dead and must be \
+             unmounted ({})",
+            unmount_hint(&mount_points(dev))
+        );
+    }
+    let points = mount_points(dev);
+    if points.is_empty() {
+        return String::new();
+    }
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for p in &points {
+        match nix::mount::umount2(Path::new(p), nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => done.push(p.as_str()),
+            Err(e) => failed.push(format!("{p} ({e})")),
+        }
+    }
+    if failed.is_empty() {
+        f.mark_detached();
+    }
+    let mut out = String::new();
+    if !done.is_empty() {
+        out = format!("; detached its dead mount {}", done.join(", "));
+    }
+    if !failed.is_empty() {
+        out.push_str(&format!(
+            "; detaching its dead mount failed: {}; it must be unmounted",
+            failed.join(", ")
+        ));
+    }
+    out
+}
+
+/// "umount -l /mnt/x" for each mount point, or how to find them.
+fn unmount_hint(points: &[String]) -> String {
+    if points.is_empty() {
+        return "its mount point is not in /proc/self/mountinfo".into();
+    }
+    points
+        .iter()
+        .map(|p| format!("umount -l {p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe(d: &Driver, label: &Path) -> String {
     match d {
-        Driver::Ours(f) => format!("{} (pid {})", f.name(), f.pid()),
-        Driver::Fuse(c) => format!(
-            "the FUSE daemon serving {} (connection {c})",
-            label.display()
+        Driver::Ours(f, _) => format!("{} (pid {})", f.name(), f.pid()),
+        Driver::Fuse(dev) => format!(
+            "the FUSE daemon serving {} (connection {})",
+            label.display(),
+            conn_of(*dev)
         ),
         Driver::Kernel => format!("the filesystem of {}", label.display()),
     }
@@ -145,13 +253,18 @@ fn describe(d: &Driver, label: &Path) -> String {
 /// Gives up on the driver: what was done, or why nothing could be.
 fn give_up(d: &Driver) -> Result<String, String> {
     match d {
-        Driver::Ours(f) => f
+        Driver::Ours(f, dev) => f
             .kill()
-            .map(|()| "killed it, which fails every request it had not answered".into())
+            .map(|()| {
+                format!(
+                    "killed it, which fails every request it had not answered{}",
+                    detach(f, *dev)
+                )
+            })
             .map_err(|e| format!("killing it failed: {e}")),
-        Driver::Fuse(c) => {
+        Driver::Fuse(dev) => {
             let dir = Path::new("/sys/fs/fuse/connections");
-            let abort = dir.join(c.to_string()).join("abort");
+            let abort = dir.join(conn_of(*dev).to_string()).join("abort");
             if !abort.exists() {
                 // fusectl is not always mounted (systemd mounts it; this machine may not).
                 let _ = nix::mount::mount(
@@ -163,7 +276,15 @@ fn give_up(d: &Driver) -> Result<String, String> {
                 );
             }
             std::fs::write(&abort, b"1")
-                .map(|()| format!("aborted its FUSE connection ({})", abort.display()))
+                .map(|()| {
+                    // Not tek's mount: left for whoever made it, named.
+                    format!(
+                        "aborted its FUSE connection ({}); tek did not make this mount, so it \
+                         stays: it is dead now and must be unmounted ({})",
+                        abort.display(),
+                        unmount_hint(&mount_points(*dev))
+                    )
+                })
                 .map_err(|e| {
                     format!(
                         "aborting its FUSE connection through {}: {e}",
@@ -175,15 +296,26 @@ fn give_up(d: &Driver) -> Result<String, String> {
     }
 }
 
+/// The watchdog's shared state, as its thread sees it.
+struct Flags<'a> {
+    stop: &'a AtomicBool,
+    giving_up: &'a AtomicBool,
+    gave_up: &'a Mutex<Option<crate::DataError>>,
+}
+
 fn watch(
     d: &Driver,
     label: &Path,
     p: &Progress,
-    stop: &AtomicBool,
-    gave_up: &Mutex<Option<crate::DataError>>,
+    flags: Flags<'_>,
     warn_after: Duration,
     give_up_after: Duration,
 ) {
+    let Flags {
+        stop,
+        giving_up,
+        gave_up,
+    } = flags;
     let poll = (warn_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let (mut last, mut since) = (p.ticks.load(Ordering::Relaxed), Instant::now());
     let mut warned = Duration::ZERO;
@@ -207,24 +339,32 @@ fn watch(
         }
         if idle >= give_up_after && !done {
             done = true;
+            let fuse = !matches!(d, Driver::Kernel);
+            giving_up.store(fuse, Ordering::SeqCst);
             let driver = describe(d, label);
             let doing = p.now_doing();
-            match give_up(d) {
+            let action = match give_up(d) {
                 Ok(action) => {
                     tracing::error!("{driver} did not answer for {} s: {action}", idle.as_secs());
-                    if let Ok(mut g) = gave_up.lock() {
-                        *g = Some(crate::DataError::Stalled {
-                            driver,
-                            secs: idle.as_secs(),
-                            doing,
-                            action,
-                        });
-                    }
+                    action
                 }
-                Err(why) => tracing::error!(
-                    "{driver} did not answer for {} s while {doing}; {why}",
-                    idle.as_secs()
-                ),
+                Err(why) => {
+                    tracing::error!(
+                        "{driver} did not answer for {} s while {doing}; {why}",
+                        idle.as_secs()
+                    );
+                    why
+                }
+            };
+            // Recorded for FUSE even when the give-up failed: a call that returns after this
+            // point failed because of the stall (a kernel filesystem's call just waits).
+            if fuse && let Ok(mut g) = gave_up.lock() {
+                *g = Some(crate::DataError::Stalled {
+                    driver,
+                    secs: idle.as_secs(),
+                    doing,
+                    action,
+                });
             }
         }
     }

@@ -12,6 +12,7 @@ mod ntfs_mount;
 mod privilege;
 mod restore_resume;
 mod restore_safe;
+mod restore_stall;
 mod restore_target;
 mod tar;
 mod withdraw;

@@ -14,6 +14,7 @@ use std::process::Command;
 use super::*;
 
 mod laptop;
+mod stall;
 use laptop::{CASE_PAIRS, ILLEGAL, Laptop};
 
 /// The shared bench's image builder: `TEK_SHARED_BENCH`, else `../shared/bench` beside the
