@@ -61,6 +61,17 @@ pub enum LibraryError {
         /// The remote.
         url: RemoteUrl,
     },
+    /// A manifest without its signature: a push cut off between the two, or still running.
+    #[error(
+        "image {image} in the library at {url} has a manifest but no signature yet: a push of \
+         it was cut off or is still running (pushed again, it is finished)"
+    )]
+    Unfinished {
+        /// The image asked for.
+        image: ImageRef,
+        /// The remote.
+        url: RemoteUrl,
+    },
     /// An object the manifest needs is not on the remote.
     #[error("chunk {chunk} (image offset {offset}) is missing on the remote: {object} not found")]
     MissingChunk {

@@ -3,7 +3,8 @@
 //! the local image store is the verifying cache.
 //!
 //! Data flow: [`push`] uploads a signed image's chunks the remote lacks (format 2: in pack
-//! files, [`packs`]), then its pack index, its signature, then its manifest (the commit point).
+//! files, [`packs`]), then its manifest (the claim on NAME@VERSION), its pack index and its
+//! signature (the publication).
 //! [`pull`] fetches the manifest, accepts it only with a valid signature by a trusted key, then
 //! fetches the chunks the store lacks in parallel (format 2: ranged GETs of packs); the store
 //! checks each one (BLAKE3) before it is written ([`image_store::Incoming`]) and commits the

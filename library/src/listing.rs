@@ -48,15 +48,25 @@ pub(crate) async fn listed(
     remote: &Remote,
     library: layout::Layout,
 ) -> Result<Vec<RemoteImage>, LibraryError> {
-    let mut out: Vec<RemoteImage> = remote
-        .list("images/")
-        .await?
-        .into_iter()
+    let keys = remote.list("images/").await?;
+    // An image is published once its signature is beside its manifest (the push writes it
+    // after the manifest): a manifest alone is a push cut off or still running.
+    let signed: std::collections::HashSet<&str> = keys
+        .iter()
+        .filter(|(k, _)| k.ends_with(".sig"))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let mut out: Vec<RemoteImage> = keys
+        .iter()
         .filter_map(|(k, size)| {
-            library.image_of_key(&k).map(|image| RemoteImage {
-                image,
-                manifest_bytes: size,
-            })
+            let image = library.image_of_key(k)?;
+            signed
+                .contains(layout::signature_key(&image).as_str())
+                .then_some((image, *size))
+        })
+        .map(|(image, size)| RemoteImage {
+            image,
+            manifest_bytes: size,
         })
         .collect();
     out.sort_by(|a, b| a.image.cmp(&b.image));

@@ -389,7 +389,11 @@ async fn fetch_manifest(
                 image: image.clone(),
                 url: remote.url().clone(),
             }),
-            Some(_) => Err(refused(SignatureStatus::Unsigned)),
+            // The push writes the signature after the manifest.
+            Some(_) => Err(LibraryError::Unfinished {
+                image: image.clone(),
+                url: remote.url().clone(),
+            }),
         };
     };
     if let Some(status) = image_store::signature::precheck(&sig, trusted_keys)? {

@@ -4,11 +4,12 @@
 //! remote lacks, each checked against its id before it leaves the bench, so a chunk gone bad
 //! locally is never published: in format 2 packed into pack files (`push_packs.rs`) followed
 //! by the image's pack index; in format 1 (a remote created with it keeps it) one listing of
-//! `chunks/` and one object per chunk, `in_flight` at a time. Then the signature, then the
-//! manifest: the commit point, uploaded only if the remote has none (`If-None-Match: *`), so of
-//! two pushes racing with different manifests under one name exactly one wins and the other
-//! says so. A push cut off before the manifest leaves only chunks or packs behind, never a
-//! visible image; the next push uploads only what is still missing. Last, `index.json` is
+//! `chunks/` and one object per chunk, `in_flight` at a time. Then the manifest: the claim,
+//! uploaded only if the remote has none (`If-None-Match: *`), so of two pushes racing with
+//! different manifests under one name exactly one wins and the other says so and writes
+//! nothing more; then the pack index and the signature, which publishes the image (see
+//! [`commit`]). A push cut off before the signature leaves only chunks, packs or an unlisted
+//! manifest behind, never a visible image; the next push uploads only what is still missing. Last, `index.json` is
 //! rewritten from a listing of `images/` for remotes served over plain HTTP, and listed again
 //! until the listing matches what was written, so two pushes racing never lose each other's
 //! image from it.
@@ -280,13 +281,17 @@ struct Published<'a> {
     pack_index: Option<Vec<u8>>,
 }
 
-/// Publishes the image: the pack index (format 2) and the signature, then the manifest if the
-/// remote has none (`there`: it had this manifest when the push began). `Ok(false)`: the
-/// manifest was there already, or a racing push published the same one first; another manifest
-/// under the name is a conflict. Either way the signature and pack index beside the manifest
-/// are made ours if they are not (a racing push of another manifest may have replaced them
-/// before losing; a pull refuses a pack index made for another manifest, so that window is
-/// safe).
+/// Publishes the image: the manifest if the remote has none (`there`: it had this manifest
+/// when the push began), created only if absent (`put_new`), then its pack index (format 2)
+/// and signature. The manifest is the claim on NAME@VERSION: a push that loses it writes
+/// nothing beside it. (Signature first, as until 2026-12-03, let the loser of a race of two
+/// different manifests replace the winner's signature after the winner had checked it: an
+/// image no bench could pull, and the winner told it was pushed.) `Ok(false)`: the manifest
+/// was there already, or a racing push published the same one first; another manifest under
+/// the name is a conflict. Either way the signature and pack index beside the manifest are
+/// made ours if they are not (a push cut off between the manifest and its signature is
+/// finished so). Until its signature is there an image is not listed and a pull says it is
+/// unfinished.
 async fn commit(
     remote: &Remote,
     image: &ImageRef,
@@ -295,33 +300,24 @@ async fn commit(
 ) -> Result<bool, LibraryError> {
     let sig_key = layout::signature_key(image);
     let index_key = layout::pack_index_key(image);
-    let created = !there && {
-        if let Some(index) = &p.pack_index {
-            remote
-                .put(&index_key, Bytes::copy_from_slice(index))
-                .await?;
-        }
-        remote
-            .put(&sig_key, Bytes::copy_from_slice(p.sig_bytes))
-            .await?;
-        remote
+    let created = !there
+        && remote
             .put_new(p.manifest_key, Bytes::from(p.stored_manifest.clone()))
-            .await?
-    };
-    if !created && !there {
+            .await?;
+    // The manifest read back, also when this push created it: a store whose conditional create
+    // is not atomic (s3s-fs checks, then writes) can let a racing push's manifest replace it.
+    let ours = async || {
         let theirs = remote.get(p.manifest_key, MAX_DOCUMENT).await?;
-        if !theirs.is_some_and(|t| same_manifest(p.library, &t, p.manifest_bytes)) {
-            return Err(LibraryError::Conflict {
+        match theirs.is_some_and(|t| same_manifest(p.library, &t, p.manifest_bytes)) {
+            true => Ok(()),
+            false => Err(LibraryError::Conflict {
                 image: image.clone(),
                 url: remote.url().clone(),
-            });
+            }),
         }
-    }
-    if remote.get(&sig_key, MAX_DOCUMENT).await?.as_deref() != Some(p.sig_bytes) {
-        remote
-            .put(&sig_key, Bytes::copy_from_slice(p.sig_bytes))
-            .await?;
-    }
+    };
+    ours().await?;
+    // The pack index before the signature: the signature makes the image listed and pulled.
     if let Some(index) = &p.pack_index
         && remote.get(&index_key, MAX_DOCUMENT).await?.as_deref() != Some(&index[..])
     {
@@ -329,7 +325,31 @@ async fn commit(
             .put(&index_key, Bytes::copy_from_slice(index))
             .await?;
     }
-    Ok(created)
+    // Then the signature, checked after it is written (and the manifest once more): on such a
+    // store the push that lost may have written its signature in the same instant.
+    let put_sig = async || {
+        remote
+            .put(&sig_key, Bytes::copy_from_slice(p.sig_bytes))
+            .await
+    };
+    if remote.get(&sig_key, MAX_DOCUMENT).await?.as_deref() != Some(p.sig_bytes) {
+        put_sig().await?;
+    }
+    for _ in 0..3 {
+        ours().await?;
+        if remote.get(&sig_key, MAX_DOCUMENT).await?.as_deref() == Some(p.sig_bytes) {
+            return Ok(created);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        put_sig().await?;
+    }
+    Err(LibraryError::Request {
+        action: "publishing the signature of",
+        object: remote.url().object(&sig_key),
+        reason: "it was replaced three times after it was written (another push of the same \
+                 name is writing its own)"
+            .into(),
+    })
 }
 
 async fn upload_one(

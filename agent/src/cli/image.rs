@@ -54,8 +54,8 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Upload a signed image to an S3 library (only the chunks it lacks; signature and
-    /// manifest last). Endpoint, region and credentials: AWS_ENDPOINT_URL, AWS_REGION,
+    /// Upload a signed image to an S3 library (only the chunks it lacks; manifest and
+    /// signature last). Endpoint, region and credentials: AWS_ENDPOINT_URL, AWS_REGION,
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
     Push {
         /// NAME@VERSION.

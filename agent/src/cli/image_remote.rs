@@ -140,7 +140,7 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
     };
     println!(
         "pushed {image} to {}: {} of {} chunks uploaded ({}){packs}, {there}; \
-         signature and manifest last ({:.1} s, {} requests)",
+         manifest and signature last ({:.1} s, {} requests)",
         remote.url(),
         r.uploaded,
         r.chunks,

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use image_library::{LibraryError, RemoteImage, layout, list, pull, push};
 use image_store::ImageRef;
 
-use crate::fixture::{Depots, http_remote, quick, s3_remote, s3_remote_as, s3_remote_with, walk};
+use crate::fixture::{
+    Depot, Depots, http_remote, quick, s3_remote, s3_remote_as, s3_remote_with, walk,
+};
 use crate::{binaries, same_bytes};
 use tek_testkit::servers::{ACCESS_KEY, Nginx, S3Server, SECRET_KEY};
 
@@ -98,23 +100,35 @@ fn child_push_process() {
     while !Path::new(go).exists() {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let r = push(&store, &image, &remote, Path::new(trusted)).unwrap();
-    println!("PUSHED {} {}", r.uploaded, r.was_remote);
+    match push(&store, &image, &remote, Path::new(trusted)) {
+        Ok(r) => println!("PUSHED {} {}", r.uploaded, r.was_remote),
+        Err(e @ LibraryError::Conflict { .. }) => println!("CONFLICT: {e}"),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// Starts one push process per image, released together; returns each one's
 /// `(uploaded, was_remote)`.
 fn race(d: &Depots, prefix: &str, images: &[&ImageRef]) -> Vec<(u64, bool)> {
+    let from: Vec<(&Depot, &ImageRef)> = images.iter().map(|i| (&d.maint, *i)).collect();
+    race_from(d, prefix, &from)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| panic!("a push refused as a conflict")))
+        .collect()
+}
+
+/// [`race`] with each push from its own depot: None for a push refused as a conflict.
+fn race_from(d: &Depots, prefix: &str, pushes: &[(&Depot, &ImageRef)]) -> Vec<Option<(u64, bool)>> {
     let go = d.dir.join(format!("go-{prefix}"));
     let exe = std::env::current_exe().expect("the test binary");
-    let children: Vec<Child> = images
+    let children: Vec<Child> = pushes
         .iter()
-        .map(|image| {
+        .map(|(depot, image)| {
             let spec = [
                 d.server.endpoint(),
                 prefix.to_string(),
-                d.maint.store.root().display().to_string(),
-                d.maint.trusted.display().to_string(),
+                depot.store.root().display().to_string(),
+                depot.trusted.display().to_string(),
                 image.to_string(),
                 go.display().to_string(),
             ]
@@ -143,14 +157,47 @@ fn race(d: &Depots, prefix: &str, images: &[&ImageRef]) -> Vec<(u64, bool)> {
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             );
+            if stdout.lines().any(|l| l.contains("CONFLICT: ")) {
+                return None;
+            }
             let line = stdout
                 .lines()
                 .find_map(|l| l.split_once("PUSHED ").map(|(_, r)| r))
                 .unwrap_or_else(|| panic!("no report in {stdout}"));
             let (n, was) = line.split_once(' ').unwrap();
-            (n.parse().unwrap(), was == "true")
+            Some((n.parse().unwrap(), was == "true"))
         })
         .collect()
+}
+
+#[test]
+fn of_two_benches_pushing_different_contents_under_one_name_at_once_the_winner_is_pullable() {
+    let Some(d) = Depots::new() else { return };
+    // Same key, same name, different bytes: two benches that both imported "z@1".
+    let other = Depot::new(&d.dir.join("other"), &d.dir.join("keys"));
+    let z = d.maint.import("z@1", 31, 1, 2);
+    other.import("z@1", 32, 1, 2);
+    // The loser used to write its signature before its manifest lost the claim, over the
+    // winner's: an image whose signature does not match its manifest, its push told success.
+    for round in 0..4 {
+        let prefix = format!("claim{round}");
+        let got = race_from(&d, &prefix, &[(&d.maint, &z), (&other, &z)]);
+        assert_eq!(
+            got.iter().filter(|r| r.is_none()).count(),
+            1,
+            "round {round}: one push wins, the other is refused: {got:?}"
+        );
+        let puller = Depot::new(&d.dir.join(format!("pull{round}")), &d.dir.join("keys"));
+        let s3 = s3_remote(&d.server, &prefix);
+        let r = image_library::pull(&s3, &z, &puller.store, &puller.trusted)
+            .unwrap_or_else(|e| panic!("round {round}: the winner's image cannot be pulled: {e}"));
+        let winner = if got[0].is_some() { &d.maint } else { &other };
+        assert_eq!(
+            std::fs::read(puller.export(&r.image)).unwrap(),
+            std::fs::read(winner.export(&z)).unwrap(),
+            "round {round}: the library holds the winner's image"
+        );
+    }
 }
 
 /// nginx serving the bucket, and an HTTP remote for `prefix` (which lists through index.json).
