@@ -170,6 +170,12 @@ impl Remote {
                         .as_deref()
                         .is_some_and(|e| e.starts_with("http://")),
                 );
+                if let Some(e) = &s3.endpoint {
+                    check_endpoint(e).map_err(|reason| LibraryError::Client {
+                        url: url.clone(),
+                        reason,
+                    })?;
+                }
                 let signed = s3.credentials.is_some();
                 // Not `from_env`: only what the settings say reaches the client.
                 let mut b = object_store::aws::AmazonS3Builder::new()
@@ -459,6 +465,37 @@ impl Remote {
             },
         }
     }
+}
+
+/// Why an S3 endpoint (`AWS_ENDPOINT_URL`) cannot be used, if it cannot: the client would
+/// panic on one it cannot parse, and an endpoint's user, password, query or fragment would be
+/// a secret in the wrong place (refused, as they are in a remote URL; never shown).
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let what = "the S3 endpoint (AWS_ENDPOINT_URL)";
+    let u = url::Url::parse(endpoint).map_err(|e| {
+        format!(
+            "{what} {} is not a URL: {e}",
+            crate::remote_url::redact_urls(endpoint).escape_debug()
+        )
+    })?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{what} must be http://HOST[:PORT] or https://HOST[:PORT], not {}",
+            crate::remote_url::redact_urls(endpoint).escape_debug()
+        ));
+    }
+    if !u.username().is_empty()
+        || u.password().is_some()
+        || u.query().is_some()
+        || u.fragment().is_some()
+    {
+        return Err(format!(
+            "{what} carries a user, password, query or fragment ({}); credentials go in \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            crate::remote_url::redact_urls(endpoint).escape_debug()
+        ));
+    }
+    Ok(())
 }
 
 /// The innermost cause of a client error ("operation timed out", "Connection refused (os error

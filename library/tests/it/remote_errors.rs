@@ -239,15 +239,61 @@ fn a_body_cut_off_mid_transfer_is_resumed_within_the_request() {
 }
 
 #[test]
-fn an_endpoint_with_a_token_in_its_query_or_userinfo_never_shows_it_in_an_error() {
+fn an_endpoint_the_client_cannot_use_is_refused_clearly_without_its_secrets() {
+    use image_library::{Remote, RemoteOptions, RemoteUrl, S3Settings, Secret};
+    let open = |endpoint: &str| {
+        let opts = RemoteOptions {
+            s3: S3Settings {
+                endpoint: Some(endpoint.into()),
+                region: None,
+                credentials: Some(("ak".into(), Secret::new("sk"))),
+                session_token: None,
+            },
+            ..quick()
+        };
+        let url = RemoteUrl::parse("s3://library/lib").unwrap();
+        match Remote::open(&url, &opts) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{endpoint} was taken"),
+        }
+    };
+    // The client panicked on the first two ("request valid: InvalidUri(...)").
+    for (endpoint, says) in [
+        ("http://[bad", "is not a URL"),
+        ("notaurl", "is not a URL"),
+        (
+            "ftp://host",
+            "must be http://HOST[:PORT] or https://HOST[:PORT]",
+        ),
+        (
+            "http://ak:pw-s3cr3t@127.0.0.1:9000",
+            "carries a user, password, query or fragment",
+        ),
+        (
+            "http://127.0.0.1:9000/?X-Amz-Signature=tok-s3cr3t",
+            "carries a user, password",
+        ),
+    ] {
+        let msg = open(endpoint);
+        eprintln!("{msg}");
+        assert!(
+            msg.contains("AWS_ENDPOINT_URL") && msg.contains(says),
+            "{msg}"
+        );
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+    }
+}
+
+#[test]
+fn a_refused_connection_is_one_line_naming_the_object_and_the_attempts() {
     let Some(d) = Depots::new() else { return };
-    // Nothing listens on this port: the client's own message repeats the URL it was given.
+    // Nothing listens on this port.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let endpoint = format!("http://ak:pw-s3cr3t@127.0.0.1:{port}/?X-Amz-Signature=tok-s3cr3t");
+    let endpoint = format!("http://127.0.0.1:{port}");
     let remote = crate::fixture::s3_remote_with(&endpoint, "lib", ("ak", "sk"), quick());
     let image = "win11@1".parse().unwrap();
     let msg = match pull(&remote, &image, &d.bench.store, &d.bench.trusted) {
@@ -255,5 +301,11 @@ fn an_endpoint_with_a_token_in_its_query_or_userinfo_never_shows_it_in_an_error(
         Ok(_) => panic!("a pull from nowhere succeeded"),
     };
     eprintln!("{msg}");
-    assert!(!msg.contains("s3cr3t"), "{msg}");
+    assert!(
+        msg.contains("s3://library/lib/tek-library.json")
+            && msg.contains("Connection refused")
+            && msg.contains("(gave up after 2 attempts)")
+            && !msg.contains('\n'),
+        "{msg}"
+    );
 }
