@@ -88,10 +88,15 @@ pub(crate) async fn upload(
         async move {
             let (name, data, ids) = build(store, image, members).await?;
             let n = data.len() as u64;
+            let ids_bytes = Bytes::from(ids.to_bytes());
+            let ids_len = ids_bytes.len() as u64;
             remote.put(&packs::pack_key(&name), data).await?;
-            remote
-                .put(&packs::ids_key(&name), Bytes::from(ids.to_bytes()))
-                .await?;
+            remote.put(&packs::ids_key(&name), ids_bytes).await?;
+            // A server's 200 is its word: that the objects are there, whole, is asked before
+            // the manifest can point at them (one HEAD each; the bytes were checked by the
+            // server against their checksum only if it checks).
+            stored(remote, &packs::pack_key(&name), n).await?;
+            stored(remote, &packs::ids_key(&name), ids_len).await?;
             progress(PushProgress::Uploaded(
                 sent.fetch_add(n, Ordering::Relaxed) + n,
             ));
@@ -116,6 +121,20 @@ pub(crate) async fn upload(
         packs: built.len() as u64,
         index: PackIndex::build(manifest, manifest_bytes, &placed).to_bytes(),
         untrusted: remote_packs.untrusted.into_values().collect(),
+    })
+}
+
+/// That `key` is on the remote with `len` bytes, as its upload was acknowledged.
+async fn stored(remote: &Remote, key: &str, len: u64) -> Result<(), LibraryError> {
+    let reason = match remote.size(key).await? {
+        Some(n) if n == len => return Ok(()),
+        Some(n) => format!("the server acknowledged {len} bytes but holds {n}"),
+        None => format!("the server acknowledged {len} bytes but does not have it"),
+    };
+    Err(LibraryError::Request {
+        action: "uploading",
+        object: remote.url().object(key),
+        reason,
     })
 }
 

@@ -110,3 +110,98 @@ fn push_v2_after_v1_figures() {
     );
     assert_eq!(r.uploaded + r.present, r.chunks);
 }
+
+/// A proxy on 127.0.0.1 in front of `upstream` (host:port) that answers every PUT of a pack
+/// with 200 and drops it, and forwards everything else (one upstream connection per request,
+/// closed after its response). Returns its endpoint.
+fn pack_swallowing_proxy(upstream: String) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { return };
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let mut out = c.try_clone().unwrap();
+                let mut r = BufReader::new(c);
+                loop {
+                    let mut head = Vec::new();
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        if lower.starts_with("connection:") {
+                            continue;
+                        }
+                        if line == "\r\n" {
+                            head.extend_from_slice(b"Connection: close\r\n\r\n");
+                            break;
+                        }
+                        head.extend_from_slice(line.as_bytes());
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    let first = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap()
+                        .to_string();
+                    if first.starts_with("PUT ") && first.contains(".pack ") {
+                        let _ = out.write_all(
+                            b"HTTP/1.1 200 OK\r\nETag: \"0\"\r\nContent-Length: 0\r\n\r\n",
+                        );
+                        continue;
+                    }
+                    let mut up = TcpStream::connect(&upstream).unwrap();
+                    up.write_all(&head).unwrap();
+                    up.write_all(&body).unwrap();
+                    let mut resp = Vec::new();
+                    up.read_to_end(&mut resp).unwrap();
+                    // The upstream closed: so does this connection, after the response.
+                    let _ = out.write_all(&resp);
+                    return;
+                }
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn a_server_that_acknowledges_a_pack_it_does_not_keep_fails_the_push_before_the_manifest() {
+    let Some(d) = Depots::new() else { return };
+    let v1 = d.maint.import("win11@1", 63, 1, 2);
+    let upstream = d
+        .server
+        .endpoint()
+        .trim_start_matches("http://")
+        .to_string();
+    let proxy = pack_swallowing_proxy(upstream);
+    let remote = crate::fixture::s3_remote_with(
+        &proxy,
+        "lib",
+        (
+            tek_testkit::servers::ACCESS_KEY,
+            tek_testkit::servers::SECRET_KEY,
+        ),
+        crate::fixture::quick(),
+    );
+    let e = push(&d.maint.store, &v1, &remote, &d.maint.trusted).unwrap_err();
+    eprintln!("{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(".pack") && msg.contains("acknowledged") && msg.contains("does not have it"),
+        "{msg}"
+    );
+    // Nothing visible: no manifest, nothing listed.
+    let direct = s3_remote(&d.server, "lib");
+    assert!(image_library::list(&direct).unwrap().is_empty());
+}
