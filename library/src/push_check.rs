@@ -163,8 +163,7 @@ async fn check_span(remote: &Remote, s: Span) -> Result<Checked, LibraryError> {
         Ok(Err((
             s.pack.clone(),
             format!(
-                "{} does not hold what its id list says ({what}); its chunks go up again in a \
-                 new pack",
+                "{} does not hold what its id list says ({what}); no chunk is reused from it",
                 remote.url().object(&key)
             ),
         )))

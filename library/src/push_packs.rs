@@ -62,9 +62,6 @@ pub(crate) async fn upload(
         .map(|(id, offset, len)| WantedChunk { id, offset, len })
         .collect();
     let mut placed = remote_packs.checked(remote, &reused, progress).await?;
-    for line in remote_packs.untrusted.values() {
-        tracing::warn!("{line}");
-    }
     let missing: Vec<(ChunkId, u64, u64)> = packs::distinct(manifest)
         .into_iter()
         .filter(|(id, _, _)| !placed.contains_key(id))
@@ -171,7 +168,7 @@ async fn on_remote(remote: &Remote) -> Result<RemotePacks, LibraryError> {
             Ok(ids) => out.lists.push((p, ids)),
             Err(reason) => {
                 let line = format!(
-                    "{} refused ({reason}); the chunks of its pack go up again in a new pack",
+                    "{} refused ({reason}); no chunk is reused from its pack",
                     remote.url().object(&packs::ids_key(&p))
                 );
                 out.untrusted.insert(p, line);

@@ -461,7 +461,7 @@ impl Remote {
             _ => LibraryError::Request {
                 action,
                 object,
-                reason: crate::remote_url::redact_urls(&e.to_string()),
+                reason: shortened(crate::remote_url::redact_urls(&e.to_string())),
             },
         }
     }
@@ -506,5 +506,40 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s;
     }
     // "...: 400 Bad Request: " when the body was empty.
-    crate::remote_url::redact_urls(cur.to_string().trim_end_matches([':', ' ']))
+    shortened(crate::remote_url::redact_urls(
+        cur.to_string().trim_end_matches([':', ' ']),
+    ))
+}
+
+/// At most [`MAX_REASON`] characters of a client's message: it may carry the server's whole
+/// error body (a hostile server's 2 MB), which would go into job records and reports.
+fn shortened(reason: String) -> String {
+    match reason.char_indices().nth(MAX_REASON) {
+        None => reason,
+        Some((cut, _)) => format!(
+            "{}... ({} more bytes of the server's answer not shown)",
+            &reason[..cut],
+            reason.len() - cut
+        ),
+    }
+}
+
+/// See [`shortened`].
+const MAX_REASON: usize = 300;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_server_answer_is_cut_in_a_message() {
+        assert_eq!(shortened("short".into()), "short");
+        let long = format!("400 Bad Request: {}", "é".repeat(1000));
+        let s = shortened(long);
+        assert!(s.len() < 700 && s.starts_with("400 Bad Request: éé"), "{s}");
+        assert!(
+            s.ends_with("more bytes of the server's answer not shown)"),
+            "{s}"
+        );
+    }
 }
