@@ -202,6 +202,11 @@ async fn past_the_end(remote: &Remote, s: &Span, whole: &str) -> Option<LibraryE
     })
 }
 
+/// True when `e` is the server's 416 (Range Not Satisfiable) for a ranged GET.
+fn range_refused(e: &LibraryError) -> bool {
+    matches!(e, LibraryError::Request { reason, .. } if reason.starts_with("416") || reason.contains(" 416 "))
+}
+
 /// One ranged GET, read as it arrives: complete chunks go to the store in batches of about
 /// [`BATCH_BYTES`].
 async fn span(
@@ -218,7 +223,10 @@ async fn span(
         got = remote.get_range(&key, s.start..s.end) => got,
     };
     let got = match got {
-        Err(e @ LibraryError::Request { .. }) => {
+        // Only for a refused range (416, never retried): after a timeout or a dead server the
+        // HEAD would wait out the same retries again (a stalled server held a pull 304 s
+        // instead of 152 s: one HEAD per span).
+        Err(e @ LibraryError::Request { .. }) if range_refused(&e) => {
             Err(past_the_end(remote, &s, &whole).await.unwrap_or(e))
         }
         got => got,
