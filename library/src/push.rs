@@ -220,12 +220,17 @@ async fn upload_missing_chunks(
     ids: &[(ChunkId, u64, u64)],
     progress: &(dyn Fn(PushProgress) + Sync),
 ) -> Result<(u64, u64), LibraryError> {
-    let on_remote: HashSet<ChunkId> = remote
+    let listed: std::collections::HashMap<ChunkId, u64> = remote
         .list("chunks/")
         .await?
         .iter()
-        .filter_map(|(k, _)| layout::chunk_of_key(k))
+        .filter_map(|(k, size)| Some((layout::chunk_of_key(k)?, *size)))
         .collect();
+    let present = ids
+        .iter()
+        .filter_map(|c| Some((*c, *listed.get(&c.0)?)))
+        .collect();
+    let on_remote = crate::push_check::chunk_objects(remote, store, present, progress).await?;
     let missing: Vec<_> = ids
         .iter()
         .copied()

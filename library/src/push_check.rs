@@ -228,6 +228,65 @@ async fn check_span(remote: &Remote, s: Span) -> Result<Checked, LibraryError> {
     }
 }
 
+/// Format 1: which of `present` (the image's chunks the listing of `chunks/` shows, each with
+/// the listed size) the remote really holds. A chunk object is the remote's word like a pack:
+/// one whose size differs from the bench's stored chunk is not believed unread; the others are
+/// fetched and checked as a pull checks them (one GET each, `in_flight` at a time). What fails
+/// goes up again (a PUT replaces the object), so a re-push repairs a rotted chunk.
+pub(crate) async fn chunk_objects(
+    remote: &Remote,
+    store: &image_store::Store,
+    present: Vec<((ChunkId, u64, u64), u64)>,
+    progress: &(dyn Fn(PushProgress) + Sync),
+) -> Result<std::collections::HashSet<ChunkId>, LibraryError> {
+    let sized: Vec<(WantedChunk, u64)> = present
+        .into_iter()
+        .filter(|&((id, _, _), listed)| {
+            std::fs::metadata(store.chunk_path(id)).is_ok_and(|m| m.len() == listed)
+        })
+        .map(|((id, offset, len), listed)| (WantedChunk { id, offset, len }, listed))
+        .collect();
+    progress(PushProgress::Checking {
+        chunks: sized.len() as u64,
+        bytes: sized.iter().map(|s| s.1).sum(),
+    });
+    let mut stream = futures::stream::iter(sized)
+        .map(|(w, listed)| async move {
+            let key = crate::layout::chunk_key(w.id);
+            let got = remote
+                .get(&key, crate::layout::chunk_object_limit(w.len))
+                .await?;
+            let good = tokio::task::spawn_blocking(move || {
+                got.is_some_and(|data| {
+                    let c = CompressedChunk {
+                        id: w.id,
+                        offset: w.offset,
+                        len: w.len,
+                        data: data.to_vec(),
+                    };
+                    c.decompress_verify_in_place(&mut vec![0; w.len as usize])
+                        .is_ok()
+                })
+            })
+            .await
+            .expect("chunk check task panicked");
+            Ok::<_, LibraryError>((w.id, listed, good))
+        })
+        .buffer_unordered(remote.options().in_flight.max(1));
+    let (mut good, mut read) = (std::collections::HashSet::new(), 0);
+    while let Some(r) = stream.next().await {
+        let (id, listed, ok) = r?;
+        read += listed;
+        progress(PushProgress::Checked(read));
+        if ok {
+            good.insert(id);
+        } else {
+            tracing::debug!("chunk object {id} on the remote fails its check; it goes up again");
+        }
+    }
+    Ok(good)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,11 +132,10 @@ pub fn push(depot: &Depot, image: &ImageRef, to: &str, json: bool) -> Result<()>
         1 => " in 1 pack file".to_string(),
         n => format!(" in {n} pack files"),
     };
-    // Format 2 reads back and checks the chunks it reuses; format 1 only lists them.
-    let there = match (r.present, r.library_version) {
-        (0, _) => "0 already there".to_string(),
-        (n, 2..) => format!("{n} already there (read back and checked)"),
-        (n, _) => format!("{n} already there (listed)"),
+    // Both formats read back and check the chunks they reuse.
+    let there = match r.present {
+        0 => "0 already there".to_string(),
+        n => format!("{n} already there (read back and checked)"),
     };
     println!(
         "pushed {image} to {}: {} of {} chunks uploaded ({}){packs}, {there}; \

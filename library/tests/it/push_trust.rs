@@ -205,3 +205,34 @@ fn a_server_that_acknowledges_a_pack_it_does_not_keep_fails_the_push_before_the_
     let direct = s3_remote(&d.server, "lib");
     assert!(image_library::list(&direct).unwrap().is_empty());
 }
+
+#[test]
+fn a_format_1_push_checks_the_chunk_objects_it_reuses_and_replaces_a_rotted_one() {
+    let Some(d) = Depots::new() else { return };
+    crate::fixture::make_format_1(&d.server, "f1");
+    let v1 = d.maint.import("win11@1", 64, 1, 4);
+    let v2 = d.maint.import("win11@2", 64, 2, 4);
+    let remote = s3_remote(&d.server, "f1");
+    push(&d.maint.store, &v1, &remote, &d.maint.trusted).unwrap();
+    // A chunk v2 shares with v1, its object's bytes changed on the server (same size).
+    let (m1, _) = d.maint.store.load_manifest(&v1).unwrap();
+    let (m2, _) = d.maint.store.load_manifest(&v2).unwrap();
+    let in_v2: std::collections::HashSet<_> = chunk_ids(&m2).into_iter().collect();
+    let shared = chunk_ids(&m1)
+        .into_iter()
+        .find(|id| in_v2.contains(id))
+        .expect("v2 shares a chunk with v1");
+    let file = d
+        .server
+        .object_path(&format!("f1/{}", image_library::layout::chunk_key(shared)));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let r = push(&d.maint.store, &v2, &remote, &d.maint.trusted).unwrap();
+    eprintln!("push v2 over a rotted chunk object: {r:?}");
+    assert!(r.uploaded >= 1, "the rotted chunk goes up again: {r:?}");
+    pull(&remote, &v2, &d.bench.store, &d.bench.trusted).unwrap();
+    crate::same_bytes(&d.maint.export(&v2), &d.bench.export(&v2));
+}
