@@ -61,6 +61,16 @@ pub enum LibraryError {
         /// The remote.
         url: RemoteUrl,
     },
+    /// The bench trusts no key, so no manifest can be accepted.
+    #[error(
+        "no trusted keys in {} (missing, or no .pub file in it): copy the maintainers' public \
+         key there (tek image keygen writes it)",
+        dir.display()
+    )]
+    NoTrustedKeys {
+        /// The trusted-keys directory.
+        dir: std::path::PathBuf,
+    },
     /// A manifest without its signature: a push cut off between the two, or still running.
     #[error(
         "image {image} in the library at {url} has a manifest but no signature yet: a push of \

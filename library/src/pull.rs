@@ -397,6 +397,15 @@ async fn fetch_manifest(
         };
     };
     if let Some(status) = image_store::signature::precheck(&sig, trusted_keys)? {
+        let no_keys = std::fs::read_dir(trusted_keys).map_or(true, |rd| {
+            !rd.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "pub"))
+        });
+        if no_keys {
+            return Err(LibraryError::NoTrustedKeys {
+                dir: trusted_keys.to_path_buf(),
+            });
+        }
         return Err(refused(status));
     }
     let Some(manifest) = remote.get(&manifest_key, MAX_DOCUMENT).await? else {

@@ -239,11 +239,25 @@ fn a_tampered_manifest_unsigned_or_untrusted_image_is_refused_before_any_chunk()
     );
     std::fs::write(&sig, sig_bytes).unwrap();
 
-    // Signed, but by a key this bench does not trust.
+    // Signed, but by a key this bench does not trust (it trusts another).
     std::fs::remove_file(s.bench.trusted.join("maint.pub")).unwrap();
+    image_store::generate_keypair(&s.bench.dir.join("other-keys"), "other").unwrap();
+    std::fs::copy(
+        s.bench.dir.join("other-keys/other.pub"),
+        s.bench.trusted.join("other.pub"),
+    )
+    .unwrap();
     let e = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap_err();
     assert!(
         e.to_string().contains("signed by untrusted key maint"),
+        "{e}"
+    );
+    // A bench that trusts no key at all is told so, not that the signer is untrusted.
+    std::fs::remove_file(s.bench.trusted.join("other.pub")).unwrap();
+    let e = pull(&remote, &s.image, &s.bench.store, &s.bench.trusted).unwrap_err();
+    assert!(
+        matches!(*e.error, LibraryError::NoTrustedKeys { .. })
+            && e.to_string().contains("no trusted keys in"),
         "{e}"
     );
     assert_eq!(s.bench.chunk_files(), 0);
