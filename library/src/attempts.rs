@@ -37,13 +37,48 @@ impl Attempts {
 
 /// The client's own connector, counting each exchange in the current request's counter.
 #[derive(Debug, Default)]
-pub(crate) struct CountingConnector;
+pub(crate) struct CountingConnector {
+    /// For S3: the client is built here, as object_store builds it, but following no
+    /// redirect. reqwest follows them by default and strips `Authorization` on another host
+    /// but not `x-amz-security-token`: a 307 from a hostile endpoint sent the session token
+    /// to the host it named. A redirect is then the status it is, refused.
+    pub s3: Option<S3Client>,
+}
+
+/// The settings of an S3 client built by [`CountingConnector`].
+#[derive(Debug, Clone)]
+pub(crate) struct S3Client {
+    pub timeout: std::time::Duration,
+    pub connect_timeout: std::time::Duration,
+    pub pool_max_idle_per_host: usize,
+    pub allow_http: bool,
+}
 
 impl HttpConnector for CountingConnector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
-        Ok(HttpClient::new(Counting(
-            ReqwestConnector::default().connect(options)?,
-        )))
+        let inner = match &self.s3 {
+            None => ReqwestConnector::default().connect(options)?,
+            Some(s) => HttpClient::new(
+                reqwest::ClientBuilder::new()
+                    .user_agent(concat!("tek/", env!("CARGO_PKG_VERSION")))
+                    .timeout(s.timeout)
+                    .connect_timeout(s.connect_timeout)
+                    .pool_max_idle_per_host(s.pool_max_idle_per_host)
+                    .redirect(reqwest::redirect::Policy::none())
+                    // As object_store: compression would hide objects' sizes.
+                    .no_gzip()
+                    .no_brotli()
+                    .no_zstd()
+                    .no_deflate()
+                    .https_only(!s.allow_http)
+                    .build()
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "S3",
+                        source: Box::new(e),
+                    })?,
+            ),
+        };
+        Ok(HttpClient::new(Counting(inner)))
     }
 }
 

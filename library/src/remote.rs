@@ -183,7 +183,17 @@ impl Remote {
                     .with_region(s3.region.as_deref().unwrap_or("us-east-1"))
                     .with_client_options(client)
                     .with_retry(retry)
-                    .with_http_connector(CountingConnector)
+                    .with_http_connector(CountingConnector {
+                        s3: Some(crate::attempts::S3Client {
+                            timeout: opts.timeout,
+                            connect_timeout: opts.connect_timeout,
+                            pool_max_idle_per_host: opts.in_flight.max(1),
+                            allow_http: s3
+                                .endpoint
+                                .as_deref()
+                                .is_some_and(|e| e.starts_with("http://")),
+                        }),
+                    })
                     .with_virtual_hosted_style_request(false)
                     .with_skip_signature(!signed);
                 if let Some(e) = &s3.endpoint {
@@ -215,7 +225,7 @@ impl Remote {
                     .with_url(base.clone())
                     .with_client_options(client)
                     .with_retry(retry)
-                    .with_http_connector(CountingConnector)
+                    .with_http_connector(CountingConnector::default())
                     .build()
                     .map_err(client_err)?;
                 Ok(Remote {
@@ -453,9 +463,13 @@ impl Remote {
             object_store::Error::Generic { .. } => LibraryError::Request {
                 action,
                 object,
-                reason: match attempts.get() {
-                    n @ 2.. => format!("{} (gave up after {n} attempts)", root_cause(&e)),
-                    _ => root_cause(&e),
+                reason: match (attempts.get(), root_cause(&e)) {
+                    (_, r) if is_redirect(&r) && !self.url.is_read_only() => format!(
+                        "{r} (a redirect: tek follows none from an S3 endpoint; point \
+                         AWS_ENDPOINT_URL at the server that holds the bucket)"
+                    ),
+                    (n @ 2.., r) => format!("{r} (gave up after {n} attempts)"),
+                    (_, r) => r,
                 },
             },
             _ => LibraryError::Request {
@@ -506,9 +520,18 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s;
     }
     // "...: 400 Bad Request: " when the body was empty.
-    shortened(crate::remote_url::redact_urls(
-        cur.to_string().trim_end_matches([':', ' ']),
-    ))
+    let text = cur.to_string();
+    let mut text = text.trim_end_matches([':', ' ']);
+    // The client's wording around a status adds nothing to it.
+    text = text
+        .strip_prefix("Server returned non-2xx status code: ")
+        .unwrap_or(text);
+    shortened(crate::remote_url::redact_urls(text))
+}
+
+/// True for a reason that is a 3xx status (see [`root_cause`]).
+fn is_redirect(reason: &str) -> bool {
+    reason.starts_with('3') && reason.as_bytes().get(3) == Some(&b' ')
 }
 
 /// At most [`MAX_REASON`] characters of a client's message: it may carry the server's whole

@@ -309,3 +309,41 @@ fn a_refused_connection_is_one_line_naming_the_object_and_the_attempts() {
         "{msg}"
     );
 }
+
+#[test]
+fn an_s3_redirect_to_another_host_is_refused_and_sends_nothing_there() {
+    use image_library::{Remote, RemoteOptions, RemoteUrl, S3Settings, Secret};
+    let Some(d) = Depots::new() else { return };
+    let elsewhere = Canned::start("200 OK");
+    let target = format!("http://127.0.0.1:{}/stolen", elsewhere.port);
+    let redirecting = Canned::serve(move |_head, _n| {
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .into_bytes()
+    });
+    let opts = RemoteOptions {
+        s3: S3Settings {
+            endpoint: Some(format!("http://127.0.0.1:{}", redirecting.port)),
+            region: None,
+            credentials: Some(("ak".into(), Secret::new("sk"))),
+            session_token: Some(Secret::new("SESSION-s3cr3t")),
+        },
+        ..quick()
+    };
+    let remote = Remote::open(&RemoteUrl::parse("s3://library/lib").unwrap(), &opts).unwrap();
+    let image = "win11@1".parse().unwrap();
+    let msg = match pull(&remote, &image, &d.bench.store, &d.bench.trusted) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a pull through a redirect succeeded"),
+    };
+    eprintln!("{msg}");
+    assert!(msg.contains("307"), "{msg}");
+    assert!(!msg.contains("s3cr3t"), "{msg}");
+    assert_eq!(
+        elsewhere.requests.load(Ordering::Relaxed),
+        0,
+        "the redirect was followed to another host"
+    );
+}
