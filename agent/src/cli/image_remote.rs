@@ -48,8 +48,8 @@ fn open_remote(url: Option<&str>) -> Result<Library> {
         s3: S3Settings::from_env(),
         ..RemoteOptions::default()
     };
-    let remote =
-        Remote::open(&url, &opts).with_context(|| format!("opening the library at {url}"))?;
+    // Its error names the URL already ("setting up the client for URL: ...").
+    let remote = Remote::open(&url, &opts)?;
     Ok(Library {
         remote,
         cache_max_bytes: None,

@@ -138,8 +138,8 @@ impl LibrarySettings {
             s3,
             ..RemoteOptions::default()
         };
-        let remote =
-            Remote::open(&url, &opts).with_context(|| format!("opening the library at {url}"))?;
+        // Its error names the URL already ("setting up the client for URL: ...").
+        let remote = Remote::open(&url, &opts)?;
         Ok(Some(remote))
     }
 }
