@@ -153,6 +153,21 @@ pub struct Cleanup {
     pub target_dead: bool,
 }
 
+impl Cleanup {
+    /// "; the N entries it had replaced, as asked, are gone", when there are any.
+    fn replaced_gone_clause(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.replaced_gone == 0 {
+            return Ok(());
+        }
+        write!(
+            f,
+            "; the {} it had replaced, as asked, {} gone",
+            entries(self.replaced_gone),
+            if self.replaced_gone == 1 { "is" } else { "are" }
+        )
+    }
+}
+
 impl std::fmt::Display for Cleanup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let nothing_left = self.remaining_count == 0 && self.replaced_gone == 0;
@@ -166,15 +181,7 @@ impl std::fmt::Display for Cleanup {
                 entries(self.written),
                 if self.written == 1 { "was" } else { "were" }
             )?;
-            if self.replaced_gone > 0 {
-                write!(
-                    f,
-                    "; the {} it had replaced, as asked, {} gone",
-                    entries(self.replaced_gone),
-                    if self.replaced_gone == 1 { "is" } else { "are" }
-                )?;
-            }
-            return Ok(());
+            return self.replaced_gone_clause(f);
         }
         if self.written == 0 {
             write!(f, "this restore wrote nothing")?;
@@ -200,14 +207,7 @@ impl std::fmt::Display for Cleanup {
                 entries(self.earlier_removed)
             )?;
         }
-        if self.replaced_gone > 0 {
-            write!(
-                f,
-                "; the {} it had replaced, as asked, {} gone",
-                entries(self.replaced_gone),
-                if self.replaced_gone == 1 { "is" } else { "are" }
-            )?;
-        }
+        self.replaced_gone_clause(f)?;
         if self.remaining_count > 0 {
             write!(
                 f,

@@ -62,6 +62,19 @@ fn opts(m: &PartitionMount) -> RestoreOptions {
     }
 }
 
+/// `f`'s result, checked to have come within `secs` (the limit, the wait for a killed daemon's
+/// end, and slack for a loaded machine).
+fn within<T>(secs: u64, f: impl FnOnce() -> T) -> T {
+    let t0 = Instant::now();
+    let r = f();
+    assert!(
+        t0.elapsed() < Duration::from_secs(secs),
+        "took {:?}",
+        t0.elapsed()
+    );
+    r
+}
+
 /// After the give-up: the mount is gone, its teardown says the daemon was killed, quickly.
 fn assert_detached(m: PartitionMount, msg: &str) {
     let point = m.path().to_path_buf();
@@ -70,13 +83,7 @@ fn assert_detached(m: PartitionMount, msg: &str) {
         msg.contains(&format!("detached its dead mount {}", point.display())),
         "{msg}"
     );
-    let t1 = Instant::now();
-    let err = m.unmount().unwrap_err().to_string();
-    assert!(
-        t1.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        t1.elapsed()
-    );
+    let err = within(20, || m.unmount().unwrap_err().to_string());
     assert!(err.contains("killed by tek"), "{err}");
     assert!(!point.exists(), "mount point left: {}", point.display());
 }
@@ -152,18 +159,12 @@ fn a_driver_stopped_before_the_restore_refuses_it_in_the_conflict_check() {
     let target = RestoreTarget::beneath(m.path(), "/Recovered").unwrap();
     let opts = opts(&m);
     let stopped = Stopped::stop(pid);
-    let t0 = Instant::now();
-    let e = d
-        .custody
-        .restore_with(&info.id, &target, &dest(), &opts)
-        .unwrap_err();
+    let e = within(20, || {
+        d.custody
+            .restore_with(&info.id, &target, &dest(), &opts)
+            .unwrap_err()
+    });
     let msg = e.to_string();
-    // The limit (3 s), the wait for the killed daemon's end, and slack for a loaded machine.
-    assert!(
-        t0.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        t0.elapsed()
-    );
     // Refused before writing: the stall itself, not an aborted restore with a cleanup.
     assert!(matches!(e, DataError::Stalled { .. }), "{msg}");
     assert!(msg.contains(&format!("ntfs-3g (pid {pid})")), "{msg}");
@@ -190,18 +191,13 @@ fn a_driver_stopped_while_the_target_is_opened_is_given_up_on() {
     let pid = m.driver().expect("tek's own ntfs-3g").pid();
     let opts = opts(&m);
     let stopped = Stopped::stop(pid);
-    let t0 = Instant::now();
-    let e = m
-        .guarded(&opts, || {
+    let e = within(20, || {
+        m.guarded(&opts, || {
             RestoreTarget::beneath(m.path(), "/Users/Public/Recovered")
         })
-        .unwrap_err();
+        .unwrap_err()
+    });
     let msg = e.to_string();
-    assert!(
-        t0.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        t0.elapsed()
-    );
     assert!(matches!(e, DataError::Stalled { .. }), "{msg}");
     assert!(msg.contains("opening the restore's target folder"), "{msg}");
     drop(stopped);
@@ -278,17 +274,12 @@ fn a_stopped_foreign_fuse_mount_is_aborted_and_named_not_detached() {
         nix::sys::signal::Signal::SIGSTOP,
     )
     .unwrap();
-    let t1 = Instant::now();
-    let e = d
-        .custody
-        .restore_with(&info.id, &target, &dest(), &opts)
-        .unwrap_err();
+    let e = within(20, || {
+        d.custody
+            .restore_with(&info.id, &target, &dest(), &opts)
+            .unwrap_err()
+    });
     let msg = e.to_string();
-    assert!(
-        t1.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        t1.elapsed()
-    );
     assert!(matches!(e, DataError::Stalled { .. }), "{msg}");
     assert!(msg.contains("aborted its FUSE connection"), "{msg}");
     // Not tek's mount: left in place, named as dead, with what to do.
