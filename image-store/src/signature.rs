@@ -217,6 +217,12 @@ fn trusted_keys(dir: &Path) -> Result<Vec<(String, [u8; 32])>, StoreError> {
     Ok(out)
 }
 
+/// True when `dir` holds at least one trusted public key (a bench trusting none can accept
+/// no signed manifest, and should be told that rather than "untrusted key").
+pub fn trusts_any(dir: &Path) -> Result<bool, StoreError> {
+    Ok(!trusted_keys(dir)?.is_empty())
+}
+
 /// What can be known of `.sig` bytes before the manifest they sign is read: `None` when they
 /// are well formed and name a trusted public key (the signature itself is checked later, by
 /// [`check`], against the manifest's bytes), else the status [`check`] would give at best

@@ -139,7 +139,9 @@ pub async fn chunk_objects(
     crate::bounded(groups, 2, group).await.1
 }
 
-async fn fetch_object(
+/// Format 1: one chunk object, as fetched (not yet checked), and its URL; a missing one is
+/// `MissingChunk`. Also the push's check of the chunk objects it reuses.
+pub(crate) async fn fetch_object(
     remote: &Remote,
     w: WantedChunk,
 ) -> Result<(CompressedChunk, String), LibraryError> {

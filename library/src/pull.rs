@@ -397,11 +397,7 @@ async fn fetch_manifest(
         };
     };
     if let Some(status) = image_store::signature::precheck(&sig, trusted_keys)? {
-        let no_keys = std::fs::read_dir(trusted_keys).map_or(true, |rd| {
-            !rd.flatten()
-                .any(|e| e.path().extension().is_some_and(|x| x == "pub"))
-        });
-        if no_keys {
+        if !image_store::signature::trusts_any(trusted_keys)? {
             return Err(LibraryError::NoTrustedKeys {
                 dir: trusted_keys.to_path_buf(),
             });

@@ -252,18 +252,13 @@ pub(crate) async fn chunk_objects(
     });
     let mut stream = futures::stream::iter(sized)
         .map(|(w, listed)| async move {
-            let key = crate::layout::chunk_key(w.id);
-            let got = remote
-                .get(&key, crate::layout::chunk_object_limit(w.len))
-                .await?;
+            let got = match crate::fetch::fetch_object(remote, w).await {
+                Ok((c, _)) => Some(c),
+                Err(LibraryError::MissingChunk { .. }) => None,
+                Err(e) => return Err(e),
+            };
             let good = tokio::task::spawn_blocking(move || {
-                got.is_some_and(|data| {
-                    let c = CompressedChunk {
-                        id: w.id,
-                        offset: w.offset,
-                        len: w.len,
-                        data: data.to_vec(),
-                    };
+                got.is_some_and(|c| {
                     c.decompress_verify_in_place(&mut vec![0; w.len as usize])
                         .is_ok()
                 })
