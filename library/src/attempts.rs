@@ -4,11 +4,12 @@
 //! attempts" needs its own count: every request of [`crate::Remote`] runs in a [`scope`] with a
 //! fresh counter, and the connector below counts each HTTP exchange the client starts in it.
 //! An error then states the true count (a 400 or a 416, never retried, says nothing of
-//! retries).
+//! retries). The counter also keeps the HTTP status of the last exchange, so a caller asks
+//! "was it a 416?" of a number, not of the client's wording.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
 use object_store::ClientOptions;
 use object_store::client::{
@@ -16,17 +17,33 @@ use object_store::client::{
 };
 
 tokio::task_local! {
-    static ATTEMPTS: Arc<AtomicU32>;
+    static ATTEMPTS: Arc<Counter>;
+}
+
+#[derive(Debug, Default)]
+struct Counter {
+    exchanges: AtomicU32,
+    /// The status of the last exchange's response; 0 when it got none (a connection error,
+    /// a timeout).
+    status: AtomicU16,
 }
 
 /// One request's attempt counter.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Attempts(Arc<AtomicU32>);
+pub(crate) struct Attempts(Arc<Counter>);
 
 impl Attempts {
     /// HTTP exchanges started so far for this request.
     pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
+        self.0.exchanges.load(Ordering::Relaxed)
+    }
+
+    /// The HTTP status the last exchange was answered with, if it was answered.
+    pub fn last_status(&self) -> Option<u16> {
+        match self.0.status.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(s),
+        }
     }
 
     /// Runs `f` counting its HTTP exchanges in this counter.
@@ -89,7 +106,15 @@ struct Counting(HttpClient);
 impl HttpService for Counting {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         // Outside a scope (no request of ours), nothing to count.
-        let _ = ATTEMPTS.try_with(|a| a.fetch_add(1, Ordering::Relaxed));
-        self.0.execute(req).await
+        let _ = ATTEMPTS.try_with(|a| {
+            a.exchanges.fetch_add(1, Ordering::Relaxed);
+            a.status.store(0, Ordering::Relaxed);
+        });
+        let got = self.0.execute(req).await;
+        if let Ok(resp) = &got {
+            let status = resp.status().as_u16();
+            let _ = ATTEMPTS.try_with(|a| a.status.store(status, Ordering::Relaxed));
+        }
+        got
     }
 }

@@ -39,6 +39,9 @@ pub enum LibraryError {
         object: String,
         /// The client's message (never a credential: the client does not put them in errors).
         reason: String,
+        /// The HTTP status the server answered the last attempt with; `None` when it did not
+        /// answer (refused connection, timeout) or the error is tek's own finding.
+        status: Option<u16>,
     },
     /// The remote's credentials were refused (HTTP 401/403).
     #[error(

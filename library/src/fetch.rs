@@ -201,12 +201,19 @@ async fn past_the_end(remote: &Remote, s: &Span, whole: &str) -> Option<LibraryE
             "the range is past the end of the pack ({size} bytes): the image's pack index \
              places chunks where the pack has none"
         ),
+        status: None,
     })
 }
 
 /// True when `e` is the server's 416 (Range Not Satisfiable) for a ranged GET.
 fn range_refused(e: &LibraryError) -> bool {
-    matches!(e, LibraryError::Request { reason, .. } if reason.starts_with("416") || reason.contains(" 416 "))
+    matches!(
+        e,
+        LibraryError::Request {
+            status: Some(416),
+            ..
+        }
+    )
 }
 
 /// One ranged GET, read as it arrives: complete chunks go to the store in batches of about
@@ -231,6 +238,18 @@ async fn span(
         Err(e @ LibraryError::Request { .. }) if range_refused(&e) => {
             Err(past_the_end(remote, &s, &whole).await.unwrap_or(e))
         }
+        // The range, not only the pack: a pack holds many spans.
+        Err(LibraryError::Request {
+            action,
+            reason,
+            status,
+            ..
+        }) => Err(LibraryError::Request {
+            action,
+            object: whole.clone(),
+            reason,
+            status,
+        }),
         got => got,
     };
     let Some(mut body) = got? else {
@@ -323,6 +342,7 @@ async fn span(
                 w.offset,
                 off + clen - 1
             ),
+            status: None,
         });
     }
     Ok(())

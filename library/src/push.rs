@@ -354,6 +354,7 @@ async fn commit(
         reason: "it was replaced three times after it was written (another push of the same \
                  name is writing its own)"
             .into(),
+        status: None,
     })
 }
 
@@ -430,5 +431,6 @@ async fn write_index(remote: &Remote, library: Layout) -> Result<(), LibraryErro
             "the image is pushed, but other pushes changed the library {INDEX_ROUNDS} times \
              while its index was written; push again to rewrite the index"
         ),
+        status: None,
     })
 }

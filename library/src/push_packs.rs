@@ -132,6 +132,7 @@ async fn stored(remote: &Remote, key: &str, len: u64) -> Result<(), LibraryError
         action: "uploading",
         object: remote.url().object(key),
         reason,
+        status: None,
     })
 }
 

@@ -471,11 +471,13 @@ impl Remote {
                     (n @ 2.., r) => format!("{r} (gave up after {n} attempts)"),
                     (_, r) => r,
                 },
+                status: attempts.last_status(),
             },
             _ => LibraryError::Request {
                 action,
                 object,
                 reason: shortened(crate::remote_url::redact_urls(&e.to_string())),
+                status: attempts.last_status(),
             },
         }
     }

@@ -4,10 +4,12 @@
 mod faults;
 mod fixture;
 mod ondemand;
+mod proxy;
 mod push_faults;
 mod push_pull;
 mod push_trust;
 mod remote_errors;
+mod server_lies;
 
 use std::path::PathBuf;
 

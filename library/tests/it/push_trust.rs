@@ -9,6 +9,7 @@ use image_library::packs::{self, PACK_DOCUMENT_FORMAT, PackIds};
 use image_library::{pull, push};
 
 use crate::fixture::{Depots, chunk_ids, chunk_in_pack, s3_remote};
+use crate::proxy::{Act, Proxy};
 
 #[test]
 fn a_pack_whose_bytes_rotted_on_the_server_is_named_and_a_re_push_repairs_the_image() {
@@ -111,82 +112,21 @@ fn push_v2_after_v1_figures() {
     assert_eq!(r.uploaded + r.present, r.chunks);
 }
 
-/// A proxy on 127.0.0.1 in front of `upstream` (host:port) that answers every PUT of a pack
-/// with 200 and drops it, and forwards everything else (one upstream connection per request,
-/// closed after its response). Returns its endpoint.
-fn pack_swallowing_proxy(upstream: String) -> String {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(c) = c else { return };
-            let upstream = upstream.clone();
-            std::thread::spawn(move || {
-                let mut out = c.try_clone().unwrap();
-                let mut r = BufReader::new(c);
-                loop {
-                    let mut head = Vec::new();
-                    let mut len = 0usize;
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let lower = line.to_ascii_lowercase();
-                        if let Some(v) = lower.strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap();
-                        }
-                        if lower.starts_with("connection:") {
-                            continue;
-                        }
-                        if line == "\r\n" {
-                            head.extend_from_slice(b"Connection: close\r\n\r\n");
-                            break;
-                        }
-                        head.extend_from_slice(line.as_bytes());
-                    }
-                    let mut body = vec![0; len];
-                    r.read_exact(&mut body).unwrap();
-                    let first = String::from_utf8_lossy(&head)
-                        .lines()
-                        .next()
-                        .unwrap()
-                        .to_string();
-                    if first.starts_with("PUT ") && first.contains(".pack ") {
-                        let _ = out.write_all(
-                            b"HTTP/1.1 200 OK\r\nETag: \"0\"\r\nContent-Length: 0\r\n\r\n",
-                        );
-                        continue;
-                    }
-                    let mut up = TcpStream::connect(&upstream).unwrap();
-                    up.write_all(&head).unwrap();
-                    up.write_all(&body).unwrap();
-                    let mut resp = Vec::new();
-                    up.read_to_end(&mut resp).unwrap();
-                    // The upstream closed: so does this connection, after the response.
-                    let _ = out.write_all(&resp);
-                    return;
-                }
-            });
-        }
-    });
-    format!("http://127.0.0.1:{port}")
+/// Answers every PUT of a pack with 200 and drops it; forwards everything else.
+fn swallow_packs(first: &str, _head: &str) -> Act {
+    match first.starts_with("PUT ") && first.contains(".pack ") {
+        true => Act::Reply(b"HTTP/1.1 200 OK\r\nETag: \"0\"\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        false => Act::Forward,
+    }
 }
 
 #[test]
 fn a_server_that_acknowledges_a_pack_it_does_not_keep_fails_the_push_before_the_manifest() {
     let Some(d) = Depots::new() else { return };
     let v1 = d.maint.import("win11@1", 63, 1, 2);
-    let upstream = d
-        .server
-        .endpoint()
-        .trim_start_matches("http://")
-        .to_string();
-    let proxy = pack_swallowing_proxy(upstream);
+    let proxy = Proxy::start(&d.server.endpoint(), swallow_packs);
     let remote = crate::fixture::s3_remote_with(
-        &proxy,
+        &proxy.endpoint,
         "lib",
         (
             tek_testkit::servers::ACCESS_KEY,
