@@ -129,16 +129,7 @@ impl Bench {
         )
         .unwrap();
         let img = b.image.display().to_string();
-        b.tek_ok(&[
-            "image",
-            "import",
-            "--sign-key",
-            &b.p("keys/depot.key"),
-            "--data-partition",
-            "DATA",
-            "sample@1",
-            &img,
-        ]);
+        b.import_signed(&["--data-partition", "DATA", "sample@1", &img]);
         b
     }
 
@@ -172,6 +163,15 @@ impl Bench {
     pub fn tek_ok(&self, args: &[&str]) -> String {
         let out = tek_testkit::run_ok(self.tek_cmd().args(args), Some(self.root()));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `tek image import --sign-key` (the bench's depot key) `ARGS...`, which must succeed;
+    /// its standard output.
+    pub fn import_signed(&self, args: &[&str]) -> String {
+        let key = self.p("keys/depot.key");
+        let mut all = vec!["image", "import", "--sign-key", key.as_str()];
+        all.extend_from_slice(args);
+        self.tek_ok(&all)
     }
 
     /// Starts `tek agent` and waits until its socket answers.

@@ -30,11 +30,7 @@ fn image_with_symlinked_data_path_fails_the_job_and_keeps_staging() {
         std::os::unix::fs::symlink(&host, m.path().join("Users")).unwrap();
         m.unmount().unwrap();
     }
-    b.tek_ok(&[
-        "image",
-        "import",
-        "--sign-key",
-        &b.p("keys/depot.key"),
+    b.import_signed(&[
         "--data-partition",
         "DATA",
         "--data-path",

@@ -23,17 +23,7 @@ fn raw(b: &Bench, req: Value) -> Value {
 /// Imports the sample image again as `NAME`, signed, without the audit.
 fn import_unaudited(b: &Bench, name: &str) {
     let img = b.image.display().to_string();
-    let out = b.tek_ok(&[
-        "image",
-        "import",
-        "--sign-key",
-        &b.p("keys/depot.key"),
-        "--data-partition",
-        "DATA",
-        "--no-audit",
-        name,
-        &img,
-    ]);
+    let out = b.import_signed(&["--data-partition", "DATA", "--no-audit", name, &img]);
     assert!(out.contains("audit: not audited"), "{out}");
 }
 

@@ -115,14 +115,7 @@ fn job_add_refuses_jobs_that_cannot_succeed_by_cli_and_socket() {
     b.tek_ok(&["data", "wipe", &wiped, "--force", "--reason", "other"]);
     let img = b.image.display().to_string();
     // An image without a data partition hint, and an unsigned one.
-    b.tek_ok(&[
-        "image",
-        "import",
-        "--sign-key",
-        &b.p("keys/depot.key"),
-        "nodata@1",
-        &img,
-    ]);
+    b.import_signed(&["nodata@1", &img]);
     b.tek_ok(&[
         "image",
         "import",
@@ -211,17 +204,7 @@ fn image_rm_of_an_image_queued_jobs_use_is_refused_unless_forced() {
     }
     let mut b = Bench::new("image-rm", &["bay1"], "");
     let img = b.image.display().to_string();
-    let key = b.p("keys/depot.key");
-    b.tek_ok(&[
-        "image",
-        "import",
-        "--sign-key",
-        &key,
-        "--data-partition",
-        "DATA",
-        "other@1",
-        &img,
-    ]);
+    b.import_signed(&["--data-partition", "DATA", "other@1", &img]);
     b.start_agent();
     let job = b.tek_ok(&[
         "job", "add", "--ticket", "T-301", "--image", "sample@1", "--bay", "bay1",
@@ -253,16 +236,7 @@ fn image_rm_of_an_image_queued_jobs_use_is_refused_unless_forced() {
     assert!(shown.contains("failed"), "{shown}");
 
     // Without an agent the command fails the jobs itself.
-    b.tek_ok(&[
-        "image",
-        "import",
-        "--sign-key",
-        &key,
-        "--data-partition",
-        "DATA",
-        "sample@2",
-        &img,
-    ]);
+    b.import_signed(&["--data-partition", "DATA", "sample@2", &img]);
     let job2 = b.tek_ok(&[
         "job", "add", "--ticket", "T-302", "--image", "sample@2", "--bay", "bay1",
     ]);
@@ -411,11 +385,10 @@ fn image_rm_racing_job_adds_never_leaves_a_queued_job_for_a_removed_image() {
     }
     let mut b = Bench::new("rm-race", &["bay1"], "");
     let img = b.image.display().to_string();
-    let key = b.p("keys/depot.key");
     b.start_agent();
     for round in 0..4 {
         let image = format!("race@{round}");
-        b.tek_ok(&["image", "import", "--sign-key", &key, &image, &img]);
+        b.import_signed(&[&image, &img]);
         // Real processes: four `tek job add` and one `tek image rm --force` at once.
         let spawn = |args: Vec<String>| {
             std::process::Command::new(tek_bin())

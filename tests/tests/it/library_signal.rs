@@ -38,15 +38,7 @@ fn stopped_pull_keeps_what_arrived(test: &str, signal: nix::sys::signal::Signal,
     // 16 MiB that do not compress: a few hundred chunks, all in the batch not yet kept.
     let raw = b.root().join("big.raw");
     std::fs::write(&raw, tek_testkit::bytes(5, 16 << 20)).unwrap();
-    b.tek_ok(&[
-        "image",
-        "import",
-        "--sign-key",
-        &b.p("keys/depot.key"),
-        "--no-audit",
-        "big@1",
-        &raw.display().to_string(),
-    ]);
+    b.import_signed(&["--no-audit", "big@1", &raw.display().to_string()]);
     let server = S3Server::start(&s3, &b.root().join("s3"));
     let pushed = b
         .tek_cmd()

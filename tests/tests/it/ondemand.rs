@@ -206,17 +206,7 @@ fn import_flavour(b: &Bench, image: &str) {
     std::fs::create_dir_all(&work).unwrap();
     let file = agent::sample::build_image(&work, image).unwrap();
     let f = file.display().to_string();
-    let key = b.p("keys/depot.key");
-    b.tek_ok(&[
-        "image",
-        "import",
-        "--sign-key",
-        &key,
-        "--data-partition",
-        "DATA",
-        image,
-        &f,
-    ]);
+    b.import_signed(&["--data-partition", "DATA", image, &f]);
 }
 
 /// Sets the last use of `image` to `hours` ago (what a job using it then would have left).

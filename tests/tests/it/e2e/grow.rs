@@ -27,11 +27,7 @@ fn ext4_grows_so_client_data_larger_than_the_image_fits() {
     }
     let mut b = Bench::new("grow", &["bay1"], "");
     let img = b.image.display().to_string();
-    b.tek_ok(&[
-        "image",
-        "import",
-        "--sign-key",
-        &b.p("keys/depot.key"),
+    b.import_signed(&[
         "--data-partition",
         "label:DATA",
         "--grow-partition",

@@ -34,6 +34,20 @@ fn make_image() -> PathBuf {
 }
 
 /// The `win` sample (512 MiB, 64 MiB of files), built once and kept under the target dir.
+/// Imports the `win` sample `img` as `win@1`, signed, its data going to Windows' public
+/// documents, with `extra` arguments.
+fn import_win(b: &Bench, img: &std::path::Path, extra: &[&str]) {
+    let mut args = vec![
+        "--data-partition",
+        "label:Windows",
+        "--data-path",
+        "/Users/Public/Documents/Recovered",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["win@1", img.to_str().unwrap()]);
+    b.import_signed(&args);
+}
+
 fn win_sample() -> Option<PathBuf> {
     let tools = ["mkntfs", "ntfs-3g", "ntfsresize", "sgdisk", "mkfs.fat"];
     if !make_image().exists() || !tools.iter().all(|t| have(t)) {
@@ -96,20 +110,7 @@ fn windows_image_with_client_data_onto_a_disk_twice_its_size() {
         err.contains("number:3") && err.contains("number:4"),
         "{err}"
     );
-    b.tek_ok(&[
-        "image",
-        "import",
-        "--sign-key",
-        &b.p("keys/depot.key"),
-        "--data-partition",
-        "label:Windows",
-        "--data-path",
-        "/Users/Public/Documents/Recovered",
-        "--grow-partition",
-        "type:basic-data",
-        "win@1",
-        img.to_str().unwrap(),
-    ]);
+    import_win(&b, &img, &["--grow-partition", "type:basic-data"]);
     let show = b.tek_ok(&["image", "show", "win@1"]);
     assert!(
         show.contains("filesystem ntfs, label \"Windows\""),

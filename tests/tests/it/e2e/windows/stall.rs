@@ -53,18 +53,7 @@ fn a_jobs_stopped_ntfs_3g_fails_the_job_with_the_stall_and_its_mount_is_detached
         &["bay1"],
         "[restore]\nstall_warn_secs = 1\nstall_abort_secs = 4",
     );
-    b.tek_ok(&[
-        "image",
-        "import",
-        "--sign-key",
-        &b.p("keys/depot.key"),
-        "--data-partition",
-        "label:Windows",
-        "--data-path",
-        "/Users/Public/Documents/Recovered",
-        "win@1",
-        img.to_str().unwrap(),
-    ]);
+    import_win(&b, &img, &[]);
     // Many small files: the restore runs long enough to be caught in the middle.
     let src = b.root().join("work/src");
     for i in 0..4000 {
