@@ -390,7 +390,7 @@ impl Custody {
                         continue;
                     }
                     EntryKind::Dir => {
-                        w.dir_entry(&e.path, n)?;
+                        w.dir_entry(&e, n)?;
                         w.dirs.push((n, e.clone()));
                     }
                     EntryKind::Symlink => w.symlink(&e, n)?,

@@ -289,8 +289,8 @@ pub(super) enum Ident {
     /// Inode and NTFS creation time (`system.ntfs_crtime_be`, 100 ns units) on ntfs-3g,
     /// which reports no birth time through statx and whose status change time is not stable
     /// (the kernel's and the daemon's differ by fractions of a microsecond). tek sets it
-    /// with the other times, so it is recorded after them; reads, links and entries made
-    /// inside leave it as it is.
+    /// right after the create (to the entry's staged creation time, else it keeps ntfs-3g's)
+    /// and records it then; nothing tek or a reader does later changes it.
     Created { ino: u64, at: u64 },
     /// Inode, status change time and size (no birth time): changes with every change to
     /// the entry, so it is recorded after the last one tek makes.
@@ -343,9 +343,11 @@ impl Ident {
         }
     }
 
-    /// True when later changes to the entry leave it as it is (a birth time).
+    /// True when later changes to the entry leave it as it is: a birth time, or an NTFS
+    /// creation time (tek sets it right after the create, and nothing it does later changes
+    /// it: see `Writer::stable_crtime`).
     pub(super) fn stable(&self) -> bool {
-        matches!(self, Ident::Born { .. })
+        matches!(self, Ident::Born { .. } | Ident::Created { .. })
     }
 
     fn parse(fields: &[&str]) -> Option<Ident> {
