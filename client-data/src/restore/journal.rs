@@ -20,8 +20,11 @@
 //! - `log`: the identity log (`log` below), in the same directory.
 //!
 //! The identity log is text, one line per entry created, appended right after the entry was
-//! made (for a file, once tek has set everything it sets on it; a directory again after its
-//! metadata, a hard link's inode with the link): `<entry> <inode> b <sec>.<nsec>` where the
+//! made: at its create where its identity holds from then on (a birth time; on ntfs-3g the
+//! NTFS creation time, which tek sets to its final value right after the create, before any
+//! data, and which nothing later changes), else once tek has set everything it sets on it (a
+//! directory again after its metadata, a hard link's inode with the link). The format of a
+//! line (unchanged since format 2): `<entry> <inode> b <sec>.<nsec>` where the
 //! filesystem reports a birth time (statx), else `<entry> <inode> c <sec>.<nsec> <size>` (status
 //! change time and size: ext4 with 128-byte inodes), or on ntfs-3g (no birth time through
 //! FUSE, and a status change time that is not stable) `<entry> <inode> n <crtime>` (its NTFS
@@ -30,11 +33,17 @@
 //! loses at most the lines of one step. A line without its newline (torn) is ignored.
 //!
 //! An entry is tek's own on a re-run only when it is below K, the log lists it, and what
-//! stands at its path now has the identity the log recorded last for that inode. Anything
-//! else is a conflict: also an entry tek meant to create but whose line is missing (killed
-//! between the create and the line, or its line lost with the power): tek cannot prove it
-//! made it. A format-1 journal (K only) proves nothing: its target's entries count as
-//! conflicts, and the message says so.
+//! stands at its path now has the identity the log recorded last for that inode. An entry
+//! below K that the log does not list, after the last one it lists (lines are appended in
+//! entry order: a kill loses at most the line of the entry being made, a power loss the lines
+//! since the last fsync, always a suffix), is replaced as tek's interrupted work only when
+//! what stands there loses nothing of anyone's ("loses nothing" rule, `unlisted`): a file with
+//! one link whose bytes are a prefix of (or equal to) the staged file's, an empty one included,
+//! with no `user.*` attribute (alternate data stream) the staged entry lacks or holds with
+//! another value; a symlink with the staged text; a hard link to the inode the log last
+//! recorded, standing at the link's target too. Anything else is a conflict. A format-1
+//! journal (K only) proves nothing: its target's entries count as conflicts, and the message
+//! says so.
 //!
 //! A target's record (and its log) is removed once a failed restore into it was cleaned up
 //! completely. A verified restore keeps it (K = every entry) until the dataset is wiped: the
@@ -440,6 +449,17 @@ impl Made {
     /// likely writing.
     pub(super) fn in_flight(&self, n: u64) -> bool {
         self.last.is_some_and(|l| n == l + 1)
+    }
+
+    /// True when `n` is in the lost suffix: not listed, and after the last entry listed
+    /// (lines are appended in entry order, so a kill or a power loss loses only these).
+    pub(super) fn unlisted_tail(&self, n: u64) -> bool {
+        !self.by_entry.contains_key(&n) && self.last.is_none_or(|l| n > l)
+    }
+
+    /// True when `now` is the identity the log recorded last for its inode.
+    pub(super) fn knows(&self, now: &Ident) -> bool {
+        self.by_ino.get(&now.ino()) == Some(now)
     }
 
     /// True when the log lists entry `n` and `now` is the identity it recorded last for

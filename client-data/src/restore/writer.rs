@@ -72,6 +72,9 @@ pub(super) struct Writer {
     pub merged: std::collections::HashSet<u64>,
     /// The caller asked to replace what stands in the way (for the wording of a refusal).
     pub replace_asked: bool,
+    /// The last file this restore created, (entry, inode), for a cleanup: its identity may
+    /// not be journaled yet (see `undo`).
+    pub pending: Option<(u64, u64)>,
 }
 
 /// Something appeared at an entry's path after the check before writing.
@@ -306,6 +309,7 @@ impl Writer {
                 "the file just created is not a fresh regular file (replaced meanwhile?)",
             ));
         }
+        self.pending = Some((n, st.ino));
         // A birth time, or on ntfs-3g the creation time set now, stays: journaled now,
         // before any data. Else after the last change (`file`).
         self.stable_crtime(&f, btime)?;
