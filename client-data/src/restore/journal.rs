@@ -34,9 +34,9 @@
 //!
 //! An entry is tek's own on a re-run only when it is below K, the log lists it, and what
 //! stands at its path now has the identity the log recorded last for that inode. An entry
-//! below K that the log does not list, after the last one it lists (lines are appended in
-//! entry order: a kill loses at most the line of the entry being made, a power loss the lines
-//! since the last fsync, always a suffix), is replaced as tek's interrupted work only when
+//! below K after the entry of the log's last line, unproven (a run appends its lines in entry
+//! order: a kill loses at most the line of the entry being made, a power loss the lines since
+//! the last fsync, always a suffix; a line of such an entry is an earlier run's), is replaced as tek's interrupted work only when
 //! what stands there loses nothing of anyone's ("loses nothing" rule, `unlisted`): a file with
 //! one link whose bytes are a prefix of (or equal to) the staged file's, an empty one included,
 //! with no `user.*` attribute (alternate data stream) the staged entry lacks or holds with
@@ -418,7 +418,8 @@ pub(super) struct Made {
     by_entry: HashMap<u64, u64>,
     /// Inode -> its last recorded identity.
     by_ino: HashMap<u64, Ident>,
-    /// The highest entry listed.
+    /// The entry of the log's last complete line: where the latest run stopped journaling
+    /// (a run appends its lines in entry order, from entry 0 again after an earlier one).
     last: Option<u64>,
 }
 
@@ -439,7 +440,7 @@ impl Made {
                 continue;
             };
             m.by_entry.insert(n, id.ino());
-            m.last = m.last.max(Some(n));
+            m.last = Some(n);
             m.by_ino.insert(id.ino(), id);
         }
         m
@@ -451,10 +452,11 @@ impl Made {
         self.last.is_some_and(|l| n == l + 1)
     }
 
-    /// True when `n` is in the lost suffix: not listed, and after the last entry listed
-    /// (lines are appended in entry order, so a kill or a power loss loses only these).
+    /// True when `n` is in the lost suffix: after the entry of the log's last line (lines
+    /// are appended in entry order, so a kill or a power loss loses only lines of these;
+    /// a line of `n` there is an earlier run's, of an inode the latest run replaced).
     pub(super) fn unlisted_tail(&self, n: u64) -> bool {
-        !self.by_entry.contains_key(&n) && self.last.is_none_or(|l| n > l)
+        self.last.is_none_or(|l| n > l)
     }
 
     /// True when `now` is the identity the log recorded last for its inode.
@@ -570,5 +572,21 @@ mod tests {
             }
         ));
         assert!(!m.proves(2, &Ident::Born { ino: 9, at: (1, 0) }));
+    }
+
+    #[test]
+    fn the_lost_suffix_starts_after_the_latest_runs_last_line() {
+        // Run 1 journaled 0..=5; run 2 started over and journaled 0..=2 (new inodes).
+        let m = Made::parse(
+            b"0 1 b 1.0\n1 2 b 1.0\n2 3 b 1.0\n3 4 b 1.0\n4 5 b 1.0\n5 6 b 1.0\n\
+                              0 11 b 2.0\n1 12 b 2.0\n2 13 b 2.0\n",
+        );
+        assert!(!m.unlisted_tail(2));
+        // Entry 3 has run 1's line, but run 2 was writing it: in the lost suffix.
+        assert!(m.unlisted_tail(3));
+        assert!(m.in_flight(3));
+        // Run 1's entry 4 is still proved by its line.
+        assert!(m.proves(4, &Ident::Born { ino: 5, at: (1, 0) }));
+        assert!(Made::default().unlisted_tail(0));
     }
 }

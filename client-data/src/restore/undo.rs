@@ -117,7 +117,7 @@ impl Undo<'_> {
             return Some(true);
         }
         if !self.made.unlisted_tail(n) {
-            // Listed, with another identity now: replaced since.
+            // Journaled by this run, with another identity now: replaced since.
             return Some(false);
         }
         let fmt = st.mode & libc::S_IFMT;

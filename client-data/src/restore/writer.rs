@@ -269,7 +269,8 @@ impl Writer {
     /// file rewritten (content, owner, mode), a FIFO would block the open forever. So: `O_EXCL`
     /// (a new inode or nothing; no symlink followed), and on EEXIST the old name is unlinked
     /// when the plan allows it ([`Writer::clear`]) and the create tried once more. `O_NONBLOCK`
-    /// and the `fstat` check stand guard in case something is swapped in between.
+    /// and the `fstat` check stand guard in case something is swapped in between. Returns the
+    /// file and whether it was journaled already (its identity holds from its create on).
     fn create_file(
         &mut self,
         pfd: i32,
@@ -277,7 +278,7 @@ impl Writer {
         n: u64,
         path: &[u8],
         btime: Option<crate::manifest::Time>,
-    ) -> Result<File, DataError> {
+    ) -> Result<(File, bool), DataError> {
         let name = OsStr::from_bytes(name);
         let flags = OFlag::O_WRONLY
             | OFlag::O_CREAT
@@ -317,7 +318,7 @@ impl Writer {
         if id.stable() {
             self.log.record(n, &id)?;
         }
-        Ok(f)
+        Ok((f, id.stable()))
     }
 
     /// Writes file `e` (path already mapped); returns its descriptor for the read-back, and
@@ -330,7 +331,7 @@ impl Writer {
     ) -> Result<Option<Arc<Vec<u8>>>, DataError> {
         let path = e.path.clone();
         let (pfd, name) = self.parent_of(&path, n)?;
-        let mut f = self.create_file(pfd, name, n, &path, e.btime)?;
+        let (mut f, journaled) = self.create_file(pfd, name, n, &path, e.btime)?;
         let mut write_err = None;
         // The data stream's 64 KiB segments do not start where files start. On ntfs-3g every
         // write(2) costs FUSE round trips of its own (the kernel asks for
@@ -416,7 +417,10 @@ impl Writer {
         let sd = self.xattrs(&f, e, false)?;
         self.times(&f, e, n)?;
         self.finish_ntfs(&f, e)?;
-        self.journal(&f, b"", n, true)?;
+        // Journaled at its create when its identity holds (no statx, no getxattr again).
+        if !journaled {
+            self.journal(&f, b"", n, false)?;
+        }
         Ok(sd)
     }
 
