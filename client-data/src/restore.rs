@@ -49,7 +49,9 @@ mod journal;
 mod plan;
 mod prepare;
 mod result;
+mod staged;
 mod undo;
+mod unlisted;
 pub(crate) mod watchdog;
 mod writer;
 pub(crate) use journal::remove_all as remove_journal;
@@ -237,11 +239,14 @@ impl Custody {
             opts.stall_warning,
             opts.stall_limit,
         );
+        let dkey = key.derive(DATA_KEY);
         let staged = prepare::Staged {
             id: id.as_str(),
             dir: &dir,
             manifest: &manifest_path,
             key: &mkey,
+            data: &data_path,
+            data_key: &dkey,
             totals: (meta.info.entries, meta.info.bytes),
         };
         // Nothing was written yet: a stall here refuses the restore with its reason.
@@ -323,6 +328,7 @@ impl Custody {
             created: 0,
             merged: plan.merged,
             replace_asked: opts.replace_existing,
+            pending: None,
         };
         // The entry as restored: its path (and a hard link's target) mapped.
         let mapped = |mut e: Entry| -> Entry {
@@ -344,7 +350,6 @@ impl Custody {
         };
         let mut at: Option<(u64, Vec<u8>)> = None;
         let written = (|| -> Result<crate::readback::Verified, DataError> {
-            let dkey = key.derive(DATA_KEY);
             let df = File::open(&data_path).map_err(io("opening", &data_path))?;
             // A thread reads and decrypts ahead while this one writes the files.
             let mut data = OpenPipe::start(df, &dkey, StreamKind::Data)
@@ -390,7 +395,7 @@ impl Custody {
                         continue;
                     }
                     EntryKind::Dir => {
-                        w.dir_entry(&e.path, n)?;
+                        w.dir_entry(&e, n)?;
                         w.dirs.push((n, e.clone()));
                     }
                     EntryKind::Symlink => w.symlink(&e, n)?,
@@ -432,11 +437,17 @@ impl Custody {
                 w.parent = None;
                 let mut own = plan.own;
                 own.sort_unstable();
+                // This run's lines are in the log (one write(2) each): what it proves is
+                // what the cleanup may remove (unreadable: nothing is proved, all is left).
+                let made = journal.made(&rec).unwrap_or_default();
                 let undo = undo::Undo {
                     created_upto: w.created_upto,
                     own: &own,
                     made_dirs: &w.made_dirs,
                     times: &times,
+                    made: &made,
+                    ntfs3g: fs == crate::TargetFs::Ntfs3g,
+                    pending: w.pending,
                 };
                 // A driver given up on answers nothing any more (ENOTCONN, or it still hangs
                 // when the give-up failed): no removal is tried, the entries written stay, and
@@ -502,6 +513,7 @@ impl Custody {
             .collect();
         res.replaced = plan.replaced;
         res.resumed = plan.resumed;
+        res.unjournaled = plan.unjournaled;
         res.merged_directories = plan.merged_shown.len() as u64;
         res.merged = plan.merged_shown;
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "restore: files verified");

@@ -347,6 +347,15 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                         if n == 1 { "was" } else { "were" }
                     );
                 }
+                if !res.unjournaled.is_empty() {
+                    let n = res.unjournaled.len() as u64;
+                    println!(
+                        "{} the interrupted run had not journaled matched the staged data and \
+                         {} replaced (listed in --json)",
+                        render::count(n, "entry"),
+                        if n == 1 { "was" } else { "were" }
+                    );
+                }
                 if !res.merged.is_empty() {
                     println!(
                         "merged: {} already in the target, written into, their owner, mode \

@@ -20,8 +20,11 @@
 //! - `log`: the identity log (`log` below), in the same directory.
 //!
 //! The identity log is text, one line per entry created, appended right after the entry was
-//! made (for a file, once tek has set everything it sets on it; a directory again after its
-//! metadata, a hard link's inode with the link): `<entry> <inode> b <sec>.<nsec>` where the
+//! made: at its create where its identity holds from then on (a birth time; on ntfs-3g the
+//! NTFS creation time, which tek sets to its final value right after the create, before any
+//! data, and which nothing later changes), else once tek has set everything it sets on it (a
+//! directory again after its metadata, a hard link's inode with the link). The format of a
+//! line (unchanged since format 2): `<entry> <inode> b <sec>.<nsec>` where the
 //! filesystem reports a birth time (statx), else `<entry> <inode> c <sec>.<nsec> <size>` (status
 //! change time and size: ext4 with 128-byte inodes), or on ntfs-3g (no birth time through
 //! FUSE, and a status change time that is not stable) `<entry> <inode> n <crtime>` (its NTFS
@@ -30,11 +33,17 @@
 //! loses at most the lines of one step. A line without its newline (torn) is ignored.
 //!
 //! An entry is tek's own on a re-run only when it is below K, the log lists it, and what
-//! stands at its path now has the identity the log recorded last for that inode. Anything
-//! else is a conflict: also an entry tek meant to create but whose line is missing (killed
-//! between the create and the line, or its line lost with the power): tek cannot prove it
-//! made it. A format-1 journal (K only) proves nothing: its target's entries count as
-//! conflicts, and the message says so.
+//! stands at its path now has the identity the log recorded last for that inode. An entry
+//! below K after the entry of the log's last line, unproven (a run appends its lines in entry
+//! order: a kill loses at most the line of the entry being made, a power loss the lines since
+//! the last fsync, always a suffix; a line of such an entry is an earlier run's), is replaced as tek's interrupted work only when
+//! what stands there loses nothing of anyone's ("loses nothing" rule, `unlisted`): a file with
+//! one link whose bytes are a prefix of (or equal to) the staged file's, an empty one included,
+//! with no `user.*` attribute (alternate data stream) the staged entry lacks or holds with
+//! another value; a symlink with the staged text; a hard link to the inode the log last
+//! recorded, standing at the link's target too. Anything else is a conflict. A format-1
+//! journal (K only) proves nothing: its target's entries count as conflicts, and the message
+//! says so.
 //!
 //! A target's record (and its log) is removed once a failed restore into it was cleaned up
 //! completely. A verified restore keeps it (K = every entry) until the dataset is wiped: the
@@ -289,8 +298,8 @@ pub(super) enum Ident {
     /// Inode and NTFS creation time (`system.ntfs_crtime_be`, 100 ns units) on ntfs-3g,
     /// which reports no birth time through statx and whose status change time is not stable
     /// (the kernel's and the daemon's differ by fractions of a microsecond). tek sets it
-    /// with the other times, so it is recorded after them; reads, links and entries made
-    /// inside leave it as it is.
+    /// right after the create (to the entry's staged creation time, else it keeps ntfs-3g's)
+    /// and records it then; nothing tek or a reader does later changes it.
     Created { ino: u64, at: u64 },
     /// Inode, status change time and size (no birth time): changes with every change to
     /// the entry, so it is recorded after the last one tek makes.
@@ -343,9 +352,11 @@ impl Ident {
         }
     }
 
-    /// True when later changes to the entry leave it as it is (a birth time).
+    /// True when later changes to the entry leave it as it is: a birth time, or an NTFS
+    /// creation time (tek sets it right after the create, and nothing it does later changes
+    /// it: see `Writer::stable_crtime`).
     pub(super) fn stable(&self) -> bool {
-        matches!(self, Ident::Born { .. })
+        matches!(self, Ident::Born { .. } | Ident::Created { .. })
     }
 
     fn parse(fields: &[&str]) -> Option<Ident> {
@@ -407,7 +418,8 @@ pub(super) struct Made {
     by_entry: HashMap<u64, u64>,
     /// Inode -> its last recorded identity.
     by_ino: HashMap<u64, Ident>,
-    /// The highest entry listed.
+    /// The entry of the log's last complete line: where the latest run stopped journaling
+    /// (a run appends its lines in entry order, from entry 0 again after an earlier one).
     last: Option<u64>,
 }
 
@@ -428,7 +440,7 @@ impl Made {
                 continue;
             };
             m.by_entry.insert(n, id.ino());
-            m.last = m.last.max(Some(n));
+            m.last = Some(n);
             m.by_ino.insert(id.ino(), id);
         }
         m
@@ -438,6 +450,18 @@ impl Made {
     /// likely writing.
     pub(super) fn in_flight(&self, n: u64) -> bool {
         self.last.is_some_and(|l| n == l + 1)
+    }
+
+    /// True when `n` is in the lost suffix: after the entry of the log's last line (lines
+    /// are appended in entry order, so a kill or a power loss loses only lines of these;
+    /// a line of `n` there is an earlier run's, of an inode the latest run replaced).
+    pub(super) fn unlisted_tail(&self, n: u64) -> bool {
+        self.last.is_none_or(|l| n > l)
+    }
+
+    /// True when `now` is the identity the log recorded last for its inode.
+    pub(super) fn knows(&self, now: &Ident) -> bool {
+        self.by_ino.get(&now.ino()) == Some(now)
     }
 
     /// True when the log lists entry `n` and `now` is the identity it recorded last for
@@ -548,5 +572,21 @@ mod tests {
             }
         ));
         assert!(!m.proves(2, &Ident::Born { ino: 9, at: (1, 0) }));
+    }
+
+    #[test]
+    fn the_lost_suffix_starts_after_the_latest_runs_last_line() {
+        // Run 1 journaled 0..=5; run 2 started over and journaled 0..=2 (new inodes).
+        let m = Made::parse(
+            b"0 1 b 1.0\n1 2 b 1.0\n2 3 b 1.0\n3 4 b 1.0\n4 5 b 1.0\n5 6 b 1.0\n\
+                              0 11 b 2.0\n1 12 b 2.0\n2 13 b 2.0\n",
+        );
+        assert!(!m.unlisted_tail(2));
+        // Entry 3 has run 1's line, but run 2 was writing it: in the lost suffix.
+        assert!(m.unlisted_tail(3));
+        assert!(m.in_flight(3));
+        // Run 1's entry 4 is still proved by its line.
+        assert!(m.proves(4, &Ident::Born { ino: 5, at: (1, 0) }));
+        assert!(Made::default().unlisted_tail(0));
     }
 }

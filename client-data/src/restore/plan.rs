@@ -34,6 +34,8 @@ use nix::sys::time::TimeSpec;
 
 use super::journal::{Ident, Made, TargetRecord};
 use super::split;
+use super::staged::StagedData;
+use super::unlisted::{Expected, harmless};
 use crate::error::{Conflicts, DataError};
 use crate::manifest::EntryKind;
 use crate::sys::{Statx, open_beneath, statx};
@@ -56,6 +58,9 @@ pub(super) struct Plan {
     pub resumed: Vec<String>,
     /// Their entry numbers: a cleanup removes them too.
     pub own: Vec<u64>,
+    /// Entries the interrupted run had not journaled whose occupant matched the staged data
+    /// (see `unlisted`): replaced ("path (entry n)"). Their numbers are in `own` too.
+    pub unjournaled: Vec<String>,
     /// Directories of the dataset that already existed (merged: their metadata left as it
     /// is, never removed).
     pub merged: HashSet<u64>,
@@ -91,6 +96,9 @@ pub(super) struct Checker<'a> {
     /// Directories below which nothing is checked: counted already, or named as unsafe.
     skipped: HashSet<u128>,
     parent: Option<(Vec<u8>, Result<OwnedFd, Errno>)>,
+    /// Opens the data stream, once, for the unlisted entries' check (see `unlisted`).
+    open_data: Box<dyn FnMut() -> Option<StagedData> + 'a>,
+    data: Option<Option<StagedData>>,
     out: Conflicts,
     pub plan: Plan,
 }
@@ -112,6 +120,7 @@ impl<'a> Checker<'a> {
         replace_existing: bool,
         target: &Path,
         ntfs3g: bool,
+        open_data: Box<dyn FnMut() -> Option<StagedData> + 'a>,
     ) -> Self {
         Checker {
             root,
@@ -122,6 +131,8 @@ impl<'a> Checker<'a> {
             fresh: HashSet::new(),
             skipped: HashSet::new(),
             parent: None,
+            open_data,
+            data: None,
             out: Conflicts {
                 target: target.to_path_buf(),
                 replace_asked: replace_existing,
@@ -179,14 +190,51 @@ impl<'a> Checker<'a> {
         self.made.proves(n, &id)
     }
 
-    /// Checks entry `n` of kind `kind` at the mapped `path`.
+    /// True when entry `n`, unlisted in the lost suffix of the log (see `unlisted`), has an
+    /// occupant `st` that is harmless to replace.
+    fn harmless(&mut self, n: u64, parent: &[u8], name: &[u8], st: &Statx, s: &Expected) -> bool {
+        if !self
+            .journal
+            .is_some_and(|j| !j.format1 && n < j.intents_below && self.made.unlisted_tail(n))
+        {
+            return false;
+        }
+        let pfd = if parent.is_empty() {
+            match self.root.try_clone() {
+                Ok(f) => OwnedFd::from(f),
+                Err(_) => return false,
+            }
+        } else {
+            match &self.parent {
+                Some((_, Ok(fd))) => match fd.try_clone() {
+                    Ok(fd) => fd,
+                    Err(_) => return false,
+                },
+                _ => return false,
+            }
+        };
+        harmless(
+            self.root,
+            &pfd,
+            name,
+            st,
+            s,
+            self.made,
+            self.ntfs3g,
+            &mut self.data,
+            &mut *self.open_data,
+        )
+    }
+
+    /// Checks entry `n` (`s`: the staged entry, mapped) at the mapped `path`.
     pub(super) fn check(
         &mut self,
         n: u64,
-        kind: EntryKind,
+        s: &Expected,
         path: &[u8],
         target: &Path,
     ) -> Result<(), DataError> {
+        let kind = s.entry.kind;
         let dir = kind == EntryKind::Dir;
         if !dir
             && !matches!(
@@ -272,6 +320,11 @@ impl<'a> Checker<'a> {
                     self.fresh.insert(key(path));
                 }
             }
+            (false, false) if self.harmless(n, parent, name, &st, s) => {
+                self.plan.replace.insert(n);
+                self.plan.own.push(n);
+                self.plan.unjournaled.push(shown(n, path));
+            }
             (_, false) if self.replace_existing => {
                 self.plan.replace.insert(n);
                 self.plan.replaced.push(shown(n, path));
@@ -296,7 +349,8 @@ impl<'a> Checker<'a> {
                     // interrupted run was writing, but nothing proves it.
                     let what = format!(
                         "{what}; the interrupted restore was most likely writing it when it \
-                         stopped, before journaling it: check it"
+                         stopped, before journaling it, but it is not a part of what the \
+                         dataset puts there: check it"
                     );
                     self.conflict(n, path, &what);
                 } else {

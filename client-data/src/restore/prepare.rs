@@ -9,6 +9,7 @@ use std::path::Path;
 
 use super::journal::{self, Journal, Log, TargetRecord};
 use super::plan::{self, Plan};
+use super::unlisted::Expected;
 use super::watchdog::Progress;
 use super::{manifest_reader, unsafe_path};
 use crate::error::DataError;
@@ -39,6 +40,10 @@ pub(super) struct Staged<'a> {
     pub dir: &'a Path,
     pub manifest: &'a Path,
     pub key: &'a Key,
+    /// The data stream and its key (read only for entries the log does not list, see
+    /// `unlisted`).
+    pub data: &'a Path,
+    pub data_key: &'a Key,
     /// Entries and bytes, from the metadata.
     pub totals: (u64, u64),
 }
@@ -81,6 +86,10 @@ pub(super) fn prepare(
             replace_existing,
             target_dir,
             fs == crate::TargetFs::Ntfs3g,
+            Box::new(|| {
+                let f = std::fs::File::open(s.data).ok()?;
+                super::staged::StagedData::open(f, s.data_key).ok()
+            }),
         );
         let (mut n, mut bytes) = (0u64, 0u64);
         while let Some(e) = mr.next_entry().map_err(|e| match auth_failure(&e) {
@@ -98,9 +107,24 @@ pub(super) fn prepare(
                     entry: n,
                     mapped: t.mapped,
                 })?;
-                check.check(n, e.kind, &p, target_dir)?;
+                let mut m_e = e.clone();
+                m_e.path = p.clone();
+                if e.kind == crate::manifest::EntryKind::Hardlink {
+                    m_e.target = m.get(&e.target).to_vec();
+                } else if e.kind == crate::manifest::EntryKind::Symlink {
+                    m_e.target = crate::winnames::map_link_text(&e.target);
+                }
+                let x = Expected {
+                    entry: &m_e,
+                    offset: bytes,
+                };
+                check.check(n, &x, &p, target_dir)?;
             } else {
-                check.check(n, e.kind, &e.path, target_dir)?;
+                let x = Expected {
+                    entry: &e,
+                    offset: bytes,
+                };
+                check.check(n, &x, &e.path, target_dir)?;
             }
             depth = depth.max(e.path.iter().filter(|&&b| b == b'/').count());
             bytes += e.size;

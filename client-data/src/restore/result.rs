@@ -65,6 +65,12 @@ pub struct RestoreResult {
     /// Entries an earlier restore of this dataset into this target had made (it was killed or
     /// failed before its cleanup) and this one replaced or kept, e.g. "Docs (entry 0)".
     pub resumed: Vec<String>,
+    /// Entries an interrupted earlier restore of this dataset into this target had meant to
+    /// create but not journaled (killed, or its last lines lost with the power) whose
+    /// occupant matched the staged data (a file: a prefix of the staged content, an empty one
+    /// too; a symlink: the same text; a hard link: tek's inode), replaced, e.g.
+    /// "Docs/big.iso (entry 7)". See `restore::unlisted` for the rule.
+    pub unjournaled: Vec<String>,
     /// Directories of the dataset that already existed in the target: written into (merged),
     /// their own owner, mode and times left as they were.
     pub merged_directories: u64,

@@ -7,6 +7,13 @@
 //! restore of a million files needs no list of them in memory: non-directories below
 //! `created_upto` were all created by this restore (everything in their way was refused or,
 //! as asked, replaced), and the directories it made were recorded as it made them.
+//!
+//! Someone may have replaced an entry since tek made it: each non-directory below
+//! `created_upto` is removed only when it still is what this restore made, as the identity log
+//! proves (the identity last recorded for it, see `journal`); the entry whose line was not
+//! written yet when the restore failed only when it is the inode tek created for it (a file),
+//! the staged text (a symlink) or the inode at the link's target (a hard link). Anything else
+//! at such a path is left and listed ("holds something else now").
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -17,6 +24,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
+use super::journal::{Ident, Made};
 use super::plan::Times;
 use super::split;
 use crate::error::{Cleanup, DataError};
@@ -38,28 +46,97 @@ pub(super) struct Undo<'a> {
     /// Directories that were there before, with their times then (the target itself as
     /// the empty path): put back last.
     pub times: &'a [(Vec<u8>, Times)],
+    /// What the identity log proves tek made (this restore's lines and earlier ones).
+    pub made: &'a Made,
+    /// The target is ntfs-3g (identities by NTFS creation time).
+    pub ntfs3g: bool,
+    /// The last non-directory this restore created and the inode it got, when known: its
+    /// line may not be written yet.
+    pub pending: Option<(u64, u64)>,
+}
+
+/// What [`remove`] found.
+enum Gone {
+    Removed,
+    Missing,
+    /// Something that is not what this restore made stands there: left.
+    Other,
 }
 
 fn depth(p: &[u8]) -> usize {
     p.iter().filter(|&&b| b == b'/').count()
 }
 
-fn remove(root: &File, path: &[u8], dir: bool) -> Result<bool, Errno> {
+/// Removes `path` when `ours` says what stands there (in the parent, by name) is ours.
+fn remove(
+    root: &File,
+    path: &[u8],
+    dir: bool,
+    ours: impl FnOnce(&std::os::fd::OwnedFd, &[u8]) -> Option<bool>,
+) -> Result<Gone, Errno> {
     let (parent, name) = split(path);
     let pfd = match open_beneath(root, parent, OFlag::O_PATH | OFlag::O_DIRECTORY, 0) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(false),
+        Err(Errno::ENOENT) => return Ok(Gone::Missing),
         Err(e) => return Err(e),
     };
+    match ours(&pfd, name) {
+        None => return Ok(Gone::Missing),
+        Some(false) => return Ok(Gone::Other),
+        Some(true) => {}
+    }
     let flag = if dir {
         UnlinkatFlags::RemoveDir
     } else {
         UnlinkatFlags::NoRemoveDir
     };
     match unlinkat(Some(pfd.as_raw_fd()), OsStr::from_bytes(name), flag) {
-        Ok(()) => Ok(true),
-        Err(Errno::ENOENT) => Ok(false),
+        Ok(()) => Ok(Gone::Removed),
+        Err(Errno::ENOENT) => Ok(Gone::Missing),
         Err(e) => Err(e),
+    }
+}
+
+impl Undo<'_> {
+    /// Whether what stands at `name` in `pfd` is entry `e` (number `n`) as this restore made
+    /// it (see the module doc); `None`: nothing is there.
+    fn made_here(
+        &self,
+        root: &File,
+        pfd: &std::os::fd::OwnedFd,
+        name: &[u8],
+        n: u64,
+        e: &Entry,
+    ) -> Option<bool> {
+        let st = match crate::sys::statx(pfd, name) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return None,
+            Err(_) => return Some(false),
+        };
+        if self.made.proves(n, &Ident::at(pfd, name, &st, self.ntfs3g)) {
+            return Some(true);
+        }
+        if !self.made.unlisted_tail(n) {
+            // Journaled by this run, with another identity now: replaced since.
+            return Some(false);
+        }
+        let fmt = st.mode & libc::S_IFMT;
+        Some(match e.kind {
+            EntryKind::File => self.pending == Some((n, st.ino)) && fmt == libc::S_IFREG,
+            EntryKind::Symlink => {
+                fmt == libc::S_IFLNK
+                    && nix::fcntl::readlinkat(Some(pfd.as_raw_fd()), OsStr::from_bytes(name))
+                        .is_ok_and(|t| t.as_bytes() == e.target.as_slice())
+            }
+            EntryKind::Hardlink => {
+                let (tp, tn) = split(&e.target);
+                open_beneath(root, tp, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+                    .ok()
+                    .and_then(|at| crate::sys::statx(&at, tn).ok())
+                    .is_some_and(|t| t.ino == st.ino && fmt != libc::S_IFDIR)
+            }
+            _ => false,
+        })
     }
 }
 
@@ -106,10 +183,20 @@ impl Undo<'_> {
             if e.kind == EntryKind::Dir && own {
                 dirs.push((e.path, false));
             } else if other && (n < self.created_upto || own) {
-                match remove(root, &e.path, false) {
-                    Ok(true) if n < self.created_upto => c.removed += 1,
-                    Ok(true) => c.earlier_removed += 1,
-                    Ok(false) => {}
+                let mine = n < self.created_upto;
+                let r = remove(root, &e.path, false, |pfd, name| {
+                    // An earlier run's entry was proved its own by the check before writing.
+                    if mine {
+                        self.made_here(root, pfd, name, n, &e)
+                    } else {
+                        Some(true)
+                    }
+                });
+                match r {
+                    Ok(Gone::Removed) if mine => c.removed += 1,
+                    Ok(Gone::Removed) => c.earlier_removed += 1,
+                    Ok(Gone::Missing) => {}
+                    Ok(Gone::Other) => fail(&mut c, &e.path, "it holds something else now".into()),
                     Err(err) => fail(&mut c, &e.path, std::io::Error::from(err).to_string()),
                 }
             }
@@ -119,10 +206,10 @@ impl Undo<'_> {
         dirs.sort_by(|a, b| depth(&b.0).cmp(&depth(&a.0)).then_with(|| a.cmp(b)));
         dirs.dedup_by(|a, b| a.0 == b.0);
         for (d, ours) in &dirs {
-            match remove(root, d, true) {
-                Ok(true) if *ours => c.removed += 1,
-                Ok(true) => c.earlier_removed += 1,
-                Ok(false) => {}
+            match remove(root, d, true, |_, _| Some(true)) {
+                Ok(Gone::Removed) if *ours => c.removed += 1,
+                Ok(Gone::Removed) => c.earlier_removed += 1,
+                Ok(Gone::Missing | Gone::Other) => {}
                 Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
                     fail(&mut c, d, "the directory holds something else now".into())
                 }

@@ -72,6 +72,9 @@ pub(super) struct Writer {
     pub merged: std::collections::HashSet<u64>,
     /// The caller asked to replace what stands in the way (for the wording of a refusal).
     pub replace_asked: bool,
+    /// The last file this restore created, (entry, inode), for a cleanup: its identity may
+    /// not be journaled yet (see `undo`).
+    pub pending: Option<(u64, u64)>,
 }
 
 /// Something appeared at an entry's path after the check before writing.
@@ -144,7 +147,8 @@ impl Writer {
 
     /// Directory entry `n` at `rel`: what stands there first removed when the plan says so
     /// (a non-directory replaced or resumed), then opened or made as [`Writer::dir`].
-    pub(super) fn dir_entry(&mut self, rel: &[u8], n: u64) -> Result<OwnedFd, DataError> {
+    pub(super) fn dir_entry(&mut self, e: &Entry, n: u64) -> Result<OwnedFd, DataError> {
+        let rel = &e.path[..];
         if self.replace.contains(&n) {
             let (parent, name) = split(rel);
             let pfd = self.dir(parent, n)?;
@@ -157,31 +161,65 @@ impl Writer {
                 Err(e) => return Err(self.err("removing what stood at a directory's path", n)(e)),
             }
         }
-        self.dir(rel, n)
+        self.dir_born(rel, n, e.btime)
+    }
+
+    /// On ntfs-3g, gives the entry just created at `f` its final NTFS creation time, `btime`
+    /// (none in the dataset: the one ntfs-3g gave it stays), so that its identity in the
+    /// journal (`Ident::Created`) holds from now on: tek sets the same value with the other
+    /// times at the end, and writes, chmod, chown, extended attributes (alternate data
+    /// streams), DOS attributes, times set, links and entries made inside leave it as it is
+    /// (checked on ntfs-3g 2022.10). One setxattr; the journal's getxattr reads it back.
+    fn stable_crtime(
+        &self,
+        f: &File,
+        btime: Option<crate::manifest::Time>,
+    ) -> Result<(), DataError> {
+        let (Some(bt), TargetFs::Ntfs3g) = (btime, self.fs) else {
+            return Ok(());
+        };
+        let v = crate::ntfs::to_ntfs_time(bt).to_be_bytes();
+        f.set_xattr(crate::xattrs::NTFS_CRTIME, &v)
+            .map_err(io("setting the creation time under", &self.target))
     }
 
     /// Opens (creating with 0700 as needed) directory `rel` beneath the target.
     pub(super) fn dir(&mut self, rel: &[u8], n: u64) -> Result<OwnedFd, DataError> {
+        self.dir_born(rel, n, None)
+    }
+
+    /// [`Writer::dir`], `rel` (when made here) getting the NTFS creation time `btime` on
+    /// ntfs-3g before it is journaled (see [`Writer::stable_crtime`]).
+    fn dir_born(
+        &mut self,
+        rel: &[u8],
+        n: u64,
+        btime: Option<crate::manifest::Time>,
+    ) -> Result<OwnedFd, DataError> {
         match open_beneath(&self.root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0) {
             Ok(fd) => Ok(fd),
             Err(nix::errno::Errno::ENOENT) if !rel.is_empty() => {
                 let (parent, name) = split(rel);
                 let pfd = self.dir(parent, n)?;
+                let mut made = false;
                 match mkdirat(
                     Some(pfd.as_raw_fd()),
                     OsStr::from_bytes(name),
                     Mode::from_bits_truncate(0o700),
                 ) {
-                    Ok(()) => {
-                        self.made_dirs.push(rel.to_vec());
-                        self.created += 1;
-                        self.journal(&pfd, name, n, false)?;
-                    }
+                    Ok(()) => made = true,
                     Err(nix::errno::Errno::EEXIST) => {}
                     Err(e) => return Err(self.err("creating directory", n)(e)),
                 }
                 let fd = open_beneath(&self.root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
                     .map_err(self.err("opening directory", n))?;
+                if made {
+                    self.made_dirs.push(rel.to_vec());
+                    self.created += 1;
+                    let f = File::from(fd.try_clone().map_err(io("duplicating", &self.target))?);
+                    self.stable_crtime(&f, btime)?;
+                    self.journal(&f, b"", n, false)?;
+                }
                 // A new directory gets its inherited descriptor before anything is made in it.
                 if let (Some(sd), Some(name)) =
                     (self.descriptor(rel, true), self.fs.security_xattr())
@@ -231,14 +269,16 @@ impl Writer {
     /// file rewritten (content, owner, mode), a FIFO would block the open forever. So: `O_EXCL`
     /// (a new inode or nothing; no symlink followed), and on EEXIST the old name is unlinked
     /// when the plan allows it ([`Writer::clear`]) and the create tried once more. `O_NONBLOCK`
-    /// and the `fstat` check stand guard in case something is swapped in between.
+    /// and the `fstat` check stand guard in case something is swapped in between. Returns the
+    /// file and whether it was journaled already (its identity holds from its create on).
     fn create_file(
         &mut self,
         pfd: i32,
         name: &[u8],
         n: u64,
         path: &[u8],
-    ) -> Result<File, DataError> {
+        btime: Option<crate::manifest::Time>,
+    ) -> Result<(File, bool), DataError> {
         let name = OsStr::from_bytes(name);
         let flags = OFlag::O_WRONLY
             | OFlag::O_CREAT
@@ -270,12 +310,15 @@ impl Writer {
                 "the file just created is not a fresh regular file (replaced meanwhile?)",
             ));
         }
-        // A birth time stays: journaled now. Else after the last change (`file`).
+        self.pending = Some((n, st.ino));
+        // A birth time, or on ntfs-3g the creation time set now, stays: journaled now,
+        // before any data. Else after the last change (`file`).
+        self.stable_crtime(&f, btime)?;
         let id = Ident::at(&f, b"", &st, self.fs == TargetFs::Ntfs3g);
         if id.stable() {
             self.log.record(n, &id)?;
         }
-        Ok(f)
+        Ok((f, id.stable()))
     }
 
     /// Writes file `e` (path already mapped); returns its descriptor for the read-back, and
@@ -288,7 +331,7 @@ impl Writer {
     ) -> Result<Option<Arc<Vec<u8>>>, DataError> {
         let path = e.path.clone();
         let (pfd, name) = self.parent_of(&path, n)?;
-        let mut f = self.create_file(pfd, name, n, &path)?;
+        let (mut f, journaled) = self.create_file(pfd, name, n, &path, e.btime)?;
         let mut write_err = None;
         // The data stream's 64 KiB segments do not start where files start. On ntfs-3g every
         // write(2) costs FUSE round trips of its own (the kernel asks for
@@ -374,7 +417,10 @@ impl Writer {
         let sd = self.xattrs(&f, e, false)?;
         self.times(&f, e, n)?;
         self.finish_ntfs(&f, e)?;
-        self.journal(&f, b"", n, true)?;
+        // Journaled at its create when its identity holds (no statx, no getxattr again).
+        if !journaled {
+            self.journal(&f, b"", n, false)?;
+        }
         Ok(sd)
     }
 

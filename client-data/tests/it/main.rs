@@ -14,5 +14,6 @@ mod restore_resume;
 mod restore_safe;
 mod restore_stall;
 mod restore_target;
+mod restore_unlisted;
 mod tar;
 mod withdraw;

@@ -19,7 +19,7 @@ use crate::restore_safe::{can_run, listing, volumes, write};
 const CHILD: &str = "TEK_TEST_RESTORE_CHILD";
 
 /// In the child process: runs the restore the parent asked for, then exits.
-fn child() {
+pub(crate) fn child() {
     let Ok(spec) = std::env::var(CHILD) else {
         return;
     };
@@ -38,6 +38,26 @@ fn child() {
 /// Starts restoring `info` into `t` in a child process running `test` and SIGKILLs it once
 /// `probe` exists.
 fn kill_mid_restore(d: &Depot, info: &DatasetInfo, t: &Path, test: &str, probe: &Path) {
+    kill_when(
+        d,
+        info,
+        t,
+        test,
+        &format!("{} appeared", probe.display()),
+        || probe.exists(),
+    )
+}
+
+/// Starts restoring `info` into `t` in a child process running `test` and SIGKILLs it once
+/// `ready` (polled every millisecond) says so; `what` names the moment for a failure.
+pub(crate) fn kill_when(
+    d: &Depot,
+    info: &DatasetInfo,
+    t: &Path,
+    test: &str,
+    what: &str,
+    ready: impl Fn() -> bool,
+) {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture"])
         .env(
@@ -46,12 +66,9 @@ fn kill_mid_restore(d: &Depot, info: &DatasetInfo, t: &Path, test: &str, probe: 
         )
         .spawn()
         .unwrap();
-    while !probe.exists() {
+    while !ready() {
         if child.try_wait().unwrap().is_some() {
-            panic!(
-                "the child restore ended before {} appeared",
-                probe.display()
-            );
+            panic!("the child restore ended before {what}");
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -80,7 +97,7 @@ fn source(d: &Depot, n: usize) -> (PathBuf, DatasetInfo) {
     (src, info)
 }
 
-fn journal_of(d: &Depot, info: &DatasetInfo) -> serde_json::Value {
+pub(crate) fn journal_of(d: &Depot, info: &DatasetInfo) -> serde_json::Value {
     let p = d
         .dir
         .path()

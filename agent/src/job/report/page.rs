@@ -505,6 +505,19 @@ fn data(r: &Report) -> Section {
             );
         }
     }
+    if let Some(k) = m.get("unjournaled").and_then(Value::as_array).map(Vec::len) {
+        if k > 0 {
+            let what = count(k as u64, "entry", "entries");
+            sec.row(
+                "Resumed, not journaled",
+                format!(
+                    "{what} the interrupted run had not journaled matched the staged data and \
+                     {} replaced",
+                    if k == 1 { "was" } else { "were" }
+                ),
+            );
+        }
+    }
     if let Some(k) = n(m, "merged_directories").filter(|k| *k > 0) {
         let what = count(k, "folder", "folders");
         sec.row(

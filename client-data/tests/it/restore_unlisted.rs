@@ -1,0 +1,250 @@
+//! Entries a killed restore had not journaled (issue 11): the re-run replaces, without
+//! `replace_existing`, what is provably harmless (a file that is a prefix of the staged one,
+//! an empty one included; see `restore::unlisted`) and still refuses anything else: a partial
+//! file someone changed, a file with other content. The log's last lines cut off simulate a
+//! power loss. A real child restore SIGKILLed mid-file, on ext4 and ntfs-3g. Needs root, loop
+//! devices and FUSE.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use client_data::{DataError, DatasetInfo};
+
+use crate::common::*;
+use crate::restore_resume::{child, journal_of, kill_when};
+use crate::restore_safe::{can_run, listing, volumes, write};
+
+const BIG: u64 = 48 << 20;
+
+/// `a/` with 12 small files, `b/big.bin`, `c/` with 4 small files.
+fn source(d: &Depot) -> (PathBuf, DatasetInfo) {
+    let src = d.dir.path().join("src");
+    for i in 0..12 {
+        write(
+            &src.join(format!("a/f{i:02}")),
+            format!("small {i}").as_bytes(),
+        );
+    }
+    let big: Vec<u8> = (0..BIG).map(|i| (i * 7 % 253) as u8).collect();
+    write(&src.join("b/big.bin"), &big);
+    for i in 0..4 {
+        write(
+            &src.join(format!("c/f{i:02}")),
+            format!("late {i}").as_bytes(),
+        );
+    }
+    let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
+    (src, info)
+}
+
+/// Kills a restore of `info` into `t` while `t/b/big.bin` is partly written.
+fn kill_mid_big(d: &Depot, info: &DatasetInfo, t: &Path, test: &str) {
+    let big = t.join("b/big.bin");
+    kill_when(d, info, t, test, "big.bin was partly written", || {
+        fs::metadata(&big).is_ok_and(|m| m.len() > 0 && m.len() < BIG)
+    });
+    let len = fs::metadata(&big).unwrap().len();
+    assert!(len < BIG, "the kill came after big.bin was complete");
+}
+
+/// The identity log of the last target record, and the entry number of what stands at `p`
+/// in it (by its inode).
+fn log_of(d: &Depot, info: &DatasetInfo) -> PathBuf {
+    let j = journal_of(d, info);
+    let rec = j["targets"].as_array().unwrap().last().unwrap().clone();
+    d.dir
+        .path()
+        .join("staging")
+        .join(info.id.as_str())
+        .join(rec["log"].as_str().unwrap())
+}
+
+fn entry_of(log: &Path, p: &Path) -> u64 {
+    let ino = fs::metadata(p).unwrap().ino().to_string();
+    let text = fs::read_to_string(log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(&ino))
+        .unwrap_or_else(|| panic!("{} is not in the log: {text}", p.display()));
+    line.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// Drops every line of entry `k` or later: what a kill before `k`'s line, or a power loss
+/// after the line of `k - 1`, leaves.
+fn cut_log(log: &Path, k: u64) {
+    let text = fs::read_to_string(log).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| l.split(' ').next().unwrap().parse::<u64>().unwrap() < k)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(log, kept).unwrap();
+}
+
+#[test]
+fn a_restore_killed_mid_file_resumes_by_itself_and_replaces_only_harmless_unjournaled_entries() {
+    const TEST: &str = "restore_unlisted::a_restore_killed_mid_file_resumes_by_itself_and_replaces_only_harmless_unjournaled_entries";
+    child();
+    if !can_run(TEST) {
+        return;
+    }
+    let d = depot();
+    let (src, info) = source(&d);
+    for (kind, vol) in volumes(d.dir.path(), 128 << 20) {
+        // 1. Killed mid-file: the file's line was written at its create (a birth time, or
+        //    on ntfs-3g the creation time set then), so the re-run proves it its own.
+        let t = vol.root().join("R1");
+        fs::create_dir_all(&t).unwrap();
+        kill_mid_big(&d, &info, &t, TEST);
+        let res = d.custody.restore(&info.id, &t, &dest()).unwrap();
+        assert!(res.ok(), "{kind}: {res:?}");
+        assert!(
+            res.resumed.iter().any(|r| r.starts_with("b/big.bin")),
+            "{kind}: {:?}",
+            res.resumed
+        );
+        assert!(res.replaced.is_empty(), "{kind}: {:?}", res.replaced);
+        assert_same_files(&src, &t);
+
+        // 2. Killed mid-file before its line (cut off): the partial file with one byte
+        //    flipped by someone is a conflict, and so is a file with other content at a
+        //    later path; an empty file at another later path is harmless.
+        let t = vol.root().join("R2");
+        fs::create_dir_all(&t).unwrap();
+        kill_mid_big(&d, &info, &t, TEST);
+        let log = log_of(&d, &info);
+        let big = t.join("b/big.bin");
+        let k = entry_of(&log, &big);
+        cut_log(&log, k);
+        let mut part = fs::read(&big).unwrap();
+        part[0] ^= 1;
+        fs::write(&big, &part).unwrap();
+        fs::create_dir_all(t.join("c")).unwrap();
+        fs::write(t.join("c/f01"), b"").unwrap();
+        fs::write(t.join("c/f02"), b"late 9").unwrap();
+        let before = listing(&t);
+        let e = d.custody.restore(&info.id, &t, &dest()).unwrap_err();
+        let msg = e.to_string();
+        match &e {
+            DataError::TargetNotEmpty(c) => assert_eq!(c.count, 2, "{kind}: {msg}"),
+            e => panic!("{kind}: {e}"),
+        }
+        assert!(
+            msg.contains("big.bin") && msg.contains("c/f02"),
+            "{kind}: {msg}"
+        );
+        assert!(!msg.contains("c/f01"), "{kind}: {msg}");
+        assert_eq!(
+            listing(&t),
+            before,
+            "{kind}: the refused resume changed the target"
+        );
+        assert_eq!(fs::read(&big).unwrap(), part, "{kind}");
+        assert_eq!(fs::read(t.join("c/f02")).unwrap(), b"late 9", "{kind}");
+
+        // Flipped back and the foreign file gone: the partial file and the empty one are
+        // the interrupted run's work as far as anyone can tell, replaced and named.
+        part[0] ^= 1;
+        fs::write(&big, &part).unwrap();
+        fs::remove_file(t.join("c/f02")).unwrap();
+        let res = d.custody.restore(&info.id, &t, &dest()).unwrap();
+        assert!(res.ok(), "{kind}: {res:?}");
+        let mut un = res.unjournaled.clone();
+        un.sort();
+        assert_eq!(un.len(), 2, "{kind}: {un:?}");
+        assert!(un[0].starts_with("b/big.bin (entry"), "{kind}: {un:?}");
+        assert!(un[1].starts_with("c/f01 (entry"), "{kind}: {un:?}");
+        assert!(res.replaced.is_empty(), "{kind}: {:?}", res.replaced);
+        assert_same_files(&src, &t);
+
+        // 3. A power loss after the line of the folder a: its complete files (all after it)
+        //    match the staged data and are replaced; the one someone rewrote (same size)
+        //    conflicts.
+        let k = entry_of(&log, &t.join("a")) + 1;
+        let (_, mine) = (0..12)
+            .map(|i| {
+                let p = t.join(format!("a/f{i:02}"));
+                (entry_of(&log, &p), format!("a/f{i:02}"))
+            })
+            .max()
+            .unwrap();
+        cut_log(&log, k);
+        fs::write(t.join(&mine), b"SMALL 7").unwrap();
+        let e = d.custody.restore(&info.id, &t, &dest()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(&e, DataError::TargetNotEmpty(c) if c.count == 1) && msg.contains(&mine),
+            "{kind}: {msg}"
+        );
+        assert_eq!(fs::read(t.join(&mine)).unwrap(), b"SMALL 7", "{kind}");
+        fs::remove_file(t.join(&mine)).unwrap();
+        let res = d.custody.restore(&info.id, &t, &dest()).unwrap();
+        assert!(res.ok(), "{kind}: {res:?}");
+        assert_eq!(res.unjournaled.len(), 11, "{kind}: {:?}", res.unjournaled);
+        assert!(res.replaced.is_empty(), "{kind}: {:?}", res.replaced);
+        assert_same_files(&src, &t);
+    }
+}
+
+/// Item 3: a restore that fails (the target fills up mid-file) removes what it made, but not a
+/// file someone swapped in at one of its paths during the run: that one is left and named.
+#[test]
+fn the_cleanup_leaves_a_file_swapped_in_during_the_run() {
+    if !can_run("the_cleanup_leaves_a_file_swapped_in_during_the_run") {
+        return;
+    }
+    let d = depot();
+    let src = d.dir.path().join("src");
+    let big: Vec<u8> = (0..BIG).map(|i| (i * 7 % 253) as u8).collect();
+    write(&src.join("zz/big.bin"), &big);
+    for i in 0..40 {
+        write(
+            &src.join(format!("d{i:02}/f")),
+            format!("small {i}").as_bytes(),
+        );
+    }
+    let info = d.custody.ingest("C-1", "T-1", &src).unwrap();
+    for (kind, vol) in volumes(d.dir.path(), 32 << 20) {
+        let t = vol.root().join("R");
+        fs::create_dir_all(&t).unwrap();
+        let bigp = t.join("zz/big.bin");
+        let (err, swapped) = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let c = client_data::Custody::open(paths(d.dir.path())).unwrap();
+                c.restore(&info.id, &t, &dest())
+            });
+            while !fs::metadata(&bigp).is_ok_and(|m| m.len() > 0) {
+                assert!(!h.is_finished(), "{kind}: the restore ended before big.bin");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let made: Vec<PathBuf> = (0..40)
+                .map(|i| t.join(format!("d{i:02}/f")))
+                .filter(|p| p.exists())
+                .collect();
+            assert!(!made.is_empty(), "{kind}: no small file before big.bin");
+            let p = made[0].clone();
+            fs::remove_file(&p).unwrap();
+            fs::write(&p, b"someone's file").unwrap();
+            (h.join().unwrap().unwrap_err(), p)
+        });
+        let msg = err.to_string();
+        assert!(
+            matches!(err, DataError::RestoreAborted { .. }),
+            "{kind}: {msg}"
+        );
+        let shown = swapped.strip_prefix(&t).unwrap().display().to_string();
+        assert!(
+            msg.contains(&format!("{shown}: it holds something else now")),
+            "{kind}: {msg}"
+        );
+        assert_eq!(fs::read(&swapped).unwrap(), b"someone's file", "{kind}");
+        // Everything else this run made is gone.
+        let left: Vec<_> = listing(&t)
+            .into_iter()
+            .filter(|(_, k, _, _)| *k != 'd')
+            .map(|(p, ..)| p)
+            .collect();
+        assert_eq!(left, vec![PathBuf::from(&shown)], "{kind}: {msg}");
+    }
+}
