@@ -5,7 +5,8 @@
 # RUNS times alternating, each pair's ratio printed with the load (`uptime`) before it (issue 14:
 # goal <= 1.1x in every run).
 #
-#   bench/pull_write.sh [WORKDIR] [RUNS]   (default /var/tmp/tek-library, 5)
+#   bench/pull_write.sh [WORKDIR] [RUNS]   (default /var/tmp/tek-library, 5; PULL_WRITE=BINARY
+#                                           runs another build of the example, for a before/after)
 #
 # Needs a WORKDIR that bench/library.sh set up once (v1.img, maint/, bench/trusted-keys,
 # s3/library/p, www/) and `cargo build --release -p image-library --examples`; nginx, losetup,
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/var/tmp/tek-library}
 runs=${2:-5}
-pull_write=$PWD/target/release/examples/pull_write
+pull_write=${PULL_WRITE:-$PWD/target/release/examples/pull_write}
 [ -x "$pull_write" ] || { echo "pull_write.sh: missing $pull_write (see the header)" >&2; exit 2; }
 for f in "$work/v1.img" "$work/bench/trusted-keys" "$work/s3/library/p/tek-library.json" "$work/www"; do
   [ -e "$f" ] || { echo "pull_write.sh: missing $f: run bench/library.sh $work once" >&2; exit 2; }
