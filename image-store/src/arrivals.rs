@@ -11,18 +11,34 @@
 //! for any stored chunk. A fetch
 //! that fails wakes every waiter with the fetch's error ([`StoreError::NotFetched`]); a chunk
 //! nobody is fetching is missing at once, as without arrivals.
+//!
+//! The hand-over: the pull decompresses and hashes every chunk for its check, and a writer of
+//! the same image used to read the file back and do both again (bench/README.md, "Pull-and-write":
+//! on two cores the second decode is what the write lost). While there is room (at most
+//! [`HANDOVER_BYTES`] of image bytes held), the pull keeps the decompressed bytes of a chunk it
+//! checked as a [`VerifiedChunk`] here, and the reader takes it instead of reading the file
+//! ([`crate::read::read_run_into`]). A reader takes each copy once, so the memory is freed as
+//! the write goes on and the pull refills it; a chunk without a copy is read from the store as
+//! before.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
 
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkId, VerifiedChunk};
 use crate::error::StoreError;
+
+/// Most image bytes of checked copies held for readers (see the module docs): the pull runs
+/// ahead of a disk-bound write, so this much covers its start, and then the write frees room at
+/// its own pace (at 250 MB/s, 1.6 of v1's 1.7 GB of data were handed over, bench/README.md).
+pub const HANDOVER_BYTES: usize = 256 << 20;
 
 /// The chunks a fetch still has to deliver (see the module docs).
 #[derive(Debug, Default)]
 pub struct Arrivals {
     state: Mutex<State>,
     cv: Condvar,
+    /// Most image bytes of checked copies held: [`HANDOVER_BYTES`] (smaller in tests).
+    handover_limit: usize,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +49,10 @@ struct State {
     staged: HashMap<ChunkId, Arc<[u8]>>,
     /// Why the fetch ended before delivering `coming`.
     failed: Option<String>,
+    /// Chunks the pull checked, decompressed, for the first reader that needs them.
+    checked: HashMap<ChunkId, VerifiedChunk>,
+    /// Their bytes (at most `Arrivals::handover_limit`).
+    checked_bytes: usize,
 }
 
 impl Arrivals {
@@ -43,9 +63,20 @@ impl Arrivals {
                 coming: coming.into_iter().collect(),
                 staged: HashMap::new(),
                 failed: None,
+                checked: HashMap::new(),
+                checked_bytes: 0,
             }),
             cv: Condvar::new(),
+            handover_limit: HANDOVER_BYTES,
         })
+    }
+
+    /// [`Arrivals::new`] holding at most `limit` bytes of checked copies.
+    #[cfg(test)]
+    pub(crate) fn with_handover_limit(limit: usize) -> Arc<Arrivals> {
+        let mut a = Arc::into_inner(Arrivals::new([])).expect("new");
+        a.handover_limit = limit;
+        Arc::new(a)
     }
 
     /// `ids` are being fetched now (a pull's [`Incoming::wanted`](crate::receive::Incoming::wanted)
@@ -63,6 +94,40 @@ impl Arrivals {
     pub(crate) fn staged(&self, id: ChunkId, data: Arc<[u8]>) {
         self.state().staged.insert(id, data);
         self.cv.notify_all();
+    }
+
+    /// Whether a checked copy of `len` bytes fits in the hand-over now (the pull asks before it
+    /// decompresses into a buffer of its own instead of its scratch buffer).
+    pub(crate) fn has_room(&self, len: u64) -> bool {
+        let s = self.state();
+        s.failed.is_none() && s.checked_bytes + len as usize <= self.handover_limit
+    }
+
+    /// Keeps `chunk`, which the pull just checked, for the first reader of it, if it still fits.
+    pub(crate) fn hand_over(&self, chunk: VerifiedChunk) {
+        let mut s = self.state();
+        let len = chunk.data().len();
+        if s.failed.is_some() || s.checked_bytes + len > self.handover_limit {
+            return;
+        }
+        if let Some(old) = s.checked.insert(chunk.id(), chunk) {
+            s.checked_bytes -= old.data().len();
+        }
+        s.checked_bytes += len;
+    }
+
+    /// The checked copy of `id`, if the pull left one: taken, so a second reader of the chunk
+    /// reads the store.
+    pub(crate) fn take_checked(&self, id: ChunkId) -> Option<VerifiedChunk> {
+        let mut s = self.state();
+        let c = s.checked.remove(&id)?;
+        s.checked_bytes -= c.data().len();
+        Some(c)
+    }
+
+    /// Image bytes of checked copies held now.
+    pub fn handed_over_bytes(&self) -> usize {
+        self.state().checked_bytes
     }
 
     /// `ids` are now in the store under their names: their waiters read them.
@@ -85,6 +150,12 @@ impl Arrivals {
         }
         // The pull's temporary directory goes with it: what it kept was named (arrived).
         s.staged.clear();
+        // A failed fetch fails its writers at the first chunk it lacks: free the copies. After
+        // a fetch that delivered everything they stay for the writer (the pull is ahead of it).
+        if s.failed.is_some() {
+            s.checked.clear();
+            s.checked_bytes = 0;
+        }
         self.cv.notify_all();
     }
 
@@ -139,12 +210,13 @@ pub(crate) fn not_fetched(chunk: ChunkId, offset: u64, reason: String) -> StoreE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::Store;
     use std::time::Duration;
 
-    fn manifest(extents: Vec<crate::Extent>) -> crate::Manifest {
+    /// A manifest of `extents` (image "a@1").
+    pub(crate) fn manifest(extents: Vec<crate::Extent>) -> crate::Manifest {
         crate::Manifest {
             format: crate::MANIFEST_FORMAT,
             name: "a".into(),

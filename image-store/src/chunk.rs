@@ -76,6 +76,12 @@ impl CompressedChunk {
     /// [`VerifiedChunk::from_trusted_source`]) to obtain a [`VerifiedChunk`]. Uses one zstd
     /// context per thread: creating a context per chunk cost about 6% of a whole image write.
     pub fn decompress_verify(self) -> Result<VerifiedChunk, StoreError> {
+        self.verified_copy()
+    }
+
+    /// [`Self::decompress_verify`] keeping the compressed bytes (a pull writes them to the
+    /// store and hands the checked copy to a reader waiting for it, `arrivals.rs`).
+    pub fn verified_copy(&self) -> Result<VerifiedChunk, StoreError> {
         let mut data = vec![0u8; self.len as usize];
         self.decompress_verify_in_place(&mut data)?;
         Ok(VerifiedChunk {

@@ -143,18 +143,30 @@ impl Incoming {
         let mut failed = None;
         for chunk in chunks {
             let id = chunk.id;
-            scratch.resize(chunk.len as usize, 0);
-            let r = chunk
-                .decompress_verify_in_place(&mut scratch)
-                .and_then(|()| self.write_received(&chunk));
+            // With room in the hand-over (a writer of this image reads from `arrivals`), the
+            // check decompresses into a copy of its own that the writer takes instead of
+            // reading the file back and checking it again; else into the scratch buffer.
+            let arrivals = self.store.arrivals.as_ref();
+            let r = if arrivals.is_some_and(|a| a.has_room(chunk.len)) {
+                chunk.verified_copy().map(Some)
+            } else {
+                scratch.resize(chunk.len as usize, 0);
+                chunk
+                    .decompress_verify_in_place(&mut scratch)
+                    .map(|()| None)
+            };
+            let r = r.and_then(|copy| Ok((self.write_received(&chunk)?, copy)));
             match r {
-                Ok(file) => {
+                Ok((file, copy)) => {
                     written.push((file, id));
                     added.chunks += 1;
                     added.bytes += chunk.data.len() as u64;
                     // A reader waiting for it (an image written as it is pulled) gets its
                     // checked bytes now, before its batch is named.
-                    if let Some(a) = &self.store.arrivals {
+                    if let Some(a) = arrivals {
+                        if let Some(copy) = copy {
+                            a.hand_over(copy);
+                        }
                         a.staged(id, chunk.data.into());
                     }
                 }
@@ -390,6 +402,52 @@ mod tests {
             .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_writer_takes_the_pulls_checked_copy_once_and_the_copies_stay_within_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (vec![1u8; 6000], vec![2u8; 5000]);
+        let extents = |data: &[u8]| {
+            vec![Extent::Chunk {
+                offset: 0,
+                len: data.len() as u64,
+                id: ChunkId::of(data),
+            }]
+        };
+        // Room for a's copy, not for b's too.
+        let arrivals = crate::arrivals::Arrivals::with_handover_limit(8000);
+        let pulling = store.with_arrivals(arrivals.clone());
+        let inc = pulling.receive().unwrap();
+        inc.wanted(&crate::arrivals::tests::manifest(
+            [extents(&a), extents(&b)].concat(),
+        ))
+        .unwrap();
+        let (added, r) = inc.add_chunks(vec![compressed(&a), compressed(&b)]);
+        r.unwrap();
+        assert_eq!(added.chunks, 2);
+        assert_eq!(arrivals.handed_over_bytes(), 6000, "a's copy only");
+        // The writer's read takes the copy: the same bytes, and the room is free again.
+        let mut out = vec![0u8; 6000];
+        crate::read::read_run_into(&pulling, &extents(&a), &mut out).unwrap();
+        assert_eq!(out, a);
+        assert_eq!(arrivals.handed_over_bytes(), 0);
+        // A second reader of a, and the reader of b, read the store's bytes (staged, unnamed)
+        // and check them as ever.
+        out.fill(0);
+        crate::read::read_run_into(&pulling, &extents(&a), &mut out).unwrap();
+        assert_eq!(out, a);
+        let mut out_b = vec![0u8; 5000];
+        crate::read::read_run_into(&pulling, &extents(&b), &mut out_b).unwrap();
+        assert_eq!(out_b, b);
+        // A chunk that failed its check leaves no copy.
+        let mut lying = compressed(b"sent");
+        lying.id = ChunkId::of(b"named");
+        let (_, r) = inc.add_chunks(vec![lying]);
+        assert!(r.is_err());
+        assert_eq!(arrivals.handed_over_bytes(), 0);
+        assert!(store.take_checked(ChunkId::of(b"named"), 5).is_none());
     }
 
     #[test]

@@ -157,6 +157,13 @@ impl Store {
         }
     }
 
+    /// The pull's checked copy of chunk `id` of `len` bytes, if its arrivals hold one
+    /// (`arrivals.rs`, the hand-over): taken, so it serves one reader.
+    pub(crate) fn take_checked(&self, id: ChunkId, len: u64) -> Option<crate::VerifiedChunk> {
+        let copy = self.arrivals.as_ref()?.take_checked(id)?;
+        (copy.id() == id && copy.len() == len).then_some(copy)
+    }
+
     /// Whether `id` is on its way into the store (see [`Store::with_arrivals`]).
     fn coming(&self, id: ChunkId) -> bool {
         self.arrivals.as_ref().is_some_and(|a| a.is_coming(id))

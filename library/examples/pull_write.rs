@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Prints one line of JSON: seconds (until the write is verified and the pull committed),
-//! whether it pulled, bytes written, and the write's result. S3 settings from `AWS_*`.
+//! whether it pulled, when the pull had committed (`pull_seconds`, null without a pull), bytes written, the
+//! imager's phase durations, and the write's result. S3 settings from `AWS_*`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ fn main() -> Res<()> {
     let targets = [PathBuf::from(target)];
     let opts = WriteOptions::default();
     let pulled = !store.exists(&image);
+    let mut pull_seconds = None;
     let report = if pulled {
         let opts_remote = RemoteOptions {
             s3: S3Settings::from_env(),
@@ -46,9 +48,14 @@ fn main() -> Res<()> {
             store: Arc::new(reading.clone()),
             image: pull.image().clone(),
         };
-        let fetch = std::thread::spawn(move || pull.run(&|_| {}));
+        let fetch = std::thread::spawn(move || {
+            let r = pull.run(&|_| {});
+            (r, started.elapsed().as_secs_f64())
+        });
         let reports = imager::write_image(&source, &targets, &opts, None);
-        fetch.join().expect("pull thread")?;
+        let (r, done) = fetch.join().expect("pull thread");
+        r?;
+        pull_seconds = Some(done);
         reports
     } else {
         let loaded = store.load(&image, trusted)?;
@@ -60,10 +67,12 @@ fn main() -> Res<()> {
     };
     let r = &report[0];
     println!(
-        "{{\"seconds\": {:.2}, \"pulled\": {pulled}, \"bytes_written\": {}, \"direct_io\": {}, \"ok\": {}}}",
+        "{{\"seconds\": {:.2}, \"pulled\": {pulled}, \"pull_seconds\": {}, \"bytes_written\": {}, \"direct_io\": {}, \"durations\": {}, \"ok\": {}}}",
         started.elapsed().as_secs_f64(),
+        pull_seconds.map_or("null".to_string(), |s| format!("{s:.2}")),
         r.bytes_written,
         r.direct_io,
+        serde_json::to_string(&r.durations)?,
         r.ok()
     );
     if !r.ok() {
