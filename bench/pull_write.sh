@@ -12,7 +12,9 @@
 # s3/library/p, www/) and `cargo build --release -p image-library --examples`; nginx, losetup,
 # mkfs.ext4. PERF=FILE records each empty-cache run with `perf record` (dwarf call graphs) into
 # FILE.N (a release build with CARGO_PROFILE_RELEASE_DEBUG=true names the functions). As in library.sh, each empty-cache pull gets a new state directory on a journaled
-# ext4 of its own.
+# ext4 of its own. DISK_DIR=DIR puts the target disk's 4 GiB backing file in DIR (default
+# WORKDIR/out; /dev/shm gives the target a device of its own, as a bench bay's disk is, instead
+# of sharing the store's virtual disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/var/tmp/tek-library}
@@ -26,7 +28,8 @@ shared=../shared/bench
 [ -d "$shared" ] || shared=/work/shared/bench
 ln -sfn "$work/s3/library" "$work/www/lib"
 
-mkdir -p "$work/nginx" "$work/out"
+disk_dir=${DISK_DIR:-$work/out}
+mkdir -p "$work/nginx" "$disk_dir"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >"$work/nginx/pw.conf" <<EOF
 user root;
@@ -51,7 +54,7 @@ cleanup() {
   kill $ngpid 2>/dev/null || true
   [ -z "$loop" ] || losetup -d "$loop" 2>/dev/null || true
   umount "$fresh" 2>/dev/null || true
-  rm -f "$fresh.img" "$work/out/pw-disk.img"
+  rm -f "$fresh.img" "$disk_dir/pw-disk.img"
 }
 trap cleanup EXIT
 # The packs in the page cache, as after library.sh's earlier sections: nginx serves memory.
@@ -66,8 +69,8 @@ truncate -s 16G "$fresh.img"
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$fresh.img"
 mkdir -p "$fresh"
 mount -o loop "$fresh.img" "$fresh"
-truncate -s 4G "$work/out/pw-disk.img"
-loop=$(losetup -f --show "$work/out/pw-disk.img")
+truncate -s 4G "$disk_dir/pw-disk.img"
+loop=$(losetup -f --show "$disk_dir/pw-disk.img")
 field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 write_v1() { # STATE [PERF_OUTPUT]
   local perf=()

@@ -202,6 +202,110 @@ fn kill9_during_migration_then_restart_completes_and_staging_survived() {
     check_done_with_data(&b, &job, &disk, &dataset, &src);
 }
 
+/// The agent killed while the restore is in the middle of a file, and the identity log's line
+/// for that file lost as a power loss would lose it: the restarted agent resumes the job by
+/// itself (no `--replace-existing`), replaces the partial file because it is a prefix of the
+/// staged one, and says so in the job's result.
+#[test]
+fn kill9_mid_file_with_its_log_line_lost_resumes_by_itself() {
+    if !need_root("kill9_mid_file_with_its_log_line_lost_resumes_by_itself") {
+        return;
+    }
+    let mut b = Bench::new("kill-midfile", &["bay1"], "");
+    let src = agent::sample::build_client_data(&b.root().join("work")).unwrap();
+    let big = src.join("Videos/big.bin");
+    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let bytes: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&big, &bytes).unwrap();
+    let full = bytes.len() as u64;
+    let dataset = b
+        .custody()
+        .ingest("client-e2e", E2E_TICKET, &src)
+        .unwrap()
+        .id
+        .to_string();
+    b.start_agent();
+    let job = b.add_job(E2E_TICKET, "bay1", Some(&dataset));
+    let (disk, lo) = b.plug("bay1", 1, 128 * MIB);
+    b.wait_state(&job, "migrating", 60);
+    // The agent's mount of the disk's DATA partition (through a loop device of its own over
+    // the claimed disk), then the big file half written.
+    let ours = lo.path().display().to_string();
+    let over_ours = |dev: &str| {
+        let name = dev.strip_prefix("/dev/").unwrap_or(dev);
+        std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
+            .is_ok_and(|f| f.trim() == ours)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (ino, size) = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "big.bin never seen half written:\n{}",
+            b.agent_log()
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let mnt = mounts.lines().find_map(|l| {
+            let mut f = l.split(' ');
+            let dev = f.next()?;
+            let dir = f.next()?;
+            (dir.contains("tek-mnt-") && over_ours(dev)).then(|| dir.to_string())
+        });
+        let meta = mnt.and_then(|m| std::fs::metadata(format!("{m}/Videos/big.bin")).ok());
+        if let Some(m) = meta
+            && m.len() > 0
+            && m.len() < full
+        {
+            b.kill9();
+            use std::os::unix::fs::MetadataExt;
+            break (m.ino(), m.len());
+        }
+    };
+    let rec = b.job_record(&job);
+    assert_eq!(rec["state"], "migrating", "killed too late: {rec:#}");
+    // The last line of the identity log is big.bin's (created, journaled, then killed
+    // mid-data); drop it, as a power loss before the log's fsync would.
+    let logs: Vec<_> = find_named(&b.state.join("staging"), "restore-journal-")
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let text = std::fs::read_to_string(&logs[0]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let last = lines.last().expect("an empty identity log");
+    assert_eq!(
+        last.split(' ').nth(1),
+        Some(ino.to_string().as_str()),
+        "the log's last line is not big.bin's (inode {ino}, {size} of {full} bytes written):\n{text}"
+    );
+    let kept: String = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&logs[0], kept).unwrap();
+    b.start_agent();
+    b.wait_state(&job, "done", 90);
+    check_done_with_data(&b, &job, &disk, &dataset, &src);
+    let rec = b.job_record(&job);
+    let unj = &rec["results"]["restore"]["unjournaled"];
+    assert_eq!(
+        unj.as_array().map(Vec::len),
+        Some(1),
+        "unjournaled in the job's result: {rec:#}"
+    );
+    assert!(
+        unj[0].as_str().unwrap_or("").contains("Videos/big.bin"),
+        "{unj:#}"
+    );
+}
+
 #[test]
 fn disk_detached_mid_job_is_interrupted_and_resumes_when_reattached() {
     if !need_root("disk_detached_mid_job_is_interrupted_and_resumes_when_reattached") {
