@@ -185,6 +185,19 @@ pub fn build_image(dir: &Path, flavour: &str) -> Result<PathBuf> {
     Ok(img)
 }
 
+/// `len` incompressible bytes, the same for the same `seed` (xorshift64; `seed` not 0).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Writes a few sample client files (documents, a photo-sized blob, a nested folder) under
 /// `dir/client-data` and returns that directory.
 pub fn build_client_data(dir: &Path) -> Result<PathBuf> {
@@ -203,15 +216,7 @@ pub fn build_client_data(dir: &Path) -> Result<PathBuf> {
         b"year,amount\n2025,1234.56\n".repeat(100),
     )?;
     // A pseudo-random "photo": incompressible, 3 MiB.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let photo: Vec<u8> = (0..3 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let photo = pseudo_random(3 << 20, 0x9e37_79b9_7f4a_7c15);
     std::fs::create_dir_all(d.join("Pictures"))
         .with_context(|| format!("creating {}", d.join("Pictures").display()))?;
     w(d.join("Pictures/holiday.jpg"), photo)?;

@@ -215,15 +215,7 @@ fn kill9_mid_file_with_its_log_line_lost_resumes_by_itself() {
     let src = agent::sample::build_client_data(&b.root().join("work")).unwrap();
     let big = src.join("Videos/big.bin");
     std::fs::create_dir_all(big.parent().unwrap()).unwrap();
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let bytes: Vec<u8> = (0..16 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = agent::sample::pseudo_random(16 << 20, 0x2545_f491_4f6c_dd1d);
     std::fs::write(&big, &bytes).unwrap();
     let full = bytes.len() as u64;
     let dataset = b
