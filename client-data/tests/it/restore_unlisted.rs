@@ -143,11 +143,38 @@ fn a_restore_killed_mid_file_resumes_by_itself_and_replaces_only_harmless_unjour
         assert_eq!(fs::read(&big).unwrap(), part, "{kind}");
         assert_eq!(fs::read(t.join("c/f02")).unwrap(), b"late 9", "{kind}");
 
-        // Flipped back and the foreign file gone: the partial file and the empty one are
-        // the interrupted run's work as far as anyone can tell, replaced and named.
+        // The right bytes, but someone holds the file under a second name (outside the
+        // target), or put an attribute (an alternate data stream on NTFS) on it: replacing
+        // it would lose theirs, so it is a conflict each time and stays as it is.
         part[0] ^= 1;
         fs::write(&big, &part).unwrap();
         fs::remove_file(t.join("c/f02")).unwrap();
+        let other = vol.root().join("R2-second-name");
+        fs::hard_link(&big, &other).unwrap();
+        let refused = |why: &str| {
+            let e = d.custody.restore(&info.id, &t, &dest()).unwrap_err();
+            let msg = e.to_string();
+            match &e {
+                DataError::TargetNotEmpty(c) => assert_eq!(c.count, 1, "{kind} {why}: {msg}"),
+                e => panic!("{kind} {why}: {e}"),
+            }
+            assert!(msg.contains("big.bin"), "{kind} {why}: {msg}");
+            assert_eq!(fs::read(&big).unwrap(), part, "{kind} {why}");
+        };
+        refused("second link");
+        assert_eq!(fs::read(&other).unwrap(), part, "{kind}");
+        fs::remove_file(&other).unwrap();
+        xattr::set(&big, "user.owner-note", b"keep me").unwrap();
+        refused("user.* attribute");
+        assert_eq!(
+            xattr::get(&big, "user.owner-note").unwrap().as_deref(),
+            Some(&b"keep me"[..]),
+            "{kind}"
+        );
+        xattr::remove(&big, "user.owner-note").unwrap();
+
+        // Nothing of anyone's on it any more: the partial file and the empty one are the
+        // interrupted run's work as far as anyone can tell, replaced and named.
         let res = d.custody.restore(&info.id, &t, &dest()).unwrap();
         assert!(res.ok(), "{kind}: {res:?}");
         let mut un = res.unjournaled.clone();
