@@ -7,19 +7,6 @@ use std::process::Command;
 
 use super::*;
 
-/// Incompressible bytes (xorshift), so no filesystem could make them fit by itself.
-fn noise(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn ext4_grows_so_client_data_larger_than_the_image_fits() {
     if !need_root("ext4_grows_so_client_data_larger_than_the_image_fits") {
@@ -37,10 +24,11 @@ fn ext4_grows_so_client_data_larger_than_the_image_fits() {
     ]);
     let src = b.root().join("work/big-data");
     std::fs::create_dir_all(src.join("Documents")).unwrap();
-    for i in 0..3 {
+    for i in 0..3u64 {
         std::fs::write(
             src.join(format!("Documents/part{i}.bin")),
-            noise(16 << 20, i + 1),
+            // Incompressible, so no filesystem could make them fit by itself.
+            agent::sample::pseudo_random(16 << 20, i + 1),
         )
         .unwrap();
     }
