@@ -54,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 renamed: 0,
                 replaced: 0,
                 resumed: 0,
+                unjournaled: 0,
             },
             2 => AuditEvent::Verify {
                 dataset,

@@ -568,6 +568,7 @@ impl Custody {
                 renamed: res.name_mappings.len() as u64,
                 replaced: res.replaced.len() as u64,
                 resumed: res.resumed.len() as u64,
+                unjournaled: res.unjournaled.len() as u64,
             },
             AuditEvent::Verify {
                 dataset: id.to_string(),

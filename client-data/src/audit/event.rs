@@ -60,6 +60,10 @@ pub enum AuditEvent {
         /// Absent when 0.
         #[serde(default, skip_serializing_if = "is_zero")]
         resumed: u64,
+        /// Entries an interrupted earlier restore had made but not yet journaled, found to hold
+        /// a prefix of the staged data (losing nothing) and replaced. Absent when 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unjournaled: u64,
     },
     /// A restored dataset was read back and compared.
     Verify {

@@ -184,6 +184,18 @@ fn a_restore_killed_mid_file_resumes_by_itself_and_replaces_only_harmless_unjour
         assert!(un[1].starts_with("c/f01 (entry"), "{kind}: {un:?}");
         assert!(res.replaced.is_empty(), "{kind}: {:?}", res.replaced);
         assert_same_files(&src, &t);
+        // The audit's Migrate event counts them (a count only: no names in the log).
+        let last = d
+            .custody
+            .audit()
+            .records()
+            .unwrap()
+            .filter_map(|r| match r.unwrap().event {
+                client_data::AuditEvent::Migrate { unjournaled, .. } => Some(unjournaled),
+                _ => None,
+            })
+            .last();
+        assert_eq!(last, Some(2), "{kind}");
 
         // 3. A power loss after the line of the folder a: its complete files (all after it)
         //    match the staged data and are replaced; the one someone rewrote (same size)
