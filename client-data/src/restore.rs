@@ -443,6 +443,7 @@ impl Custody {
                 let undo = undo::Undo {
                     created_upto: w.created_upto,
                     own: &own,
+                    seen: &w.replace,
                     made_dirs: &w.made_dirs,
                     times: &times,
                     made: &made,

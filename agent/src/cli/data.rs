@@ -341,8 +341,9 @@ pub fn run(depot: &Depot, cmd: DataCommand) -> Result<()> {
                 if !res.resumed.is_empty() {
                     let n = res.resumed.len() as u64;
                     println!(
-                        "resumed: {} an interrupted restore of this dataset had written, proved \
-                         its own by the restore journal, {} replaced (listed in --json)",
+                        "resumed: {} an earlier restore of this dataset into this folder \
+                         (interrupted, or verified and now done again) had written, proved its \
+                         own by the restore journal, {} replaced (listed in --json)",
                         render::count(n, "entry"),
                         if n == 1 { "was" } else { "were" }
                     );

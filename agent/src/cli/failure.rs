@@ -46,6 +46,13 @@ pub fn code(e: &anyhow::Error) -> String {
         {
             return "conflict".into();
         }
+        // Another restore, wipe or withdrawal holds the dataset: try again once it is done.
+        if matches!(
+            cause.downcast_ref::<client_data::DataError>(),
+            Some(client_data::DataError::Locked(_))
+        ) {
+            return "locked".into();
+        }
     }
     for cause in e.chain() {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
@@ -122,6 +129,9 @@ mod tests {
         let e = anyhow::Error::new(client_data::DataError::TargetNotEmpty(Box::default()))
             .context("restoring d to /t");
         assert_eq!(code(&e), "conflict");
+        let e = anyhow::Error::new(client_data::DataError::Locked("ds-1".into()))
+            .context("restoring d to /t");
+        assert_eq!(code(&e), "locked");
     }
 
     #[test]

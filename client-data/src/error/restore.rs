@@ -203,7 +203,8 @@ impl std::fmt::Display for Cleanup {
         if self.earlier_removed > 0 {
             write!(
                 f,
-                "; also removed the {} an interrupted restore of this dataset had made",
+                "; also removed the {} an earlier restore of this dataset into this folder \
+                 had made",
                 entries(self.earlier_removed)
             )?;
         }

@@ -54,7 +54,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -167,6 +167,20 @@ impl Journal {
             }
             f => return Err(corrupt(&path, format!("unknown format {f}"))),
         };
+        // A log is named after its target (`fresh`): any other name (a path elsewhere, another
+        // target's log) is not one this journal wrote, and tek would append to it, trust its
+        // lines and delete it.
+        for t in &file.targets {
+            if !t.log.is_empty() && t.log != Journal::fresh(&t.identity).log {
+                return Err(corrupt(
+                    &path,
+                    format!(
+                        "the record of target {:?} names the identity log {:?}, not the one named                          after its target",
+                        t.label, t.log
+                    ),
+                ));
+            }
+        }
         Ok(Journal { path, file })
     }
 
@@ -195,7 +209,16 @@ impl Journal {
             return Ok(Made::default());
         }
         let path = self.dir().join(&rec.log);
-        match std::fs::read(&path) {
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut b = Vec::new();
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?
+                .read_to_end(&mut b)?;
+            Ok(b)
+        };
+        match read() {
             Ok(b) => Ok(Made::parse(&b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Made::default()),
             Err(e) => Err(io("reading", &path)(e)),
@@ -211,6 +234,7 @@ impl Journal {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io("opening", &path))?;
         if fresh {
@@ -529,6 +553,44 @@ mod tests {
             Journal::load(d.path()),
             Err(DataError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_record_naming_another_log_is_refused_and_a_symlinked_log_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim.log");
+        std::fs::write(&victim, b"precious\n").unwrap();
+        let mut j = Journal::load(d.path()).unwrap();
+        let a = Journal::fresh("a");
+        j.put(&a).unwrap();
+        // A log named elsewhere (an absolute path, a name of another target's): refused as
+        // corrupt at load, before anything is read, appended or removed.
+        for log in [
+            victim.to_str().unwrap().to_string(),
+            Journal::fresh("b").log,
+        ] {
+            let mut forged = a.clone();
+            forged.log = log;
+            let text = serde_json::to_vec(&FileV2 {
+                format: FORMAT,
+                targets: vec![forged],
+            })
+            .unwrap();
+            std::fs::write(d.path().join(JOURNAL), text).unwrap();
+            let e = Journal::load(d.path()).unwrap_err();
+            assert!(
+                matches!(&e, DataError::Corrupt { reason, .. } if reason.contains("identity log")),
+                "{e}"
+            );
+        }
+        // The right name, but a symlink to somewhere else: neither read nor appended to.
+        j.put(&a).unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join(&a.log)).unwrap();
+        let j = Journal::load(d.path()).unwrap();
+        assert!(j.made(&a).is_err());
+        assert!(j.open_log(&a, false).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //!
 //! Conflicts refuse the restore before anything is written ([`DataError::TargetNotEmpty`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -47,8 +47,11 @@ const SHOWN: usize = 10;
 /// What the check found, for the writer, the cleanup and the result.
 #[derive(Debug, Default)]
 pub(super) struct Plan {
-    /// Entries whose path holds something the writer removes first.
-    pub replace: HashSet<u64>,
+    /// Entries whose path holds something the writer removes first, with the identity of what
+    /// the check found there when the journal or the loses-nothing rule is the reason (the
+    /// writer removes it only if that still stands there: something moved in since is not
+    /// tek's); `None` when the caller asked to replace whatever stands there.
+    pub replace: HashMap<u64, Option<Ident>>,
     /// Entries replaced at the caller's request ("path (entry n)").
     pub replaced: Vec<String>,
     /// Their entry numbers, in order.
@@ -170,24 +173,29 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// True when the journal proves that `st` (`name` in `parent`) at entry `n` is what tek
-    /// made there.
-    fn own(&self, n: u64, parent: &[u8], name: &[u8], st: &Statx) -> bool {
+    /// The identity of `st` (`name` in `parent`, whose descriptor `stat` cached).
+    fn ident(&self, parent: &[u8], name: &[u8], st: &Statx) -> Option<Ident> {
+        if parent.is_empty() {
+            Some(Ident::at(self.root, name, st, self.ntfs3g))
+        } else {
+            match &self.parent {
+                Some((_, Ok(fd))) => Some(Ident::at(fd, name, st, self.ntfs3g)),
+                _ => None,
+            }
+        }
+    }
+
+    /// The identity of `st` (`name` in `parent`) at entry `n` when the journal proves it is
+    /// what tek made there.
+    fn own(&self, n: u64, parent: &[u8], name: &[u8], st: &Statx) -> Option<Ident> {
         if !self
             .journal
             .is_some_and(|j| !j.format1 && n < j.intents_below)
         {
-            return false;
+            return None;
         }
-        let id = if parent.is_empty() {
-            Ident::at(self.root, name, st, self.ntfs3g)
-        } else {
-            match &self.parent {
-                Some((_, Ok(fd))) => Ident::at(fd, name, st, self.ntfs3g),
-                _ => return false,
-            }
-        };
-        self.made.proves(n, &id)
+        self.ident(parent, name, st)
+            .filter(|id| self.made.proves(n, id))
     }
 
     /// True when entry `n`, unlisted in the lost suffix of the log (see `unlisted`), has an
@@ -299,7 +307,7 @@ impl<'a> Checker<'a> {
         let is_dir = st.mode & libc::S_IFMT == libc::S_IFDIR;
         let own = self.own(n, parent, name, &st);
         match (dir, is_dir) {
-            (true, true) if own => {
+            (true, true) if own.is_some() => {
                 self.plan.own.push(n);
                 self.plan.resumed.push(shown(n, path));
             }
@@ -312,21 +320,25 @@ impl<'a> Checker<'a> {
                 self.out.directories += 1;
                 self.conflict(n, path, "a directory stands where the dataset puts a file");
             }
-            (_, false) if own => {
-                self.plan.replace.insert(n);
+            (_, false) if own.is_some() => {
+                self.plan.replace.insert(n, own);
                 self.plan.own.push(n);
                 self.plan.resumed.push(shown(n, path));
                 if dir {
                     self.fresh.insert(key(path));
                 }
             }
-            (false, false) if self.harmless(n, parent, name, &st, s) => {
-                self.plan.replace.insert(n);
+            (false, false)
+                if self.harmless(n, parent, name, &st, s)
+                    && self.ident(parent, name, &st).is_some() =>
+            {
+                let id = self.ident(parent, name, &st);
+                self.plan.replace.insert(n, id);
                 self.plan.own.push(n);
                 self.plan.unjournaled.push(shown(n, path));
             }
             (_, false) if self.replace_existing => {
-                self.plan.replace.insert(n);
+                self.plan.replace.insert(n, None);
                 self.plan.replaced.push(shown(n, path));
                 self.plan.replaced_entries.push(n);
                 if dir {

@@ -13,7 +13,9 @@
 //! proves (the identity last recorded for it, see `journal`); the entry whose line was not
 //! written yet when the restore failed only when it is the inode tek created for it (a file),
 //! the staged text (a symlink) or the inode at the link's target (a hard link). Anything else
-//! at such a path is left and listed ("holds something else now").
+//! at such a path is left and listed ("holds something else now"). So is anything at the path
+//! of an earlier run's entry this restore did not reach that is not what the check before
+//! writing found there (its identity then, `Plan::replace`).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -41,6 +43,10 @@ pub(super) struct Undo<'a> {
     pub created_upto: u64,
     /// Entries of an earlier restore found in the target (sorted).
     pub own: &'a [u64],
+    /// The identity each non-directory among them had when the check before writing took it
+    /// as tek's (`Plan::replace`): one the failed run did not reach is removed only if that
+    /// still stands there.
+    pub seen: &'a std::collections::HashMap<u64, Option<Ident>>,
     /// Directories the failed restore made (mapped paths).
     pub made_dirs: &'a [Vec<u8>],
     /// Directories that were there before, with their times then (the target itself as
@@ -141,6 +147,20 @@ impl Undo<'_> {
 }
 
 impl Undo<'_> {
+    /// Whether what stands at `name` in `pfd` has the identity the check before writing found
+    /// at entry `n` (an earlier run's entry); `None`: nothing is there.
+    fn still_seen(&self, pfd: &std::os::fd::OwnedFd, name: &[u8], n: u64) -> Option<bool> {
+        let st = match crate::sys::statx(pfd, name) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return None,
+            Err(_) => return Some(false),
+        };
+        Some(matches!(
+            self.seen.get(&n),
+            Some(Some(id)) if *id == Ident::at(pfd, name, &st, self.ntfs3g)
+        ))
+    }
+
     /// Removes the entries; `next` yields the manifest's entries, mapped, in order.
     pub(super) fn run(
         &self,
@@ -185,11 +205,13 @@ impl Undo<'_> {
             } else if other && (n < self.created_upto || own) {
                 let mine = n < self.created_upto;
                 let r = remove(root, &e.path, false, |pfd, name| {
-                    // An earlier run's entry was proved its own by the check before writing.
                     if mine {
                         self.made_here(root, pfd, name, n, &e)
                     } else {
-                        Some(true)
+                        // An earlier run's entry, proved its own by the check before writing,
+                        // not reached by this run: only if it is still what the check saw
+                        // (a file moved in since is someone's).
+                        self.still_seen(pfd, name, n)
                     }
                 });
                 match r {

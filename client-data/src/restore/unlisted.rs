@@ -5,9 +5,9 @@
 //! path is provably harmless to replace:
 //! - a file entry: a regular file with one link whose bytes are a prefix of (or equal to) the
 //!   staged file's (an empty file included: killed between the create and the first write),
-//!   and whose `user.*` attributes (alternate data streams on NTFS: data of someone's) are
-//!   all the staged entry's, with the staged values. Security labels and ACLs are access
-//!   control, not data, and do not count;
+//!   and whose data attributes (`user.*`, alternate data streams on NTFS, `trusted.*`: data
+//!   of someone's) are all the staged entry's, with the staged values. Security labels and
+//!   ACLs (`security.*`, `system.*`) are access control, not data, and do not count;
 //! - a symlink entry: a symlink whose text is the staged (mapped) one;
 //! - a hard-link entry: the inode tek made for the link's target (the log's last identity of
 //!   that inode), standing at the target's path too.
@@ -59,7 +59,7 @@ pub(super) fn harmless(
             let Some(f) = open_occupant(pfd, name, st) else {
                 return false;
             };
-            if !user_xattrs_staged(&f, s.entry) {
+            if !data_xattrs_staged(&f, s.entry) {
                 return false;
             }
             if st.size == 0 {
@@ -111,13 +111,18 @@ fn open_occupant(pfd: &impl AsFd, name: &[u8], st: &Statx) -> Option<File> {
         .then_some(f)
 }
 
-/// True when every `user.*` attribute of `f` is one of `e`'s, with its value.
-fn user_xattrs_staged(f: &File, e: &Entry) -> bool {
+/// True when every data attribute of `f` (any but the access control of `security.*` and
+/// `system.*`: `user.*`, alternate data streams on NTFS, root's `trusted.*`) is one of `e`'s,
+/// with its value.
+fn data_xattrs_staged(f: &File, e: &Entry) -> bool {
     let Ok(names) = f.list_xattr() else {
         return false;
     };
     names
-        .filter(|n| n.as_bytes().starts_with(b"user."))
+        .filter(|n| {
+            let n = n.as_bytes();
+            !n.starts_with(b"security.") && !n.starts_with(b"system.")
+        })
         .all(|n| {
             let staged = e.xattrs.iter().find(|x| x.name == n.as_bytes());
             staged.is_some_and(|x| f.get_xattr(&n).ok().flatten().as_deref() == Some(&x.value[..]))

@@ -55,8 +55,9 @@ pub(super) struct Writer {
     pub dirs_written: Vec<(u64, Entry, crate::readback::Sd)>,
     /// The write buffer of [`Writer::file`] on ntfs-3g, kept between files.
     pub wbuf: Vec<u8>,
-    /// Entries whose path holds something to remove first (see `plan`).
-    pub replace: std::collections::HashSet<u64>,
+    /// Entries whose path holds something to remove first, with the identity it must still
+    /// have (see `plan`, [`Writer::clear`]).
+    pub replace: std::collections::HashMap<u64, Option<Ident>>,
     /// Directories this restore made (mapped paths, in order), for a cleanup.
     pub made_dirs: Vec<Vec<u8>>,
     /// Entries below this number that are not directories were created by this restore.
@@ -149,9 +150,10 @@ impl Writer {
     /// (a non-directory replaced or resumed), then opened or made as [`Writer::dir`].
     pub(super) fn dir_entry(&mut self, e: &Entry, n: u64) -> Result<OwnedFd, DataError> {
         let rel = &e.path[..];
-        if self.replace.contains(&n) {
+        if self.replace.contains_key(&n) {
             let (parent, name) = split(rel);
             let pfd = self.dir(parent, n)?;
+            self.still_there(pfd.as_raw_fd(), OsStr::from_bytes(name), n, rel)?;
             match nix::unistd::unlinkat(
                 Some(pfd.as_raw_fd()),
                 OsStr::from_bytes(name),
@@ -251,9 +253,7 @@ impl Writer {
     /// Removes what stands at `name` in `pfd` before entry `n` is created there, when the
     /// plan says so (replaced or resumed); else what stands there appeared after the check.
     fn clear(&self, pfd: i32, name: &OsStr, n: u64, path: &[u8]) -> Result<(), DataError> {
-        if !self.replace.contains(&n) {
-            return Err(appeared(n, path, &self.target, self.replace_asked));
-        }
+        self.still_there(pfd, name, n, path)?;
         match nix::unistd::unlinkat(Some(pfd), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
             Err(nix::errno::Errno::EISDIR) => Err(unsafe_path(
@@ -262,6 +262,28 @@ impl Writer {
             )),
             Err(e) => Err(self.err("removing what stood at an entry's path", n)(e)),
         }
+    }
+
+    /// Refuses to remove `name` in `pfd` (entry `n`) unless the plan allows it, and, where the
+    /// plan allowed it because the journal or the loses-nothing rule took what stood there as
+    /// tek's, unless that is still what stands there (its identity, looked at again just
+    /// before the unlink): a file someone moved in during the minutes the restore took to
+    /// reach this entry is theirs, and stays. Nothing there any more is fine.
+    fn still_there(&self, pfd: i32, name: &OsStr, n: u64, path: &[u8]) -> Result<(), DataError> {
+        let expected = match self.replace.get(&n) {
+            None => return Err(appeared(n, path, &self.target, self.replace_asked)),
+            Some(None) => return Ok(()), // the caller asked for whatever stands there
+            Some(Some(id)) => id,
+        };
+        let st = match statx(&pfd, name.as_bytes()) {
+            Ok(st) => st,
+            Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(self.err("checking what stands at an entry's path", n)(e)),
+        };
+        if Ident::at(&pfd, name.as_bytes(), &st, self.fs == TargetFs::Ntfs3g) != *expected {
+            return Err(appeared(n, path, &self.target, self.replace_asked));
+        }
+        Ok(())
     }
 
     /// Creates a fresh regular file `name` in `pfd`. Whatever already sits at that name in the
@@ -459,7 +481,7 @@ impl Writer {
         let tfd = self.dir(tparent, n)?;
         let (pfd, name) = self.parent_of(&e.path, n)?;
         let name = OsStr::from_bytes(name);
-        if self.replace.contains(&n) {
+        if self.replace.contains_key(&n) {
             self.clear(pfd, name, n, &e.path)?;
         }
         // Flags 0: a symlink target is linked itself, never followed.

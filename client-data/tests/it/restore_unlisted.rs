@@ -172,6 +172,18 @@ fn a_restore_killed_mid_file_resumes_by_itself_and_replaces_only_harmless_unjour
             "{kind}"
         );
         xattr::remove(&big, "user.owner-note").unwrap();
+        // Root's trusted.* attributes are data too, on ext4 (ntfs-3g takes them but lists none,
+        // and Windows has no such thing).
+        if kind == "ext4" {
+            xattr::set(&big, "trusted.owner-note", b"keep me too").unwrap();
+            refused("trusted.* attribute");
+            assert_eq!(
+                xattr::get(&big, "trusted.owner-note").unwrap().as_deref(),
+                Some(&b"keep me too"[..]),
+                "{kind}"
+            );
+            xattr::remove(&big, "trusted.owner-note").unwrap();
+        }
 
         // Nothing of anyone's on it any more: the partial file and the empty one are the
         // interrupted run's work as far as anyone can tell, replaced and named.
@@ -285,5 +297,79 @@ fn the_cleanup_leaves_a_file_swapped_in_during_the_run() {
             .map(|(p, ..)| p)
             .collect();
         assert_eq!(left, vec![PathBuf::from(&shown)], "{kind}: {msg}");
+    }
+}
+
+/// Attack findings F1 and F2: what the check before writing took as tek's (here: a verified
+/// copy restored again, every entry its own) is looked at again before it is removed. Files a
+/// person moves to two later paths while the re-run writes `b/big.bin` stop the restore at the
+/// first ("it appeared while the restore ran"), and the cleanup leaves both, naming them,
+/// instead of deleting them as the earlier run's: on ext4 and ntfs-3g, a real race (a thread
+/// renaming while the restore runs).
+#[test]
+fn files_moved_in_while_a_resumed_restore_runs_stop_it_and_stay() {
+    const TEST: &str =
+        "restore_unlisted::files_moved_in_while_a_resumed_restore_runs_stop_it_and_stay";
+    child();
+    if !can_run(TEST) {
+        return;
+    }
+    let d = depot();
+    let (_src, info) = source(&d);
+    for (kind, vol) in volumes(d.dir.path(), 128 << 20) {
+        let t = vol.root().join("R");
+        fs::create_dir_all(&t).unwrap();
+        let first = d.custody.restore(&info.id, &t, &dest()).unwrap();
+        assert!(first.ok(), "{kind}: {first:?}");
+        let bigp = t.join("b/big.bin");
+        let theirs = [t.join("c/f01"), t.join("c/f03")];
+        let (mine, outside): (Vec<_>, Vec<_>) = theirs
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let p = vol.root().join(format!("someones-{i}"));
+                fs::write(&p, format!("someone's file {i}")).unwrap();
+                (i, p)
+            })
+            .unzip();
+        let err = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let c = client_data::Custody::open(paths(d.dir.path())).unwrap();
+                c.restore(&info.id, &t, &dest())
+            });
+            // The re-run is writing big.bin (the complete one was removed, the new one is
+            // not complete yet): its plan was made.
+            while !fs::metadata(&bigp).is_ok_and(|m| m.len() < BIG) {
+                if h.is_finished() {
+                    panic!("{kind}: the re-run ended before big.bin: {:?}", h.join());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            for (p, to) in outside.iter().zip(&theirs) {
+                fs::rename(p, to).unwrap();
+            }
+            h.join().unwrap().unwrap_err()
+        });
+        let msg = err.to_string();
+        assert!(
+            matches!(err, DataError::RestoreAborted { .. }),
+            "{kind}: {msg}"
+        );
+        assert!(
+            msg.contains("c/f01 (entry") && msg.contains("it appeared while the restore ran"),
+            "{kind}: {msg}"
+        );
+        assert!(
+            msg.contains("c/f03: it holds something else now"),
+            "{kind}: {msg}"
+        );
+        for (i, p) in mine.iter().zip(&theirs) {
+            assert_eq!(
+                fs::read(p).unwrap(),
+                format!("someone's file {i}").as_bytes(),
+                "{kind}: {}",
+                p.display()
+            );
+        }
     }
 }
