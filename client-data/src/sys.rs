@@ -84,12 +84,23 @@ pub struct Statx {
 /// `statx(dir, name, AT_SYMLINK_NOFOLLOW)`; an empty `name` is `dir` itself (`AT_EMPTY_PATH`).
 /// A symlink is described, never followed.
 pub fn statx(dir: &impl AsRawFd, name: &[u8]) -> nix::Result<Statx> {
-    let c = std::ffi::CString::new(name).map_err(|_| nix::errno::Errno::EINVAL)?;
     // FORCE_SYNC: on FUSE the kernel's cached attributes hold a status change time it
     // computed itself after a setattr, which differs from the one the daemon (ntfs-3g) reports
     // later by up to microseconds; an identity must be the daemon's. A no-op on local
     // filesystems.
-    let mut flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC;
+    statx_with(dir, name, libc::AT_STATX_FORCE_SYNC)
+}
+
+/// [`statx`] from the kernel's cached attributes where it has them (on FUSE: no round trip to
+/// the daemon), for inode, type, link count and size of something just created: the cache
+/// holds the daemon's reply to the create. Not for identities (see [`statx`]).
+pub fn statx_cached(dir: &impl AsRawFd, name: &[u8]) -> nix::Result<Statx> {
+    statx_with(dir, name, libc::AT_STATX_SYNC_AS_STAT)
+}
+
+fn statx_with(dir: &impl AsRawFd, name: &[u8], sync: libc::c_int) -> nix::Result<Statx> {
+    let c = std::ffi::CString::new(name).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW | sync;
     if name.is_empty() {
         flags |= libc::AT_EMPTY_PATH;
     }

@@ -325,7 +325,7 @@ impl Writer {
         self.created_upto = n + 1;
         self.created += 1;
         let f = File::from(crate::sys::owned(fd));
-        let st = statx(&f, b"").map_err(self.err("checking new file", n))?;
+        let st = crate::sys::statx_cached(&f, b"").map_err(self.err("checking new file", n))?;
         if st.mode & libc::S_IFMT != libc::S_IFREG || st.nlink != 1 {
             return Err(unsafe_path(
                 n,
@@ -336,7 +336,18 @@ impl Writer {
         // A birth time, or on ntfs-3g the creation time set now, stays: journaled now,
         // before any data. Else after the last change (`file`).
         self.stable_crtime(&f, btime)?;
-        let id = Ident::at(&f, b"", &st, self.fs == TargetFs::Ntfs3g);
+        let ntfs3g = self.fs == TargetFs::Ntfs3g;
+        let id = match (btime, st.btime) {
+            // The creation time just set is the identity's (NTFS keeps the 100 ns value as
+            // given): no getxattr to read it back. Were it stored otherwise, a resume would
+            // find another identity and refuse the file as a conflict, never take a file
+            // that is not tek's.
+            (Some(bt), None) if ntfs3g => Ident::Created {
+                ino: st.ino,
+                at: crate::ntfs::to_ntfs_time(bt),
+            },
+            _ => Ident::at(&f, b"", &st, ntfs3g),
+        };
         if id.stable() {
             self.log.record(n, &id)?;
         }
@@ -418,9 +429,16 @@ impl Writer {
                 })
             })
             .map(|()| {
+                // The length set only after a hole (no write reached the end); one round
+                // trip less per file on ntfs-3g.
                 let end = if positional {
-                    f.write_all_at(&buf, bstart)
-                        .and_then(|()| f.set_len(e.size))
+                    f.write_all_at(&buf, bstart).and_then(|()| {
+                        if holes.is_some() {
+                            f.set_len(e.size)
+                        } else {
+                            Ok(())
+                        }
+                    })
                 } else {
                     Ok(())
                 };
