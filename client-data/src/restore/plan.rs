@@ -198,27 +198,28 @@ impl<'a> Checker<'a> {
             .filter(|id| self.made.proves(n, id))
     }
 
-    /// True when entry `n`, unlisted in the lost suffix of the log (see `unlisted`), has an
-    /// occupant `st` that is harmless to replace.
-    fn harmless(&mut self, n: u64, parent: &[u8], name: &[u8], st: &Statx, s: &Expected) -> bool {
+    /// The identity of entry `n`'s occupant `st` when the entry is unlisted in the lost suffix
+    /// of the log (see `unlisted`) and the occupant is harmless to replace.
+    fn harmless(
+        &mut self,
+        n: u64,
+        parent: &[u8],
+        name: &[u8],
+        st: &Statx,
+        s: &Expected,
+    ) -> Option<Ident> {
         if !self
             .journal
             .is_some_and(|j| !j.format1 && n < j.intents_below && self.made.unlisted_tail(n))
         {
-            return false;
+            return None;
         }
         let pfd = if parent.is_empty() {
-            match self.root.try_clone() {
-                Ok(f) => OwnedFd::from(f),
-                Err(_) => return false,
-            }
+            OwnedFd::from(self.root.try_clone().ok()?)
         } else {
             match &self.parent {
-                Some((_, Ok(fd))) => match fd.try_clone() {
-                    Ok(fd) => fd,
-                    Err(_) => return false,
-                },
-                _ => return false,
+                Some((_, Ok(fd))) => fd.try_clone().ok()?,
+                _ => return None,
             }
         };
         harmless(
@@ -232,6 +233,7 @@ impl<'a> Checker<'a> {
             &mut self.data,
             &mut *self.open_data,
         )
+        .then(|| Ident::at(&pfd, name, st, self.ntfs3g))
     }
 
     /// Checks entry `n` (`s`: the staged entry, mapped) at the mapped `path`.
@@ -306,6 +308,12 @@ impl<'a> Checker<'a> {
         };
         let is_dir = st.mode & libc::S_IFMT == libc::S_IFDIR;
         let own = self.own(n, parent, name, &st);
+        // The identity of an occupant the loses-nothing rule takes as tek's.
+        let harmless = if !dir && !is_dir && own.is_none() {
+            self.harmless(n, parent, name, &st, s)
+        } else {
+            None
+        };
         match (dir, is_dir) {
             (true, true) if own.is_some() => {
                 self.plan.own.push(n);
@@ -328,12 +336,8 @@ impl<'a> Checker<'a> {
                     self.fresh.insert(key(path));
                 }
             }
-            (false, false)
-                if self.harmless(n, parent, name, &st, s)
-                    && self.ident(parent, name, &st).is_some() =>
-            {
-                let id = self.ident(parent, name, &st);
-                self.plan.replace.insert(n, id);
+            (false, false) if harmless.is_some() => {
+                self.plan.replace.insert(n, harmless);
                 self.plan.own.push(n);
                 self.plan.unjournaled.push(shown(n, path));
             }

@@ -150,15 +150,11 @@ impl Undo<'_> {
     /// Whether what stands at `name` in `pfd` has the identity the check before writing found
     /// at entry `n` (an earlier run's entry); `None`: nothing is there.
     fn still_seen(&self, pfd: &std::os::fd::OwnedFd, name: &[u8], n: u64) -> Option<bool> {
-        let st = match crate::sys::statx(pfd, name) {
-            Ok(st) => st,
-            Err(Errno::ENOENT) => return None,
-            Err(_) => return Some(false),
-        };
-        Some(matches!(
-            self.seen.get(&n),
-            Some(Some(id)) if *id == Ident::at(pfd, name, &st, self.ntfs3g)
-        ))
+        match Ident::standing(pfd, name, self.ntfs3g) {
+            Ok(None) => None,
+            Ok(Some(now)) => Some(matches!(self.seen.get(&n), Some(Some(id)) if *id == now)),
+            Err(_) => Some(false),
+        }
     }
 
     /// Removes the entries; `next` yields the manifest's entries, mapped, in order.

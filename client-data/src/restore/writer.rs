@@ -275,15 +275,12 @@ impl Writer {
             Some(None) => return Ok(()), // the caller asked for whatever stands there
             Some(Some(id)) => id,
         };
-        let st = match statx(&pfd, name.as_bytes()) {
-            Ok(st) => st,
-            Err(nix::errno::Errno::ENOENT) => return Ok(()),
-            Err(e) => return Err(self.err("checking what stands at an entry's path", n)(e)),
-        };
-        if Ident::at(&pfd, name.as_bytes(), &st, self.fs == TargetFs::Ntfs3g) != *expected {
-            return Err(appeared(n, path, &self.target, self.replace_asked));
+        match Ident::standing(&pfd, name.as_bytes(), self.fs == TargetFs::Ntfs3g) {
+            Ok(None) => Ok(()),
+            Ok(Some(now)) if now == *expected => Ok(()),
+            Ok(Some(_)) => Err(appeared(n, path, &self.target, self.replace_asked)),
+            Err(e) => Err(self.err("checking what stands at an entry's path", n)(e)),
         }
-        Ok(())
     }
 
     /// Creates a fresh regular file `name` in `pfd`. Whatever already sits at that name in the

@@ -163,3 +163,63 @@ fn parallel_first_ingests_share_one_kek_and_all_restore() {
         lost.join("\n")
     );
 }
+
+/// A second restore of a dataset into the folder a first one filled (and verified) replaces
+/// what the journal proves the first one wrote, and says so in words that fit a finished
+/// earlier restore as well as an interrupted one; the copy stays the staged data.
+#[test]
+fn restoring_twice_into_one_folder_says_what_it_resumed() {
+    let scratch = tempfile::tempdir().unwrap();
+    let state = scratch.path().join("depot");
+    let src = scratch.path().join("src");
+    std::fs::create_dir_all(src.join("Documents")).unwrap();
+    std::fs::write(src.join("Documents/letter.txt"), b"Dear client\n").unwrap();
+    std::fs::write(src.join("photo.bin"), vec![0x5au8; 300_000]).unwrap();
+    let out = tek_at(&state)
+        .args(["data", "ingest", "--client", "C-1", "--ticket", "T-1"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let target = scratch.path().join("restored");
+    std::fs::create_dir(&target).unwrap();
+    let restore = || {
+        let r = tek_at(&state)
+            .args(["data", "restore", &id])
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8(r.stdout).unwrap()
+    };
+    let first = restore();
+    assert!(!first.contains("resumed"), "{first}");
+    let second = restore();
+    assert!(
+        second.contains(
+            "resumed: 3 entries an earlier restore of this dataset into this folder \
+             (interrupted, or verified and now done again) had written, proved its own by the \
+             restore journal, were replaced (listed in --json)"
+        ),
+        "{second}"
+    );
+    assert!(second.starts_with("restored 3 entries"), "{second}");
+    assert_eq!(
+        std::fs::read(target.join("Documents/letter.txt")).unwrap(),
+        b"Dear client\n"
+    );
+    assert_eq!(
+        std::fs::read(target.join("photo.bin")).unwrap(),
+        vec![0x5au8; 300_000]
+    );
+}

@@ -65,6 +65,20 @@ impl Ident {
         Ident::of(st, crtime)
     }
 
+    /// The identity of what stands at `name` in the directory `at` now (`None`: nothing),
+    /// for a check that it is still what was seen there before it is removed.
+    pub(in crate::restore) fn standing(
+        at: &impl AsRawFd,
+        name: &[u8],
+        ntfs3g: bool,
+    ) -> Result<Option<Ident>, nix::errno::Errno> {
+        match crate::sys::statx(at, name) {
+            Ok(st) => Ok(Some(Ident::at(at, name, &st, ntfs3g))),
+            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(super) fn ino(&self) -> u64 {
         match self {
             Ident::Born { ino, .. } | Ident::Created { ino, .. } | Ident::Changed { ino, .. } => {
