@@ -45,6 +45,7 @@ use crate::stream::{DecryptReader, Key, StreamKind, auth_failure, mac_of};
 use crate::target::RestoreTarget;
 use crate::winnames::{NameMapping, show};
 
+mod aside;
 mod journal;
 mod plan;
 mod prepare;

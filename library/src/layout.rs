@@ -184,9 +184,12 @@ pub fn image_of_key(key: &str) -> Option<ImageRef> {
     Layout::ChunkObjects.image_of_key(key)
 }
 
-/// zstd level of the documents format 2 compresses (manifest, pack index): a 43k-chunk
-/// manifest (7 MB of JSON) in a fraction of a second.
-const DOCUMENT_LEVEL: i32 = 9;
+/// zstd level of the documents format 2 compresses (manifest, pack index). Every bench
+/// fetches an image's manifest whole, also when it has all but the new chunks (v2 after v1),
+/// so its size counts against the new chunks': a 43k-chunk manifest (7.2 MB of JSON, most of
+/// it 32-byte ids in hex) is 1.99 MB at level 9 (0.15 s), 1.68 MB at 17 (3.6 s on one core, at
+/// push, while the chunks upload); 19 and `--long` gain nothing more.
+const DOCUMENT_LEVEL: i32 = 17;
 
 /// A document (manifest, pack index) as format 2 stores it.
 pub fn compress_document(bytes: &[u8]) -> Vec<u8> {

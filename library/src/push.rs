@@ -154,6 +154,12 @@ pub fn push_with_progress(
             }
             None => false,
         };
+        // The stored manifest is compressed hard (seconds, see `layout::DOCUMENT_LEVEL`) while
+        // the chunks upload: it is published last.
+        let compressing = matches!(library, Layout::Packs).then(|| {
+            let raw = manifest_bytes.clone();
+            tokio::task::spawn_blocking(move || layout::compress_document(&raw))
+        });
         let (uploaded, uploaded_bytes, packs, pack_index, untrusted_packs) = match library {
             Layout::ChunkObjects => {
                 let (n, bytes) =
@@ -173,9 +179,9 @@ pub fn push_with_progress(
             }
         };
         progress(PushProgress::Committing);
-        let stored_manifest = match library {
-            Layout::ChunkObjects => manifest_bytes.clone(),
-            Layout::Packs => layout::compress_document(&manifest_bytes),
+        let stored_manifest = match compressing {
+            None => manifest_bytes.clone(),
+            Some(task) => task.await.expect("compressing the manifest"),
         };
         let published = Published {
             library,

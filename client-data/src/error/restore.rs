@@ -151,6 +151,14 @@ pub struct Cleanup {
     /// No removal was tried: the target's driver was given up on (`DataError::Stalled`), so
     /// every call into it fails or hangs. The entries written stay (`remaining_count`).
     pub target_dead: bool,
+    /// Entries this restore had written that no longer stood at their paths (moved or removed
+    /// by someone since, or their folder was).
+    pub missing: u64,
+    /// Of `remaining_count`, entries of the earlier restore (not this one's).
+    pub remaining_earlier: u64,
+    /// The target's filesystem stopped answering during the cleanup (a FUSE daemon gone:
+    /// the error), so the entries after that were not looked at (counted in `remaining_count`).
+    pub stopped_answering: Option<String>,
 }
 
 impl Cleanup {
@@ -209,18 +217,40 @@ impl std::fmt::Display for Cleanup {
             )?;
         }
         self.replaced_gone_clause(f)?;
-        if self.remaining_count > 0 {
+        if self.missing > 0 {
             write!(
                 f,
-                "; {} could not be removed and {}: {}",
+                "; {} no longer stood where {} had been written (moved or removed since)",
+                entries(self.missing),
+                if self.missing == 1 { "it" } else { "they" }
+            )?;
+        }
+        if let Some(why) = &self.stopped_answering {
+            write!(
+                f,
+                "; the target's filesystem stopped answering during the cleanup ({why}), so \
+                 the entries after that could not be looked at"
+            )?;
+        }
+        if self.remaining_count > 0 {
+            let earlier = match self.remaining_earlier {
+                0 => String::new(),
+                n if n == self.remaining_count => " (all the earlier restore's)".to_string(),
+                n => format!(" ({n} of them the earlier restore's)"),
+            };
+            write!(
+                f,
+                "; {} could not be removed and {}{earlier}",
                 entries(self.remaining_count),
                 if self.remaining_count == 1 {
                     "remains"
                 } else {
                     "remain"
                 },
-                self.remaining.join("; ")
             )?;
+            if !self.remaining.is_empty() {
+                write!(f, ": {}", self.remaining.join("; "))?;
+            }
             if self.remaining_count > self.remaining.len() as u64 {
                 write!(
                     f,
@@ -228,12 +258,12 @@ impl std::fmt::Display for Cleanup {
                     self.remaining_count - self.remaining.len() as u64
                 )?;
             }
-        } else if self.earlier_removed == 0 && self.replaced_gone == 0 {
-            if self.removed == self.written {
-                write!(f, " (the target is as it was before)")?;
-            } else {
-                write!(f, " (the others were gone already)")?;
-            }
+        } else if self.earlier_removed == 0
+            && self.replaced_gone == 0
+            && self.missing == 0
+            && self.removed == self.written
+        {
+            write!(f, " (the target is as it was before)")?;
         }
         Ok(())
     }
@@ -282,6 +312,40 @@ mod cleanup_tests {
                  directory holds something else now"
             ),
             "{c}"
+        );
+    }
+
+    #[test]
+    fn entries_moved_away_and_a_target_that_stops_answering_are_said() {
+        let c = Cleanup {
+            written: 30,
+            removed: 20,
+            missing: 6,
+            remaining: vec!["d6/big2.bin: it holds something else now".into()],
+            remaining_count: 8,
+            remaining_earlier: 4,
+            stopped_answering: Some("Transport endpoint is not connected (os error 107)".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.to_string(),
+            "wrote 30 entries, removed 20 of them again; 6 entries no longer stood where they \
+             had been written (moved or removed since); the target's filesystem stopped \
+             answering during the cleanup (Transport endpoint is not connected (os error \
+             107)), so the entries after that could not be looked at; 8 entries could not be \
+             removed and remain (4 of them the earlier restore's): d6/big2.bin: it holds \
+             something else now; and 7 more"
+        );
+        let c = Cleanup {
+            written: 2,
+            removed: 1,
+            missing: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.to_string(),
+            "wrote 2 entries, removed 1 of them again; 1 entry no longer stood where it had \
+             been written (moved or removed since)"
         );
     }
 

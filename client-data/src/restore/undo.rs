@@ -26,6 +26,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
+use super::aside::{self, Taken, Verdict};
 use super::journal::{Ident, Made};
 use super::plan::Times;
 use super::split;
@@ -67,18 +68,21 @@ enum Gone {
     Missing,
     /// Something that is not what this restore made stands there: left.
     Other,
+    /// Swapped in as tek removed its entry, and could not be put back: at this private name.
+    Aside(Vec<u8>),
 }
 
 fn depth(p: &[u8]) -> usize {
     p.iter().filter(|&&b| b == b'/').count()
 }
 
-/// Removes `path` when `ours` says what stands there (in the parent, by name) is ours.
+/// Removes the non-directory `path` when `ours` says what stands there (in the parent, by
+/// name) is ours, with no window for a swap in between ([`aside::remove_if`]).
 fn remove(
     root: &File,
     path: &[u8],
-    dir: bool,
-    ours: impl FnOnce(&std::os::fd::OwnedFd, &[u8]) -> Option<bool>,
+    ntfs3g: bool,
+    ours: impl FnOnce(&std::os::fd::OwnedFd, &[u8]) -> Verdict,
 ) -> Result<Gone, Errno> {
     let (parent, name) = split(path);
     let pfd = match open_beneath(root, parent, OFlag::O_PATH | OFlag::O_DIRECTORY, 0) {
@@ -86,17 +90,29 @@ fn remove(
         Err(Errno::ENOENT) => return Ok(Gone::Missing),
         Err(e) => return Err(e),
     };
-    match ours(&pfd, name) {
-        None => return Ok(Gone::Missing),
-        Some(false) => return Ok(Gone::Other),
-        Some(true) => {}
-    }
-    let flag = if dir {
-        UnlinkatFlags::RemoveDir
-    } else {
-        UnlinkatFlags::NoRemoveDir
+    Ok(
+        match aside::remove_if(&pfd, name, ntfs3g, || ours(&pfd, name))? {
+            Taken::Removed => Gone::Removed,
+            Taken::Missing => Gone::Missing,
+            Taken::Other => Gone::Other,
+            Taken::Aside(tmp) => Gone::Aside(tmp),
+        },
+    )
+}
+
+/// Removes the directory `path` if it is empty.
+fn remove_dir(root: &File, path: &[u8]) -> Result<Gone, Errno> {
+    let (parent, name) = split(path);
+    let pfd = match open_beneath(root, parent, OFlag::O_PATH | OFlag::O_DIRECTORY, 0) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(Gone::Missing),
+        Err(e) => return Err(e),
     };
-    match unlinkat(Some(pfd.as_raw_fd()), OsStr::from_bytes(name), flag) {
+    match unlinkat(
+        Some(pfd.as_raw_fd()),
+        OsStr::from_bytes(name),
+        UnlinkatFlags::RemoveDir,
+    ) {
         Ok(()) => Ok(Gone::Removed),
         Err(Errno::ENOENT) => Ok(Gone::Missing),
         Err(e) => Err(e),
@@ -105,7 +121,7 @@ fn remove(
 
 impl Undo<'_> {
     /// Whether what stands at `name` in `pfd` is entry `e` (number `n`) as this restore made
-    /// it (see the module doc); `None`: nothing is there.
+    /// it (see the module doc).
     fn made_here(
         &self,
         root: &File,
@@ -113,21 +129,22 @@ impl Undo<'_> {
         name: &[u8],
         n: u64,
         e: &Entry,
-    ) -> Option<bool> {
+    ) -> Verdict {
         let st = match crate::sys::statx(pfd, name) {
             Ok(st) => st,
-            Err(Errno::ENOENT) => return None,
-            Err(_) => return Some(false),
+            Err(Errno::ENOENT) => return Verdict::Missing,
+            Err(_) => return Verdict::Other,
         };
-        if self.made.proves(n, &Ident::at(pfd, name, &st, self.ntfs3g)) {
-            return Some(true);
+        let id = Ident::at(pfd, name, &st, self.ntfs3g);
+        if self.made.proves(n, &id) {
+            return Verdict::Ours(id);
         }
         if !self.made.unlisted_tail(n) {
             // Journaled by this run, with another identity now: replaced since.
-            return Some(false);
+            return Verdict::Other;
         }
         let fmt = st.mode & libc::S_IFMT;
-        Some(match e.kind {
+        let ours = match e.kind {
             EntryKind::File => self.pending == Some((n, st.ino)) && fmt == libc::S_IFREG,
             EntryKind::Symlink => {
                 fmt == libc::S_IFLNK
@@ -142,18 +159,25 @@ impl Undo<'_> {
                     .is_some_and(|t| t.ino == st.ino && fmt != libc::S_IFDIR)
             }
             _ => false,
-        })
+        };
+        if ours {
+            Verdict::Ours(id)
+        } else {
+            Verdict::Other
+        }
     }
 }
 
 impl Undo<'_> {
     /// Whether what stands at `name` in `pfd` has the identity the check before writing found
     /// at entry `n` (an earlier run's entry); `None`: nothing is there.
-    fn still_seen(&self, pfd: &std::os::fd::OwnedFd, name: &[u8], n: u64) -> Option<bool> {
+    fn still_seen(&self, pfd: &std::os::fd::OwnedFd, name: &[u8], n: u64) -> Verdict {
         match Ident::standing(pfd, name, self.ntfs3g) {
-            Ok(None) => None,
-            Ok(Some(now)) => Some(matches!(self.seen.get(&n), Some(Some(id)) if *id == now)),
-            Err(_) => Some(false),
+            Ok(None) => Verdict::Missing,
+            Ok(Some(now)) if matches!(self.seen.get(&n), Some(Some(id)) if *id == now) => {
+                Verdict::Ours(now)
+            }
+            Ok(Some(_)) | Err(_) => Verdict::Other,
         }
     }
 
@@ -164,10 +188,20 @@ impl Undo<'_> {
         mut next: impl FnMut() -> Result<Option<Entry>, DataError>,
     ) -> Cleanup {
         let mut c = Cleanup::default();
-        let fail = |c: &mut Cleanup, path: &[u8], why: String| {
+        let fail = |c: &mut Cleanup, path: &[u8], why: String, earlier: bool| {
             c.remaining_count += 1;
-            if c.remaining.len() < SHOWN {
+            if earlier {
+                c.remaining_earlier += 1;
+            }
+            if c.remaining.len() < SHOWN && c.stopped_answering.is_none() {
                 c.remaining.push(format!("{}: {why}", show(path)));
+            }
+        };
+        // A FUSE daemon that is gone answers every call with ENOTCONN: said once, the rest
+        // counted without a call each.
+        let stopped = |c: &mut Cleanup, err: Errno| {
+            if err == Errno::ENOTCONN && c.stopped_answering.is_none() {
+                c.stopped_answering = Some(std::io::Error::from(err).to_string());
             }
         };
         // (path, made by this restore)
@@ -187,6 +221,7 @@ impl Undo<'_> {
                         &mut c,
                         b"(the rest)",
                         format!("reading the manifest again: {err}"),
+                        false,
                     );
                     break;
                 }
@@ -200,7 +235,12 @@ impl Undo<'_> {
                 dirs.push((e.path, false));
             } else if other && (n < self.created_upto || own) {
                 let mine = n < self.created_upto;
-                let r = remove(root, &e.path, false, |pfd, name| {
+                if c.stopped_answering.is_some() {
+                    fail(&mut c, &e.path, String::new(), !mine);
+                    n += 1;
+                    continue;
+                }
+                let r = remove(root, &e.path, self.ntfs3g, |pfd, name| {
                     if mine {
                         self.made_here(root, pfd, name, n, &e)
                     } else {
@@ -213,9 +253,31 @@ impl Undo<'_> {
                 match r {
                     Ok(Gone::Removed) if mine => c.removed += 1,
                     Ok(Gone::Removed) => c.earlier_removed += 1,
+                    Ok(Gone::Missing) if mine => c.missing += 1,
                     Ok(Gone::Missing) => {}
-                    Ok(Gone::Other) => fail(&mut c, &e.path, "it holds something else now".into()),
-                    Err(err) => fail(&mut c, &e.path, std::io::Error::from(err).to_string()),
+                    Ok(Gone::Other) => {
+                        fail(&mut c, &e.path, "it holds something else now".into(), !mine)
+                    }
+                    Ok(Gone::Aside(tmp)) => fail(
+                        &mut c,
+                        &e.path,
+                        format!(
+                            "something else was put there as tek removed its entry, and another \
+                             thing then took the path; what tek moved away was left, \
+                             untouched, as {} in the same folder",
+                            show(&tmp)
+                        ),
+                        !mine,
+                    ),
+                    Err(err) => {
+                        fail(
+                            &mut c,
+                            &e.path,
+                            std::io::Error::from(err).to_string(),
+                            !mine,
+                        );
+                        stopped(&mut c, err);
+                    }
                 }
             }
             n += 1;
@@ -224,14 +286,25 @@ impl Undo<'_> {
         dirs.sort_by(|a, b| depth(&b.0).cmp(&depth(&a.0)).then_with(|| a.cmp(b)));
         dirs.dedup_by(|a, b| a.0 == b.0);
         for (d, ours) in &dirs {
-            match remove(root, d, true, |_, _| Some(true)) {
+            if c.stopped_answering.is_some() {
+                fail(&mut c, d, String::new(), !*ours);
+                continue;
+            }
+            match remove_dir(root, d) {
                 Ok(Gone::Removed) if *ours => c.removed += 1,
                 Ok(Gone::Removed) => c.earlier_removed += 1,
-                Ok(Gone::Missing | Gone::Other) => {}
-                Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
-                    fail(&mut c, d, "the directory holds something else now".into())
+                Ok(Gone::Missing) if *ours => c.missing += 1,
+                Ok(Gone::Missing | Gone::Other | Gone::Aside(_)) => {}
+                Err(Errno::ENOTEMPTY | Errno::EEXIST) => fail(
+                    &mut c,
+                    d,
+                    "the directory holds something else now".into(),
+                    !*ours,
+                ),
+                Err(err) => {
+                    fail(&mut c, d, std::io::Error::from(err).to_string(), !*ours);
+                    stopped(&mut c, err);
                 }
-                Err(err) => fail(&mut c, d, std::io::Error::from(err).to_string()),
             }
         }
         // Best effort: a time not put back is no data lost.

@@ -16,6 +16,7 @@ use nix::sys::stat::{Mode, UtimensatFlags, mkdirat, utimensat};
 use nix::unistd::{fchown, fchownat, linkat, symlinkat};
 use xattr::FileExt as _;
 
+use super::aside;
 use super::journal::{Ident, Log};
 use super::watchdog::Progress;
 use super::{data_error, split, ts, unsafe_path};
@@ -153,15 +154,7 @@ impl Writer {
         if self.replace.contains_key(&n) {
             let (parent, name) = split(rel);
             let pfd = self.dir(parent, n)?;
-            self.still_there(pfd.as_raw_fd(), OsStr::from_bytes(name), n, rel)?;
-            match nix::unistd::unlinkat(
-                Some(pfd.as_raw_fd()),
-                OsStr::from_bytes(name),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            ) {
-                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(e) => return Err(self.err("removing what stood at a directory's path", n)(e)),
-            }
+            self.clear(pfd.as_raw_fd(), OsStr::from_bytes(name), n, rel)?;
         }
         self.dir_born(rel, n, e.btime)
     }
@@ -251,35 +244,60 @@ impl Writer {
     }
 
     /// Removes what stands at `name` in `pfd` before entry `n` is created there, when the
-    /// plan says so (replaced or resumed); else what stands there appeared after the check.
+    /// plan says so (replaced as asked, or taken as tek's: resumed or unjournaled); else what
+    /// stands there appeared after the check. Where the plan took it as tek's, it is removed
+    /// only while it still has the identity the plan saw ([`aside::remove_if`]: moved to a
+    /// private name, checked there, then unlinked): a file someone moved in during the minutes
+    /// the restore took to reach this entry is theirs, and stays. Nothing there is fine.
     fn clear(&self, pfd: i32, name: &OsStr, n: u64, path: &[u8]) -> Result<(), DataError> {
-        self.still_there(pfd, name, n, path)?;
-        match nix::unistd::unlinkat(Some(pfd), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-            Err(nix::errno::Errno::EISDIR) => Err(unsafe_path(
-                n,
-                "a directory already stands where this entry goes in the target",
-            )),
-            Err(e) => Err(self.err("removing what stood at an entry's path", n)(e)),
-        }
-    }
-
-    /// Refuses to remove `name` in `pfd` (entry `n`) unless the plan allows it, and, where the
-    /// plan allowed it because the journal or the loses-nothing rule took what stood there as
-    /// tek's, unless that is still what stands there (its identity, looked at again just
-    /// before the unlink): a file someone moved in during the minutes the restore took to
-    /// reach this entry is theirs, and stays. Nothing there any more is fine.
-    fn still_there(&self, pfd: i32, name: &OsStr, n: u64, path: &[u8]) -> Result<(), DataError> {
         let expected = match self.replace.get(&n) {
             None => return Err(appeared(n, path, &self.target, self.replace_asked)),
-            Some(None) => return Ok(()), // the caller asked for whatever stands there
-            Some(Some(id)) => id,
+            Some(None) => {
+                // The caller asked to replace whatever stands there.
+                return match nix::unistd::unlinkat(
+                    Some(pfd),
+                    name,
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                ) {
+                    Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+                    Err(nix::errno::Errno::EISDIR) => Err(unsafe_path(
+                        n,
+                        "a directory already stands where this entry goes in the target",
+                    )),
+                    Err(e) => Err(self.err("removing what stood at an entry's path", n)(e)),
+                };
+            }
+            Some(Some(id)) => *id,
         };
-        match Ident::standing(&pfd, name.as_bytes(), self.fs == TargetFs::Ntfs3g) {
-            Ok(None) => Ok(()),
-            Ok(Some(now)) if now == *expected => Ok(()),
-            Ok(Some(_)) => Err(appeared(n, path, &self.target, self.replace_asked)),
-            Err(e) => Err(self.err("checking what stands at an entry's path", n)(e)),
+        let ntfs3g = self.fs == TargetFs::Ntfs3g;
+        let mut failed = None;
+        let taken = aside::remove_if(&pfd, name.as_bytes(), ntfs3g, || {
+            match Ident::standing(&pfd, name.as_bytes(), ntfs3g) {
+                Ok(None) => aside::Verdict::Missing,
+                Ok(Some(now)) if now == expected => aside::Verdict::Ours(now),
+                Ok(Some(_)) => aside::Verdict::Other,
+                Err(e) => {
+                    failed = Some(e);
+                    aside::Verdict::Other
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(self.err("checking what stands at an entry's path", n)(e));
+        }
+        match taken {
+            Ok(aside::Taken::Removed | aside::Taken::Missing) => Ok(()),
+            Ok(aside::Taken::Other) => Err(appeared(n, path, &self.target, self.replace_asked)),
+            Ok(aside::Taken::Aside(tmp)) => Err(unsafe_path(
+                n,
+                format!(
+                    "something else was put at this path at the moment tek moved its own \
+                     entry away to remove it, and another thing then took the path; what tek \
+                     moved was left, untouched, as {} in the same folder: look at both",
+                    crate::winnames::show(&tmp)
+                ),
+            )),
+            Err(e) => Err(self.err("removing what stood at an entry's path", n)(e)),
         }
     }
 

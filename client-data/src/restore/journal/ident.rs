@@ -79,7 +79,7 @@ impl Ident {
         }
     }
 
-    pub(super) fn ino(&self) -> u64 {
+    pub(in crate::restore) fn ino(&self) -> u64 {
         match self {
             Ident::Born { ino, .. } | Ident::Created { ino, .. } | Ident::Changed { ino, .. } => {
                 *ino
