@@ -57,8 +57,9 @@ fn private_name() -> Vec<u8> {
     .into_bytes()
 }
 
-/// Moves `from` to `to` in `dir` unless something stands at `to`: `RENAME_NOREPLACE`, else
-/// (a filesystem without it, such as ntfs-3g: EINVAL) a hard link and an unlink; a directory
+/// Puts `from` back at `to` in `dir` unless something stands at `to`: `RENAME_NOREPLACE`, else
+/// (a filesystem without it, such as ntfs-3g: EINVAL) a hard link and an unlink of `from` (the
+/// private name); a directory
 /// (no hard links) only by a plain rename after a look, which can replace at most an empty
 /// directory put there in between.
 fn rename_noreplace(dir: i32, from: &[u8], to: &[u8]) -> Result<(), Errno> {
@@ -105,17 +106,29 @@ pub(super) fn remove_if(
     };
     let dir = pfd.as_raw_fd();
     let tmp = private_name();
-    match rename_noreplace(dir, name, &tmp) {
+    // One rename, whatever the filesystem: a hard link and an unlink by name (the put-back's
+    // fallback) would reopen the very window this closes. Without RENAME_NOREPLACE a plain
+    // rename, which could replace only something put at the fresh private name meanwhile.
+    let (n, t) = (OsStr::from_bytes(name), OsStr::from_bytes(&tmp));
+    let moved = match renameat2(Some(dir), n, Some(dir), t, RenameFlags::RENAME_NOREPLACE) {
+        Err(Errno::EINVAL | Errno::ENOSYS) => renameat(Some(dir), n, Some(dir), t),
+        r => r,
+    };
+    match moved {
         Ok(()) => {}
         Err(Errno::ENOENT) => return Ok(Taken::Missing),
         Err(e) => return Err(e),
     }
     let after = match Ident::standing(pfd, &tmp, ntfs3g) {
-        Ok(Some(id)) => Some(id),
+        Ok(Some(id)) => id,
         Ok(None) => return Ok(Taken::Missing), // someone moved it on from the private name
-        Err(_) => None,
+        Err(e) => {
+            // Not known what it is: back where it stood, and the error said.
+            let _ = rename_noreplace(dir, &tmp, name);
+            return Err(e);
+        }
     };
-    if after.is_some_and(|a| same(&before, &a)) {
+    if same(&before, &after) {
         return match unlinkat(
             Some(dir),
             OsStr::from_bytes(&tmp),
