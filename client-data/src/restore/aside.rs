@@ -59,9 +59,8 @@ fn private_name() -> Vec<u8> {
 
 /// Puts `from` back at `to` in `dir` unless something stands at `to`: `RENAME_NOREPLACE`, else
 /// (a filesystem without it, such as ntfs-3g: EINVAL) a hard link and an unlink of `from` (the
-/// private name); a directory
-/// (no hard links) only by a plain rename after a look, which can replace at most an empty
-/// directory put there in between.
+/// private name); a directory (no hard links) only by a plain rename after a look, which can
+/// replace at most an empty directory put there in between.
 fn rename_noreplace(dir: i32, from: &[u8], to: &[u8]) -> Result<(), Errno> {
     let (f, t) = (OsStr::from_bytes(from), OsStr::from_bytes(to));
     match renameat2(Some(dir), f, Some(dir), t, RenameFlags::RENAME_NOREPLACE) {
