@@ -11,7 +11,7 @@
 //! (`RENAME_NOREPLACE`, else a hard link and an unlink); if even that finds something new at
 //! the name, it stays at the private name and the caller names it ([`Taken::Aside`]).
 //!
-//! The private name is `.tek-removing-<pid>-<n>` (`n` counts per process): a crash between the
+//! The private name is `.tek-removing-<pid>-<n>-<random>` (`n` counts per process): a crash between the
 //! two steps leaves tek's own entry (or, in the race above, the swapped-in file) under it, in
 //! plain sight in the target folder.
 
@@ -48,11 +48,16 @@ pub(super) enum Verdict {
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// `.tek-removing-<pid>-<n>-<16 random hex>`: the random part so that nobody can put
+/// something at the name before tek's rename (where the fallback is a plain rename).
 fn private_name() -> Vec<u8> {
+    let mut r = [0u8; 8];
+    let _ = getrandom::getrandom(&mut r);
     format!(
-        ".tek-removing-{}-{}",
+        ".tek-removing-{}-{}-{:016x}",
         std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        u64::from_le_bytes(r)
     )
     .into_bytes()
 }
@@ -133,14 +138,16 @@ pub(super) fn remove_if(
             OsStr::from_bytes(&tmp),
             UnlinkatFlags::NoRemoveDir,
         ) {
-            Ok(()) | Err(Errno::ENOENT) => Ok(Taken::Removed),
+            Ok(()) => Ok(Taken::Removed),
+            // Moved on from the private name by someone: tek removed nothing.
+            Err(Errno::ENOENT) => Ok(Taken::Missing),
             Err(e) => Err(e),
         };
     }
     // Swapped in between the check and the move: back where it stood.
     match rename_noreplace(dir, &tmp, name) {
         Ok(()) => Ok(Taken::Other),
-        Err(Errno::ENOENT) => Ok(Taken::Other),
+        Err(Errno::ENOENT) => Ok(Taken::Missing),
         Err(_) => Ok(Taken::Aside(tmp)),
     }
 }
